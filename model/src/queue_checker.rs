@@ -1,0 +1,1175 @@
+//! A checker for queue histories, in the spirit of Jepsen's kafka workload checker.
+//!
+//! # What goes in, what comes out
+//!
+//! In: one [`History`] (see [`crate::history`]). Out: a [`QueueReport`] listing every anomaly found, each
+//! with the partition, offset, value and op indices needed to find it in the history, plus counts and a
+//! short human-readable [`fmt::Display`] summary.
+//!
+//! # Anomalies (Jepsen's names)
+//!
+//! - `lost-write`: a send acknowledged `ok` at an offset, whose value no poll of its partition ever
+//!   returned, although some poll of that partition read at or past that offset.
+//! - `unseen`: a send acknowledged `ok` at an offset, whose value no poll of its partition returned and no
+//!   poll read that far. Histories end with a phase that polls every partition from offset 0, so by default
+//!   unseen counts against validity ([`QueueReport::is_valid`]); use
+//!   [`QueueReport::is_valid_ignoring_unseen`] for a history cut off mid-run.
+//! - `duplicate`: one value observed at more than one (partition, offset), by polls or by its send's ack.
+//! - `inconsistent-offsets`: one (partition, offset) observed with more than one value.
+//! - `G1a`: a poll returned a value that was never sent, whose send definitely failed, or (a phantom in
+//!   that partition) that was sent to another partition.
+//! - `poll-skip`: a process's consecutive reads of a partition jump over an offset known to exist (some
+//!   poll read it or some send was acknowledged at it).
+//! - `nonmonotonic-poll`: a process read an offset of a partition not greater than the previous offset it
+//!   read there, within one poll or across consecutive polls.
+//! - `nonmonotonic-send`: one process's acknowledged sends to a partition got offsets that do not increase.
+//!
+//! Per-process poll tracking restarts at every `assign`, `subscribe` or `crash` of that process, since the
+//! consumer's position legitimately jumps there. A poll that ends `info` may have consumed records nobody
+//! saw, so the next read of each partition is not checked for skips (but still for going backwards).
+//! A workload in subscribe mode must record rebalances as `subscribe`/`assign` events, or rebalances will
+//! show up as skips and nonmonotonic polls.
+//!
+//! Sends that end `info`, that never complete, or that are acknowledged without an offset (acks=none
+//! style) are indeterminate: they may appear or not, and can be neither lost nor unseen; appearing at more
+//! than one position is still a duplicate.
+//!
+//! # Invariants
+//!
+//! The checker is pure and deterministic (ordered maps only, no hashing with random seeds): the same
+//! history always yields the same report, in the same order. It never panics, whatever the history; a
+//! history that fails [`History::validate`] is checked anyway, best-effort, and the problem is reported in
+//! [`QueueReport::history_error`], which makes the report invalid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::history::{Event, EventKind, History, HistoryError, Offset, Op, OpIndex, Partition, ProcessId, Value};
+
+/// How many examples of each anomaly kind [`QueueReport`]'s `Display` lists.
+pub const EXAMPLES_PER_KIND_MAX: usize = 10;
+
+/// How many skipped offsets one [`PollSkip`] lists; `skipped_count` has the full count.
+pub const SKIPPED_OFFSETS_LISTED_MAX: usize = 16;
+
+/// The kinds of anomaly the checker knows, named as in Jepsen's kafka workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AnomalyKind {
+    LostWrite,
+    Unseen,
+    Duplicate,
+    InconsistentOffsets,
+    G1a,
+    PollSkip,
+    NonmonotonicPoll,
+    NonmonotonicSend,
+}
+
+impl AnomalyKind {
+    pub const ALL: [AnomalyKind; 8] = [
+        AnomalyKind::LostWrite,
+        AnomalyKind::Unseen,
+        AnomalyKind::Duplicate,
+        AnomalyKind::InconsistentOffsets,
+        AnomalyKind::G1a,
+        AnomalyKind::PollSkip,
+        AnomalyKind::NonmonotonicPoll,
+        AnomalyKind::NonmonotonicSend,
+    ];
+
+    /// Jepsen's name for the anomaly.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::LostWrite => "lost-write",
+            AnomalyKind::Unseen => "unseen",
+            AnomalyKind::Duplicate => "duplicate",
+            AnomalyKind::InconsistentOffsets => "inconsistent-offsets",
+            AnomalyKind::G1a => "G1a",
+            AnomalyKind::PollSkip => "poll-skip",
+            AnomalyKind::NonmonotonicPoll => "nonmonotonic-poll",
+            AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
+        }
+    }
+}
+
+impl fmt::Display for AnomalyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The ops that observed one value at one (partition, offset).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Witnesses {
+    /// Send `ok` events that acknowledged the value at this position.
+    pub acked_by: Vec<OpIndex>,
+    /// Poll `ok` events that returned the value at this position.
+    pub read_by: Vec<OpIndex>,
+}
+
+impl fmt::Display for Witnesses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut separator = "";
+        if let Some(ack) = self.acked_by.first() {
+            write!(f, "acked by {ack}")?;
+            separator = ", ";
+        }
+        if let Some(read) = self.read_by.first() {
+            write!(f, "{separator}read by {read}")?;
+            if self.read_by.len() > 1 {
+                write!(f, " (+{} more)", self.read_by.len() - 1)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An acknowledged send whose value no poll of its partition returned (a lost write or an unseen one).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MissingWrite {
+    pub partition: Partition,
+    pub offset: Offset,
+    pub value: Value,
+    pub process: ProcessId,
+    pub send_invoke: OpIndex,
+    pub send_ok: OpIndex,
+    /// The highest offset any poll read in the partition, and the first poll that read it. For a lost write
+    /// this is at or past `offset`; for an unseen one it is below, or `None` if the partition was never read.
+    pub max_read: Option<(Offset, OpIndex)>,
+}
+
+/// One value observed at more than one position.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Duplicate {
+    pub value: Value,
+    /// Every position the value was observed at, in (partition, offset) order.
+    pub positions: Vec<(Partition, Offset, Witnesses)>,
+}
+
+/// One (partition, offset) observed with more than one value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InconsistentOffset {
+    pub partition: Partition,
+    pub offset: Offset,
+    /// Every value observed there, in value order.
+    pub values: Vec<(Value, Witnesses)>,
+}
+
+/// Why a read value is a G1a (aborted or phantom) read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum G1aReason {
+    /// No send of this value appears in the history.
+    NeverSent,
+    /// The only send of this value definitely failed.
+    SendFailed { send_fail: OpIndex },
+    /// The value was sent to another partition, so it cannot be in this one.
+    WrongPartition { sent_to: Partition, send_invoke: OpIndex },
+}
+
+/// A value read at one (partition, offset) that cannot legitimately be there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct G1a {
+    pub partition: Partition,
+    pub offset: Offset,
+    pub value: Value,
+    /// The polls that returned it there.
+    pub read_by: Vec<OpIndex>,
+    pub reason: G1aReason,
+}
+
+/// A process's reads of a partition jumped from `from_offset` to `to_offset` over offsets known to exist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollSkip {
+    pub process: ProcessId,
+    pub partition: Partition,
+    /// The poll that read `from_offset` (equal to `poll` when the skip is inside one poll).
+    pub previous_poll: OpIndex,
+    /// The poll that read `to_offset`.
+    pub poll: OpIndex,
+    pub from_offset: Offset,
+    pub to_offset: Offset,
+    /// The first known offsets strictly between the two, at most [`SKIPPED_OFFSETS_LISTED_MAX`].
+    pub skipped: Vec<Offset>,
+    pub skipped_count: usize,
+}
+
+/// A process read `offset` of a partition after `previous_offset`, which is not smaller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonmonotonicPoll {
+    pub process: ProcessId,
+    pub partition: Partition,
+    /// The poll that read `previous_offset` (equal to `poll` when the disorder is inside one poll).
+    pub previous_poll: OpIndex,
+    pub poll: OpIndex,
+    pub previous_offset: Offset,
+    pub offset: Offset,
+}
+
+/// A process's send to a partition was acknowledged at `offset`, not above its previous ack there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonmonotonicSend {
+    pub process: ProcessId,
+    pub partition: Partition,
+    pub previous_send_ok: OpIndex,
+    pub previous_offset: Offset,
+    pub previous_value: Value,
+    pub send_ok: OpIndex,
+    pub offset: Offset,
+    pub value: Value,
+}
+
+/// Counts of what the history contains, for context in reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub events: usize,
+    pub sends_invoked: usize,
+    pub sends_ok_with_offset: usize,
+    pub sends_ok_without_offset: usize,
+    pub sends_failed: usize,
+    pub sends_info: usize,
+    /// Sends invoked and never completed.
+    pub sends_pending: usize,
+    pub polls_ok: usize,
+    /// Records returned by all `ok` polls together.
+    pub records_read: usize,
+    pub distinct_values_read: usize,
+}
+
+/// Everything [`check`] found. Every list is sorted deterministically (by partition and offset, by value,
+/// or by op index).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueReport {
+    pub stats: QueueStats,
+    /// Set when the history is not well-formed (see [`History::validate`]); the anomalies below were then
+    /// found best-effort.
+    pub history_error: Option<HistoryError>,
+    pub lost_writes: Vec<MissingWrite>,
+    pub unseen: Vec<MissingWrite>,
+    pub duplicates: Vec<Duplicate>,
+    pub inconsistent_offsets: Vec<InconsistentOffset>,
+    pub g1a: Vec<G1a>,
+    pub poll_skips: Vec<PollSkip>,
+    pub nonmonotonic_polls: Vec<NonmonotonicPoll>,
+    pub nonmonotonic_sends: Vec<NonmonotonicSend>,
+}
+
+impl QueueReport {
+    /// Whether the history is well-formed and shows no anomaly at all, unseen writes included (histories
+    /// end with a phase that reads every partition, so an acked write still unseen then is lost).
+    pub fn is_valid(&self) -> bool {
+        self.is_valid_ignoring_unseen() && self.unseen.is_empty()
+    }
+
+    /// Like [`QueueReport::is_valid`], but for a history without a final read-everything phase, where an
+    /// acked write nobody has read yet is not an error.
+    pub fn is_valid_ignoring_unseen(&self) -> bool {
+        self.history_error.is_none()
+            && AnomalyKind::ALL.iter().all(|kind| *kind == AnomalyKind::Unseen || self.count(*kind) == 0)
+    }
+
+    /// How many anomalies of `kind` were found.
+    pub fn count(&self, kind: AnomalyKind) -> usize {
+        match kind {
+            AnomalyKind::LostWrite => self.lost_writes.len(),
+            AnomalyKind::Unseen => self.unseen.len(),
+            AnomalyKind::Duplicate => self.duplicates.len(),
+            AnomalyKind::InconsistentOffsets => self.inconsistent_offsets.len(),
+            AnomalyKind::G1a => self.g1a.len(),
+            AnomalyKind::PollSkip => self.poll_skips.len(),
+            AnomalyKind::NonmonotonicPoll => self.nonmonotonic_polls.len(),
+            AnomalyKind::NonmonotonicSend => self.nonmonotonic_sends.len(),
+        }
+    }
+
+    /// The kinds with at least one anomaly, in [`AnomalyKind::ALL`] order.
+    pub fn anomaly_kinds(&self) -> Vec<AnomalyKind> {
+        AnomalyKind::ALL.into_iter().filter(|kind| self.count(*kind) > 0).collect()
+    }
+
+    /// The number of anomalies of all kinds together.
+    pub fn anomaly_count(&self) -> usize {
+        AnomalyKind::ALL.into_iter().map(|kind| self.count(kind)).sum()
+    }
+
+    /// Lost and unseen writes together, by partition and offset: after a final read-everything phase, both
+    /// mean an acknowledged write is gone.
+    pub fn lost_or_unseen(&self) -> Vec<&MissingWrite> {
+        let mut missing: Vec<&MissingWrite> = self.lost_writes.iter().chain(&self.unseen).collect();
+        missing.sort_by(|a, b| (&a.partition, a.offset, &a.value).cmp(&(&b.partition, b.offset, &b.value)));
+        missing
+    }
+
+    /// One line per example of `kind`, at most `limit`.
+    fn example_lines(&self, kind: AnomalyKind, limit: usize) -> Vec<String> {
+        fn take<T>(items: &[T], limit: usize, line: impl Fn(&T) -> String) -> Vec<String> {
+            items.iter().take(limit).map(line).collect()
+        }
+        match kind {
+            AnomalyKind::LostWrite | AnomalyKind::Unseen => {
+                let items = if kind == AnomalyKind::LostWrite { &self.lost_writes } else { &self.unseen };
+                take(items, limit, |w| {
+                    let read = match w.max_read {
+                        Some((offset, poll)) => format!("partition read up to {offset} ({poll})"),
+                        None => "partition never read".to_owned(),
+                    };
+                    format!(
+                        "{}@{} {}: sent by {} ({}), acked by {}; {read}",
+                        w.partition, w.offset, w.value, w.process, w.send_invoke, w.send_ok
+                    )
+                })
+            }
+            AnomalyKind::Duplicate => take(&self.duplicates, limit, |d| {
+                let positions: Vec<String> =
+                    d.positions.iter().map(|(p, o, witnesses)| format!("{p}@{o} ({witnesses})")).collect();
+                format!("{} at {}", d.value, positions.join(", "))
+            }),
+            AnomalyKind::InconsistentOffsets => take(&self.inconsistent_offsets, limit, |i| {
+                let values: Vec<String> = i.values.iter().map(|(v, witnesses)| format!("{v} ({witnesses})")).collect();
+                format!("{}@{} holds {}", i.partition, i.offset, values.join(" vs "))
+            }),
+            AnomalyKind::G1a => take(&self.g1a, limit, |g| {
+                let why = match &g.reason {
+                    G1aReason::NeverSent => "never sent".to_owned(),
+                    G1aReason::SendFailed { send_fail } => format!("its send failed ({send_fail})"),
+                    G1aReason::WrongPartition { sent_to, send_invoke } => {
+                        format!("it was sent to {sent_to} ({send_invoke})")
+                    }
+                };
+                let first_read = g.read_by.first().map_or_else(String::new, |op| format!(" by {op}"));
+                format!("{}@{} {} read{first_read}, but {why}", g.partition, g.offset, g.value)
+            }),
+            AnomalyKind::PollSkip => take(&self.poll_skips, limit, |s| {
+                let skipped: Vec<String> = s.skipped.iter().map(|o| o.to_string()).collect();
+                let more = s.skipped_count.saturating_sub(s.skipped.len());
+                let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                format!(
+                    "{} {}: {} read {}, then {} read {}, skipping {}{more}",
+                    s.process,
+                    s.partition,
+                    s.previous_poll,
+                    s.from_offset,
+                    s.poll,
+                    s.to_offset,
+                    skipped.join(", ")
+                )
+            }),
+            AnomalyKind::NonmonotonicPoll => take(&self.nonmonotonic_polls, limit, |n| {
+                format!(
+                    "{} {}: {} read {}, then {} read {}",
+                    n.process, n.partition, n.previous_poll, n.previous_offset, n.poll, n.offset
+                )
+            }),
+            AnomalyKind::NonmonotonicSend => take(&self.nonmonotonic_sends, limit, |n| {
+                format!(
+                    "{} {}: {} acked {} at {}, then {} acked {} at {}",
+                    n.process,
+                    n.partition,
+                    n.previous_send_ok,
+                    n.previous_value,
+                    n.previous_offset,
+                    n.send_ok,
+                    n.value,
+                    n.offset
+                )
+            }),
+        }
+    }
+}
+
+impl fmt::Display for QueueReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.is_valid() { "valid" } else { "INVALID" };
+        let kinds: Vec<String> =
+            self.anomaly_kinds().into_iter().map(|kind| format!("{} {kind}", self.count(kind))).collect();
+        if kinds.is_empty() {
+            writeln!(f, "queue check: {verdict}, no anomalies")?;
+        } else {
+            writeln!(f, "queue check: {verdict}: {}", kinds.join(", "))?;
+        }
+        let s = &self.stats;
+        writeln!(
+            f,
+            "  {} events; sends: {} invoked, {} ok at an offset, {} ok without offset, {} fail, {} info, {} pending; \
+             polls: {} ok, {} records, {} distinct values",
+            s.events,
+            s.sends_invoked,
+            s.sends_ok_with_offset,
+            s.sends_ok_without_offset,
+            s.sends_failed,
+            s.sends_info,
+            s.sends_pending,
+            s.polls_ok,
+            s.records_read,
+            s.distinct_values_read
+        )?;
+        if let Some(error) = &self.history_error {
+            writeln!(f, "  malformed history: {error}")?;
+        }
+        for kind in self.anomaly_kinds() {
+            let count = self.count(kind);
+            writeln!(f, "  {kind} ({count}):")?;
+            for line in self.example_lines(kind, EXAMPLES_PER_KIND_MAX) {
+                writeln!(f, "    {line}")?;
+            }
+            if count > EXAMPLES_PER_KIND_MAX {
+                writeln!(f, "    ... and {} more", count - EXAMPLES_PER_KIND_MAX)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a send stands at the end of the history.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SendOutcome {
+    Pending,
+    Ok { send_ok: OpIndex, offset: Option<Offset> },
+    Fail { send_fail: OpIndex },
+    Info,
+}
+
+#[derive(Clone, Debug)]
+struct SendRecord {
+    partition: Partition,
+    process: ProcessId,
+    invoke: OpIndex,
+    outcome: SendOutcome,
+}
+
+/// A process's read position in one partition, for the skip and monotonicity checks.
+#[derive(Clone, Copy, Debug)]
+struct Cursor {
+    last_offset: Offset,
+    last_poll: OpIndex,
+    /// False after an `info` poll, which may have consumed records nobody saw.
+    contiguous: bool,
+}
+
+/// What the first pass over the history learns.
+#[derive(Default)]
+struct Observations<'h> {
+    sends: BTreeMap<&'h Value, SendRecord>,
+    /// Who saw which value at each position, from send acks and poll reads.
+    by_position: BTreeMap<(&'h Partition, Offset), BTreeMap<&'h Value, Witnesses>>,
+    /// Positions each value was seen at (acks and reads).
+    positions_of_value: BTreeMap<&'h Value, BTreeSet<(&'h Partition, Offset)>>,
+    /// Partitions each value was read in (reads only).
+    partitions_read_of_value: BTreeMap<&'h Value, BTreeSet<&'h Partition>>,
+    /// Offsets known to exist in each partition.
+    known_offsets: BTreeMap<&'h Partition, BTreeSet<Offset>>,
+    /// Highest offset read in each partition, and the first poll that read it.
+    max_read: BTreeMap<&'h Partition, (Offset, OpIndex)>,
+}
+
+/// Checks a queue history for the anomalies in the module doc.
+pub fn check(history: &History) -> QueueReport {
+    let events = history.events();
+    let mut report = QueueReport { history_error: history.validate().err(), ..QueueReport::default() };
+    report.stats.events = events.len();
+
+    let observations = observe(events, &mut report.stats);
+    report.nonmonotonic_sends = nonmonotonic_sends(events);
+    let (poll_skips, nonmonotonic_polls) = poll_order(events, &observations.known_offsets);
+    report.poll_skips = poll_skips;
+    report.nonmonotonic_polls = nonmonotonic_polls;
+
+    for ((partition, offset), values) in &observations.by_position {
+        if values.len() > 1 {
+            report.inconsistent_offsets.push(InconsistentOffset {
+                partition: (*partition).clone(),
+                offset: *offset,
+                values: values.iter().map(|(value, witnesses)| ((*value).clone(), witnesses.clone())).collect(),
+            });
+        }
+        for (value, witnesses) in values {
+            if witnesses.read_by.is_empty() {
+                continue;
+            }
+            let reason = match observations.sends.get(value) {
+                None => Some(G1aReason::NeverSent),
+                Some(SendRecord { outcome: SendOutcome::Fail { send_fail }, .. }) => {
+                    Some(G1aReason::SendFailed { send_fail: *send_fail })
+                }
+                Some(send) if send.partition != **partition => {
+                    Some(G1aReason::WrongPartition { sent_to: send.partition.clone(), send_invoke: send.invoke })
+                }
+                Some(_) => None,
+            };
+            if let Some(reason) = reason {
+                report.g1a.push(G1a {
+                    partition: (*partition).clone(),
+                    offset: *offset,
+                    value: (*value).clone(),
+                    read_by: witnesses.read_by.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+
+    for (value, positions) in &observations.positions_of_value {
+        if positions.len() > 1 {
+            let positions = positions
+                .iter()
+                .map(|(partition, offset)| {
+                    let witnesses = observations
+                        .by_position
+                        .get(&(*partition, *offset))
+                        .and_then(|values| values.get(value))
+                        .cloned()
+                        .unwrap_or_default();
+                    ((*partition).clone(), *offset, witnesses)
+                })
+                .collect();
+            report.duplicates.push(Duplicate { value: (*value).clone(), positions });
+        }
+    }
+
+    for (value, send) in &observations.sends {
+        let SendOutcome::Ok { send_ok, offset: Some(offset) } = send.outcome else { continue };
+        let read_in_partition = observations
+            .partitions_read_of_value
+            .get(value)
+            .is_some_and(|partitions| partitions.contains(&send.partition));
+        if read_in_partition {
+            continue;
+        }
+        let max_read = observations.max_read.get(&send.partition).copied();
+        let missing = MissingWrite {
+            partition: send.partition.clone(),
+            offset,
+            value: (*value).clone(),
+            process: send.process,
+            send_invoke: send.invoke,
+            send_ok,
+            max_read,
+        };
+        match max_read {
+            Some((max_offset, _)) if max_offset >= offset => report.lost_writes.push(missing),
+            _ => report.unseen.push(missing),
+        }
+    }
+    let by_position = |a: &MissingWrite, b: &MissingWrite| (&a.partition, a.offset).cmp(&(&b.partition, b.offset));
+    report.lost_writes.sort_by(by_position);
+    report.unseen.sort_by(by_position);
+    report
+}
+
+/// The first pass: sends and their outcomes, and every position each value was seen at.
+fn observe<'h>(events: &'h [Event], stats: &mut QueueStats) -> Observations<'h> {
+    let mut seen = Observations::default();
+    for event in events {
+        match (&event.op, event.kind) {
+            (Op::Send { partition, value, .. }, EventKind::Invoke) => {
+                stats.sends_invoked += 1;
+                // With unique values (a well-formed history) each value is invoked once; if not, the first
+                // invoke wins and later completions still update the outcome.
+                seen.sends.entry(value).or_insert(SendRecord {
+                    partition: partition.clone(),
+                    process: event.process,
+                    invoke: event.index,
+                    outcome: SendOutcome::Pending,
+                });
+            }
+            (Op::Send { partition, value, offset }, kind) => {
+                let outcome = match (kind, offset) {
+                    (EventKind::Ok, Some(_)) => {
+                        stats.sends_ok_with_offset += 1;
+                        SendOutcome::Ok { send_ok: event.index, offset: *offset }
+                    }
+                    (EventKind::Ok, None) => {
+                        stats.sends_ok_without_offset += 1;
+                        SendOutcome::Ok { send_ok: event.index, offset: None }
+                    }
+                    (EventKind::Fail, _) => {
+                        stats.sends_failed += 1;
+                        SendOutcome::Fail { send_fail: event.index }
+                    }
+                    _ => {
+                        stats.sends_info += 1;
+                        SendOutcome::Info
+                    }
+                };
+                let send = seen.sends.entry(value).or_insert(SendRecord {
+                    partition: partition.clone(),
+                    process: event.process,
+                    invoke: event.index,
+                    outcome,
+                });
+                send.outcome = outcome;
+                if let (EventKind::Ok, Some(offset)) = (kind, offset) {
+                    seen.by_position
+                        .entry((partition, *offset))
+                        .or_default()
+                        .entry(value)
+                        .or_default()
+                        .acked_by
+                        .push(event.index);
+                    seen.positions_of_value.entry(value).or_default().insert((partition, *offset));
+                    seen.known_offsets.entry(partition).or_default().insert(*offset);
+                }
+            }
+            (Op::Poll { reads: Some(reads) }, EventKind::Ok) => {
+                stats.polls_ok += 1;
+                for (partition, records) in reads {
+                    for (offset, value) in records {
+                        stats.records_read += 1;
+                        let witnesses =
+                            seen.by_position.entry((partition, *offset)).or_default().entry(value).or_default();
+                        // A poll returning the same record twice is one read by that poll.
+                        if witnesses.read_by.last() != Some(&event.index) {
+                            witnesses.read_by.push(event.index);
+                        }
+                        seen.positions_of_value.entry(value).or_default().insert((partition, *offset));
+                        seen.partitions_read_of_value.entry(value).or_default().insert(partition);
+                        seen.known_offsets.entry(partition).or_default().insert(*offset);
+                        let max = seen.max_read.entry(partition).or_insert((*offset, event.index));
+                        if *offset > max.0 {
+                            *max = (*offset, event.index);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    stats.sends_pending = seen.sends.values().filter(|send| send.outcome == SendOutcome::Pending).count();
+    stats.distinct_values_read = seen.partitions_read_of_value.len();
+    seen
+}
+
+/// Each process's acknowledged offsets per partition must increase: a send invoked after the previous one
+/// was acknowledged must land later in a linearizable log. A crash does not reset this, for the same reason.
+fn nonmonotonic_sends(events: &[Event]) -> Vec<NonmonotonicSend> {
+    let mut found = Vec::new();
+    let mut last_ack: BTreeMap<(ProcessId, &Partition), (Offset, OpIndex, &Value)> = BTreeMap::new();
+    for event in events {
+        let (Op::Send { partition, value, offset: Some(offset) }, EventKind::Ok) = (&event.op, event.kind) else {
+            continue;
+        };
+        if let Some((previous_offset, previous_send_ok, previous_value)) =
+            last_ack.insert((event.process, partition), (*offset, event.index, value))
+        {
+            if *offset <= previous_offset {
+                found.push(NonmonotonicSend {
+                    process: event.process,
+                    partition: partition.clone(),
+                    previous_send_ok,
+                    previous_offset,
+                    previous_value: previous_value.clone(),
+                    send_ok: event.index,
+                    offset: *offset,
+                    value: value.clone(),
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Follows each process's reads of each partition in history order and finds skips and reads that go
+/// backwards.
+fn poll_order(
+    events: &[Event],
+    known_offsets: &BTreeMap<&Partition, BTreeSet<Offset>>,
+) -> (Vec<PollSkip>, Vec<NonmonotonicPoll>) {
+    let mut skips = Vec::new();
+    let mut nonmonotonic = Vec::new();
+    let mut cursors: BTreeMap<ProcessId, BTreeMap<&Partition, Cursor>> = BTreeMap::new();
+    for event in events {
+        match (&event.op, event.kind) {
+            // A failed assign or subscribe did not move the consumer; anything else may have.
+            (Op::Assign { .. } | Op::Subscribe { .. }, EventKind::Fail) => {}
+            (Op::Assign { .. } | Op::Subscribe { .. } | Op::Crash, _) => {
+                cursors.remove(&event.process);
+            }
+            (Op::Poll { .. }, EventKind::Info) => {
+                for cursor in cursors.entry(event.process).or_default().values_mut() {
+                    cursor.contiguous = false;
+                }
+            }
+            (Op::Poll { reads: Some(reads) }, EventKind::Ok) => {
+                let process_cursors = cursors.entry(event.process).or_default();
+                for (partition, records) in reads {
+                    for (offset, _value) in records {
+                        let next = Cursor { last_offset: *offset, last_poll: event.index, contiguous: true };
+                        let Some(cursor) = process_cursors.insert(partition, next) else { continue };
+                        if *offset <= cursor.last_offset {
+                            nonmonotonic.push(NonmonotonicPoll {
+                                process: event.process,
+                                partition: partition.clone(),
+                                previous_poll: cursor.last_poll,
+                                poll: event.index,
+                                previous_offset: cursor.last_offset,
+                                offset: *offset,
+                            });
+                            continue;
+                        }
+                        if !cursor.contiguous {
+                            continue;
+                        }
+                        let Some(known) = known_offsets.get(partition) else { continue };
+                        let between = (cursor.last_offset.0 + 1)..offset.0;
+                        let skipped_count = known.range(Offset(between.start)..Offset(between.end)).count();
+                        if skipped_count > 0 {
+                            skips.push(PollSkip {
+                                process: event.process,
+                                partition: partition.clone(),
+                                previous_poll: cursor.last_poll,
+                                poll: event.index,
+                                from_offset: cursor.last_offset,
+                                to_offset: *offset,
+                                skipped: known
+                                    .range(Offset(between.start)..Offset(between.end))
+                                    .take(SKIPPED_OFFSETS_LISTED_MAX)
+                                    .copied()
+                                    .collect(),
+                                skipped_count,
+                            });
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (skips, nonmonotonic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::history::PollReads;
+
+    /// A tiny history builder: every operation completes right after its invoke.
+    #[derive(Default)]
+    struct Builder {
+        history: History,
+        time_ns: u64,
+    }
+
+    impl Builder {
+        fn tick(&mut self) -> u64 {
+            self.time_ns += 10;
+            self.time_ns
+        }
+
+        fn send_ok(&mut self, process: u64, partition: &str, value: &str, offset: Option<u64>) -> OpIndex {
+            let time_ns = self.tick();
+            let pending = self.history.invoke_send(ProcessId(process), time_ns, partition, value);
+            let time_ns = self.tick();
+            self.history.send_ok(pending, time_ns, offset.map(Offset))
+        }
+
+        fn send_fail(&mut self, process: u64, partition: &str, value: &str) -> OpIndex {
+            let time_ns = self.tick();
+            let pending = self.history.invoke_send(ProcessId(process), time_ns, partition, value);
+            let time_ns = self.tick();
+            self.history.send_fail(pending, time_ns)
+        }
+
+        fn send_info(&mut self, process: u64, partition: &str, value: &str) -> OpIndex {
+            let time_ns = self.tick();
+            let pending = self.history.invoke_send(ProcessId(process), time_ns, partition, value);
+            let time_ns = self.tick();
+            self.history.send_info(pending, time_ns)
+        }
+
+        fn poll(&mut self, process: u64, reads: &[(&str, &[(u64, &str)])]) -> OpIndex {
+            let mut poll_reads = PollReads::new();
+            for (partition, records) in reads {
+                let records = records.iter().map(|(offset, value)| (Offset(*offset), Value::from(*value))).collect();
+                poll_reads.insert(Partition::from(*partition), records);
+            }
+            let time_ns = self.tick();
+            let pending = self.history.invoke_poll(ProcessId(process), time_ns);
+            let time_ns = self.tick();
+            self.history.poll_ok(pending, time_ns, poll_reads)
+        }
+
+        fn poll_info(&mut self, process: u64) -> OpIndex {
+            let time_ns = self.tick();
+            let pending = self.history.invoke_poll(ProcessId(process), time_ns);
+            let time_ns = self.tick();
+            self.history.poll_info(pending, time_ns)
+        }
+
+        fn check(&self) -> QueueReport {
+            let report = check(&self.history);
+            assert_eq!(report.history_error, None, "test histories are well-formed");
+            report
+        }
+    }
+
+    /// Three acked sends to t/0 at offsets 0, 1, 2 by process 1.
+    fn three_acked() -> Builder {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "a", Some(0));
+        b.send_ok(1, "t/0", "b", Some(1));
+        b.send_ok(1, "t/0", "c", Some(2));
+        b
+    }
+
+    #[test]
+    fn clean_history_has_no_anomalies() {
+        let mut b = three_acked();
+        b.send_ok(1, "t/1", "d", Some(0));
+        b.send_fail(1, "t/1", "never");
+        b.send_info(1, "t/1", "maybe-not");
+        b.send_info(1, "t/1", "maybe");
+        b.send_ok(1, "t/1", "no-offset", None);
+        b.poll(2, &[("t/0", &[(0, "a"), (1, "b")]), ("t/1", &[(0, "d"), (1, "maybe")])]);
+        b.poll(2, &[("t/0", &[(2, "c")]), ("t/1", &[(2, "no-offset")])]);
+        b.poll(3, &[("t/0", &[(1, "b"), (2, "c")])]);
+        let report = b.check();
+        assert!(report.is_valid(), "{report}");
+        assert_eq!(report.anomaly_count(), 0);
+        assert_eq!(report.stats.sends_invoked, 8);
+        assert_eq!(report.stats.sends_ok_with_offset, 4);
+        assert_eq!(report.stats.sends_ok_without_offset, 1);
+        assert_eq!(report.stats.sends_failed, 1);
+        assert_eq!(report.stats.sends_info, 2);
+        assert_eq!(report.stats.records_read, 8);
+        assert_eq!(report.stats.distinct_values_read, 6);
+        assert!(report.to_string().starts_with("queue check: valid, no anomalies"), "{report}");
+    }
+
+    #[test]
+    fn indeterminate_sends_may_be_missing_or_appear_once() {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "acks-none", None);
+        b.send_info(1, "t/0", "info-missing");
+        b.send_info(1, "t/0", "info-present");
+        let time_ns = b.tick();
+        let _pending = b.history.invoke_send(ProcessId(4), time_ns, "t/0", "never-completed");
+        b.send_ok(1, "t/0", "acked", Some(1));
+        b.poll(2, &[("t/0", &[(0, "info-present"), (1, "acked"), (2, "never-completed")])]);
+        let report = b.check();
+        assert!(report.is_valid(), "{report}");
+        assert_eq!(report.stats.sends_pending, 1);
+    }
+
+    #[test]
+    fn lost_write() {
+        let mut b = three_acked();
+        let poll = b.poll(2, &[("t/0", &[(1, "b"), (2, "c")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::LostWrite], "{report}");
+        let lost = &report.lost_writes[0];
+        assert_eq!((lost.partition.as_str(), lost.offset, lost.value.as_str()), ("t/0", Offset(0), "a"));
+        assert_eq!((lost.send_invoke, lost.send_ok), (OpIndex(0), OpIndex(1)));
+        assert_eq!(lost.max_read, Some((Offset(2), poll)));
+        assert_eq!(report.lost_or_unseen().len(), 1);
+        assert!(!report.is_valid() && !report.is_valid_ignoring_unseen());
+        let text = report.to_string();
+        assert!(text.contains("1 lost-write") && text.contains("t/0@0 \"a\""), "{text}");
+    }
+
+    #[test]
+    fn a_read_of_exactly_the_acked_offset_makes_an_unread_write_lost() {
+        let mut b = three_acked();
+        b.poll(2, &[("t/0", &[(0, "a"), (1, "b")])]);
+        b.poll(3, &[("t/0", &[(2, "x")])]);
+        let report = b.check();
+        assert_eq!(report.lost_writes.len(), 1, "{report}");
+        assert_eq!(report.lost_writes[0].value.as_str(), "c");
+    }
+
+    #[test]
+    fn unseen_write() {
+        let mut b = three_acked();
+        b.poll(2, &[("t/0", &[(0, "a"), (1, "b")])]);
+        b.send_ok(1, "t/1", "never-polled", Some(0));
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::Unseen], "{report}");
+        assert_eq!(report.unseen.len(), 2);
+        assert_eq!(report.unseen[0].value.as_str(), "c");
+        assert_eq!(report.unseen[0].max_read.map(|(offset, _)| offset), Some(Offset(1)));
+        assert_eq!(report.unseen[1].max_read, None);
+        assert!(!report.is_valid());
+        assert!(report.is_valid_ignoring_unseen());
+        let lost_or_unseen: Vec<&str> = report.lost_or_unseen().iter().map(|w| w.value.as_str()).collect();
+        assert_eq!(lost_or_unseen, vec!["c", "never-polled"]);
+    }
+
+    #[test]
+    fn duplicate_read_at_two_offsets() {
+        let mut b = Builder::default();
+        b.send_info(1, "t/0", "a");
+        let first = b.poll(2, &[("t/0", &[(0, "a")])]);
+        let second = b.poll(3, &[("t/0", &[(1, "a")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::Duplicate], "{report}");
+        let duplicate = &report.duplicates[0];
+        assert_eq!(duplicate.value.as_str(), "a");
+        let positions: Vec<(Offset, Vec<OpIndex>)> =
+            duplicate.positions.iter().map(|(_, offset, w)| (*offset, w.read_by.clone())).collect();
+        assert_eq!(positions, vec![(Offset(0), vec![first]), (Offset(1), vec![second])]);
+    }
+
+    #[test]
+    fn duplicate_acked_at_one_offset_and_read_at_another() {
+        let mut b = Builder::default();
+        let ack = b.send_ok(1, "t/0", "a", Some(0));
+        let poll = b.poll(2, &[("t/0", &[(3, "a")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::Duplicate], "{report}");
+        let positions = &report.duplicates[0].positions;
+        assert_eq!(positions[0].2.acked_by, vec![ack]);
+        assert_eq!(positions[1].2.read_by, vec![poll]);
+    }
+
+    #[test]
+    fn duplicates_of_a_send_acked_without_offset_are_still_reported() {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "a", None);
+        b.poll(2, &[("t/0", &[(0, "a"), (1, "a")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::Duplicate], "{report}");
+    }
+
+    #[test]
+    fn inconsistent_offsets() {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "a", None);
+        b.send_info(1, "t/0", "b");
+        let read_a = b.poll(2, &[("t/0", &[(0, "a")])]);
+        let read_b = b.poll(3, &[("t/0", &[(0, "b")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::InconsistentOffsets], "{report}");
+        let inconsistent = &report.inconsistent_offsets[0];
+        assert_eq!((inconsistent.partition.as_str(), inconsistent.offset), ("t/0", Offset(0)));
+        let values: Vec<(&str, Vec<OpIndex>)> =
+            inconsistent.values.iter().map(|(v, w)| (v.as_str(), w.read_by.clone())).collect();
+        assert_eq!(values, vec![("a", vec![read_a]), ("b", vec![read_b])]);
+    }
+
+    #[test]
+    fn inconsistent_offsets_between_two_acks() {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "a", Some(0));
+        b.send_ok(2, "t/0", "b", Some(0));
+        b.poll(3, &[("t/0", &[(0, "a")])]);
+        let report = b.check();
+        assert_eq!(report.inconsistent_offsets.len(), 1, "{report}");
+        // b's value is gone although offset 0 was read: it is also a lost write.
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::LostWrite, AnomalyKind::InconsistentOffsets]);
+    }
+
+    #[test]
+    fn g1a_read_of_a_value_never_sent() {
+        let mut b = Builder::default();
+        let poll = b.poll(2, &[("t/0", &[(0, "ghost")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::G1a], "{report}");
+        assert_eq!(
+            report.g1a,
+            vec![G1a {
+                partition: "t/0".into(),
+                offset: Offset(0),
+                value: "ghost".into(),
+                read_by: vec![poll],
+                reason: G1aReason::NeverSent
+            }]
+        );
+    }
+
+    #[test]
+    fn g1a_read_of_a_failed_send() {
+        let mut b = Builder::default();
+        let fail = b.send_fail(1, "t/0", "aborted");
+        b.poll(2, &[("t/0", &[(0, "aborted")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::G1a], "{report}");
+        assert_eq!(report.g1a[0].reason, G1aReason::SendFailed { send_fail: fail });
+        assert!(report.to_string().contains("its send failed"), "{report}");
+    }
+
+    #[test]
+    fn g1a_read_in_another_partition() {
+        let mut b = Builder::default();
+        b.send_info(1, "t/0", "a");
+        b.poll(2, &[("t/1", &[(0, "a")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::G1a], "{report}");
+        assert_eq!(report.g1a[0].reason, G1aReason::WrongPartition { sent_to: "t/0".into(), send_invoke: OpIndex(0) });
+    }
+
+    #[test]
+    fn poll_skip_across_polls() {
+        let mut b = three_acked();
+        let first = b.poll(2, &[("t/0", &[(0, "a")])]);
+        let second = b.poll(2, &[("t/0", &[(2, "c")])]);
+        b.poll(3, &[("t/0", &[(1, "b")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::PollSkip], "{report}");
+        assert_eq!(
+            report.poll_skips,
+            vec![PollSkip {
+                process: ProcessId(2),
+                partition: "t/0".into(),
+                previous_poll: first,
+                poll: second,
+                from_offset: Offset(0),
+                to_offset: Offset(2),
+                skipped: vec![Offset(1)],
+                skipped_count: 1,
+            }]
+        );
+    }
+
+    #[test]
+    fn poll_skip_inside_one_poll_known_only_from_an_ack() {
+        let mut b = three_acked();
+        // Offset 1 is known only from b's ack; b is then lost too.
+        let poll = b.poll(2, &[("t/0", &[(0, "a"), (2, "c")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::LostWrite, AnomalyKind::PollSkip], "{report}");
+        let skip = &report.poll_skips[0];
+        assert_eq!((skip.previous_poll, skip.poll, skip.skipped.clone()), (poll, poll, vec![Offset(1)]));
+    }
+
+    #[test]
+    fn position_jumps_after_assign_subscribe_crash_or_info_poll_are_not_skips() {
+        for reset in ["assign", "subscribe", "crash", "info-poll"] {
+            let mut b = three_acked();
+            b.poll(2, &[("t/0", &[(0, "a")])]);
+            let time_ns = b.tick();
+            match reset {
+                "assign" => {
+                    b.history.assign(ProcessId(2), time_ns, ["t/0"]);
+                }
+                "subscribe" => {
+                    b.history.subscribe(ProcessId(2), time_ns, ["t/0"]);
+                }
+                "crash" => {
+                    b.history.crash(ProcessId(2), time_ns);
+                }
+                _ => {
+                    b.poll_info(2);
+                }
+            }
+            b.poll(2, &[("t/0", &[(2, "c")])]);
+            b.poll(3, &[("t/0", &[(1, "b")])]);
+            let report = b.check();
+            assert!(report.is_valid(), "after {reset}: {report}");
+        }
+    }
+
+    #[test]
+    fn nonmonotonic_poll_across_polls() {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "a", Some(0));
+        b.send_ok(1, "t/0", "b", Some(1));
+        let first = b.poll(2, &[("t/0", &[(0, "a"), (1, "b")])]);
+        let second = b.poll(2, &[("t/0", &[(0, "a")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::NonmonotonicPoll], "{report}");
+        assert_eq!(
+            report.nonmonotonic_polls,
+            vec![NonmonotonicPoll {
+                process: ProcessId(2),
+                partition: "t/0".into(),
+                previous_poll: first,
+                poll: second,
+                previous_offset: Offset(1),
+                offset: Offset(0),
+            }]
+        );
+    }
+
+    #[test]
+    fn nonmonotonic_poll_inside_one_poll() {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "a", Some(0));
+        b.send_ok(1, "t/0", "b", Some(1));
+        let poll = b.poll(2, &[("t/0", &[(1, "b"), (0, "a")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::NonmonotonicPoll], "{report}");
+        let n = &report.nonmonotonic_polls[0];
+        assert_eq!((n.previous_poll, n.poll, n.previous_offset, n.offset), (poll, poll, Offset(1), Offset(0)));
+    }
+
+    #[test]
+    fn rereading_after_assign_is_monotonic() {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "a", Some(0));
+        b.poll(2, &[("t/0", &[(0, "a")])]);
+        let time_ns = b.tick();
+        b.history.assign(ProcessId(2), time_ns, ["t/0"]);
+        b.poll(2, &[("t/0", &[(0, "a")])]);
+        assert!(b.check().is_valid());
+    }
+
+    #[test]
+    fn nonmonotonic_send() {
+        let mut b = Builder::default();
+        let first = b.send_ok(1, "t/0", "a", Some(1));
+        let second = b.send_ok(1, "t/0", "b", Some(0));
+        // Another process's ack and another partition's do not count.
+        b.send_ok(2, "t/0", "c", Some(2));
+        b.send_ok(1, "t/1", "d", Some(0));
+        b.poll(3, &[("t/0", &[(0, "b"), (1, "a"), (2, "c")]), ("t/1", &[(0, "d")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::NonmonotonicSend], "{report}");
+        assert_eq!(
+            report.nonmonotonic_sends,
+            vec![NonmonotonicSend {
+                process: ProcessId(1),
+                partition: "t/0".into(),
+                previous_send_ok: first,
+                previous_offset: Offset(1),
+                previous_value: "a".into(),
+                send_ok: second,
+                offset: Offset(0),
+                value: "b".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn malformed_history_is_reported_and_invalid() {
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "same", Some(0));
+        b.send_ok(2, "t/0", "same", Some(1));
+        b.poll(3, &[("t/0", &[(0, "same"), (1, "same")])]);
+        let report = check(&b.history);
+        assert!(matches!(report.history_error, Some(HistoryError::DuplicateSendValue { .. })), "{report}");
+        assert!(!report.is_valid() && !report.is_valid_ignoring_unseen());
+        assert!(report.to_string().contains("malformed history"), "{report}");
+    }
+
+    #[test]
+    fn summary_lists_at_most_ten_examples_per_kind() {
+        let mut b = Builder::default();
+        for offset in 0..15 {
+            b.send_ok(1, "t/0", &format!("v{offset}"), Some(offset));
+        }
+        b.poll(2, &[("t/0", &[(15, "ghost")])]);
+        let report = b.check();
+        assert_eq!(report.count(AnomalyKind::LostWrite), 15);
+        let text = report.to_string();
+        assert!(text.contains("lost-write (15):"), "{text}");
+        assert!(text.contains("... and 5 more"), "{text}");
+        assert!(text.contains("\"v9\"") && !text.contains("\"v10\""), "{text}");
+        assert!(text.lines().count() <= 2 + 2 * (EXAMPLES_PER_KIND_MAX + 2), "{text}");
+    }
+
+    #[test]
+    fn anomaly_names_are_jepsens() {
+        let names: Vec<&str> = AnomalyKind::ALL.iter().map(|kind| kind.name()).collect();
+        assert_eq!(
+            names,
+            vec![
+                "lost-write",
+                "unseen",
+                "duplicate",
+                "inconsistent-offsets",
+                "G1a",
+                "poll-skip",
+                "nonmonotonic-poll",
+                "nonmonotonic-send"
+            ]
+        );
+    }
+}
