@@ -1,0 +1,772 @@
+//! The partition log: one partition's records as segment files in one directory, over a [`Disk`].
+//!
+//! In: batches stamped with the next offset ([`PartitionLog::append`]), syncs, reads, truncations.
+//! Out: whole batches as one `Bytes` (never re-encoded), offsets, and after a crash a recovered log
+//! that is a prefix of what was appended and holds everything that was synced.
+//!
+//! # On-disk format
+//! A directory per partition holds, per segment, three files named by the segment's base offset
+//! (the offset of its first record) in 20 decimal digits:
+//!
+//! - `{base:020}.log`: concatenated RecordBatch v2 batches ([`crate::batch`]), each with its own
+//!   CRC32C, exactly as they were appended;
+//! - `{base:020}.index`: a sparse offset index, one 12-byte entry `relative_offset u32, position
+//!   u32, crc32c u32` per `index_interval_bytes` of log;
+//! - `{base:020}.timeindex`: the matching sparse time index, 16-byte entries `max_timestamp_before
+//!   i64, relative_offset u32, crc32c u32`.
+//!
+//! All integers are big-endian; see [`index`] for the entries and the seal. A segment rolls when the
+//! next batch would take it past `segment_bytes_max`. When a rolled segment's data is known durable
+//! (a sync covering its last offset succeeded), a *seal* is appended to both index files: a CRC'd
+//! entry recording the segment's byte length, next offset and max timestamp, made durable by the
+//! next sync. Files are not preallocated: a file's length is the end of its data, which is what lets
+//! recovery and the seal check use the length at all (and keeps the format simple; revisit if
+//! `fdatasync` metadata cost shows up in the benches).
+//!
+//! # Recovery (in [`PartitionLog::open`])
+//! 1. Segments are the `.log` files, in base-offset order. Index files without a `.log`, and files of
+//!    segments dropped below, are removed.
+//! 2. Segments must be contiguous: each base offset equals the previous segment's next offset. At the
+//!    first gap, that segment and every later one are removed.
+//! 3. A segment that is not the last is trusted without a scan only if it is sealed: both index files
+//!    decode with valid CRCs, end in matching seals, and the seal's length equals the `.log` length.
+//!    Otherwise it is scanned (4); if the scan stops early, the segment is truncated there and every
+//!    later segment is removed (they follow a hole); if it is whole, its indexes are rebuilt and
+//!    sealed again.
+//! 4. The last segment is always scanned from its start: batch after batch is parsed
+//!    ([`crate::batch::peek_batch_size`] and [`Batch::parse`] check length, magic, CRC and record
+//!    framing) and offsets must be contiguous. The scan stops at the first torn, garbage, zeroed,
+//!    corrupt or non-contiguous batch, and the file is truncated there. Its indexes are rebuilt from
+//!    the scan (by the same code appends use, so they come out byte for byte the same).
+//! 5. Everything recovery changed or scanned is synced, with the directory, before `open` returns, so
+//!    `durable_end_offset() == log_end_offset()` after open (even after a process crash where the OS
+//!    still held unsynced writes).
+//!
+//! Reads check every returned batch's CRC and offsets, so a bit flip in a trusted (sealed) segment
+//! shows up as [`LogError::Corrupt`] instead of wrong data.
+//!
+//! # Durability
+//! `append` writes to the page cache. [`PartitionLog::begin_sync`] syncs every file written since the
+//! previous `begin_sync` (and the directory if entries changed) and resolves to the log end it covers.
+//! Syncs complete in any order, but the durable end only advances to a sync's offset once every sync
+//! begun before it has succeeded too (an earlier sync may be the one that carries a file the later one
+//! did not need to touch). Any failed sync poisons the log ([`LogError::Failed`]): after a failed
+//! fsync the unsynced bytes are in an unknown state, so the owner must drop the log and reopen it.
+//!
+//! # In memory
+//! Per segment: its files, length, next offset, max timestamp and both sparse indexes (one entry per
+//! `index_interval_bytes`, 24 bytes of memory per 4 KiB of log by default).
+
+mod index;
+mod segment;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::{Bytes, BytesMut};
+
+use crate::batch::{Batch, BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
+use crate::storage::{Disk, DiskFile};
+use crate::types::{Offset, TimestampMs};
+use segment::{BatchHeader, Segment};
+
+/// The largest `segment_bytes_max` accepted: positions in the index are u32, and a segment may
+/// overshoot its limit by at most one batch.
+pub const SEGMENT_BYTES_LIMIT: u64 = (u32::MAX as u64) - (BATCH_BYTES_MAX as u64);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Roll to a new segment when the next batch would take the active one past this.
+    pub segment_bytes_max: u64,
+    /// Write one offset-index and one time-index entry per this many bytes of log.
+    pub index_interval_bytes: u32,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { segment_bytes_max: 128 * 1024 * 1024, index_interval_bytes: 4096 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("log I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Found while reading: a bad CRC, a batch that does not start where the index says, etc.
+    #[error("log corrupt: {0}")]
+    Corrupt(String),
+    #[error("offset {requested} out of range [{log_start}, {log_end}]")]
+    OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
+    #[error("batch base offset {got} where {expected} was expected")]
+    NonContiguous { expected: Offset, got: Offset },
+    /// A sync (or a write) failed earlier; the log must be dropped and reopened (recovered).
+    #[error("log failed earlier and must be reopened")]
+    Failed,
+}
+
+/// What [`PartitionLog::open`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryReport {
+    pub segments: usize,
+    /// Bytes cut off `.log` files (torn or corrupt tails, segments after a hole or a gap).
+    pub truncated_bytes: u64,
+    pub log_start_offset: Offset,
+    pub log_end_offset: Offset,
+    /// Segments whose index files were rebuilt from a scan.
+    pub rebuilt_indexes: usize,
+}
+
+/// Sync bookkeeping shared with the futures `begin_sync` hands out.
+struct SyncShared {
+    failed: bool,
+    /// Bumped by every truncation: a sync begun before one must not make later appends look durable.
+    generation: u64,
+    next_ticket: u64,
+    /// Syncs in flight by ticket: (covered offset, generation, completed).
+    in_flight: BTreeMap<u64, (Offset, u64, bool)>,
+    /// Highest offset covered by a sync that, with every sync begun before it, succeeded in the
+    /// current generation.
+    completed: Offset,
+    /// A sync begun after the last truncation has succeeded (so the truncation is durable).
+    synced_since_truncation: bool,
+}
+
+impl SyncShared {
+    fn advance(&mut self) {
+        while let Some(entry) = self.in_flight.first_entry() {
+            let (covered, generation, done) = *entry.get();
+            if !done {
+                break;
+            }
+            entry.remove();
+            if generation == self.generation {
+                self.completed = self.completed.max(covered);
+                self.synced_since_truncation = true;
+            }
+        }
+    }
+}
+
+fn lock(shared: &Mutex<SyncShared>) -> MutexGuard<'_, SyncShared> {
+    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Marks the ticket done (or the log failed, if the future is dropped before it finishes).
+struct TicketGuard {
+    shared: Arc<Mutex<SyncShared>>,
+    ticket: u64,
+    finished: bool,
+}
+
+impl TicketGuard {
+    fn finish(mut self, ok: bool) {
+        self.finished = true;
+        let mut shared = lock(&self.shared);
+        if ok {
+            if let Some(entry) = shared.in_flight.get_mut(&self.ticket) {
+                entry.2 = true;
+            }
+            shared.advance();
+        } else {
+            shared.failed = true;
+            shared.in_flight.remove(&self.ticket);
+        }
+    }
+}
+
+impl Drop for TicketGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Abandoned mid-way: the files it was to sync are no longer marked dirty, so their
+            // durability is unknown. Only a reopen (recovery) can tell.
+            let mut shared = lock(&self.shared);
+            shared.failed = true;
+            shared.in_flight.remove(&self.ticket);
+        }
+    }
+}
+
+type SyncFuture = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
+
+pub struct PartitionLog<D: Disk> {
+    disk: D,
+    dir: String,
+    config: LogConfig,
+    /// By base offset; the last one is the active segment, the only one appended to.
+    segments: BTreeMap<Offset, Segment<D::File>>,
+    log_end: Offset,
+    durable_end: Offset,
+    /// Directory entries were created or removed since the last `begin_sync`.
+    dir_dirty: bool,
+    /// Rolled segments still to be sealed once their data is durable.
+    pending_seals: Vec<Offset>,
+    shared: Arc<Mutex<SyncShared>>,
+}
+
+fn parent_of(dir: &str) -> &str {
+    dir.trim_end_matches('/').rsplit_once('/').map_or("", |(parent, _)| parent)
+}
+
+/// Parses `{20 digits}.{ext}`.
+fn parse_segment_name(name: &str) -> Option<(Offset, &str)> {
+    let (digits, ext) = name.split_once('.')?;
+    if digits.len() != 20 || !digits.bytes().all(|byte| byte.is_ascii_digit()) {
+        return None;
+    }
+    let base = digits.parse::<i64>().ok()?;
+    matches!(ext, "log" | "index" | "timeindex").then_some((Offset(base), ext))
+}
+
+impl<D: Disk> PartitionLog<D> {
+    /// Opens (creating if missing) the log in `dir` and recovers it; see the module doc.
+    pub async fn open(disk: D, dir: &str, config: LogConfig) -> Result<(Self, RecoveryReport), LogError> {
+        assert!(
+            config.segment_bytes_max > 0 && config.segment_bytes_max <= SEGMENT_BYTES_LIMIT,
+            "segment_bytes_max {} must be in 1..={SEGMENT_BYTES_LIMIT}",
+            config.segment_bytes_max
+        );
+        let dir = dir.trim_end_matches('/').to_string();
+        disk.create_dir_all(&dir)?;
+        let mut log_bases = Vec::new();
+        let mut other_files = Vec::new();
+        for name in disk.list(&dir)? {
+            match parse_segment_name(&name) {
+                Some((base, "log")) => log_bases.push(base),
+                Some((base, _)) => other_files.push((base, name)),
+                None => {} // Not ours: leave it alone.
+            }
+        }
+        log_bases.sort();
+        let mut report = RecoveryReport {
+            segments: 0,
+            truncated_bytes: 0,
+            log_start_offset: Offset::ZERO,
+            log_end_offset: Offset::ZERO,
+            rebuilt_indexes: 0,
+        };
+        let mut segments: BTreeMap<Offset, Segment<D::File>> = BTreeMap::new();
+        let mut dir_changed = false;
+        let mut idx = 0;
+        while idx < log_bases.len() {
+            let base = log_bases[idx];
+            let is_last = idx + 1 == log_bases.len();
+            if let Some(previous) = segments.values().next_back() {
+                if previous.next_offset != base {
+                    break; // A gap: this segment and all later ones go.
+                }
+            }
+            let mut segment = Self::open_segment(&disk, &dir, base, &config)?;
+            let log_len = segment.log.len()?;
+            if !is_last && Self::load_sealed(&mut segment, log_len)? {
+                segments.insert(base, segment);
+                idx += 1;
+                continue;
+            }
+            let scan = segment::scan(&segment.log, base, config.index_interval_bytes)?;
+            if let Some(reason) = &scan.stopped_because {
+                tracing::warn!(dir, base = base.0, at = scan.valid_bytes, reason, "log recovery: truncating segment");
+                segment.log.set_len(scan.valid_bytes)?;
+                report.truncated_bytes += log_len - scan.valid_bytes;
+            }
+            segment.log_bytes = scan.valid_bytes;
+            segment.next_offset = scan.next_offset;
+            segment.index = scan.index;
+            segment.indexer = scan.indexer;
+            segment.dirty.log = true;
+            let whole = scan.stopped_because.is_none();
+            segment.rewrite_indexes(!is_last && whole)?;
+            report.rebuilt_indexes += 1;
+            segments.insert(base, segment);
+            idx += 1;
+            if !whole {
+                break; // Later segments follow a hole.
+            }
+        }
+        // Remove the segments recovery dropped, and index files without a log.
+        for &base in &log_bases[idx..] {
+            let path = segment::log_name(&dir, base);
+            report.truncated_bytes += disk.open(&path, false)?.len()?;
+            disk.remove(&path)?;
+            dir_changed = true;
+        }
+        for (base, name) in &other_files {
+            if !segments.contains_key(base) {
+                disk.remove(&format!("{dir}/{name}"))?;
+                dir_changed = true;
+            }
+        }
+        if segments.is_empty() {
+            let segment = Self::open_segment(&disk, &dir, Offset::ZERO, &config)?;
+            segments.insert(Offset::ZERO, segment);
+            dir_changed = true;
+        }
+        // The active segment carries no seal (one may remain if later segments were dropped).
+        let active = segments.values_mut().next_back().expect("at least one segment");
+        if active.sealed {
+            active.rewrite_indexes(false)?;
+        }
+        let log_end = active.next_offset;
+        let log_start = *segments.keys().next().expect("at least one segment");
+        let mut log = PartitionLog {
+            disk,
+            dir,
+            config,
+            segments,
+            log_end,
+            durable_end: log_end,
+            dir_dirty: dir_changed,
+            pending_seals: Vec::new(),
+            shared: Arc::new(Mutex::new(SyncShared {
+                failed: false,
+                generation: 0,
+                next_ticket: 0,
+                in_flight: BTreeMap::new(),
+                completed: Offset::ZERO,
+                synced_since_truncation: true,
+            })),
+        };
+        // Make what recovery found durable (the OS may still hold unsynced writes of the last run)
+        // and the log directory's own entry too.
+        log.dir_dirty = true;
+        let covered = log.begin_sync().await?;
+        log.mark_durable(covered);
+        log.disk.sync_dir(parent_of(&log.dir)).await?;
+        report.segments = log.segments.len();
+        report.log_start_offset = log_start;
+        report.log_end_offset = log_end;
+        log.check_invariants();
+        Ok((log, report))
+    }
+
+    fn open_segment(disk: &D, dir: &str, base: Offset, config: &LogConfig) -> Result<Segment<D::File>, LogError> {
+        Ok(Segment {
+            base_offset: base,
+            next_offset: base,
+            log: disk.open(&segment::log_name(dir, base), true)?,
+            offset_index: disk.open(&segment::offset_index_name(dir, base), true)?,
+            time_index: disk.open(&segment::time_index_name(dir, base), true)?,
+            log_bytes: 0,
+            index: index::SegmentIndex::default(),
+            indexer: index::Indexer::new(config.index_interval_bytes),
+            sealed: false,
+            dirty: segment::Dirty::default(),
+        })
+    }
+
+    /// Loads a segment's indexes if it is sealed and the seal matches the `.log` length.
+    fn load_sealed(segment: &mut Segment<D::File>, log_len: u64) -> Result<bool, LogError> {
+        let offset_bytes = segment.offset_index.read_at(0, usize::MAX)?;
+        let time_bytes = segment.time_index.read_at(0, usize::MAX)?;
+        let Some(sealed) = index::decode_sealed(&offset_bytes, &time_bytes) else {
+            return Ok(false);
+        };
+        if u64::from(sealed.seal.log_bytes) != log_len {
+            return Ok(false);
+        }
+        segment.log_bytes = log_len;
+        segment.next_offset = Offset(segment.base_offset.0 + i64::from(sealed.seal.relative_next_offset));
+        segment.indexer.max_timestamp = sealed.seal.max_timestamp;
+        segment.indexer.bytes_since_entry =
+            log_len - sealed.offsets.last().map_or(0, |entry| u64::from(entry.position));
+        segment.index = index::SegmentIndex { offsets: sealed.offsets, times: sealed.times };
+        segment.sealed = true;
+        Ok(true)
+    }
+
+    pub fn log_start_offset(&self) -> Offset {
+        *self.segments.keys().next().expect("a log has at least one segment")
+    }
+
+    /// The next offset to assign.
+    pub fn log_end_offset(&self) -> Offset {
+        self.log_end
+    }
+
+    /// Everything below this offset is known to be durable.
+    pub fn durable_end_offset(&self) -> Offset {
+        self.durable_end
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    fn check_failed(&self) -> Result<(), LogError> {
+        if lock(&self.shared).failed {
+            Err(LogError::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Marks the log failed on any error from `result` (a half-done write leaves unknown state).
+    fn fail_on_error<T>(&self, result: Result<T, LogError>) -> Result<T, LogError> {
+        if result.is_err() {
+            lock(&self.shared).failed = true;
+        }
+        result
+    }
+
+    fn active(&mut self) -> &mut Segment<D::File> {
+        self.segments.values_mut().next_back().expect("a log has at least one segment")
+    }
+
+    /// Appends one batch already stamped with `base_offset == log_end_offset()`. It goes to the page
+    /// cache, not yet durable. May roll to a new segment first.
+    ///
+    /// # Panics
+    /// After [`PartitionLog::truncate_to`] removed data, until a sync begun after it succeeded:
+    /// appending over a truncation that is not durable could, after a crash, leave new batches
+    /// followed by resurrected old ones.
+    pub fn append(&mut self, batch: &Batch) -> Result<(), LogError> {
+        {
+            let shared = lock(&self.shared);
+            if shared.failed {
+                return Err(LogError::Failed);
+            }
+            assert!(
+                shared.synced_since_truncation,
+                "PartitionLog::append after truncate_to without a completed sync in between"
+            );
+        }
+        if batch.base_offset() != self.log_end {
+            return Err(LogError::NonContiguous { expected: self.log_end, got: batch.base_offset() });
+        }
+        let result = self.append_inner(batch);
+        self.fail_on_error(result)?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn append_inner(&mut self, batch: &Batch) -> Result<(), LogError> {
+        let segment_bytes_max = self.config.segment_bytes_max;
+        let active = self.active();
+        let too_big = active.log_bytes > 0 && active.log_bytes + batch.len() as u64 > segment_bytes_max;
+        let too_many_offsets = batch.next_offset().0 - active.base_offset.0 > u32::MAX as i64;
+        if too_big || too_many_offsets {
+            self.roll(batch.base_offset())?;
+        }
+        self.active().append(batch)?;
+        self.log_end = batch.next_offset();
+        Ok(())
+    }
+
+    /// Starts a new active segment at `base`. The old one is sealed once its data is durable.
+    fn roll(&mut self, base: Offset) -> Result<(), LogError> {
+        let old_base = self.active().base_offset;
+        let segment = Self::open_segment(&self.disk, &self.dir, base, &self.config)?;
+        // A leftover file of that name (not possible after recovery, but cheap to rule out).
+        for file in [&segment.log, &segment.offset_index, &segment.time_index] {
+            if !file.is_empty()? {
+                file.set_len(0)?;
+            }
+        }
+        self.segments.insert(base, segment);
+        self.pending_seals.push(old_base);
+        self.dir_dirty = true;
+        tracing::debug!(dir = self.dir, base = base.0, "log: rolled to a new segment");
+        Ok(())
+    }
+
+    /// A future that makes everything appended so far durable: every file written since the last
+    /// `begin_sync` (a rolled segment and its indexes included) and the directory when entries
+    /// changed. It resolves to the log end offset it covers; the caller then calls
+    /// [`PartitionLog::mark_durable`] with it. The caller may keep appending and reading while it runs
+    /// (group commit). Dropping the future before it completes poisons the log, as a failure does.
+    pub fn begin_sync(&mut self) -> impl Future<Output = Result<Offset, LogError>> + Send + 'static {
+        let covered = self.log_end;
+        let mut syncs: Vec<SyncFuture> = Vec::new();
+        let guard = {
+            let mut shared = lock(&self.shared);
+            (!shared.failed).then(|| {
+                let ticket = shared.next_ticket;
+                shared.next_ticket += 1;
+                let generation = shared.generation;
+                shared.in_flight.insert(ticket, (covered, generation, false));
+                TicketGuard { shared: self.shared.clone(), ticket, finished: false }
+            })
+        };
+        if guard.is_some() {
+            for segment in self.segments.values_mut() {
+                let dirty = std::mem::take(&mut segment.dirty);
+                if dirty.log {
+                    syncs.push(Box::pin(segment.log.sync()));
+                }
+                if dirty.offset_index {
+                    syncs.push(Box::pin(segment.offset_index.sync()));
+                }
+                if dirty.time_index {
+                    syncs.push(Box::pin(segment.time_index.sync()));
+                }
+            }
+            if std::mem::take(&mut self.dir_dirty) {
+                syncs.push(Box::pin(self.disk.sync_dir(&self.dir)));
+            }
+        }
+        async move {
+            let Some(guard) = guard else {
+                return Err(LogError::Failed);
+            };
+            let results = futures::future::join_all(syncs).await;
+            if let Some(error) = results.into_iter().find_map(Result::err) {
+                tracing::error!(%error, "log: sync failed; the log must be reopened");
+                guard.finish(false);
+                return Err(LogError::Io(error));
+            }
+            guard.finish(true);
+            Ok(covered)
+        }
+    }
+
+    /// Records that a sync resolved to `up_to`. The durable end advances to it only as far as every
+    /// sync begun before it has succeeded too, and not past a later truncation. Rolled segments that
+    /// are now wholly durable get their seal (durable with the next sync).
+    pub fn mark_durable(&mut self, up_to: Offset) {
+        let completed = lock(&self.shared).completed;
+        let durable = up_to.min(completed).min(self.log_end);
+        if durable > self.durable_end {
+            self.durable_end = durable;
+        }
+        let durable_end = self.durable_end;
+        let mut result = Ok(());
+        let segments = &mut self.segments;
+        self.pending_seals.retain(|base| {
+            let Some(segment) = segments.get_mut(base) else {
+                return false;
+            };
+            if segment.next_offset > durable_end || result.is_err() {
+                return true;
+            }
+            result = segment.write_seal();
+            false
+        });
+        let _ = self.fail_on_error(result);
+        self.check_invariants();
+    }
+
+    /// Whole batches, concatenated, starting with the batch that contains `offset`, stopping before
+    /// `max_bytes` would be exceeded (but at least one batch if any qualifies), and only batches
+    /// whose last offset is below `up_to` (the high watermark). May span segments. Empty if `offset
+    /// >= up_to` or `offset == log_end_offset()`. Every returned batch's CRC is checked.
+    pub fn read(&self, offset: Offset, max_bytes: usize, up_to: Offset) -> Result<Bytes, LogError> {
+        self.check_failed()?;
+        let log_start = self.log_start_offset();
+        if offset < log_start || offset > self.log_end {
+            return Err(LogError::OffsetOutOfRange { requested: offset, log_start, log_end: self.log_end });
+        }
+        let up_to = up_to.min(self.log_end);
+        if offset >= up_to {
+            return Ok(Bytes::new());
+        }
+        let (&first_base, first_segment) =
+            self.segments.range(..=offset).next_back().expect("offset >= log start has a segment");
+        let (mut position, first_header) = first_segment.locate(offset)?;
+        let mut expected = first_header.base_offset;
+        let mut reader = RunCollector::default();
+        let mut total_bytes = 0usize;
+        'segments: for segment in self.segments.range(first_base..).map(|(_, segment)| segment) {
+            if segment.base_offset != first_base {
+                position = 0;
+            }
+            let mut window = Bytes::new();
+            let mut window_position = position;
+            while position < segment.log_bytes {
+                let budget = max_bytes.saturating_sub(total_bytes);
+                let header_in_window = position + BATCH_HEADER_BYTES as u64 <= window_position + window.len() as u64;
+                if !header_in_window {
+                    window = self.read_window(segment, position, BATCH_HEADER_BYTES, budget)?;
+                    window_position = position;
+                }
+                let start = (position - window_position) as usize;
+                let header =
+                    BatchHeader::parse(&window[start..]).map_err(|reason| segment.corrupt(position, reason))?;
+                if header.base_offset != expected {
+                    return Err(segment.corrupt(
+                        position,
+                        format!("base offset {} where {expected} was expected", header.base_offset),
+                    ));
+                }
+                if header.last_offset() >= up_to || (total_bytes > 0 && total_bytes + header.size_bytes > max_bytes) {
+                    break 'segments;
+                }
+                if start + header.size_bytes > window.len() {
+                    reader.flush();
+                    window = self.read_window(segment, position, header.size_bytes, budget)?;
+                    window_position = position;
+                }
+                let start = (position - window_position) as usize;
+                let batch = window.slice(start..start + header.size_bytes);
+                if !segment::crc_matches(&batch) {
+                    return Err(segment.corrupt(position, "batch CRC mismatch".to_string()));
+                }
+                reader.push(&window, start, header.size_bytes);
+                total_bytes += header.size_bytes;
+                position += header.size_bytes as u64;
+                expected = header.next_offset();
+            }
+            reader.flush();
+        }
+        Ok(reader.finish())
+    }
+
+    /// Reads at least `needed` bytes at `position` (and up to `budget`, to serve the rest of a read
+    /// from one I/O), never past the segment's end.
+    fn read_window(
+        &self,
+        segment: &Segment<D::File>,
+        position: u64,
+        needed: usize,
+        budget: usize,
+    ) -> Result<Bytes, LogError> {
+        let available = segment.log_bytes - position;
+        let want = (needed.max(budget) as u64).min(available) as usize;
+        let window = segment.log.read_at(position, want)?;
+        if window.len() < needed {
+            return Err(
+                segment.corrupt(position, format!("file ends {} bytes into a {needed}-byte read", window.len()))
+            );
+        }
+        Ok(window)
+    }
+
+    /// The first batch with `max_timestamp >= timestamp`: its base offset and max timestamp.
+    pub fn offset_for_timestamp(&self, timestamp: TimestampMs) -> Result<Option<(Offset, TimestampMs)>, LogError> {
+        self.check_failed()?;
+        for segment in self.segments.values() {
+            if let Some(header) = segment.find_timestamp(timestamp)? {
+                return Ok(Some((header.base_offset, header.max_timestamp)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes the batch that contains `offset` and everything after it (a batch is never split, so
+    /// the new log end may be below `offset`). A no-op if `offset >= log_end_offset()`. Durable after
+    /// the next sync, and until a sync begun after it has succeeded, [`PartitionLog::append`] refuses
+    /// to run (see there). Syncs begun before the truncation no longer advance the durable end.
+    pub fn truncate_to(&mut self, offset: Offset) -> Result<(), LogError> {
+        self.check_failed()?;
+        let log_start = self.log_start_offset();
+        if offset < log_start {
+            return Err(LogError::OffsetOutOfRange { requested: offset, log_start, log_end: self.log_end });
+        }
+        if offset >= self.log_end {
+            return Ok(());
+        }
+        let result = self.truncate_inner(offset);
+        self.fail_on_error(result)?;
+        self.check_invariants();
+        Ok(())
+    }
+
+    fn truncate_inner(&mut self, offset: Offset) -> Result<(), LogError> {
+        let (&base, segment) = self.segments.range(..=offset).next_back().expect("offset >= log start");
+        let (position, header) = segment.locate(offset)?;
+        let cut = header.base_offset;
+        // Drop whole segments from the cut on (keeping the first segment, even if emptied).
+        let first_dropped = if position == 0 && base != self.log_start_offset() { base } else { base.next() };
+        let dropped: Vec<Offset> = self.segments.range(first_dropped..).map(|(&base, _)| base).collect();
+        for base in dropped {
+            self.segments.remove(&base);
+            self.pending_seals.retain(|pending| *pending != base);
+            for path in [
+                segment::log_name(&self.dir, base),
+                segment::offset_index_name(&self.dir, base),
+                segment::time_index_name(&self.dir, base),
+            ] {
+                self.disk.remove(&path)?;
+            }
+            self.dir_dirty = true;
+        }
+        let active = self.active();
+        let active_base = active.base_offset;
+        if active.next_offset > cut {
+            let position = if active_base == base { position } else { active.log_bytes };
+            active.truncate_at(position, cut)?;
+        } else if active.sealed {
+            active.rewrite_indexes(false)?;
+        }
+        self.pending_seals.retain(|pending| *pending != active_base);
+        self.log_end = cut;
+        self.durable_end = self.durable_end.min(cut);
+        let mut shared = lock(&self.shared);
+        shared.generation += 1;
+        shared.completed = shared.completed.min(cut);
+        shared.synced_since_truncation = false;
+        Ok(())
+    }
+
+    /// Syncs everything (seals included) and consumes the log: a graceful shutdown.
+    pub async fn close(mut self) -> Result<(), LogError> {
+        // The first sync may make segments sealable; the second makes the seals durable.
+        for _ in 0..2 {
+            let covered = self.begin_sync().await?;
+            self.mark_durable(covered);
+        }
+        self.check_failed()
+    }
+
+    /// Asserts the log's own invariants (debug builds and tests).
+    fn check_invariants(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        assert!(self.durable_end <= self.log_end, "durable end {} > log end {}", self.durable_end, self.log_end);
+        let mut expected = None;
+        for (base, segment) in &self.segments {
+            assert_eq!(*base, segment.base_offset);
+            if let Some(expected) = expected {
+                assert_eq!(segment.base_offset, expected, "segments not contiguous");
+            }
+            assert!(segment.next_offset >= segment.base_offset);
+            expected = Some(segment.next_offset);
+        }
+        assert_eq!(expected, Some(self.log_end), "active segment does not end at the log end");
+        let active = self.segments.values().next_back().expect("a segment");
+        assert!(!active.sealed, "the active segment is sealed");
+    }
+}
+
+/// Gathers the byte ranges a read returns, as slices of the windows read, and joins them at the end
+/// (without a copy when they all came from one window, the common case).
+#[derive(Default)]
+struct RunCollector {
+    runs: Vec<Bytes>,
+    current: Option<(Bytes, usize, usize)>,
+}
+
+impl RunCollector {
+    fn push(&mut self, window: &Bytes, start: usize, len: usize) {
+        if let Some((current_window, _, end)) = &mut self.current {
+            if current_window.as_ptr() == window.as_ptr() && current_window.len() == window.len() && *end == start {
+                *end += len;
+                return;
+            }
+        }
+        self.flush();
+        self.current = Some((window.clone(), start, start + len));
+    }
+
+    fn flush(&mut self) {
+        if let Some((window, start, end)) = self.current.take() {
+            self.runs.push(window.slice(start..end));
+        }
+    }
+
+    fn finish(mut self) -> Bytes {
+        self.flush();
+        match self.runs.len() {
+            0 => Bytes::new(),
+            1 => self.runs.pop().expect("one run"),
+            _ => {
+                let mut out = BytesMut::with_capacity(self.runs.iter().map(Bytes::len).sum());
+                for run in &self.runs {
+                    out.extend_from_slice(run);
+                }
+                out.freeze()
+            }
+        }
+    }
+}

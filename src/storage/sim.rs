@@ -1,0 +1,639 @@
+//! `SimDisk`: an in-memory [`Disk`] that can lose what was not synced.
+//!
+//! In: file and directory operations, `crash()`, fault knobs. Out: page-cache reads, and after a
+//! crash or a failed sync, the state a real disk could plausibly be in. Everything random is drawn
+//! from one seeded RNG, so a run is a function of its seed and the order of calls.
+//!
+//! # Model
+//! - A path names an *entry*; an entry points at an *inode* (file content). Each entry remembers the
+//!   inode it points at now and the inode it points at durably; `sync_dir(parent)` makes the first
+//!   the second. So an unsynced creation vanishes on crash and an unsynced removal is undone (the old
+//!   inode, kept alive for this, comes back).
+//! - Each inode keeps its durable bytes, the bytes reads see (`current`, i.e. the page cache) and the
+//!   writes and `set_len`s issued since the last sync, in issue order, each with a sequence number.
+//!   `sync()` captures the sequence number at call time and makes exactly the earlier operations
+//!   durable when it completes.
+//! - `crash()` (power loss): every inode reverts to its durable bytes plus a random prefix of its
+//!   pending operations; the last kept write may be torn at a random byte, and its torn part may be
+//!   garbage (random bytes or zeros) instead of nothing. Handles opened before the crash go stale:
+//!   every operation on them fails.
+//! - A failed sync (probability `fsync_error_probability`) leaves the operations it covered in the
+//!   state a crash would (a random, possibly torn, prefix survives) and reads show that at once, as
+//!   Linux may drop the dirty pages of a failed fsync. Later operations stay pending.
+//! - Directories themselves are simpler than files: `create_dir_all` and `remove_dir_all` are durable
+//!   at once (as if followed by a sync of the parent). Only file entries have unsynced states.
+//!
+//! # Limits
+//! A file may not grow past [`SIM_FILE_BYTES_MAX`]; larger writes fail with an `io::Error`, never a
+//! panic. Reads past the end are short or empty.
+//!
+//! # Lock order
+//! One `std::sync::Mutex` around all state; it is never held across an `.await`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{Disk, DiskFile};
+
+/// The largest file a `SimDisk` holds; writes or `set_len` beyond it fail.
+pub const SIM_FILE_BYTES_MAX: u64 = 1 << 30;
+
+/// Fault knobs. All probabilities are drawn from the disk's seeded RNG.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimDiskFaults {
+    /// Probability that one `sync()` (or `sync_dir`) completes with an error.
+    pub fsync_error_probability: f64,
+    /// Latency of each sync, drawn uniformly from `[min, max]` milliseconds (virtual time under madsim).
+    pub fsync_latency_ms: (u64, u64),
+    /// Probability that the last write a crash keeps is torn at a random byte.
+    pub torn_write_probability: f64,
+    /// Probability that the torn part of a torn write holds garbage instead of nothing.
+    pub garbage_tail_probability: f64,
+}
+
+impl Default for SimDiskFaults {
+    /// No faults, except that a crash may tear the last write it keeps (that is what a crash is).
+    fn default() -> Self {
+        SimDiskFaults {
+            fsync_error_probability: 0.0,
+            fsync_latency_ms: (0, 0),
+            torn_write_probability: 0.5,
+            garbage_tail_probability: 0.25,
+        }
+    }
+}
+
+/// Counters for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimDiskStats {
+    /// File syncs that completed (with `Ok` or an injected error).
+    pub syncs: u64,
+    /// Injected sync failures (file and directory).
+    pub sync_errors: u64,
+    /// Bytes of writes made durable by successful file syncs.
+    pub synced_bytes: u64,
+    /// Directory syncs that completed.
+    pub dir_syncs: u64,
+    pub crashes: u64,
+}
+
+/// An in-memory disk; clones share the same state.
+#[derive(Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<State>>,
+}
+
+/// A handle to one inode, valid until the next crash.
+#[derive(Clone)]
+pub struct SimFile {
+    state: Arc<Mutex<State>>,
+    inode: InodeId,
+    generation: u64,
+}
+
+type InodeId = u64;
+
+#[derive(Debug, Clone)]
+enum PendingOp {
+    Write { pos: u64, data: Bytes },
+    SetLen { len: u64 },
+}
+
+#[derive(Debug, Default)]
+struct Inode {
+    durable: Vec<u8>,
+    current: Vec<u8>,
+    /// Operations since the last sync, with their sequence numbers, in issue order.
+    pending: Vec<(u64, PendingOp)>,
+    next_seq: u64,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Entry {
+    current: Option<InodeId>,
+    durable: Option<InodeId>,
+}
+
+struct State {
+    rng: StdRng,
+    faults: SimDiskFaults,
+    generation: u64,
+    next_inode: InodeId,
+    inodes: BTreeMap<InodeId, Inode>,
+    /// File entries by full path.
+    entries: BTreeMap<String, Entry>,
+    /// Directories by full path ("" is the root and always exists).
+    dirs: BTreeSet<String>,
+    stats: SimDiskStats,
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic while holding the lock cannot leave the state half-updated in a way that matters to a
+    // test that is already failing, so poisoning is ignored.
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn normalize(path: &str) -> String {
+    path.split('/').filter(|part| !part.is_empty() && *part != ".").collect::<Vec<_>>().join("/")
+}
+
+fn parent_of(path: &str) -> &str {
+    match path.rsplit_once('/') {
+        Some((parent, _)) => parent,
+        None => "",
+    }
+}
+
+fn not_found(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::NotFound, format!("simdisk: {what} not found"))
+}
+
+fn apply_op(content: &mut Vec<u8>, op: &PendingOp) {
+    match op {
+        PendingOp::Write { pos, data } => {
+            let pos = *pos as usize;
+            let end = pos + data.len();
+            if content.len() < end {
+                content.resize(end, 0);
+            }
+            content[pos..end].copy_from_slice(data);
+        }
+        PendingOp::SetLen { len } => content.resize(*len as usize, 0),
+    }
+}
+
+impl State {
+    /// Applies a random prefix of `ops` to `base`, tearing the last kept write per the fault knobs:
+    /// what a crash leaves of these operations.
+    fn crash_apply(&mut self, base: &mut Vec<u8>, ops: &[(u64, PendingOp)]) {
+        let n_kept = self.rng.random_range(0..=ops.len());
+        for (idx, (_, op)) in ops[..n_kept].iter().enumerate() {
+            let is_last = idx + 1 == n_kept;
+            match op {
+                PendingOp::Write { pos, data }
+                    if is_last && !data.is_empty() && self.rng.random_bool(self.faults.torn_write_probability) =>
+                {
+                    let torn_at = self.rng.random_range(0..data.len());
+                    let mut written = data.slice(..torn_at).to_vec();
+                    if self.rng.random_bool(self.faults.garbage_tail_probability) {
+                        let mut garbage = vec![0u8; data.len() - torn_at];
+                        if self.rng.random_bool(0.5) {
+                            self.rng.fill(&mut garbage[..]);
+                        }
+                        written.extend_from_slice(&garbage);
+                    }
+                    apply_op(base, &PendingOp::Write { pos: *pos, data: Bytes::from(written) });
+                }
+                _ => apply_op(base, op),
+            }
+        }
+    }
+
+    fn inode(&mut self, file: &SimFile) -> io::Result<&mut Inode> {
+        if file.generation != self.generation {
+            return Err(io::Error::other("simdisk: stale file handle (opened before a crash)"));
+        }
+        self.inodes.get_mut(&file.inode).ok_or_else(|| io::Error::other("simdisk: stale file handle (file removed)"))
+    }
+
+    fn draw_latency(&mut self) -> Duration {
+        let (min, max) = self.faults.fsync_latency_ms;
+        let ms = if max > min { self.rng.random_range(min..=max) } else { min };
+        Duration::from_millis(ms)
+    }
+
+    /// Drops inodes no entry refers to, now or durably.
+    fn collect_garbage(&mut self) {
+        let live: BTreeSet<InodeId> =
+            self.entries.values().flat_map(|entry| [entry.current, entry.durable]).flatten().collect();
+        self.inodes.retain(|id, _| live.contains(id));
+    }
+}
+
+impl SimDisk {
+    pub fn new(seed: u64) -> SimDisk {
+        let mut dirs = BTreeSet::new();
+        dirs.insert(String::new());
+        SimDisk {
+            state: Arc::new(Mutex::new(State {
+                rng: StdRng::seed_from_u64(seed),
+                faults: SimDiskFaults::default(),
+                generation: 0,
+                next_inode: 0,
+                inodes: BTreeMap::new(),
+                entries: BTreeMap::new(),
+                dirs,
+                stats: SimDiskStats::default(),
+            })),
+        }
+    }
+
+    pub fn set_faults(&self, faults: SimDiskFaults) {
+        lock(&self.state).faults = faults;
+    }
+
+    pub fn faults(&self) -> SimDiskFaults {
+        lock(&self.state).faults.clone()
+    }
+
+    pub fn stats(&self) -> SimDiskStats {
+        lock(&self.state).stats
+    }
+
+    /// Simulated power loss: every file reverts to its durable bytes plus a random prefix of its
+    /// pending operations (the last one possibly torn), unsynced directory changes are undone, and
+    /// every handle opened before now goes stale.
+    pub fn crash(&self) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        state.generation += 1;
+        state.stats.crashes += 1;
+        for entry in state.entries.values_mut() {
+            entry.current = entry.durable;
+        }
+        state.entries.retain(|_, entry| entry.current.is_some());
+        state.collect_garbage();
+        let ids: Vec<InodeId> = state.inodes.keys().copied().collect();
+        for id in ids {
+            let inode = state.inodes.get_mut(&id).expect("inode listed above");
+            let mut content = std::mem::take(&mut inode.durable);
+            let pending = std::mem::take(&mut inode.pending);
+            state.crash_apply(&mut content, &pending);
+            let inode = state.inodes.get_mut(&id).expect("inode listed above");
+            inode.current = content.clone();
+            inode.durable = content;
+        }
+    }
+
+    /// Flips one bit of the file's durable bytes (and of what reads see), as a disk that rots would.
+    /// Fails if the file or the byte does not exist.
+    pub fn flip_bit(&self, path: &str, byte: u64, bit: u8) -> io::Result<()> {
+        let path = normalize(path);
+        let mut state = lock(&self.state);
+        let id = state.entries.get(&path).and_then(|entry| entry.current).ok_or_else(|| not_found(&path))?;
+        let inode = state.inodes.get_mut(&id).ok_or_else(|| not_found(&path))?;
+        let mask = 1u8 << (bit % 8);
+        let mut flipped = false;
+        if let Some(value) = inode.durable.get_mut(byte as usize) {
+            *value ^= mask;
+            flipped = true;
+        }
+        if let Some(value) = inode.current.get_mut(byte as usize) {
+            *value ^= mask;
+            flipped = true;
+        }
+        if flipped {
+            Ok(())
+        } else {
+            Err(io::Error::new(io::ErrorKind::InvalidInput, format!("simdisk: byte {byte} is past the end of {path}")))
+        }
+    }
+
+    /// The durable bytes of a file (what a crash with no pending writes kept would leave), for tests.
+    pub fn durable_content(&self, path: &str) -> Option<Vec<u8>> {
+        let path = normalize(path);
+        let state = lock(&self.state);
+        let id = state.entries.get(&path)?.durable?;
+        state.inodes.get(&id).map(|inode| inode.durable.clone())
+    }
+}
+
+impl Disk for SimDisk {
+    type File = SimFile;
+
+    fn open(&self, path: &str, create: bool) -> io::Result<SimFile> {
+        let path = normalize(path);
+        let mut state = lock(&self.state);
+        let generation = state.generation;
+        if let Some(id) = state.entries.get(&path).and_then(|entry| entry.current) {
+            return Ok(SimFile { state: self.state.clone(), inode: id, generation });
+        }
+        if !create {
+            return Err(not_found(&path));
+        }
+        if path.is_empty() || state.dirs.contains(&path) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("simdisk: {path:?} is a directory")));
+        }
+        if !state.dirs.contains(parent_of(&path)) {
+            return Err(not_found(&format!("directory of {path}")));
+        }
+        let id = state.next_inode;
+        state.next_inode += 1;
+        state.inodes.insert(id, Inode::default());
+        state.entries.entry(path).or_default().current = Some(id);
+        Ok(SimFile { state: self.state.clone(), inode: id, generation })
+    }
+
+    fn list(&self, dir: &str) -> io::Result<Vec<String>> {
+        let dir = normalize(dir);
+        let state = lock(&self.state);
+        let children = |path: &String| -> Option<String> {
+            let rest = if dir.is_empty() { path.as_str() } else { path.strip_prefix(&dir)?.strip_prefix('/')? };
+            (!rest.is_empty() && !rest.contains('/')).then(|| rest.to_string())
+        };
+        let mut names: Vec<String> = state
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.current.is_some())
+            .filter_map(|(path, _)| children(path))
+            .chain(state.dirs.iter().filter_map(children))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
+    fn create_dir_all(&self, dir: &str) -> io::Result<()> {
+        let dir = normalize(dir);
+        let mut state = lock(&self.state);
+        let mut path = String::new();
+        for part in dir.split('/').filter(|part| !part.is_empty()) {
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(part);
+            if state.entries.get(&path).is_some_and(|entry| entry.current.is_some()) {
+                return Err(io::Error::new(io::ErrorKind::AlreadyExists, format!("simdisk: {path} is a file")));
+            }
+            state.dirs.insert(path.clone());
+        }
+        Ok(())
+    }
+
+    fn remove(&self, path: &str) -> io::Result<()> {
+        let path = normalize(path);
+        let mut state = lock(&self.state);
+        let entry =
+            state.entries.get_mut(&path).filter(|entry| entry.current.is_some()).ok_or_else(|| not_found(&path))?;
+        entry.current = None;
+        Ok(())
+    }
+
+    fn remove_dir_all(&self, dir: &str) -> io::Result<()> {
+        let dir = normalize(dir);
+        if dir.is_empty() {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "simdisk: refusing to remove the root"));
+        }
+        let mut state = lock(&self.state);
+        if !state.dirs.contains(&dir) {
+            return Err(not_found(&dir));
+        }
+        let prefix = format!("{dir}/");
+        state.dirs.retain(|path| *path != dir && !path.starts_with(&prefix));
+        state.entries.retain(|path, _| !path.starts_with(&prefix));
+        state.collect_garbage();
+        Ok(())
+    }
+
+    fn sync_dir(&self, dir: &str) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let dir = normalize(dir);
+        let shared = self.state.clone();
+        let latency = lock(&self.state).draw_latency();
+        async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            let mut state = lock(&shared);
+            state.stats.dir_syncs += 1;
+            let error_probability = state.faults.fsync_error_probability;
+            if state.rng.random_bool(error_probability) {
+                // The changes stay undurable: a later successful sync_dir may still persist them.
+                state.stats.sync_errors += 1;
+                return Err(io::Error::other(format!("simdisk: injected sync_dir error on {dir:?}")));
+            }
+            if !state.dirs.contains(&dir) {
+                return Err(not_found(&dir));
+            }
+            for (path, entry) in state.entries.iter_mut() {
+                if parent_of(path) == dir {
+                    entry.durable = entry.current;
+                }
+            }
+            state.entries.retain(|_, entry| entry.current.is_some() || entry.durable.is_some());
+            state.collect_garbage();
+            Ok(())
+        }
+    }
+}
+
+impl DiskFile for SimFile {
+    fn len(&self) -> io::Result<u64> {
+        let mut state = lock(&self.state);
+        Ok(state.inode(self)?.current.len() as u64)
+    }
+
+    fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        let inode = state.inode(self)?;
+        if pos.checked_add(data.len() as u64).is_none_or(|end| end > SIM_FILE_BYTES_MAX) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "simdisk: write past the file size limit"));
+        }
+        let op = PendingOp::Write { pos, data: Bytes::copy_from_slice(data) };
+        apply_op(&mut inode.current, &op);
+        let seq = inode.next_seq;
+        inode.next_seq += 1;
+        inode.pending.push((seq, op));
+        Ok(())
+    }
+
+    fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
+        let mut state = lock(&self.state);
+        let content = &state.inode(self)?.current;
+        let start = usize::try_from(pos).unwrap_or(usize::MAX).min(content.len());
+        let end = start.saturating_add(len).min(content.len());
+        Ok(Bytes::copy_from_slice(&content[start..end]))
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut state = lock(&self.state);
+        let inode = state.inode(self)?;
+        if len > SIM_FILE_BYTES_MAX {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "simdisk: set_len past the file size limit"));
+        }
+        let op = PendingOp::SetLen { len };
+        apply_op(&mut inode.current, &op);
+        let seq = inode.next_seq;
+        inode.next_seq += 1;
+        inode.pending.push((seq, op));
+        Ok(())
+    }
+
+    fn sync(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
+        let file = self.clone();
+        // Which writes this sync covers is decided now, at call time.
+        let (covered_seq, latency) = {
+            let mut state = lock(&self.state);
+            let latency = state.draw_latency();
+            match state.inode(self) {
+                Ok(inode) => (Ok(inode.next_seq), latency),
+                Err(error) => (Err(error), latency),
+            }
+        };
+        async move {
+            let covered_seq = covered_seq?;
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            let mut state = lock(&file.state);
+            let state = &mut *state;
+            state.inode(&file)?;
+            state.stats.syncs += 1;
+            let error_probability = state.faults.fsync_error_probability;
+            let fails = state.rng.random_bool(error_probability);
+            let inode = state.inodes.get_mut(&file.inode).expect("checked above");
+            let n_covered = inode.pending.iter().take_while(|(seq, _)| *seq < covered_seq).count();
+            let covered: Vec<(u64, PendingOp)> = inode.pending.drain(..n_covered).collect();
+            if fails {
+                state.stats.sync_errors += 1;
+                let inode = state.inodes.get_mut(&file.inode).expect("checked above");
+                let mut durable = std::mem::take(&mut inode.durable);
+                state.crash_apply(&mut durable, &covered);
+                let inode = state.inodes.get_mut(&file.inode).expect("checked above");
+                let mut current = durable.clone();
+                for (_, op) in &inode.pending {
+                    apply_op(&mut current, op);
+                }
+                inode.durable = durable;
+                inode.current = current;
+                return Err(io::Error::other("simdisk: injected fsync error"));
+            }
+            for (_, op) in &covered {
+                apply_op(&mut inode.durable, op);
+                if let PendingOp::Write { data, .. } = op {
+                    state.stats.synced_bytes += data.len() as u64;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+
+    #[test]
+    fn unsynced_write_is_lost_and_synced_write_survives_a_crash() {
+        let disk = SimDisk::new(1);
+        disk.set_faults(SimDiskFaults { torn_write_probability: 0.0, ..SimDiskFaults::default() });
+        let file = disk.open("a", true).unwrap();
+        block_on(disk.sync_dir("")).unwrap();
+        file.write_at(0, b"hello").unwrap();
+        block_on(file.sync()).unwrap();
+        assert_eq!(disk.stats().synced_bytes, 5);
+        // Many crashes: the synced prefix always survives; the unsynced write sometimes does not.
+        let mut lost = 0;
+        for _ in 0..32 {
+            let file = disk.open("a", false).unwrap();
+            file.set_len(5).unwrap();
+            block_on(file.sync()).unwrap();
+            file.write_at(5, b" world").unwrap();
+            assert_eq!(&file.read_at(0, 100).unwrap()[..], b"hello world");
+            disk.crash();
+            let file = disk.open("a", false).unwrap();
+            let content = file.read_at(0, 100).unwrap();
+            assert!(content.starts_with(b"hello"));
+            if content.len() == 5 {
+                lost += 1;
+            } else {
+                assert_eq!(&content[..], b"hello world");
+            }
+        }
+        assert!(lost > 0 && lost < 32, "lost {lost} of 32");
+    }
+
+    #[test]
+    fn sync_covers_only_writes_issued_before_it() {
+        let disk = SimDisk::new(2);
+        disk.set_faults(SimDiskFaults { torn_write_probability: 0.0, ..SimDiskFaults::default() });
+        let file = disk.open("a", true).unwrap();
+        block_on(disk.sync_dir("")).unwrap();
+        file.write_at(0, b"one").unwrap();
+        let sync = file.sync();
+        file.write_at(3, b"two").unwrap();
+        block_on(sync).unwrap();
+        assert_eq!(disk.durable_content("a").unwrap(), b"one");
+    }
+
+    #[test]
+    fn unsynced_creation_vanishes_and_unsynced_removal_is_undone() {
+        let disk = SimDisk::new(3);
+        disk.create_dir_all("d").unwrap();
+        let kept = disk.open("d/kept", true).unwrap();
+        kept.write_at(0, b"x").unwrap();
+        block_on(kept.sync()).unwrap();
+        block_on(disk.sync_dir("d")).unwrap();
+        disk.open("d/new", true).unwrap();
+        disk.remove("d/kept").unwrap();
+        assert_eq!(disk.list("d").unwrap(), vec!["new".to_string()]);
+        disk.crash();
+        assert_eq!(disk.list("d").unwrap(), vec!["kept".to_string()]);
+        assert_eq!(&disk.open("d/kept", false).unwrap().read_at(0, 10).unwrap()[..], b"x");
+    }
+
+    #[test]
+    fn handles_go_stale_after_a_crash() {
+        let disk = SimDisk::new(4);
+        let file = disk.open("a", true).unwrap();
+        block_on(disk.sync_dir("")).unwrap();
+        disk.crash();
+        assert!(file.write_at(0, b"x").is_err());
+        assert!(file.read_at(0, 1).is_err());
+        assert!(file.len().is_err());
+        assert!(block_on(file.sync()).is_err());
+        assert!(disk.open("a", false).unwrap().write_at(0, b"x").is_ok());
+    }
+
+    #[test]
+    fn failed_sync_keeps_a_prefix_and_later_reads_show_it() {
+        let disk = SimDisk::new(5);
+        disk.set_faults(SimDiskFaults { fsync_error_probability: 1.0, ..SimDiskFaults::default() });
+        let file = disk.open("a", true).unwrap();
+        let mut shrank = false;
+        for round in 0..16u8 {
+            file.set_len(0).unwrap();
+            file.write_at(0, &[round; 100]).unwrap();
+            assert!(block_on(file.sync()).is_err());
+            let len = file.len().unwrap();
+            assert!(len <= 100);
+            shrank |= len < 100;
+        }
+        assert!(shrank);
+        assert_eq!(disk.stats().sync_errors, 16);
+    }
+
+    #[test]
+    fn out_of_range_operations_do_not_panic() {
+        let disk = SimDisk::new(6);
+        let file = disk.open("a", true).unwrap();
+        file.write_at(0, b"abc").unwrap();
+        assert!(file.read_at(u64::MAX, usize::MAX).unwrap().is_empty());
+        assert_eq!(&file.read_at(1, usize::MAX).unwrap()[..], b"bc");
+        assert!(file.write_at(u64::MAX, b"x").is_err());
+        assert!(file.set_len(u64::MAX).is_err());
+        assert!(disk.open("missing/a", true).is_err());
+        assert!(disk.flip_bit("a", 99, 0).is_err());
+        assert!(disk.list("nowhere").unwrap().is_empty());
+    }
+
+    #[test]
+    fn flip_bit_changes_durable_and_current_bytes() {
+        let disk = SimDisk::new(7);
+        let file = disk.open("a", true).unwrap();
+        file.write_at(0, &[0u8; 4]).unwrap();
+        block_on(file.sync()).unwrap();
+        disk.flip_bit("a", 2, 3).unwrap();
+        assert_eq!(&file.read_at(0, 4).unwrap()[..], &[0, 0, 8, 0]);
+        assert_eq!(disk.durable_content("a"), None, "creation not yet durable");
+        block_on(disk.sync_dir("")).unwrap();
+        assert_eq!(disk.durable_content("a").unwrap(), vec![0, 0, 8, 0]);
+    }
+}

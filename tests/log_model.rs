@@ -1,0 +1,731 @@
+//! The partition log against the reference model in `keel_model::partition_log`.
+//!
+//! Random sequences of appends, reads, syncs, crashes, torn tails, truncations and clean reopens run
+//! against `PartitionLog` on both disks (`SimDisk`, and `FileDisk` in a fresh temp dir), with small
+//! segments so they roll. After every operation the offsets are compared with the model; reads are
+//! compared batch by batch and record by record; after every reopen the whole log is read back and
+//! must pass the model's crash rule (a prefix of what was appended, holding all that was durable).
+//! Unit tests below pin the disk-fault cases one by one.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use bytes::Bytes;
+use keel::batch::{encode_batch, Batch, ProducerFields, Record};
+use keel::log::{LogConfig, LogError, PartitionLog, RecoveryReport};
+use keel::storage::file::FileDisk;
+use keel::storage::sim::{SimDisk, SimDiskFaults};
+use keel::storage::{Disk, DiskFile};
+use keel::types::{LeaderEpoch, Offset};
+use keel_model::partition_log::{BatchMeta, PartitionLogModel, RecoveredBatch};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use tokio::runtime::Runtime;
+
+const DIR: &str = "topics/t-0";
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// One generated batch: its records' values and timestamp offsets, and a base timestamp.
+#[derive(Debug, Clone)]
+struct BatchSpec {
+    values: Vec<Vec<u8>>,
+    timestamp_deltas: Vec<i64>,
+    base_timestamp: i64,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append(BatchSpec),
+    /// Begin a sync, append while it runs, then complete it (group commit).
+    AppendDuringSync(BatchSpec),
+    Read {
+        offset_pick: u32,
+        max_bytes: usize,
+        up_to_pick: Option<u32>,
+    },
+    OffsetForTimestamp(i64),
+    Sync,
+    /// SimDisk: power loss. FileDisk: the process dies (the OS keeps the writes).
+    Crash,
+    /// FileDisk: the process dies and the unsynced tail of the last segment is cut at a random byte,
+    /// optionally followed by garbage. SimDisk: a power loss.
+    DamageTail {
+        cut_pick: u32,
+        garbage: Option<(usize, bool)>,
+    },
+    /// Truncate, then sync (the log requires a sync before the next append).
+    Truncate {
+        offset_pick: u32,
+    },
+    CleanReopen,
+}
+
+fn batch_spec() -> impl Strategy<Value = BatchSpec> {
+    (1usize..=5, 0i64..1_000).prop_flat_map(|(n_records, base_timestamp)| {
+        (
+            proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..48), n_records),
+            proptest::collection::vec(0i64..20, n_records),
+        )
+            .prop_map(move |(values, timestamp_deltas)| BatchSpec { values, timestamp_deltas, base_timestamp })
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => batch_spec().prop_map(Op::Append),
+        2 => batch_spec().prop_map(Op::AppendDuringSync),
+        5 => (any::<u32>(), 0usize..1_500, proptest::option::of(any::<u32>()))
+            .prop_map(|(offset_pick, max_bytes, up_to_pick)| Op::Read { offset_pick, max_bytes, up_to_pick }),
+        2 => (-10i64..1_100).prop_map(Op::OffsetForTimestamp),
+        4 => Just(Op::Sync),
+        2 => Just(Op::Crash),
+        1 => (any::<u32>(), proptest::option::of((1usize..200, any::<bool>())))
+            .prop_map(|(cut_pick, garbage)| Op::DamageTail { cut_pick, garbage }),
+        1 => any::<u32>().prop_map(|offset_pick| Op::Truncate { offset_pick }),
+        1 => Just(Op::CleanReopen),
+    ]
+}
+
+fn config() -> impl Strategy<Value = LogConfig> {
+    (512u64..4_096, 0u32..1_024)
+        .prop_map(|(segment_bytes_max, index_interval_bytes)| LogConfig { segment_bytes_max, index_interval_bytes })
+}
+
+/// What a test keeps of each appended batch, by fingerprint (the batch CRC): the records'
+/// values and timestamps.
+type Payloads = HashMap<u64, Vec<(Vec<u8>, i64)>>;
+
+fn fingerprint(batch: &Batch) -> u64 {
+    u64::from(batch.crc())
+}
+
+fn build_batch(spec: &BatchSpec, base_offset: Offset, payloads: &mut Payloads) -> (Batch, BatchMeta) {
+    let records: Vec<Record> = spec
+        .values
+        .iter()
+        .zip(&spec.timestamp_deltas)
+        .map(|(value, delta)| Record {
+            value: Some(Bytes::from(value.clone())),
+            timestamp_ms: Some(spec.base_timestamp + delta),
+            ..Record::default()
+        })
+        .collect();
+    let bytes = encode_batch(&records, spec.base_timestamp, ProducerFields::NONE);
+    let batch = Batch::parse(bytes).unwrap().stamped(base_offset, LeaderEpoch(0));
+    let expected = spec
+        .values
+        .iter()
+        .zip(&spec.timestamp_deltas)
+        .map(|(value, delta)| (value.clone(), spec.base_timestamp + delta));
+    payloads.insert(fingerprint(&batch), expected.collect());
+    let meta = BatchMeta {
+        base_offset: batch.base_offset().0,
+        next_offset: batch.next_offset().0,
+        max_timestamp: batch.max_timestamp(),
+        size_bytes: batch.len(),
+        fingerprint: fingerprint(&batch),
+    };
+    (batch, meta)
+}
+
+/// Splits a read result into batches and checks every record against what was appended.
+fn decode_and_check(bytes: Bytes, payloads: &Payloads) -> Vec<BatchMeta> {
+    let mut buf = bytes;
+    let mut metas = Vec::new();
+    while let Some(batch) = Batch::split_first(&mut buf).expect("a read returns whole, valid batches") {
+        let expected = payloads.get(&fingerprint(&batch)).expect("read a batch that was never appended");
+        let records: Vec<_> = batch.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(records.len(), expected.len());
+        for (index, (record, (value, timestamp))) in records.iter().zip(expected).enumerate() {
+            assert_eq!(record.offset, Offset(batch.base_offset().0 + index as i64));
+            assert_eq!(record.value.as_deref(), Some(&value[..]));
+            assert_eq!(record.timestamp_ms, *timestamp);
+        }
+        metas.push(BatchMeta {
+            base_offset: batch.base_offset().0,
+            next_offset: batch.next_offset().0,
+            max_timestamp: batch.max_timestamp(),
+            size_bytes: batch.len(),
+            fingerprint: fingerprint(&batch),
+        });
+    }
+    metas
+}
+
+fn read_all<D: Disk>(log: &PartitionLog<D>, payloads: &Payloads) -> Vec<BatchMeta> {
+    let mut metas = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let bytes = log.read(offset, 64 * 1024, log.log_end_offset()).unwrap();
+        let batches = decode_and_check(bytes, payloads);
+        assert!(!batches.is_empty(), "read at {offset} below the log end returned nothing");
+        offset = Offset(batches.last().unwrap().next_offset);
+        metas.extend(batches);
+    }
+    metas
+}
+
+/// What differs between the two disks.
+trait Env {
+    type D: Disk;
+    fn disk(&self) -> Self::D;
+    /// Simulates a crash of the process (and, for SimDisk, of the machine).
+    fn crash(&self);
+    /// Whether a crash may lose unsynced writes (SimDisk) or not (FileDisk: the OS keeps them).
+    fn crash_loses_unsynced(&self) -> bool;
+    /// Cuts the last segment's `.log` at `cut` and appends garbage; `None` if not supported.
+    fn damage_last_segment(&self, cut_pick: u32, garbage: Option<(usize, bool)>, durable_end: i64) -> Option<()>;
+}
+
+struct SimEnv {
+    disk: SimDisk,
+}
+
+impl Env for SimEnv {
+    type D = SimDisk;
+    fn disk(&self) -> SimDisk {
+        self.disk.clone()
+    }
+    fn crash(&self) {
+        self.disk.crash();
+    }
+    fn crash_loses_unsynced(&self) -> bool {
+        true
+    }
+    fn damage_last_segment(&self, _: u32, _: Option<(usize, bool)>, _: i64) -> Option<()> {
+        None
+    }
+}
+
+struct FileEnv {
+    root: tempfile::TempDir,
+}
+
+impl Env for FileEnv {
+    type D = FileDisk;
+    fn disk(&self) -> FileDisk {
+        FileDisk::new(self.root.path())
+    }
+    fn crash(&self) {}
+    fn crash_loses_unsynced(&self) -> bool {
+        false
+    }
+    fn damage_last_segment(&self, cut_pick: u32, garbage: Option<(usize, bool)>, durable_end: i64) -> Option<()> {
+        let dir = self.root.path().join(DIR);
+        let mut logs: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name.ends_with(".log"))
+            .collect();
+        logs.sort();
+        let path = dir.join(logs.last()?);
+        let mut content = std::fs::read(&path).unwrap();
+        // Only bytes past the durable end may be lost: find where the first non-durable batch starts.
+        let mut position = 0usize;
+        while position < content.len() {
+            let batch = Batch::split_first(&mut Bytes::copy_from_slice(&content[position..])).unwrap().unwrap();
+            if batch.next_offset().0 > durable_end {
+                break;
+            }
+            position += batch.len();
+        }
+        let cut = position + cut_pick as usize % (content.len() - position + 1);
+        content.truncate(cut);
+        if let Some((len, random)) = garbage {
+            let fill: Vec<u8> = if random {
+                (0..len).map(|i| (i as u8).wrapping_mul(151) ^ (cut as u8)).collect()
+            } else {
+                vec![0; len]
+            };
+            content.extend_from_slice(&fill);
+        }
+        write_file(&path, &content);
+        Some(())
+    }
+}
+
+fn write_file(path: &Path, content: &[u8]) {
+    std::fs::write(path, content).unwrap();
+}
+
+struct Harness<E: Env> {
+    env: E,
+    runtime: Runtime,
+    config: LogConfig,
+    log: Option<PartitionLog<E::D>>,
+    model: PartitionLogModel,
+    payloads: Payloads,
+    fsync_errors: bool,
+}
+
+impl<E: Env> Harness<E> {
+    fn new(env: E, config: LogConfig, fsync_errors: bool) -> Self {
+        let mut harness = Harness {
+            env,
+            runtime: runtime(),
+            config,
+            log: None,
+            model: PartitionLogModel::new(),
+            payloads: Payloads::new(),
+            fsync_errors,
+        };
+        harness.reopen(true);
+        harness
+    }
+
+    fn log(&mut self) -> &mut PartitionLog<E::D> {
+        self.log.as_mut().expect("log is open")
+    }
+
+    /// Opens the log (retrying while injected fsync errors fail recovery) and checks the recovered
+    /// contents against the model's crash rule. `exact`: nothing may have been lost.
+    fn reopen(&mut self, exact: bool) -> RecoveryReport {
+        self.log = None;
+        let (log, report) = loop {
+            match self.runtime.block_on(PartitionLog::open(self.env.disk(), DIR, self.config.clone())) {
+                Ok(opened) => break opened,
+                Err(LogError::Io(error)) if self.fsync_errors => {
+                    assert!(error.to_string().contains("injected"), "{error}");
+                }
+                Err(error) => panic!("open failed: {error}"),
+            }
+        };
+        let recovered = read_all(&log, &self.payloads);
+        if exact {
+            assert_eq!(recovered, self.model.batches(), "a reopen without power loss lost or changed data");
+        }
+        let as_recovered: Vec<RecoveredBatch> =
+            recovered.iter().map(|batch| (batch.base_offset, batch.next_offset, batch.fingerprint)).collect();
+        self.model.recovered(&as_recovered).unwrap();
+        assert_eq!(report.log_end_offset.0, self.model.log_end_offset());
+        assert_eq!(log.durable_end_offset(), log.log_end_offset(), "recovery syncs what it found");
+        self.log = Some(log);
+        report
+    }
+
+    /// After a sync failed: the log refuses appends, then a reopen must keep everything durable.
+    fn after_sync_failure(&mut self, error: LogError) {
+        assert!(self.fsync_errors, "sync failed without injected errors: {error}");
+        let log_end = self.log().log_end_offset();
+        let spec = BatchSpec { values: vec![vec![1]], timestamp_deltas: vec![0], base_timestamp: 0 };
+        let (batch, _) = build_batch(&spec, log_end, &mut Payloads::new());
+        assert!(matches!(self.log().append(&batch), Err(LogError::Failed)));
+        let sync = self.log().begin_sync();
+        assert!(matches!(self.runtime.block_on(sync), Err(LogError::Failed)));
+        self.reopen(false);
+    }
+
+    fn append(&mut self, spec: &BatchSpec) {
+        let (batch, meta) = build_batch(spec, Offset(self.model.log_end_offset()), &mut self.payloads);
+        self.log().append(&batch).unwrap();
+        self.model.append(meta).unwrap();
+    }
+
+    fn sync(&mut self) {
+        let ticket = self.model.begin_sync();
+        let sync = self.log().begin_sync();
+        match self.runtime.block_on(sync) {
+            Ok(covered) => {
+                self.log().mark_durable(covered);
+                self.model.sync_succeeded(ticket);
+            }
+            Err(error) => self.after_sync_failure(error),
+        }
+    }
+
+    fn check_offsets(&mut self) {
+        let (start, end, durable) =
+            (self.model.log_start_offset(), self.model.log_end_offset(), self.model.durable_end_offset());
+        let log = self.log();
+        assert_eq!(log.log_start_offset().0, start, "log start");
+        assert_eq!(log.log_end_offset().0, end, "log end");
+        assert_eq!(log.durable_end_offset().0, durable, "durable end");
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            Op::Append(spec) => self.append(spec),
+            Op::AppendDuringSync(spec) => {
+                let ticket = self.model.begin_sync();
+                let sync = self.log().begin_sync();
+                self.append(spec);
+                match self.runtime.block_on(sync) {
+                    Ok(covered) => {
+                        self.log().mark_durable(covered);
+                        self.model.sync_succeeded(ticket);
+                        assert!(self.log().durable_end_offset() < self.log().log_end_offset());
+                    }
+                    Err(error) => self.after_sync_failure(error),
+                }
+            }
+            Op::Read { offset_pick, max_bytes, up_to_pick } => {
+                let end = self.model.log_end_offset();
+                let offset = (*offset_pick as i64) % (end + 2);
+                let up_to = up_to_pick.map_or(end, |pick| (pick as i64) % (end + 1));
+                let expected = self.model.read(offset, *max_bytes, up_to);
+                let actual = self.log().read(Offset(offset), *max_bytes, Offset(up_to));
+                match (expected, actual) {
+                    (Ok(expected), Ok(bytes)) => assert_eq!(decode_and_check(bytes, &self.payloads), expected),
+                    (Err(_), Err(LogError::OffsetOutOfRange { requested, .. })) => assert_eq!(requested.0, offset),
+                    (expected, actual) => {
+                        panic!("read({offset}, {max_bytes}, {up_to}): model {expected:?}, log {actual:?}")
+                    }
+                }
+            }
+            Op::OffsetForTimestamp(timestamp) => {
+                let expected = self.model.offset_for_timestamp(*timestamp);
+                let actual = self.log().offset_for_timestamp(*timestamp).unwrap();
+                assert_eq!(actual.map(|(offset, ts)| (offset.0, ts)), expected, "offset_for_timestamp({timestamp})");
+            }
+            Op::Sync => self.sync(),
+            Op::Crash => {
+                self.log = None;
+                self.env.crash();
+                let lossless = !self.env.crash_loses_unsynced();
+                self.reopen(lossless);
+            }
+            Op::DamageTail { cut_pick, garbage } => {
+                self.log = None;
+                let durable_end = self.model.durable_end_offset();
+                if self.env.damage_last_segment(*cut_pick, *garbage, durable_end).is_none() {
+                    self.env.crash();
+                }
+                self.reopen(false);
+            }
+            Op::Truncate { offset_pick } => {
+                let offset = (*offset_pick as i64) % (self.model.log_end_offset() + 1);
+                self.log().truncate_to(Offset(offset)).unwrap();
+                self.model.truncate_to(offset).unwrap();
+                self.check_offsets();
+                self.sync();
+            }
+            Op::CleanReopen => {
+                let log = self.log.take().unwrap();
+                match self.runtime.block_on(log.close()) {
+                    Ok(()) => {
+                        self.model.sync_succeeded(self.model.begin_sync());
+                        self.reopen(true);
+                    }
+                    Err(error) => {
+                        assert!(self.fsync_errors, "close failed: {error}");
+                        self.reopen(false);
+                    }
+                }
+            }
+        }
+        self.check_offsets();
+    }
+}
+
+fn run<E: Env>(env: E, config: LogConfig, ops: &[Op], fsync_errors: bool) {
+    let mut harness = Harness::new(env, config, fsync_errors);
+    for op in ops {
+        harness.apply(op);
+    }
+    // End with a clean reopen: everything must come back.
+    harness.apply(&Op::CleanReopen);
+}
+
+fn proptest_config() -> ProptestConfig {
+    // PROPTEST_CASES overrides the modest default (kept small so the debug test stays fast).
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(40);
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/log_model.txt"))),
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config())]
+
+    #[test]
+    fn sim_disk_log_matches_model(seed in any::<u64>(), config in config(), ops in proptest::collection::vec(op(), 1..80)) {
+        run(SimEnv { disk: SimDisk::new(seed) }, config, &ops, false);
+    }
+
+    #[test]
+    fn sim_disk_with_fsync_errors_keeps_durable_data(
+        seed in any::<u64>(),
+        config in config(),
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        let disk = SimDisk::new(seed);
+        disk.set_faults(SimDiskFaults { fsync_error_probability: 0.1, ..SimDiskFaults::default() });
+        run(SimEnv { disk }, config, &ops, true);
+    }
+
+    #[test]
+    fn file_disk_log_matches_model(config in config(), ops in proptest::collection::vec(op(), 1..60)) {
+        run(FileEnv { root: tempfile::tempdir().unwrap() }, config, &ops, false);
+    }
+}
+
+// ---- Unit tests for single fault cases. ----
+
+fn small_config() -> LogConfig {
+    LogConfig { segment_bytes_max: 1_024, index_interval_bytes: 128 }
+}
+
+fn spec(index: usize) -> BatchSpec {
+    BatchSpec {
+        values: vec![vec![index as u8; 40]; 3],
+        timestamp_deltas: vec![0, 1, 2],
+        base_timestamp: index as i64 * 10,
+    }
+}
+
+/// A SimDisk log with `n` batches appended and synced (segments rolled and sealed).
+fn synced_sim_log(n: usize) -> Harness<SimEnv> {
+    let mut harness = Harness::new(SimEnv { disk: SimDisk::new(7) }, small_config(), false);
+    for index in 0..n {
+        harness.apply(&Op::Append(spec(index)));
+    }
+    harness.apply(&Op::CleanReopen);
+    harness
+}
+
+fn segment_logs(disk: &SimDisk) -> Vec<String> {
+    disk.list(DIR).unwrap().into_iter().filter(|name| name.ends_with(".log")).collect()
+}
+
+#[test]
+fn bit_flip_in_a_sealed_segment_is_caught_on_read() {
+    let mut harness = synced_sim_log(40);
+    let logs = segment_logs(&harness.env.disk);
+    assert!(logs.len() >= 3, "segments: {logs:?}");
+    harness.log = None;
+    // A byte inside the records of the first batch of the second segment.
+    harness.env.disk.flip_bit(&format!("{DIR}/{}", logs[1]), 80, 2).unwrap();
+    let (log, report) = harness.runtime.block_on(PartitionLog::open(harness.env.disk(), DIR, small_config())).unwrap();
+    assert_eq!(report.truncated_bytes, 0, "a sealed segment is trusted without a scan");
+    let mut saw_corrupt = false;
+    let mut offset = Offset(0);
+    while offset < log.log_end_offset() {
+        match log.read(offset, 100, log.log_end_offset()) {
+            Ok(bytes) => {
+                offset = decode_and_check(bytes, &harness.payloads).last().map(|b| Offset(b.next_offset)).unwrap()
+            }
+            Err(LogError::Corrupt(reason)) => {
+                assert!(reason.contains("CRC"), "{reason}");
+                saw_corrupt = true;
+                offset = offset.next();
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    assert!(saw_corrupt);
+}
+
+#[test]
+fn bit_flip_in_the_last_segment_is_truncated_on_recovery() {
+    let mut harness = synced_sim_log(40);
+    let logs = segment_logs(&harness.env.disk);
+    let last = format!("{DIR}/{}", logs.last().unwrap());
+    let end_before = harness.model.log_end_offset();
+    harness.log = None;
+    harness.env.disk.flip_bit(&last, 70, 0).unwrap();
+    let (log, report) = harness.runtime.block_on(PartitionLog::open(harness.env.disk(), DIR, small_config())).unwrap();
+    assert!(report.truncated_bytes > 0);
+    assert!(log.log_end_offset().0 < end_before);
+    let base: i64 = logs.last().unwrap()[..20].parse().unwrap();
+    assert_eq!(log.log_end_offset().0, base, "the flip is in the first batch of the last segment");
+}
+
+#[test]
+fn corrupt_index_of_a_closed_segment_is_rebuilt_from_a_scan() {
+    let mut harness = synced_sim_log(40);
+    let indexes: Vec<String> =
+        harness.env.disk.list(DIR).unwrap().into_iter().filter(|name| name.ends_with(".index")).collect();
+    harness.log = None;
+    harness.env.disk.flip_bit(&format!("{DIR}/{}", indexes[0]), 0, 7).unwrap();
+    let report = harness.reopen(true);
+    assert_eq!(report.rebuilt_indexes, 2, "the corrupt closed segment and the last one");
+    assert_eq!(report.truncated_bytes, 0);
+    // And the rebuilt one is sealed again: the next open trusts it.
+    harness.apply(&Op::CleanReopen);
+    let report = harness.reopen(true);
+    assert_eq!(report.rebuilt_indexes, 1);
+}
+
+#[test]
+fn unsynced_appends_are_lost_on_power_loss_and_synced_ones_survive() {
+    let mut harness = Harness::new(SimEnv { disk: SimDisk::new(3) }, small_config(), false);
+    harness.env.disk.set_faults(SimDiskFaults { torn_write_probability: 1.0, ..SimDiskFaults::default() });
+    for index in 0..5 {
+        harness.apply(&Op::Append(spec(index)));
+    }
+    harness.apply(&Op::Sync);
+    let durable = harness.model.durable_end_offset();
+    for index in 5..30 {
+        harness.apply(&Op::Append(spec(index)));
+    }
+    harness.log = None;
+    harness.env.disk.crash();
+    harness.reopen(false);
+    let end = harness.log().log_end_offset().0;
+    assert!(end >= durable && end < 90, "durable {durable}, recovered end {end}");
+}
+
+#[test]
+fn fsync_error_fails_the_log_and_reopen_keeps_durable_data() {
+    let mut harness = Harness::new(SimEnv { disk: SimDisk::new(11) }, small_config(), true);
+    for index in 0..10 {
+        harness.apply(&Op::Append(spec(index)));
+    }
+    harness.apply(&Op::Sync);
+    let durable = harness.model.durable_end_offset();
+    assert_eq!(durable, 30);
+    for index in 10..20 {
+        harness.apply(&Op::Append(spec(index)));
+    }
+    harness.env.disk.set_faults(SimDiskFaults { fsync_error_probability: 1.0, ..SimDiskFaults::default() });
+    let sync = harness.log().begin_sync();
+    let result = harness.runtime.block_on(sync);
+    assert!(matches!(result, Err(LogError::Io(_))));
+    assert!(harness.env.disk.stats().sync_errors > 0);
+    harness.env.disk.set_faults(SimDiskFaults::default());
+    harness.after_sync_failure(result.unwrap_err());
+    assert!(harness.log().log_end_offset().0 >= durable);
+}
+
+#[test]
+fn durable_end_waits_for_every_earlier_sync() {
+    let mut harness = Harness::new(SimEnv { disk: SimDisk::new(5) }, small_config(), false);
+    harness.apply(&Op::Append(spec(0)));
+    let first = harness.log().begin_sync();
+    harness.apply(&Op::Append(spec(1)));
+    let second = harness.log().begin_sync();
+    let covered = harness.runtime.block_on(second).unwrap();
+    assert_eq!(covered, Offset(6));
+    harness.log().mark_durable(covered);
+    assert_eq!(harness.log().durable_end_offset(), Offset(0), "the first sync has not completed");
+    let covered_first = harness.runtime.block_on(first).unwrap();
+    harness.log().mark_durable(covered_first);
+    assert_eq!(harness.log().durable_end_offset(), Offset(3));
+    harness.log().mark_durable(covered);
+    assert_eq!(harness.log().durable_end_offset(), Offset(6));
+}
+
+#[test]
+fn dropping_a_sync_future_fails_the_log() {
+    let mut harness = Harness::new(SimEnv { disk: SimDisk::new(5) }, small_config(), false);
+    harness.apply(&Op::Append(spec(0)));
+    drop(harness.log().begin_sync());
+    let (batch, _) = build_batch(&spec(1), Offset(3), &mut Payloads::new());
+    assert!(matches!(harness.log().append(&batch), Err(LogError::Failed)));
+}
+
+#[test]
+fn truncate_then_read_and_reopen() {
+    let mut harness = synced_sim_log(30);
+    let end = harness.model.log_end_offset();
+    harness.apply(&Op::Truncate { offset_pick: 31 });
+    assert_eq!(harness.model.log_end_offset(), 30, "31 is inside the batch at 30");
+    harness.apply(&Op::Read { offset_pick: 0, max_bytes: 100_000, up_to_pick: None });
+    harness.apply(&Op::Append(spec(99)));
+    harness.apply(&Op::CleanReopen);
+    assert!(end > 33);
+    harness.apply(&Op::Truncate { offset_pick: 0 });
+    assert_eq!(harness.log().log_end_offset(), Offset(0));
+    harness.apply(&Op::CleanReopen);
+    harness.apply(&Op::Append(spec(1)));
+    harness.apply(&Op::Crash);
+}
+
+#[test]
+#[should_panic(expected = "truncate_to without a completed sync")]
+fn append_right_after_truncate_is_refused() {
+    let mut harness = synced_sim_log(5);
+    harness.log().truncate_to(Offset(3)).unwrap();
+    let (batch, _) = build_batch(&spec(1), Offset(3), &mut Payloads::new());
+    let _ = harness.log().append(&batch);
+}
+
+#[test]
+fn read_spanning_segments_and_limits() {
+    let mut harness = synced_sim_log(40);
+    // One batch is ~190 bytes: a small max_bytes still returns one batch, a large one spans segments.
+    for (offset_pick, max_bytes) in [(0, 1), (4, 0), (13, 5_000), (0, 100_000), (119, 10), (120, 10)] {
+        harness.apply(&Op::Read { offset_pick, max_bytes, up_to_pick: None });
+        harness.apply(&Op::Read { offset_pick, max_bytes, up_to_pick: Some(60) });
+    }
+    let all = harness.log().read(Offset(0), 1 << 20, Offset(120)).unwrap();
+    assert_eq!(decode_and_check(all, &harness.payloads).len(), 40);
+}
+
+#[test]
+fn leftover_index_files_without_a_log_are_removed() {
+    let disk = SimDisk::new(1);
+    disk.create_dir_all(DIR).unwrap();
+    let stray = disk.open(&format!("{DIR}/00000000000000000042.index"), true).unwrap();
+    stray.write_at(0, b"junk").unwrap();
+    let runtime = runtime();
+    let (log, report) = runtime.block_on(PartitionLog::open(disk.clone(), DIR, small_config())).unwrap();
+    assert_eq!(report.segments, 1);
+    assert_eq!(log.log_end_offset(), Offset(0));
+    assert!(!disk.list(DIR).unwrap().iter().any(|name| name.starts_with("00000000000000000042")));
+}
+
+#[test]
+fn non_contiguous_batch_in_a_segment_is_cut_on_recovery() {
+    let disk = SimDisk::new(2);
+    disk.create_dir_all(DIR).unwrap();
+    let mut payloads = Payloads::new();
+    let (first, _) = build_batch(&spec(0), Offset(0), &mut payloads);
+    let (skipping, _) = build_batch(&spec(1), Offset(5), &mut payloads);
+    let file = disk.open(&format!("{DIR}/00000000000000000000.log"), true).unwrap();
+    file.write_at(0, first.as_bytes()).unwrap();
+    file.write_at(first.len() as u64, skipping.as_bytes()).unwrap();
+    let runtime = runtime();
+    let (log, report) = runtime.block_on(PartitionLog::open(disk.clone(), DIR, small_config())).unwrap();
+    assert_eq!(log.log_end_offset(), Offset(3));
+    assert_eq!(report.truncated_bytes, skipping.len() as u64);
+}
+
+#[test]
+fn sealed_segment_whose_length_does_not_match_is_scanned_and_later_segments_dropped() {
+    let mut harness = synced_sim_log(40);
+    harness.log = None;
+    let logs = segment_logs(&harness.env.disk);
+    let second = harness.env.disk.open(&format!("{DIR}/{}", logs[1]), false).unwrap();
+    let len = second.len().unwrap();
+    // Lose the tail of a sealed segment behind the log's back (as a lying disk would).
+    second.set_len(len - 10).unwrap();
+    let runtime = runtime();
+    let (log, report) = runtime.block_on(PartitionLog::open(harness.env.disk(), DIR, small_config())).unwrap();
+    let base: i64 = logs[1][..20].parse().unwrap();
+    assert!(log.log_end_offset().0 > base && log.log_end_offset().0 < 120);
+    assert_eq!(report.segments, 2, "segments after the hole are dropped");
+    assert_eq!(segment_logs(&harness.env.disk).len(), 2);
+    assert!(report.truncated_bytes > 10);
+    read_all(&log, &harness.payloads);
+}
+
+#[test]
+fn failed_syncs_around_rolls_with_garbage_tails_never_serve_garbage() {
+    // Syncs fail half the time and every torn write ends in garbage: the case where a seal written
+    // before the segment's data was durable (the directory sync succeeded, the data sync failed
+    // with a torn, full-length tail) would make recovery trust a damaged segment.
+    for seed in 0..200 {
+        let disk = SimDisk::new(seed);
+        let mut harness = Harness::new(SimEnv { disk: disk.clone() }, small_config(), true);
+        disk.set_faults(SimDiskFaults {
+            fsync_error_probability: 0.5,
+            torn_write_probability: 0.5,
+            garbage_tail_probability: 1.0,
+            ..SimDiskFaults::default()
+        });
+        for index in 0..12 {
+            harness.apply(&Op::Append(spec(index)));
+            if index % 3 == (seed as usize % 3) {
+                harness.apply(&Op::Sync);
+            }
+        }
+        harness.apply(&Op::Crash);
+        harness.apply(&Op::Read { offset_pick: 0, max_bytes: 1 << 20, up_to_pick: None });
+    }
+}
