@@ -1,0 +1,8 @@
+//! Keel's reference models and history checkers.
+//!
+//! Pure code: no I/O, no async, no clocks. Used by proptests (as the model the real code is compared
+//! with), by the simulation and by the Jepsen harness (to judge recorded histories).
+
+pub mod history;
+pub mod partition_log;
+pub mod queue_checker;

@@ -1,0 +1,1 @@
+//! Keel's deterministic simulation (madsim). Scenarios land in sim/tests/.

@@ -1,0 +1,220 @@
+//! `keel bench produce` / `keel bench consume`: load generators that report msg/s, MB/s and latency
+//! percentiles (hdrhistogram), against a running broker.
+//!
+//! Produce latency is measured per record from `send` to its acknowledgement, so it includes
+//! batching (linger) and, with `--acks all`, the fsync. Consume latency is per fetch request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::{fail, parse_acks, Cli, CliError};
+use crate::batch::Record;
+use crate::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig};
+use crate::protocol::{Acks, ErrorCode, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
+use crate::types::Offset;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    Produce(ProduceBenchArgs),
+    Consume(ConsumeBenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProduceBenchArgs {
+    #[arg(long, default_value = "keel-bench")]
+    pub topic: String,
+    /// Partitions to create the topic with, if it does not exist.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    /// Concurrent producers, each with its own connection.
+    #[arg(long, default_value_t = 4)]
+    pub producers: u32,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    pub acks: Acks,
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub batch_bytes: usize,
+    /// Records each producer may have unacknowledged.
+    #[arg(long, default_value_t = 20_000)]
+    pub window: usize,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ConsumeBenchArgs {
+    #[arg(long, default_value = "keel-bench")]
+    pub topic: String,
+    /// Stop after this long even if not caught up.
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub fetch_bytes: u32,
+}
+
+struct Totals {
+    records: u64,
+    bytes: u64,
+    errors: u64,
+    latency_us: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+pub async fn run(cli: &Cli, command: &BenchCommand) -> Result<(), CliError> {
+    match command {
+        BenchCommand::Produce(args) => produce(cli, args).await,
+        BenchCommand::Consume(args) => consume(cli, args).await,
+    }
+}
+
+async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
+    if args.size == 0 || args.producers == 0 || args.window == 0 {
+        return Err(fail("--size, --producers and --window must be positive"));
+    }
+    let admin = Client::new(cli.broker.clone(), ClientConfig::default());
+    match admin.create_topic(&args.topic, args.partitions, 1).await {
+        Ok(()) | Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => {}
+        Err(error) => return Err(error.into()),
+    }
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let started = Instant::now();
+    let mut workers = FuturesUnordered::new();
+    for _ in 0..args.producers {
+        let client = Client::new(cli.broker.clone(), ClientConfig::default());
+        let args = args.clone();
+        workers.push(tokio::spawn(produce_worker(client, args, deadline)));
+    }
+    let mut totals = Totals { records: 0, bytes: 0, errors: 0, latency_us: histogram() };
+    while let Some(result) = workers.next().await {
+        let worker = result.map_err(|error| fail(format!("bench worker failed: {error}")))?;
+        totals.records += worker.records;
+        totals.bytes += worker.bytes;
+        totals.errors += worker.errors;
+        totals.latency_us.add(&worker.latency_us).expect("same bounds");
+    }
+    report(cli, "produce", &totals, started.elapsed());
+    Ok(())
+}
+
+async fn produce_worker(client: Arc<Client>, args: ProduceBenchArgs, deadline: Instant) -> Totals {
+    let config = ProducerConfig {
+        acks: args.acks,
+        linger: Duration::from_millis(args.linger_ms),
+        batch_bytes_max: args.batch_bytes,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::new(client, config);
+    let value = Bytes::from(vec![b'x'; args.size]);
+    let mut totals = Totals { records: 0, bytes: 0, errors: 0, latency_us: histogram() };
+    let mut outstanding = FuturesUnordered::new();
+    loop {
+        if outstanding.len() >= args.window || Instant::now() >= deadline {
+            match outstanding.next().await {
+                Some((sent_at, result)) => account(&mut totals, sent_at, result, args.size),
+                None => break,
+            }
+            continue;
+        }
+        let record = Record { value: Some(value.clone()), ..Record::default() };
+        let sent_at = Instant::now();
+        let delivery = producer.send(&args.topic, None, record).await;
+        outstanding.push(async move { (sent_at, delivered(delivery).await) });
+        // Collect finished deliveries without waiting.
+        while let Some(Some((sent_at, result))) = futures::FutureExt::now_or_never(outstanding.next()) {
+            account(&mut totals, sent_at, result, args.size);
+        }
+    }
+    totals
+}
+
+fn account<T>(totals: &mut Totals, sent_at: Instant, result: Result<T, ClientError>, size: usize) {
+    match result {
+        Ok(_) => {
+            totals.records += 1;
+            totals.bytes += size as u64;
+            let micros = sent_at.elapsed().as_micros().max(1) as u64;
+            let _ = totals.latency_us.record(micros);
+        }
+        Err(_) => totals.errors += 1,
+    }
+}
+
+async fn consume(cli: &Cli, args: &ConsumeBenchArgs) -> Result<(), CliError> {
+    let client = Client::new(cli.broker.clone(), ClientConfig::default());
+    let topic = client.topic(&args.topic).await?;
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let started = Instant::now();
+    let mut workers = FuturesUnordered::new();
+    for partition in topic.partitions.iter().map(|p| p.partition) {
+        let client = Client::new(cli.broker.clone(), ClientConfig::default());
+        let (topic, fetch_bytes) = (args.topic.clone(), args.fetch_bytes);
+        workers.push(tokio::spawn(async move {
+            let mut totals = Totals { records: 0, bytes: 0, errors: 0, latency_us: histogram() };
+            let start = client.list_offsets(&topic, partition, LIST_OFFSETS_EARLIEST).await?;
+            let end = client.list_offsets(&topic, partition, LIST_OFFSETS_LATEST).await?;
+            let (mut position, end) = (start.map_or(Offset(0), |o| o.0), end.map_or(Offset(0), |o| o.0));
+            while position < end && Instant::now() < deadline {
+                let sent_at = Instant::now();
+                let fetched = client.fetch(&topic, partition, position, fetch_bytes, Duration::ZERO).await?;
+                let _ = totals.latency_us.record(sent_at.elapsed().as_micros().max(1) as u64);
+                for record in &fetched.records {
+                    totals.records += 1;
+                    totals.bytes += record.value.as_ref().map_or(0, |v| v.len()) as u64;
+                    position = record.offset.next();
+                }
+                if fetched.records.is_empty() {
+                    break;
+                }
+            }
+            Ok::<_, ClientError>(totals)
+        }));
+    }
+    let mut totals = Totals { records: 0, bytes: 0, errors: 0, latency_us: histogram() };
+    while let Some(result) = workers.next().await {
+        let worker = result.map_err(|error| fail(format!("bench worker failed: {error}")))??;
+        totals.records += worker.records;
+        totals.bytes += worker.bytes;
+        totals.latency_us.add(&worker.latency_us).expect("same bounds");
+    }
+    report(cli, "consume", &totals, started.elapsed());
+    Ok(())
+}
+
+fn report(cli: &Cli, what: &str, totals: &Totals, elapsed: Duration) {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let rate = totals.records as f64 / seconds;
+    let megabytes = totals.bytes as f64 / seconds / 1e6;
+    let quantile_ms = |q: f64| totals.latency_us.value_at_quantile(q) as f64 / 1000.0;
+    if cli.json {
+        let line = json!({
+            "bench": what, "records": totals.records, "errors": totals.errors, "seconds": seconds,
+            "msg_per_s": rate, "mb_per_s": megabytes,
+            "p50_ms": quantile_ms(0.5), "p99_ms": quantile_ms(0.99), "p999_ms": quantile_ms(0.999),
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "{what}: {} records in {seconds:.1} s: {rate:.0} msg/s, {megabytes:.1} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms; {} errors",
+            totals.records,
+            quantile_ms(0.5),
+            quantile_ms(0.99),
+            quantile_ms(0.999),
+            totals.errors
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! The `keel` command line: `keel broker` runs the server; every other command is a client.
+//!
+//! Output is for people by default and JSON with `--json`. Every failure prints one clear line on
+//! stderr and exits non-zero: 1 for a failed operation, 2 for bad arguments (clap's own code), 3 when
+//! the outcome of a write is unknown (ambiguous).
+
+pub mod bench;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::batch::{Record, StoredRecord};
+use crate::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig, DEFAULT_BROKER};
+use crate::config::BrokerConfig;
+use crate::partition::FsyncPolicy;
+use crate::protocol::{Acks, ErrorCode, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
+use crate::types::Offset;
+
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about = "Keel: a Kafka-model message broker", propagate_version = true)]
+pub struct Cli {
+    /// Broker to talk to (client commands).
+    #[arg(long, global = true, env = "KEEL_BROKER", default_value = DEFAULT_BROKER)]
+    pub broker: String,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a broker.
+    Broker(BrokerArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Produce records: one per stdin line, or one given with --value.
+    Produce(ProduceArgs),
+    /// Consume records and print one value per line.
+    Consume(ConsumeArgs),
+    /// Measure throughput and latency against a running broker.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct BrokerArgs {
+    /// TOML config file; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:9400].
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Data directory [default: ./keel-data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    /// "always" (default: ack after fsync) or "never" (Kafka's default; loses acked data on power loss).
+    #[arg(long)]
+    pub fsync: Option<FsyncPolicy>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TopicCommand {
+    Create {
+        name: String,
+        #[arg(long, short = 'p', default_value_t = 1)]
+        partitions: u32,
+        #[arg(long, short = 'r', default_value_t = 1)]
+        replication: u32,
+    },
+    List,
+    Describe {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Key for every record (picks the partition by hash unless --partition is given).
+    #[arg(long)]
+    pub key: Option<String>,
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Produce this single record instead of reading stdin.
+    #[arg(long)]
+    pub value: Option<String>,
+    /// all (durable, default), leader, or none.
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    pub acks: Acks,
+    /// Print the partition and offset of every record.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    /// Start at each partition's first offset (default: its end).
+    #[arg(long, conflicts_with = "offset")]
+    pub from_beginning: bool,
+    /// Start at this offset.
+    #[arg(long)]
+    pub offset: Option<i64>,
+    /// Start at the first record at or after this timestamp (ms since the epoch).
+    #[arg(long, conflicts_with_all = ["offset", "from_beginning"])]
+    pub from_timestamp: Option<i64>,
+    /// Only this partition (default: all).
+    #[arg(long)]
+    pub partition: Option<u32>,
+    /// Stop after this many records.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Keep waiting for new records instead of stopping at the end.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+pub fn parse_acks(text: &str) -> Result<Acks, String> {
+    match text {
+        "all" | "-1" => Ok(Acks::All),
+        "leader" | "1" => Ok(Acks::Leader),
+        "none" | "0" => Ok(Acks::None),
+        other => Err(format!("unknown acks {other:?} (expected all, leader or none)")),
+    }
+}
+
+/// A failure the CLI reports: a message and an exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub message: String,
+    pub exit_code: i32,
+}
+
+impl From<ClientError> for CliError {
+    fn from(error: ClientError) -> CliError {
+        let exit_code = if error.is_ambiguous() { 3 } else { 1 };
+        let message = match &error {
+            ClientError::Server { code: ErrorCode::UnknownTopic, message } => message.clone(),
+            other => other.to_string(),
+        };
+        CliError { message, exit_code }
+    }
+}
+
+fn fail(message: impl Into<String>) -> CliError {
+    CliError { message: message.into(), exit_code: 1 }
+}
+
+/// Builds the broker config from defaults, the config file and flags (in that order).
+pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
+    let mut config = match &args.config {
+        Some(path) => BrokerConfig::from_file(path).map_err(|error| fail(error.to_string()))?,
+        None => BrokerConfig::default(),
+    };
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = &args.data_dir {
+        config.data_dir = dir.clone();
+    }
+    if let Some(node_id) = args.node_id {
+        config.node_id = node_id;
+    }
+    if let Some(fsync) = args.fsync {
+        config.fsync = fsync;
+    }
+    config.validate().map_err(|error| fail(error.to_string()))?;
+    Ok(config)
+}
+
+fn client(cli: &Cli) -> Arc<Client> {
+    let config = ClientConfig { retries: 2, ..ClientConfig::default() };
+    Client::new(cli.broker.clone(), config)
+}
+
+pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError> {
+    let client = client(cli);
+    let mut out = std::io::stdout().lock();
+    match command {
+        TopicCommand::Create { name, partitions, replication } => {
+            client.create_topic(name, *partitions, *replication).await?;
+            if cli.json {
+                print_line(&mut out, &json!({"created": name, "partitions": partitions}).to_string());
+            } else {
+                print_line(&mut out, &format!("created topic {name} with {partitions} partition(s)"));
+            }
+        }
+        TopicCommand::Delete { name } => {
+            client.delete_topic(name).await?;
+            if cli.json {
+                print_line(&mut out, &json!({"deleted": name}).to_string());
+            } else {
+                print_line(&mut out, &format!("deleted topic {name}"));
+            }
+        }
+        TopicCommand::List => {
+            let metadata = client.metadata(&[]).await?;
+            if cli.json {
+                let topics: Vec<_> = metadata
+                    .topics
+                    .iter()
+                    .map(|topic| json!({"name": topic.name, "partitions": topic.partitions.len()}))
+                    .collect();
+                print_line(&mut out, &json!({ "topics": topics }).to_string());
+            } else {
+                for topic in &metadata.topics {
+                    print_line(&mut out, &format!("{}\t{} partition(s)", topic.name, topic.partitions.len()));
+                }
+            }
+        }
+        TopicCommand::Describe { name } => {
+            let topic = client.topic(name).await?;
+            let mut partitions = Vec::new();
+            for partition in &topic.partitions {
+                let earliest = client.list_offsets(name, partition.partition, LIST_OFFSETS_EARLIEST).await?;
+                let latest = client.list_offsets(name, partition.partition, LIST_OFFSETS_LATEST).await?;
+                partitions.push((partition.clone(), earliest.map_or(0, |o| o.0 .0), latest.map_or(0, |o| o.0 .0)));
+            }
+            if cli.json {
+                let partitions: Vec<_> = partitions
+                    .iter()
+                    .map(|(p, earliest, latest)| {
+                        json!({"partition": p.partition, "leader": p.leader, "replicas": p.replicas, "isr": p.isr,
+                               "leader_epoch": p.leader_epoch, "log_start_offset": earliest, "high_watermark": latest})
+                    })
+                    .collect();
+                print_line(&mut out, &json!({"name": topic.name, "partitions": partitions}).to_string());
+            } else {
+                print_line(&mut out, &format!("topic {}: {} partition(s)", topic.name, partitions.len()));
+                for (p, earliest, latest) in &partitions {
+                    print_line(
+                        &mut out,
+                        &format!(
+                            "  partition {}\tleader {}\treplicas {:?}\tisr {:?}\toffsets [{earliest}, {latest})",
+                            p.partition, p.leader, p.replicas, p.isr
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_line(out: &mut impl Write, line: &str) {
+    // A closed stdout (`| head`) is not an error worth a panic.
+    let _ = writeln!(out, "{line}");
+}
+
+pub async fn run_produce(cli: &Cli, args: &ProduceArgs) -> Result<(), CliError> {
+    let client = client(cli);
+    // Fail fast and clearly on an unknown topic, before reading stdin.
+    client.topic(&args.topic).await?;
+    let producer = Producer::new(client, ProducerConfig { acks: args.acks, ..ProducerConfig::default() });
+    let key = args.key.clone().map(Bytes::from);
+    let mut deliveries = Vec::new();
+    let make = |value: String| Record { key: key.clone(), value: Some(Bytes::from(value)), ..Record::default() };
+    if let Some(value) = &args.value {
+        deliveries.push(producer.send(&args.topic, args.partition, make(value.clone())).await);
+    } else {
+        // stdin is read on this thread: it is the CLI, not the server, and it has nothing else to do.
+        for line in std::io::stdin().lock().lines() {
+            let line = line.map_err(|error| fail(format!("reading stdin: {error}")))?;
+            deliveries.push(producer.send(&args.topic, args.partition, make(line)).await);
+        }
+    }
+    producer.flush().await;
+    let mut out = std::io::stdout().lock();
+    let (mut failed, mut ambiguous, mut first_error) = (0usize, 0usize, None);
+    let total = deliveries.len();
+    for delivery in deliveries {
+        match delivered(delivery).await {
+            Ok(metadata) => {
+                if args.verbose || cli.json {
+                    let line = if cli.json {
+                        json!({"partition": metadata.partition, "offset": metadata.offset.0}).to_string()
+                    } else {
+                        format!("partition {} offset {}", metadata.partition, metadata.offset)
+                    };
+                    print_line(&mut out, &line);
+                }
+            }
+            Err(error) => {
+                if error.is_ambiguous() {
+                    ambiguous += 1;
+                } else {
+                    failed += 1;
+                }
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some(error) => Err(CliError {
+            message: format!(
+                "{failed} of {total} record(s) failed and {ambiguous} have an unknown outcome; first error: {error}"
+            ),
+            exit_code: if failed == 0 { 3 } else { 1 },
+        }),
+    }
+}
+
+pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> {
+    let client = client(cli);
+    let topic = client.topic(&args.topic).await?;
+    let partitions: Vec<u32> = match args.partition {
+        Some(partition) if partition as usize >= topic.partitions.len() => {
+            return Err(fail(format!(
+                "topic {:?} has {} partition(s); there is no partition {partition}",
+                args.topic,
+                topic.partitions.len()
+            )))
+        }
+        Some(partition) => vec![partition],
+        None => topic.partitions.iter().map(|p| p.partition).collect(),
+    };
+    // Position and stop point per partition.
+    let mut positions = Vec::new();
+    for &partition in &partitions {
+        let start = if let Some(offset) = args.offset {
+            if offset < 0 {
+                return Err(fail(format!("--offset must be >= 0, got {offset}")));
+            }
+            Offset(offset)
+        } else if let Some(timestamp) = args.from_timestamp {
+            match client.list_offsets(&args.topic, partition, timestamp).await? {
+                Some((offset, _)) => offset,
+                None => latest(&client, &args.topic, partition).await?,
+            }
+        } else if args.from_beginning {
+            match client.list_offsets(&args.topic, partition, LIST_OFFSETS_EARLIEST).await? {
+                Some((offset, _)) => offset,
+                None => Offset(0),
+            }
+        } else {
+            latest(&client, &args.topic, partition).await?
+        };
+        let end = latest(&client, &args.topic, partition).await?;
+        positions.push((partition, start, end));
+    }
+    let mut out = std::io::stdout().lock();
+    let mut printed = 0u64;
+    let limit = args.count.unwrap_or(u64::MAX);
+    loop {
+        let mut progressed = false;
+        let mut all_done = true;
+        for (partition, position, end) in positions.iter_mut() {
+            if !args.follow && *position >= *end {
+                continue;
+            }
+            all_done = false;
+            let wait = if args.follow && partitions.len() == 1 { Duration::from_millis(1000) } else { Duration::ZERO };
+            let fetched = client.fetch(&args.topic, *partition, *position, 1024 * 1024, wait).await?;
+            for record in fetched.records {
+                if printed >= limit {
+                    break;
+                }
+                *position = record.offset.next();
+                printed += 1;
+                progressed = true;
+                print_record(&mut out, cli.json, *partition, &record);
+            }
+            if printed >= limit {
+                return Ok(());
+            }
+        }
+        if all_done || (!progressed && !args.follow) {
+            return Ok(());
+        }
+        if !progressed && args.follow && partitions.len() > 1 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn latest(client: &Client, topic: &str, partition: u32) -> Result<Offset, CliError> {
+    Ok(client.list_offsets(topic, partition, LIST_OFFSETS_LATEST).await?.map_or(Offset(0), |(offset, _)| offset))
+}
+
+fn print_record(out: &mut impl Write, as_json: bool, partition: u32, record: &StoredRecord) {
+    let text = |bytes: &Option<Bytes>| bytes.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
+    if as_json {
+        let line = json!({
+            "partition": partition,
+            "offset": record.offset.0,
+            "timestamp": record.timestamp_ms,
+            "key": text(&record.key),
+            "value": text(&record.value),
+        });
+        print_line(out, &line.to_string());
+    } else {
+        print_line(out, &text(&record.value).unwrap_or_default());
+    }
+}

@@ -1,0 +1,382 @@
+//! The batching producer.
+//!
+//! `send` hands a record to a background task and returns a [`Delivery`] future. The task keeps one
+//! open batch per partition and sends it when it reaches `batch_bytes_max` or when it has waited
+//! `linger`. Up to `in_flight_max` produce requests are outstanding at once; beyond that the task
+//! stops taking records, so `send` waits (backpressure).
+//!
+//! Partitioning: an explicit partition wins; otherwise a key picks `murmur2(key) % partitions`
+//! (Kafka's default partitioner, so keys land where a Kafka client would put them); records without
+//! a key stick to one randomly chosen partition until its batch is sent (Kafka's sticky partitioner).
+//!
+//! Retries: a batch whose request definitely never left this process is retried with backoff, up to
+//! `retries` times. A batch whose connection broke in flight is reported ambiguous, not retried:
+//! retrying could write it twice until idempotent producers exist.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::{Client, ClientError};
+use crate::batch::{encode_batch, ProducerFields, Record, BATCH_BYTES_MAX};
+use crate::protocol::{Acks, Body, ProduceRequest, ProduceResponse};
+use crate::types::Offset;
+
+/// Records queued for the background task before `send` waits.
+pub const PRODUCER_QUEUE_MAX: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub acks: Acks,
+    pub linger: Duration,
+    pub batch_bytes_max: usize,
+    pub in_flight_max: usize,
+    /// Attempts after the first for batches that were definitely not sent.
+    pub retries: u32,
+    pub retry_backoff: Duration,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            acks: Acks::All,
+            linger: Duration::from_millis(5),
+            batch_bytes_max: 256 * 1024,
+            in_flight_max: 16,
+            retries: 5,
+            retry_backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Where a record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub partition: u32,
+    pub offset: Offset,
+}
+
+type DeliverySender = oneshot::Sender<Result<RecordMetadata, ClientError>>;
+
+/// The outcome of one record: where it was written, or why not (see [`ClientError::is_ambiguous`]).
+pub type Delivery = oneshot::Receiver<Result<RecordMetadata, ClientError>>;
+
+/// Resolves a delivery; a producer that went away mid-flight makes the outcome unknown.
+pub async fn delivered(delivery: Delivery) -> Result<RecordMetadata, ClientError> {
+    delivery.await.unwrap_or_else(|_| Err(ClientError::Ambiguous("producer stopped before the answer came".into())))
+}
+
+enum Message {
+    Send { topic: String, partition: Option<u32>, record: Record, delivery: DeliverySender },
+    Flush { done: oneshot::Sender<()> },
+}
+
+#[derive(Clone)]
+pub struct Producer {
+    queue: mpsc::Sender<Message>,
+}
+
+impl Producer {
+    pub fn new(client: Arc<Client>, config: ProducerConfig) -> Producer {
+        let (queue, receiver) = mpsc::channel(PRODUCER_QUEUE_MAX);
+        let task = Task {
+            client,
+            config,
+            partitions: HashMap::new(),
+            open: HashMap::new(),
+            sticky: HashMap::new(),
+            in_flight: FuturesUnordered::new(),
+            flushes: Vec::new(),
+            broker_unreachable: false,
+        };
+        tokio::spawn(task.run(receiver));
+        Producer { queue }
+    }
+
+    /// Queues a record. Waits only when the producer is saturated.
+    pub async fn send(&self, topic: &str, partition: Option<u32>, record: Record) -> Delivery {
+        let (delivery, receiver) = oneshot::channel();
+        let message = Message::Send { topic: topic.to_owned(), partition, record, delivery };
+        // If the task is gone the dropped sender resolves the delivery as ambiguous-free failure.
+        let _ = self.queue.send(message).await;
+        receiver
+    }
+
+    /// Sends every open batch now and waits until all records sent before this call are answered.
+    pub async fn flush(&self) {
+        let (done, receiver) = oneshot::channel();
+        if self.queue.send(Message::Flush { done }).await.is_ok() {
+            let _ = receiver.await;
+        }
+    }
+}
+
+struct OpenBatch {
+    records: Vec<Record>,
+    deliveries: Vec<DeliverySender>,
+    bytes: usize,
+    deadline: Instant,
+}
+
+struct Task {
+    client: Arc<Client>,
+    config: ProducerConfig,
+    /// Partition counts by topic; `Err` is cached only for the current batch of lookups.
+    partitions: HashMap<String, u32>,
+    open: HashMap<(String, u32), OpenBatch>,
+    sticky: HashMap<String, u32>,
+    in_flight: FuturesUnordered<BoxFuture<'static, ()>>,
+    flushes: Vec<oneshot::Sender<()>>,
+    /// Set when a batch used up its retries without reaching the broker: later batches try once
+    /// and fail fast instead of each waiting through the whole backoff sequence.
+    broker_unreachable: bool,
+}
+
+impl Task {
+    async fn run(mut self, mut queue: mpsc::Receiver<Message>) {
+        let mut queue_open = true;
+        loop {
+            let deadline = self.open.values().map(|batch| batch.deadline).min();
+            if !queue_open && self.open.is_empty() && self.in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                biased;
+                Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    let now = Instant::now();
+                    let due: Vec<_> =
+                        self.open.iter().filter(|(_, batch)| batch.deadline <= now).map(|(key, _)| key.clone()).collect();
+                    for key in due {
+                        self.send_batch(key).await;
+                    }
+                }
+                message = queue.recv(), if queue_open && self.in_flight.len() < self.config.in_flight_max => {
+                    match message {
+                        None => {
+                            queue_open = false;
+                            let keys: Vec<_> = self.open.keys().cloned().collect();
+                            for key in keys {
+                                self.send_batch(key).await;
+                            }
+                        }
+                        Some(Message::Send { topic, partition, record, delivery }) => {
+                            self.add(topic, partition, record, delivery).await;
+                        }
+                        Some(Message::Flush { done }) => {
+                            let keys: Vec<_> = self.open.keys().cloned().collect();
+                            for key in keys {
+                                self.send_batch(key).await;
+                            }
+                            self.flushes.push(done);
+                        }
+                    }
+                }
+            }
+            if self.in_flight.is_empty() && self.open.is_empty() {
+                for done in self.flushes.drain(..) {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    async fn partition_count(&mut self, topic: &str) -> Result<u32, ClientError> {
+        if let Some(count) = self.partitions.get(topic) {
+            return Ok(*count);
+        }
+        let info = self.client.topic(topic).await?;
+        let count = info.partitions.len() as u32;
+        if count == 0 {
+            return Err(ClientError::Protocol(format!("topic {topic:?} has no partitions")));
+        }
+        self.partitions.insert(topic.to_owned(), count);
+        Ok(count)
+    }
+
+    async fn add(&mut self, topic: String, partition: Option<u32>, record: Record, delivery: DeliverySender) {
+        let count = match self.partition_count(&topic).await {
+            Ok(count) => count,
+            Err(error) => {
+                let _ = delivery.send(Err(error));
+                return;
+            }
+        };
+        let partition = match (partition, record.key.as_deref()) {
+            (Some(partition), _) if partition >= count => {
+                let message = format!("topic {topic:?} has {count} partitions; there is no partition {partition}");
+                let _ = delivery.send(Err(ClientError::InvalidArgument(message)));
+                return;
+            }
+            (Some(partition), _) => partition,
+            (None, Some(key)) => (murmur2(key) & 0x7fff_ffff) % count,
+            (None, None) => *self.sticky.entry(topic.clone()).or_insert_with(|| rand::rng().random_range(0..count)),
+        };
+        let size = record_size_estimate(&record);
+        if size + 128 > self.config.batch_bytes_max.min(BATCH_BYTES_MAX) {
+            let message =
+                format!("record of ~{size} bytes exceeds the batch limit of {} bytes", self.config.batch_bytes_max);
+            let _ = delivery.send(Err(ClientError::InvalidArgument(message)));
+            return;
+        }
+        let key = (topic, partition);
+        if self.open.get(&key).is_some_and(|batch| batch.bytes + size > self.config.batch_bytes_max) {
+            self.send_batch(key.clone()).await;
+        }
+        let linger = self.config.linger;
+        let batch = self.open.entry(key.clone()).or_insert_with(|| OpenBatch {
+            records: Vec::new(),
+            deliveries: Vec::new(),
+            bytes: 0,
+            deadline: Instant::now() + linger,
+        });
+        batch.records.push(record);
+        batch.deliveries.push(delivery);
+        batch.bytes += size;
+        if batch.bytes >= self.config.batch_bytes_max || linger.is_zero() {
+            self.send_batch(key).await;
+        }
+    }
+
+    /// Encodes the open batch of `key` and puts its request on the wire (in order), retrying while
+    /// it definitely was not sent. The response is awaited in `in_flight`.
+    async fn send_batch(&mut self, key: (String, u32)) {
+        let Some(batch) = self.open.remove(&key) else { return };
+        let (topic, partition) = key;
+        if self.sticky.get(&topic) == Some(&partition) {
+            self.sticky.remove(&topic);
+        }
+        let timestamp_ms = wall_clock_ms();
+        let bytes = encode_batch(&batch.records, timestamp_ms, ProducerFields::NONE);
+        let request = ProduceRequest {
+            topic: topic.clone(),
+            partition,
+            acks: self.config.acks as i32,
+            batch: bytes,
+            timeout_ms: self.client.config().request_timeout.as_millis() as u32,
+        };
+        let mut backoff = self.config.retry_backoff;
+        let mut attempt = 0;
+        let retries = if self.broker_unreachable { 0 } else { self.config.retries };
+        let pending = loop {
+            match self.client.start(Body::ProduceRequest(request.clone())).await {
+                Ok(pending) => {
+                    self.broker_unreachable = false;
+                    break Ok(pending);
+                }
+                Err(error @ ClientError::Connect { .. }) if attempt < retries => {
+                    tracing::debug!(%error, attempt, "produce not sent; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(error) => {
+                    self.broker_unreachable = matches!(error, ClientError::Connect { .. });
+                    break Err(error);
+                }
+            }
+        };
+        let client = self.client.clone();
+        let deliveries = batch.deliveries;
+        self.in_flight.push(Box::pin(async move {
+            let result = match pending {
+                Ok(pending) => client.finish(pending, Duration::ZERO).await,
+                Err(error) => Err(error),
+            };
+            let outcome = match result {
+                Ok(Body::ProduceResponse(ProduceResponse { error: None, base_offset, .. })) => Ok(Offset(base_offset)),
+                Ok(Body::ProduceResponse(ProduceResponse { error: Some(info), .. })) => {
+                    Err(ClientError::Server { code: info.error_code(), message: info.message })
+                }
+                Ok(other) => Err(ClientError::Protocol(format!("unexpected response {other:?}"))),
+                Err(error) => Err(error),
+            };
+            for (index, delivery) in deliveries.into_iter().enumerate() {
+                let _ = delivery.send(
+                    outcome.clone().map(|base| RecordMetadata { partition, offset: Offset(base.0 + index as i64) }),
+                );
+            }
+        }));
+    }
+}
+
+/// Milliseconds since the Unix epoch, for record timestamps. Under madsim this is the simulated
+/// clock, so it is deterministic per seed.
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn record_size_estimate(record: &Record) -> usize {
+    let headers: usize =
+        record.headers.iter().map(|(key, value)| key.len() + value.as_ref().map_or(0, |v| v.len()) + 10).sum();
+    record.key.as_ref().map_or(0, |key| key.len()) + record.value.as_ref().map_or(0, |value| value.len()) + headers + 24
+}
+
+/// Kafka's murmur2 variant (seed 0x9747b28c), as its default partitioner uses it.
+pub fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let length = data.len() as u32;
+    let mut hash: u32 = 0x9747_b28c ^ length;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        hash = hash.wrapping_mul(M);
+        hash ^= k;
+    }
+    let rest = chunks.remainder();
+    if rest.len() >= 3 {
+        hash ^= (rest[2] as u32) << 16;
+    }
+    if rest.len() >= 2 {
+        hash ^= (rest[1] as u32) << 8;
+    }
+    if !rest.is_empty() {
+        hash ^= rest[0] as u32;
+        hash = hash.wrapping_mul(M);
+    }
+    hash ^= hash >> 13;
+    hash = hash.wrapping_mul(M);
+    hash ^= hash >> 15;
+    hash
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::murmur2;
+
+    #[test]
+    fn murmur2_matches_kafka_reference_values() {
+        // Values from Kafka's own UtilsTest (org.apache.kafka.common.utils.Utils.murmur2), as i32.
+        let cases: [(&[u8], i32); 5] = [
+            (b"21", -973932308),
+            (b"foobar", -790332482),
+            (b"a-little-bit-long-string", -985981536),
+            (b"a-little-bit-longer-string", -1486304829),
+            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58897971),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(murmur2(input) as i32, expected, "murmur2({:?})", String::from_utf8_lossy(input));
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Broker configuration: defaults, a TOML file (`--config`), and flags that override both.
+//!
+//! ```toml
+//! node_id = 1
+//! listen = "127.0.0.1:9400"
+//! data_dir = "./keel-data"
+//! fsync = "always"            # or "never": faster, loses acked records on power loss
+//! segment_bytes_max = 134217728
+//! connections_max = 1024
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::partition::FsyncPolicy;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
+pub const DEFAULT_DATA_DIR: &str = "./keel-data";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub node_id: u64,
+    pub listen: SocketAddr,
+    /// Address clients are told to use for this broker (defaults to `listen`).
+    pub advertised_addr: Option<String>,
+    pub data_dir: PathBuf,
+    pub fsync: FsyncPolicy,
+    pub segment_bytes_max: u64,
+    /// Open connections beyond this are refused (closed at once).
+    pub connections_max: usize,
+    /// Requests one connection may have in flight before the server stops reading from it.
+    pub requests_in_flight_per_connection_max: usize,
+    /// Topics per broker.
+    pub topics_max: usize,
+    /// Partitions per topic.
+    pub partitions_per_topic_max: u32,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            node_id: 1,
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            advertised_addr: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            fsync: FsyncPolicy::Always,
+            segment_bytes_max: 128 * 1024 * 1024,
+            connections_max: 1024,
+            requests_in_flight_per_connection_max: 256,
+            topics_max: 10_000,
+            partitions_per_topic_max: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl BrokerConfig {
+    /// Reads a TOML config file; every key is optional and unknown keys are an error.
+    pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        BrokerConfig::from_toml(&text).map_err(|source| match source {
+            ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_owned(), source },
+            other => other,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<BrokerConfig, ConfigError> {
+        let config: BrokerConfig = toml::from_str(text)
+            .map_err(|source| ConfigError::Parse { path: PathBuf::new(), source: Box::new(source) })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.segment_bytes_max < 4096 {
+            return Err(ConfigError::Invalid("segment_bytes_max must be at least 4096".into()));
+        }
+        if self.connections_max == 0 || self.requests_in_flight_per_connection_max == 0 {
+            return Err(ConfigError::Invalid("connection limits must be positive".into()));
+        }
+        if self.partitions_per_topic_max == 0 || self.topics_max == 0 {
+            return Err(ConfigError::Invalid("topic limits must be positive".into()));
+        }
+        Ok(())
+    }
+
+    pub fn advertised(&self, bound: SocketAddr) -> String {
+        self.advertised_addr.clone().unwrap_or_else(|| bound.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let config = BrokerConfig::from_toml("listen = \"127.0.0.1:9999\"\nfsync = \"never\"\n").unwrap();
+        assert_eq!(config.listen.port(), 9999);
+        assert_eq!(config.fsync, FsyncPolicy::Never);
+        assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(matches!(BrokerConfig::from_toml("lisen = \"x\""), Err(ConfigError::Parse { .. })));
+        assert!(matches!(BrokerConfig::from_toml("fsync = \"sometimes\""), Err(ConfigError::Parse { .. })));
+        assert!(matches!(BrokerConfig::from_toml("segment_bytes_max = 1"), Err(ConfigError::Invalid(_))));
+    }
+}

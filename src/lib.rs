@@ -1,0 +1,24 @@
+//! Keel: a Kafka-model message broker whose server code runs unchanged on tokio and in a seeded
+//! madsim simulation.
+//!
+//! # Layout
+//! - [`types`], [`batch`], [`protocol`]: the data model and the wire format (pure).
+//! - [`storage`]: the disk traits and their real and simulated implementations.
+//! - [`log`]: a partition's segmented log over a [`storage::Disk`].
+//! - [`partition`]: the sans-IO partition core and the actor (shell) that drives it.
+//! - [`server`]: the broker: listener, connections, topic registry, shutdown.
+//! - [`client`]: the async Rust client (producer, consumer, admin) used by the CLI, sim and benches.
+//! - [`config`]: broker configuration (flags and TOML).
+//!
+//! See docs/ARCHITECTURE.md for the code map and its invariants.
+
+pub mod batch;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod log;
+pub mod partition;
+pub mod protocol;
+pub mod server;
+pub mod storage;
+pub mod types;

@@ -1,0 +1,51 @@
+//! The `keel` binary: `keel broker` runs a broker; the other subcommands are clients.
+
+use clap::Parser;
+use keel::cli::{self, Cli, CliError, Command};
+use keel::server::run_broker;
+use keel::storage::file::FileDisk;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Broker(_)) { "info" } else { "warn" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    let result = match &cli.command {
+        Command::Broker(args) => broker(args).await,
+        Command::Topic(command) => cli::run_topic(&cli, command).await,
+        Command::Produce(args) => cli::run_produce(&cli, args).await,
+        Command::Consume(args) => cli::run_consume(&cli, args).await,
+        Command::Bench(command) => cli::bench::run(&cli, command).await,
+    };
+    if let Err(error) = result {
+        eprintln!("error: {}", error.message);
+        std::process::exit(error.exit_code);
+    }
+}
+
+async fn broker(args: &cli::BrokerArgs) -> Result<(), CliError> {
+    let config = cli::broker_config(args)?;
+    let failure = |message: String| CliError { message, exit_code: 1 };
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|error| failure(format!("cannot create data dir {}: {error}", config.data_dir.display())))?;
+    let disk = FileDisk::new(&config.data_dir);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    run_broker(config, disk, shutdown, None).await.map_err(|error| failure(error.to_string()))
+}
+
+/// Cancels `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        biased;
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+    }
+    shutdown.cancel();
+}

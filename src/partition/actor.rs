@@ -1,0 +1,390 @@
+//! The partition actor: the shell that owns one partition's log and drives its sans-IO core.
+//!
+//! One task per partition, fed by a bounded mailbox ([`MAILBOX_CAPACITY`]); backpressure comes from
+//! that bound, not from locks. Group commit falls out of the loop: while one fsync is in flight, new
+//! appends are written to the page cache, and the next fsync covers all of them at once.
+//!
+//! The loop performs each [`Ready`] in order: writes, then starting the sync, then reads, then
+//! replies. On a storage failure (a write or a sync fails) it drops the in-flight sync, tells the
+//! core (pending appends become indeterminate), reopens the log (recovery truncates whatever the
+//! disk lost) and tells the core what survived.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::batch::Batch;
+use crate::log::{LogConfig, LogError, PartitionLog};
+use crate::partition::core::{CoreConfig, Input, PartitionCore, Ready, Reply, RequestId};
+use crate::protocol::{Acks, ErrorCode};
+use crate::storage::Disk;
+use crate::types::{LeaderEpoch, Offset, TimestampMs};
+
+/// Commands queued for one partition before senders wait.
+pub const MAILBOX_CAPACITY: usize = 1024;
+/// Fetch responses are capped at this many bytes, whatever the request asks.
+pub const FETCH_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// Long polls are capped at this wait.
+pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+
+/// What a request gets back from its partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionReply {
+    Produced { base_offset: Offset },
+    Fetched { high_watermark: Offset, log_start: Offset, records: Bytes },
+    Offset { offset: Option<Offset>, timestamp_ms: TimestampMs },
+    Error { code: ErrorCode, message: String },
+}
+
+impl PartitionReply {
+    fn error(code: ErrorCode, message: impl Into<String>) -> PartitionReply {
+        PartitionReply::Error { code, message: message.into() }
+    }
+}
+
+/// The `timestamp_ms` selector of ListOffsets, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetSpec {
+    Earliest,
+    Latest,
+    Timestamp(TimestampMs),
+}
+
+enum Command {
+    Append { batch: Batch, acks: Acks, reply: oneshot::Sender<PartitionReply> },
+    Fetch { offset: Offset, max_bytes: u32, max_wait_ms: u32, reply: oneshot::Sender<PartitionReply> },
+    ListOffsets { spec: OffsetSpec, reply: oneshot::Sender<PartitionReply> },
+    Stop { reply: oneshot::Sender<Result<(), String>> },
+}
+
+/// A cheap handle to a running partition actor.
+#[derive(Clone, Debug)]
+pub struct PartitionHandle {
+    mailbox: mpsc::Sender<Command>,
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Command::Append { .. } => "Append",
+            Command::Fetch { .. } => "Fetch",
+            Command::ListOffsets { .. } => "ListOffsets",
+            Command::Stop { .. } => "Stop",
+        })
+    }
+}
+
+/// A reply that will arrive later. Created in mailbox order, so appends from one connection are
+/// written in the order they were read off the socket.
+pub type PendingReply = oneshot::Receiver<PartitionReply>;
+
+impl PartitionHandle {
+    /// Queues an append; waits only for mailbox space (backpressure), not for the append.
+    pub async fn append(&self, batch: Batch, acks: Acks) -> PendingReply {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Append { batch, acks, reply }).await;
+        receiver
+    }
+
+    pub async fn fetch(&self, offset: Offset, max_bytes: u32, max_wait_ms: u32) -> PendingReply {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Fetch { offset, max_bytes, max_wait_ms, reply }).await;
+        receiver
+    }
+
+    pub async fn list_offsets(&self, spec: OffsetSpec) -> PendingReply {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::ListOffsets { spec, reply }).await;
+        receiver
+    }
+
+    /// Stops the actor after an fsync of everything it wrote.
+    pub async fn stop(&self) -> Result<(), String> {
+        let (reply, receiver) = oneshot::channel();
+        if self.mailbox.send(Command::Stop { reply }).await.is_err() {
+            return Ok(()); // already stopped
+        }
+        receiver.await.unwrap_or(Ok(()))
+    }
+
+    async fn send(&self, command: Command) {
+        // A closed mailbox means the actor stopped; the dropped reply sender tells the caller.
+        let _ = self.mailbox.send(command).await;
+    }
+}
+
+pub struct PartitionSpec<D: Disk> {
+    pub disk: D,
+    pub dir: String,
+    pub name: String,
+    pub log_config: LogConfig,
+    pub core_config: CoreConfig,
+}
+
+/// Opens (recovers) the partition's log and spawns its actor.
+pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> Result<PartitionHandle, LogError> {
+    let (log, report) = PartitionLog::open(spec.disk.clone(), &spec.dir, spec.log_config.clone()).await?;
+    tracing::info!(
+        partition = %spec.name,
+        log_start = %report.log_start_offset,
+        log_end = %report.log_end_offset,
+        truncated_bytes = report.truncated_bytes,
+        segments = report.segments,
+        "partition opened"
+    );
+    let core =
+        PartitionCore::new(spec.core_config.clone(), LeaderEpoch(0), log.log_start_offset(), log.log_end_offset());
+    let (mailbox, receiver) = mpsc::channel(MAILBOX_CAPACITY);
+    let actor = Actor {
+        spec,
+        log: Some(log),
+        core,
+        replies: HashMap::new(),
+        next_request: 0,
+        epoch: tokio::time::Instant::now(),
+    };
+    tokio::spawn(actor.run(receiver));
+    Ok(PartitionHandle { mailbox })
+}
+
+type SyncFuture = Pin<Box<dyn Future<Output = Result<Offset, LogError>> + Send>>;
+
+struct Actor<D: Disk> {
+    spec: PartitionSpec<D>,
+    /// `None` while the log is being reopened after a failure, or when reopening failed.
+    log: Option<PartitionLog<D>>,
+    core: PartitionCore,
+    replies: HashMap<RequestId, oneshot::Sender<PartitionReply>>,
+    next_request: RequestId,
+    /// Time zero for the core's millisecond clock.
+    epoch: tokio::time::Instant,
+}
+
+impl<D: Disk> Actor<D> {
+    fn now_ms(&self) -> TimestampMs {
+        self.epoch.elapsed().as_millis() as TimestampMs
+    }
+
+    async fn run(mut self, mut mailbox: mpsc::Receiver<Command>) {
+        let mut sync: Option<SyncFuture> = None;
+        loop {
+            let deadline =
+                self.core.next_deadline_ms().map(|ms| self.epoch + std::time::Duration::from_millis(ms as u64));
+            tokio::select! {
+                biased;
+                result = async { sync.as_mut().expect("guarded").await }, if sync.is_some() => {
+                    sync = None;
+                    match result {
+                        Ok(up_to) => {
+                            if let Some(log) = self.log.as_mut() {
+                                log.mark_durable(up_to);
+                            }
+                            self.core.step(Input::SyncCompleted { up_to });
+                        }
+                        Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
+                    }
+                }
+                command = mailbox.recv() => {
+                    let Some(command) = command else { break };
+                    if let Command::Stop { reply } = command {
+                        // Finish the in-flight sync first so its waiters get their answer.
+                        if let Some(in_flight) = sync.take() {
+                            match in_flight.await {
+                                Ok(up_to) => {
+                                    if let Some(log) = self.log.as_mut() { log.mark_durable(up_to); }
+                                    self.core.step(Input::SyncCompleted { up_to });
+                                }
+                                Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
+                            }
+                            let ready = self.core.ready();
+                            self.perform(ready, &mut sync);
+                        }
+                        let result = self.close().await;
+                        let _ = reply.send(result);
+                        return;
+                    }
+                    self.handle(command);
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                    let now_ms = self.now_ms();
+                    self.core.step(Input::Tick { now_ms });
+                }
+            }
+            let ready = self.core.ready();
+            self.perform(ready, &mut sync);
+            if self.core.is_failed() && self.log.is_none() {
+                self.reopen().await;
+                let ready = self.core.ready();
+                self.perform(ready, &mut sync);
+            }
+        }
+        let _ = self.close().await;
+    }
+
+    async fn close(&mut self) -> Result<(), String> {
+        // Fail whatever is still waiting: the caller is shutting the partition down.
+        for (_, reply) in self.replies.drain() {
+            let _ = reply.send(PartitionReply::error(ErrorCode::ShuttingDown, "partition is shutting down"));
+        }
+        match self.log.take() {
+            Some(log) => log.close().await.map_err(|error| error.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    fn register(&mut self, reply: oneshot::Sender<PartitionReply>) -> RequestId {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.replies.insert(request, reply);
+        request
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Append { batch, acks, reply } => {
+                let request = self.register(reply);
+                self.core.step(Input::Append { request, batch, acks });
+            }
+            Command::Fetch { offset, max_bytes, max_wait_ms, reply } => {
+                let request = self.register(reply);
+                let now_ms = self.now_ms();
+                self.core.step(Input::Fetch {
+                    request,
+                    offset,
+                    max_bytes: max_bytes.min(FETCH_BYTES_MAX),
+                    max_wait_ms: max_wait_ms.min(FETCH_WAIT_MS_MAX),
+                    now_ms,
+                });
+            }
+            Command::ListOffsets { spec, reply } => {
+                let answer = self.list_offsets(spec);
+                let _ = reply.send(answer);
+            }
+            Command::Stop { .. } => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn list_offsets(&self, spec: OffsetSpec) -> PartitionReply {
+        let high_watermark = self.core.high_watermark();
+        match spec {
+            OffsetSpec::Earliest => PartitionReply::Offset { offset: Some(self.core.log_start()), timestamp_ms: -1 },
+            OffsetSpec::Latest => PartitionReply::Offset { offset: Some(high_watermark), timestamp_ms: -1 },
+            OffsetSpec::Timestamp(timestamp_ms) => {
+                let Some(log) = self.log.as_ref() else {
+                    return PartitionReply::error(ErrorCode::StorageError, "partition storage is recovering");
+                };
+                match log.offset_for_timestamp(timestamp_ms) {
+                    // Records at or past the high watermark are not visible yet.
+                    Ok(Some((offset, found_ms))) if offset < high_watermark => {
+                        PartitionReply::Offset { offset: Some(offset), timestamp_ms: found_ms }
+                    }
+                    Ok(_) => PartitionReply::Offset { offset: None, timestamp_ms: -1 },
+                    Err(error) => PartitionReply::error(ErrorCode::StorageError, error.to_string()),
+                }
+            }
+        }
+    }
+
+    /// Performs a `Ready` in its contract order: writes, sync, reads, replies.
+    fn perform(&mut self, ready: Ready, sync: &mut Option<SyncFuture>) {
+        let Ready { writes, start_sync, reads, replies } = ready;
+        let mut write_error = None;
+        if let Some(log) = self.log.as_mut() {
+            for batch in &writes {
+                if let Err(error) = log.append(batch) {
+                    write_error = Some(error);
+                    break;
+                }
+            }
+            if start_sync && write_error.is_none() {
+                debug_assert!(sync.is_none(), "the core starts one sync at a time");
+                *sync = Some(Box::pin(log.begin_sync()));
+            }
+        } else if !writes.is_empty() {
+            write_error = Some(LogError::Failed);
+        }
+        for read in reads {
+            let answer = match self.log.as_ref() {
+                Some(log) => match log.read(read.offset, read.max_bytes as usize, read.up_to) {
+                    Ok(records) => {
+                        PartitionReply::Fetched { high_watermark: read.up_to, log_start: read.log_start, records }
+                    }
+                    Err(LogError::OffsetOutOfRange { requested, log_start, log_end }) => PartitionReply::error(
+                        ErrorCode::OffsetOutOfRange,
+                        format!("offset {requested} is outside the log [{log_start}, {log_end}]"),
+                    ),
+                    Err(error) => PartitionReply::error(ErrorCode::StorageError, error.to_string()),
+                },
+                None => PartitionReply::error(ErrorCode::StorageError, "partition storage is recovering"),
+            };
+            if let Some(reply) = self.replies.remove(&read.request) {
+                let _ = reply.send(answer);
+            }
+        }
+        for (request, reply) in replies {
+            let answer = match reply {
+                Reply::Produced { base_offset } => PartitionReply::Produced { base_offset },
+                Reply::FetchEmpty { high_watermark, log_start } => {
+                    PartitionReply::Fetched { high_watermark, log_start, records: Bytes::new() }
+                }
+                Reply::Error { code, message } => PartitionReply::Error { code, message },
+            };
+            if let Some(sender) = self.replies.remove(&request) {
+                let _ = sender.send(answer);
+            }
+        }
+        if let Some(error) = write_error {
+            // Synchronous failure path: handled by the caller's loop via `storage_failed_now`.
+            *sync = None;
+            self.storage_failed_now(format!("write failed: {error}"));
+        }
+    }
+
+    fn storage_failed_now(&mut self, reason: String) {
+        tracing::error!(partition = %self.spec.name, %reason, "partition storage failed; reopening the log");
+        self.log = None;
+        self.core.step(Input::StorageFailed { reason });
+        let ready = self.core.ready();
+        // A failure produces only replies (the pending appends' indeterminate errors).
+        for (request, reply) in ready.replies {
+            if let (Reply::Error { code, message }, Some(sender)) = (reply, self.replies.remove(&request)) {
+                let _ = sender.send(PartitionReply::Error { code, message });
+            }
+        }
+    }
+
+    async fn storage_failed(&mut self, reason: String) {
+        self.storage_failed_now(reason);
+        self.reopen().await;
+    }
+
+    async fn reopen(&mut self) {
+        match PartitionLog::open(self.spec.disk.clone(), &self.spec.dir, self.spec.log_config.clone()).await {
+            Ok((log, report)) => {
+                tracing::warn!(
+                    partition = %self.spec.name,
+                    log_end = %report.log_end_offset,
+                    truncated_bytes = report.truncated_bytes,
+                    "partition log recovered after a storage failure"
+                );
+                let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());
+                self.log = Some(log);
+                self.core.step(Input::Recovered { log_start, log_end });
+            }
+            Err(error) => {
+                // Stay failed; the next command tries again.
+                tracing::error!(partition = %self.spec.name, %error, "reopening the partition log failed");
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,7 @@
+//! A partition: its sans-IO core ([`core`]) and the actor that drives it over a log ([`actor`]).
+
+pub mod actor;
+pub mod core;
+
+pub use actor::{spawn_partition, OffsetSpec, PartitionHandle, PartitionReply, PartitionSpec};
+pub use core::{CoreConfig, FsyncPolicy};

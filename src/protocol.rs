@@ -1,0 +1,342 @@
+//! Keel's native wire protocol: length-prefixed prost frames over TCP.
+//!
+//! Every frame on the wire is a 4-byte big-endian length followed by one [`Frame`]: a correlation id
+//! and a oneof body. Requests and responses share the envelope; a response carries its request's
+//! correlation id, so a connection can have many requests in flight and replies may come back in
+//! any order. The same listener serves clients and (with later issues) peers.
+//!
+//! The message definitions are written with prost's derive macros instead of a `.proto` file plus a
+//! code generator: no `protoc`, no build script, and the field tags below are the schema. The
+//! equivalent `.proto` text is in docs/adr/0004-native-protocol.md. Tags are never reused.
+//!
+//! Limits: a frame is at most [`FRAME_BYTES_MAX`]; decoding untrusted bytes returns an error value
+//! and never panics (prost's decoder does not panic on malformed input; the bolero target in
+//! tests/decode_fuzz.rs holds it to that).
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::batch::BATCH_BYTES_MAX;
+
+/// Largest frame a peer may send: one maximal batch plus room for the envelope.
+pub const FRAME_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
+/// Length prefix of every frame.
+pub const FRAME_LENGTH_BYTES: usize = 4;
+/// Current protocol version; a peer with another version gets `UnsupportedVersion`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Kafka's ListOffsets conventions for the `timestamp_ms` selector.
+pub const LIST_OFFSETS_LATEST: i64 = -1;
+pub const LIST_OFFSETS_EARLIEST: i64 = -2;
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Frame {
+    #[prost(uint64, tag = "1")]
+    pub correlation_id: u64,
+    #[prost(uint32, tag = "2")]
+    pub version: u32,
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22")]
+    pub body: Option<Body>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+pub enum Body {
+    #[prost(message, tag = "10")]
+    ProduceRequest(ProduceRequest),
+    #[prost(message, tag = "11")]
+    ProduceResponse(ProduceResponse),
+    #[prost(message, tag = "12")]
+    FetchRequest(FetchRequest),
+    #[prost(message, tag = "13")]
+    FetchResponse(FetchResponse),
+    #[prost(message, tag = "14")]
+    ListOffsetsRequest(ListOffsetsRequest),
+    #[prost(message, tag = "15")]
+    ListOffsetsResponse(ListOffsetsResponse),
+    #[prost(message, tag = "16")]
+    CreateTopicRequest(CreateTopicRequest),
+    #[prost(message, tag = "17")]
+    CreateTopicResponse(CreateTopicResponse),
+    #[prost(message, tag = "18")]
+    DeleteTopicRequest(DeleteTopicRequest),
+    #[prost(message, tag = "19")]
+    DeleteTopicResponse(DeleteTopicResponse),
+    #[prost(message, tag = "20")]
+    MetadataRequest(MetadataRequest),
+    #[prost(message, tag = "21")]
+    MetadataResponse(MetadataResponse),
+    /// Sent by the server when it cannot decode a request well enough to answer it properly.
+    #[prost(message, tag = "22")]
+    ErrorResponse(ErrorResponse),
+}
+
+impl Frame {
+    pub fn new(correlation_id: u64, body: Body) -> Frame {
+        Frame { correlation_id, version: PROTOCOL_VERSION, body: Some(body) }
+    }
+
+    pub fn encode_to_bytes(&self) -> Bytes {
+        Bytes::from(self.encode_to_vec())
+    }
+
+    /// Decodes a frame body (without its length prefix). Never panics on untrusted bytes.
+    pub fn decode_bytes(bytes: Bytes) -> Result<Frame, prost::DecodeError> {
+        Frame::decode(bytes)
+    }
+}
+
+/// Error codes carried in every response. Numbers are part of the protocol; never reuse one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum ErrorCode {
+    None = 0,
+    UnknownTopic = 1,
+    UnknownPartition = 2,
+    InvalidRequest = 3,
+    CorruptBatch = 4,
+    MessageTooLarge = 5,
+    TopicAlreadyExists = 6,
+    InvalidTopicName = 7,
+    InvalidPartitions = 8,
+    /// The write definitely did not happen (nothing reached the disk).
+    StorageError = 9,
+    /// The disk failed while the write was in flight: it may or may not survive. Retrying may
+    /// duplicate it (until idempotent producers arrive).
+    StorageIndeterminate = 10,
+    NotLeader = 11,
+    Timeout = 12,
+    ShuttingDown = 13,
+    OffsetOutOfRange = 14,
+    Busy = 15,
+    Internal = 16,
+    InvalidReplication = 17,
+    UnsupportedVersion = 18,
+    InvalidAcks = 19,
+    InvalidTimestamp = 20,
+}
+
+impl ErrorCode {
+    /// True when the outcome of a write with this error is unknown.
+    pub fn is_indeterminate(self) -> bool {
+        matches!(self, ErrorCode::StorageIndeterminate | ErrorCode::Timeout)
+    }
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ErrorInfo {
+    #[prost(enumeration = "ErrorCode", tag = "1")]
+    pub code: i32,
+    #[prost(string, tag = "2")]
+    pub message: String,
+}
+
+impl ErrorInfo {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ErrorInfo {
+        ErrorInfo { code: code as i32, message: message.into() }
+    }
+
+    pub fn error_code(&self) -> ErrorCode {
+        ErrorCode::try_from(self.code).unwrap_or(ErrorCode::Internal)
+    }
+}
+
+/// How many acknowledgements a produce waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, prost::Enumeration, serde::Serialize, serde::Deserialize)]
+#[repr(i32)]
+#[serde(rename_all = "lowercase")]
+pub enum Acks {
+    /// Durable on the in-sync replicas (fsynced unless the broker runs `fsync = "never"`). Default.
+    All = 0,
+    /// Appended by the leader, not yet durable.
+    Leader = 1,
+    /// No reply is waited for by the client; the server still answers so the connection stays in step.
+    None = 2,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ProduceRequest {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+    #[prost(enumeration = "Acks", tag = "3")]
+    pub acks: i32,
+    /// Exactly one RecordBatch v2 (see `batch`).
+    #[prost(bytes = "bytes", tag = "4")]
+    pub batch: Bytes,
+    #[prost(uint32, tag = "5")]
+    pub timeout_ms: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ProduceResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(int64, tag = "2")]
+    pub base_offset: i64,
+    #[prost(int64, tag = "3")]
+    pub log_start_offset: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FetchRequest {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+    #[prost(int64, tag = "3")]
+    pub offset: i64,
+    /// Soft limit: at least one whole batch is returned even when it is larger.
+    #[prost(uint32, tag = "4")]
+    pub max_bytes: u32,
+    /// Long poll: wait up to this long for `min_bytes` to become available.
+    #[prost(uint32, tag = "5")]
+    pub max_wait_ms: u32,
+    #[prost(uint32, tag = "6")]
+    pub min_bytes: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FetchResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    /// Offsets below this are committed and readable.
+    #[prost(int64, tag = "2")]
+    pub high_watermark: i64,
+    #[prost(int64, tag = "3")]
+    pub log_start_offset: i64,
+    /// Zero or more whole batches, concatenated, exactly as stored.
+    #[prost(bytes = "bytes", tag = "4")]
+    pub records: Bytes,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListOffsetsRequest {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+    /// `LIST_OFFSETS_LATEST`, `LIST_OFFSETS_EARLIEST`, or a timestamp in ms: the first offset
+    /// whose timestamp is at or after it.
+    #[prost(int64, tag = "3")]
+    pub timestamp_ms: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListOffsetsResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    /// -1 when no record has a timestamp at or after the one asked for.
+    #[prost(int64, tag = "2")]
+    pub offset: i64,
+    #[prost(int64, tag = "3")]
+    pub timestamp_ms: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CreateTopicRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(uint32, tag = "2")]
+    pub partitions: u32,
+    #[prost(uint32, tag = "3")]
+    pub replication: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CreateTopicResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteTopicRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteTopicResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MetadataRequest {
+    /// Empty means every topic.
+    #[prost(string, repeated, tag = "1")]
+    pub topics: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct MetadataResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub brokers: Vec<BrokerInfo>,
+    #[prost(message, repeated, tag = "2")]
+    pub topics: Vec<TopicInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct BrokerInfo {
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    #[prost(string, tag = "2")]
+    pub addr: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct TopicInfo {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub error: Option<ErrorInfo>,
+    #[prost(message, repeated, tag = "3")]
+    pub partitions: Vec<PartitionInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PartitionInfo {
+    #[prost(uint32, tag = "1")]
+    pub partition: u32,
+    #[prost(uint64, tag = "2")]
+    pub leader: u64,
+    #[prost(uint64, repeated, tag = "3")]
+    pub replicas: Vec<u64>,
+    #[prost(uint64, repeated, tag = "4")]
+    pub isr: Vec<u64>,
+    #[prost(int32, tag = "5")]
+    pub leader_epoch: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ErrorResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = Frame::new(
+            7,
+            Body::ProduceRequest(ProduceRequest {
+                topic: "t".into(),
+                partition: 3,
+                acks: Acks::All as i32,
+                batch: Bytes::from_static(b"abc"),
+                timeout_ms: 1000,
+            }),
+        );
+        let decoded = Frame::decode_bytes(frame.encode_to_bytes()).unwrap();
+        assert_eq!(decoded, frame);
+    }
+
+    #[test]
+    fn unknown_error_codes_map_to_internal() {
+        let info = ErrorInfo { code: 9999, message: String::new() };
+        assert_eq!(info.error_code(), ErrorCode::Internal);
+    }
+}

@@ -1,0 +1,412 @@
+//! The broker shell: listener, connections, request routing, graceful shutdown.
+//!
+//! In: TCP connections carrying [`crate::protocol`] frames. Out: responses, and commands to the
+//! partition actors. The same code runs on tokio (production) and under madsim (simulation): it
+//! uses only `tokio` (madsim-tokio) for network, time and spawning, and reaches storage only through
+//! [`crate::storage::Disk`].
+//!
+//! Each connection is one task that both reads and writes (`into_split` does not exist in madsim).
+//! It reads a request, routes it (waiting for mailbox space in the partition, which is the
+//! backpressure), and parks the reply future in a bounded in-flight set; replies go out as they
+//! complete, tagged with their correlation id. Requests to one partition from one connection enter
+//! the partition's mailbox in the order they were read.
+//!
+//! Shutdown (SIGINT/SIGTERM, or the token in simulation): stop accepting, stop reading new requests,
+//! finish the ones in flight, then stop every partition (each fsyncs what it wrote) and return.
+
+pub mod topics;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+
+use crate::batch::{Batch, BATCH_BYTES_MAX};
+use crate::config::BrokerConfig;
+use crate::log::LogConfig;
+use crate::partition::{CoreConfig, OffsetSpec, PartitionReply};
+use crate::protocol::*;
+use crate::storage::Disk;
+use crate::types::Offset;
+use topics::{TopicError, Topics};
+
+/// The codec every Keel connection uses: 4-byte big-endian length, frames up to `FRAME_BYTES_MAX`.
+pub fn frame_codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(FRAME_LENGTH_BYTES)
+        .max_frame_length(FRAME_BYTES_MAX)
+        .new_codec()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot open the data: {0}")]
+    Storage(String),
+    #[error("shutdown did not complete cleanly: {0}")]
+    Shutdown(String),
+}
+
+struct State<D: Disk> {
+    config: BrokerConfig,
+    advertised: String,
+    topics: Topics<D>,
+}
+
+/// Runs a broker until `shutdown` is cancelled. `bound` (if given) receives the listening address
+/// once the broker accepts connections, which lets callers bind port 0.
+pub async fn run_broker<D: Disk>(
+    config: BrokerConfig,
+    disk: D,
+    shutdown: CancellationToken,
+    bound: Option<oneshot::Sender<SocketAddr>>,
+) -> Result<(), BrokerError> {
+    let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
+    let core_config = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
+    let topics = Topics::new(disk, log_config, core_config, config.topics_max, config.partitions_per_topic_max);
+    topics.load().await.map_err(|error| BrokerError::Storage(error.message))?;
+
+    let listener =
+        TcpListener::bind(config.listen).await.map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
+    let advertised = config.advertised(local_addr);
+    tracing::info!(listen = %local_addr, node_id = config.node_id, fsync = ?config.fsync, "broker listening");
+    if let Some(bound) = bound {
+        let _ = bound.send(local_addr);
+    }
+    let connection_slots = Arc::new(Semaphore::new(config.connections_max));
+    let state = Arc::new(State { config, advertised, topics });
+    let mut connections = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            Some(_) = connections.next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: keep serving the connections we have.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = connection_slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, limit = state.config.connections_max, "connection refused: too many connections");
+                    drop(stream);
+                    continue;
+                };
+                let state = state.clone();
+                let shutdown = shutdown.clone();
+                connections.push(tokio::spawn(async move {
+                    serve_connection(stream, state, shutdown).await;
+                    drop(permit);
+                }));
+            }
+        }
+    }
+    drop(listener);
+    tracing::info!(connections = connections.len(), "shutting down: finishing in-flight requests");
+    while connections.next().await.is_some() {}
+    let result = state.topics.stop_all().await;
+    tracing::info!("broker stopped");
+    result.map_err(BrokerError::Shutdown)
+}
+
+async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shutdown: CancellationToken) {
+    let peer = stream.peer_addr().ok();
+    let mut framed = Framed::new(stream, frame_codec());
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Frame>> = FuturesUnordered::new();
+    let in_flight_max = state.config.requests_in_flight_per_connection_max;
+    let mut reading = true;
+    loop {
+        if !reading && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
+                if framed.send(response.encode_to_bytes()).await.is_err() {
+                    break;
+                }
+            }
+            _ = shutdown.cancelled(), if reading => reading = false,
+            frame = framed.next(), if reading && in_flight.len() < in_flight_max => match frame {
+                None => break, // the peer closed; nobody is left to read replies
+                Some(Err(error)) => {
+                    // Oversized length prefix or a broken socket: the byte stream cannot be re-synced.
+                    tracing::debug!(?peer, %error, "closing connection after a framing error");
+                    let reply = error_frame(0, ErrorCode::MessageTooLarge, format!("bad frame: {error}"));
+                    let _ = framed.send(reply.encode_to_bytes()).await;
+                    reading = false;
+                }
+                Some(Ok(bytes)) => match Frame::decode_bytes(bytes.freeze()) {
+                    Ok(frame) => {
+                        let response = dispatch(&state, frame).await;
+                        in_flight.push(response);
+                    }
+                    Err(error) => {
+                        // The framing is intact, so the connection can go on after the reply.
+                        let reply = error_frame(0, ErrorCode::InvalidRequest, format!("undecodable frame: {error}"));
+                        if framed.send(reply.encode_to_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                },
+            },
+        }
+    }
+}
+
+fn error_frame(correlation_id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::new(correlation_id, Body::ErrorResponse(ErrorResponse { error: Some(ErrorInfo::new(code, message)) }))
+}
+
+fn ready(frame: Frame) -> BoxFuture<'static, Frame> {
+    Box::pin(std::future::ready(frame))
+}
+
+fn info(code: ErrorCode, message: impl Into<String>) -> Option<ErrorInfo> {
+    Some(ErrorInfo::new(code, message))
+}
+
+fn topic_info(error: TopicError) -> Option<ErrorInfo> {
+    info(error.code, error.message)
+}
+
+/// Routes one request. Everything that must happen in arrival order (entering a partition's mailbox)
+/// happens before this returns; the returned future only waits for the answer.
+async fn dispatch<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFuture<'static, Frame> {
+    let id = frame.correlation_id;
+    if frame.version != PROTOCOL_VERSION {
+        return ready(error_frame(
+            id,
+            ErrorCode::UnsupportedVersion,
+            format!("protocol version {} is not supported (this broker speaks {PROTOCOL_VERSION})", frame.version),
+        ));
+    }
+    let Some(body) = frame.body else {
+        return ready(error_frame(id, ErrorCode::InvalidRequest, "frame has no body"));
+    };
+    match body {
+        Body::ProduceRequest(request) => produce(state, id, request).await,
+        Body::FetchRequest(request) => fetch(state, id, request).await,
+        Body::ListOffsetsRequest(request) => list_offsets(state, id, request).await,
+        Body::CreateTopicRequest(request) => {
+            let state = state.clone();
+            Box::pin(async move {
+                let result = state.topics.create(&request.name, request.partitions, request.replication).await;
+                let error = result.err().and_then(topic_info);
+                Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
+            })
+        }
+        Body::DeleteTopicRequest(request) => {
+            let state = state.clone();
+            Box::pin(async move {
+                let error = state.topics.delete(&request.name).await.err().and_then(topic_info);
+                Frame::new(id, Body::DeleteTopicResponse(DeleteTopicResponse { error }))
+            })
+        }
+        Body::MetadataRequest(request) => ready(Frame::new(id, Body::MetadataResponse(metadata(state, request)))),
+        Body::ProduceResponse(_)
+        | Body::FetchResponse(_)
+        | Body::ListOffsetsResponse(_)
+        | Body::CreateTopicResponse(_)
+        | Body::DeleteTopicResponse(_)
+        | Body::MetadataResponse(_)
+        | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
+    }
+}
+
+fn produce_error(id: u64, code: ErrorCode, message: impl Into<String>) -> BoxFuture<'static, Frame> {
+    ready(Frame::new(
+        id,
+        Body::ProduceResponse(ProduceResponse { error: info(code, message), base_offset: -1, log_start_offset: -1 }),
+    ))
+}
+
+async fn produce<D: Disk>(state: &Arc<State<D>>, id: u64, request: ProduceRequest) -> BoxFuture<'static, Frame> {
+    let Ok(acks) = Acks::try_from(request.acks) else {
+        return produce_error(id, ErrorCode::InvalidAcks, format!("unknown acks value {}", request.acks));
+    };
+    let partition = match state.topics.partition(&request.topic, request.partition) {
+        Ok(partition) => partition,
+        Err(error) => return produce_error(id, error.code, error.message),
+    };
+    if request.batch.len() > BATCH_BYTES_MAX {
+        return produce_error(
+            id,
+            ErrorCode::MessageTooLarge,
+            format!("batch of {} bytes exceeds the {BATCH_BYTES_MAX}-byte limit", request.batch.len()),
+        );
+    }
+    let batch = match Batch::parse(request.batch) {
+        Ok(batch) => batch,
+        Err(error) => return produce_error(id, ErrorCode::CorruptBatch, format!("invalid record batch: {error}")),
+    };
+    let pending = partition.append(batch, acks).await;
+    let timeout_ms = request.timeout_ms;
+    Box::pin(async move {
+        let answer = if timeout_ms == 0 {
+            pending.await.ok()
+        } else {
+            match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms as u64), pending).await {
+                Ok(answer) => answer.ok(),
+                Err(_) => {
+                    return Frame::new(
+                        id,
+                        Body::ProduceResponse(ProduceResponse {
+                            error: info(ErrorCode::Timeout, "not durable within the request timeout; it may still be"),
+                            base_offset: -1,
+                            log_start_offset: -1,
+                        }),
+                    )
+                }
+            }
+        };
+        let response = match answer {
+            Some(PartitionReply::Produced { base_offset }) => {
+                ProduceResponse { error: None, base_offset: base_offset.0, log_start_offset: -1 }
+            }
+            Some(PartitionReply::Error { code: ErrorCode::ShuttingDown, message }) => ProduceResponse {
+                // The append was queued or written before the partition stopped: it may be durable.
+                error: info(ErrorCode::StorageIndeterminate, format!("partition stopped: {message}")),
+                base_offset: -1,
+                log_start_offset: -1,
+            },
+            Some(PartitionReply::Error { code, message }) => {
+                ProduceResponse { error: info(code, message), base_offset: -1, log_start_offset: -1 }
+            }
+            Some(other) => ProduceResponse {
+                error: info(ErrorCode::Internal, format!("unexpected partition reply {other:?}")),
+                base_offset: -1,
+                log_start_offset: -1,
+            },
+            None => ProduceResponse {
+                // The actor went away with the append queued: it may or may not have been written.
+                error: info(ErrorCode::StorageIndeterminate, "partition stopped before answering"),
+                base_offset: -1,
+                log_start_offset: -1,
+            },
+        };
+        Frame::new(id, Body::ProduceResponse(response))
+    })
+}
+
+fn fetch_error(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::new(
+        id,
+        Body::FetchResponse(FetchResponse {
+            error: info(code, message),
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+        }),
+    )
+}
+
+async fn fetch<D: Disk>(state: &Arc<State<D>>, id: u64, request: FetchRequest) -> BoxFuture<'static, Frame> {
+    let partition = match state.topics.partition(&request.topic, request.partition) {
+        Ok(partition) => partition,
+        Err(error) => return ready(fetch_error(id, error.code, error.message)),
+    };
+    let pending = partition.fetch(Offset(request.offset), request.max_bytes, request.max_wait_ms).await;
+    Box::pin(async move {
+        match pending.await {
+            Ok(PartitionReply::Fetched { high_watermark, log_start, records }) => Frame::new(
+                id,
+                Body::FetchResponse(FetchResponse {
+                    error: None,
+                    high_watermark: high_watermark.0,
+                    log_start_offset: log_start.0,
+                    records,
+                }),
+            ),
+            Ok(PartitionReply::Error { code, message }) => fetch_error(id, code, message),
+            Ok(other) => fetch_error(id, ErrorCode::Internal, format!("unexpected partition reply {other:?}")),
+            Err(_) => fetch_error(id, ErrorCode::ShuttingDown, "partition stopped before answering"),
+        }
+    })
+}
+
+async fn list_offsets<D: Disk>(
+    state: &Arc<State<D>>,
+    id: u64,
+    request: ListOffsetsRequest,
+) -> BoxFuture<'static, Frame> {
+    let error = move |code, message: String| {
+        Frame::new(
+            id,
+            Body::ListOffsetsResponse(ListOffsetsResponse { error: info(code, message), offset: -1, timestamp_ms: -1 }),
+        )
+    };
+    let spec = match request.timestamp_ms {
+        LIST_OFFSETS_LATEST => OffsetSpec::Latest,
+        LIST_OFFSETS_EARLIEST => OffsetSpec::Earliest,
+        ts if ts >= 0 => OffsetSpec::Timestamp(ts),
+        other => return ready(error(ErrorCode::InvalidTimestamp, format!("invalid timestamp selector {other}"))),
+    };
+    let partition = match state.topics.partition(&request.topic, request.partition) {
+        Ok(partition) => partition,
+        Err(topic_error) => return ready(error(topic_error.code, topic_error.message)),
+    };
+    let pending = partition.list_offsets(spec).await;
+    Box::pin(async move {
+        match pending.await {
+            Ok(PartitionReply::Offset { offset, timestamp_ms }) => Frame::new(
+                id,
+                Body::ListOffsetsResponse(ListOffsetsResponse {
+                    error: None,
+                    offset: offset.map_or(-1, |offset| offset.0),
+                    timestamp_ms,
+                }),
+            ),
+            Ok(PartitionReply::Error { code, message }) => error(code, message),
+            Ok(other) => error(ErrorCode::Internal, format!("unexpected partition reply {other:?}")),
+            Err(_) => error(ErrorCode::ShuttingDown, "partition stopped before answering".into()),
+        }
+    })
+}
+
+fn metadata<D: Disk>(state: &Arc<State<D>>, request: MetadataRequest) -> MetadataResponse {
+    let node_id = state.config.node_id;
+    let describe = |topic: &topics::Topic| TopicInfo {
+        name: topic.meta.name.clone(),
+        error: None,
+        partitions: (0..topic.meta.partitions)
+            .map(|partition| PartitionInfo {
+                partition,
+                leader: node_id,
+                replicas: vec![node_id],
+                isr: vec![node_id],
+                leader_epoch: 0,
+            })
+            .collect(),
+    };
+    let topics = if request.topics.is_empty() {
+        state.topics.list().iter().map(|topic| describe(topic)).collect()
+    } else {
+        request
+            .topics
+            .iter()
+            .map(|name| match state.topics.get(name) {
+                Some(topic) => describe(&topic),
+                None => TopicInfo {
+                    name: name.clone(),
+                    error: info(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")),
+                    partitions: Vec::new(),
+                },
+            })
+            .collect()
+    };
+    MetadataResponse { brokers: vec![BrokerInfo { node_id, addr: state.advertised.clone() }], topics }
+}

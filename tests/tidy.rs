@@ -1,0 +1,102 @@
+//! Tidy: the architecture invariants that a grep can check (TigerBeetle's tidy.zig, rust-analyzer's
+//! tidy tests). Each failure names the file and the rule.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|ext| ext == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Code only, without `//` comments, so docs may mention what the code must not use.
+fn code_of(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| line.split("//").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn sans_io_cores_do_no_io() {
+    let banned = [
+        "tokio",
+        "std::fs",
+        "std::net",
+        "std::thread",
+        "Instant",
+        "SystemTime",
+        "rand::",
+        "crate::storage",
+        "crate::log",
+        "crate::server",
+        "crate::client",
+    ];
+    let cores = [root().join("src/partition/core.rs")];
+    for core in cores {
+        let code = code_of(&core);
+        for word in banned {
+            assert!(!code.contains(word), "{} is a sans-IO core but mentions `{word}`", core.display());
+        }
+    }
+}
+
+#[test]
+fn the_model_crate_is_pure() {
+    for file in rust_files(&root().join("model/src")) {
+        let code = code_of(&file);
+        for word in ["tokio", "std::fs", "std::net", "std::thread", "Instant::now", "SystemTime"] {
+            assert!(!code.contains(word), "{} is in the pure model crate but mentions `{word}`", file.display());
+        }
+    }
+}
+
+#[test]
+fn every_select_is_biased() {
+    for dir in ["src", "sim/src", "sim/tests"] {
+        let dir = root().join(dir);
+        if !dir.exists() {
+            continue;
+        }
+        for file in rust_files(&dir) {
+            let code = code_of(&file);
+            let mut rest = code.as_str();
+            while let Some(at) = rest.find("select! {") {
+                let after = rest[at + "select! {".len()..].trim_start();
+                assert!(after.starts_with("biased;"), "{}: a select! without `biased;`", file.display());
+                rest = &rest[at + 1..];
+            }
+        }
+    }
+}
+
+#[test]
+fn no_nondeterminism_escapes_the_shell() {
+    for dir in ["src", "sim/src", "model/src"] {
+        let dir = root().join(dir);
+        if !dir.exists() {
+            continue;
+        }
+        for file in rust_files(&dir) {
+            // madsim's own thread_rng is seeded; rand 0.8's escapes the simulation (DESIGN.md).
+            let code = code_of(&file).replace("madsim::rand::thread_rng", "");
+            for word in ["std::thread::spawn", "rand::thread_rng", "spawn_blocking"] {
+                let allowed = word == "spawn_blocking" && file.ends_with("src/storage/file.rs");
+                assert!(allowed || !code.contains(word), "{} uses `{word}`", file.display());
+            }
+        }
+    }
+}
