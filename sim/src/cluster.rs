@@ -1,0 +1,391 @@
+//! The cluster harness: named madsim nodes running the real broker, and the fault controls.
+//!
+//! In: calls from a scenario (add a broker or a client node, kill, power loss, restart, pause, clog,
+//! disk faults, heal). Out: node handles to run workloads on, broker addresses, and every control
+//! action recorded in the [`Trace`] with its simulated time.
+//!
+//! # Nodes
+//! Broker `i` (1-based) is node `broker-i` at `10.0.1.i:9400`; client node `j` is `client-j` at
+//! `10.0.2.j`. The test body (node 0) has no IP and only supervises.
+//!
+//! # Invariants
+//! - A broker's [`SimDisk`] is created once, outside the node's init closure, so it outlives every
+//!   restart; everything per incarnation (cancellation token, listener, partition actors) is built
+//!   inside the init future.
+//! - A restart is always kill-then-restart: madsim's `restart` alone keeps the old sockets bound.
+//! - A clean restart is a ctrl-c (the broker's graceful shutdown), a bounded wait for it to exit,
+//!   then kill-then-restart. A broker that does not finish its shutdown within the bound is a hang
+//!   and is reported as a violation.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use keel::config::BrokerConfig;
+use keel::storage::sim::{SimDisk, SimDiskFaults};
+use madsim::net::NetSim;
+use madsim::runtime::{Handle, NodeHandle};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::trace::Trace;
+
+pub const BROKER_PORT: u16 = 9400;
+/// How long a broker may take to finish a graceful shutdown before it counts as hung.
+pub const CLEAN_SHUTDOWN_MS_MAX: u64 = 30_000;
+
+/// Where one broker incarnation stands, as its init future reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerState {
+    /// The incarnation started and is loading its data.
+    Starting,
+    /// The listener is bound: the broker serves requests.
+    Serving,
+    /// `run_broker` returned (graceful shutdown or an error).
+    Exited(Result<(), String>),
+}
+
+#[derive(Debug)]
+struct BrokerStatus {
+    incarnation: u64,
+    state: BrokerState,
+}
+
+pub struct Broker {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub node: NodeHandle,
+    /// The broker's disk; survives kills and restarts.
+    pub disk: SimDisk,
+    status: Arc<Mutex<BrokerStatus>>,
+    down: bool,
+    paused: bool,
+    clogged: bool,
+}
+
+/// Locks a harness mutex; a poisoned lock only happens in a test that already panicked.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+pub struct Cluster {
+    handle: Handle,
+    brokers: Vec<Broker>,
+    clients: Vec<(String, NodeHandle, bool)>,
+    trace: Trace,
+    start: Instant,
+    /// Broker failures that no injected fault explains (e.g. a load error with fault-free fsyncs).
+    violations: Arc<Mutex<Vec<String>>>,
+}
+
+impl Cluster {
+    pub fn new(trace: Trace, start: Instant) -> Cluster {
+        Cluster {
+            handle: Handle::current(),
+            brokers: Vec::new(),
+            clients: Vec::new(),
+            trace,
+            start,
+            violations: Arc::default(),
+        }
+    }
+
+    /// Nanoseconds of simulated time since the scenario started.
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn note(&self, what: impl Into<String>) {
+        self.trace.record(self.now_ns(), what);
+    }
+
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// Adds and starts a broker; `disk_seed` seeds its simulated disk. Returns its index.
+    pub fn add_broker(&mut self, mut config: BrokerConfig, disk_seed: u64) -> usize {
+        let index = self.brokers.len();
+        let number = index as u8 + 1;
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, number));
+        let addr = SocketAddr::new(ip, BROKER_PORT);
+        config.node_id = u64::from(number);
+        config.listen = addr;
+        let name = format!("broker-{number}");
+        let disk = SimDisk::new(disk_seed);
+        let status = Arc::new(Mutex::new(BrokerStatus { incarnation: 0, state: BrokerState::Starting }));
+        let init = {
+            let (disk, status, trace, start, violations) =
+                (disk.clone(), status.clone(), self.trace.clone(), self.start, self.violations.clone());
+            let name = name.clone();
+            move || {
+                let (config, disk, status, trace, violations) =
+                    (config.clone(), disk.clone(), status.clone(), trace.clone(), violations.clone());
+                let name = name.clone();
+                async move { run_incarnation(name, config, disk, status, trace, start, violations).await }
+            }
+        };
+        let node = self.handle.create_node().name(&name).ip(ip).init(init).build();
+        self.note(format!("cluster add {name} at {addr}"));
+        self.brokers.push(Broker { name, addr, node, disk, status, down: false, paused: false, clogged: false });
+        index
+    }
+
+    /// Adds a client node (no init task; workloads spawn onto it).
+    pub fn add_client(&mut self) -> NodeHandle {
+        let number = self.clients.len() as u8 + 1;
+        let name = format!("client-{number}");
+        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 2, number));
+        let node = self.handle.create_node().name(&name).ip(ip).build();
+        self.clients.push((name, node.clone(), false));
+        node
+    }
+
+    pub fn broker(&self, index: usize) -> &Broker {
+        &self.brokers[index]
+    }
+
+    pub fn broker_addr(&self, index: usize) -> String {
+        self.brokers[index].addr.to_string()
+    }
+
+    pub fn broker_state(&self, index: usize) -> BrokerState {
+        lock(&self.brokers[index].status).state.clone()
+    }
+
+    pub fn is_up(&self, index: usize) -> bool {
+        !self.brokers[index].down
+    }
+
+    pub fn is_paused(&self, index: usize) -> bool {
+        self.brokers[index].paused
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        lock(&self.violations).clone()
+    }
+
+    /// Process crash: the broker's tasks die and its sockets close; the disk (page cache included)
+    /// keeps everything written.
+    pub fn kill(&mut self, index: usize) {
+        let broker = &mut self.brokers[index];
+        self.handle.kill(broker.node.id());
+        broker.down = true;
+        broker.paused = false;
+        let name = broker.name.clone();
+        self.note(format!("nemesis kill {name}"));
+    }
+
+    /// Power loss: kill, then the disk drops what was not synced (possibly tearing the last write).
+    pub fn power_loss(&mut self, index: usize) {
+        let broker = &mut self.brokers[index];
+        self.handle.kill(broker.node.id());
+        broker.disk.crash();
+        broker.down = true;
+        broker.paused = false;
+        let name = broker.name.clone();
+        self.note(format!("nemesis power_loss {name}"));
+    }
+
+    /// Starts a new incarnation (kill first, so the old one's sockets are released).
+    pub fn restart(&mut self, index: usize) {
+        let broker = &mut self.brokers[index];
+        self.handle.kill(broker.node.id());
+        self.handle.restart(broker.node.id());
+        broker.down = false;
+        broker.paused = false;
+        let name = broker.name.clone();
+        self.note(format!("nemesis restart {name}"));
+    }
+
+    /// Graceful shutdown (ctrl-c), bounded wait for the broker to exit, then a restart.
+    pub async fn clean_restart(&mut self, index: usize) {
+        if self.brokers[index].paused {
+            self.resume(index);
+        }
+        if self.brokers[index].down {
+            self.restart(index);
+            return;
+        }
+        let name = self.brokers[index].name.clone();
+        self.note(format!("nemesis ctrl_c {name}"));
+        self.handle.send_ctrl_c(self.brokers[index].node.id());
+        let deadline = Instant::now() + Duration::from_millis(CLEAN_SHUTDOWN_MS_MAX);
+        loop {
+            if matches!(self.broker_state(index), BrokerState::Exited(_))
+                || self.handle.is_exit(self.brokers[index].node.id())
+            {
+                break;
+            }
+            if Instant::now() >= deadline {
+                let message = format!("{name} did not finish a graceful shutdown within {CLEAN_SHUTDOWN_MS_MAX} ms");
+                self.note(format!("violation {message}"));
+                lock(&self.violations).push(message);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.restart(index);
+    }
+
+    pub fn pause(&mut self, index: usize) {
+        let broker = &mut self.brokers[index];
+        if broker.down || broker.paused {
+            return;
+        }
+        self.handle.pause(broker.node.id());
+        broker.paused = true;
+        let name = broker.name.clone();
+        self.note(format!("nemesis pause {name}"));
+    }
+
+    pub fn resume(&mut self, index: usize) {
+        let broker = &mut self.brokers[index];
+        if !broker.paused {
+            return;
+        }
+        self.handle.resume(broker.node.id());
+        broker.paused = false;
+        let name = broker.name.clone();
+        self.note(format!("nemesis resume {name}"));
+    }
+
+    /// Cuts a broker off the network (both directions). Open connections hold their data.
+    pub fn clog_broker(&mut self, index: usize) {
+        let broker = &mut self.brokers[index];
+        NetSim::current().clog_node(broker.node.id());
+        broker.clogged = true;
+        let name = broker.name.clone();
+        self.note(format!("nemesis clog {name}"));
+    }
+
+    pub fn unclog_broker(&mut self, index: usize) {
+        let broker = &mut self.brokers[index];
+        NetSim::current().unclog_node(broker.node.id());
+        broker.clogged = false;
+        let name = broker.name.clone();
+        self.note(format!("nemesis unclog {name}"));
+    }
+
+    /// Cuts a client node off the network.
+    pub fn clog_client(&mut self, client_idx: usize) {
+        let (name, node, clogged) = &mut self.clients[client_idx];
+        NetSim::current().clog_node(node.id());
+        *clogged = true;
+        let name = name.clone();
+        self.note(format!("nemesis clog {name}"));
+    }
+
+    pub fn unclog_client(&mut self, client_idx: usize) {
+        let (name, node, clogged) = &mut self.clients[client_idx];
+        NetSim::current().unclog_node(node.id());
+        *clogged = false;
+        let name = name.clone();
+        self.note(format!("nemesis unclog {name}"));
+    }
+
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn set_disk_faults(&mut self, index: usize, faults: SimDiskFaults) {
+        let broker = &self.brokers[index];
+        broker.disk.set_faults(faults.clone());
+        let name = broker.name.clone();
+        self.note(format!(
+            "nemesis disk_faults {name} fsync_error_p={} fsync_latency_ms={}..={} torn_p={} garbage_p={}",
+            faults.fsync_error_probability,
+            faults.fsync_latency_ms.0,
+            faults.fsync_latency_ms.1,
+            faults.torn_write_probability,
+            faults.garbage_tail_probability
+        ));
+    }
+
+    /// Ends every fault: fault-free fsyncs (crashes may still tear, as real ones do), every node
+    /// resumed and unclogged, every broker up.
+    pub fn heal(&mut self) {
+        self.note("heal begin");
+        for index in 0..self.brokers.len() {
+            self.set_disk_faults(index, SimDiskFaults::default());
+            self.resume(index);
+            if self.brokers[index].clogged {
+                self.unclog_broker(index);
+            }
+            if self.brokers[index].down || matches!(self.broker_state(index), BrokerState::Exited(_)) {
+                self.restart(index);
+            }
+        }
+        for client_idx in 0..self.clients.len() {
+            if self.clients[client_idx].2 {
+                self.unclog_client(client_idx);
+            }
+        }
+        self.note("heal end");
+    }
+
+    /// Waits until broker `index` serves (its listener is bound), up to `bound`.
+    pub async fn wait_serving(&self, index: usize, bound: Duration) -> bool {
+        let deadline = Instant::now() + bound;
+        loop {
+            if self.broker_state(index) == BrokerState::Serving {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
+/// One broker incarnation: the real `run_broker`, stopped by ctrl-c, its fate reported in `status`.
+async fn run_incarnation(
+    name: String,
+    config: BrokerConfig,
+    disk: SimDisk,
+    status: Arc<Mutex<BrokerStatus>>,
+    trace: Trace,
+    start: Instant,
+    violations: Arc<Mutex<Vec<String>>>,
+) {
+    let incarnation = {
+        let mut status = lock(&status);
+        status.incarnation += 1;
+        status.state = BrokerState::Starting;
+        status.incarnation
+    };
+    let shutdown = CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        on_signal.cancel();
+    });
+    let (bound_sender, bound_receiver) = tokio::sync::oneshot::channel();
+    let serving = status.clone();
+    tokio::spawn(async move {
+        if bound_receiver.await.is_ok() {
+            let mut status = lock(&serving);
+            if status.incarnation == incarnation {
+                status.state = BrokerState::Serving;
+            }
+        }
+    });
+    let result = keel::server::run_broker(config, disk.clone(), shutdown, Some(bound_sender)).await;
+    let now_ns = start.elapsed().as_nanos() as u64;
+    match &result {
+        Ok(()) => trace.record(now_ns, format!("{name} incarnation {incarnation} stopped cleanly")),
+        Err(error) => {
+            trace.record(now_ns, format!("{name} incarnation {incarnation} exited: {error}"));
+            // A broker may fail when the disk was told to fail; with fault-free fsyncs, failing to
+            // bind or to load its own data is a bug.
+            let faults_active = disk.faults().fsync_error_probability > 0.0;
+            let is_startup_error =
+                matches!(error, keel::server::BrokerError::Bind { .. } | keel::server::BrokerError::Storage(_));
+            if is_startup_error && !faults_active {
+                lock(&violations).push(format!("{name} incarnation {incarnation} failed to start: {error}"));
+            }
+        }
+    }
+    lock(&status).state = BrokerState::Exited(result.map_err(|error| error.to_string()));
+}

@@ -1,0 +1,386 @@
+//! The queue workload: producer processes, a consumer, and the final reader, recording one history.
+//!
+//! In: a broker address, a topic with `partitions` partitions, a stop token. Out: a shared
+//! [`History`] in the format of shared/HISTORY-FORMAT.md, and the invariant violations seen during
+//! the run.
+//!
+//! - A *producer process* sends unique values `"<process>-<n>"` one at a time (Jepsen's processes
+//!   have at most one operation outstanding) through a [`Producer`] shared by the processes of one
+//!   client node, so lingering batches carry records of several processes. Each outcome is recorded
+//!   as `ok` (with the acked offset), `fail` (definitely not written) or `info` (unknown).
+//! - The *consumer* polls partitions from its own positions and records every poll.
+//! - The *final reader* runs after the heal: it polls every partition from offset 0 to its high
+//!   watermark.
+//!
+//! # Invariants checked during the run (when the broker runs with fsync=always)
+//! - A partition's high watermark, as any fetch reports it, never goes backwards, across restarts
+//!   and power losses included.
+//! - A fetch issued after a send was acked at offset `o` reports a high watermark above `o`.
+//! - One poll's offsets increase and start at or after the consumer's position.
+//! - No operation hangs: every send and poll resolves within a bound of simulated time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel::batch::Record;
+use keel::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig};
+use keel::protocol::{Acks, ErrorCode};
+use keel::types::Offset as KeelOffset;
+use keel_model::history::{History, Offset, Partition, PollReads, ProcessId, Value};
+use madsim::rand::{thread_rng, Rng};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::lock;
+use crate::trace::Trace;
+
+/// Longest an operation may take before the harness calls it a hang (simulated time). Client
+/// requests time out after a few seconds, so anything near this is a bug.
+pub const OPERATION_MS_MAX: u64 = 60_000;
+/// Bytes one fetch may return.
+pub const FETCH_BYTES_MAX: u32 = 64 * 1024;
+
+/// Client settings for the workload: short timeouts, so a dead, paused or partitioned broker turns
+/// into `info` (or a failed poll) quickly instead of a hang.
+pub fn client_config() -> ClientConfig {
+    ClientConfig {
+        connect_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_millis(1_500),
+        retries: 3,
+        retry_backoff: Duration::from_millis(50),
+        retry_backoff_max: Duration::from_millis(400),
+    }
+}
+
+/// What every workload task shares: the history, the invariants' state and the violations found.
+pub struct Recorder {
+    history: Mutex<History>,
+    start: Instant,
+    trace: Trace,
+    /// Whether the durability invariants apply (fsync=always); with fsync=never a power loss may
+    /// legitimately move the high watermark back.
+    durable: bool,
+    /// Per partition: highest acked offset.
+    acked_max: Mutex<BTreeMap<u32, i64>>,
+    /// Per partition: highest high watermark any fetch reported.
+    high_watermark_max: Mutex<BTreeMap<u32, i64>>,
+    violations: Mutex<Vec<String>>,
+    /// Observations of a durability break that are expected with fsync=never (counted, not failed).
+    expected_anomalies: Mutex<usize>,
+}
+
+impl Recorder {
+    pub fn new(start: Instant, trace: Trace, durable: bool) -> Arc<Recorder> {
+        Arc::new(Recorder {
+            history: Mutex::new(History::new()),
+            start,
+            trace,
+            durable,
+            acked_max: Mutex::default(),
+            high_watermark_max: Mutex::default(),
+            violations: Mutex::default(),
+            expected_anomalies: Mutex::default(),
+        })
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    pub fn history(&self) -> History {
+        lock(&self.history).clone()
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        lock(&self.violations).clone()
+    }
+
+    pub fn expected_anomalies(&self) -> usize {
+        *lock(&self.expected_anomalies)
+    }
+
+    pub fn acked_max(&self) -> BTreeMap<u32, i64> {
+        lock(&self.acked_max).clone()
+    }
+
+    /// A durability invariant broke: a violation with fsync=always, an expected anomaly otherwise.
+    fn durability_break(&self, message: String) {
+        if self.durable {
+            self.violation(message);
+        } else {
+            *lock(&self.expected_anomalies) += 1;
+        }
+    }
+
+    pub fn violation(&self, message: String) {
+        self.trace.record(self.now_ns(), format!("violation {message}"));
+        lock(&self.violations).push(message);
+    }
+
+    fn acked(&self, partition: u32, offset: i64) {
+        let mut acked = lock(&self.acked_max);
+        let entry = acked.entry(partition).or_insert(-1);
+        *entry = (*entry).max(offset);
+    }
+
+    fn acked_max_of(&self, partition: u32) -> i64 {
+        lock(&self.acked_max).get(&partition).copied().unwrap_or(-1)
+    }
+
+    /// Checks a fetch's high watermark against what was seen and acked before the fetch started.
+    fn observe_high_watermark(&self, partition: u32, high_watermark: i64, acked_before_fetch: i64, who: &str) {
+        if high_watermark <= acked_before_fetch {
+            self.durability_break(format!(
+                "{who}: partition {partition} reports high watermark {high_watermark} although offset \
+                 {acked_before_fetch} was acked before the fetch"
+            ));
+        }
+        let mut seen = lock(&self.high_watermark_max);
+        let max = seen.entry(partition).or_insert(0);
+        if high_watermark < *max {
+            let message =
+                format!("{who}: partition {partition} high watermark went back from {} to {high_watermark}", *max);
+            drop(seen);
+            self.durability_break(message);
+        } else {
+            *max = high_watermark;
+        }
+    }
+}
+
+fn value_of(bytes: Option<&Bytes>) -> Value {
+    Value(bytes.map_or_else(String::new, |bytes| String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// One client node's producer processes.
+pub struct ProducerNode {
+    pub addr: String,
+    pub topic: String,
+    pub partitions: u32,
+    pub processes: Vec<ProcessId>,
+    pub linger: Duration,
+    /// Pause between one process's sends, drawn from `[0, think_ms_max]`.
+    pub think_ms_max: u64,
+}
+
+impl ProducerNode {
+    /// Runs every process until `stop`; returns when each has resolved its last send.
+    pub async fn run(self, recorder: Arc<Recorder>, stop: CancellationToken) {
+        let client = Client::new(self.addr.clone(), client_config());
+        let config = ProducerConfig { acks: Acks::All, linger: self.linger, ..ProducerConfig::default() };
+        let producer = Producer::new(client, config);
+        let mut tasks = Vec::new();
+        for process in self.processes.iter().copied() {
+            let (producer, recorder, stop, topic) =
+                (producer.clone(), recorder.clone(), stop.clone(), self.topic.clone());
+            let (partitions, think_ms_max) = (self.partitions, self.think_ms_max);
+            tasks.push(tokio::spawn(async move {
+                run_producer_process(process, producer, &topic, partitions, think_ms_max, &recorder, &stop).await
+            }));
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run_producer_process(
+    process: ProcessId,
+    producer: Producer,
+    topic: &str,
+    partitions: u32,
+    think_ms_max: u64,
+    recorder: &Recorder,
+    stop: &CancellationToken,
+) {
+    let mut sequence = 0u64;
+    while !stop.is_cancelled() {
+        let partition = thread_rng().gen_range(0..partitions);
+        let value = format!("{}-{sequence}", process.0);
+        sequence += 1;
+        let pending = lock(&recorder.history).invoke_send(
+            process,
+            recorder.now_ns(),
+            Partition::of_topic(topic, partition),
+            value.as_str(),
+        );
+        let outcome = tokio::time::timeout(Duration::from_millis(OPERATION_MS_MAX), async {
+            let delivery = producer.send(topic, Some(partition), Record::value(Bytes::from(value.clone()))).await;
+            delivered(delivery).await
+        })
+        .await;
+        let now_ns = recorder.now_ns();
+        match outcome {
+            Ok(Ok(metadata)) => {
+                if metadata.partition != partition || metadata.offset.0 < 0 {
+                    recorder.violation(format!(
+                        "process {process}: {value} sent to partition {partition} acked as {metadata:?}"
+                    ));
+                }
+                recorder.acked(partition, metadata.offset.0);
+                lock(&recorder.history).send_ok(pending, now_ns, Offset(metadata.offset.0.max(0) as u64));
+            }
+            Ok(Err(error)) if error.is_ambiguous() => {
+                lock(&recorder.history).send_info(pending, now_ns);
+            }
+            Ok(Err(_)) => {
+                lock(&recorder.history).send_fail(pending, now_ns);
+            }
+            Err(_) => {
+                recorder.violation(format!("process {process}: send of {value} hung for {OPERATION_MS_MAX} ms"));
+                lock(&recorder.history).send_info(pending, now_ns);
+                return;
+            }
+        }
+        if think_ms_max > 0 {
+            let think_ms = thread_rng().gen_range(0..=think_ms_max);
+            if think_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(think_ms)).await;
+            }
+        }
+    }
+}
+
+/// One polling process: its client, its process id in the history, and its name in violations.
+struct Poller<'a> {
+    client: &'a Client,
+    recorder: &'a Recorder,
+    process: ProcessId,
+    topic: &'a str,
+    who: &'static str,
+}
+
+impl Poller<'_> {
+    /// Polls one partition from `position` once, records the poll, and returns the next position.
+    /// `None` when the poll hung (a violation has been recorded).
+    async fn poll(&self, partition: u32, position: i64, max_wait: Duration) -> Option<PollResult> {
+        let Poller { client, recorder, process, topic, who } = *self;
+        let acked_before = recorder.acked_max_of(partition);
+        let pending = lock(&recorder.history).invoke_poll(process, recorder.now_ns());
+        let fetched = tokio::time::timeout(
+            Duration::from_millis(OPERATION_MS_MAX),
+            client.fetch(topic, partition, KeelOffset(position), FETCH_BYTES_MAX, max_wait),
+        )
+        .await;
+        let now_ns = recorder.now_ns();
+        let fetched = match fetched {
+            Err(_) => {
+                recorder.violation(format!("{who}: fetch of partition {partition} at {position} hung"));
+                lock(&recorder.history).poll_info(pending, now_ns);
+                return None;
+            }
+            Ok(Err(error)) => {
+                // A fetch moves no position and writes nothing, so a failed one is a definite `fail`.
+                lock(&recorder.history).poll_fail(pending, now_ns);
+                return Some(PollResult::Failed(error));
+            }
+            Ok(Ok(fetched)) => fetched,
+        };
+        let mut reads = Vec::with_capacity(fetched.records.len());
+        let mut next = position;
+        for record in &fetched.records {
+            if record.offset.0 < next {
+                recorder.violation(format!(
+                    "{who}: fetch of partition {partition} at {position} returned offset {} after {}",
+                    record.offset.0,
+                    next - 1
+                ));
+            }
+            if record.offset.0 >= fetched.high_watermark.0 {
+                recorder.violation(format!(
+                    "{who}: fetch of partition {partition} returned offset {} at or past its high watermark {}",
+                    record.offset.0, fetched.high_watermark.0
+                ));
+            }
+            next = next.max(record.offset.0 + 1);
+            reads.push((Offset(record.offset.0.max(0) as u64), value_of(record.value.as_ref())));
+        }
+        let mut poll_reads = PollReads::new();
+        poll_reads.insert(Partition::of_topic(topic, partition), reads);
+        lock(&recorder.history).poll_ok(pending, now_ns, poll_reads);
+        recorder.observe_high_watermark(partition, fetched.high_watermark.0, acked_before, who);
+        Some(PollResult::Read { next, high_watermark: fetched.high_watermark.0, log_start: fetched.log_start.0 })
+    }
+}
+
+enum PollResult {
+    Read { next: i64, high_watermark: i64, log_start: i64 },
+    Failed(ClientError),
+}
+
+/// The consumer: polls random partitions from its own positions until `stop`.
+pub async fn run_consumer(
+    addr: String,
+    topic: String,
+    partitions: u32,
+    process: ProcessId,
+    recorder: Arc<Recorder>,
+    stop: CancellationToken,
+) {
+    let client = Client::new(addr, client_config());
+    let all: Vec<Partition> = (0..partitions).map(|partition| Partition::of_topic(&topic, partition)).collect();
+    lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
+    let mut positions = vec![0i64; partitions as usize];
+    let poller = Poller { client: &client, recorder: &recorder, process, topic: &topic, who: "consumer" };
+    while !stop.is_cancelled() {
+        let partition = thread_rng().gen_range(0..partitions);
+        let max_wait = Duration::from_millis(thread_rng().gen_range(0..=200));
+        let position = positions[partition as usize];
+        let result = poller.poll(partition, position, max_wait).await;
+        match result {
+            None => return,
+            Some(PollResult::Read { next, .. }) => positions[partition as usize] = next,
+            Some(PollResult::Failed(error)) if error.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                // Only a log that lost records can put a position past its end.
+                recorder.durability_break(format!("consumer: partition {partition} position {position}: {error}"));
+                positions = vec![0; partitions as usize];
+                lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
+            }
+            Some(PollResult::Failed(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// The final reader: polls every partition from 0 to its high watermark. Returns each partition's
+/// final high watermark, or an error when the broker did not serve everything within `bound`.
+pub async fn run_final_reader(
+    addr: String,
+    topic: String,
+    partitions: u32,
+    process: ProcessId,
+    recorder: Arc<Recorder>,
+    bound: Duration,
+) -> Result<BTreeMap<u32, i64>, String> {
+    let deadline = Instant::now() + bound;
+    let client = Client::new(addr, client_config());
+    let all: Vec<Partition> = (0..partitions).map(|partition| Partition::of_topic(&topic, partition)).collect();
+    lock(&recorder.history).assign(process, recorder.now_ns(), all);
+    let mut final_high_watermarks = BTreeMap::new();
+    let poller = Poller { client: &client, recorder: &recorder, process, topic: &topic, who: "final reader" };
+    for partition in 0..partitions {
+        let mut position = 0i64;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(format!("final read of partition {partition} stuck at offset {position} after {bound:?}"));
+            }
+            let result = poller.poll(partition, position, Duration::ZERO).await;
+            match result {
+                None => return Err(format!("final read of partition {partition} hung")),
+                Some(PollResult::Read { next, high_watermark, log_start }) => {
+                    if log_start > 0 {
+                        return Err(format!("partition {partition} starts at {log_start}: records before it are gone"));
+                    }
+                    position = next;
+                    if position >= high_watermark {
+                        final_high_watermarks.insert(partition, high_watermark);
+                        break;
+                    }
+                }
+                Some(PollResult::Failed(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    Ok(final_high_watermarks)
+}
