@@ -552,6 +552,18 @@ fn corrupt_index_of_a_closed_segment_is_rebuilt_from_a_scan() {
 }
 
 #[test]
+fn close_makes_seals_durable_so_power_loss_leaves_closed_segments_trusted() {
+    let mut harness = synced_sim_log(40);
+    harness.apply(&Op::CleanReopen);
+    harness.log = None;
+    harness.env.disk.crash();
+    let report = harness.reopen(true);
+    assert!(report.segments >= 3);
+    assert_eq!(report.rebuilt_indexes, 1, "only the last segment is scanned");
+    assert_eq!(report.truncated_bytes, 0);
+}
+
+#[test]
 fn unsynced_appends_are_lost_on_power_loss_and_synced_ones_survive() {
     let mut harness = Harness::new(SimEnv { disk: SimDisk::new(3) }, small_config(), false);
     harness.env.disk.set_faults(SimDiskFaults { torn_write_probability: 1.0, ..SimDiskFaults::default() });

@@ -92,6 +92,9 @@ pub struct Dirty {
     pub log: bool,
     pub offset_index: bool,
     pub time_index: bool,
+    /// The index files were rewritten (not only appended to): sync them even while the segment is
+    /// active, so that no stale seal from before the rewrite can survive on disk.
+    pub indexes_rewritten: bool,
 }
 
 pub struct Segment<F: DiskFile> {
@@ -193,6 +196,7 @@ impl<F: DiskFile> Segment<F> {
         self.sealed = false;
         self.dirty.offset_index = true;
         self.dirty.time_index = true;
+        self.dirty.indexes_rewritten = true;
         if seal {
             self.write_seal()?;
         }
