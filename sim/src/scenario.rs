@@ -34,16 +34,32 @@ pub const LIVENESS_MS_MAX: u64 = 30_000;
 /// How long the workload keeps running after the heal (acks must resume in it).
 pub const AFTER_HEAL_MS: u64 = 2_000;
 
+/// Whether a scenario's nemesis uses a fault class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    Off,
+    /// The swarm draw leaves it out on some seeds (so other faults get seeds of their own).
+    Sometimes,
+    /// Every seed uses it: it is what the scenario is about.
+    Always,
+}
+
+impl Use {
+    fn enabled(self) -> bool {
+        self != Use::Off
+    }
+}
+
 /// Which fault classes a scenario's nemesis may use; the rates are drawn per seed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultClasses {
-    pub power_loss: bool,
+    pub power_loss: Use,
     /// Process crash (kill) and graceful restart (ctrl-c): the disk keeps its page cache.
-    pub process_restart: bool,
-    pub slow_fsync: bool,
-    pub failing_fsync: bool,
-    pub pause: bool,
-    pub clog: bool,
+    pub process_restart: Use,
+    pub slow_fsync: Use,
+    pub failing_fsync: Use,
+    pub pause: Use,
+    pub clog: Use,
 }
 
 #[derive(Clone, Debug)]
@@ -84,11 +100,20 @@ impl Swarm {
     /// weight of 0 with some probability, so some seeds run it alone or not at all.
     pub fn draw(faults: FaultClasses) -> Swarm {
         let mut rng = thread_rng();
-        let mut weight = |enabled: bool| if enabled && rng.gen_bool(0.8) { rng.gen_range(1..=4) } else { 0 };
+        let mut weight = |use_: Use| match use_ {
+            Use::Off => 0,
+            Use::Sometimes if rng.gen_bool(0.25) => 0,
+            Use::Sometimes | Use::Always => rng.gen_range(1..=4),
+        };
         let weight_power_loss = weight(faults.power_loss);
         let weight_kill = weight(faults.process_restart);
         let weight_clean_restart = weight(faults.process_restart);
-        let weight_disk_faults = weight(faults.slow_fsync || faults.failing_fsync);
+        let disk_use = match (faults.slow_fsync, faults.failing_fsync) {
+            (Use::Always, _) | (_, Use::Always) => Use::Always,
+            (Use::Off, Use::Off) => Use::Off,
+            _ => Use::Sometimes,
+        };
+        let weight_disk_faults = weight(disk_use);
         let weight_pause = weight(faults.pause);
         let weight_clog = weight(faults.clog);
         let mut rng = thread_rng();
@@ -106,9 +131,13 @@ impl Swarm {
             weight_pause,
             weight_clog,
             outage_ms_max: rng.gen_range(50..=3_000),
-            fsync_latency_ms_max: if faults.slow_fsync { [1, 5, 20, 100, 500][rng.gen_range(0..5)] } else { 0 },
-            fsync_error_probability_max: if faults.failing_fsync {
-                [0.001, 0.01, 0.05, 0.2][rng.gen_range(0..4)]
+            fsync_latency_ms_max: if faults.slow_fsync.enabled() {
+                [1, 5, 20, 100, 500][rng.gen_range(0..5)]
+            } else {
+                0
+            },
+            fsync_error_probability_max: if faults.failing_fsync.enabled() {
+                [0.01, 0.05, 0.2, 0.5][rng.gen_range(0..4)]
             } else {
                 0.0
             },
@@ -312,6 +341,8 @@ pub async fn run(config: &ScenarioConfig) -> Outcome {
         Err(error) => violations.push(format!("liveness: {error}")),
     }
 
+    trace.record(recorder.now_ns(), format!("disk stats {:?}", cluster.broker(broker).disk.stats()));
+
     // Check.
     let history = recorder.history();
     let report = queue_checker::check(&history);
@@ -470,12 +501,12 @@ pub fn single_broker_power_loss(fsync: FsyncPolicy) -> ScenarioConfig {
         },
         fsync,
         faults: FaultClasses {
-            power_loss: true,
-            process_restart: true,
-            slow_fsync: true,
-            failing_fsync: false,
-            pause: false,
-            clog: false,
+            power_loss: Use::Always,
+            process_restart: Use::Sometimes,
+            slow_fsync: Use::Sometimes,
+            failing_fsync: Use::Off,
+            pause: Use::Off,
+            clog: Use::Off,
         },
         duration: DURATION_DEFAULT,
     }
@@ -487,12 +518,12 @@ pub fn single_broker_slow_and_failing_fsync() -> ScenarioConfig {
         name: "single_broker_slow_and_failing_fsync",
         fsync: FsyncPolicy::Always,
         faults: FaultClasses {
-            power_loss: true,
-            process_restart: false,
-            slow_fsync: true,
-            failing_fsync: true,
-            pause: false,
-            clog: false,
+            power_loss: Use::Sometimes,
+            process_restart: Use::Off,
+            slow_fsync: Use::Always,
+            failing_fsync: Use::Always,
+            pause: Use::Off,
+            clog: Use::Off,
         },
         duration: DURATION_DEFAULT,
     }
@@ -504,12 +535,12 @@ pub fn single_broker_pause_and_clog() -> ScenarioConfig {
         name: "single_broker_pause_and_clog",
         fsync: FsyncPolicy::Always,
         faults: FaultClasses {
-            power_loss: false,
-            process_restart: true,
-            slow_fsync: false,
-            failing_fsync: false,
-            pause: true,
-            clog: true,
+            power_loss: Use::Off,
+            process_restart: Use::Sometimes,
+            slow_fsync: Use::Off,
+            failing_fsync: Use::Off,
+            pause: Use::Always,
+            clog: Use::Always,
         },
         duration: DURATION_DEFAULT,
     }
@@ -521,12 +552,12 @@ pub fn single_broker_swarm() -> ScenarioConfig {
         name: "single_broker_swarm",
         fsync: FsyncPolicy::Always,
         faults: FaultClasses {
-            power_loss: true,
-            process_restart: true,
-            slow_fsync: true,
-            failing_fsync: true,
-            pause: true,
-            clog: true,
+            power_loss: Use::Sometimes,
+            process_restart: Use::Sometimes,
+            slow_fsync: Use::Sometimes,
+            failing_fsync: Use::Sometimes,
+            pause: Use::Sometimes,
+            clog: Use::Sometimes,
         },
         duration: DURATION_DEFAULT,
     }
