@@ -564,6 +564,19 @@ fn close_makes_seals_durable_so_power_loss_leaves_closed_segments_trusted() {
 }
 
 #[test]
+fn a_sync_of_plain_appends_costs_one_file_sync() {
+    let mut harness = Harness::new(SimEnv { disk: SimDisk::new(9) }, small_config(), false);
+    for index in 0..3 {
+        harness.apply(&Op::Append(spec(index)));
+    }
+    let before = harness.env.disk.stats();
+    harness.apply(&Op::Sync);
+    let after = harness.env.disk.stats();
+    assert_eq!(after.syncs - before.syncs, 1, "index entries of the active segment are not fsynced");
+    assert_eq!(after.dir_syncs, before.dir_syncs);
+}
+
+#[test]
 fn unsynced_appends_are_lost_on_power_loss_and_synced_ones_survive() {
     let mut harness = Harness::new(SimEnv { disk: SimDisk::new(3) }, small_config(), false);
     harness.env.disk.set_faults(SimDiskFaults { torn_write_probability: 1.0, ..SimDiskFaults::default() });
