@@ -89,9 +89,8 @@ impl Producer {
         let task = Task {
             client,
             config,
-            partitions: HashMap::new(),
-            open: HashMap::new(),
-            sticky: HashMap::new(),
+            topics: HashMap::new(),
+            open_batches: 0,
             in_flight: FuturesUnordered::new(),
             flushes: Vec::new(),
             broker_unreachable: false,
@@ -125,13 +124,21 @@ struct OpenBatch {
     deadline: Instant,
 }
 
+struct TopicState {
+    partitions: u32,
+    /// Indexed by partition.
+    open: Vec<Option<OpenBatch>>,
+    /// Where keyless records go until that partition's batch is sent.
+    sticky: Option<u32>,
+}
+
 struct Task {
     client: Arc<Client>,
     config: ProducerConfig,
-    /// Partition counts by topic; `Err` is cached only for the current batch of lookups.
-    partitions: HashMap<String, u32>,
-    open: HashMap<(String, u32), OpenBatch>,
-    sticky: HashMap<String, u32>,
+    /// Per topic: partition count, open batches, sticky partition. One hash lookup per record.
+    topics: HashMap<String, TopicState>,
+    /// Open batches across all topics (to know when the task is idle).
+    open_batches: usize,
     in_flight: FuturesUnordered<BoxFuture<'static, ()>>,
     flushes: Vec<oneshot::Sender<()>>,
     /// Set when a batch used up its retries without reaching the broker: later batches try once
@@ -143,8 +150,8 @@ impl Task {
     async fn run(mut self, mut queue: mpsc::Receiver<Message>) {
         let mut queue_open = true;
         loop {
-            let deadline = self.open.values().map(|batch| batch.deadline).min();
-            if !queue_open && self.open.is_empty() && self.in_flight.is_empty() {
+            let deadline = self.open_batches().map(|(_, _, deadline)| deadline).min();
+            if !queue_open && self.open_batches == 0 && self.in_flight.is_empty() {
                 break;
             }
             tokio::select! {
@@ -152,35 +159,28 @@ impl Task {
                 Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     let now = Instant::now();
-                    let due: Vec<_> =
-                        self.open.iter().filter(|(_, batch)| batch.deadline <= now).map(|(key, _)| key.clone()).collect();
-                    for key in due {
-                        self.send_batch(key).await;
+                    let due: Vec<_> = self.open_batches().filter(|(_, _, deadline)| *deadline <= now).collect();
+                    for (topic, partition, _) in due {
+                        self.send_batch(&topic, partition).await;
                     }
                 }
                 message = queue.recv(), if queue_open && self.in_flight.len() < self.config.in_flight_max => {
                     match message {
                         None => {
                             queue_open = false;
-                            let keys: Vec<_> = self.open.keys().cloned().collect();
-                            for key in keys {
-                                self.send_batch(key).await;
-                            }
+                            self.send_all().await;
                         }
                         Some(Message::Send { topic, partition, record, delivery }) => {
                             self.add(topic, partition, record, delivery).await;
                         }
                         Some(Message::Flush { done }) => {
-                            let keys: Vec<_> = self.open.keys().cloned().collect();
-                            for key in keys {
-                                self.send_batch(key).await;
-                            }
+                            self.send_all().await;
                             self.flushes.push(done);
                         }
                     }
                 }
             }
-            if self.in_flight.is_empty() && self.open.is_empty() {
+            if self.in_flight.is_empty() && self.open_batches == 0 {
                 for done in self.flushes.drain(..) {
                     let _ = done.send(());
                 }
@@ -188,27 +188,49 @@ impl Task {
         }
     }
 
-    async fn partition_count(&mut self, topic: &str) -> Result<u32, ClientError> {
-        if let Some(count) = self.partitions.get(topic) {
-            return Ok(*count);
+    fn open_batches(&self) -> impl Iterator<Item = (String, u32, Instant)> + '_ {
+        self.topics.iter().flat_map(|(topic, state)| {
+            state.open.iter().enumerate().filter_map(move |(partition, batch)| {
+                batch.as_ref().map(|batch| (topic.clone(), partition as u32, batch.deadline))
+            })
+        })
+    }
+
+    async fn send_all(&mut self) {
+        let open: Vec<_> = self.open_batches().collect();
+        for (topic, partition, _) in open {
+            self.send_batch(&topic, partition).await;
         }
-        let info = self.client.topic(topic).await?;
-        let count = info.partitions.len() as u32;
-        if count == 0 {
-            return Err(ClientError::Protocol(format!("topic {topic:?} has no partitions")));
-        }
-        self.partitions.insert(topic.to_owned(), count);
-        Ok(count)
     }
 
     async fn add(&mut self, topic: String, partition: Option<u32>, record: Record, delivery: DeliverySender) {
-        let count = match self.partition_count(&topic).await {
-            Ok(count) => count,
-            Err(error) => {
-                let _ = delivery.send(Err(error));
-                return;
+        if !self.topics.contains_key(&topic) {
+            match self.client.topic(&topic).await {
+                Ok(info) if !info.partitions.is_empty() => {
+                    let partitions = info.partitions.len() as u32;
+                    let open = (0..partitions).map(|_| None).collect();
+                    self.topics.insert(topic.clone(), TopicState { partitions, open, sticky: None });
+                }
+                Ok(_) => {
+                    let error = ClientError::Protocol(format!("topic {topic:?} has no partitions"));
+                    let _ = delivery.send(Err(error));
+                    return;
+                }
+                Err(error) => {
+                    let _ = delivery.send(Err(error));
+                    return;
+                }
             }
-        };
+        }
+        let size = record_size_estimate(&record);
+        if size + 128 > self.config.batch_bytes_max.min(BATCH_BYTES_MAX) {
+            let message =
+                format!("record of ~{size} bytes exceeds the batch limit of {} bytes", self.config.batch_bytes_max);
+            let _ = delivery.send(Err(ClientError::InvalidArgument(message)));
+            return;
+        }
+        let state = self.topics.get_mut(&topic).expect("inserted above");
+        let count = state.partitions;
         let partition = match (partition, record.key.as_deref()) {
             (Some(partition), _) if partition >= count => {
                 let message = format!("topic {topic:?} has {count} partitions; there is no partition {partition}");
@@ -217,21 +239,21 @@ impl Task {
             }
             (Some(partition), _) => partition,
             (None, Some(key)) => (murmur2(key) & 0x7fff_ffff) % count,
-            (None, None) => *self.sticky.entry(topic.clone()).or_insert_with(|| rand::rng().random_range(0..count)),
+            (None, None) => *state.sticky.get_or_insert_with(|| rand::rng().random_range(0..count)),
         };
-        let size = record_size_estimate(&record);
-        if size + 128 > self.config.batch_bytes_max.min(BATCH_BYTES_MAX) {
-            let message =
-                format!("record of ~{size} bytes exceeds the batch limit of {} bytes", self.config.batch_bytes_max);
-            let _ = delivery.send(Err(ClientError::InvalidArgument(message)));
-            return;
-        }
-        let key = (topic, partition);
-        if self.open.get(&key).is_some_and(|batch| batch.bytes + size > self.config.batch_bytes_max) {
-            self.send_batch(key.clone()).await;
+        let full = state.open[partition as usize]
+            .as_ref()
+            .is_some_and(|batch| batch.bytes + size > self.config.batch_bytes_max);
+        if full {
+            self.send_batch(&topic, partition).await;
         }
         let linger = self.config.linger;
-        let batch = self.open.entry(key.clone()).or_insert_with(|| OpenBatch {
+        let state = self.topics.get_mut(&topic).expect("inserted above");
+        let slot = &mut state.open[partition as usize];
+        if slot.is_none() {
+            self.open_batches += 1;
+        }
+        let batch = slot.get_or_insert_with(|| OpenBatch {
             records: Vec::new(),
             deliveries: Vec::new(),
             bytes: 0,
@@ -241,22 +263,23 @@ impl Task {
         batch.deliveries.push(delivery);
         batch.bytes += size;
         if batch.bytes >= self.config.batch_bytes_max || linger.is_zero() {
-            self.send_batch(key).await;
+            self.send_batch(&topic, partition).await;
         }
     }
 
-    /// Encodes the open batch of `key` and puts its request on the wire (in order), retrying while
-    /// it definitely was not sent. The response is awaited in `in_flight`.
-    async fn send_batch(&mut self, key: (String, u32)) {
-        let Some(batch) = self.open.remove(&key) else { return };
-        let (topic, partition) = key;
-        if self.sticky.get(&topic) == Some(&partition) {
-            self.sticky.remove(&topic);
+    /// Encodes the open batch of a partition and puts its request on the wire (in order), retrying
+    /// while it definitely was not sent. The response is awaited in `in_flight`.
+    async fn send_batch(&mut self, topic: &str, partition: u32) {
+        let Some(state) = self.topics.get_mut(topic) else { return };
+        let Some(batch) = state.open[partition as usize].take() else { return };
+        self.open_batches -= 1;
+        if state.sticky == Some(partition) {
+            state.sticky = None;
         }
         let timestamp_ms = wall_clock_ms();
         let bytes = encode_batch(&batch.records, timestamp_ms, ProducerFields::NONE);
         let request = ProduceRequest {
-            topic: topic.clone(),
+            topic: topic.to_owned(),
             partition,
             acks: self.config.acks as i32,
             batch: bytes,

@@ -178,12 +178,7 @@ impl<D: Disk> Actor<D> {
                 result = async { sync.as_mut().expect("guarded").await }, if sync.is_some() => {
                     sync = None;
                     match result {
-                        Ok(up_to) => {
-                            if let Some(log) = self.log.as_mut() {
-                                log.mark_durable(up_to);
-                            }
-                            self.core.step(Input::SyncCompleted { up_to });
-                        }
+                        Ok(up_to) => self.sync_completed(up_to),
                         Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
                     }
                 }
@@ -193,10 +188,7 @@ impl<D: Disk> Actor<D> {
                         // Finish the in-flight sync first so its waiters get their answer.
                         if let Some(in_flight) = sync.take() {
                             match in_flight.await {
-                                Ok(up_to) => {
-                                    if let Some(log) = self.log.as_mut() { log.mark_durable(up_to); }
-                                    self.core.step(Input::SyncCompleted { up_to });
-                                }
+                                Ok(up_to) => self.sync_completed(up_to),
                                 Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
                             }
                             let ready = self.core.ready();
@@ -222,6 +214,15 @@ impl<D: Disk> Actor<D> {
             }
         }
         let _ = self.close().await;
+    }
+
+    fn sync_completed(&mut self, covered: Offset) {
+        let Some(log) = self.log.as_mut() else { return };
+        log.mark_durable(covered);
+        // The log decides how far durability really reached (it may be less than `covered` if an
+        // earlier sync is still outstanding); the core follows the log.
+        let up_to = log.durable_end_offset();
+        self.core.step(Input::SyncCompleted { up_to });
     }
 
     async fn close(&mut self) -> Result<(), String> {
