@@ -52,18 +52,8 @@ impl Broker {
         broker
     }
 
-    /// Waits until the broker answers a metadata request (a condition, not a fixed sleep).
     fn wait_ready(&self) {
-        for _ in 0..500 {
-            if let Ok(mut stream) = StdStream::connect(self.addr) {
-                let request = Frame::new(1, Body::MetadataRequest(MetadataRequest { topics: vec![] }));
-                if write_frame(&mut stream, &request.encode_to_bytes()).is_ok() && read_frame(&mut stream).is_ok() {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("broker at {} did not become ready", self.addr);
+        wait_ready(self.addr);
     }
 
     fn kill9(&mut self) {
@@ -107,6 +97,20 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until a broker at `addr` answers a metadata request (a condition, not a fixed sleep).
+fn wait_ready(addr: SocketAddr) {
+    for _ in 0..500 {
+        if let Ok(mut stream) = StdStream::connect(addr) {
+            let request = Frame::new(1, Body::MetadataRequest(MetadataRequest { topics: vec![] }));
+            if write_frame(&mut stream, &request.encode_to_bytes()).is_ok() && read_frame(&mut stream).is_ok() {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("broker at {addr} did not become ready");
 }
 
 fn write_frame(stream: &mut StdStream, body: &[u8]) -> std::io::Result<()> {
@@ -161,6 +165,13 @@ fn cli_round_trip_as_a_new_user_runs_it() {
     assert_eq!(record["offset"], 2);
     assert_eq!(record["value"], "c");
     assert_eq!(record["partition"], 1);
+
+    // Seek by time: everything is at or after time 0, nothing is at or after the far future.
+    let since_epoch = broker.cli(&["consume", "orders", "--partition", "1", "--from-timestamp", "0"]);
+    assert_eq!(stdout(&since_epoch), "a\nb\nc\nd\n");
+    let future = broker.cli(&["consume", "orders", "--partition", "1", "--from-timestamp", "99999999999999"]);
+    assert!(future.status.success(), "{}", stderr(&future));
+    assert_eq!(stdout(&future), "");
 
     let described = broker.cli(&["--json", "topic", "describe", "orders"]);
     let described: serde_json::Value = serde_json::from_str(&stdout(&described)).unwrap();
@@ -347,4 +358,41 @@ fn garbage_on_the_port_does_not_hurt_other_clients() {
     assert!(produced.status.success(), "{}", stderr(&produced));
     let consumed = broker.cli(&["consume", "t", "--from-beginning"]);
     assert_eq!(stdout(&consumed), "still-here\n");
+}
+
+#[test]
+fn config_file_sets_the_broker_up_and_flags_override_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file_port, flag_port) = (free_port(), free_port());
+    let config = dir.path().join("keel.toml");
+    let data_dir = dir.path().join("from-config");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{file_port}\"\ndata_dir = {:?}\nfsync = \"never\"\n",
+            data_dir.display().to_string()
+        ),
+    )
+    .unwrap();
+
+    let spawn = |extra: &[&str]| {
+        Command::new(KEEL).arg("broker").arg("--config").arg(&config).args(extra).stderr(Stdio::null()).spawn().unwrap()
+    };
+    let wait_listening = |port: u16| wait_ready(format!("127.0.0.1:{port}").parse().unwrap());
+    let mut from_file = spawn(&[]);
+    wait_listening(file_port);
+    assert!(data_dir.exists(), "the data dir named in the config file is used");
+    from_file.kill().unwrap();
+    from_file.wait().unwrap();
+
+    let mut overridden = spawn(&["--listen", &format!("127.0.0.1:{flag_port}")]);
+    wait_listening(flag_port);
+    overridden.kill().unwrap();
+    overridden.wait().unwrap();
+
+    // A bad config file is a clear error and a non-zero exit.
+    std::fs::write(&config, "lisen = 1\n").unwrap();
+    let output = Command::new(KEEL).arg("broker").arg("--config").arg(&config).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("invalid config file"), "{}", stderr(&output));
 }

@@ -149,7 +149,7 @@ impl From<ClientError> for CliError {
     fn from(error: ClientError) -> CliError {
         let exit_code = if error.is_ambiguous() { 3 } else { 1 };
         let message = match &error {
-            ClientError::Server { code: ErrorCode::UnknownTopic, message } => message.clone(),
+            ClientError::Server { code, message } if !code.is_indeterminate() => message.clone(),
             other => other.to_string(),
         };
         CliError { message, exit_code }
