@@ -355,6 +355,7 @@ async fn run_incarnation(
         status.state = BrokerState::Starting;
         status.incarnation
     };
+    let sync_errors_at_start = disk.stats().sync_errors;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -377,9 +378,9 @@ async fn run_incarnation(
         Ok(()) => trace.record(now_ns, format!("{name} incarnation {incarnation} stopped cleanly")),
         Err(error) => {
             trace.record(now_ns, format!("{name} incarnation {incarnation} exited: {error}"));
-            // A broker may fail when the disk was told to fail; with fault-free fsyncs, failing to
-            // bind or to load its own data is a bug.
-            let faults_active = disk.faults().fsync_error_probability > 0.0;
+            // A broker may fail when the disk failed a sync during this incarnation; otherwise,
+            // failing to bind or to load its own data is a bug.
+            let faults_active = disk.stats().sync_errors > sync_errors_at_start;
             let is_startup_error =
                 matches!(error, keel::server::BrokerError::Bind { .. } | keel::server::BrokerError::Storage(_));
             if is_startup_error && !faults_active {

@@ -19,7 +19,7 @@ use crate::batch::{Record, StoredRecord};
 use crate::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig, DEFAULT_BROKER};
 use crate::config::BrokerConfig;
 use crate::partition::FsyncPolicy;
-use crate::protocol::{Acks, ErrorCode, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
+use crate::protocol::{Acks, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use crate::types::Offset;
 
 #[derive(Parser, Debug)]
