@@ -27,6 +27,8 @@
 //! MADSIM_TEST_SEED=42 cargo test single_broker_power_loss_fsync_always -- --nocapture
 //! MADSIM_TEST_CHECK_DETERMINISM=1 cargo test   # runs each seed twice, compares every random draw
 //! RUST_LOG=info MADSIM_TEST_SEED=42 cargo test single_broker_swarm -- --nocapture   # with logs
+//! KEEL_SIM_TRACE=1 ...                         # also print every nemesis action with its time
+//! KEEL_SIM_HISTORY=/tmp ...                    # write each run's history as JSON Lines
 //! ```
 //!
 //! A failing seed panics with the checker's report, the violations, the tail of the trace and the

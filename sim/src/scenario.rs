@@ -365,6 +365,15 @@ pub async fn run(config: &ScenarioConfig) -> Outcome {
     if std::env::var_os("KEEL_SIM_TRACE").is_some() {
         print!("trace:\n{}", trace.tail(usize::MAX));
     }
+    if let Some(dir) = std::env::var_os("KEEL_SIM_HISTORY") {
+        // The history in shared/HISTORY-FORMAT.md's JSON Lines, for any outside checker. This is the
+        // test harness writing its output, not simulated broker I/O.
+        let path = std::path::Path::new(&dir).join(format!("{}-{seed}.jsonl", outcome.scenario));
+        match std::fs::write(&path, history.to_jsonl()) {
+            Ok(()) => println!("history written to {}", path.display()),
+            Err(error) => println!("could not write the history to {}: {error}", path.display()),
+        }
+    }
     print!("{}", outcome.report);
     println!(
         "scenario {}: {} nemesis actions, {} violations, {} expected durability anomalies",

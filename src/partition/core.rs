@@ -181,6 +181,14 @@ impl PartitionCore {
         }
     }
 
+    /// A core whose log could not be opened: everything is refused with `StorageError` until the
+    /// shell reports `Recovered`.
+    pub fn new_failed(config: CoreConfig, leader_epoch: LeaderEpoch) -> PartitionCore {
+        let mut core = PartitionCore::new(config, leader_epoch, Offset::ZERO, Offset::ZERO);
+        core.failed = true;
+        core
+    }
+
     pub fn log_start(&self) -> Offset {
         self.log_start
     }
@@ -266,6 +274,9 @@ impl PartitionCore {
     }
 
     fn on_fetch(&mut self, request: RequestId, offset: Offset, max_bytes: u32, max_wait_ms: u32, now_ms: TimestampMs) {
+        if self.failed {
+            return self.error(request, ErrorCode::StorageError, "partition storage failed; recovering");
+        }
         let high_watermark = self.high_watermark();
         if offset < self.log_start || offset > self.log_end {
             return self.error(

@@ -139,7 +139,7 @@ impl<D: Disk> Topics<D> {
                     continue;
                 }
             };
-            let topic = self.open_partitions(meta).await?;
+            let topic = self.open_partitions(meta).await;
             self.topics.write().expect("topics lock").insert(name.to_owned(), Arc::new(topic));
         }
         Ok(())
@@ -154,7 +154,7 @@ impl<D: Disk> Topics<D> {
         Ok(file.read_at(0, len)?.to_vec())
     }
 
-    async fn open_partitions(&self, meta: TopicMeta) -> Result<Topic, TopicError> {
+    async fn open_partitions(&self, meta: TopicMeta) -> Topic {
         let mut partitions = Vec::with_capacity(meta.partitions as usize);
         for partition in 0..meta.partitions {
             let spec = PartitionSpec {
@@ -164,12 +164,10 @@ impl<D: Disk> Topics<D> {
                 log_config: self.log_config.clone(),
                 core_config: self.core_config.clone(),
             };
-            let handle = spawn_partition(spec).await.map_err(|error| {
-                TopicError::new(ErrorCode::StorageError, format!("opening {}/{partition}: {error}", meta.name))
-            })?;
+            let handle = spawn_partition(spec).await;
             partitions.push(handle);
         }
-        Ok(Topic { meta, partitions })
+        Topic { meta, partitions }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -228,7 +226,7 @@ impl<D: Disk> Topics<D> {
         file.sync().await.map_err(storage_error)?;
         self.disk.sync_dir(META_DIR).await.map_err(storage_error)?;
 
-        let topic = self.open_partitions(meta).await?;
+        let topic = self.open_partitions(meta).await;
         self.topics.write().expect("topics lock").insert(name.to_owned(), Arc::new(topic));
         tracing::info!(topic = name, partitions, "topic created");
         Ok(())
