@@ -127,7 +127,7 @@ pub struct PartitionSpec<D: Disk> {
 
 /// First wait before retrying to open a log that failed; doubles up to `REOPEN_BACKOFF_MAX`.
 pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(50);
-pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Opens (recovers) the partition's log and spawns its actor. A log that cannot be opened (a disk
 /// error) does not stop the broker: the partition starts failed, answers `StorageError`, and retries
