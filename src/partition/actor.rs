@@ -431,6 +431,7 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
 mod tests {
     use super::*;
     use crate::batch::{encode_batch, ProducerFields, Record};
+    use crate::partition::FsyncPolicy;
     use crate::storage::sim::{SimDisk, SimDiskFaults};
 
     fn batch(value: &str) -> Batch {
@@ -520,6 +521,28 @@ mod tests {
             assert_eq!(values.first().map(|v| &v[..]), Some(&b"durable"[..]));
             assert_eq!(values.last().map(|v| &v[..]), Some(&b"after"[..]));
             partition.stop().await.unwrap();
+        });
+    }
+
+    #[test]
+    fn stopping_fsyncs_what_fsync_never_left_in_the_page_cache() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let disk = SimDisk::new(3);
+            let never = PartitionSpec {
+                core_config: CoreConfig { fsync: FsyncPolicy::Never, ..CoreConfig::default() },
+                ..spec(&disk)
+            };
+            let partition = spawn_partition(never).await;
+            for value in ["a", "b", "c"] {
+                let reply = partition.append(batch(value), Acks::All).await.await.unwrap();
+                assert!(matches!(reply, PartitionReply::Produced { .. }), "{reply:?}");
+            }
+            partition.stop().await.unwrap();
+            // A power loss right after a graceful stop loses nothing: stop synced the log.
+            disk.crash();
+            let (log, _) = PartitionLog::open(disk.clone(), "data/t/0", LogConfig::default()).await.unwrap();
+            assert_eq!(log.log_end_offset(), Offset(3));
         });
     }
 }
