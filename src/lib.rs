@@ -5,6 +5,7 @@
 //! - [`types`], [`batch`], [`protocol`]: the data model and the wire format (pure).
 //! - [`storage`]: the disk traits and their real and simulated implementations.
 //! - [`log`]: a partition's segmented log over a [`storage::Disk`].
+//! - [`meta`]: cluster metadata: the Raft log store, the metadata state machine.
 //! - [`partition`]: the sans-IO partition core and the actor (shell) that drives it.
 //! - [`server`]: the broker: listener, connections, topic registry, shutdown.
 //! - [`client`]: the async Rust client (producer, consumer, admin) used by the CLI, sim and benches.
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod log;
+pub mod meta;
 pub mod partition;
 pub mod protocol;
 pub mod server;

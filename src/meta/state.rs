@@ -1,0 +1,1 @@
+//! The metadata state machine (in progress).

@@ -1,0 +1,1 @@
+//! RocksDB-backed `MetaStore` (in progress).

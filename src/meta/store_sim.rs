@@ -1,0 +1,1 @@
+//! Simulated `MetaStore` (in progress).
