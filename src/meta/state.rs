@@ -1,1 +1,1391 @@
-//! The metadata state machine (in progress).
+//! The metadata state machine: what every node computes from the committed metadata Raft log.
+//!
+//! In: committed [`MetaCommand`]s, one per Raft entry, with the entry's index, in log order
+//! ([`MetadataState::apply`]). Out: a [`MetaResult`] per command (returned to whoever proposed it) and
+//! the queryable state: brokers, topics with their partitions' replicas, leader, leader epoch and ISR,
+//! and the producer-id allocator. Time is an argument carried inside commands (`now_ms`, stamped by
+//! the proposer), never read here, so every node that applies the same entries reaches the same state
+//! ([`MetadataState::state_hash`] lets the simulation check that).
+//!
+//! Architecture invariant: this module never touches sockets, files, clocks, threads or an RNG, and
+//! iterates only ordered collections (`BTreeMap`), so `apply` is a pure function of (state, command).
+//!
+//! # Rejections
+//! A command that cannot apply (unknown topic, duplicate, invalid name, `replication` > live brokers,
+//! stale leader epoch, ...) returns [`MetaResult::Error`] and changes nothing but `applied_index`. The
+//! codes: `InvalidTopicName`, `TopicAlreadyExists`, `InvalidPartitions`, `InvalidReplication`,
+//! `UnknownTopic`, `UnknownPartition`, `NotLeader` (an `expected_epoch` that is not the partition's
+//! current leader epoch: the proposer's view of leadership is stale), and `InvalidRequest` for the rest
+//! (unknown broker, a leader outside the ISR, an ISR outside the replicas, limits).
+//!
+//! # Formats
+//! Commands and snapshots travel in one envelope: a 4-byte magic (`KMCM` for a command, `KMSN` for a
+//! snapshot), a format version byte, a JSON payload, and the CRC32C (big-endian) of everything before
+//! it. Decoding checks length, magic, version and CRC before it parses, and never panics.
+//!
+//! # Invariants ([`MetadataState::check_invariants`], after every `apply` in debug and simulation builds)
+//! - every partition: replicas non-empty, distinct, registered brokers, as many as the topic's other
+//!   partitions; `isr` non-empty, distinct, a subset of the replicas; `leader` (when some) in `isr`;
+//!   `leader_epoch >= 0`; partition `i` is at index `i`;
+//! - producer-id blocks are handed out from 0 upward, disjoint and increasing: the last block ends at
+//!   `next_producer_id`;
+//! - `applied_index` only grows (asserted by `apply`); every record's creation index is at most it;
+//! - the counts stay within [`TOPICS_MAX`], [`BROKERS_MAX`], [`PARTITIONS_PER_TOPIC_MAX`],
+//!   [`REPLICATION_FACTOR_MAX`].
+//!
+//! # Ordering hazards
+//! `apply` must see every committed entry exactly once, in order: a driver that restores a snapshot at
+//! index N replays from N + 1. Re-applying an index at or below `applied_index` is a programmer error
+//! and panics. Raft entries that carry no command (empty entries, configuration changes) are simply
+//! not passed to `apply`; `applied_index` then lags the Raft applied index until the next command.
+//!
+//! Fencing a broker does not touch partitions: moving leadership and shrinking ISRs away from it are
+//! separate `ChangePartitionLeader`/`ChangeIsr` commands, so each change is one entry with its own
+//! epoch check.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::protocol::ErrorCode;
+use crate::types::{LeaderEpoch, NodeId, ProducerId};
+
+/// Most partitions one topic may have.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 1024;
+/// Largest replication factor (bounds the cost of assignment: partitions x replicas x brokers).
+pub const REPLICATION_FACTOR_MAX: u32 = 16;
+/// Most topics in the cluster (the broker's default `topics_max`).
+pub const TOPICS_MAX: usize = 10_000;
+/// Most registered brokers (brokers are never unregistered, only fenced).
+pub const BROKERS_MAX: usize = 1024;
+/// Longest broker address.
+pub const BROKER_ADDR_BYTES_MAX: usize = 256;
+/// Most producer ids one `AllocateProducerIds` may take.
+pub const PRODUCER_ID_BLOCK_COUNT_MAX: u64 = 1 << 20;
+/// Largest encoded command `decode_command` accepts.
+pub const COMMAND_BYTES_MAX: usize = 1 << 20;
+
+const COMMAND_MAGIC: &[u8; 4] = b"KMCM";
+const COMMAND_FORMAT_VERSION: u8 = 1;
+const SNAPSHOT_MAGIC: &[u8; 4] = b"KMSN";
+const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+/// Magic, version byte, CRC32C.
+const ENVELOPE_BYTES: usize = 4 + 1 + 4;
+
+/// A command carried in a Raft entry. Versioned: the encoding starts with a version so the format can evolve.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MetaCommand {
+    /// (Re)registration; marks the broker alive and records its address.
+    RegisterBroker {
+        node_id: NodeId,
+        addr: String,
+        now_ms: i64,
+    },
+    BrokerHeartbeat {
+        node_id: NodeId,
+        now_ms: i64,
+    },
+    /// Proposed by the leader when a broker missed heartbeats for longer than the fence timeout.
+    /// Rejected when a heartbeat at or after `now_ms` was applied since (the decision is stale).
+    FenceBroker {
+        node_id: NodeId,
+        now_ms: i64,
+    },
+    CreateTopic {
+        name: String,
+        partitions: u32,
+        replication: u32,
+    },
+    DeleteTopic {
+        name: String,
+    },
+    AllocateProducerIds {
+        count: u64,
+    },
+    /// Moves a partition's leadership (`None`: offline). Bumps the leader epoch when the leader changes.
+    ChangePartitionLeader {
+        topic: String,
+        partition: u32,
+        leader: Option<NodeId>,
+        expected_epoch: LeaderEpoch,
+    },
+    /// Replaces a partition's in-sync replica set. Does not bump the leader epoch.
+    ChangeIsr {
+        topic: String,
+        partition: u32,
+        isr: Vec<NodeId>,
+        expected_epoch: LeaderEpoch,
+    },
+}
+
+/// What applying a command produced, for whoever proposed it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MetaResult {
+    Ok,
+    TopicCreated {
+        assignment: Vec<PartitionAssignment>,
+    },
+    /// The block `[first, first + count)`, never handed out before and never again.
+    ProducerIds {
+        first: ProducerId,
+        count: u64,
+    },
+    Error {
+        #[serde(with = "error_code_as_i32")]
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl MetaResult {
+    pub fn is_error(&self) -> bool {
+        matches!(self, MetaResult::Error { .. })
+    }
+}
+
+/// `ErrorCode` is a prost enumeration without serde: carry its protocol number.
+mod error_code_as_i32 {
+    use crate::protocol::ErrorCode;
+
+    pub fn serialize<S: serde::Serializer>(code: &ErrorCode, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_i32(*code as i32)
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ErrorCode, D::Error> {
+        let number = <i32 as serde::Deserialize>::deserialize(deserializer)?;
+        ErrorCode::try_from(number).map_err(|_| serde::de::Error::custom(format!("unknown error code {number}")))
+    }
+}
+
+/// Where one partition of a new topic lives.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionAssignment {
+    pub partition: u32,
+    pub replicas: Vec<NodeId>,
+    /// The first replica (the preferred leader).
+    pub leader: NodeId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BrokerRecord {
+    pub node_id: NodeId,
+    pub addr: String,
+    /// Fenced: missed heartbeats; gets no new replicas. A heartbeat or a re-registration unfences it.
+    pub fenced: bool,
+    /// The latest `now_ms` of a registration or heartbeat (never moves backwards).
+    pub last_heartbeat_ms: i64,
+    /// Raft index of the latest registration (the broker's incarnation).
+    pub registered_index: u64,
+}
+
+impl BrokerRecord {
+    pub fn is_alive(&self) -> bool {
+        !self.fenced
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicRecord {
+    pub name: String,
+    /// Partition `i` is at index `i`.
+    pub partitions: Vec<PartitionRecord>,
+    /// Raft index of the `CreateTopic` (tells a re-created topic from its predecessor).
+    pub created_index: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartitionRecord {
+    pub partition: u32,
+    /// Distinct; the first is the preferred leader.
+    pub replicas: Vec<NodeId>,
+    /// `None`: offline.
+    pub leader: Option<NodeId>,
+    pub leader_epoch: LeaderEpoch,
+    /// In-sync replicas, in the order the last `ChangeIsr` gave (creation: the replicas' order).
+    pub isr: Vec<NodeId>,
+}
+
+/// The last producer-id block handed out, kept to check that blocks are disjoint and increasing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ProducerIdBlock {
+    first: ProducerId,
+    count: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetaStateError {
+    #[error("truncated: {bytes} bytes is shorter than the {minimum}-byte envelope")]
+    Truncated { bytes: usize, minimum: usize },
+    #[error("{bytes} bytes is larger than the {max}-byte limit")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("bad magic {found:?}, expected {expected:?}")]
+    BadMagic { found: [u8; 4], expected: [u8; 4] },
+    #[error("unsupported format version {version} (this build reads version {supported})")]
+    UnsupportedVersion { version: u8, supported: u8 },
+    #[error("CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("malformed payload: {0}")]
+    Malformed(String),
+    #[error("snapshot breaks an invariant: {0}")]
+    InvalidSnapshot(String),
+}
+
+/// Brokers, topics and producer ids as of Raft index `applied_index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MetadataState {
+    applied_index: u64,
+    brokers: BTreeMap<NodeId, BrokerRecord>,
+    topics: BTreeMap<String, TopicRecord>,
+    next_producer_id: ProducerId,
+    last_producer_id_block: Option<ProducerIdBlock>,
+}
+
+fn reject(code: ErrorCode, message: impl Into<String>) -> MetaResult {
+    MetaResult::Error { code, message: message.into() }
+}
+
+impl MetadataState {
+    pub fn new() -> MetadataState {
+        MetadataState::default()
+    }
+
+    /// Applies one committed command at Raft index `index`. Deterministic: the same sequence gives the
+    /// same state on every node. Rejections are returned as [`MetaResult::Error`] and leave the state
+    /// unchanged, except `applied_index`, which every command advances.
+    ///
+    /// Panics when `index` is not above `applied_index` (an entry applied twice or out of order).
+    pub fn apply(&mut self, index: u64, command: &MetaCommand) -> MetaResult {
+        assert!(
+            index > self.applied_index,
+            "metadata entry {index} applied after entry {}: committed entries must be applied once, in order",
+            self.applied_index
+        );
+        let result = match command {
+            MetaCommand::RegisterBroker { node_id, addr, now_ms } => {
+                self.apply_register_broker(index, *node_id, addr, *now_ms)
+            }
+            MetaCommand::BrokerHeartbeat { node_id, now_ms } => self.apply_broker_heartbeat(*node_id, *now_ms),
+            MetaCommand::FenceBroker { node_id, now_ms } => self.apply_fence_broker(*node_id, *now_ms),
+            MetaCommand::CreateTopic { name, partitions, replication } => {
+                self.apply_create_topic(index, name, *partitions, *replication)
+            }
+            MetaCommand::DeleteTopic { name } => self.apply_delete_topic(name),
+            MetaCommand::AllocateProducerIds { count } => self.apply_allocate_producer_ids(*count),
+            MetaCommand::ChangePartitionLeader { topic, partition, leader, expected_epoch } => {
+                self.apply_change_partition_leader(topic, *partition, *leader, *expected_epoch)
+            }
+            MetaCommand::ChangeIsr { topic, partition, isr, expected_epoch } => {
+                self.apply_change_isr(topic, *partition, isr, *expected_epoch)
+            }
+        };
+        self.applied_index = index;
+        if cfg!(any(debug_assertions, madsim)) {
+            self.check_invariants();
+        }
+        result
+    }
+
+    /// Raft index of the last applied command (0: none yet).
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Every registered broker, alive or fenced, sorted by node id.
+    pub fn brokers(&self) -> impl Iterator<Item = &BrokerRecord> {
+        self.brokers.values()
+    }
+
+    pub fn broker(&self, node_id: NodeId) -> Option<&BrokerRecord> {
+        self.brokers.get(&node_id)
+    }
+
+    pub fn topic(&self, name: &str) -> Option<&TopicRecord> {
+        self.topics.get(name)
+    }
+
+    /// Every topic, sorted by name.
+    pub fn topics(&self) -> impl Iterator<Item = &TopicRecord> {
+        self.topics.values()
+    }
+
+    /// The first producer id the next `AllocateProducerIds` hands out.
+    pub fn next_producer_id(&self) -> ProducerId {
+        self.next_producer_id
+    }
+
+    /// Brokers whose last heartbeat is older than `fence_after_ms` at `now_ms` and are not fenced yet:
+    /// the leader proposes `FenceBroker` for them. Sorted by node id.
+    pub fn brokers_to_fence(&self, now_ms: i64, fence_after_ms: i64) -> Vec<NodeId> {
+        self.brokers
+            .values()
+            .filter(|broker| broker.is_alive() && now_ms.saturating_sub(broker.last_heartbeat_ms) > fence_after_ms)
+            .map(|broker| broker.node_id)
+            .collect()
+    }
+
+    /// The whole state, versioned and checksummed; [`MetadataState::restore`] reads it back.
+    pub fn snapshot(&self) -> Vec<u8> {
+        encode_envelope(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, &self.canonical_payload())
+    }
+
+    /// Reads a [`MetadataState::snapshot`]. Never panics: bytes that decode to a state that breaks an
+    /// invariant are an `InvalidSnapshot` error.
+    pub fn restore(bytes: &[u8]) -> Result<MetadataState, MetaStateError> {
+        let payload = decode_envelope(bytes, SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, usize::MAX)?;
+        let state: MetadataState =
+            serde_json::from_slice(payload).map_err(|error| MetaStateError::Malformed(error.to_string()))?;
+        state.validate().map_err(MetaStateError::InvalidSnapshot)?;
+        Ok(state)
+    }
+
+    /// A stable 64-bit hash of the whole state: FNV-1a over the snapshot payload (JSON of ordered
+    /// maps, so equal states give equal bytes), independent of the process and of `RandomState`.
+    pub fn state_hash(&self) -> u64 {
+        fnv1a_64(&self.canonical_payload())
+    }
+
+    /// Panics, with context, when an invariant of the module doc is broken.
+    pub fn check_invariants(&self) {
+        if let Err(broken) = self.validate() {
+            panic!("metadata state at index {} breaks an invariant: {broken}", self.applied_index);
+        }
+    }
+
+    fn canonical_payload(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("metadata state serializes to JSON")
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.brokers.len() > BROKERS_MAX {
+            return Err(format!("{} brokers, more than {BROKERS_MAX}", self.brokers.len()));
+        }
+        for (node_id, broker) in &self.brokers {
+            if *node_id != broker.node_id {
+                return Err(format!("broker {} filed under node id {node_id}", broker.node_id));
+            }
+            if broker.addr.is_empty() || broker.addr.len() > BROKER_ADDR_BYTES_MAX {
+                return Err(format!("broker {node_id} has a {}-byte address", broker.addr.len()));
+            }
+            if broker.registered_index > self.applied_index {
+                return Err(format!(
+                    "broker {node_id} registered at index {} after the applied index {}",
+                    broker.registered_index, self.applied_index
+                ));
+            }
+        }
+        if self.topics.len() > TOPICS_MAX {
+            return Err(format!("{} topics, more than {TOPICS_MAX}", self.topics.len()));
+        }
+        for (name, topic) in &self.topics {
+            self.validate_topic(name, topic)?;
+        }
+        if self.next_producer_id.0 < 0 {
+            return Err(format!("next producer id {} is negative", self.next_producer_id));
+        }
+        match self.last_producer_id_block {
+            None if self.next_producer_id.0 != 0 => {
+                return Err(format!("next producer id is {} but no block was handed out", self.next_producer_id));
+            }
+            None => {}
+            Some(block) => {
+                let end = i64::try_from(block.count).ok().and_then(|count| block.first.0.checked_add(count));
+                if block.first.0 < 0 || block.count == 0 || end != Some(self.next_producer_id.0) {
+                    return Err(format!(
+                        "last producer id block {}+{} does not end at the next producer id {}",
+                        block.first, block.count, self.next_producer_id
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_topic(&self, name: &str, topic: &TopicRecord) -> Result<(), String> {
+        if name != topic.name {
+            return Err(format!("topic {:?} filed under {name:?}", topic.name));
+        }
+        crate::server::topics::validate_topic_name(name).map_err(|error| error.message)?;
+        if topic.created_index > self.applied_index {
+            return Err(format!(
+                "topic {name:?} created at index {} after the applied index {}",
+                topic.created_index, self.applied_index
+            ));
+        }
+        let n_partitions = topic.partitions.len();
+        if n_partitions == 0 || n_partitions > PARTITIONS_PER_TOPIC_MAX as usize {
+            return Err(format!("topic {name:?} has {n_partitions} partitions"));
+        }
+        let replication = topic.partitions[0].replicas.len();
+        for (partition_idx, partition) in topic.partitions.iter().enumerate() {
+            let at = format!("{name}/{}", partition.partition);
+            if partition.partition as usize != partition_idx {
+                return Err(format!("partition {at} is at index {partition_idx}"));
+            }
+            if partition.replicas.is_empty() || partition.replicas.len() > REPLICATION_FACTOR_MAX as usize {
+                return Err(format!("{at} has {} replicas", partition.replicas.len()));
+            }
+            if partition.replicas.len() != replication {
+                return Err(format!("{at} has {} replicas, partition 0 has {replication}", partition.replicas.len()));
+            }
+            let replicas: BTreeSet<NodeId> = partition.replicas.iter().copied().collect();
+            if replicas.len() != partition.replicas.len() {
+                return Err(format!("{at} has duplicate replicas {:?}", partition.replicas));
+            }
+            if let Some(unknown) = replicas.iter().find(|node_id| !self.brokers.contains_key(node_id)) {
+                return Err(format!("{at} has replica {unknown}, which is not a registered broker"));
+            }
+            let isr: BTreeSet<NodeId> = partition.isr.iter().copied().collect();
+            if isr.is_empty() || isr.len() != partition.isr.len() {
+                return Err(format!("{at} has an empty ISR or duplicates in it: {:?}", partition.isr));
+            }
+            if !isr.is_subset(&replicas) {
+                return Err(format!("{at}: ISR {:?} is not within replicas {:?}", partition.isr, partition.replicas));
+            }
+            if let Some(leader) = partition.leader {
+                if !isr.contains(&leader) {
+                    return Err(format!("{at}: leader {leader} is not in ISR {:?}", partition.isr));
+                }
+            }
+            if partition.leader_epoch.0 < 0 {
+                return Err(format!("{at} has a negative leader epoch {}", partition.leader_epoch));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_register_broker(&mut self, index: u64, node_id: NodeId, addr: &str, now_ms: i64) -> MetaResult {
+        if addr.is_empty() || addr.len() > BROKER_ADDR_BYTES_MAX {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!("broker {node_id}: address must be 1-{BROKER_ADDR_BYTES_MAX} bytes, got {}", addr.len()),
+            );
+        }
+        match self.brokers.get_mut(&node_id) {
+            Some(broker) => {
+                broker.addr = addr.to_owned();
+                broker.fenced = false;
+                broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(now_ms);
+                broker.registered_index = index;
+            }
+            None => {
+                if self.brokers.len() >= BROKERS_MAX {
+                    return reject(ErrorCode::InvalidRequest, format!("the cluster already has {BROKERS_MAX} brokers"));
+                }
+                let broker = BrokerRecord {
+                    node_id,
+                    addr: addr.to_owned(),
+                    fenced: false,
+                    last_heartbeat_ms: now_ms,
+                    registered_index: index,
+                };
+                self.brokers.insert(node_id, broker);
+            }
+        }
+        MetaResult::Ok
+    }
+
+    fn apply_broker_heartbeat(&mut self, node_id: NodeId, now_ms: i64) -> MetaResult {
+        let Some(broker) = self.brokers.get_mut(&node_id) else {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!("heartbeat from unknown broker {node_id}: register first"),
+            );
+        };
+        broker.fenced = false;
+        broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(now_ms);
+        MetaResult::Ok
+    }
+
+    fn apply_fence_broker(&mut self, node_id: NodeId, now_ms: i64) -> MetaResult {
+        let Some(broker) = self.brokers.get_mut(&node_id) else {
+            return reject(ErrorCode::InvalidRequest, format!("cannot fence unknown broker {node_id}"));
+        };
+        if broker.fenced {
+            return MetaResult::Ok; // A new leader may propose the same fence again.
+        }
+        if broker.last_heartbeat_ms >= now_ms {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "not fencing broker {node_id}: it heartbeat at {} ms, not before the fence decision at {now_ms} ms",
+                    broker.last_heartbeat_ms
+                ),
+            );
+        }
+        broker.fenced = true;
+        MetaResult::Ok
+    }
+
+    fn apply_create_topic(&mut self, index: u64, name: &str, partitions: u32, replication: u32) -> MetaResult {
+        if let Err(error) = crate::server::topics::validate_topic_name(name) {
+            return reject(error.code, error.message);
+        }
+        if self.topics.contains_key(name) {
+            return reject(ErrorCode::TopicAlreadyExists, format!("topic {name:?} already exists"));
+        }
+        if self.topics.len() >= TOPICS_MAX {
+            return reject(ErrorCode::InvalidRequest, format!("the cluster already has {TOPICS_MAX} topics"));
+        }
+        if partitions == 0 || partitions > PARTITIONS_PER_TOPIC_MAX {
+            return reject(
+                ErrorCode::InvalidPartitions,
+                format!("partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}, got {partitions}"),
+            );
+        }
+        let assignment = match self.assign_replicas(partitions, replication) {
+            Ok(assignment) => assignment,
+            Err(rejection) => return rejection,
+        };
+        let topic = TopicRecord {
+            name: name.to_owned(),
+            partitions: assignment
+                .iter()
+                .map(|assigned| PartitionRecord {
+                    partition: assigned.partition,
+                    replicas: assigned.replicas.clone(),
+                    leader: Some(assigned.leader),
+                    leader_epoch: LeaderEpoch(0),
+                    isr: assigned.replicas.clone(),
+                })
+                .collect(),
+            created_index: index,
+        };
+        self.topics.insert(name.to_owned(), topic);
+        MetaResult::TopicCreated { assignment }
+    }
+
+    /// Places `partitions` x `replication` replicas on live brokers, least loaded first.
+    ///
+    /// Load counts every existing partition's replicas and preferred leaders (first replicas) on each
+    /// live broker. Each partition's leader is the live broker with the fewest leaders, then the fewest
+    /// replicas; each follower the remaining one with the fewest replicas, then the **most** leaders
+    /// (a broker short of leaders will soon be picked as a leader and gain a replica that way), ties
+    /// broken by node id. Counts are updated as partitions are placed, so one topic spreads evenly,
+    /// successive small topics do not pile onto the lowest ids, and a new broker catches up.
+    fn assign_replicas(&self, partitions: u32, replication: u32) -> Result<Vec<PartitionAssignment>, MetaResult> {
+        let live: Vec<NodeId> = self.brokers.values().filter(|broker| broker.is_alive()).map(|b| b.node_id).collect();
+        if replication == 0 || replication > REPLICATION_FACTOR_MAX {
+            return Err(reject(
+                ErrorCode::InvalidReplication,
+                format!("replication factor must be between 1 and {REPLICATION_FACTOR_MAX}, got {replication}"),
+            ));
+        }
+        if replication as usize > live.len() {
+            return Err(reject(
+                ErrorCode::InvalidReplication,
+                format!("replication factor {replication} is larger than the {} live brokers", live.len()),
+            ));
+        }
+        // Per live broker: (leaders, replicas).
+        let mut load: BTreeMap<NodeId, (u64, u64)> = live.iter().map(|node_id| (*node_id, (0, 0))).collect();
+        for partition in self.topics.values().flat_map(|topic| &topic.partitions) {
+            for (replica_idx, replica) in partition.replicas.iter().enumerate() {
+                if let Some((leaders, replicas)) = load.get_mut(replica) {
+                    *replicas += 1;
+                    if replica_idx == 0 {
+                        *leaders += 1;
+                    }
+                }
+            }
+        }
+        let mut assignment = Vec::with_capacity(partitions as usize);
+        for partition in 0..partitions {
+            let leader = *load
+                .iter()
+                .min_by_key(|(node_id, (leaders, replicas))| (*leaders, *replicas, **node_id))
+                .expect("at least one live broker")
+                .0;
+            let mut replicas = Vec::with_capacity(replication as usize);
+            replicas.push(leader);
+            let entry = load.get_mut(&leader).expect("leader is live");
+            entry.0 += 1;
+            entry.1 += 1;
+            while replicas.len() < replication as usize {
+                let follower = *load
+                    .iter()
+                    .filter(|(node_id, _)| !replicas.contains(node_id))
+                    .min_by_key(|(node_id, (leaders, replicas))| (*replicas, Reverse(*leaders), **node_id))
+                    .expect("replication <= live brokers")
+                    .0;
+                replicas.push(follower);
+                load.get_mut(&follower).expect("follower is live").1 += 1;
+            }
+            assignment.push(PartitionAssignment { partition, replicas, leader });
+        }
+        Ok(assignment)
+    }
+
+    fn apply_delete_topic(&mut self, name: &str) -> MetaResult {
+        match self.topics.remove(name) {
+            Some(_) => MetaResult::Ok,
+            None => reject(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")),
+        }
+    }
+
+    fn apply_allocate_producer_ids(&mut self, count: u64) -> MetaResult {
+        if count == 0 || count > PRODUCER_ID_BLOCK_COUNT_MAX {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!("producer id block size must be between 1 and {PRODUCER_ID_BLOCK_COUNT_MAX}, got {count}"),
+            );
+        }
+        let first = self.next_producer_id;
+        let Some(next) = first.0.checked_add(count as i64) else {
+            return reject(ErrorCode::InvalidRequest, format!("producer ids exhausted: {count} more after {first}"));
+        };
+        self.next_producer_id = ProducerId(next);
+        self.last_producer_id_block = Some(ProducerIdBlock { first, count });
+        MetaResult::ProducerIds { first, count }
+    }
+
+    /// The partition a leader or ISR change addresses, if it exists and `expected_epoch` is current.
+    fn partition_for_change(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        expected_epoch: LeaderEpoch,
+    ) -> Result<&mut PartitionRecord, MetaResult> {
+        let Some(record) = self.topics.get_mut(topic) else {
+            return Err(reject(ErrorCode::UnknownTopic, format!("unknown topic {topic:?}")));
+        };
+        let n_partitions = record.partitions.len();
+        let Some(partition_record) = record.partitions.get_mut(partition as usize) else {
+            return Err(reject(
+                ErrorCode::UnknownPartition,
+                format!("topic {topic:?} has {n_partitions} partitions; there is no partition {partition}"),
+            ));
+        };
+        if partition_record.leader_epoch != expected_epoch {
+            return Err(reject(
+                ErrorCode::NotLeader,
+                format!(
+                    "stale leader epoch for {topic}/{partition}: expected {expected_epoch}, the partition is at {}",
+                    partition_record.leader_epoch
+                ),
+            ));
+        }
+        Ok(partition_record)
+    }
+
+    fn apply_change_partition_leader(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        leader: Option<NodeId>,
+        expected_epoch: LeaderEpoch,
+    ) -> MetaResult {
+        let leader_alive = leader.map(|node_id| self.brokers.get(&node_id).is_some_and(BrokerRecord::is_alive));
+        let record = match self.partition_for_change(topic, partition, expected_epoch) {
+            Ok(record) => record,
+            Err(rejection) => return rejection,
+        };
+        if let Some(node_id) = leader {
+            if !record.isr.contains(&node_id) {
+                return reject(
+                    ErrorCode::InvalidRequest,
+                    format!("{topic}/{partition}: new leader {node_id} is not in ISR {:?}", record.isr),
+                );
+            }
+            if leader_alive != Some(true) {
+                return reject(
+                    ErrorCode::InvalidRequest,
+                    format!("{topic}/{partition}: new leader {node_id} is fenced"),
+                );
+            }
+        }
+        if record.leader == leader {
+            return MetaResult::Ok;
+        }
+        let Some(epoch) = record.leader_epoch.0.checked_add(1) else {
+            return reject(ErrorCode::InvalidRequest, format!("{topic}/{partition}: leader epoch exhausted"));
+        };
+        record.leader = leader;
+        record.leader_epoch = LeaderEpoch(epoch);
+        MetaResult::Ok
+    }
+
+    fn apply_change_isr(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        isr: &[NodeId],
+        expected_epoch: LeaderEpoch,
+    ) -> MetaResult {
+        let record = match self.partition_for_change(topic, partition, expected_epoch) {
+            Ok(record) => record,
+            Err(rejection) => return rejection,
+        };
+        let members: BTreeSet<NodeId> = isr.iter().copied().collect();
+        if members.is_empty() || members.len() != isr.len() {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!("{topic}/{partition}: ISR {isr:?} must be non-empty and without duplicates"),
+            );
+        }
+        if let Some(outsider) = isr.iter().find(|node_id| !record.replicas.contains(node_id)) {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!("{topic}/{partition}: ISR member {outsider} is not a replica (replicas {:?})", record.replicas),
+            );
+        }
+        if let Some(leader) = record.leader {
+            if !members.contains(&leader) {
+                return reject(
+                    ErrorCode::InvalidRequest,
+                    format!("{topic}/{partition}: ISR {isr:?} leaves out the leader {leader}"),
+                );
+            }
+        }
+        record.isr = isr.to_vec();
+        MetaResult::Ok
+    }
+}
+
+/// Encodes a command for a Raft entry: magic, version, JSON, CRC32C.
+pub fn encode_command(command: &MetaCommand) -> Vec<u8> {
+    let payload = serde_json::to_vec(command).expect("MetaCommand serializes to JSON");
+    encode_envelope(COMMAND_MAGIC, COMMAND_FORMAT_VERSION, &payload)
+}
+
+/// Decodes a Raft entry's command. Never panics: garbage, corruption, an unknown version or an
+/// oversized entry is a typed error.
+pub fn decode_command(bytes: &[u8]) -> Result<MetaCommand, MetaStateError> {
+    let payload = decode_envelope(bytes, COMMAND_MAGIC, COMMAND_FORMAT_VERSION, COMMAND_BYTES_MAX)?;
+    serde_json::from_slice(payload).map_err(|error| MetaStateError::Malformed(error.to_string()))
+}
+
+fn encode_envelope(magic: &[u8; 4], version: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ENVELOPE_BYTES + payload.len());
+    out.extend_from_slice(magic);
+    out.push(version);
+    out.extend_from_slice(payload);
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_be_bytes());
+    out
+}
+
+fn decode_envelope<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 4],
+    version: u8,
+    bytes_max: usize,
+) -> Result<&'a [u8], MetaStateError> {
+    if bytes.len() < ENVELOPE_BYTES {
+        return Err(MetaStateError::Truncated { bytes: bytes.len(), minimum: ENVELOPE_BYTES });
+    }
+    if bytes.len() > bytes_max {
+        return Err(MetaStateError::TooLarge { bytes: bytes.len(), max: bytes_max });
+    }
+    let found: [u8; 4] = bytes[..4].try_into().expect("4 bytes");
+    if &found != magic {
+        return Err(MetaStateError::BadMagic { found, expected: *magic });
+    }
+    if bytes[4] != version {
+        return Err(MetaStateError::UnsupportedVersion { version: bytes[4], supported: version });
+    }
+    let (covered, crc_bytes) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_be_bytes(crc_bytes.try_into().expect("4 bytes"));
+    let computed = crc32c::crc32c(covered);
+    if stored != computed {
+        return Err(MetaStateError::Checksum { stored, computed });
+    }
+    Ok(&covered[5..])
+}
+
+/// 64-bit FNV-1a.
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    bytes.iter().fold(OFFSET_BASIS, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn register(state: &mut MetadataState, node_ids: &[u64]) {
+        for node_id in node_ids {
+            let index = state.applied_index() + 1;
+            let command = MetaCommand::RegisterBroker {
+                node_id: NodeId(*node_id),
+                addr: format!("10.0.0.{node_id}:9092"),
+                now_ms: 0,
+            };
+            assert_eq!(state.apply(index, &command), MetaResult::Ok);
+        }
+    }
+
+    fn next(state: &mut MetadataState, command: MetaCommand) -> MetaResult {
+        let index = state.applied_index() + 1;
+        state.apply(index, &command)
+    }
+
+    fn create(state: &mut MetadataState, name: &str, partitions: u32, replication: u32) -> MetaResult {
+        next(state, MetaCommand::CreateTopic { name: name.into(), partitions, replication })
+    }
+
+    fn code_of(result: &MetaResult) -> ErrorCode {
+        match result {
+            MetaResult::Error { code, .. } => *code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// Applies `command` and checks it was rejected with `code` and changed nothing but the index.
+    fn assert_rejected(state: &mut MetadataState, command: MetaCommand, code: ErrorCode) -> String {
+        let mut before = state.clone();
+        let result = next(state, command);
+        assert_eq!(code_of(&result), code, "{result:?}");
+        before.applied_index = state.applied_index;
+        assert_eq!(*state, before, "a rejected command changed the state");
+        match result {
+            MetaResult::Error { message, .. } => message,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Per broker: (partitions led, replicas held) over all topics.
+    fn load(state: &MetadataState) -> BTreeMap<u64, (u32, u32)> {
+        let mut load = BTreeMap::new();
+        for partition in state.topics().flat_map(|topic| &topic.partitions) {
+            for (replica_idx, replica) in partition.replicas.iter().enumerate() {
+                let entry = load.entry(replica.0).or_insert((0, 0));
+                entry.1 += 1;
+                if replica_idx == 0 {
+                    entry.0 += 1;
+                }
+            }
+        }
+        load
+    }
+
+    fn cluster(n_brokers: u64) -> MetadataState {
+        let mut state = MetadataState::new();
+        register(&mut state, &(1..=n_brokers).collect::<Vec<_>>());
+        state
+    }
+
+    #[test]
+    fn register_heartbeat_and_fence() {
+        let mut state = MetadataState::new();
+        let register = MetaCommand::RegisterBroker { node_id: NodeId(1), addr: "a:1".into(), now_ms: 100 };
+        assert_eq!(state.apply(5, &register), MetaResult::Ok);
+        let broker = state.broker(NodeId(1)).unwrap();
+        assert_eq!(
+            (broker.addr.as_str(), broker.fenced, broker.last_heartbeat_ms, broker.registered_index),
+            ("a:1", false, 100, 5)
+        );
+
+        assert_eq!(next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 250 }), MetaResult::Ok);
+        assert_eq!(state.broker(NodeId(1)).unwrap().last_heartbeat_ms, 250);
+        // A lagging proposer's clock never moves the heartbeat backwards.
+        assert_eq!(next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 200 }), MetaResult::Ok);
+        assert_eq!(state.broker(NodeId(1)).unwrap().last_heartbeat_ms, 250);
+
+        assert!(state.brokers_to_fence(1250, 1000).is_empty(), "exactly the timeout is not older than it");
+        assert_eq!(state.brokers_to_fence(1251, 1000), vec![NodeId(1)]);
+        assert_eq!(next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 1251 }), MetaResult::Ok);
+        assert!(state.broker(NodeId(1)).unwrap().fenced);
+        assert!(state.brokers_to_fence(5000, 1000).is_empty(), "already fenced");
+        // Fencing again (a new leader re-proposing) is a harmless no-op.
+        assert_eq!(next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 1300 }), MetaResult::Ok);
+
+        // A heartbeat unfences.
+        assert_eq!(next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 1400 }), MetaResult::Ok);
+        assert!(state.broker(NodeId(1)).unwrap().is_alive());
+        // So does a re-registration, which may change the address.
+        assert_eq!(next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 3000 }), MetaResult::Ok);
+        let reregister = MetaCommand::RegisterBroker { node_id: NodeId(1), addr: "b:2".into(), now_ms: 3100 };
+        assert_eq!(state.apply(20, &reregister), MetaResult::Ok);
+        let broker = state.broker(NodeId(1)).unwrap();
+        assert_eq!((broker.addr.as_str(), broker.fenced, broker.registered_index), ("b:2", false, 20));
+        assert_eq!(state.applied_index(), 20);
+    }
+
+    #[test]
+    fn broker_rejections() {
+        let mut state = cluster(1);
+        let message = assert_rejected(
+            &mut state,
+            MetaCommand::BrokerHeartbeat { node_id: NodeId(9), now_ms: 1 },
+            ErrorCode::InvalidRequest,
+        );
+        assert!(message.contains("unknown broker 9"), "{message}");
+        assert_rejected(
+            &mut state,
+            MetaCommand::FenceBroker { node_id: NodeId(9), now_ms: 1 },
+            ErrorCode::InvalidRequest,
+        );
+        assert_rejected(
+            &mut state,
+            MetaCommand::RegisterBroker { node_id: NodeId(2), addr: String::new(), now_ms: 1 },
+            ErrorCode::InvalidRequest,
+        );
+        assert_rejected(
+            &mut state,
+            MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "x".repeat(BROKER_ADDR_BYTES_MAX + 1), now_ms: 1 },
+            ErrorCode::InvalidRequest,
+        );
+        // A fence decided before a heartbeat that was applied since is stale.
+        assert_eq!(next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 500 }), MetaResult::Ok);
+        let message = assert_rejected(
+            &mut state,
+            MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 500 },
+            ErrorCode::InvalidRequest,
+        );
+        assert!(message.contains("not fencing broker 1"), "{message}");
+    }
+
+    #[test]
+    fn create_topic_happy_path() {
+        let mut state = cluster(3);
+        let result = create(&mut state, "orders", 2, 3);
+        let MetaResult::TopicCreated { assignment } = result else { panic!("{result:?}") };
+        let topic = state.topic("orders").unwrap();
+        assert_eq!(topic.created_index, state.applied_index());
+        assert_eq!(topic.partitions.len(), 2);
+        for (assigned, partition) in assignment.iter().zip(&topic.partitions) {
+            assert_eq!(assigned.partition, partition.partition);
+            assert_eq!(assigned.replicas, partition.replicas);
+            assert_eq!(assigned.leader, assigned.replicas[0]);
+            assert_eq!(partition.leader, Some(assigned.leader));
+            assert_eq!(partition.isr, partition.replicas);
+            assert_eq!(partition.leader_epoch, LeaderEpoch(0));
+        }
+        assert_ne!(assignment[0].leader, assignment[1].leader);
+    }
+
+    #[test]
+    fn create_topic_rejections() {
+        let mut state = cluster(2);
+        assert_eq!(
+            create(&mut state, "t", 1, 1),
+            MetaResult::TopicCreated {
+                assignment: vec![PartitionAssignment { partition: 0, replicas: vec![NodeId(1)], leader: NodeId(1) }]
+            }
+        );
+        let command = |name: &str, partitions, replication| MetaCommand::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication,
+        };
+        assert_rejected(&mut state, command("t", 1, 1), ErrorCode::TopicAlreadyExists);
+        for bad_name in ["", ".", "..", "a b", "ü", &"x".repeat(250)] {
+            assert_rejected(&mut state, command(bad_name, 1, 1), ErrorCode::InvalidTopicName);
+        }
+        assert_rejected(&mut state, command("u", 0, 1), ErrorCode::InvalidPartitions);
+        assert_rejected(&mut state, command("u", PARTITIONS_PER_TOPIC_MAX + 1, 1), ErrorCode::InvalidPartitions);
+        assert_rejected(&mut state, command("u", 1, 0), ErrorCode::InvalidReplication);
+        let message = assert_rejected(&mut state, command("u", 1, 3), ErrorCode::InvalidReplication);
+        assert_eq!(message, "replication factor 3 is larger than the 2 live brokers");
+        // Fenced brokers do not count as live.
+        assert_eq!(next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: 1 }), MetaResult::Ok);
+        let message = assert_rejected(&mut state, command("u", 1, 2), ErrorCode::InvalidReplication);
+        assert_eq!(message, "replication factor 2 is larger than the 1 live brokers");
+        assert!(!create(&mut state, "u", PARTITIONS_PER_TOPIC_MAX, 1).is_error());
+        assert!(state.topic("u").unwrap().partitions.iter().all(|p| p.replicas == vec![NodeId(1)]));
+    }
+
+    #[test]
+    fn delete_topic() {
+        let mut state = cluster(1);
+        assert_rejected(&mut state, MetaCommand::DeleteTopic { name: "t".into() }, ErrorCode::UnknownTopic);
+        create(&mut state, "t", 1, 1);
+        let first_created = state.topic("t").unwrap().created_index;
+        assert_eq!(next(&mut state, MetaCommand::DeleteTopic { name: "t".into() }), MetaResult::Ok);
+        assert!(state.topic("t").is_none());
+        assert_rejected(&mut state, MetaCommand::DeleteTopic { name: "t".into() }, ErrorCode::UnknownTopic);
+        // A re-created topic is a new incarnation.
+        create(&mut state, "t", 1, 1);
+        assert!(state.topic("t").unwrap().created_index > first_created);
+    }
+
+    #[test]
+    fn topics_are_sorted_by_name() {
+        let mut state = cluster(1);
+        for name in ["b", "c", "a"] {
+            create(&mut state, name, 1, 1);
+        }
+        assert_eq!(state.topics().map(|topic| topic.name.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn assignment_is_balanced_within_a_topic() {
+        let mut state = cluster(3);
+        let MetaResult::TopicCreated { assignment } = create(&mut state, "t", 6, 2) else { panic!() };
+        for assigned in &assignment {
+            let distinct: BTreeSet<_> = assigned.replicas.iter().collect();
+            assert_eq!(distinct.len(), 2, "{assigned:?}");
+        }
+        assert_eq!(load(&state), BTreeMap::from([(1, (2, 4)), (2, (2, 4)), (3, (2, 4))]));
+    }
+
+    #[test]
+    fn assignment_spreads_across_topics() {
+        // One partition per topic must not pile onto broker 1.
+        let mut state = cluster(4);
+        for topic_idx in 0..8 {
+            create(&mut state, &format!("t{topic_idx}"), 1, 2);
+        }
+        assert_eq!(load(&state), BTreeMap::from([(1, (2, 4)), (2, (2, 4)), (3, (2, 4)), (4, (2, 4))]));
+        // Uneven sizes still end within one of each other.
+        let mut state = cluster(3);
+        for (topic_idx, partitions) in [5, 1, 2, 4, 3].into_iter().enumerate() {
+            create(&mut state, &format!("t{topic_idx}"), partitions, 2);
+        }
+        let counts = load(&state);
+        let leaders: Vec<u32> = counts.values().map(|(leaders, _)| *leaders).collect();
+        let replicas: Vec<u32> = counts.values().map(|(_, replicas)| *replicas).collect();
+        assert_eq!(leaders.iter().sum::<u32>(), 15);
+        assert!(leaders.iter().max().unwrap() - leaders.iter().min().unwrap() <= 1, "{counts:?}");
+        assert!(replicas.iter().max().unwrap() - replicas.iter().min().unwrap() <= 1, "{counts:?}");
+    }
+
+    #[test]
+    fn assignment_stays_within_one_over_many_topic_mixes() {
+        // Greedy placement keeps every broker within one leader and one replica of every other,
+        // after every topic, for 1-6 brokers, every replication factor and pseudo-random topic sizes.
+        for n_brokers in 1..=6u64 {
+            for replication in 1..=n_brokers as u32 {
+                for seed in 1..=60u64 {
+                    let mut state = cluster(n_brokers);
+                    let mut random = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                    for topic_idx in 0..(1 + seed % 10) {
+                        random ^= random << 13;
+                        random ^= random >> 7;
+                        random ^= random << 17;
+                        let partitions = 1 + (random % 7) as u32;
+                        assert!(!create(&mut state, &format!("t{topic_idx}"), partitions, replication).is_error());
+                        let mut counts: BTreeMap<u64, (u32, u32)> =
+                            (1..=n_brokers).map(|node| (node, (0, 0))).collect();
+                        counts.extend(load(&state));
+                        let spread = |pick: fn(&(u32, u32)) -> u32| {
+                            let values: Vec<u32> = counts.values().map(pick).collect();
+                            values.iter().max().unwrap() - values.iter().min().unwrap()
+                        };
+                        assert!(
+                            spread(|(leaders, _)| *leaders) <= 1 && spread(|(_, replicas)| *replicas) <= 1,
+                            "brokers={n_brokers} replication={replication} seed={seed}: {counts:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn assignment_uses_live_brokers_and_fills_a_new_one() {
+        let mut state = cluster(3);
+        next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: 1 });
+        let MetaResult::TopicCreated { assignment } = create(&mut state, "a", 4, 2) else { panic!() };
+        assert!(assignment.iter().all(|assigned| !assigned.replicas.contains(&NodeId(2))), "{assignment:?}");
+        // A broker that joins later takes the next partitions until it catches up.
+        register(&mut state, &[4]);
+        let MetaResult::TopicCreated { assignment } = create(&mut state, "b", 2, 1) else { panic!() };
+        assert_eq!(assignment.iter().map(|assigned| assigned.leader).collect::<Vec<_>>(), [NodeId(4), NodeId(4)]);
+    }
+
+    #[test]
+    fn producer_ids_are_handed_out_upward_and_never_reused() {
+        let mut state = MetadataState::new();
+        assert_eq!(
+            next(&mut state, MetaCommand::AllocateProducerIds { count: 10 }),
+            MetaResult::ProducerIds { first: ProducerId(0), count: 10 }
+        );
+        assert_eq!(
+            next(&mut state, MetaCommand::AllocateProducerIds { count: 5 }),
+            MetaResult::ProducerIds { first: ProducerId(10), count: 5 }
+        );
+        assert_rejected(&mut state, MetaCommand::AllocateProducerIds { count: 0 }, ErrorCode::InvalidRequest);
+        assert_rejected(
+            &mut state,
+            MetaCommand::AllocateProducerIds { count: PRODUCER_ID_BLOCK_COUNT_MAX + 1 },
+            ErrorCode::InvalidRequest,
+        );
+        assert_eq!(state.next_producer_id(), ProducerId(15));
+        // Exhaustion is a rejection, not an overflow.
+        state.next_producer_id = ProducerId(i64::MAX - 1);
+        state.last_producer_id_block = Some(ProducerIdBlock { first: ProducerId(i64::MAX - 2), count: 1 });
+        assert_eq!(
+            next(&mut state, MetaCommand::AllocateProducerIds { count: 1 }),
+            MetaResult::ProducerIds { first: ProducerId(i64::MAX - 1), count: 1 }
+        );
+        assert_rejected(&mut state, MetaCommand::AllocateProducerIds { count: 1 }, ErrorCode::InvalidRequest);
+    }
+
+    #[test]
+    fn change_partition_leader() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3);
+        let change = |leader: Option<u64>, epoch: i32| MetaCommand::ChangePartitionLeader {
+            topic: "t".into(),
+            partition: 0,
+            leader: leader.map(NodeId),
+            expected_epoch: LeaderEpoch(epoch),
+        };
+        let partition = |state: &MetadataState| state.topic("t").unwrap().partitions[0].clone();
+        assert_eq!(partition(&state).leader, Some(NodeId(1)));
+
+        assert_eq!(next(&mut state, change(Some(2), 0)), MetaResult::Ok);
+        assert_eq!((partition(&state).leader, partition(&state).leader_epoch), (Some(NodeId(2)), LeaderEpoch(1)));
+        // Offline, then back.
+        assert_eq!(next(&mut state, change(None, 1)), MetaResult::Ok);
+        assert_eq!((partition(&state).leader, partition(&state).leader_epoch), (None, LeaderEpoch(2)));
+        assert_eq!(next(&mut state, change(Some(3), 2)), MetaResult::Ok);
+        assert_eq!(partition(&state).leader_epoch, LeaderEpoch(3));
+        // The same leader again changes nothing.
+        assert_eq!(next(&mut state, change(Some(3), 3)), MetaResult::Ok);
+        assert_eq!(partition(&state).leader_epoch, LeaderEpoch(3));
+
+        let message = assert_rejected(&mut state, change(Some(1), 0), ErrorCode::NotLeader);
+        assert!(message.contains("stale leader epoch"), "{message}");
+        assert_rejected(&mut state, change(Some(9), 3), ErrorCode::InvalidRequest);
+        let unknown_topic = MetaCommand::ChangePartitionLeader {
+            topic: "nope".into(),
+            partition: 0,
+            leader: None,
+            expected_epoch: LeaderEpoch(0),
+        };
+        assert_rejected(&mut state, unknown_topic, ErrorCode::UnknownTopic);
+        let unknown_partition = MetaCommand::ChangePartitionLeader {
+            topic: "t".into(),
+            partition: 1,
+            leader: None,
+            expected_epoch: LeaderEpoch(3),
+        };
+        assert_rejected(&mut state, unknown_partition, ErrorCode::UnknownPartition);
+        // A fenced broker cannot become leader, and a leader must be in the ISR.
+        next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 10 });
+        assert_rejected(&mut state, change(Some(1), 3), ErrorCode::InvalidRequest);
+        let shrink = MetaCommand::ChangeIsr {
+            topic: "t".into(),
+            partition: 0,
+            isr: vec![NodeId(3)],
+            expected_epoch: LeaderEpoch(3),
+        };
+        assert_eq!(next(&mut state, shrink), MetaResult::Ok);
+        let message = assert_rejected(&mut state, change(Some(2), 3), ErrorCode::InvalidRequest);
+        assert!(message.contains("not in ISR"), "{message}");
+    }
+
+    #[test]
+    fn change_isr() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3);
+        let change = |isr: &[u64], epoch: i32| MetaCommand::ChangeIsr {
+            topic: "t".into(),
+            partition: 0,
+            isr: isr.iter().copied().map(NodeId).collect(),
+            expected_epoch: LeaderEpoch(epoch),
+        };
+        assert_eq!(next(&mut state, change(&[1, 3], 0)), MetaResult::Ok);
+        let partition = &state.topic("t").unwrap().partitions[0];
+        assert_eq!((partition.isr.clone(), partition.leader_epoch), (vec![NodeId(1), NodeId(3)], LeaderEpoch(0)));
+        assert_eq!(next(&mut state, change(&[1, 2, 3], 0)), MetaResult::Ok);
+
+        assert_rejected(&mut state, change(&[1], 1), ErrorCode::NotLeader);
+        assert_rejected(&mut state, change(&[2, 3], 0), ErrorCode::InvalidRequest); // leaves out leader 1
+        assert_rejected(&mut state, change(&[1, 4], 0), ErrorCode::InvalidRequest); // 4 is not a replica
+        assert_rejected(&mut state, change(&[1, 1], 0), ErrorCode::InvalidRequest);
+        assert_rejected(&mut state, change(&[], 0), ErrorCode::InvalidRequest);
+        let unknown = MetaCommand::ChangeIsr {
+            topic: "x".into(),
+            partition: 0,
+            isr: vec![NodeId(1)],
+            expected_epoch: LeaderEpoch(0),
+        };
+        assert_rejected(&mut state, unknown, ErrorCode::UnknownTopic);
+        // With the leader offline, any non-empty subset of the replicas will do.
+        let offline = MetaCommand::ChangePartitionLeader {
+            topic: "t".into(),
+            partition: 0,
+            leader: None,
+            expected_epoch: LeaderEpoch(0),
+        };
+        assert_eq!(next(&mut state, offline), MetaResult::Ok);
+        assert_eq!(next(&mut state, change(&[2], 1)), MetaResult::Ok);
+    }
+
+    #[test]
+    #[should_panic(expected = "applied once, in order")]
+    fn reapplying_an_index_panics() {
+        let mut state = MetadataState::new();
+        state.apply(3, &MetaCommand::AllocateProducerIds { count: 1 });
+        state.apply(3, &MetaCommand::AllocateProducerIds { count: 1 });
+    }
+
+    fn sample_commands() -> Vec<MetaCommand> {
+        vec![
+            MetaCommand::RegisterBroker {
+                node_id: NodeId(u64::MAX),
+                addr: "h\"ost\u{1F600}:1".into(),
+                now_ms: i64::MIN,
+            },
+            MetaCommand::BrokerHeartbeat { node_id: NodeId(2), now_ms: 7 },
+            MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: i64::MAX },
+            MetaCommand::CreateTopic { name: "t".into(), partitions: 3, replication: 2 },
+            MetaCommand::DeleteTopic { name: "t".into() },
+            MetaCommand::AllocateProducerIds { count: u64::MAX },
+            MetaCommand::ChangePartitionLeader {
+                topic: "t".into(),
+                partition: 1,
+                leader: None,
+                expected_epoch: LeaderEpoch(-1),
+            },
+            MetaCommand::ChangePartitionLeader {
+                topic: "t".into(),
+                partition: 1,
+                leader: Some(NodeId(3)),
+                expected_epoch: LeaderEpoch(4),
+            },
+            MetaCommand::ChangeIsr {
+                topic: "t".into(),
+                partition: 0,
+                isr: vec![NodeId(1), NodeId(2)],
+                expected_epoch: LeaderEpoch(0),
+            },
+        ]
+    }
+
+    #[test]
+    fn command_round_trip_and_corruption() {
+        for command in sample_commands() {
+            let bytes = encode_command(&command);
+            assert_eq!(decode_command(&bytes), Ok(command.clone()));
+            for byte_idx in 0..bytes.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut corrupt = bytes.clone();
+                    corrupt[byte_idx] ^= flip;
+                    assert!(
+                        decode_command(&corrupt).is_err(),
+                        "flipping byte {byte_idx} of {command:?} went unnoticed"
+                    );
+                }
+            }
+            for len in 0..bytes.len() {
+                assert!(decode_command(&bytes[..len]).is_err(), "truncation to {len} bytes went unnoticed");
+            }
+        }
+    }
+
+    #[test]
+    fn decode_rejects_garbage_with_typed_errors() {
+        assert!(matches!(decode_command(b""), Err(MetaStateError::Truncated { .. })));
+        assert!(matches!(decode_command(b"garbage garbage"), Err(MetaStateError::BadMagic { .. })));
+        let mut future = encode_command(&MetaCommand::DeleteTopic { name: "t".into() });
+        future[4] = 2;
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 2, supported: 1 }));
+        // Valid envelope, payload that is not a command.
+        let not_a_command = encode_envelope(COMMAND_MAGIC, COMMAND_FORMAT_VERSION, b"{\"Nope\":1}");
+        assert!(matches!(decode_command(&not_a_command), Err(MetaStateError::Malformed(_))));
+        // A snapshot is not a command.
+        assert!(matches!(decode_command(&MetadataState::new().snapshot()), Err(MetaStateError::BadMagic { .. })));
+        let huge = vec![0u8; COMMAND_BYTES_MAX + 1];
+        assert!(matches!(decode_command(&huge), Err(MetaStateError::TooLarge { .. })));
+        // Deterministic pseudo-random garbage never panics.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|i| (seed >> (i % 8 * 8)) as u8).collect();
+            if seed % 3 == 0 && bytes.len() >= 5 {
+                bytes[..4].copy_from_slice(COMMAND_MAGIC);
+                bytes[4] = COMMAND_FORMAT_VERSION;
+            }
+            let _ = decode_command(&bytes);
+            let _ = MetadataState::restore(&bytes);
+        }
+    }
+
+    fn busy_state() -> MetadataState {
+        let mut state = cluster(3);
+        create(&mut state, "a", 3, 2);
+        create(&mut state, "b", 2, 3);
+        next(&mut state, MetaCommand::AllocateProducerIds { count: 7 });
+        next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(3), now_ms: 5 });
+        next(
+            &mut state,
+            MetaCommand::ChangePartitionLeader {
+                topic: "b".into(),
+                partition: 1,
+                leader: None,
+                expected_epoch: LeaderEpoch(0),
+            },
+        );
+        state
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_corruption() {
+        let state = busy_state();
+        let bytes = state.snapshot();
+        let restored = MetadataState::restore(&bytes).unwrap();
+        assert_eq!(restored, state);
+        assert_eq!(restored.state_hash(), state.state_hash());
+        assert_eq!(MetadataState::restore(&MetadataState::new().snapshot()).unwrap(), MetadataState::new());
+        for byte_idx in 0..bytes.len() {
+            let mut corrupt = bytes.clone();
+            corrupt[byte_idx] ^= 0x10;
+            assert!(MetadataState::restore(&corrupt).is_err(), "flipping snapshot byte {byte_idx} went unnoticed");
+        }
+        let mut future = bytes.clone();
+        future[4] = 9;
+        assert_eq!(
+            MetadataState::restore(&future),
+            Err(MetaStateError::UnsupportedVersion { version: 9, supported: 1 })
+        );
+    }
+
+    #[test]
+    fn restore_rejects_a_well_formed_snapshot_that_breaks_an_invariant() {
+        let mut state = busy_state();
+        state.topics.get_mut("a").unwrap().partitions[0].isr.push(NodeId(42));
+        let bytes = encode_envelope(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, &serde_json::to_vec(&state).unwrap());
+        assert!(matches!(MetadataState::restore(&bytes), Err(MetaStateError::InvalidSnapshot(_))));
+    }
+
+    #[test]
+    fn state_hash_tells_states_apart() {
+        let state = busy_state();
+        assert_eq!(state.state_hash(), busy_state().state_hash());
+        assert_eq!(state.state_hash(), state.clone().state_hash());
+        let mut hashes = BTreeSet::from([state.state_hash(), MetadataState::new().state_hash()]);
+        let mut variants = Vec::new();
+        let mut other = state.clone();
+        other.applied_index += 1;
+        variants.push(other);
+        let mut other = state.clone();
+        other.topics.get_mut("a").unwrap().partitions[1].leader_epoch = LeaderEpoch(1);
+        variants.push(other);
+        let mut other = state.clone();
+        other.brokers.get_mut(&NodeId(1)).unwrap().last_heartbeat_ms += 1;
+        variants.push(other);
+        let mut other = state.clone();
+        next(&mut other, MetaCommand::AllocateProducerIds { count: 1 });
+        variants.push(other);
+        for variant in &variants {
+            assert_ne!(*variant, state);
+            assert!(hashes.insert(variant.state_hash()), "hash collision for {variant:?}");
+        }
+        // Pinned: the hash must not depend on the process (no RandomState).
+        assert_eq!(fnv1a_64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a_64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+
+    #[test]
+    fn result_serde_round_trip() {
+        for result in [
+            MetaResult::Ok,
+            MetaResult::ProducerIds { first: ProducerId(3), count: 2 },
+            MetaResult::Error { code: ErrorCode::InvalidReplication, message: "m".into() },
+            MetaResult::TopicCreated {
+                assignment: vec![PartitionAssignment { partition: 0, replicas: vec![NodeId(1)], leader: NodeId(1) }],
+            },
+        ] {
+            let json = serde_json::to_string(&result).unwrap();
+            assert_eq!(serde_json::from_str::<MetaResult>(&json).unwrap(), result);
+        }
+        assert!(serde_json::from_str::<MetaResult>(r#"{"Error":{"code":9999,"message":""}}"#).is_err());
+    }
+}

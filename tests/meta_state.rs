@@ -1,0 +1,327 @@
+//! proptest: the metadata state machine under random command sequences.
+//!
+//! Abstract ops are resolved against the state as it is when they apply (so leader/ISR changes often
+//! carry the current epoch and a plausible ISR, and fences target brokers that are due), giving one
+//! concrete list of `(index, MetaCommand)`. Properties:
+//! 1. `check_invariants` holds after every apply;
+//! 2. applying the list to two fresh states gives equal states and equal hashes (determinism);
+//! 3. a snapshot at a random point, restored and fed the rest, equals applying everything;
+//! 4. encode -> decode of every command is the identity;
+//! 5. a topic is visible (same incarnation) from its successful `CreateTopic` until its successful
+//!    `DeleteTopic`, creating an existing topic or deleting a missing one is rejected, producer-id
+//!    blocks follow each other from 0, and a rejected command changes nothing but `applied_index`.
+
+use std::collections::BTreeMap;
+
+use keel::meta::state::{
+    decode_command, encode_command, BrokerRecord, MetaCommand, MetaResult, MetadataState, TopicRecord,
+};
+use keel::protocol::ErrorCode;
+use keel::types::{LeaderEpoch, NodeId, ProducerId};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+const NAMES: [&str; 6] = ["a", "b", "c.d", "e_f-1", "bad name", ""];
+const NODE_IDS_MAX: u64 = 5;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Register {
+        node: u64,
+        addr_idx: u8,
+    },
+    Heartbeat {
+        node: u64,
+    },
+    /// Fence `node` as decided `age_ms` ago (may be stale, or unknown).
+    Fence {
+        node: u64,
+        age_ms: i64,
+    },
+    /// Fence the first broker `brokers_to_fence` reports, if any (what the leader does).
+    FenceDue {
+        fence_after_ms: i64,
+    },
+    CreateTopic {
+        name_idx: usize,
+        partitions: u32,
+        replication: u32,
+    },
+    DeleteTopic {
+        name_idx: usize,
+    },
+    AllocateProducerIds {
+        count: u64,
+    },
+    /// `leader_pick`: 0 = offline, 1..=3 = an ISR member by position, 4 = any node id.
+    ChangeLeader {
+        name_idx: usize,
+        partition: u32,
+        leader_pick: u8,
+        node: u64,
+        epoch_delta: i32,
+    },
+    /// ISR = the replicas selected by `mask` (plus the leader when `keep_leader`).
+    ChangeIsr {
+        name_idx: usize,
+        partition: u32,
+        mask: u8,
+        keep_leader: bool,
+        epoch_delta: i32,
+    },
+}
+
+fn epoch_delta() -> impl Strategy<Value = i32> {
+    prop_oneof![6 => Just(0), 1 => Just(-1), 1 => Just(1)]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let node = 1..=NODE_IDS_MAX;
+    let name_idx = prop_oneof![8 => 0usize..4, 1 => 4usize..NAMES.len()];
+    // Mostly an existing topic (see `topic_name`), sometimes any name.
+    let target_idx = prop_oneof![8 => NAMES.len()..NAMES.len() + 4, 2 => 0usize..NAMES.len()];
+    prop_oneof![
+        4 => (node.clone(), 0u8..3).prop_map(|(node, addr_idx)| Op::Register { node, addr_idx }),
+        3 => node.clone().prop_map(|node| Op::Heartbeat { node }),
+        1 => (node.clone(), -5i64..50).prop_map(|(node, age_ms)| Op::Fence { node, age_ms }),
+        2 => (0i64..300).prop_map(|fence_after_ms| Op::FenceDue { fence_after_ms }),
+        5 => (name_idx.clone(), prop_oneof![8 => 1u32..5, 1 => Just(0u32), 1 => Just(1025u32)], prop_oneof![8 => 1u32..4, 1 => 0u32..6])
+            .prop_map(|(name_idx, partitions, replication)| Op::CreateTopic { name_idx, partitions, replication }),
+        2 => prop_oneof![name_idx.clone(), target_idx.clone()].prop_map(|name_idx| Op::DeleteTopic { name_idx }),
+        2 => prop_oneof![4 => 1u64..100, 1 => Just(0u64), 1 => Just(u64::MAX)]
+            .prop_map(|count| Op::AllocateProducerIds { count }),
+        4 => (target_idx.clone(), 0u32..5, 0u8..5, node.clone(), epoch_delta()).prop_map(
+            |(name_idx, partition, leader_pick, node, epoch_delta)| Op::ChangeLeader {
+                name_idx,
+                partition,
+                leader_pick,
+                node,
+                epoch_delta
+            }
+        ),
+        4 => (target_idx, 0u32..5, any::<u8>(), prop::bool::weighted(0.8), epoch_delta()).prop_map(
+            |(name_idx, partition, mask, keep_leader, epoch_delta)| Op::ChangeIsr {
+                name_idx,
+                partition,
+                mask,
+                keep_leader,
+                epoch_delta
+            }
+        ),
+    ]
+}
+
+/// A step: the op, the time that passes before it, and the gap to the next Raft index.
+fn steps() -> impl Strategy<Value = Vec<(Op, i64, u64)>> {
+    prop::collection::vec((op(), 0i64..40, prop_oneof![6 => Just(1u64), 1 => 2u64..4]), 0..80)
+}
+
+/// `NAMES[name_idx]`, or for `name_idx >= NAMES.len()` an existing topic (the first name if none).
+fn topic_name(state: &MetadataState, name_idx: usize) -> String {
+    let n_topics = state.topics().count();
+    if name_idx < NAMES.len() || n_topics == 0 {
+        return NAMES[name_idx % NAMES.len()].to_owned();
+    }
+    state.topics().nth((name_idx - NAMES.len()) % n_topics).expect("in range").name.clone()
+}
+
+/// Partitions 0..=3 address an existing partition of an existing topic, 4 the one past the end.
+fn partition_idx(state: &MetadataState, name: &str, partition: u32) -> u32 {
+    match state.topic(name) {
+        Some(topic) if partition < 4 => partition % topic.partitions.len() as u32,
+        Some(topic) => topic.partitions.len() as u32,
+        None => partition,
+    }
+}
+
+/// Turns an op into a concrete command against the state it will apply to.
+fn resolve(op: &Op, state: &MetadataState, now_ms: i64) -> Option<MetaCommand> {
+    let partition_of = |name: &str, partition: u32| {
+        state.topic(name).and_then(|topic| topic.partitions.get(partition as usize)).cloned()
+    };
+    let epoch = |current: Option<LeaderEpoch>, delta: i32| LeaderEpoch(current.map_or(0, |epoch| epoch.0) + delta);
+    let command = match op {
+        Op::Register { node, addr_idx } => {
+            MetaCommand::RegisterBroker { node_id: NodeId(*node), addr: format!("10.0.0.{node}:{addr_idx}"), now_ms }
+        }
+        Op::Heartbeat { node } => MetaCommand::BrokerHeartbeat { node_id: NodeId(*node), now_ms },
+        Op::Fence { node, age_ms } => MetaCommand::FenceBroker { node_id: NodeId(*node), now_ms: now_ms - age_ms },
+        Op::FenceDue { fence_after_ms } => {
+            let node_id = *state.brokers_to_fence(now_ms, *fence_after_ms).first()?;
+            MetaCommand::FenceBroker { node_id, now_ms }
+        }
+        Op::CreateTopic { name_idx, partitions, replication } => MetaCommand::CreateTopic {
+            name: NAMES[*name_idx].to_owned(),
+            partitions: *partitions,
+            replication: *replication,
+        },
+        Op::DeleteTopic { name_idx } => MetaCommand::DeleteTopic { name: topic_name(state, *name_idx) },
+        Op::AllocateProducerIds { count } => MetaCommand::AllocateProducerIds { count: *count },
+        Op::ChangeLeader { name_idx, partition, leader_pick, node, epoch_delta } => {
+            let topic = topic_name(state, *name_idx);
+            let partition = partition_idx(state, &topic, *partition);
+            let current = partition_of(&topic, partition);
+            let leader = match leader_pick {
+                0 => None,
+                4 => Some(NodeId(*node)),
+                position => {
+                    let isr = current.as_ref().map(|record| record.isr.clone()).unwrap_or_default();
+                    Some(isr.get(*position as usize - 1).copied().unwrap_or(NodeId(*node)))
+                }
+            };
+            MetaCommand::ChangePartitionLeader {
+                topic,
+                partition,
+                leader,
+                expected_epoch: epoch(current.as_ref().map(|record| record.leader_epoch), *epoch_delta),
+            }
+        }
+        Op::ChangeIsr { name_idx, partition, mask, keep_leader, epoch_delta } => {
+            let topic = topic_name(state, *name_idx);
+            let partition = partition_idx(state, &topic, *partition);
+            let current = partition_of(&topic, partition);
+            let mut isr: Vec<NodeId> = match &current {
+                Some(record) => record
+                    .replicas
+                    .iter()
+                    .enumerate()
+                    .filter(|(replica_idx, _)| mask & (1 << replica_idx) != 0)
+                    .map(|(_, node_id)| *node_id)
+                    .collect(),
+                // No such partition: some node ids, the command is rejected anyway.
+                None => (1..=NODE_IDS_MAX).filter(|node| mask & (1 << node) != 0).map(NodeId).collect(),
+            };
+            if *keep_leader {
+                if let Some(leader) = current.as_ref().and_then(|record| record.leader) {
+                    if !isr.contains(&leader) {
+                        isr.insert(0, leader);
+                    }
+                }
+            }
+            MetaCommand::ChangeIsr {
+                topic,
+                partition,
+                isr,
+                expected_epoch: epoch(current.as_ref().map(|record| record.leader_epoch), *epoch_delta),
+            }
+        }
+    };
+    Some(command)
+}
+
+/// Everything observable except `applied_index`.
+fn contents(state: &MetadataState) -> (Vec<BrokerRecord>, Vec<TopicRecord>, ProducerId) {
+    (state.brokers().cloned().collect(), state.topics().cloned().collect(), state.next_producer_id())
+}
+
+/// The reference run: resolves the ops, applies them, and checks properties 1, 4 and 5 on the way.
+fn run_reference(steps: &[(Op, i64, u64)]) -> (Vec<(u64, MetaCommand)>, MetadataState) {
+    let mut state = MetadataState::new();
+    let mut commands = Vec::new();
+    let mut now_ms = 0i64;
+    let mut index = 0u64;
+    // Model: topic name -> created index; the next producer id.
+    let mut topics: BTreeMap<String, u64> = BTreeMap::new();
+    let mut next_producer_id = 0i64;
+    for (op, elapsed_ms, index_gap) in steps {
+        now_ms += elapsed_ms;
+        let Some(command) = resolve(op, &state, now_ms) else { continue };
+        index += index_gap;
+        assert_eq!(decode_command(&encode_command(&command)), Ok(command.clone()), "encode/decode identity");
+
+        let before = contents(&state);
+        let result = state.apply(index, &command);
+        state.check_invariants();
+        assert_eq!(state.applied_index(), index);
+
+        if let MetaResult::Error { code, message } = &result {
+            assert!(!message.is_empty());
+            assert_eq!(contents(&state), before, "rejected {command:?} ({code:?}: {message}) changed the state");
+        }
+        match (&command, &result) {
+            (MetaCommand::CreateTopic { name, partitions, .. }, MetaResult::TopicCreated { assignment }) => {
+                assert!(!topics.contains_key(name), "{name:?} created twice");
+                topics.insert(name.clone(), index);
+                let topic = state.topic(name).expect("a created topic is visible");
+                assert_eq!(topic.partitions.len(), *partitions as usize);
+                for (assigned, partition) in assignment.iter().zip(&topic.partitions) {
+                    assert_eq!(assigned.replicas, partition.replicas);
+                    assert_eq!(Some(assigned.leader), partition.leader);
+                    assert!(assigned.replicas.iter().all(|node_id| state.broker(*node_id).unwrap().is_alive()));
+                }
+            }
+            (MetaCommand::CreateTopic { name, .. }, MetaResult::Error { code, .. }) => {
+                assert_eq!(*code == ErrorCode::TopicAlreadyExists, topics.contains_key(name), "{name:?}: {code:?}");
+            }
+            (MetaCommand::CreateTopic { .. }, other) => panic!("CreateTopic gave {other:?}"),
+            (MetaCommand::DeleteTopic { name }, result) => {
+                if topics.remove(name).is_some() {
+                    assert_eq!(*result, MetaResult::Ok);
+                } else {
+                    assert!(matches!(result, MetaResult::Error { code: ErrorCode::UnknownTopic, .. }), "{result:?}");
+                }
+            }
+            (MetaCommand::AllocateProducerIds { count }, MetaResult::ProducerIds { first, count: granted }) => {
+                assert_eq!((*first, granted), (ProducerId(next_producer_id), count));
+                next_producer_id += *count as i64;
+            }
+            (MetaCommand::RegisterBroker { node_id, addr, .. }, MetaResult::Ok) => {
+                let broker = state.broker(*node_id).unwrap();
+                assert!(broker.is_alive() && broker.addr == *addr && broker.registered_index == index);
+            }
+            (MetaCommand::BrokerHeartbeat { node_id, .. }, MetaResult::Ok) => {
+                assert!(state.broker(*node_id).unwrap().is_alive());
+            }
+            (MetaCommand::FenceBroker { node_id, .. }, MetaResult::Ok) => {
+                assert!(!state.broker(*node_id).unwrap().is_alive());
+            }
+            _ => {}
+        }
+        let visible: BTreeMap<String, u64> =
+            state.topics().map(|topic| (topic.name.clone(), topic.created_index)).collect();
+        assert_eq!(visible, topics, "topics visible after {command:?}");
+        assert_eq!(state.next_producer_id(), ProducerId(next_producer_id));
+        commands.push((index, command));
+    }
+    (commands, state)
+}
+
+fn apply_all(state: &mut MetadataState, commands: &[(u64, MetaCommand)]) -> Vec<MetaResult> {
+    commands.iter().map(|(index, command)| state.apply(*index, command)).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 512,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/meta_state.txt"))),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_command_sequences(steps in steps(), snapshot_at in 0.0f64..=1.0) {
+        let (commands, reference) = run_reference(&steps);
+
+        // Determinism: two fresh replicas agree with each other and with the reference, result by result.
+        let mut first = MetadataState::new();
+        let mut second = MetadataState::new();
+        let first_results = apply_all(&mut first, &commands);
+        let second_results = apply_all(&mut second, &commands);
+        prop_assert_eq!(&first_results, &second_results);
+        prop_assert_eq!(&first, &second);
+        prop_assert_eq!(first.state_hash(), second.state_hash());
+        prop_assert_eq!(&first, &reference);
+        prop_assert_eq!(first.state_hash(), reference.state_hash());
+
+        // Snapshot at a random point, restore, apply the rest.
+        let split = ((commands.len() as f64) * snapshot_at) as usize;
+        let mut prefix = MetadataState::new();
+        apply_all(&mut prefix, &commands[..split]);
+        let mut restored = MetadataState::restore(&prefix.snapshot()).expect("a snapshot restores");
+        prop_assert_eq!(&restored, &prefix);
+        prop_assert_eq!(restored.state_hash(), prefix.state_hash());
+        let rest_results = apply_all(&mut restored, &commands[split..]);
+        prop_assert_eq!(&rest_results[..], &first_results[split..]);
+        prop_assert_eq!(&restored, &reference);
+        prop_assert_eq!(restored.state_hash(), reference.state_hash());
+    }
+}
