@@ -4,5 +4,7 @@
 //! with), by the simulation and by the Jepsen harness (to judge recorded histories).
 
 pub mod history;
+pub mod metadata_checker;
 pub mod partition_log;
 pub mod queue_checker;
+pub mod raft_checker;
