@@ -7,8 +7,12 @@
 //! fsync = "always"            # or "never": faster, loses acked records on power loss
 //! segment_bytes_max = 134217728
 //! connections_max = 1024
+//! # The metadata Raft group: every voter and its address (this node included). Absent: a
+//! # one-voter cluster of this node alone.
+//! peers = { 1 = "127.0.0.1:9401", 2 = "127.0.0.1:9402", 3 = "127.0.0.1:9403" }
 //! ```
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -37,6 +41,11 @@ pub struct BrokerConfig {
     pub topics_max: usize,
     /// Partitions per topic.
     pub partitions_per_topic_max: u32,
+    /// Voters of the metadata Raft group by node id (TOML keys are strings: `"1" = "host:port"`).
+    /// Empty means a one-voter cluster of this node at its advertised address.
+    pub peers: BTreeMap<String, String>,
+    /// A broker that has not heartbeated for this long is fenced (not given new replicas).
+    pub broker_fence_after_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -52,6 +61,8 @@ impl Default for BrokerConfig {
             requests_in_flight_per_connection_max: 256,
             topics_max: 10_000,
             partitions_per_topic_max: 1024,
+            peers: BTreeMap::new(),
+            broker_fence_after_ms: 6_000,
         }
     }
 }
@@ -91,10 +102,56 @@ impl BrokerConfig {
         if self.connections_max == 0 || self.requests_in_flight_per_connection_max == 0 {
             return Err(ConfigError::Invalid("connection limits must be positive".into()));
         }
+        if self.node_id == 0 {
+            return Err(ConfigError::Invalid("node_id must be positive (raft ids start at 1)".into()));
+        }
+        self.voters("")?;
         if self.partitions_per_topic_max == 0 || self.topics_max == 0 {
             return Err(ConfigError::Invalid("topic limits must be positive".into()));
         }
         Ok(())
+    }
+
+    /// The metadata group's voters with their addresses; this node at `advertised` when alone.
+    pub fn voters(&self, advertised: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+        if self.peers.is_empty() {
+            return Ok(BTreeMap::from([(self.node_id, advertised.to_owned())]));
+        }
+        let mut voters = BTreeMap::new();
+        for (id, addr) in &self.peers {
+            let id: u64 = id
+                .parse()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or_else(|| ConfigError::Invalid(format!("peer id {id:?} is not a positive integer")))?;
+            voters.insert(id, addr.clone());
+        }
+        if !voters.contains_key(&self.node_id) {
+            return Err(ConfigError::Invalid(format!(
+                "node_id {} is not among the peers {:?}",
+                self.node_id,
+                voters.keys().collect::<Vec<_>>()
+            )));
+        }
+        Ok(voters)
+    }
+
+    /// Parses `--peers 1=host:port,2=host:port`.
+    pub fn parse_peers(text: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+        let mut peers = BTreeMap::new();
+        for part in text.split(',').map(str::trim).filter(|part| !part.is_empty()) {
+            let (id, addr) = part
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("peer {part:?} is not ID=HOST:PORT")))?;
+            if id.trim().parse::<u64>().ok().filter(|id| *id > 0).is_none() {
+                return Err(ConfigError::Invalid(format!("peer id {id:?} is not a positive integer")));
+            }
+            if addr.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!("peer {id} has no address")));
+            }
+            peers.insert(id.trim().to_owned(), addr.trim().to_owned());
+        }
+        Ok(peers)
     }
 
     pub fn advertised(&self, bound: SocketAddr) -> String {
@@ -115,5 +172,22 @@ mod tests {
         assert!(matches!(BrokerConfig::from_toml("lisen = \"x\""), Err(ConfigError::Parse { .. })));
         assert!(matches!(BrokerConfig::from_toml("fsync = \"sometimes\""), Err(ConfigError::Parse { .. })));
         assert!(matches!(BrokerConfig::from_toml("segment_bytes_max = 1"), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn peers_come_from_toml_or_flags_and_must_include_this_node() {
+        let config = BrokerConfig::from_toml("node_id = 2\npeers = { 1 = \"a:1\", 2 = \"b:2\" }\n").unwrap();
+        assert_eq!(config.voters("ignored").unwrap(), BTreeMap::from([(1, "a:1".into()), (2, "b:2".into())]));
+        assert!(matches!(
+            BrokerConfig::from_toml("node_id = 3\npeers = { 1 = \"a:1\" }\n"),
+            Err(ConfigError::Invalid(message)) if message.contains("not among the peers")
+        ));
+        let alone = BrokerConfig::default();
+        assert_eq!(alone.voters("h:9").unwrap(), BTreeMap::from([(1, "h:9".into())]));
+        let parsed = BrokerConfig::parse_peers("1=127.0.0.1:9401, 2=127.0.0.1:9402").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert!(BrokerConfig::parse_peers("1:127.0.0.1").is_err());
+        assert!(BrokerConfig::parse_peers("x=127.0.0.1:1").is_err());
+        assert!(BrokerConfig::parse_peers("0=127.0.0.1:1").is_err());
     }
 }

@@ -2,7 +2,8 @@
 
 use clap::Parser;
 use keel::cli::{self, Cli, CliError, Command};
-use keel::server::run_broker;
+use keel::meta::store_rocks::RocksStore;
+use keel::server::{run_broker, BrokerHooks};
 use keel::storage::file::FileDisk;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -33,9 +34,14 @@ async fn broker(args: &cli::BrokerArgs) -> Result<(), CliError> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| failure(format!("cannot create data dir {}: {error}", config.data_dir.display())))?;
     let disk = FileDisk::new(&config.data_dir);
+    let meta_dir = config.data_dir.join("meta");
+    let meta_store = RocksStore::open(&meta_dir)
+        .map_err(|error| failure(format!("cannot open the metadata store {}: {error}", meta_dir.display())))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    run_broker(config, disk, shutdown, None).await.map_err(|error| failure(error.to_string()))
+    run_broker(config, disk, meta_store, shutdown, BrokerHooks::default())
+        .await
+        .map_err(|error| failure(error.to_string()))
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -35,7 +35,7 @@ pub struct Frame {
     pub correlation_id: u64,
     #[prost(uint32, tag = "2")]
     pub version: u32,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22")]
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23")]
     pub body: Option<Body>,
 }
 
@@ -68,6 +68,9 @@ pub enum Body {
     /// Sent by the server when it cannot decode a request well enough to answer it properly.
     #[prost(message, tag = "22")]
     ErrorResponse(ErrorResponse),
+    /// One-way, peer to peer: a raft-rs message for the metadata group. Never answered.
+    #[prost(message, tag = "23")]
+    RaftMessage(RaftMessage),
 }
 
 impl Frame {
@@ -306,6 +309,17 @@ pub struct PartitionInfo {
     pub isr: Vec<u64>,
     #[prost(int32, tag = "5")]
     pub leader_epoch: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RaftMessage {
+    #[prost(uint64, tag = "1")]
+    pub from: u64,
+    #[prost(uint64, tag = "2")]
+    pub to: u64,
+    /// raft-rs's `eraftpb::Message`, protobuf-encoded.
+    #[prost(bytes = "bytes", tag = "3")]
+    pub message: Bytes,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use keel::config::BrokerConfig;
+use keel::meta::store_sim::SimKv;
 use keel::storage::sim::{SimDisk, SimDiskFaults};
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
@@ -57,6 +58,9 @@ pub struct Broker {
     pub node: NodeHandle,
     /// The broker's disk; survives kills and restarts.
     pub disk: SimDisk,
+    /// The broker's metadata store (the Raft log); survives kills and restarts, loses unsynced
+    /// batches on power loss.
+    pub kv: SimKv,
     status: Arc<Mutex<BrokerStatus>>,
     down: bool,
     paused: bool,
@@ -113,21 +117,22 @@ impl Cluster {
         config.listen = addr;
         let name = format!("broker-{number}");
         let disk = SimDisk::new(disk_seed);
+        let kv = SimKv::new(disk_seed ^ 0x6b76_5f73_6565_6421);
         let status = Arc::new(Mutex::new(BrokerStatus { incarnation: 0, state: BrokerState::Starting }));
         let init = {
-            let (disk, status, trace, start, violations) =
-                (disk.clone(), status.clone(), self.trace.clone(), self.start, self.violations.clone());
+            let (disk, kv, status, trace, start, violations) =
+                (disk.clone(), kv.clone(), status.clone(), self.trace.clone(), self.start, self.violations.clone());
             let name = name.clone();
             move || {
-                let (config, disk, status, trace, violations) =
-                    (config.clone(), disk.clone(), status.clone(), trace.clone(), violations.clone());
+                let (config, disk, kv, status, trace, violations) =
+                    (config.clone(), disk.clone(), kv.clone(), status.clone(), trace.clone(), violations.clone());
                 let name = name.clone();
-                async move { run_incarnation(name, config, disk, status, trace, start, violations).await }
+                async move { run_incarnation(name, config, disk, kv, status, trace, start, violations).await }
             }
         };
         let node = self.handle.create_node().name(&name).ip(ip).init(init).build();
         self.note(format!("cluster add {name} at {addr}"));
-        self.brokers.push(Broker { name, addr, node, disk, status, down: false, paused: false, clogged: false });
+        self.brokers.push(Broker { name, addr, node, disk, kv, status, down: false, paused: false, clogged: false });
         index
     }
 
@@ -181,6 +186,7 @@ impl Cluster {
         let broker = &mut self.brokers[index];
         self.handle.kill(broker.node.id());
         broker.disk.crash();
+        broker.kv.crash();
         broker.down = true;
         broker.paused = false;
         let name = broker.name.clone();
@@ -344,6 +350,7 @@ async fn run_incarnation(
     name: String,
     config: BrokerConfig,
     disk: SimDisk,
+    kv: SimKv,
     status: Arc<Mutex<BrokerStatus>>,
     trace: Trace,
     start: Instant,
@@ -372,7 +379,8 @@ async fn run_incarnation(
             }
         }
     });
-    let result = keel::server::run_broker(config, disk.clone(), shutdown, Some(bound_sender)).await;
+    let hooks = keel::server::BrokerHooks { bound: Some(bound_sender), meta_node: None };
+    let result = keel::server::run_broker(config, disk.clone(), kv.open(), shutdown, hooks).await;
     let now_ns = start.elapsed().as_nanos() as u64;
     match &result {
         Ok(()) => trace.record(now_ns, format!("{name} incarnation {incarnation} stopped cleanly")),

@@ -67,6 +67,10 @@ pub struct BrokerArgs {
     /// "always" (default: ack after fsync) or "never" (Kafka's default; loses acked data on power loss).
     #[arg(long)]
     pub fsync: Option<FsyncPolicy>,
+    /// Voters of the metadata Raft group: `1=127.0.0.1:9401,2=127.0.0.1:9402,3=127.0.0.1:9403`
+    /// (this node included). Default: a one-node cluster.
+    #[arg(long)]
+    pub peers: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +181,9 @@ pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
     }
     if let Some(fsync) = args.fsync {
         config.fsync = fsync;
+    }
+    if let Some(peers) = &args.peers {
+        config.peers = BrokerConfig::parse_peers(peers).map_err(|error| fail(error.to_string()))?;
     }
     config.validate().map_err(|error| fail(error.to_string()))?;
     Ok(config)

@@ -16,10 +16,18 @@
 /// One operation of a [`WriteBatch`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WriteOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: Vec<u8>,
+    },
     /// Deletes every key in `[start, end)`.
-    DeleteRange { start: Vec<u8>, end: Vec<u8> },
+    DeleteRange {
+        start: Vec<u8>,
+        end: Vec<u8>,
+    },
 }
 
 /// Operations applied atomically, in order.
@@ -64,10 +72,13 @@ pub enum MetaStoreError {
     Stale,
 }
 
+/// Key-value pairs in key order, as `scan` returns them.
+pub type KeyValues = Vec<(Vec<u8>, Vec<u8>)>;
+
 pub trait MetaStore: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaStoreError>;
     /// Every pair with `start <= key < end`, in key order.
-    fn scan(&self, start: &[u8], end: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, MetaStoreError>;
+    fn scan(&self, start: &[u8], end: &[u8]) -> Result<KeyValues, MetaStoreError>;
     /// Applies `batch` atomically; with `sync`, it and all earlier batches are durable on return.
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), MetaStoreError>;
 }

@@ -14,6 +14,7 @@
 //! Shutdown (SIGINT/SIGTERM, or the token in simulation): stop accepting, stop reading new requests,
 //! finish the ones in flight, then stop every partition (each fsyncs what it wrote) and return.
 
+pub mod cluster;
 pub mod topics;
 
 use std::net::SocketAddr;
@@ -31,11 +32,14 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Batch, BATCH_BYTES_MAX};
 use crate::config::BrokerConfig;
 use crate::log::LogConfig;
+use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerTransport};
+use crate::meta::store::MetaStore;
 use crate::partition::{CoreConfig, OffsetSpec, PartitionReply};
 use crate::protocol::*;
 use crate::storage::Disk;
 use crate::types::Offset;
-use topics::{TopicError, Topics};
+use cluster::Cluster;
+use topics::TopicError;
 
 /// The codec every Keel connection uses: 4-byte big-endian length, frames up to `FRAME_BYTES_MAX`.
 pub fn frame_codec() -> LengthDelimitedCodec {
@@ -51,39 +55,67 @@ pub enum BrokerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot open the data: {0}")]
     Storage(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
     #[error("shutdown did not complete cleanly: {0}")]
     Shutdown(String),
 }
 
 struct State<D: Disk> {
     config: BrokerConfig,
-    advertised: String,
-    topics: Topics<D>,
+    cluster: Arc<Cluster<D>>,
 }
 
-/// Runs a broker until `shutdown` is cancelled. `bound` (if given) receives the listening address
-/// once the broker accepts connections, which lets callers bind port 0.
-pub async fn run_broker<D: Disk>(
+/// Optional windows into a running broker, for tests and the simulation.
+#[derive(Default)]
+pub struct BrokerHooks {
+    /// Receives the listening address once the broker accepts connections (lets callers bind port 0).
+    pub bound: Option<oneshot::Sender<SocketAddr>>,
+    /// Receives the metadata Raft node's handle (the simulation observes Raft state through it).
+    pub meta_node: Option<oneshot::Sender<NodeHandle>>,
+}
+
+/// Runs a broker until `shutdown` is cancelled. `meta_store` holds the metadata Raft log (RocksDB in
+/// production, `SimKv` in simulation).
+pub async fn run_broker<D: Disk, M: MetaStore>(
     config: BrokerConfig,
     disk: D,
+    meta_store: M,
     shutdown: CancellationToken,
-    bound: Option<oneshot::Sender<SocketAddr>>,
+    hooks: BrokerHooks,
 ) -> Result<(), BrokerError> {
-    let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
-    let core_config = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
-    let topics = Topics::new(disk, log_config, core_config, config.topics_max, config.partitions_per_topic_max);
-    topics.load().await.map_err(|error| BrokerError::Storage(error.message))?;
-
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
     let advertised = config.advertised(local_addr);
-    tracing::info!(listen = %local_addr, node_id = config.node_id, fsync = ?config.fsync, "broker listening");
-    if let Some(bound) = bound {
+    let voters = config.voters(&advertised).map_err(|error| BrokerError::Config(error.to_string()))?;
+
+    // The metadata group: its own shutdown token, cancelled after the partitions are stopped.
+    let meta_shutdown = CancellationToken::new();
+    let transport = PeerTransport::start(config.node_id, &voters, meta_shutdown.clone());
+    let node_config = NodeConfig::new(config.node_id, voters.clone());
+    let node = start_node(node_config, meta_store, transport, meta_shutdown.clone())
+        .map_err(|error| BrokerError::Storage(error.to_string()))?;
+    let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
+    let core_config = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
+    let cluster =
+        Cluster::new(config.node_id, node.clone(), disk, log_config, core_config, config.partitions_per_topic_max);
+    cluster.reconcile().await;
+    let background = tokio::spawn(cluster.clone().run_background(
+        advertised.clone(),
+        config.broker_fence_after_ms as i64,
+        meta_shutdown.clone(),
+    ));
+
+    tracing::info!(listen = %local_addr, node_id = config.node_id, voters = ?voters, fsync = ?config.fsync, "broker listening");
+    if let Some(bound) = hooks.bound {
         let _ = bound.send(local_addr);
     }
+    if let Some(meta_node) = hooks.meta_node {
+        let _ = meta_node.send(node);
+    }
     let connection_slots = Arc::new(Semaphore::new(config.connections_max));
-    let state = Arc::new(State { config, advertised, topics });
+    let state = Arc::new(State { config, cluster });
     let mut connections = FuturesUnordered::new();
     loop {
         tokio::select! {
@@ -117,7 +149,13 @@ pub async fn run_broker<D: Disk>(
     drop(listener);
     tracing::info!(connections = connections.len(), "shutting down: finishing in-flight requests");
     while connections.next().await.is_some() {}
-    let result = state.topics.stop_all().await;
+    // Hand Raft leadership over before going away, so the others do not wait out an election.
+    if voters.len() > 1 {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), state.cluster.node.transfer_leadership()).await;
+    }
+    let result = state.cluster.stop_partitions().await;
+    meta_shutdown.cancel();
+    let _ = background.await;
     tracing::info!("broker stopped");
     result.map_err(BrokerError::Shutdown)
 }
@@ -151,8 +189,9 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shut
                 }
                 Some(Ok(bytes)) => match Frame::decode_bytes(bytes.freeze()) {
                     Ok(frame) => {
-                        let response = dispatch(&state, frame).await;
-                        in_flight.push(response);
+                        if let Some(response) = dispatch(&state, frame).await {
+                            in_flight.push(response);
+                        }
                     }
                     Err(error) => {
                         // The framing is intact, so the connection can go on after the reply.
@@ -184,8 +223,20 @@ fn topic_info(error: TopicError) -> Option<ErrorInfo> {
 }
 
 /// Routes one request. Everything that must happen in arrival order (entering a partition's mailbox)
-/// happens before this returns; the returned future only waits for the answer.
-async fn dispatch<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFuture<'static, Frame> {
+/// happens before this returns; the returned future only waits for the answer. One-way messages
+/// (raft traffic) return `None`.
+async fn dispatch<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> Option<BoxFuture<'static, Frame>> {
+    if let Some(Body::RaftMessage(message)) = &frame.body {
+        // One-way and lossy by design: a dropped raft message is a lost packet to Raft.
+        if !state.cluster.node.step(&message.message) {
+            tracing::trace!(from = message.from, "dropped a raft message (node saturated or bad bytes)");
+        }
+        return None;
+    }
+    Some(dispatch_request(state, frame).await)
+}
+
+async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFuture<'static, Frame> {
     let id = frame.correlation_id;
     if frame.version != PROTOCOL_VERSION {
         return ready(error_frame(
@@ -204,7 +255,7 @@ async fn dispatch<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFuture<'st
         Body::CreateTopicRequest(request) => {
             let state = state.clone();
             Box::pin(async move {
-                let result = state.topics.create(&request.name, request.partitions, request.replication).await;
+                let result = state.cluster.create_topic(&request.name, request.partitions, request.replication).await;
                 let error = result.err().and_then(topic_info);
                 Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
             })
@@ -212,11 +263,19 @@ async fn dispatch<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFuture<'st
         Body::DeleteTopicRequest(request) => {
             let state = state.clone();
             Box::pin(async move {
-                let error = state.topics.delete(&request.name).await.err().and_then(topic_info);
+                let error = state.cluster.delete_topic(&request.name).await.err().and_then(topic_info);
                 Frame::new(id, Body::DeleteTopicResponse(DeleteTopicResponse { error }))
             })
         }
-        Body::MetadataRequest(request) => ready(Frame::new(id, Body::MetadataResponse(metadata(state, request)))),
+        Body::MetadataRequest(request) => {
+            let state = state.clone();
+            Box::pin(async move {
+                match state.cluster.metadata(&request.topics).await {
+                    Ok(response) => Frame::new(id, Body::MetadataResponse(response)),
+                    Err(error) => error_frame(id, error.code, error.message),
+                }
+            })
+        }
         Body::ProduceResponse(_)
         | Body::FetchResponse(_)
         | Body::ListOffsetsResponse(_)
@@ -224,6 +283,7 @@ async fn dispatch<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFuture<'st
         | Body::DeleteTopicResponse(_)
         | Body::MetadataResponse(_)
         | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
+        Body::RaftMessage(_) => unreachable!("one-way messages are handled by dispatch"),
     }
 }
 
@@ -238,7 +298,7 @@ async fn produce<D: Disk>(state: &Arc<State<D>>, id: u64, request: ProduceReques
     let Ok(acks) = Acks::try_from(request.acks) else {
         return produce_error(id, ErrorCode::InvalidAcks, format!("unknown acks value {}", request.acks));
     };
-    let partition = match state.topics.partition(&request.topic, request.partition) {
+    let partition = match state.cluster.partition(&request.topic, request.partition) {
         Ok(partition) => partition,
         Err(error) => return produce_error(id, error.code, error.message),
     };
@@ -315,7 +375,7 @@ fn fetch_error(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
 }
 
 async fn fetch<D: Disk>(state: &Arc<State<D>>, id: u64, request: FetchRequest) -> BoxFuture<'static, Frame> {
-    let partition = match state.topics.partition(&request.topic, request.partition) {
+    let partition = match state.cluster.partition(&request.topic, request.partition) {
         Ok(partition) => partition,
         Err(error) => return ready(fetch_error(id, error.code, error.message)),
     };
@@ -355,7 +415,7 @@ async fn list_offsets<D: Disk>(
         ts if ts >= 0 => OffsetSpec::Timestamp(ts),
         other => return ready(error(ErrorCode::InvalidTimestamp, format!("invalid timestamp selector {other}"))),
     };
-    let partition = match state.topics.partition(&request.topic, request.partition) {
+    let partition = match state.cluster.partition(&request.topic, request.partition) {
         Ok(partition) => partition,
         Err(topic_error) => return ready(error(topic_error.code, topic_error.message)),
     };
@@ -375,38 +435,4 @@ async fn list_offsets<D: Disk>(
             Err(_) => error(ErrorCode::ShuttingDown, "partition stopped before answering".into()),
         }
     })
-}
-
-fn metadata<D: Disk>(state: &Arc<State<D>>, request: MetadataRequest) -> MetadataResponse {
-    let node_id = state.config.node_id;
-    let describe = |topic: &topics::Topic| TopicInfo {
-        name: topic.meta.name.clone(),
-        error: None,
-        partitions: (0..topic.meta.partitions)
-            .map(|partition| PartitionInfo {
-                partition,
-                leader: node_id,
-                replicas: vec![node_id],
-                isr: vec![node_id],
-                leader_epoch: 0,
-            })
-            .collect(),
-    };
-    let topics = if request.topics.is_empty() {
-        state.topics.list().iter().map(|topic| describe(topic)).collect()
-    } else {
-        request
-            .topics
-            .iter()
-            .map(|name| match state.topics.get(name) {
-                Some(topic) => describe(&topic),
-                None => TopicInfo {
-                    name: name.clone(),
-                    error: info(ErrorCode::UnknownTopic, format!("unknown topic {name:?}")),
-                    partitions: Vec::new(),
-                },
-            })
-            .collect()
-    };
-    MetadataResponse { brokers: vec![BrokerInfo { node_id, addr: state.advertised.clone() }], topics }
 }

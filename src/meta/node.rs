@@ -1,0 +1,761 @@
+//! The Raft driver: the shell around raft-rs's `RawNode` for the metadata group.
+//!
+//! One task owns the `RawNode`, the [`RaftStore`] and the [`MetadataState`]. In: ticks from runtime
+//! time, raft messages from peers, proposals and read barriers from the broker. Out: persisted log
+//! and hard state, messages to peers (through [`Transport`]), applied commands, answered proposals.
+//!
+//! # The Ready loop (raft-rs's contract, in the order this code follows)
+//! 1. `messages()`: sent at once (a leader may send appends before persisting its own entries).
+//! 2. A snapshot from the leader: persisted, then the state machine is restored from it.
+//! 3. `committed_entries()`: applied to the state machine in order; proposals made here are answered.
+//! 4. New `entries()` and the `HardState`: persisted together in one synced batch
+//!    ([`RaftStore::persist`]).
+//! 5. Only then `persisted_messages()` (votes, append responses) are sent: a vote never leaves
+//!    before the hard state that records it is durable.
+//! 6. `advance`, then the light ready's messages and committed entries, then `advance_apply`.
+//!
+//! # Determinism
+//! raft-rs 0.7 draws election timeouts from rand 0.8's `thread_rng`, which madsim cannot seed.
+//! After `RawNode::new` and after every call that could reset the election timer (a change of term or
+//! role, or the elapsed counter going back), this driver redraws the timeout itself with the
+//! runtime's RNG (seeded under madsim) in `[election_tick, 2 * election_tick)` through
+//! `set_randomized_election_timeout`, and the tick timer starts at a random phase (ADR 0006).
+//!
+//! # Proposals
+//! A proposal carries `(origin node, request id)` in the entry context. Every node applies every
+//! entry; the origin node answers its waiter when it applies the entry, so a proposal made on a
+//! follower (raft-rs forwards it to the leader) returns after it is applied locally: a read on that
+//! node afterwards sees it. A proposal whose entry never shows up within `proposal_timeout` is
+//! answered `Timeout` (ambiguous: it may still commit).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, EntryType, Message};
+use raft::{RawNode, StateRole};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::raft_store::RaftStore;
+use super::state::{decode_command, encode_command, MetaCommand, MetaResult, MetadataState};
+use super::store::{MetaStore, MetaStoreError};
+
+/// Commands queued for the Raft task before callers wait.
+pub const NODE_MAILBOX_CAPACITY: usize = 4096;
+/// Raft messages queued per peer before new ones are dropped (Raft retransmits).
+pub const PEER_QUEUE_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    /// Every voter (this node included) and its address.
+    pub peers: BTreeMap<u64, String>,
+    pub tick: Duration,
+    pub election_tick: usize,
+    pub heartbeat_tick: usize,
+    /// Applied entries after the last snapshot before a new one is taken and the log compacted.
+    pub snapshot_interval_entries: u64,
+    pub proposal_timeout: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(node_id: u64, peers: BTreeMap<u64, String>) -> NodeConfig {
+        NodeConfig {
+            node_id,
+            peers,
+            tick: Duration::from_millis(100),
+            election_tick: 10,
+            heartbeat_tick: 2,
+            snapshot_interval_entries: 1000,
+            proposal_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    #[error("no Raft leader is known; try again")]
+    NoLeader,
+    /// The outcome is unknown: the proposal may still commit.
+    #[error("no answer within the proposal timeout; the command may or may not have been applied")]
+    Timeout,
+    /// The Raft leader changed while the proposal was in flight: it may still commit (ambiguous).
+    #[error("the Raft leader changed while the command was in flight; it may or may not have been applied")]
+    LeaderChanged,
+    #[error("the metadata node is shutting down")]
+    ShuttingDown,
+    #[error("metadata storage failed: {0}")]
+    Storage(#[from] MetaStoreError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// What one node reports about itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeStatus {
+    pub node_id: u64,
+    pub role: String,
+    pub term: u64,
+    pub leader_id: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    /// The first log index still held (after compaction).
+    pub first_index: u64,
+    pub state_hash: u64,
+}
+
+/// A node's Raft state as the invariant checkers want it (see `keel_model::raft_checker`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RaftView {
+    pub node_id: u64,
+    pub term: u64,
+    pub is_leader: bool,
+    pub commit_index: u64,
+    /// `(index, term, FNV-1a of the data)` of every entry the node holds (after its snapshot).
+    pub log: Vec<(u64, u64, u64)>,
+    /// `(index, FNV-1a of the data)` of entries applied since the previous `observe`, in order.
+    pub applied: Vec<(u64, u64)>,
+}
+
+/// Applied entries remembered for `observe` before the oldest are dropped.
+pub const APPLIED_LOG_CAPACITY: usize = 100_000;
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Sends raft messages to peers. Lossy by design: Raft retransmits.
+pub trait Transport: Send + Sync + 'static {
+    fn send(&self, to: u64, message: Bytes);
+}
+
+enum Command {
+    Step(Message),
+    Propose { command: MetaCommand, reply: oneshot::Sender<Result<MetaResult, NodeError>> },
+    ReadBarrier { reply: oneshot::Sender<Result<(), NodeError>> },
+    TransferLeadership { reply: oneshot::Sender<()> },
+    Observe { reply: oneshot::Sender<RaftView> },
+}
+
+/// A handle to the running node: cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commands: mpsc::Sender<Command>,
+    state: Arc<RwLock<MetadataState>>,
+    status: watch::Receiver<NodeStatus>,
+}
+
+impl NodeHandle {
+    /// Hands a raft message (protobuf bytes) from a peer to the node. Drops it when the node is
+    /// saturated or the bytes are garbage: Raft treats a lost message like a lost packet.
+    pub fn step(&self, bytes: &[u8]) -> bool {
+        match Message::parse_from_bytes(bytes) {
+            Ok(message) => self.commands.try_send(Command::Step(message)).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    /// Proposes a command and waits until it is applied on this node.
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResult, NodeError> {
+        let (reply, receiver) = oneshot::channel();
+        self.commands.send(Command::Propose { command, reply }).await.map_err(|_| NodeError::ShuttingDown)?;
+        receiver.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Waits until this node has applied everything committed before the call (Raft ReadIndex):
+    /// a read of [`NodeHandle::state`] afterwards is linearizable.
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
+        let (reply, receiver) = oneshot::channel();
+        self.commands.send(Command::ReadBarrier { reply }).await.map_err(|_| NodeError::ShuttingDown)?;
+        receiver.await.map_err(|_| NodeError::ShuttingDown)?
+    }
+
+    /// Reads the applied metadata (not linearizable on its own: see `read_barrier`).
+    pub fn with_state<T>(&self, read: impl FnOnce(&MetadataState) -> T) -> T {
+        read(&self.state.read().expect("metadata state lock"))
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits for the next status change.
+    pub async fn status_changed(&mut self) -> Result<NodeStatus, NodeError> {
+        self.status.changed().await.map_err(|_| NodeError::ShuttingDown)?;
+        Ok(self.status())
+    }
+
+    /// The node's Raft state for the simulation's invariant checkers. `None` if the node stopped.
+    pub async fn observe(&self) -> Option<RaftView> {
+        let (reply, receiver) = oneshot::channel();
+        self.commands.send(Command::Observe { reply }).await.ok()?;
+        receiver.await.ok()
+    }
+
+    /// If this node leads, hands leadership to the most up-to-date follower (graceful shutdown).
+    pub async fn transfer_leadership(&self) {
+        let (reply, receiver) = oneshot::channel();
+        if self.commands.send(Command::TransferLeadership { reply }).await.is_ok() {
+            let _ = receiver.await;
+        }
+    }
+}
+
+/// Starts the node: loads (or initialises) the log from `store`, rebuilds the state machine from
+/// the snapshot, and spawns the task. Committed entries after the snapshot are re-applied by the
+/// first `Ready`s.
+pub fn start_node<S: MetaStore, T: Transport>(
+    config: NodeConfig,
+    store: S,
+    transport: T,
+    shutdown: CancellationToken,
+) -> Result<NodeHandle, NodeError> {
+    let voters: Vec<u64> = config.peers.keys().copied().collect();
+    assert!(voters.contains(&config.node_id), "node {} is not among the voters {voters:?}", config.node_id);
+    let raft_store = RaftStore::load(&store, &voters)?;
+    let snapshot_index = raft_store.snapshot_index();
+    let state = if raft_store.snapshot_ref().get_data().is_empty() {
+        MetadataState::new()
+    } else {
+        MetadataState::restore(raft_store.snapshot_ref().get_data())
+            .map_err(|error| NodeError::Storage(MetaStoreError::Corrupt(error.to_string())))?
+    };
+    let raft_config = raft::Config {
+        id: config.node_id,
+        election_tick: config.election_tick,
+        heartbeat_tick: config.heartbeat_tick,
+        applied: snapshot_index,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: 1024 * 1024,
+        max_inflight_msgs: 256,
+        ..raft::Config::default()
+    };
+    raft_config.validate().map_err(|error| NodeError::Raft(error.to_string()))?;
+    let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => config.node_id));
+    let raw = RawNode::new(&raft_config, raft_store, &logger).map_err(|error| NodeError::Raft(error.to_string()))?;
+    let state = Arc::new(RwLock::new(state));
+    let (status_sender, status) = watch::channel(NodeStatus { node_id: config.node_id, ..NodeStatus::default() });
+    let (commands, mailbox) = mpsc::channel(NODE_MAILBOX_CAPACITY);
+    let mut node = Node {
+        config,
+        raw,
+        store,
+        transport,
+        state: state.clone(),
+        status: status_sender,
+        proposals: HashMap::new(),
+        reads: HashMap::new(),
+        next_request: 1,
+        timer_view: TimerView::default(),
+        rng_timeout: 0,
+        applied_log: Vec::new(),
+    };
+    node.redraw_election_timeout();
+    if voters == [node.config.node_id] {
+        // A one-voter group needs no election timeout to elect itself.
+        node.raw.campaign().map_err(|error| NodeError::Raft(error.to_string()))?;
+        node.redraw_if_timer_reset();
+    }
+    tokio::spawn(node.run(mailbox, shutdown));
+    Ok(NodeHandle { commands, state, status })
+}
+
+/// What raft-rs's election timer looked like after our last call, to detect resets.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+struct TimerView {
+    term: u64,
+    role: u8,
+    election_elapsed: usize,
+}
+
+struct Waiting<T> {
+    reply: oneshot::Sender<Result<T, NodeError>>,
+    deadline: tokio::time::Instant,
+    /// The Raft term when the request was made: a later term means the leader it went to may be gone.
+    term: u64,
+}
+
+struct Node<S: MetaStore, T: Transport> {
+    config: NodeConfig,
+    raw: RawNode<RaftStore>,
+    store: S,
+    transport: T,
+    state: Arc<RwLock<MetadataState>>,
+    status: watch::Sender<NodeStatus>,
+    proposals: HashMap<u64, Waiting<MetaResult>>,
+    reads: HashMap<u64, (Waiting<()>, Option<u64>)>,
+    next_request: u64,
+    timer_view: TimerView,
+    rng_timeout: usize,
+    /// Applied (index, data fingerprint) since the last `observe`.
+    applied_log: Vec<(u64, u64)>,
+}
+
+fn role_code(role: StateRole) -> u8 {
+    match role {
+        StateRole::Follower => 0,
+        StateRole::Candidate => 1,
+        StateRole::Leader => 2,
+        StateRole::PreCandidate => 3,
+    }
+}
+
+fn role_name(role: StateRole) -> &'static str {
+    match role {
+        StateRole::Follower => "follower",
+        StateRole::Candidate => "candidate",
+        StateRole::Leader => "leader",
+        StateRole::PreCandidate => "pre-candidate",
+    }
+}
+
+/// Proposal context: origin node and request id, 16 bytes.
+fn encode_context(node: u64, request: u64) -> Vec<u8> {
+    let mut context = node.to_be_bytes().to_vec();
+    context.extend_from_slice(&request.to_be_bytes());
+    context
+}
+
+fn decode_context(context: &[u8]) -> Option<(u64, u64)> {
+    if context.len() != 16 {
+        return None;
+    }
+    Some((u64::from_be_bytes(context[..8].try_into().ok()?), u64::from_be_bytes(context[8..].try_into().ok()?)))
+}
+
+impl<S: MetaStore, T: Transport> Node<S, T> {
+    async fn run(mut self, mut mailbox: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        // A random phase for the first tick: without it, nodes started together tick in lockstep and
+        // split votes are far more frequent (measured in DESIGN.md).
+        let phase = Duration::from_micros(rand::random_range(0..self.config.tick.as_micros() as u64));
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, self.config.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {
+                    self.raw.tick();
+                }
+                command = mailbox.recv() => match command {
+                    None => break,
+                    Some(command) => self.handle(command),
+                },
+                _ = sleep_until_opt(deadline), if deadline.is_some() => self.expire_waiters(),
+            }
+            self.redraw_if_timer_reset();
+            if let Err(error) = self.on_ready() {
+                // Metadata storage failing is not survivable for a Raft member: its promises
+                // (votes, acknowledged entries) can no longer be kept. Stop serving.
+                tracing::error!(node = self.config.node_id, %error, "metadata storage failed; stopping the Raft node");
+                break;
+            }
+            self.redraw_if_timer_reset();
+            self.fail_requests_of_old_terms();
+            self.publish_status();
+        }
+        for (_, waiting) in self.proposals.drain() {
+            let _ = waiting.reply.send(Err(NodeError::ShuttingDown));
+        }
+        for (_, (waiting, _)) in self.reads.drain() {
+            let _ = waiting.reply.send(Err(NodeError::ShuttingDown));
+        }
+    }
+
+    fn handle(&mut self, command: Command) {
+        match command {
+            Command::Step(message) => {
+                // Messages from unknown peers or stale terms are raft's to judge; errors are drops.
+                if let Err(error) = self.raw.step(message) {
+                    tracing::trace!(node = self.config.node_id, %error, "raft step rejected a message");
+                }
+            }
+            Command::Propose { command, reply } => {
+                let request = self.next_request;
+                self.next_request += 1;
+                let context = encode_context(self.config.node_id, request);
+                match self.raw.propose(context, encode_command(&command)) {
+                    Ok(()) => {
+                        let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
+                        let term = self.raw.raft.term;
+                        self.proposals.insert(request, Waiting { reply, deadline, term });
+                    }
+                    Err(raft::Error::ProposalDropped) => {
+                        let _ = reply.send(Err(NodeError::NoLeader));
+                    }
+                    Err(error) => {
+                        let _ = reply.send(Err(NodeError::Raft(error.to_string())));
+                    }
+                }
+            }
+            Command::ReadBarrier { reply } => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    // raft-rs silently drops a ReadIndex without a leader; say so at once instead.
+                    let _ = reply.send(Err(NodeError::NoLeader));
+                    return;
+                }
+                let request = self.next_request;
+                self.next_request += 1;
+                self.raw.read_index(request.to_be_bytes().to_vec());
+                let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
+                let term = self.raw.raft.term;
+                self.reads.insert(request, (Waiting { reply, deadline, term }, None));
+            }
+            Command::TransferLeadership { reply } => {
+                if self.raw.raft.state == StateRole::Leader {
+                    let me = self.config.node_id;
+                    let best = self
+                        .raw
+                        .raft
+                        .prs()
+                        .iter()
+                        .filter(|(id, _)| **id != me)
+                        .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse(**id)))
+                        .map(|(id, _)| *id);
+                    if let Some(transferee) = best {
+                        tracing::info!(node = me, transferee, "transferring Raft leadership before shutdown");
+                        self.raw.transfer_leader(transferee);
+                    }
+                }
+                let _ = reply.send(());
+            }
+            Command::Observe { reply } => {
+                let raft = &self.raw.raft;
+                let store = self.raw.store();
+                let first = store.snapshot_index() + 1;
+                let last = raft::Storage::last_index(store).unwrap_or(0);
+                let log = raft::Storage::entries(store, first, last + 1, None, raft::GetEntriesContext::empty(false))
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|entry| (entry.index, entry.term, fnv1a(&entry.data)))
+                    .collect();
+                let view = RaftView {
+                    node_id: self.config.node_id,
+                    term: raft.term,
+                    is_leader: raft.state == StateRole::Leader,
+                    commit_index: raft.raft_log.committed,
+                    log,
+                    applied: std::mem::take(&mut self.applied_log),
+                };
+                let _ = reply.send(view);
+            }
+        }
+    }
+
+    /// A proposal or read made in an earlier term may have gone to a leader that is gone, and raft-rs
+    /// would never tell: answer it now (ambiguously for proposals) so the caller can retry, instead of
+    /// waiting out the timeout.
+    fn fail_requests_of_old_terms(&mut self) {
+        let term = self.raw.raft.term;
+        self.proposals.retain(|_, waiting| {
+            if waiting.term >= term {
+                return true;
+            }
+            let _ = std::mem::replace(&mut waiting.reply, oneshot::channel().0).send(Err(NodeError::LeaderChanged));
+            false
+        });
+        self.reads.retain(|_, (waiting, _)| {
+            if waiting.term >= term {
+                return true;
+            }
+            let _ = std::mem::replace(&mut waiting.reply, oneshot::channel().0).send(Err(NodeError::NoLeader));
+            false
+        });
+    }
+
+    fn next_deadline(&self) -> Option<tokio::time::Instant> {
+        let proposals = self.proposals.values().map(|waiting| waiting.deadline);
+        let reads = self.reads.values().map(|(waiting, _)| waiting.deadline);
+        proposals.chain(reads).min()
+    }
+
+    fn expire_waiters(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.proposals.retain(|_, waiting| {
+            if waiting.deadline > now {
+                return true;
+            }
+            let _ = std::mem::replace(&mut waiting.reply, oneshot::channel().0).send(Err(NodeError::Timeout));
+            false
+        });
+        self.reads.retain(|_, (waiting, _)| {
+            if waiting.deadline > now {
+                return true;
+            }
+            let _ = std::mem::replace(&mut waiting.reply, oneshot::channel().0).send(Err(NodeError::Timeout));
+            false
+        });
+    }
+
+    fn on_ready(&mut self) -> Result<(), NodeError> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        self.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.raw.mut_store().apply_snapshot(&self.store, &snapshot)?;
+            let restored = MetadataState::restore(snapshot.get_data())
+                .map_err(|error| NodeError::Storage(MetaStoreError::Corrupt(error.to_string())))?;
+            *self.state.write().expect("metadata state lock") = restored;
+        }
+        self.apply(ready.take_committed_entries())?;
+        let entries = ready.take_entries();
+        let hard_state = ready.hs().cloned();
+        self.raw.mut_store().persist(&self.store, &entries, hard_state.as_ref())?;
+        self.send(ready.take_persisted_messages());
+        for read_state in ready.take_read_states() {
+            self.read_index_known(&read_state.request_ctx, read_state.index);
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let mut hard_state = self.raw.store().hard_state().clone();
+            hard_state.commit = commit;
+            self.raw.mut_store().persist(&self.store, &[], Some(&hard_state))?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.answer_reads();
+        self.maybe_compact()?;
+        Ok(())
+    }
+
+    fn send(&self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            match message.write_to_bytes() {
+                Ok(bytes) => self.transport.send(to, Bytes::from(bytes)),
+                Err(error) => tracing::error!(%error, "cannot encode a raft message"),
+            }
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
+        for entry in entries {
+            let index = entry.index;
+            if self.applied_log.len() < APPLIED_LOG_CAPACITY {
+                self.applied_log.push((index, fnv1a(&entry.data)));
+            }
+            let result = if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
+                // Leader no-op entries (and conf changes, which Keel does not use: membership is
+                // static) carry no command.
+                None
+            } else {
+                let mut state = self.state.write().expect("metadata state lock");
+                Some(match decode_command(&entry.data) {
+                    Ok(command) => state.apply(index, &command),
+                    Err(error) => {
+                        // Every node sees the same bytes, so every node skips it alike.
+                        tracing::error!(index, %error, "undecodable metadata command in the Raft log");
+                        MetaResult::Error {
+                            code: crate::protocol::ErrorCode::Internal,
+                            message: format!("undecodable command: {error}"),
+                        }
+                    }
+                })
+            };
+            if let (Some(result), Some((origin, request))) = (result, decode_context(&entry.context)) {
+                if origin == self.config.node_id {
+                    if let Some(waiting) = self.proposals.remove(&request) {
+                        let _ = waiting.reply.send(Ok(result));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn read_index_known(&mut self, context: &[u8], index: u64) {
+        let Ok(bytes) = <[u8; 8]>::try_from(context) else { return };
+        if let Some((_, read_index)) = self.reads.get_mut(&u64::from_be_bytes(bytes)) {
+            *read_index = Some(index);
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        self.reads.retain(|_, (waiting, read_index)| match read_index {
+            Some(index) if *index <= applied => {
+                let _ = std::mem::replace(&mut waiting.reply, oneshot::channel().0).send(Ok(()));
+                false
+            }
+            _ => true,
+        });
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), NodeError> {
+        let applied = self.raw.raft.raft_log.applied;
+        let snapshot_index = self.raw.store().snapshot_index();
+        if applied < snapshot_index + self.config.snapshot_interval_entries {
+            return Ok(());
+        }
+        let data = self.state.read().expect("metadata state lock").snapshot();
+        self.raw.mut_store().compact(&self.store, applied, data)?;
+        tracing::debug!(node = self.config.node_id, applied, "metadata snapshot taken; log compacted");
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let raft = &self.raw.raft;
+        let status = NodeStatus {
+            node_id: self.config.node_id,
+            role: role_name(raft.state).to_owned(),
+            term: raft.term,
+            leader_id: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: raft.raft_log.applied,
+            first_index: self.raw.store().snapshot_index() + 1,
+            state_hash: self.state.read().expect("metadata state lock").state_hash(),
+        };
+        self.status.send_if_modified(|current| {
+            let changed = *current != status;
+            *current = status;
+            changed
+        });
+    }
+
+    fn redraw_election_timeout(&mut self) {
+        let election_tick = self.config.election_tick;
+        let timeout = rand::random_range(election_tick..2 * election_tick);
+        self.raw.raft.set_randomized_election_timeout(timeout);
+        self.rng_timeout = timeout;
+        self.timer_view = self.current_timer_view();
+    }
+
+    fn current_timer_view(&self) -> TimerView {
+        TimerView {
+            term: self.raw.raft.term,
+            role: role_code(self.raw.raft.state),
+            election_elapsed: self.raw.raft.election_elapsed,
+        }
+    }
+
+    /// raft-rs redraws its timeout (from an unseeded RNG) whenever it resets the election timer.
+    /// Every such reset changes the term or the role or sets the elapsed counter back, so redraw
+    /// with our RNG whenever any of those happened, or the timeout is not the one we drew.
+    fn redraw_if_timer_reset(&mut self) {
+        let now = self.current_timer_view();
+        let reset = now.term != self.timer_view.term
+            || now.role != self.timer_view.role
+            || now.election_elapsed < self.timer_view.election_elapsed
+            || self.raw.raft.randomized_election_timeout() != self.rng_timeout;
+        if reset {
+            self.redraw_election_timeout();
+        } else {
+            self.timer_view = now;
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Forwards raft-rs's slog records to `tracing` (raft's info is Keel's debug: it is chatty).
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record, _values: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => tracing::error!(target: "raft", "{}", record.msg()),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
+            slog::Level::Debug | slog::Level::Trace => tracing::trace!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+/// Sends raft messages to peers over Keel's native protocol, one reconnecting connection per peer,
+/// each behind a bounded queue: a slow or dead peer never blocks the Raft loop (its messages are
+/// dropped when its queue is full, and Raft retransmits).
+pub struct PeerTransport {
+    queues: HashMap<u64, mpsc::Sender<Bytes>>,
+}
+
+impl PeerTransport {
+    pub fn start(node_id: u64, peers: &BTreeMap<u64, String>, shutdown: CancellationToken) -> PeerTransport {
+        let mut queues = HashMap::new();
+        for (&peer, addr) in peers {
+            if peer == node_id {
+                continue;
+            }
+            let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
+            tokio::spawn(peer_sender(node_id, peer, addr.clone(), receiver, shutdown.clone()));
+            queues.insert(peer, queue);
+        }
+        PeerTransport { queues }
+    }
+}
+
+impl Transport for PeerTransport {
+    fn send(&self, to: u64, message: Bytes) {
+        if let Some(queue) = self.queues.get(&to) {
+            let _ = queue.try_send(message);
+        }
+    }
+}
+
+async fn peer_sender(
+    from: u64,
+    peer: u64,
+    addr: String,
+    mut queue: mpsc::Receiver<Bytes>,
+    shutdown: CancellationToken,
+) {
+    use futures::SinkExt;
+    use tokio_util::codec::Framed;
+
+    use crate::protocol::{Body, Frame, RaftMessage};
+
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connect = tokio::net::TcpStream::connect(addr.as_str());
+        let stream = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            connected = tokio::time::timeout(Duration::from_secs(1), connect) => match connected {
+                Ok(Ok(stream)) => stream,
+                _ => {
+                    // Drop what queued up meanwhile: stale raft messages are worthless.
+                    while queue.try_recv().is_ok() {}
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    continue;
+                }
+            },
+        };
+        backoff = Duration::from_millis(50);
+        let _ = stream.set_nodelay(true);
+        let mut framed = Framed::new(stream, crate::server::frame_codec());
+        loop {
+            let message = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                message = queue.recv() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            let frame = Frame::new(0, Body::RaftMessage(RaftMessage { from, to: peer, message }));
+            // A write that does not finish in time means the peer is stuck: reconnect.
+            match tokio::time::timeout(Duration::from_secs(2), framed.send(frame.encode_to_bytes())).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+        }
+    }
+}

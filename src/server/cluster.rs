@@ -1,0 +1,314 @@
+//! The broker's view of the cluster: the metadata Raft node, and the partition actors this broker
+//! runs because the metadata says so.
+//!
+//! Topic admin goes through Raft: `create_topic` proposes `CreateTopic` (from any node; raft-rs
+//! forwards the proposal to the leader) and returns once the command is applied **on this node**,
+//! so a describe here afterwards sees it; a describe on another node first waits for a Raft
+//! read barrier (ReadIndex), which makes it linearizable too.
+//!
+//! A reconciler follows the applied metadata: it starts an actor for every partition this broker
+//! leads and stops (and deletes the data of) partitions whose topic is gone. Partition data lives in
+//! `data/<topic>@<created index>/<partition>/`: `@` cannot appear in a topic name, and the Raft index
+//! of the `CreateTopic` tells a re-created topic from its deleted predecessor.
+//!
+//! Background duties: register this broker, heartbeat, and (on the leader) fence brokers whose
+//! heartbeats stopped.
+//!
+//! Lock order: `reconciling` (tokio mutex, held across awaits by `reconcile` only) before
+//! `partitions` (std RwLock, never held across an await); the node's state lock is never held
+//! together with either (`NodeHandle::with_state` returns owned data).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::log::LogConfig;
+use crate::meta::node::{NodeError, NodeHandle};
+use crate::meta::state::{MetaCommand, MetaResult, MetadataState};
+use crate::partition::{spawn_partition, CoreConfig, PartitionHandle, PartitionSpec};
+use crate::protocol::{BrokerInfo, ErrorCode, ErrorInfo, MetadataResponse, PartitionInfo, TopicInfo};
+use crate::server::topics::{validate_topic_name, TopicError};
+use crate::storage::Disk;
+use crate::types::NodeId;
+
+/// How often this broker heartbeats into the metadata log.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Identity of one partition incarnation: topic, its `CreateTopic` index, partition.
+type PartitionKey = (String, u64, u32);
+
+pub struct Cluster<D: Disk> {
+    pub node_id: u64,
+    pub node: NodeHandle,
+    disk: D,
+    log_config: LogConfig,
+    core_config: CoreConfig,
+    partitions_per_topic_max: u32,
+    partitions: RwLock<HashMap<PartitionKey, PartitionHandle>>,
+    /// Serialises `reconcile` (it awaits while starting and stopping actors; two overlapping runs
+    /// would open one partition twice).
+    reconciling: tokio::sync::Mutex<()>,
+}
+
+fn node_error(error: NodeError) -> TopicError {
+    let code = match error {
+        NodeError::NoLeader => ErrorCode::NotLeader,
+        NodeError::Timeout | NodeError::LeaderChanged => ErrorCode::Timeout,
+        NodeError::ShuttingDown => ErrorCode::ShuttingDown,
+        NodeError::Storage(_) | NodeError::Raft(_) => ErrorCode::Internal,
+    };
+    TopicError { code, message: error.to_string() }
+}
+
+fn result_error(result: MetaResult) -> Result<MetaResult, TopicError> {
+    match result {
+        MetaResult::Error { code, message } => Err(TopicError { code, message }),
+        other => Ok(other),
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::client::producer::wall_clock_ms()
+}
+
+impl<D: Disk> Cluster<D> {
+    pub fn new(
+        node_id: u64,
+        node: NodeHandle,
+        disk: D,
+        log_config: LogConfig,
+        core_config: CoreConfig,
+        partitions_per_topic_max: u32,
+    ) -> Arc<Cluster<D>> {
+        Arc::new(Cluster {
+            node_id,
+            node,
+            disk,
+            log_config,
+            core_config,
+            partitions_per_topic_max,
+            partitions: RwLock::new(HashMap::new()),
+            reconciling: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: u32, replication: u32) -> Result<(), TopicError> {
+        validate_topic_name(name)?;
+        if partitions == 0 || partitions > self.partitions_per_topic_max {
+            return Err(TopicError {
+                code: ErrorCode::InvalidPartitions,
+                message: format!(
+                    "partitions must be between 1 and {}, got {partitions}",
+                    self.partitions_per_topic_max
+                ),
+            });
+        }
+        let command = MetaCommand::CreateTopic { name: name.to_owned(), partitions, replication: replication.max(1) };
+        result_error(self.node.propose(command).await.map_err(node_error)?)?;
+        self.reconcile().await;
+        Ok(())
+    }
+
+    pub async fn delete_topic(&self, name: &str) -> Result<(), TopicError> {
+        validate_topic_name(name)?;
+        let command = MetaCommand::DeleteTopic { name: name.to_owned() };
+        result_error(self.node.propose(command).await.map_err(node_error)?)?;
+        self.reconcile().await;
+        Ok(())
+    }
+
+    /// Linearizable metadata: waits for a Raft read barrier, then reads the applied state.
+    pub async fn metadata(&self, topics: &[String]) -> Result<MetadataResponse, TopicError> {
+        self.node.read_barrier().await.map_err(node_error)?;
+        Ok(self.node.with_state(|state| describe(state, topics)))
+    }
+
+    /// The local actor of a partition this broker leads, or why not.
+    pub fn partition(&self, topic: &str, partition: u32) -> Result<PartitionHandle, TopicError> {
+        let record = self.node.with_state(|state| {
+            state.topic(topic).map(|record| {
+                (record.created_index, record.partitions.len(), record.partitions.get(partition as usize).cloned())
+            })
+        });
+        let Some((created_index, count, record)) = record else {
+            return Err(TopicError { code: ErrorCode::UnknownTopic, message: format!("unknown topic {topic:?}") });
+        };
+        let Some(record) = record else {
+            return Err(TopicError {
+                code: ErrorCode::UnknownPartition,
+                message: format!("topic {topic:?} has {count} partitions; there is no partition {partition}"),
+            });
+        };
+        if record.leader != Some(NodeId(self.node_id)) {
+            let leader = record.leader.map_or("none (offline)".to_owned(), |leader| leader.to_string());
+            return Err(TopicError {
+                code: ErrorCode::NotLeader,
+                message: format!("broker {} does not lead {topic}/{partition}; its leader is {leader}", self.node_id),
+            });
+        }
+        let key = (topic.to_owned(), created_index, partition);
+        self.partitions.read().expect("partitions lock").get(&key).cloned().ok_or_else(|| TopicError {
+            code: ErrorCode::NotLeader,
+            message: format!("{topic}/{partition} is being opened on broker {}; retry", self.node_id),
+        })
+    }
+
+    /// Brings the running partition actors in line with the applied metadata.
+    pub async fn reconcile(&self) {
+        let _one_at_a_time = self.reconciling.lock().await;
+        let desired: Vec<(PartitionKey, String)> = self.node.with_state(|state| {
+            let mut desired = Vec::new();
+            for topic in state.topics() {
+                for record in &topic.partitions {
+                    if record.leader == Some(NodeId(self.node_id)) {
+                        let key = (topic.name.clone(), topic.created_index, record.partition);
+                        let dir = format!("data/{}@{}/{}", topic.name, topic.created_index, record.partition);
+                        desired.push((key, dir));
+                    }
+                }
+            }
+            desired
+        });
+        let wanted: HashSet<&PartitionKey> = desired.iter().map(|(key, _)| key).collect();
+        let stale: Vec<(PartitionKey, PartitionHandle)> = {
+            let mut partitions = self.partitions.write().expect("partitions lock");
+            let keys: Vec<PartitionKey> = partitions.keys().filter(|key| !wanted.contains(key)).cloned().collect();
+            keys.into_iter().filter_map(|key| partitions.remove(&key).map(|handle| (key, handle))).collect()
+        };
+        for ((topic, created_index, partition), handle) in stale {
+            if let Err(error) = handle.stop().await {
+                tracing::warn!(%topic, partition, %error, "partition did not stop cleanly");
+            }
+            let gone =
+                self.node.with_state(|state| state.topic(&topic).is_none_or(|t| t.created_index != created_index));
+            if gone {
+                let dir = format!("data/{topic}@{created_index}");
+                if let Err(error) = self.disk.remove_dir_all(&dir) {
+                    if error.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(%dir, %error, "cannot remove a deleted topic's data");
+                    }
+                }
+            }
+        }
+        for (key, dir) in desired {
+            if self.partitions.read().expect("partitions lock").contains_key(&key) {
+                continue;
+            }
+            let spec = PartitionSpec {
+                disk: self.disk.clone(),
+                dir,
+                name: format!("{}/{}", key.0, key.2),
+                log_config: self.log_config.clone(),
+                core_config: self.core_config.clone(),
+            };
+            let handle = spawn_partition(spec).await;
+            self.partitions.write().expect("partitions lock").insert(key, handle);
+        }
+    }
+
+    /// Follows the applied metadata until `shutdown`; heartbeats and fences brokers meanwhile.
+    pub async fn run_background(self: Arc<Self>, advertised: String, fence_after_ms: i64, shutdown: CancellationToken) {
+        let mut node = self.node.clone();
+        let mut registered = false;
+        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_applied = 0;
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                changed = node.status_changed() => {
+                    let Ok(status) = changed else { return };
+                    if status.applied_index != last_applied {
+                        last_applied = status.applied_index;
+                        self.reconcile().await;
+                    }
+                }
+                _ = heartbeat.tick() => {
+                    let me = NodeId(self.node_id);
+                    let command = if registered {
+                        MetaCommand::BrokerHeartbeat { node_id: me, now_ms: now_ms() }
+                    } else {
+                        MetaCommand::RegisterBroker { node_id: me, addr: advertised.clone(), now_ms: now_ms() }
+                    };
+                    // Do not hold up this loop on a proposal: the node answers within its timeout.
+                    let proposer = self.node.clone();
+                    if registered {
+                        tokio::spawn(async move { let _ = proposer.propose(command).await; });
+                    } else {
+                        registered = matches!(proposer.propose(command).await, Ok(MetaResult::Ok));
+                    }
+                    if self.node.status().leader_id == self.node_id {
+                        let to_fence = self.node.with_state(|state| state.brokers_to_fence(now_ms(), fence_after_ms));
+                        for node_id in to_fence {
+                            tracing::warn!(broker = %node_id, "fencing a broker that stopped heartbeating");
+                            let proposer = self.node.clone();
+                            tokio::spawn(async move {
+                                let _ = proposer.propose(MetaCommand::FenceBroker { node_id, now_ms: now_ms() }).await;
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops every partition actor (each fsyncs what it wrote).
+    pub async fn stop_partitions(&self) -> Result<(), String> {
+        let handles: Vec<_> = self.partitions.write().expect("partitions lock").drain().collect();
+        let mut first_error = None;
+        for (_, handle) in handles {
+            if let Err(error) = handle.stop().await {
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The metadata response for `topics` (all when empty) from the applied state.
+pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
+    let brokers = state
+        .brokers()
+        .filter(|broker| broker.is_alive())
+        .map(|broker| BrokerInfo { node_id: broker.node_id.0, addr: broker.addr.clone() })
+        .collect();
+    let info = |record: &crate::meta::state::TopicRecord| TopicInfo {
+        name: record.name.clone(),
+        error: None,
+        partitions: record
+            .partitions
+            .iter()
+            .map(|partition| PartitionInfo {
+                partition: partition.partition,
+                leader: partition.leader.map_or(0, |leader| leader.0),
+                replicas: partition.replicas.iter().map(|replica| replica.0).collect(),
+                isr: partition.isr.iter().map(|replica| replica.0).collect(),
+                leader_epoch: partition.leader_epoch.0,
+            })
+            .collect(),
+    };
+    let topics = if topics.is_empty() {
+        state.topics().map(info).collect()
+    } else {
+        topics
+            .iter()
+            .map(|name| match state.topic(name) {
+                Some(record) => info(record),
+                None => TopicInfo {
+                    name: name.clone(),
+                    error: Some(ErrorInfo::new(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"))),
+                    partitions: Vec::new(),
+                },
+            })
+            .collect()
+    };
+    MetadataResponse { brokers, topics }
+}
+
+/// Broker addresses by node id, from the applied state (for clients and status fan-out).
+pub fn broker_addrs(state: &MetadataState) -> BTreeMap<u64, String> {
+    state.brokers().map(|broker| (broker.node_id.0, broker.addr.clone())).collect()
+}
