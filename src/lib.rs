@@ -23,4 +23,5 @@ pub mod partition;
 pub mod protocol;
 pub mod server;
 pub mod storage;
+pub mod topic_name;
 pub mod types;

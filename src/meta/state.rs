@@ -403,7 +403,7 @@ impl MetadataState {
         if name != topic.name {
             return Err(format!("topic {:?} filed under {name:?}", topic.name));
         }
-        crate::server::topics::validate_topic_name(name).map_err(|error| error.message)?;
+        crate::topic_name::validate_topic_name(name).map_err(|error| error.message)?;
         if topic.created_index > self.applied_index {
             return Err(format!(
                 "topic {name:?} created at index {} after the applied index {}",
@@ -516,7 +516,7 @@ impl MetadataState {
     }
 
     fn apply_create_topic(&mut self, index: u64, name: &str, partitions: u32, replication: u32) -> MetaResult {
-        if let Err(error) = crate::server::topics::validate_topic_name(name) {
+        if let Err(error) = crate::topic_name::validate_topic_name(name) {
             return reject(error.code, error.message);
         }
         if self.topics.contains_key(name) {
