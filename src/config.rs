@@ -46,6 +46,8 @@ pub struct BrokerConfig {
     pub peers: BTreeMap<String, String>,
     /// A broker that has not heartbeated for this long is fenced (not given new replicas).
     pub broker_fence_after_ms: u64,
+    /// Applied metadata entries between snapshots (the Raft log is compacted at each snapshot).
+    pub metadata_snapshot_interval_entries: u64,
 }
 
 impl Default for BrokerConfig {
@@ -63,6 +65,7 @@ impl Default for BrokerConfig {
             partitions_per_topic_max: 1024,
             peers: BTreeMap::new(),
             broker_fence_after_ms: 6_000,
+            metadata_snapshot_interval_entries: 1_000,
         }
     }
 }
@@ -101,6 +104,9 @@ impl BrokerConfig {
         }
         if self.connections_max == 0 || self.requests_in_flight_per_connection_max == 0 {
             return Err(ConfigError::Invalid("connection limits must be positive".into()));
+        }
+        if self.metadata_snapshot_interval_entries == 0 {
+            return Err(ConfigError::Invalid("metadata_snapshot_interval_entries must be positive".into()));
         }
         if self.node_id == 0 {
             return Err(ConfigError::Invalid("node_id must be positive (raft ids start at 1)".into()));

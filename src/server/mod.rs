@@ -93,7 +93,8 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     // The metadata group: its own shutdown token, cancelled after the partitions are stopped.
     let meta_shutdown = CancellationToken::new();
     let transport = PeerTransport::start(config.node_id, &voters, meta_shutdown.clone());
-    let node_config = NodeConfig::new(config.node_id, voters.clone());
+    let mut node_config = NodeConfig::new(config.node_id, voters.clone());
+    node_config.snapshot_interval_entries = config.metadata_snapshot_interval_entries;
     let node = start_node(node_config, meta_store, transport, meta_shutdown.clone())
         .map_err(|error| BrokerError::Storage(error.to_string()))?;
     let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
