@@ -35,7 +35,7 @@ pub struct Frame {
     pub correlation_id: u64,
     #[prost(uint32, tag = "2")]
     pub version: u32,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23")]
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25")]
     pub body: Option<Body>,
 }
 
@@ -71,6 +71,11 @@ pub enum Body {
     /// One-way, peer to peer: a raft-rs message for the metadata group. Never answered.
     #[prost(message, tag = "23")]
     RaftMessage(RaftMessage),
+    /// Any node answers with the Raft status of every node it knows (voters and registered brokers).
+    #[prost(message, tag = "24")]
+    ClusterStatusRequest(ClusterStatusRequest),
+    #[prost(message, tag = "25")]
+    ClusterStatusResponse(ClusterStatusResponse),
 }
 
 impl Frame {
@@ -320,6 +325,65 @@ pub struct RaftMessage {
     /// raft-rs's `eraftpb::Message`, protobuf-encoded.
     #[prost(bytes = "bytes", tag = "3")]
     pub message: Bytes,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ClusterStatusRequest {
+    /// True: the answering node also asks every other node it knows (with `fan_out = false`, a short
+    /// timeout, concurrently) and reports the ones that do not answer as unreachable. False: only
+    /// the answering node's own entry is filled in from live state.
+    #[prost(bool, tag = "1")]
+    pub fan_out: bool,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ClusterStatusResponse {
+    /// One entry per node, sorted by node id: the metadata group's voters (from the answering
+    /// node's configuration) and the brokers registered in the metadata.
+    #[prost(message, repeated, tag = "1")]
+    pub nodes: Vec<NodeStatusInfo>,
+    /// The node that answered.
+    #[prost(uint64, tag = "2")]
+    pub answered_by: u64,
+}
+
+/// One node's Raft status as it reported it (or, when `reachable` is false, only what the answering
+/// node knows about it).
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeStatusInfo {
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    #[prost(string, tag = "2")]
+    pub addr: String,
+    #[prost(bool, tag = "3")]
+    pub reachable: bool,
+    /// The Raft role as the node names it ("leader", "follower", "candidate", ...); empty if unknown.
+    #[prost(string, tag = "4")]
+    pub role: String,
+    #[prost(uint64, tag = "5")]
+    pub term: u64,
+    /// The Raft leader this node knows of; 0 for none.
+    #[prost(uint64, tag = "6")]
+    pub leader_id: u64,
+    #[prost(uint64, tag = "7")]
+    pub commit_index: u64,
+    #[prost(uint64, tag = "8")]
+    pub applied_index: u64,
+    /// Hash of the applied metadata state: equal on nodes that applied the same entries.
+    #[prost(uint64, tag = "9")]
+    pub state_hash: u64,
+    /// A voter of the metadata Raft group (per the answering node's configuration).
+    #[prost(bool, tag = "10")]
+    pub voter: bool,
+    /// Registered as a broker in the metadata.
+    #[prost(bool, tag = "11")]
+    pub registered: bool,
+    /// Fenced in the metadata (missed its heartbeats).
+    #[prost(bool, tag = "12")]
+    pub fenced: bool,
+    /// Why the node could not be asked, when `reachable` is false.
+    #[prost(string, tag = "13")]
+    pub error: String,
 }
 
 #[derive(Clone, PartialEq, Message)]

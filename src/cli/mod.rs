@@ -5,6 +5,7 @@
 //! the outcome of a write is unknown (ambiguous).
 
 pub mod bench;
+pub mod cluster;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -25,7 +26,7 @@ use crate::types::Offset;
 #[derive(Parser, Debug)]
 #[command(name = "keel", version, about = "Keel: a Kafka-model message broker", propagate_version = true)]
 pub struct Cli {
-    /// Broker to talk to (client commands).
+    /// Any broker of the cluster: the bootstrap address the client learns the others from.
     #[arg(long, global = true, env = "KEEL_BROKER", default_value = DEFAULT_BROKER)]
     pub broker: String,
     /// Print machine-readable JSON instead of text.
@@ -46,9 +47,10 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Consume records and print one value per line.
     Consume(ConsumeArgs),
-    /// Measure throughput and latency against a running broker.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// `keel bench ...` (throughput and latency) and `keel cluster ...` (status, a local cluster):
+    /// flattened into the top level, see `bench::Tools`.
+    #[command(flatten)]
+    Bench(bench::Tools),
 }
 
 #[derive(Args, Debug)]
@@ -189,8 +191,10 @@ pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
     Ok(config)
 }
 
+/// A client bootstrapped from `--broker`. Four retries (100 ms doubling: 1.5 s) ride out a short
+/// metadata election; a partition request following a moved leader has its own bound.
 fn client(cli: &Cli) -> Arc<Client> {
-    let config = ClientConfig { retries: 2, ..ClientConfig::default() };
+    let config = ClientConfig { retries: 4, ..ClientConfig::default() };
     Client::new(cli.broker.clone(), config)
 }
 

@@ -8,12 +8,29 @@
 //! timed out with the request in flight, or the broker reported an indeterminate storage error).
 //! [`ClientError::is_ambiguous`] tells which; an ambiguous write is never reported as either success
 //! or failure. Reads and admin lookups are retried on transport errors; writes are retried only when
-//! they were definitely not sent.
+//! they were definitely not sent or definitely not applied.
+//!
+//! # Cluster routing
+//! The address a client is made with is a **bootstrap** address. The client keeps a metadata cache
+//! (broker addresses by node id, the leader of every partition it used) and one connection per
+//! broker address. Produce, fetch and list-offsets go to the partition's leader. When a leader
+//! answers `NotLeader`, `UnknownPartition` or `UnknownTopic` (a partition request that names a topic
+//! the metadata has: this broker has not applied the create yet), or cannot be connected to, the
+//! client forgets the topic's leaders, refreshes the metadata from any reachable broker and tries
+//! again with backoff, at most [`ROUTE_ATTEMPTS_MAX`] times. Those answers mean the request was not
+//! applied, so retrying a produce after them is safe; a produce whose connection broke in flight
+//! stays ambiguous and is not retried. Admin calls and metadata go to any reachable broker: the
+//! bootstrap first, then the other known brokers.
+//!
+//! Lock order: `routing` and `connections` are std mutexes, never held across an await and never
+//! held together; a per-address slot (tokio mutex) is held only while connecting to that address.
 
 mod connection;
 pub mod producer;
+pub mod status;
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -91,11 +108,31 @@ impl Default for ClientConfig {
     }
 }
 
+/// Attempts of one partition request (produce, fetch, list-offsets) while its leader moves or is
+/// being looked up; transport failures among them are further bounded by `ClientConfig::retries`.
+pub const ROUTE_ATTEMPTS_MAX: u32 = 8;
+/// Broker addresses the metadata cache holds at most (beyond it, new brokers are not remembered).
+pub const BROKERS_KNOWN_MAX: usize = 64;
+/// Topics whose partition leaders the cache holds at most (beyond it, the cache starts over).
+pub const TOPICS_CACHED_MAX: usize = 10_000;
+
+/// What the client knows about the cluster: where brokers are and which one leads each partition.
+#[derive(Default)]
+struct Routing {
+    brokers: BTreeMap<u64, String>,
+    /// Per topic: the leader's node id by partition (0: no leader).
+    leaders: HashMap<String, Vec<u64>>,
+}
+
+type ConnectionSlot = Arc<tokio::sync::Mutex<Option<Connection>>>;
+
 /// A broker client. Cheap to share (`Arc<Client>`); reconnects lazily after a connection breaks.
 pub struct Client {
-    addr: String,
+    bootstrap: String,
     config: ClientConfig,
-    connection: tokio::sync::Mutex<Option<Connection>>,
+    routing: Mutex<Routing>,
+    /// One connection per broker address.
+    connections: Mutex<HashMap<String, ConnectionSlot>>,
 }
 
 /// A fetched slice of one partition.
@@ -107,29 +144,63 @@ pub struct Fetched {
     pub records: Vec<StoredRecord>,
 }
 
+/// The error a partition response carries, if any.
+fn response_error(body: &Body) -> Option<&ErrorInfo> {
+    match body {
+        Body::ProduceResponse(response) => response.error.as_ref(),
+        Body::FetchResponse(response) => response.error.as_ref(),
+        Body::ListOffsetsResponse(response) => response.error.as_ref(),
+        Body::CreateTopicResponse(response) => response.error.as_ref(),
+        Body::DeleteTopicResponse(response) => response.error.as_ref(),
+        _ => None,
+    }
+}
+
+/// Answers from a partition's supposed leader that mean "not applied here; look the leader up again".
+fn is_misrouted(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::NotLeader | ErrorCode::UnknownPartition | ErrorCode::UnknownTopic)
+}
+
 impl Client {
-    pub fn new(addr: impl Into<String>, config: ClientConfig) -> Arc<Client> {
-        Arc::new(Client { addr: addr.into(), config, connection: tokio::sync::Mutex::new(None) })
+    /// A client that starts from the broker at `bootstrap` and learns the others from metadata.
+    pub fn new(bootstrap: impl Into<String>, config: ClientConfig) -> Arc<Client> {
+        Arc::new(Client {
+            bootstrap: bootstrap.into(),
+            config,
+            routing: Mutex::new(Routing::default()),
+            connections: Mutex::new(HashMap::new()),
+        })
     }
 
+    /// The bootstrap address.
     pub fn addr(&self) -> &str {
-        &self.addr
+        &self.bootstrap
     }
 
     pub fn config(&self) -> &ClientConfig {
         &self.config
     }
 
-    async fn connection(&self) -> Result<Connection, ClientError> {
-        let mut slot = self.connection.lock().await;
+    /// Known broker addresses by node id (from the latest metadata).
+    pub fn brokers(&self) -> BTreeMap<u64, String> {
+        self.routing.lock().expect("routing lock").brokers.clone()
+    }
+
+    fn next_backoff(&self, backoff: Duration) -> Duration {
+        (backoff * 2).min(self.config.retry_backoff_max)
+    }
+
+    async fn connection(&self, addr: &str) -> Result<Connection, ClientError> {
+        let slot = self.connections.lock().expect("connections lock").entry(addr.to_owned()).or_default().clone();
+        let mut slot = slot.lock().await;
         if let Some(connection) = slot.as_ref().filter(|connection| !connection.is_closed()) {
             return Ok(connection.clone());
         }
-        let connect = TcpStream::connect(self.addr.as_str());
+        let connect = TcpStream::connect(addr);
         let stream = match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(ClientError::Connect { addr: self.addr.clone(), reason: error.to_string() }),
-            Err(_) => return Err(ClientError::Connect { addr: self.addr.clone(), reason: "timed out".into() }),
+            Ok(Err(error)) => return Err(ClientError::Connect { addr: addr.to_owned(), reason: error.to_string() }),
+            Err(_) => return Err(ClientError::Connect { addr: addr.to_owned(), reason: "timed out".into() }),
         };
         let _ = stream.set_nodelay(true);
         let connection = Connection::start(stream);
@@ -137,27 +208,34 @@ impl Client {
         Ok(connection)
     }
 
-    /// Queues a request on the connection (in call order) without waiting for its response.
-    /// Errors here mean the request was definitely not sent.
-    pub async fn start(&self, body: Body) -> Result<PendingResponse, ClientError> {
-        let connection = self.connection().await?;
+    async fn drop_connection(&self, addr: &str) {
+        let slot = self.connections.lock().expect("connections lock").get(addr).cloned();
+        if let Some(slot) = slot {
+            *slot.lock().await = None;
+        }
+    }
+
+    /// Queues a request on the connection to `addr` (in call order) without waiting for its
+    /// response. Errors here mean the request was definitely not sent.
+    pub async fn start(&self, addr: &str, body: Body) -> Result<PendingResponse, ClientError> {
+        let connection = self.connection(addr).await?;
         connection.send(body).await.map_err(|_| ClientError::Connect {
-            addr: self.addr.clone(),
+            addr: addr.to_owned(),
             reason: "connection closed before the request was sent".into(),
         })
     }
 
-    /// Waits for a started request, up to `request_timeout` (+ `extra`).
-    pub async fn finish(&self, pending: PendingResponse, extra: Duration) -> Result<Body, ClientError> {
+    /// Waits for a request started on `addr`, up to `request_timeout` (+ `extra`).
+    pub async fn finish(&self, addr: &str, pending: PendingResponse, extra: Duration) -> Result<Body, ClientError> {
         match tokio::time::timeout(self.config.request_timeout + extra, pending).await {
             Err(_) => {
                 // Drop the connection: a late response must not be matched to anything.
-                *self.connection.lock().await = None;
+                self.drop_connection(addr).await;
                 Err(ClientError::Ambiguous(format!("no response within {:?}", self.config.request_timeout + extra)))
             }
             Ok(Err(_)) => Err(ClientError::Ambiguous("connection task ended with the request in flight".into())),
             Ok(Ok(Err(ConnectionError::NotSent))) => {
-                Err(ClientError::Connect { addr: self.addr.clone(), reason: "request not sent".into() })
+                Err(ClientError::Connect { addr: addr.to_owned(), reason: "request not sent".into() })
             }
             Ok(Ok(Err(error))) => Err(ClientError::Ambiguous(error.to_string())),
             Ok(Ok(Ok(Body::ErrorResponse(ErrorResponse { error: Some(info) })))) => Err(ClientError::server(info)),
@@ -165,30 +243,63 @@ impl Client {
         }
     }
 
-    /// One attempt; a write's transport failure is ambiguous.
+    /// The bootstrap address first, then every other known broker.
+    fn candidates(&self) -> Vec<String> {
+        let mut candidates = vec![self.bootstrap.clone()];
+        for addr in self.routing.lock().expect("routing lock").brokers.values() {
+            if !candidates.contains(addr) {
+                candidates.push(addr.clone());
+            }
+        }
+        candidates
+    }
+
+    /// Sends a request that any broker can answer (admin, metadata, cluster status) to the first
+    /// reachable one, trying the bootstrap first. A broker that cannot be reached, or that has no
+    /// Raft leader (`NotLeader`: nothing was proposed), sends the request on to the next one; after
+    /// a round over all of them, backoff and another round, up to `retries` more rounds.
+    /// `read_only` requests are also passed on after an ambiguous outcome; others return it.
+    pub async fn request_any(&self, body: Body, read_only: bool, extra: Duration) -> Result<Body, ClientError> {
+        let mut backoff = self.config.retry_backoff;
+        let mut last_error = None;
+        for round in 0..=self.config.retries {
+            if round > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = self.next_backoff(backoff);
+            }
+            for addr in self.candidates() {
+                let result = match self.start(&addr, body.clone()).await {
+                    Ok(pending) => self.finish(&addr, pending, extra).await,
+                    Err(error) => Err(error),
+                };
+                let retry_elsewhere = match &result {
+                    Ok(response) => {
+                        response_error(response).is_some_and(|info| info.error_code() == ErrorCode::NotLeader)
+                    }
+                    Err(ClientError::Connect { .. }) => true,
+                    Err(ClientError::Server { code: ErrorCode::NotLeader, .. }) => true,
+                    Err(ClientError::Server { code: ErrorCode::Timeout | ErrorCode::ShuttingDown, .. }) => read_only,
+                    Err(ClientError::Ambiguous(_)) => read_only,
+                    Err(_) => false,
+                };
+                if !retry_elsewhere {
+                    return result;
+                }
+                tracing::debug!(%addr, ?result, "broker could not answer; trying another");
+                last_error = Some(result);
+            }
+        }
+        last_error.expect("at least one attempt")
+    }
+
+    /// One attempt at the first reachable broker; a write's transport failure is ambiguous.
     pub async fn request(&self, body: Body) -> Result<Body, ClientError> {
-        let pending = self.start(body).await?;
-        self.finish(pending, Duration::ZERO).await
+        self.request_any(body, false, Duration::ZERO).await
     }
 
     /// For requests with no side effects: retries transport failures with backoff.
     pub async fn request_retrying(&self, body: Body, extra: Duration) -> Result<Body, ClientError> {
-        let mut backoff = self.config.retry_backoff;
-        let mut attempt = 0;
-        loop {
-            let result = match self.start(body.clone()).await {
-                Ok(pending) => self.finish(pending, extra).await,
-                Err(error) => Err(error),
-            };
-            match result {
-                Err(ClientError::Connect { .. } | ClientError::Ambiguous(_)) if attempt < self.config.retries => {
-                    attempt += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.retry_backoff_max);
-                }
-                other => return other,
-            }
-        }
+        self.request_any(body, true, extra).await
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32, replication: u32) -> Result<(), ClientError> {
@@ -202,19 +313,146 @@ impl Client {
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), ClientError> {
         let body = Body::DeleteTopicRequest(DeleteTopicRequest { name: name.into() });
-        match self.request(body).await? {
+        let result = self.request(body).await;
+        self.forget_leaders(name);
+        match result? {
             Body::DeleteTopicResponse(DeleteTopicResponse { error: None }) => Ok(()),
             Body::DeleteTopicResponse(DeleteTopicResponse { error: Some(info) }) => Err(ClientError::server(info)),
             other => Err(unexpected(other)),
         }
     }
 
-    /// Metadata for the named topics (all topics when empty).
+    /// Metadata for the named topics (all topics when empty), from any reachable broker. Updates
+    /// the client's routing cache.
     pub async fn metadata(&self, topics: &[String]) -> Result<MetadataResponse, ClientError> {
         let body = Body::MetadataRequest(MetadataRequest { topics: topics.to_vec() });
         match self.request_retrying(body, Duration::ZERO).await? {
-            Body::MetadataResponse(response) => Ok(response),
+            Body::MetadataResponse(response) => {
+                self.learn(&response);
+                Ok(response)
+            }
             other => Err(unexpected(other)),
+        }
+    }
+
+    fn learn(&self, response: &MetadataResponse) {
+        let mut routing = self.routing.lock().expect("routing lock");
+        for broker in &response.brokers {
+            if routing.brokers.len() < BROKERS_KNOWN_MAX || routing.brokers.contains_key(&broker.node_id) {
+                routing.brokers.insert(broker.node_id, broker.addr.clone());
+            }
+        }
+        if routing.leaders.len() >= TOPICS_CACHED_MAX {
+            routing.leaders.clear();
+        }
+        for topic in &response.topics {
+            if topic.error.is_some() {
+                routing.leaders.remove(&topic.name);
+                continue;
+            }
+            let mut leaders = vec![0; topic.partitions.len()];
+            for partition in &topic.partitions {
+                if let Some(slot) = leaders.get_mut(partition.partition as usize) {
+                    *slot = partition.leader;
+                }
+            }
+            routing.leaders.insert(topic.name.clone(), leaders);
+        }
+    }
+
+    /// Forgets the cached leaders of `topic`: the next partition request looks them up again.
+    pub fn forget_leaders(&self, topic: &str) {
+        self.routing.lock().expect("routing lock").leaders.remove(topic);
+    }
+
+    /// The address of the leader of `topic`/`partition`, from the cache or fresh metadata.
+    pub async fn leader_addr(&self, topic: &str, partition: u32) -> Result<String, ClientError> {
+        let cached = |client: &Client| {
+            let routing = client.routing.lock().expect("routing lock");
+            let leader = routing.leaders.get(topic).map(|leaders| leaders.get(partition as usize).copied());
+            leader.map(|leader| (leader, leader.and_then(|leader| routing.brokers.get(&leader).cloned())))
+        };
+        let found = match cached(self) {
+            Some(found) => found,
+            None => {
+                let response = self.metadata(&[topic.to_owned()]).await?;
+                if let Some(info) = response.topics.into_iter().find(|t| t.name == topic).and_then(|t| t.error) {
+                    return Err(ClientError::server(info));
+                }
+                cached(self).ok_or_else(|| ClientError::Protocol(format!("metadata did not describe {topic:?}")))?
+            }
+        };
+        match found {
+            (None, _) => Err(ClientError::Server {
+                code: ErrorCode::UnknownPartition,
+                message: format!("topic {topic:?} has no partition {partition}"),
+            }),
+            (Some(0), _) => Err(ClientError::Server {
+                code: ErrorCode::NotLeader,
+                message: format!("{topic}/{partition} has no leader (its broker is offline)"),
+            }),
+            (Some(leader), None) => Err(ClientError::Server {
+                code: ErrorCode::NotLeader,
+                message: format!("the leader of {topic}/{partition} is broker {leader}, whose address is unknown"),
+            }),
+            (Some(_), Some(addr)) => Ok(addr),
+        }
+    }
+
+    /// Sends a partition request to the partition's leader, following leader changes (see the
+    /// module docs). `write`: an ambiguous outcome is returned, never retried.
+    pub async fn request_partition(
+        &self,
+        topic: &str,
+        partition: u32,
+        body: Body,
+        write: bool,
+        extra: Duration,
+    ) -> Result<Body, ClientError> {
+        let mut backoff = self.config.retry_backoff;
+        let mut transport_failures = 0;
+        let mut last_error = None;
+        for attempt in 0..ROUTE_ATTEMPTS_MAX {
+            if attempt > 0 {
+                tokio::time::sleep(backoff).await;
+                backoff = self.next_backoff(backoff);
+            }
+            let addr = match self.leader_addr(topic, partition).await {
+                Ok(addr) => addr,
+                Err(error @ ClientError::Server { code: ErrorCode::NotLeader, .. }) => {
+                    self.forget_leaders(topic);
+                    last_error = Some(Err(error));
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            let result = match self.start(&addr, body.clone()).await {
+                Ok(pending) => self.finish(&addr, pending, extra).await,
+                Err(error) => Err(error),
+            };
+            match result {
+                Ok(response) => match response_error(&response).map(ErrorInfo::error_code) {
+                    Some(code) if is_misrouted(code) => {
+                        tracing::debug!(topic, partition, %addr, ?code, "partition request misrouted; refreshing");
+                        self.forget_leaders(topic);
+                        last_error = Some(Ok(response));
+                    }
+                    _ => return Ok(response),
+                },
+                Err(error @ ClientError::Connect { .. }) | Err(error @ ClientError::Ambiguous(_))
+                    if !(write && error.is_ambiguous()) && transport_failures < self.config.retries =>
+                {
+                    tracing::debug!(topic, partition, %addr, %error, "leader unreachable; refreshing");
+                    transport_failures += 1;
+                    self.forget_leaders(topic);
+                    last_error = Some(Err(error));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        match last_error.expect("at least one attempt") {
+            Ok(response) => Ok(response),
+            Err(error) => Err(error),
         }
     }
 
@@ -228,6 +466,16 @@ impl Client {
         }
     }
 
+    /// The Raft status of every node, as the first reachable broker sees it (`fan_out`: it asks
+    /// the others too).
+    pub async fn cluster_status(&self, fan_out: bool) -> Result<ClusterStatusResponse, ClientError> {
+        let body = Body::ClusterStatusRequest(ClusterStatusRequest { fan_out });
+        match self.request_retrying(body, Duration::ZERO).await? {
+            Body::ClusterStatusResponse(response) => Ok(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// `timestamp_ms` is `LIST_OFFSETS_EARLIEST`, `LIST_OFFSETS_LATEST` or a timestamp; `None` when
     /// no record is at or after the timestamp.
     pub async fn list_offsets(
@@ -237,7 +485,7 @@ impl Client {
         timestamp_ms: i64,
     ) -> Result<Option<(Offset, i64)>, ClientError> {
         let body = Body::ListOffsetsRequest(ListOffsetsRequest { topic: topic.into(), partition, timestamp_ms });
-        match self.request_retrying(body, Duration::ZERO).await? {
+        match self.request_partition(topic, partition, body, false, Duration::ZERO).await? {
             Body::ListOffsetsResponse(ListOffsetsResponse { error: Some(info), .. }) => Err(ClientError::server(info)),
             Body::ListOffsetsResponse(ListOffsetsResponse { offset, timestamp_ms, .. }) => {
                 Ok((offset >= 0).then_some((Offset(offset), timestamp_ms)))
@@ -264,7 +512,7 @@ impl Client {
             max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
             min_bytes: 1,
         });
-        match self.request_retrying(body, max_wait).await? {
+        match self.request_partition(topic, partition, body, false, max_wait).await? {
             Body::FetchResponse(FetchResponse { error: Some(info), .. }) => Err(ClientError::server(info)),
             Body::FetchResponse(response) => {
                 let records = decode_records(response.records, offset)?;

@@ -9,8 +9,16 @@
 //! (Kafka's default partitioner, so keys land where a Kafka client would put them); records without
 //! a key stick to one randomly chosen partition until its batch is sent (Kafka's sticky partitioner).
 //!
+//! Routing: each batch goes to its partition's leader (the client's metadata cache, refreshed when
+//! a leader moves), over that broker's connection.
+//!
 //! Retries: a batch whose request definitely never left this process is retried with backoff, up to
-//! `retries` times. A batch whose connection broke in flight is reported ambiguous, not retried:
+//! `retries` times. A batch answered `NotLeader`, `UnknownPartition` or `UnknownTopic` was not
+//! appended: it is re-sent to the refreshed leader, at most [`ROUTE_ATTEMPTS_MAX`] times, but only
+//! while no later batch of its partition has been sent meanwhile (otherwise the retry could land
+//! after a later batch, and acknowledged offsets would not follow send order; it then fails with the
+//! leader's answer, a definite failure). A redirect is handled by the task itself, so no other batch
+//! overtakes it. A batch whose connection broke in flight is reported ambiguous, not retried:
 //! retrying could write it twice until idempotent producers exist.
 
 use std::collections::HashMap;
@@ -24,9 +32,9 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{Client, ClientError};
+use super::{is_misrouted, Client, ClientError, ROUTE_ATTEMPTS_MAX};
 use crate::batch::{encode_batch, ProducerFields, Record, BATCH_BYTES_MAX};
-use crate::protocol::{Acks, Body, ProduceRequest, ProduceResponse};
+use crate::protocol::{Acks, Body, ErrorCode, ProduceRequest, ProduceResponse};
 use crate::types::Offset;
 
 /// Records queued for the background task before `send` waits.
@@ -94,6 +102,7 @@ impl Producer {
             in_flight: FuturesUnordered::new(),
             flushes: Vec::new(),
             broker_unreachable: false,
+            next_send_seq: 1,
         };
         tokio::spawn(task.run(receiver));
         Producer { queue }
@@ -130,6 +139,22 @@ struct TopicState {
     open: Vec<Option<OpenBatch>>,
     /// Where keyless records go until that partition's batch is sent.
     sticky: Option<u32>,
+    /// Indexed by partition: the send sequence number of the partition's latest batch.
+    last_sent: Vec<u64>,
+}
+
+/// A batch its partition's supposed leader refused without appending it: to be re-sent.
+struct Redirect {
+    topic: String,
+    partition: u32,
+    request: ProduceRequest,
+    deliveries: Vec<DeliverySender>,
+    /// The batch's send sequence number (compared with the partition's latest).
+    send_seq: u64,
+    /// Sends so far.
+    attempts: u32,
+    /// The refusal, reported if the batch is not re-sent.
+    error: ClientError,
 }
 
 struct Task {
@@ -139,11 +164,13 @@ struct Task {
     topics: HashMap<String, TopicState>,
     /// Open batches across all topics (to know when the task is idle).
     open_batches: usize,
-    in_flight: FuturesUnordered<BoxFuture<'static, ()>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Option<Redirect>>>,
     flushes: Vec<oneshot::Sender<()>>,
     /// Set when a batch used up its retries without reaching the broker: later batches try once
     /// and fail fast instead of each waiting through the whole backoff sequence.
     broker_unreachable: bool,
+    /// Increases with every produce request put on a connection.
+    next_send_seq: u64,
 }
 
 impl Task {
@@ -156,7 +183,11 @@ impl Task {
             }
             tokio::select! {
                 biased;
-                Some(()) = self.in_flight.next(), if !self.in_flight.is_empty() => {}
+                Some(redirect) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    if let Some(redirect) = redirect {
+                        self.redirect(redirect).await;
+                    }
+                }
                 _ = sleep_until_opt(deadline), if deadline.is_some() => {
                     let now = Instant::now();
                     let due: Vec<_> = self.open_batches().filter(|(_, _, deadline)| *deadline <= now).collect();
@@ -209,7 +240,8 @@ impl Task {
                 Ok(info) if !info.partitions.is_empty() => {
                     let partitions = info.partitions.len() as u32;
                     let open = (0..partitions).map(|_| None).collect();
-                    self.topics.insert(topic.clone(), TopicState { partitions, open, sticky: None });
+                    let last_sent = vec![0; partitions as usize];
+                    self.topics.insert(topic.clone(), TopicState { partitions, open, sticky: None, last_sent });
                 }
                 Ok(_) => {
                     let error = ClientError::Protocol(format!("topic {topic:?} has no partitions"));
@@ -285,17 +317,64 @@ impl Task {
             batch: bytes,
             timeout_ms: self.client.config().request_timeout.as_millis() as u32,
         };
+        self.send_request(topic, partition, request, batch.deliveries, 0).await;
+    }
+
+    /// Re-sends a refused batch if no later batch of its partition went out since; otherwise the
+    /// refusal is its (definite) outcome.
+    async fn redirect(&mut self, redirect: Redirect) {
+        let latest =
+            self.topics.get(&redirect.topic).and_then(|state| state.last_sent.get(redirect.partition as usize));
+        if latest != Some(&redirect.send_seq) || redirect.attempts >= ROUTE_ATTEMPTS_MAX {
+            for delivery in redirect.deliveries {
+                let _ = delivery.send(Err(redirect.error.clone()));
+            }
+            return;
+        }
+        let backoff = self.config.retry_backoff * 2u32.saturating_pow(redirect.attempts.saturating_sub(1).min(5));
+        tokio::time::sleep(backoff.min(Duration::from_secs(2))).await;
+        self.client.forget_leaders(&redirect.topic);
+        self.send_request(
+            &redirect.topic,
+            redirect.partition,
+            redirect.request,
+            redirect.deliveries,
+            redirect.attempts,
+        )
+        .await;
+    }
+
+    /// Puts a produce request on its partition leader's connection (in order), retrying while it
+    /// definitely was not sent. The response is awaited in `in_flight`.
+    async fn send_request(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        request: ProduceRequest,
+        deliveries: Vec<DeliverySender>,
+        attempts: u32,
+    ) {
         let mut backoff = self.config.retry_backoff;
         let mut attempt = 0;
         let retries = if self.broker_unreachable { 0 } else { self.config.retries };
-        let pending = loop {
-            match self.client.start(Body::ProduceRequest(request.clone())).await {
-                Ok(pending) => {
+        let sent = loop {
+            let started = match self.client.leader_addr(topic, partition).await {
+                Ok(addr) => self.client.start(&addr, Body::ProduceRequest(request.clone())).await.map(|p| (addr, p)),
+                Err(error) => Err(error),
+            };
+            let retriable = |error: &ClientError| match error {
+                ClientError::Connect { .. } => true,
+                ClientError::Server { code, .. } => is_misrouted(*code) && *code != ErrorCode::UnknownTopic,
+                _ => false,
+            };
+            match started {
+                Ok(started) => {
                     self.broker_unreachable = false;
-                    break Ok(pending);
+                    break Ok(started);
                 }
-                Err(error @ ClientError::Connect { .. }) if attempt < retries => {
+                Err(error) if retriable(&error) && attempt < retries => {
                     tracing::debug!(%error, attempt, "produce not sent; retrying");
+                    self.client.forget_leaders(topic);
                     attempt += 1;
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
@@ -306,17 +385,39 @@ impl Task {
                 }
             }
         };
+        let send_seq = self.next_send_seq;
+        if sent.is_ok() {
+            self.next_send_seq += 1;
+            if let Some(slot) = self.topics.get_mut(topic).and_then(|state| state.last_sent.get_mut(partition as usize))
+            {
+                *slot = send_seq;
+            }
+        }
         let client = self.client.clone();
-        let deliveries = batch.deliveries;
+        let topic = topic.to_owned();
         self.in_flight.push(Box::pin(async move {
-            let result = match pending {
-                Ok(pending) => client.finish(pending, Duration::ZERO).await,
+            let result = match sent {
+                Ok((addr, pending)) => client.finish(&addr, pending, Duration::ZERO).await,
                 Err(error) => Err(error),
             };
             let outcome = match result {
                 Ok(Body::ProduceResponse(ProduceResponse { error: None, base_offset, .. })) => Ok(Offset(base_offset)),
                 Ok(Body::ProduceResponse(ProduceResponse { error: Some(info), .. })) => {
-                    Err(ClientError::Server { code: info.error_code(), message: info.message })
+                    let code = info.error_code();
+                    let error = ClientError::Server { code, message: info.message };
+                    if is_misrouted(code) {
+                        // Not appended: the task decides whether re-sending keeps the order.
+                        return Some(Redirect {
+                            topic,
+                            partition,
+                            request,
+                            deliveries,
+                            send_seq,
+                            attempts: attempts + 1,
+                            error,
+                        });
+                    }
+                    Err(error)
                 }
                 Ok(other) => Err(ClientError::Protocol(format!("unexpected response {other:?}"))),
                 Err(error) => Err(error),
@@ -326,6 +427,7 @@ impl Task {
                     outcome.clone().map(|base| RecordMetadata { partition, offset: Offset(base.0 + index as i64) }),
                 );
             }
+            None
         }));
     }
 }

@@ -277,7 +277,44 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
                 }
             })
         }
+        Body::ClusterStatusRequest(request) => {
+            let state = state.clone();
+            Box::pin(async move {
+                // What this node knows about every node: its configured voters and the registered
+                // brokers; the client's status module asks the others when `fan_out` is set.
+                let mut known: std::collections::BTreeMap<u64, NodeStatusInfo> = std::collections::BTreeMap::new();
+                for (node_id, addr) in state.config.voters("").unwrap_or_default() {
+                    known.insert(node_id, NodeStatusInfo { node_id, addr, voter: true, ..Default::default() });
+                }
+                let brokers: Vec<(u64, String, bool)> = state.cluster.node.with_state(|meta| {
+                    meta.brokers().map(|broker| (broker.node_id.0, broker.addr.clone(), broker.fenced)).collect()
+                });
+                for (node_id, addr, fenced) in brokers {
+                    let entry =
+                        known.entry(node_id).or_insert_with(|| NodeStatusInfo { node_id, ..Default::default() });
+                    if entry.addr.is_empty() {
+                        entry.addr = addr;
+                    }
+                    entry.registered = true;
+                    entry.fenced = fenced;
+                }
+                let status = state.cluster.node.status();
+                let own = NodeStatusInfo {
+                    node_id: status.node_id,
+                    role: status.role,
+                    term: status.term,
+                    leader_id: status.leader_id,
+                    commit_index: status.commit_index,
+                    applied_index: status.applied_index,
+                    state_hash: status.state_hash,
+                    ..Default::default()
+                };
+                let response = crate::client::status::gather(own, known, request.fan_out).await;
+                Frame::new(id, Body::ClusterStatusResponse(response))
+            })
+        }
         Body::ProduceResponse(_)
+        | Body::ClusterStatusResponse(_)
         | Body::FetchResponse(_)
         | Body::ListOffsetsResponse(_)
         | Body::CreateTopicResponse(_)

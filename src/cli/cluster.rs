@@ -1,0 +1,339 @@
+//! `keel cluster status` (the Raft status of every node, from any node) and `keel cluster up` (a
+//! local N-node cluster of child `keel broker` processes, for trying Keel out).
+//!
+//! `up` spawns real processes with `std::process`, so it exists only in the normal build; the
+//! simulation compiles this module without it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::{client, fail, print_line, Cli, CliError};
+use crate::protocol::{ClusterStatusResponse, NodeStatusInfo};
+
+/// Nodes `keel cluster up` starts at most (the metadata group's voters; Raft wants an odd number).
+pub const UP_NODES_MAX: u32 = 7;
+/// How long `keel cluster up` waits for every node to answer and a Raft leader to be elected.
+pub const UP_READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `keel cluster up` waits for a node to stop after SIGINT before it kills it.
+pub const UP_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Every node's Raft role, term, commit and applied index, state hash, and whether it answers.
+    Status,
+    /// Start a local cluster of `--nodes` brokers on consecutive ports; Ctrl-C stops them all.
+    Up(UpArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Number of brokers (1 to 7); each is a voter of the metadata group.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u32,
+    /// Node i listens on 127.0.0.1:(base-port + i - 1).
+    #[arg(long, default_value_t = 9401)]
+    pub base_port: u16,
+    /// Node i keeps its data in DATA_DIR/node-i and its log in DATA_DIR/node-i.log.
+    #[arg(long, default_value = "./keel-cluster")]
+    pub data_dir: PathBuf,
+}
+
+pub async fn run(cli: &Cli, command: &ClusterCommand) -> Result<(), CliError> {
+    match command {
+        ClusterCommand::Status => status(cli).await,
+        ClusterCommand::Up(args) => up(cli, args).await,
+    }
+}
+
+/// The Raft leader the answering node's view agrees on: the node that says it leads (highest term
+/// if, briefly, two do); 0 when none does.
+pub fn leader_of(response: &ClusterStatusResponse) -> u64 {
+    response
+        .nodes
+        .iter()
+        .filter(|node| node.reachable && node.role.eq_ignore_ascii_case("leader"))
+        .max_by_key(|node| node.term)
+        .map_or(0, |node| node.node_id)
+}
+
+fn node_json(node: &NodeStatusInfo) -> serde_json::Value {
+    json!({
+        "node_id": node.node_id,
+        "addr": node.addr,
+        "reachable": node.reachable,
+        "role": node.role,
+        "term": node.term,
+        "leader_id": node.leader_id,
+        "commit_index": node.commit_index,
+        "applied_index": node.applied_index,
+        "state_hash": format!("{:016x}", node.state_hash),
+        "voter": node.voter,
+        "registered": node.registered,
+        "fenced": node.fenced,
+        "error": node.error,
+    })
+}
+
+async fn status(cli: &Cli) -> Result<(), CliError> {
+    let response = client(cli).cluster_status(true).await?;
+    let leader = leader_of(&response);
+    let mut out = std::io::stdout().lock();
+    if cli.json {
+        let nodes: Vec<_> = response.nodes.iter().map(node_json).collect();
+        let line = json!({"answered_by": response.answered_by, "leader": leader, "nodes": nodes});
+        print_line(&mut out, &line.to_string());
+        return Ok(());
+    }
+    let leader_text = if leader == 0 { "none".to_owned() } else { leader.to_string() };
+    print_line(&mut out, &format!("answered by node {}; Raft leader: {leader_text}", response.answered_by));
+    print_line(
+        &mut out,
+        &format!(
+            "{:<5} {:<22} {:<10} {:<10} {:>5} {:>6} {:>8} {:>8}  {:<16}  notes",
+            "node", "addr", "reachable", "role", "term", "leader", "commit", "applied", "state_hash"
+        ),
+    );
+    for node in &response.nodes {
+        let mut notes = Vec::new();
+        if !node.voter {
+            notes.push("not a voter".to_owned());
+        }
+        if !node.registered {
+            notes.push("not registered".to_owned());
+        }
+        if node.fenced {
+            notes.push("fenced".to_owned());
+        }
+        if !node.error.is_empty() {
+            notes.push(node.error.clone());
+        }
+        let line = if node.reachable {
+            format!(
+                "{:<5} {:<22} {:<10} {:<10} {:>5} {:>6} {:>8} {:>8}  {:016x}  {}",
+                node.node_id,
+                node.addr,
+                "yes",
+                node.role,
+                node.term,
+                node.leader_id,
+                node.commit_index,
+                node.applied_index,
+                node.state_hash,
+                notes.join("; ")
+            )
+        } else {
+            format!(
+                "{:<5} {:<22} {:<10} {:<10} {:>5} {:>6} {:>8} {:>8}  {:<16}  {}",
+                node.node_id,
+                node.addr,
+                "NO",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                notes.join("; ")
+            )
+        };
+        print_line(&mut out, line.trim_end());
+    }
+    Ok(())
+}
+
+#[cfg(madsim)]
+async fn up(_cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
+    up_layout(args)?;
+    Err(fail("`keel cluster up` starts processes; it does not exist in the simulation"))
+}
+
+/// The listen address and peers list of a local cluster (checked input).
+fn up_layout(args: &UpArgs) -> Result<Vec<(u64, String)>, CliError> {
+    if args.nodes == 0 || args.nodes > UP_NODES_MAX {
+        return Err(fail(format!("--nodes must be between 1 and {UP_NODES_MAX}, got {}", args.nodes)));
+    }
+    let last_port = u32::from(args.base_port) + args.nodes - 1;
+    if args.base_port == 0 || last_port > u32::from(u16::MAX) {
+        return Err(fail(format!("--base-port {} leaves no room for {} ports", args.base_port, args.nodes)));
+    }
+    Ok((0..args.nodes)
+        .map(|index| (u64::from(index) + 1, format!("127.0.0.1:{}", u32::from(args.base_port) + index)))
+        .collect())
+}
+
+#[cfg(not(madsim))]
+async fn up(cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
+    use std::process::{Child, Command, Stdio};
+
+    use crate::client::{Client, ClientConfig};
+
+    let layout = up_layout(args)?;
+    for (_, addr) in &layout {
+        if let Err(error) = std::net::TcpListener::bind(addr.as_str()) {
+            return Err(fail(format!("cannot use {addr}: {error} (is another broker running? pick --base-port)")));
+        }
+    }
+    let peers = layout.iter().map(|(node_id, addr)| format!("{node_id}={addr}")).collect::<Vec<_>>().join(",");
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|error| fail(format!("cannot create {}: {error}", args.data_dir.display())))?;
+    let exe = std::env::current_exe().map_err(|error| fail(format!("cannot find the keel binary: {error}")))?;
+
+    struct Node {
+        node_id: u64,
+        addr: String,
+        child: Child,
+    }
+    let mut nodes: Vec<Node> = Vec::new();
+    let stop_all = |nodes: &mut Vec<Node>| {
+        for node in nodes.iter_mut() {
+            if matches!(node.child.try_wait(), Ok(None)) {
+                let pid = node.child.id().to_string();
+                let _ = Command::new("kill").args(["-INT", &pid]).stderr(Stdio::null()).status();
+            }
+        }
+        let deadline = std::time::Instant::now() + UP_STOP_TIMEOUT;
+        for node in nodes.iter_mut() {
+            loop {
+                match node.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if std::time::Instant::now() >= deadline => {
+                        eprintln!("node {} did not stop within {:?}; killing it", node.node_id, UP_STOP_TIMEOUT);
+                        let _ = node.child.kill();
+                        let _ = node.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    };
+    for (node_id, addr) in &layout {
+        let dir = args.data_dir.join(format!("node-{node_id}"));
+        let log_path = args.data_dir.join(format!("node-{node_id}.log"));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
+        let log = match log {
+            Ok(log) => log,
+            Err(error) => {
+                stop_all(&mut nodes);
+                return Err(fail(format!("cannot open {}: {error}", log_path.display())));
+            }
+        };
+        let child = Command::new(&exe)
+            .args(["broker", "--node-id", &node_id.to_string(), "--listen", addr, "--peers", &peers, "--data-dir"])
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn();
+        match child {
+            Ok(child) => nodes.push(Node { node_id: *node_id, addr: addr.clone(), child }),
+            Err(error) => {
+                stop_all(&mut nodes);
+                return Err(fail(format!("cannot start node {node_id}: {error}")));
+            }
+        }
+    }
+
+    // Ready: every node answers and one of them leads the metadata group.
+    let deadline = tokio::time::Instant::now() + UP_READY_TIMEOUT;
+    let config = ClientConfig { connect_timeout: Duration::from_millis(500), retries: 0, ..ClientConfig::default() };
+    loop {
+        if let Some(node_id) =
+            nodes.iter_mut().find_map(|node| (!matches!(node.child.try_wait(), Ok(None))).then_some(node.node_id))
+        {
+            let log = args.data_dir.join(format!("node-{node_id}.log"));
+            stop_all(&mut nodes);
+            return Err(fail(format!("node {node_id} exited during startup; see {}", log.display())));
+        }
+        let mut leader = 0;
+        let mut answering = 0;
+        for node in &nodes {
+            if let Ok(response) = Client::new(node.addr.clone(), config.clone()).cluster_status(false).await {
+                answering += 1;
+                leader = leader.max(response.nodes.iter().map(|n| n.leader_id).max().unwrap_or(0));
+            }
+        }
+        if answering == nodes.len() && leader != 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            stop_all(&mut nodes);
+            return Err(fail(format!("the cluster did not elect a leader within {UP_READY_TIMEOUT:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut out = std::io::stdout().lock();
+    for node in &nodes {
+        let dir = args.data_dir.join(format!("node-{}", node.node_id));
+        let log = args.data_dir.join(format!("node-{}.log", node.node_id));
+        let line = if cli.json {
+            json!({"node_id": node.node_id, "addr": node.addr, "pid": node.child.id(), "data_dir": dir, "log": log})
+                .to_string()
+        } else {
+            format!(
+                "node {}  {}  pid {}  data {}  log {}",
+                node.node_id,
+                node.addr,
+                node.child.id(),
+                dir.display(),
+                log.display()
+            )
+        };
+        print_line(&mut out, &line);
+    }
+    if !cli.json {
+        let first = &nodes[0].addr;
+        print_line(
+            &mut out,
+            &format!("cluster of {} node(s) is up. Try: keel --broker {first} cluster status", nodes.len()),
+        );
+        print_line(&mut out, "Ctrl-C stops every node.");
+    }
+    drop(out);
+
+    // Run until Ctrl-C (or SIGTERM); report nodes that exit on their own meanwhile.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|error| fail(format!("cannot install a SIGTERM handler: {error}")))?;
+    let mut reported = std::collections::BTreeSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for node in nodes.iter_mut() {
+                    if let Ok(Some(exit)) = node.child.try_wait() {
+                        if reported.insert(node.node_id) {
+                            eprintln!("node {} exited ({exit}); the others keep running", node.node_id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    eprintln!("stopping {} node(s)", nodes.len());
+    stop_all(&mut nodes);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn up_layout_checks_its_input() {
+        let args = |nodes, base_port| UpArgs { nodes, base_port, data_dir: PathBuf::from("x") };
+        assert!(up_layout(&args(0, 9401)).unwrap_err().message.contains("between 1 and 7"));
+        assert!(up_layout(&args(8, 9401)).unwrap_err().message.contains("between 1 and 7"));
+        assert!(up_layout(&args(3, 65534)).unwrap_err().message.contains("no room"));
+        let layout = up_layout(&args(3, 9401)).unwrap();
+        assert_eq!(
+            layout,
+            vec![(1, "127.0.0.1:9401".into()), (2, "127.0.0.1:9402".into()), (3, "127.0.0.1:9403".into())]
+        );
+    }
+}
