@@ -21,6 +21,7 @@ async fn main() {
         Command::Produce(args) => cli::run_produce(&cli, args).await,
         Command::Consume(args) => cli::run_consume(&cli, args).await,
         Command::Bench(command) => cli::bench::run(&cli, command).await,
+        Command::Cluster(command) => cli::cluster::run(&cli, command).await,
     };
     if let Err(error) = result {
         eprintln!("error: {}", error.message);

@@ -22,19 +22,6 @@ use crate::client::{delivered, Client, ClientConfig, ClientError, Delivery, Prod
 use crate::protocol::{Acks, ErrorCode, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use crate::types::Offset;
 
-/// The subcommands that [`super::Command::Bench`] stands for, flattened into the top level:
-/// `keel bench ...` and `keel cluster ...`. (One variant carries both so that adding `cluster` did not
-/// need a new arm in `main.rs`; `run` dispatches.)
-#[derive(Subcommand, Debug)]
-pub enum Tools {
-    /// Measure throughput and latency against a running broker.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-    /// Look at a cluster (`status`) or start a local one for trying Keel out (`up`).
-    #[command(subcommand)]
-    Cluster(super::cluster::ClusterCommand),
-}
-
 #[derive(Subcommand, Debug)]
 pub enum BenchCommand {
     Produce(ProduceBenchArgs),
@@ -90,11 +77,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 /// Runs `keel bench ...` or `keel cluster ...`.
-pub async fn run(cli: &Cli, tools: &Tools) -> Result<(), CliError> {
-    let command = match tools {
-        Tools::Bench(command) => command,
-        Tools::Cluster(command) => return super::cluster::run(cli, command).await,
-    };
+pub async fn run(cli: &Cli, command: &BenchCommand) -> Result<(), CliError> {
     match command {
         BenchCommand::Produce(args) => produce(cli, args).await,
         BenchCommand::Consume(args) => consume(cli, args).await,

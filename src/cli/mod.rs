@@ -47,10 +47,12 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Consume records and print one value per line.
     Consume(ConsumeArgs),
-    /// `keel bench ...` (throughput and latency) and `keel cluster ...` (status, a local cluster):
-    /// flattened into the top level, see `bench::Tools`.
-    #[command(flatten)]
-    Bench(bench::Tools),
+    /// Measure throughput and latency against a running broker.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Look at a cluster (`status`) or start a local one for trying Keel out (`up`).
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
 }
 
 #[derive(Args, Debug)]
