@@ -16,12 +16,20 @@
 //! - A clean restart is a ctrl-c (the broker's graceful shutdown), a bounded wait for it to exit,
 //!   then kill-then-restart. A broker that does not finish its shutdown within the bound is a hang
 //!   and is reported as a violation.
+//! - Each incarnation hands its metadata Raft [`MetaNodeHandle`] to a [`MetaSlot`] that outlives
+//!   restarts, tagged with the incarnation number, so observers can tell a new incarnation (whose
+//!   volatile Raft state is gone) from the old one.
+//! - Link clogs are counted per directed link: overlapping partitions compose, and a link opens again
+//!   only when every fault that closed it has ended.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
 use keel::config::BrokerConfig;
+use keel::meta::node::NodeHandle as MetaNodeHandle;
 use keel::meta::store_sim::SimKv;
 use keel::storage::sim::{SimDisk, SimDiskFaults};
 use madsim::net::NetSim;
@@ -44,6 +52,19 @@ pub enum BrokerState {
     Serving,
     /// `run_broker` returned (graceful shutdown or an error).
     Exited(Result<(), String>),
+    /// The harness killed the node (crash or power loss); no incarnation runs until a restart.
+    Down,
+}
+
+/// The metadata Raft node of a broker's current incarnation, as its `run_broker` handed it over.
+#[derive(Clone, Default)]
+pub struct MetaSlot {
+    /// The incarnation the handle belongs to (1 = the first start).
+    pub incarnation: u64,
+    pub node: Option<MetaNodeHandle>,
+    /// The node's snapshot index when the handle arrived (`first_index - 1`): a restarted node
+    /// re-applies the committed entries after it.
+    pub boot_snapshot_index: u64,
 }
 
 #[derive(Debug)]
@@ -61,6 +82,7 @@ pub struct Broker {
     /// The broker's metadata store (the Raft log); survives kills and restarts, loses unsynced
     /// batches on power loss.
     pub kv: SimKv,
+    meta: Arc<Mutex<MetaSlot>>,
     status: Arc<Mutex<BrokerStatus>>,
     down: bool,
     paused: bool,
@@ -80,6 +102,10 @@ pub struct Cluster {
     start: Instant,
     /// Broker failures that no injected fault explains (e.g. a load error with fault-free fsyncs).
     violations: Arc<Mutex<Vec<String>>>,
+    /// How many active faults clog each directed broker link `(from, to)` (broker indices).
+    link_clogs: BTreeMap<(usize, usize), u32>,
+    /// Whether a fault changed the network's send latency.
+    latency_changed: bool,
 }
 
 impl Cluster {
@@ -91,6 +117,8 @@ impl Cluster {
             trace,
             start,
             violations: Arc::default(),
+            link_clogs: BTreeMap::new(),
+            latency_changed: false,
         }
     }
 
@@ -119,20 +147,38 @@ impl Cluster {
         let disk = SimDisk::new(disk_seed);
         let kv = SimKv::new(disk_seed ^ 0x6b76_5f73_6565_6421);
         let status = Arc::new(Mutex::new(BrokerStatus { incarnation: 0, state: BrokerState::Starting }));
+        let meta = Arc::new(Mutex::new(MetaSlot::default()));
         let init = {
-            let (disk, kv, status, trace, start, violations) =
-                (disk.clone(), kv.clone(), status.clone(), self.trace.clone(), self.start, self.violations.clone());
-            let name = name.clone();
+            let shared = Incarnation {
+                name: name.clone(),
+                config,
+                disk: disk.clone(),
+                kv: kv.clone(),
+                meta: meta.clone(),
+                status: status.clone(),
+                trace: self.trace.clone(),
+                start: self.start,
+                violations: self.violations.clone(),
+            };
             move || {
-                let (config, disk, kv, status, trace, violations) =
-                    (config.clone(), disk.clone(), kv.clone(), status.clone(), trace.clone(), violations.clone());
-                let name = name.clone();
-                async move { run_incarnation(name, config, disk, kv, status, trace, start, violations).await }
+                let incarnation = shared.clone();
+                async move { run_incarnation(incarnation).await }
             }
         };
         let node = self.handle.create_node().name(&name).ip(ip).init(init).build();
         self.note(format!("cluster add {name} at {addr}"));
-        self.brokers.push(Broker { name, addr, node, disk, kv, status, down: false, paused: false, clogged: false });
+        self.brokers.push(Broker {
+            name,
+            addr,
+            node,
+            disk,
+            kv,
+            meta,
+            status,
+            down: false,
+            paused: false,
+            clogged: false,
+        });
         index
     }
 
@@ -152,6 +198,25 @@ impl Cluster {
 
     pub fn broker_addr(&self, index: usize) -> String {
         self.brokers[index].addr.to_string()
+    }
+
+    pub fn broker_count(&self) -> usize {
+        self.brokers.len()
+    }
+
+    /// The metadata Raft node of broker `index`'s latest incarnation that handed one over.
+    pub fn meta_slot(&self, index: usize) -> MetaSlot {
+        lock(&self.brokers[index].meta).clone()
+    }
+
+    /// A shared view of broker `index`'s metadata slot (for observer tasks).
+    pub fn meta_slot_shared(&self, index: usize) -> Arc<Mutex<MetaSlot>> {
+        self.brokers[index].meta.clone()
+    }
+
+    /// The incarnation number broker `index` is on (bumped when an incarnation starts).
+    pub fn incarnation(&self, index: usize) -> u64 {
+        lock(&self.brokers[index].status).incarnation
     }
 
     pub fn broker_state(&self, index: usize) -> BrokerState {
@@ -175,6 +240,7 @@ impl Cluster {
     pub fn kill(&mut self, index: usize) {
         let broker = &mut self.brokers[index];
         self.handle.kill(broker.node.id());
+        lock(&broker.status).state = BrokerState::Down;
         broker.down = true;
         broker.paused = false;
         let name = broker.name.clone();
@@ -185,6 +251,7 @@ impl Cluster {
     pub fn power_loss(&mut self, index: usize) {
         let broker = &mut self.brokers[index];
         self.handle.kill(broker.node.id());
+        lock(&broker.status).state = BrokerState::Down;
         broker.disk.crash();
         broker.kv.crash();
         broker.down = true;
@@ -197,6 +264,8 @@ impl Cluster {
     pub fn restart(&mut self, index: usize) {
         let broker = &mut self.brokers[index];
         self.handle.kill(broker.node.id());
+        // Until the new incarnation starts, the old one's state (e.g. `Serving`) is stale.
+        lock(&broker.status).state = BrokerState::Down;
         self.handle.restart(broker.node.id());
         broker.down = false;
         broker.paused = false;
@@ -294,6 +363,56 @@ impl Cluster {
         self.clients.len()
     }
 
+    /// Clogs the directed link from broker `from` to broker `to` (one more fault holds it closed).
+    pub fn clog_link(&mut self, from: usize, to: usize) {
+        let count = self.link_clogs.entry((from, to)).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            NetSim::current().clog_link(self.brokers[from].node.id(), self.brokers[to].node.id());
+            let what = format!("nemesis clog_link {} -> {}", self.brokers[from].name, self.brokers[to].name);
+            self.note(what);
+        }
+    }
+
+    /// One fault that clogged `from -> to` ended; the link opens when no other fault holds it.
+    pub fn unclog_link(&mut self, from: usize, to: usize) {
+        let Some(count) = self.link_clogs.get_mut(&(from, to)) else { return };
+        *count -= 1;
+        if *count == 0 {
+            self.link_clogs.remove(&(from, to));
+            NetSim::current().unclog_link(self.brokers[from].node.id(), self.brokers[to].node.id());
+            let what = format!("nemesis unclog_link {} -> {}", self.brokers[from].name, self.brokers[to].name);
+            self.note(what);
+        }
+    }
+
+    /// Sets the network's per-message send latency range (madsim's default is 1-10 ms).
+    pub fn set_send_latency(&mut self, min: Duration, max: Duration) {
+        NetSim::current().update_config(|config| config.send_latency = min..max);
+        self.latency_changed = true;
+        self.note(format!("nemesis send_latency {}..{} ms", min.as_millis(), max.as_millis()));
+    }
+
+    pub fn reset_send_latency(&mut self) {
+        if !self.latency_changed {
+            return;
+        }
+        NetSim::current().update_config(|config| config.send_latency = madsim::net::Config::default().send_latency);
+        self.latency_changed = false;
+        self.note("nemesis send_latency default");
+    }
+
+    /// Makes broker `index`'s metadata store fail writes with `probability` (0 ends the fault).
+    pub fn set_meta_write_errors(&mut self, index: usize, probability: f64) {
+        let broker = &self.brokers[index];
+        if broker.kv.write_error_probability() == probability {
+            return;
+        }
+        broker.kv.set_write_error_probability(probability);
+        let name = broker.name.clone();
+        self.note(format!("nemesis meta_write_errors {name} p={probability:.3}"));
+    }
+
     pub fn set_disk_faults(&mut self, index: usize, faults: SimDiskFaults) {
         let broker = &self.brokers[index];
         broker.disk.set_faults(faults.clone());
@@ -312,7 +431,14 @@ impl Cluster {
     /// resumed and unclogged, every broker up.
     pub fn heal(&mut self) {
         self.note("heal begin");
+        for (from, to) in std::mem::take(&mut self.link_clogs).into_keys() {
+            NetSim::current().unclog_link(self.brokers[from].node.id(), self.brokers[to].node.id());
+            let what = format!("nemesis unclog_link {} -> {}", self.brokers[from].name, self.brokers[to].name);
+            self.note(what);
+        }
+        self.reset_send_latency();
         for index in 0..self.brokers.len() {
+            self.set_meta_write_errors(index, 0.0);
             self.set_disk_faults(index, SimDiskFaults::default());
             self.resume(index);
             if self.brokers[index].clogged {
@@ -345,17 +471,23 @@ impl Cluster {
     }
 }
 
-/// One broker incarnation: the real `run_broker`, stopped by ctrl-c, its fate reported in `status`.
-async fn run_incarnation(
+/// What every incarnation of one broker shares (captured by the node's init closure).
+#[derive(Clone)]
+struct Incarnation {
     name: String,
     config: BrokerConfig,
     disk: SimDisk,
     kv: SimKv,
+    meta: Arc<Mutex<MetaSlot>>,
     status: Arc<Mutex<BrokerStatus>>,
     trace: Trace,
     start: Instant,
     violations: Arc<Mutex<Vec<String>>>,
-) {
+}
+
+/// One broker incarnation: the real `run_broker`, stopped by ctrl-c, its fate reported in `status`.
+async fn run_incarnation(shared: Incarnation) {
+    let Incarnation { name, config, disk, kv, meta, status, trace, start, violations } = shared;
     let incarnation = {
         let mut status = lock(&status);
         status.incarnation += 1;
@@ -379,7 +511,14 @@ async fn run_incarnation(
             }
         }
     });
-    let hooks = keel::server::BrokerHooks { bound: Some(bound_sender), meta_node: None };
+    let (meta_sender, meta_receiver) = tokio::sync::oneshot::channel::<MetaNodeHandle>();
+    tokio::spawn(async move {
+        if let Ok(node) = meta_receiver.await {
+            let boot_snapshot_index = node.status().first_index.saturating_sub(1);
+            *lock(&meta) = MetaSlot { incarnation, node: Some(node), boot_snapshot_index };
+        }
+    });
+    let hooks = keel::server::BrokerHooks { bound: Some(bound_sender), meta_node: Some(meta_sender) };
     let result = keel::server::run_broker(config, disk.clone(), kv.open(), shutdown, hooks).await;
     let now_ns = start.elapsed().as_nanos() as u64;
     match &result {

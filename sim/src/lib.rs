@@ -12,6 +12,12 @@
 //!   one history; the durability invariants checked during the run.
 //! - `scenario` (madsim only): swarm parameters drawn per seed, the nemesis, the liveness phase and
 //!   the verdict.
+//! - `meta_workload` (madsim only): admin processes creating, deleting, describing and listing topics
+//!   through random brokers, recorded for `keel_model::metadata_checker`.
+//! - `raft` (madsim only): the metadata Raft scenarios (3 and 5 voters): observers feeding
+//!   `keel_model::raft_checker` during the run, a nemesis of crashes, power loss, store write errors,
+//!   partitions, bridges, one-way clogs, pauses and delay, and a liveness phase that requires one
+//!   leader, a create through every broker and identical metadata on every node.
 //!
 //! Everything random comes from madsim's seeded RNG (`madsim::rand::thread_rng()`); the disk's own
 //! RNG is seeded from it.
@@ -27,6 +33,7 @@
 //! MADSIM_TEST_SEED=42 cargo test single_broker_power_loss_fsync_always -- --nocapture
 //! MADSIM_TEST_CHECK_DETERMINISM=1 cargo test   # runs each seed twice, compares every random draw
 //! RUST_LOG=info MADSIM_TEST_SEED=42 cargo test single_broker_swarm -- --nocapture   # with logs
+//! MADSIM_TEST_SEED=1 MADSIM_TEST_NUM=200 cargo test --release raft_3_voters_power_loss  # 200 seeds
 //! KEEL_SIM_TRACE=1 ...                         # also print every nemesis action with its time
 //! KEEL_SIM_HISTORY=/tmp ...                    # write each run's history as JSON Lines
 //! ```
@@ -37,6 +44,10 @@
 
 #[cfg(madsim)]
 pub mod cluster;
+#[cfg(madsim)]
+pub mod meta_workload;
+#[cfg(madsim)]
+pub mod raft;
 #[cfg(madsim)]
 pub mod scenario;
 pub mod trace;
