@@ -78,25 +78,6 @@ async fn raft_5_voters_swarm() {
     raft::run(&raft::raft_5_voters_swarm()).await.assert_valid();
 }
 
-/// Known broker bug, pinned down: a broker whose metadata Raft node stops (a store write error)
-/// answers its in-flight proposals `ShuttingDown`, a definite error, although they may commit. With
-/// the strict setting the metadata checker must see a "failed" create or delete that took effect.
-/// When this test fails, the bug is fixed: set `raft::SHUTTING_DOWN_IS_AMBIGUOUS` to `false` and
-/// turn this into a plain scenario.
-#[test]
-fn known_bug_shutting_down_answer_for_a_write_that_committed() {
-    const SEEDS_MAX: u64 = 40;
-    for seed in 1..=SEEDS_MAX {
-        let config = raft::RaftScenarioConfig { shutting_down_is_ambiguous: false, ..raft::raft_3_voters_power_loss() };
-        let outcome = raft::run_seed(config, seed);
-        if !outcome.metadata.is_valid() {
-            println!("seed {seed}: a write answered ShuttingDown took effect:\n{}", outcome.metadata);
-            return;
-        }
-    }
-    panic!("no write answered ShuttingDown took effect in {SEEDS_MAX} seeds: is the bug fixed?");
-}
-
 /// Teeth: the checker must notice a broker that acks before fsync. With fsync=never, power loss has
 /// to lose acked records on some seed within 200.
 #[test]

@@ -85,8 +85,12 @@ pub enum NodeError {
     /// The Raft leader changed while the proposal was in flight: it may still commit (ambiguous).
     #[error("the Raft leader changed while the command was in flight; it may or may not have been applied")]
     LeaderChanged,
+    /// The node is not running: the request was not proposed.
     #[error("the metadata node is shutting down")]
     ShuttingDown,
+    /// The node stopped with the proposal in flight: it may still commit (ambiguous).
+    #[error("the metadata node stopped with the command in flight; it may or may not have been applied")]
+    StoppedInFlight,
     #[error("metadata storage failed: {0}")]
     Storage(#[from] MetaStoreError),
     #[error("raft: {0}")]
@@ -162,7 +166,8 @@ impl NodeHandle {
     pub async fn propose(&self, command: MetaCommand) -> Result<MetaResult, NodeError> {
         let (reply, receiver) = oneshot::channel();
         self.commands.send(Command::Propose { command, reply }).await.map_err(|_| NodeError::ShuttingDown)?;
-        receiver.await.map_err(|_| NodeError::ShuttingDown)?
+        // Handed to the node: from here on a vanished answer means "unknown", not "no".
+        receiver.await.map_err(|_| NodeError::StoppedInFlight)?
     }
 
     /// Waits until this node has applied everything committed before the call (Raft ReadIndex):
@@ -180,6 +185,12 @@ impl NodeHandle {
 
     pub fn status(&self) -> NodeStatus {
         self.status.borrow().clone()
+    }
+
+    /// Resolves when the node's task has ended (shutdown, or a metadata storage failure).
+    pub async fn stopped(&self) {
+        let mut status = self.status.clone();
+        while status.changed().await.is_ok() {}
     }
 
     /// Waits for the next status change.
@@ -359,8 +370,9 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             self.fail_requests_of_old_terms();
             self.publish_status();
         }
+        // A proposal may already have reached the leader and commit without us: ambiguous.
         for (_, waiting) in self.proposals.drain() {
-            let _ = waiting.reply.send(Err(NodeError::ShuttingDown));
+            let _ = waiting.reply.send(Err(NodeError::StoppedInFlight));
         }
         for (_, (waiting, _)) in self.reads.drain() {
             let _ = waiting.reply.send(Err(NodeError::ShuttingDown));

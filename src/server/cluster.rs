@@ -55,7 +55,7 @@ pub struct Cluster<D: Disk> {
 fn node_error(error: NodeError) -> TopicError {
     let code = match error {
         NodeError::NoLeader => ErrorCode::NotLeader,
-        NodeError::Timeout | NodeError::LeaderChanged => ErrorCode::Timeout,
+        NodeError::Timeout | NodeError::LeaderChanged | NodeError::StoppedInFlight => ErrorCode::Timeout,
         NodeError::ShuttingDown => ErrorCode::ShuttingDown,
         NodeError::Storage(_) | NodeError::Raft(_) => ErrorCode::Internal,
     };

@@ -57,6 +57,8 @@ pub enum BrokerError {
     Storage(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("the metadata Raft node stopped (its store failed); restart the broker")]
+    MetadataStopped,
     #[error("shutdown did not complete cleanly: {0}")]
     Shutdown(String),
 }
@@ -118,10 +120,20 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let connection_slots = Arc::new(Semaphore::new(config.connections_max));
     let state = Arc::new(State { config, cluster });
     let mut connections = FuturesUnordered::new();
+    // If the metadata node stops on its own (its store failed), this broker can no longer keep its
+    // promises: shut down and exit with an error, so a supervisor restarts it from its durable state.
+    let meta_stopped = state.cluster.node.stopped();
+    tokio::pin!(meta_stopped);
+    let mut failure = None;
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => break,
+            _ = &mut meta_stopped => {
+                tracing::error!("the metadata Raft node stopped; shutting the broker down");
+                failure = Some(BrokerError::MetadataStopped);
+                break;
+            }
             Some(_) = connections.next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
@@ -158,6 +170,9 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     meta_shutdown.cancel();
     let _ = background.await;
     tracing::info!("broker stopped");
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
     result.map_err(BrokerError::Shutdown)
 }
 
