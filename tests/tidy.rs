@@ -107,3 +107,25 @@ fn no_nondeterminism_escapes_the_shell() {
         }
     }
 }
+
+/// Two ways a simulation stopped depending on what ran before it in the same process (so a failing
+/// seed did not replay alone), both found by the Raft scenarios:
+/// - `tokio::sync::watch` waiters pick one of eight shards with tokio's own RNG, which madsim does not
+///   seed and which carries over between simulations; the wake-up order then differs;
+/// - std `HashMap`/`HashSet` iteration order follows per-thread hash keys that any earlier map
+///   creation shifts. Ordered maps (`BTreeMap`, `BTreeSet`) iterate the same way every time.
+#[test]
+fn no_process_history_dependent_collections_or_channels() {
+    for dir in ["src", "sim/src"] {
+        let dir = root().join(dir);
+        if !dir.exists() {
+            continue;
+        }
+        for file in rust_files(&dir) {
+            let code = code_of(&file);
+            for word in ["HashMap", "HashSet", "sync::watch", "watch::channel"] {
+                assert!(!code.contains(word), "{} uses `{word}`", file.display());
+            }
+        }
+    }
+}

@@ -136,6 +136,9 @@ pub struct RaftSwarm {
     pub action_weights: [u32; 9],
     /// Largest write-error probability of the metadata store.
     pub meta_write_error_probability_max: f64,
+    /// Applied entries between metadata snapshots: small values make nodes compact their logs and
+    /// lagging or restarted followers catch up by snapshot instead of by log.
+    pub snapshot_interval_entries: u64,
 }
 
 impl RaftSwarm {
@@ -170,6 +173,7 @@ impl RaftSwarm {
             concurrent_faults_max: rng.gen_range(1..=3),
             action_weights,
             meta_write_error_probability_max: [0.05, 0.3, 1.0][rng.gen_range(0..3)],
+            snapshot_interval_entries: [8, 32, 128, 1_000][rng.gen_range(0..4)],
         }
     }
 
@@ -649,8 +653,12 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
         .map(|number| (number.to_string(), format!("10.0.1.{number}:{}", crate::cluster::BROKER_PORT)))
         .collect();
     for _ in 0..config.voters {
-        let broker_config =
-            BrokerConfig { segment_bytes_max: 64 * 1024, peers: peers.clone(), ..BrokerConfig::default() };
+        let broker_config = BrokerConfig {
+            segment_bytes_max: 64 * 1024,
+            peers: peers.clone(),
+            metadata_snapshot_interval_entries: swarm.snapshot_interval_entries,
+            ..BrokerConfig::default()
+        };
         let disk_seed = thread_rng().gen::<u64>();
         cluster.add_broker(broker_config, disk_seed);
     }

@@ -5,7 +5,7 @@
 //! requests reach the socket. When the socket breaks, every request still waiting gets
 //! [`ConnectionError::Lost`]: the broker may or may not have acted on it.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -61,7 +61,7 @@ impl Connection {
 
 async fn run(stream: TcpStream, mut requests: mpsc::Receiver<(Body, Waiter)>) {
     let mut framed = Framed::new(stream, frame_codec());
-    let mut waiting: HashMap<u64, Waiter> = HashMap::new();
+    let mut waiting: BTreeMap<u64, Waiter> = BTreeMap::new();
     let mut next_id: u64 = 1;
     let failure = loop {
         tokio::select! {
@@ -94,7 +94,7 @@ async fn run(stream: TcpStream, mut requests: mpsc::Receiver<(Body, Waiter)>) {
         }
     };
     requests.close();
-    for (_, waiter) in waiting.drain() {
+    for (_, waiter) in std::mem::take(&mut waiting) {
         let _ = waiter.send(Err(failure.clone()));
     }
     // Requests queued but never written were not sent.

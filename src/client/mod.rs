@@ -29,7 +29,7 @@ mod connection;
 pub mod producer;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -121,7 +121,7 @@ pub const TOPICS_CACHED_MAX: usize = 10_000;
 struct Routing {
     brokers: BTreeMap<u64, String>,
     /// Per topic: the leader's node id by partition (0: no leader).
-    leaders: HashMap<String, Vec<u64>>,
+    leaders: BTreeMap<String, Vec<u64>>,
 }
 
 type ConnectionSlot = Arc<tokio::sync::Mutex<Option<Connection>>>;
@@ -132,7 +132,7 @@ pub struct Client {
     config: ClientConfig,
     routing: Mutex<Routing>,
     /// One connection per broker address.
-    connections: Mutex<HashMap<String, ConnectionSlot>>,
+    connections: Mutex<BTreeMap<String, ConnectionSlot>>,
 }
 
 /// A fetched slice of one partition.
@@ -168,7 +168,7 @@ impl Client {
             bootstrap: bootstrap.into(),
             config,
             routing: Mutex::new(Routing::default()),
-            connections: Mutex::new(HashMap::new()),
+            connections: Mutex::new(BTreeMap::new()),
         })
     }
 

@@ -21,7 +21,7 @@
 //! overtakes it. A batch whose connection broke in flight is reported ambiguous, not retried:
 //! retrying could write it twice until idempotent producers exist.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,7 +97,7 @@ impl Producer {
         let task = Task {
             client,
             config,
-            topics: HashMap::new(),
+            topics: BTreeMap::new(),
             open_batches: 0,
             in_flight: FuturesUnordered::new(),
             flushes: Vec::new(),
@@ -161,7 +161,7 @@ struct Task {
     client: Arc<Client>,
     config: ProducerConfig,
     /// Per topic: partition count, open batches, sticky partition. One hash lookup per record.
-    topics: HashMap<String, TopicState>,
+    topics: BTreeMap<String, TopicState>,
     /// Open batches across all topics (to know when the task is idle).
     open_batches: usize,
     in_flight: FuturesUnordered<BoxFuture<'static, Option<Redirect>>>,

@@ -28,15 +28,15 @@
 //! node afterwards sees it. A proposal whose entry never shows up within `proposal_timeout` is
 //! answered `Timeout` (ambiguous: it may still commit).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::eraftpb::{Entry, EntryType, Message};
+use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::raft_store::RaftStore;
@@ -144,12 +144,51 @@ enum Command {
     Observe { reply: oneshot::Sender<RaftView> },
 }
 
+/// The node's latest status, a version that bumps on every change, and a `Notify` for waiters.
+///
+/// Not `tokio::sync::watch`: a watch receiver waits on one of eight shards picked with tokio's own
+/// RNG, which madsim does not seed and which lives on across simulations in one process, so the
+/// order in which waiters woke (and with it the whole run) depended on the simulations that ran
+/// before. Found by the Raft scenarios: the same seed hashed differently alone and after another
+/// scenario. `Notify::notify_waiters` wakes in registration order.
+#[derive(Default)]
+struct StatusCell {
+    /// (version, status, the node task has ended)
+    value: std::sync::Mutex<(u64, NodeStatus, bool)>,
+    changed: Notify,
+}
+
+impl StatusCell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, NodeStatus, bool)> {
+        self.value.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish(&self, status: NodeStatus) {
+        {
+            let mut value = self.lock();
+            if value.1 == status {
+                return;
+            }
+            value.0 += 1;
+            value.1 = status;
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn close(&self) {
+        self.lock().2 = true;
+        self.changed.notify_waiters();
+    }
+}
+
 /// A handle to the running node: cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
     commands: mpsc::Sender<Command>,
     state: Arc<RwLock<MetadataState>>,
-    status: watch::Receiver<NodeStatus>,
+    status: Arc<StatusCell>,
+    /// The status version this handle has seen (for `status_changed`).
+    seen_version: u64,
 }
 
 impl NodeHandle {
@@ -184,19 +223,40 @@ impl NodeHandle {
     }
 
     pub fn status(&self) -> NodeStatus {
-        self.status.borrow().clone()
+        self.status.lock().1.clone()
     }
 
     /// Resolves when the node's task has ended (shutdown, or a metadata storage failure).
     pub async fn stopped(&self) {
-        let mut status = self.status.clone();
-        while status.changed().await.is_ok() {}
+        loop {
+            let notified = self.status.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.status.lock().2 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Waits for the next status change.
     pub async fn status_changed(&mut self) -> Result<NodeStatus, NodeError> {
-        self.status.changed().await.map_err(|_| NodeError::ShuttingDown)?;
-        Ok(self.status())
+        loop {
+            let notified = self.status.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let value = self.status.lock();
+                if value.0 != self.seen_version {
+                    self.seen_version = value.0;
+                    return Ok(value.1.clone());
+                }
+                if value.2 {
+                    return Err(NodeError::ShuttingDown);
+                }
+            }
+            notified.await;
+        }
     }
 
     /// The node's Raft state for the simulation's invariant checkers. `None` if the node stopped.
@@ -249,7 +309,8 @@ pub fn start_node<S: MetaStore, T: Transport>(
     let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => config.node_id));
     let raw = RawNode::new(&raft_config, raft_store, &logger).map_err(|error| NodeError::Raft(error.to_string()))?;
     let state = Arc::new(RwLock::new(state));
-    let (status_sender, status) = watch::channel(NodeStatus { node_id: config.node_id, ..NodeStatus::default() });
+    let status = Arc::new(StatusCell::default());
+    status.publish(NodeStatus { node_id: config.node_id, ..NodeStatus::default() });
     let (commands, mailbox) = mpsc::channel(NODE_MAILBOX_CAPACITY);
     let mut node = Node {
         config,
@@ -257,9 +318,10 @@ pub fn start_node<S: MetaStore, T: Transport>(
         store,
         transport,
         state: state.clone(),
-        status: status_sender,
-        proposals: HashMap::new(),
-        reads: HashMap::new(),
+        status: status.clone(),
+        hashed: (u64::MAX, 0),
+        proposals: BTreeMap::new(),
+        reads: BTreeMap::new(),
         next_request: 1,
         timer_view: TimerView::default(),
         rng_timeout: 0,
@@ -272,7 +334,7 @@ pub fn start_node<S: MetaStore, T: Transport>(
         node.redraw_if_timer_reset();
     }
     tokio::spawn(node.run(mailbox, shutdown));
-    Ok(NodeHandle { commands, state, status })
+    Ok(NodeHandle { commands, state, status, seen_version: 0 })
 }
 
 /// What raft-rs's election timer looked like after our last call, to detect resets.
@@ -296,9 +358,12 @@ struct Node<S: MetaStore, T: Transport> {
     store: S,
     transport: T,
     state: Arc<RwLock<MetadataState>>,
-    status: watch::Sender<NodeStatus>,
-    proposals: HashMap<u64, Waiting<MetaResult>>,
-    reads: HashMap<u64, (Waiting<()>, Option<u64>)>,
+    status: Arc<StatusCell>,
+    /// (applied index, state hash) of the last hash computed: hashing serializes the whole state,
+    /// so it is redone only when something new was applied.
+    hashed: (u64, u64),
+    proposals: BTreeMap<u64, Waiting<MetaResult>>,
+    reads: BTreeMap<u64, (Waiting<()>, Option<u64>)>,
     next_request: u64,
     timer_view: TimerView,
     rng_timeout: usize,
@@ -371,12 +436,13 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             self.publish_status();
         }
         // A proposal may already have reached the leader and commit without us: ambiguous.
-        for (_, waiting) in self.proposals.drain() {
+        for (_, waiting) in std::mem::take(&mut self.proposals) {
             let _ = waiting.reply.send(Err(NodeError::StoppedInFlight));
         }
-        for (_, (waiting, _)) in self.reads.drain() {
+        for (_, (waiting, _)) in std::mem::take(&mut self.reads) {
             let _ = waiting.reply.send(Err(NodeError::ShuttingDown));
         }
+        self.status.close();
     }
 
     fn handle(&mut self, command: Command) {
@@ -539,13 +605,26 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
         Ok(())
     }
 
-    fn send(&self, messages: Vec<Message>) {
+    fn send(&mut self, messages: Vec<Message>) {
+        let mut snapshots_sent = Vec::new();
         for message in messages {
             let to = message.to;
+            if message.get_msg_type() == MessageType::MsgSnapshot {
+                snapshots_sent.push(to);
+            }
             match message.write_to_bytes() {
                 Ok(bytes) => self.transport.send(to, Bytes::from(bytes)),
                 Err(error) => tracing::error!(%error, "cannot encode a raft message"),
             }
+        }
+        // The transport is lossy and cannot tell whether a snapshot arrived. raft-rs keeps a
+        // follower in snapshot state (no more appends) until the application reports; reporting
+        // "finished" at once moves it to probing, and if the snapshot was in fact lost the
+        // follower rejects the next append and the leader sends a new snapshot. Found by the
+        // simulation: a lost snapshot left a follower behind forever (raft_5_voters_swarm, seed 7006,
+        // snapshot interval 8).
+        for to in snapshots_sent {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
         }
     }
 
@@ -614,7 +693,11 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
         Ok(())
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
+        let applied = self.raw.raft.raft_log.applied;
+        if self.hashed.0 != applied {
+            self.hashed = (applied, self.state.read().expect("metadata state lock").state_hash());
+        }
         let raft = &self.raw.raft;
         let status = NodeStatus {
             node_id: self.config.node_id,
@@ -622,15 +705,11 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             term: raft.term,
             leader_id: raft.leader_id,
             commit_index: raft.raft_log.committed,
-            applied_index: raft.raft_log.applied,
+            applied_index: applied,
             first_index: self.raw.store().snapshot_index() + 1,
-            state_hash: self.state.read().expect("metadata state lock").state_hash(),
+            state_hash: self.hashed.1,
         };
-        self.status.send_if_modified(|current| {
-            let changed = *current != status;
-            *current = status;
-            changed
-        });
+        self.status.publish(status);
     }
 
     fn redraw_election_timeout(&mut self) {
@@ -695,12 +774,12 @@ impl slog::Drain for TracingDrain {
 /// each behind a bounded queue: a slow or dead peer never blocks the Raft loop (its messages are
 /// dropped when its queue is full, and Raft retransmits).
 pub struct PeerTransport {
-    queues: HashMap<u64, mpsc::Sender<Bytes>>,
+    queues: BTreeMap<u64, mpsc::Sender<Bytes>>,
 }
 
 impl PeerTransport {
     pub fn start(node_id: u64, peers: &BTreeMap<u64, String>, shutdown: CancellationToken) -> PeerTransport {
-        let mut queues = HashMap::new();
+        let mut queues = BTreeMap::new();
         for (&peer, addr) in peers {
             if peer == node_id {
                 continue;

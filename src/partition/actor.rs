@@ -9,7 +9,7 @@
 //! core (pending appends become indeterminate), reopens the log (recovery truncates whatever the
 //! disk lost) and tells the core what survived.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -163,7 +163,7 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
         spec,
         log,
         core,
-        replies: HashMap::new(),
+        replies: BTreeMap::new(),
         next_request: 0,
         epoch: now,
         reopen_at,
@@ -180,7 +180,7 @@ struct Actor<D: Disk> {
     /// `None` while the log is being reopened after a failure, or when reopening failed.
     log: Option<PartitionLog<D>>,
     core: PartitionCore,
-    replies: HashMap<RequestId, oneshot::Sender<PartitionReply>>,
+    replies: BTreeMap<RequestId, oneshot::Sender<PartitionReply>>,
     next_request: RequestId,
     /// Time zero for the core's millisecond clock.
     epoch: tokio::time::Instant,
@@ -256,7 +256,7 @@ impl<D: Disk> Actor<D> {
 
     async fn close(&mut self) -> Result<(), String> {
         // Fail whatever is still waiting: the caller is shutting the partition down.
-        for (_, reply) in self.replies.drain() {
+        for (_, reply) in std::mem::take(&mut self.replies) {
             let _ = reply.send(PartitionReply::error(ErrorCode::ShuttingDown, "partition is shutting down"));
         }
         match self.log.take() {

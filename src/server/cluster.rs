@@ -18,7 +18,7 @@
 //! `partitions` (std RwLock, never held across an await); the node's state lock is never held
 //! together with either (`NodeHandle::with_state` returns owned data).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -46,7 +46,7 @@ pub struct Cluster<D: Disk> {
     log_config: LogConfig,
     core_config: CoreConfig,
     partitions_per_topic_max: u32,
-    partitions: RwLock<HashMap<PartitionKey, PartitionHandle>>,
+    partitions: RwLock<BTreeMap<PartitionKey, PartitionHandle>>,
     /// Serialises `reconcile` (it awaits while starting and stopping actors; two overlapping runs
     /// would open one partition twice).
     reconciling: tokio::sync::Mutex<()>,
@@ -89,7 +89,7 @@ impl<D: Disk> Cluster<D> {
             log_config,
             core_config,
             partitions_per_topic_max,
-            partitions: RwLock::new(HashMap::new()),
+            partitions: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
         })
     }
@@ -171,7 +171,7 @@ impl<D: Disk> Cluster<D> {
             }
             desired
         });
-        let wanted: HashSet<&PartitionKey> = desired.iter().map(|(key, _)| key).collect();
+        let wanted: BTreeSet<&PartitionKey> = desired.iter().map(|(key, _)| key).collect();
         let stale: Vec<(PartitionKey, PartitionHandle)> = {
             let mut partitions = self.partitions.write().expect("partitions lock");
             let keys: Vec<PartitionKey> = partitions.keys().filter(|key| !wanted.contains(key)).cloned().collect();
@@ -257,7 +257,8 @@ impl<D: Disk> Cluster<D> {
 
     /// Stops every partition actor (each fsyncs what it wrote).
     pub async fn stop_partitions(&self) -> Result<(), String> {
-        let handles: Vec<_> = self.partitions.write().expect("partitions lock").drain().collect();
+        let handles: Vec<_> =
+            std::mem::take(&mut *self.partitions.write().expect("partitions lock")).into_iter().collect();
         let mut first_error = None;
         for (_, handle) in handles {
             if let Err(error) = handle.stop().await {
