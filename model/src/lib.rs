@@ -8,3 +8,4 @@ pub mod metadata_checker;
 pub mod partition_log;
 pub mod queue_checker;
 pub mod raft_checker;
+mod report;

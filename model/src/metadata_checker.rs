@@ -377,17 +377,8 @@ impl fmt::Display for MetadataReport {
             writeln!(f, "  INCONCLUSIVE (search gave up): {}", topics.join(", "))?;
         }
         for kind in MetadataViolationKind::ALL {
-            let count = self.count(kind);
-            if count == 0 {
-                continue;
-            }
-            writeln!(f, "  {kind} ({count}):")?;
-            for violation in self.violations.iter().filter(|v| v.kind() == kind).take(EXAMPLES_PER_KIND_MAX) {
-                writeln!(f, "    {violation}")?;
-            }
-            if count > EXAMPLES_PER_KIND_MAX {
-                writeln!(f, "    ... and {} more", count - EXAMPLES_PER_KIND_MAX)?;
-            }
+            let of_kind = self.violations.iter().filter(|v| v.kind() == kind);
+            crate::report::write_kind(f, kind, self.count(kind), of_kind, EXAMPLES_PER_KIND_MAX)?;
         }
         Ok(())
     }
