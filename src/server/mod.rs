@@ -145,6 +145,12 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
                         continue;
                     }
                 };
+                // Responses are small and latency-bound: without TCP_NODELAY a reply waits for the
+                // client's delayed ACK (Nagle), ~40 ms per small request (issue 6). Every socket Keel
+                // opens sets it; tests/tcp_nodelay.rs checks them all.
+                if let Err(error) = stream.set_nodelay(true) {
+                    tracing::warn!(%peer, %error, "cannot set TCP_NODELAY");
+                }
                 let Ok(permit) = connection_slots.clone().try_acquire_owned() else {
                     tracing::warn!(%peer, limit = state.config.connections_max, "connection refused: too many connections");
                     drop(stream);
