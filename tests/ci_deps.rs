@@ -1,0 +1,104 @@
+//! `.ci/deps` decides what to install from dpkg's package status and then checks the files the build
+//! loads (issue 6: a glob matched `libclang-cpp.so.14` and the script believed libclang was there).
+//!
+//! Every case runs the script against a fake `dpkg-query` and, for the file checks, a fake root
+//! directory, so the outcome does not depend on what this machine happens to have installed: a
+//! machine with every package still sees "missing" when the fake says so, and a fake root without
+//! `libclang.so` fails even where the real one has it.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const INSTALLED: &str = "install ok installed";
+
+/// A fake `dpkg-query -W -f='${Status}' PKG` answering from `statuses` (package, status); a
+/// package not listed is unknown to dpkg (exit 1, as the real one does).
+fn fake_dpkg_query(dir: &Path, statuses: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut script = String::from("#!/usr/bin/env bash\npkg=\"${@: -1}\"\ncase \"$pkg\" in\n");
+    for (package, status) in statuses {
+        script.push_str(&format!("  {package}) printf '%s' '{status}' ;;\n"));
+    }
+    script.push_str("  *) echo \"dpkg-query: no packages found matching $pkg\" >&2; exit 1 ;;\nesac\n");
+    let path = dir.join("dpkg-query");
+    std::fs::write(&path, script).unwrap();
+    let status = Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    assert!(status.success());
+    path
+}
+
+fn run_deps(dpkg_query: &Path, root: Option<&Path>, dry_run: bool) -> Output {
+    let mut command = Command::new("bash");
+    command.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/.ci/deps")).env("KEEL_DEPS_DPKG_QUERY", dpkg_query);
+    if let Some(root) = root {
+        command.env("KEEL_DEPS_ROOT", root);
+    }
+    if dry_run {
+        command.env("KEEL_DEPS_DRY_RUN", "1");
+    }
+    command.output().unwrap()
+}
+
+fn missing(output: &Output) -> Vec<String> {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().find_map(|line| line.strip_prefix("missing:")).expect("a missing: line");
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+fn touch(root: &Path, path: &str) {
+    let full = root.join(path.trim_start_matches('/'));
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+    std::fs::write(full, b"").unwrap();
+}
+
+#[test]
+fn missing_packages_come_from_dpkg_status_not_from_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = fake_dpkg_query(dir.path(), &[("librocksdb-dev", INSTALLED), ("libclang-dev", INSTALLED)]);
+    assert!(missing(&run_deps(&all, None, true)).is_empty());
+
+    // libclang-dev unknown to dpkg: missing, whatever libclang*.so* files this machine has.
+    let no_clang = fake_dpkg_query(dir.path(), &[("librocksdb-dev", INSTALLED)]);
+    assert_eq!(missing(&run_deps(&no_clang, None, true)), ["libclang-dev"]);
+
+    // Removed but not purged, or half-installed: still missing.
+    let removed = fake_dpkg_query(
+        dir.path(),
+        &[("librocksdb-dev", "deinstall ok config-files"), ("libclang-dev", "install ok half-configured")],
+    );
+    assert_eq!(missing(&run_deps(&removed, None, true)), ["librocksdb-dev", "libclang-dev"]);
+}
+
+#[test]
+fn the_files_the_build_loads_are_checked_and_a_missing_one_names_its_package() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = fake_dpkg_query(dir.path(), &[("librocksdb-dev", INSTALLED), ("libclang-dev", INSTALLED)]);
+
+    // The machine of issue 6: libclang-cpp.so.14 present, libclang.so absent.
+    let root = tempfile::tempdir().unwrap();
+    touch(root.path(), "/usr/lib/x86_64-linux-gnu/libclang-cpp.so.14");
+    touch(root.path(), "/usr/include/rocksdb/db.h");
+    touch(root.path(), "/usr/lib/x86_64-linux-gnu/librocksdb.so");
+    let output = run_deps(&all, Some(root.path()), false);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("libclang.so") && stderr.contains("libclang-dev"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    // With the file bindgen loads, the check passes.
+    touch(root.path(), "/usr/lib/llvm-14/lib/libclang.so");
+    let output = run_deps(&all, Some(root.path()), false);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    // RocksDB headers missing: named, with their package.
+    std::fs::remove_file(root.path().join("usr/include/rocksdb/db.h")).unwrap();
+    let output = run_deps(&all, Some(root.path()), false);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("RocksDB headers") && stderr.contains("librocksdb-dev"), "{stderr}");
+
+    // An empty root: the first missing file stops the script.
+    let empty = tempfile::tempdir().unwrap();
+    let output = run_deps(&all, Some(empty.path()), false);
+    assert_eq!(output.status.code(), Some(1));
+}
