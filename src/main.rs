@@ -1,7 +1,9 @@
 //! The `keel` binary: `keel broker` runs a broker; the other subcommands are clients.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
-use keel::cli::{self, Cli, CliError, Command};
+use keel::cli::{self, Cli, CliError, Command, LogFormat};
 use keel::meta::store_rocks::RocksStore;
 use keel::server::{run_broker, BrokerHooks};
 use keel::storage::file::FileDisk;
@@ -12,8 +14,7 @@ use tracing_subscriber::EnvFilter;
 async fn main() {
     let cli = Cli::parse();
     let default_level = if matches!(cli.command, Command::Broker(_)) { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    init_logging(&cli, default_level);
 
     let result = match &cli.command {
         Command::Broker(args) => broker(args).await,
@@ -43,6 +44,20 @@ async fn broker(args: &cli::BrokerArgs) -> Result<(), CliError> {
     run_broker(config, disk, meta_store, shutdown, BrokerHooks::default())
         .await
         .map_err(|error| failure(error.to_string()))
+}
+
+/// Logs go to stderr: text, coloured only when stderr is a terminal and `NO_COLOR` is unset or empty
+/// (https://no-color.org), or one JSON object per line with `--log-format json` for log shippers.
+fn init_logging(cli: &Cli, default_level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+        LogFormat::Text => {
+            let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+            builder.with_ansi(std::io::stderr().is_terminal() && !no_color).init()
+        }
+    }
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM.

@@ -2,7 +2,9 @@
 //! percentiles (hdrhistogram), against a running broker.
 //!
 //! Produce latency is measured per record from `send` to its acknowledgement, so it includes
-//! batching (linger) and, with `--acks all`, the fsync. Consume latency is per fetch request.
+//! batching (linger) and, with `--acks all`, the fsync. With `--rate` the load is offered on a fixed
+//! schedule (open loop) and latency runs from each record's scheduled time. Consume latency is per
+//! fetch request.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -52,6 +54,12 @@ pub struct ProduceBenchArgs {
     /// Records each producer may have unacknowledged.
     #[arg(long, default_value_t = 2_000)]
     pub window: usize,
+    /// Offer this many records per second in total (split evenly over the producers) on a fixed
+    /// schedule, instead of as fast as the window allows. Open loop: latency is measured from each
+    /// record's scheduled send time, so a stall delays the schedule's records and shows in the
+    /// percentiles instead of hiding (no coordinated omission).
+    #[arg(long)]
+    pub rate: Option<u64>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -69,7 +77,15 @@ struct Totals {
     records: u64,
     bytes: u64,
     errors: u64,
+    /// Produce requests sent (0 for consume): records per request shows how well batching works.
+    requests: u64,
     latency_us: Histogram<u64>,
+}
+
+impl Totals {
+    fn new() -> Totals {
+        Totals { records: 0, bytes: 0, errors: 0, requests: 0, latency_us: histogram() }
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -85,8 +101,8 @@ pub async fn run(cli: &Cli, command: &BenchCommand) -> Result<(), CliError> {
 }
 
 async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
-    if args.size == 0 || args.producers == 0 || args.window == 0 {
-        return Err(fail("--size, --producers and --window must be positive"));
+    if args.size == 0 || args.producers == 0 || args.window == 0 || args.rate == Some(0) {
+        return Err(fail("--size, --producers, --window and --rate must be positive"));
     }
     let admin = Client::new(cli.broker.clone(), ClientConfig::default());
     match admin.create_topic(&args.topic, args.partitions, 1).await {
@@ -99,21 +115,28 @@ async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
     for _ in 0..args.producers {
         let client = Client::new(cli.broker.clone(), ClientConfig::default());
         let args = args.clone();
-        workers.push(tokio::spawn(produce_worker(client, args, deadline)));
+        let rate_per_producer = args.rate.map(|rate| rate as f64 / f64::from(args.producers));
+        workers.push(tokio::spawn(produce_worker(client, args, deadline, rate_per_producer)));
     }
-    let mut totals = Totals { records: 0, bytes: 0, errors: 0, latency_us: histogram() };
+    let mut totals = Totals::new();
     while let Some(result) = workers.next().await {
         let worker = result.map_err(|error| fail(format!("bench worker failed: {error}")))?;
         totals.records += worker.records;
         totals.bytes += worker.bytes;
         totals.errors += worker.errors;
+        totals.requests += worker.requests;
         totals.latency_us.add(&worker.latency_us).expect("same bounds");
     }
-    report(cli, "produce", &totals, started.elapsed());
+    report(cli, "produce", &totals, started.elapsed(), args.rate);
     Ok(())
 }
 
-async fn produce_worker(client: Arc<Client>, args: ProduceBenchArgs, deadline: Instant) -> Totals {
+async fn produce_worker(
+    client: Arc<Client>,
+    args: ProduceBenchArgs,
+    deadline: Instant,
+    rate_per_producer: Option<f64>,
+) -> Totals {
     let config = ProducerConfig {
         acks: args.acks,
         linger: Duration::from_millis(args.linger_ms),
@@ -122,7 +145,12 @@ async fn produce_worker(client: Arc<Client>, args: ProduceBenchArgs, deadline: I
     };
     let producer = Producer::new(client, config);
     let value = Bytes::from(vec![b'x'; args.size]);
-    let mut totals = Totals { records: 0, bytes: 0, errors: 0, latency_us: histogram() };
+    if let Some(rate) = rate_per_producer {
+        let mut totals = produce_on_schedule(producer.clone(), &args, value, deadline, rate).await;
+        totals.requests = producer.stats().requests;
+        return totals;
+    }
+    let mut totals = Totals::new();
     // Deliveries complete almost in send order, so a FIFO with a non-blocking check of its head is
     // enough and costs far less per record than a FuturesUnordered of 20k futures.
     let mut outstanding: VecDeque<(Instant, Delivery)> = VecDeque::with_capacity(args.window);
@@ -150,7 +178,43 @@ async fn produce_worker(client: Arc<Client>, args: ProduceBenchArgs, deadline: I
             }
         }
     }
+    totals.requests = producer.stats().requests;
     totals
+}
+
+/// Sends one record every `1 / rate` seconds until `deadline`, whatever the answers do. A collector
+/// task awaits the deliveries in send order (they complete almost in that order) and measures each
+/// from its scheduled time; at most `window` are outstanding, beyond which the schedule falls behind,
+/// which the latency of the late records then shows.
+async fn produce_on_schedule(
+    producer: Producer,
+    args: &ProduceBenchArgs,
+    value: Bytes,
+    deadline: Instant,
+    rate: f64,
+) -> Totals {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let (outstanding, mut deliveries) = tokio::sync::mpsc::channel::<(Instant, Delivery)>(args.window);
+    let size = args.size;
+    let collector = tokio::spawn(async move {
+        let mut totals = Totals::new();
+        while let Some((scheduled, delivery)) = deliveries.recv().await {
+            account(&mut totals, scheduled, delivered(delivery).await, size);
+        }
+        totals
+    });
+    let mut scheduled = Instant::now();
+    while scheduled < deadline {
+        tokio::time::sleep_until(scheduled).await;
+        let record = Record { value: Some(value.clone()), ..Record::default() };
+        let delivery = producer.send(&args.topic, None, record).await;
+        if outstanding.send((scheduled, delivery)).await.is_err() {
+            break;
+        }
+        scheduled += interval;
+    }
+    drop(outstanding);
+    collector.await.unwrap_or_else(|_| Totals { errors: 1, ..Totals::new() })
 }
 
 fn account<T>(totals: &mut Totals, sent_at: Instant, result: Result<T, ClientError>, size: usize) {
@@ -175,7 +239,7 @@ async fn consume(cli: &Cli, args: &ConsumeBenchArgs) -> Result<(), CliError> {
         let client = Client::new(cli.broker.clone(), ClientConfig::default());
         let (topic, fetch_bytes) = (args.topic.clone(), args.fetch_bytes);
         workers.push(tokio::spawn(async move {
-            let mut totals = Totals { records: 0, bytes: 0, errors: 0, latency_us: histogram() };
+            let mut totals = Totals::new();
             let start = client.list_offsets(&topic, partition, LIST_OFFSETS_EARLIEST).await?;
             let end = client.list_offsets(&topic, partition, LIST_OFFSETS_LATEST).await?;
             let (mut position, end) = (start.map_or(Offset(0), |o| o.0), end.map_or(Offset(0), |o| o.0));
@@ -195,18 +259,18 @@ async fn consume(cli: &Cli, args: &ConsumeBenchArgs) -> Result<(), CliError> {
             Ok::<_, ClientError>(totals)
         }));
     }
-    let mut totals = Totals { records: 0, bytes: 0, errors: 0, latency_us: histogram() };
+    let mut totals = Totals::new();
     while let Some(result) = workers.next().await {
         let worker = result.map_err(|error| fail(format!("bench worker failed: {error}")))??;
         totals.records += worker.records;
         totals.bytes += worker.bytes;
         totals.latency_us.add(&worker.latency_us).expect("same bounds");
     }
-    report(cli, "consume", &totals, started.elapsed());
+    report(cli, "consume", &totals, started.elapsed(), None);
     Ok(())
 }
 
-fn report(cli: &Cli, what: &str, totals: &Totals, elapsed: Duration) {
+fn report(cli: &Cli, what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) {
     let seconds = elapsed.as_secs_f64().max(1e-9);
     let rate = totals.records as f64 / seconds;
     let megabytes = totals.bytes as f64 / seconds / 1e6;
@@ -214,13 +278,19 @@ fn report(cli: &Cli, what: &str, totals: &Totals, elapsed: Duration) {
     if cli.json {
         let line = json!({
             "bench": what, "records": totals.records, "errors": totals.errors, "seconds": seconds,
+            "rate_target": rate_target, "requests": totals.requests,
             "msg_per_s": rate, "mb_per_s": megabytes,
             "p50_ms": quantile_ms(0.5), "p99_ms": quantile_ms(0.99), "p999_ms": quantile_ms(0.999),
         });
         println!("{line}");
     } else {
+        let target = rate_target.map(|rate| format!(" (offered {rate} msg/s)")).unwrap_or_default();
+        let batching = match totals.requests {
+            0 => String::new(),
+            requests => format!(", {:.1} records/request", totals.records as f64 / requests as f64),
+        };
         println!(
-            "{what}: {} records in {seconds:.1} s: {rate:.0} msg/s, {megabytes:.1} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms; {} errors",
+            "{what}: {} records in {seconds:.1} s: {rate:.0} msg/s{target}, {megabytes:.1} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms; {} errors{batching}",
             totals.records,
             quantile_ms(0.5),
             quantile_ms(0.99),

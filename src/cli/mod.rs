@@ -26,14 +26,25 @@ use crate::types::Offset;
 #[derive(Parser, Debug)]
 #[command(name = "keel", version, about = "Keel: a Kafka-model message broker", propagate_version = true)]
 pub struct Cli {
-    /// Any broker of the cluster: the bootstrap address the client learns the others from.
-    #[arg(long, global = true, env = "KEEL_BROKER", default_value = DEFAULT_BROKER)]
+    /// Brokers to bootstrap from: HOST:PORT, or a comma-separated list of them (the first that
+    /// answers is used); the client learns the rest of the cluster from it.
+    #[arg(long, global = true, env = "KEEL_BROKER", default_value = DEFAULT_BROKER, value_parser = parse_broker_list)]
     pub broker: String,
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How logs on stderr look: `text` (coloured only on a terminal without NO_COLOR) or `json`
+    /// (one object per line, for log shippers).
+    #[arg(long, global = true, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,6 +173,11 @@ impl From<ClientError> for CliError {
         };
         CliError { message, exit_code }
     }
+}
+
+/// Validates `--broker` / `KEEL_BROKER` (a bad list is a usage error, exit code 2).
+fn parse_broker_list(text: &str) -> Result<String, String> {
+    crate::client::parse_bootstrap(text).map(|list| list.join(","))
 }
 
 fn fail(message: impl Into<String>) -> CliError {

@@ -11,7 +11,9 @@
 //! they were definitely not sent or definitely not applied.
 //!
 //! # Cluster routing
-//! The address a client is made with is a **bootstrap** address. The client keeps a metadata cache
+//! A client is made with a **bootstrap** list, `HOST:PORT[,HOST:PORT...]` like Kafka's
+//! `bootstrap.servers`: the first broker on it that answers is used, so a script keeps working while
+//! one broker is down. The client keeps a metadata cache
 //! (broker addresses by node id, the leader of every partition it used) and one connection per
 //! broker address. Produce, fetch and list-offsets go to the partition's leader. When a leader
 //! answers `NotLeader`, `UnknownPartition` or `UnknownTopic` (a partition request that names a topic
@@ -20,7 +22,7 @@
 //! again with backoff, at most [`ROUTE_ATTEMPTS_MAX`] times. Those answers mean the request was not
 //! applied, so retrying a produce after them is safe; a produce whose connection broke in flight
 //! stays ambiguous and is not retried. Admin calls and metadata go to any reachable broker: the
-//! bootstrap first, then the other known brokers.
+//! bootstrap list first, in its order, then the other known brokers.
 //!
 //! Lock order: `routing` and `connections` are std mutexes, never held across an await and never
 //! held together; a per-address slot (tokio mutex) is held only while connecting to that address.
@@ -40,7 +42,7 @@ use crate::batch::{Batch, StoredRecord};
 use crate::protocol::*;
 use crate::types::Offset;
 pub use connection::{Connection, ConnectionError, PendingResponse};
-pub use producer::{delivered, Delivery, Producer, ProducerConfig, RecordMetadata};
+pub use producer::{delivered, Delivery, Producer, ProducerConfig, ProducerStats, RecordMetadata};
 
 /// Address used when neither `--broker` nor `KEEL_BROKER` says otherwise.
 pub const DEFAULT_BROKER: &str = "127.0.0.1:9400";
@@ -108,6 +110,28 @@ impl Default for ClientConfig {
     }
 }
 
+/// Checks a bootstrap list, `HOST:PORT[,HOST:PORT...]`: at least one entry, each with a host and a
+/// port number (names are resolved when connecting). Returns the entries in order.
+pub fn parse_bootstrap(text: &str) -> Result<Vec<String>, String> {
+    let mut list = Vec::new();
+    for entry in text.split(',').map(str::trim) {
+        if entry.is_empty() {
+            continue;
+        }
+        let valid = entry
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0));
+        if !valid {
+            return Err(format!("{entry:?} is not HOST:PORT"));
+        }
+        list.push(entry.to_owned());
+    }
+    if list.is_empty() {
+        return Err("no broker address given (expected HOST:PORT[,HOST:PORT...])".into());
+    }
+    Ok(list)
+}
+
 /// Attempts of one partition request (produce, fetch, list-offsets) while its leader moves or is
 /// being looked up; transport failures among them are further bounded by `ClientConfig::retries`.
 pub const ROUTE_ATTEMPTS_MAX: u32 = 8;
@@ -128,7 +152,8 @@ type ConnectionSlot = Arc<tokio::sync::Mutex<Option<Connection>>>;
 
 /// A broker client. Cheap to share (`Arc<Client>`); reconnects lazily after a connection breaks.
 pub struct Client {
-    bootstrap: String,
+    /// The bootstrap list, in the order given.
+    bootstrap: Vec<String>,
     config: ClientConfig,
     routing: Mutex<Routing>,
     /// One connection per broker address.
@@ -162,18 +187,32 @@ fn is_misrouted(code: ErrorCode) -> bool {
 }
 
 impl Client {
-    /// A client that starts from the broker at `bootstrap` and learns the others from metadata.
+    /// A client that starts from the brokers of `bootstrap` (one address, or a comma-separated
+    /// list; see [`parse_bootstrap`]) and learns the others from metadata. Entries are not resolved
+    /// here: one that cannot be reached is skipped like a broker that is down.
     pub fn new(bootstrap: impl Into<String>, config: ClientConfig) -> Arc<Client> {
+        let bootstrap: String = bootstrap.into();
+        let mut list: Vec<String> =
+            bootstrap.split(',').map(str::trim).filter(|addr| !addr.is_empty()).map(str::to_owned).collect();
+        if list.is_empty() {
+            // Nothing to try but what was given: connecting reports the bad address.
+            list.push(bootstrap);
+        }
         Arc::new(Client {
-            bootstrap: bootstrap.into(),
+            bootstrap: list,
             config,
             routing: Mutex::new(Routing::default()),
             connections: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// The bootstrap address.
+    /// The first bootstrap address.
     pub fn addr(&self) -> &str {
+        &self.bootstrap[0]
+    }
+
+    /// The bootstrap list, in the order it is tried.
+    pub fn bootstrap(&self) -> &[String] {
         &self.bootstrap
     }
 
@@ -243,9 +282,9 @@ impl Client {
         }
     }
 
-    /// The bootstrap address first, then every other known broker.
+    /// The bootstrap list first, then every other known broker.
     fn candidates(&self) -> Vec<String> {
-        let mut candidates = vec![self.bootstrap.clone()];
+        let mut candidates = self.bootstrap.clone();
         for addr in self.routing.lock().expect("routing lock").brokers.values() {
             if !candidates.contains(addr) {
                 candidates.push(addr.clone());
@@ -255,7 +294,7 @@ impl Client {
     }
 
     /// Sends a request that any broker can answer (admin, metadata, cluster status) to the first
-    /// reachable one, trying the bootstrap first. A broker that cannot be reached, or that has no
+    /// reachable one, trying the bootstrap list first. A broker that cannot be reached, or that has no
     /// Raft leader (`NotLeader`: nothing was proposed), sends the request on to the next one; after
     /// a round over all of them, backoff and another round, up to `retries` more rounds.
     /// `read_only` requests are also passed on after an ambiguous outcome; others return it.

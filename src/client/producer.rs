@@ -3,7 +3,10 @@
 //! `send` hands a record to a background task and returns a [`Delivery`] future. The task keeps one
 //! open batch per partition and sends it when it reaches `batch_bytes_max` or when it has waited
 //! `linger`. Up to `in_flight_max` produce requests are outstanding at once; beyond that the task
-//! stops taking records, so `send` waits (backpressure).
+//! stops taking records, so `send` waits (backpressure). Before sending, the task takes every record
+//! already queued, so with `linger` 0 nothing waits on purpose, yet records that arrived while
+//! requests were in flight share the next batch instead of each becoming a request (Kafka's sender
+//! behaves the same way).
 //!
 //! Partitioning: an explicit partition wins; otherwise a key picks `murmur2(key) % partitions`
 //! (Kafka's default partitioner, so keys land where a Kafka client would put them); records without
@@ -22,6 +25,7 @@
 //! retrying could write it twice until idempotent producers exist.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,12 +93,30 @@ enum Message {
 #[derive(Clone)]
 pub struct Producer {
     queue: mpsc::Sender<Message>,
+    stats: Arc<Stats>,
+}
+
+/// Counters a producer keeps, for benchmarks and tests (how well records were batched).
+#[derive(Default)]
+struct Stats {
+    requests: AtomicU64,
+    records: AtomicU64,
+}
+
+/// What a producer has sent so far: produce requests put on a connection (re-sends included), and
+/// the records in them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerStats {
+    pub requests: u64,
+    pub records: u64,
 }
 
 impl Producer {
     pub fn new(client: Arc<Client>, config: ProducerConfig) -> Producer {
         let (queue, receiver) = mpsc::channel(PRODUCER_QUEUE_MAX);
+        let stats = Arc::new(Stats::default());
         let task = Task {
+            stats: stats.clone(),
             client,
             config,
             topics: BTreeMap::new(),
@@ -105,7 +127,14 @@ impl Producer {
             next_send_seq: 1,
         };
         tokio::spawn(task.run(receiver));
-        Producer { queue }
+        Producer { queue, stats }
+    }
+
+    pub fn stats(&self) -> ProducerStats {
+        ProducerStats {
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            records: self.stats.records.load(Ordering::Relaxed),
+        }
     }
 
     /// Queues a record. Waits only when the producer is saturated.
@@ -158,6 +187,7 @@ struct Redirect {
 }
 
 struct Task {
+    stats: Arc<Stats>,
     client: Arc<Client>,
     config: ProducerConfig,
     /// Per topic: partition count, open batches, sticky partition. One hash lookup per record.
@@ -177,10 +207,32 @@ impl Task {
     async fn run(mut self, mut queue: mpsc::Receiver<Message>) {
         let mut queue_open = true;
         loop {
-            let deadline = self.open_batches().map(|(_, _, deadline)| deadline).min();
+            // Records that arrived while the task was busy (a request in flight, a redirect) join the
+            // open batches before anything is sent, as Kafka's accumulator does: with `linger` 0 a
+            // record waits for nothing, but records queued meanwhile go out together, not as one
+            // request each.
+            let mut drained = 0;
+            while queue_open && self.has_request_slot() && drained < PRODUCER_QUEUE_MAX {
+                drained += 1;
+                match queue.try_recv() {
+                    Ok(message) => self.handle(message).await,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        self.handle_closed(&mut queue_open).await;
+                    }
+                }
+            }
+            self.send_due().await;
+            if self.in_flight.is_empty() && self.open_batches == 0 {
+                for done in self.flushes.drain(..) {
+                    let _ = done.send(());
+                }
+            }
             if !queue_open && self.open_batches == 0 && self.in_flight.is_empty() {
                 break;
             }
+            let deadline = self.open_batches().map(|(_, _, deadline)| deadline).min();
+            let slot = self.has_request_slot();
             tokio::select! {
                 biased;
                 Some(redirect) = self.in_flight.next(), if !self.in_flight.is_empty() => {
@@ -188,34 +240,50 @@ impl Task {
                         self.redirect(redirect).await;
                     }
                 }
-                _ = sleep_until_opt(deadline), if deadline.is_some() => {
-                    let now = Instant::now();
-                    let due: Vec<_> = self.open_batches().filter(|(_, _, deadline)| *deadline <= now).collect();
-                    for (topic, partition, _) in due {
-                        self.send_batch(&topic, partition).await;
-                    }
-                }
-                message = queue.recv(), if queue_open && self.in_flight.len() < self.config.in_flight_max => {
-                    match message {
-                        None => {
-                            queue_open = false;
-                            self.send_all().await;
-                        }
-                        Some(Message::Send { topic, partition, record, delivery }) => {
-                            self.add(topic, partition, record, delivery).await;
-                        }
-                        Some(Message::Flush { done }) => {
-                            self.send_all().await;
-                            self.flushes.push(done);
-                        }
-                    }
-                }
+                // Due batches are sent at the top of the loop, once a request slot is free.
+                _ = sleep_until_opt(deadline), if deadline.is_some() && slot => {}
+                message = queue.recv(), if queue_open && slot => match message {
+                    None => self.handle_closed(&mut queue_open).await,
+                    Some(message) => self.handle(message).await,
+                },
             }
-            if self.in_flight.is_empty() && self.open_batches == 0 {
-                for done in self.flushes.drain(..) {
-                    let _ = done.send(());
-                }
+        }
+    }
+
+    /// Whether another produce request may go out (at most `in_flight_max` are outstanding).
+    fn has_request_slot(&self) -> bool {
+        self.in_flight.len() < self.config.in_flight_max
+    }
+
+    async fn handle(&mut self, message: Message) {
+        match message {
+            Message::Send { topic, partition, record, delivery } => self.add(topic, partition, record, delivery).await,
+            Message::Flush { done } => {
+                self.send_all().await;
+                self.flushes.push(done);
             }
+        }
+    }
+
+    /// Every `Producer` handle is gone: send what is open and stop once it is answered.
+    async fn handle_closed(&mut self, queue_open: &mut bool) {
+        *queue_open = false;
+        self.send_all().await;
+    }
+
+    /// Sends the open batches whose linger has passed, oldest first, while request slots are free.
+    async fn send_due(&mut self) {
+        if self.open_batches == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut due: Vec<_> = self.open_batches().filter(|(_, _, deadline)| *deadline <= now).collect();
+        due.sort_by_key(|(_, _, deadline)| *deadline);
+        for (topic, partition, _) in due {
+            if !self.has_request_slot() {
+                break;
+            }
+            self.send_batch(&topic, partition).await;
         }
     }
 
@@ -294,7 +362,9 @@ impl Task {
         batch.records.push(record);
         batch.deliveries.push(delivery);
         batch.bytes += size;
-        if batch.bytes >= self.config.batch_bytes_max || linger.is_zero() {
+        // A full batch goes now; any other waits for its linger (sent by `send_due`, which with
+        // `linger` 0 runs as soon as the records queued meanwhile have joined it).
+        if batch.bytes >= self.config.batch_bytes_max {
             self.send_batch(&topic, partition).await;
         }
     }
@@ -387,6 +457,8 @@ impl Task {
         };
         let send_seq = self.next_send_seq;
         if sent.is_ok() {
+            self.stats.requests.fetch_add(1, Ordering::Relaxed);
+            self.stats.records.fetch_add(deliveries.len() as u64, Ordering::Relaxed);
             self.next_send_seq += 1;
             if let Some(slot) = self.topics.get_mut(topic).and_then(|state| state.last_sent.get_mut(partition as usize))
             {
