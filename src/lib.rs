@@ -21,6 +21,7 @@ pub mod log;
 pub mod meta;
 pub mod partition;
 pub mod protocol;
+pub mod random;
 pub mod server;
 pub mod storage;
 pub mod topic_name;

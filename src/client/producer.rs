@@ -339,7 +339,7 @@ impl Task {
             }
             (Some(partition), _) => partition,
             (None, Some(key)) => (murmur2(key) & 0x7fff_ffff) % count,
-            (None, None) => *state.sticky.get_or_insert_with(|| rand::rng().random_range(0..count)),
+            (None, None) => *state.sticky.get_or_insert_with(|| crate::random::rng().random_range(0..count)),
         };
         let full = state.open[partition as usize]
             .as_ref()

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
+use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -407,7 +408,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
     async fn run(mut self, mut mailbox: mpsc::Receiver<Command>, shutdown: CancellationToken) {
         // A random phase for the first tick: without it, nodes started together tick in lockstep and
         // split votes are far more frequent (measured in DESIGN.md).
-        let phase = Duration::from_micros(rand::random_range(0..self.config.tick.as_micros() as u64));
+        let phase = Duration::from_micros(crate::random::rng().random_range(0..self.config.tick.as_micros() as u64));
         let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + phase, self.config.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -714,7 +715,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
 
     fn redraw_election_timeout(&mut self) {
         let election_tick = self.config.election_tick;
-        let timeout = rand::random_range(election_tick..2 * election_tick);
+        let timeout = crate::random::rng().random_range(election_tick..2 * election_tick);
         self.raw.raft.set_randomized_election_timeout(timeout);
         self.rng_timeout = timeout;
         self.timer_view = self.current_timer_view();
