@@ -286,7 +286,11 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
                 partition: partition.partition,
                 leader: partition.leader.map_or(0, |leader| leader.0),
                 replicas: partition.replicas.iter().map(|replica| replica.0).collect(),
-                isr: partition.isr.iter().map(|replica| replica.0).collect(),
+                // Partition data is not replicated yet: the leader is the only replica that holds
+                // the data, so it is the whole in-sync set, whatever the metadata's ISR (all
+                // replicas since creation) says. ISR replication (issue 8) replaces this with the
+                // metadata's ISR, which it will then maintain.
+                isr: partition.leader.map(|leader| vec![leader.0]).unwrap_or_default(),
                 leader_epoch: partition.leader_epoch.0,
             })
             .collect(),
