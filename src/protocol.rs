@@ -121,6 +121,9 @@ pub enum ErrorCode {
     UnsupportedVersion = 18,
     InvalidAcks = 19,
     InvalidTimestamp = 20,
+    /// The partition's disk is full (ENOSPC): the write definitely did not happen, and nothing
+    /// acknowledged before was lost. Retry after space is freed.
+    DiskFull = 21,
 }
 
 impl ErrorCode {

@@ -5,6 +5,8 @@
 //! segments so they roll. After every operation the offsets are compared with the model; reads are
 //! compared batch by batch and record by record; after every reopen the whole log is read back and
 //! must pass the model's crash rule (a prefix of what was appended, holding all that was durable).
+//! With injected write errors (SimDisk, during appends), a failed append must leave the batch out of
+//! the log and everything appended before it in, once the log is reopened without a power loss.
 //! Unit tests below pin the disk-fault cases one by one.
 
 use std::collections::HashMap;
@@ -178,6 +180,8 @@ trait Env {
     fn crash_loses_unsynced(&self) -> bool;
     /// Cuts the last segment's `.log` at `cut` and appends garbage; `None` if not supported.
     fn damage_last_segment(&self, cut_pick: u32, garbage: Option<(usize, bool)>, durable_end: i64) -> Option<()>;
+    /// Turns injected write errors (EIO and ENOSPC) on or off; false if the disk cannot inject them.
+    fn inject_write_errors(&self, on: bool) -> bool;
 }
 
 struct SimEnv {
@@ -197,6 +201,16 @@ impl Env for SimEnv {
     }
     fn damage_last_segment(&self, _: u32, _: Option<(usize, bool)>, _: i64) -> Option<()> {
         None
+    }
+    fn inject_write_errors(&self, on: bool) -> bool {
+        let probability = if on { 0.1 } else { 0.0 };
+        let faults = SimDiskFaults {
+            write_eio_probability: probability,
+            write_enospc_probability: probability,
+            ..self.disk.faults()
+        };
+        self.disk.set_faults(faults);
+        true
     }
 }
 
@@ -245,6 +259,9 @@ impl Env for FileEnv {
         write_file(&path, &content);
         Some(())
     }
+    fn inject_write_errors(&self, _: bool) -> bool {
+        false
+    }
 }
 
 fn write_file(path: &Path, content: &[u8]) {
@@ -259,6 +276,8 @@ struct Harness<E: Env> {
     model: PartitionLogModel,
     payloads: Payloads,
     fsync_errors: bool,
+    /// Appends run with injected write errors.
+    write_errors: bool,
 }
 
 impl<E: Env> Harness<E> {
@@ -271,6 +290,7 @@ impl<E: Env> Harness<E> {
             model: PartitionLogModel::new(),
             payloads: Payloads::new(),
             fsync_errors,
+            write_errors: false,
         };
         harness.reopen(true);
         harness
@@ -318,10 +338,34 @@ impl<E: Env> Harness<E> {
         self.reopen(false);
     }
 
-    fn append(&mut self, spec: &BatchSpec) {
+    /// Appends one batch; false if an injected write error failed it (the log was then reopened).
+    fn append(&mut self, spec: &BatchSpec) -> bool {
         let (batch, meta) = build_batch(spec, Offset(self.model.log_end_offset()), &mut self.payloads);
-        self.log().append(&batch).unwrap();
-        self.model.append(meta).unwrap();
+        if !self.write_errors {
+            self.log().append(&batch).unwrap();
+            self.model.append(meta).unwrap();
+            return true;
+        }
+        assert!(self.env.inject_write_errors(true), "this disk cannot inject write errors");
+        let result = self.log().append(&batch);
+        self.env.inject_write_errors(false);
+        match result {
+            Ok(()) => {
+                self.model.append(meta).unwrap();
+                true
+            }
+            Err(error) => {
+                let message = error.to_string();
+                assert!(message.contains("injected write error"), "{message}");
+                assert_eq!(error.is_disk_full(), message.contains("ENOSPC"), "{message}");
+                // The log is failed until reopened...
+                assert!(matches!(self.log().append(&batch), Err(LogError::Failed)));
+                // ...and without a power loss the reopened log holds exactly what was appended
+                // before: the failed batch is not in it (recovery cut whatever prefix of it landed).
+                self.reopen(true);
+                false
+            }
+        }
     }
 
     fn sync(&mut self) {
@@ -347,11 +391,17 @@ impl<E: Env> Harness<E> {
 
     fn apply(&mut self, op: &Op) {
         match op {
-            Op::Append(spec) => self.append(spec),
+            Op::Append(spec) => {
+                self.append(spec);
+            }
             Op::AppendDuringSync(spec) => {
                 let ticket = self.model.begin_sync();
                 let sync = self.log().begin_sync();
-                self.append(spec);
+                if !self.append(spec) {
+                    // The failed append reopened the log; the sync belonged to the old one.
+                    drop(sync);
+                    return self.check_offsets();
+                }
                 match self.runtime.block_on(sync) {
                     Ok(covered) => {
                         self.log().mark_durable(covered);
@@ -456,6 +506,20 @@ proptest! {
         let disk = SimDisk::new(seed);
         disk.set_faults(SimDiskFaults { fsync_error_probability: 0.1, ..SimDiskFaults::default() });
         run(SimEnv { disk }, config, &ops, true);
+    }
+
+    #[test]
+    fn sim_disk_with_write_errors_keeps_everything_appended_before_and_nothing_of_the_failed_batch(
+        seed in any::<u64>(),
+        config in config(),
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        let mut harness = Harness::new(SimEnv { disk: SimDisk::new(seed) }, config, false);
+        harness.write_errors = true;
+        for op in &ops {
+            harness.apply(op);
+        }
+        harness.apply(&Op::CleanReopen);
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub struct FaultClasses {
     pub process_restart: Use,
     pub slow_fsync: Use,
     pub failing_fsync: Use,
+    /// Injected write errors (EIO and ENOSPC) on the partition data disk.
+    pub failing_write: Use,
     pub pause: Use,
     pub clog: Use,
 }
@@ -93,6 +95,8 @@ pub struct Swarm {
     /// Upper bounds for the disk faults the nemesis draws.
     pub fsync_latency_ms_max: u64,
     pub fsync_error_probability_max: f64,
+    /// Upper bound for each of the EIO and ENOSPC write error probabilities (0 = no write errors).
+    pub write_error_probability_max: f64,
 }
 
 impl Swarm {
@@ -108,9 +112,9 @@ impl Swarm {
         let weight_power_loss = weight(faults.power_loss);
         let weight_kill = weight(faults.process_restart);
         let weight_clean_restart = weight(faults.process_restart);
-        let disk_use = match (faults.slow_fsync, faults.failing_fsync) {
-            (Use::Always, _) | (_, Use::Always) => Use::Always,
-            (Use::Off, Use::Off) => Use::Off,
+        let disk_use = match (faults.slow_fsync, faults.failing_fsync, faults.failing_write) {
+            (Use::Always, _, _) | (_, Use::Always, _) | (_, _, Use::Always) => Use::Always,
+            (Use::Off, Use::Off, Use::Off) => Use::Off,
             _ => Use::Sometimes,
         };
         let weight_disk_faults = weight(disk_use);
@@ -137,6 +141,12 @@ impl Swarm {
                 0
             },
             fsync_error_probability_max: if faults.failing_fsync.enabled() {
+                [0.01, 0.05, 0.2, 0.5][rng.gen_range(0..4)]
+            } else {
+                0.0
+            },
+            // Drawn last and only when enabled, so scenarios without write errors draw as before.
+            write_error_probability_max: if faults.failing_write.enabled() {
                 [0.01, 0.05, 0.2, 0.5][rng.gen_range(0..4)]
             } else {
                 0.0
@@ -220,7 +230,11 @@ pub async fn run(config: &ScenarioConfig) -> Outcome {
     let disk_seed = thread_rng().gen::<u64>();
     let broker = cluster.add_broker(broker_config, disk_seed);
     let addr = cluster.broker_addr(broker);
-    let durable = config.fsync == FsyncPolicy::Always;
+    // Acked records may be lost only to a power loss or a failed fsync (which may drop dirty pages)
+    // when fsync=never; without those, even fsync=never keeps everything acked (the page cache
+    // survives a process crash and a write error).
+    let durable = config.fsync == FsyncPolicy::Always
+        || !(config.faults.power_loss.enabled() || config.faults.failing_fsync.enabled());
     let recorder = Recorder::new(start, trace.clone(), durable);
     let mut violations = Vec::new();
 
@@ -455,12 +469,27 @@ async fn run_nemesis(cluster: &mut Cluster, broker: usize, swarm: &Swarm, durati
                 } else {
                     0.0
                 };
+                let (write_eio_probability, write_enospc_probability) =
+                    if swarm.write_error_probability_max > 0.0 && rng.gen_bool(0.7) {
+                        let max = swarm.write_error_probability_max;
+                        (rng.gen_range(0.0..=max), if rng.gen_bool(0.5) { rng.gen_range(0.0..=max) } else { 0.0 })
+                    } else {
+                        (0.0, 0.0)
+                    };
                 let faults = SimDiskFaults {
                     fsync_error_probability: error_probability,
                     fsync_latency_ms: (latency_min, latency_max),
+                    write_eio_probability,
+                    write_enospc_probability,
                     ..SimDiskFaults::default()
                 };
                 cluster.set_disk_faults(broker, faults);
+                if swarm.write_error_probability_max > 0.0 {
+                    let what = format!(
+                        "nemesis write_errors eio_p={write_eio_probability} enospc_p={write_enospc_probability}"
+                    );
+                    cluster.trace().record(cluster.now_ns(), what);
+                }
             }
             Action::Pause => {
                 cluster.pause(broker);
@@ -514,6 +543,7 @@ pub fn single_broker_power_loss(fsync: FsyncPolicy) -> ScenarioConfig {
             process_restart: Use::Sometimes,
             slow_fsync: Use::Sometimes,
             failing_fsync: Use::Off,
+            failing_write: Use::Off,
             pause: Use::Off,
             clog: Use::Off,
         },
@@ -531,6 +561,7 @@ pub fn single_broker_slow_and_failing_fsync() -> ScenarioConfig {
             process_restart: Use::Off,
             slow_fsync: Use::Always,
             failing_fsync: Use::Always,
+            failing_write: Use::Sometimes,
             pause: Use::Off,
             clog: Use::Off,
         },
@@ -548,6 +579,7 @@ pub fn single_broker_pause_and_clog() -> ScenarioConfig {
             process_restart: Use::Sometimes,
             slow_fsync: Use::Off,
             failing_fsync: Use::Off,
+            failing_write: Use::Off,
             pause: Use::Always,
             clog: Use::Always,
         },
@@ -565,8 +597,29 @@ pub fn single_broker_swarm() -> ScenarioConfig {
             process_restart: Use::Sometimes,
             slow_fsync: Use::Sometimes,
             failing_fsync: Use::Sometimes,
+            failing_write: Use::Sometimes,
             pause: Use::Sometimes,
             clog: Use::Sometimes,
+        },
+        duration: DURATION_DEFAULT,
+    }
+}
+
+/// Single broker with `fsync = "never"` whose disk fails writes (EIO, ENOSPC), with process crashes
+/// and clean restarts but no power loss and no failed fsync: the page cache survives all of these,
+/// so no acked record may be lost even though nothing is fsynced (issue 7: a failed write was acked).
+pub fn single_broker_write_errors_fsync_never() -> ScenarioConfig {
+    ScenarioConfig {
+        name: "single_broker_write_errors_fsync_never",
+        fsync: FsyncPolicy::Never,
+        faults: FaultClasses {
+            power_loss: Use::Off,
+            process_restart: Use::Sometimes,
+            slow_fsync: Use::Off,
+            failing_fsync: Use::Off,
+            failing_write: Use::Always,
+            pause: Use::Off,
+            clog: Use::Off,
         },
         duration: DURATION_DEFAULT,
     }

@@ -25,6 +25,14 @@ async fn single_broker_slow_and_failing_fsync() {
     scenario::run(&scenario::single_broker_slow_and_failing_fsync()).await.assert_valid();
 }
 
+/// `fsync = "never"` with write errors (EIO, ENOSPC) and process restarts but no power loss: nothing
+/// acked may be lost, since a failed write must never be acked and the page cache survives the rest.
+#[madsim::test]
+async fn single_broker_write_errors_fsync_never() {
+    keel_sim::init_logging();
+    scenario::run(&scenario::single_broker_write_errors_fsync_never()).await.assert_valid();
+}
+
 /// A paused broker and clogged nodes: requests time out as `info`, nothing hangs, and after the heal
 /// everything acked is readable.
 #[madsim::test]

@@ -109,6 +109,13 @@ pub enum LogError {
     Failed,
 }
 
+impl LogError {
+    /// The disk is full (ENOSPC): the caller can tell its clients so instead of a generic I/O error.
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, LogError::Io(error) if error.kind() == std::io::ErrorKind::StorageFull)
+    }
+}
+
 /// What [`PartitionLog::open`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -418,6 +425,10 @@ impl<D: Disk> PartitionLog<D> {
 
     /// Appends one batch already stamped with `base_offset == log_end_offset()`. It goes to the page
     /// cache, not yet durable. May roll to a new segment first.
+    ///
+    /// On an error the log is failed and must be reopened. The batch is then definitely not in the
+    /// log: a failed disk write keeps at most a strict prefix of its bytes (the storage contract),
+    /// and recovery cuts an incomplete batch by its length and CRC.
     ///
     /// # Panics
     /// After [`PartitionLog::truncate_to`] removed data, until a sync begun after it succeeded:

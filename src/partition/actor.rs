@@ -5,9 +5,13 @@
 //! appends are written to the page cache, and the next fsync covers all of them at once.
 //!
 //! The loop performs each [`Ready`] in order: writes, then starting the sync, then reads, then
-//! replies. On a storage failure (a write or a sync fails) it drops the in-flight sync, tells the
-//! core (pending appends become indeterminate), reopens the log (recovery truncates whatever the
-//! disk lost) and tells the core what survived.
+//! replies, and after the writes it tells the core what became of them (`Written`, or `WriteFailed`
+//! at the first batch that failed, after which it writes nothing more), then takes the next `Ready`
+//! until the core has nothing left to do. The shell never decides which replies a failure cancels:
+//! the core emits a `Produced` only for batches already reported written (see the Ready contract in
+//! `partition::core`). On a storage failure (a write or a sync fails) it drops the in-flight sync,
+//! tells the core, reopens the log (recovery truncates whatever the disk lost or tore) and tells the
+//! core what survived.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -220,8 +224,7 @@ impl<D: Disk> Actor<D> {
                                 Ok(up_to) => self.sync_completed(up_to),
                                 Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
                             }
-                            let ready = self.core.ready();
-                            self.perform(ready, &mut sync);
+                            self.drive(&mut sync);
                         }
                         let result = self.close().await;
                         let _ = reply.send(result);
@@ -234,12 +237,10 @@ impl<D: Disk> Actor<D> {
                     self.core.step(Input::Tick { now_ms });
                 }
             }
-            let ready = self.core.ready();
-            self.perform(ready, &mut sync);
+            self.drive(&mut sync);
             if self.reopen_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
                 self.reopen().await;
-                let ready = self.core.ready();
-                self.perform(ready, &mut sync);
+                self.drive(&mut sync);
             }
         }
         let _ = self.close().await;
@@ -321,23 +322,30 @@ impl<D: Disk> Actor<D> {
         }
     }
 
-    /// Performs a `Ready` in its contract order: writes, sync, reads, replies.
+    /// Performs the core's `Ready`s until it has nothing left to do. A `Ready` with writes leads to
+    /// another (their replies, or a sync covering them), so one call may take several.
+    fn drive(&mut self, sync: &mut Option<SyncFuture>) {
+        loop {
+            let ready = self.core.ready();
+            if ready.is_empty() {
+                return;
+            }
+            self.perform(ready, sync);
+        }
+    }
+
+    /// Performs one `Ready` in its contract order: writes (reported to the core), sync, reads, replies.
     fn perform(&mut self, ready: Ready, sync: &mut Option<SyncFuture>) {
         let Ready { writes, start_sync, reads, replies } = ready;
-        let mut write_error = None;
-        if let Some(log) = self.log.as_mut() {
-            for batch in &writes {
-                if let Err(error) = log.append(batch) {
-                    write_error = Some(error);
-                    break;
-                }
-            }
-            if start_sync && write_error.is_none() {
+        if !writes.is_empty() {
+            self.write(&writes, sync);
+        }
+        if start_sync {
+            // The core starts no sync while storage is failed, and none in a Ready with writes.
+            if let Some(log) = self.log.as_mut() {
                 debug_assert!(sync.is_none(), "the core starts one sync at a time");
                 *sync = Some(Box::pin(log.begin_sync()));
             }
-        } else if !writes.is_empty() {
-            write_error = Some(LogError::Failed);
         }
         for read in reads {
             let answer = match self.log.as_ref() {
@@ -369,29 +377,53 @@ impl<D: Disk> Actor<D> {
                 let _ = sender.send(answer);
             }
         }
-        if let Some(error) = write_error {
-            // Synchronous failure path: handled by the caller's loop via `storage_failed_now`.
-            *sync = None;
-            self.storage_failed_now(format!("write failed: {error}"));
-        }
     }
 
-    fn storage_failed_now(&mut self, reason: String) {
-        tracing::error!(partition = %self.spec.name, %reason, "partition storage failed; reopening the log");
-        self.log = None;
-        self.reopen_at = Some(tokio::time::Instant::now());
-        self.core.step(Input::StorageFailed { reason });
-        let ready = self.core.ready();
-        // A failure produces only replies (the pending appends' indeterminate errors).
-        for (request, reply) in ready.replies {
-            if let (Reply::Error { code, message }, Some(sender)) = (reply, self.replies.remove(&request)) {
-                let _ = sender.send(PartitionReply::Error { code, message });
+    /// Appends the batches in order, stopping at the first failure, and reports the outcome to the
+    /// core. Root cause of issue 7: this loop used to stop at a failed write but the caller still sent
+    /// every reply of the `Ready`, which with `fsync=never` included a `Produced` for the failed batch
+    /// (and for the batches after it), whose offsets recovery then gave to other batches. Now no reply
+    /// for a batch exists before the core is told the batch was written.
+    fn write(&mut self, writes: &[Batch], sync: &mut Option<SyncFuture>) {
+        let failure = match self.log.as_mut() {
+            Some(log) => {
+                writes.iter().find_map(|batch| log.append(batch).err().map(|error| (batch.base_offset(), error)))
+            }
+            // Unreachable while the core hands out writes only when storage is not failed; if it ever
+            // happens, nothing was written, which is what this reports.
+            None => Some((writes[0].base_offset(), LogError::Failed)),
+        };
+        match failure {
+            None => {
+                let up_to = writes.last().expect("writes is not empty").next_offset();
+                self.core.step(Input::Written { up_to });
+            }
+            Some((written_up_to, error)) => {
+                // The in-flight sync (if any) proves nothing about the log recovery will produce.
+                *sync = None;
+                let disk_full = error.is_disk_full();
+                let reason = format!("write failed: {error}");
+                self.storage_failed_now(Input::WriteFailed { written_up_to, disk_full, reason });
             }
         }
     }
 
+    /// Drops the log, tells the core (`failure` is `WriteFailed` or `StorageFailed`) and schedules the
+    /// reopen. The core's answers go out with the next `drive`.
+    fn storage_failed_now(&mut self, failure: Input) {
+        tracing::error!(partition = %self.spec.name, ?failure, "partition storage failed; reopening the log");
+        self.log = None;
+        self.reopen_at = Some(tokio::time::Instant::now());
+        self.core.step(failure);
+    }
+
     async fn storage_failed(&mut self, reason: String) {
-        self.storage_failed_now(reason);
+        self.storage_failed_now(Input::StorageFailed { reason });
+        // Answer the appends the failure made indeterminate before the (slow) reopen. A failed core
+        // starts no sync, so there is none to keep.
+        let mut no_sync = None;
+        self.drive(&mut no_sync);
+        debug_assert!(no_sync.is_none(), "a failed core started a sync");
         self.reopen().await;
     }
 
@@ -520,6 +552,104 @@ mod tests {
                 .collect();
             assert_eq!(values.first().map(|v| &v[..]), Some(&b"durable"[..]));
             assert_eq!(values.last().map(|v| &v[..]), Some(&b"after"[..]));
+            partition.stop().await.unwrap();
+        });
+    }
+
+    /// Reads the whole partition back as (offset, value) pairs.
+    async fn read_all(partition: &PartitionHandle) -> Vec<(Offset, Vec<u8>)> {
+        let reply = partition.fetch(Offset(0), 1 << 20, 0).await.await.unwrap();
+        let PartitionReply::Fetched { records, .. } = reply else { panic!("{reply:?}") };
+        crate::client::decode_records(records, Offset(0))
+            .unwrap()
+            .into_iter()
+            .map(|record| (record.offset, record.value.unwrap().to_vec()))
+            .collect()
+    }
+
+    /// Appends until the partition has recovered (bounded), returning the offset it got.
+    async fn append_after_recovery(partition: &PartitionHandle, value: &str) -> Offset {
+        for _ in 0..200 {
+            if let PartitionReply::Produced { base_offset } =
+                partition.append(batch(value), Acks::All).await.await.unwrap()
+            {
+                return base_offset;
+            }
+            tokio::time::sleep(REOPEN_BACKOFF_MIN).await;
+        }
+        panic!("the partition never recovered");
+    }
+
+    /// Issue 7: with `fsync = "never"` the reply to an append does not wait for a sync, and the actor
+    /// used to send every reply of a `Ready` even when one of its writes failed. The batch was then
+    /// acknowledged although it never reached the page cache, and after recovery its offset went to
+    /// the next batch. Every acknowledged offset must read back its own value.
+    #[test]
+    fn a_failed_write_is_never_acknowledged_and_its_offset_is_not_given_to_another_batch() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let disk = SimDisk::new(13);
+            let never = PartitionSpec {
+                core_config: CoreConfig { fsync: FsyncPolicy::Never, ..CoreConfig::default() },
+                ..spec(&disk)
+            };
+            let partition = spawn_partition(never).await;
+            let mut acked = Vec::new();
+            let reply = partition.append(batch("written"), Acks::All).await.await.unwrap();
+            let PartitionReply::Produced { base_offset } = reply else { panic!("{reply:?}") };
+            acked.push((base_offset, b"written".to_vec()));
+
+            disk.set_faults(SimDiskFaults { write_eio_probability: 1.0, ..SimDiskFaults::default() });
+            let failed = partition.append(batch("failed"), Acks::All).await.await.unwrap();
+            if let PartitionReply::Produced { base_offset } = failed {
+                acked.push((base_offset, b"failed".to_vec()));
+            }
+            disk.set_faults(SimDiskFaults::default());
+            let after = append_after_recovery(&partition, "after").await;
+            acked.push((after, b"after".to_vec()));
+
+            let log = read_all(&partition).await;
+            for (offset, value) in &acked {
+                let found = log.iter().find(|(at, _)| at == offset).map(|(_, found)| found);
+                assert_eq!(
+                    found,
+                    Some(value),
+                    "offset {offset} was acknowledged for {:?} but reads back {:?}",
+                    String::from_utf8_lossy(value),
+                    found.map(|found| String::from_utf8_lossy(found))
+                );
+            }
+            // Nothing of the failed batch could have landed (a failed write keeps a strict prefix,
+            // which recovery cuts by its CRC), so its failure is definite, not indeterminate.
+            assert!(matches!(failed, PartitionReply::Error { code: ErrorCode::StorageError, .. }), "{failed:?}");
+            assert_eq!(after, Offset(1));
+            partition.stop().await.unwrap();
+        });
+    }
+
+    /// A full disk: appends get a typed `DiskFull` (not a generic storage error), nothing acked
+    /// before is lost, the partition keeps serving, and it takes appends again once space is free.
+    #[test]
+    fn a_full_disk_gets_a_typed_error_loses_nothing_acked_and_recovers() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let disk = SimDisk::new(17);
+            let partition = spawn_partition(spec(&disk)).await;
+            let reply = partition.append(batch("before"), Acks::All).await.await.unwrap();
+            assert_eq!(reply, PartitionReply::Produced { base_offset: Offset(0) });
+
+            disk.set_faults(SimDiskFaults { write_enospc_probability: 1.0, ..SimDiskFaults::default() });
+            for value in ["full-1", "full-2", "full-3"] {
+                let reply = partition.append(batch(value), Acks::All).await.await.unwrap();
+                assert!(matches!(reply, PartitionReply::Error { code: ErrorCode::DiskFull, .. }), "{reply:?}");
+            }
+            assert!(disk.stats().write_errors > 0);
+
+            disk.set_faults(SimDiskFaults::default());
+            let after = append_after_recovery(&partition, "after").await;
+            assert_eq!(after, Offset(1), "the refused batches took no offsets");
+            let values: Vec<_> = read_all(&partition).await.into_iter().map(|(_, value)| value).collect();
+            assert_eq!(values, vec![b"before".to_vec(), b"after".to_vec()]);
             partition.stop().await.unwrap();
         });
     }

@@ -1,15 +1,33 @@
 //! The sans-IO partition core: what a partition leader decides, with no I/O.
 //!
-//! In: [`Input`] (an append, a fetch, a sync that completed or failed, a tick), with the current time
-//! as an argument. Out: a [`Ready`] (batches to write, whether to start an fsync, reads to perform,
-//! replies to send), in the shape of raft-rs's `RawNode::ready`. The shell (`partition::actor`) performs
-//! a `Ready` in field order: **writes first, then the sync, then reads, then replies**, so a reply
-//! that depends on a write is never sent before the write reached the log.
+//! In: [`Input`] (an append, a fetch, writes that completed or failed, a sync that completed or
+//! failed, a tick), with the current time as an argument. Out: a [`Ready`] (batches to write, whether
+//! to start an fsync, reads to perform, replies to send), in the shape of raft-rs's `RawNode::ready`.
+//!
+//! # The Ready contract
+//! The shell performs a `Ready` in field order (writes, then the sync, then reads, then replies) and
+//! reports what became of the writes before it takes the next `Ready`: [`Input::Written`] when they
+//! all reached the log, [`Input::WriteFailed`] at the first one that did not (and then issues none
+//! after it). **No reply in a `Ready` depends on a write in the same `Ready`**: a `Produced` is emitted
+//! only after the shell reported its batch written (and, with `fsync=always` and `acks=all`, after a
+//! sync covering it completed), as raft-rs holds back `persisted_messages` until the entries are
+//! persisted. So the core alone decides what a failed write means for each waiting request; the
+//! shell never has to guess which replies to drop.
 //!
 //! Durability contract (ADR 0002): with [`FsyncPolicy::Always`], the high watermark is the durable
 //! end of the log, so an `acks=all` produce is answered, and a record becomes visible to consumers,
 //! only after the fsync covering it completed. With [`FsyncPolicy::Never`], the high watermark is
-//! the log end (Kafka's default: the page cache is trusted) and power loss can lose acked records.
+//! the end of what was written to the log (Kafka's default: the page cache is trusted) and power loss
+//! can lose acked records; a failed write cannot, because nothing is acked before it is written.
+//!
+//! # Outcomes of a failed write (see [`Input::WriteFailed`])
+//! - Batches written before the failed one: in the page cache. With `fsync=never` they are answered
+//!   as usual; waiting for a sync, they become `StorageIndeterminate` (they may or may not survive).
+//! - The failed batch: a failed write keeps at most a strict prefix of its bytes (storage contract),
+//!   and recovery cuts any incomplete batch by its length and CRC, so it can never be read back:
+//!   a definite `StorageError` (`DiskFull` when the disk said ENOSPC). Its offsets are given to the
+//!   next batch after recovery, which is correct only because it was never acknowledged.
+//! - Batches after it: never issued, so definitely not written: the same definite error.
 //!
 //! Architecture invariant: this module never touches sockets, files, clocks, threads or an RNG.
 //! `check_invariants` runs after every step in debug builds and in simulation.
@@ -74,11 +92,24 @@ pub enum Input {
         max_wait_ms: u32,
         now_ms: TimestampMs,
     },
+    /// Every batch handed out in `Ready::writes` below `up_to` is now in the log (page cache).
+    Written {
+        up_to: Offset,
+    },
+    /// The shell wrote the batches below `written_up_to`, then the write of the batch starting at
+    /// `written_up_to` failed, and it issued no write after it. The log must be reopened (the shell
+    /// follows with `Recovered`).
+    WriteFailed {
+        written_up_to: Offset,
+        /// The disk reported ENOSPC: requests get `DiskFull`, not `StorageError`.
+        disk_full: bool,
+        reason: String,
+    },
     /// The sync started by an earlier `Ready::start_sync` made everything below `up_to` durable.
     SyncCompleted {
         up_to: Offset,
     },
-    /// A write or sync failed: everything not yet durable is in an unknown state.
+    /// A sync (or anything but a write) failed: everything not yet durable is in an unknown state.
     StorageFailed {
         reason: String,
     },
@@ -120,9 +151,11 @@ pub struct Read {
 
 #[derive(Debug, Default)]
 pub struct Ready {
-    /// Batches stamped with their offsets, to append to the log in order.
+    /// Batches stamped with their offsets, to append to the log in order. The shell reports the
+    /// outcome with `Input::Written` or `Input::WriteFailed` before it takes the next `Ready`.
     pub writes: Vec<Batch>,
-    /// Start an fsync covering everything written so far (only when none is in flight).
+    /// Start an fsync covering everything written so far (only when none is in flight). Never set in
+    /// a `Ready` that also has writes: a sync covers only writes the shell reported done.
     pub start_sync: bool,
     pub reads: Vec<Read>,
     pub replies: Vec<(RequestId, Reply)>,
@@ -139,6 +172,15 @@ struct PendingAppend {
     request: RequestId,
     base_offset: Offset,
     next_offset: Offset,
+    /// `acks=all` with `fsync=always`: answered after the sync covering it, not after the write.
+    waits_for_sync: bool,
+}
+
+/// Why the partition is failed, for the error new requests get until `Recovered`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    Storage,
+    DiskFull,
 }
 
 #[derive(Debug)]
@@ -154,11 +196,18 @@ pub struct PartitionCore {
     config: CoreConfig,
     leader_epoch: LeaderEpoch,
     log_start: Offset,
+    /// The next offset to assign: the end of everything handed out in `Ready::writes`.
     log_end: Offset,
+    /// The end of what the shell reported written (`Input::Written`).
+    written_end: Offset,
     durable_end: Offset,
     sync_in_flight: bool,
     /// Storage failed; appends are refused until `Recovered`.
-    failed: bool,
+    failure: Option<Failure>,
+    /// Appends handed out in `Ready::writes` whose write the shell has not reported yet, in offset
+    /// order; together they cover `[written_end, log_end)`.
+    unwritten: VecDeque<PendingAppend>,
+    /// Written appends waiting for the sync that covers them, in offset order.
     pending: VecDeque<PendingAppend>,
     parked: Vec<ParkedFetch>,
     ready: Ready,
@@ -172,9 +221,11 @@ impl PartitionCore {
             leader_epoch,
             log_start,
             log_end,
+            written_end: log_end,
             durable_end: log_end,
             sync_in_flight: false,
-            failed: false,
+            failure: None,
+            unwritten: VecDeque::new(),
             pending: VecDeque::new(),
             parked: Vec::new(),
             ready: Ready::default(),
@@ -185,7 +236,7 @@ impl PartitionCore {
     /// shell reports `Recovered`.
     pub fn new_failed(config: CoreConfig, leader_epoch: LeaderEpoch) -> PartitionCore {
         let mut core = PartitionCore::new(config, leader_epoch, Offset::ZERO, Offset::ZERO);
-        core.failed = true;
+        core.failure = Some(Failure::Storage);
         core
     }
 
@@ -197,20 +248,25 @@ impl PartitionCore {
         self.log_end
     }
 
+    pub fn written_end(&self) -> Offset {
+        self.written_end
+    }
+
     pub fn durable_end(&self) -> Offset {
         self.durable_end
     }
 
     /// Offsets below the high watermark are committed: visible to consumers, never taken back.
+    /// With `fsync=never` that is what reached the log: never a batch still to be written.
     pub fn high_watermark(&self) -> Offset {
         match self.config.fsync {
             FsyncPolicy::Always => self.durable_end,
-            FsyncPolicy::Never => self.log_end,
+            FsyncPolicy::Never => self.written_end,
         }
     }
 
     pub fn is_failed(&self) -> bool {
-        self.failed
+        self.failure.is_some()
     }
 
     /// The earliest long-poll deadline, for the shell's timer.
@@ -224,6 +280,10 @@ impl PartitionCore {
             Input::Fetch { request, offset, max_bytes, max_wait_ms, now_ms } => {
                 self.on_fetch(request, offset, max_bytes, max_wait_ms, now_ms)
             }
+            Input::Written { up_to } => self.on_written(up_to),
+            Input::WriteFailed { written_up_to, disk_full, reason } => {
+                self.on_write_failed(written_up_to, disk_full, reason)
+            }
             Input::SyncCompleted { up_to } => self.on_sync_completed(up_to),
             Input::StorageFailed { reason } => self.on_storage_failed(reason),
             Input::Recovered { log_start, log_end } => self.on_recovered(log_start, log_end),
@@ -234,8 +294,10 @@ impl PartitionCore {
 
     /// Takes what the shell must do now. Call after every `step` (or batch of steps).
     pub fn ready(&mut self) -> Ready {
-        let needs_sync = self.durable_end < self.log_end;
-        if self.config.fsync == FsyncPolicy::Always && !self.failed && !self.sync_in_flight && needs_sync {
+        // Only what the shell reported written can be synced; writes in this Ready are not yet.
+        let needs_sync = self.durable_end < self.written_end && self.ready.writes.is_empty();
+        let can_sync = self.failure.is_none() && !self.sync_in_flight;
+        if self.config.fsync == FsyncPolicy::Always && can_sync && needs_sync {
             self.sync_in_flight = true;
             self.ready.start_sync = true;
         }
@@ -250,31 +312,112 @@ impl PartitionCore {
         self.reply(request, Reply::Error { code, message: message.into() });
     }
 
-    fn on_append(&mut self, request: RequestId, batch: Batch, acks: Acks) {
-        if self.failed {
-            return self.error(request, ErrorCode::StorageError, "partition storage failed; recovering");
+    /// The error for a request refused because storage failed.
+    fn refuse_failed(&mut self, request: RequestId, failure: Failure) {
+        match failure {
+            Failure::Storage => self.error(request, ErrorCode::StorageError, "partition storage failed; recovering"),
+            Failure::DiskFull => self.error(request, ErrorCode::DiskFull, "the partition's disk is full; recovering"),
         }
-        if self.pending.len() >= self.config.pending_appends_max {
-            return self.error(request, ErrorCode::Busy, "too many appends waiting for fsync");
+    }
+
+    fn on_append(&mut self, request: RequestId, batch: Batch, acks: Acks) {
+        if let Some(failure) = self.failure {
+            return self.refuse_failed(request, failure);
+        }
+        if self.unwritten.len() + self.pending.len() >= self.config.pending_appends_max {
+            return self.error(request, ErrorCode::Busy, "too many appends waiting for their write or fsync");
         }
         let base_offset = self.log_end;
         let batch = batch.stamped(base_offset, self.leader_epoch);
         self.log_end = batch.next_offset();
         self.ready.writes.push(batch);
-        let waits_for_durability = acks == Acks::All && self.config.fsync == FsyncPolicy::Always;
-        if waits_for_durability {
-            self.pending.push_back(PendingAppend { request, base_offset, next_offset: self.log_end });
-        } else {
-            self.reply(request, Reply::Produced { base_offset });
+        let waits_for_sync = acks == Acks::All && self.config.fsync == FsyncPolicy::Always;
+        // Every reply waits at least for the write: see "The Ready contract" in the module doc.
+        self.unwritten.push_back(PendingAppend { request, base_offset, next_offset: self.log_end, waits_for_sync });
+    }
+
+    fn on_written(&mut self, up_to: Offset) {
+        assert!(self.failure.is_none(), "writes reported done after storage failed (up_to={up_to})");
+        assert!(
+            self.written_end <= up_to && up_to <= self.log_end,
+            "written up to {up_to} outside [{}, {}]",
+            self.written_end,
+            self.log_end
+        );
+        while let Some(front) = self.unwritten.front() {
+            if front.next_offset > up_to {
+                break;
+            }
+            let done = self.unwritten.pop_front().expect("front exists");
+            if done.waits_for_sync {
+                self.pending.push_back(done);
+            } else {
+                self.reply(done.request, Reply::Produced { base_offset: done.base_offset });
+            }
         }
+        let batch_boundary = self.unwritten.front().map_or(self.log_end, |front| front.base_offset);
+        assert_eq!(up_to, batch_boundary, "writes are reported whole: {up_to} is inside a batch");
+        self.written_end = up_to;
         if self.config.fsync == FsyncPolicy::Never {
-            // The high watermark moved with the log end.
+            // The high watermark moved with the written end.
             self.serve_parked_fetches();
         }
     }
 
+    fn on_write_failed(&mut self, written_up_to: Offset, disk_full: bool, reason: String) {
+        // What was written before the failed batch is in the page cache, like any written batch.
+        self.on_written(written_up_to);
+        let failure = if disk_full { Failure::DiskFull } else { Failure::Storage };
+        let code = if disk_full { ErrorCode::DiskFull } else { ErrorCode::StorageError };
+        // The failed batch and every batch after it: definitely not in the log (module doc).
+        for (index, append) in std::mem::take(&mut self.unwritten).into_iter().enumerate() {
+            let message = if index == 0 {
+                format!("the write failed; the batch is not in the log: {reason}")
+            } else {
+                format!("not written: the write of an earlier batch failed: {reason}")
+            };
+            self.reply(append.request, Reply::Error { code, message });
+        }
+        self.fail(failure, &reason);
+    }
+
+    fn on_storage_failed(&mut self, reason: String) {
+        // The shell abandoned the log with these writes unreported: they may have landed.
+        for append in std::mem::take(&mut self.unwritten) {
+            self.reply(
+                append.request,
+                Reply::Error {
+                    code: ErrorCode::StorageIndeterminate,
+                    message: format!("storage failed before the write was reported: {reason}"),
+                },
+            );
+        }
+        self.fail(Failure::Storage, &reason);
+    }
+
+    /// Marks the partition failed; written appends still waiting for a sync become indeterminate.
+    fn fail(&mut self, failure: Failure, reason: &str) {
+        assert!(self.unwritten.is_empty(), "unwritten appends must be answered before failing");
+        self.failure = Some(failure);
+        // Offsets of batches never written are not assigned; `Recovered` says where the log ends.
+        self.log_end = self.written_end;
+        // The shell drops an in-flight sync when storage fails: it proves nothing about the log that
+        // recovery will produce.
+        self.sync_in_flight = false;
+        // Written but not durable: the bytes may or may not survive recovery.
+        for pending in std::mem::take(&mut self.pending) {
+            self.reply(
+                pending.request,
+                Reply::Error {
+                    code: ErrorCode::StorageIndeterminate,
+                    message: format!("storage failed before the write was durable: {reason}"),
+                },
+            );
+        }
+    }
+
     fn on_fetch(&mut self, request: RequestId, offset: Offset, max_bytes: u32, max_wait_ms: u32, now_ms: TimestampMs) {
-        if self.failed {
+        if self.failure.is_some() {
             return self.error(request, ErrorCode::StorageError, "partition storage failed; recovering");
         }
         let high_watermark = self.high_watermark();
@@ -298,9 +441,9 @@ impl PartitionCore {
 
     fn on_sync_completed(&mut self, up_to: Offset) {
         assert!(self.sync_in_flight, "sync completed with none in flight (up_to={up_to})");
-        assert!(!self.failed, "a sync completed after storage failed; the shell must drop it");
+        assert!(self.failure.is_none(), "a sync completed after storage failed; the shell must drop it");
         self.sync_in_flight = false;
-        assert!(up_to <= self.log_end, "sync covered {up_to} beyond log end {}", self.log_end);
+        assert!(up_to <= self.written_end, "sync covered {up_to} beyond the written end {}", self.written_end);
         if up_to <= self.durable_end {
             return;
         }
@@ -315,34 +458,19 @@ impl PartitionCore {
         self.serve_parked_fetches();
     }
 
-    fn on_storage_failed(&mut self, reason: String) {
-        self.failed = true;
-        // The shell drops an in-flight sync when storage fails: it proves nothing about the log that
-        // recovery will produce.
-        self.sync_in_flight = false;
-        // Written but not durable: the bytes may or may not survive recovery.
-        for pending in std::mem::take(&mut self.pending) {
-            self.reply(
-                pending.request,
-                Reply::Error {
-                    code: ErrorCode::StorageIndeterminate,
-                    message: format!("storage failed before the write was durable: {reason}"),
-                },
-            );
-        }
-    }
-
     fn on_recovered(&mut self, log_start: Offset, log_end: Offset) {
-        assert!(self.failed, "Recovered without a failure");
+        assert!(self.failure.is_some(), "Recovered without a failure");
         assert!(
             log_end >= self.durable_end,
             "recovery lost durable data: recovered log end {log_end} < durable end {}",
             self.durable_end
         );
-        self.failed = false;
+        assert!(self.unwritten.is_empty() && self.pending.is_empty(), "appends survived a failure unanswered");
+        self.failure = None;
         self.sync_in_flight = false;
         self.log_start = log_start;
         self.log_end = log_end;
+        self.written_end = log_end;
         self.durable_end = log_end;
         self.serve_parked_fetches();
     }
@@ -388,13 +516,31 @@ impl PartitionCore {
             return;
         }
         assert!(self.log_start <= self.durable_end, "log_start {} > durable_end {}", self.log_start, self.durable_end);
-        assert!(self.durable_end <= self.log_end, "durable_end {} > log_end {}", self.durable_end, self.log_end);
-        assert!(self.high_watermark() <= self.log_end);
+        assert!(
+            self.durable_end <= self.written_end,
+            "durable_end {} > written_end {}",
+            self.durable_end,
+            self.written_end
+        );
+        assert!(self.written_end <= self.log_end, "written_end {} > log_end {}", self.written_end, self.log_end);
+        assert!(self.high_watermark() <= self.written_end, "the high watermark passed what was written");
         let mut previous = self.durable_end;
         for pending in &self.pending {
+            assert!(pending.waits_for_sync, "only appends that wait for a sync wait after their write");
             assert!(pending.base_offset >= previous, "pending appends out of order or already durable");
-            assert!(pending.next_offset > pending.base_offset && pending.next_offset <= self.log_end);
+            assert!(pending.next_offset > pending.base_offset && pending.next_offset <= self.written_end);
             previous = pending.next_offset;
+        }
+        // The unwritten appends tile [written_end, log_end) exactly.
+        let mut next = self.written_end;
+        for append in &self.unwritten {
+            assert_eq!(append.base_offset, next, "unwritten appends do not tile the unwritten range");
+            assert!(append.next_offset > append.base_offset);
+            next = append.next_offset;
+        }
+        assert_eq!(next, self.log_end, "unwritten appends end at {next}, not at the log end {}", self.log_end);
+        if self.failure.is_some() {
+            assert!(self.unwritten.is_empty() && self.pending.is_empty(), "a failed core still waits for storage");
         }
         if self.config.fsync == FsyncPolicy::Never {
             assert!(self.pending.is_empty(), "fsync=never never waits for durability");
@@ -424,12 +570,18 @@ mod tests {
         let ready = core.ready();
         assert_eq!(ready.writes.len(), 2);
         assert_eq!(ready.writes[1].base_offset(), Offset(3));
+        assert!(!ready.start_sync, "a sync covers only writes the shell reported done");
+        assert!(ready.replies.is_empty(), "nothing may be acked before its write");
+        core.step(Input::Written { up_to: Offset(5) });
+        let ready = core.ready();
         assert!(ready.start_sync);
         assert!(ready.replies.is_empty(), "nothing may be acked before fsync");
         assert_eq!(core.high_watermark(), Offset(0));
 
         // A third append while the sync is in flight is not covered by it.
         core.step(Input::Append { request: 3, batch: batch(1), acks: Acks::All });
+        let _ = core.ready();
+        core.step(Input::Written { up_to: Offset(6) });
         let ready = core.ready();
         assert!(!ready.start_sync, "one sync in flight at a time");
         core.step(Input::SyncCompleted { up_to: Offset(5) });
@@ -443,9 +595,14 @@ mod tests {
     }
 
     #[test]
-    fn fsync_never_acks_at_once_and_exposes_the_log_end() {
+    fn fsync_never_acks_once_written_and_exposes_the_written_end() {
         let mut core = core(FsyncPolicy::Never);
         core.step(Input::Append { request: 1, batch: batch(2), acks: Acks::All });
+        let ready = core.ready();
+        assert!(!ready.start_sync);
+        assert!(ready.replies.is_empty(), "not acked before the shell reports the write");
+        assert_eq!(core.high_watermark(), Offset(0), "not visible before it is written");
+        core.step(Input::Written { up_to: Offset(2) });
         let ready = core.ready();
         assert!(!ready.start_sync);
         assert_eq!(ready.replies, vec![(1, Reply::Produced { base_offset: Offset(0) })]);
@@ -464,6 +621,8 @@ mod tests {
         assert_eq!(ready.replies, vec![(8, Reply::FetchEmpty { high_watermark: Offset(0), log_start: Offset(0) })]);
         core.step(Input::Append { request: 1, batch: batch(1), acks: Acks::All });
         let _ = core.ready();
+        core.step(Input::Written { up_to: Offset(1) });
+        assert!(core.ready().start_sync);
         core.step(Input::SyncCompleted { up_to: Offset(1) });
         let ready = core.ready();
         assert_eq!(ready.reads.len(), 1);
@@ -484,6 +643,8 @@ mod tests {
         let mut core = core(FsyncPolicy::Always);
         core.step(Input::Append { request: 1, batch: batch(2), acks: Acks::All });
         let _ = core.ready();
+        core.step(Input::Written { up_to: Offset(2) });
+        assert!(core.ready().start_sync);
         core.step(Input::StorageFailed { reason: "fsync: EIO".into() });
         core.step(Input::Append { request: 2, batch: batch(1), acks: Acks::All });
         let ready = core.ready();
@@ -496,6 +657,57 @@ mod tests {
         core.step(Input::Append { request: 3, batch: batch(1), acks: Acks::All });
         let ready = core.ready();
         assert_eq!(ready.writes[0].base_offset(), Offset(1));
-        assert!(ready.start_sync, "syncing resumes after recovery");
+        core.step(Input::Written { up_to: Offset(2) });
+        assert!(core.ready().start_sync, "syncing resumes after recovery");
+    }
+
+    /// Issue 7, in the core: with fsync=never, the batch whose write failed and the batches after it
+    /// are never acknowledged (a definite error: nothing of them can be read back), the ones written
+    /// before it are, and the failed batch's offsets go to the next batch after recovery.
+    #[test]
+    fn a_failed_write_with_fsync_never_acks_only_what_was_written() {
+        let mut core = core(FsyncPolicy::Never);
+        core.step(Input::Append { request: 1, batch: batch(2), acks: Acks::All });
+        core.step(Input::Append { request: 2, batch: batch(1), acks: Acks::Leader });
+        core.step(Input::Append { request: 3, batch: batch(1), acks: Acks::None });
+        let ready = core.ready();
+        assert_eq!(ready.writes.len(), 3);
+        assert!(ready.replies.is_empty());
+        core.step(Input::WriteFailed { written_up_to: Offset(2), disk_full: false, reason: "EIO".into() });
+        assert_eq!(core.high_watermark(), Offset(2), "the written batch is in the page cache");
+        core.step(Input::Append { request: 4, batch: batch(1), acks: Acks::All });
+        let ready = core.ready();
+        assert!(ready.writes.is_empty() && !ready.start_sync);
+        assert_eq!(ready.replies[0], (1, Reply::Produced { base_offset: Offset(0) }));
+        assert!(matches!(ready.replies[1], (2, Reply::Error { code: ErrorCode::StorageError, .. })));
+        assert!(matches!(ready.replies[2], (3, Reply::Error { code: ErrorCode::StorageError, .. })));
+        assert!(matches!(ready.replies[3], (4, Reply::Error { code: ErrorCode::StorageError, .. })));
+        assert_eq!(ready.replies.len(), 4);
+        core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(2) });
+        core.step(Input::Append { request: 5, batch: batch(1), acks: Acks::All });
+        assert_eq!(core.ready().writes[0].base_offset(), Offset(2), "offset 2 was never acknowledged");
+    }
+
+    /// With fsync=always, a batch written before the failed one still waits for a sync that will
+    /// never come: indeterminate. A full disk gives `DiskFull`, to the failed batch and to every
+    /// append until recovery.
+    #[test]
+    fn a_failed_write_with_fsync_always_is_definite_and_a_full_disk_says_so() {
+        let mut core = core(FsyncPolicy::Always);
+        core.step(Input::Append { request: 1, batch: batch(1), acks: Acks::All });
+        core.step(Input::Append { request: 2, batch: batch(1), acks: Acks::All });
+        let _ = core.ready();
+        core.step(Input::WriteFailed { written_up_to: Offset(1), disk_full: true, reason: "ENOSPC".into() });
+        core.step(Input::Append { request: 3, batch: batch(1), acks: Acks::All });
+        core.step(Input::Fetch { request: 4, offset: Offset(0), max_bytes: 1, max_wait_ms: 0, now_ms: 0 });
+        let ready = core.ready();
+        assert!(!ready.start_sync);
+        assert!(matches!(ready.replies[0], (2, Reply::Error { code: ErrorCode::DiskFull, .. })), "{ready:?}");
+        assert!(matches!(ready.replies[1], (1, Reply::Error { code: ErrorCode::StorageIndeterminate, .. })));
+        assert!(matches!(ready.replies[2], (3, Reply::Error { code: ErrorCode::DiskFull, .. })));
+        assert!(matches!(ready.replies[3], (4, Reply::Error { code: ErrorCode::StorageError, .. })));
+        core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(1) });
+        core.step(Input::Append { request: 5, batch: batch(1), acks: Acks::All });
+        assert_eq!(core.ready().writes[0].base_offset(), Offset(1));
     }
 }

@@ -12,6 +12,10 @@
 //! - Paths are relative, `/`-separated (`topics/t-0/00000000000000000000.log`).
 //! - `write_at` and `set_len` change what later reads see at once, but survive a crash only after a
 //!   `sync` of that file that was *called after* them completes with `Ok`.
+//! - A `write_at` that returns an error may have written a strict prefix of its data (possibly
+//!   nothing), never all of it: `pwrite` reports an error only for a call that wrote nothing, so a
+//!   short write followed by an error is the worst case. A disk full is reported as
+//!   `io::ErrorKind::StorageFull` (std's mapping of ENOSPC) so callers can tell it apart.
 //! - Creating or removing a file is durable only after `sync_dir` of its parent completes.
 //! - After a failed `sync`, the file's unsynced bytes are in an unknown state (as on Linux, where a
 //!   failed fsync may drop dirty pages): callers must re-read the file (recovery) before trusting

@@ -20,6 +20,12 @@
 //! - A failed sync (probability `fsync_error_probability`) leaves the operations it covered in the
 //!   state a crash would (a random, possibly torn, prefix survives) and reads show that at once, as
 //!   Linux may drop the dirty pages of a failed fsync. Later operations stay pending.
+//! - An injected write error (probabilities `write_eio_probability`, `write_enospc_probability`)
+//!   fails one `write_at` the way a short write followed by an error does on Linux: a random strict
+//!   prefix of the data (possibly nothing) reaches the page cache as an ordinary pending write, and
+//!   the call returns EIO (`io::ErrorKind::Other`) or ENOSPC (`io::ErrorKind::StorageFull`). The page
+//!   cache is otherwise untouched: everything written before stays readable, and stays pending until a
+//!   sync or a crash decides its fate, as on a real disk.
 //! - Directories themselves are simpler than files: `create_dir_all` and `remove_dir_all` are durable
 //!   at once (as if followed by a sync of the parent). Only file entries have unsynced states.
 //!
@@ -56,6 +62,11 @@ pub struct SimDiskFaults {
     pub torn_write_probability: f64,
     /// Probability that the torn part of a torn write holds garbage instead of nothing.
     pub garbage_tail_probability: f64,
+    /// Probability that one `write_at` fails with an I/O error (EIO) after a strict prefix of it.
+    pub write_eio_probability: f64,
+    /// Probability that one `write_at` fails because the disk is full (ENOSPC, reported as
+    /// `io::ErrorKind::StorageFull` as std reports a real ENOSPC) after a strict prefix of it.
+    pub write_enospc_probability: f64,
 }
 
 impl Default for SimDiskFaults {
@@ -66,6 +77,8 @@ impl Default for SimDiskFaults {
             fsync_latency_ms: (0, 0),
             torn_write_probability: 0.5,
             garbage_tail_probability: 0.25,
+            write_eio_probability: 0.0,
+            write_enospc_probability: 0.0,
         }
     }
 }
@@ -81,6 +94,8 @@ pub struct SimDiskStats {
     pub synced_bytes: u64,
     /// Directory syncs that completed.
     pub dir_syncs: u64,
+    /// Injected `write_at` failures (EIO and ENOSPC).
+    pub write_errors: u64,
     pub crashes: u64,
 }
 
@@ -201,6 +216,22 @@ impl State {
             return Err(io::Error::other("simdisk: stale file handle (opened before a crash)"));
         }
         self.inodes.get_mut(&file.inode).ok_or_else(|| io::Error::other("simdisk: stale file handle (file removed)"))
+    }
+
+    /// Whether the next `write_at` fails, and how. Draws from the RNG only when a knob is on, so a
+    /// disk without write faults makes the same draws (and so the same crashes) as before they existed.
+    fn draw_write_error(&mut self) -> Option<io::Error> {
+        let (eio, enospc) = (self.faults.write_eio_probability, self.faults.write_enospc_probability);
+        if eio > 0.0 && self.rng.random_bool(eio.min(1.0)) {
+            return Some(io::Error::other("simdisk: injected write error (EIO)"));
+        }
+        if enospc > 0.0 && self.rng.random_bool(enospc.min(1.0)) {
+            return Some(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "simdisk: injected write error (ENOSPC: disk full)",
+            ));
+        }
+        None
     }
 
     fn draw_latency(&mut self) -> Duration {
@@ -431,16 +462,30 @@ impl DiskFile for SimFile {
 
     fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
         let mut state = lock(&self.state);
-        let inode = state.inode(self)?;
+        let state = &mut *state;
+        state.inode(self)?;
         if pos.checked_add(data.len() as u64).is_none_or(|end| end > SIM_FILE_BYTES_MAX) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "simdisk: write past the file size limit"));
         }
-        let op = PendingOp::Write { pos, data: Bytes::copy_from_slice(data) };
-        apply_op(&mut inode.current, &op);
-        let seq = inode.next_seq;
-        inode.next_seq += 1;
-        inode.pending.push((seq, op));
-        Ok(())
+        // An empty write touches nothing, so nothing can fail (as `pwrite` of 0 bytes returns 0).
+        let injected = if data.is_empty() { None } else { state.draw_write_error() };
+        let written = match injected {
+            // A short write, then the error: a strict prefix (maybe nothing) reached the page cache.
+            Some(_) => state.rng.random_range(0..data.len()),
+            None => data.len(),
+        };
+        if injected.is_some() {
+            state.stats.write_errors += 1;
+        }
+        if injected.is_none() || written > 0 {
+            let inode = state.inodes.get_mut(&self.inode).expect("checked above");
+            let op = PendingOp::Write { pos, data: Bytes::copy_from_slice(&data[..written]) };
+            apply_op(&mut inode.current, &op);
+            let seq = inode.next_seq;
+            inode.next_seq += 1;
+            inode.pending.push((seq, op));
+        }
+        injected.map_or(Ok(()), Err)
     }
 
     fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
@@ -608,6 +653,32 @@ mod tests {
         }
         assert!(shrank);
         assert_eq!(disk.stats().sync_errors, 16);
+    }
+
+    #[test]
+    fn injected_write_errors_keep_a_strict_prefix_and_say_which_error() {
+        let disk = SimDisk::new(8);
+        let file = disk.open("a", true).unwrap();
+        file.write_at(0, b"kept").unwrap();
+        disk.set_faults(SimDiskFaults { write_eio_probability: 1.0, ..SimDiskFaults::default() });
+        let mut lengths = BTreeSet::new();
+        for _ in 0..32 {
+            file.set_len(4).unwrap();
+            let error = file.write_at(4, &[7u8; 10]).unwrap_err();
+            assert_eq!(error.kind(), io::ErrorKind::Other, "{error}");
+            let content = file.read_at(0, 100).unwrap();
+            assert!(content.starts_with(b"kept"), "earlier writes stay in the page cache");
+            assert!(content.len() < 14, "a failed write never lands whole");
+            assert!(content[4..].iter().all(|byte| *byte == 7), "the prefix is the data's own");
+            lengths.insert(content.len());
+        }
+        assert!(lengths.len() > 1, "the prefix length is drawn: {lengths:?}");
+        disk.set_faults(SimDiskFaults { write_enospc_probability: 1.0, ..SimDiskFaults::default() });
+        assert_eq!(file.write_at(4, b"x").unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert_eq!(disk.stats().write_errors, 33);
+        disk.set_faults(SimDiskFaults::default());
+        file.write_at(4, b"!").unwrap();
+        assert_eq!(&file.read_at(0, 5).unwrap()[..], b"kept!");
     }
 
     #[test]
