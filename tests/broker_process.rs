@@ -215,15 +215,33 @@ fn kill_client_config() -> ClientConfig {
     }
 }
 
-/// One producer process: sends unique values `"<process>-<n>"` one at a time, round-robin over the
-/// partitions, and records each outcome. It keeps sending until it has resolved a send it started
-/// after `killed`, so the kill always lands while every process is producing, and every process
-/// records at least one send against the dead broker.
-async fn produce(process: ProcessId, producer: Producer, recorder: Arc<Recorder>, killed: CancellationToken) {
-    for sequence in 0u64.. {
-        let after_kill = killed.is_cancelled();
+/// When a producer process stops sending.
+#[derive(Clone)]
+enum Until {
+    /// Once it has resolved a send it started after this token was cancelled (the kill): so the
+    /// kill always lands while every process is producing, and every process records at least one
+    /// send against the dead broker.
+    SentAfter(CancellationToken),
+    /// Once this many of its sends were acknowledged (after the restart).
+    Acked(usize),
+}
+
+/// One producer process: sends unique values `"<process>-<n>"` from `sequence` on, one at a time,
+/// round-robin over the partitions, and records each outcome. Returns the next unused sequence.
+async fn produce(
+    process: ProcessId,
+    producer: Producer,
+    recorder: Arc<Recorder>,
+    mut sequence: u64,
+    until: Until,
+) -> u64 {
+    let mut acked = 0;
+    let deadline = Instant::now() + WAIT_MAX;
+    loop {
+        let after_kill = matches!(&until, Until::SentAfter(killed) if killed.is_cancelled());
         let partition = ((process.0 + sequence) % u64::from(KILL_PARTITIONS)) as u32;
         let value = format!("{}-{sequence}", process.0);
+        sequence += 1;
         let pending = recorder.with(|history, now_ns| {
             history.invoke_send(process, now_ns, Partition::of_topic(KILL_TOPIC, partition), value.as_str())
         });
@@ -235,6 +253,7 @@ async fn produce(process: ProcessId, producer: Producer, recorder: Arc<Recorder>
             Ok(metadata) => {
                 assert_eq!(metadata.partition, partition, "{value} acked in another partition");
                 history.send_ok(pending, now_ns, Offset(metadata.offset.0 as u64));
+                acked += 1;
             }
             Err(error) if error.is_ambiguous() => {
                 history.send_info(pending, now_ns);
@@ -243,8 +262,13 @@ async fn produce(process: ProcessId, producer: Producer, recorder: Arc<Recorder>
                 history.send_fail(pending, now_ns);
             }
         });
-        if after_kill {
-            return;
+        match until {
+            Until::SentAfter(_) if after_kill => return sequence,
+            Until::Acked(wanted) if acked >= wanted => return sequence,
+            Until::Acked(wanted) => {
+                assert!(Instant::now() < deadline, "{process}: {acked} of {wanted} sends acked in {WAIT_MAX:?}")
+            }
+            Until::SentAfter(_) => {}
         }
     }
 }
@@ -327,8 +351,8 @@ fn without_reads_of(history: &History, value: &Value) -> History {
     History::from_events(events).expect("removing reads keeps a history well-formed")
 }
 
-/// kill -9 in the middle of a produce stream, restart on the same data, read everything back: the
-/// recorded history (shared/HISTORY-FORMAT.md) must satisfy the model's queue checker: no acked
+/// kill -9 in the middle of a produce stream, restart on the same data, produce a little more, read
+/// everything back: the recorded history (shared/HISTORY-FORMAT.md) must satisfy the model's queue checker: no acked
 /// record lost, nothing duplicated or out of order, nothing read that was never sent. Set
 /// `KEEL_TEST_HISTORY=<dir>` to keep the history for an outside checker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,14 +365,14 @@ async fn kill_dash_nine_loses_no_acknowledged_record() {
     let recorder = Arc::new(Recorder { history: Mutex::new(History::new()), start: Instant::now() });
     let killed = CancellationToken::new();
     let producer_config = ProducerConfig { linger: Duration::from_millis(1), retries: 0, ..ProducerConfig::default() };
-    let producer = Producer::new(Client::new(addr.clone(), kill_client_config()), producer_config);
-    let mut tasks = Vec::new();
+    let producer = Producer::new(Client::new(addr.clone(), kill_client_config()), producer_config.clone());
+    let mut producers = Vec::new();
     for process in 0..KILL_PRODUCERS {
-        let (producer, recorder, killed) = (producer.clone(), recorder.clone(), killed.clone());
-        tasks.push(tokio::spawn(produce(ProcessId(process), producer, recorder, killed)));
+        let (producer, recorder, until) = (producer.clone(), recorder.clone(), Until::SentAfter(killed.clone()));
+        producers.push(tokio::spawn(produce(ProcessId(process), producer, recorder, 0, until)));
     }
     let poller = Client::new(addr.clone(), kill_client_config());
-    tasks.push(tokio::spawn(poll_until_killed(poller, recorder.clone(), killed.clone())));
+    let poller = tokio::spawn(poll_until_killed(poller, recorder.clone(), killed.clone()));
 
     // Kill once enough sends are acknowledged (a condition on the history, not a count of sends
     // that might all finish first: the producers run until after the kill).
@@ -359,12 +383,26 @@ async fn kill_dash_nine_loses_no_acknowledged_record() {
     }
     broker.kill9().await.unwrap();
     killed.cancel();
-    for task in tasks {
-        task.await.expect("a workload task panicked");
+    let mut sequences = Vec::new();
+    for task in producers {
+        sequences.push(task.await.expect("a producer process panicked"));
     }
+    poller.await.expect("the poller panicked");
 
+    // Restart, and write again before the final read: a record lost in the restart would have its
+    // offset taken by a new one, which the checker reports (inconsistent offsets, offsets going
+    // backwards), even when the poller had read the lost record before the kill.
     broker.restart().unwrap();
     broker.wait_ready(WAIT_MAX).await.unwrap();
+    let producer = Producer::new(Client::new(addr.clone(), kill_client_config()), producer_config);
+    let mut producers = Vec::new();
+    for (process, sequence) in sequences.into_iter().enumerate() {
+        let (producer, recorder) = (producer.clone(), recorder.clone());
+        producers.push(tokio::spawn(produce(ProcessId(process as u64), producer, recorder, sequence, Until::Acked(4))));
+    }
+    for task in producers {
+        task.await.expect("a producer process panicked");
+    }
     let reader = Client::new(addr, ClientConfig { retries: 3, ..kill_client_config() });
     read_everything(&reader, &recorder).await;
 
