@@ -454,9 +454,11 @@ fn page_cache_state(path: &Path) -> std::io::Result<PageCacheState> {
         off: u64,
         len: u64,
     }
-    /// `struct cachestat` of include/uapi/linux/mman.h.
+    /// `struct cachestat` of include/uapi/linux/mman.h. The kernel fills every field; only the
+    /// first three are read.
     #[repr(C)]
     #[derive(Default)]
+    #[allow(dead_code)]
     struct Cachestat {
         nr_cache: u64,
         nr_dirty: u64,
@@ -485,7 +487,6 @@ fn page_cache_state(path: &Path) -> std::io::Result<PageCacheState> {
     if result != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let _ = (stat.nr_evicted, stat.nr_recently_evicted);
     Ok(PageCacheState { cached: stat.nr_cache, dirty: stat.nr_dirty, writeback: stat.nr_writeback })
 }
 
