@@ -10,6 +10,8 @@
 //! - [`server`]: the broker: listener, connections, topic registry, shutdown.
 //! - [`client`]: the async Rust client (producer, consumer, admin) used by the CLI, sim and benches.
 //! - [`config`]: broker configuration (flags and TOML).
+//! - `process` (normal build only): real `keel broker` processes for the real-process tests and
+//!   `keel cluster up`.
 //!
 //! See docs/ARCHITECTURE.md for the code map and its invariants.
 
@@ -20,6 +22,8 @@ pub mod config;
 pub mod log;
 pub mod meta;
 pub mod partition;
+#[cfg(not(madsim))]
+pub mod process;
 pub mod protocol;
 pub mod random;
 pub mod server;

@@ -3,105 +3,61 @@
 //! `keel cluster status`, kill -9 of the Raft leader (with the measured time until a metadata write
 //! succeeds again), restart and catch-up; `keel cluster up`; and bad cluster input.
 //!
-//! Waits are polls of a condition with a generous bound (a liveness guard), never blind sleeps.
+//! The nodes run through `keel::process`, as `keel cluster up` runs them. Waits are polls of a
+//! condition with a generous bound (a liveness guard), never blind sleeps; and no step relies on the
+//! Raft leader staying where it was: the leader is read from the cluster (every node agreeing)
+//! right before a step needs it.
 
 #![cfg(not(madsim))]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
 
+use keel::process::{free_loopback_addr, run_keel, signal_child, ClusterSpec, LocalCluster, Signal};
 use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::time::Instant;
 
 const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 /// Liveness guard for every wait in this file.
 const WAIT_MAX: Duration = Duration::from_secs(30);
+/// Between two looks at a condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+fn free_addr() -> SocketAddr {
+    free_loopback_addr().expect("a free loopback port")
 }
 
-struct Node {
-    node_id: u64,
-    addr: SocketAddr,
-    data_dir: PathBuf,
-    peers: String,
-    child: Option<Child>,
+/// `n_nodes` voters on free ports, data in `dir/node-i`, errors logged to the test's stderr; once
+/// every node answers.
+async fn start_cluster(dir: &Path, n_nodes: usize) -> LocalCluster {
+    let addrs = (0..n_nodes).map(|_| free_addr()).collect();
+    let spec = ClusterSpec { env: vec![("RUST_LOG".into(), "error".into())], ..ClusterSpec::new(KEEL, addrs, dir) };
+    let mut cluster = LocalCluster::spawn(&spec).expect("start the brokers");
+    cluster.wait_ready(WAIT_MAX).await.expect("every node answers");
+    cluster
 }
 
-impl Node {
-    fn spawn(&mut self) {
-        let child = Command::new(KEEL)
-            .args(["broker", "--node-id", &self.node_id.to_string(), "--listen", &self.addr.to_string()])
-            .args(["--peers", &self.peers, "--data-dir"])
-            .arg(&self.data_dir)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start keel broker");
-        self.child = Some(child);
-    }
-
-    fn kill9(&mut self) {
-        let mut child = self.child.take().expect("node is running");
-        child.kill().expect("SIGKILL the broker");
-        child.wait().unwrap();
-    }
-
-    fn addr(&self) -> String {
-        self.addr.to_string()
-    }
+fn addr_of(cluster: &LocalCluster, node_id: u64) -> String {
+    let node = cluster.nodes().iter().find(|node| node.node_id == node_id).expect("a node with that id");
+    node.process.addr().to_string()
 }
 
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+async fn cli(addr: &str, args: &[&str]) -> Output {
+    cli_with_stdin(addr, args, "").await
 }
 
-fn start_cluster(dir: &Path, n_nodes: u64) -> Vec<Node> {
-    let addrs: Vec<SocketAddr> = (0..n_nodes).map(|_| format!("127.0.0.1:{}", free_port()).parse().unwrap()).collect();
-    let peers = addrs.iter().enumerate().map(|(idx, addr)| format!("{}={addr}", idx + 1)).collect::<Vec<_>>().join(",");
-    let mut nodes: Vec<Node> = addrs
-        .iter()
-        .enumerate()
-        .map(|(idx, addr)| Node {
-            node_id: idx as u64 + 1,
-            addr: *addr,
-            data_dir: dir.join(format!("node-{}", idx + 1)),
-            peers: peers.clone(),
-            child: None,
-        })
-        .collect();
-    for node in &mut nodes {
-        node.spawn();
-    }
-    nodes
+async fn cli_with_stdin(addr: &str, args: &[&str], stdin: &str) -> Output {
+    let mut all = vec!["--broker", addr];
+    all.extend_from_slice(args);
+    run_keel(Path::new(KEEL), all, stdin.as_bytes()).await.expect("run keel")
 }
 
-fn cli(addr: &str, args: &[&str]) -> Output {
-    cli_with_stdin(addr, args, "")
-}
-
-fn cli_with_stdin(addr: &str, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(KEEL)
-        .args(["--broker", addr])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    pipe.write_all(stdin.as_bytes()).unwrap();
-    drop(pipe);
-    child.wait_with_output().unwrap()
+/// `keel args...` without `--broker`.
+async fn keel(args: &[&str]) -> Output {
+    run_keel(Path::new(KEEL), args, b"").await.expect("run keel")
 }
 
 fn stdout(output: &Output) -> String {
@@ -118,43 +74,54 @@ fn json(output: &Output) -> Value {
 }
 
 /// `keel cluster status --json` through `addr`, if it answers.
-fn status(addr: &str) -> Option<Value> {
-    let output = cli(addr, &["--json", "cluster", "status"]);
+async fn status(addr: &str) -> Option<Value> {
+    let output = cli(addr, &["--json", "cluster", "status"]).await;
     output.status.success().then(|| json(&output))
 }
 
-/// Polls `check` until it returns `Some`, at most `WAIT_MAX`.
-fn poll<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+/// Asks `check` until it returns `Some`, at most `WAIT_MAX`.
+async fn poll<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + WAIT_MAX;
     loop {
-        if let Some(value) = check() {
+        if let Some(value) = check().await {
             return value;
         }
         assert!(Instant::now() < deadline, "timed out after {WAIT_MAX:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
 
-/// The leader when every node in `expected_reachable` answers and exactly one reachable node leads.
-fn one_leader(status: &Value, expected_reachable: &[u64]) -> Option<u64> {
+/// The leader and its term in one node's status, when exactly the nodes `expected_reachable` answer,
+/// exactly one of them leads, and every answering node names it as leader.
+fn one_leader(status: &Value, expected_reachable: &[u64]) -> Option<(u64, u64)> {
     let nodes = status["nodes"].as_array()?;
-    let reachable: Vec<u64> =
-        nodes.iter().filter(|node| node["reachable"] == true).map(|node| node["node_id"].as_u64().unwrap()).collect();
-    let leaders: Vec<u64> = nodes
-        .iter()
-        .filter(|node| node["reachable"] == true && node["role"].as_str().unwrap().eq_ignore_ascii_case("leader"))
-        .map(|node| node["node_id"].as_u64().unwrap())
-        .collect();
-    let agreed = nodes
-        .iter()
-        .filter(|node| node["reachable"] == true)
-        .all(|node| Some(node["leader_id"].as_u64().unwrap()) == leaders.first().copied());
-    (reachable == expected_reachable && leaders.len() == 1 && agreed).then(|| leaders[0])
+    let reachable: Vec<&Value> = nodes.iter().filter(|node| node["reachable"] == true).collect();
+    let reachable_ids: Vec<u64> = reachable.iter().map(|node| node["node_id"].as_u64().unwrap()).collect();
+    let leaders: Vec<&&Value> =
+        reachable.iter().filter(|node| node["role"].as_str().unwrap().eq_ignore_ascii_case("leader")).collect();
+    let [leader] = leaders.as_slice() else { return None };
+    let leader_id = leader["node_id"].as_u64()?;
+    let agreed = reachable.iter().all(|node| node["leader_id"].as_u64() == Some(leader_id));
+    (reachable_ids == expected_reachable && agreed).then(|| (leader_id, leader["term"].as_u64().unwrap()))
+}
+
+/// The leader and term that every node of `node_ids`, asked one after another, reports by
+/// [`one_leader`]; `None` while they do not all agree (an election is under way or a node lags).
+async fn agreed_leader(cluster: &LocalCluster, node_ids: &[u64]) -> Option<(u64, u64)> {
+    let mut agreed = None;
+    for node_id in node_ids {
+        let seen = one_leader(&status(&addr_of(cluster, *node_id)).await?, node_ids)?;
+        if agreed.is_some_and(|agreed| agreed != seen) {
+            return None;
+        }
+        agreed = Some(seen);
+    }
+    agreed
 }
 
 /// Records read back by `keel consume --from-beginning --json`: (partition, offset, value).
-fn consume_all(addr: &str, topic: &str) -> Vec<(u64, i64, String)> {
-    let output = cli(addr, &["--json", "consume", topic, "--from-beginning"]);
+async fn consume_all(addr: &str, topic: &str) -> Vec<(u64, i64, String)> {
+    let output = cli(addr, &["--json", "consume", topic, "--from-beginning"]).await;
     assert!(output.status.success(), "consume through {addr}: {}", stderr(&output));
     let mut records: Vec<(u64, i64, String)> = stdout(&output)
         .lines()
@@ -171,28 +138,31 @@ fn consume_all(addr: &str, topic: &str) -> Vec<(u64, i64, String)> {
     records
 }
 
-#[test]
-fn three_nodes_route_to_leaders_fail_over_and_catch_up() {
+#[tokio::test]
+async fn three_nodes_route_to_leaders_fail_over_and_catch_up() {
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = start_cluster(dir.path(), 3);
+    let mut cluster = start_cluster(dir.path(), 3).await;
     let all: Vec<u64> = vec![1, 2, 3];
-    let leader = poll("a Raft leader with every node reachable and registered", || {
-        let status = status(&nodes[0].addr())?;
+    let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
+    poll("every node registered and one Raft leader that every node agrees on", async || {
+        let status = status(&addrs[0]).await?;
         let registered =
             status["nodes"].as_array()?.iter().all(|node| node["registered"] == true && node["fenced"] == false);
         registered.then_some(())?;
-        one_leader(&status, &all)
-    });
-    let follower = nodes.iter().find(|node| node.node_id != leader).unwrap().addr();
+        agreed_leader(&cluster, &all).await
+    })
+    .await;
+    let (leader, _) = poll("an agreed leader", async || agreed_leader(&cluster, &all).await).await;
+    let follower = addr_of(&cluster, *all.iter().find(|node_id| **node_id != leader).unwrap());
 
     // Create through a follower; right after it returns, every node describes the topic.
-    let created = cli(&follower, &["topic", "create", "orders", "--partitions", "3", "--replication", "3"]);
+    let created = cli(&follower, &["topic", "create", "orders", "--partitions", "3", "--replication", "3"]).await;
     assert!(created.status.success(), "create through a follower: {}", stderr(&created));
     let mut partition_leaders = Vec::new();
-    for node in &nodes {
-        let described = json(&cli(&node.addr(), &["--json", "topic", "describe", "orders"]));
+    for (node_id, addr) in all.iter().zip(&addrs) {
+        let described = json(&cli(addr, &["--json", "topic", "describe", "orders"]).await);
         let partitions = described["partitions"].as_array().unwrap();
-        assert_eq!(partitions.len(), 3, "node {} describes {described}", node.node_id);
+        assert_eq!(partitions.len(), 3, "node {node_id} describes {described}");
         let leaders: Vec<u64> = partitions.iter().map(|p| p["leader"].as_u64().unwrap()).collect();
         for partition in partitions {
             assert_eq!(partition["replicas"].as_array().unwrap().len(), 3);
@@ -200,14 +170,14 @@ fn three_nodes_route_to_leaders_fail_over_and_catch_up() {
         if partition_leaders.is_empty() {
             partition_leaders = leaders;
         } else {
-            assert_eq!(leaders, partition_leaders, "node {} disagrees on the leaders", node.node_id);
+            assert_eq!(leaders, partition_leaders, "node {node_id} disagrees on the leaders");
         }
     }
     let distinct: std::collections::BTreeSet<u64> = partition_leaders.iter().copied().collect();
     assert!(distinct.len() >= 2, "partitions should be led by different nodes: {partition_leaders:?}");
 
     // Replication larger than the cluster: a clear error, exit code 1.
-    let too_many = cli(&follower, &["topic", "create", "wide", "--replication", "4"]);
+    let too_many = cli(&follower, &["topic", "create", "wide", "--replication", "4"]).await;
     assert_eq!(too_many.status.code(), Some(1), "{}", stderr(&too_many));
     assert!(stderr(&too_many).contains("replication factor 4"), "{}", stderr(&too_many));
 
@@ -216,67 +186,65 @@ fn three_nodes_route_to_leaders_fail_over_and_catch_up() {
     let mut expected = Vec::new();
     for partition in 0..3u64 {
         let lines: Vec<String> = (0..4).map(|i| format!("p{partition}-r{i}")).collect();
-        let bootstrap = nodes[partition as usize % 3].addr();
+        let bootstrap = &addrs[partition as usize % 3];
         let produced = cli_with_stdin(
-            &bootstrap,
+            bootstrap,
             &["--json", "produce", "orders", "--partition", &partition.to_string()],
             &(lines.join("\n") + "\n"),
-        );
+        )
+        .await;
         assert!(produced.status.success(), "produce to partition {partition}: {}", stderr(&produced));
         for (offset, value) in lines.into_iter().enumerate() {
             expected.push((partition, offset as i64, value));
         }
     }
-    let keyed = cli(&nodes[0].addr(), &["--json", "produce", "orders", "--key", "user-7", "--value", "keyed"]);
+    let keyed = cli(&addrs[0], &["--json", "produce", "orders", "--key", "user-7", "--value", "keyed"]).await;
     let keyed = json(&keyed);
     expected.push((keyed["partition"].as_u64().unwrap(), keyed["offset"].as_i64().unwrap(), "keyed".to_owned()));
     expected.sort();
-    for node in &nodes {
-        assert_eq!(consume_all(&node.addr(), "orders"), expected, "consumed through node {}", node.node_id);
+    for (node_id, addr) in all.iter().zip(&addrs) {
+        assert_eq!(consume_all(addr, "orders").await, expected, "consumed through node {node_id}");
     }
 
-    // Cluster status from every node: one leader, all reachable.
-    for node in &nodes {
-        let seen = poll("one leader in the status", || status(&node.addr()).and_then(|s| one_leader(&s, &all)));
-        assert_eq!(seen, leader, "status through node {}", node.node_id);
-    }
+    // Cluster status from every node: all reachable, one leader they all agree on. That leader
+    // (read now, not the one seen at start, which may have changed since) is the one killed.
+    let (leader, term) = poll("every node agreeing on one leader", async || agreed_leader(&cluster, &all).await).await;
 
     // kill -9 the Raft leader; measure until a metadata write through a survivor succeeds again.
-    let dead_idx = nodes.iter().position(|node| node.node_id == leader).unwrap();
     let survivors: Vec<u64> = all.iter().copied().filter(|id| *id != leader).collect();
-    let survivor = nodes.iter().find(|node| node.node_id != leader).unwrap().addr();
-    nodes[dead_idx].kill9();
+    let survivor = addr_of(&cluster, survivors[0]);
+    cluster.node_mut(leader).process.kill9().await.unwrap();
     let killed_at = Instant::now();
     let mut attempt = 0;
-    poll("a topic create through a survivor after the leader died", || {
+    poll("a topic create through a survivor after the leader died", async || {
         attempt += 1;
         let name = format!("after-failover-{attempt}");
-        cli(&survivor, &["topic", "create", &name]).status.success().then_some(())
-    });
+        cli(&survivor, &["topic", "create", &name]).await.status.success().then_some(())
+    })
+    .await;
     let failover = killed_at.elapsed();
-    println!("FAILOVER: metadata writes resumed {failover:?} after kill -9 of the Raft leader (node {leader}), {attempt} attempt(s)");
+    println!(
+        "FAILOVER: metadata writes resumed {failover:?} after kill -9 of the Raft leader (node {leader}, term {term}), {attempt} attempt(s)"
+    );
 
-    // The dead node shows as unreachable; the survivors agree on a new leader.
-    let after = poll("a new leader among the survivors", || {
-        let status = status(&survivor)?;
-        let dead = status["nodes"].as_array()?.iter().find(|node| node["node_id"] == leader)?.clone();
-        (dead["reachable"] == false).then_some(())?;
-        one_leader(&status, &survivors)
-    });
+    // The dead node shows as unreachable; the survivors agree on a new leader, elected after the kill.
+    let (after, after_term) =
+        poll("a new leader among the survivors", async || agreed_leader(&cluster, &survivors).await).await;
     assert_ne!(after, leader);
+    assert!(after_term > term, "node {after} leads at term {after_term}, not after the kill at term {term}");
 
     // Partitions led by survivors keep taking writes, through either survivor.
     let live_partition = partition_leaders.iter().position(|id| *id != leader).unwrap();
     let produced =
-        cli(&survivor, &["produce", "orders", "--partition", &live_partition.to_string(), "--value", "after"]);
+        cli(&survivor, &["produce", "orders", "--partition", &live_partition.to_string(), "--value", "after"]).await;
     assert!(produced.status.success(), "produce after failover: {}", stderr(&produced));
 
     // Restart the old leader on the same data: it catches up (same applied index and state hash).
-    nodes[dead_idx].spawn();
+    cluster.node_mut(leader).process.restart().unwrap();
     let restarted_at = Instant::now();
-    let restarted = nodes[dead_idx].addr();
-    poll("the restarted node to catch up", || {
-        let status = status(&restarted)?;
+    let restarted = addr_of(&cluster, leader);
+    poll("the restarted node to catch up", async || {
+        let status = status(&restarted).await?;
         one_leader(&status, &all)?;
         let nodes = status["nodes"].as_array()?;
         let first = &nodes[0];
@@ -284,51 +252,55 @@ fn three_nodes_route_to_leaders_fail_over_and_catch_up() {
             .iter()
             .all(|node| node["state_hash"] == first["state_hash"] && node["applied_index"] == first["applied_index"])
             .then_some(())
-    });
+    })
+    .await;
     println!(
         "CATCH-UP: the restarted node matched the others' applied index and state hash after {:?}",
         restarted_at.elapsed()
     );
 
     // Its partitions' records are all still there (partition data lives on its leader only).
-    let consumed = poll("every record readable after the restart", || {
-        let output = cli(&restarted, &["--json", "consume", "orders", "--from-beginning"]);
+    let consumed = poll("every record readable after the restart", async || {
+        let output = cli(&restarted, &["--json", "consume", "orders", "--from-beginning"]).await;
         output.status.success().then(|| stdout(&output).lines().count())
-    });
+    })
+    .await;
     assert_eq!(consumed, expected.len() + 1);
 }
 
-#[test]
-fn bad_cluster_input_is_a_clear_error() {
+#[tokio::test]
+async fn bad_cluster_input_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(KEEL)
-        .args(["broker", "--node-id", "4", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--peers", "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let data_dir = dir.path().to_str().unwrap();
+    let listen = free_addr().to_string();
+    let output = keel(&[
+        "broker",
+        "--node-id",
+        "4",
+        "--listen",
+        &listen,
+        "--peers",
+        "1=127.0.0.1:1,2=127.0.0.1:2,3=127.0.0.1:3",
+        "--data-dir",
+        data_dir,
+    ])
+    .await;
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains("not among the peers"), "{}", stderr(&output));
 
+    let up_dir = dir.path().join("up");
+    let up_dir = up_dir.to_str().unwrap();
     for nodes in ["0", "8"] {
-        let output = cli("127.0.0.1:1", &["cluster", "up", "--nodes", nodes, "--data-dir"]);
+        let output = cli("127.0.0.1:1", &["cluster", "up", "--nodes", nodes, "--data-dir"]).await;
         assert_eq!(output.status.code(), Some(2), "--data-dir without a value is a usage error");
-        let output = Command::new(KEEL)
-            .args(["cluster", "up", "--nodes", nodes, "--data-dir"])
-            .arg(dir.path().join("up"))
-            .output()
-            .unwrap();
+        let output = keel(&["cluster", "up", "--nodes", nodes, "--data-dir", up_dir]).await;
         assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
         assert!(stderr(&output).contains("--nodes must be between 1 and 7"), "{}", stderr(&output));
     }
 
-    let taken = StdListener::bind("127.0.0.1:0").unwrap();
-    let port = taken.local_addr().unwrap().port();
-    let output = Command::new(KEEL)
-        .args(["cluster", "up", "--nodes", "1", "--base-port", &port.to_string(), "--data-dir"])
-        .arg(dir.path().join("up"))
-        .output()
-        .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let output = keel(&["cluster", "up", "--nodes", "1", "--base-port", &port, "--data-dir", up_dir]).await;
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     assert!(stderr(&output).contains(&format!("cannot use 127.0.0.1:{port}")), "{}", stderr(&output));
 }
@@ -336,52 +308,62 @@ fn bad_cluster_input_is_a_clear_error() {
 /// A base port with `count` free consecutive ports after it.
 fn free_port_run(count: u16) -> u16 {
     for _ in 0..100 {
-        let base = free_port();
+        let base = free_addr().port();
         if base > u16::MAX - count {
             continue;
         }
-        if (0..count).all(|offset| StdListener::bind(("127.0.0.1", base + offset)).is_ok()) {
+        if (0..count).all(|offset| std::net::TcpListener::bind(("127.0.0.1", base + offset)).is_ok()) {
             return base;
         }
     }
     panic!("no run of {count} free ports");
 }
 
-#[test]
-fn cluster_up_starts_three_nodes_and_ctrl_c_stops_them() {
+#[tokio::test]
+async fn cluster_up_starts_three_nodes_and_ctrl_c_stops_them() {
     let dir = tempfile::tempdir().unwrap();
     let base = free_port_run(3);
-    let mut up = Command::new(KEEL)
+    let mut up = tokio::process::Command::new(KEEL)
         .args(["cluster", "up", "--nodes", "3", "--base-port", &base.to_string(), "--data-dir"])
         .arg(dir.path())
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let (lines, received) = std::sync::mpsc::channel();
-    let out = up.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = lines.send(line);
-        }
+    let mut up_stderr = up.stderr.take().unwrap();
+    let up_stderr = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = up_stderr.read_to_string(&mut text).await;
+        text
     });
+    let mut lines = BufReader::new(up.stdout.take().unwrap()).lines();
     let mut printed = Vec::new();
+    let deadline = Instant::now() + WAIT_MAX;
     while !printed.iter().any(|line: &String| line.contains("is up")) {
-        let line = received.recv_timeout(WAIT_MAX).expect("`keel cluster up` reports the cluster up");
-        printed.push(line);
+        let line = tokio::time::timeout_at(deadline, lines.next_line()).await;
+        let line = line.expect("`keel cluster up` reports the cluster up in time").unwrap();
+        printed.push(line.expect("`keel cluster up` exited before reporting the cluster up"));
     }
     for node in 0..3u16 {
         let addr = format!("127.0.0.1:{}", base + node);
         assert!(printed.iter().any(|line| line.contains(&addr)), "{addr} not in {printed:?}");
     }
     let first = format!("127.0.0.1:{base}");
-    poll("one leader among the three nodes", || status(&first).and_then(|s| one_leader(&s, &[1, 2, 3])));
+    poll("one leader among the three nodes", async || one_leader(&status(&first).await?, &[1, 2, 3])).await;
 
-    let status = Command::new("kill").args(["-INT", &up.id().to_string()]).status().unwrap();
-    assert!(status.success());
-    let exit = poll("`keel cluster up` to exit", || up.try_wait().unwrap());
-    assert!(exit.success(), "{exit}");
+    assert!(signal_child(&up, Signal::Interrupt).unwrap(), "`keel cluster up` is running");
+    let exit = tokio::time::timeout(WAIT_MAX, up.wait()).await.expect("`keel cluster up` exits after Ctrl-C");
+    let exit = exit.unwrap();
+    let up_stderr = up_stderr.await.unwrap();
+    assert!(exit.success(), "{exit}: {up_stderr}");
+    assert!(up_stderr.contains("stopping 3 node(s)") && !up_stderr.contains("killed it"), "{up_stderr}");
     for node in 0..3u16 {
-        assert!(StdStream::connect(("127.0.0.1", base + node)).is_err(), "node on port {} still runs", base + node);
+        let addr = ("127.0.0.1", base + node);
+        assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "node on port {} still runs", base + node);
+        // Each node shut down cleanly (SIGINT reached it and it finished its shutdown).
+        let log = std::fs::read_to_string(dir.path().join(format!("node-{}.log", node + 1))).unwrap();
+        assert!(log.contains("broker stopped"), "node {} log: {log}", node + 1);
     }
 }

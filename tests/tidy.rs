@@ -133,3 +133,20 @@ fn no_process_history_dependent_collections_or_channels() {
         }
     }
 }
+
+/// `keel cluster up` stopped its nodes with `std::thread::sleep` polls inside async code (blocking a
+/// runtime thread) and by running the `kill` command (issue 7). Child processes go through
+/// `src/process.rs` (tokio children, signals through rustix), and the real-process tests wait on
+/// conditions, so neither a thread sleep nor a `kill` command belongs in them.
+#[test]
+fn no_thread_sleeps_or_kill_commands() {
+    let mut files = rust_files(&root().join("src"));
+    files.push(root().join("tests/broker_process.rs"));
+    files.push(root().join("tests/cluster_process.rs"));
+    for file in files {
+        let code = code_of(&file);
+        for word in ["thread::sleep", "Command::new(\"kill\")"] {
+            assert!(!code.contains(word), "{} uses `{word}`", file.display());
+        }
+    }
+}

@@ -1,8 +1,9 @@
 //! `keel cluster status` (the Raft status of every node, from any node) and `keel cluster up` (a
 //! local N-node cluster of child `keel broker` processes, for trying Keel out).
 //!
-//! `up` spawns real processes with `std::process`, so it exists only in the normal build; the
-//! simulation compiles this module without it.
+//! `up` runs real processes through [`crate::process`] (tokio children, signals without shelling
+//! out, no blocking sleeps), so it exists only in the normal build; the simulation compiles this
+//! module without it.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -166,130 +167,47 @@ fn up_layout(args: &UpArgs) -> Result<Vec<(u64, String)>, CliError> {
 
 #[cfg(not(madsim))]
 async fn up(cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
-    use std::process::{Child, Command, Stdio};
-
-    use crate::client::{Client, ClientConfig};
+    use crate::process::{ClusterSpec, LocalCluster, Signal};
 
     let layout = up_layout(args)?;
+    let mut addrs = Vec::new();
     for (_, addr) in &layout {
         if let Err(error) = std::net::TcpListener::bind(addr.as_str()) {
             return Err(fail(format!("cannot use {addr}: {error} (is another broker running? pick --base-port)")));
         }
+        addrs.push(addr.parse().map_err(|error| fail(format!("bad address {addr}: {error}")))?);
     }
-    let peers = layout.iter().map(|(node_id, addr)| format!("{node_id}={addr}")).collect::<Vec<_>>().join(",");
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|error| fail(format!("cannot create {}: {error}", args.data_dir.display())))?;
     let exe = std::env::current_exe().map_err(|error| fail(format!("cannot find the keel binary: {error}")))?;
+    let spec = ClusterSpec { node_logs: true, ..ClusterSpec::new(exe, addrs, &args.data_dir) };
 
-    struct Node {
-        node_id: u64,
-        addr: String,
-        child: Child,
-    }
-    let mut nodes: Vec<Node> = Vec::new();
-    let stop_all = |nodes: &mut Vec<Node>| {
-        for node in nodes.iter_mut() {
-            if matches!(node.child.try_wait(), Ok(None)) {
-                let pid = node.child.id().to_string();
-                let _ = Command::new("kill").args(["-INT", &pid]).stderr(Stdio::null()).status();
-            }
-        }
-        let deadline = std::time::Instant::now() + UP_STOP_TIMEOUT;
-        for node in nodes.iter_mut() {
-            loop {
-                match node.child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if std::time::Instant::now() >= deadline => {
-                        eprintln!("node {} did not stop within {:?}; killing it", node.node_id, UP_STOP_TIMEOUT);
-                        let _ = node.child.kill();
-                        let _ = node.child.wait();
-                        break;
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }
-    };
-    for (node_id, addr) in &layout {
-        let dir = args.data_dir.join(format!("node-{node_id}"));
-        let log_path = args.data_dir.join(format!("node-{node_id}.log"));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path);
-        let log = match log {
-            Ok(log) => log,
-            Err(error) => {
-                stop_all(&mut nodes);
-                return Err(fail(format!("cannot open {}: {error}", log_path.display())));
-            }
-        };
-        let child = Command::new(&exe)
-            .args(["broker", "--node-id", &node_id.to_string(), "--listen", addr, "--peers", &peers, "--data-dir"])
-            .arg(&dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn();
-        match child {
-            Ok(child) => nodes.push(Node { node_id: *node_id, addr: addr.clone(), child }),
-            Err(error) => {
-                stop_all(&mut nodes);
-                return Err(fail(format!("cannot start node {node_id}: {error}")));
-            }
-        }
-    }
-
-    // Ready: every node answers and one of them leads the metadata group.
-    let deadline = tokio::time::Instant::now() + UP_READY_TIMEOUT;
-    let config = ClientConfig { connect_timeout: Duration::from_millis(500), retries: 0, ..ClientConfig::default() };
-    loop {
-        if let Some(node_id) =
-            nodes.iter_mut().find_map(|node| (!matches!(node.child.try_wait(), Ok(None))).then_some(node.node_id))
-        {
-            let log = args.data_dir.join(format!("node-{node_id}.log"));
-            stop_all(&mut nodes);
-            return Err(fail(format!("node {node_id} exited during startup; see {}", log.display())));
-        }
-        let mut leader = 0;
-        let mut answering = 0;
-        for node in &nodes {
-            if let Ok(response) = Client::new(node.addr.clone(), config.clone()).cluster_status(false).await {
-                answering += 1;
-                leader = leader.max(response.nodes.iter().map(|n| n.leader_id).max().unwrap_or(0));
-            }
-        }
-        if answering == nodes.len() && leader != 0 {
-            break;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            stop_all(&mut nodes);
-            return Err(fail(format!("the cluster did not elect a leader within {UP_READY_TIMEOUT:?}")));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // A node that cannot start makes `spawn` drop (kill) the ones already started.
+    let mut cluster = LocalCluster::spawn(&spec).map_err(|error| fail(error.to_string()))?;
+    // Ready: every node answers a metadata request, which needs the metadata group's leader.
+    if let Err(error) = cluster.wait_ready(UP_READY_TIMEOUT).await {
+        stop_nodes(&mut cluster, Signal::Interrupt).await;
+        return Err(fail(format!("{error}; see the node logs in {}", args.data_dir.display())));
     }
 
     let mut out = std::io::stdout().lock();
-    for node in &nodes {
-        let dir = args.data_dir.join(format!("node-{}", node.node_id));
-        let log = args.data_dir.join(format!("node-{}.log", node.node_id));
+    for node in cluster.nodes() {
+        let log = spec.node_log(node.node_id);
+        let addr = node.process.addr();
+        let pid = node.process.pid().unwrap_or(0);
         let line = if cli.json {
-            json!({"node_id": node.node_id, "addr": node.addr, "pid": node.child.id(), "data_dir": dir, "log": log})
+            json!({"node_id": node.node_id, "addr": addr.to_string(), "pid": pid, "data_dir": node.data_dir, "log": log})
                 .to_string()
         } else {
-            format!(
-                "node {}  {}  pid {}  data {}  log {}",
-                node.node_id,
-                node.addr,
-                node.child.id(),
-                dir.display(),
-                log.display()
-            )
+            format!("node {}  {addr}  pid {pid}  data {}  log {}", node.node_id, node.data_dir.display(), log.display())
         };
         print_line(&mut out, &line);
     }
     if !cli.json {
-        let first = &nodes[0].addr;
+        let first = cluster.nodes()[0].process.addr();
         print_line(
             &mut out,
-            &format!("cluster of {} node(s) is up. Try: keel --broker {first} cluster status", nodes.len()),
+            &format!("cluster of {} node(s) is up. Try: keel --broker {first} cluster status", cluster.nodes().len()),
         );
         print_line(&mut out, "Ctrl-C stops every node.");
     }
@@ -298,26 +216,34 @@ async fn up(cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
     // Run until Ctrl-C (or SIGTERM); report nodes that exit on their own meanwhile.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|error| fail(format!("cannot install a SIGTERM handler: {error}")))?;
-    let mut reported = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
             biased;
             _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                for node in nodes.iter_mut() {
-                    if let Ok(Some(exit)) = node.child.try_wait() {
-                        if reported.insert(node.node_id) {
-                            eprintln!("node {} exited ({exit}); the others keep running", node.node_id);
-                        }
-                    }
-                }
-            }
+            (node_id, exit) = cluster.next_exit() => match exit {
+                Ok(status) => eprintln!("node {node_id} exited ({status}); the others keep running"),
+                Err(error) => eprintln!("node {node_id}: cannot wait for it: {error}"),
+            },
         }
     }
-    eprintln!("stopping {} node(s)", nodes.len());
-    stop_all(&mut nodes);
+    eprintln!("stopping {} node(s)", cluster.nodes().len());
+    stop_nodes(&mut cluster, Signal::Interrupt).await;
     Ok(())
+}
+
+/// Stops every node gracefully within [`UP_STOP_TIMEOUT`], killing stragglers, and says which.
+#[cfg(not(madsim))]
+async fn stop_nodes(cluster: &mut crate::process::LocalCluster, signal: crate::process::Signal) {
+    for (node_id, result) in cluster.stop_all(signal, UP_STOP_TIMEOUT).await {
+        match result {
+            Ok(Some(stopped)) if stopped.forced => {
+                eprintln!("node {node_id} did not stop within {UP_STOP_TIMEOUT:?}; killed it")
+            }
+            Ok(_) => {}
+            Err(error) => eprintln!("node {node_id}: {error}"),
+        }
+    }
 }
 
 #[cfg(test)]
