@@ -23,6 +23,13 @@
 //! - `nonmonotonic-poll`: a process read an offset of a partition not greater than the previous offset it
 //!   read there, within one poll or across consecutive polls.
 //! - `nonmonotonic-send`: one process's acknowledged sends to a partition got offsets that do not increase.
+//! - `lost-read`: a poll returned a value at an offset (so the offset was committed), and an operation invoked
+//!   after that poll completed shows the log lost it: it found another value at that offset (acked or read
+//!   there), or a send was acknowledged at a lower offset (a committed log only grows, so a later append
+//!   lands past every offset read before it). This is the signature of records served before they were
+//!   durable and then dropped by a crash. The first case is also an `inconsistent-offsets`; this one adds
+//!   the order (read first, replaced later) and also catches a log that lost the offset and was never read
+//!   there again.
 //!
 //! Per-process poll tracking restarts at every `assign`, `subscribe` or `crash` of that process, since the
 //! consumer's position legitimately jumps there. A poll that ends `info` may have consumed records nobody
@@ -63,10 +70,11 @@ pub enum AnomalyKind {
     PollSkip,
     NonmonotonicPoll,
     NonmonotonicSend,
+    LostRead,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 8] = [
+    pub const ALL: [AnomalyKind; 9] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -75,6 +83,7 @@ impl AnomalyKind {
         AnomalyKind::PollSkip,
         AnomalyKind::NonmonotonicPoll,
         AnomalyKind::NonmonotonicSend,
+        AnomalyKind::LostRead,
     ];
 
     /// Jepsen's name for the anomaly.
@@ -88,6 +97,7 @@ impl AnomalyKind {
             AnomalyKind::PollSkip => "poll-skip",
             AnomalyKind::NonmonotonicPoll => "nonmonotonic-poll",
             AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
+            AnomalyKind::LostRead => "lost-read",
         }
     }
 }
@@ -218,6 +228,29 @@ pub struct NonmonotonicSend {
     pub value: Value,
 }
 
+/// What showed that a read value was lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LostReadReason {
+    /// An operation invoked after the read completed found `value` at the same offset: a send acknowledged
+    /// there (`by` is its `ok`) or a poll that read it there (`by` is the poll's `ok`).
+    Overwritten { value: Value, by: OpIndex },
+    /// A send invoked after the read completed was acknowledged at `offset`, below the read one: the log's
+    /// end had gone back past the read offset. Of all such sends, the one acknowledged lowest (the first of
+    /// them on a tie).
+    Truncated { offset: Offset, value: Value, send_ok: OpIndex },
+}
+
+/// A value a poll returned at (partition, offset), which the log later lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LostRead {
+    pub partition: Partition,
+    pub offset: Offset,
+    pub value: Value,
+    /// The first poll that returned the value at this position.
+    pub read_by: OpIndex,
+    pub reason: LostReadReason,
+}
+
 /// Counts of what the history contains, for context in reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -251,6 +284,7 @@ pub struct QueueReport {
     pub poll_skips: Vec<PollSkip>,
     pub nonmonotonic_polls: Vec<NonmonotonicPoll>,
     pub nonmonotonic_sends: Vec<NonmonotonicSend>,
+    pub lost_reads: Vec<LostRead>,
 }
 
 impl QueueReport {
@@ -278,6 +312,7 @@ impl QueueReport {
             AnomalyKind::PollSkip => self.poll_skips.len(),
             AnomalyKind::NonmonotonicPoll => self.nonmonotonic_polls.len(),
             AnomalyKind::NonmonotonicSend => self.nonmonotonic_sends.len(),
+            AnomalyKind::LostRead => self.lost_reads.len(),
         }
     }
 
@@ -371,6 +406,15 @@ impl QueueReport {
                     n.value,
                     n.offset
                 )
+            }),
+            AnomalyKind::LostRead => take(&self.lost_reads, limit, |l| {
+                let then = match &l.reason {
+                    LostReadReason::Overwritten { value, by } => format!("then {by} found {value} there"),
+                    LostReadReason::Truncated { offset, value, send_ok } => {
+                        format!("then a later send of {value} was acked at {offset} ({send_ok})")
+                    }
+                };
+                format!("{}@{} {} read by {}, {then}", l.partition, l.offset, l.value, l.read_by)
             }),
         }
     }
@@ -472,6 +516,7 @@ pub fn check(history: &History) -> QueueReport {
     let (poll_skips, nonmonotonic_polls) = poll_order(events, &observations.known_offsets);
     report.poll_skips = poll_skips;
     report.nonmonotonic_polls = nonmonotonic_polls;
+    report.lost_reads = lost_reads(events);
 
     for ((partition, offset), values) in &observations.by_position {
         if values.len() > 1 {
@@ -662,6 +707,107 @@ fn nonmonotonic_sends(events: &[Event]) -> Vec<NonmonotonicSend> {
                     value: value.clone(),
                 });
             }
+        }
+    }
+    found
+}
+
+/// A poll's read or a send's acknowledgement of one value at one position, with the index of the operation's
+/// invoke (to order it after other completions) and of its completion (to cite it).
+#[derive(Clone, Copy)]
+struct Sighting<'h> {
+    invoke: OpIndex,
+    completion: OpIndex,
+    value: &'h Value,
+}
+
+/// Finds reads that operations invoked after them contradict (see `lost-read` in the module doc). Only the
+/// real-time order counts: an operation invoked before the read completed is concurrent with it and may
+/// legitimately see the log before the read's records were committed.
+fn lost_reads(events: &[Event]) -> Vec<LostRead> {
+    // Which invoke each completion belongs to: a process has at most one operation outstanding. In a
+    // malformed history a completion without an invoke counts as invoked when it completed.
+    let mut outstanding: BTreeMap<ProcessId, OpIndex> = BTreeMap::new();
+    let mut sightings: BTreeMap<(&Partition, Offset), Vec<Sighting<'_>>> = BTreeMap::new();
+    // The first poll that read each value at each position.
+    let mut first_reads: BTreeMap<(&Partition, Offset, &Value), OpIndex> = BTreeMap::new();
+    // Per partition, acknowledged sends as (invoke, offset, value, ok), in invoke order.
+    let mut acks: BTreeMap<&Partition, Vec<(OpIndex, Offset, &Value, OpIndex)>> = BTreeMap::new();
+    for event in events {
+        if event.kind == EventKind::Invoke {
+            if matches!(event.op, Op::Send { .. } | Op::Poll { .. }) {
+                outstanding.insert(event.process, event.index);
+            }
+            continue;
+        }
+        if !matches!(event.op, Op::Send { .. } | Op::Poll { .. }) {
+            continue;
+        }
+        let invoke = outstanding.remove(&event.process).unwrap_or(event.index);
+        match (&event.op, event.kind) {
+            (Op::Send { partition, value, offset: Some(offset) }, EventKind::Ok) => {
+                sightings.entry((partition, *offset)).or_default().push(Sighting {
+                    invoke,
+                    completion: event.index,
+                    value,
+                });
+                acks.entry(partition).or_default().push((invoke, *offset, value, event.index));
+            }
+            (Op::Poll { reads: Some(reads) }, EventKind::Ok) => {
+                for (partition, records) in reads {
+                    for (offset, value) in records {
+                        sightings.entry((partition, *offset)).or_default().push(Sighting {
+                            invoke,
+                            completion: event.index,
+                            value,
+                        });
+                        first_reads.entry((partition, *offset, value)).or_insert(event.index);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Per partition, for each position in invoke order: the lowest acknowledged offset among this and all
+    // later-invoked sends, with the first send that got it.
+    let mut lowest_later_ack: BTreeMap<&Partition, Vec<(OpIndex, Offset, &Value, OpIndex)>> = BTreeMap::new();
+    for (partition, mut sends) in acks {
+        sends.sort_by_key(|(invoke, ..)| *invoke);
+        let mut lowest: Vec<(OpIndex, Offset, &Value, OpIndex)> = Vec::with_capacity(sends.len());
+        for send in sends.iter().rev() {
+            let best = match lowest.last() {
+                Some(later) if later.1 < send.1 => (send.0, later.1, later.2, later.3),
+                _ => *send,
+            };
+            lowest.push(best);
+        }
+        lowest.reverse();
+        lowest_later_ack.insert(partition, lowest);
+    }
+
+    let mut found = Vec::new();
+    for ((partition, offset, value), read_by) in first_reads {
+        let overwritten = sightings
+            .get(&(partition, offset))
+            .into_iter()
+            .flatten()
+            .filter(|sighting| sighting.invoke > read_by && sighting.value != value)
+            .min_by_key(|sighting| sighting.completion);
+        let reason = if let Some(sighting) = overwritten {
+            Some(LostReadReason::Overwritten { value: sighting.value.clone(), by: sighting.completion })
+        } else {
+            lowest_later_ack.get(partition).and_then(|lowest| {
+                let first_later = lowest.partition_point(|(invoke, ..)| *invoke <= read_by);
+                let (_, ack_offset, ack_value, send_ok) = lowest.get(first_later)?;
+                (*ack_offset < offset).then(|| LostReadReason::Truncated {
+                    offset: *ack_offset,
+                    value: (*ack_value).clone(),
+                    send_ok: *send_ok,
+                })
+            })
+        };
+        if let Some(reason) = reason {
+            found.push(LostRead { partition: partition.clone(), offset, value: value.clone(), read_by, reason });
         }
     }
     found
@@ -936,7 +1082,8 @@ mod tests {
         let read_a = b.poll(2, &[("t/0", &[(0, "a")])]);
         let read_b = b.poll(3, &[("t/0", &[(0, "b")])]);
         let report = b.check();
-        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::InconsistentOffsets], "{report}");
+        // The second poll was invoked after the first completed, so a's read was also lost.
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::InconsistentOffsets, AnomalyKind::LostRead], "{report}");
         let inconsistent = &report.inconsistent_offsets[0];
         assert_eq!((inconsistent.partition.as_str(), inconsistent.offset), ("t/0", Offset(0)));
         let values: Vec<(&str, Vec<OpIndex>)> =
@@ -1168,8 +1315,92 @@ mod tests {
                 "G1a",
                 "poll-skip",
                 "nonmonotonic-poll",
-                "nonmonotonic-send"
+                "nonmonotonic-send",
+                // Keel's own: Jepsen reports these as inconsistent offsets at most.
+                "lost-read"
             ]
         );
+    }
+
+    #[test]
+    fn lost_read_when_a_later_poll_finds_another_value_at_the_offset() {
+        // A poll returned a (served before it was durable), a crash dropped it, and b took its offset.
+        let mut b = Builder::default();
+        b.send_info(1, "t/0", "a");
+        let read_a = b.poll(2, &[("t/0", &[(0, "a")])]);
+        b.send_info(1, "t/0", "b");
+        let read_b = b.poll(3, &[("t/0", &[(0, "b")])]);
+        let report = b.check();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::InconsistentOffsets, AnomalyKind::LostRead], "{report}");
+        assert_eq!(
+            report.lost_reads,
+            vec![LostRead {
+                partition: "t/0".into(),
+                offset: Offset(0),
+                value: "a".into(),
+                read_by: read_a,
+                reason: LostReadReason::Overwritten { value: "b".into(), by: read_b },
+            }]
+        );
+        assert!(!report.is_valid() && !report.is_valid_ignoring_unseen());
+        let text = report.to_string();
+        assert!(
+            text.contains("lost-read (1):") && text.contains(&format!("then {read_b} found \"b\" there")),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn lost_read_when_a_later_send_is_acked_at_the_offset() {
+        let mut b = Builder::default();
+        b.send_info(1, "t/0", "a");
+        let read_a = b.poll(2, &[("t/0", &[(0, "a")])]);
+        let ack_b = b.send_ok(1, "t/0", "b", Some(0));
+        let report = b.check();
+        assert_eq!(report.lost_reads.len(), 1, "{report}");
+        assert_eq!(report.lost_reads[0].read_by, read_a);
+        assert_eq!(report.lost_reads[0].reason, LostReadReason::Overwritten { value: "b".into(), by: ack_b });
+    }
+
+    #[test]
+    fn lost_read_when_a_later_send_is_acked_below_the_offset_and_nobody_reads_there_again() {
+        // Offsets 0..=2 were read; after a crash the log ended at 1 and a new send got offset 1. Nobody
+        // read offset 2 again, so no two values ever met at one offset: only the ack order shows the loss.
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", "a", Some(0));
+        b.send_info(1, "t/0", "b");
+        b.send_info(1, "t/0", "c");
+        let read = b.poll(2, &[("t/0", &[(0, "a"), (1, "b"), (2, "c")])]);
+        let ack_d = b.send_ok(1, "t/0", "d", Some(1));
+        let report = b.check();
+        let lost: Vec<(Offset, &str, &LostReadReason)> =
+            report.lost_reads.iter().map(|l| (l.offset, l.value.as_str(), &l.reason)).collect();
+        let truncated = LostReadReason::Truncated { offset: Offset(1), value: "d".into(), send_ok: ack_d };
+        let overwritten = LostReadReason::Overwritten { value: "d".into(), by: ack_d };
+        assert_eq!(lost, vec![(Offset(1), "b", &overwritten), (Offset(2), "c", &truncated)], "{report}");
+        assert!(report.lost_reads.iter().all(|l| l.read_by == read));
+        assert!(!report.is_valid_ignoring_unseen());
+        assert!(report.to_string().contains("then a later send of \"d\" was acked at 1"), "{report}");
+    }
+
+    #[test]
+    fn no_lost_read_when_the_log_only_grows() {
+        let mut b = Builder::default();
+        // A send invoked before the read completed may be acked below it: it was appended first.
+        let time_ns = b.tick();
+        let early = b.history.invoke_send(ProcessId(1), time_ns, "t/0", "early");
+        b.send_info(4, "t/0", "x");
+        b.poll(2, &[("t/0", &[(0, "early"), (1, "x")])]);
+        let time_ns = b.tick();
+        b.history.send_ok(early, time_ns, Offset(0));
+        // Later sends land past everything read; rereading the same values is fine.
+        b.send_ok(1, "t/0", "later", Some(2));
+        b.poll(3, &[("t/0", &[(0, "early"), (1, "x"), (2, "later")])]);
+        // Another partition's low offsets say nothing about t/0.
+        b.send_ok(1, "t/1", "other", Some(0));
+        b.poll(3, &[("t/1", &[(0, "other")])]);
+        let report = b.check();
+        assert!(report.is_valid(), "{report}");
+        assert!(report.lost_reads.is_empty());
     }
 }

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use keel_model::history::{
     Event, History, Offset, Op, OpIndex, Partition, PendingPoll, PendingSend, PollReads, ProcessId, Value,
 };
-use keel_model::queue_checker::{check, G1aReason};
+use keel_model::queue_checker::{check, G1aReason, LostReadReason};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -376,6 +376,35 @@ proptest! {
             report.nonmonotonic_sends.iter().any(|n| n.process == writer && n.send_ok == OpIndex(ack_positions[1] as u64)),
             "{}", report
         );
+    }
+
+    #[test]
+    fn a_later_send_acked_below_read_offsets_makes_them_lost_reads(scenario in scenario(Just(String::new())), pick in any::<usize>()) {
+        // As if a crash dropped a partition's records after they were read and a new send took offset 0.
+        let mut history = simulate(&scenario);
+        let final_poll = final_poll_index(history.events());
+        let mut events = history.clone().into_events();
+        let reads = final_reads(&mut events).clone();
+        let (partition, records) = reads.iter().nth(pick % reads.len()).unwrap();
+        let time_ns = history.events().last().unwrap().time_ns + 1_000;
+        let late = ProcessId(scenario.processes_n as u64 + 2);
+        let pending = history.invoke_send(late, time_ns, partition, "late");
+        let ack = history.send_ok(pending, time_ns + 1_000, Offset(0));
+        let report = check(&history);
+        prop_assert!(!report.is_valid_ignoring_unseen());
+        for (offset, _) in records {
+            let lost = report.lost_reads.iter().find(|l| l.partition == *partition && l.offset == *offset);
+            prop_assert!(lost.is_some(), "offset {}: {}", offset, report);
+            let lost = lost.unwrap();
+            prop_assert!(lost.read_by <= final_poll);
+            let expected = if offset.0 == 0 {
+                LostReadReason::Overwritten { value: Value::from("late"), by: ack }
+            } else {
+                LostReadReason::Truncated { offset: Offset(0), value: Value::from("late"), send_ok: ack }
+            };
+            prop_assert_eq!(&lost.reason, &expected);
+        }
+        prop_assert!(report.lost_reads.iter().all(|l| l.partition == *partition), "{}", report);
     }
 
     #[test]

@@ -21,6 +21,11 @@
 //!   volatile Raft state is gone) from the old one.
 //! - Link clogs are counted per directed link: overlapping partitions compose, and a link opens again
 //!   only when every fault that closed it has ended.
+//! - Every time a broker's `run_broker` returns, the harness records a [`BrokerExit`] with its cause:
+//!   asked for (a clean restart's ctrl-c, then a clean stop), or an injected storage fault during that
+//!   incarnation (a failed fsync, a failed metadata-store write). Any other exit is a violation,
+//!   recorded when it happens, whoever restarts the broker later (`heal`, a supervisor). A kill or a
+//!   power loss is not an exit: the harness ends the incarnation itself.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -71,6 +76,76 @@ pub struct MetaSlot {
 struct BrokerStatus {
     incarnation: u64,
     state: BrokerState,
+    /// The harness sent this incarnation a ctrl-c (a clean restart): a clean exit is expected.
+    stop_requested: bool,
+}
+
+/// Why a broker incarnation's `run_broker` returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitCause {
+    /// The harness sent a ctrl-c and the broker stopped cleanly.
+    Requested,
+    /// The broker stopped with an error after injected storage faults during this incarnation (the
+    /// text says which), as a broker must when its storage fails under it.
+    StorageFault(String),
+    /// No fault the harness injected explains the exit. Recorded as a violation.
+    Unexplained,
+}
+
+/// One return of `run_broker`, as the harness saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerExit {
+    pub broker: usize,
+    pub incarnation: u64,
+    /// Simulated time since the scenario started.
+    pub time_ns: u64,
+    pub result: Result<(), String>,
+    pub cause: ExitCause,
+}
+
+impl BrokerExit {
+    /// Whether the nemesis (or the harness's own ctrl-c) caused this exit.
+    pub fn caused_by_fault(&self) -> bool {
+        self.cause != ExitCause::Unexplained
+    }
+}
+
+/// Counters of the storage faults injected into one broker's disk and metadata store so far. The
+/// difference between two snapshots says what an incarnation went through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct StorageFaults {
+    fsync_errors: u64,
+    data_write_errors: u64,
+    meta_write_errors: u64,
+}
+
+impl StorageFaults {
+    fn of(disk: &SimDisk, kv: &SimKv) -> StorageFaults {
+        let disk_stats = disk.stats();
+        StorageFaults {
+            fsync_errors: disk_stats.sync_errors,
+            data_write_errors: disk_stats.write_errors,
+            meta_write_errors: kv.stats().write_errors,
+        }
+    }
+
+    /// What was injected since `earlier`, in words, or `None` when nothing was.
+    fn since(&self, earlier: &StorageFaults) -> Option<String> {
+        let mut what = Vec::new();
+        let fsync_errors = self.fsync_errors - earlier.fsync_errors;
+        if fsync_errors > 0 {
+            what.push(format!("{fsync_errors} failed fsyncs"));
+        }
+        let data_write_errors = self.data_write_errors - earlier.data_write_errors;
+        if data_write_errors > 0 {
+            what.push(format!("{data_write_errors} failed data writes"));
+        }
+        let meta_write_errors = self.meta_write_errors - earlier.meta_write_errors;
+        if meta_write_errors > 0 {
+            what.push(format!("{meta_write_errors} failed metadata-store writes"));
+        }
+        (!what.is_empty()).then(|| what.join(", "))
+    }
 }
 
 pub struct Broker {
@@ -84,6 +159,8 @@ pub struct Broker {
     pub kv: SimKv,
     meta: Arc<Mutex<MetaSlot>>,
     status: Arc<Mutex<BrokerStatus>>,
+    /// The storage fault counters when the current incarnation started.
+    faults_at_start: Arc<Mutex<StorageFaults>>,
     down: bool,
     paused: bool,
     clogged: bool,
@@ -100,8 +177,10 @@ pub struct Cluster {
     clients: Vec<(String, NodeHandle, bool)>,
     trace: Trace,
     start: Instant,
-    /// Broker failures that no injected fault explains (e.g. a load error with fault-free fsyncs).
+    /// Broker failures that no injected fault explains (e.g. an exit with fault-free storage).
     violations: Arc<Mutex<Vec<String>>>,
+    /// Every return of `run_broker`, in order.
+    exits: Arc<Mutex<Vec<BrokerExit>>>,
     /// How many active faults clog each directed broker link `(from, to)` (broker indices).
     link_clogs: BTreeMap<(usize, usize), u32>,
     /// Whether a fault changed the network's send latency.
@@ -117,6 +196,7 @@ impl Cluster {
             trace,
             start,
             violations: Arc::default(),
+            exits: Arc::default(),
             link_clogs: BTreeMap::new(),
             latency_changed: false,
         }
@@ -146,19 +226,24 @@ impl Cluster {
         let name = format!("broker-{number}");
         let disk = SimDisk::new(disk_seed);
         let kv = SimKv::new(disk_seed ^ 0x6b76_5f73_6565_6421);
-        let status = Arc::new(Mutex::new(BrokerStatus { incarnation: 0, state: BrokerState::Starting }));
+        let status =
+            Arc::new(Mutex::new(BrokerStatus { incarnation: 0, state: BrokerState::Starting, stop_requested: false }));
         let meta = Arc::new(Mutex::new(MetaSlot::default()));
+        let faults_at_start = Arc::new(Mutex::new(StorageFaults::default()));
         let init = {
             let shared = Incarnation {
+                index,
                 name: name.clone(),
                 config,
                 disk: disk.clone(),
                 kv: kv.clone(),
                 meta: meta.clone(),
                 status: status.clone(),
+                faults_at_start: faults_at_start.clone(),
                 trace: self.trace.clone(),
                 start: self.start,
                 violations: self.violations.clone(),
+                exits: self.exits.clone(),
             };
             move || {
                 let incarnation = shared.clone();
@@ -175,6 +260,7 @@ impl Cluster {
             kv,
             meta,
             status,
+            faults_at_start,
             down: false,
             paused: false,
             clogged: false,
@@ -235,6 +321,33 @@ impl Cluster {
         lock(&self.violations).clone()
     }
 
+    /// Records a violation found by a driver (e.g. a supervisor that finds a broker in a state no fault
+    /// explains); it joins [`Cluster::violations`].
+    pub fn violation(&self, message: String) {
+        self.note(format!("violation {message}"));
+        lock(&self.violations).push(message);
+    }
+
+    /// Every return of `run_broker` so far, in order, each with its cause. Unexplained ones are already
+    /// in [`Cluster::violations`].
+    pub fn exits(&self) -> Vec<BrokerExit> {
+        lock(&self.exits).clone()
+    }
+
+    /// How broker `index`'s current incarnation exited, if it has.
+    pub fn current_exit(&self, index: usize) -> Option<BrokerExit> {
+        let incarnation = self.incarnation(index);
+        lock(&self.exits).iter().rev().find(|exit| exit.broker == index && exit.incarnation == incarnation).cloned()
+    }
+
+    /// The storage faults injected into broker `index` since its current incarnation started, in words,
+    /// or `None`. A driver that sees a broker component stop can ask whether a fault explains it.
+    pub fn storage_faults_this_incarnation(&self, index: usize) -> Option<String> {
+        let broker = &self.brokers[index];
+        let at_start = *lock(&broker.faults_at_start);
+        StorageFaults::of(&broker.disk, &broker.kv).since(&at_start)
+    }
+
     /// Process crash: the broker's tasks die and its sockets close; the disk (page cache included)
     /// keeps everything written.
     pub fn kill(&mut self, index: usize) {
@@ -284,6 +397,7 @@ impl Cluster {
         }
         let name = self.brokers[index].name.clone();
         self.note(format!("nemesis ctrl_c {name}"));
+        lock(&self.brokers[index].status).stop_requested = true;
         self.handle.send_ctrl_c(self.brokers[index].node.id());
         let deadline = Instant::now() + Duration::from_millis(CLEAN_SHUTDOWN_MS_MAX);
         loop {
@@ -293,9 +407,7 @@ impl Cluster {
                 break;
             }
             if Instant::now() >= deadline {
-                let message = format!("{name} did not finish a graceful shutdown within {CLEAN_SHUTDOWN_MS_MAX} ms");
-                self.note(format!("violation {message}"));
-                lock(&self.violations).push(message);
+                self.violation(format!("{name} did not finish a graceful shutdown within {CLEAN_SHUTDOWN_MS_MAX} ms"));
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -428,7 +540,9 @@ impl Cluster {
     }
 
     /// Ends every fault: fault-free fsyncs (crashes may still tear, as real ones do), every node
-    /// resumed and unclogged, every broker up.
+    /// resumed and unclogged, every broker up. A broker whose incarnation exited is restarted like a
+    /// supervisor would, and the trace says why it had exited; an exit no fault caused was already
+    /// recorded as a violation when it happened.
     pub fn heal(&mut self) {
         self.note("heal begin");
         for (from, to) in std::mem::take(&mut self.link_clogs).into_keys() {
@@ -444,7 +558,15 @@ impl Cluster {
             if self.brokers[index].clogged {
                 self.unclog_broker(index);
             }
-            if self.brokers[index].down || matches!(self.broker_state(index), BrokerState::Exited(_)) {
+            if matches!(self.broker_state(index), BrokerState::Exited(_)) && !self.brokers[index].down {
+                let cause = match self.current_exit(index) {
+                    Some(exit) => format!("{:?}", exit.cause),
+                    None => "no exit recorded".to_owned(),
+                };
+                let name = self.brokers[index].name.clone();
+                self.note(format!("heal restarts {name}, which had exited ({cause})"));
+                self.restart(index);
+            } else if self.brokers[index].down {
                 self.restart(index);
             }
         }
@@ -474,27 +596,33 @@ impl Cluster {
 /// What every incarnation of one broker shares (captured by the node's init closure).
 #[derive(Clone)]
 struct Incarnation {
+    index: usize,
     name: String,
     config: BrokerConfig,
     disk: SimDisk,
     kv: SimKv,
     meta: Arc<Mutex<MetaSlot>>,
     status: Arc<Mutex<BrokerStatus>>,
+    faults_at_start: Arc<Mutex<StorageFaults>>,
     trace: Trace,
     start: Instant,
     violations: Arc<Mutex<Vec<String>>>,
+    exits: Arc<Mutex<Vec<BrokerExit>>>,
 }
 
 /// One broker incarnation: the real `run_broker`, stopped by ctrl-c, its fate reported in `status`.
 async fn run_incarnation(shared: Incarnation) {
-    let Incarnation { name, config, disk, kv, meta, status, trace, start, violations } = shared;
+    let Incarnation { index, name, config, disk, kv, meta, status, faults_at_start, trace, start, violations, exits } =
+        shared;
     let incarnation = {
         let mut status = lock(&status);
         status.incarnation += 1;
         status.state = BrokerState::Starting;
+        status.stop_requested = false;
         status.incarnation
     };
-    let sync_errors_at_start = disk.stats().sync_errors;
+    let faults_before = StorageFaults::of(&disk, &kv);
+    *lock(&faults_at_start) = faults_before;
     let shutdown = CancellationToken::new();
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
@@ -521,19 +649,27 @@ async fn run_incarnation(shared: Incarnation) {
     let hooks = keel::server::BrokerHooks { bound: Some(bound_sender), meta_node: Some(meta_sender) };
     let result = keel::server::run_broker(config, disk.clone(), kv.open(), shutdown, hooks).await;
     let now_ns = start.elapsed().as_nanos() as u64;
+    let result = result.map_err(|error| error.to_string());
+    // A broker stops on its own only when told to or when its storage failed under it; any other exit
+    // (a load error on healthy storage, a task that gave up, a clean stop nobody asked for) is a bug.
+    let stop_requested = lock(&status).stop_requested;
+    let cause = match (&result, StorageFaults::of(&disk, &kv).since(&faults_before)) {
+        (Ok(()), _) if stop_requested => ExitCause::Requested,
+        (Err(_), Some(faults)) => ExitCause::StorageFault(faults),
+        _ => ExitCause::Unexplained,
+    };
     match &result {
-        Ok(()) => trace.record(now_ns, format!("{name} incarnation {incarnation} stopped cleanly")),
-        Err(error) => {
-            trace.record(now_ns, format!("{name} incarnation {incarnation} exited: {error}"));
-            // A broker may fail when the disk failed a sync during this incarnation; otherwise,
-            // failing to bind or to load its own data is a bug.
-            let faults_active = disk.stats().sync_errors > sync_errors_at_start;
-            let is_startup_error =
-                matches!(error, keel::server::BrokerError::Bind { .. } | keel::server::BrokerError::Storage(_));
-            if is_startup_error && !faults_active {
-                lock(&violations).push(format!("{name} incarnation {incarnation} failed to start: {error}"));
-            }
-        }
+        Ok(()) => trace.record(now_ns, format!("{name} incarnation {incarnation} stopped cleanly ({cause:?})")),
+        Err(error) => trace.record(now_ns, format!("{name} incarnation {incarnation} exited: {error} ({cause:?})")),
     }
-    lock(&status).state = BrokerState::Exited(result.map_err(|error| error.to_string()));
+    if cause == ExitCause::Unexplained {
+        let requested = if stop_requested { "after a ctrl-c" } else { "without a ctrl-c" };
+        let message = format!(
+            "{name} incarnation {incarnation} exited {requested} with {result:?}, and no injected fault explains it"
+        );
+        trace.record(now_ns, format!("violation {message}"));
+        lock(&violations).push(message);
+    }
+    lock(&exits).push(BrokerExit { broker: index, incarnation, time_ns: now_ns, result: result.clone(), cause });
+    lock(&status).state = BrokerState::Exited(result);
 }

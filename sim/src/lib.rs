@@ -7,7 +7,8 @@
 //! # Layout
 //! - [`trace`]: the harness's event log and the stable (FNV-1a) trace hash. Builds everywhere.
 //! - `cluster` (madsim only): named nodes running `keel::server::run_broker` over a `SimDisk` that
-//!   outlives restarts; kill, power loss, restart, clean restart, pause, clog, disk faults, heal.
+//!   outlives restarts; kill, power loss, restart, clean restart, pause, clog, disk faults, heal;
+//!   every broker exit recorded with its cause (an exit no injected fault explains is a violation).
 //! - `workload` (madsim only): producer processes, a consumer and the final reader, all recording
 //!   one history; the durability invariants checked during the run.
 //! - `scenario` (madsim only): swarm parameters drawn per seed, the nemesis, the liveness phase and

@@ -7,11 +7,22 @@
 //! # Phases
 //! 1. Draw the [`Swarm`] parameters from the seed (TigerBeetle VOPR-style swarm testing: every seed
 //!    runs a different mix and rate of faults and a different workload shape).
-//! 2. Start one broker, create the topic, start the producers and the consumer.
-//! 3. Nemesis: for `duration`, inject the enabled faults at the drawn rates.
+//! 2. Start one broker, create the topic, start the producers and the consumers.
+//! 3. Nemesis: for `duration`, inject the enabled faults at the drawn rates. A fault class the
+//!    scenario is named for ([`Use::Always`]) is injected on every seed, on the broker: if the draw
+//!    has not injected it by a time drawn for it, the nemesis does. At the end of the phase the
+//!    injected faults are counted (from the trace and the disk's counters) and written to the trace,
+//!    and a named fault that did not happen fails the seed.
 //! 4. Liveness: heal everything; the broker must serve again, producers must get acks again, and the
 //!    final reader must read every partition from 0 to its high watermark, all within bounds.
-//! 5. Check: `queue_checker::check` over the history, plus the invariants checked during the run.
+//! 5. Check: `queue_checker::check` over the history, plus the invariants checked during the run
+//!    (the workload's, and the harness's: a broker exit no injected fault explains is a violation).
+//!
+//! # Reads before durability
+//! A broker that served records before they were durable shows it only if a consumer reads them and
+//! power fails before the fsync that covers them completes. So consumers poll at the tail with short
+//! waits, and three in four power losses (where the scenario allows slow fsyncs) first slow the disk's
+//! syncs to a stall and cut the power while one is in flight.
 
 use std::time::Duration;
 
@@ -27,6 +38,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::Cluster;
 use crate::trace::{summary_line, Trace};
 use crate::workload::{run_consumer, run_final_reader, ProducerNode, Recorder, OPERATION_MS_MAX};
+
+/// How long a forced disk fault may take to show (a slow or a failed sync) before the nemesis moves on.
+/// The producers keep the broker syncing, so this is only reached when the broker cannot sync at all.
+pub const FORCED_DISK_FAULT_MS_MAX: u64 = 3_000;
 
 pub const TOPIC: &str = "t";
 /// How long after the heal the broker has to serve again, and the final read has to finish.
@@ -81,6 +96,10 @@ pub struct Swarm {
     pub processes_per_node: u32,
     pub linger_ms: u64,
     pub think_ms_max: u64,
+    /// Consumer processes, each on its own client node, polling partitions at their tails.
+    pub consumers: u32,
+    /// Longest a consumer's poll waits for records (drawn per poll up to this).
+    pub poll_wait_ms_max: u64,
     /// Mean simulated time between two nemesis actions.
     pub nemesis_interval_ms: u64,
     /// Relative weights of the enabled actions (0 = disabled for this seed).
@@ -127,6 +146,8 @@ impl Swarm {
             processes_per_node: rng.gen_range(1..=4),
             linger_ms: [0, 1, 2, 5, 10][rng.gen_range(0..5)],
             think_ms_max: [0, 2, 10, 50][rng.gen_range(0..4)],
+            consumers: rng.gen_range(1..=3),
+            poll_wait_ms_max: [0, 5, 20, 200][rng.gen_range(0..4)],
             nemesis_interval_ms: rng.gen_range(200..=2_000),
             weight_power_loss,
             weight_kill,
@@ -164,6 +185,88 @@ impl Swarm {
     }
 }
 
+/// A fault class a scenario is named for ([`Use::Always`]): injected on every seed, on the broker,
+/// and counted; the seed fails if it did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Required {
+    PowerLoss,
+    ProcessRestart,
+    SlowFsync,
+    FailedFsync,
+    FailedWrite,
+    Pause,
+    BrokerClog,
+}
+
+impl Required {
+    fn of(faults: FaultClasses) -> Vec<Required> {
+        [
+            (faults.power_loss, Required::PowerLoss),
+            (faults.process_restart, Required::ProcessRestart),
+            (faults.slow_fsync, Required::SlowFsync),
+            (faults.failing_fsync, Required::FailedFsync),
+            (faults.failing_write, Required::FailedWrite),
+            (faults.pause, Required::Pause),
+            (faults.clog, Required::BrokerClog),
+        ]
+        .into_iter()
+        .filter(|(use_, _)| *use_ == Use::Always)
+        .map(|(_, required)| required)
+        .collect()
+    }
+}
+
+/// The faults that actually hit the broker during the nemesis phase: actions counted from the trace,
+/// syncs from the broker's disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub power_losses: usize,
+    pub kills: usize,
+    /// Graceful restarts that reached the broker (a ctrl-c, not a restart of a broker already down).
+    pub clean_restarts: usize,
+    pub pauses: usize,
+    pub broker_clogs: usize,
+    /// Clogs of client nodes that run the workload.
+    pub client_clogs: usize,
+    /// Syncs that waited an injected latency.
+    pub delayed_syncs: u64,
+    /// Syncs that failed (injected).
+    pub failed_syncs: u64,
+    /// Data writes that failed (injected EIO or ENOSPC).
+    pub failed_writes: u64,
+}
+
+impl FaultCounts {
+    fn measure(cluster: &Cluster, broker: usize) -> FaultCounts {
+        let name = &cluster.broker(broker).name;
+        let trace = cluster.trace();
+        let stats = cluster.broker(broker).disk.stats();
+        FaultCounts {
+            power_losses: trace.count_prefixed(&format!("nemesis power_loss {name}")),
+            kills: trace.count_prefixed(&format!("nemesis kill {name}")),
+            clean_restarts: trace.count_prefixed(&format!("nemesis ctrl_c {name}")),
+            pauses: trace.count_prefixed(&format!("nemesis pause {name}")),
+            broker_clogs: trace.count_prefixed(&format!("nemesis clog {name}")),
+            client_clogs: trace.count_prefixed("nemesis clog client-"),
+            delayed_syncs: stats.delayed_syncs,
+            failed_syncs: stats.sync_errors,
+            failed_writes: stats.write_errors,
+        }
+    }
+
+    fn has(&self, required: Required) -> bool {
+        match required {
+            Required::PowerLoss => self.power_losses > 0,
+            Required::ProcessRestart => self.kills + self.clean_restarts > 0,
+            Required::SlowFsync => self.delayed_syncs > 0,
+            Required::FailedFsync => self.failed_syncs > 0,
+            Required::FailedWrite => self.failed_writes > 0,
+            Required::Pause => self.pauses > 0,
+            Required::BrokerClog => self.broker_clogs > 0,
+        }
+    }
+}
+
 /// What one seed of one scenario produced.
 #[derive(Debug)]
 pub struct Outcome {
@@ -177,6 +280,8 @@ pub struct Outcome {
     pub expected_anomalies: usize,
     pub acked: usize,
     pub nemesis_actions: usize,
+    /// The faults the nemesis phase injected.
+    pub faults: FaultCounts,
     pub trace_hash: u64,
     pub trace_tail: String,
 }
@@ -289,20 +394,35 @@ pub async fn run(config: &ScenarioConfig) -> Outcome {
         };
         workers.push(node.spawn(producer_node.run(recorder.clone(), stop.clone())));
     }
-    let consumer_node = cluster.add_client();
-    next_process += 1;
-    workers.push(consumer_node.spawn(run_consumer(
-        addr.clone(),
-        TOPIC.to_owned(),
-        partitions,
-        ProcessId(next_process),
-        recorder.clone(),
-        stop.clone(),
-    )));
+    for _ in 0..swarm.consumers {
+        let consumer_node = cluster.add_client();
+        next_process += 1;
+        workers.push(consumer_node.spawn(run_consumer(
+            addr.clone(),
+            TOPIC.to_owned(),
+            partitions,
+            ProcessId(next_process),
+            Duration::from_millis(swarm.poll_wait_ms_max),
+            recorder.clone(),
+            stop.clone(),
+        )));
+    }
+    // Every client node but the admin's (index 0, idle from here on) runs the workload.
+    let workload_clients: Vec<usize> = (1..cluster.client_count()).collect();
 
     // Nemesis.
-    run_nemesis(&mut cluster, broker, &swarm, config.duration).await;
+    let mut nemesis = Nemesis { cluster: &mut cluster, broker, swarm: &swarm, faults: config.faults, workload_clients };
+    nemesis.run(config.duration).await;
     let nemesis_actions = trace.count_prefixed("nemesis");
+    let faults = FaultCounts::measure(&cluster, broker);
+    trace.record(recorder.now_ns(), format!("nemesis injected {faults:?}"));
+    for required in Required::of(config.faults) {
+        if !faults.has(required) {
+            let message = format!("scenario {} is about {required:?}, but the nemesis injected none", config.name);
+            trace.record(recorder.now_ns(), format!("violation {message}"));
+            violations.push(message);
+        }
+    }
 
     // Liveness: heal, the broker serves again, acks resume, everything acked is readable.
     cluster.heal();
@@ -373,6 +493,7 @@ pub async fn run(config: &ScenarioConfig) -> Outcome {
         expected_anomalies: recorder.expected_anomalies(),
         acked,
         nemesis_actions,
+        faults,
         trace_hash,
         trace_tail: trace.tail(40),
     };
@@ -390,9 +511,10 @@ pub async fn run(config: &ScenarioConfig) -> Outcome {
     }
     print!("{}", outcome.report);
     println!(
-        "scenario {}: {} nemesis actions, {} violations, {} expected durability anomalies",
+        "scenario {}: {} nemesis actions ({:?}), {} violations, {} expected durability anomalies",
         outcome.scenario,
         outcome.nemesis_actions,
+        outcome.faults,
         outcome.violations.len(),
         outcome.expected_anomalies
     );
@@ -412,6 +534,28 @@ enum Action {
     DiskFaults,
     Pause,
     Clog,
+    /// Forced (a scenario's named fault had not happened yet): disk faults with slow syncs.
+    SlowFsync,
+    /// Forced: disk faults that fail the next sync.
+    FailedFsync,
+    /// Forced: disk faults that fail the next data write.
+    FailedWrite,
+    /// Forced: the broker's network clogged.
+    BrokerClog,
+}
+
+impl Action {
+    fn forcing(required: Required) -> Action {
+        match required {
+            Required::PowerLoss => Action::PowerLoss,
+            Required::ProcessRestart => Action::Kill,
+            Required::SlowFsync => Action::SlowFsync,
+            Required::FailedFsync => Action::FailedFsync,
+            Required::FailedWrite => Action::FailedWrite,
+            Required::Pause => Action::Pause,
+            Required::BrokerClog => Action::BrokerClog,
+        }
+    }
 }
 
 fn pick_action(swarm: &Swarm) -> Option<Action> {
@@ -436,80 +580,185 @@ fn pick_action(swarm: &Swarm) -> Option<Action> {
     None
 }
 
-/// Injects faults for `duration` at the swarm's rates. Every action is traced by the cluster.
-async fn run_nemesis(cluster: &mut Cluster, broker: usize, swarm: &Swarm, duration: Duration) {
-    let deadline = Instant::now() + duration;
-    loop {
-        let wait_ms = thread_rng().gen_range(swarm.nemesis_interval_ms / 2..=swarm.nemesis_interval_ms * 3 / 2);
-        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        if Instant::now() >= deadline {
-            return;
-        }
-        let Some(action) = pick_action(swarm) else { continue };
-        let outage = Duration::from_millis(thread_rng().gen_range(1..=swarm.outage_ms_max));
-        match action {
-            Action::PowerLoss => {
-                cluster.power_loss(broker);
-                tokio::time::sleep(outage).await;
-                cluster.restart(broker);
+/// The nemesis of the single-broker scenarios. Every action is traced by the cluster.
+struct Nemesis<'a> {
+    cluster: &'a mut Cluster,
+    broker: usize,
+    swarm: &'a Swarm,
+    faults: FaultClasses,
+    /// Client nodes that run the workload (clogging an idle node would test nothing).
+    workload_clients: Vec<usize>,
+}
+
+impl Nemesis<'_> {
+    /// Injects faults for `duration` at the swarm's rates. Each fault the scenario is named for gets a
+    /// time in the first 60% of the phase; if it has not happened by then, it is injected then. The
+    /// phase does not end before every named fault was injected once.
+    async fn run(&mut self, duration: Duration) {
+        let start = Instant::now();
+        let deadline = start + duration;
+        let mut due: Vec<(Instant, Required)> = Required::of(self.faults)
+            .into_iter()
+            .map(|required| (start + duration.mul_f64(thread_rng().gen_range(0.1..0.6)), required))
+            .collect();
+        loop {
+            let mean_ms = self.swarm.nemesis_interval_ms;
+            let mut wait = Duration::from_millis(thread_rng().gen_range(mean_ms / 2..=mean_ms * 3 / 2));
+            let counts = FaultCounts::measure(self.cluster, self.broker);
+            due.retain(|(_, required)| !counts.has(*required));
+            if let Some(next_due) = due.iter().map(|(at, _)| *at).min() {
+                wait = wait.min(next_due.saturating_duration_since(Instant::now()));
             }
-            Action::Kill => {
-                cluster.kill(broker);
-                tokio::time::sleep(outage).await;
-                cluster.restart(broker);
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            let counts = FaultCounts::measure(self.cluster, self.broker);
+            due.retain(|(_, required)| !counts.has(*required));
+            let now = Instant::now();
+            if now >= deadline && due.is_empty() {
+                return;
             }
-            Action::CleanRestart => cluster.clean_restart(broker).await,
-            Action::DiskFaults => {
-                let mut rng = thread_rng();
-                let latency_max =
-                    if swarm.fsync_latency_ms_max > 0 { rng.gen_range(0..=swarm.fsync_latency_ms_max) } else { 0 };
-                let latency_min = rng.gen_range(0..=latency_max);
-                let error_probability = if swarm.fsync_error_probability_max > 0.0 && rng.gen_bool(0.7) {
-                    rng.gen_range(0.0..=swarm.fsync_error_probability_max)
-                } else {
-                    0.0
-                };
-                let (write_eio_probability, write_enospc_probability) =
-                    if swarm.write_error_probability_max > 0.0 && rng.gen_bool(0.7) {
-                        let max = swarm.write_error_probability_max;
-                        (rng.gen_range(0.0..=max), if rng.gen_bool(0.5) { rng.gen_range(0.0..=max) } else { 0.0 })
-                    } else {
-                        (0.0, 0.0)
-                    };
-                let faults = SimDiskFaults {
-                    fsync_error_probability: error_probability,
-                    fsync_latency_ms: (latency_min, latency_max),
-                    write_eio_probability,
-                    write_enospc_probability,
-                    ..SimDiskFaults::default()
-                };
-                cluster.set_disk_faults(broker, faults);
-                if swarm.write_error_probability_max > 0.0 {
-                    let what = format!(
-                        "nemesis write_errors eio_p={write_eio_probability} enospc_p={write_enospc_probability}"
-                    );
-                    cluster.trace().record(cluster.now_ns(), what);
+            let action = match due.iter().position(|(at, _)| now >= *at) {
+                Some(position) => {
+                    let (_, required) = due.remove(position);
+                    let what = format!("nemesis forces {required:?}: the draw had not injected it yet");
+                    self.cluster.trace().record(self.cluster.now_ns(), what);
+                    Action::forcing(required)
                 }
+                None if now >= deadline => continue,
+                None => match pick_action(self.swarm) {
+                    Some(action) => action,
+                    None => continue,
+                },
+            };
+            self.perform(action).await;
+        }
+    }
+
+    async fn perform(&mut self, action: Action) {
+        let broker = self.broker;
+        let outage = Duration::from_millis(thread_rng().gen_range(1..=self.swarm.outage_ms_max));
+        match action {
+            Action::PowerLoss => self.power_loss(outage).await,
+            Action::Kill => {
+                self.cluster.kill(broker);
+                tokio::time::sleep(outage).await;
+                self.cluster.restart(broker);
+            }
+            Action::CleanRestart => self.cluster.clean_restart(broker).await,
+            Action::DiskFaults => {
+                let faults = self.draw_disk_faults();
+                self.cluster.set_disk_faults(broker, faults);
+            }
+            Action::SlowFsync => {
+                let latency_max = self.swarm.fsync_latency_ms_max.max(1);
+                let latency_min = thread_rng().gen_range(1..=latency_max);
+                let faults = SimDiskFaults {
+                    fsync_latency_ms: (latency_min, latency_max),
+                    ..self.cluster.broker(broker).disk.faults()
+                };
+                self.cluster.set_disk_faults(broker, faults);
+                self.wait_for_disk(|counts| counts.delayed_syncs).await;
+            }
+            Action::FailedFsync => {
+                // Fail the next sync for certain, then go on with a drawn fault mix.
+                let faults =
+                    SimDiskFaults { fsync_error_probability: 1.0, ..self.cluster.broker(broker).disk.faults() };
+                self.cluster.set_disk_faults(broker, faults);
+                self.wait_for_disk(|counts| counts.failed_syncs).await;
+                let faults = self.draw_disk_faults();
+                self.cluster.set_disk_faults(broker, faults);
+            }
+            Action::FailedWrite => {
+                // Fail the next data write for certain (EIO), then go on with a drawn fault mix.
+                let faults = SimDiskFaults { write_eio_probability: 1.0, ..self.cluster.broker(broker).disk.faults() };
+                self.cluster.set_disk_faults(broker, faults);
+                self.wait_for_disk(|counts| counts.failed_writes).await;
+                let faults = self.draw_disk_faults();
+                self.cluster.set_disk_faults(broker, faults);
             }
             Action::Pause => {
-                cluster.pause(broker);
+                self.cluster.pause(broker);
                 tokio::time::sleep(outage).await;
-                cluster.resume(broker);
+                self.cluster.resume(broker);
             }
             Action::Clog => {
-                // Either the broker or one client node loses the network for a while.
-                let clients = cluster.client_count();
-                let target = thread_rng().gen_range(0..=clients);
-                if target == clients {
-                    cluster.clog_broker(broker);
-                    tokio::time::sleep(outage).await;
-                    cluster.unclog_broker(broker);
+                // The broker half of the time, otherwise a node of the workload.
+                if self.workload_clients.is_empty() || thread_rng().gen_bool(0.5) {
+                    self.clog_broker(outage).await;
                 } else {
-                    cluster.clog_client(target);
+                    let target = self.workload_clients[thread_rng().gen_range(0..self.workload_clients.len())];
+                    self.cluster.clog_client(target);
                     tokio::time::sleep(outage).await;
-                    cluster.unclog_client(target);
+                    self.cluster.unclog_client(target);
                 }
             }
+            Action::BrokerClog => self.clog_broker(outage).await,
+        }
+    }
+
+    async fn clog_broker(&mut self, outage: Duration) {
+        self.cluster.clog_broker(self.broker);
+        tokio::time::sleep(outage).await;
+        self.cluster.unclog_broker(self.broker);
+    }
+
+    /// Power loss, then a restart after `outage`. Where the scenario allows slow fsyncs, three in four
+    /// power losses first stall the disk's syncs and cut the power while one is in flight, with records
+    /// written but not durable: a broker that served those to the consumers at the tail is caught.
+    async fn power_loss(&mut self, outage: Duration) {
+        let broker = self.broker;
+        let mid_sync = self.faults.slow_fsync.enabled() && thread_rng().gen_bool(0.75);
+        let faults_before = self.cluster.broker(broker).disk.faults();
+        if mid_sync {
+            let stall_ms = thread_rng().gen_range(20..=200);
+            let stalled = SimDiskFaults { fsync_latency_ms: (stall_ms, stall_ms), ..faults_before.clone() };
+            self.cluster.set_disk_faults(broker, stalled);
+            tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(stall_ms / 2..=stall_ms * 2))).await;
+        }
+        self.cluster.power_loss(broker);
+        tokio::time::sleep(outage).await;
+        if mid_sync {
+            self.cluster.set_disk_faults(broker, faults_before);
+        }
+        self.cluster.restart(broker);
+    }
+
+    fn draw_disk_faults(&self) -> SimDiskFaults {
+        let mut rng = thread_rng();
+        let latency_max =
+            if self.swarm.fsync_latency_ms_max > 0 { rng.gen_range(0..=self.swarm.fsync_latency_ms_max) } else { 0 };
+        let latency_min = rng.gen_range(0..=latency_max);
+        let error_probability = if self.swarm.fsync_error_probability_max > 0.0 && rng.gen_bool(0.7) {
+            rng.gen_range(0.0..=self.swarm.fsync_error_probability_max)
+        } else {
+            0.0
+        };
+        let (write_eio_probability, write_enospc_probability) =
+            if self.swarm.write_error_probability_max > 0.0 && rng.gen_bool(0.7) {
+                let max = self.swarm.write_error_probability_max;
+                (rng.gen_range(0.0..=max), if rng.gen_bool(0.5) { rng.gen_range(0.0..=max) } else { 0.0 })
+            } else {
+                (0.0, 0.0)
+            };
+        if self.swarm.write_error_probability_max > 0.0 {
+            let what =
+                format!("nemesis write_errors eio_p={write_eio_probability} enospc_p={write_enospc_probability}");
+            self.cluster.trace().record(self.cluster.now_ns(), what);
+        }
+        SimDiskFaults {
+            fsync_error_probability: error_probability,
+            fsync_latency_ms: (latency_min, latency_max),
+            write_eio_probability,
+            write_enospc_probability,
+            ..SimDiskFaults::default()
+        }
+    }
+
+    /// Waits (bounded) until the disk counter `counter` of the broker moves: a forced disk fault took.
+    async fn wait_for_disk(&self, counter: impl Fn(&FaultCounts) -> u64) {
+        let before = counter(&FaultCounts::measure(self.cluster, self.broker));
+        let deadline = Instant::now() + Duration::from_millis(FORCED_DISK_FAULT_MS_MAX);
+        while counter(&FaultCounts::measure(self.cluster, self.broker)) == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }

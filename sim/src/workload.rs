@@ -8,13 +8,16 @@
 //!   have at most one operation outstanding) through a [`Producer`] shared by the processes of one
 //!   client node, so lingering batches carry records of several processes. Each outcome is recorded
 //!   as `ok` (with the acked offset), `fail` (definitely not written) or `info` (unknown).
-//! - The *consumer* polls partitions from its own positions and records every poll.
+//! - A *consumer* polls random partitions from its own positions and records every poll. Once caught
+//!   up it polls at the tails, where records appear first (and where a broker that served records
+//!   before they were durable would show them).
 //! - The *final reader* runs after the heal: it polls every partition from offset 0 to its high
 //!   watermark.
 //!
 //! # Invariants checked during the run (when the broker runs with fsync=always)
-//! - A partition's high watermark, as any fetch reports it, never goes backwards, across restarts
-//!   and power losses included.
+//! - A partition's high watermark never goes backwards, across restarts and power losses included:
+//!   a fetch reports at least the highest high watermark of every fetch that completed before it was
+//!   issued. (Fetches in flight at the same time may complete out of order.)
 //! - A fetch issued after a send was acked at offset `o` reports a high watermark above `o`.
 //! - One poll's offsets increase and start at or after the consumer's position.
 //! - No operation hangs: every send and poll resolves within a bound of simulated time.
@@ -64,7 +67,7 @@ pub struct Recorder {
     durable: bool,
     /// Per partition: highest acked offset.
     acked_max: Mutex<BTreeMap<u32, i64>>,
-    /// Per partition: highest high watermark any fetch reported.
+    /// Per partition: highest high watermark any completed fetch reported.
     high_watermark_max: Mutex<BTreeMap<u32, i64>>,
     violations: Mutex<Vec<String>>,
     /// Observations of a durability break that are expected with fsync=never (counted, not failed).
@@ -129,25 +132,43 @@ impl Recorder {
         lock(&self.acked_max).get(&partition).copied().unwrap_or(-1)
     }
 
-    /// Checks a fetch's high watermark against what was seen and acked before the fetch started.
-    fn observe_high_watermark(&self, partition: u32, high_watermark: i64, acked_before_fetch: i64, who: &str) {
-        if high_watermark <= acked_before_fetch {
+    fn high_watermark_max_of(&self, partition: u32) -> i64 {
+        lock(&self.high_watermark_max).get(&partition).copied().unwrap_or(0)
+    }
+
+    fn seen(&self, partition: u32) -> Seen {
+        Seen { acked_max: self.acked_max_of(partition), high_watermark_max: self.high_watermark_max_of(partition) }
+    }
+
+    /// Checks a fetch's high watermark against what was acked, and what other fetches reported, before
+    /// the fetch started.
+    fn observe_high_watermark(&self, partition: u32, high_watermark: i64, before_fetch: Seen, who: &str) {
+        if high_watermark <= before_fetch.acked_max {
             self.durability_break(format!(
-                "{who}: partition {partition} reports high watermark {high_watermark} although offset \
-                 {acked_before_fetch} was acked before the fetch"
+                "{who}: partition {partition} reports high watermark {high_watermark} although offset {} was \
+                 acked before the fetch",
+                before_fetch.acked_max
+            ));
+        }
+        if high_watermark < before_fetch.high_watermark_max {
+            self.durability_break(format!(
+                "{who}: partition {partition} high watermark went back from {} to {high_watermark}",
+                before_fetch.high_watermark_max
             ));
         }
         let mut seen = lock(&self.high_watermark_max);
         let max = seen.entry(partition).or_insert(0);
-        if high_watermark < *max {
-            let message =
-                format!("{who}: partition {partition} high watermark went back from {} to {high_watermark}", *max);
-            drop(seen);
-            self.durability_break(message);
-        } else {
-            *max = high_watermark;
-        }
+        *max = (*max).max(high_watermark);
     }
+}
+
+/// What the workload knew of a partition when a fetch started.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// The highest offset acked.
+    acked_max: i64,
+    /// The highest high watermark a completed fetch reported.
+    high_watermark_max: i64,
 }
 
 fn value_of(bytes: Option<&Bytes>) -> Value {
@@ -257,7 +278,7 @@ impl Poller<'_> {
     /// `None` when the poll hung (a violation has been recorded).
     async fn poll(&self, partition: u32, position: i64, max_wait: Duration) -> Option<PollResult> {
         let Poller { client, recorder, process, topic, who } = *self;
-        let acked_before = recorder.acked_max_of(partition);
+        let before_fetch = recorder.seen(partition);
         let pending = lock(&recorder.history).invoke_poll(process, recorder.now_ns());
         let fetched = tokio::time::timeout(
             Duration::from_millis(OPERATION_MS_MAX),
@@ -300,7 +321,7 @@ impl Poller<'_> {
         let mut poll_reads = PollReads::new();
         poll_reads.insert(Partition::of_topic(topic, partition), reads);
         lock(&recorder.history).poll_ok(pending, now_ns, poll_reads);
-        recorder.observe_high_watermark(partition, fetched.high_watermark.0, acked_before, who);
+        recorder.observe_high_watermark(partition, fetched.high_watermark.0, before_fetch, who);
         Some(PollResult::Read { next, high_watermark: fetched.high_watermark.0, log_start: fetched.log_start.0 })
     }
 }
@@ -310,12 +331,14 @@ enum PollResult {
     Failed(ClientError),
 }
 
-/// The consumer: polls random partitions from its own positions until `stop`.
+/// A consumer: polls random partitions from its own positions until `stop`, each poll waiting up to
+/// a time drawn from `[0, max_wait_max]` for records.
 pub async fn run_consumer(
     addr: String,
     topic: String,
     partitions: u32,
     process: ProcessId,
+    max_wait_max: Duration,
     recorder: Arc<Recorder>,
     stop: CancellationToken,
 ) {
@@ -326,7 +349,7 @@ pub async fn run_consumer(
     let poller = Poller { client: &client, recorder: &recorder, process, topic: &topic, who: "consumer" };
     while !stop.is_cancelled() {
         let partition = thread_rng().gen_range(0..partitions);
-        let max_wait = Duration::from_millis(thread_rng().gen_range(0..=200));
+        let max_wait = Duration::from_millis(thread_rng().gen_range(0..=max_wait_max.as_millis() as u64));
         let position = positions[partition as usize];
         let result = poller.poll(partition, position, max_wait).await;
         match result {

@@ -88,6 +88,9 @@ impl Default for SimDiskFaults {
 pub struct SimDiskStats {
     /// File syncs that completed (with `Ok` or an injected error).
     pub syncs: u64,
+    /// File syncs among them that first waited an injected latency (`fsync_latency_ms` above zero), so
+    /// a scenario about slow fsyncs can tell that one happened.
+    pub delayed_syncs: u64,
     /// Injected sync failures (file and directory).
     pub sync_errors: u64,
     /// Bytes of writes made durable by successful file syncs.
@@ -530,6 +533,9 @@ impl DiskFile for SimFile {
             let state = &mut *state;
             state.inode(&file)?;
             state.stats.syncs += 1;
+            if !latency.is_zero() {
+                state.stats.delayed_syncs += 1;
+            }
             let error_probability = state.faults.fsync_error_probability;
             let fails = state.rng.random_bool(error_probability);
             let inode = state.inodes.get_mut(&file.inode).expect("checked above");
