@@ -16,7 +16,8 @@
 //!
 //! The message definitions are written with prost's derive macros instead of a `.proto` file plus a
 //! code generator: no `protoc`, no build script, and the field tags below are the schema. The
-//! equivalent `.proto` text is in docs/adr/0004-native-protocol.md. Tags are never reused.
+//! equivalent `.proto` text is in docs/adr/0004-native-protocol.md (peer messages: 0007). Tags are
+//! never reused.
 //!
 //! Limits: a frame is at most [`FRAME_BYTES_MAX`]; decoding untrusted bytes returns an error value
 //! and never panics (prost's decoder does not panic on malformed input; the bolero target in
