@@ -78,6 +78,11 @@ fn envelope(message: &Message) -> RaftMessage {
     RaftMessage { from: message.from, to: message.to, message: Bytes::from(message.write_to_bytes().unwrap()) }
 }
 
+/// The envelope `sender` puts around a message it relays.
+fn envelope_from(sender: u64, message: &Message) -> RaftMessage {
+    RaftMessage { from: sender, ..envelope(message) }
+}
+
 /// Steps `message` as the server does for a connection identified as `message.from`.
 fn step(node: &NodeHandle, message: &Message) -> Result<(), PeerError> {
     node.step(message.from, &envelope(message))
@@ -141,6 +146,18 @@ async fn peer_messages_raft_rs_would_panic_on_are_refused_before_raft_sees_them(
     let mut to_other = heartbeat.clone();
     to_other.to = 3;
     assert!(matches!(step(&node, &to_other), Err(PeerError::WrongRecipient { to: 3, this: 1 })));
+    // raft-rs relays proposals with their original sender: node 2 may pass on node 3's proposal
+    // (or this node's own), but not one from a node outside the group.
+    let mut relayed = message(MessageType::MsgPropose, 3, 0);
+    relayed.entries = vec![entry(0, 0)].into();
+    assert_eq!(node.step(2, &envelope_from(2, &relayed)), Ok(()));
+    relayed.from = 1;
+    assert_eq!(node.step(2, &envelope_from(2, &relayed)), Ok(()));
+    relayed.from = 4;
+    assert!(matches!(node.step(2, &envelope_from(2, &relayed)), Err(PeerError::WrongSender { peer: 2, from: 4 })));
+    let mut vote = message(MessageType::MsgRequestVote, 3, 5);
+    vote.log_term = 0;
+    assert!(matches!(node.step(2, &envelope_from(2, &vote)), Err(PeerError::WrongSender { peer: 2, from: 3 })));
     let garbage = RaftMessage { from: 2, to: 1, message: Bytes::from_static(&[0xff; 16]) };
     assert!(matches!(node.step(2, &garbage), Err(PeerError::Undecodable(_))));
 

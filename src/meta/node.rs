@@ -121,7 +121,7 @@ pub enum PeerError {
     UnknownPeer { node: u64, this: u64, voters: Vec<u64> },
     #[error("the message is addressed to node {to}, but this is node {this}")]
     WrongRecipient { to: u64, this: u64 },
-    #[error("the connection identified itself as node {peer}, but the message claims to be from node {from}")]
+    #[error("the connection identified itself as node {peer}, but the message claims to be from node {from}, which it cannot relay")]
     WrongSender { peer: u64, from: u64 },
     #[error("undecodable raft message: {0}")]
     Undecodable(String),
@@ -235,15 +235,17 @@ impl StatusCell {
 /// raft-rs (issue 7: a forged heartbeat made `commit_to` panic) skipped the close at the end of
 /// `Node::run`: the broker never noticed, `cluster status` kept showing the dead node as leader, and
 /// every metadata request failed with "shutting down" until someone restarted the process.
+///
+/// The task can also end without returning or panicking: its runtime (or, in the simulation, its
+/// node) drops it. That is not an error, so only a panic is logged.
 struct CloseOnDrop {
     status: Arc<StatusCell>,
     node_id: u64,
-    returned: bool,
 }
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        if !self.returned {
+        if std::thread::panicking() {
             tracing::error!(node = self.node_id, "the metadata Raft task panicked; the node is stopped");
         }
         self.status.close();
@@ -280,7 +282,8 @@ impl NodeHandle {
     }
 
     /// Hands a raft message from `peer` (the voter its connection identified itself as) to the
-    /// node. The message must come from `peer`, be addressed to this node and have a shape that a
+    /// node. The message must come from `peer` (or, for the kinds raft-rs relays, from any voter),
+    /// be addressed to this node and have a shape that a
     /// correct peer produces ([`check_peer_message`]); otherwise it is refused and never reaches
     /// raft-rs. A full mailbox drops it: Raft treats a lost message like a lost packet.
     pub fn step(&self, peer: u64, envelope: &crate::protocol::RaftMessage) -> Result<(), PeerError> {
@@ -293,7 +296,17 @@ impl NodeHandle {
         }
         let message =
             Message::parse_from_bytes(&envelope.message).map_err(|error| PeerError::Undecodable(error.to_string()))?;
-        if message.from != peer {
+        // raft-rs relays proposals, read-index requests and leadership-transfer requests towards
+        // the leader it knows and keeps their original sender (a follower that has a stale leader
+        // forwards a proposal it got forwarded; the leader answers a read or picks the transferee
+        // by that sender). Those may name any voter; everything else is from the peer itself.
+        // Found by the Raft scenarios, which refused relayed proposals when only `peer` passed.
+        let relayed = matches!(
+            message.get_msg_type(),
+            MessageType::MsgPropose | MessageType::MsgReadIndex | MessageType::MsgTransferLeader
+        );
+        let sender_allowed = if relayed { self.voters.contains(&message.from) } else { message.from == peer };
+        if !sender_allowed {
             return Err(PeerError::WrongSender { peer, from: message.from });
         }
         if message.to != self.node_id {
@@ -584,7 +597,8 @@ fn decode_context(context: &[u8]) -> Option<(u64, u64)> {
 
 impl<S: MetaStore, T: Transport> Node<S, T> {
     async fn run(mut self, mut mailbox: mpsc::Receiver<Command>, shutdown: CancellationToken) {
-        let mut closer = CloseOnDrop { status: self.status.clone(), node_id: self.config.node_id, returned: false };
+        // Closes the status when this future ends or is dropped; a panic drops it while unwinding.
+        let _closer = CloseOnDrop { status: self.status.clone(), node_id: self.config.node_id };
         // A random phase for the first tick: without it, nodes started together tick in lockstep and
         // split votes are far more frequent (measured in DESIGN.md).
         let phase = Duration::from_micros(rand::random_range(0..self.config.tick.as_micros() as u64));
@@ -622,8 +636,6 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
         for (_, (waiting, _)) in std::mem::take(&mut self.reads) {
             let _ = waiting.reply.send(Err(NodeError::ShuttingDown));
         }
-        // `closer` closes the status when it drops; on a panic it drops during the unwinding.
-        closer.returned = true;
     }
 
     /// Checks a peer's message against this node's log: the messages below are ones no correct
