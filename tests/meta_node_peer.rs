@@ -318,3 +318,66 @@ async fn a_broker_whose_raft_task_panics_shuts_down_even_with_connections_open()
     let status = node.status();
     assert_eq!((status.role.as_str(), status.leader_id), (ROLE_STOPPED, 0), "{status:?}");
 }
+
+/// A read barrier is answered only after a quorum acknowledged this node's leadership *after*
+/// the barrier began. raft-rs keys pending reads by their context; when the context was only the
+/// request id (8 bytes, counted from 1 on every node and in every incarnation), a late
+/// acknowledgement of another node's earlier read with the same id answered this node's barrier: a
+/// stale read. Found by `raft_3_voters_leader_kill_and_restart` (seed 7700004 with
+/// `RUST_LOG=keel=debug`): a leader resumed from a pause answered reads with acknowledgements its
+/// followers had sent before they elected another leader.
+#[tokio::test]
+async fn a_read_barrier_is_never_answered_by_an_acknowledgement_older_than_itself() {
+    let (sent, mut received) = mpsc::unbounded_channel();
+    let (node, _shutdown) = start(ChannelTransport(sent));
+    let term = elect_node_1(&node, &mut received).await;
+    // Commit the leader's no-op so that raft-rs serves reads in this term.
+    let last_index = node.observe().await.unwrap().log.last().unwrap().0;
+    let mut ack = message(MessageType::MsgAppendResponse, 2, term);
+    ack.index = last_index;
+    step(&node, &ack).unwrap();
+    assert!(alive(&node).await);
+    assert_eq!(node.status().commit_index, last_index);
+
+    // Node 2 forwards a read whose context is the 8-byte request id 1, as node 1's own first read
+    // barrier used to be. Node 2's acknowledgement completes it; node 3's is late.
+    let old_context = Bytes::copy_from_slice(&1u64.to_be_bytes());
+    let mut forwarded = message(MessageType::MsgReadIndex, 2, 0);
+    forwarded.entries = vec![Entry { data: old_context.clone(), ..Default::default() }].into();
+    step(&node, &forwarded).unwrap();
+    let mut acknowledgement = message(MessageType::MsgHeartbeatResponse, 2, term);
+    acknowledgement.context = old_context.clone();
+    step(&node, &acknowledgement).unwrap();
+    assert!(alive(&node).await);
+    while received.try_recv().is_ok() {}
+
+    // Node 1's own barrier begins; then node 3's late acknowledgement of the old round arrives.
+    let barrier = tokio::spawn({
+        let node = node.clone();
+        async move { node.read_barrier().await }
+    });
+    assert!(alive(&node).await, "the barrier is registered");
+    let mut late = message(MessageType::MsgHeartbeatResponse, 3, term);
+    late.context = old_context;
+    step(&node, &late).unwrap();
+    assert!(alive(&node).await, "the late acknowledgement is handled");
+    tokio::task::yield_now().await;
+    assert!(!barrier.is_finished(), "a barrier was answered by an acknowledgement older than itself");
+
+    // Its own round, acknowledged, answers it.
+    let own_round = tokio::time::timeout(WAIT_MAX, async {
+        loop {
+            let message = received.recv().await.unwrap();
+            if message.get_msg_type() == MessageType::MsgHeartbeat && !message.context.is_empty() {
+                return message.context.clone();
+            }
+        }
+    })
+    .await
+    .expect("node 1 sends a heartbeat round for its barrier");
+    let mut acknowledgement = message(MessageType::MsgHeartbeatResponse, 3, term);
+    acknowledgement.context = own_round;
+    step(&node, &acknowledgement).unwrap();
+    let answer = tokio::time::timeout(WAIT_MAX, barrier).await.expect("the barrier is answered").unwrap();
+    assert_eq!(answer, Ok(()));
+}
