@@ -7,6 +7,7 @@
 //! - A Raft task that panics is seen: `stopped()` resolves and the status says `stopped`, never
 //!   `leader`; and a broker whose Raft task panics shuts down with an error, even with connections
 //!   open.
+//! - A read barrier is answered only by acknowledgements given after it began.
 //!
 //! Every wait is bounded by `WAIT_MAX` (a liveness guard, not a sleep).
 
