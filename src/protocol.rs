@@ -3,11 +3,21 @@
 //! Every frame on the wire is a 4-byte big-endian length followed by one [`Frame`]: a correlation id
 //! and a oneof body. Requests and responses share the envelope; a response carries its request's
 //! correlation id, so a connection can have many requests in flight and replies may come back in
-//! any order. The same listener serves clients and (with later issues) peers.
+//! any order. The same listener serves clients and peers.
+//!
+//! # Peers (ADR 0007)
+//! Raft traffic is accepted only on a connection that identified itself as a peer: its first
+//! frames carry a [`PeerHello`] naming the sending node, which must be another voter of the
+//! metadata group, and the node it means to reach, which must be the receiving node. A `RaftMessage`
+//! on any other connection is refused with [`ErrorCode::PeerNotIdentified`]; a hello naming a node
+//! that is not another voter is refused with [`ErrorCode::UnknownPeer`]. The identity is claimed,
+//! not proven, until TLS authenticates it: the check keeps clients (and a confused or forged
+//! client frame) away from Raft, it does not stop a deliberate impostor.
 //!
 //! The message definitions are written with prost's derive macros instead of a `.proto` file plus a
 //! code generator: no `protoc`, no build script, and the field tags below are the schema. The
-//! equivalent `.proto` text is in docs/adr/0004-native-protocol.md. Tags are never reused.
+//! equivalent `.proto` text is in docs/adr/0004-native-protocol.md (peer messages: 0007). Tags are
+//! never reused.
 //!
 //! Limits: a frame is at most [`FRAME_BYTES_MAX`]; decoding untrusted bytes returns an error value
 //! and never panics (prost's decoder does not panic on malformed input; the bolero target in
@@ -24,6 +34,9 @@ pub const FRAME_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
 pub const FRAME_LENGTH_BYTES: usize = 4;
 /// Current protocol version; a peer with another version gets `UnsupportedVersion`.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// Version of the peer protocol (the hello and what may follow it on a peer connection), carried in
+/// [`PeerHello`] so that it can change without touching the client protocol's frame version.
+pub const PEER_PROTOCOL_VERSION: u32 = 1;
 
 /// Kafka's ListOffsets conventions for the `timestamp_ms` selector.
 pub const LIST_OFFSETS_LATEST: i64 = -1;
@@ -35,7 +48,7 @@ pub struct Frame {
     pub correlation_id: u64,
     #[prost(uint32, tag = "2")]
     pub version: u32,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25")]
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27")]
     pub body: Option<Body>,
 }
 
@@ -68,7 +81,9 @@ pub enum Body {
     /// Sent by the server when it cannot decode a request well enough to answer it properly.
     #[prost(message, tag = "22")]
     ErrorResponse(ErrorResponse),
-    /// One-way, peer to peer: a raft-rs message for the metadata group. Never answered.
+    /// One-way, peer to peer: a raft-rs message for the metadata group. Accepted only on a
+    /// connection that identified itself with a `PeerHello`; answered only when refused (with an
+    /// `ErrorResponse` carrying the frame's correlation id).
     #[prost(message, tag = "23")]
     RaftMessage(RaftMessage),
     /// Any node answers with the Raft status of every node it knows (voters and registered brokers).
@@ -76,6 +91,11 @@ pub enum Body {
     ClusterStatusRequest(ClusterStatusRequest),
     #[prost(message, tag = "25")]
     ClusterStatusResponse(ClusterStatusResponse),
+    /// Peer to peer, the first request on a connection that will carry Raft traffic.
+    #[prost(message, tag = "26")]
+    PeerHello(PeerHello),
+    #[prost(message, tag = "27")]
+    PeerHelloResponse(PeerHelloResponse),
 }
 
 impl Frame {
@@ -124,6 +144,11 @@ pub enum ErrorCode {
     /// The partition's disk is full (ENOSPC): the write definitely did not happen, and nothing
     /// acknowledged before was lost. Retry after space is freed.
     DiskFull = 21,
+    /// Raft traffic on a connection that has not identified itself as a peer (`PeerHello`).
+    PeerNotIdentified = 22,
+    /// A peer handshake or Raft message names a node that is not another voter of the metadata
+    /// group, is addressed to another node, or claims a sender other than the identified peer.
+    UnknownPeer = 23,
 }
 
 impl ErrorCode {
@@ -328,6 +353,30 @@ pub struct RaftMessage {
     /// raft-rs's `eraftpb::Message`, protobuf-encoded.
     #[prost(bytes = "bytes", tag = "3")]
     pub message: Bytes,
+}
+
+/// A connection's claim to be a peer: the sending node and the node it means to reach. The receiver
+/// accepts it when `node_id` is another voter of its metadata group, `to` is the receiver itself and
+/// `peer_version` is [`PEER_PROTOCOL_VERSION`]; from then on the connection may carry Raft
+/// messages from `node_id` (and only from it). A connection identifies itself at most once.
+#[derive(Clone, PartialEq, Message)]
+pub struct PeerHello {
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub to: u64,
+    #[prost(uint32, tag = "3")]
+    pub peer_version: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct PeerHelloResponse {
+    /// `None`: the connection is now a peer connection of `node_id`.
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    /// The node that answered.
+    #[prost(uint64, tag = "2")]
+    pub node_id: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -1,7 +1,7 @@
 //! Integration tests against the real `keel` binary: the CLI as a user runs it, kill -9 and restart
 //! without losing acknowledged records (a recorded history judged by the model's queue checker),
 //! graceful shutdown that syncs what `fsync = "never"` left unsynced, garbage on the port, config
-//! files, logs, bootstrap lists and linger 0.
+//! files, logs, bootstrap lists, linger 0, and Raft traffic from connections that are not peers.
 //!
 //! Each test starts its own broker on a free loopback port with its own temporary data dir, through
 //! `keel::process` (the helper `keel cluster up` runs its nodes with). Every wait is a condition with
@@ -20,7 +20,7 @@ use bytes::Bytes;
 use keel::batch::Record;
 use keel::client::{delivered, Client, ClientConfig, Producer, ProducerConfig};
 use keel::process::{free_loopback_addr, run_keel, BrokerCommand, BrokerProcess, Signal, Stderr};
-use keel::protocol::{Body, ErrorCode, Frame, MetadataRequest};
+use keel::protocol::{Body, ErrorCode, Frame, MetadataRequest, PeerHello, RaftMessage, PEER_PROTOCOL_VERSION};
 use keel::types::Offset as KeelOffset;
 use keel_model::history::{History, Offset, Op, Partition, PollReads, ProcessId, Value};
 use keel_model::queue_checker;
@@ -741,4 +741,94 @@ async fn linger_zero_batches_what_arrives_while_requests_are_in_flight() {
     // One request per record before the fix; with it, a few dozen at most (each fsync round trip
     // lets the queue refill, and everything queued goes in the next request).
     assert!(stats.requests * 10 <= RECORDS, "{} requests for {RECORDS} records at linger 0", stats.requests);
+}
+
+/// The frame of issue 7: a `RaftMessage` whose raft-rs `MsgHeartbeat` from `from` claims term
+/// 1,000,000 and commit 2^40. raft-rs's `commit_to` panics on a commit past the last index.
+fn forged_heartbeat(correlation_id: u64, from: u64, to: u64) -> Bytes {
+    use protobuf::Message as _;
+    let mut heartbeat = raft::eraftpb::Message::default();
+    heartbeat.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    heartbeat.from = from;
+    heartbeat.to = to;
+    heartbeat.term = 1_000_000;
+    heartbeat.commit = 1 << 40;
+    let message = Bytes::from(heartbeat.write_to_bytes().unwrap());
+    Frame::new(correlation_id, Body::RaftMessage(RaftMessage { from, to, message })).encode_to_bytes()
+}
+
+fn error_code(frame: &Frame) -> ErrorCode {
+    match &frame.body {
+        Some(Body::ErrorResponse(response)) => response.error.as_ref().unwrap().error_code(),
+        Some(Body::PeerHelloResponse(response)) => response.error.as_ref().map_or(ErrorCode::None, |e| e.error_code()),
+        other => panic!("expected an error or hello response, got {other:?}"),
+    }
+}
+
+/// Issue 7: one forged frame of about 60 bytes over an ordinary client connection used to panic
+/// the broker's Raft task, after which every topic create and list failed ("the metadata node is
+/// shutting down") while `cluster status` still showed the node as leader.
+#[tokio::test]
+async fn a_forged_raft_frame_from_a_client_is_refused_and_metadata_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &[]).await;
+    let created = cli(&broker, &["topic", "create", "before"]).await;
+    assert!(created.status.success(), "{}", stderr(&created));
+
+    let mut stream = TcpStream::connect(broker.addr()).await.unwrap();
+    let forged = forged_heartbeat(77, 2, 1);
+    assert!(forged.len() < 80, "the issue's frame is about 60 bytes; this one is {}", forged.len());
+    write_frame(&mut stream, &forged).await.unwrap();
+
+    // The metadata group still works after the frame was read.
+    let created = cli(&broker, &["topic", "create", "after"]).await;
+    assert!(created.status.success(), "topic create after the forged frame: {}", stderr(&created));
+    let listed = cli(&broker, &["topic", "list"]).await;
+    assert!(listed.status.success(), "topic list after the forged frame: {}", stderr(&listed));
+    assert!(stdout(&listed).contains("before") && stdout(&listed).contains("after"), "{}", stdout(&listed));
+
+    // The forged message got a typed error tied to its correlation id, and the connection goes on.
+    let reply = read_frame(&mut stream).await.expect("a typed error for the forged raft message");
+    assert_eq!(reply.correlation_id, 77);
+    assert_eq!(error_code(&reply), ErrorCode::PeerNotIdentified);
+    let request = Frame::new(78, Body::MetadataRequest(MetadataRequest { topics: vec![] }));
+    write_frame(&mut stream, &request.encode_to_bytes()).await.unwrap();
+    assert_eq!(read_frame(&mut stream).await.unwrap().correlation_id, 78);
+
+    // The node is alive and says so: leader of its one-voter group.
+    let status = cli(&broker, &["--json", "cluster", "status"]).await;
+    assert!(status.status.success(), "{}", stderr(&status));
+    let status: serde_json::Value = serde_json::from_str(stdout(&status).trim()).unwrap();
+    assert_eq!(status["nodes"][0]["role"], "leader", "{status}");
+    assert_eq!(status["nodes"][0]["term"], 1, "the forged term must not reach Raft: {status}");
+}
+
+/// Sends a `PeerHello` and returns the error code of its answer (`None` when accepted).
+async fn hello(stream: &mut TcpStream, correlation_id: u64, node_id: u64, to: u64, peer_version: u32) -> ErrorCode {
+    let frame = Frame::new(correlation_id, Body::PeerHello(PeerHello { node_id, to, peer_version }));
+    write_frame(stream, &frame.encode_to_bytes()).await.unwrap();
+    let reply = read_frame(stream).await.unwrap();
+    assert_eq!(reply.correlation_id, correlation_id);
+    error_code(&reply)
+}
+
+/// A peer handshake must name another voter of the metadata group, addressed to this node, in this
+/// peer protocol version; a refused handshake leaves the connection a client connection, where Raft
+/// traffic stays refused.
+#[tokio::test]
+async fn peer_handshakes_naming_a_non_voter_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &[]).await;
+    let mut stream = TcpStream::connect(broker.addr()).await.unwrap();
+    // This broker's only voter is node 1 (itself): node 2 is not a voter, and node 1 is not a peer.
+    assert_eq!(hello(&mut stream, 1, 2, 1, PEER_PROTOCOL_VERSION).await, ErrorCode::UnknownPeer);
+    assert_eq!(hello(&mut stream, 2, 1, 1, PEER_PROTOCOL_VERSION).await, ErrorCode::UnknownPeer);
+    assert_eq!(hello(&mut stream, 3, 2, 1, PEER_PROTOCOL_VERSION + 1).await, ErrorCode::UnsupportedVersion);
+
+    write_frame(&mut stream, &forged_heartbeat(4, 2, 1)).await.unwrap();
+    let reply = read_frame(&mut stream).await.unwrap();
+    assert_eq!((reply.correlation_id, error_code(&reply)), (4, ErrorCode::PeerNotIdentified));
+
+    let created = cli(&broker, &["topic", "create", "still-works"]).await;
+    assert!(created.status.success(), "{}", stderr(&created));
 }

@@ -1,4 +1,5 @@
-//! bolero targets over every decoder of untrusted bytes: frames and record batches.
+//! bolero targets over every decoder of untrusted bytes: frames, record batches, and a peer's raft
+//! messages (decoded and checked before raft-rs sees them).
 //!
 //! Under `cargo test` bolero runs each target on random inputs; `cargo bolero test <name>` runs
 //! the same target under a coverage-guided fuzzer. The property is always the same: decoding
@@ -18,6 +19,16 @@ fn frame_decoding_never_panics() {
             // Whatever decoded must re-encode and decode to itself.
             let again = Frame::decode_bytes(frame.encode_to_bytes()).expect("re-encoded frame decodes");
             assert_eq!(again, frame);
+        }
+    });
+}
+
+#[test]
+fn peer_raft_message_checks_never_panic() {
+    use protobuf::Message as _;
+    check!().for_each(|bytes: &[u8]| {
+        if let Ok(message) = raft::eraftpb::Message::parse_from_bytes(bytes) {
+            let _ = keel::meta::node::check_peer_message(&message, &[1, 2, 3]);
         }
     });
 }

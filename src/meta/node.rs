@@ -27,6 +27,23 @@
 //! follower (raft-rs forwards it to the leader) returns after it is applied locally: a read on that
 //! node afterwards sees it. A proposal whose entry never shows up within `proposal_timeout` is
 //! answered `Timeout` (ambiguous: it may still commit).
+//!
+//! # Peers and untrusted messages (ADR 0007)
+//! [`NodeHandle::step`] takes a Raft message from a connection that identified itself as voter
+//! `peer` (the server refuses Raft traffic on any other connection). raft-rs trusts its input: it
+//! panics on some messages no correct peer sends (a heartbeat committing past the end of the log,
+//! an empty proposal, entries that are not contiguous, ...). So a message is checked first: its
+//! sender and recipient must be the identified peer and this node, its shape must be one a correct
+//! peer produces ([`check_peer_message`]), and, in the Raft task, it must fit this node's log
+//! (`Node::check_against_log`). A message that fails is refused (typed [`PeerError`]) or
+//! dropped, like a lost packet. These checks cover the raft-rs 0.7 panics found by reading its step
+//! paths (each rule names its panic); they do not make Raft tolerate a malicious voter (nothing
+//! does: Raft is not Byzantine fault tolerant), and the drop guard below stays the backstop.
+//!
+//! # The task's end is always seen
+//! Whether the Raft task returns (shutdown, a storage failure) or panics (an input raft-rs did not
+//! expect, a bug), a drop guard closes the status cell: [`NodeHandle::stopped`] resolves, the
+//! status reports the role `stopped` (never the last role it had), and the broker shuts down.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -98,10 +115,32 @@ pub enum NodeError {
     Raft(String),
 }
 
+/// Why a peer's Raft message (or its handshake) was refused or dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    #[error("node {node} is not another voter of the metadata group (this node is {this}, voters {voters:?})")]
+    UnknownPeer { node: u64, this: u64, voters: Vec<u64> },
+    #[error("the message is addressed to node {to}, but this is node {this}")]
+    WrongRecipient { to: u64, this: u64 },
+    #[error("the connection identified itself as node {peer}, but the message claims to be from node {from}, which it cannot relay")]
+    WrongSender { peer: u64, from: u64 },
+    #[error("undecodable raft message: {0}")]
+    Undecodable(String),
+    #[error("raft message refused: {0}")]
+    Malformed(String),
+    /// The node's mailbox is full: the message is dropped (Raft retransmits).
+    #[error("the metadata node is saturated; the message was dropped")]
+    Saturated,
+    #[error("the metadata node is not running")]
+    Stopped,
+}
+
 /// What one node reports about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
     pub node_id: u64,
+    /// `leader`, `follower`, `candidate`, `pre-candidate`, or [`ROLE_STOPPED`] once the Raft task
+    /// has ended.
     pub role: String,
     pub term: u64,
     pub leader_id: u64,
@@ -124,6 +163,9 @@ pub struct RaftView {
     /// `(index, FNV-1a of the data)` of entries applied since the previous `observe`, in order.
     pub applied: Vec<(u64, u64)>,
 }
+
+/// The role a node reports once its Raft task has ended, however it ended.
+pub const ROLE_STOPPED: &str = "stopped";
 
 /// Applied entries remembered for `observe` before the oldest are dropped.
 pub const APPLIED_LOG_CAPACITY: usize = 100_000;
@@ -176,15 +218,47 @@ impl StatusCell {
         self.changed.notify_waiters();
     }
 
+    /// Marks the task as ended. The status keeps the last term and indexes but no longer claims a
+    /// role or a leader: a dead node that reported `leader` would be believed by `cluster status`.
     fn close(&self) {
-        self.lock().2 = true;
+        {
+            let mut value = self.lock();
+            value.0 += 1;
+            value.1.role = ROLE_STOPPED.to_owned();
+            value.1.leader_id = 0;
+            value.2 = true;
+        }
         self.changed.notify_waiters();
+    }
+}
+
+/// Closes the status cell when the Raft task ends, by return or by panic. Without it, a panic in
+/// raft-rs (issue 7: a forged heartbeat made `commit_to` panic) skipped the close at the end of
+/// `Node::run`: the broker never noticed, `cluster status` kept showing the dead node as leader, and
+/// every metadata request failed with "shutting down" until someone restarted the process.
+///
+/// The task can also end without returning or panicking: its runtime (or, in the simulation, its
+/// node) drops it. That is not an error, so only a panic is logged.
+struct CloseOnDrop {
+    status: Arc<StatusCell>,
+    node_id: u64,
+}
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(node = self.node_id, "the metadata Raft task panicked; the node is stopped");
+        }
+        self.status.close();
     }
 }
 
 /// A handle to the running node: cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
+    node_id: u64,
+    /// Every voter of the metadata group (this node included), sorted. Membership is static.
+    voters: Arc<[u64]>,
     commands: mpsc::Sender<Command>,
     state: Arc<RwLock<MetadataState>>,
     status: Arc<StatusCell>,
@@ -193,13 +267,57 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Hands a raft message (protobuf bytes) from a peer to the node. Drops it when the node is
-    /// saturated or the bytes are garbage: Raft treats a lost message like a lost packet.
-    pub fn step(&self, bytes: &[u8]) -> bool {
-        match Message::parse_from_bytes(bytes) {
-            Ok(message) => self.commands.try_send(Command::Step(message)).is_ok(),
-            Err(_) => false,
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Checks a peer handshake: `node` must be another voter and `to` this node.
+    pub fn check_peer(&self, node: u64, to: u64) -> Result<(), PeerError> {
+        if node == self.node_id || !self.voters.contains(&node) {
+            return Err(PeerError::UnknownPeer { node, this: self.node_id, voters: self.voters.to_vec() });
         }
+        if to != self.node_id {
+            return Err(PeerError::WrongRecipient { to, this: self.node_id });
+        }
+        Ok(())
+    }
+
+    /// Hands a raft message from `peer` (the voter its connection identified itself as) to the
+    /// node. The message must come from `peer` (or, for the kinds raft-rs relays, from any voter),
+    /// be addressed to this node and have a shape that a
+    /// correct peer produces ([`check_peer_message`]); otherwise it is refused and never reaches
+    /// raft-rs. A full mailbox drops it: Raft treats a lost message like a lost packet.
+    pub fn step(&self, peer: u64, envelope: &crate::protocol::RaftMessage) -> Result<(), PeerError> {
+        self.check_peer(peer, self.node_id)?;
+        if envelope.from != peer {
+            return Err(PeerError::WrongSender { peer, from: envelope.from });
+        }
+        if envelope.to != self.node_id {
+            return Err(PeerError::WrongRecipient { to: envelope.to, this: self.node_id });
+        }
+        let message =
+            Message::parse_from_bytes(&envelope.message).map_err(|error| PeerError::Undecodable(error.to_string()))?;
+        // raft-rs relays proposals, read-index requests and leadership-transfer requests towards
+        // the leader it knows and keeps their original sender (a follower that has a stale leader
+        // forwards a proposal it got forwarded; the leader answers a read or picks the transferee
+        // by that sender). Those may name any voter; everything else is from the peer itself.
+        // Found by the Raft scenarios, which refused relayed proposals when only `peer` passed.
+        let relayed = matches!(
+            message.get_msg_type(),
+            MessageType::MsgPropose | MessageType::MsgReadIndex | MessageType::MsgTransferLeader
+        );
+        let sender_allowed = if relayed { self.voters.contains(&message.from) } else { message.from == peer };
+        if !sender_allowed {
+            return Err(PeerError::WrongSender { peer, from: message.from });
+        }
+        if message.to != self.node_id {
+            return Err(PeerError::WrongRecipient { to: message.to, this: self.node_id });
+        }
+        check_peer_message(&message, &self.voters).map_err(PeerError::Malformed)?;
+        self.commands.try_send(Command::Step(message)).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => PeerError::Saturated,
+            mpsc::error::TrySendError::Closed(_) => PeerError::Stopped,
+        })
     }
 
     /// Proposes a command and waits until it is applied on this node.
@@ -323,6 +441,7 @@ pub fn start_node<S: MetaStore, T: Transport>(
         hashed: (u64::MAX, 0),
         proposals: BTreeMap::new(),
         reads: BTreeMap::new(),
+        boot_nonce: crate::random::rng().random(),
         next_request: 1,
         timer_view: TimerView::default(),
         rng_timeout: 0,
@@ -334,8 +453,82 @@ pub fn start_node<S: MetaStore, T: Transport>(
         node.raw.campaign().map_err(|error| NodeError::Raft(error.to_string()))?;
         node.redraw_if_timer_reset();
     }
+    let node_id = node.config.node_id;
     tokio::spawn(node.run(mailbox, shutdown));
-    Ok(NodeHandle { commands, state, status, seen_version: 0 })
+    Ok(NodeHandle { node_id, voters: voters.into(), commands, state, status, seen_version: 0 })
+}
+
+/// Checks that a Raft message from a peer has a shape a correct peer produces, before raft-rs sees
+/// it. Each rule names the raft-rs 0.7 panic (or the broken invariant) it keeps away; none of them
+/// refuses a message that a correct raft-rs peer of this group sends.
+pub fn check_peer_message(message: &Message, voters: &[u64]) -> Result<(), String> {
+    let kind = message.get_msg_type();
+    match kind {
+        // Local to a node; raft-rs refuses them too, but say so before it has to.
+        MessageType::MsgHup
+        | MessageType::MsgBeat
+        | MessageType::MsgUnreachable
+        | MessageType::MsgSnapStatus
+        | MessageType::MsgCheckQuorum => return Err(format!("{kind:?} is local to a node, never sent by a peer")),
+        // raft-rs: `fatal!("stepped empty MsgProp")` on the leader.
+        MessageType::MsgPropose if message.entries.is_empty() => return Err("a proposal without entries".into()),
+        // raft-rs indexes `entries[0]` (the read's context) on the leader.
+        MessageType::MsgReadIndex if message.entries.len() != 1 => {
+            return Err(format!("a read index request with {} entries (expected 1)", message.entries.len()))
+        }
+        _ => {}
+    }
+    // Keel's membership is static: no configuration change ever enters the log, so one from a peer
+    // (proposed or appended) would change the voter set behind the operator's back.
+    if let Some(entry) = message.entries.iter().find(|entry| entry.get_entry_type() != EntryType::EntryNormal) {
+        return Err(format!("a {:?} entry (membership is static)", entry.get_entry_type()));
+    }
+    if kind == MessageType::MsgAppend {
+        // raft-rs slices `entries[conflict - (index + 1)..]` assuming the entries follow `index`
+        // one by one; a gap panics with an out-of-range slice. A leader's entries also never carry
+        // a term above its own, and terms never decrease along a log.
+        let mut previous_term = message.log_term;
+        for (position, entry) in message.entries.iter().enumerate() {
+            let expected = message.index.checked_add(position as u64 + 1);
+            if expected != Some(entry.index) {
+                return Err(format!(
+                    "appended entry {position} has index {}, expected {expected:?} (entries follow index {})",
+                    entry.index, message.index
+                ));
+            }
+            if entry.term < previous_term || entry.term > message.term {
+                return Err(format!(
+                    "appended entry {} has term {} (previous {previous_term}, message term {})",
+                    entry.index, entry.term, message.term
+                ));
+            }
+            previous_term = entry.term;
+        }
+    }
+    if kind == MessageType::MsgSnapshot {
+        let metadata = message.get_snapshot().get_metadata();
+        let conf = metadata.get_conf_state();
+        let mut snapshot_voters = conf.voters.clone();
+        snapshot_voters.sort_unstable();
+        // raft-rs: `fatal!("unable to restore config ...")` on an inconsistent configuration; and a
+        // snapshot with other voters would change the static membership.
+        if snapshot_voters != voters
+            || !conf.learners.is_empty()
+            || !conf.voters_outgoing.is_empty()
+            || !conf.learners_next.is_empty()
+            || conf.auto_leave
+        {
+            return Err(format!("a snapshot whose configuration {conf:?} is not the voter set {voters:?}"));
+        }
+        if metadata.index == 0 {
+            return Err("a snapshot at index 0".into());
+        }
+        // Once accepted, a snapshot is persisted before it is applied: undecodable data would stop
+        // this node now and again at every start.
+        MetadataState::restore(message.get_snapshot().get_data())
+            .map_err(|error| format!("a snapshot whose metadata cannot be restored: {error}"))?;
+    }
+    Ok(())
 }
 
 /// What raft-rs's election timer looked like after our last call, to detect resets.
@@ -365,6 +558,9 @@ struct Node<S: MetaStore, T: Transport> {
     hashed: (u64, u64),
     proposals: BTreeMap<u64, Waiting<MetaResult>>,
     reads: BTreeMap<u64, (Waiting<()>, Option<u64>)>,
+    /// Drawn at start: tells this incarnation's read contexts from an earlier one's (request ids
+    /// start at 1 in every incarnation).
+    boot_nonce: u64,
     next_request: u64,
     timer_view: TimerView,
     rng_timeout: usize,
@@ -406,6 +602,8 @@ fn decode_context(context: &[u8]) -> Option<(u64, u64)> {
 
 impl<S: MetaStore, T: Transport> Node<S, T> {
     async fn run(mut self, mut mailbox: mpsc::Receiver<Command>, shutdown: CancellationToken) {
+        // Closes the status when this future ends or is dropped; a panic drops it while unwinding.
+        let _closer = CloseOnDrop { status: self.status.clone(), node_id: self.config.node_id };
         // A random phase for the first tick: without it, nodes started together tick in lockstep and
         // split votes are far more frequent (measured in DESIGN.md).
         let phase = Duration::from_micros(crate::random::rng().random_range(0..self.config.tick.as_micros() as u64));
@@ -443,13 +641,30 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
         for (_, (waiting, _)) in std::mem::take(&mut self.reads) {
             let _ = waiting.reply.send(Err(NodeError::ShuttingDown));
         }
-        self.status.close();
+    }
+
+    /// Checks a peer's message against this node's log: the messages below are ones no correct
+    /// peer sends, and raft-rs panics on them. Dropped like a lost packet.
+    fn check_against_log(&self, message: &Message) -> Result<(), String> {
+        let last_index = self.raw.raft.raft_log.last_index();
+        match message.get_msg_type() {
+            // A leader attaches `min(matched, committed)` to a heartbeat, never past what this node
+            // holds; raft-rs's `commit_to` panics on more ("to_commit .. is out of range", issue 7).
+            MessageType::MsgHeartbeat if message.commit > last_index => {
+                Err(format!("a heartbeat committing index {} past this node's last index {last_index}", message.commit))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn handle(&mut self, command: Command) {
         match command {
             Command::Step(message) => {
-                // Messages from unknown peers or stale terms are raft's to judge; errors are drops.
+                if let Err(reason) = self.check_against_log(&message) {
+                    tracing::warn!(node = self.config.node_id, from = message.from, %reason, "dropped a raft message");
+                    return;
+                }
+                // Stale terms and the like are raft's to judge; its errors are drops.
                 if let Err(error) = self.raw.step(message) {
                     tracing::trace!(node = self.config.node_id, %error, "raft step rejected a message");
                 }
@@ -480,7 +695,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                 }
                 let request = self.next_request;
                 self.next_request += 1;
-                self.raw.read_index(request.to_be_bytes().to_vec());
+                self.raw.read_index(self.read_context(request));
                 let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
                 let term = self.raw.raft.term;
                 self.reads.insert(request, (Waiting { reply, deadline, term }, None));
@@ -664,9 +879,28 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
         Ok(())
     }
 
+    /// The context of a read barrier: this node, this incarnation, the request; 24 bytes.
+    ///
+    /// raft-rs keys pending reads by their context, and an acknowledgement of a heartbeat round
+    /// carrying a context confirms whichever read holds that context when it arrives. The context
+    /// used to be the request id alone, which every node (and every incarnation) counts from 1: a
+    /// late acknowledgement of another node's earlier read with the same id answered this node's
+    /// barrier without any acknowledgement given after it began, a stale read. Found by
+    /// `raft_3_voters_leader_kill_and_restart` (seed 7700004 with `RUST_LOG=keel=debug`).
+    fn read_context(&self, request: u64) -> Vec<u8> {
+        let mut context = self.config.node_id.to_be_bytes().to_vec();
+        context.extend_from_slice(&self.boot_nonce.to_be_bytes());
+        context.extend_from_slice(&request.to_be_bytes());
+        context
+    }
+
     fn read_index_known(&mut self, context: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(context) else { return };
-        if let Some((_, read_index)) = self.reads.get_mut(&u64::from_be_bytes(bytes)) {
+        let Some(request) = context.get(16..).and_then(|bytes| <[u8; 8]>::try_from(bytes).ok()) else { return };
+        let request = u64::from_be_bytes(request);
+        if context != self.read_context(request).as_slice() {
+            return;
+        }
+        if let Some((_, read_index)) = self.reads.get_mut(&request) {
             *read_index = Some(index);
         }
     }
@@ -801,6 +1035,9 @@ impl Transport for PeerTransport {
     }
 }
 
+/// How long a peer connection waits for the answer to its `PeerHello`.
+pub const PEER_HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn peer_sender(
     from: u64,
     peer: u64,
@@ -808,10 +1045,10 @@ async fn peer_sender(
     mut queue: mpsc::Receiver<Bytes>,
     shutdown: CancellationToken,
 ) {
-    use futures::SinkExt;
+    use futures::{SinkExt, StreamExt};
     use tokio_util::codec::Framed;
 
-    use crate::protocol::{Body, Frame, RaftMessage};
+    use crate::protocol::{Body, Frame, PeerHello, RaftMessage, PEER_PROTOCOL_VERSION};
 
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -820,23 +1057,72 @@ async fn peer_sender(
             biased;
             _ = shutdown.cancelled() => return,
             connected = tokio::time::timeout(Duration::from_secs(1), connect) => match connected {
-                Ok(Ok(stream)) => stream,
-                _ => {
-                    // Drop what queued up meanwhile: stale raft messages are worthless.
-                    while queue.try_recv().is_ok() {}
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
+                Ok(Ok(stream)) => Some(stream),
+                _ => None,
             },
         };
+        let mut framed = stream.map(|stream| {
+            let _ = stream.set_nodelay(true);
+            Framed::new(stream, crate::server::frame_codec())
+        });
+        // Identify as a peer before any Raft traffic (ADR 0007); the receiver refuses Raft
+        // messages on a connection that has not.
+        if let Some(connection) = framed.as_mut() {
+            let hello = Frame::new(
+                1,
+                Body::PeerHello(PeerHello { node_id: from, to: peer, peer_version: PEER_PROTOCOL_VERSION }),
+            );
+            let answered = tokio::time::timeout(PEER_HELLO_TIMEOUT, async {
+                connection.send(hello.encode_to_bytes()).await.ok()?;
+                let reply = connection.next().await?.ok()?;
+                Frame::decode_bytes(reply.freeze()).ok()
+            });
+            let accepted = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                answer = answered => match answer {
+                    Ok(Some(Frame { body: Some(Body::PeerHelloResponse(response)), .. })) => match response.error {
+                        None => true,
+                        Some(error) => {
+                            tracing::warn!(node = from, peer, %addr, error = %error.message, "peer refused the handshake");
+                            false
+                        }
+                    },
+                    Ok(Some(other)) => {
+                        tracing::warn!(node = from, peer, %addr, answer = ?other.body, "peer did not accept the handshake");
+                        false
+                    }
+                    _ => false,
+                },
+            };
+            if !accepted {
+                framed = None;
+            }
+        }
+        let Some(mut framed) = framed else {
+            // Drop what queued up meanwhile: stale raft messages are worthless.
+            while queue.try_recv().is_ok() {}
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            continue;
+        };
         backoff = Duration::from_millis(50);
-        let _ = stream.set_nodelay(true);
-        let mut framed = Framed::new(stream, crate::server::frame_codec());
         loop {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
+                // The receiver answers Raft traffic only to refuse it; read those answers so they
+                // are seen (and never fill the socket).
+                incoming = framed.next() => match incoming.map(|bytes| bytes.map(|bytes| Frame::decode_bytes(bytes.freeze()))) {
+                    Some(Ok(Ok(Frame { body: Some(Body::ErrorResponse(response)), .. }))) => {
+                        let error = response.error.map(|error| error.message).unwrap_or_default();
+                        tracing::warn!(node = from, peer, %error, "peer refused a raft message");
+                        continue;
+                    }
+                    Some(Ok(Ok(_))) => continue,
+                    // Closed, broken, or undecodable: reconnect.
+                    _ => break,
+                },
                 message = queue.recv() => match message {
                     Some(message) => message,
                     None => return,

@@ -11,8 +11,14 @@
 //! complete, tagged with their correlation id. Requests to one partition from one connection enter
 //! the partition's mailbox in the order they were read.
 //!
+//! Peers (ADR 0007): a connection carries Raft traffic only after a `PeerHello` naming another
+//! voter of the metadata group; until then (and on every client connection) a `RaftMessage` is
+//! refused with `PeerNotIdentified`, so a client's frame never reaches raft-rs.
+//!
 //! Shutdown (SIGINT/SIGTERM, or the token in simulation): stop accepting, stop reading new requests,
-//! finish the ones in flight, then stop every partition (each fsyncs what it wrote) and return.
+//! finish the ones in flight, then stop every partition (each fsyncs what it wrote) and return. The
+//! same happens, ending with an error, when the metadata Raft task ends on its own (a storage
+//! failure or a panic): the broker cannot keep its promises without it.
 
 pub mod cluster;
 pub mod topics;
@@ -32,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Batch, BATCH_BYTES_MAX};
 use crate::config::BrokerConfig;
 use crate::log::LogConfig;
-use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerTransport};
+use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError, PeerTransport};
 use crate::meta::store::MetaStore;
 use crate::partition::{CoreConfig, OffsetSpec, PartitionReply};
 use crate::protocol::*;
@@ -57,7 +63,7 @@ pub enum BrokerError {
     Storage(String),
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("the metadata Raft node stopped (its store failed); restart the broker")]
+    #[error("the metadata Raft node stopped (its store failed or its task panicked); restart the broker")]
     MetadataStopped,
     #[error("shutdown did not complete cleanly: {0}")]
     Shutdown(String),
@@ -120,8 +126,13 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let connection_slots = Arc::new(Semaphore::new(config.connections_max));
     let state = Arc::new(State { config, cluster });
     let mut connections = FuturesUnordered::new();
-    // If the metadata node stops on its own (its store failed), this broker can no longer keep its
-    // promises: shut down and exit with an error, so a supervisor restarts it from its durable state.
+    // Connections stop reading when the broker shuts down for any reason, not only on `shutdown`:
+    // after the metadata node stopped, peers' connections (which never close on their own) would
+    // otherwise keep the broker waiting for them forever.
+    let connections_shutdown = shutdown.child_token();
+    // If the metadata node stops on its own (its store failed, its task panicked), this broker can no
+    // longer keep its promises: shut down and exit with an error, so a supervisor restarts it from its
+    // durable state.
     let meta_stopped = state.cluster.node.stopped();
     tokio::pin!(meta_stopped);
     let mut failure = None;
@@ -157,7 +168,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
                     continue;
                 };
                 let state = state.clone();
-                let shutdown = shutdown.clone();
+                let shutdown = connections_shutdown.clone();
                 connections.push(tokio::spawn(async move {
                     serve_connection(stream, state, shutdown).await;
                     drop(permit);
@@ -166,6 +177,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
         }
     }
     drop(listener);
+    connections_shutdown.cancel();
     tracing::info!(connections = connections.len(), "shutting down: finishing in-flight requests");
     while connections.next().await.is_some() {}
     // Hand Raft leadership over before going away, so the others do not wait out an election.
@@ -187,6 +199,8 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shut
     let mut framed = Framed::new(stream, frame_codec());
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Frame>> = FuturesUnordered::new();
     let in_flight_max = state.config.requests_in_flight_per_connection_max;
+    // The voter this connection identified itself as (`PeerHello`); `None` for a client.
+    let mut peer_node: Option<u64> = None;
     let mut reading = true;
     loop {
         if !reading && in_flight.is_empty() {
@@ -211,7 +225,7 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shut
                 }
                 Some(Ok(bytes)) => match Frame::decode_bytes(bytes.freeze()) {
                     Ok(frame) => {
-                        if let Some(response) = dispatch(&state, frame).await {
+                        if let Some(response) = dispatch(&state, &mut peer_node, frame).await {
                             in_flight.push(response);
                         }
                     }
@@ -245,17 +259,84 @@ fn topic_info(error: TopicError) -> Option<ErrorInfo> {
 }
 
 /// Routes one request. Everything that must happen in arrival order (entering a partition's mailbox)
-/// happens before this returns; the returned future only waits for the answer. One-way messages
-/// (raft traffic) return `None`.
-async fn dispatch<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> Option<BoxFuture<'static, Frame>> {
-    if let Some(Body::RaftMessage(message)) = &frame.body {
-        // One-way and lossy by design: a dropped raft message is a lost packet to Raft.
-        if !state.cluster.node.step(&message.message) {
-            tracing::trace!(from = message.from, "dropped a raft message (node saturated or bad bytes)");
+/// happens before this returns; the returned future only waits for the answer. `peer_node` is the
+/// voter this connection identified itself as. An accepted Raft message (one-way) returns `None`.
+async fn dispatch<D: Disk>(
+    state: &Arc<State<D>>,
+    peer_node: &mut Option<u64>,
+    frame: Frame,
+) -> Option<BoxFuture<'static, Frame>> {
+    let id = frame.correlation_id;
+    match &frame.body {
+        Some(Body::PeerHello(hello)) if frame.version == PROTOCOL_VERSION => {
+            Some(ready(peer_hello(state, peer_node, id, hello)))
         }
-        return None;
+        Some(Body::RaftMessage(message)) if frame.version == PROTOCOL_VERSION => {
+            // Issue 7: Raft traffic used to be stepped from any connection, and one forged
+            // heartbeat from a client made raft-rs panic. Only an identified peer reaches Raft.
+            let Some(peer) = *peer_node else {
+                return Some(ready(error_frame(
+                    id,
+                    ErrorCode::PeerNotIdentified,
+                    "raft messages are accepted only on a connection that identified itself as a peer (PeerHello)",
+                )));
+            };
+            match state.cluster.node.step(peer, message) {
+                Ok(()) => None,
+                // Lossy by design: a dropped raft message is a lost packet to Raft.
+                Err(PeerError::Saturated) => {
+                    tracing::trace!(peer, "dropped a raft message: the metadata node is saturated");
+                    None
+                }
+                Err(error) => {
+                    let code = match error {
+                        PeerError::UnknownPeer { .. }
+                        | PeerError::WrongRecipient { .. }
+                        | PeerError::WrongSender { .. } => ErrorCode::UnknownPeer,
+                        PeerError::Stopped => ErrorCode::ShuttingDown,
+                        PeerError::Undecodable(_) | PeerError::Malformed(_) | PeerError::Saturated => {
+                            ErrorCode::InvalidRequest
+                        }
+                    };
+                    // Debug, not warn: the sender is told (a correct peer logs the refusal), and a
+                    // loud log here would let a misbehaving peer flood this node's log.
+                    tracing::debug!(peer, %error, "refused a raft message");
+                    Some(ready(error_frame(id, code, error.to_string())))
+                }
+            }
+        }
+        _ => Some(dispatch_request(state, frame).await),
     }
-    Some(dispatch_request(state, frame).await)
+}
+
+/// Answers a `PeerHello`: the connection becomes `hello.node_id`'s peer connection if that node is
+/// another voter, the hello is addressed to this node, and it speaks this peer protocol version.
+fn peer_hello<D: Disk>(state: &Arc<State<D>>, peer_node: &mut Option<u64>, id: u64, hello: &PeerHello) -> Frame {
+    let node = &state.cluster.node;
+    let error = if hello.peer_version != PEER_PROTOCOL_VERSION {
+        info(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "peer protocol version {} is not supported (this node speaks {PEER_PROTOCOL_VERSION})",
+                hello.peer_version
+            ),
+        )
+    } else if let Some(identified) = *peer_node {
+        info(ErrorCode::InvalidRequest, format!("this connection already identified itself as node {identified}"))
+    } else {
+        match node.check_peer(hello.node_id, hello.to) {
+            Ok(()) => {
+                *peer_node = Some(hello.node_id);
+                None
+            }
+            Err(error) => {
+                // The sender is told; a correct peer logs the refusal at warn.
+                tracing::debug!(node = hello.node_id, to = hello.to, %error, "refused a peer handshake");
+                info(ErrorCode::UnknownPeer, error.to_string())
+            }
+        }
+    };
+    Frame::new(id, Body::PeerHelloResponse(PeerHelloResponse { error, node_id: node.node_id() }))
 }
 
 async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFuture<'static, Frame> {
@@ -335,6 +416,7 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
             })
         }
         Body::ProduceResponse(_)
+        | Body::PeerHelloResponse(_)
         | Body::ClusterStatusResponse(_)
         | Body::FetchResponse(_)
         | Body::ListOffsetsResponse(_)
@@ -342,7 +424,10 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         | Body::DeleteTopicResponse(_)
         | Body::MetadataResponse(_)
         | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
-        Body::RaftMessage(_) => unreachable!("one-way messages are handled by dispatch"),
+        // Reached only with another frame version, which was answered above.
+        Body::RaftMessage(_) | Body::PeerHello(_) => {
+            ready(error_frame(id, ErrorCode::UnsupportedVersion, "peer frames need the current protocol version"))
+        }
     }
 }
 
