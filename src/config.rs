@@ -37,7 +37,8 @@ pub struct BrokerConfig {
     pub connections_max: usize,
     /// Requests one connection may have in flight before the server stops reading from it.
     pub requests_in_flight_per_connection_max: usize,
-    /// Topics per broker.
+    /// Topics in the cluster beyond which this broker refuses to create more (at most the metadata
+    /// state machine's `TOPICS_MAX`).
     pub topics_max: usize,
     /// Partitions per topic.
     pub partitions_per_topic_max: u32,
@@ -114,6 +115,10 @@ impl BrokerConfig {
         self.voters("")?;
         if self.partitions_per_topic_max == 0 || self.topics_max == 0 {
             return Err(ConfigError::Invalid("topic limits must be positive".into()));
+        }
+        if self.topics_max > crate::meta::state::TOPICS_MAX {
+            let most = crate::meta::state::TOPICS_MAX;
+            return Err(ConfigError::Invalid(format!("topics_max is at most {most}, got {}", self.topics_max)));
         }
         Ok(())
     }

@@ -832,3 +832,31 @@ async fn peer_handshakes_naming_a_non_voter_are_refused() {
     let created = cli(&broker, &["topic", "create", "still-works"]).await;
     assert!(created.status.success(), "{}", stderr(&created));
 }
+
+/// `topics_max` (a config key that was validated but never used): the broker refuses to create a
+/// topic past it with a clear error, and an out-of-range value is refused at start.
+#[tokio::test]
+async fn topics_max_limits_topic_creation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keel.toml");
+    std::fs::write(&config, "topics_max = 2\n").unwrap();
+    let config_arg = config.to_str().unwrap();
+    let broker = start(&dir.path().join("data"), &["--config", config_arg]).await;
+    for name in ["first", "second"] {
+        let created = cli(&broker, &["topic", "create", name]).await;
+        assert!(created.status.success(), "{}", stderr(&created));
+    }
+    let refused = cli(&broker, &["topic", "create", "third"]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("topics_max is 2"), "{}", stderr(&refused));
+    let listed = cli(&broker, &["topic", "list"]).await;
+    assert!(!stdout(&listed).contains("third"), "{}", stdout(&listed));
+    // Deleting one makes room again.
+    assert!(cli(&broker, &["topic", "delete", "first"]).await.status.success());
+    assert!(cli(&broker, &["topic", "create", "third"]).await.status.success());
+
+    std::fs::write(&config, "topics_max = 10000000\n").unwrap();
+    let output = keel_with_env(&["broker", "--config", config_arg], &[]).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("topics_max is at most"), "{}", stderr(&output));
+}

@@ -46,6 +46,9 @@ pub struct Cluster<D: Disk> {
     log_config: LogConfig,
     core_config: CoreConfig,
     partitions_per_topic_max: u32,
+    /// Topics this broker lets the cluster grow to (its `topics_max`; the state machine's own bound,
+    /// `TOPICS_MAX`, holds whatever the brokers are configured with).
+    topics_max: usize,
     partitions: RwLock<BTreeMap<PartitionKey, PartitionHandle>>,
     /// Serialises `reconcile` (it awaits while starting and stopping actors; two overlapping runs
     /// would open one partition twice).
@@ -81,6 +84,7 @@ impl<D: Disk> Cluster<D> {
         log_config: LogConfig,
         core_config: CoreConfig,
         partitions_per_topic_max: u32,
+        topics_max: usize,
     ) -> Arc<Cluster<D>> {
         Arc::new(Cluster {
             node_id,
@@ -89,6 +93,7 @@ impl<D: Disk> Cluster<D> {
             log_config,
             core_config,
             partitions_per_topic_max,
+            topics_max,
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
         })
@@ -103,6 +108,16 @@ impl<D: Disk> Cluster<D> {
                     "partitions must be between 1 and {}, got {partitions}",
                     self.partitions_per_topic_max
                 ),
+            });
+        }
+        // Checked against the applied state before proposing: a limit for this broker's clients, not
+        // a linearizable bound (two creates through two brokers may both pass it; `TOPICS_MAX` in the
+        // state machine is the hard one).
+        let topics = self.node.with_state(|state| state.topics().count());
+        if topics >= self.topics_max {
+            return Err(TopicError {
+                code: ErrorCode::InvalidRequest,
+                message: format!("the cluster has {topics} topics; this broker's topics_max is {}", self.topics_max),
             });
         }
         let command = MetaCommand::CreateTopic { name: name.to_owned(), partitions, replication: replication.max(1) };

@@ -107,8 +107,15 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
         .map_err(|error| BrokerError::Storage(error.to_string()))?;
     let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
     let core_config = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
-    let cluster =
-        Cluster::new(config.node_id, node.clone(), disk, log_config, core_config, config.partitions_per_topic_max);
+    let cluster = Cluster::new(
+        config.node_id,
+        node.clone(),
+        disk,
+        log_config,
+        core_config,
+        config.partitions_per_topic_max,
+        config.topics_max,
+    );
     cluster.reconcile().await;
     let background = tokio::spawn(cluster.clone().run_background(
         advertised.clone(),
