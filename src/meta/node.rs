@@ -22,7 +22,8 @@
 //! `set_randomized_election_timeout`, and the tick timer starts at a random phase (ADR 0006).
 //!
 //! # Proposals
-//! A proposal carries `(origin node, request id)` in the entry context. Every node applies every
+//! A proposal carries `(origin node, boot nonce, request id)` in the entry context (the nonce tells
+//! this incarnation's proposals from those of earlier ones, see `encode_context`). Every node applies every
 //! entry; the origin node answers its waiter when it applies the entry, so a proposal made on a
 //! follower (raft-rs forwards it to the leader) returns after it is applied locally: a read on that
 //! node afterwards sees it. A proposal whose entry never shows up within `proposal_timeout` is
@@ -322,6 +323,7 @@ pub fn start_node<S: MetaStore, T: Transport>(
         hashed: (u64::MAX, 0),
         proposals: BTreeMap::new(),
         reads: BTreeMap::new(),
+        boot_nonce: rand::random(),
         next_request: 1,
         timer_view: TimerView::default(),
         rng_timeout: 0,
@@ -364,6 +366,9 @@ struct Node<S: MetaStore, T: Transport> {
     hashed: (u64, u64),
     proposals: BTreeMap<u64, Waiting<MetaResult>>,
     reads: BTreeMap<u64, (Waiting<()>, Option<u64>)>,
+    /// Drawn at start and carried in every proposal's context next to the request id, so that an
+    /// entry proposed by an earlier incarnation of this node never answers a waiter of this one.
+    boot_nonce: u64,
     next_request: u64,
     timer_view: TimerView,
     rng_timeout: usize,
@@ -389,18 +394,33 @@ fn role_name(role: StateRole) -> &'static str {
     }
 }
 
-/// Proposal context: origin node and request id, 16 bytes.
-fn encode_context(node: u64, request: u64) -> Vec<u8> {
+/// Proposal context: origin node, the origin incarnation's boot nonce and request id, 24 bytes.
+///
+/// Root cause of three failures of the Raft scenarios (issue 7: `raft_3_voters_swarm` seed 900045,
+/// duplicate creates; `raft_3_voters_power_loss` seed 900231, not linearizable;
+/// `raft_3_voters_leader_kill_and_restart` seed 900234, a phantom topic and no create succeeding
+/// after the heal): the context was only `(node, request id)`, and request ids restart at 1 in every
+/// incarnation. A restarted node re-applies the committed entries after its snapshot, and learns
+/// later of entries its previous incarnation forwarded that committed after the crash; it answered
+/// its new waiters with the results of those old entries (a create got another create's `Ok`, or
+/// "already exists" while its own entry created the topic). A probe confirmed such a match in each
+/// of the three seeds; `tests/meta_node.rs` shows it on one node (a producer-id block handed out
+/// twice). The nonce, drawn per incarnation (64 random bits), tells incarnations apart.
+fn encode_context(node: u64, boot_nonce: u64, request: u64) -> Vec<u8> {
     let mut context = node.to_be_bytes().to_vec();
+    context.extend_from_slice(&boot_nonce.to_be_bytes());
     context.extend_from_slice(&request.to_be_bytes());
     context
 }
 
-fn decode_context(context: &[u8]) -> Option<(u64, u64)> {
-    if context.len() != 16 {
+/// `(origin node, boot nonce, request id)`, or `None` for any other context (e.g. the 16-byte
+/// contexts of older versions, which no live waiter can be waiting for).
+fn decode_context(context: &[u8]) -> Option<(u64, u64, u64)> {
+    if context.len() != 24 {
         return None;
     }
-    Some((u64::from_be_bytes(context[..8].try_into().ok()?), u64::from_be_bytes(context[8..].try_into().ok()?)))
+    let word = |at: usize| context[at..at + 8].try_into().ok().map(u64::from_be_bytes);
+    Some((word(0)?, word(8)?, word(16)?))
 }
 
 impl<S: MetaStore, T: Transport> Node<S, T> {
@@ -456,7 +476,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             Command::Propose { command, reply } => {
                 let request = self.next_request;
                 self.next_request += 1;
-                let context = encode_context(self.config.node_id, request);
+                let context = encode_context(self.config.node_id, self.boot_nonce, request);
                 match self.raw.propose(context, encode_command(&command)) {
                     Ok(()) => {
                         let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
@@ -652,8 +672,8 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                     }
                 })
             };
-            if let (Some(result), Some((origin, request))) = (result, decode_context(&entry.context)) {
-                if origin == self.config.node_id {
+            if let (Some(result), Some((origin, boot_nonce, request))) = (result, decode_context(&entry.context)) {
+                if origin == self.config.node_id && boot_nonce == self.boot_nonce {
                     if let Some(waiting) = self.proposals.remove(&request) {
                         let _ = waiting.reply.send(Ok(result));
                     }
