@@ -123,6 +123,10 @@ pub struct RaftView {
     pub log: Vec<(u64, u64, u64)>,
     /// `(index, FNV-1a of the data)` of entries applied since the previous `observe`, in order.
     pub applied: Vec<(u64, u64)>,
+    /// Snapshots from the leader installed since the previous `observe`, as `(position, snapshot
+    /// index)`: the install came after the first `position` entries of `applied`. Applied indices
+    /// jump only here (and at a restart), never on local compaction.
+    pub snapshots_installed: Vec<(usize, u64)>,
 }
 
 /// Applied entries remembered for `observe` before the oldest are dropped.
@@ -190,6 +194,8 @@ pub struct NodeHandle {
     status: Arc<StatusCell>,
     /// The status version this handle has seen (for `status_changed`).
     seen_version: u64,
+    /// The snapshot index this incarnation started from (see [`NodeHandle::boot_snapshot_index`]).
+    boot_snapshot_index: u64,
 }
 
 impl NodeHandle {
@@ -225,6 +231,13 @@ impl NodeHandle {
 
     pub fn status(&self) -> NodeStatus {
         self.status.lock().1.clone()
+    }
+
+    /// The index of the snapshot this incarnation booted from (0 without one): the node applies
+    /// the committed entries after it, starting at `boot_snapshot_index + 1`. Fixed at start, unlike
+    /// the status's `first_index`, which compaction moves (the simulation's restart check needs it).
+    pub fn boot_snapshot_index(&self) -> u64 {
+        self.boot_snapshot_index
     }
 
     /// Resolves when the node's task has ended (shutdown, or a metadata storage failure).
@@ -311,7 +324,6 @@ pub fn start_node<S: MetaStore, T: Transport>(
     let raw = RawNode::new(&raft_config, raft_store, &logger).map_err(|error| NodeError::Raft(error.to_string()))?;
     let state = Arc::new(RwLock::new(state));
     let status = Arc::new(StatusCell::default());
-    status.publish(NodeStatus { node_id: config.node_id, ..NodeStatus::default() });
     let (commands, mailbox) = mpsc::channel(NODE_MAILBOX_CAPACITY);
     let mut node = Node {
         config,
@@ -328,6 +340,7 @@ pub fn start_node<S: MetaStore, T: Transport>(
         timer_view: TimerView::default(),
         rng_timeout: 0,
         applied_log: Vec::new(),
+        snapshots_installed: Vec::new(),
     };
     node.redraw_election_timeout();
     if voters == [node.config.node_id] {
@@ -335,8 +348,11 @@ pub fn start_node<S: MetaStore, T: Transport>(
         node.raw.campaign().map_err(|error| NodeError::Raft(error.to_string()))?;
         node.redraw_if_timer_reset();
     }
+    // The status is true from the start (term, snapshot, applied index as loaded), not a default
+    // until the task's first turn.
+    node.publish_status();
     tokio::spawn(node.run(mailbox, shutdown));
-    Ok(NodeHandle { commands, state, status, seen_version: 0 })
+    Ok(NodeHandle { commands, state, status, seen_version: 0, boot_snapshot_index: snapshot_index })
 }
 
 /// What raft-rs's election timer looked like after our last call, to detect resets.
@@ -374,6 +390,8 @@ struct Node<S: MetaStore, T: Transport> {
     rng_timeout: usize,
     /// Applied (index, data fingerprint) since the last `observe`.
     applied_log: Vec<(u64, u64)>,
+    /// Snapshots installed since the last `observe` (see `RaftView::snapshots_installed`).
+    snapshots_installed: Vec<(usize, u64)>,
 }
 
 fn role_code(role: StateRole) -> u8 {
@@ -539,6 +557,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                     commit_index: raft.raft_log.committed,
                     log,
                     applied: std::mem::take(&mut self.applied_log),
+                    snapshots_installed: std::mem::take(&mut self.snapshots_installed),
                 };
                 let _ = reply.send(view);
             }
@@ -602,6 +621,9 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             let restored = MetadataState::restore(snapshot.get_data())
                 .map_err(|error| NodeError::Storage(MetaStoreError::Corrupt(error.to_string())))?;
             *self.state.write().expect("metadata state lock") = restored;
+            if self.snapshots_installed.len() < APPLIED_LOG_CAPACITY {
+                self.snapshots_installed.push((self.applied_log.len(), snapshot.get_metadata().index));
+            }
         }
         self.apply(ready.take_committed_entries())?;
         let entries = ready.take_entries();
