@@ -412,7 +412,8 @@ fn role_name(role: StateRole) -> &'static str {
     }
 }
 
-/// Proposal context: origin node, the origin incarnation's boot nonce and request id, 24 bytes.
+/// Proposal context: origin node, the origin incarnation's boot nonce and request id, 24 bytes
+/// (the layout of `Node::read_context`).
 ///
 /// Root cause of three failures of the Raft scenarios (issue 7: `raft_3_voters_swarm` seed 900045,
 /// duplicate creates; `raft_3_voters_power_loss` seed 900231, not linearizable;
@@ -517,7 +518,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                 }
                 let request = self.next_request;
                 self.next_request += 1;
-                self.raw.read_index(request.to_be_bytes().to_vec());
+                self.raw.read_index(self.read_context(request));
                 let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
                 let term = self.raw.raft.term;
                 self.reads.insert(request, (Waiting { reply, deadline, term }, None));
@@ -705,9 +706,28 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
         Ok(())
     }
 
+    /// The context of a read barrier: this node, this incarnation, the request; 24 bytes.
+    ///
+    /// raft-rs keys pending reads by their context, and an acknowledgement of a heartbeat round
+    /// carrying a context confirms whichever read holds that context when it arrives. The context
+    /// used to be the request id alone, which every node (and every incarnation) counts from 1: a
+    /// late acknowledgement of another node's earlier read with the same id answered this node's
+    /// barrier without any acknowledgement given after it began, a stale read. Found by
+    /// `raft_3_voters_leader_kill_and_restart` (seed 7700004 with `RUST_LOG=keel=debug`).
+    fn read_context(&self, request: u64) -> Vec<u8> {
+        let mut context = self.config.node_id.to_be_bytes().to_vec();
+        context.extend_from_slice(&self.boot_nonce.to_be_bytes());
+        context.extend_from_slice(&request.to_be_bytes());
+        context
+    }
+
     fn read_index_known(&mut self, context: &[u8], index: u64) {
-        let Ok(bytes) = <[u8; 8]>::try_from(context) else { return };
-        if let Some((_, read_index)) = self.reads.get_mut(&u64::from_be_bytes(bytes)) {
+        let Some(request) = context.get(16..).and_then(|bytes| <[u8; 8]>::try_from(bytes).ok()) else { return };
+        let request = u64::from_be_bytes(request);
+        if context != self.read_context(request).as_slice() {
+            return;
+        }
+        if let Some((_, read_index)) = self.reads.get_mut(&request) {
             *read_index = Some(index);
         }
     }
