@@ -504,9 +504,18 @@ struct Nemesis<'a> {
     active: Vec<ActiveFault>,
     /// Faults injected per [`ACTIONS`] class (in that order).
     injected: [usize; 9],
-    /// The classes the scenario uses `Always`, each with the time at which it is forced if the
-    /// draws have not injected it yet (moved on by a forced attempt that could not inject it).
-    required: Vec<(RaftAction, Instant)>,
+    /// The classes the scenario uses `Always`, each forced if the draws have not injected it by then.
+    required: Vec<RequiredFault>,
+}
+
+/// A fault class the nemesis must inject at least once.
+#[derive(Clone, Copy, Debug)]
+struct RequiredFault {
+    action: RaftAction,
+    /// From then on the fault is forced, and no drawn fault starts until it happened.
+    due: Instant,
+    /// The next forced attempt (an attempt fails when there is no leader or the target is busy).
+    next_attempt: Instant,
 }
 
 /// How often a forced fault that could not be injected (no leader, target busy) is tried again.
@@ -531,8 +540,9 @@ impl<'a> Nemesis<'a> {
         let required = required
             .iter()
             .map(|&action| {
-                let at_ms = thread_rng().gen_range(duration_ms / 10..=duration_ms / 2);
-                (action, now + Duration::from_millis(at_ms))
+                let due_ms = thread_rng().gen_range(duration_ms / 10..=duration_ms / 2);
+                let due = now + Duration::from_millis(due_ms);
+                RequiredFault { action, due, next_attempt: due }
             })
             .collect();
         Nemesis { cluster, swarm, supervisor, active: Vec::new(), injected: [0; 9], required }
@@ -558,12 +568,12 @@ impl<'a> Nemesis<'a> {
         let mut next_start = Instant::now() + self.interval();
         loop {
             let now = Instant::now();
-            let forced = self.required.iter().filter(|(action, _)| self.injected[action_slot(*action)] == 0);
+            let forced = self.required.iter().filter(|required| self.injected[action_slot(required.action)] == 0);
             let wake = self
                 .active
                 .iter()
                 .map(|active| active.end)
-                .chain(forced.map(|(_, at)| *at))
+                .chain(forced.map(|required| required.next_attempt))
                 .chain([next_start, deadline])
                 .min()
                 .unwrap_or(deadline);
@@ -582,17 +592,25 @@ impl<'a> Nemesis<'a> {
             if now >= deadline {
                 return self.injected;
             }
+            // While a required fault is overdue, no new drawn fault starts: the ones active end, the
+            // cluster recovers (e.g. elects the leader a forced leader kill needs), and the forced
+            // fault lands. Without this, pauses and kills kept a leader from existing for the whole
+            // window on some seeds (e.g. `raft_3_voters_leader_kill_and_restart` seed 7619461).
+            let forcing = self
+                .required
+                .iter()
+                .any(|required| self.injected[action_slot(required.action)] == 0 && now >= required.due);
             if now >= next_start {
                 next_start = now + self.interval();
-                if self.active.len() < self.swarm.concurrent_faults_max {
+                if !forcing && self.active.len() < self.swarm.concurrent_faults_max {
                     if let Some(action) = self.swarm.pick_action() {
                         self.start(action, false);
                     }
                 }
             }
             for required_idx in 0..self.required.len() {
-                let (action, at) = self.required[required_idx];
-                if self.injected[action_slot(action)] > 0 || now < at {
+                let RequiredFault { action, next_attempt, .. } = self.required[required_idx];
+                if self.injected[action_slot(action)] > 0 || now < next_attempt {
                     continue;
                 }
                 if self.start(action, true) {
@@ -600,7 +618,7 @@ impl<'a> Nemesis<'a> {
                         "nemesis forced {action:?}: the scenario requires it and no draw had injected it"
                     ));
                 } else {
-                    self.required[required_idx].1 = now + Duration::from_millis(FORCED_FAULT_RETRY_MS);
+                    self.required[required_idx].next_attempt = now + Duration::from_millis(FORCED_FAULT_RETRY_MS);
                 }
             }
         }
@@ -613,11 +631,13 @@ impl<'a> Nemesis<'a> {
 
     /// Starts one fault of class `action`; returns whether one was injected and counted. A forced
     /// power loss hits the leader when there is one (the node whose loss matters most: it holds
-    /// the proposals in flight). A crash or power loss counts only if its target was serving.
+    /// the proposals in flight). A crash or power loss counts only if its target was serving; one
+    /// that hit the leader also counts as a leader kill.
     fn start(&mut self, action: RaftAction, forced: bool) -> bool {
         let outage = Duration::from_millis(thread_rng().gen_range(50..=self.swarm.outage_ms_max));
         let n = self.cluster.broker_count();
         let mut counted = true;
+        let mut leader_killed = false;
         let fault = match action {
             RaftAction::LeaderKill | RaftAction::Kill | RaftAction::PowerLoss => {
                 let target = match action {
@@ -628,6 +648,7 @@ impl<'a> Nemesis<'a> {
                 };
                 let Some(target) = target.filter(|&target| !self.busy(target)) else { return false };
                 counted = self.cluster.broker_state(target) == BrokerState::Serving;
+                leader_killed = leader(self.cluster) == Some(target);
                 if action == RaftAction::PowerLoss {
                     self.cluster.power_loss(target);
                 } else {
@@ -719,6 +740,10 @@ impl<'a> Nemesis<'a> {
         self.active.push(ActiveFault { fault, end: Instant::now() + outage });
         if counted {
             self.injected[action_slot(action)] += 1;
+            // A crash or power loss that hit the leader is a leader kill too, whichever draw chose it.
+            if leader_killed && action != RaftAction::LeaderKill {
+                self.injected[action_slot(RaftAction::LeaderKill)] += 1;
+            }
         }
         counted
     }
