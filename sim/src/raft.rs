@@ -1112,14 +1112,15 @@ pub struct RegressionSeed {
 ///
 /// Add a seed when it finds a bug (before fixing it, check that it fails); once fixed, put its new
 /// trace hash here. A seed replays its run only while nothing it depends on changes (every random
-/// draw of the harness and the broker); the hash tells when it drifted. The three seeds of issue 7
-/// drifted when the nemesis began forcing required faults, so each bug also has a seed that catches
-/// it with the current harness (checked by planting the bug back).
+/// draw of the harness and the broker, every message the broker sends); the hash tells when it
+/// drifted. The three seeds of issue 7 drifted with the fixes of the same issue (forced faults, the
+/// read-context fix), so that bug also has a seed per scenario that catches it with the current
+/// code when it is planted back; 7620439 replays its stale read exactly when its bug is planted back.
 pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
     RegressionSeed {
         scenario: "raft_3_voters_swarm",
         seed: 900045,
-        trace_hash: 0,
+        trace_hash: 0x6a53_94c5_98e7_ff4e,
         found: "issue 7: duplicate-create of topic-1 and topic-3 (trace hash 9a47632a80e64604 then): a \
                 restarted node answered its new proposals with results of entries its previous incarnation \
                 proposed (request ids restarted at 1; fix: the boot nonce in `meta::node` contexts)",
@@ -1127,28 +1128,49 @@ pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
     RegressionSeed {
         scenario: "raft_3_voters_power_loss",
         seed: 900231,
-        trace_hash: 0,
+        trace_hash: 0xe4dc_5edc_7c24_1109,
         found: "issue 7: not-linearizable on topic-52; same root cause as 900045",
     },
     RegressionSeed {
         scenario: "raft_3_voters_leader_kill_and_restart",
         seed: 900234,
-        trace_hash: 0,
+        trace_hash: 0x5b66_855f_86bd_20d3,
         found: "issue 7: a phantom topic and no create through broker-2 or broker-3 after the heal (each \
                 create answered 'already exists' by an old entry's result); same root cause as 900045",
     },
     RegressionSeed {
+        scenario: "raft_3_voters_swarm",
+        seed: 500392,
+        trace_hash: 0x4a00_ae36_78fc_14a3,
+        found: "the bug of 900045 planted back (contexts without the boot nonce): a duplicate create",
+    },
+    RegressionSeed {
         scenario: "raft_3_voters_power_loss",
         seed: 500018,
-        trace_hash: 0,
-        found: "the bug of 900045 planted back (contexts without the boot nonce) under the current \
-                harness: phantom topics",
+        trace_hash: 0x9763_5d07_a0ca_b157,
+        found: "the bug of 900045 planted back: phantom topics",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_leader_kill_and_restart",
+        seed: 500129,
+        trace_hash: 0x7882_497a_d1e5_f7e2,
+        found: "the bug of 900045 planted back: a phantom topic",
     },
     RegressionSeed {
         scenario: "raft_3_voters_swarm",
-        seed: 500086,
-        trace_hash: 0,
-        found: "the bug of 900045 planted back under the current harness: stale reads and a duplicate create",
+        seed: 7620439,
+        trace_hash: 0x61e1_f0b7_0097_c3a0,
+        found: "a stale read: a leader paused across an election counted a pre-pause heartbeat \
+                acknowledgement of another node's read with the same request id as the quorum for its own \
+                new read (fix: `Node::read_context` names node and incarnation)",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_leader_kill_and_restart",
+        seed: 7619461,
+        trace_hash: 0x4947_a314_b6ea_1089,
+        found: "no leader kill in a scenario named for it: pauses and kills kept a leader from existing \
+                through the forcing window (fix: no drawn fault starts while a required one is overdue; a \
+                kill that hits the leader counts as a leader kill)",
     },
 ];
 
