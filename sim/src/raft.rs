@@ -19,8 +19,10 @@
 //! 4. Nemesis: for `duration`, start and end faults at the drawn rates (up to the drawn number at
 //!    once): kill the leader / any broker and restart it, power loss, minority/majority and bridge
 //!    partitions, one-way link clogs, pauses, message delay, metadata-store write errors. A fault
-//!    class the scenario uses `Always` is injected at least once on every seed (forced in the first
-//!    part of the run if the draws did not bring it); one that never happened fails the seed.
+//!    class the scenario uses `Always` is injected at least once on every seed: if the draws have
+//!    not brought it by a time drawn in the first half of the run, no drawn fault starts until it
+//!    is forced (a crash counts only on a serving broker; one that hits the leader is a leader
+//!    kill). A seed on which it never happened fails.
 //! 5. Liveness: heal everything; within [`LIVENESS_MS_MAX`] a leader exists, a create through every
 //!    broker succeeds, and every node reaches the same applied and commit index and state hash.
 //! 6. Check: `check_metadata` over the history with the final topic list (an inconclusive search
