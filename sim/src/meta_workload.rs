@@ -8,16 +8,14 @@
 //! # Outcomes
 //! - create / delete: `Ok` when acknowledged; `Info` when the client says the outcome is ambiguous
 //!   (a timeout, a broken connection, a leader change); `Fail` for every other error, among them
-//!   `TopicAlreadyExists` / `UnknownTopic` (the command was applied and rejected) and `NotLeader`
-//!   (the proposal was dropped before it entered any log).
+//!   `TopicAlreadyExists` / `UnknownTopic` (the command was applied and rejected), `NotLeader`
+//!   (the proposal was dropped before it entered any log) and `ShuttingDown` (the node was gone
+//!   before the command reached it). The workload takes the broker at its word: a definite error
+//!   for a command that did take effect is a broker bug, and the checker reports it. (A broker whose
+//!   Raft node stops with proposals in flight answers them with the ambiguous `Timeout`; it once
+//!   answered `ShuttingDown`, found by `raft_5_voters_swarm` seed 5.)
 //! - describe: `Described(Some(partitions))` or `Described(None)` for an unknown topic; list:
 //!   `Listed(names)`. A read that fails is recorded as `Fail` (it says nothing).
-//!
-//! # Known broker bug, compensated here
-//! A broker whose Raft node stops (a metadata-store write error) answers the proposals it had in
-//! flight with `ShuttingDown`, a definite error code, although they may have been forwarded to the
-//! leader and committed (found by `raft_5_voters_swarm` seed 5). With `shutting_down_is_ambiguous`
-//! such a write is recorded as `Info`; `tests/scenarios.rs` pins the bug down with the strict setting.
 //!
 //! Every process has at most one operation outstanding (Jepsen's process model), and one client per
 //! broker, created lazily.
@@ -89,25 +87,20 @@ impl MetaRecorder {
 }
 
 /// How a write's error maps to an outcome (see the module doc), with the error's text.
-pub fn write_outcome(result: Result<(), ClientError>, shutting_down_is_ambiguous: bool) -> (MetaOutcome, String) {
+pub fn write_outcome(result: Result<(), ClientError>) -> (MetaOutcome, String) {
     match result {
         Ok(()) => (MetaOutcome::Ok, String::new()),
         Err(error) if error.is_ambiguous() => (MetaOutcome::Info, error.to_string()),
-        Err(error) if shutting_down_is_ambiguous && error.code() == Some(ErrorCode::ShuttingDown) => {
-            (MetaOutcome::Info, format!("{error} (known bug: may have been applied)"))
-        }
         Err(error) => (MetaOutcome::Fail, error.to_string()),
     }
 }
 
 /// Runs one operation through `client` and returns its outcome and, for errors, what the client
-/// said. `shutting_down_is_ambiguous`: see the module doc.
-pub async fn run_op(client: &Client, op: &MetaOp, shutting_down_is_ambiguous: bool) -> (MetaOutcome, String) {
+/// said.
+pub async fn run_op(client: &Client, op: &MetaOp) -> (MetaOutcome, String) {
     match op {
-        MetaOp::CreateTopic { name, partitions } => {
-            write_outcome(client.create_topic(name, *partitions, 1).await, shutting_down_is_ambiguous)
-        }
-        MetaOp::DeleteTopic { name } => write_outcome(client.delete_topic(name).await, shutting_down_is_ambiguous),
+        MetaOp::CreateTopic { name, partitions } => write_outcome(client.create_topic(name, *partitions, 1).await),
+        MetaOp::DeleteTopic { name } => write_outcome(client.delete_topic(name).await),
         MetaOp::DescribeTopic { name } => match client.metadata(std::slice::from_ref(name)).await {
             Ok(response) => match response.topics.into_iter().find(|topic| &topic.name == name) {
                 Some(topic) => match topic.error {
@@ -140,8 +133,6 @@ pub struct AdminProcess {
     pub think_ms_max: u64,
     /// Relative weights of create, delete, describe, list.
     pub weights: [u32; 4],
-    /// See the module doc.
-    pub shutting_down_is_ambiguous: bool,
 }
 
 impl AdminProcess {
@@ -173,7 +164,7 @@ impl AdminProcess {
                 .or_insert_with(|| Client::new(self.addrs[broker].clone(), admin_client_config()))
                 .clone();
             let invoke_ns = recorder.now_ns();
-            let (outcome, detail) = run_op(&client, &op, self.shutting_down_is_ambiguous).await;
+            let (outcome, detail) = run_op(&client, &op).await;
             let complete_ns = recorder.now_ns();
             recorder.record(MetaEvent { process: self.process, invoke_ns, complete_ns, op, outcome }, detail);
             let think_ms = thread_rng().gen_range(0..=self.think_ms_max);

@@ -12,21 +12,35 @@
 //! 2. Start every broker with the full `peers` map (one metadata group of all voters) and one
 //!    observer task per broker: every 20-50 ms of simulated time it calls `observe()` on the
 //!    broker's current Raft node and feeds `keel_model::raft_checker`, telling it about restarts
-//!    (`node_restarted` with the snapshot index the incarnation booted from) and about snapshot
-//!    installs (an applied-index jump that the node's snapshot covers).
+//!    (`node_restarted` with the snapshot index the incarnation booted from,
+//!    `NodeHandle::boot_snapshot_index`) and about the snapshot installs the node itself reports
+//!    (`RaftView::snapshots_installed`). Any other jump in a node's applied indices is a violation.
 //! 3. Admin processes create, delete, describe and list topics through random brokers.
 //! 4. Nemesis: for `duration`, start and end faults at the drawn rates (up to the drawn number at
-//!    once): kill the leader / any broker and restart it, power loss (the metadata store loses
-//!    unsynced batches, the disk unsynced writes), minority/majority and bridge partitions, one-way
-//!    link clogs, pauses, message delay, metadata-store write errors.
+//!    once): kill the leader / any broker and restart it, power loss, minority/majority and bridge
+//!    partitions, one-way link clogs, pauses, message delay, metadata-store write errors. A fault
+//!    class the scenario uses `Always` is injected at least once on every seed: if the draws have
+//!    not brought it by a time drawn in the first half of the run, no drawn fault starts until it
+//!    is forced (a crash counts only on a serving broker; one that hits the leader is a leader
+//!    kill). A seed on which it never happened fails.
 //! 5. Liveness: heal everything; within [`LIVENESS_MS_MAX`] a leader exists, a create through every
 //!    broker succeeds, and every node reaches the same applied and commit index and state hash.
-//! 6. Check: `check_metadata` over the history with the final topic list, and the Raft checker.
+//! 6. Check: `check_metadata` over the history with the final topic list (an inconclusive search
+//!    fails the run), and the Raft checker.
+//!
+//! # Power loss, as the metadata group sees it
+//! Keel syncs every metadata write (entries with the hard state, snapshots, compaction), so the
+//! metadata store never holds an unsynced batch for a power loss to drop. The power-loss fault is
+//! therefore an abrupt stop whose store handles go stale at once, plus the data disk losing its
+//! unsynced writes: it checks that nothing a node voted or acknowledged depended on a write the
+//! store had not made durable, and that a node rebuilds its state from snapshot and log.
 //!
 //! # Harness policy: a Raft node that stopped
 //! The driver stops its Raft node when the metadata store fails a write (its promises can no longer
 //! be kept), and the broker then shuts down and exits with an error. The harness acts as the
-//! process supervisor: it kills and restarts a broker that exited that way.
+//! process supervisor: it kills and restarts a broker that exited that way, but only if the nemesis
+//! injected a store write error into it since its last restart. Any other exit (or a Raft node that
+//! stopped without such an error) is a violation.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -65,7 +79,8 @@ pub struct RaftFaults {
     pub leader_kill: Use,
     /// Kill any broker (process crash: the stores keep everything written).
     pub kill: Use,
-    /// Power loss: the metadata store drops unsynced batches, the disk unsynced writes.
+    /// Power loss: the process stops at once, the disk drops unsynced writes (the metadata store
+    /// has none: see the module doc).
     pub power_loss: Use,
     /// Two groups that cannot talk to each other (the leader on either side).
     pub partition: Use,
@@ -86,9 +101,24 @@ pub struct RaftScenarioConfig {
     pub voters: usize,
     pub faults: RaftFaults,
     pub duration: Duration,
-    /// Record a create/delete answered `ShuttingDown` as `Info` (compensates a known broker bug; see
-    /// `meta_workload`). `false` checks the broker's answer as it is.
-    pub shutting_down_is_ambiguous: bool,
+}
+
+impl RaftFaults {
+    /// The fault classes this scenario uses `Always`: each must be injected at least once per seed.
+    pub fn always(&self) -> Vec<RaftAction> {
+        let uses = [
+            self.leader_kill,
+            self.kill,
+            self.power_loss,
+            self.partition,
+            self.bridge,
+            self.one_way,
+            self.pause,
+            self.delay,
+            self.meta_write_errors,
+        ];
+        ACTIONS.iter().zip(uses).filter(|(_, use_)| *use_ == Use::Always).map(|(action, _)| *action).collect()
+    }
 }
 
 /// The nemesis's actions, in weight order.
@@ -204,6 +234,8 @@ pub struct RaftOutcome {
     pub violations: Vec<String>,
     pub writes_ok: usize,
     pub nemesis_actions: usize,
+    /// How many faults of each [`ACTIONS`] class the nemesis injected (in that order).
+    pub faults_injected: [usize; 9],
     pub trace_hash: u64,
     pub trace_tail: String,
 }
@@ -245,27 +277,25 @@ impl RaftOutcome {
 /// process kept running, as `(broker index, incarnation)`.
 type Stopped = Arc<Mutex<BTreeSet<(usize, u64)>>>;
 
-/// Feeds one node's view to the checker; an applied-index jump that the node's snapshot covers is
-/// reported as a snapshot install first. Returns the violations found (as text).
-fn feed_checker(
-    checker: &mut RaftChecker,
-    view: RaftView,
-    applied_last: &mut u64,
-    snapshot_index_now: u64,
-) -> Vec<String> {
-    let RaftView { node_id, term, is_leader, commit_index, log, applied } = view;
+/// Feeds one node's view to the checker, telling it about each snapshot install the node reported
+/// just where it happened among the applied entries. Returns the violations found (as text).
+///
+/// Only installs the node reports excuse a jump in its applied indices. (This used to excuse any
+/// jump up to the node's current snapshot index, which local compaction also moves, so a node that
+/// skipped entries and compacted soon after passed.)
+pub fn feed_checker(checker: &mut RaftChecker, view: RaftView) -> Vec<String> {
+    let RaftView { node_id, term, is_leader, commit_index, log, applied, snapshots_installed } = view;
     // Runs of applied entries, each after the snapshot (if any) that the node installed before it.
     type Part = (Option<u64>, Vec<(u64, u64)>);
     let mut parts: Vec<Part> = vec![(None, Vec::new())];
-    let mut expected = *applied_last + 1;
-    for (index, fingerprint) in applied {
-        if index > expected && snapshot_index_now + 1 >= index {
-            parts.push((Some(index - 1), Vec::new()));
+    let mut installs = snapshots_installed.into_iter().peekable();
+    for (position, entry) in applied.into_iter().enumerate() {
+        while let Some((_, snapshot_index)) = installs.next_if(|(at, _)| *at <= position) {
+            parts.push((Some(snapshot_index), Vec::new()));
         }
-        parts.last_mut().expect("parts is never empty").1.push((index, fingerprint));
-        expected = index + 1;
-        *applied_last = index;
+        parts.last_mut().expect("parts is never empty").1.push(entry);
     }
+    parts.extend(installs.map(|(_, snapshot_index)| (Some(snapshot_index), Vec::new())));
     let mut found = Vec::new();
     for (snapshot, applied) in parts {
         if let Some(snapshot_index) = snapshot {
@@ -290,7 +320,6 @@ async fn observe_broker(
     stop: CancellationToken,
 ) {
     let mut incarnation_seen = 0;
-    let mut applied_last = 0;
     let mut last_round = false;
     loop {
         if stop.is_cancelled() {
@@ -299,12 +328,14 @@ async fn observe_broker(
             let wait_ms = thread_rng().gen_range(OBSERVE_INTERVAL_MS.0..=OBSERVE_INTERVAL_MS.1);
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
         }
-        let MetaSlot { incarnation, node, boot_snapshot_index } = lock(&slot).clone();
+        // Not the slot's `boot_snapshot_index`: the harness reads it from the status when the handle
+        // arrives, which can be before the node's first status or after its first compaction. The
+        // node's own boot index is exact, so the restart check is strict.
+        let MetaSlot { incarnation, node, .. } = lock(&slot).clone();
         if let Some(node) = node {
             if incarnation != incarnation_seen {
-                lock(&checker).node_restarted(node_id, boot_snapshot_index);
+                lock(&checker).node_restarted(node_id, node.boot_snapshot_index());
                 incarnation_seen = incarnation;
-                applied_last = boot_snapshot_index;
             }
             if !lock(&stopped).contains(&(index, incarnation)) {
                 match node.observe().await {
@@ -317,8 +348,7 @@ async fn observe_broker(
                         );
                     }
                     Some(view) => {
-                        let snapshot_index_now = node.status().first_index.saturating_sub(1);
-                        let found = feed_checker(&mut lock(&checker), view, &mut applied_last, snapshot_index_now);
+                        let found = feed_checker(&mut lock(&checker), view);
                         let now_ns = start.elapsed().as_nanos() as u64;
                         for violation in found {
                             trace.record(now_ns, format!("violation raft: {violation}"));
@@ -399,28 +429,72 @@ fn links_between(left: &[usize], right: &[usize]) -> Vec<(usize, usize)> {
     links
 }
 
-/// Acts as the process supervisor: restarts (kill, then restart) every broker that exited with an
-/// error (a broker exits when its Raft node stops on a metadata-store failure), or that still serves
-/// while its current Raft node has stopped (the moment between the node stopping and the exit).
-fn restart_stopped_raft_nodes(cluster: &mut Cluster, stopped: &Stopped, down: &BTreeSet<usize>) {
-    for index in 0..cluster.broker_count() {
-        if !cluster.is_up(index) || cluster.is_paused(index) || down.contains(&index) {
-            continue;
-        }
-        let incarnation = cluster.incarnation(index);
-        let slot = cluster.meta_slot(index);
-        let state = cluster.broker_state(index);
-        let exited_with_error = matches!(state, BrokerState::Exited(Err(_)));
-        let serving_without_node = state == BrokerState::Serving
-            && slot.incarnation == incarnation
-            && lock(stopped).contains(&(index, incarnation));
-        if exited_with_error || serving_without_node {
+/// The process supervisor (see the module doc's harness policy).
+struct Supervisor {
+    stopped: Stopped,
+    /// Per broker: its metadata store's count of injected write errors when the harness last
+    /// (re)started it. Only errors after that explain a stop of the current incarnation.
+    write_errors_at_restart: Vec<u64>,
+    /// Exits and stopped Raft nodes that no injected fault explains.
+    violations: Vec<String>,
+}
+
+impl Supervisor {
+    fn new(cluster: &Cluster, stopped: Stopped) -> Supervisor {
+        let write_errors_at_restart =
+            (0..cluster.broker_count()).map(|index| cluster.broker(index).kv.stats().write_errors).collect();
+        Supervisor { stopped, write_errors_at_restart, violations: Vec::new() }
+    }
+
+    /// The harness (re)started broker `index`: faults before now explain nothing about its new
+    /// incarnation.
+    fn restarted(&mut self, cluster: &Cluster, index: usize) {
+        self.write_errors_at_restart[index] = cluster.broker(index).kv.stats().write_errors;
+    }
+
+    /// Restarts (kill, then restart) every broker that exited, or that still serves while its
+    /// current Raft node has stopped (the moment between the node stopping and the exit). A store
+    /// write error injected since the broker's last restart explains it; anything else is recorded
+    /// as a violation (and the broker is restarted all the same, so the run can go on).
+    fn restart_stopped_raft_nodes(&mut self, cluster: &mut Cluster, down: &BTreeSet<usize>) {
+        for index in 0..cluster.broker_count() {
+            if !cluster.is_up(index) || cluster.is_paused(index) || down.contains(&index) {
+                continue;
+            }
+            let incarnation = cluster.incarnation(index);
+            let slot = cluster.meta_slot(index);
+            let state = cluster.broker_state(index);
+            let serving_without_node = state == BrokerState::Serving
+                && slot.incarnation == incarnation
+                && lock(&self.stopped).contains(&(index, incarnation));
+            let what = match &state {
+                BrokerState::Exited(Err(error)) => format!("exited with an error ({error})"),
+                BrokerState::Exited(Ok(())) => "exited cleanly without being asked to".to_owned(),
+                _ if serving_without_node => "lost its Raft node".to_owned(),
+                _ => continue,
+            };
+            let write_errors = cluster.broker(index).kv.stats().write_errors;
+            let explained = matches!(state, BrokerState::Exited(Err(_)) | BrokerState::Serving)
+                && write_errors > self.write_errors_at_restart[index];
             let now_ns = cluster.now_ns();
-            cluster
-                .trace()
-                .record(now_ns, format!("supervisor: broker-{} lost its Raft node; restarting it", index + 1));
+            if explained {
+                let note = format!(
+                    "supervisor: broker-{} {what} after an injected metadata write error; restarting it",
+                    index + 1
+                );
+                cluster.trace().record(now_ns, note);
+            } else {
+                let violation = format!(
+                    "broker-{} incarnation {incarnation} {what}, but no metadata write error was injected into \
+                     it since its last restart",
+                    index + 1
+                );
+                cluster.trace().record(now_ns, format!("violation supervisor: {violation}"));
+                self.violations.push(violation);
+            }
             cluster.kill(index);
             cluster.restart(index);
+            self.restarted(cluster, index);
         }
     }
 }
@@ -428,11 +502,54 @@ fn restart_stopped_raft_nodes(cluster: &mut Cluster, stopped: &Stopped, down: &B
 struct Nemesis<'a> {
     cluster: &'a mut Cluster,
     swarm: &'a RaftSwarm,
-    stopped: Stopped,
+    supervisor: &'a mut Supervisor,
     active: Vec<ActiveFault>,
+    /// Faults injected per [`ACTIONS`] class (in that order).
+    injected: [usize; 9],
+    /// The classes the scenario uses `Always`, each forced if the draws have not injected it by then.
+    required: Vec<RequiredFault>,
 }
 
-impl Nemesis<'_> {
+/// A fault class the nemesis must inject at least once.
+#[derive(Clone, Copy, Debug)]
+struct RequiredFault {
+    action: RaftAction,
+    /// From then on the fault is forced, and no drawn fault starts until it happened.
+    due: Instant,
+    /// The next forced attempt (an attempt fails when there is no leader or the target is busy).
+    next_attempt: Instant,
+}
+
+/// How often a forced fault that could not be injected (no leader, target busy) is tried again.
+const FORCED_FAULT_RETRY_MS: u64 = 100;
+
+fn action_slot(action: RaftAction) -> usize {
+    ACTIONS.iter().position(|candidate| *candidate == action).expect("every action is in ACTIONS")
+}
+
+impl<'a> Nemesis<'a> {
+    fn new(
+        cluster: &'a mut Cluster,
+        swarm: &'a RaftSwarm,
+        supervisor: &'a mut Supervisor,
+        required: &[RaftAction],
+        duration: Duration,
+    ) -> Nemesis<'a> {
+        // A forced fault lands in the first half of the run (after the first tenth), so that the
+        // cluster lives with it and recovers from it before the heal.
+        let now = Instant::now();
+        let duration_ms = duration.as_millis() as u64;
+        let required = required
+            .iter()
+            .map(|&action| {
+                let due_ms = thread_rng().gen_range(duration_ms / 10..=duration_ms / 2);
+                let due = now + Duration::from_millis(due_ms);
+                RequiredFault { action, due, next_attempt: due }
+            })
+            .collect();
+        Nemesis { cluster, swarm, supervisor, active: Vec::new(), injected: [0; 9], required }
+    }
+
     fn down(&self) -> BTreeSet<usize> {
         self.active
             .iter()
@@ -447,13 +564,21 @@ impl Nemesis<'_> {
         self.active.iter().any(|active| matches!(active.fault, Fault::Down(i) | Fault::Paused(i) if i == index))
     }
 
-    async fn run(&mut self, duration: Duration) {
+    /// Runs the nemesis for `duration`; returns how many faults of each class it injected.
+    async fn run(&mut self, duration: Duration) -> [usize; 9] {
         let deadline = Instant::now() + duration;
         let mut next_start = Instant::now() + self.interval();
         loop {
             let now = Instant::now();
-            let wake =
-                self.active.iter().map(|active| active.end).chain([next_start, deadline]).min().unwrap_or(deadline);
+            let forced = self.required.iter().filter(|required| self.injected[action_slot(required.action)] == 0);
+            let wake = self
+                .active
+                .iter()
+                .map(|active| active.end)
+                .chain(forced.map(|required| required.next_attempt))
+                .chain([next_start, deadline])
+                .min()
+                .unwrap_or(deadline);
             if wake > now {
                 tokio::time::sleep(wake - now).await;
             }
@@ -465,16 +590,37 @@ impl Nemesis<'_> {
                 self.end(active.fault);
             }
             let down = self.down();
-            restart_stopped_raft_nodes(self.cluster, &self.stopped, &down);
+            self.supervisor.restart_stopped_raft_nodes(self.cluster, &down);
             if now >= deadline {
-                return;
+                return self.injected;
             }
+            // While a required fault is overdue, no new drawn fault starts: the ones active end, the
+            // cluster recovers (e.g. elects the leader a forced leader kill needs), and the forced
+            // fault lands. Without this, pauses and kills kept a leader from existing for the whole
+            // window on some seeds (e.g. `raft_3_voters_leader_kill_and_restart` seed 7619461).
+            let forcing = self
+                .required
+                .iter()
+                .any(|required| self.injected[action_slot(required.action)] == 0 && now >= required.due);
             if now >= next_start {
                 next_start = now + self.interval();
-                if self.active.len() < self.swarm.concurrent_faults_max {
+                if !forcing && self.active.len() < self.swarm.concurrent_faults_max {
                     if let Some(action) = self.swarm.pick_action() {
-                        self.start(action);
+                        self.start(action, false);
                     }
+                }
+            }
+            for required_idx in 0..self.required.len() {
+                let RequiredFault { action, next_attempt, .. } = self.required[required_idx];
+                if self.injected[action_slot(action)] > 0 || now < next_attempt {
+                    continue;
+                }
+                if self.start(action, true) {
+                    self.note(format!(
+                        "nemesis forced {action:?}: the scenario requires it and no draw had injected it"
+                    ));
+                } else {
+                    self.required[required_idx].next_attempt = now + Duration::from_millis(FORCED_FAULT_RETRY_MS);
                 }
             }
         }
@@ -485,17 +631,26 @@ impl Nemesis<'_> {
         Duration::from_millis(thread_rng().gen_range(mean / 2..=mean * 3 / 2))
     }
 
-    fn start(&mut self, action: RaftAction) {
+    /// Starts one fault of class `action`; returns whether one was injected and counted. A forced
+    /// power loss hits the leader when there is one (the node whose loss matters most: it holds
+    /// the proposals in flight). A crash or power loss counts only if its target was serving; one
+    /// that hit the leader also counts as a leader kill.
+    fn start(&mut self, action: RaftAction, forced: bool) -> bool {
         let outage = Duration::from_millis(thread_rng().gen_range(50..=self.swarm.outage_ms_max));
         let n = self.cluster.broker_count();
+        let mut counted = true;
+        let mut leader_killed = false;
         let fault = match action {
             RaftAction::LeaderKill | RaftAction::Kill | RaftAction::PowerLoss => {
                 let target = match action {
                     RaftAction::LeaderKill => leader(self.cluster),
                     RaftAction::Kill => Some(random_broker(self.cluster)),
+                    _ if forced => leader(self.cluster).or_else(|| Some(random_broker(self.cluster))),
                     _ => Some(leader_or_random(self.cluster)),
                 };
-                let Some(target) = target.filter(|&target| !self.busy(target)) else { return };
+                let Some(target) = target.filter(|&target| !self.busy(target)) else { return false };
+                counted = self.cluster.broker_state(target) == BrokerState::Serving;
+                leader_killed = leader(self.cluster) == Some(target);
                 if action == RaftAction::PowerLoss {
                     self.cluster.power_loss(target);
                 } else {
@@ -555,14 +710,14 @@ impl Nemesis<'_> {
             RaftAction::Pause => {
                 let target = leader_or_random(self.cluster);
                 if self.busy(target) || !self.cluster.is_up(target) {
-                    return;
+                    return false;
                 }
                 self.cluster.pause(target);
                 Fault::Paused(target)
             }
             RaftAction::Delay => {
                 if self.active.iter().any(|active| matches!(active.fault, Fault::Latency)) {
-                    return;
+                    return false;
                 }
                 let max_ms = [20, 50, 200, 500][thread_rng().gen_range(0..4)];
                 let min_ms = thread_rng().gen_range(1..max_ms);
@@ -572,7 +727,7 @@ impl Nemesis<'_> {
             RaftAction::MetaWriteErrors => {
                 let target = random_broker(self.cluster);
                 if self.active.iter().any(|active| matches!(active.fault, Fault::MetaWriteErrors(i) if i == target)) {
-                    return;
+                    return false;
                 }
                 let probability = thread_rng().gen_range(0.0..=self.swarm.meta_write_error_probability_max);
                 self.cluster.set_meta_write_errors(target, probability.max(0.001));
@@ -585,11 +740,22 @@ impl Nemesis<'_> {
             }
         }
         self.active.push(ActiveFault { fault, end: Instant::now() + outage });
+        if counted {
+            self.injected[action_slot(action)] += 1;
+            // A crash or power loss that hit the leader is a leader kill too, whichever draw chose it.
+            if leader_killed && action != RaftAction::LeaderKill {
+                self.injected[action_slot(RaftAction::LeaderKill)] += 1;
+            }
+        }
+        counted
     }
 
     fn end(&mut self, fault: Fault) {
         match fault {
-            Fault::Down(index) => self.cluster.restart(index),
+            Fault::Down(index) => {
+                self.cluster.restart(index);
+                self.supervisor.restarted(self.cluster, index);
+            }
             Fault::Paused(index) => self.cluster.resume(index),
             Fault::Links(links) => {
                 for (from, to) in links {
@@ -712,19 +878,37 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
             names: names.clone(),
             think_ms_max: swarm.think_ms_max,
             weights: swarm.op_weights,
-            shutting_down_is_ambiguous: config.shutting_down_is_ambiguous,
         };
         workers.push(node.spawn(admin.run(recorder.clone(), workload_stop.clone())));
     }
 
     // Nemesis.
-    Nemesis { cluster: &mut cluster, swarm: &swarm, stopped: stopped.clone(), active: Vec::new() }
-        .run(config.duration)
-        .await;
+    let mut supervisor = Supervisor::new(&cluster, stopped.clone());
+    let required = config.faults.always();
+    let faults_injected =
+        Nemesis::new(&mut cluster, &swarm, &mut supervisor, &required, config.duration).run(config.duration).await;
     let nemesis_actions = trace.count_prefixed("nemesis");
+    let injected: Vec<String> =
+        ACTIONS.iter().zip(faults_injected).map(|(action, count)| format!("{action:?} {count}")).collect();
+    trace.record(cluster.now_ns(), format!("nemesis injected: {}", injected.join(", ")));
+    for action in &required {
+        if faults_injected[action_slot(*action)] == 0 {
+            violations.push(format!(
+                "the scenario requires {action:?} faults, but the nemesis injected none that counts (see `Nemesis::start`)"
+            ));
+        }
+    }
 
     // Liveness: heal, stop the workload, then a leader, a create through every broker, convergence.
+    // Exits that happened just before the heal are judged first (the heal restarts exited brokers).
+    supervisor.restart_stopped_raft_nodes(&mut cluster, &BTreeSet::new());
+    let restarted_by_heal: Vec<usize> = (0..config.voters)
+        .filter(|&index| !cluster.is_up(index) || matches!(cluster.broker_state(index), BrokerState::Exited(_)))
+        .collect();
     cluster.heal();
+    for index in restarted_by_heal {
+        supervisor.restarted(&cluster, index);
+    }
     workload_stop.cancel();
     let stopped_in_time = tokio::time::timeout(Duration::from_millis(WORKLOAD_STOP_MS_MAX), async {
         for worker in workers {
@@ -745,7 +929,7 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
     }
     // A broker whose Raft node stopped after a storage fault gets restarted (see the module doc).
     loop {
-        restart_stopped_raft_nodes(&mut cluster, &stopped, &BTreeSet::new());
+        supervisor.restart_stopped_raft_nodes(&mut cluster, &BTreeSet::new());
         if leader(&cluster).is_some() || Instant::now() >= deadline {
             break;
         }
@@ -756,7 +940,6 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
         None => violations.push(format!("liveness: no Raft leader {LIVENESS_MS_MAX} ms after the heal")),
     }
     let admin = cluster.add_client();
-    let lenient = config.shutting_down_is_ambiguous;
     for (index, addr) in addrs.iter().enumerate() {
         let (addr, recorder) = (addr.clone(), recorder.clone());
         let created = admin
@@ -766,7 +949,7 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
                 let mut applied_maybe = false;
                 while Instant::now() < deadline {
                     let invoke_ns = recorder.now_ns();
-                    let (outcome, detail) = run_op(&client, &op, lenient).await;
+                    let (outcome, detail) = run_op(&client, &op).await;
                     let complete_ns = recorder.now_ns();
                     let event = MetaEvent {
                         process: 1_000 + index as u64,
@@ -781,7 +964,7 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
                         // An earlier ambiguous attempt took effect.
                         MetaOutcome::Fail if applied_maybe => {
                             let describe = MetaOp::DescribeTopic { name: format!("live-{}", index + 1) };
-                            if let (MetaOutcome::Described(Some(_)), _) = run_op(&client, &describe, lenient).await {
+                            if let (MetaOutcome::Described(Some(_)), _) = run_op(&client, &describe).await {
                                 return true;
                             }
                         }
@@ -820,7 +1003,7 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
             .spawn(async move {
                 let client = keel::client::Client::new(addr, admin_client_config());
                 for _ in 0..20 {
-                    if let (MetaOutcome::Listed(names), _) = run_op(&client, &MetaOp::ListTopics, lenient).await {
+                    if let (MetaOutcome::Listed(names), _) = run_op(&client, &MetaOp::ListTopics).await {
                         return Some(names);
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -848,6 +1031,7 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
         violations.push("the Raft observers did not finish their last round".to_owned());
     }
     violations.extend(cluster.violations());
+    violations.extend(std::mem::take(&mut supervisor.violations));
     let events = recorder.events();
     let metadata = check_metadata(&events, &final_topics);
     let raft = std::mem::take(&mut *lock(&checker));
@@ -878,6 +1062,7 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
         violations,
         writes_ok,
         nemesis_actions,
+        faults_injected,
         trace_hash,
         trace_tail: trace.tail(60),
     };
@@ -910,6 +1095,99 @@ pub async fn run(config: &RaftScenarioConfig) -> RaftOutcome {
     outcome
 }
 
+/// A seed that found a bug, with what it found. See [`REGRESSION_SEEDS`].
+#[derive(Clone, Copy, Debug)]
+pub struct RegressionSeed {
+    /// A name [`scenario_by_name`] knows.
+    pub scenario: &'static str,
+    pub seed: u64,
+    /// The seed's trace hash when it was last checked to catch its bug. Another hash means the
+    /// harness or the broker changed under the seed, so it no longer replays that run: it still runs
+    /// (and must pass), but it may have lost its teeth (the regression test prints a note).
+    pub trace_hash: u64,
+    /// What the seed found, and where the fix is.
+    pub found: &'static str,
+}
+
+/// Raft seeds that found bugs, replayed first by CI: `raft_regression_seeds` in
+/// `sim/tests/scenarios.rs`, a plain `#[test]`, runs each and requires it to pass.
+///
+/// Add a seed when it finds a bug (before fixing it, check that it fails); once fixed, put its new
+/// trace hash here. A seed replays its run only while nothing it depends on changes (every random
+/// draw of the harness and the broker, every message the broker sends); the hash tells when it
+/// drifted. The three seeds of issue 7 drifted with the fixes of the same issue (forced faults, the
+/// read-context fix), so that bug also has a seed per scenario that catches it with the current
+/// code when it is planted back; 7620439 replays its stale read exactly when its bug is planted back.
+pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
+    RegressionSeed {
+        scenario: "raft_3_voters_swarm",
+        seed: 900045,
+        trace_hash: 0x6a53_94c5_98e7_ff4e,
+        found: "issue 7: duplicate-create of topic-1 and topic-3 (trace hash 9a47632a80e64604 then): a \
+                restarted node answered its new proposals with results of entries its previous incarnation \
+                proposed (request ids restarted at 1; fix: the boot nonce in `meta::node` contexts)",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_power_loss",
+        seed: 900231,
+        trace_hash: 0xe4dc_5edc_7c24_1109,
+        found: "issue 7: not-linearizable on topic-52; same root cause as 900045",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_leader_kill_and_restart",
+        seed: 900234,
+        trace_hash: 0x5b66_855f_86bd_20d3,
+        found: "issue 7: a phantom topic and no create through broker-2 or broker-3 after the heal (each \
+                create answered 'already exists' by an old entry's result); same root cause as 900045",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_swarm",
+        seed: 500392,
+        trace_hash: 0x4a00_ae36_78fc_14a3,
+        found: "the bug of 900045 planted back (contexts without the boot nonce): a duplicate create",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_power_loss",
+        seed: 500018,
+        trace_hash: 0x9763_5d07_a0ca_b157,
+        found: "the bug of 900045 planted back: phantom topics",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_leader_kill_and_restart",
+        seed: 500129,
+        trace_hash: 0x7882_497a_d1e5_f7e2,
+        found: "the bug of 900045 planted back: a phantom topic",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_swarm",
+        seed: 7620439,
+        trace_hash: 0x61e1_f0b7_0097_c3a0,
+        found: "a stale read: a leader paused across an election counted a pre-pause heartbeat \
+                acknowledgement of another node's read with the same request id as the quorum for its own \
+                new read (fix: `Node::read_context` names node and incarnation)",
+    },
+    RegressionSeed {
+        scenario: "raft_3_voters_leader_kill_and_restart",
+        seed: 7619461,
+        trace_hash: 0x4947_a314_b6ea_1089,
+        found: "no leader kill in a scenario named for it: pauses and kills kept a leader from existing \
+                through the forcing window (fix: no drawn fault starts while a required one is overdue; a \
+                kill that hits the leader counts as a leader kill)",
+    },
+];
+
+/// The Raft scenario called `name`, if there is one.
+pub fn scenario_by_name(name: &str) -> Option<RaftScenarioConfig> {
+    let all = [
+        raft_3_voters_leader_kill_and_restart,
+        raft_3_voters_power_loss,
+        raft_3_voters_swarm,
+        raft_5_voters_partitions_and_clogs,
+        raft_5_voters_swarm,
+    ];
+    all.into_iter().map(|make| make()).find(|config| config.name == name)
+}
+
 /// Runs `config` for `seed` in a fresh madsim runtime on a fresh OS thread, for plain `#[test]`s
 /// that loop over seeds.
 pub fn run_seed(config: RaftScenarioConfig, seed: u64) -> RaftOutcome {
@@ -920,12 +1198,6 @@ pub fn run_seed(config: RaftScenarioConfig, seed: u64) -> RaftOutcome {
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
-
-/// Whether the workload records a `ShuttingDown` answer to a create or delete as `Info` instead of
-/// `Fail`. False: `ShuttingDown` means "not proposed", and the checker holds the broker to that (a
-/// broker answers proposals its stopped node had in flight with the ambiguous `Timeout`). The
-/// switch exists to relax the check while investigating.
-pub const SHUTTING_DOWN_IS_AMBIGUOUS: bool = false;
 
 const NO_FAULTS: RaftFaults = RaftFaults {
     leader_kill: Use::Off,
@@ -946,12 +1218,12 @@ pub fn raft_3_voters_leader_kill_and_restart() -> RaftScenarioConfig {
         voters: 3,
         faults: RaftFaults { leader_kill: Use::Always, kill: Use::Sometimes, pause: Use::Sometimes, ..NO_FAULTS },
         duration: RAFT_DURATION_DEFAULT,
-        shutting_down_is_ambiguous: SHUTTING_DOWN_IS_AMBIGUOUS,
     }
 }
 
-/// 3 voters; power loss (unsynced metadata batches and disk writes dropped) and metadata-store write
-/// errors, on the leader or anyone, with leader kills and minority partitions on top.
+/// 3 voters; power loss (an abrupt stop; the metadata store has no unsynced batch to drop, see the
+/// module doc) on every seed and metadata-store write errors, on the leader or anyone, with leader
+/// kills and minority partitions on top.
 pub fn raft_3_voters_power_loss() -> RaftScenarioConfig {
     RaftScenarioConfig {
         name: "raft_3_voters_power_loss",
@@ -964,7 +1236,6 @@ pub fn raft_3_voters_power_loss() -> RaftScenarioConfig {
             ..NO_FAULTS
         },
         duration: RAFT_DURATION_DEFAULT,
-        shutting_down_is_ambiguous: SHUTTING_DOWN_IS_AMBIGUOUS,
     }
 }
 
@@ -981,7 +1252,6 @@ pub fn raft_5_voters_partitions_and_clogs() -> RaftScenarioConfig {
             ..NO_FAULTS
         },
         duration: RAFT_DURATION_DEFAULT,
-        shutting_down_is_ambiguous: SHUTTING_DOWN_IS_AMBIGUOUS,
     }
 }
 
@@ -1002,7 +1272,6 @@ pub fn raft_5_voters_swarm() -> RaftScenarioConfig {
             meta_write_errors: Use::Sometimes,
         },
         duration: RAFT_DURATION_DEFAULT,
-        shutting_down_is_ambiguous: SHUTTING_DOWN_IS_AMBIGUOUS,
     }
 }
 

@@ -22,7 +22,8 @@
 //! `set_randomized_election_timeout`, and the tick timer starts at a random phase (ADR 0006).
 //!
 //! # Proposals
-//! A proposal carries `(origin node, request id)` in the entry context. Every node applies every
+//! A proposal carries `(origin node, boot nonce, request id)` in the entry context (the nonce tells
+//! this incarnation's proposals from those of earlier ones, see `encode_context`). Every node applies every
 //! entry; the origin node answers its waiter when it applies the entry, so a proposal made on a
 //! follower (raft-rs forwards it to the leader) returns after it is applied locally: a read on that
 //! node afterwards sees it. A proposal whose entry never shows up within `proposal_timeout` is
@@ -162,6 +163,10 @@ pub struct RaftView {
     pub log: Vec<(u64, u64, u64)>,
     /// `(index, FNV-1a of the data)` of entries applied since the previous `observe`, in order.
     pub applied: Vec<(u64, u64)>,
+    /// Snapshots from the leader installed since the previous `observe`, as `(position, snapshot
+    /// index)`: the install came after the first `position` entries of `applied`. Applied indices
+    /// jump only here (and at a restart), never on local compaction.
+    pub snapshots_installed: Vec<(usize, u64)>,
 }
 
 /// The role a node reports once its Raft task has ended, however it ended.
@@ -264,6 +269,8 @@ pub struct NodeHandle {
     status: Arc<StatusCell>,
     /// The status version this handle has seen (for `status_changed`).
     seen_version: u64,
+    /// The snapshot index this incarnation started from (see [`NodeHandle::boot_snapshot_index`]).
+    boot_snapshot_index: u64,
 }
 
 impl NodeHandle {
@@ -343,6 +350,13 @@ impl NodeHandle {
 
     pub fn status(&self) -> NodeStatus {
         self.status.lock().1.clone()
+    }
+
+    /// The index of the snapshot this incarnation booted from (0 without one): the node applies
+    /// the committed entries after it, starting at `boot_snapshot_index + 1`. Fixed at start, unlike
+    /// the status's `first_index`, which compaction moves (the simulation's restart check needs it).
+    pub fn boot_snapshot_index(&self) -> u64 {
+        self.boot_snapshot_index
     }
 
     /// Resolves when the node's task has ended (shutdown, or a metadata storage failure).
@@ -429,7 +443,6 @@ pub fn start_node<S: MetaStore, T: Transport>(
     let raw = RawNode::new(&raft_config, raft_store, &logger).map_err(|error| NodeError::Raft(error.to_string()))?;
     let state = Arc::new(RwLock::new(state));
     let status = Arc::new(StatusCell::default());
-    status.publish(NodeStatus { node_id: config.node_id, ..NodeStatus::default() });
     let (commands, mailbox) = mpsc::channel(NODE_MAILBOX_CAPACITY);
     let mut node = Node {
         config,
@@ -446,6 +459,7 @@ pub fn start_node<S: MetaStore, T: Transport>(
         timer_view: TimerView::default(),
         rng_timeout: 0,
         applied_log: Vec::new(),
+        snapshots_installed: Vec::new(),
     };
     node.redraw_election_timeout();
     if voters == [node.config.node_id] {
@@ -454,8 +468,19 @@ pub fn start_node<S: MetaStore, T: Transport>(
         node.redraw_if_timer_reset();
     }
     let node_id = node.config.node_id;
+    // The status is true from the start (term, snapshot, applied index as loaded), not a default
+    // until the task's first turn.
+    node.publish_status();
     tokio::spawn(node.run(mailbox, shutdown));
-    Ok(NodeHandle { node_id, voters: voters.into(), commands, state, status, seen_version: 0 })
+    Ok(NodeHandle {
+        node_id,
+        voters: voters.into(),
+        commands,
+        state,
+        status,
+        seen_version: 0,
+        boot_snapshot_index: snapshot_index,
+    })
 }
 
 /// Checks that a Raft message from a peer has a shape a correct peer produces, before raft-rs sees
@@ -558,14 +583,16 @@ struct Node<S: MetaStore, T: Transport> {
     hashed: (u64, u64),
     proposals: BTreeMap<u64, Waiting<MetaResult>>,
     reads: BTreeMap<u64, (Waiting<()>, Option<u64>)>,
-    /// Drawn at start: tells this incarnation's read contexts from an earlier one's (request ids
-    /// start at 1 in every incarnation).
+    /// Drawn at start and carried in every proposal's context next to the request id, so that an
+    /// entry proposed by an earlier incarnation of this node never answers a waiter of this one.
     boot_nonce: u64,
     next_request: u64,
     timer_view: TimerView,
     rng_timeout: usize,
     /// Applied (index, data fingerprint) since the last `observe`.
     applied_log: Vec<(u64, u64)>,
+    /// Snapshots installed since the last `observe` (see `RaftView::snapshots_installed`).
+    snapshots_installed: Vec<(usize, u64)>,
 }
 
 fn role_code(role: StateRole) -> u8 {
@@ -586,18 +613,34 @@ fn role_name(role: StateRole) -> &'static str {
     }
 }
 
-/// Proposal context: origin node and request id, 16 bytes.
-fn encode_context(node: u64, request: u64) -> Vec<u8> {
+/// Proposal context: origin node, the origin incarnation's boot nonce and request id, 24 bytes
+/// (the layout of `Node::read_context`).
+///
+/// Root cause of three failures of the Raft scenarios (issue 7: `raft_3_voters_swarm` seed 900045,
+/// duplicate creates; `raft_3_voters_power_loss` seed 900231, not linearizable;
+/// `raft_3_voters_leader_kill_and_restart` seed 900234, a phantom topic and no create succeeding
+/// after the heal): the context was only `(node, request id)`, and request ids restart at 1 in every
+/// incarnation. A restarted node re-applies the committed entries after its snapshot, and learns
+/// later of entries its previous incarnation forwarded that committed after the crash; it answered
+/// its new waiters with the results of those old entries (a create got another create's `Ok`, or
+/// "already exists" while its own entry created the topic). A probe confirmed such a match in each
+/// of the three seeds; `tests/meta_node.rs` shows it on one node (a producer-id block handed out
+/// twice). The nonce, drawn per incarnation (64 random bits), tells incarnations apart.
+fn encode_context(node: u64, boot_nonce: u64, request: u64) -> Vec<u8> {
     let mut context = node.to_be_bytes().to_vec();
+    context.extend_from_slice(&boot_nonce.to_be_bytes());
     context.extend_from_slice(&request.to_be_bytes());
     context
 }
 
-fn decode_context(context: &[u8]) -> Option<(u64, u64)> {
-    if context.len() != 16 {
+/// `(origin node, boot nonce, request id)`, or `None` for any other context (e.g. the 16-byte
+/// contexts of older versions, which no live waiter can be waiting for).
+fn decode_context(context: &[u8]) -> Option<(u64, u64, u64)> {
+    if context.len() != 24 {
         return None;
     }
-    Some((u64::from_be_bytes(context[..8].try_into().ok()?), u64::from_be_bytes(context[8..].try_into().ok()?)))
+    let word = |at: usize| context[at..at + 8].try_into().ok().map(u64::from_be_bytes);
+    Some((word(0)?, word(8)?, word(16)?))
 }
 
 impl<S: MetaStore, T: Transport> Node<S, T> {
@@ -672,7 +715,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             Command::Propose { command, reply } => {
                 let request = self.next_request;
                 self.next_request += 1;
-                let context = encode_context(self.config.node_id, request);
+                let context = encode_context(self.config.node_id, self.boot_nonce, request);
                 match self.raw.propose(context, encode_command(&command)) {
                     Ok(()) => {
                         let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
@@ -735,6 +778,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                     commit_index: raft.raft_log.committed,
                     log,
                     applied: std::mem::take(&mut self.applied_log),
+                    snapshots_installed: std::mem::take(&mut self.snapshots_installed),
                 };
                 let _ = reply.send(view);
             }
@@ -798,6 +842,9 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             let restored = MetadataState::restore(snapshot.get_data())
                 .map_err(|error| NodeError::Storage(MetaStoreError::Corrupt(error.to_string())))?;
             *self.state.write().expect("metadata state lock") = restored;
+            if self.snapshots_installed.len() < APPLIED_LOG_CAPACITY {
+                self.snapshots_installed.push((self.applied_log.len(), snapshot.get_metadata().index));
+            }
         }
         self.apply(ready.take_committed_entries())?;
         let entries = ready.take_entries();
@@ -868,8 +915,8 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                     }
                 })
             };
-            if let (Some(result), Some((origin, request))) = (result, decode_context(&entry.context)) {
-                if origin == self.config.node_id {
+            if let (Some(result), Some((origin, boot_nonce, request))) = (result, decode_context(&entry.context)) {
+                if origin == self.config.node_id && boot_nonce == self.boot_nonce {
                     if let Some(waiting) = self.proposals.remove(&request) {
                         let _ = waiting.reply.send(Ok(result));
                     }
