@@ -1120,6 +1120,21 @@ pub struct RegressionSeed {
 /// code when it is planted back; 7620439 replays its stale read exactly when its bug is planted back.
 pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
     RegressionSeed {
+        scenario: "raft_5_voters_partitions_and_clogs",
+        seed: 7620132,
+        trace_hash: 0x9cd2_a98e_89be_fedd,
+        found: "a node heard no leader for over 10 s after the heal: its peer sender kept writing into a \
+                stream a clog had stalled (Raft traffic is one-way, so nothing noticed); fix: the peer \
+                keepalive in `meta::node::peer_sender`. Found on the raft-seeds branch before the merge of \
+                this session's branches, which changed the run, so this hash is the passing run after the fix",
+    },
+    RegressionSeed {
+        scenario: "raft_5_voters_swarm",
+        seed: 7632155,
+        trace_hash: 0xe41f_3beb_9711_a5a1,
+        found: "the stalled peer stream of 7620132, in the swarm; same note on the hash",
+    },
+    RegressionSeed {
         scenario: "raft_3_voters_swarm",
         seed: 900045,
         trace_hash: 0x6a53_94c5_98e7_ff4e,

@@ -1084,6 +1084,16 @@ impl Transport for PeerTransport {
 
 /// How long a peer connection waits for the answer to its `PeerHello`.
 pub const PEER_HELLO_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often an established peer connection repeats its `PeerHello` as a keepalive.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// A keepalive unanswered this long means the connection no longer delivers: reconnect.
+///
+/// Raft traffic is one-way, so a write "succeeding" proves nothing: after a partition or a clog
+/// the stream may hold data for a long time (madsim retries a held connection with backoff up to
+/// 10 s, and so does a real TCP stack), and a sender that only writes never notices. Found by
+/// `raft_5_voters_partitions_and_clogs` seed 7620132 and `raft_5_voters_swarm` seed 7632155: a
+/// node heard no leader for over 10 s after the heal.
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 async fn peer_sender(
     from: u64,
@@ -1154,16 +1164,48 @@ async fn peer_sender(
             continue;
         };
         backoff = Duration::from_millis(50);
+        let mut keepalive = tokio::time::interval(PEER_KEEPALIVE_INTERVAL);
+        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        keepalive.tick().await; // the first tick is immediate; the handshake just proved the link
+        let mut keepalive_id = 1u64;
+        // When the oldest unanswered keepalive was sent.
+        let mut unanswered_since: Option<tokio::time::Instant> = None;
         loop {
             let message = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
+                _ = keepalive.tick() => {
+                    let now = tokio::time::Instant::now();
+                    if unanswered_since.is_some_and(|since| now.duration_since(since) >= PEER_KEEPALIVE_TIMEOUT) {
+                        tracing::debug!(node = from, peer, %addr, "peer connection stalled; reconnecting");
+                        break;
+                    }
+                    keepalive_id += 1;
+                    let hello = Frame::new(
+                        keepalive_id,
+                        Body::PeerHello(PeerHello { node_id: from, to: peer, peer_version: PEER_PROTOCOL_VERSION }),
+                    );
+                    match tokio::time::timeout(Duration::from_secs(2), framed.send(hello.encode_to_bytes())).await {
+                        Ok(Ok(())) => {}
+                        _ => break,
+                    }
+                    unanswered_since.get_or_insert(now);
+                    continue;
+                }
                 // The receiver answers Raft traffic only to refuse it; read those answers so they
                 // are seen (and never fill the socket).
                 incoming = framed.next() => match incoming.map(|bytes| bytes.map(|bytes| Frame::decode_bytes(bytes.freeze()))) {
                     Some(Ok(Ok(Frame { body: Some(Body::ErrorResponse(response)), .. }))) => {
                         let error = response.error.map(|error| error.message).unwrap_or_default();
                         tracing::warn!(node = from, peer, %error, "peer refused a raft message");
+                        continue;
+                    }
+                    Some(Ok(Ok(Frame { body: Some(Body::PeerHelloResponse(response)), .. }))) => {
+                        if let Some(error) = response.error {
+                            tracing::warn!(node = from, peer, error = %error.message, "peer refused a keepalive");
+                            break;
+                        }
+                        unanswered_since = None;
                         continue;
                     }
                     Some(Ok(Ok(_))) => continue,

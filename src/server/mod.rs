@@ -329,7 +329,13 @@ fn peer_hello<D: Disk>(state: &Arc<State<D>>, peer_node: &mut Option<u64>, id: u
             ),
         )
     } else if let Some(identified) = *peer_node {
-        info(ErrorCode::InvalidRequest, format!("this connection already identified itself as node {identified}"))
+        // The same hello again is the sender's keepalive (it proves the connection still delivers
+        // both ways); another identity on the same connection is refused.
+        if identified == hello.node_id {
+            None
+        } else {
+            info(ErrorCode::InvalidRequest, format!("this connection already identified itself as node {identified}"))
+        }
     } else {
         match node.check_peer(hello.node_id, hello.to) {
             Ok(()) => {
