@@ -659,9 +659,15 @@ impl Nemesis<'_> {
                 self.wait_for_disk(|counts| counts.delayed_syncs).await;
             }
             Action::FailedFsync => {
-                // Fail the next sync for certain, then go on with a drawn fault mix.
-                let faults =
-                    SimDiskFaults { fsync_error_probability: 1.0, ..self.cluster.broker(broker).disk.faults() };
+                // Fail the next sync for certain, then go on with a drawn fault mix. Write errors are
+                // off meanwhile: a partition whose writes keep failing may not reach a sync within the
+                // wait (seed 12285686 of this scenario: EIO and ENOSPC at ~11% each, no sync in 3 s).
+                let faults = SimDiskFaults {
+                    fsync_error_probability: 1.0,
+                    write_eio_probability: 0.0,
+                    write_enospc_probability: 0.0,
+                    ..self.cluster.broker(broker).disk.faults()
+                };
                 self.cluster.set_disk_faults(broker, faults);
                 self.wait_for_disk(|counts| counts.failed_syncs).await;
                 let faults = self.draw_disk_faults();
