@@ -18,6 +18,7 @@
 pub mod batch;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod log;
 pub mod meta;

@@ -32,6 +32,15 @@ use crate::batch::BATCH_BYTES_MAX;
 pub const FRAME_BYTES_MAX: usize = BATCH_BYTES_MAX + 64 * 1024;
 /// Length prefix of every frame.
 pub const FRAME_LENGTH_BYTES: usize = 4;
+
+/// The codec every Keel connection uses (clients, the broker, the Raft peer transport): a 4-byte
+/// big-endian length, then the frame, at most [`FRAME_BYTES_MAX`] bytes.
+pub fn frame_codec() -> tokio_util::codec::LengthDelimitedCodec {
+    tokio_util::codec::LengthDelimitedCodec::builder()
+        .length_field_length(FRAME_LENGTH_BYTES)
+        .max_frame_length(FRAME_BYTES_MAX)
+        .new_codec()
+}
 /// Current protocol version; a peer with another version gets `UnsupportedVersion`.
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Version of the peer protocol (the hello and what may follow it on a peer connection), carried in

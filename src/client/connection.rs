@@ -12,8 +12,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
+use crate::protocol::frame_codec;
 use crate::protocol::{Body, Frame};
-use crate::server::frame_codec;
 
 /// Requests queued for the socket before callers wait.
 pub const CONNECTION_QUEUE_MAX: usize = 1024;

@@ -504,14 +504,7 @@ impl Task {
     }
 }
 
-/// Milliseconds since the Unix epoch, for record timestamps. Under madsim this is the simulated
-/// clock, so it is deterministic per seed.
-pub fn wall_clock_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use crate::clock::wall_clock_ms;
 
 fn record_size_estimate(record: &Record) -> usize {
     let headers: usize =

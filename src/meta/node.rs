@@ -1120,7 +1120,7 @@ async fn peer_sender(
         };
         let mut framed = stream.map(|stream| {
             let _ = stream.set_nodelay(true);
-            Framed::new(stream, crate::server::frame_codec())
+            Framed::new(stream, crate::protocol::frame_codec())
         });
         // Identify as a peer before any Raft traffic (ADR 0007); the receiver refuses Raft
         // messages on a connection that has not.

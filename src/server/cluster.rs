@@ -73,7 +73,7 @@ fn result_error(result: MetaResult) -> Result<MetaResult, TopicError> {
 }
 
 fn now_ms() -> i64 {
-    crate::client::producer::wall_clock_ms()
+    crate::clock::wall_clock_ms()
 }
 
 impl<D: Disk> Cluster<D> {

@@ -32,7 +32,7 @@ use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, Semaphore};
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, BATCH_BYTES_MAX};
@@ -46,14 +46,6 @@ use crate::storage::Disk;
 use crate::types::Offset;
 use cluster::Cluster;
 use topics::TopicError;
-
-/// The codec every Keel connection uses: 4-byte big-endian length, frames up to `FRAME_BYTES_MAX`.
-pub fn frame_codec() -> LengthDelimitedCodec {
-    LengthDelimitedCodec::builder()
-        .length_field_length(FRAME_LENGTH_BYTES)
-        .max_frame_length(FRAME_BYTES_MAX)
-        .new_codec()
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
