@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::partition::FsyncPolicy;
+use crate::types::NodeId;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
 pub const DEFAULT_DATA_DIR: &str = "./keel-data";
@@ -26,7 +27,7 @@ pub const DEFAULT_DATA_DIR: &str = "./keel-data";
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
-    pub node_id: u64,
+    pub node_id: NodeId,
     pub listen: SocketAddr,
     /// Address clients are told to use for this broker (defaults to `listen`).
     pub advertised_addr: Option<String>,
@@ -54,7 +55,7 @@ pub struct BrokerConfig {
 impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
-            node_id: 1,
+            node_id: NodeId(1),
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             advertised_addr: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
@@ -109,7 +110,7 @@ impl BrokerConfig {
         if self.metadata_snapshot_interval_entries == 0 {
             return Err(ConfigError::Invalid("metadata_snapshot_interval_entries must be positive".into()));
         }
-        if self.node_id == 0 {
+        if self.node_id == NodeId(0) {
             return Err(ConfigError::Invalid("node_id must be positive (raft ids start at 1)".into()));
         }
         self.voters("")?;
@@ -124,7 +125,7 @@ impl BrokerConfig {
     }
 
     /// The metadata group's voters with their addresses; this node at `advertised` when alone.
-    pub fn voters(&self, advertised: &str) -> Result<BTreeMap<u64, String>, ConfigError> {
+    pub fn voters(&self, advertised: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
         if self.peers.is_empty() {
             return Ok(BTreeMap::from([(self.node_id, advertised.to_owned())]));
         }
@@ -135,7 +136,7 @@ impl BrokerConfig {
                 .ok()
                 .filter(|id| *id > 0)
                 .ok_or_else(|| ConfigError::Invalid(format!("peer id {id:?} is not a positive integer")))?;
-            voters.insert(id, addr.clone());
+            voters.insert(NodeId(id), addr.clone());
         }
         if !voters.contains_key(&self.node_id) {
             return Err(ConfigError::Invalid(format!(
@@ -188,13 +189,16 @@ mod tests {
     #[test]
     fn peers_come_from_toml_or_flags_and_must_include_this_node() {
         let config = BrokerConfig::from_toml("node_id = 2\npeers = { 1 = \"a:1\", 2 = \"b:2\" }\n").unwrap();
-        assert_eq!(config.voters("ignored").unwrap(), BTreeMap::from([(1, "a:1".into()), (2, "b:2".into())]));
+        assert_eq!(
+            config.voters("ignored").unwrap(),
+            BTreeMap::from([(NodeId(1), "a:1".into()), (NodeId(2), "b:2".into())])
+        );
         assert!(matches!(
             BrokerConfig::from_toml("node_id = 3\npeers = { 1 = \"a:1\" }\n"),
             Err(ConfigError::Invalid(message)) if message.contains("not among the peers")
         ));
         let alone = BrokerConfig::default();
-        assert_eq!(alone.voters("h:9").unwrap(), BTreeMap::from([(1, "h:9".into())]));
+        assert_eq!(alone.voters("h:9").unwrap(), BTreeMap::from([(NodeId(1), "h:9".into())]));
         let parsed = BrokerConfig::parse_peers("1=127.0.0.1:9401, 2=127.0.0.1:9402").unwrap();
         assert_eq!(parsed.len(), 2);
         assert!(BrokerConfig::parse_peers("1:127.0.0.1").is_err());

@@ -23,6 +23,7 @@ pub mod config;
 pub mod log;
 pub mod meta;
 pub mod partition;
+pub mod peer;
 #[cfg(not(madsim))]
 pub mod process;
 pub mod protocol;

@@ -35,9 +35,9 @@ use tokio::process::{Child, Command};
 use crate::client::{Client, ClientConfig};
 
 /// How often [`BrokerProcess::wait_ready`] asks the broker again.
-pub const READY_POLL_INTERVAL: Duration = Duration::from_millis(20);
+pub const READY_POLL_INTERVAL_MS: u64 = 20;
 /// How long one readiness probe may take (connect plus the metadata request's read barrier).
-pub const READY_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+pub const READY_PROBE_TIMEOUT_MS: u64 = 2_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -248,7 +248,7 @@ impl BrokerProcess {
         let deadline = tokio::time::Instant::now() + timeout;
         let config = ClientConfig {
             connect_timeout: Duration::from_millis(500),
-            request_timeout: READY_PROBE_TIMEOUT,
+            request_timeout: Duration::from_millis(READY_PROBE_TIMEOUT_MS),
             retries: 0,
             ..ClientConfig::default()
         };
@@ -257,13 +257,15 @@ impl BrokerProcess {
                 return Err(ProcessError::ExitedEarly { what: self.command.what(), status });
             }
             let client = Client::new(self.command.addr.to_string(), config.clone());
-            if let Ok(Ok(_)) = tokio::time::timeout(READY_PROBE_TIMEOUT, client.metadata(&[])).await {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(READY_PROBE_TIMEOUT_MS), client.metadata(&[])).await
+            {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(ProcessError::NotReady { what: self.command.what(), timeout });
             }
-            tokio::time::sleep(READY_POLL_INTERVAL).await;
+            tokio::time::sleep(Duration::from_millis(READY_POLL_INTERVAL_MS)).await;
         }
     }
 

@@ -223,6 +223,8 @@ pub struct ProduceResponse {
     pub log_start_offset: i64,
 }
 
+/// The limit fields keep Kafka's FetchRequest names (`max_bytes`, `max_wait_ms`, `min_bytes`), as
+/// the schema in ADR 0004 does; Keel's own code names limits units-last (`bytes_max`).
 #[derive(Clone, PartialEq, Message)]
 pub struct FetchRequest {
     #[prost(string, tag = "1")]

@@ -2,7 +2,7 @@
 //! server both use it).
 //!
 //! Which topics exist, and where their partitions live, is cluster metadata: it is decided by the
-//! metadata Raft group (`meta::state`) and followed by `server::cluster`.
+//! metadata Raft group (`meta::state`) and followed by `server::assignments`.
 
 use crate::protocol::ErrorCode;
 

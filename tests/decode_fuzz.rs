@@ -10,7 +10,7 @@ use bytes::Bytes;
 use keel::batch::{encode_batch, Batch, ProducerFields, Record};
 use keel::client::decode_records;
 use keel::protocol::{Body, Frame, MetadataRequest};
-use keel::types::{LeaderEpoch, Offset, ProducerEpoch, ProducerId, Sequence};
+use keel::types::{LeaderEpoch, NodeId, Offset, ProducerEpoch, ProducerId, Sequence};
 
 #[test]
 fn frame_decoding_never_panics() {
@@ -28,7 +28,7 @@ fn peer_raft_message_checks_never_panic() {
     use protobuf::Message as _;
     check!().for_each(|bytes: &[u8]| {
         if let Ok(message) = raft::eraftpb::Message::parse_from_bytes(bytes) {
-            let _ = keel::meta::node::check_peer_message(&message, &[1, 2, 3]);
+            let _ = keel::meta::node::check_peer_message(&message, &[NodeId(1), NodeId(2), NodeId(3)]);
         }
     });
 }

@@ -7,18 +7,18 @@ use bytes::Bytes;
 use keel::meta::node::{start_node, NodeConfig, NodeHandle, Transport};
 use keel::meta::state::{MetaCommand, MetaResult};
 use keel::meta::store_sim::SimKv;
-use keel::types::ProducerId;
+use keel::types::{NodeId, ProducerId};
 use tokio_util::sync::CancellationToken;
 
 /// A one-voter group sends nothing.
 struct NoPeers;
 
 impl Transport for NoPeers {
-    fn send(&self, _to: u64, _message: Bytes) {}
+    fn send(&self, _to: NodeId, _message: Bytes) {}
 }
 
 fn start(kv: &SimKv, shutdown: &CancellationToken) -> NodeHandle {
-    start_with(kv, shutdown, NodeConfig::new(1, BTreeMap::from([(1, "10.0.0.1:9400".to_owned())])))
+    start_with(kv, shutdown, NodeConfig::new(NodeId(1), BTreeMap::from([(NodeId(1), "10.0.0.1:9400".to_owned())])))
 }
 
 fn start_with(kv: &SimKv, shutdown: &CancellationToken, config: NodeConfig) -> NodeHandle {
@@ -56,7 +56,7 @@ async fn a_restarted_node_answers_its_proposals_with_their_own_entries() {
 #[tokio::test]
 async fn a_restarted_node_reports_the_snapshot_it_booted_from() {
     let kv = SimKv::new(8);
-    let mut config = NodeConfig::new(1, BTreeMap::from([(1, "10.0.0.1:9400".to_owned())]));
+    let mut config = NodeConfig::new(NodeId(1), BTreeMap::from([(NodeId(1), "10.0.0.1:9400".to_owned())]));
     config.snapshot_interval_entries = 4;
     let shutdown = CancellationToken::new();
     let node = start_with(&kv, &shutdown, config.clone());

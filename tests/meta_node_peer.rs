@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use keel::meta::node::{start_node, NodeConfig, NodeError, NodeHandle, PeerError, Transport, ROLE_STOPPED};
+use keel::meta::node::{start_node, NodeConfig, NodeError, NodeHandle, PeerError, RaftRole, Transport};
 use keel::meta::state::{MetaCommand, MetadataState};
 use keel::meta::store::{KeyValues, MetaStore, MetaStoreError, WriteBatch};
 use keel::meta::store_sim::{SimKv, SimKvHandle};
 use keel::protocol::RaftMessage;
+use keel::types::NodeId;
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, EntryType, Message, MessageType, Snapshot};
 use tokio::sync::mpsc;
@@ -35,7 +36,7 @@ const WAIT_MAX: Duration = Duration::from_secs(20);
 struct ChannelTransport(mpsc::UnboundedSender<Message>);
 
 impl Transport for ChannelTransport {
-    fn send(&self, _to: u64, bytes: Bytes) {
+    fn send(&self, _to: NodeId, bytes: Bytes) {
         let _ = self.0.send(Message::parse_from_bytes(&bytes).expect("node 1 sends valid messages"));
     }
 }
@@ -44,14 +45,14 @@ impl Transport for ChannelTransport {
 struct PanickingTransport;
 
 impl Transport for PanickingTransport {
-    fn send(&self, to: u64, _bytes: Bytes) {
+    fn send(&self, to: NodeId, _bytes: Bytes) {
         panic!("injected: the Raft task panics while sending to node {to}");
     }
 }
 
 fn three_voters() -> NodeConfig {
-    let peers: BTreeMap<u64, String> = (1..=3).map(|id| (id, format!("node-{id}"))).collect();
-    let mut config = NodeConfig::new(1, peers);
+    let peers: BTreeMap<NodeId, String> = (1..=3).map(|id| (NodeId(id), format!("node-{id}"))).collect();
+    let mut config = NodeConfig::new(NodeId(1), peers);
     config.tick = Duration::from_millis(10);
     config
 }
@@ -86,14 +87,14 @@ fn envelope_from(sender: u64, message: &Message) -> RaftMessage {
 
 /// Steps `message` as the server does for a connection identified as `message.from`.
 fn step(node: &NodeHandle, message: &Message) -> Result<(), PeerError> {
-    node.step(message.from, &envelope(message))
+    node.step(NodeId(message.from), &envelope(message))
 }
 
 /// True once the node has handled everything queued before the call and is still running
 /// (`observe` is answered by the Raft task after the steps ahead of it in its mailbox).
 async fn alive(node: &NodeHandle) -> bool {
     tokio::time::timeout(WAIT_MAX, node.observe()).await.expect("observe answered").is_some()
-        && node.status().role != ROLE_STOPPED
+        && node.status().role != RaftRole::Stopped
 }
 
 /// Plays nodes 2 and 3 granting every (pre-)vote until node 1 leads; returns its term.
@@ -105,7 +106,7 @@ async fn elect_node_1(node: &NodeHandle, sent: &mut mpsc::UnboundedReceiver<Mess
                 MessageType::MsgRequestPreVote => MessageType::MsgRequestPreVoteResponse,
                 MessageType::MsgRequestVote => MessageType::MsgRequestVoteResponse,
                 _ => {
-                    if node.status().role == "leader" {
+                    if node.status().role == RaftRole::Leader {
                         return node.status().term;
                     }
                     continue;
@@ -127,12 +128,12 @@ async fn a_raft_task_that_panics_is_seen_as_stopped_and_never_as_leader() {
     // transport panics inside the Raft task.
     tokio::time::timeout(WAIT_MAX, node.stopped()).await.expect("the panicked Raft task is seen as stopped");
     let status = node.status();
-    assert_eq!(status.role, ROLE_STOPPED, "{status:?}");
-    assert_eq!(status.leader_id, 0, "a stopped node knows no leader: {status:?}");
+    assert_eq!(status.role, RaftRole::Stopped, "{status:?}");
+    assert_eq!(status.leader_id, None, "a stopped node knows no leader: {status:?}");
     let proposed = node.propose(MetaCommand::DeleteTopic { name: "t".into() }).await;
     assert_eq!(proposed, Err(NodeError::ShuttingDown));
     let mut watcher = node.clone();
-    assert!(watcher.status_changed().await.is_ok_and(|status| status.role == ROLE_STOPPED));
+    assert!(watcher.status_changed().await.is_ok_and(|status| status.role == RaftRole::Stopped));
 }
 
 #[tokio::test]
@@ -142,25 +143,34 @@ async fn peer_messages_raft_rs_would_panic_on_are_refused_before_raft_sees_them(
 
     // Who may send what: only another voter, as itself, to this node.
     let heartbeat = message(MessageType::MsgHeartbeat, 2, 1);
-    assert!(matches!(node.step(4, &envelope(&heartbeat)), Err(PeerError::UnknownPeer { node: 4, .. })));
-    assert!(matches!(node.step(3, &envelope(&heartbeat)), Err(PeerError::WrongSender { peer: 3, from: 2 })));
+    assert!(matches!(node.step(NodeId(4), &envelope(&heartbeat)), Err(PeerError::UnknownPeer { node: NodeId(4), .. })));
+    assert!(matches!(
+        node.step(NodeId(3), &envelope(&heartbeat)),
+        Err(PeerError::WrongSender { peer: NodeId(3), from: NodeId(2) })
+    ));
     let mut to_other = heartbeat.clone();
     to_other.to = 3;
-    assert!(matches!(step(&node, &to_other), Err(PeerError::WrongRecipient { to: 3, this: 1 })));
+    assert!(matches!(step(&node, &to_other), Err(PeerError::WrongRecipient { to: NodeId(3), this: NodeId(1) })));
     // raft-rs relays proposals with their original sender: node 2 may pass on node 3's proposal
     // (or this node's own), but not one from a node outside the group.
     let mut relayed = message(MessageType::MsgPropose, 3, 0);
     relayed.entries = vec![entry(0, 0)].into();
-    assert_eq!(node.step(2, &envelope_from(2, &relayed)), Ok(()));
+    assert_eq!(node.step(NodeId(2), &envelope_from(2, &relayed)), Ok(()));
     relayed.from = 1;
-    assert_eq!(node.step(2, &envelope_from(2, &relayed)), Ok(()));
+    assert_eq!(node.step(NodeId(2), &envelope_from(2, &relayed)), Ok(()));
     relayed.from = 4;
-    assert!(matches!(node.step(2, &envelope_from(2, &relayed)), Err(PeerError::WrongSender { peer: 2, from: 4 })));
+    assert!(matches!(
+        node.step(NodeId(2), &envelope_from(2, &relayed)),
+        Err(PeerError::WrongSender { peer: NodeId(2), from: NodeId(4) })
+    ));
     let mut vote = message(MessageType::MsgRequestVote, 3, 5);
     vote.log_term = 0;
-    assert!(matches!(node.step(2, &envelope_from(2, &vote)), Err(PeerError::WrongSender { peer: 2, from: 3 })));
+    assert!(matches!(
+        node.step(NodeId(2), &envelope_from(2, &vote)),
+        Err(PeerError::WrongSender { peer: NodeId(2), from: NodeId(3) })
+    ));
     let garbage = RaftMessage { from: 2, to: 1, message: Bytes::from_static(&[0xff; 16]) };
-    assert!(matches!(node.step(2, &garbage), Err(PeerError::Undecodable(_))));
+    assert!(matches!(node.step(NodeId(2), &garbage), Err(PeerError::Undecodable(_))));
 
     // Shapes a correct peer never sends; each panics raft-rs 0.7 or changes the static membership.
     let mut refused: Vec<(&str, Message)> = Vec::new();
@@ -222,7 +232,7 @@ async fn a_heartbeat_committing_past_the_log_is_dropped() {
     step(&node, &append).unwrap();
     assert!(alive(&node).await);
     let status = node.status();
-    assert_eq!((status.term, status.leader_id, status.commit_index), (2, 2, 2), "{status:?}");
+    assert_eq!((status.term, status.leader_id, status.commit_index), (2, Some(NodeId(2)), 2), "{status:?}");
     let mut heartbeat = message(MessageType::MsgHeartbeat, 2, 2);
     heartbeat.commit = 2;
     step(&node, &heartbeat).unwrap();
@@ -260,7 +270,7 @@ async fn a_correct_peers_votes_and_acknowledgements_go_through() {
     let answer = tokio::time::timeout(WAIT_MAX, proposal).await.expect("the proposal is answered").unwrap();
     assert!(answer.is_ok(), "{answer:?}");
     assert_eq!(node.status().commit_index, last_index);
-    assert_eq!(node.status().role, "leader");
+    assert_eq!(node.status().role, RaftRole::Leader);
 }
 
 /// A metadata store whose writes panic once armed: a panic inside the Raft task of a whole broker.
@@ -317,7 +327,7 @@ async fn a_broker_whose_raft_task_panics_shuts_down_even_with_connections_open()
     let exited = tokio::time::timeout(WAIT_MAX, broker).await.expect("the broker shuts down").unwrap();
     assert!(matches!(exited, Err(keel::server::BrokerError::MetadataStopped)), "{exited:?}");
     let status = node.status();
-    assert_eq!((status.role.as_str(), status.leader_id), (ROLE_STOPPED, 0), "{status:?}");
+    assert_eq!((status.role, status.leader_id), (RaftRole::Stopped, None), "{status:?}");
 }
 
 /// A read barrier is answered only after a quorum acknowledged this node's leadership *after*

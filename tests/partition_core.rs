@@ -216,8 +216,8 @@ fn run(fsync: FsyncPolicy, ops: Vec<Op>) {
                 shell.core.step(Input::Fetch {
                     request,
                     offset,
-                    max_bytes: 1 << 20,
-                    max_wait_ms: wait_ms,
+                    bytes_max: 1 << 20,
+                    wait_ms_max: wait_ms,
                     now_ms: shell.now_ms,
                 });
             }

@@ -61,7 +61,7 @@ fn every_keel_tcp_connection_sets_nodelay() {
             let data_dir = dir.path().join(format!("node-{node_id}"));
             std::fs::create_dir_all(&data_dir).unwrap();
             let config = BrokerConfig {
-                node_id,
+                node_id: keel::types::NodeId(node_id),
                 listen: *addr,
                 data_dir: data_dir.clone(),
                 peers: BrokerConfig::parse_peers(&peers).unwrap(),

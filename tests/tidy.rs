@@ -167,3 +167,149 @@ fn lower_layers_do_not_import_the_server_or_the_client() {
         }
     }
 }
+
+/// The server answers clients; it is not one. It used to call `client::status` for the cluster-status
+/// fan-out, so a change to the client (its retries, its metadata cache) could change what a broker
+/// does while it answers a request (issue 7). The fan-out now lives in `peer::status`, below both.
+#[test]
+fn the_server_does_not_import_the_client() {
+    for file in rust_files(&root().join("src/server")) {
+        let code = code_of(&file);
+        let code = code.split("\nmod tests {").next().unwrap_or("");
+        for word in ["crate::client", "super::client", "super::super::client", "keel::client"] {
+            assert!(!code.contains(word), "{} (the server) uses `{word}`", file.display());
+        }
+    }
+}
+
+/// The peer transport sits below everything that talks to peers: the metadata driver uses it for
+/// Raft messages and the follower fetcher (in `partition`) will use it for replica fetches, so it
+/// must not reach up into either of them, nor into the server or the client (issue 7, ADR 0010).
+#[test]
+fn the_peer_layer_imports_only_what_is_below_it() {
+    for file in rust_files(&root().join("src/peer")) {
+        let code = code_of(&file);
+        for word in
+            ["crate::meta", "crate::partition", "crate::server", "crate::client", "crate::log", "crate::storage"]
+        {
+            assert!(!code.contains(word), "{} (the peer layer) uses `{word}`", file.display());
+        }
+    }
+}
+
+/// Lines a function in `src/` may span, from its `fn` line to its closing brace (issue 7, item 7).
+/// A longer one is split along the steps it already has, so each step has a name and a doc line.
+const FUNCTION_LINES_MAX: usize = 70;
+
+/// Functions allowed past [`FUNCTION_LINES_MAX`], each with the reason. Empty today: keep it short.
+const LONG_FUNCTIONS_ALLOWED: &[(&str, &str)] = &[];
+
+/// Removes the contents of string and character literals (keeping line breaks) and `//` comments,
+/// so braces inside them do not count.
+fn without_literals(text: &str) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = String::with_capacity(text.len());
+    let mut index = 0;
+    while index < chars.len() {
+        let c = chars[index];
+        if c == '/' && chars.get(index + 1) == Some(&'/') {
+            while index < chars.len() && chars[index] != '\n' {
+                index += 1;
+            }
+            continue;
+        }
+        if c == '"' {
+            index += 1;
+            while index < chars.len() && chars[index] != '"' {
+                if chars[index] == '\\' {
+                    index += 1;
+                }
+                if chars.get(index) == Some(&'\n') {
+                    out.push('\n');
+                }
+                index += 1;
+            }
+            out.push_str("\"\"");
+            index += 1;
+            continue;
+        }
+        // A character literal ('{', '\n'); a lifetime ('a) is left alone.
+        if c == '\'' && (chars.get(index + 2) == Some(&'\'') || chars.get(index + 1) == Some(&'\\')) {
+            let close = (index + 1..chars.len()).find(|at| chars[*at] == '\'').unwrap_or(index);
+            out.push_str("' '");
+            index = close + 1;
+            continue;
+        }
+        out.push(c);
+        index += 1;
+    }
+    out
+}
+
+/// `(name, first line, lines)` of every function with a body in `text`.
+fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
+    let code = without_literals(text);
+    let lines: Vec<&str> = code.lines().collect();
+    let mut found = Vec::new();
+    for (start, line) in lines.iter().enumerate() {
+        let mut rest = line.trim_start();
+        for prefix in ["pub(crate) ", "pub(super) ", "pub ", "const ", "async ", "unsafe "] {
+            rest = rest.strip_prefix(prefix).unwrap_or(rest);
+            rest = rest.strip_prefix(prefix).unwrap_or(rest);
+        }
+        let Some(signature) = rest.strip_prefix("fn ") else { continue };
+        let name: String = signature.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+        let mut depth = 0usize;
+        let mut opened = false;
+        'lines: for (end, body_line) in lines.iter().enumerate().skip(start) {
+            for c in body_line.chars() {
+                match c {
+                    '{' => {
+                        depth += 1;
+                        opened = true;
+                    }
+                    '}' => {
+                        depth = depth.saturating_sub(1);
+                        if opened && depth == 0 {
+                            found.push((name.clone(), start + 1, end - start + 1));
+                            break 'lines;
+                        }
+                    }
+                    ';' if !opened => break 'lines, // a declaration without a body
+                    _ => {}
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_function_length_check_measures_what_it_should() {
+    let text = "fn short() {\n    let s = \"}}}\";\n    let c = '}';\n}\n\npub async fn longer<'a>(x: &'a str) {\n    if true {\n        // }\n    }\n}\nfn declared();\n";
+    assert_eq!(
+        function_lengths(text),
+        vec![("short".to_owned(), 1, 4), ("longer".to_owned(), 6, 5)],
+        "braces in strings, characters and comments do not count; lifetimes are not characters"
+    );
+}
+
+#[test]
+fn no_function_in_src_is_longer_than_the_budget() {
+    let mut too_long = Vec::new();
+    for file in rust_files(&root().join("src")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let relative = file.strip_prefix(root()).unwrap().display().to_string();
+        for (name, line, length) in function_lengths(&text) {
+            let allowed = LONG_FUNCTIONS_ALLOWED.iter().any(|(which, _)| *which == format!("{relative}::{name}"));
+            if length > FUNCTION_LINES_MAX && !allowed {
+                too_long.push(format!("{relative}:{line} `{name}` spans {length} lines"));
+            }
+        }
+    }
+    assert!(
+        too_long.is_empty(),
+        "functions over {FUNCTION_LINES_MAX} lines (split them along their steps, or list one in \
+         LONG_FUNCTIONS_ALLOWED with the reason): {too_long:#?}"
+    );
+}

@@ -33,6 +33,8 @@ use std::io;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::fnv::Fnv1a64;
+
 /// The position of an event in a history (its `index` field), starting at 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -579,38 +581,6 @@ impl History {
         // The hasher's `write` never fails; see `to_jsonl` for why serialization cannot fail either.
         self.write_jsonl(&mut hasher).expect("hashing a history cannot fail");
         hasher.finish()
-    }
-}
-
-/// 64-bit FNV-1a, fed through `io::Write` so a history can be hashed without building its text.
-struct Fnv1a64 {
-    state: u64,
-}
-
-impl Fnv1a64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    fn new() -> Fnv1a64 {
-        Fnv1a64 { state: Self::OFFSET_BASIS }
-    }
-
-    fn finish(&self) -> u64 {
-        self.state
-    }
-}
-
-impl io::Write for Fnv1a64 {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        for byte in bytes {
-            self.state ^= u64::from(*byte);
-            self.state = self.state.wrapping_mul(Self::PRIME);
-        }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -221,7 +221,7 @@ impl Cluster {
         let number = index as u8 + 1;
         let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 1, number));
         let addr = SocketAddr::new(ip, BROKER_PORT);
-        config.node_id = u64::from(number);
+        config.node_id = keel::types::NodeId(u64::from(number));
         config.listen = addr;
         let name = format!("broker-{number}");
         let disk = SimDisk::new(disk_seed);

@@ -284,7 +284,15 @@ type Stopped = Arc<Mutex<BTreeSet<(usize, u64)>>>;
 /// jump up to the node's current snapshot index, which local compaction also moves, so a node that
 /// skipped entries and compacted soon after passed.)
 pub fn feed_checker(checker: &mut RaftChecker, view: RaftView) -> Vec<String> {
-    let RaftView { node_id, term, is_leader, commit_index, log, applied, snapshots_installed } = view;
+    let RaftView {
+        node_id: keel::types::NodeId(node_id),
+        term,
+        is_leader,
+        commit_index,
+        log,
+        applied,
+        snapshots_installed,
+    } = view;
     // Runs of applied entries, each after the snapshot (if any) that the node installed before it.
     type Part = (Option<u64>, Vec<(u64, u64)>);
     let mut parts: Vec<Part> = vec![(None, Vec::new())];
@@ -390,7 +398,7 @@ fn statuses(cluster: &Cluster) -> Vec<(usize, NodeStatus)> {
 fn leader(cluster: &Cluster) -> Option<usize> {
     statuses(cluster)
         .into_iter()
-        .filter(|(index, status)| status.role == "leader" && !cluster.is_paused(*index))
+        .filter(|(index, status)| status.role.is_leader() && !cluster.is_paused(*index))
         .max_by_key(|(_, status)| status.term)
         .map(|(index, _)| index)
 }

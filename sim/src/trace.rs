@@ -9,41 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
-/// 64-bit FNV-1a: small, stable across processes and platforms, good enough to compare traces.
-#[derive(Clone, Copy, Debug)]
-pub struct Fnv1a64 {
-    state: u64,
-}
-
-impl Default for Fnv1a64 {
-    fn default() -> Self {
-        Fnv1a64::new()
-    }
-}
-
-impl Fnv1a64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-
-    pub fn new() -> Fnv1a64 {
-        Fnv1a64 { state: Self::OFFSET_BASIS }
-    }
-
-    pub fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.state ^= u64::from(*byte);
-            self.state = self.state.wrapping_mul(Self::PRIME);
-        }
-    }
-
-    pub fn write_u64(&mut self, value: u64) {
-        self.write(&value.to_le_bytes());
-    }
-
-    pub fn finish(&self) -> u64 {
-        self.state
-    }
-}
+pub use keel_model::fnv::Fnv1a64;
 
 /// One thing the harness did or saw, at a simulated time (nanoseconds since the scenario started).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -6,20 +6,20 @@
 //! module without it.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::{client, fail, print_line, Cli, CliError};
+use crate::meta::node::RaftRole;
 use crate::protocol::{ClusterStatusResponse, NodeStatusInfo};
 
 /// Nodes `keel cluster up` starts at most (the metadata group's voters; Raft wants an odd number).
 pub const UP_NODES_MAX: u32 = 7;
 /// How long `keel cluster up` waits for every node to answer and a Raft leader to be elected.
-pub const UP_READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const UP_READY_TIMEOUT_MS: u64 = 30_000;
 /// How long `keel cluster up` waits for a node to stop after SIGINT before it kills it.
-pub const UP_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+pub const UP_STOP_TIMEOUT_MS: u64 = 15_000;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
@@ -55,7 +55,7 @@ pub fn leader_of(response: &ClusterStatusResponse) -> u64 {
     response
         .nodes
         .iter()
-        .filter(|node| node.reachable && node.role.eq_ignore_ascii_case("leader"))
+        .filter(|node| node.reachable && RaftRole::parse(&node.role).is_some_and(RaftRole::is_leader))
         .max_by_key(|node| node.term)
         .map_or(0, |node| node.node_id)
 }
@@ -185,11 +185,35 @@ async fn up(cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
     // A node that cannot start makes `spawn` drop (kill) the ones already started.
     let mut cluster = LocalCluster::spawn(&spec).map_err(|error| fail(error.to_string()))?;
     // Ready: every node answers a metadata request, which needs the metadata group's leader.
-    if let Err(error) = cluster.wait_ready(UP_READY_TIMEOUT).await {
+    if let Err(error) = cluster.wait_ready(std::time::Duration::from_millis(UP_READY_TIMEOUT_MS)).await {
         stop_nodes(&mut cluster, Signal::Interrupt).await;
         return Err(fail(format!("{error}; see the node logs in {}", args.data_dir.display())));
     }
 
+    print_up(cli, &spec, &cluster);
+
+    // Run until Ctrl-C (or SIGTERM); report nodes that exit on their own meanwhile.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|error| fail(format!("cannot install a SIGTERM handler: {error}")))?;
+    loop {
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+            (node_id, exit) = cluster.next_exit() => match exit {
+                Ok(status) => eprintln!("node {node_id} exited ({status}); the others keep running"),
+                Err(error) => eprintln!("node {node_id}: cannot wait for it: {error}"),
+            },
+        }
+    }
+    eprintln!("stopping {} node(s)", cluster.nodes().len());
+    stop_nodes(&mut cluster, Signal::Interrupt).await;
+    Ok(())
+}
+
+/// Prints each node of a cluster that is up (address, pid, data, log) and how to reach it.
+#[cfg(not(madsim))]
+fn print_up(cli: &Cli, spec: &crate::process::ClusterSpec, cluster: &crate::process::LocalCluster) {
     let mut out = std::io::stdout().lock();
     for node in cluster.nodes() {
         let log = spec.node_log(node.node_id);
@@ -211,34 +235,15 @@ async fn up(cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
         );
         print_line(&mut out, "Ctrl-C stops every node.");
     }
-    drop(out);
-
-    // Run until Ctrl-C (or SIGTERM); report nodes that exit on their own meanwhile.
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|error| fail(format!("cannot install a SIGTERM handler: {error}")))?;
-    loop {
-        tokio::select! {
-            biased;
-            _ = tokio::signal::ctrl_c() => break,
-            _ = terminate.recv() => break,
-            (node_id, exit) = cluster.next_exit() => match exit {
-                Ok(status) => eprintln!("node {node_id} exited ({status}); the others keep running"),
-                Err(error) => eprintln!("node {node_id}: cannot wait for it: {error}"),
-            },
-        }
-    }
-    eprintln!("stopping {} node(s)", cluster.nodes().len());
-    stop_nodes(&mut cluster, Signal::Interrupt).await;
-    Ok(())
 }
 
-/// Stops every node gracefully within [`UP_STOP_TIMEOUT`], killing stragglers, and says which.
+/// Stops every node gracefully within [`UP_STOP_TIMEOUT_MS`], killing stragglers, and says which.
 #[cfg(not(madsim))]
 async fn stop_nodes(cluster: &mut crate::process::LocalCluster, signal: crate::process::Signal) {
-    for (node_id, result) in cluster.stop_all(signal, UP_STOP_TIMEOUT).await {
+    for (node_id, result) in cluster.stop_all(signal, std::time::Duration::from_millis(UP_STOP_TIMEOUT_MS)).await {
         match result {
             Ok(Some(stopped)) if stopped.forced => {
-                eprintln!("node {node_id} did not stop within {UP_STOP_TIMEOUT:?}; killed it")
+                eprintln!("node {node_id} did not stop within {UP_STOP_TIMEOUT_MS} ms; killed it")
             }
             Ok(_) => {}
             Err(error) => eprintln!("node {node_id}: {error}"),

@@ -197,7 +197,7 @@ pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
         config.data_dir = dir.clone();
     }
     if let Some(node_id) = args.node_id {
-        config.node_id = node_id;
+        config.node_id = crate::types::NodeId(node_id);
     }
     if let Some(fsync) = args.fsync {
         config.fsync = fsync;
@@ -361,24 +361,7 @@ pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> 
     // Position and stop point per partition.
     let mut positions = Vec::new();
     for &partition in &partitions {
-        let start = if let Some(offset) = args.offset {
-            if offset < 0 {
-                return Err(fail(format!("--offset must be >= 0, got {offset}")));
-            }
-            Offset(offset)
-        } else if let Some(timestamp) = args.from_timestamp {
-            match client.list_offsets(&args.topic, partition, timestamp).await? {
-                Some((offset, _)) => offset,
-                None => latest(&client, &args.topic, partition).await?,
-            }
-        } else if args.from_beginning {
-            match client.list_offsets(&args.topic, partition, LIST_OFFSETS_EARLIEST).await? {
-                Some((offset, _)) => offset,
-                None => Offset(0),
-            }
-        } else {
-            latest(&client, &args.topic, partition).await?
-        };
+        let start = start_offset(&client, args, partition).await?;
         let end = latest(&client, &args.topic, partition).await?;
         positions.push((partition, start, end));
     }
@@ -415,6 +398,28 @@ pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> 
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// Where consuming `partition` starts: `--offset`, `--from-timestamp`, `--from-beginning`, or the
+/// end of the log.
+async fn start_offset(client: &Client, args: &ConsumeArgs, partition: u32) -> Result<Offset, CliError> {
+    if let Some(offset) = args.offset {
+        if offset < 0 {
+            return Err(fail(format!("--offset must be >= 0, got {offset}")));
+        }
+        return Ok(Offset(offset));
+    }
+    if let Some(timestamp) = args.from_timestamp {
+        return match client.list_offsets(&args.topic, partition, timestamp).await? {
+            Some((offset, _)) => Ok(offset),
+            None => latest(client, &args.topic, partition).await,
+        };
+    }
+    if args.from_beginning {
+        let earliest = client.list_offsets(&args.topic, partition, LIST_OFFSETS_EARLIEST).await?;
+        return Ok(earliest.map_or(Offset(0), |(offset, _)| offset));
+    }
+    latest(client, &args.topic, partition).await
 }
 
 async fn latest(client: &Client, topic: &str, partition: u32) -> Result<Offset, CliError> {

@@ -29,7 +29,6 @@
 
 mod connection;
 pub mod producer;
-pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -533,25 +532,25 @@ impl Client {
         }
     }
 
-    /// Fetches records from `offset`, waiting up to `max_wait` for some to exist. Every batch's CRC
+    /// Fetches records from `offset`, waiting up to `wait_max` for some to exist. Every batch's CRC
     /// is verified; records before `offset` in the first batch are dropped.
     pub async fn fetch(
         &self,
         topic: &str,
         partition: u32,
         offset: Offset,
-        max_bytes: u32,
-        max_wait: Duration,
+        bytes_max: u32,
+        wait_max: Duration,
     ) -> Result<Fetched, ClientError> {
         let body = Body::FetchRequest(FetchRequest {
             topic: topic.into(),
             partition,
             offset: offset.0,
-            max_bytes,
-            max_wait_ms: max_wait.as_millis().min(u32::MAX as u128) as u32,
+            max_bytes: bytes_max,
+            max_wait_ms: wait_max.as_millis().min(u32::MAX as u128) as u32,
             min_bytes: 1,
         });
-        match self.request_partition(topic, partition, body, false, max_wait).await? {
+        match self.request_partition(topic, partition, body, false, wait_max).await? {
             Body::FetchResponse(FetchResponse { error: Some(info), .. }) => Err(ClientError::server(info)),
             Body::FetchResponse(response) => {
                 let records = decode_records(response.records, offset)?;

@@ -36,7 +36,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::{is_misrouted, Client, ClientError, ROUTE_ATTEMPTS_MAX};
+use super::{is_misrouted, Client, ClientError, PendingResponse, ROUTE_ATTEMPTS_MAX};
 use crate::batch::{encode_batch, ProducerFields, Record, BATCH_BYTES_MAX};
 use crate::protocol::{Acks, Body, ErrorCode, ProduceRequest, ProduceResponse};
 use crate::types::Offset;
@@ -241,7 +241,7 @@ impl Task {
                     }
                 }
                 // Due batches are sent at the top of the loop, once a request slot is free.
-                _ = sleep_until_opt(deadline), if deadline.is_some() && slot => {}
+                _ = crate::clock::sleep_until_opt(deadline), if deadline.is_some() && slot => {}
                 message = queue.recv(), if queue_open && slot => match message {
                     None => self.handle_closed(&mut queue_open).await,
                     Some(message) => self.handle(message).await,
@@ -402,7 +402,7 @@ impl Task {
             return;
         }
         let backoff = self.config.retry_backoff * 2u32.saturating_pow(redirect.attempts.saturating_sub(1).min(5));
-        tokio::time::sleep(backoff.min(Duration::from_secs(2))).await;
+        tokio::time::sleep(backoff.min(Duration::from_millis(RETRY_BACKOFF_MS_MAX))).await;
         self.client.forget_leaders(&redirect.topic);
         self.send_request(
             &redirect.topic,
@@ -424,37 +424,7 @@ impl Task {
         deliveries: Vec<DeliverySender>,
         attempts: u32,
     ) {
-        let mut backoff = self.config.retry_backoff;
-        let mut attempt = 0;
-        let retries = if self.broker_unreachable { 0 } else { self.config.retries };
-        let sent = loop {
-            let started = match self.client.leader_addr(topic, partition).await {
-                Ok(addr) => self.client.start(&addr, Body::ProduceRequest(request.clone())).await.map(|p| (addr, p)),
-                Err(error) => Err(error),
-            };
-            let retriable = |error: &ClientError| match error {
-                ClientError::Connect { .. } => true,
-                ClientError::Server { code, .. } => is_misrouted(*code) && *code != ErrorCode::UnknownTopic,
-                _ => false,
-            };
-            match started {
-                Ok(started) => {
-                    self.broker_unreachable = false;
-                    break Ok(started);
-                }
-                Err(error) if retriable(&error) && attempt < retries => {
-                    tracing::debug!(%error, attempt, "produce not sent; retrying");
-                    self.client.forget_leaders(topic);
-                    attempt += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(error) => {
-                    self.broker_unreachable = matches!(error, ClientError::Connect { .. });
-                    break Err(error);
-                }
-            }
-        };
+        let sent = self.start_request(topic, partition, &request).await;
         let send_seq = self.next_send_seq;
         if sent.is_ok() {
             self.stats.requests.fetch_add(1, Ordering::Relaxed);
@@ -472,36 +442,88 @@ impl Task {
                 Ok((addr, pending)) => client.finish(&addr, pending, Duration::ZERO).await,
                 Err(error) => Err(error),
             };
-            let outcome = match result {
-                Ok(Body::ProduceResponse(ProduceResponse { error: None, base_offset, .. })) => Ok(Offset(base_offset)),
-                Ok(Body::ProduceResponse(ProduceResponse { error: Some(info), .. })) => {
-                    let code = info.error_code();
-                    let error = ClientError::Server { code, message: info.message };
-                    if is_misrouted(code) {
-                        // Not appended: the task decides whether re-sending keeps the order.
-                        return Some(Redirect {
-                            topic,
-                            partition,
-                            request,
-                            deliveries,
-                            send_seq,
-                            attempts: attempts + 1,
-                            error,
-                        });
-                    }
-                    Err(error)
-                }
-                Ok(other) => Err(ClientError::Protocol(format!("unexpected response {other:?}"))),
-                Err(error) => Err(error),
+            let unsent = Redirect {
+                topic,
+                partition,
+                request,
+                deliveries,
+                send_seq,
+                attempts: attempts + 1,
+                error: ClientError::Protocol("not answered yet".into()),
             };
-            for (index, delivery) in deliveries.into_iter().enumerate() {
-                let _ = delivery.send(
-                    outcome.clone().map(|base| RecordMetadata { partition, offset: Offset(base.0 + index as i64) }),
-                );
-            }
-            None
+            deliver(result, unsent)
         }));
     }
+
+    /// Starts the request on the partition leader's connection, retrying (with backoff) while it
+    /// definitely was not sent: no connection, or the broker said it does not lead the partition.
+    async fn start_request(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        request: &ProduceRequest,
+    ) -> Result<(String, PendingResponse), ClientError> {
+        let mut backoff = self.config.retry_backoff;
+        let mut attempt = 0;
+        let retries = if self.broker_unreachable { 0 } else { self.config.retries };
+        loop {
+            let started = match self.client.leader_addr(topic, partition).await {
+                Ok(addr) => self.client.start(&addr, Body::ProduceRequest(request.clone())).await.map(|p| (addr, p)),
+                Err(error) => Err(error),
+            };
+            let retriable = |error: &ClientError| match error {
+                ClientError::Connect { .. } => true,
+                ClientError::Server { code, .. } => is_misrouted(*code) && *code != ErrorCode::UnknownTopic,
+                _ => false,
+            };
+            match started {
+                Ok(started) => {
+                    self.broker_unreachable = false;
+                    return Ok(started);
+                }
+                Err(error) if retriable(&error) && attempt < retries => {
+                    tracing::debug!(%error, attempt, "produce not sent; retrying");
+                    self.client.forget_leaders(topic);
+                    attempt += 1;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(RETRY_BACKOFF_MS_MAX));
+                }
+                Err(error) => {
+                    self.broker_unreachable = matches!(error, ClientError::Connect { .. });
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+/// The longest wait between two attempts to send a batch (the backoff doubles up to it).
+pub const RETRY_BACKOFF_MS_MAX: u64 = 2_000;
+
+/// Answers a batch's deliveries from its produce response, or hands the batch back as a redirect
+/// (carrying the refusal) when the broker did not append it because it does not lead the partition:
+/// the producer task decides whether re-sending keeps the order.
+fn deliver(result: Result<Body, ClientError>, mut batch: Redirect) -> Option<Redirect> {
+    let outcome = match result {
+        Ok(Body::ProduceResponse(ProduceResponse { error: None, base_offset, .. })) => Ok(Offset(base_offset)),
+        Ok(Body::ProduceResponse(ProduceResponse { error: Some(info), .. })) => {
+            let code = info.error_code();
+            let error = ClientError::Server { code, message: info.message };
+            if is_misrouted(code) {
+                batch.error = error;
+                return Some(batch);
+            }
+            Err(error)
+        }
+        Ok(other) => Err(ClientError::Protocol(format!("unexpected response {other:?}"))),
+        Err(error) => Err(error),
+    };
+    let partition = batch.partition;
+    for (index, delivery) in batch.deliveries.into_iter().enumerate() {
+        let _ = delivery
+            .send(outcome.clone().map(|base| RecordMetadata { partition, offset: Offset(base.0 + index as i64) }));
+    }
+    None
 }
 
 pub use crate::clock::wall_clock_ms;
@@ -542,13 +564,6 @@ pub fn murmur2(data: &[u8]) -> u32 {
     hash = hash.wrapping_mul(M);
     hash ^= hash >> 15;
     hash
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }
 
 #[cfg(test)]

@@ -219,6 +219,9 @@ fn parent_of(dir: &str) -> &str {
     dir.trim_end_matches('/').rsplit_once('/').map_or("", |(parent, _)| parent)
 }
 
+/// The `.log` files' base offsets (sorted), and every other segment file with its base.
+type SegmentFiles = (Vec<Offset>, Vec<(Offset, String)>);
+
 /// Parses `{20 digits}.{ext}`.
 fn parse_segment_name(name: &str) -> Option<(Offset, &str)> {
     let (digits, ext) = name.split_once('.')?;
@@ -231,6 +234,10 @@ fn parse_segment_name(name: &str) -> Option<(Offset, &str)> {
 
 impl<D: Disk> PartitionLog<D> {
     /// Opens (creating if missing) the log in `dir` and recovers it; see the module doc.
+    ///
+    /// Steps: list the segment files; recover the segments in order, stopping at a gap or a torn
+    /// segment; remove what recovery dropped; make sure an active segment exists; then sync what
+    /// recovery found, so everything the opened log holds is durable.
     pub async fn open(disk: D, dir: &str, config: LogConfig) -> Result<(Self, RecoveryReport), LogError> {
         assert!(
             config.segment_bytes_max > 0 && config.segment_bytes_max <= SEGMENT_BYTES_LIMIT,
@@ -239,16 +246,7 @@ impl<D: Disk> PartitionLog<D> {
         );
         let dir = dir.trim_end_matches('/').to_string();
         disk.create_dir_all(&dir)?;
-        let mut log_bases = Vec::new();
-        let mut other_files = Vec::new();
-        for name in disk.list(&dir)? {
-            match parse_segment_name(&name) {
-                Some((base, "log")) => log_bases.push(base),
-                Some((base, _)) => other_files.push((base, name)),
-                None => {} // Not ours: leave it alone.
-            }
-        }
-        log_bases.sort();
+        let (log_bases, other_files) = Self::list_segment_files(&disk, &dir)?;
         let mut report = RecoveryReport {
             segments: 0,
             truncated_bytes: 0,
@@ -256,57 +254,15 @@ impl<D: Disk> PartitionLog<D> {
             log_end_offset: Offset::ZERO,
             rebuilt_indexes: 0,
         };
-        let mut segments: BTreeMap<Offset, Segment<D::File>> = BTreeMap::new();
-        let mut dir_changed = false;
-        let mut idx = 0;
-        while idx < log_bases.len() {
-            let base = log_bases[idx];
-            let is_last = idx + 1 == log_bases.len();
-            if let Some(previous) = segments.values().next_back() {
-                if previous.next_offset != base {
-                    break; // A gap: this segment and all later ones go.
-                }
-            }
-            let mut segment = Self::open_segment(&disk, &dir, base, &config)?;
-            let log_len = segment.log.len()?;
-            if !is_last && Self::load_sealed(&mut segment, log_len)? {
-                segments.insert(base, segment);
-                idx += 1;
-                continue;
-            }
-            let scan = segment::scan(&segment.log, base, config.index_interval_bytes)?;
-            if let Some(reason) = &scan.stopped_because {
-                tracing::warn!(dir, base = base.0, at = scan.valid_bytes, reason, "log recovery: truncating segment");
-                segment.log.set_len(scan.valid_bytes)?;
-                report.truncated_bytes += log_len - scan.valid_bytes;
-            }
-            segment.log_bytes = scan.valid_bytes;
-            segment.next_offset = scan.next_offset;
-            segment.index = scan.index;
-            segment.indexer = scan.indexer;
-            segment.dirty.log = true;
-            let whole = scan.stopped_because.is_none();
-            segment.rewrite_indexes(!is_last && whole)?;
-            report.rebuilt_indexes += 1;
-            segments.insert(base, segment);
-            idx += 1;
-            if !whole {
-                break; // Later segments follow a hole.
-            }
-        }
-        // Remove the segments recovery dropped, and index files without a log.
-        for &base in &log_bases[idx..] {
-            let path = segment::log_name(&dir, base);
-            report.truncated_bytes += disk.open(&path, false)?.len()?;
-            disk.remove(&path)?;
-            dir_changed = true;
-        }
-        for (base, name) in &other_files {
-            if !segments.contains_key(base) {
-                disk.remove(&format!("{dir}/{name}"))?;
-                dir_changed = true;
-            }
-        }
+        let mut segments = Self::recover_segments(&disk, &dir, &config, &log_bases, &mut report)?;
+        let mut dir_changed = Self::remove_dropped_files(
+            &disk,
+            &dir,
+            &segments,
+            &log_bases[segments.len()..],
+            &other_files,
+            &mut report,
+        )?;
         if segments.is_empty() {
             let segment = Self::open_segment(&disk, &dir, Offset::ZERO, &config)?;
             segments.insert(Offset::ZERO, segment);
@@ -348,6 +304,95 @@ impl<D: Disk> PartitionLog<D> {
         report.log_end_offset = log_end;
         log.check_invariants();
         Ok((log, report))
+    }
+
+    /// The base offsets of the `.log` files in `dir` (sorted), and every other segment file
+    /// (`.index`, `.timeindex`) with its base. Files that are not Keel's are left out.
+    fn list_segment_files(disk: &D, dir: &str) -> Result<SegmentFiles, LogError> {
+        let mut log_bases = Vec::new();
+        let mut other_files = Vec::new();
+        for name in disk.list(dir)? {
+            match parse_segment_name(&name) {
+                Some((base, "log")) => log_bases.push(base),
+                Some((base, _)) => other_files.push((base, name)),
+                None => {} // Not ours: leave it alone.
+            }
+        }
+        log_bases.sort();
+        Ok((log_bases, other_files))
+    }
+
+    /// Recovers the segments of `log_bases` in order: a sealed segment other than the last is
+    /// trusted as sealed; any other is scanned and truncated at its first invalid batch. Stops at a
+    /// gap in the offsets or after a truncated segment (later segments follow a hole); the segments
+    /// returned are a prefix of `log_bases`.
+    fn recover_segments(
+        disk: &D,
+        dir: &str,
+        config: &LogConfig,
+        log_bases: &[Offset],
+        report: &mut RecoveryReport,
+    ) -> Result<BTreeMap<Offset, Segment<D::File>>, LogError> {
+        let mut segments: BTreeMap<Offset, Segment<D::File>> = BTreeMap::new();
+        for (idx, &base) in log_bases.iter().enumerate() {
+            let is_last = idx + 1 == log_bases.len();
+            if let Some(previous) = segments.values().next_back() {
+                if previous.next_offset != base {
+                    break; // A gap: this segment and all later ones go.
+                }
+            }
+            let mut segment = Self::open_segment(disk, dir, base, config)?;
+            let log_len = segment.log.len()?;
+            if !is_last && Self::load_sealed(&mut segment, log_len)? {
+                segments.insert(base, segment);
+                continue;
+            }
+            let scan = segment::scan(&segment.log, base, config.index_interval_bytes)?;
+            if let Some(reason) = &scan.stopped_because {
+                tracing::warn!(dir, base = base.0, at = scan.valid_bytes, reason, "log recovery: truncating segment");
+                segment.log.set_len(scan.valid_bytes)?;
+                report.truncated_bytes += log_len - scan.valid_bytes;
+            }
+            segment.log_bytes = scan.valid_bytes;
+            segment.next_offset = scan.next_offset;
+            segment.index = scan.index;
+            segment.indexer = scan.indexer;
+            segment.dirty.log = true;
+            let whole = scan.stopped_because.is_none();
+            segment.rewrite_indexes(!is_last && whole)?;
+            report.rebuilt_indexes += 1;
+            segments.insert(base, segment);
+            if !whole {
+                break; // Later segments follow a hole.
+            }
+        }
+        Ok(segments)
+    }
+
+    /// Removes the `.log` files recovery dropped and index files without a kept log. True if the
+    /// directory changed.
+    fn remove_dropped_files(
+        disk: &D,
+        dir: &str,
+        segments: &BTreeMap<Offset, Segment<D::File>>,
+        dropped_logs: &[Offset],
+        other_files: &[(Offset, String)],
+        report: &mut RecoveryReport,
+    ) -> Result<bool, LogError> {
+        let mut dir_changed = false;
+        for &base in dropped_logs {
+            let path = segment::log_name(dir, base);
+            report.truncated_bytes += disk.open(&path, false)?.len()?;
+            disk.remove(&path)?;
+            dir_changed = true;
+        }
+        for (base, name) in other_files {
+            if !segments.contains_key(base) {
+                disk.remove(&format!("{dir}/{name}"))?;
+                dir_changed = true;
+            }
+        }
+        Ok(dir_changed)
     }
 
     fn open_segment(disk: &D, dir: &str, base: Offset, config: &LogConfig) -> Result<Segment<D::File>, LogError> {

@@ -61,17 +61,18 @@ use tokio_util::sync::CancellationToken;
 use super::raft_store::RaftStore;
 use super::state::{decode_command, encode_command, MetaCommand, MetaResult, MetadataState};
 use super::store::{MetaStore, MetaStoreError};
+pub use crate::peer::Transport;
+use crate::types::NodeId;
+use keel_model::fnv::fnv1a_64;
 
 /// Commands queued for the Raft task before callers wait.
-pub const NODE_MAILBOX_CAPACITY: usize = 4096;
-/// Raft messages queued per peer before new ones are dropped (Raft retransmits).
-pub const PEER_QUEUE_CAPACITY: usize = 1024;
+pub const NODE_MAILBOX_MAX: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    pub node_id: u64,
+    pub node_id: NodeId,
     /// Every voter (this node included) and its address.
-    pub peers: BTreeMap<u64, String>,
+    pub peers: BTreeMap<NodeId, String>,
     pub tick: Duration,
     pub election_tick: usize,
     pub heartbeat_tick: usize,
@@ -81,7 +82,7 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    pub fn new(node_id: u64, peers: BTreeMap<u64, String>) -> NodeConfig {
+    pub fn new(node_id: NodeId, peers: BTreeMap<NodeId, String>) -> NodeConfig {
         NodeConfig {
             node_id,
             peers,
@@ -120,11 +121,11 @@ pub enum NodeError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PeerError {
     #[error("node {node} is not another voter of the metadata group (this node is {this}, voters {voters:?})")]
-    UnknownPeer { node: u64, this: u64, voters: Vec<u64> },
+    UnknownPeer { node: NodeId, this: NodeId, voters: Vec<NodeId> },
     #[error("the message is addressed to node {to}, but this is node {this}")]
-    WrongRecipient { to: u64, this: u64 },
+    WrongRecipient { to: NodeId, this: NodeId },
     #[error("the connection identified itself as node {peer}, but the message claims to be from node {from}, which it cannot relay")]
-    WrongSender { peer: u64, from: u64 },
+    WrongSender { peer: NodeId, from: NodeId },
     #[error("undecodable raft message: {0}")]
     Undecodable(String),
     #[error("raft message refused: {0}")]
@@ -139,12 +140,12 @@ pub enum PeerError {
 /// What one node reports about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
-    pub node_id: u64,
-    /// `leader`, `follower`, `candidate`, `pre-candidate`, or [`ROLE_STOPPED`] once the Raft task
-    /// has ended.
-    pub role: String,
+    pub node_id: NodeId,
+    /// [`RaftRole::Stopped`] once the Raft task has ended.
+    pub role: RaftRole,
     pub term: u64,
-    pub leader_id: u64,
+    /// The leader this node knows of; `None` when it knows none (or has stopped).
+    pub leader_id: Option<NodeId>,
     pub commit_index: u64,
     pub applied_index: u64,
     /// The first log index still held (after compaction).
@@ -155,13 +156,14 @@ pub struct NodeStatus {
 /// A node's Raft state as the invariant checkers want it (see `keel_model::raft_checker`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RaftView {
-    pub node_id: u64,
+    pub node_id: NodeId,
     pub term: u64,
     pub is_leader: bool,
     pub commit_index: u64,
     /// `(index, term, FNV-1a of the data)` of every entry the node holds (after its snapshot).
     pub log: Vec<(u64, u64, u64)>,
     /// `(index, FNV-1a of the data)` of entries applied since the previous `observe`, in order.
+    /// Recorded in the simulation only (empty in the normal build, see `OBSERVATION_RECORDED`).
     pub applied: Vec<(u64, u64)>,
     /// Snapshots from the leader installed since the previous `observe`, as `(position, snapshot
     /// index)`: the install came after the first `position` entries of `applied`. Applied indices
@@ -169,20 +171,75 @@ pub struct RaftView {
     pub snapshots_installed: Vec<(usize, u64)>,
 }
 
-/// The role a node reports once its Raft task has ended, however it ended.
-pub const ROLE_STOPPED: &str = "stopped";
+/// A node's role in the metadata Raft group, as its status reports it.
+///
+/// Printed (and serialized) as `leader`, `follower`, `candidate`, `pre-candidate` and `stopped`:
+/// the names `keel cluster status` has always shown, and what [`NodeStatusInfo::role`] carries on
+/// the wire.
+///
+/// [`NodeStatusInfo::role`]: crate::protocol::NodeStatusInfo::role
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RaftRole {
+    #[default]
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+    /// The Raft task has ended, however it ended: the node is no member of anything any more.
+    Stopped,
+}
+
+impl RaftRole {
+    pub const ALL: [RaftRole; 5] =
+        [RaftRole::Follower, RaftRole::PreCandidate, RaftRole::Candidate, RaftRole::Leader, RaftRole::Stopped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RaftRole::Follower => "follower",
+            RaftRole::PreCandidate => "pre-candidate",
+            RaftRole::Candidate => "candidate",
+            RaftRole::Leader => "leader",
+            RaftRole::Stopped => "stopped",
+        }
+    }
+
+    /// The role a status line names (case-insensitive); `None` for anything else (an empty role:
+    /// the node was not reached).
+    pub fn parse(name: &str) -> Option<RaftRole> {
+        RaftRole::ALL.into_iter().find(|role| role.as_str().eq_ignore_ascii_case(name))
+    }
+
+    pub fn is_leader(self) -> bool {
+        self == RaftRole::Leader
+    }
+}
+
+impl std::fmt::Display for RaftRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<StateRole> for RaftRole {
+    fn from(role: StateRole) -> RaftRole {
+        match role {
+            StateRole::Follower => RaftRole::Follower,
+            StateRole::PreCandidate => RaftRole::PreCandidate,
+            StateRole::Candidate => RaftRole::Candidate,
+            StateRole::Leader => RaftRole::Leader,
+        }
+    }
+}
 
 /// Applied entries remembered for `observe` before the oldest are dropped.
-pub const APPLIED_LOG_CAPACITY: usize = 100_000;
+pub const APPLIED_LOG_MAX: usize = 100_000;
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3))
-}
-
-/// Sends raft messages to peers. Lossy by design: Raft retransmits.
-pub trait Transport: Send + Sync + 'static {
-    fn send(&self, to: u64, message: Bytes);
-}
+/// Whether the Raft task records what it applies and installs for [`NodeHandle::observe`]: only in
+/// the simulation, whose checkers read it. In the normal build the record is never written (the
+/// view's `applied` and `snapshots_installed` stay empty), so the hook costs production nothing:
+/// no hashing of applied entries, no memory.
+const OBSERVATION_RECORDED: bool = cfg!(madsim);
 
 enum Command {
     Step(Message),
@@ -229,8 +286,8 @@ impl StatusCell {
         {
             let mut value = self.lock();
             value.0 += 1;
-            value.1.role = ROLE_STOPPED.to_owned();
-            value.1.leader_id = 0;
+            value.1.role = RaftRole::Stopped;
+            value.1.leader_id = None;
             value.2 = true;
         }
         self.changed.notify_waiters();
@@ -246,13 +303,13 @@ impl StatusCell {
 /// node) drops it. That is not an error, so only a panic is logged.
 struct CloseOnDrop {
     status: Arc<StatusCell>,
-    node_id: u64,
+    node_id: NodeId,
 }
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            tracing::error!(node = self.node_id, "the metadata Raft task panicked; the node is stopped");
+            tracing::error!(node = %self.node_id, "the metadata Raft task panicked; the node is stopped");
         }
         self.status.close();
     }
@@ -261,9 +318,9 @@ impl Drop for CloseOnDrop {
 /// A handle to the running node: cheap to clone.
 #[derive(Clone)]
 pub struct NodeHandle {
-    node_id: u64,
+    node_id: NodeId,
     /// Every voter of the metadata group (this node included), sorted. Membership is static.
-    voters: Arc<[u64]>,
+    voters: Arc<[NodeId]>,
     commands: mpsc::Sender<Command>,
     state: Arc<RwLock<MetadataState>>,
     status: Arc<StatusCell>,
@@ -274,12 +331,12 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    pub fn node_id(&self) -> u64 {
+    pub fn node_id(&self) -> NodeId {
         self.node_id
     }
 
     /// Checks a peer handshake: `node` must be another voter and `to` this node.
-    pub fn check_peer(&self, node: u64, to: u64) -> Result<(), PeerError> {
+    pub fn check_peer(&self, node: NodeId, to: NodeId) -> Result<(), PeerError> {
         if node == self.node_id || !self.voters.contains(&node) {
             return Err(PeerError::UnknownPeer { node, this: self.node_id, voters: self.voters.to_vec() });
         }
@@ -294,13 +351,13 @@ impl NodeHandle {
     /// be addressed to this node and have a shape that a
     /// correct peer produces ([`check_peer_message`]); otherwise it is refused and never reaches
     /// raft-rs. A full mailbox drops it: Raft treats a lost message like a lost packet.
-    pub fn step(&self, peer: u64, envelope: &crate::protocol::RaftMessage) -> Result<(), PeerError> {
+    pub fn step(&self, peer: NodeId, envelope: &crate::protocol::RaftMessage) -> Result<(), PeerError> {
         self.check_peer(peer, self.node_id)?;
-        if envelope.from != peer {
-            return Err(PeerError::WrongSender { peer, from: envelope.from });
+        if NodeId(envelope.from) != peer {
+            return Err(PeerError::WrongSender { peer, from: NodeId(envelope.from) });
         }
-        if envelope.to != self.node_id {
-            return Err(PeerError::WrongRecipient { to: envelope.to, this: self.node_id });
+        if NodeId(envelope.to) != self.node_id {
+            return Err(PeerError::WrongRecipient { to: NodeId(envelope.to), this: self.node_id });
         }
         let message =
             Message::parse_from_bytes(&envelope.message).map_err(|error| PeerError::Undecodable(error.to_string()))?;
@@ -313,12 +370,13 @@ impl NodeHandle {
             message.get_msg_type(),
             MessageType::MsgPropose | MessageType::MsgReadIndex | MessageType::MsgTransferLeader
         );
-        let sender_allowed = if relayed { self.voters.contains(&message.from) } else { message.from == peer };
+        let from = NodeId(message.from);
+        let sender_allowed = if relayed { self.voters.contains(&from) } else { from == peer };
         if !sender_allowed {
-            return Err(PeerError::WrongSender { peer, from: message.from });
+            return Err(PeerError::WrongSender { peer, from });
         }
-        if message.to != self.node_id {
-            return Err(PeerError::WrongRecipient { to: message.to, this: self.node_id });
+        if NodeId(message.to) != self.node_id {
+            return Err(PeerError::WrongRecipient { to: NodeId(message.to), this: self.node_id });
         }
         check_peer_message(&message, &self.voters).map_err(PeerError::Malformed)?;
         self.commands.try_send(Command::Step(message)).map_err(|error| match error {
@@ -408,6 +466,35 @@ impl NodeHandle {
     }
 }
 
+/// The state machine as of the store's snapshot (empty without one).
+fn restore_state(raft_store: &RaftStore) -> Result<MetadataState, NodeError> {
+    let data = raft_store.snapshot_ref().get_data();
+    if data.is_empty() {
+        return Ok(MetadataState::new());
+    }
+    MetadataState::restore(data).map_err(|error| NodeError::Storage(MetaStoreError::Corrupt(error.to_string())))
+}
+
+/// raft-rs's configuration for this node, which has applied everything up to `applied`.
+fn raft_config(config: &NodeConfig, applied: u64) -> raft::Config {
+    raft::Config {
+        id: config.node_id.0,
+        election_tick: config.election_tick,
+        heartbeat_tick: config.heartbeat_tick,
+        applied,
+        pre_vote: true,
+        check_quorum: true,
+        max_size_per_msg: RAFT_MESSAGE_BYTES_MAX,
+        max_inflight_msgs: RAFT_INFLIGHT_MESSAGES_MAX,
+        ..raft::Config::default()
+    }
+}
+
+/// Largest append raft-rs sends in one message (its `max_size_per_msg`).
+pub const RAFT_MESSAGE_BYTES_MAX: u64 = 1024 * 1024;
+/// Appends raft-rs keeps in flight to one follower (its `max_inflight_msgs`).
+pub const RAFT_INFLIGHT_MESSAGES_MAX: usize = 256;
+
 /// Starts the node: loads (or initialises) the log from `store`, rebuilds the state machine from
 /// the snapshot, and spawns the task. Committed entries after the snapshot are re-applied by the
 /// first `Ready`s.
@@ -417,33 +504,19 @@ pub fn start_node<S: MetaStore, T: Transport>(
     transport: T,
     shutdown: CancellationToken,
 ) -> Result<NodeHandle, NodeError> {
-    let voters: Vec<u64> = config.peers.keys().copied().collect();
+    let voters: Vec<NodeId> = config.peers.keys().copied().collect();
     assert!(voters.contains(&config.node_id), "node {} is not among the voters {voters:?}", config.node_id);
-    let raft_store = RaftStore::load(&store, &voters)?;
+    let raft_voters: Vec<u64> = voters.iter().map(|voter| voter.0).collect();
+    let raft_store = RaftStore::load(&store, &raft_voters)?;
     let snapshot_index = raft_store.snapshot_index();
-    let state = if raft_store.snapshot_ref().get_data().is_empty() {
-        MetadataState::new()
-    } else {
-        MetadataState::restore(raft_store.snapshot_ref().get_data())
-            .map_err(|error| NodeError::Storage(MetaStoreError::Corrupt(error.to_string())))?
-    };
-    let raft_config = raft::Config {
-        id: config.node_id,
-        election_tick: config.election_tick,
-        heartbeat_tick: config.heartbeat_tick,
-        applied: snapshot_index,
-        pre_vote: true,
-        check_quorum: true,
-        max_size_per_msg: 1024 * 1024,
-        max_inflight_msgs: 256,
-        ..raft::Config::default()
-    };
+    let state = restore_state(&raft_store)?;
+    let raft_config = raft_config(&config, snapshot_index);
     raft_config.validate().map_err(|error| NodeError::Raft(error.to_string()))?;
-    let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => config.node_id));
+    let logger = slog::Logger::root(TracingDrain, slog::o!("raft_id" => config.node_id.0));
     let raw = RawNode::new(&raft_config, raft_store, &logger).map_err(|error| NodeError::Raft(error.to_string()))?;
     let state = Arc::new(RwLock::new(state));
     let status = Arc::new(StatusCell::default());
-    let (commands, mailbox) = mpsc::channel(NODE_MAILBOX_CAPACITY);
+    let (commands, mailbox) = mpsc::channel(NODE_MAILBOX_MAX);
     let mut node = Node {
         config,
         raw,
@@ -486,7 +559,7 @@ pub fn start_node<S: MetaStore, T: Transport>(
 /// Checks that a Raft message from a peer has a shape a correct peer produces, before raft-rs sees
 /// it. Each rule names the raft-rs 0.7 panic (or the broken invariant) it keeps away; none of them
 /// refuses a message that a correct raft-rs peer of this group sends.
-pub fn check_peer_message(message: &Message, voters: &[u64]) -> Result<(), String> {
+pub fn check_peer_message(message: &Message, voters: &[NodeId]) -> Result<(), String> {
     let kind = message.get_msg_type();
     match kind {
         // Local to a node; raft-rs refuses them too, but say so before it has to.
@@ -533,7 +606,7 @@ pub fn check_peer_message(message: &Message, voters: &[u64]) -> Result<(), Strin
     if kind == MessageType::MsgSnapshot {
         let metadata = message.get_snapshot().get_metadata();
         let conf = metadata.get_conf_state();
-        let mut snapshot_voters = conf.voters.clone();
+        let mut snapshot_voters: Vec<NodeId> = conf.voters.iter().copied().map(NodeId).collect();
         snapshot_voters.sort_unstable();
         // raft-rs: `fatal!("unable to restore config ...")` on an inconsistent configuration; and a
         // snapshot with other voters would change the static membership.
@@ -560,7 +633,7 @@ pub fn check_peer_message(message: &Message, voters: &[u64]) -> Result<(), Strin
 #[derive(Default, Clone, Copy, PartialEq, Eq)]
 struct TimerView {
     term: u64,
-    role: u8,
+    role: RaftRole,
     election_elapsed: usize,
 }
 
@@ -595,24 +668,6 @@ struct Node<S: MetaStore, T: Transport> {
     snapshots_installed: Vec<(usize, u64)>,
 }
 
-fn role_code(role: StateRole) -> u8 {
-    match role {
-        StateRole::Follower => 0,
-        StateRole::Candidate => 1,
-        StateRole::Leader => 2,
-        StateRole::PreCandidate => 3,
-    }
-}
-
-fn role_name(role: StateRole) -> &'static str {
-    match role {
-        StateRole::Follower => "follower",
-        StateRole::Candidate => "candidate",
-        StateRole::Leader => "leader",
-        StateRole::PreCandidate => "pre-candidate",
-    }
-}
-
 /// Proposal context: origin node, the origin incarnation's boot nonce and request id, 24 bytes
 /// (the layout of `Node::read_context`).
 ///
@@ -626,8 +681,8 @@ fn role_name(role: StateRole) -> &'static str {
 /// "already exists" while its own entry created the topic). A probe confirmed such a match in each
 /// of the three seeds; `tests/meta_node.rs` shows it on one node (a producer-id block handed out
 /// twice). The nonce, drawn per incarnation (64 random bits), tells incarnations apart.
-fn encode_context(node: u64, boot_nonce: u64, request: u64) -> Vec<u8> {
-    let mut context = node.to_be_bytes().to_vec();
+fn encode_context(node: NodeId, boot_nonce: u64, request: u64) -> Vec<u8> {
+    let mut context = node.0.to_be_bytes().to_vec();
     context.extend_from_slice(&boot_nonce.to_be_bytes());
     context.extend_from_slice(&request.to_be_bytes());
     context
@@ -664,13 +719,13 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                     None => break,
                     Some(command) => self.handle(command),
                 },
-                _ = sleep_until_opt(deadline), if deadline.is_some() => self.expire_waiters(),
+                _ = crate::clock::sleep_until_opt(deadline), if deadline.is_some() => self.expire_waiters(),
             }
             self.redraw_if_timer_reset();
             if let Err(error) = self.on_ready() {
                 // Metadata storage failing is not survivable for a Raft member: its promises
                 // (votes, acknowledged entries) can no longer be kept. Stop serving.
-                tracing::error!(node = self.config.node_id, %error, "metadata storage failed; stopping the Raft node");
+                tracing::error!(node = %self.config.node_id, %error, "metadata storage failed; stopping the Raft node");
                 break;
             }
             self.redraw_if_timer_reset();
@@ -702,86 +757,102 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
 
     fn handle(&mut self, command: Command) {
         match command {
-            Command::Step(message) => {
-                if let Err(reason) = self.check_against_log(&message) {
-                    tracing::warn!(node = self.config.node_id, from = message.from, %reason, "dropped a raft message");
-                    return;
-                }
-                // Stale terms and the like are raft's to judge; its errors are drops.
-                if let Err(error) = self.raw.step(message) {
-                    tracing::trace!(node = self.config.node_id, %error, "raft step rejected a message");
-                }
-            }
-            Command::Propose { command, reply } => {
-                let request = self.next_request;
-                self.next_request += 1;
-                let context = encode_context(self.config.node_id, self.boot_nonce, request);
-                match self.raw.propose(context, encode_command(&command)) {
-                    Ok(()) => {
-                        let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
-                        let term = self.raw.raft.term;
-                        self.proposals.insert(request, Waiting { reply, deadline, term });
-                    }
-                    Err(raft::Error::ProposalDropped) => {
-                        let _ = reply.send(Err(NodeError::NoLeader));
-                    }
-                    Err(error) => {
-                        let _ = reply.send(Err(NodeError::Raft(error.to_string())));
-                    }
-                }
-            }
-            Command::ReadBarrier { reply } => {
-                if self.raw.raft.leader_id == raft::INVALID_ID {
-                    // raft-rs silently drops a ReadIndex without a leader; say so at once instead.
-                    let _ = reply.send(Err(NodeError::NoLeader));
-                    return;
-                }
-                let request = self.next_request;
-                self.next_request += 1;
-                self.raw.read_index(self.read_context(request));
-                let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
-                let term = self.raw.raft.term;
-                self.reads.insert(request, (Waiting { reply, deadline, term }, None));
-            }
+            Command::Step(message) => self.on_step(message),
+            Command::Propose { command, reply } => self.on_propose(&command, reply),
+            Command::ReadBarrier { reply } => self.on_read_barrier(reply),
             Command::TransferLeadership { reply } => {
-                if self.raw.raft.state == StateRole::Leader {
-                    let me = self.config.node_id;
-                    let best = self
-                        .raw
-                        .raft
-                        .prs()
-                        .iter()
-                        .filter(|(id, _)| **id != me)
-                        .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse(**id)))
-                        .map(|(id, _)| *id);
-                    if let Some(transferee) = best {
-                        tracing::info!(node = me, transferee, "transferring Raft leadership before shutdown");
-                        self.raw.transfer_leader(transferee);
-                    }
-                }
+                self.transfer_leadership();
                 let _ = reply.send(());
             }
             Command::Observe { reply } => {
-                let raft = &self.raw.raft;
-                let store = self.raw.store();
-                let first = store.snapshot_index() + 1;
-                let last = raft::Storage::last_index(store).unwrap_or(0);
-                let log = raft::Storage::entries(store, first, last + 1, None, raft::GetEntriesContext::empty(false))
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|entry| (entry.index, entry.term, fnv1a(&entry.data)))
-                    .collect();
-                let view = RaftView {
-                    node_id: self.config.node_id,
-                    term: raft.term,
-                    is_leader: raft.state == StateRole::Leader,
-                    commit_index: raft.raft_log.committed,
-                    log,
-                    applied: std::mem::take(&mut self.applied_log),
-                    snapshots_installed: std::mem::take(&mut self.snapshots_installed),
-                };
-                let _ = reply.send(view);
+                let _ = reply.send(self.observe());
             }
+        }
+    }
+
+    fn on_step(&mut self, message: Message) {
+        if let Err(reason) = self.check_against_log(&message) {
+            tracing::warn!(node = %self.config.node_id, from = message.from, %reason, "dropped a raft message");
+            return;
+        }
+        // Stale terms and the like are raft's to judge; its errors are drops.
+        if let Err(error) = self.raw.step(message) {
+            tracing::trace!(node = %self.config.node_id, %error, "raft step rejected a message");
+        }
+    }
+
+    fn on_propose(&mut self, command: &MetaCommand, reply: oneshot::Sender<Result<MetaResult, NodeError>>) {
+        let request = self.next_request;
+        self.next_request += 1;
+        let context = encode_context(self.config.node_id, self.boot_nonce, request);
+        match self.raw.propose(context, encode_command(command)) {
+            Ok(()) => {
+                let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
+                let term = self.raw.raft.term;
+                self.proposals.insert(request, Waiting { reply, deadline, term });
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = reply.send(Err(NodeError::NoLeader));
+            }
+            Err(error) => {
+                let _ = reply.send(Err(NodeError::Raft(error.to_string())));
+            }
+        }
+    }
+
+    fn on_read_barrier(&mut self, reply: oneshot::Sender<Result<(), NodeError>>) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            // raft-rs silently drops a ReadIndex without a leader; say so at once instead.
+            let _ = reply.send(Err(NodeError::NoLeader));
+            return;
+        }
+        let request = self.next_request;
+        self.next_request += 1;
+        self.raw.read_index(self.read_context(request));
+        let deadline = tokio::time::Instant::now() + self.config.proposal_timeout;
+        let term = self.raw.raft.term;
+        self.reads.insert(request, (Waiting { reply, deadline, term }, None));
+    }
+
+    /// If this node leads, hands leadership to the most up-to-date follower.
+    fn transfer_leadership(&mut self) {
+        if self.raw.raft.state != StateRole::Leader {
+            return;
+        }
+        let me = self.config.node_id;
+        let best = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me.0)
+            .max_by_key(|(id, progress)| (progress.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        if let Some(transferee) = best {
+            tracing::info!(node = %me, transferee, "transferring Raft leadership before shutdown");
+            self.raw.transfer_leader(transferee);
+        }
+    }
+
+    /// The view the simulation's checkers read; takes what was recorded since the last call.
+    fn observe(&mut self) -> RaftView {
+        let raft = &self.raw.raft;
+        let store = self.raw.store();
+        let first = store.snapshot_index() + 1;
+        let last = raft::Storage::last_index(store).unwrap_or(0);
+        let log = raft::Storage::entries(store, first, last + 1, None, raft::GetEntriesContext::empty(false))
+            .unwrap_or_default()
+            .iter()
+            .map(|entry| (entry.index, entry.term, fnv1a_64(&entry.data)))
+            .collect();
+        RaftView {
+            node_id: self.config.node_id,
+            term: raft.term,
+            is_leader: raft.state == StateRole::Leader,
+            commit_index: raft.raft_log.committed,
+            log,
+            applied: std::mem::take(&mut self.applied_log),
+            snapshots_installed: std::mem::take(&mut self.snapshots_installed),
         }
     }
 
@@ -842,7 +913,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             let restored = MetadataState::restore(snapshot.get_data())
                 .map_err(|error| NodeError::Storage(MetaStoreError::Corrupt(error.to_string())))?;
             *self.state.write().expect("metadata state lock") = restored;
-            if self.snapshots_installed.len() < APPLIED_LOG_CAPACITY {
+            if OBSERVATION_RECORDED && self.snapshots_installed.len() < APPLIED_LOG_MAX {
                 self.snapshots_installed.push((self.applied_log.len(), snapshot.get_metadata().index));
             }
         }
@@ -876,7 +947,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                 snapshots_sent.push(to);
             }
             match message.write_to_bytes() {
-                Ok(bytes) => self.transport.send(to, Bytes::from(bytes)),
+                Ok(bytes) => self.transport.send(NodeId(to), Bytes::from(bytes)),
                 Err(error) => tracing::error!(%error, "cannot encode a raft message"),
             }
         }
@@ -894,8 +965,8 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
     fn apply(&mut self, entries: Vec<Entry>) -> Result<(), NodeError> {
         for entry in entries {
             let index = entry.index;
-            if self.applied_log.len() < APPLIED_LOG_CAPACITY {
-                self.applied_log.push((index, fnv1a(&entry.data)));
+            if OBSERVATION_RECORDED && self.applied_log.len() < APPLIED_LOG_MAX {
+                self.applied_log.push((index, fnv1a_64(&entry.data)));
             }
             let result = if entry.get_entry_type() != EntryType::EntryNormal || entry.data.is_empty() {
                 // Leader no-op entries (and conf changes, which Keel does not use: membership is
@@ -916,7 +987,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
                 })
             };
             if let (Some(result), Some((origin, boot_nonce, request))) = (result, decode_context(&entry.context)) {
-                if origin == self.config.node_id && boot_nonce == self.boot_nonce {
+                if origin == self.config.node_id.0 && boot_nonce == self.boot_nonce {
                     if let Some(waiting) = self.proposals.remove(&request) {
                         let _ = waiting.reply.send(Ok(result));
                     }
@@ -935,7 +1006,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
     /// barrier without any acknowledgement given after it began, a stale read. Found by
     /// `raft_3_voters_leader_kill_and_restart` (seed 7700004 with `RUST_LOG=keel=debug`).
     fn read_context(&self, request: u64) -> Vec<u8> {
-        let mut context = self.config.node_id.to_be_bytes().to_vec();
+        let mut context = self.config.node_id.0.to_be_bytes().to_vec();
         context.extend_from_slice(&self.boot_nonce.to_be_bytes());
         context.extend_from_slice(&request.to_be_bytes());
         context
@@ -971,7 +1042,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
         }
         let data = self.state.read().expect("metadata state lock").snapshot();
         self.raw.mut_store().compact(&self.store, applied, data)?;
-        tracing::debug!(node = self.config.node_id, applied, "metadata snapshot taken; log compacted");
+        tracing::debug!(node = %self.config.node_id, applied, "metadata snapshot taken; log compacted");
         Ok(())
     }
 
@@ -983,9 +1054,9 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
         let raft = &self.raw.raft;
         let status = NodeStatus {
             node_id: self.config.node_id,
-            role: role_name(raft.state).to_owned(),
+            role: RaftRole::from(raft.state),
             term: raft.term,
-            leader_id: raft.leader_id,
+            leader_id: (raft.leader_id != raft::INVALID_ID).then_some(NodeId(raft.leader_id)),
             commit_index: raft.raft_log.committed,
             applied_index: applied,
             first_index: self.raw.store().snapshot_index() + 1,
@@ -1005,7 +1076,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
     fn current_timer_view(&self) -> TimerView {
         TimerView {
             term: self.raw.raft.term,
-            role: role_code(self.raw.raft.state),
+            role: RaftRole::from(self.raw.raft.state),
             election_elapsed: self.raw.raft.election_elapsed,
         }
     }
@@ -1027,13 +1098,6 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Forwards raft-rs's slog records to `tracing` (raft's info is Keel's debug: it is chatty).
 struct TracingDrain;
 
@@ -1052,177 +1116,28 @@ impl slog::Drain for TracingDrain {
     }
 }
 
-/// Sends raft messages to peers over Keel's native protocol, one reconnecting connection per peer,
-/// each behind a bounded queue: a slow or dead peer never blocks the Raft loop (its messages are
-/// dropped when its queue is full, and Raft retransmits).
-pub struct PeerTransport {
-    queues: BTreeMap<u64, mpsc::Sender<Bytes>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl PeerTransport {
-    pub fn start(node_id: u64, peers: &BTreeMap<u64, String>, shutdown: CancellationToken) -> PeerTransport {
-        let mut queues = BTreeMap::new();
-        for (&peer, addr) in peers {
-            if peer == node_id {
-                continue;
-            }
-            let (queue, receiver) = mpsc::channel(PEER_QUEUE_CAPACITY);
-            tokio::spawn(peer_sender(node_id, peer, addr.clone(), receiver, shutdown.clone()));
-            queues.insert(peer, queue);
+    #[test]
+    fn raft_roles_print_as_cluster_status_always_showed_them() {
+        let names: Vec<String> = RaftRole::ALL.iter().map(RaftRole::to_string).collect();
+        assert_eq!(names, ["follower", "pre-candidate", "candidate", "leader", "stopped"]);
+        for role in RaftRole::ALL {
+            assert_eq!(RaftRole::parse(role.as_str()), Some(role));
+            assert_eq!(RaftRole::parse(&role.as_str().to_uppercase()), Some(role));
+            assert_eq!(serde_json::to_string(&role).unwrap(), format!("\"{role}\""));
         }
-        PeerTransport { queues }
-    }
-}
-
-impl Transport for PeerTransport {
-    fn send(&self, to: u64, message: Bytes) {
-        if let Some(queue) = self.queues.get(&to) {
-            let _ = queue.try_send(message);
-        }
-    }
-}
-
-/// How long a peer connection waits for the answer to its `PeerHello`.
-pub const PEER_HELLO_TIMEOUT: Duration = Duration::from_secs(1);
-/// How often an established peer connection repeats its `PeerHello` as a keepalive.
-pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_millis(500);
-/// A keepalive unanswered this long means the connection no longer delivers: reconnect.
-///
-/// Raft traffic is one-way, so a write "succeeding" proves nothing: after a partition or a clog
-/// the stream may hold data for a long time (madsim retries a held connection with backoff up to
-/// 10 s, and so does a real TCP stack), and a sender that only writes never notices. Found by
-/// `raft_5_voters_partitions_and_clogs` seed 7620132 and `raft_5_voters_swarm` seed 7632155: a
-/// node heard no leader for over 10 s after the heal.
-pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
-
-async fn peer_sender(
-    from: u64,
-    peer: u64,
-    addr: String,
-    mut queue: mpsc::Receiver<Bytes>,
-    shutdown: CancellationToken,
-) {
-    use futures::{SinkExt, StreamExt};
-    use tokio_util::codec::Framed;
-
-    use crate::protocol::{Body, Frame, PeerHello, RaftMessage, PEER_PROTOCOL_VERSION};
-
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let connect = tokio::net::TcpStream::connect(addr.as_str());
-        let stream = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            connected = tokio::time::timeout(Duration::from_secs(1), connect) => match connected {
-                Ok(Ok(stream)) => Some(stream),
-                _ => None,
-            },
-        };
-        let mut framed = stream.map(|stream| {
-            let _ = stream.set_nodelay(true);
-            Framed::new(stream, crate::protocol::frame_codec())
-        });
-        // Identify as a peer before any Raft traffic (ADR 0007); the receiver refuses Raft
-        // messages on a connection that has not.
-        if let Some(connection) = framed.as_mut() {
-            let hello = Frame::new(
-                1,
-                Body::PeerHello(PeerHello { node_id: from, to: peer, peer_version: PEER_PROTOCOL_VERSION }),
-            );
-            let answered = tokio::time::timeout(PEER_HELLO_TIMEOUT, async {
-                connection.send(hello.encode_to_bytes()).await.ok()?;
-                let reply = connection.next().await?.ok()?;
-                Frame::decode_bytes(reply.freeze()).ok()
-            });
-            let accepted = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                answer = answered => match answer {
-                    Ok(Some(Frame { body: Some(Body::PeerHelloResponse(response)), .. })) => match response.error {
-                        None => true,
-                        Some(error) => {
-                            tracing::warn!(node = from, peer, %addr, error = %error.message, "peer refused the handshake");
-                            false
-                        }
-                    },
-                    Ok(Some(other)) => {
-                        tracing::warn!(node = from, peer, %addr, answer = ?other.body, "peer did not accept the handshake");
-                        false
-                    }
-                    _ => false,
-                },
-            };
-            if !accepted {
-                framed = None;
-            }
-        }
-        let Some(mut framed) = framed else {
-            // Drop what queued up meanwhile: stale raft messages are worthless.
-            while queue.try_recv().is_ok() {}
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(1));
-            continue;
-        };
-        backoff = Duration::from_millis(50);
-        let mut keepalive = tokio::time::interval(PEER_KEEPALIVE_INTERVAL);
-        keepalive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        keepalive.tick().await; // the first tick is immediate; the handshake just proved the link
-        let mut keepalive_id = 1u64;
-        // When the oldest unanswered keepalive was sent.
-        let mut unanswered_since: Option<tokio::time::Instant> = None;
-        loop {
-            let message = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                _ = keepalive.tick() => {
-                    let now = tokio::time::Instant::now();
-                    if unanswered_since.is_some_and(|since| now.duration_since(since) >= PEER_KEEPALIVE_TIMEOUT) {
-                        tracing::debug!(node = from, peer, %addr, "peer connection stalled; reconnecting");
-                        break;
-                    }
-                    keepalive_id += 1;
-                    let hello = Frame::new(
-                        keepalive_id,
-                        Body::PeerHello(PeerHello { node_id: from, to: peer, peer_version: PEER_PROTOCOL_VERSION }),
-                    );
-                    match tokio::time::timeout(Duration::from_secs(2), framed.send(hello.encode_to_bytes())).await {
-                        Ok(Ok(())) => {}
-                        _ => break,
-                    }
-                    unanswered_since.get_or_insert(now);
-                    continue;
-                }
-                // The receiver answers Raft traffic only to refuse it; read those answers so they
-                // are seen (and never fill the socket).
-                incoming = framed.next() => match incoming.map(|bytes| bytes.map(|bytes| Frame::decode_bytes(bytes.freeze()))) {
-                    Some(Ok(Ok(Frame { body: Some(Body::ErrorResponse(response)), .. }))) => {
-                        let error = response.error.map(|error| error.message).unwrap_or_default();
-                        tracing::warn!(node = from, peer, %error, "peer refused a raft message");
-                        continue;
-                    }
-                    Some(Ok(Ok(Frame { body: Some(Body::PeerHelloResponse(response)), .. }))) => {
-                        if let Some(error) = response.error {
-                            tracing::warn!(node = from, peer, error = %error.message, "peer refused a keepalive");
-                            break;
-                        }
-                        unanswered_since = None;
-                        continue;
-                    }
-                    Some(Ok(Ok(_))) => continue,
-                    // Closed, broken, or undecodable: reconnect.
-                    _ => break,
-                },
-                message = queue.recv() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-            };
-            let frame = Frame::new(0, Body::RaftMessage(RaftMessage { from, to: peer, message }));
-            // A write that does not finish in time means the peer is stuck: reconnect.
-            match tokio::time::timeout(Duration::from_secs(2), framed.send(frame.encode_to_bytes())).await {
-                Ok(Ok(())) => {}
-                _ => break,
-            }
+        assert_eq!(RaftRole::parse(""), None, "an unreached node reports no role");
+        assert!(RaftRole::Leader.is_leader() && !RaftRole::Stopped.is_leader());
+        for (raft_rs, role) in [
+            (StateRole::Follower, RaftRole::Follower),
+            (StateRole::PreCandidate, RaftRole::PreCandidate),
+            (StateRole::Candidate, RaftRole::Candidate),
+            (StateRole::Leader, RaftRole::Leader),
+        ] {
+            assert_eq!(RaftRole::from(raft_rs), role);
         }
     }
 }

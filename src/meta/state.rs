@@ -48,6 +48,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::ErrorCode;
 use crate::types::{LeaderEpoch, NodeId, ProducerId};
+use keel_model::fnv::fnv1a_64;
 
 /// Most partitions one topic may have.
 pub const PARTITIONS_PER_TOPIC_MAX: u32 = 1024;
@@ -789,13 +790,6 @@ fn decode_envelope<'a>(
         return Err(MetaStateError::Checksum { stored, computed });
     }
     Ok(&covered[5..])
-}
-
-/// 64-bit FNV-1a.
-fn fnv1a_64(bytes: &[u8]) -> u64 {
-    const OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes.iter().fold(OFFSET_BASIS, |hash, byte| (hash ^ u64::from(*byte)).wrapping_mul(PRIME))
 }
 
 #[cfg(test)]

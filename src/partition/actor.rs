@@ -1,6 +1,6 @@
 //! The partition actor: the shell that owns one partition's log and drives its sans-IO core.
 //!
-//! One task per partition, fed by a bounded mailbox ([`MAILBOX_CAPACITY`]); backpressure comes from
+//! One task per partition, fed by a bounded mailbox ([`MAILBOX_MAX`]); backpressure comes from
 //! that bound, not from locks. Group commit falls out of the loop: while one fsync is in flight, new
 //! appends are written to the page cache, and the next fsync covers all of them at once.
 //!
@@ -29,7 +29,7 @@ use crate::storage::Disk;
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
 /// Commands queued for one partition before senders wait.
-pub const MAILBOX_CAPACITY: usize = 1024;
+pub const MAILBOX_MAX: usize = 1024;
 /// Fetch responses are capped at this many bytes, whatever the request asks.
 pub const FETCH_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// Long polls are capped at this wait.
@@ -60,7 +60,7 @@ pub enum OffsetSpec {
 
 enum Command {
     Append { batch: Batch, acks: Acks, reply: oneshot::Sender<PartitionReply> },
-    Fetch { offset: Offset, max_bytes: u32, max_wait_ms: u32, reply: oneshot::Sender<PartitionReply> },
+    Fetch { offset: Offset, bytes_max: u32, wait_ms_max: u32, reply: oneshot::Sender<PartitionReply> },
     ListOffsets { spec: OffsetSpec, reply: oneshot::Sender<PartitionReply> },
     Stop { reply: oneshot::Sender<Result<(), String>> },
 }
@@ -94,9 +94,9 @@ impl PartitionHandle {
         receiver
     }
 
-    pub async fn fetch(&self, offset: Offset, max_bytes: u32, max_wait_ms: u32) -> PendingReply {
+    pub async fn fetch(&self, offset: Offset, bytes_max: u32, wait_ms_max: u32) -> PendingReply {
         let (reply, receiver) = oneshot::channel();
-        self.send(Command::Fetch { offset, max_bytes, max_wait_ms, reply }).await;
+        self.send(Command::Fetch { offset, bytes_max, wait_ms_max, reply }).await;
         receiver
     }
 
@@ -129,9 +129,9 @@ pub struct PartitionSpec<D: Disk> {
     pub core_config: CoreConfig,
 }
 
-/// First wait before retrying to open a log that failed; doubles up to `REOPEN_BACKOFF_MAX`.
-pub const REOPEN_BACKOFF_MIN: Duration = Duration::from_millis(50);
-pub const REOPEN_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// First wait before retrying to open a log that failed; doubles up to `REOPEN_BACKOFF_MS_MAX`.
+pub const REOPEN_BACKOFF_MS_MIN: u64 = 50;
+pub const REOPEN_BACKOFF_MS_MAX: u64 = 1_000;
 
 /// Opens (recovers) the partition's log and spawns its actor. A log that cannot be opened (a disk
 /// error) does not stop the broker: the partition starts failed, answers `StorageError`, and retries
@@ -159,10 +159,10 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
         Err(error) => {
             tracing::error!(partition = %spec.name, %error, "cannot open the partition log; will retry");
             let core = PartitionCore::new_failed(spec.core_config.clone(), LeaderEpoch(0));
-            (None, core, Some(now + REOPEN_BACKOFF_MIN))
+            (None, core, Some(now + Duration::from_millis(REOPEN_BACKOFF_MS_MIN)))
         }
     };
-    let (mailbox, receiver) = mpsc::channel(MAILBOX_CAPACITY);
+    let (mailbox, receiver) = mpsc::channel(MAILBOX_MAX);
     let actor = Actor {
         spec,
         log,
@@ -171,7 +171,7 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
         next_request: 0,
         epoch: now,
         reopen_at,
-        reopen_backoff: REOPEN_BACKOFF_MIN,
+        reopen_backoff: Duration::from_millis(REOPEN_BACKOFF_MS_MIN),
     };
     tokio::spawn(actor.run(receiver));
     PartitionHandle { mailbox }
@@ -232,7 +232,7 @@ impl<D: Disk> Actor<D> {
                     }
                     self.handle(command);
                 }
-                _ = sleep_until_opt(deadline), if deadline.is_some() => {
+                _ = crate::clock::sleep_until_opt(deadline), if deadline.is_some() => {
                     let now_ms = self.now_ms();
                     self.core.step(Input::Tick { now_ms });
                 }
@@ -279,14 +279,14 @@ impl<D: Disk> Actor<D> {
                 let request = self.register(reply);
                 self.core.step(Input::Append { request, batch, acks });
             }
-            Command::Fetch { offset, max_bytes, max_wait_ms, reply } => {
+            Command::Fetch { offset, bytes_max, wait_ms_max, reply } => {
                 let request = self.register(reply);
                 let now_ms = self.now_ms();
                 self.core.step(Input::Fetch {
                     request,
                     offset,
-                    max_bytes: max_bytes.min(FETCH_BYTES_MAX),
-                    max_wait_ms: max_wait_ms.min(FETCH_WAIT_MS_MAX),
+                    bytes_max: bytes_max.min(FETCH_BYTES_MAX),
+                    wait_ms_max: wait_ms_max.min(FETCH_WAIT_MS_MAX),
                     now_ms,
                 });
             }
@@ -349,7 +349,7 @@ impl<D: Disk> Actor<D> {
         }
         for read in reads {
             let answer = match self.log.as_ref() {
-                Some(log) => match log.read(read.offset, read.max_bytes as usize, read.up_to) {
+                Some(log) => match log.read(read.offset, read.bytes_max as usize, read.up_to) {
                     Ok(records) => {
                         PartitionReply::Fetched { high_watermark: read.up_to, log_start: read.log_start, records }
                     }
@@ -439,23 +439,16 @@ impl<D: Disk> Actor<D> {
                 let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());
                 self.log = Some(log);
                 self.reopen_at = None;
-                self.reopen_backoff = REOPEN_BACKOFF_MIN;
+                self.reopen_backoff = Duration::from_millis(REOPEN_BACKOFF_MS_MIN);
                 self.core.step(Input::Recovered { log_start, log_end });
             }
             Err(error) => {
                 // Stay failed (requests get StorageError) and try again after a backoff.
                 tracing::error!(partition = %self.spec.name, %error, retry_in = ?self.reopen_backoff, "reopening the partition log failed");
                 self.reopen_at = Some(tokio::time::Instant::now() + self.reopen_backoff);
-                self.reopen_backoff = (self.reopen_backoff * 2).min(REOPEN_BACKOFF_MAX);
+                self.reopen_backoff = (self.reopen_backoff * 2).min(Duration::from_millis(REOPEN_BACKOFF_MS_MAX));
             }
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -497,7 +490,7 @@ mod tests {
             // The actor retries on its own timer; wait for the condition, bounded.
             let mut produced = None;
             for _ in 0..200 {
-                tokio::time::sleep(REOPEN_BACKOFF_MIN).await;
+                tokio::time::sleep(Duration::from_millis(REOPEN_BACKOFF_MS_MIN)).await;
                 if let PartitionReply::Produced { base_offset } =
                     partition.append(batch("b"), Acks::All).await.await.unwrap()
                 {
@@ -538,7 +531,7 @@ mod tests {
                     next = Some(base_offset);
                     break;
                 }
-                tokio::time::sleep(REOPEN_BACKOFF_MIN).await;
+                tokio::time::sleep(Duration::from_millis(REOPEN_BACKOFF_MS_MIN)).await;
             }
             // The indeterminate record may or may not have survived recovery; the durable one did.
             let next = next.expect("the partition never recovered");
@@ -575,7 +568,7 @@ mod tests {
             {
                 return base_offset;
             }
-            tokio::time::sleep(REOPEN_BACKOFF_MIN).await;
+            tokio::time::sleep(Duration::from_millis(REOPEN_BACKOFF_MS_MIN)).await;
         }
         panic!("the partition never recovered");
     }

@@ -88,8 +88,8 @@ pub enum Input {
     Fetch {
         request: RequestId,
         offset: Offset,
-        max_bytes: u32,
-        max_wait_ms: u32,
+        bytes_max: u32,
+        wait_ms_max: u32,
         now_ms: TimestampMs,
     },
     /// Every batch handed out in `Ready::writes` below `up_to` is now in the log (page cache).
@@ -144,7 +144,7 @@ pub enum Reply {
 pub struct Read {
     pub request: RequestId,
     pub offset: Offset,
-    pub max_bytes: u32,
+    pub bytes_max: u32,
     pub up_to: Offset,
     pub log_start: Offset,
 }
@@ -187,7 +187,7 @@ enum Failure {
 struct ParkedFetch {
     request: RequestId,
     offset: Offset,
-    max_bytes: u32,
+    bytes_max: u32,
     deadline_ms: TimestampMs,
 }
 
@@ -277,8 +277,8 @@ impl PartitionCore {
     pub fn step(&mut self, input: Input) {
         match input {
             Input::Append { request, batch, acks } => self.on_append(request, batch, acks),
-            Input::Fetch { request, offset, max_bytes, max_wait_ms, now_ms } => {
-                self.on_fetch(request, offset, max_bytes, max_wait_ms, now_ms)
+            Input::Fetch { request, offset, bytes_max, wait_ms_max, now_ms } => {
+                self.on_fetch(request, offset, bytes_max, wait_ms_max, now_ms)
             }
             Input::Written { up_to } => self.on_written(up_to),
             Input::WriteFailed { written_up_to, disk_full, reason } => {
@@ -416,7 +416,7 @@ impl PartitionCore {
         }
     }
 
-    fn on_fetch(&mut self, request: RequestId, offset: Offset, max_bytes: u32, max_wait_ms: u32, now_ms: TimestampMs) {
+    fn on_fetch(&mut self, request: RequestId, offset: Offset, bytes_max: u32, wait_ms_max: u32, now_ms: TimestampMs) {
         if self.failure.is_some() {
             return self.error(request, ErrorCode::StorageError, "partition storage failed; recovering");
         }
@@ -430,12 +430,12 @@ impl PartitionCore {
         }
         if offset < high_watermark {
             let log_start = self.log_start;
-            self.ready.reads.push(Read { request, offset, max_bytes, up_to: high_watermark, log_start });
-        } else if max_wait_ms == 0 || self.parked.len() >= self.config.parked_fetches_max {
+            self.ready.reads.push(Read { request, offset, bytes_max, up_to: high_watermark, log_start });
+        } else if wait_ms_max == 0 || self.parked.len() >= self.config.parked_fetches_max {
             self.reply(request, Reply::FetchEmpty { high_watermark, log_start: self.log_start });
         } else {
-            let deadline_ms = now_ms.saturating_add(max_wait_ms as i64);
-            self.parked.push(ParkedFetch { request, offset, max_bytes, deadline_ms });
+            let deadline_ms = now_ms.saturating_add(wait_ms_max as i64);
+            self.parked.push(ParkedFetch { request, offset, bytes_max, deadline_ms });
         }
     }
 
@@ -499,7 +499,7 @@ impl PartitionCore {
                 self.ready.reads.push(Read {
                     request: fetch.request,
                     offset: fetch.offset,
-                    max_bytes: fetch.max_bytes,
+                    bytes_max: fetch.bytes_max,
                     up_to: high_watermark,
                     log_start,
                 });
@@ -612,8 +612,8 @@ mod tests {
     #[test]
     fn long_poll_is_served_when_the_high_watermark_passes_it_or_times_out() {
         let mut core = core(FsyncPolicy::Always);
-        core.step(Input::Fetch { request: 7, offset: Offset(0), max_bytes: 1024, max_wait_ms: 500, now_ms: 10 });
-        core.step(Input::Fetch { request: 8, offset: Offset(0), max_bytes: 1024, max_wait_ms: 100, now_ms: 10 });
+        core.step(Input::Fetch { request: 7, offset: Offset(0), bytes_max: 1024, wait_ms_max: 500, now_ms: 10 });
+        core.step(Input::Fetch { request: 8, offset: Offset(0), bytes_max: 1024, wait_ms_max: 100, now_ms: 10 });
         assert!(core.ready().is_empty());
         assert_eq!(core.next_deadline_ms(), Some(110));
         core.step(Input::Tick { now_ms: 110 });
@@ -633,7 +633,7 @@ mod tests {
     #[test]
     fn fetch_outside_the_log_is_an_error() {
         let mut core = core(FsyncPolicy::Always);
-        core.step(Input::Fetch { request: 1, offset: Offset(5), max_bytes: 1, max_wait_ms: 0, now_ms: 0 });
+        core.step(Input::Fetch { request: 1, offset: Offset(5), bytes_max: 1, wait_ms_max: 0, now_ms: 0 });
         let ready = core.ready();
         assert!(matches!(ready.replies[0].1, Reply::Error { code: ErrorCode::OffsetOutOfRange, .. }));
     }
@@ -699,7 +699,7 @@ mod tests {
         let _ = core.ready();
         core.step(Input::WriteFailed { written_up_to: Offset(1), disk_full: true, reason: "ENOSPC".into() });
         core.step(Input::Append { request: 3, batch: batch(1), acks: Acks::All });
-        core.step(Input::Fetch { request: 4, offset: Offset(0), max_bytes: 1, max_wait_ms: 0, now_ms: 0 });
+        core.step(Input::Fetch { request: 4, offset: Offset(0), bytes_max: 1, wait_ms_max: 0, now_ms: 0 });
         let ready = core.ready();
         assert!(!ready.start_sync);
         assert!(matches!(ready.replies[0], (2, Reply::Error { code: ErrorCode::DiskFull, .. })), "{ready:?}");

@@ -20,11 +20,13 @@
 //! same happens, ending with an error, when the metadata Raft task ends on its own (a storage
 //! failure or a panic): the broker cannot keep its promises without it.
 
-pub mod cluster;
+pub mod assignments;
 pub mod topics;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -38,13 +40,14 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Batch, BATCH_BYTES_MAX};
 use crate::config::BrokerConfig;
 use crate::log::LogConfig;
-use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError, PeerTransport};
+use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError};
 use crate::meta::store::MetaStore;
 use crate::partition::{CoreConfig, OffsetSpec, PartitionReply};
+use crate::peer::PeerTransport;
 use crate::protocol::*;
 use crate::storage::Disk;
-use crate::types::Offset;
-use cluster::Cluster;
+use crate::types::{NodeId, Offset, PartitionId};
+use assignments::Assignments;
 use topics::TopicError;
 
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +66,7 @@ pub enum BrokerError {
 
 struct State<D: Disk> {
     config: BrokerConfig,
-    cluster: Arc<Cluster<D>>,
+    assignments: Arc<Assignments<D>>,
 }
 
 /// Optional windows into a running broker, for tests and the simulation.
@@ -77,6 +80,10 @@ pub struct BrokerHooks {
 
 /// Runs a broker until `shutdown` is cancelled. `meta_store` holds the metadata Raft log (RocksDB in
 /// production, `SimKv` in simulation).
+///
+/// Steps: bind; start the metadata Raft node (with the peer transport) and the assignments that
+/// follow it; serve connections until shutdown or until the Raft node stops; then stop in order
+/// (connections, leadership, partitions, metadata).
 pub async fn run_broker<D: Disk, M: MetaStore>(
     config: BrokerConfig,
     disk: D,
@@ -92,38 +99,88 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
 
     // The metadata group: its own shutdown token, cancelled after the partitions are stopped.
     let meta_shutdown = CancellationToken::new();
-    let transport = PeerTransport::start(config.node_id, &voters, meta_shutdown.clone());
-    let mut node_config = NodeConfig::new(config.node_id, voters.clone());
-    node_config.snapshot_interval_entries = config.metadata_snapshot_interval_entries;
-    let node = start_node(node_config, meta_store, transport, meta_shutdown.clone())
-        .map_err(|error| BrokerError::Storage(error.to_string()))?;
-    let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
-    let core_config = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
-    let cluster = Cluster::new(
-        config.node_id,
-        node.clone(),
-        disk,
-        log_config,
-        core_config,
-        config.partitions_per_topic_max,
-        config.topics_max,
-    );
-    cluster.reconcile().await;
-    let background = tokio::spawn(cluster.clone().run_background(
-        advertised.clone(),
+    let node = start_metadata(&config, &voters, meta_store, &meta_shutdown)?;
+    let assignments = start_assignments(&config, node.clone(), disk).await;
+    let background = tokio::spawn(assignments.clone().run_background(
+        advertised,
         config.broker_fence_after_ms as i64,
         meta_shutdown.clone(),
     ));
 
-    tracing::info!(listen = %local_addr, node_id = config.node_id, voters = ?voters, fsync = ?config.fsync, "broker listening");
+    tracing::info!(listen = %local_addr, node_id = %config.node_id, voters = ?voters, fsync = ?config.fsync, "broker listening");
     if let Some(bound) = hooks.bound {
         let _ = bound.send(local_addr);
     }
     if let Some(meta_node) = hooks.meta_node {
         let _ = meta_node.send(node);
     }
-    let connection_slots = Arc::new(Semaphore::new(config.connections_max));
-    let state = Arc::new(State { config, cluster });
+    let state = Arc::new(State { config, assignments });
+    let failure = serve_until_stopped(listener, &state, &shutdown).await;
+
+    // Hand Raft leadership over before going away, so the others do not wait out an election.
+    if voters.len() > 1 {
+        let _ = tokio::time::timeout(
+            Duration::from_millis(LEADERSHIP_TRANSFER_WAIT_MS),
+            state.assignments.node.transfer_leadership(),
+        )
+        .await;
+    }
+    let result = state.assignments.stop_partitions().await;
+    meta_shutdown.cancel();
+    let _ = background.await;
+    tracing::info!("broker stopped");
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    result.map_err(BrokerError::Shutdown)
+}
+
+/// How long a stopping broker waits for its Raft leadership to move to another voter.
+pub const LEADERSHIP_TRANSFER_WAIT_MS: u64 = 1_000;
+/// How long the accept loop pauses after a failed accept (out of file descriptors and the like).
+pub const ACCEPT_RETRY_MS: u64 = 10;
+
+/// Starts the metadata Raft node and the peer transport it sends through (both stop on
+/// `meta_shutdown`). The follower fetcher will take a clone of the transport (ADR 0010).
+fn start_metadata<M: MetaStore>(
+    config: &BrokerConfig,
+    voters: &BTreeMap<NodeId, String>,
+    meta_store: M,
+    meta_shutdown: &CancellationToken,
+) -> Result<NodeHandle, BrokerError> {
+    let transport = PeerTransport::start(config.node_id, voters, meta_shutdown.clone());
+    let mut node_config = NodeConfig::new(config.node_id, voters.clone());
+    node_config.snapshot_interval_entries = config.metadata_snapshot_interval_entries;
+    start_node(node_config, meta_store, transport, meta_shutdown.clone())
+        .map_err(|error| BrokerError::Storage(error.to_string()))
+}
+
+/// The assignments that follow the metadata, with the partitions this broker leads already opened.
+async fn start_assignments<D: Disk>(config: &BrokerConfig, node: NodeHandle, disk: D) -> Arc<Assignments<D>> {
+    let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
+    let core_config = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
+    let assignments = Assignments::new(
+        config.node_id,
+        node,
+        disk,
+        log_config,
+        core_config,
+        config.partitions_per_topic_max,
+        config.topics_max,
+    );
+    assignments.reconcile().await;
+    assignments
+}
+
+/// Accepts and serves connections until `shutdown`, or until the metadata node stops on its own
+/// (then returns [`BrokerError::MetadataStopped`]); then stops reading and waits for the requests in
+/// flight.
+async fn serve_until_stopped<D: Disk>(
+    listener: TcpListener,
+    state: &Arc<State<D>>,
+    shutdown: &CancellationToken,
+) -> Option<BrokerError> {
+    let connection_slots = Arc::new(Semaphore::new(state.config.connections_max));
     let mut connections = FuturesUnordered::new();
     // Connections stop reading when the broker shuts down for any reason, not only on `shutdown`:
     // after the metadata node stopped, peers' connections (which never close on their own) would
@@ -132,7 +189,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     // If the metadata node stops on its own (its store failed, its task panicked), this broker can no
     // longer keep its promises: shut down and exit with an error, so a supervisor restarts it from its
     // durable state.
-    let meta_stopped = state.cluster.node.stopped();
+    let meta_stopped = state.assignments.node.stopped();
     tokio::pin!(meta_stopped);
     let mut failure = None;
     loop {
@@ -151,7 +208,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
                     Err(error) => {
                         // Out of file descriptors and the like: keep serving the connections we have.
                         tracing::warn!(%error, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
                         continue;
                     }
                 };
@@ -179,18 +236,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     connections_shutdown.cancel();
     tracing::info!(connections = connections.len(), "shutting down: finishing in-flight requests");
     while connections.next().await.is_some() {}
-    // Hand Raft leadership over before going away, so the others do not wait out an election.
-    if voters.len() > 1 {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), state.cluster.node.transfer_leadership()).await;
-    }
-    let result = state.cluster.stop_partitions().await;
-    meta_shutdown.cancel();
-    let _ = background.await;
-    tracing::info!("broker stopped");
-    if let Some(failure) = failure {
-        return Err(failure);
-    }
-    result.map_err(BrokerError::Shutdown)
+    failure
 }
 
 async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shutdown: CancellationToken) {
@@ -199,7 +245,7 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shut
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Frame>> = FuturesUnordered::new();
     let in_flight_max = state.config.requests_in_flight_per_connection_max;
     // The voter this connection identified itself as (`PeerHello`); `None` for a client.
-    let mut peer_node: Option<u64> = None;
+    let mut peer_node: Option<NodeId> = None;
     let mut reading = true;
     loop {
         if !reading && in_flight.is_empty() {
@@ -262,7 +308,7 @@ fn topic_info(error: TopicError) -> Option<ErrorInfo> {
 /// voter this connection identified itself as. An accepted Raft message (one-way) returns `None`.
 async fn dispatch<D: Disk>(
     state: &Arc<State<D>>,
-    peer_node: &mut Option<u64>,
+    peer_node: &mut Option<NodeId>,
     frame: Frame,
 ) -> Option<BoxFuture<'static, Frame>> {
     let id = frame.correlation_id;
@@ -280,11 +326,11 @@ async fn dispatch<D: Disk>(
                     "raft messages are accepted only on a connection that identified itself as a peer (PeerHello)",
                 )));
             };
-            match state.cluster.node.step(peer, message) {
+            match state.assignments.node.step(peer, message) {
                 Ok(()) => None,
                 // Lossy by design: a dropped raft message is a lost packet to Raft.
                 Err(PeerError::Saturated) => {
-                    tracing::trace!(peer, "dropped a raft message: the metadata node is saturated");
+                    tracing::trace!(%peer, "dropped a raft message: the metadata node is saturated");
                     None
                 }
                 Err(error) => {
@@ -299,7 +345,7 @@ async fn dispatch<D: Disk>(
                     };
                     // Debug, not warn: the sender is told (a correct peer logs the refusal), and a
                     // loud log here would let a misbehaving peer flood this node's log.
-                    tracing::debug!(peer, %error, "refused a raft message");
+                    tracing::debug!(%peer, %error, "refused a raft message");
                     Some(ready(error_frame(id, code, error.to_string())))
                 }
             }
@@ -310,8 +356,8 @@ async fn dispatch<D: Disk>(
 
 /// Answers a `PeerHello`: the connection becomes `hello.node_id`'s peer connection if that node is
 /// another voter, the hello is addressed to this node, and it speaks this peer protocol version.
-fn peer_hello<D: Disk>(state: &Arc<State<D>>, peer_node: &mut Option<u64>, id: u64, hello: &PeerHello) -> Frame {
-    let node = &state.cluster.node;
+fn peer_hello<D: Disk>(state: &Arc<State<D>>, peer_node: &mut Option<NodeId>, id: u64, hello: &PeerHello) -> Frame {
+    let node = &state.assignments.node;
     let error = if hello.peer_version != PEER_PROTOCOL_VERSION {
         info(
             ErrorCode::UnsupportedVersion,
@@ -323,15 +369,15 @@ fn peer_hello<D: Disk>(state: &Arc<State<D>>, peer_node: &mut Option<u64>, id: u
     } else if let Some(identified) = *peer_node {
         // The same hello again is the sender's keepalive (it proves the connection still delivers
         // both ways); another identity on the same connection is refused.
-        if identified == hello.node_id {
+        if identified == NodeId(hello.node_id) {
             None
         } else {
             info(ErrorCode::InvalidRequest, format!("this connection already identified itself as node {identified}"))
         }
     } else {
-        match node.check_peer(hello.node_id, hello.to) {
+        match node.check_peer(NodeId(hello.node_id), NodeId(hello.to)) {
             Ok(()) => {
-                *peer_node = Some(hello.node_id);
+                *peer_node = Some(NodeId(hello.node_id));
                 None
             }
             Err(error) => {
@@ -341,7 +387,7 @@ fn peer_hello<D: Disk>(state: &Arc<State<D>>, peer_node: &mut Option<u64>, id: u
             }
         }
     };
-    Frame::new(id, Body::PeerHelloResponse(PeerHelloResponse { error, node_id: node.node_id() }))
+    Frame::new(id, Body::PeerHelloResponse(PeerHelloResponse { error, node_id: node.node_id().0 }))
 }
 
 async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFuture<'static, Frame> {
@@ -360,66 +406,10 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         Body::ProduceRequest(request) => produce(state, id, request).await,
         Body::FetchRequest(request) => fetch(state, id, request).await,
         Body::ListOffsetsRequest(request) => list_offsets(state, id, request).await,
-        Body::CreateTopicRequest(request) => {
-            let state = state.clone();
-            Box::pin(async move {
-                let result = state.cluster.create_topic(&request.name, request.partitions, request.replication).await;
-                let error = result.err().and_then(topic_info);
-                Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
-            })
-        }
-        Body::DeleteTopicRequest(request) => {
-            let state = state.clone();
-            Box::pin(async move {
-                let error = state.cluster.delete_topic(&request.name).await.err().and_then(topic_info);
-                Frame::new(id, Body::DeleteTopicResponse(DeleteTopicResponse { error }))
-            })
-        }
-        Body::MetadataRequest(request) => {
-            let state = state.clone();
-            Box::pin(async move {
-                match state.cluster.metadata(&request.topics).await {
-                    Ok(response) => Frame::new(id, Body::MetadataResponse(response)),
-                    Err(error) => error_frame(id, error.code, error.message),
-                }
-            })
-        }
-        Body::ClusterStatusRequest(request) => {
-            let state = state.clone();
-            Box::pin(async move {
-                // What this node knows about every node: its configured voters and the registered
-                // brokers; the client's status module asks the others when `fan_out` is set.
-                let mut known: std::collections::BTreeMap<u64, NodeStatusInfo> = std::collections::BTreeMap::new();
-                for (node_id, addr) in state.config.voters("").unwrap_or_default() {
-                    known.insert(node_id, NodeStatusInfo { node_id, addr, voter: true, ..Default::default() });
-                }
-                let brokers: Vec<(u64, String, bool)> = state.cluster.node.with_state(|meta| {
-                    meta.brokers().map(|broker| (broker.node_id.0, broker.addr.clone(), broker.fenced)).collect()
-                });
-                for (node_id, addr, fenced) in brokers {
-                    let entry =
-                        known.entry(node_id).or_insert_with(|| NodeStatusInfo { node_id, ..Default::default() });
-                    if entry.addr.is_empty() {
-                        entry.addr = addr;
-                    }
-                    entry.registered = true;
-                    entry.fenced = fenced;
-                }
-                let status = state.cluster.node.status();
-                let own = NodeStatusInfo {
-                    node_id: status.node_id,
-                    role: status.role,
-                    term: status.term,
-                    leader_id: status.leader_id,
-                    commit_index: status.commit_index,
-                    applied_index: status.applied_index,
-                    state_hash: status.state_hash,
-                    ..Default::default()
-                };
-                let response = crate::client::status::gather(own, known, request.fan_out).await;
-                Frame::new(id, Body::ClusterStatusResponse(response))
-            })
-        }
+        Body::CreateTopicRequest(request) => create_topic(state, id, request),
+        Body::DeleteTopicRequest(request) => delete_topic(state, id, request),
+        Body::MetadataRequest(request) => metadata(state, id, request),
+        Body::ClusterStatusRequest(request) => cluster_status(state, id, request),
         Body::ProduceResponse(_)
         | Body::PeerHelloResponse(_)
         | Body::ClusterStatusResponse(_)
@@ -436,18 +426,87 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
     }
 }
 
+fn create_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: CreateTopicRequest) -> BoxFuture<'static, Frame> {
+    let state = state.clone();
+    Box::pin(async move {
+        let result = state.assignments.create_topic(&request.name, request.partitions, request.replication).await;
+        let error = result.err().and_then(topic_info);
+        Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
+    })
+}
+
+fn delete_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: DeleteTopicRequest) -> BoxFuture<'static, Frame> {
+    let state = state.clone();
+    Box::pin(async move {
+        let error = state.assignments.delete_topic(&request.name).await.err().and_then(topic_info);
+        Frame::new(id, Body::DeleteTopicResponse(DeleteTopicResponse { error }))
+    })
+}
+
+fn metadata<D: Disk>(state: &Arc<State<D>>, id: u64, request: MetadataRequest) -> BoxFuture<'static, Frame> {
+    let state = state.clone();
+    Box::pin(async move {
+        match state.assignments.metadata(&request.topics).await {
+            Ok(response) => Frame::new(id, Body::MetadataResponse(response)),
+            Err(error) => error_frame(id, error.code, error.message),
+        }
+    })
+}
+
+fn cluster_status<D: Disk>(state: &Arc<State<D>>, id: u64, request: ClusterStatusRequest) -> BoxFuture<'static, Frame> {
+    let state = state.clone();
+    Box::pin(async move {
+        let response = crate::peer::status::gather(own_status(&state), known_nodes(&state), request.fan_out).await;
+        Frame::new(id, Body::ClusterStatusResponse(response))
+    })
+}
+
+/// What this node knows about every node: its configured voters and the registered brokers (the
+/// status fan-out asks them when `fan_out` is set).
+fn known_nodes<D: Disk>(state: &State<D>) -> BTreeMap<NodeId, NodeStatusInfo> {
+    let mut known = BTreeMap::new();
+    for (node_id, addr) in state.config.voters("").unwrap_or_default() {
+        known.insert(node_id, NodeStatusInfo { node_id: node_id.0, addr, voter: true, ..Default::default() });
+    }
+    let brokers: Vec<(NodeId, String, bool)> = state
+        .assignments
+        .node
+        .with_state(|meta| meta.brokers().map(|broker| (broker.node_id, broker.addr.clone(), broker.fenced)).collect());
+    for (node_id, addr, fenced) in brokers {
+        let entry = known.entry(node_id).or_insert_with(|| NodeStatusInfo { node_id: node_id.0, ..Default::default() });
+        if entry.addr.is_empty() {
+            entry.addr = addr;
+        }
+        entry.registered = true;
+        entry.fenced = fenced;
+    }
+    known
+}
+
+/// This node's live Raft status, as the wire carries it (no leader: 0).
+fn own_status<D: Disk>(state: &State<D>) -> NodeStatusInfo {
+    let status = state.assignments.node.status();
+    NodeStatusInfo {
+        node_id: status.node_id.0,
+        role: status.role.to_string(),
+        term: status.term,
+        leader_id: status.leader_id.map_or(0, |leader| leader.0),
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        state_hash: status.state_hash,
+        ..Default::default()
+    }
+}
+
 fn produce_error(id: u64, code: ErrorCode, message: impl Into<String>) -> BoxFuture<'static, Frame> {
-    ready(Frame::new(
-        id,
-        Body::ProduceResponse(ProduceResponse { error: info(code, message), base_offset: -1, log_start_offset: -1 }),
-    ))
+    ready(Frame::new(id, Body::ProduceResponse(produce_response(info(code, message)))))
 }
 
 async fn produce<D: Disk>(state: &Arc<State<D>>, id: u64, request: ProduceRequest) -> BoxFuture<'static, Frame> {
     let Ok(acks) = Acks::try_from(request.acks) else {
         return produce_error(id, ErrorCode::InvalidAcks, format!("unknown acks value {}", request.acks));
     };
-    let partition = match state.cluster.partition(&request.topic, request.partition) {
+    let partition = match state.assignments.partition(&request.topic, PartitionId(request.partition)) {
         Ok(partition) => partition,
         Err(error) => return produce_error(id, error.code, error.message),
     };
@@ -463,52 +522,42 @@ async fn produce<D: Disk>(state: &Arc<State<D>>, id: u64, request: ProduceReques
         Err(error) => return produce_error(id, ErrorCode::CorruptBatch, format!("invalid record batch: {error}")),
     };
     let pending = partition.append(batch, acks).await;
-    let timeout_ms = request.timeout_ms;
+    // On the wire 0 means "no timeout" (the proto3 default); from here on it is an `Option`.
+    let timeout = (request.timeout_ms > 0).then(|| Duration::from_millis(u64::from(request.timeout_ms)));
     Box::pin(async move {
-        let answer = if timeout_ms == 0 {
-            pending.await.ok()
-        } else {
-            match tokio::time::timeout(std::time::Duration::from_millis(timeout_ms as u64), pending).await {
+        let answer = match timeout {
+            None => pending.await.ok(),
+            Some(timeout) => match tokio::time::timeout(timeout, pending).await {
                 Ok(answer) => answer.ok(),
                 Err(_) => {
-                    return Frame::new(
-                        id,
-                        Body::ProduceResponse(ProduceResponse {
-                            error: info(ErrorCode::Timeout, "not durable within the request timeout; it may still be"),
-                            base_offset: -1,
-                            log_start_offset: -1,
-                        }),
-                    )
+                    let message = "not durable within the request timeout; it may still be";
+                    return Frame::new(id, Body::ProduceResponse(produce_response(info(ErrorCode::Timeout, message))));
                 }
-            }
-        };
-        let response = match answer {
-            Some(PartitionReply::Produced { base_offset }) => {
-                ProduceResponse { error: None, base_offset: base_offset.0, log_start_offset: -1 }
-            }
-            Some(PartitionReply::Error { code: ErrorCode::ShuttingDown, message }) => ProduceResponse {
-                // The append was queued or written before the partition stopped: it may be durable.
-                error: info(ErrorCode::StorageIndeterminate, format!("partition stopped: {message}")),
-                base_offset: -1,
-                log_start_offset: -1,
-            },
-            Some(PartitionReply::Error { code, message }) => {
-                ProduceResponse { error: info(code, message), base_offset: -1, log_start_offset: -1 }
-            }
-            Some(other) => ProduceResponse {
-                error: info(ErrorCode::Internal, format!("unexpected partition reply {other:?}")),
-                base_offset: -1,
-                log_start_offset: -1,
-            },
-            None => ProduceResponse {
-                // The actor went away with the append queued: it may or may not have been written.
-                error: info(ErrorCode::StorageIndeterminate, "partition stopped before answering"),
-                base_offset: -1,
-                log_start_offset: -1,
             },
         };
-        Frame::new(id, Body::ProduceResponse(response))
+        Frame::new(id, Body::ProduceResponse(produce_answer(answer)))
     })
+}
+
+fn produce_response(error: Option<ErrorInfo>) -> ProduceResponse {
+    ProduceResponse { error, base_offset: -1, log_start_offset: -1 }
+}
+
+/// The produce response for the partition's answer (`None`: the actor went away without one).
+fn produce_answer(answer: Option<PartitionReply>) -> ProduceResponse {
+    match answer {
+        Some(PartitionReply::Produced { base_offset }) => {
+            ProduceResponse { error: None, base_offset: base_offset.0, log_start_offset: -1 }
+        }
+        // The append was queued or written before the partition stopped: it may be durable.
+        Some(PartitionReply::Error { code: ErrorCode::ShuttingDown, message }) => {
+            produce_response(info(ErrorCode::StorageIndeterminate, format!("partition stopped: {message}")))
+        }
+        Some(PartitionReply::Error { code, message }) => produce_response(info(code, message)),
+        Some(other) => produce_response(info(ErrorCode::Internal, format!("unexpected partition reply {other:?}"))),
+        // The actor went away with the append queued: it may or may not have been written.
+        None => produce_response(info(ErrorCode::StorageIndeterminate, "partition stopped before answering")),
+    }
 }
 
 fn fetch_error(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
@@ -524,7 +573,7 @@ fn fetch_error(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
 }
 
 async fn fetch<D: Disk>(state: &Arc<State<D>>, id: u64, request: FetchRequest) -> BoxFuture<'static, Frame> {
-    let partition = match state.cluster.partition(&request.topic, request.partition) {
+    let partition = match state.assignments.partition(&request.topic, PartitionId(request.partition)) {
         Ok(partition) => partition,
         Err(error) => return ready(fetch_error(id, error.code, error.message)),
     };
@@ -564,7 +613,7 @@ async fn list_offsets<D: Disk>(
         ts if ts >= 0 => OffsetSpec::Timestamp(ts),
         other => return ready(error(ErrorCode::InvalidTimestamp, format!("invalid timestamp selector {other}"))),
     };
-    let partition = match state.cluster.partition(&request.topic, request.partition) {
+    let partition = match state.assignments.partition(&request.topic, PartitionId(request.partition)) {
         Ok(partition) => partition,
         Err(topic_error) => return ready(error(topic_error.code, topic_error.message)),
     };

@@ -1,5 +1,5 @@
-//! The broker's view of the cluster: the metadata Raft node, and the partition actors this broker
-//! runs because the metadata says so.
+//! The broker's partition assignments: the metadata Raft node, and the partition actors this
+//! broker runs because the applied metadata assigns them to it.
 //!
 //! Topic admin goes through Raft: `create_topic` proposes `CreateTopic` (from any node; raft-rs
 //! forwards the proposal to the leader) and returns once the command is applied **on this node**,
@@ -31,16 +31,17 @@ use crate::partition::{spawn_partition, CoreConfig, PartitionHandle, PartitionSp
 use crate::protocol::{BrokerInfo, ErrorCode, ErrorInfo, MetadataResponse, PartitionInfo, TopicInfo};
 use crate::server::topics::{validate_topic_name, TopicError};
 use crate::storage::Disk;
-use crate::types::NodeId;
+use crate::types::{NodeId, PartitionId};
 
 /// How often this broker heartbeats into the metadata log.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 
 /// Identity of one partition incarnation: topic, its `CreateTopic` index, partition.
-type PartitionKey = (String, u64, u32);
+type PartitionKey = (String, u64, PartitionId);
 
-pub struct Cluster<D: Disk> {
-    pub node_id: u64,
+/// Follows the metadata's assignments: which partitions this broker leads (and so runs actors for).
+pub struct Assignments<D: Disk> {
+    pub node_id: NodeId,
     pub node: NodeHandle,
     disk: D,
     log_config: LogConfig,
@@ -76,17 +77,17 @@ fn now_ms() -> i64 {
     crate::clock::wall_clock_ms()
 }
 
-impl<D: Disk> Cluster<D> {
+impl<D: Disk> Assignments<D> {
     pub fn new(
-        node_id: u64,
+        node_id: NodeId,
         node: NodeHandle,
         disk: D,
         log_config: LogConfig,
         core_config: CoreConfig,
         partitions_per_topic_max: u32,
         topics_max: usize,
-    ) -> Arc<Cluster<D>> {
-        Arc::new(Cluster {
+    ) -> Arc<Assignments<D>> {
+        Arc::new(Assignments {
             node_id,
             node,
             disk,
@@ -141,10 +142,10 @@ impl<D: Disk> Cluster<D> {
     }
 
     /// The local actor of a partition this broker leads, or why not.
-    pub fn partition(&self, topic: &str, partition: u32) -> Result<PartitionHandle, TopicError> {
+    pub fn partition(&self, topic: &str, partition: PartitionId) -> Result<PartitionHandle, TopicError> {
         let record = self.node.with_state(|state| {
             state.topic(topic).map(|record| {
-                (record.created_index, record.partitions.len(), record.partitions.get(partition as usize).cloned())
+                (record.created_index, record.partitions.len(), record.partitions.get(partition.0 as usize).cloned())
             })
         });
         let Some((created_index, count, record)) = record else {
@@ -156,7 +157,7 @@ impl<D: Disk> Cluster<D> {
                 message: format!("topic {topic:?} has {count} partitions; there is no partition {partition}"),
             });
         };
-        if record.leader != Some(NodeId(self.node_id)) {
+        if record.leader != Some(self.node_id) {
             let leader = record.leader.map_or("none (offline)".to_owned(), |leader| leader.to_string());
             return Err(TopicError {
                 code: ErrorCode::NotLeader,
@@ -177,8 +178,8 @@ impl<D: Disk> Cluster<D> {
             let mut desired = Vec::new();
             for topic in state.topics() {
                 for record in &topic.partitions {
-                    if record.leader == Some(NodeId(self.node_id)) {
-                        let key = (topic.name.clone(), topic.created_index, record.partition);
+                    if record.leader == Some(self.node_id) {
+                        let key = (topic.name.clone(), topic.created_index, PartitionId(record.partition));
                         let dir = format!("data/{}@{}/{}", topic.name, topic.created_index, record.partition);
                         desired.push((key, dir));
                     }
@@ -194,7 +195,7 @@ impl<D: Disk> Cluster<D> {
         };
         for ((topic, created_index, partition), handle) in stale {
             if let Err(error) = handle.stop().await {
-                tracing::warn!(%topic, partition, %error, "partition did not stop cleanly");
+                tracing::warn!(%topic, %partition, %error, "partition did not stop cleanly");
             }
             let gone =
                 self.node.with_state(|state| state.topic(&topic).is_none_or(|t| t.created_index != created_index));
@@ -227,7 +228,7 @@ impl<D: Disk> Cluster<D> {
     pub async fn run_background(self: Arc<Self>, advertised: String, fence_after_ms: i64, shutdown: CancellationToken) {
         let mut node = self.node.clone();
         let mut registered = false;
-        let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+        let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_applied = 0;
         loop {
@@ -242,7 +243,7 @@ impl<D: Disk> Cluster<D> {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let me = NodeId(self.node_id);
+                    let me = self.node_id;
                     let command = if registered {
                         MetaCommand::BrokerHeartbeat { node_id: me, now_ms: now_ms() }
                     } else {
@@ -255,7 +256,7 @@ impl<D: Disk> Cluster<D> {
                     } else {
                         registered = matches!(proposer.propose(command).await, Ok(MetaResult::Ok));
                     }
-                    if self.node.status().leader_id == self.node_id {
+                    if self.node.status().leader_id == Some(self.node_id) {
                         let to_fence = self.node.with_state(|state| state.brokers_to_fence(now_ms(), fence_after_ms));
                         for node_id in to_fence {
                             tracing::warn!(broker = %node_id, "fencing a broker that stopped heartbeating");
@@ -326,9 +327,4 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
             .collect()
     };
     MetadataResponse { brokers, topics }
-}
-
-/// Broker addresses by node id, from the applied state (for clients and status fan-out).
-pub fn broker_addrs(state: &MetadataState) -> BTreeMap<u64, String> {
-    state.brokers().map(|broker| (broker.node_id.0, broker.addr.clone())).collect()
 }
