@@ -750,6 +750,9 @@ impl World {
 }
 
 fn run(ops: &[Op]) {
+    if std::env::var("REPLICA_STATS").is_ok() {
+        eprintln!("CASE");
+    }
     let mut world = World::new();
     for op in ops {
         world.apply(op);
