@@ -192,6 +192,10 @@ struct World {
     model: ReplicatedLogModel,
     /// Replies seen, for scripted tests: (request, reply).
     replies: Vec<(u64, Reply)>,
+    /// Coverage counters: truncations that cut batches, ISR shrinks and expansions the controller took.
+    cutting_truncations: u64,
+    isr_shrinks: u64,
+    isr_expansions: u64,
 }
 
 impl World {
@@ -237,6 +241,9 @@ impl World {
             fetchers: BTreeMap::new(),
             model: ReplicatedLogModel::new(),
             replies: Vec::new(),
+            cutting_truncations: 0,
+            isr_shrinks: 0,
+            isr_expansions: 0,
         };
         world.drain_all();
         world
@@ -295,12 +302,16 @@ impl World {
         }
         if let Some(to) = truncate_to {
             assert!(writes.is_empty() && !start_sync, "a truncation comes alone");
+            let before = node.log.len();
             node.log.retain(|batch| batch.next_offset() <= to);
+            let cut = node.log.len() < before;
             let log_end = end_of(&node.log);
             node.pending_cache_cut = Some(log_end);
             let core = node.core.as_mut().expect("alive");
             core.step(Input::Truncated { log_end });
+            self.cutting_truncations += u64::from(cut);
         }
+        let node = self.node(id);
         if !writes.is_empty() {
             for batch in writes {
                 assert_eq!(batch.base_offset(), end_of(&node.log), "writes must be contiguous");
@@ -469,6 +480,11 @@ impl World {
             change.new_isr.contains(&change.leader) && change.new_isr.iter().all(|node| state.replicas.contains(node));
         if fenced || !valid {
             return;
+        }
+        if change.new_isr.len() < self.controller.isr.len() {
+            self.isr_shrinks += 1;
+        } else {
+            self.isr_expansions += 1;
         }
         self.controller.isr = change.new_isr;
         self.controller.partition_epoch.0 += 1;
@@ -761,13 +777,16 @@ fn run(ops: &[Op]) {
     if std::env::var("REPLICA_STATS").is_ok() {
         let truncations = world.nodes.iter().map(|node| node.incarnation).sum::<u64>();
         eprintln!(
-            "STATS ops={} acks={} reads={} committed_end={} epoch={} restarts={truncations} replies={}",
+            "STATS ops={} acks={} reads={} committed_end={} epoch={} restarts={truncations} replies={} cuts={} shrinks={} expansions={}",
             ops.len(),
             world.model.acks,
             world.model.reads,
             world.model.committed_end(),
             world.controller.leader_epoch,
-            world.replies.len()
+            world.replies.len(),
+            world.cutting_truncations,
+            world.isr_shrinks,
+            world.isr_expansions
         );
     }
 }
