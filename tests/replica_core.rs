@@ -28,8 +28,8 @@ use keel::batch::{encode_batch, Batch, ProducerFields, Record};
 use keel::leader_epochs::LeaderEpochs;
 use keel::partition::core::{CoreConfig, Reply};
 use keel::partition::replica::{
-    FetchRequest, FetchResponse, FetchResult, Input, IsrChange, PartitionEpoch, PartitionState, Ready, ReplicaConfig,
-    ReplicaCore, RoleKind,
+    FetchRequest, FetchResponse, FetchResult, Input, IsrChange, OpenedLog, PartitionEpoch, PartitionState, Ready,
+    ReplicaConfig, ReplicaCore, RoleKind,
 };
 use keel::protocol::{Acks, ErrorCode};
 use keel::types::{LeaderEpoch, NodeId, Offset};
@@ -142,6 +142,11 @@ struct Node {
     sync_in_flight: Option<(usize, Offset)>,
 }
 
+/// A recovered log from offset 0 with no remembered HW (the core starts from the log start).
+fn opened(log_end: Offset, epochs: LeaderEpochs) -> OpenedLog {
+    OpenedLog { log_start: Offset(0), log_end, epochs, high_watermark: Offset(0) }
+}
+
 fn end_of(log: &[Batch]) -> Offset {
     log.last().map_or(Offset(0), Batch::next_offset)
 }
@@ -216,10 +221,7 @@ impl World {
                     NodeId(id),
                     config(),
                     controller.clone(),
-                    Offset(0),
-                    Offset(0),
-                    LeaderEpochs::new(),
-                    Offset(0),
+                    opened(Offset(0), LeaderEpochs::new()),
                     0,
                 )),
                 incarnation: 0,
@@ -541,16 +543,7 @@ impl World {
         if self.controller.leader == Some(NodeId(id)) || self.controller.leader.is_none() {
             let placeholder = self.placeholder_state();
             let node = self.node(id);
-            node.core = Some(ReplicaCore::new(
-                NodeId(id),
-                config(),
-                placeholder,
-                Offset(0),
-                log_end,
-                epochs.clone(),
-                Offset(0),
-                0,
-            ));
+            node.core = Some(ReplicaCore::new(NodeId(id), config(), placeholder, opened(log_end, epochs.clone()), 0));
             self.elect_leader(None);
             let state = self.controller.clone();
             let now_ms = self.now_ms;
@@ -559,8 +552,7 @@ impl World {
             let state = self.controller.clone();
             let now_ms = self.now_ms;
             let node = self.node(id);
-            node.core =
-                Some(ReplicaCore::new(NodeId(id), config(), state, Offset(0), log_end, epochs, Offset(0), now_ms));
+            node.core = Some(ReplicaCore::new(NodeId(id), config(), state, opened(log_end, epochs), now_ms));
             self.drain(id);
         }
     }

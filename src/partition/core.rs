@@ -29,6 +29,14 @@
 //!   next batch after recovery, which is correct only because it was never acknowledged.
 //! - Batches after it: never issued, so definitely not written: the same definite error.
 //!
+//! # Under replication (`partition::replica` drives it)
+//! - [`Input::AppendReplicated`]: a follower appends a batch the leader stamped, as it is; nobody is
+//!   answered for it. [`Input::Truncated`]: the follower's log was cut (only when
+//!   [`PartitionCore::is_settled`]); the next `Ready` starts a sync (whatever the fsync policy) and
+//!   nothing may be appended until it completes, as `PartitionLog::append` demands.
+//! - [`PartitionCore::set_high_watermark_cap`]: consumers see no further than the replicated high
+//!   watermark; without a cap (a single-copy partition) nothing changes.
+//!
 //! Architecture invariant: this module never touches sockets, files, clocks, threads or an RNG.
 //! `check_invariants` runs after every step in debug builds and in simulation.
 

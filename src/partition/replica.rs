@@ -372,6 +372,17 @@ enum Role {
     Offline,
 }
 
+/// What the shell recovered before building a [`ReplicaCore`].
+#[derive(Debug, Clone)]
+pub struct OpenedLog {
+    pub log_start: Offset,
+    pub log_end: Offset,
+    /// The persisted epoch cache after `EpochCache::open` (its `epochs()`).
+    pub epochs: LeaderEpochs,
+    /// The HW this replica last knew, if it kept one (else `log_start`); clamped to the log.
+    pub high_watermark: Offset,
+}
+
 /// What the replica core's role is, for the shell and for `describe`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleKind {
@@ -495,18 +506,16 @@ fn error_reply(code: ErrorCode, message: impl Into<String>) -> Reply {
 }
 
 impl ReplicaCore {
-    /// A replica over a log that was just opened (everything in it durable), with its recovered epoch
-    /// cache and the HW it last knew (`log_start` if none was kept).
+    /// A replica over a log that was just opened (everything in it durable), in the partition state
+    /// the controller last published.
     pub fn new(
         me: NodeId,
         config: ReplicaConfig,
         state: PartitionState,
-        log_start: Offset,
-        log_end: Offset,
-        epochs: LeaderEpochs,
-        high_watermark: Offset,
+        log: OpenedLog,
         now_ms: TimestampMs,
     ) -> ReplicaCore {
+        let OpenedLog { log_start, log_end, epochs, high_watermark } = log;
         let inner = PartitionCore::new(config.core.clone(), state.leader_epoch, log_start, log_end);
         let mut core = ReplicaCore {
             me,
