@@ -899,3 +899,246 @@ fn a_zombie_leader_cannot_acknowledge() {
     assert!(reply_of(&world, zombie).is_none(), "a zombie acknowledged: {:?}", reply_of(&world, zombie));
     world.heal();
 }
+
+// ---- single-core scenarios: typed errors, divergence answers, truncation rounds, ISR proposals ---
+
+fn state(leader: u64, epoch: i32, isr: &[u64]) -> PartitionState {
+    PartitionState {
+        leader: Some(NodeId(leader)),
+        leader_epoch: LeaderEpoch(epoch),
+        partition_epoch: PartitionEpoch(epoch),
+        isr: isr.iter().copied().map(NodeId).collect(),
+        replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        min_isr: MIN_ISR,
+    }
+}
+
+fn epochs(pairs: &[(i32, i64)]) -> LeaderEpochs {
+    let mut epochs = LeaderEpochs::new();
+    for &(epoch, start) in pairs {
+        epochs.assign(LeaderEpoch(epoch), Offset(start)).unwrap();
+    }
+    epochs
+}
+
+fn fetch(replica: u64, epoch: i32, offset: i64, last: Option<i32>) -> FetchRequest {
+    FetchRequest {
+        fetch_id: 7,
+        replica: NodeId(replica),
+        leader_epoch: LeaderEpoch(epoch),
+        fetch_offset: Offset(offset),
+        last_fetched_epoch: last.map(LeaderEpoch),
+        durable_end: Offset(offset),
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+    }
+}
+
+fn one_result(ready: &Ready) -> &FetchResult {
+    assert_eq!(ready.follower_replies.len(), 1, "{ready:?}");
+    &ready.follower_replies[0].1.result
+}
+
+fn error_code(result: &FetchResult) -> Option<ErrorCode> {
+    match result {
+        FetchResult::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+/// A leader whose log holds epochs 1 (from 0) and 3 (from 10) up to 20 and now leads epoch 5.
+fn leader_over_old_epochs() -> ReplicaCore {
+    let log = OpenedLog {
+        log_start: Offset(0),
+        log_end: Offset(20),
+        epochs: epochs(&[(1, 0), (3, 10)]),
+        high_watermark: Offset(0),
+    };
+    let mut core = ReplicaCore::new(NodeId(1), config(), state(1, 5, &[1, 2, 3]), log, 0);
+    let ready = core.ready();
+    assert_eq!(ready.epoch_assign, vec![(LeaderEpoch(5), Offset(20))], "a new leader records its epoch's start");
+    core
+}
+
+#[test]
+fn a_leader_answers_follower_fetches_with_typed_errors_or_the_divergence() {
+    let mut core = leader_over_old_epochs();
+    let mut ask = |request: u64, fetch: FetchRequest| {
+        core.step(Input::FollowerFetch { request, fetch, now_ms: 10 });
+        core.ready()
+    };
+    let stale = ask(1, fetch(2, 4, 20, Some(3)));
+    assert_eq!(error_code(one_result(&stale)), Some(ErrorCode::FencedLeaderEpoch));
+    let future = ask(2, fetch(2, 6, 20, Some(3)));
+    assert_eq!(error_code(one_result(&future)), Some(ErrorCode::UnknownLeaderEpoch));
+    // The follower has an epoch 4 the leader never had: epoch 3 ends at 20 here.
+    let diverging = ask(3, fetch(2, 5, 25, Some(4)));
+    assert_eq!(one_result(&diverging), &FetchResult::Diverging { epoch: Some(LeaderEpoch(3)), end_offset: Offset(20) });
+    // The follower's epoch 1 runs past where the leader's ended (10).
+    let diverging = ask(4, fetch(3, 5, 12, Some(1)));
+    assert_eq!(one_result(&diverging), &FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(10) });
+    // An epoch below everything the leader knows: start over from the leader's log start.
+    let mut low = leader_over_old_epochs();
+    low.step(Input::FollowerFetch { request: 5, fetch: fetch(2, 5, 5, Some(0)), now_ms: 10 });
+    assert_eq!(one_result(&low.ready()), &FetchResult::Diverging { epoch: None, end_offset: Offset(0) });
+    // Agreeing: data from the fetch offset up to what the leader has written.
+    let agreeing = ask(6, fetch(2, 5, 15, Some(3)));
+    assert!(agreeing.follower_replies.is_empty());
+    assert_eq!(agreeing.follower_reads.len(), 1);
+    assert_eq!((agreeing.follower_reads[0].offset, agreeing.follower_reads[0].up_to), (Offset(15), Offset(20)));
+    // Not a replica of this partition.
+    let stranger = ask(7, fetch(9, 5, 0, None));
+    assert_eq!(error_code(one_result(&stranger)), Some(ErrorCode::InvalidRequest));
+}
+
+#[test]
+fn consumer_fetches_are_fenced_by_leader_epoch_and_refused_off_the_leader() {
+    let mut core = leader_over_old_epochs();
+    let consumer = |request: u64, leader_epoch: Option<i32>| Input::ConsumerFetch {
+        request,
+        offset: Offset(0),
+        max_bytes: 100,
+        max_wait_ms: 0,
+        leader_epoch: leader_epoch.map(LeaderEpoch),
+        now_ms: 0,
+    };
+    core.step(consumer(1, Some(4)));
+    core.step(consumer(2, Some(6)));
+    core.step(consumer(3, Some(5)));
+    let ready = core.ready();
+    let codes: Vec<Option<ErrorCode>> = ready
+        .replies
+        .iter()
+        .map(|(_, reply)| match reply {
+            Reply::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes[..2], [Some(ErrorCode::FencedLeaderEpoch), Some(ErrorCode::UnknownLeaderEpoch)]);
+    // The right epoch, but the HW is still 0 (no follower has confirmed): nothing is readable yet.
+    assert!(ready.reads.is_empty());
+    assert!(matches!(ready.replies[2], (3, Reply::FetchEmpty { high_watermark: Offset(0), .. })));
+    let log =
+        OpenedLog { log_start: Offset(0), log_end: Offset(20), epochs: epochs(&[(1, 0)]), high_watermark: Offset(20) };
+    let mut follower = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 2, 3]), log, 0);
+    follower.step(consumer(4, None));
+    let ready = follower.ready();
+    assert!(matches!(ready.replies[0], (4, Reply::Error { code: ErrorCode::NotLeader, .. })));
+}
+
+/// KIP-279 rounds: the follower truncates to the smaller of the leader's end for the epoch and its
+/// own, drops the epochs above, and asks again with its new last epoch.
+#[test]
+fn a_follower_truncates_by_epoch_in_rounds_never_to_its_high_watermark() {
+    let log = OpenedLog {
+        log_start: Offset(0),
+        log_end: Offset(20),
+        epochs: epochs(&[(1, 0), (3, 10)]),
+        high_watermark: Offset(4),
+    };
+    let mut core = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 2, 3]), log, 0);
+    let ready = core.ready();
+    assert!(ready.truncate_to.is_none(), "becoming a follower truncates nothing by itself (not to the HW 4)");
+    let (leader, first) = ready.fetch.clone().expect("a settled follower fetches");
+    assert_eq!(leader, NodeId(1));
+    assert_eq!(
+        (first.fetch_offset, first.last_fetched_epoch, first.durable_end),
+        (Offset(20), Some(LeaderEpoch(3)), Offset(20))
+    );
+    let answer = |fetch_id: u64, result: FetchResult| Input::FetchResponse {
+        from: NodeId(1),
+        response: FetchResponse { fetch_id, leader_epoch: LeaderEpoch(5), high_watermark: Offset(4), result },
+        now_ms: 0,
+    };
+    core.step(answer(first.fetch_id, FetchResult::Diverging { epoch: Some(LeaderEpoch(3)), end_offset: Offset(15) }));
+    let ready = core.ready();
+    assert_eq!(ready.truncate_to, Some(Offset(15)));
+    assert!(ready.fetch.is_none(), "no fetch while the truncation is not reported");
+    core.step(Input::Truncated { log_end: Offset(15) });
+    let ready = core.ready();
+    assert!(ready.start_sync && ready.fetch.is_none(), "the truncation is synced before anything else");
+    core.step(Input::SyncCompleted { up_to: Offset(15) });
+    let (_, second) = core.ready().fetch.expect("fetching again");
+    assert_eq!((second.fetch_offset, second.last_fetched_epoch), (Offset(15), Some(LeaderEpoch(3))));
+    // A late duplicate of the first answer is ignored.
+    core.step(answer(first.fetch_id, FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(0) }));
+    assert!(core.ready().is_empty());
+    // The leader never had epoch 3; its epoch 1 ended at 8 (ours at 10): cut to 8, epoch 3 goes.
+    core.step(answer(second.fetch_id, FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(8) }));
+    assert_eq!(core.ready().truncate_to, Some(Offset(8)));
+    core.step(Input::Truncated { log_end: Offset(8) });
+    assert_eq!(core.epochs().latest_epoch(), Some(LeaderEpoch(1)));
+    assert_eq!(core.high_watermark(), Offset(4), "the HW stays: committed data is never truncated");
+    assert!(core.ready().start_sync);
+    core.step(Input::SyncCompleted { up_to: Offset(8) });
+    let (_, third) = core.ready().fetch.expect("fetching again");
+    assert_eq!((third.fetch_offset, third.last_fetched_epoch), (Offset(8), Some(LeaderEpoch(1))));
+}
+
+/// A lagging ISR is shrunk through a fenced proposal; while it is pending the HW and min ISR count
+/// the larger/smaller set respectively; a caught-up follower is proposed back in.
+#[test]
+fn isr_shrink_and_expand_are_fenced_proposals() {
+    let mut core = leader_over_old_epochs();
+    core.step(Input::Tick { now_ms: 500 });
+    assert!(core.ready().isr_change.is_none(), "not lagging yet");
+    // Broker 2 catches up (durably, to the log end); broker 3 never fetches.
+    core.step(Input::FollowerFetch { request: 1, fetch: fetch(2, 5, 20, Some(3)), now_ms: 900 });
+    let _ = core.ready();
+    core.step(Input::Tick { now_ms: 1_200 });
+    let change = core.ready().isr_change.expect("broker 3 lags past replica_lag_ms_max");
+    assert_eq!(
+        change,
+        IsrChange {
+            leader: NodeId(1),
+            leader_epoch: LeaderEpoch(5),
+            partition_epoch: PartitionEpoch(5),
+            new_isr: vec![NodeId(1), NodeId(2)],
+        }
+    );
+    assert_eq!(core.maximal_isr(), vec![NodeId(1), NodeId(2), NodeId(3)], "3 still counts for the HW");
+    assert_eq!(core.high_watermark(), Offset(0), "broker 3 never confirmed anything");
+    // Unanswered, the same proposal goes out again after the retry interval.
+    core.step(Input::Tick { now_ms: 1_600 });
+    assert_eq!(core.ready().isr_change.as_ref(), Some(&change));
+    // The controller accepts: the HW moves to what 1 and 2 hold durably.
+    let mut accepted = state(1, 5, &[1, 2]);
+    accepted.partition_epoch = PartitionEpoch(6);
+    core.step(Input::PartitionStateChanged { state: accepted, now_ms: 1_700 });
+    let _ = core.ready();
+    assert_eq!(core.high_watermark(), Offset(20));
+    // Broker 3 comes back and catches up: proposed back in, counted at once.
+    core.step(Input::FollowerFetch { request: 2, fetch: fetch(3, 5, 20, Some(3)), now_ms: 1_800 });
+    let change = core.ready().isr_change.expect("an expansion");
+    assert_eq!(change.partition_epoch, PartitionEpoch(6));
+    assert_eq!(change.new_isr, vec![NodeId(1), NodeId(2), NodeId(3)]);
+    assert_eq!(core.maximal_isr(), vec![NodeId(1), NodeId(2), NodeId(3)]);
+    // A stale state (older partition epoch) changes nothing.
+    core.step(Input::PartitionStateChanged { state: state(1, 5, &[1, 2, 3]), now_ms: 1_900 });
+    assert_eq!(core.state().partition_epoch, PartitionEpoch(6));
+}
+
+/// A leader whose storage recovery lost data it had already sent to followers must not append in
+/// this epoch again: it refuses produce and asks to resign.
+#[test]
+fn a_leader_that_lost_replicated_data_resigns() {
+    let mut core =
+        ReplicaCore::new(NodeId(1), config(), state(1, 1, &[1, 2, 3]), opened(Offset(0), LeaderEpochs::new()), 0);
+    let _ = core.ready();
+    let records = vec![Record::value("x")];
+    let batch = Batch::parse(encode_batch(&records, 0, ProducerFields::NONE)).unwrap();
+    core.step(Input::Produce { request: 1, batch: batch.clone(), acks: Acks::All });
+    let ready = core.ready();
+    assert_eq!(ready.writes.len(), 1);
+    core.step(Input::Written { up_to: Offset(1) });
+    let _ = core.ready();
+    core.step(Input::FollowerFetch { request: 2, fetch: fetch(2, 1, 0, None), now_ms: 0 });
+    assert_eq!(core.ready().follower_reads.len(), 1, "the follower gets the written, not yet durable batch");
+    core.step(Input::StorageFailed { reason: "fsync: EIO".into() });
+    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(0) });
+    let ready = core.ready();
+    assert!(ready.resign);
+    assert!(matches!(ready.replies[0], (1, Reply::Error { code: ErrorCode::StorageIndeterminate, .. })));
+    core.step(Input::Produce { request: 3, batch, acks: Acks::All });
+    assert!(matches!(core.ready().replies[0], (3, Reply::Error { code: ErrorCode::NotLeader, .. })));
+}
