@@ -89,6 +89,12 @@ enum Op {
         node: u8,
         keep: u8,
     },
+    /// A failed fsync: the broker stays up, its unsynced data is in the state a crash leaves, and the
+    /// log is reopened (recovered) at once.
+    FailStorage {
+        node: u8,
+        keep: u8,
+    },
     Restart {
         node: u8,
     },
@@ -112,6 +118,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..3).prop_map(|node| Op::Sync { node }),
         2 => (1u16..700).prop_map(|ms| Op::Tick { ms }),
         1 => (0u8..3, any::<u8>()).prop_map(|(node, keep)| Op::Crash { node, keep }),
+        1 => (0u8..3, any::<u8>()).prop_map(|(node, keep)| Op::FailStorage { node, keep }),
         1 => (0u8..3).prop_map(|node| Op::Restart { node }),
         1 => Just(Op::Elect),
         1 => (0u8..3).prop_map(|node| Op::Fence { node }),
@@ -199,6 +206,8 @@ struct World {
     replies: Vec<(u64, Reply)>,
     /// Coverage counters: truncations that cut batches, ISR shrinks and expansions the controller took.
     cutting_truncations: u64,
+    resignations: u64,
+    storage_failures: u64,
     isr_shrinks: u64,
     isr_expansions: u64,
 }
@@ -244,6 +253,8 @@ impl World {
             model: ReplicatedLogModel::new(),
             replies: Vec::new(),
             cutting_truncations: 0,
+            resignations: 0,
+            storage_failures: 0,
             isr_shrinks: 0,
             isr_expansions: 0,
         };
@@ -297,7 +308,13 @@ impl World {
             isr_change,
             resign,
         } = ready;
-        assert!(!resign, "no storage failures here, so no leader may lose replicated data");
+        if resign {
+            // The leader lost data it had sent to followers: the controller moves leadership away.
+            self.resignations += 1;
+            if self.controller.leader == Some(NodeId(id)) {
+                self.elect_leader(Some(id));
+            }
+        }
         let node = self.node(id);
         for (epoch, start) in epoch_assign {
             node.epoch_file.assign(epoch, start).expect("the persisted cache accepts what the core assigned");
@@ -513,6 +530,12 @@ impl World {
             return;
         }
         node.core = None;
+        Self::lose_unsynced(node, keep);
+    }
+
+    /// What a power loss (or a failed fsync) leaves of the log: the durable batches and a random prefix
+    /// of the rest; an unsynced truncation may be undone.
+    fn lose_unsynced(node: &mut Node, keep: u8) {
         node.sync_in_flight = None;
         node.pending_cache_cut = None;
         let durable_len = node.durable.len();
@@ -527,6 +550,22 @@ impl World {
             node.log = node.durable.clone();
         }
         node.durable = node.log.clone();
+    }
+
+    fn fail_storage(&mut self, id: u64, keep: u8) {
+        if !self.alive(id) {
+            return;
+        }
+        self.storage_failures += 1;
+        let node = self.node(id);
+        node.core.as_mut().expect("alive").step(Input::StorageFailed { reason: "injected fsync error".into() });
+        Self::lose_unsynced(node, keep);
+        let log_end = end_of(&node.log);
+        // The shell's side of `Recovered`: the epoch cache loses the epochs the failure took, and the
+        // core takes the recovered cache.
+        node.epoch_file.truncate_from_end(log_end);
+        let epochs = node.epoch_file.clone();
+        self.step(id, Input::Recovered { log_start: Offset(0), log_end, epochs });
     }
 
     fn restart(&mut self, id: u64) {
@@ -582,6 +621,9 @@ impl World {
             return;
         }
         let message = self.net.remove(index % self.net.len());
+        if std::env::var("REPLICA_TRACE").is_ok() {
+            eprintln!("TRACE t={} {message:?}", self.now_ms);
+        }
         let now_ms = self.now_ms;
         match message {
             Msg::State { to, state } => self.step(to, Input::PartitionStateChanged { state, now_ms }),
@@ -681,6 +723,7 @@ impl World {
             Op::Sync { node } => self.sync(node_id(node)),
             Op::Tick { ms } => self.tick(i64::from(ms)),
             Op::Crash { node, keep } => self.crash(node_id(node), keep),
+            Op::FailStorage { node, keep } => self.fail_storage(node_id(node), keep),
             Op::Restart { node } => self.restart(node_id(node)),
             Op::Elect => {
                 let leader = self.controller.leader.map(|leader| leader.0).filter(|leader| self.alive(*leader));
@@ -742,14 +785,16 @@ impl World {
             .iter()
             .map(|node| {
                 let core = node.core.as_ref().expect("all restarted");
+                let batches: Vec<(i64, i32)> = refs(&node.log).iter().map(|batch| (batch.base, batch.epoch)).collect();
                 format!(
-                    "broker {}: {:?} epoch {} hw {} log_end {} isr {:?}",
+                    "broker {}: {:?} epoch {} hw {} log_end {} isr {:?} epochs {:?} batches (base, epoch) {batches:?}",
                     node.id,
                     core.role(),
                     core.state().leader_epoch,
                     core.high_watermark(),
                     core.log_end(),
-                    core.state().isr
+                    core.state().isr,
+                    core.epochs().entries(),
                 )
             })
             .collect();
@@ -769,7 +814,7 @@ fn run(ops: &[Op]) {
     if std::env::var("REPLICA_STATS").is_ok() {
         let truncations = world.nodes.iter().map(|node| node.incarnation).sum::<u64>();
         eprintln!(
-            "STATS ops={} acks={} reads={} committed_end={} epoch={} restarts={truncations} replies={} cuts={} shrinks={} expansions={}",
+            "STATS ops={} acks={} reads={} committed_end={} epoch={} restarts={truncations} replies={} cuts={} shrinks={} expansions={} storage_failures={} resignations={}",
             ops.len(),
             world.model.acks,
             world.model.reads,
@@ -778,7 +823,9 @@ fn run(ops: &[Op]) {
             world.replies.len(),
             world.cutting_truncations,
             world.isr_shrinks,
-            world.isr_expansions
+            world.isr_expansions,
+            world.storage_failures,
+            world.resignations
         );
     }
 }
@@ -1135,7 +1182,7 @@ fn a_leader_that_lost_replicated_data_resigns() {
     core.step(Input::FollowerFetch { request: 2, fetch: fetch(2, 1, 0, None), now_ms: 0 });
     assert_eq!(core.ready().follower_reads.len(), 1, "the follower gets the written, not yet durable batch");
     core.step(Input::StorageFailed { reason: "fsync: EIO".into() });
-    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(0) });
+    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(0), epochs: LeaderEpochs::new() });
     let ready = core.ready();
     assert!(ready.resign);
     assert!(matches!(ready.replies[0], (1, Reply::Error { code: ErrorCode::StorageIndeterminate, .. })));

@@ -44,8 +44,9 @@
 //! - Fetch responses and partition states may arrive late, twice, or not at all: the core ignores
 //!   stale partition states (by leader and partition epoch) and responses to fetches it no longer
 //!   waits for (by `fetch_id`).
-//! - After `Recovered { log_end }` the shell also calls `EpochCache::truncate_from_end(log_end + 1)`,
-//!   as the core does to its own copy (epochs whose batches the failure took).
+//! - On a storage failure the shell drops a pending epoch-cache cut (its log truncation may not have
+//!   survived), reopens the log, cuts the cache at the recovered log end, and hands the cache's
+//!   entries to the core with `Input::Recovered` (they replace the core's copy).
 //! - Batches in a fetch response are forwarded as stored bytes (the shell parses the bytes into
 //!   [`Batch`]es, which checks their CRCs, and never re-encodes them).
 //!
@@ -267,9 +268,13 @@ pub enum Input {
     StorageFailed {
         reason: String,
     },
+    /// The shell reopened the log after a failure, and the epoch cache with it: `epochs` is the
+    /// cache as recovered (`EpochCache::truncate_from_end(log_end)` applied), which replaces the
+    /// core's copy (a failure may have undone a truncation the core already applied to its copy).
     Recovered {
         log_start: Offset,
         log_end: Offset,
+        epochs: LeaderEpochs,
     },
     Tick {
         now_ms: TimestampMs,
@@ -678,7 +683,7 @@ impl ReplicaCore {
                 self.inner.step(core::Input::StorageFailed { reason });
                 self.drop_fetch_in_flight();
             }
-            Input::Recovered { log_start, log_end } => self.on_recovered(log_start, log_end),
+            Input::Recovered { log_start, log_end, epochs } => self.on_recovered(log_start, log_end, epochs),
             Input::Tick { now_ms } => {
                 self.advance_time(now_ms);
                 self.inner.step(core::Input::Tick { now_ms: self.now_ms });
@@ -854,13 +859,32 @@ impl ReplicaCore {
             Role::Follower(FollowerState { leader, in_flight: None, truncating: None, blocked_until_ms: self.now_ms });
     }
 
-    fn on_recovered(&mut self, log_start: Offset, log_end: Offset) {
+    fn on_recovered(&mut self, log_start: Offset, log_end: Offset, epochs: LeaderEpochs) {
         self.inner.step(core::Input::Recovered { log_start, log_end });
-        self.epochs.truncate_from_end(log_end.next());
+        assert!(
+            epochs.latest().is_none_or(|latest| latest.start_offset < log_end),
+            "replica {}: the recovered epoch cache {epochs:?} reaches past the recovered log end {log_end}",
+            self.me
+        );
+        self.epochs = epochs;
+        self.deferred_epoch_assign = None;
+        let epoch = self.state.leader_epoch;
         if let Role::Leader(leader) = &mut self.role {
             if log_end < leader.served_end && !leader.lost_replicated_data {
                 leader.lost_replicated_data = true;
                 self.ready.resign = true;
+            }
+            // The failure may have taken every batch of this epoch and with them its entry. A leader
+            // that keeps leading (no follower saw what was lost) writes on in this epoch, which
+            // starts again at the recovered end. One that resigns must not: followers may hold this
+            // epoch's batches from an earlier start, and two starts for one epoch would hide a
+            // divergence from the epoch check.
+            leader.epoch_start = leader.epoch_start.min(log_end);
+            if !leader.lost_replicated_data && self.epochs.latest_epoch() != Some(epoch) {
+                match self.epochs.assign(epoch, log_end) {
+                    Ok(_) => self.deferred_epoch_assign = Some((epoch, log_end)),
+                    Err(error) => panic!("replica {}: re-assigning epoch {epoch} after recovery: {error}", self.me),
+                }
             }
         }
         self.high_watermark = self.high_watermark.min(self.inner.log_end());
