@@ -660,6 +660,31 @@ impl World {
     }
 
     fn apply(&mut self, op: &Op) {
+        if std::env::var("REPLICA_TRACE").is_ok() {
+            let states: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|node| match &node.core {
+                    Some(core) => format!(
+                        "{}:{:?}/e{}/hw{}/end{}/dur{}/{:?}",
+                        node.id,
+                        core.role(),
+                        core.state().leader_epoch,
+                        core.high_watermark(),
+                        core.log_end(),
+                        end_of(&node.durable),
+                        core.epochs().entries().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect::<Vec<_>>()
+                    ),
+                    None => format!("{}:down", node.id),
+                })
+                .collect();
+            eprintln!(
+                "TRACE op {op:?} | controller {:?} isr {:?} | {}",
+                self.controller.leader,
+                self.controller.isr,
+                states.join(" ")
+            );
+        }
         let node_id = |node: u8| u64::from(node) % N_NODES as u64 + 1;
         match *op {
             Op::Produce { to_leader, node, records, acks } => {

@@ -880,6 +880,13 @@ impl ReplicaCore {
             // epoch's batches from an earlier start, and two starts for one epoch would hide a
             // divergence from the epoch check.
             leader.epoch_start = leader.epoch_start.min(log_end);
+            // A follower's durable end vouched for the log this leader had when it fetched; above the
+            // recovered end that log is gone, and new batches there are not what the follower holds
+            // (found by the proptest: the HW counted a follower for data written after the loss).
+            for progress in leader.followers.values_mut() {
+                progress.durable_end = progress.durable_end.map(|durable| durable.min(log_end));
+                progress.fetch_offset = progress.fetch_offset.map(|offset| offset.min(log_end));
+            }
             if !leader.lost_replicated_data && self.epochs.latest_epoch() != Some(epoch) {
                 match self.epochs.assign(epoch, log_end) {
                     Ok(_) => self.deferred_epoch_assign = Some((epoch, log_end)),
