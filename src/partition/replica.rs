@@ -1234,9 +1234,12 @@ impl ReplicaCore {
 
     // ---- follower: fetch loop, truncation by epoch, replicated appends --------------------------
 
+    /// After a storage failure: the fetch in flight and a truncation not yet reported (the shell may
+    /// have failed performing it) are forgotten; the next fetch finds any divergence again.
     fn drop_fetch_in_flight(&mut self) {
         if let Role::Follower(follower) = &mut self.role {
             follower.in_flight = None;
+            follower.truncating = None;
         }
     }
 
