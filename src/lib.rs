@@ -20,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod leader_epochs;
 pub mod log;
 pub mod meta;
 pub mod partition;

@@ -158,12 +158,30 @@ pub enum ErrorCode {
     /// A peer handshake or Raft message names a node that is not another voter of the metadata
     /// group, is addressed to another node, or claims a sender other than the identified peer.
     UnknownPeer = 23,
+    /// `acks=all` with fewer than `min_insync_replicas` in the ISR: definitely not appended.
+    NotEnoughReplicas = 24,
+    /// Appended on the leader, but the ISR shrank below `min_insync_replicas` before the batch was
+    /// committed: the outcome is unknown (it may still be committed, or lost in a failover).
+    NotEnoughReplicasAfterAppend = 25,
+    /// Appended on the leader, which then lost its leadership before the batch was committed: the
+    /// outcome is unknown.
+    NotLeaderAfterAppend = 26,
+    /// The request carried an older leader epoch than the replica's (KIP-320): refresh metadata.
+    FencedLeaderEpoch = 27,
+    /// The request carried a newer leader epoch than the replica knows: it has not caught up yet.
+    UnknownLeaderEpoch = 28,
 }
 
 impl ErrorCode {
     /// True when the outcome of a write with this error is unknown.
     pub fn is_indeterminate(self) -> bool {
-        matches!(self, ErrorCode::StorageIndeterminate | ErrorCode::Timeout)
+        matches!(
+            self,
+            ErrorCode::StorageIndeterminate
+                | ErrorCode::Timeout
+                | ErrorCode::NotEnoughReplicasAfterAppend
+                | ErrorCode::NotLeaderAfterAppend
+        )
     }
 }
 

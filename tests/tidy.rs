@@ -45,7 +45,12 @@ fn sans_io_cores_do_no_io() {
         "crate::server",
         "crate::client",
     ];
-    let cores = [root().join("src/partition/core.rs"), root().join("src/meta/state.rs")];
+    let cores = [
+        root().join("src/partition/core.rs"),
+        root().join("src/partition/replica.rs"),
+        root().join("src/leader_epochs.rs"),
+        root().join("src/meta/state.rs"),
+    ];
     for core in cores {
         let code = code_of(&core);
         for word in banned {

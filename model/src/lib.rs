@@ -9,4 +9,5 @@ pub mod metadata_checker;
 pub mod partition_log;
 pub mod queue_checker;
 pub mod raft_checker;
+pub mod replicated_log;
 mod report;

@@ -60,6 +60,7 @@
 //! Per segment: its files, length, next offset, max timestamp and both sparse indexes (one entry per
 //! `index_interval_bytes`, 24 bytes of memory per 4 KiB of log by default).
 
+pub mod epoch_cache;
 mod index;
 mod segment;
 

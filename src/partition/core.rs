@@ -29,6 +29,14 @@
 //!   next batch after recovery, which is correct only because it was never acknowledged.
 //! - Batches after it: never issued, so definitely not written: the same definite error.
 //!
+//! # Under replication (`partition::replica` drives it)
+//! - [`Input::AppendReplicated`]: a follower appends a batch the leader stamped, as it is; nobody is
+//!   answered for it. [`Input::Truncated`]: the follower's log was cut (only when
+//!   [`PartitionCore::is_settled`]); the next `Ready` starts a sync (whatever the fsync policy) and
+//!   nothing may be appended until it completes, as `PartitionLog::append` demands.
+//! - [`PartitionCore::set_high_watermark_cap`]: consumers see no further than the replicated high
+//!   watermark; without a cap (a single-copy partition) nothing changes.
+//!
 //! Architecture invariant: this module never touches sockets, files, clocks, threads or an RNG.
 //! `check_invariants` runs after every step in debug builds and in simulation.
 
@@ -121,6 +129,17 @@ pub enum Input {
     Tick {
         now_ms: TimestampMs,
     },
+    /// A follower's append of a batch the leader stamped (offsets and leader epoch kept as they are):
+    /// its base offset must be the log end. Nobody is answered for it; the replica core tracks it.
+    AppendReplicated {
+        batch: Batch,
+    },
+    /// The shell truncated the log at `to` (the batch boundary the replica core chose). Only when
+    /// [`PartitionCore::is_settled`]. The next `Ready` starts a sync, which must complete before
+    /// anything is appended again (`PartitionLog::append` refuses otherwise).
+    Truncated {
+        to: Offset,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,7 +188,8 @@ impl Ready {
 
 #[derive(Debug)]
 struct PendingAppend {
-    request: RequestId,
+    /// `None` for a replicated batch: nobody waits for a reply.
+    request: Option<RequestId>,
     base_offset: Offset,
     next_offset: Offset,
     /// `acks=all` with `fsync=always`: answered after the sync covering it, not after the write.
@@ -210,6 +230,10 @@ pub struct PartitionCore {
     /// Written appends waiting for the sync that covers them, in offset order.
     pending: VecDeque<PendingAppend>,
     parked: Vec<ParkedFetch>,
+    /// Replication: consumers see no further than this (the replicated high watermark).
+    high_watermark_cap: Option<Offset>,
+    /// A truncation the shell performed that no sync has covered yet.
+    truncation_unsynced: bool,
     ready: Ready,
 }
 
@@ -228,6 +252,8 @@ impl PartitionCore {
             unwritten: VecDeque::new(),
             pending: VecDeque::new(),
             parked: Vec::new(),
+            high_watermark_cap: None,
+            truncation_unsynced: false,
             ready: Ready::default(),
         }
     }
@@ -257,12 +283,58 @@ impl PartitionCore {
     }
 
     /// Offsets below the high watermark are committed: visible to consumers, never taken back.
-    /// With `fsync=never` that is what reached the log: never a batch still to be written.
+    /// With `fsync=never` that is what reached the log: never a batch still to be written. Under
+    /// replication it is also capped by the replicated high watermark (`set_high_watermark_cap`).
     pub fn high_watermark(&self) -> Offset {
+        match self.high_watermark_cap {
+            Some(cap) => self.stable_end().min(cap),
+            None => self.stable_end(),
+        }
+    }
+
+    /// The end of what this replica holds as its policy counts it: the durable end with
+    /// `fsync=always`, the written end with `fsync=never`. A replica reports this to its leader.
+    pub fn stable_end(&self) -> Offset {
         match self.config.fsync {
             FsyncPolicy::Always => self.durable_end,
             FsyncPolicy::Never => self.written_end,
         }
+    }
+
+    pub fn leader_epoch(&self) -> LeaderEpoch {
+        self.leader_epoch
+    }
+
+    /// The epoch stamped into appended batches from now on (the replica core sets it on a leader change).
+    pub fn set_leader_epoch(&mut self, leader_epoch: LeaderEpoch) {
+        self.leader_epoch = leader_epoch;
+    }
+
+    /// Replication: consumers see nothing at or above `cap` (the replicated high watermark). Parked
+    /// fetches that the new cap lets through are handed out as reads in the next `Ready`.
+    pub fn set_high_watermark_cap(&mut self, cap: Offset) {
+        let before = self.high_watermark();
+        self.high_watermark_cap = Some(cap);
+        if self.failure.is_none() && self.high_watermark() > before {
+            self.serve_parked_fetches();
+        }
+        self.check_invariants();
+    }
+
+    /// Nothing in flight: no unreported write, no sync in flight or owed, no storage failure, and
+    /// everything in the log is stable (durable, or written with `fsync=never`).
+    pub fn is_settled(&self) -> bool {
+        self.failure.is_none()
+            && self.unwritten.is_empty()
+            && self.pending.is_empty()
+            && !self.sync_in_flight
+            && !self.truncation_unsynced
+            && self.stable_end() == self.log_end
+    }
+
+    /// A truncation is not yet covered by a sync: nothing may be appended until it is.
+    pub fn is_truncation_unsynced(&self) -> bool {
+        self.truncation_unsynced
     }
 
     pub fn is_failed(&self) -> bool {
@@ -288,6 +360,8 @@ impl PartitionCore {
             Input::StorageFailed { reason } => self.on_storage_failed(reason),
             Input::Recovered { log_start, log_end } => self.on_recovered(log_start, log_end),
             Input::Tick { now_ms } => self.on_tick(now_ms),
+            Input::AppendReplicated { batch } => self.on_append_replicated(batch),
+            Input::Truncated { to } => self.on_truncated(to),
         }
         self.check_invariants();
     }
@@ -297,7 +371,8 @@ impl PartitionCore {
         // Only what the shell reported written can be synced; writes in this Ready are not yet.
         let needs_sync = self.durable_end < self.written_end && self.ready.writes.is_empty();
         let can_sync = self.failure.is_none() && !self.sync_in_flight;
-        if self.config.fsync == FsyncPolicy::Always && can_sync && needs_sync {
+        let wants_sync = (self.config.fsync == FsyncPolicy::Always && needs_sync) || self.truncation_unsynced;
+        if can_sync && wants_sync {
             self.sync_in_flight = true;
             self.ready.start_sync = true;
         }
@@ -306,6 +381,13 @@ impl PartitionCore {
 
     fn reply(&mut self, request: RequestId, reply: Reply) {
         self.ready.replies.push((request, reply));
+    }
+
+    /// Replies to a client append; replicated batches (`None`) have nobody to answer.
+    fn reply_to(&mut self, request: Option<RequestId>, reply: Reply) {
+        if let Some(request) = request {
+            self.reply(request, reply);
+        }
     }
 
     fn error(&mut self, request: RequestId, code: ErrorCode, message: impl Into<String>) {
@@ -327,13 +409,51 @@ impl PartitionCore {
         if self.unwritten.len() + self.pending.len() >= self.config.pending_appends_max {
             return self.error(request, ErrorCode::Busy, "too many appends waiting for their write or fsync");
         }
+        assert!(!self.truncation_unsynced, "an append before the truncation was synced");
         let base_offset = self.log_end;
         let batch = batch.stamped(base_offset, self.leader_epoch);
         self.log_end = batch.next_offset();
         self.ready.writes.push(batch);
         let waits_for_sync = acks == Acks::All && self.config.fsync == FsyncPolicy::Always;
         // Every reply waits at least for the write: see "The Ready contract" in the module doc.
+        let request = Some(request);
         self.unwritten.push_back(PendingAppend { request, base_offset, next_offset: self.log_end, waits_for_sync });
+    }
+
+    fn on_append_replicated(&mut self, batch: Batch) {
+        assert!(self.failure.is_none(), "a replicated append while storage is failed");
+        assert!(!self.truncation_unsynced, "a replicated append before the truncation was synced");
+        assert_eq!(batch.base_offset(), self.log_end, "a replicated batch must start at the log end");
+        let base_offset = self.log_end;
+        self.log_end = batch.next_offset();
+        self.ready.writes.push(batch);
+        let waits_for_sync = self.config.fsync == FsyncPolicy::Always;
+        self.unwritten.push_back(PendingAppend {
+            request: None,
+            base_offset,
+            next_offset: self.log_end,
+            waits_for_sync,
+        });
+    }
+
+    fn on_truncated(&mut self, to: Offset) {
+        assert!(self.is_settled(), "truncated while writes or syncs are in flight");
+        assert!(
+            self.log_start <= to && to <= self.log_end,
+            "truncated to {to} outside [{}, {}]",
+            self.log_start,
+            self.log_end
+        );
+        self.log_end = to;
+        self.written_end = to;
+        self.durable_end = self.durable_end.min(to);
+        self.truncation_unsynced = true;
+        // A fetch parked past the new end can no longer be served from this log.
+        let high_watermark = self.high_watermark();
+        let log_start = self.log_start;
+        for fetch in std::mem::take(&mut self.parked) {
+            self.reply(fetch.request, Reply::FetchEmpty { high_watermark, log_start });
+        }
     }
 
     fn on_written(&mut self, up_to: Offset) {
@@ -352,7 +472,7 @@ impl PartitionCore {
             if done.waits_for_sync {
                 self.pending.push_back(done);
             } else {
-                self.reply(done.request, Reply::Produced { base_offset: done.base_offset });
+                self.reply_to(done.request, Reply::Produced { base_offset: done.base_offset });
             }
         }
         let batch_boundary = self.unwritten.front().map_or(self.log_end, |front| front.base_offset);
@@ -376,7 +496,7 @@ impl PartitionCore {
             } else {
                 format!("not written: the write of an earlier batch failed: {reason}")
             };
-            self.reply(append.request, Reply::Error { code, message });
+            self.reply_to(append.request, Reply::Error { code, message });
         }
         self.fail(failure, &reason);
     }
@@ -384,7 +504,7 @@ impl PartitionCore {
     fn on_storage_failed(&mut self, reason: String) {
         // The shell abandoned the log with these writes unreported: they may have landed.
         for append in std::mem::take(&mut self.unwritten) {
-            self.reply(
+            self.reply_to(
                 append.request,
                 Reply::Error {
                     code: ErrorCode::StorageIndeterminate,
@@ -406,7 +526,7 @@ impl PartitionCore {
         self.sync_in_flight = false;
         // Written but not durable: the bytes may or may not survive recovery.
         for pending in std::mem::take(&mut self.pending) {
-            self.reply(
+            self.reply_to(
                 pending.request,
                 Reply::Error {
                     code: ErrorCode::StorageIndeterminate,
@@ -443,6 +563,7 @@ impl PartitionCore {
         assert!(self.sync_in_flight, "sync completed with none in flight (up_to={up_to})");
         assert!(self.failure.is_none(), "a sync completed after storage failed; the shell must drop it");
         self.sync_in_flight = false;
+        self.truncation_unsynced = false;
         assert!(up_to <= self.written_end, "sync covered {up_to} beyond the written end {}", self.written_end);
         if up_to <= self.durable_end {
             return;
@@ -453,7 +574,7 @@ impl PartitionCore {
                 break;
             }
             let done = self.pending.pop_front().expect("front exists");
-            self.reply(done.request, Reply::Produced { base_offset: done.base_offset });
+            self.reply_to(done.request, Reply::Produced { base_offset: done.base_offset });
         }
         self.serve_parked_fetches();
     }
@@ -468,6 +589,7 @@ impl PartitionCore {
         assert!(self.unwritten.is_empty() && self.pending.is_empty(), "appends survived a failure unanswered");
         self.failure = None;
         self.sync_in_flight = false;
+        self.truncation_unsynced = false;
         self.log_start = log_start;
         self.log_end = log_end;
         self.written_end = log_end;
@@ -544,6 +666,12 @@ impl PartitionCore {
         }
         if self.config.fsync == FsyncPolicy::Never {
             assert!(self.pending.is_empty(), "fsync=never never waits for durability");
+        }
+        if self.truncation_unsynced {
+            assert!(self.unwritten.is_empty() && self.pending.is_empty(), "appended before a truncation was synced");
+        }
+        if let Some(cap) = self.high_watermark_cap {
+            assert!(self.high_watermark() <= cap, "consumers would see past the replicated high watermark {cap}");
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod actor;
 pub mod core;
+pub mod replica;
 
 pub use actor::{spawn_partition, OffsetSpec, PartitionHandle, PartitionReply, PartitionSpec};
 pub use core::{CoreConfig, FsyncPolicy};

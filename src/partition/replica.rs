@@ -1,0 +1,1391 @@
+//! The sans-IO replica core: one replica of one partition, leader or follower, Kafka's pull-based ISR
+//! with fsync before the high watermark (ADR 0011).
+//!
+//! It composes a [`PartitionCore`] (the local log's offsets, writes, group-commit syncs, storage
+//! failures and parked consumer fetches, whose Ready contract it keeps) with what replication adds:
+//! the partition state the controller decided, the leader-epoch cache ([`LeaderEpochs`]), per-follower
+//! fetch state, the replicated high watermark, ISR change proposals, and the follower's fetch loop.
+//!
+//! # In
+//! [`Input`]: the partition state from the controller ([`Input::PartitionStateChanged`]: leader,
+//! leader epoch, partition epoch, ISR, replicas, min ISR), client produce and consumer fetch
+//! requests, follower fetch requests (at a leader), fetch responses (at a follower), the local log's
+//! completions (`Written`, `WriteFailed`, `SyncCompleted`, `StorageFailed`, `Recovered`, exactly as
+//! [`PartitionCore`] takes them), and `Tick`. Time comes in as `now_ms`.
+//!
+//! # Out
+//! [`Ready`], performed by the shell in field order:
+//! 1. `epoch_assign`: apply each to the persisted epoch cache (`log::epoch_cache::EpochCache::assign`)
+//!    and **await its sync before this Ready's writes** (a durable batch always has a durable epoch).
+//! 2. `truncate_to` (follower): `PartitionLog::truncate_to` (it cuts the whole batch containing the
+//!    offset), then report [`Input::Truncated`] with the log end it left. The next Ready starts a sync;
+//!    when that completes, `EpochCache::truncate_from_end(log_end)` and its sync, and only then report
+//!    `SyncCompleted` (the cache's cut must never be durable before the log's: `log::epoch_cache`).
+//! 3. `writes`: append in order, report `Written` / `WriteFailed` as for [`PartitionCore`].
+//! 4. `start_sync`: begin a log sync; report `SyncCompleted { up_to }` or `StorageFailed`.
+//! 5. `reads` (consumers, bounded by the high watermark) and `follower_reads` (followers, bounded by
+//!    what was written): read whole batches and answer; a follower read becomes a
+//!    [`FetchResponse`] with `FetchResult::Data` and the `high_watermark` and `leader_epoch` given.
+//! 6. `replies` (clients) and `follower_replies` (complete fetch responses: errors, divergence, empty).
+//! 7. `fetch` (follower): send this fetch request to the leader; deliver its response with
+//!    [`Input::FetchResponse`]. At most one is in flight; a lost one times out on `Tick`.
+//! 8. `isr_change` (leader): propose it to the controller (fenced by leader epoch and partition epoch).
+//!    The answer comes back as a new partition state; a lost proposal is re-sent after
+//!    `isr_change_retry_ms`. `resign`: this leader lost data it had already sent to followers (a storage
+//!    failure); ask the controller for a new leader epoch (controlled shutdown of this partition).
+//!
+//! The shell ticks at least every `replica_lag_ms_max / 4` and at [`ReplicaCore::next_deadline_ms`].
+//!
+//! # The shell's contract beyond the Ready order
+//! - After a restart the core is rebuilt with [`ReplicaCore::new`] from the recovered log and epoch
+//!   cache. **A broker never leads an epoch it led before it restarted**: the controller bumps the
+//!   leader epoch when a restarted broker registers (a leader that lost its page cache might otherwise
+//!   write new batches at offsets its followers hold with the same epoch: an undetectable divergence).
+//! - Fetch responses and partition states may arrive late, twice, or not at all: the core ignores
+//!   stale partition states (by leader and partition epoch) and responses to fetches it no longer
+//!   waits for (by `fetch_id`).
+//! - On a storage failure the shell drops a pending epoch-cache cut (its log truncation may not have
+//!   survived), reopens the log, cuts the cache at the recovered log end, and hands the cache's
+//!   entries to the core with `Input::Recovered` (they replace the core's copy).
+//! - Batches in a fetch response are forwarded as stored bytes (the shell parses the bytes into
+//!   [`Batch`]es, which checks their CRCs, and never re-encodes them).
+//!
+//! # Invariants (`check_invariants`, after every step)
+//! - The partition state is well formed: the ISR is a subset of the replicas, the leader is in it.
+//! - Leader: HW <= its own stable (durable) end; HW never moves back while it leads; HW is either the
+//!   HW it started its leadership with or at most the durable end of every member of the *maximal*
+//!   ISR (committed ISR plus any pending expansion: KIP-497/KIP-841), as reported by fetches that
+//!   passed the divergence check.
+//! - Nothing at or above HW is served to a consumer (the inner core's cap is the HW).
+//! - The epoch cache is ordered and ends no later than the log.
+//!
+//! Acknowledgements: `acks=all` is answered only when the HW covers the batch and the ISR has at
+//! least `min_isr` members (else `NotEnoughReplicas` before appending, `NotEnoughReplicasAfterAppend`
+//! after); `acks=leader` when the leader's own fsync covers it; `acks=none` once written.
+//!
+//! Architecture invariant: this module never touches sockets, files, clocks, threads or an RNG
+//! (checked by `tests/tidy.rs`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::batch::Batch;
+use crate::leader_epochs::{EpochEndOffset, LeaderEpochs};
+use crate::partition::core::{self, CoreConfig, PartitionCore, Read, RequestId};
+use crate::protocol::{Acks, ErrorCode};
+use crate::types::{LeaderEpoch, NodeId, Offset, TimestampMs};
+
+pub use crate::partition::core::Reply;
+
+/// Bumped by the controller on every change of a partition's leader or ISR; an ISR change proposal
+/// names the partition epoch it was based on, so a stale one is refused (KIP-497).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct PartitionEpoch(pub i32);
+
+/// What the controller decided for one partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionState {
+    pub leader: Option<NodeId>,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: PartitionEpoch,
+    pub isr: Vec<NodeId>,
+    pub replicas: Vec<NodeId>,
+    pub min_isr: usize,
+}
+
+impl PartitionState {
+    /// Why this state cannot be acted on, if it is malformed.
+    pub fn validate(&self) -> Result<(), String> {
+        let unique = |list: &[NodeId]| list.iter().collect::<BTreeSet<_>>().len() == list.len();
+        if self.replicas.is_empty() || !unique(&self.replicas) || !unique(&self.isr) {
+            return Err(format!("replicas {:?} / isr {:?} empty or repeated", self.replicas, self.isr));
+        }
+        if let Some(stray) = self.isr.iter().find(|member| !self.replicas.contains(member)) {
+            return Err(format!("isr member {stray} is not a replica"));
+        }
+        if let Some(leader) = self.leader {
+            if !self.isr.contains(&leader) {
+                return Err(format!("leader {leader} is not in the isr {:?}", self.isr));
+            }
+        }
+        if self.min_isr == 0 {
+            return Err("min_isr is 0".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    pub core: CoreConfig,
+    /// A follower not caught up to the leader's log end for this long leaves the ISR.
+    pub replica_lag_ms_max: i64,
+    /// An ISR change proposal without an answer (a new partition state) is sent again after this.
+    pub isr_change_retry_ms: i64,
+    /// How long a follower's fetch may wait at the leader for new data (long poll).
+    pub follower_fetch_wait_ms: u32,
+    /// A fetch without a response for this long (beyond its wait) is given up and sent again.
+    pub follower_fetch_timeout_ms: i64,
+    /// After an error response, the follower waits this long before fetching again.
+    pub follower_retry_backoff_ms: i64,
+    pub follower_fetch_bytes_max: u32,
+    /// Follower fetches parked at a leader before new ones are answered at once.
+    pub parked_follower_fetches_max: usize,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            core: CoreConfig::default(),
+            replica_lag_ms_max: 10_000,
+            isr_change_retry_ms: 1_000,
+            follower_fetch_wait_ms: 500,
+            follower_fetch_timeout_ms: 2_000,
+            follower_retry_backoff_ms: 100,
+            follower_fetch_bytes_max: 8 * 1024 * 1024,
+            parked_follower_fetches_max: 64,
+        }
+    }
+}
+
+/// A follower's fetch, sent to the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    /// Chosen by the follower, echoed in the response: a response to any other fetch is ignored.
+    pub fetch_id: u64,
+    pub replica: NodeId,
+    /// The leader epoch the follower believes current (KIP-320 fencing).
+    pub leader_epoch: LeaderEpoch,
+    /// The follower's log end: the next offset it wants.
+    pub fetch_offset: Offset,
+    /// The epoch of the follower's last batch (its latest cache entry); `None` for an empty log.
+    pub last_fetched_epoch: Option<LeaderEpoch>,
+    /// Everything below this is fsynced on the follower. The leader counts only this toward its HW.
+    pub durable_end: Offset,
+    pub max_bytes: u32,
+    pub max_wait_ms: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchResult {
+    /// Whole batches from the fetch offset, as stored (possibly none: the wait ended).
+    Data {
+        batches: Vec<Batch>,
+    },
+    /// The follower's log diverges from the leader's: the leader's largest epoch `<=` the follower's
+    /// last fetched epoch, and where that epoch ends on the leader (KIP-320). `epoch: None` means the
+    /// leader knows no such epoch; `end_offset` is then the leader's log start.
+    Diverging {
+        epoch: Option<LeaderEpoch>,
+        end_offset: Offset,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchResponse {
+    pub fetch_id: u64,
+    /// The leader's epoch when it answered.
+    pub leader_epoch: LeaderEpoch,
+    pub high_watermark: Offset,
+    pub result: FetchResult,
+}
+
+/// A follower fetch the shell answers with data: read whole batches in `[offset, up_to)`, at most
+/// `max_bytes` (at least one batch), and send a [`FetchResponse`] with these fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerRead {
+    pub request: RequestId,
+    pub replica: NodeId,
+    pub fetch_id: u64,
+    pub offset: Offset,
+    pub max_bytes: u32,
+    pub up_to: Offset,
+    pub high_watermark: Offset,
+    pub leader_epoch: LeaderEpoch,
+}
+
+/// A proposal to the controller: set the ISR to `new_isr`, if the partition is still at
+/// `leader_epoch` and `partition_epoch` (else refuse it: this leader's view is stale).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IsrChange {
+    pub leader: NodeId,
+    pub leader_epoch: LeaderEpoch,
+    pub partition_epoch: PartitionEpoch,
+    pub new_isr: Vec<NodeId>,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    PartitionStateChanged {
+        state: PartitionState,
+        now_ms: TimestampMs,
+    },
+    Produce {
+        request: RequestId,
+        batch: Batch,
+        acks: Acks,
+    },
+    /// A consumer's fetch; `leader_epoch` is the epoch its metadata named, if it sent one (KIP-320).
+    ConsumerFetch {
+        request: RequestId,
+        offset: Offset,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        leader_epoch: Option<LeaderEpoch>,
+        now_ms: TimestampMs,
+    },
+    /// At a leader: a follower's fetch.
+    FollowerFetch {
+        request: RequestId,
+        fetch: FetchRequest,
+        now_ms: TimestampMs,
+    },
+    /// At a follower: the leader's answer to a fetch.
+    FetchResponse {
+        from: NodeId,
+        response: FetchResponse,
+        now_ms: TimestampMs,
+    },
+    /// The shell performed `Ready::truncate_to`: the log now ends at `log_end` (at or below the
+    /// offset asked for: the batch containing it was cut whole).
+    Truncated {
+        log_end: Offset,
+    },
+    Written {
+        up_to: Offset,
+    },
+    WriteFailed {
+        written_up_to: Offset,
+        disk_full: bool,
+        reason: String,
+    },
+    SyncCompleted {
+        up_to: Offset,
+    },
+    StorageFailed {
+        reason: String,
+    },
+    /// The shell reopened the log after a failure, and the epoch cache with it: `epochs` is the
+    /// cache as recovered (`EpochCache::truncate_from_end(log_end)` applied), which replaces the
+    /// core's copy (a failure may have undone a truncation the core already applied to its copy).
+    Recovered {
+        log_start: Offset,
+        log_end: Offset,
+        epochs: LeaderEpochs,
+    },
+    Tick {
+        now_ms: TimestampMs,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub epoch_assign: Vec<(LeaderEpoch, Offset)>,
+    pub truncate_to: Option<Offset>,
+    pub writes: Vec<Batch>,
+    pub start_sync: bool,
+    pub reads: Vec<Read>,
+    pub follower_reads: Vec<FollowerRead>,
+    pub replies: Vec<(RequestId, Reply)>,
+    pub follower_replies: Vec<(RequestId, FetchResponse)>,
+    /// Send to this leader.
+    pub fetch: Option<(NodeId, FetchRequest)>,
+    pub isr_change: Option<IsrChange>,
+    pub resign: bool,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        self.epoch_assign.is_empty()
+            && self.truncate_to.is_none()
+            && self.writes.is_empty()
+            && !self.start_sync
+            && self.reads.is_empty()
+            && self.follower_reads.is_empty()
+            && self.replies.is_empty()
+            && self.follower_replies.is_empty()
+            && self.fetch.is_none()
+            && self.isr_change.is_none()
+            && !self.resign
+    }
+}
+
+/// What the leader knows of one follower in its current epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowerProgress {
+    /// The follower's log end at its last fetch that passed the divergence check.
+    pub fetch_offset: Option<Offset>,
+    /// The largest durable end it reported in a fetch that passed the divergence check (capped by
+    /// that fetch's offset). `None` until its first such fetch in this epoch.
+    pub durable_end: Option<Offset>,
+    pub last_fetch_ms: TimestampMs,
+    pub last_caught_up_ms: TimestampMs,
+    /// The leader's log end at the follower's previous fetch (Kafka's lastFetchLeaderLogEndOffset).
+    leader_end_at_last_fetch: Option<Offset>,
+}
+
+#[derive(Debug)]
+struct PendingIsr {
+    change: IsrChange,
+    proposed_ms: TimestampMs,
+}
+
+#[derive(Debug)]
+struct ParkedFollowerFetch {
+    request: RequestId,
+    replica: NodeId,
+    fetch_id: u64,
+    offset: Offset,
+    max_bytes: u32,
+    deadline_ms: TimestampMs,
+}
+
+#[derive(Debug)]
+struct LeaderState {
+    followers: BTreeMap<NodeId, FollowerProgress>,
+    /// The HW this leadership started with (it does not advance until the ISR has confirmed).
+    hw_floor: Offset,
+    /// The log end when this leadership began: where this epoch starts.
+    epoch_start: Offset,
+    pending_isr: Option<PendingIsr>,
+    parked: Vec<ParkedFollowerFetch>,
+    /// The highest offset handed to a follower in this epoch.
+    served_end: Offset,
+    /// Storage recovery took data this leader had already sent to followers: it must not append in
+    /// this epoch again (module doc), so it refuses appends and asks to resign.
+    lost_replicated_data: bool,
+}
+
+#[derive(Debug)]
+struct FollowerState {
+    leader: NodeId,
+    /// (fetch id, sent at, fetch offset) of the fetch in flight.
+    in_flight: Option<(u64, TimestampMs, Offset)>,
+    /// A truncation handed to the shell and not yet reported (`Input::Truncated`): no fetch meanwhile.
+    truncating: Option<Offset>,
+    blocked_until_ms: TimestampMs,
+}
+
+#[derive(Debug)]
+enum Role {
+    Leader(LeaderState),
+    Follower(FollowerState),
+    /// No leader, or this broker is not a replica: everything is refused.
+    Offline,
+}
+
+/// What the shell recovered before building a [`ReplicaCore`].
+#[derive(Debug, Clone)]
+pub struct OpenedLog {
+    pub log_start: Offset,
+    pub log_end: Offset,
+    /// The persisted epoch cache after `EpochCache::open` (its `epochs()`).
+    pub epochs: LeaderEpochs,
+    /// The HW this replica last knew, if it kept one (else `log_start`); clamped to the log.
+    pub high_watermark: Offset,
+}
+
+/// What the replica core's role is, for the shell and for `describe`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleKind {
+    Leader,
+    Follower { leader: NodeId },
+    Offline,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ClientAppend {
+    acks: Acks,
+    next_offset: Offset,
+    /// Answered already (leadership lost): the inner core's later reply is swallowed.
+    answered: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AwaitingHw {
+    request: RequestId,
+    base_offset: Offset,
+    next_offset: Offset,
+}
+
+#[derive(Debug)]
+pub struct ReplicaCore {
+    me: NodeId,
+    config: ReplicaConfig,
+    state: PartitionState,
+    inner: PartitionCore,
+    epochs: LeaderEpochs,
+    role: Role,
+    /// The high watermark: on a leader, the replicated HW; on a follower, what it learned.
+    high_watermark: Offset,
+    now_ms: TimestampMs,
+    next_fetch_id: u64,
+    /// Accepted client appends the inner core has not answered yet, by request.
+    client_appends: BTreeMap<RequestId, ClientAppend>,
+    /// `acks=all` appends durable on the leader, waiting for the HW, in offset order.
+    awaiting_hw: VecDeque<AwaitingHw>,
+    /// Partition states refused as malformed (the shell may log them).
+    rejected_states: u64,
+    /// A new leader's epoch entry, held back while a truncation is not yet durable: the shell cuts the
+    /// persisted cache only after that sync, and the cut must not remove this entry.
+    deferred_epoch_assign: Option<(LeaderEpoch, Offset)>,
+    ready: Ready,
+}
+
+// ---- the arithmetic, as pure functions (table-tested in tests/replica_tables.rs) ------------------
+
+/// The committed ISR plus the members a pending change would add (KIP-497's maximal ISR): while a
+/// change is pending, the HW needs the larger set, so a leader whose shrink the controller has not
+/// accepted cannot advance its HW alone.
+pub fn maximal_isr(isr: &[NodeId], pending: Option<&[NodeId]>) -> Vec<NodeId> {
+    let mut members: BTreeSet<NodeId> = isr.iter().copied().collect();
+    members.extend(pending.unwrap_or_default().iter().copied());
+    members.into_iter().collect()
+}
+
+/// The ISR size `min_isr` is checked against: the committed ISR minus members a pending change
+/// removes (a leader about to lose followers refuses `acks=all` before it appends).
+pub fn isr_for_min_check(isr: &[NodeId], pending: Option<&[NodeId]>) -> usize {
+    isr.iter().filter(|member| pending.is_none_or(|pending| pending.contains(member))).count()
+}
+
+/// The HW the members support: the least durable end among them (the leader's own stable end for
+/// itself); `None` while some member's durable end is unknown (it has not fetched in this epoch).
+pub fn supported_high_watermark(
+    leader: NodeId,
+    leader_stable_end: Offset,
+    members: &[NodeId],
+    durable_end: impl Fn(NodeId) -> Option<Offset>,
+) -> Option<Offset> {
+    let mut supported = leader_stable_end;
+    for &member in members.iter().filter(|member| **member != leader) {
+        supported = supported.min(durable_end(member)?);
+    }
+    Some(supported)
+}
+
+/// Kafka's ISR expansion rule with durability: the follower holds, durably, everything up to the HW
+/// and up to the start of the current leader epoch (so everything earlier leaders committed).
+pub fn may_join_isr(durable_end: Offset, high_watermark: Offset, epoch_start: Offset) -> bool {
+    durable_end >= high_watermark && durable_end >= epoch_start
+}
+
+/// Kafka's ISR shrink rule: behind the leader's log end, and not caught up for longer than the limit.
+pub fn is_lagging(
+    fetch_offset: Option<Offset>,
+    leader_log_end: Offset,
+    last_caught_up_ms: TimestampMs,
+    now_ms: TimestampMs,
+    lag_ms_max: i64,
+) -> bool {
+    let behind = fetch_offset.is_none_or(|offset| offset < leader_log_end);
+    behind && now_ms - last_caught_up_ms > lag_ms_max
+}
+
+/// Where a follower truncates after a diverging answer (KIP-279): the smaller of the leader's end
+/// offset for the epoch it found and our own end offset for that same epoch. If we know no epoch
+/// that old, everything from our first epoch on is suspect. Never below our log start, never above
+/// our log end. (An answer at our log end still drops epochs that own no batch.)
+pub fn divergence_truncation_offset(
+    ours: &LeaderEpochs,
+    log_start: Offset,
+    log_end: Offset,
+    leader_epoch_found: Option<LeaderEpoch>,
+    leader_end: Offset,
+) -> Offset {
+    let target = match leader_epoch_found {
+        None => leader_end,
+        Some(epoch) => match ours.end_offset_for(epoch, log_end) {
+            EpochEndOffset { end_offset: Some(our_end), .. } => leader_end.min(our_end),
+            _ => leader_end.min(ours.entries().first().map_or(log_end, |entry| entry.start_offset)),
+        },
+    };
+    target.min(log_end).max(log_start)
+}
+
+fn error_reply(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::Error { code, message: message.into() }
+}
+
+impl ReplicaCore {
+    /// A replica over a log that was just opened (everything in it durable), in the partition state
+    /// the controller last published.
+    pub fn new(
+        me: NodeId,
+        config: ReplicaConfig,
+        state: PartitionState,
+        log: OpenedLog,
+        now_ms: TimestampMs,
+    ) -> ReplicaCore {
+        let OpenedLog { log_start, log_end, epochs, high_watermark } = log;
+        let inner = PartitionCore::new(config.core.clone(), state.leader_epoch, log_start, log_end);
+        let mut core = ReplicaCore {
+            me,
+            config,
+            state: PartitionState {
+                leader: None,
+                leader_epoch: LeaderEpoch(-1),
+                partition_epoch: PartitionEpoch(-1),
+                isr: Vec::new(),
+                replicas: Vec::new(),
+                min_isr: 1,
+            },
+            inner,
+            epochs,
+            role: Role::Offline,
+            high_watermark: high_watermark.clamp(log_start, log_end),
+            now_ms,
+            next_fetch_id: 1,
+            client_appends: BTreeMap::new(),
+            awaiting_hw: VecDeque::new(),
+            rejected_states: 0,
+            deferred_epoch_assign: None,
+            ready: Ready::default(),
+        };
+        core.inner.set_high_watermark_cap(core.high_watermark);
+        core.step(Input::PartitionStateChanged { state, now_ms });
+        core
+    }
+
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
+    pub fn state(&self) -> &PartitionState {
+        &self.state
+    }
+
+    pub fn role(&self) -> RoleKind {
+        match &self.role {
+            Role::Leader(_) => RoleKind::Leader,
+            Role::Follower(follower) => RoleKind::Follower { leader: follower.leader },
+            Role::Offline => RoleKind::Offline,
+        }
+    }
+
+    pub fn high_watermark(&self) -> Offset {
+        self.high_watermark
+    }
+
+    pub fn log_start(&self) -> Offset {
+        self.inner.log_start()
+    }
+
+    pub fn log_end(&self) -> Offset {
+        self.inner.log_end()
+    }
+
+    /// What this replica holds durably (written, with `fsync=never`).
+    pub fn stable_end(&self) -> Offset {
+        self.inner.stable_end()
+    }
+
+    pub fn epochs(&self) -> &LeaderEpochs {
+        &self.epochs
+    }
+
+    pub fn rejected_states(&self) -> u64 {
+        self.rejected_states
+    }
+
+    /// The leader's view of a follower (for `topic describe`: log end and lag).
+    pub fn follower_progress(&self, replica: NodeId) -> Option<&FollowerProgress> {
+        match &self.role {
+            Role::Leader(leader) => leader.followers.get(&replica),
+            _ => None,
+        }
+    }
+
+    fn pending_isr(&self) -> Option<&[NodeId]> {
+        match &self.role {
+            Role::Leader(leader) => leader.pending_isr.as_ref().map(|pending| pending.change.new_isr.as_slice()),
+            _ => None,
+        }
+    }
+
+    /// The set the HW is computed over: the committed ISR plus any member a pending change adds.
+    pub fn maximal_isr(&self) -> Vec<NodeId> {
+        maximal_isr(&self.state.isr, self.pending_isr())
+    }
+
+    fn isr_for_min_check(&self) -> usize {
+        isr_for_min_check(&self.state.isr, self.pending_isr())
+    }
+
+    fn under_min_isr(&self) -> bool {
+        self.isr_for_min_check() < self.state.min_isr
+    }
+
+    /// The earliest time the shell must tick (long polls, fetch timeouts, retries); it also ticks
+    /// at least every `replica_lag_ms_max / 4`.
+    pub fn next_deadline_ms(&self) -> Option<TimestampMs> {
+        let mut deadline = self.inner.next_deadline_ms();
+        let mut consider = |at: TimestampMs| deadline = Some(deadline.map_or(at, |current| current.min(at)));
+        match &self.role {
+            Role::Leader(leader) => {
+                for fetch in &leader.parked {
+                    consider(fetch.deadline_ms);
+                }
+                if let Some(pending) = &leader.pending_isr {
+                    consider(pending.proposed_ms + self.config.isr_change_retry_ms);
+                }
+            }
+            Role::Follower(follower) => {
+                if let Some((_, sent_ms, _)) = follower.in_flight {
+                    consider(
+                        sent_ms + i64::from(self.config.follower_fetch_wait_ms) + self.config.follower_fetch_timeout_ms,
+                    );
+                } else if follower.blocked_until_ms > self.now_ms {
+                    consider(follower.blocked_until_ms);
+                }
+            }
+            Role::Offline => {}
+        }
+        deadline
+    }
+
+    pub fn step(&mut self, input: Input) {
+        match input {
+            Input::PartitionStateChanged { state, now_ms } => {
+                self.advance_time(now_ms);
+                self.on_partition_state(state);
+            }
+            Input::Produce { request, batch, acks } => self.on_produce(request, batch, acks),
+            Input::ConsumerFetch { request, offset, max_bytes, max_wait_ms, leader_epoch, now_ms } => {
+                self.advance_time(now_ms);
+                self.on_consumer_fetch(request, offset, max_bytes, max_wait_ms, leader_epoch);
+            }
+            Input::FollowerFetch { request, fetch, now_ms } => {
+                self.advance_time(now_ms);
+                self.on_follower_fetch(request, fetch);
+            }
+            Input::FetchResponse { from, response, now_ms } => {
+                self.advance_time(now_ms);
+                self.on_fetch_response(from, response);
+            }
+            Input::Truncated { log_end } => self.on_truncated(log_end),
+            Input::Written { up_to } => {
+                self.inner.step(core::Input::Written { up_to });
+                self.serve_parked_follower_fetches();
+            }
+            Input::WriteFailed { written_up_to, disk_full, reason } => {
+                self.inner.step(core::Input::WriteFailed { written_up_to, disk_full, reason });
+                self.drop_fetch_in_flight();
+            }
+            Input::SyncCompleted { up_to } => {
+                self.inner.step(core::Input::SyncCompleted { up_to });
+                self.recompute_high_watermark();
+            }
+            Input::StorageFailed { reason } => {
+                self.inner.step(core::Input::StorageFailed { reason });
+                self.drop_fetch_in_flight();
+            }
+            Input::Recovered { log_start, log_end, epochs } => self.on_recovered(log_start, log_end, epochs),
+            Input::Tick { now_ms } => {
+                self.advance_time(now_ms);
+                self.inner.step(core::Input::Tick { now_ms: self.now_ms });
+                self.on_tick();
+            }
+        }
+        self.check_invariants();
+    }
+
+    /// Takes what the shell must do now (module doc: the order to perform it in).
+    pub fn ready(&mut self) -> Ready {
+        let inner = self.inner.ready();
+        for (request, reply) in inner.replies {
+            self.route_inner_reply(request, reply);
+        }
+        self.release_acks();
+        self.maybe_send_fetch();
+        if !self.inner.is_truncation_unsynced() {
+            if let Some(assign) = self.deferred_epoch_assign.take() {
+                // Appends were refused until now, so this still comes before any batch of the epoch.
+                self.ready.epoch_assign.push(assign);
+            }
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        ready.writes = inner.writes;
+        ready.start_sync = inner.start_sync;
+        ready.reads = inner.reads;
+        ready
+    }
+
+    fn advance_time(&mut self, now_ms: TimestampMs) {
+        // Time from the shell never runs backwards inside the core.
+        self.now_ms = self.now_ms.max(now_ms);
+    }
+
+    fn reply(&mut self, request: RequestId, reply: Reply) {
+        self.ready.replies.push((request, reply));
+    }
+
+    fn follower_reply(&mut self, request: RequestId, fetch_id: u64, result: FetchResult) {
+        let response = FetchResponse {
+            fetch_id,
+            leader_epoch: self.state.leader_epoch,
+            high_watermark: self.high_watermark,
+            result,
+        };
+        self.ready.follower_replies.push((request, response));
+    }
+
+    fn follower_error(&mut self, request: RequestId, fetch_id: u64, code: ErrorCode, message: String) {
+        self.follower_reply(request, fetch_id, FetchResult::Error { code, message });
+    }
+
+    // ---- partition state and role changes -------------------------------------------------------
+
+    fn on_partition_state(&mut self, state: PartitionState) {
+        if let Err(reason) = state.validate() {
+            let _ = reason;
+            self.rejected_states += 1;
+            return;
+        }
+        let current = (self.state.leader_epoch, self.state.partition_epoch);
+        if (state.leader_epoch, state.partition_epoch) <= current || state.leader_epoch < self.state.leader_epoch {
+            return; // Stale or repeated: the controller's later decision already arrived.
+        }
+        let leader_changed = state.leader_epoch > self.state.leader_epoch;
+        self.state = state;
+        if !self.state.replicas.contains(&self.me) {
+            return self.become_offline("this broker is not a replica of the partition");
+        }
+        if leader_changed {
+            match self.state.leader {
+                Some(leader) if leader == self.me => self.become_leader(),
+                Some(leader) => self.become_follower(leader),
+                None => self.become_offline("the partition has no leader"),
+            }
+            return;
+        }
+        // Same leadership, new ISR (or min ISR).
+        if let Role::Leader(leader) = &mut self.role {
+            let settled = leader
+                .pending_isr
+                .as_ref()
+                .is_some_and(|pending| pending.change.partition_epoch < self.state.partition_epoch);
+            if settled {
+                leader.pending_isr = None;
+            }
+            self.recompute_high_watermark();
+            if self.under_min_isr() {
+                self.fail_awaiting(ErrorCode::NotEnoughReplicasAfterAppend, "the ISR shrank below min_insync_replicas");
+            }
+        }
+    }
+
+    /// Answers everything a leader had accepted: the outcome of an appended batch is unknown.
+    fn abandon_leadership(&mut self, reason: &str) {
+        self.fail_awaiting(ErrorCode::NotLeaderAfterAppend, reason);
+        let accepted: Vec<RequestId> =
+            self.client_appends.iter().filter(|(_, append)| !append.answered).map(|(request, _)| *request).collect();
+        for request in accepted {
+            self.client_appends.get_mut(&request).expect("listed above").answered = true;
+            self.reply(request, error_reply(ErrorCode::NotLeaderAfterAppend, format!("appended, then {reason}")));
+        }
+        if let Role::Leader(leader) = &mut self.role {
+            let parked = std::mem::take(&mut leader.parked);
+            for fetch in parked {
+                let message = format!("no longer the leader: {reason}");
+                self.follower_error(fetch.request, fetch.fetch_id, ErrorCode::NotLeader, message);
+            }
+        }
+    }
+
+    fn fail_awaiting(&mut self, code: ErrorCode, reason: &str) {
+        for AwaitingHw { request, .. } in std::mem::take(&mut self.awaiting_hw) {
+            self.reply(request, error_reply(code, format!("appended on the leader, then {reason}: outcome unknown")));
+        }
+    }
+
+    fn become_offline(&mut self, reason: &str) {
+        self.abandon_leadership(reason);
+        self.role = Role::Offline;
+    }
+
+    fn become_leader(&mut self) {
+        self.abandon_leadership("a new leader epoch began");
+        let epoch = self.state.leader_epoch;
+        let log_end = self.inner.log_end();
+        self.inner.set_leader_epoch(epoch);
+        match self.epochs.assign(epoch, log_end) {
+            Ok(_) => self.deferred_epoch_assign = Some((epoch, log_end)),
+            Err(error) => panic!("replica {}: becoming leader of epoch {epoch}: {error}", self.me),
+        }
+        // A new leader's HW stays where it was until every ISR member has confirmed (KIP-101): it
+        // counts only fetches in this epoch. It never exceeds what this replica holds durably.
+        self.high_watermark = self.high_watermark.min(self.inner.stable_end());
+        self.inner.set_high_watermark_cap(self.high_watermark);
+        let now_ms = self.now_ms;
+        let followers = self
+            .state
+            .replicas
+            .iter()
+            .filter(|replica| **replica != self.me)
+            .map(|replica| {
+                let progress = FollowerProgress {
+                    fetch_offset: None,
+                    durable_end: None,
+                    last_fetch_ms: now_ms,
+                    last_caught_up_ms: now_ms,
+                    leader_end_at_last_fetch: None,
+                };
+                (*replica, progress)
+            })
+            .collect();
+        self.role = Role::Leader(LeaderState {
+            followers,
+            hw_floor: self.high_watermark,
+            epoch_start: log_end,
+            pending_isr: None,
+            parked: Vec::new(),
+            served_end: Offset(i64::MIN),
+            lost_replicated_data: false,
+        });
+        self.recompute_high_watermark();
+    }
+
+    fn become_follower(&mut self, leader: NodeId) {
+        self.abandon_leadership("the partition has another leader");
+        self.high_watermark = self.high_watermark.min(self.inner.log_end());
+        self.inner.set_high_watermark_cap(self.high_watermark);
+        // No truncation here: the first fetch carries our last epoch, and the leader's answer says
+        // where our log diverges (KIP-279). Truncating to the HW instead can lose committed data.
+        self.role =
+            Role::Follower(FollowerState { leader, in_flight: None, truncating: None, blocked_until_ms: self.now_ms });
+    }
+
+    fn on_recovered(&mut self, log_start: Offset, log_end: Offset, epochs: LeaderEpochs) {
+        self.inner.step(core::Input::Recovered { log_start, log_end });
+        assert!(
+            epochs.latest().is_none_or(|latest| latest.start_offset < log_end),
+            "replica {}: the recovered epoch cache {epochs:?} reaches past the recovered log end {log_end}",
+            self.me
+        );
+        self.epochs = epochs;
+        self.deferred_epoch_assign = None;
+        let epoch = self.state.leader_epoch;
+        if let Role::Leader(leader) = &mut self.role {
+            if log_end < leader.served_end && !leader.lost_replicated_data {
+                leader.lost_replicated_data = true;
+                self.ready.resign = true;
+            }
+            // The failure may have taken every batch of this epoch and with them its entry. A leader
+            // that keeps leading (no follower saw what was lost) writes on in this epoch, which
+            // starts again at the recovered end. One that resigns must not: followers may hold this
+            // epoch's batches from an earlier start, and two starts for one epoch would hide a
+            // divergence from the epoch check.
+            leader.epoch_start = leader.epoch_start.min(log_end);
+            // A follower's durable end vouched for the log this leader had when it fetched; above the
+            // recovered end that log is gone, and new batches there are not what the follower holds
+            // (found by the proptest: the HW counted a follower for data written after the loss).
+            for progress in leader.followers.values_mut() {
+                progress.durable_end = progress.durable_end.map(|durable| durable.min(log_end));
+                progress.fetch_offset = progress.fetch_offset.map(|offset| offset.min(log_end));
+            }
+            if !leader.lost_replicated_data && self.epochs.latest_epoch() != Some(epoch) {
+                match self.epochs.assign(epoch, log_end) {
+                    Ok(_) => self.deferred_epoch_assign = Some((epoch, log_end)),
+                    Err(error) => panic!("replica {}: re-assigning epoch {epoch} after recovery: {error}", self.me),
+                }
+            }
+        }
+        self.high_watermark = self.high_watermark.min(self.inner.log_end());
+        self.inner.set_high_watermark_cap(self.high_watermark);
+    }
+
+    // ---- leader: produce, consumer fetch, follower fetch, HW, ISR -------------------------------
+
+    fn leader_refusal(&self) -> Option<Reply> {
+        match &self.role {
+            Role::Leader(leader) if leader.lost_replicated_data => Some(error_reply(
+                ErrorCode::NotLeader,
+                "this leader lost replicated data in a storage failure; waiting for a new leader epoch",
+            )),
+            Role::Leader(_) => None,
+            Role::Follower(follower) => {
+                Some(error_reply(ErrorCode::NotLeader, format!("not the leader; broker {} is", follower.leader)))
+            }
+            Role::Offline => Some(error_reply(ErrorCode::NotLeader, "the partition has no leader here")),
+        }
+    }
+
+    fn on_produce(&mut self, request: RequestId, batch: Batch, acks: Acks) {
+        if let Some(refusal) = self.leader_refusal() {
+            return self.reply(request, refusal);
+        }
+        if self.inner.is_truncation_unsynced() {
+            // A former follower whose last truncation is not durable yet: appending now could, after a
+            // crash, leave new batches followed by resurrected old ones. It lasts one fsync.
+            return self.reply(request, error_reply(ErrorCode::Busy, "the log is syncing a truncation; retry"));
+        }
+        if acks == Acks::All && self.under_min_isr() {
+            let message = format!(
+                "the ISR has {} member(s) (counting a pending shrink), fewer than min_insync_replicas {}",
+                self.isr_for_min_check(),
+                self.state.min_isr
+            );
+            return self.reply(request, error_reply(ErrorCode::NotEnoughReplicas, message));
+        }
+        let base_offset = self.inner.log_end();
+        let next_offset = Offset(base_offset.0 + i64::from(batch.last_offset_delta()) + 1);
+        // acks=leader waits for the leader's own fsync; acks=none for the write.
+        let local_acks = if acks == Acks::None { Acks::None } else { Acks::All };
+        self.inner.step(core::Input::Append { request, batch, acks: local_acks });
+        if self.inner.log_end() != base_offset {
+            self.client_appends.insert(request, ClientAppend { acks, next_offset, answered: false });
+        }
+    }
+
+    fn route_inner_reply(&mut self, request: RequestId, reply: Reply) {
+        let Some(append) = self.client_appends.remove(&request) else {
+            return self.reply(request, reply); // A consumer fetch, or an append refused at once.
+        };
+        if append.answered {
+            return; // Already told the outcome is unknown (leadership lost).
+        }
+        match reply {
+            Reply::Produced { base_offset } if append.acks == Acks::All => {
+                if self.under_min_isr() {
+                    let message = "appended on the leader, but the ISR is below min_insync_replicas: outcome unknown";
+                    self.reply(request, error_reply(ErrorCode::NotEnoughReplicasAfterAppend, message));
+                } else {
+                    let next_offset = append.next_offset;
+                    self.awaiting_hw.push_back(AwaitingHw { request, base_offset, next_offset });
+                }
+            }
+            other => self.reply(request, other),
+        }
+    }
+
+    /// Answers `acks=all` appends the HW now covers (called from `ready`, after routing).
+    fn release_acks(&mut self) {
+        if !matches!(self.role, Role::Leader(_)) {
+            return;
+        }
+        while let Some(&AwaitingHw { request, base_offset, next_offset }) = self.awaiting_hw.front() {
+            if next_offset > self.high_watermark {
+                break;
+            }
+            self.awaiting_hw.pop_front();
+            if self.under_min_isr() {
+                let message = "committed while the ISR was below min_insync_replicas: outcome unknown";
+                self.reply(request, error_reply(ErrorCode::NotEnoughReplicasAfterAppend, message));
+            } else {
+                self.reply(request, Reply::Produced { base_offset });
+            }
+        }
+    }
+
+    fn on_consumer_fetch(
+        &mut self,
+        request: RequestId,
+        offset: Offset,
+        max_bytes: u32,
+        max_wait_ms: u32,
+        leader_epoch: Option<LeaderEpoch>,
+    ) {
+        if let Some(refusal) = self.leader_refusal().filter(|_| !matches!(self.role, Role::Leader(_))) {
+            return self.reply(request, refusal);
+        }
+        if let Some(epoch) = leader_epoch {
+            if let Some(reply) = self.epoch_mismatch(epoch) {
+                return self.reply(request, reply);
+            }
+        }
+        let now_ms = self.now_ms;
+        self.inner.step(core::Input::Fetch { request, offset, max_bytes, max_wait_ms, now_ms });
+    }
+
+    fn epoch_mismatch(&self, epoch: LeaderEpoch) -> Option<Reply> {
+        let current = self.state.leader_epoch;
+        if epoch < current {
+            Some(error_reply(ErrorCode::FencedLeaderEpoch, format!("leader epoch {epoch} is older than {current}")))
+        } else if epoch > current {
+            Some(error_reply(ErrorCode::UnknownLeaderEpoch, format!("leader epoch {epoch} is newer than {current}")))
+        } else {
+            None
+        }
+    }
+
+    fn on_follower_fetch(&mut self, request: RequestId, fetch: FetchRequest) {
+        let fetch_id = fetch.fetch_id;
+        if let Some(Reply::Error { code, message }) = self.leader_refusal() {
+            return self.follower_error(request, fetch_id, code, message);
+        }
+        if fetch.replica == self.me || !self.state.replicas.contains(&fetch.replica) {
+            let message = format!("broker {} is not a follower of this partition", fetch.replica);
+            return self.follower_error(request, fetch_id, ErrorCode::InvalidRequest, message);
+        }
+        if let Some(Reply::Error { code, message }) = self.epoch_mismatch(fetch.leader_epoch) {
+            return self.follower_error(request, fetch_id, code, message);
+        }
+        let log_start = self.inner.log_start();
+        let log_end = self.inner.log_end();
+        // KIP-320: does the follower's log agree with ours up to its fetch offset?
+        let diverging = match fetch.last_fetched_epoch {
+            Some(epoch) => {
+                let answer = self.epochs.end_offset_for(epoch, log_end);
+                let agrees =
+                    answer.epoch == Some(epoch) && answer.end_offset.is_some_and(|end| end >= fetch.fetch_offset);
+                (!agrees).then_some(answer)
+            }
+            None => (fetch.fetch_offset > log_start).then_some(EpochEndOffset::UNDEFINED),
+        };
+        if let Some(answer) = diverging {
+            let end_offset = answer.end_offset.unwrap_or(log_start);
+            return self.follower_reply(request, fetch_id, FetchResult::Diverging { epoch: answer.epoch, end_offset });
+        }
+        if fetch.fetch_offset < log_start || fetch.fetch_offset > log_end {
+            let message = format!("fetch offset {} is outside the log [{log_start}, {log_end}]", fetch.fetch_offset);
+            return self.follower_error(request, fetch_id, ErrorCode::OffsetOutOfRange, message);
+        }
+        let now_ms = self.now_ms;
+        let Role::Leader(leader) = &mut self.role else { unreachable!("leader_refusal passed") };
+        let progress = leader.followers.get_mut(&fetch.replica).expect("every replica has progress");
+        // Kafka's caught-up rule: at the leader's log end now, or at least at the log end the leader
+        // had at this follower's previous fetch (then it was caught up as of that fetch).
+        if fetch.fetch_offset >= log_end {
+            progress.last_caught_up_ms = now_ms;
+        } else if progress.leader_end_at_last_fetch.is_some_and(|end| fetch.fetch_offset >= end) {
+            progress.last_caught_up_ms = progress.last_caught_up_ms.max(progress.last_fetch_ms);
+        }
+        progress.leader_end_at_last_fetch = Some(log_end);
+        progress.last_fetch_ms = now_ms;
+        progress.fetch_offset = Some(fetch.fetch_offset);
+        // Only durable offsets count, and only those below an offset the divergence check vouched for.
+        let durable = fetch.durable_end.min(fetch.fetch_offset);
+        progress.durable_end = Some(progress.durable_end.map_or(durable, |known| known.max(durable)));
+        self.maybe_expand_isr(fetch.replica);
+        self.recompute_high_watermark();
+        let written_end = self.inner.written_end();
+        let Role::Leader(leader) = &mut self.role else { unreachable!() };
+        if fetch.fetch_offset < written_end {
+            leader.served_end = leader.served_end.max(written_end);
+            let read = FollowerRead {
+                request,
+                replica: fetch.replica,
+                fetch_id,
+                offset: fetch.fetch_offset,
+                max_bytes: fetch.max_bytes,
+                up_to: written_end,
+                high_watermark: self.high_watermark,
+                leader_epoch: self.state.leader_epoch,
+            };
+            self.ready.follower_reads.push(read);
+        } else if fetch.max_wait_ms == 0 || leader.parked.len() >= self.config.parked_follower_fetches_max {
+            self.follower_reply(request, fetch_id, FetchResult::Data { batches: Vec::new() });
+        } else {
+            leader.parked.push(ParkedFollowerFetch {
+                request,
+                replica: fetch.replica,
+                fetch_id,
+                offset: fetch.fetch_offset,
+                max_bytes: fetch.max_bytes,
+                deadline_ms: now_ms.saturating_add(i64::from(fetch.max_wait_ms)),
+            });
+        }
+    }
+
+    fn serve_parked_follower_fetches(&mut self) {
+        let written_end = self.inner.written_end();
+        let high_watermark = self.high_watermark;
+        let leader_epoch = self.state.leader_epoch;
+        let Role::Leader(leader) = &mut self.role else { return };
+        let mut index = 0;
+        while index < leader.parked.len() {
+            if leader.parked[index].offset < written_end {
+                let fetch = leader.parked.swap_remove(index);
+                leader.served_end = leader.served_end.max(written_end);
+                self.ready.follower_reads.push(FollowerRead {
+                    request: fetch.request,
+                    replica: fetch.replica,
+                    fetch_id: fetch.fetch_id,
+                    offset: fetch.offset,
+                    max_bytes: fetch.max_bytes,
+                    up_to: written_end,
+                    high_watermark,
+                    leader_epoch,
+                });
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// The HW the maximal ISR supports: the least durable end among its members (this leader's own
+    /// stable end included); `None` while some member has not fetched in this epoch.
+    fn supported_high_watermark(&self) -> Option<Offset> {
+        let Role::Leader(leader) = &self.role else { return None };
+        let durable = |member: NodeId| leader.followers.get(&member).and_then(|progress| progress.durable_end);
+        supported_high_watermark(self.me, self.inner.stable_end(), &self.maximal_isr(), durable)
+    }
+
+    fn recompute_high_watermark(&mut self) {
+        let Some(supported) = self.supported_high_watermark() else { return };
+        if supported > self.high_watermark {
+            self.high_watermark = supported;
+            self.inner.set_high_watermark_cap(supported);
+        }
+    }
+
+    fn maybe_expand_isr(&mut self, replica: NodeId) {
+        if self.state.isr.contains(&replica) {
+            return;
+        }
+        let Role::Leader(leader) = &self.role else { return };
+        if leader.pending_isr.is_some() {
+            return;
+        }
+        let durable = leader.followers.get(&replica).and_then(|progress| progress.durable_end);
+        // Caught up to the HW and to the start of this epoch, durably: then it holds everything any
+        // earlier leader committed, even what this leader's HW does not show yet.
+        if !durable.is_some_and(|durable| may_join_isr(durable, self.high_watermark, leader.epoch_start)) {
+            return;
+        }
+        let mut new_isr = self.state.isr.clone();
+        new_isr.push(replica);
+        new_isr.sort();
+        self.propose_isr(new_isr);
+    }
+
+    fn propose_isr(&mut self, new_isr: Vec<NodeId>) {
+        let change = IsrChange {
+            leader: self.me,
+            leader_epoch: self.state.leader_epoch,
+            partition_epoch: self.state.partition_epoch,
+            new_isr,
+        };
+        let now_ms = self.now_ms;
+        if let Role::Leader(leader) = &mut self.role {
+            leader.pending_isr = Some(PendingIsr { change: change.clone(), proposed_ms: now_ms });
+            self.ready.isr_change = Some(change);
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now_ms = self.now_ms;
+        let high_watermark = self.high_watermark;
+        let leader_epoch = self.state.leader_epoch;
+        let log_end = self.inner.log_end();
+        match &mut self.role {
+            Role::Leader(leader) => {
+                let mut expired = Vec::new();
+                leader.parked.retain(|fetch| {
+                    let keep = fetch.deadline_ms > now_ms;
+                    if !keep {
+                        expired.push((fetch.request, fetch.fetch_id));
+                    }
+                    keep
+                });
+                for (request, fetch_id) in expired {
+                    let response = FetchResponse {
+                        fetch_id,
+                        leader_epoch,
+                        high_watermark,
+                        result: FetchResult::Data { batches: Vec::new() },
+                    };
+                    self.ready.follower_replies.push((request, response));
+                }
+                let Role::Leader(leader) = &mut self.role else { unreachable!() };
+                if let Some(pending) = &leader.pending_isr {
+                    if now_ms - pending.proposed_ms >= self.config.isr_change_retry_ms {
+                        // The proposal or its answer may have been lost: send it again, same fences.
+                        let change = pending.change.clone();
+                        leader.pending_isr = Some(PendingIsr { change: change.clone(), proposed_ms: now_ms });
+                        self.ready.isr_change = Some(change);
+                    }
+                    return;
+                }
+                let lag_max = self.config.replica_lag_ms_max;
+                let lagging: Vec<NodeId> = self
+                    .state
+                    .isr
+                    .iter()
+                    .filter(|member| **member != self.me)
+                    .filter(|member| {
+                        leader.followers.get(member).is_some_and(|progress| {
+                            is_lagging(progress.fetch_offset, log_end, progress.last_caught_up_ms, now_ms, lag_max)
+                        })
+                    })
+                    .copied()
+                    .collect();
+                if !lagging.is_empty() {
+                    let new_isr = self.state.isr.iter().filter(|member| !lagging.contains(member)).copied().collect();
+                    self.propose_isr(new_isr);
+                }
+            }
+            Role::Follower(follower) => {
+                if let Some((_, sent_ms, _)) = follower.in_flight {
+                    let give_up_ms =
+                        sent_ms + i64::from(self.config.follower_fetch_wait_ms) + self.config.follower_fetch_timeout_ms;
+                    if now_ms >= give_up_ms {
+                        follower.in_flight = None;
+                    }
+                }
+            }
+            Role::Offline => {}
+        }
+    }
+
+    // ---- follower: fetch loop, truncation by epoch, replicated appends --------------------------
+
+    /// After a storage failure: the fetch in flight and a truncation not yet reported (the shell may
+    /// have failed performing it) are forgotten; the next fetch finds any divergence again.
+    fn drop_fetch_in_flight(&mut self) {
+        if let Role::Follower(follower) = &mut self.role {
+            follower.in_flight = None;
+            follower.truncating = None;
+        }
+    }
+
+    /// A follower fetches when nothing is in flight and everything it holds is durable, so the fetch
+    /// reports its whole log as durable and a parked fetch never hides a finished fsync.
+    fn maybe_send_fetch(&mut self) {
+        let settled = self.inner.is_settled();
+        let Role::Follower(follower) = &mut self.role else { return };
+        let busy = follower.in_flight.is_some() || follower.truncating.is_some();
+        if busy || follower.blocked_until_ms > self.now_ms || !settled {
+            return;
+        }
+        let fetch_id = self.next_fetch_id;
+        self.next_fetch_id += 1;
+        let fetch_offset = self.inner.log_end();
+        follower.in_flight = Some((fetch_id, self.now_ms, fetch_offset));
+        let fetch = FetchRequest {
+            fetch_id,
+            replica: self.me,
+            leader_epoch: self.state.leader_epoch,
+            fetch_offset,
+            last_fetched_epoch: self.epochs.latest_epoch(),
+            durable_end: self.inner.stable_end(),
+            max_bytes: self.config.follower_fetch_bytes_max,
+            max_wait_ms: self.config.follower_fetch_wait_ms,
+        };
+        self.ready.fetch = Some((follower.leader, fetch));
+    }
+
+    fn on_fetch_response(&mut self, from: NodeId, response: FetchResponse) {
+        let now_ms = self.now_ms;
+        let backoff_ms = self.config.follower_retry_backoff_ms;
+        let Role::Follower(follower) = &mut self.role else { return };
+        let Some((fetch_id, _, fetch_offset)) = follower.in_flight else { return };
+        if from != follower.leader || response.fetch_id != fetch_id {
+            return; // Late, duplicated, or from a former leader.
+        }
+        follower.in_flight = None;
+        if response.leader_epoch != self.state.leader_epoch {
+            // The leader is at another epoch: wait for the controller's news.
+            follower.blocked_until_ms = now_ms + backoff_ms;
+            return;
+        }
+        if fetch_offset != self.inner.log_end() || !self.inner.is_settled() {
+            return; // Our log changed since the fetch went out (a storage failure): ask again.
+        }
+        match response.result {
+            FetchResult::Error { .. } => follower.blocked_until_ms = now_ms + backoff_ms,
+            FetchResult::Diverging { epoch, end_offset } => self.truncate_for_divergence(epoch, end_offset),
+            FetchResult::Data { batches } => self.append_replicated(batches, response.high_watermark),
+        }
+    }
+
+    /// KIP-279: truncate to where our log stops agreeing with the leader's, found from the leader's
+    /// end offset for the epoch and our own end offset for that same epoch. The next fetch carries
+    /// our new last epoch, so rounds repeat until the leader finds no divergence.
+    fn truncate_for_divergence(&mut self, leader_epoch_found: Option<LeaderEpoch>, leader_end: Offset) {
+        let (log_start, log_end) = (self.inner.log_start(), self.inner.log_end());
+        let target = divergence_truncation_offset(&self.epochs, log_start, log_end, leader_epoch_found, leader_end);
+        if let Role::Follower(follower) = &mut self.role {
+            follower.truncating = Some(target);
+        }
+        self.ready.truncate_to = Some(target);
+    }
+
+    fn on_truncated(&mut self, log_end: Offset) {
+        let Role::Follower(follower) = &mut self.role else {
+            panic!("replica {}: a truncation reported while not a follower", self.me)
+        };
+        let target = follower.truncating.take().expect("a truncation was asked for");
+        assert!(log_end <= target, "the shell truncated to {log_end}, above the {target} asked for");
+        self.inner.step(core::Input::Truncated { to: log_end });
+        self.epochs.truncate_from_end(log_end);
+        self.high_watermark = self.high_watermark.min(log_end);
+        self.inner.set_high_watermark_cap(self.high_watermark);
+    }
+
+    fn append_replicated(&mut self, batches: Vec<Batch>, leader_high_watermark: Offset) {
+        let leader_epoch = self.state.leader_epoch;
+        for batch in batches {
+            let epoch = batch.leader_epoch();
+            // A malformed response (a gap, an epoch from the future or going back) ends here; the
+            // next fetch asks again from where the log ends.
+            if batch.base_offset() != self.inner.log_end() || epoch > leader_epoch {
+                break;
+            }
+            match self.epochs.latest_epoch() {
+                Some(latest) if epoch < latest => break,
+                Some(latest) if epoch == latest => {}
+                _ => {
+                    if self.epochs.assign(epoch, batch.base_offset()).is_err() {
+                        break;
+                    }
+                    self.ready.epoch_assign.push((epoch, batch.base_offset()));
+                }
+            }
+            self.inner.step(core::Input::AppendReplicated { batch });
+        }
+        let learned = leader_high_watermark.min(self.inner.log_end());
+        if learned > self.high_watermark {
+            self.high_watermark = learned;
+            self.inner.set_high_watermark_cap(learned);
+        }
+    }
+
+    /// Panics, with context, when the replica's bookkeeping is broken (module doc: Invariants).
+    pub fn check_invariants(&self) {
+        if !cfg!(any(debug_assertions, madsim)) {
+            return;
+        }
+        self.epochs.check_invariants();
+        if let Some(latest) = self.epochs.latest() {
+            assert!(latest.start_offset <= self.inner.log_end(), "epoch {latest:?} starts past the log end");
+        }
+        if self.state.replicas.is_empty() {
+            assert!(matches!(self.role, Role::Offline), "a replica with no partition state");
+            return;
+        }
+        assert!(self.state.validate().is_ok(), "malformed partition state kept: {:?}", self.state);
+        assert!(self.high_watermark <= self.inner.log_end(), "HW {} past the log end", self.high_watermark);
+        match &self.role {
+            Role::Leader(leader) => {
+                assert_eq!(self.state.leader, Some(self.me), "leading without being the leader");
+                assert!(self.state.isr.contains(&self.me), "the leader is not in the ISR");
+                assert!(self.high_watermark >= leader.hw_floor, "HW moved back on a leader");
+                assert!(
+                    self.high_watermark <= self.inner.stable_end(),
+                    "HW {} past the leader's own durable end {}",
+                    self.high_watermark,
+                    self.inner.stable_end()
+                );
+                if self.high_watermark > leader.hw_floor {
+                    let supported = self.supported_high_watermark();
+                    assert!(
+                        supported.is_some_and(|supported| self.high_watermark <= supported),
+                        "HW {} is not durable on every member of the maximal ISR {:?} (supported: {supported:?})",
+                        self.high_watermark,
+                        self.maximal_isr()
+                    );
+                }
+                assert!(self.inner.high_watermark() <= self.high_watermark, "consumers can see past the HW");
+            }
+            Role::Follower(follower) => {
+                assert_eq!(self.state.leader, Some(follower.leader), "following a broker that is not the leader");
+            }
+            Role::Offline => {}
+        }
+    }
+}

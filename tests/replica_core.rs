@@ -1,0 +1,1216 @@
+//! The replica core (`partition::replica`) driven as a three-replica partition through a fake shell,
+//! judged by the reference model `keel_model::replicated_log`.
+//!
+//! The fake shell gives each broker a log with page-cache and durable parts (a power loss keeps the
+//! durable batches plus a random prefix of the rest, and may undo an unsynced truncation), a persisted
+//! epoch cache that follows the Ready contract (assign: synced before the writes; truncation: cut
+//! after the log's truncation is synced), and a network that delivers, drops, duplicates and
+//! reorders every message: partition states from the controller, follower fetches, fetch
+//! responses and ISR change proposals. A fake controller applies ISR proposals with the leader- and
+//! partition-epoch fences, fences brokers (removing them from the ISR, electing a new leader from
+//! the ISR when the leader goes), elects from the ISR only, and bumps the leader epoch when a leader
+//! restarts. Clients produce with every `acks` setting and read with and without a leader epoch.
+//!
+//! Checked after every operation (the model's rules):
+//! - every leader's HW is committed, and never moves back while it leads;
+//! - every `acks=all` acknowledgement names the batch it appended, is below the HW, and came while
+//!   the leader's ISR had at least `min_isr` members; `acks=leader` only once durable on the leader;
+//!   a definite `NotEnoughReplicas` appended nothing;
+//! - a consumer never reads at or above the HW;
+//! - every member of the controller's ISR holds everything committed, durably and in its live log
+//!   (so whoever the controller elects has every acknowledged batch);
+//! - at the end, after every fault heals: all replicas' logs are identical to the leader's (truncation
+//!   by epoch made them agree), the ISR is full again and the HW is the log end.
+
+use std::collections::BTreeMap;
+
+use keel::batch::{encode_batch, Batch, ProducerFields, Record};
+use keel::leader_epochs::LeaderEpochs;
+use keel::partition::core::{CoreConfig, Reply};
+use keel::partition::replica::{
+    FetchRequest, FetchResponse, FetchResult, Input, IsrChange, OpenedLog, PartitionEpoch, PartitionState, Ready,
+    ReplicaConfig, ReplicaCore, RoleKind,
+};
+use keel::protocol::{Acks, ErrorCode};
+use keel::types::{LeaderEpoch, NodeId, Offset};
+use keel_model::replicated_log::{elect, BatchRef, ReplicatedLogModel};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+const N_NODES: usize = 3;
+const MIN_ISR: usize = 2;
+
+fn config() -> ReplicaConfig {
+    ReplicaConfig {
+        core: CoreConfig::default(),
+        replica_lag_ms_max: 1_000,
+        isr_change_retry_ms: 300,
+        follower_fetch_wait_ms: 200,
+        follower_fetch_timeout_ms: 500,
+        follower_retry_backoff_ms: 50,
+        follower_fetch_bytes_max: 600,
+        parked_follower_fetches_max: 8,
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// To the leader the controller names (`to_leader`) or to broker `node`.
+    Produce {
+        to_leader: bool,
+        node: u8,
+        records: u8,
+        acks: u8,
+    },
+    Read {
+        node: u8,
+        back: u8,
+        with_epoch: bool,
+    },
+    Deliver {
+        index: u16,
+    },
+    DeliverAll,
+    /// Deliver everything in flight and complete every sync: a quiet moment.
+    Settle,
+    Drop {
+        index: u16,
+    },
+    Duplicate {
+        index: u16,
+    },
+    Sync {
+        node: u8,
+    },
+    Tick {
+        ms: u16,
+    },
+    Crash {
+        node: u8,
+        keep: u8,
+    },
+    /// A failed fsync: the broker stays up, its unsynced data is in the state a crash leaves, and the
+    /// log is reopened (recovered) at once.
+    FailStorage {
+        node: u8,
+        keep: u8,
+    },
+    Restart {
+        node: u8,
+    },
+    /// The controller moves leadership to another live ISR member (or elects one if there is none).
+    Elect,
+    /// The controller fences a broker: out of the ISR, and a new leader if it led.
+    Fence {
+        node: u8,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (any::<bool>(), 0u8..3, 1u8..4, 0u8..3).prop_map(|(to_leader, node, records, acks)| Op::Produce { to_leader, node, records, acks }),
+        2 => (0u8..3, 1u8..12, any::<bool>()).prop_map(|(node, back, with_epoch)| Op::Read { node, back, with_epoch }),
+        10 => any::<u16>().prop_map(|index| Op::Deliver { index }),
+        3 => Just(Op::DeliverAll),
+        4 => Just(Op::Settle),
+        1 => any::<u16>().prop_map(|index| Op::Drop { index }),
+        1 => any::<u16>().prop_map(|index| Op::Duplicate { index }),
+        6 => (0u8..3).prop_map(|node| Op::Sync { node }),
+        2 => (1u16..700).prop_map(|ms| Op::Tick { ms }),
+        1 => (0u8..3, any::<u8>()).prop_map(|(node, keep)| Op::Crash { node, keep }),
+        1 => (0u8..3, any::<u8>()).prop_map(|(node, keep)| Op::FailStorage { node, keep }),
+        1 => (0u8..3).prop_map(|node| Op::Restart { node }),
+        1 => Just(Op::Elect),
+        1 => (0u8..3).prop_map(|node| Op::Fence { node }),
+    ]
+}
+
+#[derive(Debug, Clone)]
+enum Msg {
+    State { to: u64, state: PartitionState },
+    Fetch { from: u64, to: u64, request: u64, fetch: FetchRequest },
+    Response { from: u64, to: u64, response: FetchResponse },
+    Isr { change: IsrChange },
+}
+
+struct Node {
+    id: u64,
+    core: Option<ReplicaCore>,
+    incarnation: u64,
+    /// What reads see (the page cache).
+    log: Vec<Batch>,
+    /// What survives a power loss.
+    durable: Vec<Batch>,
+    /// The persisted epoch cache (entries are synced before the batches that need them).
+    epoch_file: LeaderEpochs,
+    /// A truncation whose log sync has not completed: the cache is cut when it does.
+    pending_cache_cut: Option<Offset>,
+    /// A sync in flight: (batches covered, offset covered).
+    sync_in_flight: Option<(usize, Offset)>,
+}
+
+/// A recovered log from offset 0 with no remembered HW (the core starts from the log start).
+fn opened(log_end: Offset, epochs: LeaderEpochs) -> OpenedLog {
+    OpenedLog { log_start: Offset(0), log_end, epochs, high_watermark: Offset(0) }
+}
+
+fn end_of(log: &[Batch]) -> Offset {
+    log.last().map_or(Offset(0), Batch::next_offset)
+}
+
+fn refs(log: &[Batch]) -> Vec<BatchRef> {
+    log.iter()
+        .map(|batch| BatchRef {
+            base: batch.base_offset().0,
+            next: batch.next_offset().0,
+            epoch: batch.leader_epoch().0,
+            id: u64::from(batch.crc()),
+        })
+        .collect()
+}
+
+/// Whole batches from the one containing `offset`, ending at or below `up_to`, at most `max_bytes`
+/// (at least one batch), as `PartitionLog::read` returns them.
+fn read_log(log: &[Batch], offset: Offset, up_to: Offset, max_bytes: u32) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::new();
+    let mut bytes = 0usize;
+    for batch in log.iter().filter(|batch| batch.next_offset() > offset) {
+        if batch.next_offset() > up_to || (!out.is_empty() && bytes + batch.len() > max_bytes as usize) {
+            break;
+        }
+        bytes += batch.len();
+        out.push(batch.clone());
+    }
+    out
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Produced {
+    node: u64,
+    crc: u32,
+    acks: Acks,
+}
+
+struct World {
+    nodes: Vec<Node>,
+    controller: PartitionState,
+    net: Vec<Msg>,
+    now_ms: i64,
+    next_request: u64,
+    next_batch: u64,
+    produced: BTreeMap<u64, Produced>,
+    /// Follower fetch requests by request id: who asked.
+    fetchers: BTreeMap<u64, u64>,
+    model: ReplicatedLogModel,
+    /// Replies seen, for scripted tests: (request, reply).
+    replies: Vec<(u64, Reply)>,
+    /// Coverage counters: truncations that cut batches, ISR shrinks and expansions the controller took.
+    cutting_truncations: u64,
+    resignations: u64,
+    storage_failures: u64,
+    isr_shrinks: u64,
+    isr_expansions: u64,
+}
+
+impl World {
+    fn new() -> World {
+        let replicas: Vec<NodeId> = (1..=N_NODES as u64).map(NodeId).collect();
+        let controller = PartitionState {
+            leader: Some(NodeId(1)),
+            leader_epoch: LeaderEpoch(0),
+            partition_epoch: PartitionEpoch(0),
+            isr: replicas.clone(),
+            replicas,
+            min_isr: MIN_ISR,
+        };
+        let nodes = (1..=N_NODES as u64)
+            .map(|id| Node {
+                id,
+                core: Some(ReplicaCore::new(
+                    NodeId(id),
+                    config(),
+                    controller.clone(),
+                    opened(Offset(0), LeaderEpochs::new()),
+                    0,
+                )),
+                incarnation: 0,
+                log: Vec::new(),
+                durable: Vec::new(),
+                epoch_file: LeaderEpochs::new(),
+                pending_cache_cut: None,
+                sync_in_flight: None,
+            })
+            .collect();
+        let mut world = World {
+            nodes,
+            controller,
+            net: Vec::new(),
+            now_ms: 0,
+            next_request: 1,
+            next_batch: 1,
+            produced: BTreeMap::new(),
+            fetchers: BTreeMap::new(),
+            model: ReplicatedLogModel::new(),
+            replies: Vec::new(),
+            cutting_truncations: 0,
+            resignations: 0,
+            storage_failures: 0,
+            isr_shrinks: 0,
+            isr_expansions: 0,
+        };
+        world.drain_all();
+        world
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    fn alive(&self, id: u64) -> bool {
+        self.nodes[(id - 1) as usize].core.is_some()
+    }
+
+    fn step(&mut self, id: u64, input: Input) {
+        if let Some(core) = self.node(id).core.as_mut() {
+            core.step(input);
+        }
+        self.drain(id);
+    }
+
+    fn drain_all(&mut self) {
+        for id in 1..=N_NODES as u64 {
+            self.drain(id);
+        }
+    }
+
+    fn drain(&mut self, id: u64) {
+        loop {
+            let Some(core) = self.node(id).core.as_mut() else { return };
+            let ready = core.ready();
+            if ready.is_empty() {
+                return;
+            }
+            self.perform(id, ready);
+        }
+    }
+
+    fn perform(&mut self, id: u64, ready: Ready) {
+        let Ready {
+            epoch_assign,
+            truncate_to,
+            writes,
+            start_sync,
+            reads,
+            follower_reads,
+            replies,
+            follower_replies,
+            fetch,
+            isr_change,
+            resign,
+        } = ready;
+        if resign {
+            // The leader lost data it had sent to followers: the controller moves leadership away.
+            self.resignations += 1;
+            if self.controller.leader == Some(NodeId(id)) {
+                self.elect_leader(Some(id));
+            }
+        }
+        let node = self.node(id);
+        for (epoch, start) in epoch_assign {
+            node.epoch_file.assign(epoch, start).expect("the persisted cache accepts what the core assigned");
+        }
+        if let Some(to) = truncate_to {
+            assert!(writes.is_empty() && !start_sync, "a truncation comes alone");
+            let before = node.log.len();
+            node.log.retain(|batch| batch.next_offset() <= to);
+            let cut = node.log.len() < before;
+            let log_end = end_of(&node.log);
+            node.pending_cache_cut = Some(log_end);
+            let core = node.core.as_mut().expect("alive");
+            core.step(Input::Truncated { log_end });
+            self.cutting_truncations += u64::from(cut);
+        }
+        let node = self.node(id);
+        if !writes.is_empty() {
+            for batch in writes {
+                assert_eq!(batch.base_offset(), end_of(&node.log), "writes must be contiguous");
+                let epoch = batch.leader_epoch();
+                let cached = node.epoch_file.end_offset_for(epoch, Offset(i64::MAX)).epoch;
+                assert_eq!(cached, Some(epoch), "a batch of epoch {epoch} written before its cache entry");
+                node.log.push(batch);
+            }
+            let up_to = end_of(&node.log);
+            node.core.as_mut().expect("alive").step(Input::Written { up_to });
+        }
+        if start_sync {
+            assert!(node.sync_in_flight.is_none(), "two syncs in flight");
+            node.sync_in_flight = Some((node.log.len(), end_of(&node.log)));
+        }
+        let core = node.core.as_ref().expect("alive");
+        let high_watermark = core.high_watermark();
+        let leader_epoch = core.state().leader_epoch;
+        let isr_len = core.state().isr.len();
+        let log_refs = refs(&node.log);
+        let durable_end = end_of(&node.durable);
+        let log = node.log.clone();
+        for read in reads {
+            assert!(
+                read.up_to <= high_watermark,
+                "broker {id}: a consumer read up to {} past the HW {high_watermark}",
+                read.up_to
+            );
+            let batches = read_log(&log, read.offset, read.up_to, read.max_bytes);
+            if let Err(violation) = self.model.on_read(&log_refs, &refs(&batches), high_watermark.0) {
+                panic!("broker {id}: {violation}");
+            }
+        }
+        for read in follower_reads {
+            let batches = read_log(&log, read.offset, read.up_to, read.max_bytes);
+            let response = FetchResponse {
+                fetch_id: read.fetch_id,
+                leader_epoch: read.leader_epoch,
+                high_watermark: read.high_watermark,
+                result: FetchResult::Data { batches },
+            };
+            let to = self.fetchers.remove(&read.request).expect("a fetch we sent");
+            self.net.push(Msg::Response { from: id, to, response });
+        }
+        for (request, response) in follower_replies {
+            let to = self.fetchers.remove(&request).expect("a fetch we sent");
+            self.net.push(Msg::Response { from: id, to, response });
+        }
+        for (request, reply) in replies {
+            if let Some(produced) = self.produced.get(&request).copied() {
+                assert_eq!(produced.node, id, "answered by another broker");
+                self.judge_produce_reply(id, produced, &reply, &log, high_watermark, isr_len, durable_end);
+            }
+            self.replies.push((request, reply));
+        }
+        if let Some((leader, fetch)) = fetch {
+            assert_eq!(fetch.leader_epoch, leader_epoch);
+            let request = self.next_request;
+            self.next_request += 1;
+            self.fetchers.insert(request, id);
+            self.net.push(Msg::Fetch { from: id, to: leader.0, request, fetch });
+        }
+        if let Some(change) = isr_change {
+            self.net.push(Msg::Isr { change });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn judge_produce_reply(
+        &mut self,
+        id: u64,
+        produced: Produced,
+        reply: &Reply,
+        log: &[Batch],
+        high_watermark: Offset,
+        isr_len: usize,
+        durable_end: Offset,
+    ) {
+        let appended = log.iter().find(|batch| batch.crc() == produced.crc);
+        match reply {
+            Reply::Produced { base_offset } => {
+                let batch = appended.unwrap_or_else(|| panic!("broker {id}: acked a batch it does not hold"));
+                assert_eq!(batch.base_offset(), *base_offset, "acked with another offset");
+                match produced.acks {
+                    Acks::All => {
+                        assert!(isr_len >= MIN_ISR, "broker {id}: acks=all acked with an ISR of {isr_len} < {MIN_ISR}");
+                        if let Err(violation) =
+                            self.model.on_ack(&refs(log), base_offset.0, u64::from(produced.crc), high_watermark.0)
+                        {
+                            panic!("broker {id}: {violation}");
+                        }
+                    }
+                    Acks::Leader => {
+                        assert!(batch.next_offset() <= durable_end, "acks=leader acked before the leader's fsync")
+                    }
+                    Acks::None => {}
+                }
+            }
+            Reply::Error { code: ErrorCode::NotEnoughReplicas, .. } => {
+                assert!(appended.is_none(), "NotEnoughReplicas is definite, but the batch was appended");
+            }
+            _ => {}
+        }
+    }
+
+    /// The model's rules, after every operation.
+    fn check(&mut self) {
+        for index in 0..N_NODES {
+            let node = &self.nodes[index];
+            let Some(core) = &node.core else { continue };
+            if core.role() == RoleKind::Leader {
+                let (id, incarnation) = (node.id, node.incarnation);
+                let (epoch, hw) = (core.state().leader_epoch.0, core.high_watermark().0);
+                if let Err(violation) = self.model.on_leader_hw(id, incarnation, epoch, hw, &refs(&node.log)) {
+                    panic!("{violation}");
+                }
+            }
+        }
+        for member in self.controller.isr.clone() {
+            let node = self.node(member.0);
+            let (durable, live) = (refs(&node.durable), node.core.is_some().then(|| refs(&node.log)));
+            if let Err(violation) = self.model.check_in_sync(member.0, "durable", &durable) {
+                panic!("{violation}");
+            }
+            if let Some(live) = live {
+                if let Err(violation) = self.model.check_in_sync(member.0, "live", &live) {
+                    panic!("{violation}");
+                }
+            }
+        }
+    }
+
+    // ---- the controller -----------------------------------------------------------------------
+
+    fn broadcast(&mut self) {
+        for id in 1..=N_NODES as u64 {
+            if self.alive(id) {
+                self.net.push(Msg::State { to: id, state: self.controller.clone() });
+            }
+        }
+    }
+
+    fn durable_end(&self, id: u64) -> i64 {
+        end_of(&self.nodes[(id - 1) as usize].durable).0
+    }
+
+    /// A new leader from the ISR (excluding `avoid` when another live member exists), new epochs.
+    fn elect_leader(&mut self, avoid: Option<u64>) {
+        let isr: Vec<u64> = self.controller.isr.iter().map(|node| node.0).collect();
+        let others: Vec<u64> = isr.iter().copied().filter(|node| Some(*node) != avoid).collect();
+        let alive = |node: u64| self.alive(node);
+        let durable = |node: u64| self.durable_end(node);
+        let chosen = elect(&others, alive, durable).or_else(|| elect(&isr, alive, durable));
+        self.controller.leader = chosen.map(NodeId);
+        self.controller.leader_epoch.0 += 1;
+        self.controller.partition_epoch.0 += 1;
+        self.broadcast();
+    }
+
+    fn on_isr_change(&mut self, change: IsrChange) {
+        let state = &self.controller;
+        let fenced = change.leader_epoch != state.leader_epoch
+            || change.partition_epoch != state.partition_epoch
+            || Some(change.leader) != state.leader;
+        let valid =
+            change.new_isr.contains(&change.leader) && change.new_isr.iter().all(|node| state.replicas.contains(node));
+        if fenced || !valid {
+            return;
+        }
+        if change.new_isr.len() < self.controller.isr.len() {
+            self.isr_shrinks += 1;
+        } else {
+            self.isr_expansions += 1;
+        }
+        self.controller.isr = change.new_isr;
+        self.controller.partition_epoch.0 += 1;
+        self.broadcast();
+    }
+
+    fn fence(&mut self, id: u64) {
+        let node = NodeId(id);
+        if !self.controller.isr.contains(&node) || self.controller.isr.len() == 1 {
+            return;
+        }
+        self.controller.isr.retain(|member| *member != node);
+        if self.controller.leader == Some(node) {
+            self.elect_leader(Some(id));
+        } else {
+            self.controller.partition_epoch.0 += 1;
+            self.broadcast();
+        }
+    }
+
+    fn crash(&mut self, id: u64, keep: u8) {
+        let node = self.node(id);
+        if node.core.is_none() {
+            return;
+        }
+        node.core = None;
+        Self::lose_unsynced(node, keep);
+    }
+
+    /// What a power loss (or a failed fsync) leaves of the log: the durable batches and a random prefix
+    /// of the rest; an unsynced truncation may be undone.
+    fn lose_unsynced(node: &mut Node, keep: u8) {
+        node.sync_in_flight = None;
+        node.pending_cache_cut = None;
+        let durable_len = node.durable.len();
+        let extends = node.log.len() >= durable_len && node.log[..durable_len] == node.durable[..];
+        if extends {
+            // The durable batches and a prefix of the rest survive (a torn batch is cut by recovery).
+            let extra = node.log.len() - durable_len;
+            let kept = if extra == 0 { 0 } else { keep as usize % (extra + 1) };
+            node.log.truncate(durable_len + kept);
+        } else if keep % 2 == 0 {
+            // An unsynced truncation is undone.
+            node.log = node.durable.clone();
+        }
+        node.durable = node.log.clone();
+    }
+
+    fn fail_storage(&mut self, id: u64, keep: u8) {
+        if !self.alive(id) {
+            return;
+        }
+        self.storage_failures += 1;
+        let node = self.node(id);
+        node.core.as_mut().expect("alive").step(Input::StorageFailed { reason: "injected fsync error".into() });
+        Self::lose_unsynced(node, keep);
+        let log_end = end_of(&node.log);
+        // The shell's side of `Recovered`: the epoch cache loses the epochs the failure took, and the
+        // core takes the recovered cache.
+        node.epoch_file.truncate_from_end(log_end);
+        let epochs = node.epoch_file.clone();
+        self.step(id, Input::Recovered { log_start: Offset(0), log_end, epochs });
+    }
+
+    fn restart(&mut self, id: u64) {
+        if self.alive(id) {
+            return;
+        }
+        let node = self.node(id);
+        node.incarnation += 1;
+        // EpochCache::open: entries at or past the recovered log end go.
+        let log_end = end_of(&node.log);
+        node.epoch_file.truncate_from_end(log_end);
+        let epochs = node.epoch_file.clone();
+        // A broker never leads an epoch it led before its restart: the controller re-elects.
+        if self.controller.leader == Some(NodeId(id)) || self.controller.leader.is_none() {
+            let placeholder = self.placeholder_state();
+            let node = self.node(id);
+            node.core = Some(ReplicaCore::new(NodeId(id), config(), placeholder, opened(log_end, epochs.clone()), 0));
+            self.elect_leader(None);
+            let state = self.controller.clone();
+            let now_ms = self.now_ms;
+            self.step(id, Input::PartitionStateChanged { state, now_ms });
+        } else {
+            let state = self.controller.clone();
+            let now_ms = self.now_ms;
+            let node = self.node(id);
+            node.core = Some(ReplicaCore::new(NodeId(id), config(), state, opened(log_end, epochs), now_ms));
+            self.drain(id);
+        }
+    }
+
+    /// The state a restarting broker starts from before the controller's election reaches it: the
+    /// current state with no leader (so it neither leads nor fetches with an epoch it led before).
+    fn placeholder_state(&self) -> PartitionState {
+        PartitionState { leader: None, ..self.controller.clone() }
+    }
+
+    // ---- operations -------------------------------------------------------------------------------
+
+    fn produce(&mut self, to: u64, records: usize, acks: Acks) -> u64 {
+        let batch_id = self.next_batch;
+        self.next_batch += 1;
+        let records: Vec<Record> = (0..records).map(|i| Record::value(format!("b{batch_id}-{i}"))).collect();
+        let batch = Batch::parse(encode_batch(&records, 1_000, ProducerFields::NONE)).unwrap();
+        let request = self.next_request;
+        self.next_request += 1;
+        self.produced.insert(request, Produced { node: to, crc: batch.crc(), acks });
+        self.step(to, Input::Produce { request, batch, acks });
+        request
+    }
+
+    fn deliver(&mut self, index: usize) {
+        if self.net.is_empty() {
+            return;
+        }
+        let message = self.net.remove(index % self.net.len());
+        if std::env::var("REPLICA_TRACE").is_ok() {
+            eprintln!("TRACE t={} {message:?}", self.now_ms);
+        }
+        let now_ms = self.now_ms;
+        match message {
+            Msg::State { to, state } => self.step(to, Input::PartitionStateChanged { state, now_ms }),
+            Msg::Fetch { from: _, to, request, fetch } => {
+                if self.alive(to) {
+                    self.step(to, Input::FollowerFetch { request, fetch, now_ms });
+                } else {
+                    self.fetchers.remove(&request);
+                }
+            }
+            Msg::Response { from, to, response } => {
+                self.step(to, Input::FetchResponse { from: NodeId(from), response, now_ms })
+            }
+            Msg::Isr { change } => self.on_isr_change(change),
+        }
+    }
+
+    fn sync(&mut self, id: u64) {
+        let node = self.node(id);
+        let Some((n_batches, up_to)) = node.sync_in_flight.take() else { return };
+        node.durable = node.log[..n_batches].to_vec();
+        if let Some(cut) = node.pending_cache_cut.take() {
+            node.epoch_file.truncate_from_end(cut);
+        }
+        self.step(id, Input::SyncCompleted { up_to });
+    }
+
+    fn tick(&mut self, ms: i64) {
+        self.now_ms += ms;
+        let now_ms = self.now_ms;
+        for id in 1..=N_NODES as u64 {
+            self.step(id, Input::Tick { now_ms });
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        if std::env::var("REPLICA_TRACE").is_ok() {
+            let states: Vec<String> = self
+                .nodes
+                .iter()
+                .map(|node| match &node.core {
+                    Some(core) => format!(
+                        "{}:{:?}/e{}/hw{}/end{}/dur{}/{:?}",
+                        node.id,
+                        core.role(),
+                        core.state().leader_epoch,
+                        core.high_watermark(),
+                        core.log_end(),
+                        end_of(&node.durable),
+                        core.epochs().entries().iter().map(|e| (e.epoch.0, e.start_offset.0)).collect::<Vec<_>>()
+                    ),
+                    None => format!("{}:down", node.id),
+                })
+                .collect();
+            eprintln!(
+                "TRACE op {op:?} | controller {:?} isr {:?} | {}",
+                self.controller.leader,
+                self.controller.isr,
+                states.join(" ")
+            );
+        }
+        let node_id = |node: u8| u64::from(node) % N_NODES as u64 + 1;
+        match *op {
+            Op::Produce { to_leader, node, records, acks } => {
+                let leader = self.controller.leader.map(|leader| leader.0).filter(|leader| self.alive(*leader));
+                let to = if to_leader { leader.unwrap_or(node_id(node)) } else { node_id(node) };
+                if self.alive(to) {
+                    let acks = [Acks::All, Acks::Leader, Acks::None][acks as usize % 3];
+                    self.produce(to, records as usize, acks);
+                }
+            }
+            Op::Read { node, back, with_epoch } => {
+                let to = node_id(node);
+                let Some(core) = self.node(to).core.as_ref() else { return };
+                let offset = Offset((core.high_watermark().0 - i64::from(back)).max(0));
+                let leader_epoch = with_epoch.then(|| core.state().leader_epoch);
+                let request = self.next_request;
+                self.next_request += 1;
+                let now_ms = self.now_ms;
+                let input =
+                    Input::ConsumerFetch { request, offset, max_bytes: 400, max_wait_ms: 0, leader_epoch, now_ms };
+                self.step(to, input);
+            }
+            Op::Deliver { index } => self.deliver(index as usize),
+            Op::DeliverAll => {
+                for _ in 0..self.net.len() {
+                    self.deliver(0);
+                }
+            }
+            Op::Drop { index } => {
+                if !self.net.is_empty() {
+                    let len = self.net.len();
+                    if let Msg::Fetch { request, .. } = self.net.remove(index as usize % len) {
+                        self.fetchers.remove(&request);
+                    }
+                }
+            }
+            Op::Duplicate { index } => {
+                if !self.net.is_empty() {
+                    let message = self.net[index as usize % self.net.len()].clone();
+                    // A duplicated fetch is a new request at the leader (a retry by the transport).
+                    let message = match message {
+                        Msg::Fetch { from, to, fetch, .. } => {
+                            let request = self.next_request;
+                            self.next_request += 1;
+                            self.fetchers.insert(request, from);
+                            Msg::Fetch { from, to, request, fetch }
+                        }
+                        other => other,
+                    };
+                    self.net.push(message);
+                }
+            }
+            Op::Settle => {
+                for _ in 0..self.net.len() {
+                    self.deliver(0);
+                }
+                for id in 1..=N_NODES as u64 {
+                    self.sync(id);
+                }
+            }
+            Op::Sync { node } => self.sync(node_id(node)),
+            Op::Tick { ms } => self.tick(i64::from(ms)),
+            Op::Crash { node, keep } => self.crash(node_id(node), keep),
+            Op::FailStorage { node, keep } => self.fail_storage(node_id(node), keep),
+            Op::Restart { node } => self.restart(node_id(node)),
+            Op::Elect => {
+                let leader = self.controller.leader.map(|leader| leader.0).filter(|leader| self.alive(*leader));
+                self.elect_leader(leader);
+            }
+            Op::Fence { node } => self.fence(node_id(node)),
+        }
+        self.check();
+    }
+
+    fn converged(&self) -> bool {
+        let Some(leader) = self.controller.leader else { return false };
+        let leader_node = &self.nodes[(leader.0 - 1) as usize];
+        let Some(core) = &leader_node.core else { return false };
+        core.role() == RoleKind::Leader
+            && core.high_watermark() == end_of(&leader_node.log)
+            && core.state().isr.len() == N_NODES
+            && self.controller.isr.len() == N_NODES
+            && self
+                .nodes
+                .iter()
+                .all(|node| node.core.is_some() && node.log == leader_node.log && node.durable == node.log)
+    }
+
+    /// Every fault heals; then the replicas must converge and hold everything committed.
+    fn heal(&mut self) {
+        for id in 1..=N_NODES as u64 {
+            self.restart(id);
+        }
+        self.check();
+        for _round in 0..400 {
+            let leader_alive = self.controller.leader.is_some_and(|leader| self.alive(leader.0));
+            if !leader_alive {
+                self.elect_leader(None);
+            } else {
+                // Brokers learn the controller's state eventually (a lost update is not lost forever).
+                self.broadcast();
+            }
+            for _ in 0..self.net.len() {
+                self.deliver(0);
+            }
+            for id in 1..=N_NODES as u64 {
+                self.sync(id);
+            }
+            self.tick(50);
+            self.check();
+            if self.converged() {
+                let leader = self.controller.leader.expect("converged").0;
+                let logs: Vec<(u64, Vec<BatchRef>)> =
+                    self.nodes.iter().map(|node| (node.id, refs(&node.log))).collect();
+                if let Err(violation) = self.model.check_converged(leader, &logs) {
+                    panic!("{violation}");
+                }
+                return;
+            }
+        }
+        let summary: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|node| {
+                let core = node.core.as_ref().expect("all restarted");
+                let batches: Vec<(i64, i32)> = refs(&node.log).iter().map(|batch| (batch.base, batch.epoch)).collect();
+                format!(
+                    "broker {}: {:?} epoch {} hw {} log_end {} isr {:?} epochs {:?} batches (base, epoch) {batches:?}",
+                    node.id,
+                    core.role(),
+                    core.state().leader_epoch,
+                    core.high_watermark(),
+                    core.log_end(),
+                    core.state().isr,
+                    core.epochs().entries(),
+                )
+            })
+            .collect();
+        panic!("no convergence after healing: controller {:?}; {summary:#?}", self.controller);
+    }
+}
+
+fn run(ops: &[Op]) {
+    if std::env::var("REPLICA_STATS").is_ok() {
+        eprintln!("CASE");
+    }
+    let mut world = World::new();
+    for op in ops {
+        world.apply(op);
+    }
+    world.heal();
+    if std::env::var("REPLICA_STATS").is_ok() {
+        let truncations = world.nodes.iter().map(|node| node.incarnation).sum::<u64>();
+        eprintln!(
+            "STATS ops={} acks={} reads={} committed_end={} epoch={} restarts={truncations} replies={} cuts={} shrinks={} expansions={} storage_failures={} resignations={}",
+            ops.len(),
+            world.model.acks,
+            world.model.reads,
+            world.model.committed_end(),
+            world.controller.leader_epoch,
+            world.replies.len(),
+            world.cutting_truncations,
+            world.isr_shrinks,
+            world.isr_expansions,
+            world.storage_failures,
+            world.resignations
+        );
+    }
+}
+
+fn proptest_config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(1024);
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/replica_core.txt"))),
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config())]
+
+    #[test]
+    fn replicas_keep_committed_data_through_faults(ops in proptest::collection::vec(op(), 1..120)) {
+        run(&ops);
+    }
+}
+
+// ---- scripted scenarios ---------------------------------------------------------------------------
+
+fn reply_of(world: &World, request: u64) -> Option<&Reply> {
+    world.replies.iter().find(|(id, _)| *id == request).map(|(_, reply)| reply)
+}
+
+fn settle(world: &mut World, rounds: usize) {
+    for _ in 0..rounds {
+        world.apply(&Op::DeliverAll);
+        for node in 0..N_NODES as u8 {
+            world.apply(&Op::Sync { node });
+        }
+    }
+}
+
+/// acks=all is answered only when every ISR member reported the batch durable; acks=leader when the
+/// leader's fsync covers it.
+#[test]
+fn acks_all_waits_for_every_isr_member_to_fsync() {
+    let mut world = World::new();
+    settle(&mut world, 2);
+    let all = world.produce(1, 2, Acks::All);
+    let leader = world.produce(1, 1, Acks::Leader);
+    // The first sync was begun before the acks=leader batch was written; the second covers it.
+    world.apply(&Op::Sync { node: 0 });
+    assert!(reply_of(&world, leader).is_none(), "acks=leader before the leader's fsync");
+    world.apply(&Op::Sync { node: 0 });
+    assert!(matches!(reply_of(&world, leader), Some(Reply::Produced { .. })), "acks=leader after the leader's fsync");
+    assert!(reply_of(&world, all).is_none(), "acks=all before the followers' fsync");
+    // Followers fetch and write, but do not fsync yet: still not acked.
+    for _ in 0..4 {
+        world.apply(&Op::DeliverAll);
+    }
+    assert!(reply_of(&world, all).is_none(), "acks=all before the followers' fsync");
+    settle(&mut world, 3);
+    assert_eq!(reply_of(&world, all), Some(&Reply::Produced { base_offset: Offset(0) }));
+    world.heal();
+}
+
+/// With the ISR below min_isr, acks=all is refused before appending (definite); a batch appended
+/// before the ISR shrank below it gets an outcome-unknown error, never a success.
+#[test]
+fn not_enough_replicas_before_and_after_append() {
+    let mut world = World::new();
+    settle(&mut world, 2);
+    let pending = world.produce(1, 1, Acks::All);
+    world.apply(&Op::Sync { node: 0 });
+    world.apply(&Op::Fence { node: 1 }); // broker 2 out
+    world.apply(&Op::Fence { node: 2 }); // broker 3 out: ISR = {1}
+    for _ in 0..3 {
+        world.apply(&Op::DeliverAll);
+    }
+    let code = |reply: Option<&Reply>| match reply {
+        Some(Reply::Error { code, .. }) => Some(*code),
+        _ => None,
+    };
+    assert_eq!(code(reply_of(&world, pending)), Some(ErrorCode::NotEnoughReplicasAfterAppend));
+    let refused = world.produce(1, 1, Acks::All);
+    assert_eq!(code(reply_of(&world, refused)), Some(ErrorCode::NotEnoughReplicas));
+    let relaxed = world.produce(1, 1, Acks::Leader);
+    world.apply(&Op::Sync { node: 0 });
+    assert!(matches!(reply_of(&world, relaxed), Some(Reply::Produced { .. })));
+    world.heal();
+}
+
+/// A leader cut off from the controller (its followers moved to a new leader, its ISR shrink never
+/// answered) cannot advance its HW alone, so it cannot acknowledge acks=all.
+#[test]
+fn a_zombie_leader_cannot_acknowledge() {
+    let mut world = World::new();
+    settle(&mut world, 2);
+    // The controller moves leadership to broker 2; broker 1 never hears of it.
+    world.apply(&Op::Elect);
+    let to_old_leader: Vec<usize> = world
+        .net
+        .iter()
+        .enumerate()
+        .filter(|(_, msg)| matches!(msg, Msg::State { to: 1, .. }))
+        .map(|(i, _)| i)
+        .collect();
+    for index in to_old_leader.into_iter().rev() {
+        world.net.remove(index);
+    }
+    let zombie = world.produce(1, 1, Acks::All);
+    for _ in 0..6 {
+        settle(&mut world, 1);
+        world.apply(&Op::Tick { ms: 400 });
+        // Drop the zombie's state updates and ISR proposals (it is cut off from the controller).
+        world.net.retain(|msg| match msg {
+            Msg::State { to, .. } => *to != 1,
+            Msg::Isr { change } => change.leader != NodeId(1),
+            _ => true,
+        });
+    }
+    assert_eq!(world.nodes[0].core.as_ref().unwrap().role(), RoleKind::Leader, "still a zombie");
+    assert!(reply_of(&world, zombie).is_none(), "a zombie acknowledged: {:?}", reply_of(&world, zombie));
+    world.heal();
+}
+
+// ---- single-core scenarios: typed errors, divergence answers, truncation rounds, ISR proposals ---
+
+fn state(leader: u64, epoch: i32, isr: &[u64]) -> PartitionState {
+    PartitionState {
+        leader: Some(NodeId(leader)),
+        leader_epoch: LeaderEpoch(epoch),
+        partition_epoch: PartitionEpoch(epoch),
+        isr: isr.iter().copied().map(NodeId).collect(),
+        replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
+        min_isr: MIN_ISR,
+    }
+}
+
+fn epochs(pairs: &[(i32, i64)]) -> LeaderEpochs {
+    let mut epochs = LeaderEpochs::new();
+    for &(epoch, start) in pairs {
+        epochs.assign(LeaderEpoch(epoch), Offset(start)).unwrap();
+    }
+    epochs
+}
+
+fn fetch(replica: u64, epoch: i32, offset: i64, last: Option<i32>) -> FetchRequest {
+    FetchRequest {
+        fetch_id: 7,
+        replica: NodeId(replica),
+        leader_epoch: LeaderEpoch(epoch),
+        fetch_offset: Offset(offset),
+        last_fetched_epoch: last.map(LeaderEpoch),
+        durable_end: Offset(offset),
+        max_bytes: 1 << 20,
+        max_wait_ms: 0,
+    }
+}
+
+fn one_result(ready: &Ready) -> &FetchResult {
+    assert_eq!(ready.follower_replies.len(), 1, "{ready:?}");
+    &ready.follower_replies[0].1.result
+}
+
+fn error_code(result: &FetchResult) -> Option<ErrorCode> {
+    match result {
+        FetchResult::Error { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+/// A leader whose log holds epochs 1 (from 0) and 3 (from 10) up to 20 and now leads epoch 5.
+fn leader_over_old_epochs() -> ReplicaCore {
+    let log = OpenedLog {
+        log_start: Offset(0),
+        log_end: Offset(20),
+        epochs: epochs(&[(1, 0), (3, 10)]),
+        high_watermark: Offset(0),
+    };
+    let mut core = ReplicaCore::new(NodeId(1), config(), state(1, 5, &[1, 2, 3]), log, 0);
+    let ready = core.ready();
+    assert_eq!(ready.epoch_assign, vec![(LeaderEpoch(5), Offset(20))], "a new leader records its epoch's start");
+    core
+}
+
+#[test]
+fn a_leader_answers_follower_fetches_with_typed_errors_or_the_divergence() {
+    let mut core = leader_over_old_epochs();
+    let mut ask = |request: u64, fetch: FetchRequest| {
+        core.step(Input::FollowerFetch { request, fetch, now_ms: 10 });
+        core.ready()
+    };
+    let stale = ask(1, fetch(2, 4, 20, Some(3)));
+    assert_eq!(error_code(one_result(&stale)), Some(ErrorCode::FencedLeaderEpoch));
+    let future = ask(2, fetch(2, 6, 20, Some(3)));
+    assert_eq!(error_code(one_result(&future)), Some(ErrorCode::UnknownLeaderEpoch));
+    // The follower has an epoch 4 the leader never had: epoch 3 ends at 20 here.
+    let diverging = ask(3, fetch(2, 5, 25, Some(4)));
+    assert_eq!(one_result(&diverging), &FetchResult::Diverging { epoch: Some(LeaderEpoch(3)), end_offset: Offset(20) });
+    // The follower's epoch 1 runs past where the leader's ended (10).
+    let diverging = ask(4, fetch(3, 5, 12, Some(1)));
+    assert_eq!(one_result(&diverging), &FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(10) });
+    // An epoch below everything the leader knows: start over from the leader's log start.
+    let mut low = leader_over_old_epochs();
+    low.step(Input::FollowerFetch { request: 5, fetch: fetch(2, 5, 5, Some(0)), now_ms: 10 });
+    assert_eq!(one_result(&low.ready()), &FetchResult::Diverging { epoch: None, end_offset: Offset(0) });
+    // Agreeing: data from the fetch offset up to what the leader has written.
+    let agreeing = ask(6, fetch(2, 5, 15, Some(3)));
+    assert!(agreeing.follower_replies.is_empty());
+    assert_eq!(agreeing.follower_reads.len(), 1);
+    assert_eq!((agreeing.follower_reads[0].offset, agreeing.follower_reads[0].up_to), (Offset(15), Offset(20)));
+    // Not a replica of this partition.
+    let stranger = ask(7, fetch(9, 5, 0, None));
+    assert_eq!(error_code(one_result(&stranger)), Some(ErrorCode::InvalidRequest));
+}
+
+#[test]
+fn consumer_fetches_are_fenced_by_leader_epoch_and_refused_off_the_leader() {
+    let mut core = leader_over_old_epochs();
+    let consumer = |request: u64, leader_epoch: Option<i32>| Input::ConsumerFetch {
+        request,
+        offset: Offset(0),
+        max_bytes: 100,
+        max_wait_ms: 0,
+        leader_epoch: leader_epoch.map(LeaderEpoch),
+        now_ms: 0,
+    };
+    core.step(consumer(1, Some(4)));
+    core.step(consumer(2, Some(6)));
+    core.step(consumer(3, Some(5)));
+    let ready = core.ready();
+    let codes: Vec<Option<ErrorCode>> = ready
+        .replies
+        .iter()
+        .map(|(_, reply)| match reply {
+            Reply::Error { code, .. } => Some(*code),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes[..2], [Some(ErrorCode::FencedLeaderEpoch), Some(ErrorCode::UnknownLeaderEpoch)]);
+    // The right epoch, but the HW is still 0 (no follower has confirmed): nothing is readable yet.
+    assert!(ready.reads.is_empty());
+    assert!(matches!(ready.replies[2], (3, Reply::FetchEmpty { high_watermark: Offset(0), .. })));
+    let log =
+        OpenedLog { log_start: Offset(0), log_end: Offset(20), epochs: epochs(&[(1, 0)]), high_watermark: Offset(20) };
+    let mut follower = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 2, 3]), log, 0);
+    follower.step(consumer(4, None));
+    let ready = follower.ready();
+    assert!(matches!(ready.replies[0], (4, Reply::Error { code: ErrorCode::NotLeader, .. })));
+}
+
+/// KIP-279 rounds: the follower truncates to the smaller of the leader's end for the epoch and its
+/// own, drops the epochs above, and asks again with its new last epoch.
+#[test]
+fn a_follower_truncates_by_epoch_in_rounds_never_to_its_high_watermark() {
+    let log = OpenedLog {
+        log_start: Offset(0),
+        log_end: Offset(20),
+        epochs: epochs(&[(1, 0), (3, 10)]),
+        high_watermark: Offset(4),
+    };
+    let mut core = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 2, 3]), log, 0);
+    let ready = core.ready();
+    assert!(ready.truncate_to.is_none(), "becoming a follower truncates nothing by itself (not to the HW 4)");
+    let (leader, first) = ready.fetch.clone().expect("a settled follower fetches");
+    assert_eq!(leader, NodeId(1));
+    assert_eq!(
+        (first.fetch_offset, first.last_fetched_epoch, first.durable_end),
+        (Offset(20), Some(LeaderEpoch(3)), Offset(20))
+    );
+    let answer = |fetch_id: u64, result: FetchResult| Input::FetchResponse {
+        from: NodeId(1),
+        response: FetchResponse { fetch_id, leader_epoch: LeaderEpoch(5), high_watermark: Offset(4), result },
+        now_ms: 0,
+    };
+    core.step(answer(first.fetch_id, FetchResult::Diverging { epoch: Some(LeaderEpoch(3)), end_offset: Offset(15) }));
+    let ready = core.ready();
+    assert_eq!(ready.truncate_to, Some(Offset(15)));
+    assert!(ready.fetch.is_none(), "no fetch while the truncation is not reported");
+    core.step(Input::Truncated { log_end: Offset(15) });
+    let ready = core.ready();
+    assert!(ready.start_sync && ready.fetch.is_none(), "the truncation is synced before anything else");
+    core.step(Input::SyncCompleted { up_to: Offset(15) });
+    let (_, second) = core.ready().fetch.expect("fetching again");
+    assert_eq!((second.fetch_offset, second.last_fetched_epoch), (Offset(15), Some(LeaderEpoch(3))));
+    // A late duplicate of the first answer is ignored.
+    core.step(answer(first.fetch_id, FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(0) }));
+    assert!(core.ready().is_empty());
+    // The leader never had epoch 3; its epoch 1 ended at 8 (ours at 10): cut to 8, epoch 3 goes.
+    core.step(answer(second.fetch_id, FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(8) }));
+    assert_eq!(core.ready().truncate_to, Some(Offset(8)));
+    core.step(Input::Truncated { log_end: Offset(8) });
+    assert_eq!(core.epochs().latest_epoch(), Some(LeaderEpoch(1)));
+    assert_eq!(core.high_watermark(), Offset(4), "the HW stays: committed data is never truncated");
+    assert!(core.ready().start_sync);
+    core.step(Input::SyncCompleted { up_to: Offset(8) });
+    let (_, third) = core.ready().fetch.expect("fetching again");
+    assert_eq!((third.fetch_offset, third.last_fetched_epoch), (Offset(8), Some(LeaderEpoch(1))));
+}
+
+/// A lagging ISR is shrunk through a fenced proposal; while it is pending the HW and min ISR count
+/// the larger/smaller set respectively; a caught-up follower is proposed back in.
+#[test]
+fn isr_shrink_and_expand_are_fenced_proposals() {
+    let mut core = leader_over_old_epochs();
+    core.step(Input::Tick { now_ms: 500 });
+    assert!(core.ready().isr_change.is_none(), "not lagging yet");
+    // Broker 2 catches up (durably, to the log end); broker 3 never fetches.
+    core.step(Input::FollowerFetch { request: 1, fetch: fetch(2, 5, 20, Some(3)), now_ms: 900 });
+    let _ = core.ready();
+    core.step(Input::Tick { now_ms: 1_200 });
+    let change = core.ready().isr_change.expect("broker 3 lags past replica_lag_ms_max");
+    assert_eq!(
+        change,
+        IsrChange {
+            leader: NodeId(1),
+            leader_epoch: LeaderEpoch(5),
+            partition_epoch: PartitionEpoch(5),
+            new_isr: vec![NodeId(1), NodeId(2)],
+        }
+    );
+    assert_eq!(core.maximal_isr(), vec![NodeId(1), NodeId(2), NodeId(3)], "3 still counts for the HW");
+    assert_eq!(core.high_watermark(), Offset(0), "broker 3 never confirmed anything");
+    // Unanswered, the same proposal goes out again after the retry interval.
+    core.step(Input::Tick { now_ms: 1_600 });
+    assert_eq!(core.ready().isr_change.as_ref(), Some(&change));
+    // The controller accepts: the HW moves to what 1 and 2 hold durably.
+    let mut accepted = state(1, 5, &[1, 2]);
+    accepted.partition_epoch = PartitionEpoch(6);
+    core.step(Input::PartitionStateChanged { state: accepted, now_ms: 1_700 });
+    let _ = core.ready();
+    assert_eq!(core.high_watermark(), Offset(20));
+    // Broker 3 comes back and catches up: proposed back in, counted at once.
+    core.step(Input::FollowerFetch { request: 2, fetch: fetch(3, 5, 20, Some(3)), now_ms: 1_800 });
+    let change = core.ready().isr_change.expect("an expansion");
+    assert_eq!(change.partition_epoch, PartitionEpoch(6));
+    assert_eq!(change.new_isr, vec![NodeId(1), NodeId(2), NodeId(3)]);
+    assert_eq!(core.maximal_isr(), vec![NodeId(1), NodeId(2), NodeId(3)]);
+    // A stale state (older partition epoch) changes nothing.
+    core.step(Input::PartitionStateChanged { state: state(1, 5, &[1, 2, 3]), now_ms: 1_900 });
+    assert_eq!(core.state().partition_epoch, PartitionEpoch(6));
+}
+
+/// A leader whose storage recovery lost data it had already sent to followers must not append in
+/// this epoch again: it refuses produce and asks to resign.
+#[test]
+fn a_leader_that_lost_replicated_data_resigns() {
+    let mut core =
+        ReplicaCore::new(NodeId(1), config(), state(1, 1, &[1, 2, 3]), opened(Offset(0), LeaderEpochs::new()), 0);
+    let _ = core.ready();
+    let records = vec![Record::value("x")];
+    let batch = Batch::parse(encode_batch(&records, 0, ProducerFields::NONE)).unwrap();
+    core.step(Input::Produce { request: 1, batch: batch.clone(), acks: Acks::All });
+    let ready = core.ready();
+    assert_eq!(ready.writes.len(), 1);
+    core.step(Input::Written { up_to: Offset(1) });
+    let _ = core.ready();
+    core.step(Input::FollowerFetch { request: 2, fetch: fetch(2, 1, 0, None), now_ms: 0 });
+    assert_eq!(core.ready().follower_reads.len(), 1, "the follower gets the written, not yet durable batch");
+    core.step(Input::StorageFailed { reason: "fsync: EIO".into() });
+    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(0), epochs: LeaderEpochs::new() });
+    let ready = core.ready();
+    assert!(ready.resign);
+    assert!(matches!(ready.replies[0], (1, Reply::Error { code: ErrorCode::StorageIndeterminate, .. })));
+    core.step(Input::Produce { request: 3, batch, acks: Acks::All });
+    assert!(matches!(core.ready().replies[0], (3, Reply::Error { code: ErrorCode::NotLeader, .. })));
+}
