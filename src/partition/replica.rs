@@ -10,8 +10,17 @@
 //! [`Input`]: the partition state from the controller ([`Input::PartitionStateChanged`]: leader,
 //! leader epoch, partition epoch, ISR, replicas, min ISR), client produce and consumer fetch
 //! requests, follower fetch requests (at a leader), fetch responses (at a follower), the local log's
-//! completions (`Written`, `WriteFailed`, `SyncCompleted`, `StorageFailed`, `Recovered`, exactly as
-//! [`PartitionCore`] takes them), and `Tick`. Time comes in as `now_ms`.
+//! completions (`Written`, `WriteFailed`, `SyncCompleted`, `StorageFailed` as [`PartitionCore`] takes
+//! them; `Truncated` after a `truncate_to`; `Recovered` with the recovered epoch cache), and `Tick`.
+//! Time comes in as `now_ms`.
+//!
+//! # Ordering hazards (what the core does about them)
+//! - A former follower whose last truncation is not synced yet refuses produce with `Busy` and holds
+//!   back its new epoch's cache entry until that sync: appending over an unsynced truncation could,
+//!   after a crash, leave new batches followed by resurrected old ones.
+//! - A leader whose storage recovery cut its log clamps what it knows of its followers' durable ends
+//!   to the recovered end (they vouched for batches that are gone), and resigns if followers were
+//!   sent any of them.
 //!
 //! # Out
 //! [`Ready`], performed by the shell in field order:
