@@ -531,6 +531,25 @@ impl ReplicaCore {
     ) -> ReplicaCore {
         let OpenedLog { log_start, log_end, epochs, high_watermark } = log;
         let inner = PartitionCore::new(config.core.clone(), state.leader_epoch, log_start, log_end);
+        ReplicaCore::with_inner(me, config, state, inner, epochs, high_watermark.clamp(log_start, log_end), now_ms)
+    }
+
+    /// A replica whose log could not be opened: produce and fetches get `StorageError` until the shell
+    /// reports `Recovered` (with the log and epoch cache it then opened).
+    pub fn new_failed(me: NodeId, config: ReplicaConfig, state: PartitionState, now_ms: TimestampMs) -> ReplicaCore {
+        let inner = PartitionCore::new_failed(config.core.clone(), state.leader_epoch);
+        ReplicaCore::with_inner(me, config, state, inner, LeaderEpochs::new(), Offset::ZERO, now_ms)
+    }
+
+    fn with_inner(
+        me: NodeId,
+        config: ReplicaConfig,
+        state: PartitionState,
+        inner: PartitionCore,
+        epochs: LeaderEpochs,
+        high_watermark: Offset,
+        now_ms: TimestampMs,
+    ) -> ReplicaCore {
         let mut core = ReplicaCore {
             me,
             config,
@@ -545,7 +564,7 @@ impl ReplicaCore {
             inner,
             epochs,
             role: Role::Offline,
-            high_watermark: high_watermark.clamp(log_start, log_end),
+            high_watermark,
             now_ms,
             next_fetch_id: 1,
             client_appends: BTreeMap::new(),
@@ -710,7 +729,7 @@ impl ReplicaCore {
         }
         self.release_acks();
         self.maybe_send_fetch();
-        if !self.inner.is_truncation_unsynced() {
+        if !self.inner.is_truncation_unsynced() && !self.inner.is_failed() {
             if let Some(assign) = self.deferred_epoch_assign.take() {
                 // Appends were refused until now, so this still comes before any batch of the epoch.
                 self.ready.epoch_assign.push(assign);
