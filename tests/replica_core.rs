@@ -1214,3 +1214,23 @@ fn a_leader_that_lost_replicated_data_resigns() {
     core.step(Input::Produce { request: 3, batch, acks: Acks::All });
     assert!(matches!(core.ready().replies[0], (3, Reply::Error { code: ErrorCode::NotLeader, .. })));
 }
+
+/// A replica whose log could not be opened refuses everything with a storage error, and leads
+/// normally once the shell recovered the log (its epoch starts at the recovered end).
+#[test]
+fn a_replica_whose_log_failed_to_open_recovers() {
+    let mut core = ReplicaCore::new_failed(NodeId(1), config(), state(1, 3, &[1, 2, 3]), 0);
+    let records = vec![Record::value("x")];
+    let batch = Batch::parse(encode_batch(&records, 0, ProducerFields::NONE)).unwrap();
+    core.step(Input::Produce { request: 1, batch: batch.clone(), acks: Acks::Leader });
+    let ready = core.ready();
+    assert!(matches!(ready.replies[0], (1, Reply::Error { code: ErrorCode::StorageError, .. })), "{ready:?}");
+    assert!(ready.epoch_assign.is_empty(), "no epoch cache to write to while the log is failed");
+    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(5), epochs: epochs(&[(1, 0)]) });
+    let ready = core.ready();
+    assert_eq!(ready.epoch_assign, vec![(LeaderEpoch(3), Offset(5))]);
+    core.step(Input::Produce { request: 2, batch, acks: Acks::Leader });
+    let ready = core.ready();
+    assert_eq!(ready.writes.len(), 1);
+    assert_eq!((ready.writes[0].base_offset(), ready.writes[0].leader_epoch()), (Offset(5), LeaderEpoch(3)));
+}

@@ -10,8 +10,17 @@
 //! [`Input`]: the partition state from the controller ([`Input::PartitionStateChanged`]: leader,
 //! leader epoch, partition epoch, ISR, replicas, min ISR), client produce and consumer fetch
 //! requests, follower fetch requests (at a leader), fetch responses (at a follower), the local log's
-//! completions (`Written`, `WriteFailed`, `SyncCompleted`, `StorageFailed`, `Recovered`, exactly as
-//! [`PartitionCore`] takes them), and `Tick`. Time comes in as `now_ms`.
+//! completions (`Written`, `WriteFailed`, `SyncCompleted`, `StorageFailed` as [`PartitionCore`] takes
+//! them; `Truncated` after a `truncate_to`; `Recovered` with the recovered epoch cache), and `Tick`.
+//! Time comes in as `now_ms`.
+//!
+//! # Ordering hazards (what the core does about them)
+//! - A former follower whose last truncation is not synced yet refuses produce with `Busy` and holds
+//!   back its new epoch's cache entry until that sync: appending over an unsynced truncation could,
+//!   after a crash, leave new batches followed by resurrected old ones.
+//! - A leader whose storage recovery cut its log clamps what it knows of its followers' durable ends
+//!   to the recovered end (they vouched for batches that are gone), and resigns if followers were
+//!   sent any of them.
 //!
 //! # Out
 //! [`Ready`], performed by the shell in field order:
@@ -522,6 +531,25 @@ impl ReplicaCore {
     ) -> ReplicaCore {
         let OpenedLog { log_start, log_end, epochs, high_watermark } = log;
         let inner = PartitionCore::new(config.core.clone(), state.leader_epoch, log_start, log_end);
+        ReplicaCore::with_inner(me, config, state, inner, epochs, high_watermark.clamp(log_start, log_end), now_ms)
+    }
+
+    /// A replica whose log could not be opened: produce and fetches get `StorageError` until the shell
+    /// reports `Recovered` (with the log and epoch cache it then opened).
+    pub fn new_failed(me: NodeId, config: ReplicaConfig, state: PartitionState, now_ms: TimestampMs) -> ReplicaCore {
+        let inner = PartitionCore::new_failed(config.core.clone(), state.leader_epoch);
+        ReplicaCore::with_inner(me, config, state, inner, LeaderEpochs::new(), Offset::ZERO, now_ms)
+    }
+
+    fn with_inner(
+        me: NodeId,
+        config: ReplicaConfig,
+        state: PartitionState,
+        inner: PartitionCore,
+        epochs: LeaderEpochs,
+        high_watermark: Offset,
+        now_ms: TimestampMs,
+    ) -> ReplicaCore {
         let mut core = ReplicaCore {
             me,
             config,
@@ -536,7 +564,7 @@ impl ReplicaCore {
             inner,
             epochs,
             role: Role::Offline,
-            high_watermark: high_watermark.clamp(log_start, log_end),
+            high_watermark,
             now_ms,
             next_fetch_id: 1,
             client_appends: BTreeMap::new(),
@@ -701,7 +729,7 @@ impl ReplicaCore {
         }
         self.release_acks();
         self.maybe_send_fetch();
-        if !self.inner.is_truncation_unsynced() {
+        if !self.inner.is_truncation_unsynced() && !self.inner.is_failed() {
             if let Some(assign) = self.deferred_epoch_assign.take() {
                 // Appends were refused until now, so this still comes before any batch of the epoch.
                 self.ready.epoch_assign.push(assign);
