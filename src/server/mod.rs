@@ -15,8 +15,10 @@
 //! voter of the metadata group; until then (and on every client connection) a `RaftMessage` is
 //! refused with `PeerNotIdentified`, so a client's frame never reaches raft-rs.
 //!
-//! Shutdown (SIGINT/SIGTERM, or the token in simulation): stop accepting, stop reading new requests,
-//! finish the ones in flight, then stop every partition (each fsyncs what it wrote) and return. The
+//! Shutdown (SIGINT/SIGTERM, or the token in simulation): propose `ControlledShutdown` so leadership
+//! of this broker's partitions moves to other ISR members (bounded wait), stop accepting, stop reading
+//! new requests, finish the ones in flight, then stop every partition (each fsyncs what it wrote) and
+//! return. The
 //! same happens, ending with an error, when the metadata Raft task ends on its own (a storage
 //! failure or a panic): the broker cannot keep its promises without it.
 
@@ -174,6 +176,11 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
                 }));
             }
         }
+    }
+    // Graceful shutdown: move the leadership of this broker's partitions to other ISR members while
+    // its connections still answer (clients get NotLeader and follow the new leaders), ADR 0012.
+    if failure.is_none() && state.cluster.controlled_shutdown().await {
+        tracing::info!("controlled shutdown applied: partition leadership moved away");
     }
     drop(listener);
     connections_shutdown.cancel();
@@ -363,7 +370,7 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         Body::CreateTopicRequest(request) => {
             let state = state.clone();
             Box::pin(async move {
-                let result = state.cluster.create_topic(&request.name, request.partitions, request.replication).await;
+                let result = state.cluster.create_topic(&request).await;
                 let error = result.err().and_then(topic_info);
                 Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
             })
@@ -416,7 +423,10 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
                     state_hash: status.state_hash,
                     ..Default::default()
                 };
-                let response = crate::client::status::gather(own, known, request.fan_out).await;
+                let mut response = crate::client::status::gather(own, known, request.fan_out).await;
+                let (unhealthy, omitted) = state.cluster.node.with_state(cluster::unhealthy_partitions);
+                response.unhealthy_partitions = unhealthy;
+                response.unhealthy_partitions_omitted = omitted;
                 Frame::new(id, Body::ClusterStatusResponse(response))
             })
         }
