@@ -498,3 +498,62 @@ async fn an_identified_peer_cannot_crash_a_node_with_a_forged_heartbeat() {
     }
     assert!(cluster.node_mut(1).process.exited().unwrap().is_none(), "node 1 still runs");
 }
+
+/// Graceful shutdown (SIGTERM) proposes `ControlledShutdown`: by the time the broker has exited, the
+/// metadata already has other ISR members leading its partitions and has taken it out of the ISRs,
+/// while it is not fenced (fencing, 6 s after the last heartbeat, would be the slow way). Back on the
+/// same data, it registers again; leadership stays where it moved.
+#[tokio::test]
+async fn sigterm_moves_partition_leadership_before_the_broker_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = start_cluster(dir.path(), 3).await;
+    let all: Vec<u64> = vec![1, 2, 3];
+    let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
+    poll("every node registered and one agreed Raft leader", async || {
+        let status = status(&addrs[0]).await?;
+        let registered =
+            status["nodes"].as_array()?.iter().all(|node| node["registered"] == true && node["fenced"] == false);
+        registered.then_some(())?;
+        agreed_leader(&cluster, &all).await
+    })
+    .await;
+    let created = cli(&addrs[0], &["topic", "create", "rolling", "--partitions", "6", "--replication", "3"]).await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    let describe = async |addr: &str| json(&cli(addr, &["--json", "topic", "describe", "rolling"]).await);
+    let before = describe(&addrs[0]).await;
+    let victim = before["partitions"][0]["leader"].as_u64().unwrap();
+    let led_before = before["partitions"].as_array().unwrap().iter().filter(|p| p["leader"] == victim).count();
+    let survivor = addr_of(&cluster, *all.iter().find(|node_id| **node_id != victim).unwrap());
+
+    let signalled_at = Instant::now();
+    let stopped = cluster.node_mut(victim).process.stop(Signal::Terminate, WAIT_MAX).await.unwrap();
+    let stop_took = signalled_at.elapsed();
+    assert!(!stopped.forced && stopped.status.success(), "{stopped:?}");
+
+    let after = describe(&survivor).await;
+    let seen = status(&survivor).await.expect("cluster status through a survivor");
+    let victim_status = seen["nodes"].as_array().unwrap().iter().find(|node| node["node_id"] == victim).unwrap();
+    assert_eq!(victim_status["fenced"], false, "moved by controlled shutdown, not by fencing: {seen}");
+    for partition in after["partitions"].as_array().unwrap() {
+        let leader = partition["leader"].as_u64().expect("every partition has a leader");
+        assert_ne!(leader, victim, "{after}");
+        let isr: Vec<u64> = partition["isr"].as_array().unwrap().iter().map(|m| m.as_u64().unwrap()).collect();
+        assert!(!isr.contains(&victim) && isr.contains(&leader), "{after}");
+    }
+    assert_eq!(seen["under_replicated_partitions"].as_array().unwrap().len(), 6, "{seen}");
+    println!(
+        "CONTROLLED SHUTDOWN: node {victim} led {led_before} of 6 partitions; it exited {stop_took:?} after SIGTERM \
+         with their leadership already moved"
+    );
+
+    // Restarted, it registers again (not fenced, not shutting down) and is no partition's leader.
+    cluster.node_mut(victim).process.restart().unwrap();
+    poll("the restarted node registered again", async || {
+        let status = status(&survivor).await?;
+        let node = status["nodes"].as_array()?.iter().find(|node| node["node_id"] == victim)?.clone();
+        (node["reachable"] == true && node["registered"] == true && node["fenced"] == false).then_some(())
+    })
+    .await;
+    let restarted = describe(&survivor).await;
+    assert!(restarted["partitions"].as_array().unwrap().iter().all(|p| p["leader"] != victim), "{restarted}");
+}

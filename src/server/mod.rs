@@ -129,8 +129,11 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let mut connections = FuturesUnordered::new();
     // Connections stop reading when the broker shuts down for any reason, not only on `shutdown`:
     // after the metadata node stopped, peers' connections (which never close on their own) would
-    // otherwise keep the broker waiting for them forever.
-    let connections_shutdown = shutdown.child_token();
+    // otherwise keep the broker waiting for them forever. Not a child of `shutdown`: during the
+    // controlled shutdown below, peers' connections must keep carrying Raft traffic in (or this node
+    // loses its quorum and the `ControlledShutdown` it proposed cannot commit), and clients keep
+    // getting answers (NotLeader once leadership moved). Cancelled explicitly after it.
+    let connections_shutdown = CancellationToken::new();
     // If the metadata node stops on its own (its store failed, its task panicked), this broker can no
     // longer keep its promises: shut down and exit with an error, so a supervisor restarts it from its
     // durable state.
