@@ -306,6 +306,12 @@ pub struct CreateTopicRequest {
     pub partitions: u32,
     #[prost(uint32, tag = "3")]
     pub replication: u32,
+    /// Absent: `min(2, replication)`. Must be in `1..=replication` (else `InvalidReplication`).
+    #[prost(uint32, optional, tag = "4")]
+    pub min_insync_replicas: Option<u32>,
+    /// Elect a replica outside the ISR when no ISR member can lead (loses acknowledged records).
+    #[prost(bool, tag = "5")]
+    pub unclean_leader_election: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -357,6 +363,11 @@ pub struct TopicInfo {
     pub error: Option<ErrorInfo>,
     #[prost(message, repeated, tag = "3")]
     pub partitions: Vec<PartitionInfo>,
+    /// 0 from a broker that predates the field.
+    #[prost(uint32, tag = "4")]
+    pub min_insync_replicas: u32,
+    #[prost(bool, tag = "5")]
+    pub unclean_leader_election: bool,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -371,6 +382,12 @@ pub struct PartitionInfo {
     pub isr: Vec<u64>,
     #[prost(int32, tag = "5")]
     pub leader_epoch: i32,
+    /// Bumps on every leader or ISR change.
+    #[prost(int32, tag = "6")]
+    pub partition_epoch: i32,
+    /// Unclean elections this partition has had (each may have lost acknowledged records).
+    #[prost(uint64, tag = "7")]
+    pub unclean_elections: u64,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -426,6 +443,43 @@ pub struct ClusterStatusResponse {
     /// The node that answered.
     #[prost(uint64, tag = "2")]
     pub answered_by: u64,
+    /// Partitions without a leader or with an ISR smaller than their replicas, from the answering
+    /// node's applied metadata, sorted by topic and partition; at most
+    /// [`STATUS_PARTITIONS_MAX`] of them.
+    #[prost(message, repeated, tag = "3")]
+    pub unhealthy_partitions: Vec<PartitionHealthInfo>,
+    /// Unhealthy partitions left out of `unhealthy_partitions` by the limit.
+    #[prost(uint64, tag = "4")]
+    pub unhealthy_partitions_omitted: u64,
+}
+
+/// Most unhealthy partitions one `ClusterStatusResponse` lists.
+pub const STATUS_PARTITIONS_MAX: usize = 1000;
+
+/// A partition that is offline (no leader) or under-replicated (ISR smaller than its replicas).
+#[derive(Clone, PartialEq, Message)]
+pub struct PartitionHealthInfo {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+    /// 0: none (offline).
+    #[prost(uint64, tag = "3")]
+    pub leader: u64,
+    #[prost(int32, tag = "4")]
+    pub leader_epoch: i32,
+    #[prost(int32, tag = "5")]
+    pub partition_epoch: i32,
+    #[prost(uint64, repeated, tag = "6")]
+    pub replicas: Vec<u64>,
+    #[prost(uint64, repeated, tag = "7")]
+    pub isr: Vec<u64>,
+    #[prost(uint32, tag = "8")]
+    pub min_insync_replicas: u32,
+    #[prost(bool, tag = "9")]
+    pub offline: bool,
+    #[prost(bool, tag = "10")]
+    pub under_replicated: bool,
 }
 
 /// One node's Raft status as it reported it (or, when `reachable` is false, only what the answering

@@ -31,6 +31,11 @@ newtype!(
     LeaderEpoch(i32)
 );
 newtype!(
+    /// The version of a partition's leader-and-ISR state in the metadata: bumps on every leader or
+    /// ISR change (Kafka's partition epoch), so an ISR change proposed from a stale view is refused.
+    PartitionEpoch(i32)
+);
+newtype!(
     /// An idempotent producer's id (-1: not idempotent).
     ProducerId(i64)
 );

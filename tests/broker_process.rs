@@ -860,3 +860,63 @@ async fn topics_max_limits_topic_creation() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("topics_max is at most"), "{}", stderr(&output));
 }
+
+/// Topic settings from the CLI (issue 8): `--min-insync-replicas` and `--unclean-leader-election`
+/// are stored and described; a min ISR of 0 or above the replication factor, and an unknown topic,
+/// are clear errors (exit code 1), and the broker keeps serving. `cluster status` lists no unhealthy
+/// partition on a healthy broker.
+#[tokio::test]
+async fn topic_settings_and_bad_settings_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path(), &[]).await;
+
+    let created = cli(&broker, &["topic", "create", "plain", "--partitions", "2"]).await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    let created = cli(
+        &broker,
+        &["topic", "create", "risky", "--replication", "1", "--min-insync-replicas", "1", "--unclean-leader-election"],
+    )
+    .await;
+    assert!(created.status.success(), "{}", stderr(&created));
+
+    let json = |output: &Output| -> serde_json::Value { serde_json::from_str(stdout(output).trim()).unwrap() };
+    let plain = json(&cli(&broker, &["--json", "topic", "describe", "plain"]).await);
+    assert_eq!(plain["min_insync_replicas"], 1, "min(2, replication 1): {plain}");
+    assert_eq!(plain["unclean_leader_election"], false, "{plain}");
+    for partition in plain["partitions"].as_array().unwrap() {
+        assert_eq!(partition["leader"], 1, "{plain}");
+        assert_eq!(partition["isr"], serde_json::json!([1]), "{plain}");
+        assert_eq!(partition["replicas"], serde_json::json!([1]), "{plain}");
+        assert_eq!((partition["leader_epoch"].as_i64(), partition["partition_epoch"].as_i64()), (Some(0), Some(0)));
+        assert_eq!(partition["unclean_elections"], 0, "{plain}");
+    }
+    let risky = json(&cli(&broker, &["--json", "topic", "describe", "risky"]).await);
+    assert_eq!((&risky["min_insync_replicas"], &risky["unclean_leader_election"]), (&1.into(), &true.into()));
+    let human = stdout(&cli(&broker, &["topic", "describe", "risky"]).await);
+    assert!(human.contains("min insync replicas 1, unclean leader election on"), "{human}");
+    assert!(human.contains("leader epoch 0\tpartition epoch 0\treplicas [1]\tisr [1]"), "{human}");
+
+    for (min_isr, replication) in [("0", "1"), ("2", "1")] {
+        let refused =
+            cli(&broker, &["topic", "create", "bad", "--replication", replication, "--min-insync-replicas", min_isr])
+                .await;
+        assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+        let expected =
+            format!("min insync replicas must be between 1 and the replication factor {replication}, got {min_isr}");
+        assert!(stderr(&refused).contains(&expected), "{}", stderr(&refused));
+    }
+    let not_a_number = cli(&broker, &["topic", "create", "bad", "--min-insync-replicas", "-1"]).await;
+    assert_eq!(not_a_number.status.code(), Some(2), "{}", stderr(&not_a_number));
+    let unknown = cli(&broker, &["topic", "describe", "nope"]).await;
+    assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("unknown topic \"nope\""), "{}", stderr(&unknown));
+    let listed = stdout(&cli(&broker, &["topic", "list"]).await);
+    assert!(!listed.contains("bad"), "{listed}");
+
+    // Still serving; nothing is offline or under-replicated.
+    let status = json(&cli(&broker, &["--json", "cluster", "status"]).await);
+    assert_eq!(status["offline_partitions"], serde_json::json!([]), "{status}");
+    assert_eq!(status["under_replicated_partitions"], serde_json::json!([]), "{status}");
+    let human = stdout(&cli(&broker, &["cluster", "status"]).await);
+    assert!(human.contains("partitions: 0 offline, 0 under-replicated"), "{human}");
+}

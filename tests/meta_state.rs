@@ -9,7 +9,12 @@
 //! 4. encode -> decode of every command is the identity;
 //! 5. a topic is visible (same incarnation) from its successful `CreateTopic` until its successful
 //!    `DeleteTopic`, creating an existing topic or deleting a missing one is rejected, producer-id
-//!    blocks follow each other from 0, and a rejected command changes nothing but `applied_index`.
+//!    blocks follow each other from 0, and a rejected command changes nothing but `applied_index`;
+//! 6. partition leadership (ADR 0012): a leader is always an eligible broker (not fenced, not shutting
+//!    down); after a broker is fenced or shut down it leads nothing and is in no ISR but as the last
+//!    member; after a broker becomes eligible no offline partition has it in its ISR (an election ran);
+//!    a `ChangeIsr` is applied only when its leader and both epochs were the current ones, and its
+//!    result carries the partition's state; unclean elections happen only in topics that allow them.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +22,7 @@ use keel::meta::state::{
     decode_command, encode_command, BrokerRecord, MetaCommand, MetaResult, MetadataState, TopicRecord,
 };
 use keel::protocol::ErrorCode;
-use keel::types::{LeaderEpoch, NodeId, ProducerId};
+use keel::types::{LeaderEpoch, NodeId, PartitionEpoch, ProducerId};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -46,6 +51,13 @@ enum Op {
         name_idx: usize,
         partitions: u32,
         replication: u32,
+        min_insync_replicas: Option<u32>,
+        unclean_leader_election: bool,
+    },
+    /// `ControlledShutdown` of `node`, from its current incarnation unless `stale`.
+    ControlledShutdown {
+        node: u64,
+        stale: bool,
     },
     DeleteTopic {
         name_idx: usize,
@@ -61,13 +73,17 @@ enum Op {
         node: u64,
         epoch_delta: i32,
     },
-    /// ISR = the replicas selected by `mask` (plus the leader when `keep_leader`).
+    /// ISR = the replicas selected by `mask` (plus the leader when `keep_leader`), proposed by the
+    /// current leader (or by `node` when there is none or `other_proposer`).
     ChangeIsr {
         name_idx: usize,
         partition: u32,
         mask: u8,
         keep_leader: bool,
         epoch_delta: i32,
+        partition_epoch_delta: i32,
+        other_proposer: bool,
+        node: u64,
     },
 }
 
@@ -85,8 +101,17 @@ fn op() -> impl Strategy<Value = Op> {
         3 => node.clone().prop_map(|node| Op::Heartbeat { node }),
         1 => (node.clone(), -5i64..50).prop_map(|(node, age_ms)| Op::Fence { node, age_ms }),
         2 => (0i64..300).prop_map(|fence_after_ms| Op::FenceDue { fence_after_ms }),
-        5 => (name_idx.clone(), prop_oneof![8 => 1u32..5, 1 => Just(0u32), 1 => Just(1025u32)], prop_oneof![8 => 1u32..4, 1 => 0u32..6])
-            .prop_map(|(name_idx, partitions, replication)| Op::CreateTopic { name_idx, partitions, replication }),
+        5 => (
+            name_idx.clone(),
+            prop_oneof![8 => 1u32..5, 1 => Just(0u32), 1 => Just(1025u32)],
+            prop_oneof![8 => 1u32..4, 1 => 0u32..6],
+            prop_oneof![3 => Just(None), 2 => (0u32..5).prop_map(Some)],
+            prop::bool::weighted(0.4),
+        )
+            .prop_map(|(name_idx, partitions, replication, min_insync_replicas, unclean_leader_election)| {
+                Op::CreateTopic { name_idx, partitions, replication, min_insync_replicas, unclean_leader_election }
+            }),
+        1 => (node.clone(), prop::bool::weighted(0.2)).prop_map(|(node, stale)| Op::ControlledShutdown { node, stale }),
         2 => prop_oneof![name_idx.clone(), target_idx.clone()].prop_map(|name_idx| Op::DeleteTopic { name_idx }),
         2 => prop_oneof![4 => 1u64..100, 1 => Just(0u64), 1 => Just(u64::MAX)]
             .prop_map(|count| Op::AllocateProducerIds { count }),
@@ -99,15 +124,24 @@ fn op() -> impl Strategy<Value = Op> {
                 epoch_delta
             }
         ),
-        4 => (target_idx, 0u32..5, any::<u8>(), prop::bool::weighted(0.8), epoch_delta()).prop_map(
-            |(name_idx, partition, mask, keep_leader, epoch_delta)| Op::ChangeIsr {
-                name_idx,
-                partition,
-                mask,
-                keep_leader,
-                epoch_delta
-            }
-        ),
+        6 => (
+            (target_idx, 0u32..5, any::<u8>(), prop::bool::weighted(0.8)),
+            (epoch_delta(), epoch_delta(), prop::bool::weighted(0.1), node.clone()),
+        )
+            .prop_map(
+                |((name_idx, partition, mask, keep_leader), (epoch_delta, partition_epoch_delta, other_proposer, node))| {
+                    Op::ChangeIsr {
+                        name_idx,
+                        partition,
+                        mask,
+                        keep_leader,
+                        epoch_delta,
+                        partition_epoch_delta,
+                        other_proposer,
+                        node,
+                    }
+                }
+            ),
     ]
 }
 
@@ -150,11 +184,22 @@ fn resolve(op: &Op, state: &MetadataState, now_ms: i64) -> Option<MetaCommand> {
             let node_id = *state.brokers_to_fence(now_ms, *fence_after_ms).first()?;
             MetaCommand::FenceBroker { node_id, now_ms }
         }
-        Op::CreateTopic { name_idx, partitions, replication } => MetaCommand::CreateTopic {
-            name: NAMES[*name_idx].to_owned(),
-            partitions: *partitions,
-            replication: *replication,
-        },
+        Op::CreateTopic { name_idx, partitions, replication, min_insync_replicas, unclean_leader_election } => {
+            MetaCommand::CreateTopic {
+                name: NAMES[*name_idx].to_owned(),
+                partitions: *partitions,
+                replication: *replication,
+                min_insync_replicas: *min_insync_replicas,
+                unclean_leader_election: *unclean_leader_election,
+            }
+        }
+        Op::ControlledShutdown { node, stale } => {
+            let registered_index = state.broker(NodeId(*node)).map_or(0, |broker| broker.registered_index);
+            MetaCommand::ControlledShutdown {
+                node_id: NodeId(*node),
+                registered_index: registered_index.saturating_sub(u64::from(*stale)),
+            }
+        }
         Op::DeleteTopic { name_idx } => MetaCommand::DeleteTopic { name: topic_name(state, *name_idx) },
         Op::AllocateProducerIds { count } => MetaCommand::AllocateProducerIds { count: *count },
         Op::ChangeLeader { name_idx, partition, leader_pick, node, epoch_delta } => {
@@ -176,7 +221,16 @@ fn resolve(op: &Op, state: &MetadataState, now_ms: i64) -> Option<MetaCommand> {
                 expected_epoch: epoch(current.as_ref().map(|record| record.leader_epoch), *epoch_delta),
             }
         }
-        Op::ChangeIsr { name_idx, partition, mask, keep_leader, epoch_delta } => {
+        Op::ChangeIsr {
+            name_idx,
+            partition,
+            mask,
+            keep_leader,
+            epoch_delta,
+            partition_epoch_delta,
+            other_proposer,
+            node,
+        } => {
             let topic = topic_name(state, *name_idx);
             let partition = partition_idx(state, &topic, *partition);
             let current = partition_of(&topic, partition);
@@ -198,15 +252,107 @@ fn resolve(op: &Op, state: &MetadataState, now_ms: i64) -> Option<MetaCommand> {
                     }
                 }
             }
+            let leader = match current.as_ref().and_then(|record| record.leader) {
+                Some(leader) if !*other_proposer => leader,
+                _ => NodeId(*node),
+            };
+            let partition_epoch = current.as_ref().map_or(0, |record| record.partition_epoch.0);
             MetaCommand::ChangeIsr {
                 topic,
                 partition,
+                leader,
+                leader_epoch: epoch(current.as_ref().map(|record| record.leader_epoch), *epoch_delta),
+                partition_epoch: PartitionEpoch(partition_epoch + partition_epoch_delta),
                 isr,
-                expected_epoch: epoch(current.as_ref().map(|record| record.leader_epoch), *epoch_delta),
             }
         }
     };
     Some(command)
+}
+
+/// Property 6 for one applied command.
+fn check_leadership(before: &MetadataState, after: &MetadataState, command: &MetaCommand, result: &MetaResult) {
+    let eligible = |node_id: NodeId| after.broker(node_id).is_some_and(BrokerRecord::is_eligible);
+    for topic in after.topics() {
+        for partition in &topic.partitions {
+            if let Some(leader) = partition.leader {
+                assert!(
+                    eligible(leader),
+                    "{}/{} led by ineligible broker {leader} after {command:?}",
+                    topic.name,
+                    partition.partition
+                );
+            }
+            let old = before
+                .topic(&topic.name)
+                .filter(|old| old.created_index == topic.created_index)
+                .map(|old| &old.partitions[partition.partition as usize]);
+            if let Some(old) = old {
+                if partition.unclean_elections > old.unclean_elections {
+                    assert!(topic.unclean_leader_election, "unclean election in {} after {command:?}", topic.name);
+                    assert_eq!(partition.isr, vec![partition.leader.expect("an unclean election elects")]);
+                }
+            }
+        }
+    }
+    match (command, result) {
+        (
+            MetaCommand::FenceBroker { node_id, .. } | MetaCommand::ControlledShutdown { node_id, .. },
+            MetaResult::Ok,
+        ) => {
+            for partition in after.topics().flat_map(|topic| &topic.partitions) {
+                assert_ne!(partition.leader, Some(*node_id), "{partition:?}");
+                assert!(!partition.isr.contains(node_id) || partition.isr == [*node_id], "{partition:?}");
+            }
+        }
+        (
+            MetaCommand::RegisterBroker { node_id, .. } | MetaCommand::BrokerHeartbeat { node_id, .. },
+            MetaResult::Ok,
+        ) => {
+            let was_eligible = before.broker(*node_id).is_some_and(BrokerRecord::is_eligible);
+            if !was_eligible && eligible(*node_id) {
+                for (topic, partition) in after.offline_partitions() {
+                    assert!(!partition.isr.contains(node_id), "{}/{}: {partition:?}", topic.name, partition.partition);
+                }
+            }
+        }
+        (MetaCommand::ChangeIsr { topic, partition, leader, leader_epoch, partition_epoch, isr }, result) => {
+            let old = before.topic(topic).and_then(|record| record.partitions.get(*partition as usize));
+            let new = after.topic(topic).and_then(|record| record.partitions.get(*partition as usize));
+            match result {
+                MetaResult::IsrChanged { leader_epoch: le, partition_epoch: pe, isr: now } => {
+                    let (old, new) = (old.expect("changed a partition"), new.expect("still there"));
+                    assert_eq!(
+                        (old.leader, old.leader_epoch, old.partition_epoch),
+                        (Some(*leader), *leader_epoch, *partition_epoch),
+                        "a ChangeIsr from a stale view was applied"
+                    );
+                    assert_eq!((&new.isr, new.leader_epoch, new.partition_epoch), (isr, *le, *pe));
+                    assert_eq!(now, isr);
+                    let bumped = if old.isr == *isr { 0 } else { 1 };
+                    assert_eq!(new.partition_epoch.0, old.partition_epoch.0 + bumped);
+                }
+                MetaResult::IsrChangeRejected {
+                    leader: current,
+                    leader_epoch: le,
+                    partition_epoch: pe,
+                    isr: now,
+                    ..
+                } => {
+                    let old = old.expect("a refusal names an existing partition");
+                    assert_eq!(
+                        (current, le, pe, now),
+                        (&old.leader, &old.leader_epoch, &old.partition_epoch, &old.isr)
+                    );
+                }
+                MetaResult::Error { code, .. } => {
+                    assert!(old.is_none(), "{code:?} for an existing partition");
+                }
+                other => panic!("ChangeIsr gave {other:?}"),
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Everything observable except `applied_index`.
@@ -230,6 +376,7 @@ fn run_reference(steps: &[(Op, i64, u64)]) -> (Vec<(u64, MetaCommand)>, Metadata
         assert_eq!(decode_command(&encode_command(&command)), Ok(command.clone()), "encode/decode identity");
 
         let before = contents(&state);
+        let state_before = state.clone();
         let result = state.apply(index, &command);
         state.check_invariants();
         assert_eq!(state.applied_index(), index);
@@ -238,6 +385,10 @@ fn run_reference(steps: &[(Op, i64, u64)]) -> (Vec<(u64, MetaCommand)>, Metadata
             assert!(!message.is_empty());
             assert_eq!(contents(&state), before, "rejected {command:?} ({code:?}: {message}) changed the state");
         }
+        if result.is_rejection() {
+            assert_eq!(contents(&state), before, "refused {command:?} ({result:?}) changed the state");
+        }
+        check_leadership(&state_before, &state, &command, &result);
         match (&command, &result) {
             (MetaCommand::CreateTopic { name, partitions, .. }, MetaResult::TopicCreated { assignment }) => {
                 assert!(!topics.contains_key(name), "{name:?} created twice");

@@ -169,13 +169,13 @@ fn refs(log: &[Batch]) -> Vec<BatchRef> {
         .collect()
 }
 
-/// Whole batches from the one containing `offset`, ending at or below `up_to`, at most `max_bytes`
+/// Whole batches from the one containing `offset`, ending at or below `up_to`, at most `bytes_max`
 /// (at least one batch), as `PartitionLog::read` returns them.
-fn read_log(log: &[Batch], offset: Offset, up_to: Offset, max_bytes: u32) -> Vec<Batch> {
+fn read_log(log: &[Batch], offset: Offset, up_to: Offset, bytes_max: u32) -> Vec<Batch> {
     let mut out: Vec<Batch> = Vec::new();
     let mut bytes = 0usize;
     for batch in log.iter().filter(|batch| batch.next_offset() > offset) {
-        if batch.next_offset() > up_to || (!out.is_empty() && bytes + batch.len() > max_bytes as usize) {
+        if batch.next_offset() > up_to || (!out.is_empty() && bytes + batch.len() > bytes_max as usize) {
             break;
         }
         bytes += batch.len();
@@ -359,13 +359,13 @@ impl World {
                 "broker {id}: a consumer read up to {} past the HW {high_watermark}",
                 read.up_to
             );
-            let batches = read_log(&log, read.offset, read.up_to, read.max_bytes);
+            let batches = read_log(&log, read.offset, read.up_to, read.bytes_max);
             if let Err(violation) = self.model.on_read(&log_refs, &refs(&batches), high_watermark.0) {
                 panic!("broker {id}: {violation}");
             }
         }
         for read in follower_reads {
-            let batches = read_log(&log, read.offset, read.up_to, read.max_bytes);
+            let batches = read_log(&log, read.offset, read.up_to, read.bytes_max);
             let response = FetchResponse {
                 fetch_id: read.fetch_id,
                 leader_epoch: read.leader_epoch,
@@ -704,7 +704,7 @@ impl World {
                 self.next_request += 1;
                 let now_ms = self.now_ms;
                 let input =
-                    Input::ConsumerFetch { request, offset, max_bytes: 400, max_wait_ms: 0, leader_epoch, now_ms };
+                    Input::ConsumerFetch { request, offset, bytes_max: 400, wait_ms_max: 0, leader_epoch, now_ms };
                 self.step(to, input);
             }
             Op::Deliver { index } => self.deliver(index as usize),
@@ -1001,8 +1001,8 @@ fn fetch(replica: u64, epoch: i32, offset: i64, last: Option<i32>) -> FetchReque
         fetch_offset: Offset(offset),
         last_fetched_epoch: last.map(LeaderEpoch),
         durable_end: Offset(offset),
-        max_bytes: 1 << 20,
-        max_wait_ms: 0,
+        bytes_max: 1 << 20,
+        wait_ms_max: 0,
     }
 }
 
@@ -1069,8 +1069,8 @@ fn consumer_fetches_are_fenced_by_leader_epoch_and_refused_off_the_leader() {
     let consumer = |request: u64, leader_epoch: Option<i32>| Input::ConsumerFetch {
         request,
         offset: Offset(0),
-        max_bytes: 100,
-        max_wait_ms: 0,
+        bytes_max: 100,
+        wait_ms_max: 0,
         leader_epoch: leader_epoch.map(LeaderEpoch),
         now_ms: 0,
     };

@@ -104,6 +104,121 @@ async fn harness_judges_every_broker_exit() {
     assert!(violations[0].starts_with("broker-2 incarnation 1 exited without a ctrl-c"), "{violations:?}");
 }
 
+/// Controller elections (ADR 0012) on the real broker shell: 3 brokers, a topic with 6 partitions on
+/// all three. A killed partition leader is fenced after its heartbeats stop, and every partition it
+/// led moves to a survivor in the ISR, with the dead broker out of the ISRs; back, it leads nothing (it
+/// is no longer in sync). A clean restart (ctrl-c) of another leader moves its partitions by
+/// controlled shutdown before it stops, so the third broker ends up leading every partition as their
+/// only ISR member. No offline partition throughout, no harness violation.
+#[madsim::test]
+async fn controller_moves_leadership_on_fencing_and_controlled_shutdown() {
+    use keel::config::BrokerConfig;
+    use keel::meta::state::MetadataState;
+    use keel::types::NodeId;
+    use keel_sim::cluster::{Cluster, BROKER_PORT};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    keel_sim::init_logging();
+    let mut cluster = Cluster::new(keel_sim::trace::Trace::new(), Instant::now());
+    let peers: std::collections::BTreeMap<String, String> =
+        (1..=3).map(|number| (number.to_string(), format!("10.0.1.{number}:{BROKER_PORT}"))).collect();
+    for disk_seed in 1..=3 {
+        cluster.add_broker(BrokerConfig { peers: peers.clone(), ..BrokerConfig::default() }, disk_seed);
+    }
+    let bound = Duration::from_secs(30);
+    for index in 0..3 {
+        assert!(cluster.wait_serving(index, bound).await, "broker {index} serving");
+    }
+    // Waits (in simulated time) until broker `index`'s applied metadata satisfies `check`.
+    async fn wait_for<T>(
+        cluster: &Cluster,
+        index: usize,
+        what: &str,
+        check: impl Fn(&MetadataState) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            if let Some(found) = cluster.meta_slot(index).node.and_then(|node| node.with_state(&check)) {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "broker {index}: {what} within 40 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let addr = cluster.broker_addr(0);
+    let admin = cluster.add_client();
+    admin
+        .spawn(async move {
+            let client = keel::client::Client::new(addr, keel_sim::workload::client_config());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match client.create_topic("t", 6, 3).await {
+                    Ok(()) => return,
+                    Err(keel::client::ClientError::Server {
+                        code: keel::protocol::ErrorCode::TopicAlreadyExists,
+                        ..
+                    }) => return,
+                    Err(error) => assert!(Instant::now() < deadline, "create t: {error}"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .unwrap();
+    let topic = wait_for(&cluster, 0, "topic t", |state| state.topic("t").cloned()).await;
+    let victim = topic.partitions[0].leader.expect("a leader at creation");
+    let victim_index = victim.0 as usize - 1;
+    let led_by_victim: Vec<u32> =
+        topic.partitions.iter().filter(|p| p.leader == Some(victim)).map(|p| p.partition).collect();
+
+    // Kill -9: fenced after 6 s without heartbeats, then its partitions move.
+    cluster.kill(victim_index);
+    let killed_at = Instant::now();
+    let survivor_index = (victim_index + 1) % 3;
+    let moved = wait_for(&cluster, survivor_index, "the dead leader fenced and its partitions moved", |state| {
+        let fenced = state.broker(victim).is_some_and(|broker| broker.fenced);
+        let topic = state.topic("t")?;
+        let moved =
+            topic.partitions.iter().all(|p| p.leader.is_some() && p.leader != Some(victim) && !p.isr.contains(&victim));
+        (fenced && moved).then(|| topic.clone())
+    })
+    .await;
+    let fenced_after = killed_at.elapsed();
+    assert!(fenced_after >= Duration::from_secs(6), "fenced before the fence timeout: {fenced_after:?}");
+    for partition in &led_by_victim {
+        let after = &moved.partitions[*partition as usize];
+        assert!(after.leader_epoch > topic.partitions[*partition as usize].leader_epoch, "{after:?}");
+        assert_eq!(after.unclean_elections, 0);
+    }
+    println!("fenced and re-elected {} partition(s) {fenced_after:?} after the kill", led_by_victim.len());
+
+    // Back: registered and eligible again, but in no ISR, so it leads nothing.
+    cluster.restart(victim_index);
+    assert!(cluster.wait_serving(victim_index, bound).await);
+    wait_for(&cluster, survivor_index, "the restarted broker eligible", |state| {
+        state.broker(victim).is_some_and(|broker| broker.is_eligible()).then_some(())
+    })
+    .await;
+
+    // Clean restart of a broker that leads partitions now: controlled shutdown moves them first.
+    let second = moved.partitions.iter().find_map(|p| p.leader).expect("a leader");
+    let second_index = second.0 as usize - 1;
+    let third = NodeId((0..3u64).map(|i| i + 1).find(|id| NodeId(*id) != victim && NodeId(*id) != second).unwrap());
+    let third_index = third.0 as usize - 1;
+    cluster.clean_restart(second_index).await;
+    let last = wait_for(&cluster, third_index, "every partition led by the third broker", |state| {
+        let topic = state.topic("t")?;
+        topic.partitions.iter().all(|p| p.leader == Some(third) && p.isr == [third]).then(|| topic.clone())
+    })
+    .await;
+    assert!(last.partitions.iter().all(|p| p.partition_epoch > moved.partitions[p.partition as usize].partition_epoch));
+    let state = cluster.meta_slot(third_index).node.unwrap().with_state(|state| state.clone());
+    assert_eq!(state.offline_partitions().count(), 0);
+    assert!(!state.broker(second).unwrap().fenced, "moved by controlled shutdown, not by fencing");
+    assert!(cluster.violations().is_empty(), "{:?}", cluster.violations());
+}
+
 /// Metadata Raft, 3 voters: the leader is killed and restarted over and over. Election safety, log
 /// matching, committed entries never lost, applied data identical everywhere; metadata operations
 /// linearizable; after the heal one leader, a create through every broker, identical state.

@@ -1,4 +1,5 @@
-//! `keel cluster status` (the Raft status of every node, from any node) and `keel cluster up` (a
+//! `keel cluster status` (the Raft status of every node, and the under-replicated and offline
+//! partitions in the answering node's applied metadata, from any node) and `keel cluster up` (a
 //! local N-node cluster of child `keel broker` processes, for trying Keel out).
 //!
 //! `up` runs real processes through [`crate::process`] (tokio children, signals without shelling
@@ -12,7 +13,7 @@ use serde_json::json;
 
 use super::{client, fail, print_line, Cli, CliError};
 use crate::meta::node::RaftRole;
-use crate::protocol::{ClusterStatusResponse, NodeStatusInfo};
+use crate::protocol::{ClusterStatusResponse, NodeStatusInfo, PartitionHealthInfo};
 
 /// Nodes `keel cluster up` starts at most (the metadata group's voters; Raft wants an odd number).
 pub const UP_NODES_MAX: u32 = 7;
@@ -23,7 +24,8 @@ pub const UP_STOP_TIMEOUT_MS: u64 = 15_000;
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
-    /// Every node's Raft role, term, commit and applied index, state hash, and whether it answers.
+    /// Every node's Raft role, term, commit and applied index, state hash, and whether it answers;
+    /// then the under-replicated (ISR smaller than the replicas) and offline (no leader) partitions.
     Status,
     /// Start a local cluster of `--nodes` brokers on consecutive ports; Ctrl-C stops them all.
     Up(UpArgs),
@@ -78,13 +80,73 @@ fn node_json(node: &NodeStatusInfo) -> serde_json::Value {
     })
 }
 
+fn partition_json(partition: &PartitionHealthInfo) -> serde_json::Value {
+    json!({
+        "topic": partition.topic,
+        "partition": partition.partition,
+        "leader": (partition.leader != 0).then_some(partition.leader),
+        "leader_epoch": partition.leader_epoch,
+        "partition_epoch": partition.partition_epoch,
+        "replicas": partition.replicas,
+        "isr": partition.isr,
+        "min_insync_replicas": partition.min_insync_replicas,
+    })
+}
+
+/// The partition lines of `cluster status`: a summary, then one line per unhealthy partition.
+pub fn partition_lines(response: &ClusterStatusResponse) -> Vec<String> {
+    let partitions = &response.unhealthy_partitions;
+    let offline = partitions.iter().filter(|p| p.offline).count();
+    let under_replicated = partitions.iter().filter(|p| p.under_replicated).count();
+    let omitted = if response.unhealthy_partitions_omitted > 0 {
+        format!(" (and {} more not listed)", response.unhealthy_partitions_omitted)
+    } else {
+        String::new()
+    };
+    let mut lines = vec![format!("partitions: {offline} offline, {under_replicated} under-replicated{omitted}")];
+    for partition in partitions {
+        let mut state = Vec::new();
+        if partition.offline {
+            state.push("OFFLINE");
+        }
+        if partition.under_replicated {
+            state.push("under-replicated");
+        }
+        if (partition.isr.len() as u64) < u64::from(partition.min_insync_replicas) {
+            state.push("below min ISR (acks=all refused)");
+        }
+        let leader = if partition.leader == 0 { "none".to_owned() } else { partition.leader.to_string() };
+        lines.push(format!(
+            "  {}/{}\t{}\tleader {leader}\tleader epoch {}\treplicas {:?}\tisr {:?}\tmin isr {}",
+            partition.topic,
+            partition.partition,
+            state.join(", "),
+            partition.leader_epoch,
+            partition.replicas,
+            partition.isr,
+            partition.min_insync_replicas
+        ));
+    }
+    lines
+}
+
 async fn status(cli: &Cli) -> Result<(), CliError> {
     let response = client(cli).cluster_status(true).await?;
     let leader = leader_of(&response);
     let mut out = std::io::stdout().lock();
     if cli.json {
         let nodes: Vec<_> = response.nodes.iter().map(node_json).collect();
-        let line = json!({"answered_by": response.answered_by, "leader": leader, "nodes": nodes});
+        let unhealthy = &response.unhealthy_partitions;
+        let offline: Vec<_> = unhealthy.iter().filter(|p| p.offline).map(partition_json).collect();
+        let under_replicated: Vec<_> = unhealthy.iter().filter(|p| p.under_replicated).map(partition_json).collect();
+        let line = json!({
+            "answered_by": response.answered_by,
+            "leader": leader,
+            "nodes": nodes,
+            "offline_partitions": offline,
+            "under_replicated_partitions": under_replicated,
+            "unhealthy_partitions_omitted": response.unhealthy_partitions_omitted,
+        });
         print_line(&mut out, &line.to_string());
         return Ok(());
     }
@@ -141,6 +203,9 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
             )
         };
         print_line(&mut out, line.trim_end());
+    }
+    for line in partition_lines(&response) {
+        print_line(&mut out, &line);
     }
     Ok(())
 }
@@ -254,6 +319,34 @@ async fn stop_nodes(cluster: &mut crate::process::LocalCluster, signal: crate::p
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partition_lines_name_offline_and_under_replicated_partitions() {
+        let partition = |topic: &str, leader, isr: Vec<u64>| PartitionHealthInfo {
+            topic: topic.into(),
+            partition: 0,
+            leader,
+            leader_epoch: 3,
+            partition_epoch: 5,
+            replicas: vec![1, 2, 3],
+            offline: leader == 0,
+            under_replicated: isr.len() < 3,
+            isr,
+            min_insync_replicas: 2,
+        };
+        let response = ClusterStatusResponse {
+            unhealthy_partitions: vec![partition("a", 0, vec![1]), partition("b", 2, vec![2, 3])],
+            unhealthy_partitions_omitted: 4,
+            ..Default::default()
+        };
+        let lines = partition_lines(&response);
+        assert_eq!(lines[0], "partitions: 1 offline, 2 under-replicated (and 4 more not listed)");
+        assert!(lines[1].starts_with("  a/0\tOFFLINE, under-replicated, below min ISR"), "{}", lines[1]);
+        assert!(lines[1].contains("leader none"), "{}", lines[1]);
+        assert!(lines[2].starts_with("  b/0\tunder-replicated\tleader 2"), "{}", lines[2]);
+        let healthy = partition_lines(&ClusterStatusResponse::default());
+        assert_eq!(healthy, ["partitions: 0 offline, 0 under-replicated"]);
+    }
 
     #[test]
     fn up_layout_checks_its_input() {

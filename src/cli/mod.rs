@@ -17,7 +17,9 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 use crate::batch::{Record, StoredRecord};
-use crate::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig, DEFAULT_BROKER};
+use crate::client::{
+    delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig, TopicSpec, DEFAULT_BROKER,
+};
 use crate::config::BrokerConfig;
 use crate::partition::FsyncPolicy;
 use crate::protocol::{Acks, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
@@ -96,6 +98,14 @@ pub enum TopicCommand {
         partitions: u32,
         #[arg(long, short = 'r', default_value_t = 1)]
         replication: u32,
+        /// An `acks=all` produce needs at least this many in-sync replicas; between 1 and the
+        /// replication factor [default: min(2, replication)].
+        #[arg(long)]
+        min_insync_replicas: Option<u32>,
+        /// When no in-sync replica can lead, elect any live replica. Keeps the partition available but
+        /// LOSES ACKNOWLEDGED RECORDS the new leader never received. Off by default.
+        #[arg(long)]
+        unclean_leader_election: bool,
     },
     List,
     Describe {
@@ -220,8 +230,14 @@ pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError
     let client = client(cli);
     let mut out = std::io::stdout().lock();
     match command {
-        TopicCommand::Create { name, partitions, replication } => {
-            client.create_topic(name, *partitions, *replication).await?;
+        TopicCommand::Create { name, partitions, replication, min_insync_replicas, unclean_leader_election } => {
+            let spec = TopicSpec {
+                partitions: *partitions,
+                replication: *replication,
+                min_insync_replicas: *min_insync_replicas,
+                unclean_leader_election: *unclean_leader_election,
+            };
+            client.create_topic_with(name, &spec).await?;
             if cli.json {
                 print_line(&mut out, &json!({"created": name, "partitions": partitions}).to_string());
             } else {
@@ -255,27 +271,57 @@ pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError
             let topic = client.topic(name).await?;
             let mut partitions = Vec::new();
             for partition in &topic.partitions {
-                let earliest = client.list_offsets(name, partition.partition, LIST_OFFSETS_EARLIEST).await?;
-                let latest = client.list_offsets(name, partition.partition, LIST_OFFSETS_LATEST).await?;
-                partitions.push((partition.clone(), earliest.map_or(0, |o| o.0 .0), latest.map_or(0, |o| o.0 .0)));
+                // An offline partition has nobody to ask for its offsets.
+                let offsets = if partition.leader == 0 {
+                    None
+                } else {
+                    let earliest = client.list_offsets(name, partition.partition, LIST_OFFSETS_EARLIEST).await?;
+                    let latest = client.list_offsets(name, partition.partition, LIST_OFFSETS_LATEST).await?;
+                    Some((earliest.map_or(0, |o| o.0 .0), latest.map_or(0, |o| o.0 .0)))
+                };
+                partitions.push((partition.clone(), offsets.map(|o| o.0), offsets.map(|o| o.1)));
             }
             if cli.json {
                 let partitions: Vec<_> = partitions
                     .iter()
                     .map(|(p, earliest, latest)| {
-                        json!({"partition": p.partition, "leader": p.leader, "replicas": p.replicas, "isr": p.isr,
-                               "leader_epoch": p.leader_epoch, "log_start_offset": earliest, "high_watermark": latest})
+                        json!({"partition": p.partition, "leader": (p.leader != 0).then_some(p.leader),
+                               "replicas": p.replicas, "isr": p.isr, "leader_epoch": p.leader_epoch,
+                               "partition_epoch": p.partition_epoch, "unclean_elections": p.unclean_elections,
+                               "log_start_offset": earliest, "high_watermark": latest})
                     })
                     .collect();
-                print_line(&mut out, &json!({"name": topic.name, "partitions": partitions}).to_string());
+                let line = json!({"name": topic.name, "min_insync_replicas": topic.min_insync_replicas,
+                                  "unclean_leader_election": topic.unclean_leader_election, "partitions": partitions});
+                print_line(&mut out, &line.to_string());
             } else {
-                print_line(&mut out, &format!("topic {}: {} partition(s)", topic.name, partitions.len()));
+                let unclean = if topic.unclean_leader_election { "on (may lose acknowledged records)" } else { "off" };
+                print_line(
+                    &mut out,
+                    &format!(
+                        "topic {}: {} partition(s), min insync replicas {}, unclean leader election {unclean}",
+                        topic.name,
+                        partitions.len(),
+                        topic.min_insync_replicas
+                    ),
+                );
                 for (p, earliest, latest) in &partitions {
+                    let leader = if p.leader == 0 { "none (offline)".to_owned() } else { p.leader.to_string() };
+                    let offsets = match (earliest, latest) {
+                        (Some(earliest), Some(latest)) => format!("[{earliest}, {latest})"),
+                        _ => "unknown".to_owned(),
+                    };
+                    let unclean = if p.unclean_elections > 0 {
+                        format!("\tUNCLEAN ELECTIONS {} (acknowledged records may be lost)", p.unclean_elections)
+                    } else {
+                        String::new()
+                    };
                     print_line(
                         &mut out,
                         &format!(
-                            "  partition {}\tleader {}\treplicas {:?}\tisr {:?}\toffsets [{earliest}, {latest})",
-                            p.partition, p.leader, p.replicas, p.isr
+                            "  partition {}\tleader {leader}\tleader epoch {}\tpartition epoch {}\treplicas {:?}\t\
+                             isr {:?}\toffsets {offsets}{unclean}",
+                            p.partition, p.leader_epoch, p.partition_epoch, p.replicas, p.isr
                         ),
                     );
                 }

@@ -159,6 +159,22 @@ pub struct Client {
     connections: Mutex<BTreeMap<String, ConnectionSlot>>,
 }
 
+/// A topic's settings at creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub partitions: u32,
+    pub replication: u32,
+    /// `None`: the broker's default, `min(2, replication)`.
+    pub min_insync_replicas: Option<u32>,
+    pub unclean_leader_election: bool,
+}
+
+impl Default for TopicSpec {
+    fn default() -> TopicSpec {
+        TopicSpec { partitions: 1, replication: 1, min_insync_replicas: None, unclean_leader_election: false }
+    }
+}
+
 /// A fetched slice of one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
@@ -341,7 +357,18 @@ impl Client {
     }
 
     pub async fn create_topic(&self, name: &str, partitions: u32, replication: u32) -> Result<(), ClientError> {
-        let body = Body::CreateTopicRequest(CreateTopicRequest { name: name.into(), partitions, replication });
+        self.create_topic_with(name, &TopicSpec { partitions, replication, ..TopicSpec::default() }).await
+    }
+
+    /// Creates a topic with every setting `spec` carries.
+    pub async fn create_topic_with(&self, name: &str, spec: &TopicSpec) -> Result<(), ClientError> {
+        let body = Body::CreateTopicRequest(CreateTopicRequest {
+            name: name.into(),
+            partitions: spec.partitions,
+            replication: spec.replication,
+            min_insync_replicas: spec.min_insync_replicas,
+            unclean_leader_election: spec.unclean_leader_election,
+        });
         match self.request(body).await? {
             Body::CreateTopicResponse(CreateTopicResponse { error: None }) => Ok(()),
             Body::CreateTopicResponse(CreateTopicResponse { error: Some(info) }) => Err(ClientError::server(info)),

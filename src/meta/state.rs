@@ -2,8 +2,9 @@
 //!
 //! In: committed [`MetaCommand`]s, one per Raft entry, with the entry's index, in log order
 //! ([`MetadataState::apply`]). Out: a [`MetaResult`] per command (returned to whoever proposed it) and
-//! the queryable state: brokers, topics with their partitions' replicas, leader, leader epoch and ISR,
-//! and the producer-id allocator. Time is an argument carried inside commands (`now_ms`, stamped by
+//! the queryable state: brokers, topics (with their `min_insync_replicas` and unclean-election
+//! setting) and their partitions' replicas, leader, leader epoch, partition epoch and ISR, and the
+//! producer-id allocator. Time is an argument carried inside commands (`now_ms`, stamped by
 //! the proposer), never read here, so every node that applies the same entries reaches the same state
 //! ([`MetadataState::state_hash`] lets the simulation check that).
 //!
@@ -17,6 +18,27 @@
 //! `UnknownTopic`, `UnknownPartition`, `NotLeader` (an `expected_epoch` that is not the partition's
 //! current leader epoch: the proposer's view of leadership is stale), and `InvalidRequest` for the rest
 //! (unknown broker, a leader outside the ISR, an ISR outside the replicas, limits).
+//! `min_insync_replicas` outside `1..=replication` is `InvalidReplication`.
+//!
+//! A partition leader's [`MetaCommand::ChangeIsr`] is fenced three ways and, when refused, gets
+//! [`MetaResult::IsrChangeRejected`] with an [`IsrChangeRejection`] and the partition's current leader,
+//! epochs and ISR, so the proposer can tell "I was replaced" (stale leader epoch, not the leader) from
+//! "my view is behind" (stale partition epoch: refresh and retry) from "my request was wrong" (invalid
+//! ISR). Accepted, it gets [`MetaResult::IsrChanged`] with the new partition epoch to fence its next one.
+//!
+//! # Elections (ADR 0012)
+//! A broker is *eligible* when it is neither fenced (missed heartbeats) nor in controlled shutdown.
+//! When a broker stops being eligible (`FenceBroker`, `ControlledShutdown`), the same entry, for every
+//! partition: removes it from the ISR unless it is the last member (the ISR then keeps it and the
+//! partition waits for it, as KRaft does), and where it led, elects a new leader ([`elect_leader`]):
+//! the first replica in replica order that is in the ISR and eligible; with none, and the topic's
+//! `unclean_leader_election` on, the first eligible replica, with the ISR reset to it and the
+//! partition's `unclean_elections` counted; otherwise no leader (offline). When a broker becomes
+//! eligible again (`RegisterBroker`, or a heartbeat that unfences it), every offline partition is
+//! offered an election the same way. Every leader change bumps the leader epoch; every leader or ISR
+//! change bumps the partition epoch. Elections follow replica order, not log length: the controller
+//! does not know the replicas' log ends, and every ISR member holds every committed offset (the high
+//! watermark advances only when all of the ISR has the data durably), so any ISR member is a safe leader.
 //!
 //! # Formats
 //! Commands and snapshots travel in one envelope: a 4-byte magic (`KMCM` for a command, `KMSN` for a
@@ -25,8 +47,13 @@
 //!
 //! # Invariants ([`MetadataState::check_invariants`], after every `apply` in debug and simulation builds)
 //! - every partition: replicas non-empty, distinct, registered brokers, as many as the topic's other
-//!   partitions; `isr` non-empty, distinct, a subset of the replicas; `leader` (when some) in `isr`;
-//!   `leader_epoch >= 0`; partition `i` is at index `i`;
+//!   partitions; `isr` non-empty, distinct, a subset of the replicas; `leader` (when some) in `isr`
+//!   (an unclean election resets the ISR to the new leader, so it holds then too); `leader_epoch >= 0`,
+//!   `partition_epoch >= 0`; partition `i` is at index `i`; the topic's `min_insync_replicas` is in
+//!   `1..=replication`;
+//! - across one `apply` (checked against a copy of the state before it): a partition's leader epoch
+//!   and partition epoch never go down; a leader change bumps the leader epoch; a leader or ISR change
+//!   bumps the partition epoch;
 //! - producer-id blocks are handed out from 0 upward, disjoint and increasing: the last block ends at
 //!   `next_producer_id`;
 //! - `applied_index` only grows (asserted by `apply`); every record's creation index is at most it;
@@ -39,15 +66,26 @@
 //! and panics. Raft entries that carry no command (empty entries, configuration changes) are simply
 //! not passed to `apply`; `applied_index` then lags the Raft applied index until the next command.
 //!
-//! Fencing a broker does not touch partitions: moving leadership and shrinking ISRs away from it are
-//! separate `ChangePartitionLeader`/`ChangeIsr` commands, so each change is one entry with its own
-//! epoch check.
+//! Fencing a broker or its controlled shutdown moves leadership and shrinks ISRs in the same entry
+//! (KRaft writes the broker change and the partition changes in one atomic batch), so no reader ever
+//! sees a fenced broker still leading, and no separate proposal can race the election. A leader's
+//! `ChangeIsr` built before that entry carries the old partition epoch and is refused.
+//!
+//! # Formats, version 2
+//! Version 2 (this build) added the topic's `min_insync_replicas` and `unclean_leader_election`, the
+//! partition's `partition_epoch` and `unclean_elections`, the broker's `shutting_down`,
+//! `ControlledShutdown`, and the fenced `ChangeIsr` (leader, leader epoch, partition epoch). Version 1
+//! still decodes: its commands parse with the new fields at their defaults (a `CreateTopic` without
+//! `min_insync_replicas` gets `min(2, replication)`), except its `ChangeIsr`, which carried no proposer
+//! and no partition epoch and which no server code ever proposed: it is a typed `Retired` error, so a
+//! node skips it like any undecodable entry. A version-1 snapshot restores with `min_insync_replicas =
+//! min(2, replication)`, partition epochs 0 and nobody shutting down.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::ErrorCode;
-use crate::types::{LeaderEpoch, NodeId, ProducerId};
+use crate::types::{LeaderEpoch, NodeId, PartitionEpoch, ProducerId};
 use keel_model::fnv::fnv1a_64;
 
 /// Most partitions one topic may have.
@@ -66,9 +104,11 @@ pub const PRODUCER_ID_BLOCK_COUNT_MAX: u64 = 1 << 20;
 pub const COMMAND_BYTES_MAX: usize = 1 << 20;
 
 const COMMAND_MAGIC: &[u8; 4] = b"KMCM";
-const COMMAND_FORMAT_VERSION: u8 = 1;
+const COMMAND_FORMAT_VERSION: u8 = 2;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KMSN";
-const SNAPSHOT_FORMAT_VERSION: u8 = 1;
+const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+/// The oldest command and snapshot format this build still reads (module doc, "Formats, version 2").
+const FORMAT_VERSION_MIN: u8 = 1;
 /// Magic, version byte, CRC32C.
 const ENVELOPE_BYTES: usize = 4 + 1 + 4;
 
@@ -95,6 +135,13 @@ pub enum MetaCommand {
         name: String,
         partitions: u32,
         replication: u32,
+        /// `None`: `min(2, replication)`. Must be in `1..=replication`.
+        #[serde(default)]
+        min_insync_replicas: Option<u32>,
+        /// Allow electing a replica outside the ISR when no ISR member is eligible (loses acknowledged
+        /// records). Off by default.
+        #[serde(default)]
+        unclean_leader_election: bool,
     },
     DeleteTopic {
         name: String,
@@ -109,12 +156,27 @@ pub enum MetaCommand {
         leader: Option<NodeId>,
         expected_epoch: LeaderEpoch,
     },
-    /// Replaces a partition's in-sync replica set. Does not bump the leader epoch.
+    /// Proposed by a partition's leader to shrink or expand its ISR. Applied only when `leader` is the
+    /// partition's leader, `leader_epoch` and `partition_epoch` are the current ones, and `isr` is a
+    /// non-empty, duplicate-free subset of the replicas that contains the leader and adds no broker
+    /// that is fenced or shutting down; otherwise [`MetaResult::IsrChangeRejected`]. Bumps the
+    /// partition epoch (not the leader epoch) when the ISR changes.
     ChangeIsr {
         topic: String,
         partition: u32,
+        leader: NodeId,
+        leader_epoch: LeaderEpoch,
+        partition_epoch: PartitionEpoch,
         isr: Vec<NodeId>,
-        expected_epoch: LeaderEpoch,
+    },
+    /// Proposed by a broker on graceful shutdown, before it stops: it becomes ineligible (no
+    /// leadership, no ISR membership, no new replicas) and leadership of its partitions moves in this
+    /// entry. `registered_index` is the incarnation that asks (its `RegisterBroker` index): a request
+    /// from an earlier incarnation, committed after the broker registered again, is refused. Cleared by
+    /// the next `RegisterBroker`.
+    ControlledShutdown {
+        node_id: NodeId,
+        registered_index: u64,
     },
 }
 
@@ -135,11 +197,51 @@ pub enum MetaResult {
         code: ErrorCode,
         message: String,
     },
+    /// A `ChangeIsr` applied (or asked for the ISR the partition already has): the partition's state
+    /// now. The leader fences its next `ChangeIsr` with this `partition_epoch`.
+    IsrChanged {
+        leader_epoch: LeaderEpoch,
+        partition_epoch: PartitionEpoch,
+        isr: Vec<NodeId>,
+    },
+    /// A `ChangeIsr` refused, and why, with the partition's current state (the proposer's fresh view).
+    IsrChangeRejected {
+        reason: IsrChangeRejection,
+        leader: Option<NodeId>,
+        leader_epoch: LeaderEpoch,
+        partition_epoch: PartitionEpoch,
+        isr: Vec<NodeId>,
+    },
+}
+
+/// Why a `ChangeIsr` was refused. What the proposer does:
+/// - `StaleLeaderEpoch`, `NotLeader`: it was replaced; stop acting as leader (no HW advance, no acks)
+///   until the metadata it follows makes it leader again;
+/// - `StalePartitionEpoch`: the controller changed the partition (an election or an ISR change of
+///   its own) since the proposer's view; adopt the returned state and decide again;
+/// - `InvalidIsr`: the request itself was wrong (a programmer error in the proposer, or it tried to
+///   add an ineligible broker); do not retry it unchanged.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum IsrChangeRejection {
+    /// The command's leader epoch is not the partition's.
+    StaleLeaderEpoch,
+    /// The leader epoch matches but the proposer is not the partition's leader (or it is offline).
+    NotLeader,
+    /// The command's partition epoch is not the partition's.
+    StalePartitionEpoch,
+    InvalidIsr {
+        reason: String,
+    },
 }
 
 impl MetaResult {
     pub fn is_error(&self) -> bool {
         matches!(self, MetaResult::Error { .. })
+    }
+
+    /// A refusal: the command changed nothing but `applied_index`.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self, MetaResult::Error { .. } | MetaResult::IsrChangeRejected { .. })
     }
 }
 
@@ -176,11 +278,21 @@ pub struct BrokerRecord {
     pub last_heartbeat_ms: i64,
     /// Raft index of the latest registration (the broker's incarnation).
     pub registered_index: u64,
+    /// In controlled shutdown since a `ControlledShutdown` of this incarnation; cleared by the next
+    /// registration (a heartbeat does not clear it: the broker heartbeats until it stops).
+    #[serde(default)]
+    pub shutting_down: bool,
 }
 
 impl BrokerRecord {
+    /// Not fenced: listed to clients as a broker they may talk to.
     pub fn is_alive(&self) -> bool {
         !self.fenced
+    }
+
+    /// Neither fenced nor shutting down: may lead, join an ISR and get new replicas.
+    pub fn is_eligible(&self) -> bool {
+        !self.fenced && !self.shutting_down
     }
 }
 
@@ -191,6 +303,12 @@ pub struct TopicRecord {
     pub partitions: Vec<PartitionRecord>,
     /// Raft index of the `CreateTopic` (tells a re-created topic from its predecessor).
     pub created_index: u64,
+    /// An `acks=all` produce needs at least this many ISR members. In `1..=replication`.
+    #[serde(default)]
+    pub min_insync_replicas: u32,
+    /// Elect a replica outside the ISR when no ISR member is eligible (loses acknowledged records).
+    #[serde(default)]
+    pub unclean_leader_election: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -203,6 +321,63 @@ pub struct PartitionRecord {
     pub leader_epoch: LeaderEpoch,
     /// In-sync replicas, in the order the last `ChangeIsr` gave (creation: the replicas' order).
     pub isr: Vec<NodeId>,
+    /// Bumps on every leader or ISR change; fences `ChangeIsr`.
+    #[serde(default)]
+    pub partition_epoch: PartitionEpoch,
+    /// Unclean elections this partition has had: each may have lost acknowledged records.
+    #[serde(default)]
+    pub unclean_elections: u64,
+}
+
+impl PartitionRecord {
+    /// No leader: nobody can produce to or consume from it.
+    pub fn is_offline(&self) -> bool {
+        self.leader.is_none()
+    }
+
+    /// Fewer in-sync replicas than replicas.
+    pub fn is_under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+}
+
+/// The outcome of [`elect_leader`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Election {
+    /// An eligible ISR member: no committed record is lost.
+    Clean(NodeId),
+    /// An eligible replica outside the ISR (only with unclean election on): may lose committed records.
+    Unclean(NodeId),
+    /// Nobody may lead: the partition is offline.
+    Offline,
+}
+
+/// Chooses a partition's leader. Pure and deterministic: the first replica, in replica order (the
+/// preferred leader first), that is in `isr` and `eligible`; failing that, when `unclean_allowed`, the
+/// first eligible replica; failing that, nobody.
+///
+/// Replica order, not the longest log (KIP-966's preference), because the controller does not know
+/// the replicas' log ends; it is safe because every ISR member holds every committed offset.
+pub fn elect_leader(
+    replicas: &[NodeId],
+    isr: &[NodeId],
+    eligible: impl Fn(NodeId) -> bool,
+    unclean_allowed: bool,
+) -> Election {
+    if let Some(leader) = replicas.iter().copied().find(|node_id| isr.contains(node_id) && eligible(*node_id)) {
+        return Election::Clean(leader);
+    }
+    if unclean_allowed {
+        if let Some(leader) = replicas.iter().copied().find(|node_id| eligible(*node_id)) {
+            return Election::Unclean(leader);
+        }
+    }
+    Election::Offline
+}
+
+/// The default `min_insync_replicas` for a replication factor: `min(2, replication)`.
+pub fn default_min_insync_replicas(replication: u32) -> u32 {
+    replication.clamp(1, 2)
 }
 
 /// The last producer-id block handed out, kept to check that blocks are disjoint and increasing.
@@ -220,8 +395,10 @@ pub enum MetaStateError {
     TooLarge { bytes: usize, max: usize },
     #[error("bad magic {found:?}, expected {expected:?}")]
     BadMagic { found: [u8; 4], expected: [u8; 4] },
-    #[error("unsupported format version {version} (this build reads version {supported})")]
+    #[error("unsupported format version {version} (this build reads versions {FORMAT_VERSION_MIN} to {supported})")]
     UnsupportedVersion { version: u8, supported: u8 },
+    #[error("a version-{version} {command} is no longer applied: {why}")]
+    Retired { version: u8, command: &'static str, why: &'static str },
     #[error("CRC32C mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     Checksum { stored: u32, computed: u32 },
     #[error("malformed payload: {0}")]
@@ -260,27 +437,49 @@ impl MetadataState {
             "metadata entry {index} applied after entry {}: committed entries must be applied once, in order",
             self.applied_index
         );
+        // Debug and simulation builds keep the partitions as they were, to check that epochs only grow
+        // and that every leader or ISR change bumped them.
+        let topics_before = cfg!(any(debug_assertions, madsim)).then(|| self.topics.clone());
         let result = match command {
             MetaCommand::RegisterBroker { node_id, addr, now_ms } => {
                 self.apply_register_broker(index, *node_id, addr, *now_ms)
             }
             MetaCommand::BrokerHeartbeat { node_id, now_ms } => self.apply_broker_heartbeat(*node_id, *now_ms),
             MetaCommand::FenceBroker { node_id, now_ms } => self.apply_fence_broker(*node_id, *now_ms),
-            MetaCommand::CreateTopic { name, partitions, replication } => {
-                self.apply_create_topic(index, name, *partitions, *replication)
+            MetaCommand::ControlledShutdown { node_id, registered_index } => {
+                self.apply_controlled_shutdown(*node_id, *registered_index)
+            }
+            MetaCommand::CreateTopic {
+                name,
+                partitions,
+                replication,
+                min_insync_replicas,
+                unclean_leader_election,
+            } => {
+                let config = TopicConfig {
+                    replication: *replication,
+                    min_insync_replicas: *min_insync_replicas,
+                    unclean_leader_election: *unclean_leader_election,
+                };
+                self.apply_create_topic(index, name, *partitions, config)
             }
             MetaCommand::DeleteTopic { name } => self.apply_delete_topic(name),
             MetaCommand::AllocateProducerIds { count } => self.apply_allocate_producer_ids(*count),
             MetaCommand::ChangePartitionLeader { topic, partition, leader, expected_epoch } => {
                 self.apply_change_partition_leader(topic, *partition, *leader, *expected_epoch)
             }
-            MetaCommand::ChangeIsr { topic, partition, isr, expected_epoch } => {
-                self.apply_change_isr(topic, *partition, isr, *expected_epoch)
+            MetaCommand::ChangeIsr { topic, partition, leader, leader_epoch, partition_epoch, isr } => {
+                let proposal =
+                    IsrProposal { leader: *leader, leader_epoch: *leader_epoch, partition_epoch: *partition_epoch };
+                self.apply_change_isr(topic, *partition, proposal, isr)
             }
         };
         self.applied_index = index;
-        if cfg!(any(debug_assertions, madsim)) {
+        if let Some(topics_before) = topics_before {
             self.check_invariants();
+            if let Err(broken) = self.validate_transition(&topics_before) {
+                panic!("metadata entry {index} ({command:?}) breaks an invariant: {broken}");
+            }
         }
         result
     }
@@ -313,6 +512,18 @@ impl MetadataState {
         self.next_producer_id
     }
 
+    /// Every partition with no leader, as (topic, partition), sorted.
+    pub fn offline_partitions(&self) -> impl Iterator<Item = (&TopicRecord, &PartitionRecord)> {
+        self.topics().flat_map(|topic| topic.partitions.iter().map(move |p| (topic, p))).filter(|(_, p)| p.is_offline())
+    }
+
+    /// Every partition whose ISR is smaller than its replica set, as (topic, partition), sorted.
+    pub fn under_replicated_partitions(&self) -> impl Iterator<Item = (&TopicRecord, &PartitionRecord)> {
+        self.topics()
+            .flat_map(|topic| topic.partitions.iter().map(move |p| (topic, p)))
+            .filter(|(_, p)| p.is_under_replicated())
+    }
+
     /// Brokers whose last heartbeat is older than `fence_after_ms` at `now_ms` and are not fenced yet:
     /// the leader proposes `FenceBroker` for them. Sorted by node id.
     pub fn brokers_to_fence(&self, now_ms: i64, fence_after_ms: i64) -> Vec<NodeId> {
@@ -331,9 +542,17 @@ impl MetadataState {
     /// Reads a [`MetadataState::snapshot`]. Never panics: bytes that decode to a state that breaks an
     /// invariant are an `InvalidSnapshot` error.
     pub fn restore(bytes: &[u8]) -> Result<MetadataState, MetaStateError> {
-        let payload = decode_envelope(bytes, SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, usize::MAX)?;
-        let state: MetadataState =
+        let (version, payload) = decode_envelope(bytes, SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, usize::MAX)?;
+        let mut state: MetadataState =
             serde_json::from_slice(payload).map_err(|error| MetaStateError::Malformed(error.to_string()))?;
+        if version == 1 {
+            // Version 1 had no min ISR; the defaulted fields (epoch 0, no unclean election, nobody
+            // shutting down) are what version 1 meant.
+            for topic in state.topics.values_mut() {
+                let replication = topic.partitions.first().map_or(1, |p| p.replicas.len() as u32);
+                topic.min_insync_replicas = default_min_insync_replicas(replication);
+            }
+        }
         state.validate().map_err(MetaStateError::InvalidSnapshot)?;
         Ok(state)
     }
@@ -416,6 +635,12 @@ impl MetadataState {
             return Err(format!("topic {name:?} has {n_partitions} partitions"));
         }
         let replication = topic.partitions[0].replicas.len();
+        if topic.min_insync_replicas == 0 || topic.min_insync_replicas as usize > replication {
+            return Err(format!(
+                "topic {name:?} has min_insync_replicas {} with replication {replication}",
+                topic.min_insync_replicas
+            ));
+        }
         for (partition_idx, partition) in topic.partitions.iter().enumerate() {
             let at = format!("{name}/{}", partition.partition);
             if partition.partition as usize != partition_idx {
@@ -446,8 +671,47 @@ impl MetadataState {
                     return Err(format!("{at}: leader {leader} is not in ISR {:?}", partition.isr));
                 }
             }
-            if partition.leader_epoch.0 < 0 {
-                return Err(format!("{at} has a negative leader epoch {}", partition.leader_epoch));
+            if partition.leader_epoch.0 < 0 || partition.partition_epoch.0 < 0 {
+                return Err(format!(
+                    "{at} has a negative leader epoch {} or partition epoch {}",
+                    partition.leader_epoch, partition.partition_epoch
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The invariants across one `apply`: for every partition of a topic incarnation that existed
+    /// before, epochs never go down, a leader change bumps the leader epoch, and a leader or ISR change
+    /// bumps the partition epoch.
+    fn validate_transition(&self, topics_before: &BTreeMap<String, TopicRecord>) -> Result<(), String> {
+        for (name, before) in topics_before {
+            let Some(after) = self.topics.get(name).filter(|after| after.created_index == before.created_index) else {
+                continue;
+            };
+            for (old, new) in before.partitions.iter().zip(&after.partitions) {
+                let at = format!("{name}/{}", new.partition);
+                if new.leader_epoch < old.leader_epoch || new.partition_epoch < old.partition_epoch {
+                    return Err(format!(
+                        "{at}: epochs went back from leader {} / partition {} to {} / {}",
+                        old.leader_epoch, old.partition_epoch, new.leader_epoch, new.partition_epoch
+                    ));
+                }
+                if new.leader != old.leader && new.leader_epoch == old.leader_epoch {
+                    return Err(format!(
+                        "{at}: leader {:?} -> {:?} without a new leader epoch",
+                        old.leader, new.leader
+                    ));
+                }
+                if (new.leader != old.leader || new.isr != old.isr) && new.partition_epoch == old.partition_epoch {
+                    return Err(format!(
+                        "{at}: leader {:?} -> {:?}, ISR {:?} -> {:?} without a new partition epoch",
+                        old.leader, new.leader, old.isr, new.isr
+                    ));
+                }
+                if new.unclean_elections < old.unclean_elections {
+                    return Err(format!("{at}: the unclean election count went back"));
+                }
             }
         }
         Ok(())
@@ -462,10 +726,15 @@ impl MetadataState {
         }
         match self.brokers.get_mut(&node_id) {
             Some(broker) => {
+                let was_eligible = broker.is_eligible();
                 broker.addr = addr.to_owned();
                 broker.fenced = false;
+                broker.shutting_down = false;
                 broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(now_ms);
                 broker.registered_index = index;
+                if !was_eligible {
+                    self.elect_offline_partitions();
+                }
             }
             None => {
                 if self.brokers.len() >= BROKERS_MAX {
@@ -477,6 +746,7 @@ impl MetadataState {
                     fenced: false,
                     last_heartbeat_ms: now_ms,
                     registered_index: index,
+                    shutting_down: false,
                 };
                 self.brokers.insert(node_id, broker);
             }
@@ -491,8 +761,12 @@ impl MetadataState {
                 format!("heartbeat from unknown broker {node_id}: register first"),
             );
         };
+        let was_eligible = broker.is_eligible();
         broker.fenced = false;
         broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(now_ms);
+        if !was_eligible && broker.is_eligible() {
+            self.elect_offline_partitions();
+        }
         MetaResult::Ok
     }
 
@@ -513,10 +787,66 @@ impl MetadataState {
             );
         }
         broker.fenced = true;
+        self.move_away_from(node_id);
         MetaResult::Ok
     }
 
-    fn apply_create_topic(&mut self, index: u64, name: &str, partitions: u32, replication: u32) -> MetaResult {
+    fn apply_controlled_shutdown(&mut self, node_id: NodeId, registered_index: u64) -> MetaResult {
+        let Some(broker) = self.brokers.get_mut(&node_id) else {
+            return reject(ErrorCode::InvalidRequest, format!("controlled shutdown of unknown broker {node_id}"));
+        };
+        if broker.registered_index != registered_index {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "stale controlled shutdown of broker {node_id}: asked by its incarnation registered at index \
+                     {registered_index}, the broker registered again at index {}",
+                    broker.registered_index
+                ),
+            );
+        }
+        broker.shutting_down = true;
+        self.move_away_from(node_id);
+        MetaResult::Ok
+    }
+
+    /// `node_id` stopped being eligible: take it out of every ISR it is in (unless it is the last
+    /// member) and elect a new leader for every partition it leads. Idempotent.
+    fn move_away_from(&mut self, node_id: NodeId) {
+        let brokers = &self.brokers;
+        let eligible = |candidate: NodeId| brokers.get(&candidate).is_some_and(BrokerRecord::is_eligible);
+        for topic in self.topics.values_mut() {
+            for partition in &mut topic.partitions {
+                let mut changed = false;
+                if partition.isr.len() > 1 && partition.isr.contains(&node_id) {
+                    partition.isr.retain(|member| *member != node_id);
+                    changed = true;
+                }
+                if partition.leader == Some(node_id) {
+                    elect_into(partition, &eligible, topic.unclean_leader_election);
+                    changed = true;
+                }
+                if changed {
+                    bump_partition_epoch(partition);
+                }
+            }
+        }
+    }
+
+    /// A broker became eligible: offer every offline partition an election.
+    fn elect_offline_partitions(&mut self) {
+        let brokers = &self.brokers;
+        let eligible = |candidate: NodeId| brokers.get(&candidate).is_some_and(BrokerRecord::is_eligible);
+        for topic in self.topics.values_mut() {
+            for partition in topic.partitions.iter_mut().filter(|partition| partition.is_offline()) {
+                if elect_into(partition, &eligible, topic.unclean_leader_election) {
+                    bump_partition_epoch(partition);
+                }
+            }
+        }
+    }
+
+    fn apply_create_topic(&mut self, index: u64, name: &str, partitions: u32, config: TopicConfig) -> MetaResult {
         if let Err(error) = crate::topic_name::validate_topic_name(name) {
             return reject(error.code, error.message);
         }
@@ -532,10 +862,21 @@ impl MetadataState {
                 format!("partitions must be between 1 and {PARTITIONS_PER_TOPIC_MAX}, got {partitions}"),
             );
         }
+        let replication = config.replication;
         let assignment = match self.assign_replicas(partitions, replication) {
             Ok(assignment) => assignment,
             Err(rejection) => return rejection,
         };
+        let min_insync_replicas = config.min_insync_replicas.unwrap_or(default_min_insync_replicas(replication));
+        if min_insync_replicas == 0 || min_insync_replicas > replication {
+            return reject(
+                ErrorCode::InvalidReplication,
+                format!(
+                    "min insync replicas must be between 1 and the replication factor {replication}, got \
+                     {min_insync_replicas}"
+                ),
+            );
+        }
         let topic = TopicRecord {
             name: name.to_owned(),
             partitions: assignment
@@ -546,9 +887,13 @@ impl MetadataState {
                     leader: Some(assigned.leader),
                     leader_epoch: LeaderEpoch(0),
                     isr: assigned.replicas.clone(),
+                    partition_epoch: PartitionEpoch(0),
+                    unclean_elections: 0,
                 })
                 .collect(),
             created_index: index,
+            min_insync_replicas,
+            unclean_leader_election: config.unclean_leader_election,
         };
         self.topics.insert(name.to_owned(), topic);
         MetaResult::TopicCreated { assignment }
@@ -563,7 +908,8 @@ impl MetadataState {
     /// broken by node id. Counts are updated as partitions are placed, so one topic spreads evenly,
     /// successive small topics do not pile onto the lowest ids, and a new broker catches up.
     fn assign_replicas(&self, partitions: u32, replication: u32) -> Result<Vec<PartitionAssignment>, MetaResult> {
-        let live: Vec<NodeId> = self.brokers.values().filter(|broker| broker.is_alive()).map(|b| b.node_id).collect();
+        let live: Vec<NodeId> =
+            self.brokers.values().filter(|broker| broker.is_eligible()).map(|b| b.node_id).collect();
         if replication == 0 || replication > REPLICATION_FACTOR_MAX {
             return Err(reject(
                 ErrorCode::InvalidReplication,
@@ -674,7 +1020,7 @@ impl MetadataState {
         leader: Option<NodeId>,
         expected_epoch: LeaderEpoch,
     ) -> MetaResult {
-        let leader_alive = leader.map(|node_id| self.brokers.get(&node_id).is_some_and(BrokerRecord::is_alive));
+        let leader_eligible = leader.map(|node_id| self.brokers.get(&node_id).is_some_and(BrokerRecord::is_eligible));
         let record = match self.partition_for_change(topic, partition, expected_epoch) {
             Ok(record) => record,
             Err(rejection) => return rejection,
@@ -686,59 +1032,141 @@ impl MetadataState {
                     format!("{topic}/{partition}: new leader {node_id} is not in ISR {:?}", record.isr),
                 );
             }
-            if leader_alive != Some(true) {
+            if leader_eligible != Some(true) {
                 return reject(
                     ErrorCode::InvalidRequest,
-                    format!("{topic}/{partition}: new leader {node_id} is fenced"),
+                    format!("{topic}/{partition}: new leader {node_id} is fenced or shutting down"),
                 );
             }
         }
         if record.leader == leader {
             return MetaResult::Ok;
         }
-        let Some(epoch) = record.leader_epoch.0.checked_add(1) else {
-            return reject(ErrorCode::InvalidRequest, format!("{topic}/{partition}: leader epoch exhausted"));
-        };
+        if record.leader_epoch.0 == i32::MAX || record.partition_epoch.0 == i32::MAX {
+            return reject(ErrorCode::InvalidRequest, format!("{topic}/{partition}: epochs exhausted"));
+        }
         record.leader = leader;
-        record.leader_epoch = LeaderEpoch(epoch);
+        bump_leader_epoch(record);
+        bump_partition_epoch(record);
         MetaResult::Ok
     }
 
-    fn apply_change_isr(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        isr: &[NodeId],
-        expected_epoch: LeaderEpoch,
-    ) -> MetaResult {
-        let record = match self.partition_for_change(topic, partition, expected_epoch) {
-            Ok(record) => record,
-            Err(rejection) => return rejection,
+    fn apply_change_isr(&mut self, topic: &str, partition: u32, proposal: IsrProposal, isr: &[NodeId]) -> MetaResult {
+        let brokers = &self.brokers;
+        let Some(record) = self.topics.get_mut(topic) else {
+            return reject(ErrorCode::UnknownTopic, format!("unknown topic {topic:?}"));
         };
+        let n_partitions = record.partitions.len();
+        let Some(record) = record.partitions.get_mut(partition as usize) else {
+            return reject(
+                ErrorCode::UnknownPartition,
+                format!("topic {topic:?} has {n_partitions} partitions; there is no partition {partition}"),
+            );
+        };
+        let refuse = |reason: IsrChangeRejection, record: &PartitionRecord| MetaResult::IsrChangeRejected {
+            reason,
+            leader: record.leader,
+            leader_epoch: record.leader_epoch,
+            partition_epoch: record.partition_epoch,
+            isr: record.isr.clone(),
+        };
+        if proposal.leader_epoch != record.leader_epoch {
+            return refuse(IsrChangeRejection::StaleLeaderEpoch, record);
+        }
+        if record.leader != Some(proposal.leader) {
+            return refuse(IsrChangeRejection::NotLeader, record);
+        }
+        if proposal.partition_epoch != record.partition_epoch {
+            return refuse(IsrChangeRejection::StalePartitionEpoch, record);
+        }
+        let invalid =
+            |reason: String, record: &PartitionRecord| refuse(IsrChangeRejection::InvalidIsr { reason }, record);
         let members: BTreeSet<NodeId> = isr.iter().copied().collect();
         if members.is_empty() || members.len() != isr.len() {
-            return reject(
-                ErrorCode::InvalidRequest,
+            return invalid(
                 format!("{topic}/{partition}: ISR {isr:?} must be non-empty and without duplicates"),
+                record,
             );
         }
         if let Some(outsider) = isr.iter().find(|node_id| !record.replicas.contains(node_id)) {
-            return reject(
-                ErrorCode::InvalidRequest,
-                format!("{topic}/{partition}: ISR member {outsider} is not a replica (replicas {:?})", record.replicas),
+            let reason =
+                format!("{topic}/{partition}: ISR member {outsider} is not a replica (replicas {:?})", record.replicas);
+            return invalid(reason, record);
+        }
+        if !members.contains(&proposal.leader) {
+            return invalid(
+                format!("{topic}/{partition}: ISR {isr:?} leaves out the leader {}", proposal.leader),
+                record,
             );
         }
-        if let Some(leader) = record.leader {
-            if !members.contains(&leader) {
-                return reject(
-                    ErrorCode::InvalidRequest,
-                    format!("{topic}/{partition}: ISR {isr:?} leaves out the leader {leader}"),
-                );
-            }
+        // KIP-841: a fenced or shutting-down broker may stay in the ISR, but it may not join it.
+        let ineligible = isr.iter().find(|node_id| {
+            !record.isr.contains(node_id) && !brokers.get(node_id).is_some_and(BrokerRecord::is_eligible)
+        });
+        if let Some(ineligible) = ineligible {
+            let reason =
+                format!("{topic}/{partition}: broker {ineligible} is fenced or shutting down; it cannot join the ISR");
+            return invalid(reason, record);
         }
-        record.isr = isr.to_vec();
-        MetaResult::Ok
+        if record.isr != isr {
+            if record.partition_epoch.0 == i32::MAX {
+                return reject(ErrorCode::InvalidRequest, format!("{topic}/{partition}: partition epoch exhausted"));
+            }
+            record.isr = isr.to_vec();
+            bump_partition_epoch(record);
+        }
+        MetaResult::IsrChanged {
+            leader_epoch: record.leader_epoch,
+            partition_epoch: record.partition_epoch,
+            isr: record.isr.clone(),
+        }
     }
+}
+
+/// A `CreateTopic`'s settings.
+struct TopicConfig {
+    replication: u32,
+    min_insync_replicas: Option<u32>,
+    unclean_leader_election: bool,
+}
+
+/// Who proposes a `ChangeIsr`, and the view it had.
+#[derive(Clone, Copy)]
+struct IsrProposal {
+    leader: NodeId,
+    leader_epoch: LeaderEpoch,
+    partition_epoch: PartitionEpoch,
+}
+
+/// Runs [`elect_leader`] on `partition` and records the outcome (an unclean winner resets the ISR to
+/// itself and is counted). Bumps the leader epoch when the leader changes; returns whether it did.
+/// The caller bumps the partition epoch.
+fn elect_into(partition: &mut PartitionRecord, eligible: &impl Fn(NodeId) -> bool, unclean_allowed: bool) -> bool {
+    let leader = match elect_leader(&partition.replicas, &partition.isr, eligible, unclean_allowed) {
+        Election::Clean(leader) => Some(leader),
+        Election::Unclean(leader) => {
+            partition.isr = vec![leader];
+            partition.unclean_elections += 1;
+            Some(leader)
+        }
+        Election::Offline => None,
+    };
+    if leader == partition.leader {
+        return false;
+    }
+    partition.leader = leader;
+    bump_leader_epoch(partition);
+    true
+}
+
+/// Epochs are i32 (Kafka's width); two billion changes of one partition do not happen, and an epoch
+/// that wrapped would un-fence every stale leader, so running out is a stop, not a wrap.
+fn bump_leader_epoch(partition: &mut PartitionRecord) {
+    partition.leader_epoch.0 = partition.leader_epoch.0.checked_add(1).expect("leader epoch exhausted");
+}
+
+fn bump_partition_epoch(partition: &mut PartitionRecord) {
+    partition.partition_epoch.0 = partition.partition_epoch.0.checked_add(1).expect("partition epoch exhausted");
 }
 
 /// Encodes a command for a Raft entry: magic, version, JSON, CRC32C.
@@ -750,7 +1178,14 @@ pub fn encode_command(command: &MetaCommand) -> Vec<u8> {
 /// Decodes a Raft entry's command. Never panics: garbage, corruption, an unknown version or an
 /// oversized entry is a typed error.
 pub fn decode_command(bytes: &[u8]) -> Result<MetaCommand, MetaStateError> {
-    let payload = decode_envelope(bytes, COMMAND_MAGIC, COMMAND_FORMAT_VERSION, COMMAND_BYTES_MAX)?;
+    let (version, payload) = decode_envelope(bytes, COMMAND_MAGIC, COMMAND_FORMAT_VERSION, COMMAND_BYTES_MAX)?;
+    if version == 1 && payload.starts_with(b"{\"ChangeIsr\"") {
+        return Err(MetaStateError::Retired {
+            version,
+            command: "ChangeIsr",
+            why: "it named no proposer and no partition epoch, and no server ever proposed it",
+        });
+    }
     serde_json::from_slice(payload).map_err(|error| MetaStateError::Malformed(error.to_string()))
 }
 
@@ -764,12 +1199,14 @@ fn encode_envelope(magic: &[u8; 4], version: u8, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Checks and strips the envelope; returns the format version (`FORMAT_VERSION_MIN..=version`) and
+/// the payload.
 fn decode_envelope<'a>(
     bytes: &'a [u8],
     magic: &[u8; 4],
     version: u8,
     bytes_max: usize,
-) -> Result<&'a [u8], MetaStateError> {
+) -> Result<(u8, &'a [u8]), MetaStateError> {
     if bytes.len() < ENVELOPE_BYTES {
         return Err(MetaStateError::Truncated { bytes: bytes.len(), minimum: ENVELOPE_BYTES });
     }
@@ -780,7 +1217,7 @@ fn decode_envelope<'a>(
     if &found != magic {
         return Err(MetaStateError::BadMagic { found, expected: *magic });
     }
-    if bytes[4] != version {
+    if !(FORMAT_VERSION_MIN..=version).contains(&bytes[4]) {
         return Err(MetaStateError::UnsupportedVersion { version: bytes[4], supported: version });
     }
     let (covered, crc_bytes) = bytes.split_at(bytes.len() - 4);
@@ -789,8 +1226,12 @@ fn decode_envelope<'a>(
     if stored != computed {
         return Err(MetaStateError::Checksum { stored, computed });
     }
-    Ok(&covered[5..])
+    Ok((bytes[4], &covered[5..]))
 }
+
+#[cfg(test)]
+#[path = "state_election_tests.rs"]
+mod election_tests;
 
 #[cfg(test)]
 mod tests {
@@ -814,7 +1255,17 @@ mod tests {
     }
 
     fn create(state: &mut MetadataState, name: &str, partitions: u32, replication: u32) -> MetaResult {
-        next(state, MetaCommand::CreateTopic { name: name.into(), partitions, replication })
+        next(state, create_command(name, partitions, replication))
+    }
+
+    fn create_command(name: &str, partitions: u32, replication: u32) -> MetaCommand {
+        MetaCommand::CreateTopic {
+            name: name.into(),
+            partitions,
+            replication,
+            min_insync_replicas: None,
+            unclean_leader_election: false,
+        }
     }
 
     fn code_of(result: &MetaResult) -> ErrorCode {
@@ -957,11 +1408,7 @@ mod tests {
                 assignment: vec![PartitionAssignment { partition: 0, replicas: vec![NodeId(1)], leader: NodeId(1) }]
             }
         );
-        let command = |name: &str, partitions, replication| MetaCommand::CreateTopic {
-            name: name.into(),
-            partitions,
-            replication,
-        };
+        let command = create_command;
         assert_rejected(&mut state, command("t", 1, 1), ErrorCode::TopicAlreadyExists);
         for bad_name in ["", ".", "..", "a b", "ü", &"x".repeat(250)] {
             assert_rejected(&mut state, command(bad_name, 1, 1), ErrorCode::InvalidTopicName);
@@ -1147,56 +1594,38 @@ mod tests {
             expected_epoch: LeaderEpoch(3),
         };
         assert_rejected(&mut state, unknown_partition, ErrorCode::UnknownPartition);
-        // A fenced broker cannot become leader, and a leader must be in the ISR.
+        // A fenced broker cannot become leader (fencing took it out of the ISR), and a leader must be
+        // in the ISR.
         next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 10 });
+        assert_eq!(partition(&state).isr, [NodeId(2), NodeId(3)]);
         assert_rejected(&mut state, change(Some(1), 3), ErrorCode::InvalidRequest);
         let shrink = MetaCommand::ChangeIsr {
             topic: "t".into(),
             partition: 0,
+            leader: NodeId(3),
+            leader_epoch: LeaderEpoch(3),
+            partition_epoch: partition(&state).partition_epoch,
             isr: vec![NodeId(3)],
-            expected_epoch: LeaderEpoch(3),
         };
-        assert_eq!(next(&mut state, shrink), MetaResult::Ok);
+        assert!(matches!(next(&mut state, shrink), MetaResult::IsrChanged { .. }));
         let message = assert_rejected(&mut state, change(Some(2), 3), ErrorCode::InvalidRequest);
         assert!(message.contains("not in ISR"), "{message}");
     }
 
     #[test]
-    fn change_isr() {
+    fn change_isr_unknown_topic_and_partition() {
         let mut state = cluster(3);
         create(&mut state, "t", 1, 3);
-        let change = |isr: &[u64], epoch: i32| MetaCommand::ChangeIsr {
-            topic: "t".into(),
-            partition: 0,
-            isr: isr.iter().copied().map(NodeId).collect(),
-            expected_epoch: LeaderEpoch(epoch),
-        };
-        assert_eq!(next(&mut state, change(&[1, 3], 0)), MetaResult::Ok);
-        let partition = &state.topic("t").unwrap().partitions[0];
-        assert_eq!((partition.isr.clone(), partition.leader_epoch), (vec![NodeId(1), NodeId(3)], LeaderEpoch(0)));
-        assert_eq!(next(&mut state, change(&[1, 2, 3], 0)), MetaResult::Ok);
-
-        assert_rejected(&mut state, change(&[1], 1), ErrorCode::NotLeader);
-        assert_rejected(&mut state, change(&[2, 3], 0), ErrorCode::InvalidRequest); // leaves out leader 1
-        assert_rejected(&mut state, change(&[1, 4], 0), ErrorCode::InvalidRequest); // 4 is not a replica
-        assert_rejected(&mut state, change(&[1, 1], 0), ErrorCode::InvalidRequest);
-        assert_rejected(&mut state, change(&[], 0), ErrorCode::InvalidRequest);
-        let unknown = MetaCommand::ChangeIsr {
-            topic: "x".into(),
-            partition: 0,
+        let change = |topic: &str, partition| MetaCommand::ChangeIsr {
+            topic: topic.into(),
+            partition,
+            leader: NodeId(1),
+            leader_epoch: LeaderEpoch(0),
+            partition_epoch: PartitionEpoch(0),
             isr: vec![NodeId(1)],
-            expected_epoch: LeaderEpoch(0),
         };
-        assert_rejected(&mut state, unknown, ErrorCode::UnknownTopic);
-        // With the leader offline, any non-empty subset of the replicas will do.
-        let offline = MetaCommand::ChangePartitionLeader {
-            topic: "t".into(),
-            partition: 0,
-            leader: None,
-            expected_epoch: LeaderEpoch(0),
-        };
-        assert_eq!(next(&mut state, offline), MetaResult::Ok);
-        assert_eq!(next(&mut state, change(&[2], 1)), MetaResult::Ok);
+        assert_rejected(&mut state, change("x", 0), ErrorCode::UnknownTopic);
+        assert_rejected(&mut state, change("t", 1), ErrorCode::UnknownPartition);
     }
 
     #[test]
@@ -1216,7 +1645,15 @@ mod tests {
             },
             MetaCommand::BrokerHeartbeat { node_id: NodeId(2), now_ms: 7 },
             MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: i64::MAX },
-            MetaCommand::CreateTopic { name: "t".into(), partitions: 3, replication: 2 },
+            create_command("t", 3, 2),
+            MetaCommand::CreateTopic {
+                name: "u".into(),
+                partitions: 1,
+                replication: 3,
+                min_insync_replicas: Some(3),
+                unclean_leader_election: true,
+            },
+            MetaCommand::ControlledShutdown { node_id: NodeId(3), registered_index: 17 },
             MetaCommand::DeleteTopic { name: "t".into() },
             MetaCommand::AllocateProducerIds { count: u64::MAX },
             MetaCommand::ChangePartitionLeader {
@@ -1234,8 +1671,10 @@ mod tests {
             MetaCommand::ChangeIsr {
                 topic: "t".into(),
                 partition: 0,
+                leader: NodeId(1),
+                leader_epoch: LeaderEpoch(4),
+                partition_epoch: PartitionEpoch(9),
                 isr: vec![NodeId(1), NodeId(2)],
-                expected_epoch: LeaderEpoch(0),
             },
         ]
     }
@@ -1266,8 +1705,10 @@ mod tests {
         assert!(matches!(decode_command(b""), Err(MetaStateError::Truncated { .. })));
         assert!(matches!(decode_command(b"garbage garbage"), Err(MetaStateError::BadMagic { .. })));
         let mut future = encode_command(&MetaCommand::DeleteTopic { name: "t".into() });
-        future[4] = 2;
-        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 2, supported: 1 }));
+        future[4] = 3;
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 3, supported: 2 }));
+        future[4] = 0;
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 0, supported: 2 }));
         // Valid envelope, payload that is not a command.
         let not_a_command = encode_envelope(COMMAND_MAGIC, COMMAND_FORMAT_VERSION, b"{\"Nope\":1}");
         assert!(matches!(decode_command(&not_a_command), Err(MetaStateError::Malformed(_))));
@@ -1297,7 +1738,6 @@ mod tests {
         create(&mut state, "a", 3, 2);
         create(&mut state, "b", 2, 3);
         next(&mut state, MetaCommand::AllocateProducerIds { count: 7 });
-        next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(3), now_ms: 5 });
         next(
             &mut state,
             MetaCommand::ChangePartitionLeader {
@@ -1307,6 +1747,7 @@ mod tests {
                 expected_epoch: LeaderEpoch(0),
             },
         );
+        next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(3), now_ms: 5 });
         state
     }
 
@@ -1327,7 +1768,7 @@ mod tests {
         future[4] = 9;
         assert_eq!(
             MetadataState::restore(&future),
-            Err(MetaStateError::UnsupportedVersion { version: 9, supported: 1 })
+            Err(MetaStateError::UnsupportedVersion { version: 9, supported: 2 })
         );
     }
 
@@ -1350,7 +1791,7 @@ mod tests {
         other.applied_index += 1;
         variants.push(other);
         let mut other = state.clone();
-        other.topics.get_mut("a").unwrap().partitions[1].leader_epoch = LeaderEpoch(1);
+        other.topics.get_mut("a").unwrap().partitions[1].leader_epoch.0 += 1;
         variants.push(other);
         let mut other = state.clone();
         other.brokers.get_mut(&NodeId(1)).unwrap().last_heartbeat_ms += 1;
@@ -1373,6 +1814,18 @@ mod tests {
             MetaResult::Ok,
             MetaResult::ProducerIds { first: ProducerId(3), count: 2 },
             MetaResult::Error { code: ErrorCode::InvalidReplication, message: "m".into() },
+            MetaResult::IsrChanged {
+                leader_epoch: LeaderEpoch(1),
+                partition_epoch: PartitionEpoch(2),
+                isr: vec![NodeId(1)],
+            },
+            MetaResult::IsrChangeRejected {
+                reason: IsrChangeRejection::InvalidIsr { reason: "r".into() },
+                leader: None,
+                leader_epoch: LeaderEpoch(1),
+                partition_epoch: PartitionEpoch(2),
+                isr: vec![NodeId(1)],
+            },
             MetaResult::TopicCreated {
                 assignment: vec![PartitionAssignment { partition: 0, replicas: vec![NodeId(1)], leader: NodeId(1) }],
             },

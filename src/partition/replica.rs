@@ -85,10 +85,9 @@ use crate::types::{LeaderEpoch, NodeId, Offset, TimestampMs};
 
 pub use crate::partition::core::Reply;
 
-/// Bumped by the controller on every change of a partition's leader or ISR; an ISR change proposal
-/// names the partition epoch it was based on, so a stale one is refused (KIP-497).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct PartitionEpoch(pub i32);
+/// Bumped by the controller on every change of a partition's leader or ISR (`meta::state`); an ISR
+/// change proposal names the partition epoch it was based on, so a stale one is refused (KIP-497).
+pub use crate::types::PartitionEpoch;
 
 /// What the controller decided for one partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,8 +169,8 @@ pub struct FetchRequest {
     pub last_fetched_epoch: Option<LeaderEpoch>,
     /// Everything below this is fsynced on the follower. The leader counts only this toward its HW.
     pub durable_end: Offset,
-    pub max_bytes: u32,
-    pub max_wait_ms: u32,
+    pub bytes_max: u32,
+    pub wait_ms_max: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,14 +202,14 @@ pub struct FetchResponse {
 }
 
 /// A follower fetch the shell answers with data: read whole batches in `[offset, up_to)`, at most
-/// `max_bytes` (at least one batch), and send a [`FetchResponse`] with these fields.
+/// `bytes_max` (at least one batch), and send a [`FetchResponse`] with these fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FollowerRead {
     pub request: RequestId,
     pub replica: NodeId,
     pub fetch_id: u64,
     pub offset: Offset,
-    pub max_bytes: u32,
+    pub bytes_max: u32,
     pub up_to: Offset,
     pub high_watermark: Offset,
     pub leader_epoch: LeaderEpoch,
@@ -241,8 +240,8 @@ pub enum Input {
     ConsumerFetch {
         request: RequestId,
         offset: Offset,
-        max_bytes: u32,
-        max_wait_ms: u32,
+        bytes_max: u32,
+        wait_ms_max: u32,
         leader_epoch: Option<LeaderEpoch>,
         now_ms: TimestampMs,
     },
@@ -348,7 +347,7 @@ struct ParkedFollowerFetch {
     replica: NodeId,
     fetch_id: u64,
     offset: Offset,
-    max_bytes: u32,
+    bytes_max: u32,
     deadline_ms: TimestampMs,
 }
 
@@ -682,9 +681,9 @@ impl ReplicaCore {
                 self.on_partition_state(state);
             }
             Input::Produce { request, batch, acks } => self.on_produce(request, batch, acks),
-            Input::ConsumerFetch { request, offset, max_bytes, max_wait_ms, leader_epoch, now_ms } => {
+            Input::ConsumerFetch { request, offset, bytes_max, wait_ms_max, leader_epoch, now_ms } => {
                 self.advance_time(now_ms);
-                self.on_consumer_fetch(request, offset, max_bytes, max_wait_ms, leader_epoch);
+                self.on_consumer_fetch(request, offset, bytes_max, wait_ms_max, leader_epoch);
             }
             Input::FollowerFetch { request, fetch, now_ms } => {
                 self.advance_time(now_ms);
@@ -1013,8 +1012,8 @@ impl ReplicaCore {
         &mut self,
         request: RequestId,
         offset: Offset,
-        max_bytes: u32,
-        max_wait_ms: u32,
+        bytes_max: u32,
+        wait_ms_max: u32,
         leader_epoch: Option<LeaderEpoch>,
     ) {
         if let Some(refusal) = self.leader_refusal().filter(|_| !matches!(self.role, Role::Leader(_))) {
@@ -1026,7 +1025,7 @@ impl ReplicaCore {
             }
         }
         let now_ms = self.now_ms;
-        self.inner.step(core::Input::Fetch { request, offset, max_bytes, max_wait_ms, now_ms });
+        self.inner.step(core::Input::Fetch { request, offset, bytes_max, wait_ms_max, now_ms });
     }
 
     fn epoch_mismatch(&self, epoch: LeaderEpoch) -> Option<Reply> {
@@ -1099,13 +1098,13 @@ impl ReplicaCore {
                 replica: fetch.replica,
                 fetch_id,
                 offset: fetch.fetch_offset,
-                max_bytes: fetch.max_bytes,
+                bytes_max: fetch.bytes_max,
                 up_to: written_end,
                 high_watermark: self.high_watermark,
                 leader_epoch: self.state.leader_epoch,
             };
             self.ready.follower_reads.push(read);
-        } else if fetch.max_wait_ms == 0 || leader.parked.len() >= self.config.parked_follower_fetches_max {
+        } else if fetch.wait_ms_max == 0 || leader.parked.len() >= self.config.parked_follower_fetches_max {
             self.follower_reply(request, fetch_id, FetchResult::Data { batches: Vec::new() });
         } else {
             leader.parked.push(ParkedFollowerFetch {
@@ -1113,8 +1112,8 @@ impl ReplicaCore {
                 replica: fetch.replica,
                 fetch_id,
                 offset: fetch.fetch_offset,
-                max_bytes: fetch.max_bytes,
-                deadline_ms: now_ms.saturating_add(i64::from(fetch.max_wait_ms)),
+                bytes_max: fetch.bytes_max,
+                deadline_ms: now_ms.saturating_add(i64::from(fetch.wait_ms_max)),
             });
         }
     }
@@ -1134,7 +1133,7 @@ impl ReplicaCore {
                     replica: fetch.replica,
                     fetch_id: fetch.fetch_id,
                     offset: fetch.offset,
-                    max_bytes: fetch.max_bytes,
+                    bytes_max: fetch.bytes_max,
                     up_to: written_end,
                     high_watermark,
                     leader_epoch,
@@ -1291,8 +1290,8 @@ impl ReplicaCore {
             fetch_offset,
             last_fetched_epoch: self.epochs.latest_epoch(),
             durable_end: self.inner.stable_end(),
-            max_bytes: self.config.follower_fetch_bytes_max,
-            max_wait_ms: self.config.follower_fetch_wait_ms,
+            bytes_max: self.config.follower_fetch_bytes_max,
+            wait_ms_max: self.config.follower_fetch_wait_ms,
         };
         self.ready.fetch = Some((follower.leader, fetch));
     }

@@ -75,7 +75,7 @@ pub async fn gather(
             }
         }
     }
-    ClusterStatusResponse { nodes: known.into_values().collect(), answered_by }
+    ClusterStatusResponse { nodes: known.into_values().collect(), answered_by, ..Default::default() }
 }
 
 /// Asks one peer for its own status (no fan-out, one attempt, short timeouts).

@@ -12,7 +12,14 @@
 //! of the `CreateTopic` tells a re-created topic from its deleted predecessor.
 //!
 //! Background duties: register this broker, heartbeat, and (on the leader) fence brokers whose
-//! heartbeats stopped.
+//! heartbeats stopped. Fencing moves leadership in the same metadata entry (ADR 0012), so the fence
+//! decision is guarded: the leader never fences itself, and it fences only after it has itself been
+//! leader and ticking without a gap for the whole fence timeout (a paused process or a jumped clock
+//! would otherwise see every broker's heartbeats as missed at once and fence them all, as a freshly
+//! elected KRaft controller gives every broker a fresh session for the same reason).
+//!
+//! Graceful shutdown: [`Cluster::controlled_shutdown`] proposes `ControlledShutdown`, which moves the
+//! leadership of this broker's partitions to other ISR members before the broker stops.
 //!
 //! Lock order: `reconciling` (tokio mutex, held across awaits by `reconcile` only) before
 //! `partitions` (std RwLock, never held across an await); the node's state lock is never held
@@ -28,13 +35,21 @@ use crate::log::LogConfig;
 use crate::meta::node::{NodeError, NodeHandle};
 use crate::meta::state::{MetaCommand, MetaResult, MetadataState};
 use crate::partition::{spawn_partition, CoreConfig, PartitionHandle, PartitionSpec};
-use crate::protocol::{BrokerInfo, ErrorCode, ErrorInfo, MetadataResponse, PartitionInfo, TopicInfo};
+use crate::protocol::{
+    BrokerInfo, CreateTopicRequest, ErrorCode, ErrorInfo, MetadataResponse, PartitionHealthInfo, PartitionInfo,
+    TopicInfo, STATUS_PARTITIONS_MAX,
+};
 use crate::server::topics::{validate_topic_name, TopicError};
 use crate::storage::Disk;
 use crate::types::{NodeId, PartitionId};
 
 /// How often this broker heartbeats into the metadata log.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// How long a graceful shutdown waits for its `ControlledShutdown` to apply before it stops anyway.
+pub const CONTROLLED_SHUTDOWN_TIMEOUT_MS: u64 = 3_000;
+/// A gap between two heartbeat ticks longer than this means this process was paused (or its clock
+/// jumped): the fence watch starts over.
+const TICK_GAP_MS_MAX: u64 = 3_000;
 
 /// Identity of one partition incarnation: topic, its `CreateTopic` index, partition.
 type PartitionKey = (String, u64, PartitionId);
@@ -100,7 +115,8 @@ impl<D: Disk> Assignments<D> {
         })
     }
 
-    pub async fn create_topic(&self, name: &str, partitions: u32, replication: u32) -> Result<(), TopicError> {
+    pub async fn create_topic(&self, request: &CreateTopicRequest) -> Result<(), TopicError> {
+        let (name, partitions) = (request.name.as_str(), request.partitions);
         validate_topic_name(name)?;
         if partitions == 0 || partitions > self.partitions_per_topic_max {
             return Err(TopicError {
@@ -121,7 +137,14 @@ impl<D: Disk> Assignments<D> {
                 message: format!("the cluster has {topics} topics; this broker's topics_max is {}", self.topics_max),
             });
         }
-        let command = MetaCommand::CreateTopic { name: name.to_owned(), partitions, replication: replication.max(1) };
+        // Replication 0 is the protobuf default of an old client that did not set it: 1, as before.
+        let command = MetaCommand::CreateTopic {
+            name: name.to_owned(),
+            partitions,
+            replication: request.replication.max(1),
+            min_insync_replicas: request.min_insync_replicas,
+            unclean_leader_election: request.unclean_leader_election,
+        };
         result_error(self.node.propose(command).await.map_err(node_error)?)?;
         self.reconcile().await;
         Ok(())
@@ -224,6 +247,33 @@ impl<D: Disk> Assignments<D> {
         }
     }
 
+    /// Graceful shutdown, before the partitions stop: proposes `ControlledShutdown` for this broker's
+    /// current incarnation, so leadership of its partitions moves to other ISR members (and it leaves
+    /// the ISRs it is in) while it still serves, then brings the partition actors in line. Skipped when
+    /// no other broker is eligible (nobody could take over; a one-broker cluster keeps its partitions
+    /// led by itself across a restart). Bounded by [`CONTROLLED_SHUTDOWN_TIMEOUT_MS`]; returns whether it
+    /// was applied.
+    pub async fn controlled_shutdown(&self) -> bool {
+        let me = self.node_id;
+        let registration = self.node.with_state(|state| {
+            let others_eligible = state.brokers().any(|broker| broker.node_id != me && broker.is_eligible());
+            let own = state.broker(me).filter(|broker| broker.is_eligible()).map(|broker| broker.registered_index);
+            own.filter(|_| others_eligible)
+        });
+        let Some(registered_index) = registration else { return false };
+        let command = MetaCommand::ControlledShutdown { node_id: me, registered_index };
+        let applied =
+            tokio::time::timeout(Duration::from_millis(CONTROLLED_SHUTDOWN_TIMEOUT_MS), self.node.propose(command))
+                .await;
+        let done = matches!(applied, Ok(Ok(MetaResult::Ok)));
+        if done {
+            self.reconcile().await;
+        } else {
+            tracing::warn!(?applied, "controlled shutdown did not apply; stopping without moving leadership");
+        }
+        done
+    }
+
     /// Follows the applied metadata until `shutdown`; heartbeats and fences brokers meanwhile.
     pub async fn run_background(self: Arc<Self>, advertised: String, fence_after_ms: i64, shutdown: CancellationToken) {
         let mut node = self.node.clone();
@@ -231,6 +281,10 @@ impl<D: Disk> Assignments<D> {
         let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_applied = 0;
+        // Since when this node has been Raft leader and ticking without a gap (module doc).
+        let mut fence_watch_since: Option<tokio::time::Instant> = None;
+        let mut last_tick = tokio::time::Instant::now();
+        let me = self.node_id;
         loop {
             tokio::select! {
                 biased;
@@ -243,7 +297,6 @@ impl<D: Disk> Assignments<D> {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let me = self.node_id;
                     let command = if registered {
                         MetaCommand::BrokerHeartbeat { node_id: me, now_ms: now_ms() }
                     } else {
@@ -256,9 +309,21 @@ impl<D: Disk> Assignments<D> {
                     } else {
                         registered = matches!(proposer.propose(command).await, Ok(MetaResult::Ok));
                     }
+                    let tick_at = tokio::time::Instant::now();
+                    let gap = tick_at.duration_since(last_tick);
+                    last_tick = tick_at;
+                    if self.node.status().leader_id != Some(self.node_id) || gap > Duration::from_millis(TICK_GAP_MS_MAX) {
+                        fence_watch_since = None;
+                    }
                     if self.node.status().leader_id == Some(self.node_id) {
-                        let to_fence = self.node.with_state(|state| state.brokers_to_fence(now_ms(), fence_after_ms));
-                        for node_id in to_fence {
+                        let watching_since = *fence_watch_since.get_or_insert(tick_at);
+                        let watched_ms = tick_at.duration_since(watching_since).as_millis() as i64;
+                        let to_fence: Vec<NodeId> = if watched_ms > fence_after_ms {
+                            self.node.with_state(|state| state.brokers_to_fence(now_ms(), fence_after_ms))
+                        } else {
+                            Vec::new()
+                        };
+                        for node_id in to_fence.into_iter().filter(|node_id| *node_id != me) {
                             tracing::warn!(broker = %node_id, "fencing a broker that stopped heartbeating");
                             let proposer = self.node.clone();
                             tokio::spawn(async move {
@@ -302,14 +367,16 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
                 partition: partition.partition,
                 leader: partition.leader.map_or(0, |leader| leader.0),
                 replicas: partition.replicas.iter().map(|replica| replica.0).collect(),
-                // Partition data is not replicated yet: the leader is the only replica that holds
-                // the data, so it is the whole in-sync set, whatever the metadata's ISR (all
-                // replicas since creation) says. ISR replication (issue 8) replaces this with the
-                // metadata's ISR, which it will then maintain.
-                isr: partition.leader.map(|leader| vec![leader.0]).unwrap_or_default(),
+                // The controller's ISR (issue 8): what elections choose from and what the replica
+                // core keeps up to date through `ChangeIsr`.
+                isr: partition.isr.iter().map(|member| member.0).collect(),
                 leader_epoch: partition.leader_epoch.0,
+                partition_epoch: partition.partition_epoch.0,
+                unclean_elections: partition.unclean_elections,
             })
             .collect(),
+        min_insync_replicas: record.min_insync_replicas,
+        unclean_leader_election: record.unclean_leader_election,
     };
     let topics = if topics.is_empty() {
         state.topics().map(info).collect()
@@ -322,9 +389,39 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
                     name: name.clone(),
                     error: Some(ErrorInfo::new(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"))),
                     partitions: Vec::new(),
+                    min_insync_replicas: 0,
+                    unclean_leader_election: false,
                 },
             })
             .collect()
     };
     MetadataResponse { brokers, topics }
+}
+
+/// The offline and under-replicated partitions of the applied state, sorted by topic and partition,
+/// at most [`STATUS_PARTITIONS_MAX`], and how many more there are.
+pub fn unhealthy_partitions(state: &MetadataState) -> (Vec<PartitionHealthInfo>, u64) {
+    let mut listed = Vec::new();
+    let mut omitted = 0u64;
+    for topic in state.topics() {
+        for partition in topic.partitions.iter().filter(|p| p.is_offline() || p.is_under_replicated()) {
+            if listed.len() >= STATUS_PARTITIONS_MAX {
+                omitted += 1;
+                continue;
+            }
+            listed.push(PartitionHealthInfo {
+                topic: topic.name.clone(),
+                partition: partition.partition,
+                leader: partition.leader.map_or(0, |leader| leader.0),
+                leader_epoch: partition.leader_epoch.0,
+                partition_epoch: partition.partition_epoch.0,
+                replicas: partition.replicas.iter().map(|replica| replica.0).collect(),
+                isr: partition.isr.iter().map(|member| member.0).collect(),
+                min_insync_replicas: topic.min_insync_replicas,
+                offline: partition.is_offline(),
+                under_replicated: partition.is_under_replicated(),
+            });
+        }
+    }
+    (listed, omitted)
 }

@@ -15,8 +15,10 @@
 //! voter of the metadata group; until then (and on every client connection) a `RaftMessage` is
 //! refused with `PeerNotIdentified`, so a client's frame never reaches raft-rs.
 //!
-//! Shutdown (SIGINT/SIGTERM, or the token in simulation): stop accepting, stop reading new requests,
-//! finish the ones in flight, then stop every partition (each fsyncs what it wrote) and return. The
+//! Shutdown (SIGINT/SIGTERM, or the token in simulation): propose `ControlledShutdown` so leadership
+//! of this broker's partitions moves to other ISR members (bounded wait), stop accepting, stop reading
+//! new requests, finish the ones in flight, then stop every partition (each fsyncs what it wrote) and
+//! return. The
 //! same happens, ending with an error, when the metadata Raft task ends on its own (a storage
 //! failure or a panic): the broker cannot keep its promises without it.
 
@@ -184,8 +186,11 @@ async fn serve_until_stopped<D: Disk>(
     let mut connections = FuturesUnordered::new();
     // Connections stop reading when the broker shuts down for any reason, not only on `shutdown`:
     // after the metadata node stopped, peers' connections (which never close on their own) would
-    // otherwise keep the broker waiting for them forever.
-    let connections_shutdown = shutdown.child_token();
+    // otherwise keep the broker waiting for them forever. Not a child of `shutdown`: during the
+    // controlled shutdown below, peers' connections must keep carrying Raft traffic in (or this node
+    // loses its quorum and the `ControlledShutdown` it proposed cannot commit), and clients keep
+    // getting answers (NotLeader once leadership moved). Cancelled explicitly after it.
+    let connections_shutdown = CancellationToken::new();
     // If the metadata node stops on its own (its store failed, its task panicked), this broker can no
     // longer keep its promises: shut down and exit with an error, so a supervisor restarts it from its
     // durable state.
@@ -231,6 +236,11 @@ async fn serve_until_stopped<D: Disk>(
                 }));
             }
         }
+    }
+    // Graceful shutdown: move the leadership of this broker's partitions to other ISR members while
+    // its connections still answer (clients get NotLeader and follow the new leaders), ADR 0012.
+    if failure.is_none() && state.assignments.controlled_shutdown().await {
+        tracing::info!("controlled shutdown applied: partition leadership moved away");
     }
     drop(listener);
     connections_shutdown.cancel();
@@ -429,7 +439,7 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
 fn create_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: CreateTopicRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let result = state.assignments.create_topic(&request.name, request.partitions, request.replication).await;
+        let result = state.assignments.create_topic(&request).await;
         let error = result.err().and_then(topic_info);
         Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
     })
@@ -456,7 +466,10 @@ fn metadata<D: Disk>(state: &Arc<State<D>>, id: u64, request: MetadataRequest) -
 fn cluster_status<D: Disk>(state: &Arc<State<D>>, id: u64, request: ClusterStatusRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let response = crate::peer::status::gather(own_status(&state), known_nodes(&state), request.fan_out).await;
+        let mut response = crate::peer::status::gather(own_status(&state), known_nodes(&state), request.fan_out).await;
+        let (unhealthy, omitted) = state.assignments.node.with_state(assignments::unhealthy_partitions);
+        response.unhealthy_partitions = unhealthy;
+        response.unhealthy_partitions_omitted = omitted;
         Frame::new(id, Body::ClusterStatusResponse(response))
     })
 }

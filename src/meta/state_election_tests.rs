@@ -1,0 +1,423 @@
+//! Table tests for the controller's partition rules (ADR 0012): elections on fencing, controlled
+//! shutdown and return, and the fenced `ChangeIsr`.
+//!
+//! Every row starts from the same cluster: brokers 1-4 registered, topic `t` with one partition whose
+//! replicas are `[1, 2, 3]` (broker 4 is not a replica), in the state the row gives (leader, ISR,
+//! leader epoch / partition epoch), with the listed brokers fenced or shutting down beforehand. The row
+//! applies one command and checks the result and the partition after it. Rejected commands must leave
+//! the partition as it was. Every apply also runs `check_invariants` and the epoch checks.
+
+use super::*;
+
+/// A partition's leader-and-ISR state: leader, ISR, leader epoch, partition epoch.
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    leader: Option<u64>,
+    isr: &'static [u64],
+    leader_epoch: i32,
+    partition_epoch: i32,
+}
+
+const fn p(leader: Option<u64>, isr: &'static [u64], leader_epoch: i32, partition_epoch: i32) -> Part {
+    Part { leader, isr, leader_epoch, partition_epoch }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Cmd {
+    Fence(u64),
+    /// `ControlledShutdown` from the broker's current incarnation.
+    Shutdown(u64),
+    /// `ControlledShutdown` from an earlier incarnation.
+    ShutdownStale(u64),
+    Register(u64),
+    Heartbeat(u64),
+    /// `ChangeIsr` proposed by `leader` with its leader epoch and partition epoch.
+    Isr {
+        leader: u64,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: &'static [u64],
+    },
+}
+use Cmd::*;
+
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    Ok,
+    IsrChanged,
+    Refused(IsrChangeRejection),
+    /// `InvalidIsr`, whatever the reason text.
+    InvalidIsr,
+    Error(ErrorCode),
+}
+
+struct Row {
+    name: &'static str,
+    unclean: bool,
+    fenced: &'static [u64],
+    shutting_down: &'static [u64],
+    before: Part,
+    command: Cmd,
+    outcome: Outcome,
+    /// `None`: unchanged.
+    after: Option<Part>,
+    unclean_elections: u64,
+}
+
+const NO: &[u64] = &[];
+
+#[rustfmt::skip]
+fn rows() -> Vec<Row> {
+    use Outcome::*;
+    let row = |name, unclean, fenced, shutting_down, before, command, outcome, after, unclean_elections| Row {
+        name, unclean, fenced, shutting_down, before, command, outcome, after, unclean_elections,
+    };
+    vec![
+        // name                                                               unclean fenced   shutting  before                                command    outcome  after                                      unclean
+        // Fencing a broker (missed heartbeats).
+        row("fenced leader: first eligible ISR member in replica order leads", false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Fence(1), Ok, Some(p(Some(2), &[2, 3], 1, 1)), 0),
+        row("replica order, not ISR order",                                  false, NO,      NO,      p(Some(1), &[3, 1, 2], 0, 0), Fence(1), Ok, Some(p(Some(2), &[3, 2], 1, 1)), 0),
+        row("fenced follower leaves the ISR, the leader stays",              false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Fence(2), Ok, Some(p(Some(1), &[1, 3], 0, 1)), 0),
+        row("an eligible replica outside the ISR is skipped",                false, NO,      NO,      p(Some(1), &[1, 3], 0, 1),    Fence(1), Ok, Some(p(Some(3), &[3], 1, 2)), 0),
+        row("last ISR member fenced: ISR keeps it, offline",                 false, NO,      NO,      p(Some(1), &[1], 0, 2),       Fence(1), Ok, Some(p(None, &[1], 1, 3)), 0),
+        row("unclean on, no eligible ISR member: first eligible replica",    true,  NO,      NO,      p(Some(1), &[1], 0, 2),       Fence(1), Ok, Some(p(Some(2), &[2], 1, 3)), 1),
+        row("unclean on skips a fenced replica",                             true,  &[2],    NO,      p(Some(1), &[1], 0, 2),       Fence(1), Ok, Some(p(Some(3), &[3], 1, 3)), 1),
+        row("unclean on but an ISR member is eligible: clean",               true,  NO,      NO,      p(Some(1), &[1, 3], 0, 1),    Fence(1), Ok, Some(p(Some(3), &[3], 1, 2)), 0),
+        row("unclean on, every replica down: offline",                       true,  &[2, 3], NO,      p(Some(1), &[1], 0, 2),       Fence(1), Ok, Some(p(None, &[1], 1, 3)), 0),
+        row("a shutting-down ISR member is not elected",                     false, NO,      &[2],    p(Some(1), &[1, 2, 3], 0, 0), Fence(1), Ok, Some(p(Some(3), &[2, 3], 1, 1)), 0),
+        row("fencing a fenced broker again changes nothing",                 false, &[1],    NO,      p(Some(2), &[2, 3], 1, 1),    Fence(1), Ok, None, 0),
+        row("fencing a broker that holds no replica changes nothing",        false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Fence(4), Ok, None, 0),
+        // Controlled shutdown.
+        row("controlled shutdown of the leader moves leadership",            false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Shutdown(1), Ok, Some(p(Some(2), &[2, 3], 1, 1)), 0),
+        row("controlled shutdown of a follower shrinks the ISR",             false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Shutdown(3), Ok, Some(p(Some(1), &[1, 2], 0, 1)), 0),
+        row("controlled shutdown of the last ISR member: offline",           false, NO,      NO,      p(Some(1), &[1], 0, 2),       Shutdown(1), Ok, Some(p(None, &[1], 1, 3)), 0),
+        row("controlled shutdown from an earlier incarnation is refused",    false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), ShutdownStale(1), Error(ErrorCode::InvalidRequest), None, 0),
+        // A broker comes back.
+        row("offline partition: the last ISR member re-registers and leads", false, &[1],    NO,      p(None, &[1], 1, 3),          Register(1), Ok, Some(p(Some(1), &[1], 2, 4)), 0),
+        row("... or its heartbeat unfences it",                              false, &[1],    NO,      p(None, &[1], 1, 3),          Heartbeat(1), Ok, Some(p(Some(1), &[1], 2, 4)), 0),
+        row("a shut-down ISR member re-registers and leads",                 false, NO,      &[1],    p(None, &[1], 1, 3),          Register(1), Ok, Some(p(Some(1), &[1], 2, 4)), 0),
+        row("a heartbeat does not end a controlled shutdown",                false, NO,      &[1],    p(None, &[1], 1, 3),          Heartbeat(1), Ok, None, 0),
+        row("a returning replica outside the ISR does not lead",             false, &[1, 2], NO,      p(None, &[1], 1, 3),          Register(2), Ok, None, 0),
+        row("... unless unclean election is on",                             true,  &[1, 2, 3], NO,   p(None, &[1], 1, 3),          Register(2), Ok, Some(p(Some(2), &[2], 2, 4)), 1),
+        row("returning does not rejoin the ISR (the leader expands it)",     false, &[1],    NO,      p(Some(2), &[2, 3], 1, 1),    Register(1), Ok, None, 0),
+        // ChangeIsr from the partition's leader.
+        row("shrink at the current epochs",                                  false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 2] }, IsrChanged, Some(p(Some(1), &[1, 2], 0, 1)), 0),
+        row("expand at the current epochs",                                  false, NO,      NO,      p(Some(1), &[1, 2], 0, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 1, isr: &[1, 2, 3] }, IsrChanged, Some(p(Some(1), &[1, 2, 3], 0, 2)), 0),
+        row("the same ISR again: accepted, no new epoch",                    false, NO,      NO,      p(Some(1), &[1, 2], 0, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 1, isr: &[1, 2] }, IsrChanged, None, 0),
+        row("a fenced member may stay while another leaves",                 false, &[3],    NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 3] }, IsrChanged, Some(p(Some(1), &[1, 3], 0, 1)), 0),
+        row("a replaced leader: stale leader epoch",                         false, &[1],    NO,      p(Some(2), &[2, 3], 1, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 2] }, Refused(IsrChangeRejection::StaleLeaderEpoch), None, 0),
+        row("a follower at the current leader epoch: not the leader",        false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 2, leader_epoch: 0, partition_epoch: 0, isr: &[2, 3] }, Refused(IsrChangeRejection::NotLeader), None, 0),
+        row("the controller changed the ISR since: stale partition epoch",   false, NO,      NO,      p(Some(1), &[1, 3], 0, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1] }, Refused(IsrChangeRejection::StalePartitionEpoch), None, 0),
+        row("an offline partition has no leader to propose",                false, &[1],    NO,      p(None, &[1], 1, 3),          Isr { leader: 1, leader_epoch: 1, partition_epoch: 3, isr: &[1] }, Refused(IsrChangeRejection::NotLeader), None, 0),
+        row("empty ISR",                                                     false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[] }, InvalidIsr, None, 0),
+        row("duplicate member",                                              false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 1] }, InvalidIsr, None, 0),
+        row("a member that is not a replica",                                false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 4] }, InvalidIsr, None, 0),
+        row("an ISR without the leader",                                     false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[2, 3] }, InvalidIsr, None, 0),
+        row("a fenced broker cannot join",                                   false, &[3],    NO,      p(Some(1), &[1, 2], 0, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 1, isr: &[1, 2, 3] }, InvalidIsr, None, 0),
+        row("a shutting-down broker cannot join",                            false, NO,      &[3],    p(Some(1), &[1, 2], 0, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 1, isr: &[1, 2, 3] }, InvalidIsr, None, 0),
+    ]
+}
+
+fn nodes(ids: &[u64]) -> Vec<NodeId> {
+    ids.iter().copied().map(NodeId).collect()
+}
+
+/// The cluster of the module doc, with the partition in `row.before`.
+fn before_state(row: &Row) -> MetadataState {
+    let mut state = MetadataState::new();
+    for node_id in 1..=4u64 {
+        let register =
+            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        assert_eq!(state.apply(node_id, &register), MetaResult::Ok);
+    }
+    let create = MetaCommand::CreateTopic {
+        name: "t".into(),
+        partitions: 1,
+        replication: 3,
+        min_insync_replicas: None,
+        unclean_leader_election: row.unclean,
+    };
+    assert!(matches!(state.apply(5, &create), MetaResult::TopicCreated { .. }));
+    let partition = &mut state.topics.get_mut("t").unwrap().partitions[0];
+    assert_eq!(partition.replicas, nodes(&[1, 2, 3]), "the rows assume this assignment");
+    partition.leader = row.before.leader.map(NodeId);
+    partition.isr = nodes(row.before.isr);
+    partition.leader_epoch = LeaderEpoch(row.before.leader_epoch);
+    partition.partition_epoch = PartitionEpoch(row.before.partition_epoch);
+    for node_id in row.fenced {
+        state.brokers.get_mut(&NodeId(*node_id)).unwrap().fenced = true;
+    }
+    for node_id in row.shutting_down {
+        state.brokers.get_mut(&NodeId(*node_id)).unwrap().shutting_down = true;
+    }
+    state.check_invariants();
+    state
+}
+
+fn command(state: &MetadataState, cmd: Cmd) -> MetaCommand {
+    let registered_index = |node_id: u64| state.broker(NodeId(node_id)).unwrap().registered_index;
+    match cmd {
+        Fence(node_id) => MetaCommand::FenceBroker { node_id: NodeId(node_id), now_ms: 100 },
+        Shutdown(node_id) => {
+            MetaCommand::ControlledShutdown { node_id: NodeId(node_id), registered_index: registered_index(node_id) }
+        }
+        ShutdownStale(node_id) => MetaCommand::ControlledShutdown {
+            node_id: NodeId(node_id),
+            registered_index: registered_index(node_id) - 1,
+        },
+        Register(node_id) => {
+            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:2"), now_ms: 200 }
+        }
+        Heartbeat(node_id) => MetaCommand::BrokerHeartbeat { node_id: NodeId(node_id), now_ms: 200 },
+        Isr { leader, leader_epoch, partition_epoch, isr } => MetaCommand::ChangeIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader: NodeId(leader),
+            leader_epoch: LeaderEpoch(leader_epoch),
+            partition_epoch: PartitionEpoch(partition_epoch),
+            isr: nodes(isr),
+        },
+    }
+}
+
+fn outcome(result: &MetaResult) -> Outcome {
+    match result {
+        MetaResult::Ok => Outcome::Ok,
+        MetaResult::IsrChanged { .. } => Outcome::IsrChanged,
+        MetaResult::IsrChangeRejected { reason: IsrChangeRejection::InvalidIsr { .. }, .. } => Outcome::InvalidIsr,
+        MetaResult::IsrChangeRejected { reason, .. } => Outcome::Refused(reason.clone()),
+        MetaResult::Error { code, .. } => Outcome::Error(*code),
+        other => panic!("unexpected result {other:?}"),
+    }
+}
+
+#[test]
+fn partition_rules_table() {
+    let rows = rows();
+    let mut failures = Vec::new();
+    for row in &rows {
+        let mut state = before_state(row);
+        let before = state.topic("t").unwrap().partitions[0].clone();
+        let command = command(&state, row.command);
+        let result = state.apply(10, &command);
+        let partition = state.topic("t").unwrap().partitions[0].clone();
+        let expected = row.after.unwrap_or(row.before);
+        let got = (
+            outcome(&result),
+            partition.leader,
+            partition.isr.clone(),
+            partition.leader_epoch,
+            partition.partition_epoch,
+            partition.unclean_elections,
+        );
+        let want = (
+            row.outcome.clone(),
+            expected.leader.map(NodeId),
+            nodes(expected.isr),
+            LeaderEpoch(expected.leader_epoch),
+            PartitionEpoch(expected.partition_epoch),
+            row.unclean_elections,
+        );
+        if got != want {
+            failures.push(format!("{}:\n    got  {got:?}\n    want {want:?}\n    result {result:?}", row.name));
+        }
+        // A refusal reports the partition's state as it is, so the proposer can catch up.
+        if let MetaResult::IsrChangeRejected { leader, leader_epoch, partition_epoch, isr, .. } = &result {
+            assert_eq!(
+                (leader, leader_epoch, partition_epoch, isr),
+                (&before.leader, &before.leader_epoch, &before.partition_epoch, &before.isr),
+                "{}",
+                row.name
+            );
+        }
+        if let MetaResult::IsrChanged { leader_epoch, partition_epoch, isr } = &result {
+            assert_eq!(
+                (leader_epoch, partition_epoch, isr),
+                (&partition.leader_epoch, &partition.partition_epoch, &partition.isr),
+                "{}",
+                row.name
+            );
+        }
+        if result.is_rejection() {
+            assert_eq!(partition, before, "{}: a refusal changed the partition", row.name);
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+}
+
+#[test]
+fn elect_leader_is_replica_order_within_the_isr_then_unclean() {
+    let eligible_except = |down: &'static [u64]| move |node_id: NodeId| !down.contains(&node_id.0);
+    let replicas = nodes(&[3, 1, 2]);
+    // (ISR, brokers down, unclean allowed) -> election
+    let table: &[(&[u64], &'static [u64], bool, Election)] = &[
+        (&[1, 2, 3], NO, false, Election::Clean(NodeId(3))),
+        (&[2, 1], NO, false, Election::Clean(NodeId(1))),
+        (&[1, 2, 3], &[3], false, Election::Clean(NodeId(1))),
+        (&[2], &[2], false, Election::Offline),
+        (&[2], &[2], true, Election::Unclean(NodeId(3))),
+        (&[2], &[2, 3], true, Election::Unclean(NodeId(1))),
+        (&[2], &[1, 2, 3], true, Election::Offline),
+        (&[1, 2], &[3], true, Election::Clean(NodeId(1))),
+    ];
+    for (isr, down, unclean, expected) in table {
+        let got = elect_leader(&replicas, &nodes(isr), eligible_except(down), *unclean);
+        assert_eq!(got, *expected, "isr {isr:?}, down {down:?}, unclean {unclean}");
+    }
+}
+
+#[test]
+fn fencing_moves_every_partition_it_leads_in_one_entry() {
+    let mut state = MetadataState::new();
+    for node_id in 1..=3u64 {
+        let register =
+            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        state.apply(node_id, &register);
+    }
+    for (index, name) in [(4, "a"), (5, "b")] {
+        let create = MetaCommand::CreateTopic {
+            name: name.into(),
+            partitions: 6,
+            replication: 2,
+            min_insync_replicas: None,
+            unclean_leader_election: false,
+        };
+        assert!(matches!(state.apply(index, &create), MetaResult::TopicCreated { .. }));
+    }
+    let led_by = |state: &MetadataState, node_id: u64| {
+        state.topics().flat_map(|t| &t.partitions).filter(|p| p.leader == Some(NodeId(node_id))).count()
+    };
+    assert!(led_by(&state, 2) > 0);
+    assert_eq!(state.apply(6, &MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: 1 }), MetaResult::Ok);
+    assert_eq!(led_by(&state, 2), 0);
+    for partition in state.topics().flat_map(|t| &t.partitions) {
+        // RF 2: the other replica leads unless broker 2 was the last ISR member (never, here).
+        assert!(partition.leader.is_some(), "{partition:?}");
+        assert!(!partition.isr.contains(&NodeId(2)), "{partition:?}");
+    }
+    assert_eq!(state.offline_partitions().count(), 0);
+    assert_eq!(
+        state.under_replicated_partitions().count(),
+        state.topics().flat_map(|t| &t.partitions).filter(|p| p.replicas.contains(&NodeId(2))).count()
+    );
+    // Broker 1 goes too: partitions on {1, 2} keep broker 1 as their last ISR member and go offline.
+    assert_eq!(state.apply(7, &MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 1 }), MetaResult::Ok);
+    let offline: Vec<_> = state.offline_partitions().map(|(_, p)| p.clone()).collect();
+    assert!(!offline.is_empty());
+    for partition in &offline {
+        assert_eq!(partition.isr, [NodeId(1)], "{partition:?}");
+        let mut replicas = partition.replicas.clone();
+        replicas.sort();
+        assert_eq!(replicas, nodes(&[1, 2]));
+    }
+    // Broker 2 returns: not in those ISRs, so they stay offline; broker 1 returns: they come back.
+    state.apply(8, &MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 });
+    assert_eq!(state.offline_partitions().count(), offline.len());
+    state.apply(9, &MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 5 });
+    assert_eq!(state.offline_partitions().count(), 0);
+}
+
+#[test]
+fn create_topic_min_insync_replicas() {
+    let mut state = MetadataState::new();
+    for node_id in 1..=3u64 {
+        let register =
+            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        state.apply(node_id, &register);
+    }
+    let mut index = 3;
+    let mut create = |state: &mut MetadataState, name: &str, replication, min_isr, unclean| {
+        index += 1;
+        let command = MetaCommand::CreateTopic {
+            name: name.into(),
+            partitions: 1,
+            replication,
+            min_insync_replicas: min_isr,
+            unclean_leader_election: unclean,
+        };
+        state.apply(index, &command)
+    };
+    // Defaults: min(2, replication), unclean off.
+    for (name, replication, expected) in [("r1", 1, 1), ("r2", 2, 2), ("r3", 3, 2)] {
+        assert!(!create(&mut state, name, replication, None, false).is_error());
+        let topic = state.topic(name).unwrap();
+        assert_eq!((topic.min_insync_replicas, topic.unclean_leader_election), (expected, false), "{name}");
+    }
+    assert!(!create(&mut state, "m3", 3, Some(3), true).is_error());
+    let topic = state.topic("m3").unwrap();
+    assert_eq!((topic.min_insync_replicas, topic.unclean_leader_election), (3, true));
+    for (replication, min_isr) in [(3, 0), (3, 4), (1, 2)] {
+        let result = create(&mut state, "bad", replication, Some(min_isr), false);
+        let MetaResult::Error { code, message } = result else { panic!("{result:?}") };
+        assert_eq!(code, ErrorCode::InvalidReplication);
+        assert_eq!(
+            message,
+            format!("min insync replicas must be between 1 and the replication factor {replication}, got {min_isr}")
+        );
+        assert!(state.topic("bad").is_none());
+    }
+}
+
+#[test]
+fn shutting_down_brokers_get_no_new_replicas() {
+    let mut state = MetadataState::new();
+    for node_id in 1..=3u64 {
+        let register =
+            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        state.apply(node_id, &register);
+    }
+    let shutdown = MetaCommand::ControlledShutdown { node_id: NodeId(3), registered_index: 3 };
+    assert_eq!(state.apply(4, &shutdown), MetaResult::Ok);
+    assert!(state.broker(NodeId(3)).unwrap().is_alive() && !state.broker(NodeId(3)).unwrap().is_eligible());
+    let create = |replication| MetaCommand::CreateTopic {
+        name: "t".into(),
+        partitions: 4,
+        replication,
+        min_insync_replicas: Some(1),
+        unclean_leader_election: false,
+    };
+    assert!(state.apply(5, &create(3)).is_error());
+    assert!(!state.apply(6, &create(2)).is_error());
+    assert!(state.topic("t").unwrap().partitions.iter().all(|p| !p.replicas.contains(&NodeId(3))));
+    // A new incarnation is eligible again; an unknown broker cannot shut down.
+    state.apply(7, &MetaCommand::RegisterBroker { node_id: NodeId(3), addr: "b3:1".into(), now_ms: 1 });
+    assert!(state.broker(NodeId(3)).unwrap().is_eligible());
+    let unknown = MetaCommand::ControlledShutdown { node_id: NodeId(9), registered_index: 0 };
+    assert!(matches!(state.apply(8, &unknown), MetaResult::Error { code: ErrorCode::InvalidRequest, .. }));
+}
+
+#[test]
+fn version_1_commands_and_snapshots_still_decode() {
+    // Byte for byte what the version-1 build wrote (JSON payloads of its types).
+    let v1_create =
+        encode_envelope(COMMAND_MAGIC, 1, br#"{"CreateTopic":{"name":"t","partitions":2,"replication":3}}"#);
+    assert_eq!(
+        decode_command(&v1_create),
+        Ok(MetaCommand::CreateTopic {
+            name: "t".into(),
+            partitions: 2,
+            replication: 3,
+            min_insync_replicas: None,
+            unclean_leader_election: false,
+        })
+    );
+    let v1_fence = encode_envelope(COMMAND_MAGIC, 1, br#"{"FenceBroker":{"node_id":2,"now_ms":7}}"#);
+    assert_eq!(decode_command(&v1_fence), Ok(MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: 7 }));
+    let v1_change_isr =
+        encode_envelope(COMMAND_MAGIC, 1, br#"{"ChangeIsr":{"topic":"t","partition":0,"isr":[1],"expected_epoch":0}}"#);
+    assert!(matches!(decode_command(&v1_change_isr), Err(MetaStateError::Retired { version: 1, .. })));
+
+    let v1_snapshot = br#"{"applied_index":9,"brokers":{"1":{"node_id":1,"addr":"a:1","fenced":false,"last_heartbeat_ms":0,"registered_index":1},"2":{"node_id":2,"addr":"b:1","fenced":true,"last_heartbeat_ms":0,"registered_index":2},"3":{"node_id":3,"addr":"c:1","fenced":false,"last_heartbeat_ms":0,"registered_index":3}},"topics":{"t":{"name":"t","partitions":[{"partition":0,"replicas":[1,2,3],"leader":1,"leader_epoch":4,"isr":[1,2,3]}],"created_index":5}},"next_producer_id":0,"last_producer_id_block":null}"#;
+    let restored = MetadataState::restore(&encode_envelope(SNAPSHOT_MAGIC, 1, v1_snapshot)).unwrap();
+    let topic = restored.topic("t").unwrap();
+    assert_eq!((topic.min_insync_replicas, topic.unclean_leader_election), (2, false));
+    let partition = &topic.partitions[0];
+    assert_eq!(
+        (partition.leader_epoch, partition.partition_epoch, partition.unclean_elections),
+        (LeaderEpoch(4), PartitionEpoch(0), 0)
+    );
+    assert!(!restored.broker(NodeId(1)).unwrap().shutting_down);
+    // The restored state snapshots as version 2 and reads back equal.
+    assert_eq!(restored.snapshot()[4], 2);
+    assert_eq!(MetadataState::restore(&restored.snapshot()).unwrap(), restored);
+}
