@@ -28,7 +28,7 @@
 //!   power loss is not an exit: the harness ends the incarnation itself.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use std::collections::BTreeMap;
@@ -42,6 +42,7 @@ use madsim::runtime::{Handle, NodeHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::lock;
 use crate::trace::Trace;
 
 pub const BROKER_PORT: u16 = 9400;
@@ -164,11 +165,6 @@ pub struct Broker {
     down: bool,
     paused: bool,
     clogged: bool,
-}
-
-/// Locks a harness mutex; a poisoned lock only happens in a test that already panicked.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub struct Cluster {
@@ -530,10 +526,13 @@ impl Cluster {
         broker.disk.set_faults(faults.clone());
         let name = broker.name.clone();
         self.note(format!(
-            "nemesis disk_faults {name} fsync_error_p={} fsync_latency_ms={}..={} torn_p={} garbage_p={}",
+            "nemesis disk_faults {name} fsync_error_p={} fsync_latency_ms={}..={} write_eio_p={} write_enospc_p={} \
+             torn_p={} garbage_p={}",
             faults.fsync_error_probability,
             faults.fsync_latency_ms.0,
             faults.fsync_latency_ms.1,
+            faults.write_eio_probability,
+            faults.write_enospc_probability,
             faults.torn_write_probability,
             faults.garbage_tail_probability
         ));

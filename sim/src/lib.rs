@@ -1,27 +1,44 @@
 //! Keel's deterministic simulation: the real broker, under madsim, with injected faults.
 //!
-//! In: a seed. Out: a recorded history judged by `keel_model::queue_checker`, invariants checked
-//! during the run, and a last line `seed=<n> trace_hash=<16 hex digits>` that is the same every time
-//! the same seed runs.
+//! In: a scenario and a seed. Out: recorded histories judged by the model's checkers
+//! (`keel_model::queue_checker`, `metadata_checker`, `raft_checker`), invariants checked during the
+//! run, and a last line `seed=<n> trace_hash=<16 hex digits>` that is the same every time the same
+//! seed runs.
+//!
+//! # Shape (TigerBeetle's VOPR)
+//! One driver runs every scenario; a scenario is a config (brokers, fsync policy, fault classes),
+//! a workload and the checkers that judge it; each seed draws its own mix ("swarm") of workload
+//! shape and fault rates; one nemesis injects overlapping faults; one verdict.
 //!
 //! # Layout
-//! - [`trace`]: the harness's event log and the stable (FNV-1a) trace hash. Builds everywhere.
-//! - `cluster` (madsim only): named nodes running `keel::server::run_broker` over a `SimDisk` that
-//!   outlives restarts; kill, power loss, restart, clean restart, pause, clog, disk faults, heal;
-//!   every broker exit recorded with its cause (an exit no injected fault explains is a violation).
-//! - `workload` (madsim only): producer processes, a consumer and the final reader, all recording
-//!   one history; the durability invariants checked during the run.
-//! - `scenario` (madsim only): swarm parameters drawn per seed, the nemesis, the liveness phase and
-//!   the verdict.
-//! - `meta_workload` (madsim only): admin processes creating, deleting, describing and listing topics
-//!   through random brokers, recorded for `keel_model::metadata_checker`.
-//! - `raft` (madsim only): the metadata Raft scenarios (3 and 5 voters): observers feeding
-//!   `keel_model::raft_checker` during the run, a nemesis of crashes, power loss, store write errors,
-//!   partitions, bridges, one-way clogs, pauses and delay, and a liveness phase that requires one
-//!   leader, a create through every broker and identical metadata on every node.
+//! - `scenario` (madsim only): the `Scenario` type, the catalogue of every scenario, and the
+//!   regression seeds CI replays first.
+//! - `driver` (madsim only): the one driver: setup, workload, nemesis, heal, liveness (within one
+//!   bound, `driver::LIVENESS_MS_MAX`), verdict; `run_seed` for plain `#[test]`s.
+//! - `swarm` (madsim only): what each seed draws; the harness's one weighted draw.
+//! - `nemesis` (madsim only): one fault engine with overlapping faults, targets chosen per fault
+//!   class among the scenario's nodes, and required faults forced, counted and enforced.
+//! - `outcome` (madsim only): the checkers' verdicts, the `Outcome` of one seed
+//!   and its one `assert_valid`.
+//! - `monitor` (madsim only): the Raft observers feeding `raft_checker` during the run, and the
+//!   supervisor that judges every Raft node that stopped (a checker, not a driver).
+//! - `cluster` (madsim only): named nodes running `keel::server::run_broker` over a `SimDisk` and
+//!   a `SimKv` that outlive restarts; kill, power loss, restart, clean restart, pause, clog, link
+//!   clogs, latency, disk and metadata-store faults, heal; every broker exit judged by its cause.
+//! - [`workload`]: the queue workload (producers, consumers at the tails, the final reader),
+//!   recording one history and checking durability invariants during the run.
+//! - [`meta_workload`]: admin processes creating, deleting, describing and listing topics through
+//!   random brokers, recorded for `keel_model::metadata_checker`.
+//! - [`history_file`]: the JSON Lines history every scenario writes with `KEEL_SIM_HISTORY`, and
+//!   its reader.
+//! - [`trace`]: the harness's event log and the stable (FNV-1a) trace hash.
 //!
-//! Everything random comes from madsim's seeded RNG (`madsim::rand::thread_rng()`); the disk's own
-//! RNG is seeded from it.
+//! # Randomness
+//! The driver, the swarm and the nemesis draw from madsim's seeded RNG. The workloads take an
+//! injected RNG (a `rand::rngs::StdRng` seeded from the swarm's draw) and use only the keel client
+//! and tokio, so [`workload`], [`meta_workload`], [`history_file`] and [`trace`] also build without
+//! `--cfg madsim`, where a harness outside the simulation (the Docker tests of `jepsen/`) can reuse
+//! them with real time and its own seed.
 //!
 //! # Running
 //! The scenarios live in `sim/tests/scenarios.rs`. `sim/.cargo/config.toml` builds with
@@ -39,20 +56,28 @@
 //! KEEL_SIM_HISTORY=/tmp ...                    # write each run's history as JSON Lines
 //! ```
 //!
-//! A failing seed panics with the checker's report, the violations, the tail of the trace and the
-//! command that reproduces it. From the repository root (no `--cfg madsim`) this crate compiles to
-//! the trace module only and its scenarios to nothing.
+//! A failing seed panics with the checkers' reports, the violations, the tail of the trace and the
+//! command that reproduces it.
+
+use std::sync::{Mutex, MutexGuard};
 
 #[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]
+pub mod driver;
+pub mod history_file;
 pub mod meta_workload;
 #[cfg(madsim)]
-pub mod raft;
+pub mod monitor;
+#[cfg(madsim)]
+pub mod nemesis;
+#[cfg(madsim)]
+pub mod outcome;
 #[cfg(madsim)]
 pub mod scenario;
-pub mod trace;
 #[cfg(madsim)]
+pub mod swarm;
+pub mod trace;
 pub mod workload;
 
 /// Installs a `tracing` subscriber when `RUST_LOG` is set (timestamps are simulated time).
@@ -60,4 +85,9 @@ pub fn init_logging() {
     if std::env::var_os("RUST_LOG").is_some() {
         let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).try_init();
     }
+}
+
+/// Locks a harness mutex; a poisoned lock only happens in a test that already panicked.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

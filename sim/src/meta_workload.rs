@@ -27,11 +27,12 @@ use std::time::Duration;
 use keel::client::{Client, ClientError};
 use keel::protocol::ErrorCode;
 use keel_model::metadata_checker::{MetaEvent, MetaOp, MetaOutcome};
-use madsim::rand::{thread_rng, Rng};
+use rand::rngs::StdRng;
+use rand::Rng;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::lock;
+use crate::lock;
 use crate::trace::Fnv1a64;
 
 /// Client settings for admin operations: short timeouts, so a dead, paused or partitioned broker
@@ -71,9 +72,9 @@ impl MetaRecorder {
         lock(&self.events).iter().map(|(event, _)| event.clone()).collect()
     }
 
-    /// What the client said for each failed or ambiguous event (empty otherwise), by event index.
-    pub fn details(&self) -> Vec<String> {
-        lock(&self.events).iter().map(|(_, detail)| detail.clone()).collect()
+    /// Every event with what the client said (empty unless it failed or is ambiguous).
+    pub fn entries(&self) -> Vec<(MetaEvent, String)> {
+        lock(&self.events).clone()
     }
 
     /// A stable fingerprint of every event (for the trace hash).
@@ -123,9 +124,10 @@ pub async fn run_op(client: &Client, op: &MetaOp) -> (MetaOutcome, String) {
     }
 }
 
-/// One admin process's shape, drawn per seed.
+/// One admin process's shape, drawn per seed, and its RNG.
 #[derive(Clone, Debug)]
 pub struct AdminProcess {
+    pub rng: StdRng,
     pub process: u64,
     pub addrs: Vec<String>,
     /// Topic names this process picks from.
@@ -137,22 +139,22 @@ pub struct AdminProcess {
 
 impl AdminProcess {
     /// Runs operations until `stop`; each one through a broker drawn at random.
-    pub async fn run(self, recorder: MetaRecorder, stop: CancellationToken) {
+    pub async fn run(mut self, recorder: MetaRecorder, stop: CancellationToken) {
         let mut clients: BTreeMap<usize, Arc<Client>> = BTreeMap::new();
         let total: u32 = self.weights.iter().sum();
         while !stop.is_cancelled() {
             let (broker, op) = {
-                let mut rng = thread_rng();
-                let broker = rng.gen_range(0..self.addrs.len());
-                let name = self.names[rng.gen_range(0..self.names.len())].clone();
-                let mut ticket = rng.gen_range(0..total.max(1));
+                let rng = &mut self.rng;
+                let broker = rng.random_range(0..self.addrs.len());
+                let name = self.names[rng.random_range(0..self.names.len())].clone();
+                let mut ticket = rng.random_range(0..total.max(1));
                 let mut kind = 0;
                 while kind < 3 && ticket >= self.weights[kind] {
                     ticket -= self.weights[kind];
                     kind += 1;
                 }
                 let op = match kind {
-                    0 => MetaOp::CreateTopic { name, partitions: rng.gen_range(1..=3) },
+                    0 => MetaOp::CreateTopic { name, partitions: rng.random_range(1..=3) },
                     1 => MetaOp::DeleteTopic { name },
                     2 => MetaOp::DescribeTopic { name },
                     _ => MetaOp::ListTopics,
@@ -167,8 +169,55 @@ impl AdminProcess {
             let (outcome, detail) = run_op(&client, &op).await;
             let complete_ns = recorder.now_ns();
             recorder.record(MetaEvent { process: self.process, invoke_ns, complete_ns, op, outcome }, detail);
-            let think_ms = thread_rng().gen_range(0..=self.think_ms_max);
+            let think_ms = self.rng.random_range(0..=self.think_ms_max);
             tokio::time::sleep(Duration::from_millis(think_ms.max(1))).await;
         }
     }
+}
+
+/// Process ids of the liveness phase's creates start here (one process per broker).
+pub const LIVENESS_PROCESS_BASE: u64 = 1_000;
+
+/// The liveness phase's create of `live-<broker number>` through the broker at `addr`, retried
+/// until it succeeds or `deadline`; every attempt is recorded. An attempt that failed after an
+/// earlier ambiguous one took effect counts when a describe shows the topic.
+pub async fn create_until_ok(addr: String, broker_idx: usize, recorder: MetaRecorder, deadline: Instant) -> bool {
+    let client = Client::new(addr, admin_client_config());
+    let name = format!("live-{}", broker_idx + 1);
+    let op = MetaOp::CreateTopic { name: name.clone(), partitions: 1 };
+    let mut applied_maybe = false;
+    while Instant::now() < deadline {
+        let invoke_ns = recorder.now_ns();
+        let (outcome, detail) = run_op(&client, &op).await;
+        let complete_ns = recorder.now_ns();
+        let process = LIVENESS_PROCESS_BASE + broker_idx as u64;
+        recorder
+            .record(MetaEvent { process, invoke_ns, complete_ns, op: op.clone(), outcome: outcome.clone() }, detail);
+        match outcome {
+            MetaOutcome::Ok => return true,
+            // An earlier ambiguous attempt took effect.
+            MetaOutcome::Fail if applied_maybe => {
+                let describe = MetaOp::DescribeTopic { name: name.clone() };
+                if let (MetaOutcome::Described(Some(_)), _) = run_op(&client, &describe).await {
+                    return true;
+                }
+            }
+            MetaOutcome::Info => applied_maybe = true,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// The final topics: a linearizable list through the broker at `addr` (a few attempts).
+pub async fn final_topics(addr: String) -> Option<Vec<String>> {
+    let client = Client::new(addr, admin_client_config());
+    for _ in 0..20 {
+        if let (MetaOutcome::Listed(names), _) = run_op(&client, &MetaOp::ListTopics).await {
+            return Some(names);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
 }

@@ -31,12 +31,13 @@ use keel::batch::Record;
 use keel::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig};
 use keel::protocol::{Acks, ErrorCode};
 use keel::types::Offset as KeelOffset;
-use keel_model::history::{History, Offset, Partition, PollReads, ProcessId, Value};
-use madsim::rand::{thread_rng, Rng};
+use keel_model::history::{EventKind, History, Offset, Op, Partition, PollReads, ProcessId, Value};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::lock;
+use crate::lock;
 use crate::trace::Trace;
 
 /// Longest an operation may take before the harness calls it a hang (simulated time). Client
@@ -102,6 +103,16 @@ impl Recorder {
 
     pub fn expected_anomalies(&self) -> usize {
         *lock(&self.expected_anomalies)
+    }
+
+    /// Sends acked so far.
+    pub fn sends_acked(&self) -> usize {
+        let history = lock(&self.history);
+        history
+            .events()
+            .iter()
+            .filter(|event| event.kind == EventKind::Ok && matches!(event.op, Op::Send { .. }))
+            .count()
     }
 
     pub fn acked_max(&self) -> BTreeMap<u32, i64> {
@@ -184,11 +195,13 @@ pub struct ProducerNode {
     pub linger: Duration,
     /// Pause between one process's sends, drawn from `[0, think_ms_max]`.
     pub think_ms_max: u64,
+    /// The node's RNG (each process gets its own, seeded from it).
+    pub rng: StdRng,
 }
 
 impl ProducerNode {
     /// Runs every process until `stop`; returns when each has resolved its last send.
-    pub async fn run(self, recorder: Arc<Recorder>, stop: CancellationToken) {
+    pub async fn run(mut self, recorder: Arc<Recorder>, stop: CancellationToken) {
         let client = Client::new(self.addr.clone(), client_config());
         let config = ProducerConfig { acks: Acks::All, linger: self.linger, ..ProducerConfig::default() };
         let producer = Producer::new(client, config);
@@ -196,10 +209,14 @@ impl ProducerNode {
         for process in self.processes.iter().copied() {
             let (producer, recorder, stop, topic) =
                 (producer.clone(), recorder.clone(), stop.clone(), self.topic.clone());
-            let (partitions, think_ms_max) = (self.partitions, self.think_ms_max);
-            tasks.push(tokio::spawn(async move {
-                run_producer_process(process, producer, &topic, partitions, think_ms_max, &recorder, &stop).await
-            }));
+            let shape = ProcessShape {
+                process,
+                topic,
+                partitions: self.partitions,
+                think_ms_max: self.think_ms_max,
+                rng: StdRng::seed_from_u64(self.rng.random()),
+            };
+            tasks.push(tokio::spawn(async move { run_producer_process(shape, producer, &recorder, &stop).await }));
         }
         for task in tasks {
             let _ = task.await;
@@ -207,18 +224,21 @@ impl ProducerNode {
     }
 }
 
-async fn run_producer_process(
+/// One producer process: what it sends where, and its RNG.
+struct ProcessShape {
     process: ProcessId,
-    producer: Producer,
-    topic: &str,
+    topic: String,
     partitions: u32,
     think_ms_max: u64,
-    recorder: &Recorder,
-    stop: &CancellationToken,
-) {
+    rng: StdRng,
+}
+
+async fn run_producer_process(shape: ProcessShape, producer: Producer, recorder: &Recorder, stop: &CancellationToken) {
+    let ProcessShape { process, topic, partitions, think_ms_max, mut rng } = shape;
+    let topic = topic.as_str();
     let mut sequence = 0u64;
     while !stop.is_cancelled() {
-        let partition = thread_rng().gen_range(0..partitions);
+        let partition = rng.random_range(0..partitions);
         let value = format!("{}-{sequence}", process.0);
         sequence += 1;
         let pending = lock(&recorder.history).invoke_send(
@@ -256,7 +276,7 @@ async fn run_producer_process(
             }
         }
         if think_ms_max > 0 {
-            let think_ms = thread_rng().gen_range(0..=think_ms_max);
+            let think_ms = rng.random_range(0..=think_ms_max);
             if think_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(think_ms)).await;
             }
@@ -331,65 +351,83 @@ enum PollResult {
     Failed(ClientError),
 }
 
-/// A consumer: polls random partitions from its own positions until `stop`, each poll waiting up to
-/// a time drawn from `[0, max_wait_max]` for records.
-pub async fn run_consumer(
-    addr: String,
-    topic: String,
-    partitions: u32,
-    process: ProcessId,
-    max_wait_max: Duration,
-    recorder: Arc<Recorder>,
-    stop: CancellationToken,
-) {
-    let client = Client::new(addr, client_config());
-    let all: Vec<Partition> = (0..partitions).map(|partition| Partition::of_topic(&topic, partition)).collect();
-    lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
-    let mut positions = vec![0i64; partitions as usize];
-    let poller = Poller { client: &client, recorder: &recorder, process, topic: &topic, who: "consumer" };
-    while !stop.is_cancelled() {
-        let partition = thread_rng().gen_range(0..partitions);
-        let max_wait = Duration::from_millis(thread_rng().gen_range(0..=max_wait_max.as_millis() as u64));
-        let position = positions[partition as usize];
-        let result = poller.poll(partition, position, max_wait).await;
-        match result {
-            None => return,
-            Some(PollResult::Read { next, .. }) => positions[partition as usize] = next,
-            Some(PollResult::Failed(error)) if error.code() == Some(ErrorCode::OffsetOutOfRange) => {
-                // Only a log that lost records can put a position past its end.
-                recorder.durability_break(format!("consumer: partition {partition} position {position}: {error}"));
-                positions = vec![0; partitions as usize];
-                lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
+/// A consumer: polls random partitions from its own positions, each poll waiting up to a time drawn
+/// from `[0, max_wait_max]` for records.
+pub struct Consumer {
+    pub addr: String,
+    pub topic: String,
+    pub partitions: u32,
+    pub process: ProcessId,
+    pub max_wait_max: Duration,
+    pub rng: StdRng,
+}
+
+impl Consumer {
+    /// Polls until `stop`.
+    pub async fn run(self, recorder: Arc<Recorder>, stop: CancellationToken) {
+        let Consumer { addr, topic, partitions, process, max_wait_max, mut rng } = self;
+        let client = Client::new(addr, client_config());
+        let all: Vec<Partition> = (0..partitions).map(|partition| Partition::of_topic(&topic, partition)).collect();
+        lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
+        let mut positions = vec![0i64; partitions as usize];
+        let poller = Poller { client: &client, recorder: &recorder, process, topic: &topic, who: "consumer" };
+        while !stop.is_cancelled() {
+            let partition = rng.random_range(0..partitions);
+            let max_wait = Duration::from_millis(rng.random_range(0..=max_wait_max.as_millis() as u64));
+            let position = positions[partition as usize];
+            let result = poller.poll(partition, position, max_wait).await;
+            match result {
+                None => return,
+                Some(PollResult::Read { next, .. }) => positions[partition as usize] = next,
+                Some(PollResult::Failed(error)) if error.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                    // Only a log that lost records can put a position past its end.
+                    recorder.durability_break(format!("consumer: partition {partition} position {position}: {error}"));
+                    positions = vec![0; partitions as usize];
+                    lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
+                }
+                Some(PollResult::Failed(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
-            Some(PollResult::Failed(_)) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
 }
 
-/// The final reader: polls every partition from 0 to its high watermark. Returns each partition's
-/// final high watermark, or an error when the broker did not serve everything within `bound`.
-pub async fn run_final_reader(
-    addr: String,
-    topic: String,
-    partitions: u32,
-    process: ProcessId,
-    recorder: Arc<Recorder>,
-    bound: Duration,
-) -> Result<BTreeMap<u32, i64>, String> {
-    let deadline = Instant::now() + bound;
-    let client = Client::new(addr, client_config());
-    let all: Vec<Partition> = (0..partitions).map(|partition| Partition::of_topic(&topic, partition)).collect();
-    lock(&recorder.history).assign(process, recorder.now_ns(), all);
-    let mut final_high_watermarks = BTreeMap::new();
-    let poller = Poller { client: &client, recorder: &recorder, process, topic: &topic, who: "final reader" };
-    for partition in 0..partitions {
+/// The final reader: polls every partition from 0 to its high watermark, within `bound`.
+pub struct FinalReader {
+    pub addr: String,
+    pub topic: String,
+    pub partitions: u32,
+    pub process: ProcessId,
+    pub bound: Duration,
+}
+
+impl FinalReader {
+    /// Returns each partition's final high watermark, or an error when the broker did not serve
+    /// everything within the bound.
+    pub async fn run(self, recorder: Arc<Recorder>) -> Result<BTreeMap<u32, i64>, String> {
+        let FinalReader { addr, topic, partitions, process, bound } = self;
+        let deadline = Instant::now() + bound;
+        let client = Client::new(addr, client_config());
+        let all: Vec<Partition> = (0..partitions).map(|partition| Partition::of_topic(&topic, partition)).collect();
+        lock(&recorder.history).assign(process, recorder.now_ns(), all);
+        let mut final_high_watermarks = BTreeMap::new();
+        let poller = Poller { client: &client, recorder: &recorder, process, topic: &topic, who: "final reader" };
+        for partition in 0..partitions {
+            let high_watermark = poller.read_to_end(partition, deadline, bound).await?;
+            final_high_watermarks.insert(partition, high_watermark);
+        }
+        Ok(final_high_watermarks)
+    }
+}
+
+impl Poller<'_> {
+    /// Reads `partition` from 0 to its high watermark; returns the high watermark.
+    async fn read_to_end(&self, partition: u32, deadline: Instant, bound: Duration) -> Result<i64, String> {
         let mut position = 0i64;
         loop {
             if Instant::now() >= deadline {
                 return Err(format!("final read of partition {partition} stuck at offset {position} after {bound:?}"));
             }
-            let result = poller.poll(partition, position, Duration::ZERO).await;
-            match result {
+            match self.poll(partition, position, Duration::ZERO).await {
                 None => return Err(format!("final read of partition {partition} hung")),
                 Some(PollResult::Read { next, high_watermark, log_start }) => {
                     if log_start > 0 {
@@ -397,13 +435,11 @@ pub async fn run_final_reader(
                     }
                     position = next;
                     if position >= high_watermark {
-                        final_high_watermarks.insert(partition, high_watermark);
-                        break;
+                        return Ok(high_watermark);
                     }
                 }
                 Some(PollResult::Failed(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
     }
-    Ok(final_high_watermarks)
 }

@@ -6,15 +6,15 @@
 #![cfg(madsim)]
 
 use keel::partition::FsyncPolicy;
-use keel_sim::raft;
-use keel_sim::scenario::{self, run_seed};
+use keel_sim::driver::{self, run_seed, run_seed_with, RunOptions};
+use keel_sim::scenario::{self, Scenario};
 
 /// Default durability (fsync=always, acks=all): power loss and process crashes must never lose an
 /// acked record, reorder a partition or make the high watermark go back.
 #[madsim::test]
 async fn single_broker_power_loss_fsync_always() {
     keel_sim::init_logging();
-    scenario::run(&scenario::single_broker_power_loss(FsyncPolicy::Always)).await.assert_valid();
+    driver::run(&scenario::single_broker_power_loss(FsyncPolicy::Always)).await.assert_valid();
 }
 
 /// Slow fsyncs and injected fsync errors (the partition must fail its pending appends as
@@ -22,7 +22,7 @@ async fn single_broker_power_loss_fsync_always() {
 #[madsim::test]
 async fn single_broker_slow_and_failing_fsync() {
     keel_sim::init_logging();
-    scenario::run(&scenario::single_broker_slow_and_failing_fsync()).await.assert_valid();
+    driver::run(&scenario::single_broker_slow_and_failing_fsync()).await.assert_valid();
 }
 
 /// `fsync = "never"` with write errors (EIO, ENOSPC) and process restarts but no power loss: nothing
@@ -30,7 +30,7 @@ async fn single_broker_slow_and_failing_fsync() {
 #[madsim::test]
 async fn single_broker_write_errors_fsync_never() {
     keel_sim::init_logging();
-    scenario::run(&scenario::single_broker_write_errors_fsync_never()).await.assert_valid();
+    driver::run(&scenario::single_broker_write_errors_fsync_never()).await.assert_valid();
 }
 
 /// A paused broker and clogged nodes: requests time out as `info`, nothing hangs, and after the heal
@@ -38,14 +38,14 @@ async fn single_broker_write_errors_fsync_never() {
 #[madsim::test]
 async fn single_broker_pause_and_clog() {
     keel_sim::init_logging();
-    scenario::run(&scenario::single_broker_pause_and_clog()).await.assert_valid();
+    driver::run(&scenario::single_broker_pause_and_clog()).await.assert_valid();
 }
 
 /// Every fault class, rates and mix drawn per seed.
 #[madsim::test]
 async fn single_broker_swarm() {
     keel_sim::init_logging();
-    scenario::run(&scenario::single_broker_swarm()).await.assert_valid();
+    driver::run(&scenario::single_broker_swarm()).await.assert_valid();
 }
 
 /// The harness judges every broker exit: a stop it asked for and a stop after an injected storage
@@ -225,7 +225,7 @@ async fn controller_moves_leadership_on_fencing_and_controlled_shutdown() {
 #[madsim::test]
 async fn raft_3_voters_leader_kill_and_restart() {
     keel_sim::init_logging();
-    raft::run(&raft::raft_3_voters_leader_kill_and_restart()).await.assert_valid();
+    driver::run(&scenario::raft_3_voters_leader_kill_and_restart()).await.assert_valid();
 }
 
 /// Metadata Raft, 3 voters: power loss (an abrupt stop; every metadata write is synced, so nothing of
@@ -234,38 +234,38 @@ async fn raft_3_voters_leader_kill_and_restart() {
 #[madsim::test]
 async fn raft_3_voters_power_loss() {
     keel_sim::init_logging();
-    raft::run(&raft::raft_3_voters_power_loss()).await.assert_valid();
+    driver::run(&scenario::raft_3_voters_power_loss()).await.assert_valid();
 }
 
 /// Metadata Raft, 3 voters: every fault class, rates drawn per seed.
 #[madsim::test]
 async fn raft_3_voters_swarm() {
     keel_sim::init_logging();
-    raft::run(&raft::raft_3_voters_swarm()).await.assert_valid();
+    driver::run(&scenario::raft_3_voters_swarm()).await.assert_valid();
 }
 
 /// Metadata Raft, 5 voters: minority/majority and bridge partitions, one-way clogs, message delay.
 #[madsim::test]
 async fn raft_5_voters_partitions_and_clogs() {
     keel_sim::init_logging();
-    raft::run(&raft::raft_5_voters_partitions_and_clogs()).await.assert_valid();
+    driver::run(&scenario::raft_5_voters_partitions_and_clogs()).await.assert_valid();
 }
 
 /// Metadata Raft, 5 voters: every fault class, rates and mix drawn per seed.
 #[madsim::test]
 async fn raft_5_voters_swarm() {
     keel_sim::init_logging();
-    raft::run(&raft::raft_5_voters_swarm()).await.assert_valid();
+    driver::run(&scenario::raft_5_voters_swarm()).await.assert_valid();
 }
 
-/// Every seed in `raft::REGRESSION_SEEDS` (seeds that once found a bug) passes. CI runs this first.
+/// Every seed in `scenario::REGRESSION_SEEDS` (seeds that once found a bug) passes. CI runs this first.
 #[test]
 fn raft_regression_seeds() {
     keel_sim::init_logging();
-    for entry in raft::REGRESSION_SEEDS {
-        let config = raft::scenario_by_name(entry.scenario)
+    for entry in scenario::REGRESSION_SEEDS {
+        let config = scenario::by_name(entry.scenario)
             .unwrap_or_else(|| panic!("REGRESSION_SEEDS names an unknown scenario {:?}", entry.scenario));
-        let outcome = raft::run_seed(config, entry.seed);
+        let outcome = run_seed(config, entry.seed);
         if outcome.trace_hash != entry.trace_hash {
             println!(
                 "note: {} seed {} drifted (trace hash {:016x}, listed {:016x}): it no longer replays the run \
@@ -304,4 +304,30 @@ fn same_seed_same_trace_hash() {
     let second = run_seed(scenario::single_broker_swarm(), seed);
     assert!(first.acked > 0);
     assert_eq!(first.trace_hash, second.trace_hash, "seed {seed} is not deterministic");
+}
+
+/// `KEEL_SIM_HISTORY` (here its option) writes a history file that parses back to the same
+/// histories, on which the checkers give the same verdicts and reports as in the run: for the queue
+/// workload and for the metadata workload (short runs of one seed each).
+#[test]
+fn history_file_parses_back_with_the_same_verdict() {
+    use keel_sim::history_file;
+    use keel_sim::outcome::Verdicts;
+
+    let dir = std::env::temp_dir().join(format!("keel-sim-history-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let short = |scenario: Scenario| Scenario { duration: std::time::Duration::from_secs(3), ..scenario };
+    for scenario in [short(scenario::single_broker_swarm()), short(scenario::raft_3_voters_swarm())] {
+        let name = scenario.name;
+        let outcome = run_seed_with(scenario, 3, RunOptions { history_dir: Some(dir.clone()) });
+        let path = dir.join(format!("{name}-3.jsonl"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parsed = history_file::parse(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        assert!(!parsed.nemesis.is_empty(), "{name}: no nemesis events in the file");
+        assert!(parsed.queue.is_some() || !parsed.metadata.is_empty(), "{name}: an empty history");
+        let verdicts = Verdicts::judge(&parsed);
+        assert_eq!(verdicts.is_valid(), outcome.verdicts.is_valid(), "{name}");
+        assert_eq!(format!("{verdicts:?}"), format!("{:?}", outcome.verdicts), "{name}: the reports differ");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,598 @@
+//! The one simulation driver: runs any [`Scenario`] for one seed.
+//!
+//! In: a scenario (config, workload, checkers) and madsim's seed. Out: an [`Outcome`], printed
+//! with the checkers' reports and, last, `seed=<n> trace_hash=<hex>`; with `KEEL_SIM_HISTORY=DIR`
+//! the run's history in `DIR/<scenario>-<seed>.jsonl` ([`crate::history_file`]).
+//!
+//! # Phases
+//! 1. Setup: draw the [`Swarm`]; start the brokers (all voters of one metadata group, each over a
+//!    `SimDisk` and a `SimKv` that outlive restarts) and, for the Raft checker, the observers; wait
+//!    until every broker serves (and, for the metadata workload, a leader exists), within
+//!    [`SETUP_MS_MAX`].
+//! 2. Workload: the queue workload creates its topic and starts producers and consumers on client
+//!    nodes; the metadata workload starts its admin processes.
+//! 3. Nemesis ([`crate::nemesis`]) for the scenario's `duration`, then the required faults are
+//!    checked: one that did not count fails the seed.
+//! 4. Heal: the supervisor (if any) judges exits first, then every fault ends and every broker is up.
+//! 5. Liveness, each within [`LIVENESS_MS_MAX`]: queue: the broker serves, sends are acked in the
+//!    [`AFTER_HEAL_MS`] after the heal, the final reader reads every partition to its high
+//!    watermark; metadata: a leader, a create through every broker, every node converged, the
+//!    final topic list read.
+//! 6. Verdict ([`crate::outcome`]): the checkers over the histories, the Raft checker, every
+//!    violation recorded during the run.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel::config::BrokerConfig;
+use keel_model::history::ProcessId;
+use madsim::rand::{thread_rng, Rng};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{BrokerState, Cluster, BROKER_PORT};
+use crate::history_file::{self, HistoryFile, NemesisEvent};
+use crate::meta_workload::{self, AdminProcess, MetaRecorder};
+use crate::monitor::{leader, wait_converged, RaftMonitor, Supervisor};
+use crate::nemesis::{FaultCounts, Nemesis};
+use crate::outcome::{acked_operations, Outcome, Verdicts, TRACE_TAIL_LINES};
+use crate::scenario::{Checker, Scenario, WorkloadKind};
+use crate::swarm::{MetaSwarm, QueueSwarm, Swarm, WorkloadSwarm};
+use crate::trace::Trace;
+use crate::workload::{client_config, Consumer, ProducerNode, Recorder};
+
+/// How long the setup may take (every broker serving, a first leader elected), simulated time.
+pub const SETUP_MS_MAX: u64 = 10_000;
+/// The liveness bound, simulated milliseconds: after the heal (and after the workload stopped),
+/// everything the scenario's liveness phase asks for must happen within it.
+pub const LIVENESS_MS_MAX: u64 = 10_000;
+/// How long the queue workload keeps running after the heal (acks must resume in it).
+pub const AFTER_HEAL_MS: u64 = 2_000;
+/// How long the workload may take to stop after it is told to (an operation takes at most a few
+/// request timeouts), simulated milliseconds.
+pub const WORKLOAD_STOP_MS_MAX: u64 = 15_000;
+/// The queue workload's topic.
+pub const TOPIC: &str = "t";
+
+/// Where a run writes its history (`KEEL_SIM_HISTORY` by default).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    pub history_dir: Option<PathBuf>,
+}
+
+impl RunOptions {
+    pub fn from_env() -> RunOptions {
+        RunOptions { history_dir: std::env::var_os("KEEL_SIM_HISTORY").map(PathBuf::from) }
+    }
+}
+
+/// Runs `scenario` in the current madsim runtime and prints its reports and, last,
+/// `seed=<n> trace_hash=<hex>`. Does not assert: see [`Outcome::assert_valid`].
+pub async fn run(scenario: &Scenario) -> Outcome {
+    run_with(scenario, RunOptions::from_env()).await
+}
+
+pub async fn run_with(scenario: &Scenario, options: RunOptions) -> Outcome {
+    let mut run = Run::setup(scenario).await;
+    let mut workload = run.start_workload().await;
+    run.nemesis(workload.clients()).await;
+    run.heal();
+    match &mut workload {
+        Workload::Queue(queue) => run.queue_liveness(queue).await,
+        Workload::Metadata(metadata) => run.metadata_liveness(metadata).await,
+    }
+    run.finish(workload, &options).await
+}
+
+/// Runs `scenario` for `seed` in a fresh madsim runtime on a fresh OS thread (madsim keeps its state
+/// in thread-locals), for plain `#[test]`s that loop over seeds.
+pub fn run_seed(scenario: Scenario, seed: u64) -> Outcome {
+    run_seed_with(scenario, seed, RunOptions::from_env())
+}
+
+pub fn run_seed_with(scenario: Scenario, seed: u64, options: RunOptions) -> Outcome {
+    std::thread::spawn(move || {
+        let runtime = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        runtime.block_on(async move { run_with(&scenario, options).await })
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// One run's state, from setup to verdict.
+struct Run {
+    scenario: Scenario,
+    seed: u64,
+    start: Instant,
+    trace: Trace,
+    swarm: Swarm,
+    cluster: Cluster,
+    monitor: Option<RaftMonitor>,
+    supervisor: Option<Supervisor>,
+    violations: Vec<String>,
+    faults: FaultCounts,
+    nemesis_actions: usize,
+}
+
+/// The running workload.
+enum Workload {
+    /// Boxed: the workload's RNG makes it large.
+    Queue(Box<QueueRun>),
+    Metadata(MetaRun),
+}
+
+struct QueueRun {
+    swarm: QueueSwarm,
+    recorder: Arc<Recorder>,
+    rng: StdRng,
+    stop: CancellationToken,
+    workers: Vec<JoinHandle<()>>,
+    next_process: u64,
+    clients: Vec<usize>,
+}
+
+struct MetaRun {
+    recorder: MetaRecorder,
+    stop: CancellationToken,
+    workers: Vec<JoinHandle<()>>,
+    final_topics: Option<Vec<String>>,
+}
+
+impl Workload {
+    /// Client nodes that run the workload (the nemesis may clog them).
+    fn clients(&self) -> Vec<usize> {
+        match self {
+            Workload::Queue(queue) => queue.clients.clone(),
+            Workload::Metadata(_) => Vec::new(),
+        }
+    }
+}
+
+impl Run {
+    async fn setup(scenario: &Scenario) -> Run {
+        let seed = madsim::runtime::Handle::current().seed();
+        let start = Instant::now();
+        let trace = Trace::new();
+        let swarm = Swarm::draw(scenario);
+        let what = format!(
+            "scenario {} seed {seed} brokers {} fsync {:?} swarm {swarm:?}",
+            scenario.name, scenario.brokers, scenario.fsync
+        );
+        trace.record(0, what);
+        let mut cluster = Cluster::new(trace.clone(), start);
+        for config in broker_configs(scenario, &swarm) {
+            let disk_seed = thread_rng().gen::<u64>();
+            cluster.add_broker(config, disk_seed);
+        }
+        let monitor = scenario.checks(Checker::Raft).then(|| RaftMonitor::start(&cluster, &trace, start));
+        let mut run = Run {
+            scenario: scenario.clone(),
+            seed,
+            start,
+            trace,
+            swarm,
+            cluster,
+            monitor,
+            supervisor: None,
+            violations: Vec::new(),
+            faults: FaultCounts::new(),
+            nemesis_actions: 0,
+        };
+        run.wait_ready().await;
+        run
+    }
+
+    /// Every broker serves and, for the metadata workload, a leader exists: before any fault.
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(SETUP_MS_MAX);
+        for index in 0..self.cluster.broker_count() {
+            if !self.cluster.wait_serving(index, deadline.saturating_duration_since(Instant::now())).await {
+                self.violations.push(format!("setup: broker-{} did not start serving", index + 1));
+            }
+        }
+        if self.scenario.workload != WorkloadKind::Metadata {
+            return;
+        }
+        while leader(&self.cluster).is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match leader(&self.cluster) {
+            Some(index) => self.note(format!("setup: broker-{} leads", index + 1)),
+            None => self.violations.push(format!("setup: no Raft leader within {SETUP_MS_MAX} ms")),
+        }
+    }
+
+    fn note(&self, what: String) {
+        self.trace.record(self.cluster.now_ns(), what);
+    }
+
+    async fn start_workload(&mut self) -> Workload {
+        match self.swarm.workload.clone() {
+            WorkloadSwarm::Queue(swarm) => Workload::Queue(Box::new(self.start_queue(swarm).await)),
+            WorkloadSwarm::Metadata(swarm) => Workload::Metadata(self.start_metadata(&swarm)),
+        }
+    }
+
+    /// Creates the topic (before any fault), then starts the producers and the consumers, each
+    /// client node with its own RNG seeded from the workload's.
+    async fn start_queue(&mut self, swarm: QueueSwarm) -> QueueRun {
+        let addr = self.cluster.broker_addr(0);
+        let recorder = Recorder::new(self.start, self.trace.clone(), self.scenario.durable());
+        let admin = self.cluster.add_client();
+        let partitions = swarm.partitions;
+        let created =
+            admin.spawn(create_topic(addr.clone(), partitions)).await.expect("the admin task is never killed");
+        if let Err(error) = created {
+            self.violations.push(format!("could not create the topic: {error}"));
+        }
+        self.trace.record(recorder.now_ns(), format!("topic {TOPIC} created with {partitions} partitions"));
+        let mut queue = QueueRun {
+            rng: StdRng::seed_from_u64(swarm.rng_seed),
+            swarm,
+            recorder,
+            stop: CancellationToken::new(),
+            workers: Vec::new(),
+            next_process: 0,
+            clients: Vec::new(),
+        };
+        for _ in 0..queue.swarm.producer_nodes {
+            let node = self.cluster.add_client();
+            let processes = (0..queue.swarm.processes_per_node).map(|_| queue.next_process()).collect();
+            let producer_node = ProducerNode {
+                addr: addr.clone(),
+                topic: TOPIC.to_owned(),
+                partitions,
+                processes,
+                linger: Duration::from_millis(queue.swarm.linger_ms),
+                think_ms_max: queue.swarm.think_ms_max,
+                rng: StdRng::seed_from_u64(queue.rng.random()),
+            };
+            queue.workers.push(node.spawn(producer_node.run(queue.recorder.clone(), queue.stop.clone())));
+        }
+        for _ in 0..queue.swarm.consumers {
+            let node = self.cluster.add_client();
+            let consumer = Consumer {
+                addr: addr.clone(),
+                topic: TOPIC.to_owned(),
+                partitions,
+                process: queue.next_process(),
+                max_wait_max: Duration::from_millis(queue.swarm.poll_wait_ms_max),
+                rng: StdRng::seed_from_u64(queue.rng.random()),
+            };
+            queue.workers.push(node.spawn(consumer.run(queue.recorder.clone(), queue.stop.clone())));
+        }
+        // Every client node but the admin's (index 0, idle from here on) runs the workload.
+        queue.clients = (1..self.cluster.client_count()).collect();
+        queue
+    }
+
+    /// Starts the admin processes, each on its own client node with its own RNG.
+    fn start_metadata(&mut self, swarm: &MetaSwarm) -> MetaRun {
+        let addrs: Vec<String> =
+            (0..self.cluster.broker_count()).map(|index| self.cluster.broker_addr(index)).collect();
+        let recorder = MetaRecorder::new(self.start);
+        let names: Arc<Vec<String>> = Arc::new((0..swarm.names_pool).map(|n| format!("topic-{n}")).collect());
+        let stop = CancellationToken::new();
+        let mut rng = StdRng::seed_from_u64(swarm.rng_seed);
+        let mut workers = Vec::new();
+        for process in 1..=swarm.admin_processes {
+            let node = self.cluster.add_client();
+            let admin = AdminProcess {
+                rng: StdRng::seed_from_u64(rng.random()),
+                process,
+                addrs: addrs.clone(),
+                names: names.clone(),
+                think_ms_max: swarm.think_ms_max,
+                weights: swarm.op_weights,
+            };
+            workers.push(node.spawn(admin.run(recorder.clone(), stop.clone())));
+        }
+        MetaRun { recorder, stop, workers, final_topics: None }
+    }
+
+    /// The nemesis phase, then the check that every required fault counted.
+    async fn nemesis(&mut self, workload_clients: Vec<usize>) {
+        self.supervisor = self.monitor.as_ref().map(|monitor| monitor.supervisor(&self.cluster));
+        let Run { scenario, swarm, cluster, supervisor, .. } = self;
+        let nemesis = Nemesis::new(cluster, scenario, &swarm.nemesis, supervisor.as_mut(), workload_clients);
+        self.faults = nemesis.run(self.scenario.duration).await;
+        self.nemesis_actions = self.trace.count_prefixed("nemesis");
+        self.note(format!("faults injected {:?}", self.faults));
+        for class in self.scenario.required() {
+            if self.faults.get(&class).copied().unwrap_or(0) == 0 {
+                let message = format!(
+                    "scenario {} is about {class:?} faults, but the nemesis injected none that counts",
+                    self.scenario.name
+                );
+                self.note(format!("violation {message}"));
+                self.violations.push(message);
+            }
+        }
+    }
+
+    /// Ends every fault. Exits that happened just before are judged first (the heal restarts
+    /// exited brokers).
+    fn heal(&mut self) {
+        let Some(supervisor) = self.supervisor.as_mut() else {
+            self.cluster.heal();
+            return;
+        };
+        supervisor.restart_stopped_raft_nodes(&mut self.cluster, &Default::default());
+        let restarted_by_heal: Vec<usize> = (0..self.cluster.broker_count())
+            .filter(|&index| {
+                !self.cluster.is_up(index) || matches!(self.cluster.broker_state(index), BrokerState::Exited(_))
+            })
+            .collect();
+        self.cluster.heal();
+        for index in restarted_by_heal {
+            supervisor.restarted(&self.cluster, index);
+        }
+    }
+
+    /// Queue liveness: the broker serves, sends are acked again, the final read finishes.
+    async fn queue_liveness(&mut self, queue: &mut QueueRun) {
+        if !self.cluster.wait_serving(0, Duration::from_millis(LIVENESS_MS_MAX)).await {
+            self.violations.push(format!("broker not serving {LIVENESS_MS_MAX} ms after the heal"));
+        }
+        let acked_at_heal = queue.recorder.sends_acked();
+        tokio::time::sleep(Duration::from_millis(AFTER_HEAL_MS)).await;
+        queue.stop.cancel();
+        self.stop_workers(std::mem::take(&mut queue.workers), "a send or poll hung").await;
+        let acked_after_heal = queue.recorder.sends_acked() - acked_at_heal;
+        self.trace.record(
+            queue.recorder.now_ns(),
+            format!("workload stopped; {acked_after_heal} sends acked after the heal"),
+        );
+        if acked_after_heal == 0 {
+            self.violations.push(format!("no send was acked in the {AFTER_HEAL_MS} ms after the heal"));
+        }
+        self.final_read(queue).await;
+        let stats = self.cluster.broker(0).disk.stats();
+        self.trace.record(queue.recorder.now_ns(), format!("disk stats {stats:?}"));
+    }
+
+    async fn stop_workers(&mut self, workers: Vec<JoinHandle<()>>, what_hung: &str) {
+        let stopped = tokio::time::timeout(Duration::from_millis(WORKLOAD_STOP_MS_MAX), async {
+            for worker in workers {
+                let _ = worker.await;
+            }
+        })
+        .await;
+        if stopped.is_err() {
+            self.violations.push(format!(
+                "the workload did not stop within {WORKLOAD_STOP_MS_MAX} ms after the heal ({what_hung})"
+            ));
+        }
+    }
+
+    /// The final reader reads every partition from 0 to its high watermark; with durability, every
+    /// acked offset is below it.
+    async fn final_read(&mut self, queue: &mut QueueRun) {
+        let reader_node = self.cluster.add_client();
+        let reader = crate::workload::FinalReader {
+            addr: self.cluster.broker_addr(0),
+            topic: TOPIC.to_owned(),
+            partitions: queue.swarm.partitions,
+            process: queue.next_process(),
+            bound: Duration::from_millis(LIVENESS_MS_MAX),
+        };
+        let final_read =
+            reader_node.spawn(reader.run(queue.recorder.clone())).await.expect("the reader task is never killed");
+        let high_watermarks = match final_read {
+            Ok(high_watermarks) => high_watermarks,
+            Err(error) => return self.violations.push(format!("liveness: {error}")),
+        };
+        let what = format!("final read done; high watermarks {high_watermarks:?}");
+        self.trace.record(queue.recorder.now_ns(), what);
+        if !self.scenario.durable() {
+            return;
+        }
+        for (partition, acked_max) in queue.recorder.acked_max() {
+            let high_watermark = high_watermarks.get(&partition).copied().unwrap_or(0);
+            if high_watermark <= acked_max {
+                self.violations.push(format!(
+                    "partition {partition}: final high watermark {high_watermark} but offset {acked_max} was acked"
+                ));
+            }
+        }
+    }
+
+    /// Metadata liveness: the workload stops, then within [`LIVENESS_MS_MAX`] every broker serves,
+    /// a leader exists, a create through every broker succeeds, every node converges, and the final
+    /// topic list is read.
+    async fn metadata_liveness(&mut self, metadata: &mut MetaRun) {
+        metadata.stop.cancel();
+        self.stop_workers(std::mem::take(&mut metadata.workers), "an admin operation hung").await;
+        let heal_at = Instant::now();
+        self.note("liveness: workload stopped".to_owned());
+        let deadline = heal_at + Duration::from_millis(LIVENESS_MS_MAX);
+        for index in 0..self.cluster.broker_count() {
+            if !self.cluster.wait_serving(index, deadline.saturating_duration_since(Instant::now())).await {
+                let message = format!("liveness: broker-{} not serving {LIVENESS_MS_MAX} ms after the heal", index + 1);
+                self.violations.push(message);
+            }
+        }
+        self.wait_for_leader(deadline).await;
+        let admin = self.cluster.add_client();
+        for index in 0..self.cluster.broker_count() {
+            let create = meta_workload::create_until_ok(
+                self.cluster.broker_addr(index),
+                index,
+                metadata.recorder.clone(),
+                deadline,
+            );
+            if !admin.spawn(create).await.expect("the admin task is never killed") {
+                let message = format!("liveness: no create through broker-{} succeeded after the heal", index + 1);
+                self.violations.push(message);
+            }
+        }
+        self.wait_converged(deadline, heal_at).await;
+        let final_topics = admin
+            .spawn(meta_workload::final_topics(self.cluster.broker_addr(0)))
+            .await
+            .expect("the admin task is never killed");
+        if final_topics.is_none() {
+            self.violations.push("liveness: the final topic list could not be read".to_owned());
+        }
+        self.note(format!("final topics {:?}", final_topics.clone().unwrap_or_default()));
+        metadata.final_topics = final_topics;
+    }
+
+    /// Waits for a leader, restarting brokers whose Raft node stopped after a storage fault.
+    async fn wait_for_leader(&mut self, deadline: Instant) {
+        loop {
+            if let Some(supervisor) = self.supervisor.as_mut() {
+                supervisor.restart_stopped_raft_nodes(&mut self.cluster, &Default::default());
+            }
+            if leader(&self.cluster).is_some() || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match leader(&self.cluster) {
+            Some(index) => self.note(format!("liveness: broker-{} leads", index + 1)),
+            None => self.violations.push(format!("liveness: no Raft leader {LIVENESS_MS_MAX} ms after the heal")),
+        }
+    }
+
+    async fn wait_converged(&mut self, deadline: Instant, heal_at: Instant) {
+        match wait_converged(&self.cluster, deadline).await {
+            Ok(status) => self.note(format!(
+                "liveness: converged at applied {} commit {} state_hash {:016x} in {} ms",
+                status.applied_index,
+                status.commit_index,
+                status.state_hash,
+                heal_at.elapsed().as_millis()
+            )),
+            Err(statuses) => self.violations.push(format!(
+                "liveness: nodes did not converge within {LIVENESS_MS_MAX} ms of the heal; statuses {statuses:?}"
+            )),
+        }
+    }
+
+    /// The verdict: checkers, violations, trace hash; the history file; the printed report.
+    async fn finish(mut self, workload: Workload, options: &RunOptions) -> Outcome {
+        let raft = match self.monitor.take() {
+            Some(monitor) => {
+                let (checker, violation) = monitor.finish().await;
+                self.violations.extend(violation);
+                Some(checker)
+            }
+            None => None,
+        };
+        self.violations.extend(self.cluster.violations());
+        if let Some(supervisor) = self.supervisor.as_mut() {
+            self.violations.append(&mut supervisor.violations);
+        }
+        let (mut file, fingerprint, expected_anomalies) = match &workload {
+            Workload::Queue(queue) => {
+                self.violations.extend(queue.recorder.violations());
+                let history = queue.recorder.history();
+                let fingerprint = history.fingerprint();
+                let file = HistoryFile { queue: Some(history), ..HistoryFile::default() };
+                (file, fingerprint, queue.recorder.expected_anomalies())
+            }
+            Workload::Metadata(metadata) => {
+                let file = HistoryFile {
+                    metadata: metadata.recorder.entries(),
+                    final_topics: Some(metadata.final_topics.clone().unwrap_or_default()),
+                    ..HistoryFile::default()
+                };
+                (file, metadata.recorder.fingerprint(), 0)
+            }
+        };
+        let verdicts = Verdicts::judge(&file);
+        let acked = acked_operations(&verdicts, &file.metadata);
+        if let Some(raft) = &raft {
+            self.note(format!(
+                "checked: {} metadata ops ({acked} writes ok), {} raft observations, commit index max {}",
+                file.metadata.len(),
+                raft.observations_count(),
+                raft.commit_index_max()
+            ));
+        }
+        let trace_hash = self.trace.hash(fingerprint);
+        file.nemesis =
+            self.trace.events().iter().filter_map(|e| NemesisEvent::of_trace_line(e.time_ns, &e.what)).collect();
+        let outcome = Outcome {
+            scenario: self.scenario.name,
+            seed: self.seed,
+            swarm: self.swarm,
+            verdicts,
+            raft,
+            violations: self.violations,
+            expected_anomalies,
+            acked,
+            nemesis_actions: self.nemesis_actions,
+            faults: self.faults,
+            trace_hash,
+            trace_tail: self.trace.tail(TRACE_TAIL_LINES),
+        };
+        if std::env::var_os("KEEL_SIM_TRACE").is_some() {
+            print!("trace:\n{}", self.trace.tail(usize::MAX));
+        }
+        if let Some(dir) = &options.history_dir {
+            write_history(dir, &outcome, &file);
+        }
+        outcome.print();
+        outcome
+    }
+}
+
+impl QueueRun {
+    fn next_process(&mut self) -> ProcessId {
+        self.next_process += 1;
+        ProcessId(self.next_process)
+    }
+}
+
+/// Every broker's config: the scenario's fsync policy, small segments, and with more than one broker
+/// the full `peers` map (one metadata group of all voters).
+fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
+    let peers: std::collections::BTreeMap<String, String> = if scenario.brokers > 1 {
+        (1..=scenario.brokers).map(|number| (number.to_string(), format!("10.0.1.{number}:{BROKER_PORT}"))).collect()
+    } else {
+        Default::default()
+    };
+    let defaults = BrokerConfig::default();
+    let snapshot_interval = match &swarm.workload {
+        WorkloadSwarm::Metadata(metadata) => metadata.snapshot_interval_entries,
+        WorkloadSwarm::Queue(_) => defaults.metadata_snapshot_interval_entries,
+    };
+    (0..scenario.brokers)
+        .map(|_| BrokerConfig {
+            fsync: scenario.fsync,
+            segment_bytes_max: 64 * 1024,
+            peers: peers.clone(),
+            metadata_snapshot_interval_entries: snapshot_interval,
+            ..BrokerConfig::default()
+        })
+        .collect()
+}
+
+/// Creates the queue workload's topic, retrying (the first leader may still be coming).
+async fn create_topic(addr: String, partitions: u32) -> Result<(), String> {
+    let client = keel::client::Client::new(addr, client_config());
+    let mut last_error = String::new();
+    for _ in 0..20 {
+        match client.create_topic(TOPIC, partitions, 1).await {
+            Ok(()) => return Ok(()),
+            Err(error) => last_error = error.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(last_error)
+}
+
+/// Writes the run's history file (the test harness writing its output, not simulated broker I/O).
+fn write_history(dir: &std::path::Path, outcome: &Outcome, file: &HistoryFile) {
+    let path = dir.join(format!("{}-{}.jsonl", outcome.scenario, outcome.seed));
+    match std::fs::write(&path, history_file::write(file)) {
+        Ok(()) => println!("history written to {}", path.display()),
+        Err(error) => println!("could not write the history to {}: {error}", path.display()),
+    }
+}

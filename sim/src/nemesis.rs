@@ -1,0 +1,635 @@
+//! The nemesis: one fault engine for every scenario, with overlapping faults.
+//!
+//! In: the scenario's fault classes and the seed's [`NemesisSwarm`] (weights, rates, outage length,
+//! how many faults may be active at once), the cluster, the client nodes the workload runs on, and
+//! optionally the Raft [`Supervisor`]. Out: faults started and ended on the cluster (each traced by
+//! the cluster as a `nemesis ...` line), and [`FaultCounts`]: how many faults of each class hit.
+//!
+//! # The engine
+//! Every drawn interval (mean `interval_ms`) one fault class is drawn by weight
+//! ([`crate::swarm::pick_weighted`]) and started, unless `concurrent_faults_max` faults are already
+//! active. Each fault lasts an outage drawn up to `outage_ms_max`, then ends (a killed broker is
+//! restarted, a link opens, a disk fault is lifted). Faults of different classes overlap and
+//! compose: link clogs are counted per link by the cluster, and the data-disk faults of one broker
+//! (slow syncs, failing syncs, write errors, a power-loss stall) are kept as separate components
+//! here and written to the disk together.
+//!
+//! # Targets
+//! The class chooses its target among the scenario's nodes: a kill hits any broker, a leader kill
+//! the metadata leader, a power loss or a pause the leader half of the time (always the leader when
+//! forced), a clog a broker or (half the time, where the workload runs on client nodes) a workload
+//! client, a metadata write error any broker. Partitions put the leader on either side; one-way
+//! clogs cut the leader's sending or hearing half of the time. With one broker every target is it.
+//!
+//! # Required faults
+//! A class the scenario uses `Always` is injected at least once on every seed, on a node that
+//! matters: it is due at a time drawn in the first half of the phase; from then on no drawn fault
+//! starts until it happened, and it is forced (tried again every [`FORCED_FAULT_RETRY_MS`] while
+//! there is no leader or the target is busy). What counts: a crash or power loss of a serving
+//! broker (one that hit the leader is a leader kill too); a clog of a broker; a slow, failed sync or
+//! a failed write that the broker's disk reports. A seed whose required fault never counted fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use keel::storage::sim::SimDiskFaults;
+use madsim::rand::{thread_rng, Rng};
+use tokio::time::Instant;
+
+use crate::cluster::{BrokerState, Cluster};
+use crate::monitor::{leader, Supervisor};
+use crate::scenario::Scenario;
+use crate::swarm::{pick_weighted, FaultClass, NemesisSwarm};
+
+/// How long a forced disk fault may take to show (a slow or a failed sync, a failed write) before
+/// the nemesis moves on. The workload keeps the broker writing, so this is only reached when the
+/// broker cannot write at all.
+pub const FORCED_DISK_FAULT_MS_MAX: u64 = 3_000;
+/// How often a forced fault that could not be injected (no leader, target busy) is tried again.
+pub const FORCED_FAULT_RETRY_MS: u64 = 100;
+
+/// How many faults of each class hit during the nemesis phase. For the data-disk classes these are
+/// the disk's own counters (syncs that waited, syncs that failed, writes that failed).
+pub type FaultCounts = BTreeMap<FaultClass, u64>;
+
+/// A fault the nemesis started and will end.
+#[derive(Clone, Debug)]
+enum Fault {
+    /// Killed or powered off; `stalled` when a power loss first stalled the disk's syncs.
+    Down {
+        broker: usize,
+        stalled: bool,
+    },
+    Paused(usize),
+    ClogBroker(usize),
+    ClogClient(usize),
+    Links(Vec<(usize, usize)>),
+    Latency,
+    MetaWriteErrors(usize),
+    Disk(usize, DiskFault),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DiskFault {
+    SlowFsync,
+    FailedFsync,
+    FailedWrite,
+}
+
+struct ActiveFault {
+    fault: Fault,
+    end: Instant,
+}
+
+/// One broker's data-disk fault components; the disk gets their composition.
+#[derive(Clone, Copy, Debug, Default)]
+struct DiskComponents {
+    latency_ms: Option<(u64, u64)>,
+    /// A power-loss stall: every sync waits this long (overrides `latency_ms`).
+    stall_ms: Option<u64>,
+    fsync_error_probability: f64,
+    write_eio_probability: f64,
+    write_enospc_probability: f64,
+    /// Write errors off while a forced failed fsync waits for a sync (a partition whose writes
+    /// keep failing may not reach one: seed 12285686 of `single_broker_slow_and_failing_fsync`).
+    writes_held: bool,
+}
+
+impl DiskComponents {
+    fn faults(&self) -> SimDiskFaults {
+        let latency = self.stall_ms.map(|stall| (stall, stall)).or(self.latency_ms).unwrap_or((0, 0));
+        let (eio, enospc) =
+            if self.writes_held { (0.0, 0.0) } else { (self.write_eio_probability, self.write_enospc_probability) };
+        SimDiskFaults {
+            fsync_error_probability: self.fsync_error_probability,
+            fsync_latency_ms: latency,
+            write_eio_probability: eio,
+            write_enospc_probability: enospc,
+            ..SimDiskFaults::default()
+        }
+    }
+}
+
+/// A fault class the nemesis must inject at least once.
+#[derive(Clone, Copy, Debug)]
+struct RequiredFault {
+    class: FaultClass,
+    /// From then on the fault is forced, and no drawn fault starts until it happened.
+    due: Instant,
+    /// The next forced attempt.
+    next_attempt: Instant,
+}
+
+pub struct Nemesis<'a> {
+    cluster: &'a mut Cluster,
+    swarm: &'a NemesisSwarm,
+    /// Power losses stall the syncs first (three in four) where the scenario has slow fsyncs.
+    stall_before_power_loss: bool,
+    supervisor: Option<&'a mut Supervisor>,
+    /// Client nodes that run the workload (clogging an idle node would test nothing).
+    workload_clients: Vec<usize>,
+    active: Vec<ActiveFault>,
+    disks: Vec<DiskComponents>,
+    injected: BTreeMap<FaultClass, u64>,
+    required: Vec<RequiredFault>,
+}
+
+impl<'a> Nemesis<'a> {
+    pub fn new(
+        cluster: &'a mut Cluster,
+        scenario: &Scenario,
+        swarm: &'a NemesisSwarm,
+        supervisor: Option<&'a mut Supervisor>,
+        workload_clients: Vec<usize>,
+    ) -> Nemesis<'a> {
+        // A forced fault lands in the first half of the run (after the first tenth), so that the
+        // cluster lives with it and recovers from it before the heal.
+        let now = Instant::now();
+        let duration_ms = scenario.duration.as_millis() as u64;
+        let required = scenario
+            .required()
+            .into_iter()
+            .map(|class| {
+                let due = now + Duration::from_millis(thread_rng().gen_range(duration_ms / 10..=duration_ms / 2));
+                RequiredFault { class, due, next_attempt: due }
+            })
+            .collect();
+        let disks = vec![DiskComponents::default(); cluster.broker_count()];
+        Nemesis {
+            cluster,
+            swarm,
+            stall_before_power_loss: scenario.uses(FaultClass::SlowFsync),
+            supervisor,
+            workload_clients,
+            active: Vec::new(),
+            disks,
+            injected: BTreeMap::new(),
+            required,
+        }
+    }
+
+    /// Runs the nemesis for `duration`; returns how many faults of each class hit.
+    pub async fn run(mut self, duration: Duration) -> FaultCounts {
+        let deadline = Instant::now() + duration;
+        let mut next_start = Instant::now() + self.interval();
+        loop {
+            self.sleep_until_next_event(next_start, deadline).await;
+            let now = Instant::now();
+            self.end_due_faults(now);
+            if now >= deadline {
+                return self.counts();
+            }
+            // While a required fault is overdue, no new drawn fault starts: the ones active end, the
+            // cluster recovers (e.g. elects the leader a forced leader kill needs), and the forced
+            // fault lands. Without this, pauses and kills kept a leader from existing for the whole
+            // window on some seeds (e.g. `raft_3_voters_leader_kill_and_restart` seed 7619461).
+            let forcing = self.required.iter().any(|required| !self.happened(required.class) && now >= required.due);
+            if now >= next_start {
+                next_start = now + self.interval();
+                if !forcing && self.active.len() < self.swarm.concurrent_faults_max {
+                    if let Some(class) = pick_weighted(&mut thread_rng(), &self.swarm.weights) {
+                        self.start(class, false).await;
+                    }
+                }
+            }
+            self.force_required(now).await;
+        }
+    }
+
+    async fn sleep_until_next_event(&self, next_start: Instant, deadline: Instant) {
+        let now = Instant::now();
+        let forced = self.required.iter().filter(|required| !self.happened(required.class));
+        let wake = self
+            .active
+            .iter()
+            .map(|active| active.end)
+            .chain(forced.map(|required| required.next_attempt))
+            .chain([next_start, deadline])
+            .min()
+            .unwrap_or(deadline);
+        if wake > now {
+            tokio::time::sleep(wake - now).await;
+        }
+    }
+
+    /// Ends the faults whose outage is over; lets the supervisor judge stopped Raft nodes.
+    fn end_due_faults(&mut self, now: Instant) {
+        let (ended, active): (Vec<ActiveFault>, Vec<ActiveFault>) =
+            std::mem::take(&mut self.active).into_iter().partition(|active| active.end <= now);
+        self.active = active;
+        for active in ended {
+            self.end(active.fault);
+        }
+        let down = self.down();
+        if let Some(supervisor) = self.supervisor.as_deref_mut() {
+            supervisor.restart_stopped_raft_nodes(self.cluster, &down);
+        }
+    }
+
+    async fn force_required(&mut self, now: Instant) {
+        for required_idx in 0..self.required.len() {
+            let RequiredFault { class, next_attempt, .. } = self.required[required_idx];
+            if self.happened(class) || now < next_attempt {
+                continue;
+            }
+            if self.start(class, true).await {
+                self.note(format!("nemesis forced {class:?}: the scenario requires it and no draw had injected it"));
+            } else {
+                self.required[required_idx].next_attempt = now + Duration::from_millis(FORCED_FAULT_RETRY_MS);
+            }
+        }
+    }
+
+    fn interval(&self) -> Duration {
+        let mean = self.swarm.interval_ms;
+        Duration::from_millis(thread_rng().gen_range(mean / 2..=mean * 3 / 2))
+    }
+
+    /// What hit so far: counted injections, and the disks' own counters for the disk classes.
+    pub fn counts(&self) -> FaultCounts {
+        let mut counts = self.injected.clone();
+        let (mut delayed, mut failed_syncs, mut failed_writes) = (0, 0, 0);
+        for index in 0..self.cluster.broker_count() {
+            let stats = self.cluster.broker(index).disk.stats();
+            delayed += stats.delayed_syncs;
+            failed_syncs += stats.sync_errors;
+            failed_writes += stats.write_errors;
+        }
+        for (class, count) in [
+            (FaultClass::SlowFsync, delayed),
+            (FaultClass::FailedFsync, failed_syncs),
+            (FaultClass::FailedWrite, failed_writes),
+        ] {
+            if count > 0 {
+                counts.insert(class, count);
+            }
+        }
+        counts
+    }
+
+    fn happened(&self, class: FaultClass) -> bool {
+        self.counts().get(&class).is_some_and(|count| *count > 0)
+    }
+
+    fn down(&self) -> BTreeSet<usize> {
+        self.active
+            .iter()
+            .filter_map(|active| match active.fault {
+                Fault::Down { broker, .. } => Some(broker),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn busy(&self, index: usize) -> bool {
+        self.active
+            .iter()
+            .any(|active| matches!(active.fault, Fault::Down { broker, .. } | Fault::Paused(broker) if broker == index))
+    }
+
+    fn is_active(&self, is: impl Fn(&Fault) -> bool) -> bool {
+        self.active.iter().any(|active| is(&active.fault))
+    }
+
+    fn random_broker(&self) -> usize {
+        thread_rng().gen_range(0..self.cluster.broker_count())
+    }
+
+    /// The leader with probability one half (when there is one), otherwise a random broker.
+    fn leader_or_random(&self) -> usize {
+        match leader(self.cluster) {
+            Some(index) if thread_rng().gen_bool(0.5) => index,
+            _ => self.random_broker(),
+        }
+    }
+
+    /// Starts one fault of `class`; returns whether one was injected and counted (see the module
+    /// doc for what counts).
+    async fn start(&mut self, class: FaultClass, forced: bool) -> bool {
+        let outage = Duration::from_millis(thread_rng().gen_range(50..=self.swarm.outage_ms_max.max(50)));
+        let started = match class {
+            FaultClass::LeaderKill | FaultClass::Kill | FaultClass::PowerLoss => self.crash(class, forced).await,
+            FaultClass::CleanRestart => self.clean_restart().await,
+            FaultClass::Pause => self.pause(),
+            FaultClass::Clog => self.clog(forced),
+            FaultClass::Partition | FaultClass::Bridge | FaultClass::OneWay => self.links(class),
+            FaultClass::Delay => self.delay(),
+            FaultClass::MetaWriteErrors => self.meta_write_errors(),
+            FaultClass::SlowFsync => self.slow_fsync(forced).await,
+            FaultClass::FailedFsync => self.failed_fsync(forced).await,
+            FaultClass::FailedWrite => self.failed_write(forced).await,
+        };
+        let Some((fault, counted)) = started else { return false };
+        if let Some(fault) = fault {
+            self.active.push(ActiveFault { fault, end: Instant::now() + outage });
+        }
+        if counted {
+            *self.injected.entry(class).or_default() += 1;
+        }
+        counted || self.happened(class)
+    }
+
+    /// A kill, leader kill or power loss. Counted when its target was serving; one that hit the
+    /// leader also counts as a leader kill, whichever draw chose it.
+    async fn crash(&mut self, class: FaultClass, forced: bool) -> Option<(Option<Fault>, bool)> {
+        let target = match class {
+            FaultClass::LeaderKill => leader(self.cluster),
+            FaultClass::Kill => Some(self.random_broker()),
+            _ if forced => leader(self.cluster).or_else(|| Some(self.random_broker())),
+            _ => Some(self.leader_or_random()),
+        };
+        let target = target.filter(|&target| !self.busy(target))?;
+        let counted = self.cluster.broker_state(target) == BrokerState::Serving;
+        let leader_killed = leader(self.cluster) == Some(target);
+        let mut stalled = false;
+        if class == FaultClass::PowerLoss {
+            stalled = self.stall_before_power_loss && thread_rng().gen_bool(0.75);
+            if stalled {
+                self.stall_syncs(target).await;
+            }
+            self.cluster.power_loss(target);
+        } else {
+            self.cluster.kill(target);
+        }
+        if counted && leader_killed && class != FaultClass::LeaderKill {
+            *self.injected.entry(FaultClass::LeaderKill).or_default() += 1;
+        }
+        Some((Some(Fault::Down { broker: target, stalled }), counted))
+    }
+
+    /// Stalls `broker`'s syncs and waits until one is likely in flight, with records written but not
+    /// durable: a broker that served those to the consumers at the tail is caught by the power loss.
+    async fn stall_syncs(&mut self, broker: usize) {
+        let stall_ms = thread_rng().gen_range(20..=200);
+        self.disks[broker].stall_ms = Some(stall_ms);
+        self.apply_disk(broker);
+        tokio::time::sleep(Duration::from_millis(thread_rng().gen_range(stall_ms / 2..=stall_ms * 2))).await;
+    }
+
+    async fn clean_restart(&mut self) -> Option<(Option<Fault>, bool)> {
+        let target = self.random_broker();
+        if self.busy(target) || !self.cluster.is_up(target) {
+            return None;
+        }
+        self.cluster.clean_restart(target).await;
+        if let Some(supervisor) = self.supervisor.as_deref_mut() {
+            supervisor.restarted(self.cluster, target);
+        }
+        Some((None, true))
+    }
+
+    fn pause(&mut self) -> Option<(Option<Fault>, bool)> {
+        let target = self.leader_or_random();
+        if self.busy(target) || !self.cluster.is_up(target) {
+            return None;
+        }
+        self.cluster.pause(target);
+        Some((Some(Fault::Paused(target)), true))
+    }
+
+    /// A broker half of the time (always when forced or when no client runs the workload),
+    /// otherwise a workload client. Only a broker clog counts.
+    fn clog(&mut self, forced: bool) -> Option<(Option<Fault>, bool)> {
+        if forced || self.workload_clients.is_empty() || thread_rng().gen_bool(0.5) {
+            let target = self.random_broker();
+            if self.is_active(|fault| matches!(fault, Fault::ClogBroker(index) if *index == target)) {
+                return None;
+            }
+            self.cluster.clog_broker(target);
+            Some((Some(Fault::ClogBroker(target)), true))
+        } else {
+            let target = self.workload_clients[thread_rng().gen_range(0..self.workload_clients.len())];
+            if self.is_active(|fault| matches!(fault, Fault::ClogClient(index) if *index == target)) {
+                return None;
+            }
+            self.cluster.clog_client(target);
+            Some((Some(Fault::ClogClient(target)), false))
+        }
+    }
+
+    /// A partition, a bridge or one-way clogs between brokers (at least three of them).
+    fn links(&mut self, class: FaultClass) -> Option<(Option<Fault>, bool)> {
+        let n = self.cluster.broker_count();
+        if n < 3 {
+            return None;
+        }
+        let links = match class {
+            FaultClass::Partition => self.partition_links(n),
+            FaultClass::Bridge => self.bridge_links(n),
+            _ => self.one_way_links(n),
+        };
+        for &(from, to) in &links {
+            self.cluster.clog_link(from, to);
+        }
+        Some((Some(Fault::Links(links)), true))
+    }
+
+    fn partition_links(&self, n: usize) -> Vec<(usize, usize)> {
+        let mut order = shuffled(n);
+        let minority = thread_rng().gen_range(1..=(n - 1) / 2);
+        // The leader ends up in the minority half of the time.
+        if let Some(leader) = leader(self.cluster) {
+            let position = order.iter().position(|&index| index == leader).expect("the leader is a broker");
+            let target = if thread_rng().gen_bool(0.5) { 0 } else { n - 1 };
+            order.swap(position, target);
+        }
+        let (left, right) = order.split_at(minority);
+        self.note(format!("nemesis partition {:?} | {:?}", names(left), names(right)));
+        links_between(left, right)
+    }
+
+    fn bridge_links(&self, n: usize) -> Vec<(usize, usize)> {
+        let order = shuffled(n);
+        let bridge = order[0];
+        let rest = &order[1..];
+        let split = thread_rng().gen_range(1..rest.len());
+        let (left, right) = rest.split_at(split);
+        self.note(format!("nemesis bridge {:?} | {} | {:?}", names(left), names(&[bridge])[0], names(right)));
+        links_between(left, right)
+    }
+
+    fn one_way_links(&self, n: usize) -> Vec<(usize, usize)> {
+        let mut rng = thread_rng();
+        let links: Vec<(usize, usize)> = match leader(self.cluster) {
+            Some(leader) if rng.gen_bool(0.5) => {
+                // The leader can only send, or only hear.
+                let outbound = rng.gen_bool(0.5);
+                (0..n)
+                    .filter(|&other| other != leader)
+                    .map(|other| if outbound { (leader, other) } else { (other, leader) })
+                    .collect()
+            }
+            _ => {
+                let count = rng.gen_range(1..n);
+                let mut links = BTreeSet::new();
+                while links.len() < count {
+                    let from = rng.gen_range(0..n);
+                    let to = rng.gen_range(0..n);
+                    if from != to {
+                        links.insert((from, to));
+                    }
+                }
+                links.into_iter().collect()
+            }
+        };
+        self.note(format!("nemesis one_way {links:?}"));
+        links
+    }
+
+    fn delay(&mut self) -> Option<(Option<Fault>, bool)> {
+        if self.is_active(|fault| matches!(fault, Fault::Latency)) {
+            return None;
+        }
+        let max_ms = [20, 50, 200, 500][thread_rng().gen_range(0..4)];
+        let min_ms = thread_rng().gen_range(1..max_ms);
+        self.cluster.set_send_latency(Duration::from_millis(min_ms), Duration::from_millis(max_ms));
+        Some((Some(Fault::Latency), true))
+    }
+
+    fn meta_write_errors(&mut self) -> Option<(Option<Fault>, bool)> {
+        let target = self.random_broker();
+        if self.is_active(|fault| matches!(fault, Fault::MetaWriteErrors(index) if *index == target)) {
+            return None;
+        }
+        let probability = thread_rng().gen_range(0.0..=self.swarm.meta_write_error_probability_max);
+        self.cluster.set_meta_write_errors(target, probability.max(0.001));
+        Some((Some(Fault::MetaWriteErrors(target)), true))
+    }
+
+    /// A broker for a data-disk fault of `kind`, unless one of that kind is active on it.
+    fn disk_target(&self, kind: DiskFault) -> Option<usize> {
+        let target = self.random_broker();
+        let active =
+            self.is_active(|fault| matches!(fault, Fault::Disk(index, active) if *index == target && *active == kind));
+        (!active).then_some(target)
+    }
+
+    /// Slow syncs. Forced: wait (bounded) until a sync was delayed.
+    async fn slow_fsync(&mut self, forced: bool) -> Option<(Option<Fault>, bool)> {
+        let target = self.disk_target(DiskFault::SlowFsync)?;
+        let latency_max = self.swarm.fsync_latency_ms_max.max(1);
+        let latency_min = thread_rng().gen_range(1..=latency_max);
+        self.disks[target].latency_ms = Some((latency_min, latency_max));
+        self.apply_disk(target);
+        if forced {
+            self.wait_for_disk(target, |stats| stats.delayed_syncs).await;
+        }
+        Some((Some(Fault::Disk(target, DiskFault::SlowFsync)), false))
+    }
+
+    /// Failing syncs. Forced: fail the next sync for certain (write errors held meanwhile), then go
+    /// on with a drawn probability.
+    async fn failed_fsync(&mut self, forced: bool) -> Option<(Option<Fault>, bool)> {
+        let target = self.disk_target(DiskFault::FailedFsync)?;
+        if forced {
+            self.disks[target].fsync_error_probability = 1.0;
+            self.disks[target].writes_held = true;
+            self.apply_disk(target);
+            self.wait_for_disk(target, |stats| stats.sync_errors).await;
+            self.disks[target].writes_held = false;
+        }
+        let probability = thread_rng().gen_range(0.0..=self.swarm.fsync_error_probability_max);
+        self.disks[target].fsync_error_probability = probability;
+        self.apply_disk(target);
+        Some((Some(Fault::Disk(target, DiskFault::FailedFsync)), false))
+    }
+
+    /// EIO and ENOSPC writes. Forced: fail the next data write for certain (EIO), then go on with
+    /// drawn probabilities.
+    async fn failed_write(&mut self, forced: bool) -> Option<(Option<Fault>, bool)> {
+        let target = self.disk_target(DiskFault::FailedWrite)?;
+        if forced {
+            self.disks[target].write_eio_probability = 1.0;
+            self.apply_disk(target);
+            self.wait_for_disk(target, |stats| stats.write_errors).await;
+        }
+        let max = self.swarm.write_error_probability_max;
+        let mut rng = thread_rng();
+        self.disks[target].write_eio_probability = rng.gen_range(0.0..=max);
+        self.disks[target].write_enospc_probability = if rng.gen_bool(0.5) { rng.gen_range(0.0..=max) } else { 0.0 };
+        self.apply_disk(target);
+        Some((Some(Fault::Disk(target, DiskFault::FailedWrite)), false))
+    }
+
+    fn apply_disk(&mut self, broker: usize) {
+        let faults = self.disks[broker].faults();
+        self.cluster.set_disk_faults(broker, faults);
+    }
+
+    /// Waits (bounded) until the disk counter `counter` of `broker` moves: a forced disk fault took.
+    async fn wait_for_disk(&self, broker: usize, counter: impl Fn(&keel::storage::sim::SimDiskStats) -> u64) {
+        let disk = &self.cluster.broker(broker).disk;
+        let before = counter(&disk.stats());
+        let deadline = Instant::now() + Duration::from_millis(FORCED_DISK_FAULT_MS_MAX);
+        while counter(&disk.stats()) == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn end(&mut self, fault: Fault) {
+        match fault {
+            Fault::Down { broker, stalled } => {
+                if stalled {
+                    self.disks[broker].stall_ms = None;
+                    self.apply_disk(broker);
+                }
+                self.cluster.restart(broker);
+                if let Some(supervisor) = self.supervisor.as_deref_mut() {
+                    supervisor.restarted(self.cluster, broker);
+                }
+            }
+            Fault::Paused(index) => self.cluster.resume(index),
+            Fault::ClogBroker(index) => self.cluster.unclog_broker(index),
+            Fault::ClogClient(index) => self.cluster.unclog_client(index),
+            Fault::Links(links) => {
+                for (from, to) in links {
+                    self.cluster.unclog_link(from, to);
+                }
+            }
+            Fault::Latency => self.cluster.reset_send_latency(),
+            Fault::MetaWriteErrors(index) => self.cluster.set_meta_write_errors(index, 0.0),
+            Fault::Disk(broker, kind) => {
+                let disk = &mut self.disks[broker];
+                match kind {
+                    DiskFault::SlowFsync => disk.latency_ms = None,
+                    DiskFault::FailedFsync => disk.fsync_error_probability = 0.0,
+                    DiskFault::FailedWrite => {
+                        disk.write_eio_probability = 0.0;
+                        disk.write_enospc_probability = 0.0;
+                    }
+                }
+                self.apply_disk(broker);
+            }
+        }
+    }
+
+    fn note(&self, what: String) {
+        self.cluster.trace().record(self.cluster.now_ns(), what);
+    }
+}
+
+fn shuffled(n: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = thread_rng();
+    for i in (1..n).rev() {
+        let j = rng.gen_range(0..=i);
+        order.swap(i, j);
+    }
+    order
+}
+
+/// Every directed link between the two groups.
+fn links_between(left: &[usize], right: &[usize]) -> Vec<(usize, usize)> {
+    let mut links = Vec::new();
+    for &a in left {
+        for &b in right {
+            links.push((a, b));
+            links.push((b, a));
+        }
+    }
+    links
+}
+
+fn names(indices: &[usize]) -> Vec<String> {
+    indices.iter().map(|index| format!("broker-{}", index + 1)).collect()
+}

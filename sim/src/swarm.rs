@@ -1,0 +1,211 @@
+//! What each seed draws (TigerBeetle VOPR-style swarm testing): the workload's shape, which of the
+//! scenario's fault classes run and at what rates, how long faults last and how many overlap.
+//!
+//! In: a [`crate::scenario::Scenario`]'s fault classes (each [`Use::Off`], `Sometimes` or `Always`)
+//! and workload kind, and madsim's seeded RNG. Out: a [`Swarm`], printed at the top of the trace.
+//!
+//! Every seed runs a different mix: a fault class the scenario uses `Sometimes` gets weight 0 on
+//! one seed in four (so other classes get seeds of their own); one it uses `Always` always gets a
+//! weight, and the nemesis also forces it (see [`crate::nemesis`]). The one weighted draw of the
+//! harness is [`pick_weighted`].
+
+use madsim::rand::{thread_rng, Rng};
+
+use crate::scenario::{Scenario, WorkloadKind};
+
+/// Whether a scenario's nemesis uses a fault class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Use {
+    Off,
+    /// The swarm draw leaves it out on some seeds (so other faults get seeds of their own).
+    Sometimes,
+    /// Every seed injects it (at least once, on a node that matters): it is what the scenario is about.
+    Always,
+}
+
+impl Use {
+    pub fn enabled(self) -> bool {
+        self != Use::Off
+    }
+}
+
+/// A class of fault the nemesis can inject. Each lasts an outage drawn per fault (a clean restart
+/// is over when the broker is back), and faults of different classes overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FaultClass {
+    /// Power loss: the process stops at once and the disk drops unsynced writes. Where the scenario
+    /// also has slow fsyncs, three in four first stall the syncs and cut the power mid-sync.
+    PowerLoss,
+    /// Process crash of any broker (the page cache survives), restarted after the outage.
+    Kill,
+    /// Kill whichever broker leads the metadata group (a kill that hits the leader counts too).
+    LeaderKill,
+    /// Graceful restart (ctrl-c, bounded wait for the exit, restart).
+    CleanRestart,
+    /// The broker stops being scheduled (a GC or VM stall).
+    Pause,
+    /// A node cut off the network: a broker, or a client node of the workload. Only broker clogs
+    /// count as injected (clogging an idle node tests nothing).
+    Clog,
+    /// Two groups of brokers that cannot talk to each other (the leader on either side).
+    Partition,
+    /// Two groups that cannot talk to each other and one broker that talks to both.
+    Bridge,
+    /// One-way link clogs (e.g. a leader that can send but not hear, or the reverse).
+    OneWay,
+    /// Slower messages (madsim's send latency).
+    Delay,
+    /// Slow fsyncs on the data disk (counted when a sync waited).
+    SlowFsync,
+    /// Failing fsyncs on the data disk (counted when a sync failed).
+    FailedFsync,
+    /// EIO and ENOSPC data writes (counted when a write failed).
+    FailedWrite,
+    /// The metadata store fails writes (the Raft node stops; the supervisor restarts the broker).
+    MetaWriteErrors,
+}
+
+/// The seed's draw.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Swarm {
+    pub nemesis: NemesisSwarm,
+    pub workload: WorkloadSwarm,
+}
+
+/// The nemesis's rates, drawn per seed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NemesisSwarm {
+    /// Mean simulated time between two fault starts.
+    pub interval_ms: u64,
+    /// Longest one fault lasts.
+    pub outage_ms_max: u64,
+    /// How many faults may be active at once.
+    pub concurrent_faults_max: usize,
+    /// The scenario's fault classes with their weights (0 = not this seed), in the scenario's order.
+    pub weights: Vec<(FaultClass, u32)>,
+    /// Upper bound of a slow sync's latency (0 when the scenario has no slow fsyncs).
+    pub fsync_latency_ms_max: u64,
+    /// Upper bound of the fsync error probability (0 when the scenario has no failing fsyncs).
+    pub fsync_error_probability_max: f64,
+    /// Upper bound of each of the EIO and ENOSPC write error probabilities (0 = no write errors).
+    pub write_error_probability_max: f64,
+    /// Upper bound of the metadata store's write error probability.
+    pub meta_write_error_probability_max: f64,
+}
+
+/// The workload's shape, drawn per seed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkloadSwarm {
+    Queue(QueueSwarm),
+    Metadata(MetaSwarm),
+}
+
+/// The queue workload's shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueSwarm {
+    pub partitions: u32,
+    pub producer_nodes: u32,
+    pub processes_per_node: u32,
+    pub linger_ms: u64,
+    pub think_ms_max: u64,
+    /// Consumer processes, each on its own client node, polling partitions at their tails.
+    pub consumers: u32,
+    /// Longest a consumer's poll waits for records (drawn per poll up to this).
+    pub poll_wait_ms_max: u64,
+    /// Seed of the workload's own RNG (workloads take an injected RNG; see [`crate::workload`]).
+    pub rng_seed: u64,
+}
+
+/// The metadata workload's shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetaSwarm {
+    pub admin_processes: u64,
+    /// How many distinct topic names the processes pick from (small pools make creates and
+    /// deletes collide on purpose).
+    pub names_pool: usize,
+    pub think_ms_max: u64,
+    /// Relative weights of create, delete, describe, list.
+    pub op_weights: [u32; 4],
+    /// Applied entries between metadata snapshots: small values make nodes compact their logs and
+    /// lagging or restarted followers catch up by snapshot instead of by log.
+    pub snapshot_interval_entries: u64,
+    /// Seed of the workload's own RNG.
+    pub rng_seed: u64,
+}
+
+/// A fault class's weight for this seed.
+fn draw_weight(rng: &mut impl Rng, use_: Use) -> u32 {
+    match use_ {
+        Use::Off => 0,
+        Use::Sometimes if rng.gen_bool(0.25) => 0,
+        Use::Sometimes | Use::Always => rng.gen_range(1..=4),
+    }
+}
+
+/// The harness's one weighted draw: an item with probability proportional to its weight, `None`
+/// when every weight is 0.
+pub fn pick_weighted<T: Copy>(rng: &mut impl Rng, weighted: &[(T, u32)]) -> Option<T> {
+    let total: u32 = weighted.iter().map(|(_, weight)| weight).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut ticket = rng.gen_range(0..total);
+    for &(item, weight) in weighted {
+        if ticket < weight {
+            return Some(item);
+        }
+        ticket -= weight;
+    }
+    None
+}
+
+impl Swarm {
+    /// Draws the seed's parameters from madsim's seeded RNG.
+    pub fn draw(scenario: &Scenario) -> Swarm {
+        let mut rng = thread_rng();
+        let weights = scenario.faults.iter().map(|&(class, use_)| (class, draw_weight(&mut rng, use_))).collect();
+        let nemesis = NemesisSwarm {
+            interval_ms: rng.gen_range(200..=2_000),
+            outage_ms_max: rng.gen_range(300..=4_000),
+            concurrent_faults_max: rng.gen_range(1..=3),
+            weights,
+            fsync_latency_ms_max: if scenario.uses(FaultClass::SlowFsync) {
+                [1, 5, 20, 100, 500][rng.gen_range(0..5)]
+            } else {
+                0
+            },
+            fsync_error_probability_max: if scenario.uses(FaultClass::FailedFsync) {
+                [0.01, 0.05, 0.2, 0.5][rng.gen_range(0..4)]
+            } else {
+                0.0
+            },
+            write_error_probability_max: if scenario.uses(FaultClass::FailedWrite) {
+                [0.01, 0.05, 0.2, 0.5][rng.gen_range(0..4)]
+            } else {
+                0.0
+            },
+            meta_write_error_probability_max: [0.05, 0.3, 1.0][rng.gen_range(0..3)],
+        };
+        let workload = match scenario.workload {
+            WorkloadKind::Queue => WorkloadSwarm::Queue(QueueSwarm {
+                partitions: rng.gen_range(1..=4),
+                producer_nodes: rng.gen_range(1..=3),
+                processes_per_node: rng.gen_range(1..=4),
+                linger_ms: [0, 1, 2, 5, 10][rng.gen_range(0..5)],
+                think_ms_max: [0, 2, 10, 50][rng.gen_range(0..4)],
+                consumers: rng.gen_range(1..=3),
+                poll_wait_ms_max: [0, 5, 20, 200][rng.gen_range(0..4)],
+                rng_seed: rng.gen(),
+            }),
+            WorkloadKind::Metadata => WorkloadSwarm::Metadata(MetaSwarm {
+                admin_processes: rng.gen_range(2..=5),
+                names_pool: [2, 4, 8, 64][rng.gen_range(0..4)],
+                think_ms_max: [0, 5, 20, 100][rng.gen_range(0..4)],
+                op_weights: [rng.gen_range(1..=4), rng.gen_range(0..=3), rng.gen_range(1..=3), rng.gen_range(0..=2)],
+                snapshot_interval_entries: [8, 32, 128, 1_000][rng.gen_range(0..4)],
+                rng_seed: rng.gen(),
+            }),
+        };
+        Swarm { nemesis, workload }
+    }
+}
