@@ -130,6 +130,52 @@ pub fn partition_lines(response: &ClusterStatusResponse) -> Vec<String> {
     lines
 }
 
+/// One row of the human `cluster status` table.
+fn node_line(node: &NodeStatusInfo) -> String {
+    let mut notes = Vec::new();
+    if !node.voter {
+        notes.push("not a voter".to_owned());
+    }
+    if !node.registered {
+        notes.push("not registered".to_owned());
+    }
+    if node.fenced {
+        notes.push("fenced".to_owned());
+    }
+    if !node.error.is_empty() {
+        notes.push(node.error.clone());
+    }
+    if node.reachable {
+        format!(
+            "{:<5} {:<22} {:<10} {:<10} {:>5} {:>6} {:>8} {:>8}  {:016x}  {}",
+            node.node_id,
+            node.addr,
+            "yes",
+            node.role,
+            node.term,
+            node.leader_id,
+            node.commit_index,
+            node.applied_index,
+            node.state_hash,
+            notes.join("; ")
+        )
+    } else {
+        format!(
+            "{:<5} {:<22} {:<10} {:<10} {:>5} {:>6} {:>8} {:>8}  {:<16}  {}",
+            node.node_id,
+            node.addr,
+            "NO",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            "-",
+            notes.join("; ")
+        )
+    }
+}
+
 async fn status(cli: &Cli) -> Result<(), CliError> {
     let response = client(cli).cluster_status(true).await?;
     let leader = leader_of(&response);
@@ -160,49 +206,7 @@ async fn status(cli: &Cli) -> Result<(), CliError> {
         ),
     );
     for node in &response.nodes {
-        let mut notes = Vec::new();
-        if !node.voter {
-            notes.push("not a voter".to_owned());
-        }
-        if !node.registered {
-            notes.push("not registered".to_owned());
-        }
-        if node.fenced {
-            notes.push("fenced".to_owned());
-        }
-        if !node.error.is_empty() {
-            notes.push(node.error.clone());
-        }
-        let line = if node.reachable {
-            format!(
-                "{:<5} {:<22} {:<10} {:<10} {:>5} {:>6} {:>8} {:>8}  {:016x}  {}",
-                node.node_id,
-                node.addr,
-                "yes",
-                node.role,
-                node.term,
-                node.leader_id,
-                node.commit_index,
-                node.applied_index,
-                node.state_hash,
-                notes.join("; ")
-            )
-        } else {
-            format!(
-                "{:<5} {:<22} {:<10} {:<10} {:>5} {:>6} {:>8} {:>8}  {:<16}  {}",
-                node.node_id,
-                node.addr,
-                "NO",
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                "-",
-                notes.join("; ")
-            )
-        };
-        print_line(&mut out, line.trim_end());
+        print_line(&mut out, node_line(node).trim_end());
     }
     for line in partition_lines(&response) {
         print_line(&mut out, &line);

@@ -267,65 +267,70 @@ pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError
                 }
             }
         }
-        TopicCommand::Describe { name } => {
-            let topic = client.topic(name).await?;
-            let mut partitions = Vec::new();
-            for partition in &topic.partitions {
-                // An offline partition has nobody to ask for its offsets.
-                let offsets = if partition.leader == 0 {
-                    None
-                } else {
-                    let earliest = client.list_offsets(name, partition.partition, LIST_OFFSETS_EARLIEST).await?;
-                    let latest = client.list_offsets(name, partition.partition, LIST_OFFSETS_LATEST).await?;
-                    Some((earliest.map_or(0, |o| o.0 .0), latest.map_or(0, |o| o.0 .0)))
-                };
-                partitions.push((partition.clone(), offsets.map(|o| o.0), offsets.map(|o| o.1)));
-            }
-            if cli.json {
-                let partitions: Vec<_> = partitions
-                    .iter()
-                    .map(|(p, earliest, latest)| {
-                        json!({"partition": p.partition, "leader": (p.leader != 0).then_some(p.leader),
-                               "replicas": p.replicas, "isr": p.isr, "leader_epoch": p.leader_epoch,
-                               "partition_epoch": p.partition_epoch, "unclean_elections": p.unclean_elections,
-                               "log_start_offset": earliest, "high_watermark": latest})
-                    })
-                    .collect();
-                let line = json!({"name": topic.name, "min_insync_replicas": topic.min_insync_replicas,
-                                  "unclean_leader_election": topic.unclean_leader_election, "partitions": partitions});
-                print_line(&mut out, &line.to_string());
+        TopicCommand::Describe { name } => describe_topic(cli, &client, name, &mut out).await?,
+    }
+    Ok(())
+}
+
+/// `keel topic describe`: the topic's settings, and per partition its leader, epochs, replicas, ISR and
+/// offsets (asked of each partition's leader).
+async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl Write) -> Result<(), CliError> {
+    let topic = client.topic(name).await?;
+    let mut partitions = Vec::new();
+    for partition in &topic.partitions {
+        // An offline partition has nobody to ask for its offsets.
+        let offsets = if partition.leader == 0 {
+            None
+        } else {
+            let earliest = client.list_offsets(name, partition.partition, LIST_OFFSETS_EARLIEST).await?;
+            let latest = client.list_offsets(name, partition.partition, LIST_OFFSETS_LATEST).await?;
+            Some((earliest.map_or(0, |o| o.0 .0), latest.map_or(0, |o| o.0 .0)))
+        };
+        partitions.push((partition.clone(), offsets.map(|o| o.0), offsets.map(|o| o.1)));
+    }
+    if cli.json {
+        let partitions: Vec<_> = partitions
+            .iter()
+            .map(|(p, earliest, latest)| {
+                json!({"partition": p.partition, "leader": (p.leader != 0).then_some(p.leader),
+                       "replicas": p.replicas, "isr": p.isr, "leader_epoch": p.leader_epoch,
+                       "partition_epoch": p.partition_epoch, "unclean_elections": p.unclean_elections,
+                       "log_start_offset": earliest, "high_watermark": latest})
+            })
+            .collect();
+        let line = json!({"name": topic.name, "min_insync_replicas": topic.min_insync_replicas,
+                          "unclean_leader_election": topic.unclean_leader_election, "partitions": partitions});
+        print_line(out, &line.to_string());
+    } else {
+        let unclean = if topic.unclean_leader_election { "on (may lose acknowledged records)" } else { "off" };
+        print_line(
+            out,
+            &format!(
+                "topic {}: {} partition(s), min insync replicas {}, unclean leader election {unclean}",
+                topic.name,
+                partitions.len(),
+                topic.min_insync_replicas
+            ),
+        );
+        for (p, earliest, latest) in &partitions {
+            let leader = if p.leader == 0 { "none (offline)".to_owned() } else { p.leader.to_string() };
+            let offsets = match (earliest, latest) {
+                (Some(earliest), Some(latest)) => format!("[{earliest}, {latest})"),
+                _ => "unknown".to_owned(),
+            };
+            let unclean = if p.unclean_elections > 0 {
+                format!("\tUNCLEAN ELECTIONS {} (acknowledged records may be lost)", p.unclean_elections)
             } else {
-                let unclean = if topic.unclean_leader_election { "on (may lose acknowledged records)" } else { "off" };
-                print_line(
-                    &mut out,
-                    &format!(
-                        "topic {}: {} partition(s), min insync replicas {}, unclean leader election {unclean}",
-                        topic.name,
-                        partitions.len(),
-                        topic.min_insync_replicas
-                    ),
-                );
-                for (p, earliest, latest) in &partitions {
-                    let leader = if p.leader == 0 { "none (offline)".to_owned() } else { p.leader.to_string() };
-                    let offsets = match (earliest, latest) {
-                        (Some(earliest), Some(latest)) => format!("[{earliest}, {latest})"),
-                        _ => "unknown".to_owned(),
-                    };
-                    let unclean = if p.unclean_elections > 0 {
-                        format!("\tUNCLEAN ELECTIONS {} (acknowledged records may be lost)", p.unclean_elections)
-                    } else {
-                        String::new()
-                    };
-                    print_line(
-                        &mut out,
-                        &format!(
-                            "  partition {}\tleader {leader}\tleader epoch {}\tpartition epoch {}\treplicas {:?}\t\
-                             isr {:?}\toffsets {offsets}{unclean}",
-                            p.partition, p.leader_epoch, p.partition_epoch, p.replicas, p.isr
-                        ),
-                    );
-                }
-            }
+                String::new()
+            };
+            print_line(
+                out,
+                &format!(
+                    "  partition {}\tleader {leader}\tleader epoch {}\tpartition epoch {}\treplicas {:?}\t\
+                     isr {:?}\toffsets {offsets}{unclean}",
+                    p.partition, p.leader_epoch, p.partition_epoch, p.replicas, p.isr
+                ),
+            );
         }
     }
     Ok(())

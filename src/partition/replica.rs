@@ -1039,22 +1039,10 @@ impl ReplicaCore {
         }
     }
 
-    fn on_follower_fetch(&mut self, request: RequestId, fetch: FetchRequest) {
-        let fetch_id = fetch.fetch_id;
-        if let Some(Reply::Error { code, message }) = self.leader_refusal() {
-            return self.follower_error(request, fetch_id, code, message);
-        }
-        if fetch.replica == self.me || !self.state.replicas.contains(&fetch.replica) {
-            let message = format!("broker {} is not a follower of this partition", fetch.replica);
-            return self.follower_error(request, fetch_id, ErrorCode::InvalidRequest, message);
-        }
-        if let Some(Reply::Error { code, message }) = self.epoch_mismatch(fetch.leader_epoch) {
-            return self.follower_error(request, fetch_id, code, message);
-        }
-        let log_start = self.inner.log_start();
-        let log_end = self.inner.log_end();
-        // KIP-320: does the follower's log agree with ours up to its fetch offset?
-        let diverging = match fetch.last_fetched_epoch {
+    /// KIP-320: whether the follower's log disagrees with ours up to its fetch offset, and if so the
+    /// end offset of its last fetched epoch here (where it must truncate to).
+    fn divergence(&self, fetch: &FetchRequest, log_start: Offset, log_end: Offset) -> Option<EpochEndOffset> {
+        match fetch.last_fetched_epoch {
             Some(epoch) => {
                 let answer = self.epochs.end_offset_for(epoch, log_end);
                 let agrees =
@@ -1062,15 +1050,11 @@ impl ReplicaCore {
                 (!agrees).then_some(answer)
             }
             None => (fetch.fetch_offset > log_start).then_some(EpochEndOffset::UNDEFINED),
-        };
-        if let Some(answer) = diverging {
-            let end_offset = answer.end_offset.unwrap_or(log_start);
-            return self.follower_reply(request, fetch_id, FetchResult::Diverging { epoch: answer.epoch, end_offset });
         }
-        if fetch.fetch_offset < log_start || fetch.fetch_offset > log_end {
-            let message = format!("fetch offset {} is outside the log [{log_start}, {log_end}]", fetch.fetch_offset);
-            return self.follower_error(request, fetch_id, ErrorCode::OffsetOutOfRange, message);
-        }
+    }
+
+    /// A follower's fetch passed the divergence check: record what it holds and when it was caught up.
+    fn record_follower_progress(&mut self, fetch: &FetchRequest, log_end: Offset) {
         let now_ms = self.now_ms;
         let Role::Leader(leader) = &mut self.role else { unreachable!("leader_refusal passed") };
         let progress = leader.followers.get_mut(&fetch.replica).expect("every replica has progress");
@@ -1087,6 +1071,33 @@ impl ReplicaCore {
         // Only durable offsets count, and only those below an offset the divergence check vouched for.
         let durable = fetch.durable_end.min(fetch.fetch_offset);
         progress.durable_end = Some(progress.durable_end.map_or(durable, |known| known.max(durable)));
+    }
+
+    fn on_follower_fetch(&mut self, request: RequestId, fetch: FetchRequest) {
+        let fetch_id = fetch.fetch_id;
+        if let Some(Reply::Error { code, message }) = self.leader_refusal() {
+            return self.follower_error(request, fetch_id, code, message);
+        }
+        if fetch.replica == self.me || !self.state.replicas.contains(&fetch.replica) {
+            let message = format!("broker {} is not a follower of this partition", fetch.replica);
+            return self.follower_error(request, fetch_id, ErrorCode::InvalidRequest, message);
+        }
+        if let Some(Reply::Error { code, message }) = self.epoch_mismatch(fetch.leader_epoch) {
+            return self.follower_error(request, fetch_id, code, message);
+        }
+        let log_start = self.inner.log_start();
+        let log_end = self.inner.log_end();
+        let diverging = self.divergence(&fetch, log_start, log_end);
+        if let Some(answer) = diverging {
+            let end_offset = answer.end_offset.unwrap_or(log_start);
+            return self.follower_reply(request, fetch_id, FetchResult::Diverging { epoch: answer.epoch, end_offset });
+        }
+        if fetch.fetch_offset < log_start || fetch.fetch_offset > log_end {
+            let message = format!("fetch offset {} is outside the log [{log_start}, {log_end}]", fetch.fetch_offset);
+            return self.follower_error(request, fetch_id, ErrorCode::OffsetOutOfRange, message);
+        }
+        self.record_follower_progress(&fetch, log_end);
+        let now_ms = self.now_ms;
         self.maybe_expand_isr(fetch.replica);
         self.recompute_high_watermark();
         let written_end = self.inner.written_end();

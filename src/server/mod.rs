@@ -217,23 +217,9 @@ async fn serve_until_stopped<D: Disk>(
                         continue;
                     }
                 };
-                // Responses are small and latency-bound: without TCP_NODELAY a reply waits for the
-                // client's delayed ACK (Nagle), ~40 ms per small request (issue 6). Every socket Keel
-                // opens sets it; tests/tcp_nodelay.rs checks them all.
-                if let Err(error) = stream.set_nodelay(true) {
-                    tracing::warn!(%peer, %error, "cannot set TCP_NODELAY");
+                if let Some(connection) = admit(stream, peer, state, &connection_slots, &connections_shutdown) {
+                    connections.push(connection);
                 }
-                let Ok(permit) = connection_slots.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, limit = state.config.connections_max, "connection refused: too many connections");
-                    drop(stream);
-                    continue;
-                };
-                let state = state.clone();
-                let shutdown = connections_shutdown.clone();
-                connections.push(tokio::spawn(async move {
-                    serve_connection(stream, state, shutdown).await;
-                    drop(permit);
-                }));
             }
         }
     }
@@ -247,6 +233,33 @@ async fn serve_until_stopped<D: Disk>(
     tracing::info!(connections = connections.len(), "shutting down: finishing in-flight requests");
     while connections.next().await.is_some() {}
     failure
+}
+
+/// Sets up one accepted socket and spawns its connection task, or refuses it when every connection
+/// slot is taken.
+fn admit<D: Disk>(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    state: &Arc<State<D>>,
+    connection_slots: &Arc<Semaphore>,
+    connections_shutdown: &CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    // Responses are small and latency-bound: without TCP_NODELAY a reply waits for the client's
+    // delayed ACK (Nagle), ~40 ms per small request (issue 6). Every socket Keel opens sets it;
+    // tests/tcp_nodelay.rs checks them all.
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::warn!(%peer, %error, "cannot set TCP_NODELAY");
+    }
+    let Ok(permit) = connection_slots.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, limit = state.config.connections_max, "connection refused: too many connections");
+        return None;
+    };
+    let state = state.clone();
+    let shutdown = connections_shutdown.clone();
+    Some(tokio::spawn(async move {
+        serve_connection(stream, state, shutdown).await;
+        drop(permit);
+    }))
 }
 
 async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shutdown: CancellationToken) {
