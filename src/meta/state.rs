@@ -886,7 +886,11 @@ impl MetadataState {
                     replicas: assigned.replicas.clone(),
                     leader: Some(assigned.leader),
                     leader_epoch: LeaderEpoch(0),
-                    isr: assigned.replicas.clone(),
+                    // Only the leader holds the partition's data until followers replicate it (issue
+                    // 8's data path), so it alone is in sync: an election (fencing, controlled
+                    // shutdown) can then never hand the partition to a replica that lacks its
+                    // acknowledged records. Followers join through `ChangeIsr` once caught up.
+                    isr: vec![assigned.leader],
                     partition_epoch: PartitionEpoch(0),
                     unclean_elections: 0,
                 })
@@ -1229,6 +1233,28 @@ fn decode_envelope<'a>(
     Ok((bytes[4], &covered[5..]))
 }
 
+/// Test helper: for every partition with a leader, the `ChangeIsr` that puts all its replicas in sync
+/// (what the data path proposes once the followers have caught up).
+#[cfg(test)]
+pub(crate) fn sync_all_replicas_commands(state: &MetadataState) -> Vec<MetaCommand> {
+    let mut commands = Vec::new();
+    for topic in state.topics() {
+        for partition in &topic.partitions {
+            if let Some(leader) = partition.leader {
+                commands.push(MetaCommand::ChangeIsr {
+                    topic: topic.name.clone(),
+                    partition: partition.partition,
+                    leader,
+                    leader_epoch: partition.leader_epoch,
+                    partition_epoch: partition.partition_epoch,
+                    isr: partition.replicas.clone(),
+                });
+            }
+        }
+    }
+    commands
+}
+
 #[cfg(test)]
 #[path = "state_election_tests.rs"]
 mod election_tests;
@@ -1393,7 +1419,8 @@ mod tests {
             assert_eq!(assigned.replicas, partition.replicas);
             assert_eq!(assigned.leader, assigned.replicas[0]);
             assert_eq!(partition.leader, Some(assigned.leader));
-            assert_eq!(partition.isr, partition.replicas);
+            // Only the leader holds data at creation (followers join the ISR once caught up).
+            assert_eq!(partition.isr, vec![assigned.leader]);
             assert_eq!(partition.leader_epoch, LeaderEpoch(0));
         }
         assert_ne!(assignment[0].leader, assignment[1].leader);
@@ -1557,6 +1584,9 @@ mod tests {
     fn change_partition_leader() {
         let mut state = cluster(3);
         create(&mut state, "t", 1, 3);
+        for command in sync_all_replicas_commands(&state) {
+            assert!(matches!(next(&mut state, command), MetaResult::IsrChanged { .. }));
+        }
         let change = |leader: Option<u64>, epoch: i32| MetaCommand::ChangePartitionLeader {
             topic: "t".into(),
             partition: 0,

@@ -284,11 +284,17 @@ fn fencing_moves_every_partition_it_leads_in_one_entry() {
         };
         assert!(matches!(state.apply(index, &create), MetaResult::TopicCreated { .. }));
     }
+    // The followers caught up (the data path's ISR expansion), indexes 6.. .
+    let mut index = 5;
+    for command in super::sync_all_replicas_commands(&state) {
+        index += 1;
+        assert!(matches!(state.apply(index, &command), MetaResult::IsrChanged { .. }));
+    }
     let led_by = |state: &MetadataState, node_id: u64| {
         state.topics().flat_map(|t| &t.partitions).filter(|p| p.leader == Some(NodeId(node_id))).count()
     };
     assert!(led_by(&state, 2) > 0);
-    assert_eq!(state.apply(6, &MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: 1 }), MetaResult::Ok);
+    assert_eq!(state.apply(index + 1, &MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: 1 }), MetaResult::Ok);
     assert_eq!(led_by(&state, 2), 0);
     for partition in state.topics().flat_map(|t| &t.partitions) {
         // RF 2: the other replica leads unless broker 2 was the last ISR member (never, here).
@@ -301,7 +307,7 @@ fn fencing_moves_every_partition_it_leads_in_one_entry() {
         state.topics().flat_map(|t| &t.partitions).filter(|p| p.replicas.contains(&NodeId(2))).count()
     );
     // Broker 1 goes too: partitions on {1, 2} keep broker 1 as their last ISR member and go offline.
-    assert_eq!(state.apply(7, &MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 1 }), MetaResult::Ok);
+    assert_eq!(state.apply(index + 2, &MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 1 }), MetaResult::Ok);
     let offline: Vec<_> = state.offline_partitions().map(|(_, p)| p.clone()).collect();
     assert!(!offline.is_empty());
     for partition in &offline {
@@ -311,9 +317,9 @@ fn fencing_moves_every_partition_it_leads_in_one_entry() {
         assert_eq!(replicas, nodes(&[1, 2]));
     }
     // Broker 2 returns: not in those ISRs, so they stay offline; broker 1 returns: they come back.
-    state.apply(8, &MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 });
+    state.apply(index + 3, &MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 });
     assert_eq!(state.offline_partitions().count(), offline.len());
-    state.apply(9, &MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 5 });
+    state.apply(index + 4, &MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 5 });
     assert_eq!(state.offline_partitions().count(), 0);
 }
 
