@@ -248,12 +248,18 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("jepsen/ sits in the workspace").to_path_buf()
 }
 
-/// `cargo build --release --bin keel`; returns the binary.
+/// `cargo build --profile <KEEL_JEPSEN_PROFILE, default release> --bin keel`; returns the binary.
 async fn build_keel() -> Result<PathBuf, Failure> {
     let root = workspace_root();
-    eprintln!("jepsen: cargo build --release --bin keel");
+    let profile = std::env::var("KEEL_JEPSEN_PROFILE").unwrap_or_else(|_| "release".into());
+    let dir = match profile.as_str() {
+        "release" => "release",
+        "dev" => "debug",
+        other => return Err(Failure::Harness(format!("KEEL_JEPSEN_PROFILE must be release or dev, got {other:?}"))),
+    };
+    eprintln!("jepsen: cargo build --profile {profile} --bin keel");
     let status = tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--quiet", "-p", "keel", "--bin", "keel"])
+        .args(["build", "--profile", &profile, "--quiet", "-p", "keel", "--bin", "keel"])
         .current_dir(&root)
         .kill_on_drop(true)
         .status()
@@ -262,7 +268,7 @@ async fn build_keel() -> Result<PathBuf, Failure> {
     if !status.success() {
         return Err(Failure::Harness(format!("building the keel binary failed ({status})")));
     }
-    Ok(root.join("target/release/keel"))
+    Ok(root.join("target").join(dir).join("keel"))
 }
 
 fn matrix_entries() -> Vec<(String, Vec<Package>)> {
@@ -366,8 +372,10 @@ async fn run_one(
     let start_unix_ms = unix_ms();
     let recorder = Recorder::new(Instant::now());
     let stop = CancellationToken::new();
-    let producers = 6;
-    let consumers = 3;
+    // Jepsen's concurrency: enough processes that the ones stuck on an unavailable partition (one
+    // operation each, up to OPERATION_MS_MAX) leave others running.
+    let producers = 2 * args.nodes as u32;
+    let consumers = args.nodes as u32;
     let config =
         WorkloadConfig { bootstrap: cluster.bootstrap(), topic: TOPIC.into(), partitions, producers, consumers, seed };
     let workload = tokio::spawn(workload::run(config, RateLimiter::new(args.rate), recorder.clone(), stop.clone()));

@@ -374,3 +374,56 @@ pub fn write_index(entries: &[(String, String, bool, String)], path: &Path) -> s
     html.push_str("</table></body></html>\n");
     std::fs::write(path, html)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_model::history::{Offset, ProcessId};
+
+    #[test]
+    fn faults_pair_by_id_and_plots_and_page_are_written() {
+        let mut history = History::new();
+        let send = history.invoke_send(ProcessId(0), 100_000_000, "t/0", "0-0");
+        history.nemesis(1_000_000_000, "kill", serde_json::json!({"id": 1, "nodes": [2]}));
+        history.send_ok(send, 1_500_000_000, Offset(0));
+        history.nemesis(2_000_000_000, "partition", serde_json::json!({"id": 2, "shape": "halves"}));
+        history.nemesis(3_000_000_000, "start", serde_json::json!({"id": 1, "fault": "kill"}));
+        let send = history.invoke_send(ProcessId(0), 3_100_000_000, "t/0", "0-1");
+        history.send_info(send, 4_000_000_000);
+        let faults = fault_intervals(&history);
+        assert_eq!(faults.len(), 2);
+        assert_eq!((faults[0].f.as_str(), faults[0].start_s, faults[0].end_s), ("kill", 1.0, 3.0));
+        // Never healed: shaded to the end of the history.
+        assert_eq!((faults[1].f.as_str(), faults[1].end_s), ("partition", 4.0));
+
+        let dir = std::env::temp_dir().join(format!("keel-jepsen-report-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        register_font_once().unwrap();
+        plot_throughput(&history, &faults, &dir.join("throughput.png")).unwrap();
+        plot_latency(&history, &faults, &dir.join("latency.png")).unwrap();
+        for png in ["throughput.png", "latency.png"] {
+            let bytes = std::fs::read(dir.join(png)).unwrap();
+            assert!(bytes.starts_with(b"\x89PNG"), "{png}");
+        }
+        let checked = keel_model::queue_checker::check(&history);
+        let summary = Summary {
+            title: "t <&>".into(),
+            verdict: "valid".into(),
+            valid: true,
+            parameters: vec![("seed".into(), "1".into())],
+            counts: vec![],
+            report: &checked,
+            expected: vec![],
+            problems: vec!["a <problem>".into()],
+            notes: vec![],
+            faults: &faults,
+        };
+        write_html(&summary, &dir.join("report.html")).unwrap();
+        let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+        assert!(
+            html.contains("t &lt;&amp;&gt;") && html.contains("a &lt;problem&gt;") && html.contains("throughput.png")
+        );
+        assert!(html.contains("<td>kill</td><td>1.0</td><td>3.0</td>"), "{html}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

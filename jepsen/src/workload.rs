@@ -7,8 +7,11 @@
 //! injected RNG, this module is meant to be replaced by it.
 //!
 //! - A *producer process* sends unique values `"<process>-<n>"` to a random partition, one at a time
-//!   (a Jepsen process has at most one operation outstanding), through a [`Producer`] shared by all
-//!   producer processes (so batches mix processes). Outcomes: `ok` with the acked offset, `fail`
+//!   (a Jepsen process has at most one operation outstanding), through its own client and
+//!   [`Producer`], as each Jepsen process has its own client. (A producer shared by all processes, as
+//!   the simulation's is, stalled every partition while one partition leader's broker was down: the
+//!   producer task connects and backs off inline, so one unreachable leader blocks every batch;
+//!   measured in the first Docker runs, see ADR 0013.) Outcomes: `ok` with the acked offset, `fail`
 //!   (definitely not written), `info` (unknown: the connection broke, or no answer within
 //!   [`OPERATION_MS_MAX`]).
 //! - A *consumer process* is assigned every partition and polls a random one from its own position;
@@ -149,7 +152,6 @@ fn value_of(bytes: Option<&Bytes>) -> Value {
 /// Runs producer and consumer processes until `stop`; returns when every process has resolved its
 /// last operation. Process ids: producers `0..producers`, consumers after them.
 pub async fn run(config: WorkloadConfig, rate: Arc<RateLimiter>, recorder: Arc<Recorder>, stop: CancellationToken) {
-    let client = Client::new(config.bootstrap.clone(), client_config());
     let producer_config = ProducerConfig {
         acks: Acks::All,
         linger: Duration::ZERO,
@@ -157,12 +159,11 @@ pub async fn run(config: WorkloadConfig, rate: Arc<RateLimiter>, recorder: Arc<R
         retries: 2,
         ..ProducerConfig::default()
     };
-    let producer = Producer::new(client, producer_config);
     let mut tasks = Vec::new();
     for process_idx in 0..config.producers {
         let process = ProcessId(u64::from(process_idx));
-        let (producer, recorder, stop, rate, config) =
-            (producer.clone(), recorder.clone(), stop.clone(), rate.clone(), config.clone());
+        let producer = Producer::new(Client::new(config.bootstrap.clone(), client_config()), producer_config.clone());
+        let (recorder, stop, rate, config) = (recorder.clone(), stop.clone(), rate.clone(), config.clone());
         tasks.push(tokio::spawn(async move {
             let rng = StdRng::seed_from_u64(config.seed ^ (0x5e4d << 16) ^ process.0);
             run_producer(process, rng, &producer, &config, &rate, &recorder, &stop).await;
