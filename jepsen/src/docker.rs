@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::process::Command;
 
-/// The image every broker runs.
-pub const IMAGE: &str = "keel-jepsen:dev";
+/// The image's repository; the tag is the invocation's id, so parallel runs never share an image.
+pub const IMAGE_REPOSITORY: &str = "keel-jepsen";
 /// Where the fake-clock file sits inside a container (a bind mount of a host directory).
 pub const FAKETIME_DIR: &str = "/faketime";
 /// The broker port inside each container.
@@ -79,7 +79,7 @@ pub fn daemon_available() -> bool {
 }
 
 /// Builds the image from the release binary: no base image, no registry.
-pub async fn build_image(keel_binary: &Path, work_dir: &Path) -> Result<(), DockerError> {
+pub async fn build_image(keel_binary: &Path, work_dir: &Path, image: &str) -> Result<(), DockerError> {
     let rootfs = work_dir.join("rootfs");
     let setup = |what: &str, error: std::io::Error| DockerError::Setup(format!("building the image: {what}: {error}"));
     if rootfs.exists() {
@@ -121,7 +121,7 @@ pub async fn build_image(keel_binary: &Path, work_dir: &Path) -> Result<(), Dock
     // `/etc/passwd` keeps busybox's `id` and friends quiet; the brokers run as root in their container.
     std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").map_err(|e| setup("/etc/passwd", e))?;
     let rootfs_arg = rootfs.to_string_lossy().into_owned();
-    let script = format!("tar -C '{rootfs_arg}' -c . | docker import - {IMAGE} >/dev/null");
+    let script = format!("tar -C '{rootfs_arg}' -c . | docker import - {image} >/dev/null");
     run("sh", &["-c", &script]).await?;
     std::fs::remove_dir_all(&rootfs).map_err(|e| setup("removing the rootfs", e))?;
     Ok(())
@@ -148,6 +148,7 @@ pub enum Resource {
     Container(String),
     Volume(String),
     Network(String),
+    Image(String),
 }
 
 /// The list of what the run created, and the label every one of them carries; shared with the
@@ -245,6 +246,11 @@ impl Resources {
                 remove(&["network", "rm", name]);
             }
         }
+        for resource in &taken {
+            if let Resource::Image(name) = resource {
+                remove(&["rmi", "-f", name]);
+            }
+        }
         failures
     }
 }
@@ -293,6 +299,7 @@ impl Cluster {
         n_nodes: usize,
         seed: u64,
         out_dir: &Path,
+        image: &str,
         resources: &Resources,
     ) -> Result<Cluster, DockerError> {
         let network = format!("keel-jepsen-{run_id}");
@@ -373,7 +380,7 @@ impl Cluster {
                 "RUST_LOG=info",
                 "-e",
                 "NO_COLOR=1",
-                IMAGE,
+                image,
                 "/usr/local/bin/keel",
                 "broker",
                 "--node-id",

@@ -2,7 +2,7 @@
 //! by the simulation's checker (`keel_model::queue_checker`), and a report.
 //!
 //! # One run
-//! 1. Build the release `keel` binary and the image (no registry: docker.rs).
+//! 1. Build the image (no registry: docker.rs) from the `keel` binary `jepsen/run` built.
 //! 2. Create the run's network and N brokers (one Raft group for metadata, `--peers`), wait until the
 //!    cluster answers, create the test topic.
 //! 3. Run the workload (workload.rs) and the nemesis (nemesis.rs) for `--time-limit` seconds.
@@ -180,14 +180,21 @@ async fn run_main(args: Args, packages: Vec<Package>, schedule: Schedule) -> i32
     let out = std::fs::canonicalize(&out).unwrap_or(out);
     let invocation = format!("{}-{}", std::process::id(), seed % 100_000);
     let resources = Resources::new(&invocation);
+    // The image lives as long as the invocation; its own list, so a matrix entry's guard leaves it.
+    let image_resources = Resources::new(&format!("{invocation}-image"));
     let signal_resources = resources.clone();
+    let signal_image_resources = image_resources.clone();
 
     let work = async {
-        let binary = build_keel().await?;
-        eprintln!("jepsen: building image {} from {}", docker::IMAGE, binary.display());
-        docker::build_image(&binary, &out).await?;
+        let binary = keel_binary()?;
+        let image = format!("{}:{invocation}", docker::IMAGE_REPOSITORY);
+        // Removed with everything else when the invocation ends (the matrix keeps it across entries).
+        let _image_guard = Guard { resources: image_resources.clone() };
+        image_resources.add(docker::Resource::Image(image.clone()));
+        eprintln!("jepsen: building image {image} from {}", binary.display());
+        docker::build_image(&binary, &out, &image).await?;
         if !args.matrix {
-            let outcome = run_one(&args, &packages, schedule, seed, &out, &resources, "run").await?;
+            let outcome = run_one(&args, &packages, schedule, seed, &out, &image, &resources, "run").await?;
             println!("{}", outcome.line);
             return Ok::<bool, Failure>(outcome.valid);
         }
@@ -196,7 +203,8 @@ async fn run_main(args: Args, packages: Vec<Package>, schedule: Schedule) -> i32
         for (name, entry_packages) in matrix_entries() {
             let entry_dir = out.join(&name);
             eprintln!("jepsen: matrix entry {name}");
-            let outcome = run_one(&args, &entry_packages, schedule, seed, &entry_dir, &resources, &name).await?;
+            let outcome =
+                run_one(&args, &entry_packages, schedule, seed, &entry_dir, &image, &resources, &name).await?;
             println!("{name}: {}", outcome.line);
             all_valid &= outcome.valid;
             entries.push((name.clone(), format!("{name}/report.html"), outcome.valid, outcome.line));
@@ -211,7 +219,8 @@ async fn run_main(args: Args, packages: Vec<Package>, schedule: Schedule) -> i32
             eprintln!("jepsen: {signal}: stopping and removing the run's containers, volumes and network");
             // Let killed `docker` children exit before sweeping what they may have created.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let failures = signal_resources.remove_all_and_sweep();
+            let mut failures = signal_resources.remove_all_and_sweep();
+            failures.extend(signal_image_resources.remove_all());
             for failure in &failures {
                 eprintln!("jepsen: cleanup: {failure}");
             }
@@ -248,27 +257,17 @@ fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("jepsen/ sits in the workspace").to_path_buf()
 }
 
-/// `cargo build --profile <KEEL_JEPSEN_PROFILE, default release> --bin keel`; returns the binary.
-async fn build_keel() -> Result<PathBuf, Failure> {
-    let root = workspace_root();
-    let profile = std::env::var("KEEL_JEPSEN_PROFILE").unwrap_or_else(|_| "release".into());
-    let dir = match profile.as_str() {
-        "release" => "release",
-        "dev" => "debug",
-        other => return Err(Failure::Harness(format!("KEEL_JEPSEN_PROFILE must be release or dev, got {other:?}"))),
-    };
-    eprintln!("jepsen: cargo build --profile {profile} --bin keel");
-    let status = tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--profile", &profile, "--quiet", "-p", "keel", "--bin", "keel"])
-        .current_dir(&root)
-        .kill_on_drop(true)
-        .status()
-        .await
-        .map_err(|e| Failure::Harness(format!("cargo: {e}")))?;
-    if !status.success() {
-        return Err(Failure::Harness(format!("building the keel binary failed ({status})")));
+/// The `keel` binary `jepsen/run` built beside this harness (same profile, same directory).
+fn keel_binary() -> Result<PathBuf, Failure> {
+    let exe = std::env::current_exe().map_err(|e| Failure::Harness(format!("locating the harness: {e}")))?;
+    let binary = exe.with_file_name("keel");
+    if !binary.exists() {
+        return Err(Failure::Harness(format!(
+            "{} missing: run the harness through jepsen/run, which builds it",
+            binary.display()
+        )));
     }
-    Ok(root.join("target").join(dir).join("keel"))
+    Ok(binary)
 }
 
 fn matrix_entries() -> Vec<(String, Vec<Package>)> {
@@ -348,6 +347,7 @@ async fn run_one(
     schedule: Schedule,
     seed: u64,
     out: &Path,
+    image: &str,
     resources: &Resources,
     name: &str,
 ) -> Result<Outcome, Failure> {
@@ -360,7 +360,7 @@ async fn run_one(
         "jepsen: run {run_id}: {} nodes, {} s, rate {}/s, nemesis {nemesis_text}, seed {seed}",
         args.nodes, args.time_limit, args.rate
     );
-    let cluster = Arc::new(Cluster::start(&run_id, args.nodes, seed, out, resources).await?);
+    let cluster = Arc::new(Cluster::start(&run_id, args.nodes, seed, out, image, resources).await?);
     let client = Client::new(cluster.bootstrap(), client_config());
     let partitions = (2 * args.nodes as u32).max(4);
     let mut problems: Vec<String> = Vec::new();
