@@ -497,11 +497,11 @@ async fn flush_iptables(node: &Node) -> Result<(), DockerError> {
     docker::iptables(node, &["-F", "OUTPUT"]).await
 }
 
-/// Non-empty segment files (`<topic>@<create index>/<partition>/<base>.log`) of `topic` in a volume.
-/// RocksDB's files (under `meta/`) are never touched.
+/// Non-empty segment files (`data/<topic>@<create index>/<partition>/<base>.log`) of `topic` in a
+/// broker's volume. RocksDB's files (under `meta/`) are never touched.
 pub fn segment_files(volume: &Path, topic: &str) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let Ok(topics) = std::fs::read_dir(volume) else { return files };
+    let Ok(topics) = std::fs::read_dir(volume.join("data")) else { return files };
     let prefix = format!("{topic}@");
     let mut topic_dirs: Vec<PathBuf> = topics
         .flatten()
@@ -528,7 +528,7 @@ pub fn segment_files(volume: &Path, topic: &str) -> Vec<PathBuf> {
 
 /// `"<topic>/<partition>"` of a segment file.
 fn partition_of(volume: &Path, file: &Path, topic: &str) -> String {
-    let relative = file.strip_prefix(volume).unwrap_or(file);
+    let relative = file.strip_prefix(volume.join("data")).unwrap_or(file);
     let partition = relative.components().nth(1).map(|c| c.as_os_str().to_string_lossy().into_owned());
     format!("{topic}/{}", partition.unwrap_or_else(|| "?".into()))
 }
@@ -578,16 +578,16 @@ mod tests {
     fn segment_files_are_the_topics_logs_only_and_corruption_changes_them() {
         let dir = std::env::temp_dir().join(format!("keel-jepsen-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let partition_dir = dir.join("jepsen@3/2");
+        let partition_dir = dir.join("data/jepsen@3/2");
         std::fs::create_dir_all(&partition_dir).unwrap();
         std::fs::create_dir_all(dir.join("meta")).unwrap();
-        std::fs::create_dir_all(dir.join("other@4/0")).unwrap();
+        std::fs::create_dir_all(dir.join("data/other@4/0")).unwrap();
         let segment = partition_dir.join("00000000000000000000.log");
         std::fs::write(&segment, vec![7u8; 4096]).unwrap();
         std::fs::write(partition_dir.join("00000000000000000000.index"), [1u8; 12]).unwrap();
         std::fs::write(partition_dir.join("00000000000000004096.log"), []).unwrap();
         std::fs::write(dir.join("meta/000012.log"), [1u8; 64]).unwrap();
-        std::fs::write(dir.join("other@4/0/00000000000000000000.log"), [1u8; 64]).unwrap();
+        std::fs::write(dir.join("data/other@4/0/00000000000000000000.log"), [1u8; 64]).unwrap();
         assert_eq!(segment_files(&dir, "jepsen"), [segment.clone()]);
         assert_eq!(partition_of(&dir, &segment, "jepsen"), "jepsen/2");
         let mut rng = StdRng::seed_from_u64(1);
