@@ -588,7 +588,7 @@ mod tests {
         std::fs::write(partition_dir.join("00000000000000004096.log"), []).unwrap();
         std::fs::write(dir.join("meta/000012.log"), [1u8; 64]).unwrap();
         std::fs::write(dir.join("data/other@4/0/00000000000000000000.log"), [1u8; 64]).unwrap();
-        assert_eq!(segment_files(&dir, "jepsen"), [segment.clone()]);
+        assert_eq!(segment_files(&dir, "jepsen"), std::slice::from_ref(&segment));
         assert_eq!(partition_of(&dir, &segment, "jepsen"), "jepsen/2");
         let mut rng = StdRng::seed_from_u64(1);
         for _ in 0..8 {
