@@ -11,6 +11,30 @@ use std::process::{Command, Output};
 
 const INSTALLED: &str = "install ok installed";
 
+/// Every package `.ci/deps` manages, in the order it lists them.
+const PACKAGES: [&str; 6] =
+    ["librocksdb-dev", "libclang-dev", "busybox-static", "libfaketime", "iptables", "fonts-dejavu-core"];
+
+/// Every package installed.
+fn all_installed() -> Vec<(&'static str, &'static str)> {
+    PACKAGES.iter().map(|package| (*package, INSTALLED)).collect()
+}
+
+/// The files the script checks after installing, all present under a fake root.
+fn touch_all_checked_files(root: &Path) {
+    for path in [
+        "/usr/lib/llvm-14/lib/libclang.so",
+        "/usr/include/rocksdb/db.h",
+        "/usr/lib/x86_64-linux-gnu/librocksdb.so",
+        "/bin/busybox",
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+        "/usr/sbin/iptables",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ] {
+        touch(root, path);
+    }
+}
+
 /// A fake `dpkg-query -W -f='${Status}' PKG` answering from `statuses` (package, status); a
 /// package not listed is unknown to dpkg (exit 1, as the real one does).
 fn fake_dpkg_query(dir: &Path, statuses: &[(&str, &str)]) -> std::path::PathBuf {
@@ -54,31 +78,44 @@ fn touch(root: &Path, path: &str) {
 #[test]
 fn missing_packages_come_from_dpkg_status_not_from_files() {
     let dir = tempfile::tempdir().unwrap();
-    let all = fake_dpkg_query(dir.path(), &[("librocksdb-dev", INSTALLED), ("libclang-dev", INSTALLED)]);
+    let all = fake_dpkg_query(dir.path(), &all_installed());
     assert!(missing(&run_deps(&all, None, true)).is_empty());
 
     // libclang-dev unknown to dpkg: missing, whatever libclang*.so* files this machine has.
-    let no_clang = fake_dpkg_query(dir.path(), &[("librocksdb-dev", INSTALLED)]);
+    let mut statuses = all_installed();
+    statuses.retain(|(package, _)| *package != "libclang-dev");
+    let no_clang = fake_dpkg_query(dir.path(), &statuses);
     assert_eq!(missing(&run_deps(&no_clang, None, true)), ["libclang-dev"]);
 
     // Removed but not purged, or half-installed: still missing.
-    let removed = fake_dpkg_query(
-        dir.path(),
-        &[("librocksdb-dev", "deinstall ok config-files"), ("libclang-dev", "install ok half-configured")],
-    );
+    let mut statuses = all_installed();
+    statuses[0].1 = "deinstall ok config-files";
+    statuses[1].1 = "install ok half-configured";
+    let removed = fake_dpkg_query(dir.path(), &statuses);
     assert_eq!(missing(&run_deps(&removed, None, true)), ["librocksdb-dev", "libclang-dev"]);
+
+    // The Jepsen harness's packages (ADR 0013) are decided the same way: a /bin/busybox from another
+    // package (busybox, dynamically linked) does not stand in for busybox-static.
+    let jepsen_missing = fake_dpkg_query(
+        dir.path(),
+        &[("librocksdb-dev", INSTALLED), ("libclang-dev", INSTALLED), ("iptables", "deinstall ok config-files")],
+    );
+    assert_eq!(
+        missing(&run_deps(&jepsen_missing, None, true)),
+        ["busybox-static", "libfaketime", "iptables", "fonts-dejavu-core"]
+    );
 }
 
 #[test]
 fn the_files_the_build_loads_are_checked_and_a_missing_one_names_its_package() {
     let dir = tempfile::tempdir().unwrap();
-    let all = fake_dpkg_query(dir.path(), &[("librocksdb-dev", INSTALLED), ("libclang-dev", INSTALLED)]);
+    let all = fake_dpkg_query(dir.path(), &all_installed());
 
     // The machine of issue 6: libclang-cpp.so.14 present, libclang.so absent.
     let root = tempfile::tempdir().unwrap();
+    touch_all_checked_files(root.path());
+    std::fs::remove_file(root.path().join("usr/lib/llvm-14/lib/libclang.so")).unwrap();
     touch(root.path(), "/usr/lib/x86_64-linux-gnu/libclang-cpp.so.14");
-    touch(root.path(), "/usr/include/rocksdb/db.h");
-    touch(root.path(), "/usr/lib/x86_64-linux-gnu/librocksdb.so");
     let output = run_deps(&all, Some(root.path()), false);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
@@ -96,6 +133,16 @@ fn the_files_the_build_loads_are_checked_and_a_missing_one_names_its_package() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("RocksDB headers") && stderr.contains("librocksdb-dev"), "{stderr}");
+
+    touch(root.path(), "/usr/include/rocksdb/db.h");
+
+    // libfaketime's preload library missing (the Jepsen clock nemesis needs it): named, with its package.
+    std::fs::remove_file(root.path().join("usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")).unwrap();
+    let output = run_deps(&all, Some(root.path()), false);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("libfaketime.so.1") && stderr.contains("libfaketime"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
 
     // An empty root: the first missing file stops the script.
     let empty = tempfile::tempdir().unwrap();

@@ -10,8 +10,13 @@
 //!
 //! # Invariants
 //!
-//! - `events()[i].index == OpIndex(i)`: the recorder assigns indices in order, and [`History::from_jsonl`]
-//!   rejects text whose indices are not `0, 1, 2, ...`.
+//! - Indices count every line: the queue [`Event`]s and the [`NemesisEvent`]s (faults, `"process":
+//!   "nemesis"`) together carry `0, 1, 2, ...` in the order they happened, each list in increasing index
+//!   order. Without nemesis events (the simulation's histories) that is `events()[i].index == OpIndex(i)`.
+//!   The recorder assigns indices in order, and [`History::from_jsonl`] rejects text whose indices are not
+//!   `0, 1, 2, ...`.
+//! - Nemesis events are context, not operations: queue checkers never read them (a report shades the fault
+//!   intervals with them). A history without them writes exactly the text it wrote before they existed.
 //! - The value of an event has the shape its `f` and `type` require (a send's offset only on `ok`, a poll's
 //!   reads exactly on `ok`). The typed [`Op`] plus [`History::validate`] enforce it.
 //! - A well-formed history (one that passes [`History::validate`]) pairs every send/poll completion with
@@ -249,6 +254,17 @@ impl Event {
     }
 }
 
+/// A fault the nemesis started or ended: a line with `"process": "nemesis"` and `"type": "info"`. `f` names
+/// it (`partition`, `kill`, `start`, `pause`, `resume`, `clock`, `packet`, `corrupt`, `heal`, ...) and
+/// `value` says what it hit, in whatever JSON shape suits the fault.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NemesisEvent {
+    pub index: OpIndex,
+    pub time_ns: u64,
+    pub f: String,
+    pub value: serde_json::Value,
+}
+
 /// An outstanding send, returned by [`History::invoke_send`] and consumed by exactly one of
 /// [`History::send_ok`], [`History::send_fail`] or [`History::send_info`]. Dropping it leaves the send
 /// pending forever, which the checker treats like `info` (it may or may not have happened).
@@ -360,6 +376,8 @@ impl std::error::Error for HistoryError {}
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct History {
     events: Vec<Event>,
+    /// Faults, interleaved with `events` by index (see the module invariants).
+    nemesis: Vec<NemesisEvent>,
 }
 
 impl History {
@@ -369,6 +387,11 @@ impl History {
 
     pub fn events(&self) -> &[Event] {
         &self.events
+    }
+
+    /// The nemesis's fault events, in index order.
+    pub fn nemesis_events(&self) -> &[NemesisEvent] {
+        &self.nemesis
     }
 
     pub fn into_events(self) -> Vec<Event> {
@@ -385,14 +408,25 @@ impl History {
 
     /// Builds a history from events, e.g. ones a test mutated, after checking it is well-formed.
     pub fn from_events(events: Vec<Event>) -> Result<History, HistoryError> {
-        let history = History { events };
+        let history = History { events, nemesis: Vec::new() };
         history.validate()?;
         Ok(history)
     }
 
+    fn next_index(&self) -> OpIndex {
+        OpIndex((self.events.len() + self.nemesis.len()) as u64)
+    }
+
     fn push(&mut self, time_ns: u64, process: ProcessId, kind: EventKind, op: Op) -> OpIndex {
-        let index = OpIndex(self.events.len() as u64);
+        let index = self.next_index();
         self.events.push(Event { index, time_ns, process, kind, op });
+        index
+    }
+
+    /// Records (as `info`, process `nemesis`) that a fault `f` started or ended, with what it hit.
+    pub fn nemesis(&mut self, time_ns: u64, f: impl Into<String>, value: serde_json::Value) -> OpIndex {
+        let index = self.next_index();
+        self.nemesis.push(NemesisEvent { index, time_ns, f: f.into(), value });
         index
     }
 
@@ -484,10 +518,17 @@ impl History {
         // Per process, the outstanding send or poll invoke.
         let mut outstanding: BTreeMap<ProcessId, &Event> = BTreeMap::new();
         let mut first_send_of_value: BTreeMap<&Value, OpIndex> = BTreeMap::new();
-        for (position, event) in self.events.iter().enumerate() {
+        // Indices over both lists together must be 0, 1, 2, ...: walk them merged.
+        let mut nemesis = self.nemesis.iter().peekable();
+        let mut position = 0usize;
+        for event in &self.events {
+            while nemesis.next_if(|fault| fault.index.0 == position as u64).is_some() {
+                position += 1;
+            }
             if event.index.0 != position as u64 {
                 return Err(HistoryError::IndexOutOfOrder { position, found: event.index });
             }
+            position += 1;
             if let Some(reason) = event.shape_problem() {
                 return Err(HistoryError::BadValue {
                     index: event.index,
@@ -540,6 +581,12 @@ impl History {
                 }
             }
         }
+        for fault in nemesis {
+            if fault.index.0 != position as u64 {
+                return Err(HistoryError::IndexOutOfOrder { position, found: fault.index });
+            }
+            position += 1;
+        }
         Ok(())
     }
 
@@ -554,8 +601,17 @@ impl History {
 
     /// Writes the canonical JSON Lines text to `out`.
     pub fn write_jsonl(&self, mut out: impl io::Write) -> io::Result<()> {
+        let mut nemesis = self.nemesis.iter().peekable();
         for event in &self.events {
+            while let Some(fault) = nemesis.next_if(|fault| fault.index < event.index) {
+                serde_json::to_writer(&mut out, &WireNemesis::from(fault)).map_err(io::Error::from)?;
+                out.write_all(b"\n")?;
+            }
             serde_json::to_writer(&mut out, &WireEventOut::from(event)).map_err(io::Error::from)?;
+            out.write_all(b"\n")?;
+        }
+        for fault in nemesis {
+            serde_json::to_writer(&mut out, &WireNemesis::from(fault)).map_err(io::Error::from)?;
             out.write_all(b"\n")?;
         }
         Ok(())
@@ -565,13 +621,19 @@ impl History {
     /// are ignored) and checks the result with [`History::validate`].
     pub fn from_jsonl(text: &str) -> Result<History, HistoryError> {
         let mut events = Vec::new();
+        let mut nemesis = Vec::new();
         for (line_idx, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
-            events.push(parse_line(line, line_idx + 1)?);
+            match parse_line(line, line_idx + 1)? {
+                Line::Queue(event) => events.push(event),
+                Line::Nemesis(fault) => nemesis.push(fault),
+            }
         }
-        History::from_events(events)
+        let history = History { events, nemesis };
+        history.validate()?;
+        Ok(history)
     }
 
     /// A 64-bit FNV-1a hash of [`History::to_jsonl`]'s bytes: identical for identical histories in every run
@@ -629,6 +691,57 @@ impl<'a> From<&'a Event> for WireEventOut<'a> {
             value,
         }
     }
+}
+
+/// A nemesis line, both ways. Field order here is the canonical field order of the text.
+#[derive(Serialize, Deserialize)]
+struct WireNemesis {
+    index: OpIndex,
+    time_ns: u64,
+    process: NemesisProcess,
+    #[serde(rename = "type")]
+    kind: NemesisKind,
+    f: String,
+    value: serde_json::Value,
+}
+
+/// The only `process` of a nemesis line: the string `"nemesis"`.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum NemesisProcess {
+    Nemesis,
+}
+
+/// The only `type` of a nemesis line: `"info"` (a fault's effect is never known to be complete).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum NemesisKind {
+    Info,
+}
+
+impl From<&NemesisEvent> for WireNemesis {
+    fn from(fault: &NemesisEvent) -> WireNemesis {
+        WireNemesis {
+            index: fault.index,
+            time_ns: fault.time_ns,
+            process: NemesisProcess::Nemesis,
+            kind: NemesisKind::Info,
+            f: fault.f.clone(),
+            value: fault.value.clone(),
+        }
+    }
+}
+
+/// The zeroth parsing pass: is this a client's line (a number) or the nemesis's (a string)?
+#[derive(Deserialize)]
+struct WireProcessProbe {
+    process: serde_json::Value,
+}
+
+/// One parsed line.
+enum Line {
+    Queue(Event),
+    Nemesis(NemesisEvent),
 }
 
 /// The first parsing pass: everything but `value`, whose shape depends on `f`.
@@ -689,7 +802,17 @@ fn json_error(line: usize, error: serde_json::Error) -> HistoryError {
     HistoryError::Json { line, message: error.to_string() }
 }
 
-fn parse_line(line: &str, line_number: usize) -> Result<Event, HistoryError> {
+fn parse_line(line: &str, line_number: usize) -> Result<Line, HistoryError> {
+    let probe: WireProcessProbe = serde_json::from_str(line).map_err(|e| json_error(line_number, e))?;
+    if probe.process.is_string() {
+        let wire: WireNemesis = serde_json::from_str(line).map_err(|e| json_error(line_number, e))?;
+        return Ok(Line::Nemesis(NemesisEvent {
+            index: wire.index,
+            time_ns: wire.time_ns,
+            f: wire.f,
+            value: wire.value,
+        }));
+    }
     let header: WireHeader = serde_json::from_str(line).map_err(|e| json_error(line_number, e))?;
     let op = match header.f {
         Function::Send => {
@@ -728,7 +851,13 @@ fn parse_line(line: &str, line_number: usize) -> Result<Event, HistoryError> {
             Op::Crash
         }
     };
-    Ok(Event { index: header.index, time_ns: header.time_ns, process: header.process, kind: header.kind, op })
+    Ok(Line::Queue(Event {
+        index: header.index,
+        time_ns: header.time_ns,
+        process: header.process,
+        kind: header.kind,
+        op,
+    }))
 }
 
 #[cfg(test)]
@@ -800,6 +929,40 @@ mod tests {
         assert!(text.contains(r#""type":"info","f":"crash","value":null"#), "{text}");
         assert!(text.contains(r#""type":"ok","f":"send","value":{"partition":"t/2","value":"1-2"}}"#), "{text}");
         assert_eq!(History::from_jsonl(&text).unwrap(), h);
+    }
+
+    #[test]
+    fn nemesis_events_interleave_by_index_and_round_trip() {
+        let mut h = History::new();
+        let send = h.invoke_send(ProcessId(1), 10, "t/0", "1-0");
+        let start = h.nemesis(15, "partition", serde_json::json!({"groups": [[1, 2], [3, 4, 5]]}));
+        assert_eq!(start, OpIndex(1));
+        assert_eq!(h.send_ok(send, 20, Offset(0)), OpIndex(2));
+        h.nemesis(30, "heal", serde_json::Value::Null);
+        assert!(h.validate().is_ok());
+        let text = h.to_jsonl();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[1],
+            r#"{"index":1,"time_ns":15,"process":"nemesis","type":"info","f":"partition","value":{"groups":[[1,2],[3,4,5]]}}"#
+        );
+        assert!(lines[3].contains(r#""process":"nemesis""#) && lines[3].contains(r#""f":"heal""#), "{text}");
+        let parsed = History::from_jsonl(&text).unwrap();
+        assert_eq!(parsed, h);
+        assert_eq!(parsed.events().len(), 2);
+        assert_eq!(parsed.nemesis_events().len(), 2);
+        // The format file's own nemesis example parses.
+        let example = r#"{"index": 0, "time_ns": 16000, "process": "nemesis", "type": "info", "f": "partition", "value": {"groups": [[1, 2], [3, 4, 5]]}}"#;
+        assert_eq!(History::from_jsonl(example).unwrap().nemesis_events()[0].f, "partition");
+        // A nemesis line is always info, from the process "nemesis", and takes its place in the indices.
+        let not_info = r#"{"index":0,"time_ns":0,"process":"nemesis","type":"ok","f":"kill","value":null}"#;
+        assert!(matches!(error_of(not_info), HistoryError::Json { line: 1, .. }));
+        let other_name = r#"{"index":0,"time_ns":0,"process":"chaos","type":"info","f":"kill","value":null}"#;
+        assert!(matches!(error_of(other_name), HistoryError::Json { line: 1, .. }));
+        let gap = r#"{"index":1,"time_ns":0,"process":"nemesis","type":"info","f":"kill","value":null}"#;
+        assert_eq!(error_of(gap), HistoryError::IndexOutOfOrder { position: 0, found: OpIndex(1) });
+        let clash = format!("{}\n{}", lines[0], lines[3].replace(r#""index":3"#, r#""index":0"#));
+        assert!(History::from_jsonl(&clash).is_err(), "two lines with index 0");
     }
 
     #[test]

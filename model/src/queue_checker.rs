@@ -335,7 +335,7 @@ impl QueueReport {
     }
 
     /// One line per example of `kind`, at most `limit`.
-    fn example_lines(&self, kind: AnomalyKind, limit: usize) -> Vec<String> {
+    pub fn example_lines(&self, kind: AnomalyKind, limit: usize) -> Vec<String> {
         fn take<T>(items: &[T], limit: usize, line: impl Fn(&T) -> String) -> Vec<String> {
             items.iter().take(limit).map(line).collect()
         }
