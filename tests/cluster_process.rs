@@ -121,6 +121,19 @@ async fn agreed_leader(cluster: &LocalCluster, node_ids: &[u64]) -> Option<(u64,
 }
 
 /// Records read back by `keel consume --from-beginning --json`: (partition, offset, value).
+/// Waits until every node is registered (not fenced) as `addr` sees it, and every node agrees on one
+/// Raft leader.
+async fn all_registered_with_one_leader(cluster: &LocalCluster, all: &[u64], addr: &str) {
+    poll("every node registered and one Raft leader that every node agrees on", async || {
+        let status = status(addr).await?;
+        let registered =
+            status["nodes"].as_array()?.iter().all(|node| node["registered"] == true && node["fenced"] == false);
+        registered.then_some(())?;
+        agreed_leader(cluster, all).await
+    })
+    .await;
+}
+
 async fn consume_all(addr: &str, topic: &str) -> Vec<(u64, i64, String)> {
     let output = cli(addr, &["--json", "consume", topic, "--from-beginning"]).await;
     assert!(output.status.success(), "consume through {addr}: {}", stderr(&output));
@@ -145,14 +158,7 @@ async fn three_nodes_route_to_leaders_fail_over_and_catch_up() {
     let mut cluster = start_cluster(dir.path(), 3).await;
     let all: Vec<u64> = vec![1, 2, 3];
     let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
-    poll("every node registered and one Raft leader that every node agrees on", async || {
-        let status = status(&addrs[0]).await?;
-        let registered =
-            status["nodes"].as_array()?.iter().all(|node| node["registered"] == true && node["fenced"] == false);
-        registered.then_some(())?;
-        agreed_leader(&cluster, &all).await
-    })
-    .await;
+    all_registered_with_one_leader(&cluster, &all, &addrs[0]).await;
     let (leader, _) = poll("an agreed leader", async || agreed_leader(&cluster, &all).await).await;
     let follower = addr_of(&cluster, *all.iter().find(|node_id| **node_id != leader).unwrap());
 
@@ -518,14 +524,7 @@ async fn sigterm_takes_partitions_offline_without_losing_them() {
     let mut cluster = start_cluster(dir.path(), 3).await;
     let all: Vec<u64> = vec![1, 2, 3];
     let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
-    poll("every node registered and one agreed Raft leader", async || {
-        let status = status(&addrs[0]).await?;
-        let registered =
-            status["nodes"].as_array()?.iter().all(|node| node["registered"] == true && node["fenced"] == false);
-        registered.then_some(())?;
-        agreed_leader(&cluster, &all).await
-    })
-    .await;
+    all_registered_with_one_leader(&cluster, &all, &addrs[0]).await;
     let created = cli(&addrs[0], &["topic", "create", "rolling", "--partitions", "6", "--replication", "3"]).await;
     assert!(created.status.success(), "{}", stderr(&created));
     let mut expected = Vec::new();
