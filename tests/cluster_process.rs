@@ -276,6 +276,9 @@ async fn three_nodes_route_to_leaders_fail_over_and_catch_up() {
             .as_array()?
             .iter()
             .map(|p| (p["topic"].as_str().unwrap().to_owned(), p["partition"].as_u64().unwrap()))
+            // The `after-failover-*` topics created while the dead node was not yet fenced may have
+            // been placed on it too: only the two topics of this check count.
+            .filter(|(topic, _)| topic == "orders" || topic == "replicated")
             .collect();
         let fenced = status["nodes"].as_array()?.iter().any(|node| node["node_id"] == leader && node["fenced"] == true);
         let replicated: Vec<&Value> =
@@ -295,7 +298,10 @@ async fn three_nodes_route_to_leaders_fail_over_and_catch_up() {
     }
     let human = stdout(&cli(&survivor, &["cluster", "status"]).await);
     assert!(
-        human.contains(&format!("partitions: {} offline, 3 under-replicated", expected_offline.len())),
+        human.contains(&format!(
+            "partitions: {} offline, 3 under-replicated",
+            status_after["offline_partitions"].as_array().unwrap().len()
+        )),
         "{human}\n{status_after}"
     );
 
