@@ -57,7 +57,7 @@ pub struct Frame {
     pub correlation_id: u64,
     #[prost(uint32, tag = "2")]
     pub version: u32,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27")]
+    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29")]
     pub body: Option<Body>,
 }
 
@@ -105,6 +105,12 @@ pub enum Body {
     PeerHello(PeerHello),
     #[prost(message, tag = "27")]
     PeerHelloResponse(PeerHelloResponse),
+    /// Peer to peer: a follower replica's fetch from its partition leader (ADR 0011). Accepted only
+    /// on a connection identified by a `PeerHello`, from the replica it names.
+    #[prost(message, tag = "28")]
+    ReplicaFetchRequest(ReplicaFetchRequest),
+    #[prost(message, tag = "29")]
+    ReplicaFetchResponse(ReplicaFetchResponse),
 }
 
 impl Frame {
@@ -170,6 +176,9 @@ pub enum ErrorCode {
     FencedLeaderEpoch = 27,
     /// The request carried a newer leader epoch than the replica knows: it has not caught up yet.
     UnknownLeaderEpoch = 28,
+    /// A new partition leader has not yet confirmed the high watermark its predecessors reached, so
+    /// it cannot answer a consumer without the high watermark seeming to go back: retry shortly.
+    LeaderNotReady = 29,
 }
 
 impl ErrorCode {
@@ -399,6 +408,67 @@ pub struct RaftMessage {
     /// raft-rs's `eraftpb::Message`, protobuf-encoded.
     #[prost(bytes = "bytes", tag = "3")]
     pub message: Bytes,
+}
+
+/// A follower's fetch (`partition::replica::FetchRequest` on the wire).
+#[derive(Clone, PartialEq, Message)]
+pub struct ReplicaFetchRequest {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+    /// Echoed in the response.
+    #[prost(uint64, tag = "3")]
+    pub fetch_id: u64,
+    /// The fetching replica; must be the peer the connection identified as.
+    #[prost(uint64, tag = "4")]
+    pub replica: u64,
+    /// The leader epoch the follower believes current.
+    #[prost(int32, tag = "5")]
+    pub leader_epoch: i32,
+    /// The follower's log end: the next offset it wants.
+    #[prost(int64, tag = "6")]
+    pub fetch_offset: i64,
+    /// The epoch of the follower's last batch; absent for an empty log.
+    #[prost(int32, optional, tag = "7")]
+    pub last_fetched_epoch: Option<i32>,
+    /// Everything below this is fsynced on the follower.
+    #[prost(int64, tag = "8")]
+    pub durable_end: i64,
+    #[prost(uint32, tag = "9")]
+    pub max_bytes: u32,
+    #[prost(uint32, tag = "10")]
+    pub max_wait_ms: u32,
+}
+
+/// Where the follower's log diverges from the leader's (KIP-320): the leader's largest epoch `<=`
+/// the follower's last fetched epoch (absent: none) and where it ends on the leader.
+#[derive(Clone, PartialEq, Message)]
+pub struct DivergingEpoch {
+    #[prost(int32, optional, tag = "1")]
+    pub epoch: Option<i32>,
+    #[prost(int64, tag = "2")]
+    pub end_offset: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ReplicaFetchResponse {
+    /// Set when the fetch failed (this node is not the leader, a stale or unknown epoch, storage).
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(uint64, tag = "2")]
+    pub fetch_id: u64,
+    /// The leader's epoch when it answered.
+    #[prost(int32, tag = "3")]
+    pub leader_epoch: i32,
+    #[prost(int64, tag = "4")]
+    pub high_watermark: i64,
+    /// Set when the follower must truncate before fetching again; `records` is then empty.
+    #[prost(message, optional, tag = "5")]
+    pub diverging: Option<DivergingEpoch>,
+    /// Zero or more whole batches from the fetch offset, concatenated, exactly as stored.
+    #[prost(bytes = "bytes", tag = "6")]
+    pub records: Bytes,
 }
 
 /// A connection's claim to be a peer: the sending node and the node it means to reach. The receiver

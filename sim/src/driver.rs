@@ -15,7 +15,7 @@
 //!    checked: one that did not count fails the seed.
 //! 4. Heal: the supervisor (if any) judges exits first, then every fault ends and every broker is up.
 //! 5. Liveness, each within [`LIVENESS_MS_MAX`]: queue: the broker serves, sends are acked in the
-//!    [`AFTER_HEAL_MS`] after the heal, the final reader reads every partition to its high
+//!    [`AFTER_HEAL_MS`] after the heal (or, if none was yet, before the liveness bound), the final reader reads every partition to its high
 //!    watermark; metadata: a leader, a create through every broker, every node converged, the
 //!    final topic list read.
 //! 6. Verdict ([`crate::outcome`]): the checkers over the histories, the Raft checker, every
@@ -194,7 +194,7 @@ impl Run {
                 self.violations.push(format!("setup: broker-{} did not start serving", index + 1));
             }
         }
-        if self.scenario.workload != WorkloadKind::Metadata {
+        if self.scenario.workload != WorkloadKind::Metadata && self.scenario.brokers == 1 {
             return;
         }
         while leader(&self.cluster).is_none() && Instant::now() < deadline {
@@ -220,16 +220,20 @@ impl Run {
     /// Creates the topic (before any fault), then starts the producers and the consumers, each
     /// client node with its own RNG seeded from the workload's.
     async fn start_queue(&mut self, swarm: QueueSwarm) -> QueueRun {
-        let addr = self.cluster.broker_addr(0);
+        let addr = self.bootstrap();
+        let replication = self.scenario.replication;
         let recorder = Recorder::new(self.start, self.trace.clone(), self.scenario.durable());
         let admin = self.cluster.add_client();
         let partitions = swarm.partitions;
-        let created =
-            admin.spawn(create_topic(addr.clone(), partitions)).await.expect("the admin task is never killed");
+        let created = admin
+            .spawn(create_topic(addr.clone(), partitions, replication))
+            .await
+            .expect("the admin task is never killed");
         if let Err(error) = created {
             self.violations.push(format!("could not create the topic: {error}"));
         }
-        self.trace.record(recorder.now_ns(), format!("topic {TOPIC} created with {partitions} partitions"));
+        let what = format!("topic {TOPIC} created with {partitions} partitions, replication {replication}");
+        self.trace.record(recorder.now_ns(), what);
         let mut queue = QueueRun {
             rng: StdRng::seed_from_u64(swarm.rng_seed),
             swarm,
@@ -335,11 +339,20 @@ impl Run {
 
     /// Queue liveness: the broker serves, sends are acked again, the final read finishes.
     async fn queue_liveness(&mut self, queue: &mut QueueRun) {
-        if !self.cluster.wait_serving(0, Duration::from_millis(LIVENESS_MS_MAX)).await {
-            self.violations.push(format!("broker not serving {LIVENESS_MS_MAX} ms after the heal"));
+        let deadline = Instant::now() + Duration::from_millis(LIVENESS_MS_MAX);
+        for index in 0..self.cluster.broker_count() {
+            if !self.cluster.wait_serving(index, deadline.saturating_duration_since(Instant::now())).await {
+                let name = index + 1;
+                self.violations.push(format!("broker-{name} not serving {LIVENESS_MS_MAX} ms after the heal"));
+            }
         }
         let acked_at_heal = queue.recorder.sends_acked();
         tokio::time::sleep(Duration::from_millis(AFTER_HEAL_MS)).await;
+        // Replicated partitions may need longer (a metadata leader, registrations, followers back in
+        // the ISR): keep the workload going until a send is acked, within the liveness bound.
+        while queue.recorder.sends_acked() == acked_at_heal && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         queue.stop.cancel();
         self.stop_workers(std::mem::take(&mut queue.workers), "a send or poll hung").await;
         let acked_after_heal = queue.recorder.sends_acked() - acked_at_heal;
@@ -348,11 +361,37 @@ impl Run {
             format!("workload stopped; {acked_after_heal} sends acked after the heal"),
         );
         if acked_after_heal == 0 {
-            self.violations.push(format!("no send was acked in the {AFTER_HEAL_MS} ms after the heal"));
+            self.violations.push(format!("no send was acked in the {LIVENESS_MS_MAX} ms after the heal"));
         }
-        self.final_read(queue).await;
+        let high_watermarks = self.final_read(queue).await;
         let stats = self.cluster.broker(0).disk.stats();
         self.trace.record(queue.recorder.now_ns(), format!("disk stats {stats:?}"));
+        if let (Some(high_watermarks), true) = (high_watermarks, self.scenario.checks(Checker::Replicas)) {
+            self.check_replicas(&high_watermarks).await;
+        }
+    }
+
+    /// Every broker's address, the clients' bootstrap list.
+    fn bootstrap(&self) -> String {
+        (0..self.cluster.broker_count()).map(|index| self.cluster.broker_addr(index)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The replica convergence check ([`crate::replicas`]), after the final read.
+    async fn check_replicas(&mut self, high_watermarks: &std::collections::BTreeMap<u32, i64>) {
+        let node = self.cluster.add_client();
+        let bound = Duration::from_millis(LIVENESS_MS_MAX);
+        let described = node
+            .spawn(crate::replicas::describe(self.bootstrap(), TOPIC.to_owned(), bound))
+            .await
+            .expect("the describe task is never killed");
+        let described = match described {
+            Ok(described) => described,
+            Err(error) => return self.violations.push(format!("replicas: {error}")),
+        };
+        self.note(format!("replicas: described {described:?}"));
+        let violations = crate::replicas::check(&mut self.cluster, TOPIC, &described, high_watermarks).await;
+        self.note(format!("replicas: {} violations", violations.len()));
+        self.violations.extend(violations);
     }
 
     async fn stop_workers(&mut self, workers: Vec<JoinHandle<()>>, what_hung: &str) {
@@ -371,10 +410,10 @@ impl Run {
 
     /// The final reader reads every partition from 0 to its high watermark; with durability, every
     /// acked offset is below it.
-    async fn final_read(&mut self, queue: &mut QueueRun) {
+    async fn final_read(&mut self, queue: &mut QueueRun) -> Option<std::collections::BTreeMap<u32, i64>> {
         let reader_node = self.cluster.add_client();
         let reader = crate::workload::FinalReader {
-            addr: self.cluster.broker_addr(0),
+            addr: self.bootstrap(),
             topic: TOPIC.to_owned(),
             partitions: queue.swarm.partitions,
             process: queue.next_process(),
@@ -384,12 +423,15 @@ impl Run {
             reader_node.spawn(reader.run(queue.recorder.clone())).await.expect("the reader task is never killed");
         let high_watermarks = match final_read {
             Ok(high_watermarks) => high_watermarks,
-            Err(error) => return self.violations.push(format!("liveness: {error}")),
+            Err(error) => {
+                self.violations.push(format!("liveness: {error}"));
+                return None;
+            }
         };
         let what = format!("final read done; high watermarks {high_watermarks:?}");
         self.trace.record(queue.recorder.now_ns(), what);
         if !self.scenario.durable() {
-            return;
+            return Some(high_watermarks);
         }
         for (partition, acked_max) in queue.recorder.acked_max() {
             let high_watermark = high_watermarks.get(&partition).copied().unwrap_or(0);
@@ -399,6 +441,7 @@ impl Run {
                 ));
             }
         }
+        Some(high_watermarks)
     }
 
     /// Metadata liveness: the workload stops, then within [`LIVENESS_MS_MAX`] every broker serves,
@@ -575,11 +618,11 @@ fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
 }
 
 /// Creates the queue workload's topic, retrying (the first leader may still be coming).
-async fn create_topic(addr: String, partitions: u32) -> Result<(), String> {
+async fn create_topic(addr: String, partitions: u32, replication: u32) -> Result<(), String> {
     let client = keel::client::Client::new(addr, client_config());
     let mut last_error = String::new();
     for _ in 0..20 {
-        match client.create_topic(TOPIC, partitions, 1).await {
+        match client.create_topic(TOPIC, partitions, replication).await {
             Ok(()) => return Ok(()),
             Err(error) => last_error = error.to_string(),
         }

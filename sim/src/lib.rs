@@ -22,6 +22,8 @@
 //!   and its one `assert_valid`.
 //! - `monitor` (madsim only): the Raft observers feeding `raft_checker` during the run, and the
 //!   supervisor that judges every Raft node that stopped (a checker, not a driver).
+//! - `replicas` (madsim only): the ISR scenarios' convergence check (every in-sync replica holds
+//!   the leader's bytes below the high watermark).
 //! - `cluster` (madsim only): named nodes running `keel::server::run_broker` over a `SimDisk` and
 //!   a `SimKv` that outlive restarts; kill, power loss, restart, clean restart, pause, clog, link
 //!   clogs, latency, disk and metadata-store faults, heal; every broker exit judged by its cause.
@@ -73,6 +75,8 @@ pub mod monitor;
 pub mod nemesis;
 #[cfg(madsim)]
 pub mod outcome;
+#[cfg(madsim)]
+pub mod replicas;
 #[cfg(madsim)]
 pub mod scenario;
 #[cfg(madsim)]

@@ -309,6 +309,7 @@ impl<'a> Nemesis<'a> {
         let outage = Duration::from_millis(thread_rng().gen_range(50..=self.swarm.outage_ms_max.max(50)));
         let started = match class {
             FaultClass::LeaderKill | FaultClass::Kill | FaultClass::PowerLoss => self.crash(class, forced).await,
+            FaultClass::AllPowerLoss => self.all_power_loss(outage),
             FaultClass::CleanRestart => self.clean_restart().await,
             FaultClass::Pause => self.pause(),
             FaultClass::Clog => self.clog(forced),
@@ -355,6 +356,24 @@ impl<'a> Nemesis<'a> {
             *self.injected.entry(FaultClass::LeaderKill).or_default() += 1;
         }
         Some((Some(Fault::Down { broker: target, stalled }), counted))
+    }
+
+    /// Every broker loses power at once; each is a `Down` fault that ends after `outage`. Counted when
+    /// every broker was serving.
+    fn all_power_loss(&mut self, outage: Duration) -> Option<(Option<Fault>, bool)> {
+        let n = self.cluster.broker_count();
+        if (0..n).any(|index| self.busy(index) || !self.cluster.is_up(index)) {
+            return None;
+        }
+        let counted = (0..n).all(|index| self.cluster.broker_state(index) == BrokerState::Serving);
+        for index in 0..n {
+            self.cluster.power_loss(index);
+        }
+        for index in 1..n {
+            let fault = Fault::Down { broker: index, stalled: false };
+            self.active.push(ActiveFault { fault, end: Instant::now() + outage });
+        }
+        Some((Some(Fault::Down { broker: 0, stalled: false }), counted))
     }
 
     /// Stalls `broker`'s syncs and waits until one is likely in flight, with records written but not

@@ -37,6 +37,9 @@ pub enum Checker {
     /// `keel_model::raft_checker` fed during the run by the observers of [`crate::monitor`], whose
     /// supervisor also judges every stopped Raft node.
     Raft,
+    /// After the final read: every in-sync replica's log holds the leader's batches, byte for byte,
+    /// below the high watermark ([`crate::replicas`]).
+    Replicas,
 }
 
 /// One scenario: config (cluster and faults), workload, checkers.
@@ -46,6 +49,9 @@ pub struct Scenario {
     pub name: &'static str,
     /// Brokers, all voters of the metadata group (one broker: a group of one).
     pub brokers: usize,
+    /// The queue workload's topic's replication factor (its min ISR is the broker default,
+    /// `min(2, replication)`).
+    pub replication: u32,
     pub fsync: FsyncPolicy,
     /// The fault classes the nemesis may use, in draw order.
     pub faults: Vec<(FaultClass, Use)>,
@@ -77,7 +83,10 @@ impl Scenario {
     /// Whether every acked record must survive: with fsync=always, or when no fault can drop the
     /// page cache (without power loss or a failed fsync even fsync=never keeps everything acked).
     pub fn durable(&self) -> bool {
-        self.fsync == FsyncPolicy::Always || !(self.uses(FaultClass::PowerLoss) || self.uses(FaultClass::FailedFsync))
+        self.fsync == FsyncPolicy::Always
+            || !(self.uses(FaultClass::PowerLoss)
+                || self.uses(FaultClass::AllPowerLoss)
+                || self.uses(FaultClass::FailedFsync))
     }
 }
 
@@ -93,6 +102,7 @@ fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass
     Scenario {
         name,
         brokers: 1,
+        replication: 1,
         fsync,
         faults,
         workload: WorkloadKind::Queue,
@@ -105,6 +115,7 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
     Scenario {
         name,
         brokers: voters,
+        replication: 1,
         fsync: FsyncPolicy::Always,
         faults,
         workload: WorkloadKind::Metadata,
@@ -221,6 +232,69 @@ pub fn raft_5_voters_swarm() -> Scenario {
     raft("raft_5_voters_swarm", 5, raft_swarm_faults())
 }
 
+/// The faulty phase of the ISR scenarios, in simulated time.
+pub const ISR_DURATION: Duration = Duration::from_secs(15);
+
+const ISR_CHECKERS: &[Checker] = &[Checker::Queue, Checker::Replicas];
+
+/// Replicated partitions (RF 3, min ISR 2, fsync=always, acks=all): the queue workload through
+/// every broker, judged by the queue checker and the replica convergence check.
+fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Scenario {
+    Scenario {
+        name,
+        brokers,
+        replication: 3,
+        fsync: FsyncPolicy::Always,
+        faults,
+        workload: WorkloadKind::Queue,
+        checkers: ISR_CHECKERS,
+        duration: ISR_DURATION,
+    }
+}
+
+/// Partition leaders (any broker leads some partition) killed again and again during produce, with
+/// power loss and graceful restarts on top: elections from the ISR only, nothing acked lost.
+pub fn isr_3_leader_kill() -> Scenario {
+    isr("isr_3_leader_kill", 3, vec![(Kill, Always), (PowerLoss, Sometimes), (LeaderKill, Sometimes)])
+}
+
+/// Every broker loses power at the same moment (unsynced writes dropped everywhere), again and again:
+/// an `acks=all` acknowledgement means fsynced on every ISR member, so nothing acknowledged is lost.
+pub fn isr_3_all_power_loss() -> Scenario {
+    isr("isr_3_all_power_loss", 3, vec![(AllPowerLoss, Always), (Kill, Sometimes)])
+}
+
+/// Leaders cut off from the controller but reachable by clients (one-way clogs and partitions): a
+/// zombie leader cannot shrink its ISR, so it cannot advance its HW or acknowledge alone.
+pub fn isr_3_zombie_leader() -> Scenario {
+    isr("isr_3_zombie_leader", 3, vec![(Partition, Always), (OneWay, Sometimes), (Bridge, Sometimes)])
+}
+
+/// Clogged brokers, paused brokers, message delay and slow fsyncs: followers fall behind, leave the
+/// ISR and come back.
+pub fn isr_3_clogs_pauses_delay() -> Scenario {
+    isr(
+        "isr_3_clogs_pauses_delay",
+        3,
+        vec![(Clog, Always), (Pause, Always), (Delay, Sometimes), (SlowFsync, Sometimes)],
+    )
+}
+
+/// Graceful restarts one after another under load (leadership moves away first).
+pub fn isr_3_rolling_restart() -> Scenario {
+    isr("isr_3_rolling_restart", 3, vec![(CleanRestart, Always)])
+}
+
+/// 5 brokers, every fault class the ISR scenarios use, rates drawn per seed.
+pub fn isr_5_swarm() -> Scenario {
+    let faults =
+        [Kill, PowerLoss, AllPowerLoss, CleanRestart, Pause, Clog, Partition, Bridge, OneWay, Delay, SlowFsync]
+            .into_iter()
+            .map(|class| (class, Sometimes))
+            .collect();
+    isr("isr_5_swarm", 5, faults)
+}
+
 /// Every scenario of `sim/tests/scenarios.rs`.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -234,6 +308,12 @@ pub fn all() -> Vec<Scenario> {
         raft_3_voters_swarm(),
         raft_5_voters_partitions_and_clogs(),
         raft_5_voters_swarm(),
+        isr_3_leader_kill(),
+        isr_3_all_power_loss(),
+        isr_3_zombie_leader(),
+        isr_3_clogs_pauses_delay(),
+        isr_3_rolling_restart(),
+        isr_5_swarm(),
     ]
 }
 

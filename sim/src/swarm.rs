@@ -38,6 +38,9 @@ pub enum FaultClass {
     PowerLoss,
     /// Process crash of any broker (the page cache survives), restarted after the outage.
     Kill,
+    /// Every broker loses power at the same moment (only when none is already down or paused), and
+    /// all restart after the outage.
+    AllPowerLoss,
     /// Kill whichever broker leads the metadata group (a kill that hits the leader counts too).
     LeaderKill,
     /// Graceful restart (ctrl-c, bounded wait for the exit, restart).

@@ -104,14 +104,14 @@ async fn harness_judges_every_broker_exit() {
     assert!(violations[0].starts_with("broker-2 incarnation 1 exited without a ctrl-c"), "{violations:?}");
 }
 
-/// Controller elections (ADR 0012) on the real broker shell: 3 brokers, a topic with 6 partitions on
-/// all three. Until the data path replicates (issue 8), each partition's leader is the only member of
-/// its ISR, so the controller never elects a replica without the data: a killed leader is fenced after
-/// its heartbeats stop and the partitions it led go offline (it stays their ISR); back, it leads them
-/// again in a new leader epoch. A clean restart (ctrl-c) of another leader goes through controlled
-/// shutdown (not fencing) the same way. No harness violation.
+/// Controller elections (ADR 0012) with replication on the real broker shell: 3 brokers, a topic with
+/// 6 partitions on all three. A new partition's ISR is its leader alone; the followers join once they
+/// have fetched everything. A killed leader is fenced after its heartbeats stop and each partition it
+/// led moves to another member of its ISR (never outside it) in a new leader epoch; back, the broker
+/// catches up and rejoins every ISR. A clean restart (ctrl-c) of another leader goes through
+/// controlled shutdown (not fencing): its partitions move before it stops. No harness violation.
 #[madsim::test]
-async fn controller_keeps_single_copy_partitions_on_their_leader_through_fencing_and_shutdown() {
+async fn controller_moves_leadership_within_the_isr_through_fencing_and_shutdown() {
     use keel::config::BrokerConfig;
     use keel::meta::state::MetadataState;
     use keel::types::NodeId;
@@ -166,67 +166,54 @@ async fn controller_keeps_single_copy_partitions_on_their_leader_through_fencing
         })
         .await
         .unwrap();
-    let topic = wait_for(&cluster, 0, "topic t", |state| state.topic("t").cloned()).await;
-    assert!(topic.partitions.iter().all(|p| p.leader.is_some() && p.isr == [p.leader.unwrap()]), "{topic:?}");
+    let full_isr = |state: &MetadataState| {
+        let topic = state.topic("t")?;
+        topic.partitions.iter().all(|p| p.leader.is_some() && p.isr.len() == 3).then(|| topic.clone())
+    };
+    let topic = wait_for(&cluster, 0, "topic t with every follower in the ISR", full_isr).await;
     let leaders: std::collections::BTreeSet<NodeId> = topic.partitions.iter().filter_map(|p| p.leader).collect();
     assert!(leaders.len() >= 2, "partitions spread over the brokers: {topic:?}");
-    let victim = topic.partitions[0].leader.expect("a leader at creation");
+    let victim = topic.partitions[0].leader.expect("a leader");
     let victim_index = victim.0 as usize - 1;
-    let led_by = |node: NodeId| -> Vec<u32> {
-        topic.partitions.iter().filter(|p| p.leader == Some(node)).map(|p| p.partition).collect()
-    };
+    let led_by_victim: Vec<u32> =
+        topic.partitions.iter().filter(|p| p.leader == Some(victim)).map(|p| p.partition).collect();
 
-    // Kill -9: fenced after 6 s without heartbeats; its partitions go offline, the others stay put.
+    // Kill -9: fenced after 6 s without heartbeats; its partitions move within their ISR.
     cluster.kill(victim_index);
     let killed_at = Instant::now();
     let survivor_index = (victim_index + 1) % 3;
-    let offline = wait_for(&cluster, survivor_index, "the dead leader fenced, its partitions offline", |state| {
+    let moved = wait_for(&cluster, survivor_index, "the dead leader fenced, its partitions moved", |state| {
         let fenced = state.broker(victim).is_some_and(|broker| broker.fenced);
         let now = state.topic("t")?;
-        let as_expected = now.partitions.iter().zip(&topic.partitions).all(|(after, before)| {
-            if before.leader == Some(victim) {
-                after.leader.is_none() && after.isr == [victim]
-            } else {
-                after.leader == before.leader
-            }
-        });
-        (fenced && as_expected).then(|| now.clone())
+        let all_led = now.partitions.iter().all(|p| p.leader.is_some_and(|leader| leader != victim));
+        (fenced && all_led).then(|| now.clone())
     })
     .await;
     let fenced_after = killed_at.elapsed();
     assert!(fenced_after >= Duration::from_secs(6), "fenced before the fence timeout: {fenced_after:?}");
-    assert!(offline.partitions.iter().all(|p| p.unclean_elections == 0));
-    println!("fenced {fenced_after:?} after the kill; {} partition(s) offline", led_by(victim).len());
+    for partition in &led_by_victim {
+        let (before, after) = (&topic.partitions[*partition as usize], &moved.partitions[*partition as usize]);
+        let leader = after.leader.unwrap();
+        assert!(before.isr.contains(&leader), "elected {leader} outside the ISR {:?}", before.isr);
+        assert!(after.leader_epoch > before.leader_epoch, "{after:?}");
+        assert!(!after.isr.contains(&victim), "a fenced broker stays out of the ISR: {after:?}");
+        assert_eq!(after.unclean_elections, 0);
+    }
+    println!("fenced {fenced_after:?} after the kill; {} partition(s) moved", led_by_victim.len());
 
-    // Back: it leads its partitions again, each in a new leader epoch.
+    // Back: it catches up and rejoins every ISR.
     cluster.restart(victim_index);
     assert!(cluster.wait_serving(victim_index, bound).await);
-    let back = wait_for(&cluster, survivor_index, "the restarted broker leading its partitions again", |state| {
-        let now = state.topic("t")?;
-        led_by(victim).iter().all(|p| now.partitions[*p as usize].leader == Some(victim)).then(|| now.clone())
-    })
-    .await;
-    for partition in led_by(victim) {
-        let (before, after) = (&topic.partitions[partition as usize], &back.partitions[partition as usize]);
-        assert!(after.leader_epoch > before.leader_epoch, "{after:?}");
-    }
+    wait_for(&cluster, survivor_index, "the restarted broker back in every ISR", full_isr).await;
 
-    // Clean restart of another leader: controlled shutdown, not fencing; its partitions wait for it.
-    let second = *leaders.iter().find(|node| **node != victim).expect("a second leader");
+    // Clean restart of a leader: controlled shutdown, not fencing; its partitions move first.
+    let second = moved.partitions.iter().filter_map(|p| p.leader).find(|node| *node != victim).expect("a leader");
     let second_index = second.0 as usize - 1;
     cluster.clean_restart(second_index).await;
-    let observer_index = (0..3).find(|index| *index != victim_index && *index != second_index).unwrap();
-    let last = wait_for(&cluster, observer_index, "every partition led as at creation", |state| {
-        let now = state.topic("t")?;
-        now.partitions
-            .iter()
-            .zip(&topic.partitions)
-            .all(|(after, before)| after.leader == before.leader)
-            .then(|| now.clone())
-    })
-    .await;
+    let observer_index = (0..3).find(|index| *index != second_index).unwrap();
+    wait_for(&cluster, observer_index, "every partition led with a full ISR again", full_isr).await;
     let state = cluster.meta_slot(observer_index).node.unwrap().with_state(|state| state.clone());
-    assert_eq!(state.offline_partitions().count(), 0, "{last:?}");
+    assert_eq!(state.offline_partitions().count(), 0);
     assert!(!state.broker(second).unwrap().fenced, "stopped by controlled shutdown, not by fencing");
     assert!(cluster.violations().is_empty(), "{:?}", cluster.violations());
 }
@@ -342,4 +329,46 @@ fn history_file_parses_back_with_the_same_verdict() {
         assert_eq!(format!("{verdicts:?}"), format!("{:?}", outcome.verdicts), "{name}: the reports differ");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// ISR (RF 3, min ISR 2): partition leaders killed again and again during produce.
+#[madsim::test]
+async fn isr_3_leader_kill() {
+    keel_sim::init_logging();
+    driver::run(&scenario::isr_3_leader_kill()).await.assert_valid();
+}
+
+/// ISR: every broker loses power at the same moment; nothing acknowledged is lost.
+#[madsim::test]
+async fn isr_3_all_power_loss() {
+    keel_sim::init_logging();
+    driver::run(&scenario::isr_3_all_power_loss()).await.assert_valid();
+}
+
+/// ISR: a leader cut off from the controller but reachable by clients must not acknowledge alone.
+#[madsim::test]
+async fn isr_3_zombie_leader() {
+    keel_sim::init_logging();
+    driver::run(&scenario::isr_3_zombie_leader()).await.assert_valid();
+}
+
+/// ISR: clogs, pauses, delay and slow fsyncs (followers leave the ISR and come back).
+#[madsim::test]
+async fn isr_3_clogs_pauses_delay() {
+    keel_sim::init_logging();
+    driver::run(&scenario::isr_3_clogs_pauses_delay()).await.assert_valid();
+}
+
+/// ISR: graceful restarts one after another under load.
+#[madsim::test]
+async fn isr_3_rolling_restart() {
+    keel_sim::init_logging();
+    driver::run(&scenario::isr_3_rolling_restart()).await.assert_valid();
+}
+
+/// ISR, 5 brokers: every fault class, rates drawn per seed.
+#[madsim::test]
+async fn isr_5_swarm() {
+    keel_sim::init_logging();
+    driver::run(&scenario::isr_5_swarm()).await.assert_valid();
 }

@@ -1,32 +1,42 @@
-//! The partition actor: the shell that owns one partition's log and drives its sans-IO core.
+//! The partition actor: the shell that owns one replica's log and leader-epoch cache and drives its
+//! sans-IO [`ReplicaCore`] (leader or follower; ADR 0011).
 //!
-//! One task per partition, fed by a bounded mailbox ([`MAILBOX_MAX`]); backpressure comes from
-//! that bound, not from locks. Group commit falls out of the loop: while one fsync is in flight, new
-//! appends are written to the page cache, and the next fsync covers all of them at once.
+//! One task per partition replica, fed by a bounded mailbox ([`MAILBOX_MAX`]); backpressure comes
+//! from that bound, not from locks. Group commit falls out of the loop: while one fsync is in flight,
+//! new appends are written to the page cache, and the next fsync covers all of them at once.
 //!
-//! The loop performs each [`Ready`] in order: writes, then starting the sync, then reads, then
-//! replies, and after the writes it tells the core what became of them (`Written`, or `WriteFailed`
-//! at the first batch that failed, after which it writes nothing more), then takes the next `Ready`
-//! until the core has nothing left to do. The shell never decides which replies a failure cancels:
-//! the core emits a `Produced` only for batches already reported written (see the Ready contract in
-//! `partition::core`). On a storage failure (a write or a sync fails) it drops the in-flight sync,
-//! tells the core, reopens the log (recovery truncates whatever the disk lost or tore) and tells the
-//! core what survived.
+//! The loop performs each [`Ready`] in the order the core's module doc gives (its "Out" section):
+//! epoch-cache entries (synced before any batch of their epoch), a follower's truncation, writes
+//! (reported back with `Written`, or `WriteFailed` at the first failure, after which nothing more is
+//! written), the sync, reads, replies, the follower's fetch to its leader, and the leader's ISR change
+//! proposal or resignation, which go to the controller through [`ReplicaNet`]. A truncation's
+//! epoch-cache cut is applied and synced only after a log sync begun after the truncation succeeded,
+//! and only then is that sync reported to the core (`log::epoch_cache`: the cache's cut is never
+//! durable before the log's). The shell never decides which replies a failure cancels: the core
+//! does. On a storage failure it drops the in-flight sync, tells the core, reopens the log and the
+//! epoch cache (recovery truncates whatever the disk lost or tore) and tells the core what survived.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::Batch;
+use crate::log::epoch_cache::EpochCache;
 use crate::log::{LogConfig, LogError, PartitionLog};
-use crate::partition::core::{CoreConfig, Input, PartitionCore, Ready, Reply, RequestId};
+use crate::partition::core::{CoreConfig, Reply, RequestId};
+use crate::partition::replica::{
+    FetchRequest, FetchResponse, FetchResult, FollowerRead, Input, IsrChange, OpenedLog, PartitionState, Ready,
+    ReplicaConfig, ReplicaCore, RoleKind,
+};
 use crate::protocol::{Acks, ErrorCode};
 use crate::storage::Disk;
-use crate::types::{LeaderEpoch, Offset, TimestampMs};
+use crate::types::{LeaderEpoch, NodeId, Offset, TimestampMs};
 
 /// Commands queued for one partition before senders wait.
 pub const MAILBOX_MAX: usize = 1024;
@@ -58,11 +68,69 @@ pub enum OffsetSpec {
     Timestamp(TimestampMs),
 }
 
+/// What the replica actor needs from the rest of the broker: the leader's answer to a follower's
+/// fetch, and the controller for ISR changes and resignations. The broker implements it over the peer
+/// transport and the metadata Raft group (`server::replication`); each actor gets one for its own
+/// partition. Every method returns at once with a future the actor spawns, so a slow peer or
+/// controller never holds up the partition.
+pub trait ReplicaNet: Send + Sync + 'static {
+    /// Sends `request` to `leader` and waits (bounded) for its answer; `Err` says why there is none.
+    fn fetch(&self, leader: NodeId, request: FetchRequest) -> BoxFuture<'static, Result<FetchResponse, String>>;
+    /// Proposes the ISR change to the controller. Its outcome arrives as a new partition state.
+    fn change_isr(&self, change: IsrChange) -> BoxFuture<'static, ()>;
+    /// Asks the controller for a new leader: this leader lost data it had already replicated.
+    fn resign(&self, leader: NodeId, leader_epoch: LeaderEpoch) -> BoxFuture<'static, ()>;
+}
+
+/// A partition with no peers (one replica): fetches fail, proposals are dropped. For tests of a
+/// single-replica partition.
+pub struct NoPeers;
+
+impl ReplicaNet for NoPeers {
+    fn fetch(&self, leader: NodeId, _request: FetchRequest) -> BoxFuture<'static, Result<FetchResponse, String>> {
+        Box::pin(std::future::ready(Err(format!("no peers: cannot reach {leader}"))))
+    }
+    fn change_isr(&self, _change: IsrChange) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+    fn resign(&self, _leader: NodeId, _leader_epoch: LeaderEpoch) -> BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+/// One replica's view, for `topic describe` and the simulation's convergence checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub role: RoleKind,
+    pub leader_epoch: LeaderEpoch,
+    pub high_watermark: Offset,
+    pub log_start: Offset,
+    pub log_end: Offset,
+    /// Durable (fsynced) end of the local log.
+    pub stable_end: Offset,
+    /// On a leader, each follower's last fetch offset (its log end), if it fetched in this epoch.
+    pub followers: Vec<(NodeId, Option<Offset>)>,
+    pub storage_failed: bool,
+}
+
 enum Command {
     Append { batch: Batch, acks: Acks, reply: oneshot::Sender<PartitionReply> },
-    Fetch { offset: Offset, bytes_max: u32, wait_ms_max: u32, reply: oneshot::Sender<PartitionReply> },
+    Fetch { fetch: ConsumerFetch, reply: oneshot::Sender<PartitionReply> },
     ListOffsets { spec: OffsetSpec, reply: oneshot::Sender<PartitionReply> },
+    FollowerFetch { fetch: FetchRequest, reply: oneshot::Sender<FetchResponse> },
+    State { state: PartitionState },
+    Status { reply: oneshot::Sender<ReplicaStatus> },
     Stop { reply: oneshot::Sender<Result<(), String>> },
+}
+
+/// A consumer's fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerFetch {
+    pub offset: Offset,
+    pub bytes_max: u32,
+    pub wait_ms_max: u32,
+    /// The leader epoch the consumer's metadata named (KIP-320), if it sent one.
+    pub leader_epoch: Option<LeaderEpoch>,
 }
 
 /// A cheap handle to a running partition actor.
@@ -77,6 +145,9 @@ impl std::fmt::Debug for Command {
             Command::Append { .. } => "Append",
             Command::Fetch { .. } => "Fetch",
             Command::ListOffsets { .. } => "ListOffsets",
+            Command::FollowerFetch { .. } => "FollowerFetch",
+            Command::State { .. } => "State",
+            Command::Status { .. } => "Status",
             Command::Stop { .. } => "Stop",
         })
     }
@@ -95,8 +166,12 @@ impl PartitionHandle {
     }
 
     pub async fn fetch(&self, offset: Offset, bytes_max: u32, wait_ms_max: u32) -> PendingReply {
+        self.consumer_fetch(ConsumerFetch { offset, bytes_max, wait_ms_max, leader_epoch: None }).await
+    }
+
+    pub async fn consumer_fetch(&self, fetch: ConsumerFetch) -> PendingReply {
         let (reply, receiver) = oneshot::channel();
-        self.send(Command::Fetch { offset, bytes_max, wait_ms_max, reply }).await;
+        self.send(Command::Fetch { fetch, reply }).await;
         receiver
     }
 
@@ -104,6 +179,25 @@ impl PartitionHandle {
         let (reply, receiver) = oneshot::channel();
         self.send(Command::ListOffsets { spec, reply }).await;
         receiver
+    }
+
+    /// A follower's fetch, at the leader. The receiver fails if the actor stops first.
+    pub async fn follower_fetch(&self, fetch: FetchRequest) -> oneshot::Receiver<FetchResponse> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::FollowerFetch { fetch, reply }).await;
+        receiver
+    }
+
+    /// The controller's latest decision for this partition (stale ones are ignored by the core).
+    pub async fn set_state(&self, state: PartitionState) {
+        self.send(Command::State { state }).await;
+    }
+
+    /// The replica's view; `None` if the actor stopped.
+    pub async fn status(&self) -> Option<ReplicaStatus> {
+        let (reply, receiver) = oneshot::channel();
+        self.send(Command::Status { reply }).await;
+        receiver.await.ok()
     }
 
     /// Stops the actor after an fsync of everything it wrote.
@@ -126,71 +220,132 @@ pub struct PartitionSpec<D: Disk> {
     pub dir: String,
     pub name: String,
     pub log_config: LogConfig,
-    pub core_config: CoreConfig,
+    pub config: ReplicaConfig,
+    /// This broker.
+    pub me: NodeId,
+    /// The controller's decision when the actor starts.
+    pub state: PartitionState,
+    pub net: Arc<dyn ReplicaNet>,
+}
+
+impl<D: Disk> PartitionSpec<D> {
+    /// A partition whose only replica is this broker (node 1), its leader: what a one-broker cluster
+    /// runs, and what the actor's own tests use.
+    pub fn single(disk: D, dir: impl Into<String>, name: impl Into<String>, core: CoreConfig) -> PartitionSpec<D> {
+        let me = NodeId(1);
+        PartitionSpec {
+            disk,
+            dir: dir.into(),
+            name: name.into(),
+            log_config: LogConfig::default(),
+            config: ReplicaConfig { core, ..ReplicaConfig::default() },
+            me,
+            state: PartitionState {
+                leader: Some(me),
+                leader_epoch: LeaderEpoch(0),
+                partition_epoch: crate::types::PartitionEpoch(0),
+                isr: vec![me],
+                replicas: vec![me],
+                min_isr: 1,
+            },
+            net: Arc::new(NoPeers),
+        }
+    }
 }
 
 /// First wait before retrying to open a log that failed; doubles up to `REOPEN_BACKOFF_MS_MAX`.
 pub const REOPEN_BACKOFF_MS_MIN: u64 = 50;
 pub const REOPEN_BACKOFF_MS_MAX: u64 = 1_000;
 
-/// Opens (recovers) the partition's log and spawns its actor. A log that cannot be opened (a disk
-/// error) does not stop the broker: the partition starts failed, answers `StorageError`, and retries
-/// the open with backoff until it succeeds.
+type SyncFuture = Pin<Box<dyn Future<Output = Result<Offset, LogError>> + Send>>;
+type Storage<D> = (PartitionLog<D>, EpochCache<<D as Disk>::File>);
+
+/// Opens (recovers) the log, then the epoch cache for the recovered log.
+async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, String> {
+    let (log, report) =
+        PartitionLog::open(spec.disk.clone(), &spec.dir, spec.log_config.clone()).await.map_err(|e| e.to_string())?;
+    let (cache, cache_report) = EpochCache::open(&spec.disk, &spec.dir, log.log_start_offset(), log.log_end_offset())
+        .await
+        .map_err(|error| format!("epoch cache: {error}"))?;
+    tracing::info!(
+        partition = %spec.name,
+        log_start = %report.log_start_offset,
+        log_end = %report.log_end_offset,
+        truncated_bytes = report.truncated_bytes,
+        segments = report.segments,
+        epochs = cache_report.entries,
+        "partition opened"
+    );
+    Ok((log, cache))
+}
+
+/// Opens (recovers) the partition's log and epoch cache and spawns its actor. Storage that cannot
+/// be opened (a disk error) does not stop the broker: the partition starts failed, answers
+/// `StorageError`, and retries the open with backoff until it succeeds.
 pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle {
     let now = tokio::time::Instant::now();
-    let (log, core, reopen_at) = match PartitionLog::open(spec.disk.clone(), &spec.dir, spec.log_config.clone()).await {
-        Ok((log, report)) => {
-            tracing::info!(
-                partition = %spec.name,
-                log_start = %report.log_start_offset,
-                log_end = %report.log_end_offset,
-                truncated_bytes = report.truncated_bytes,
-                segments = report.segments,
-                "partition opened"
-            );
-            let core = PartitionCore::new(
-                spec.core_config.clone(),
-                LeaderEpoch(0),
-                log.log_start_offset(),
-                log.log_end_offset(),
-            );
-            (Some(log), core, None)
+    let (storage, core, reopen_at) = match open_storage(&spec).await {
+        Ok((log, cache)) => {
+            let opened = OpenedLog {
+                log_start: log.log_start_offset(),
+                log_end: log.log_end_offset(),
+                epochs: cache.epochs().clone(),
+                // The HW is not persisted: a leader starts from the log start and advances once its
+                // ISR has confirmed; a follower learns it from its leader.
+                high_watermark: log.log_start_offset(),
+            };
+            let core = ReplicaCore::new(spec.me, spec.config.clone(), spec.state.clone(), opened, 0);
+            (Some((log, cache)), core, None)
         }
         Err(error) => {
-            tracing::error!(partition = %spec.name, %error, "cannot open the partition log; will retry");
-            let core = PartitionCore::new_failed(spec.core_config.clone(), LeaderEpoch(0));
+            tracing::error!(partition = %spec.name, %error, "cannot open the partition storage; will retry");
+            let core = ReplicaCore::new_failed(spec.me, spec.config.clone(), spec.state.clone(), 0);
             (None, core, Some(now + Duration::from_millis(REOPEN_BACKOFF_MS_MIN)))
         }
     };
+    let (log, epochs) = storage.map_or((None, None), |(log, cache)| (Some(log), Some(cache)));
     let (mailbox, receiver) = mpsc::channel(MAILBOX_MAX);
+    let (fetched, fetched_receiver) = mpsc::unbounded_channel();
     let actor = Actor {
         spec,
         log,
+        epochs,
         core,
         replies: BTreeMap::new(),
+        follower_replies: BTreeMap::new(),
         next_request: 0,
         epoch: now,
         reopen_at,
         reopen_backoff: Duration::from_millis(REOPEN_BACKOFF_MS_MIN),
+        pending_cut: None,
+        in_flight_cut: None,
+        fetched,
     };
-    tokio::spawn(actor.run(receiver));
+    tokio::spawn(actor.run(receiver, fetched_receiver));
     PartitionHandle { mailbox }
 }
-
-type SyncFuture = Pin<Box<dyn Future<Output = Result<Offset, LogError>> + Send>>;
 
 struct Actor<D: Disk> {
     spec: PartitionSpec<D>,
     /// `None` while the log is being reopened after a failure, or when reopening failed.
     log: Option<PartitionLog<D>>,
-    core: PartitionCore,
+    /// The persisted leader-epoch cache, open whenever the log is.
+    epochs: Option<EpochCache<D::File>>,
+    core: ReplicaCore,
     replies: BTreeMap<RequestId, oneshot::Sender<PartitionReply>>,
+    follower_replies: BTreeMap<RequestId, oneshot::Sender<FetchResponse>>,
     next_request: RequestId,
     /// Time zero for the core's millisecond clock.
     epoch: tokio::time::Instant,
     /// When to try reopening a failed log next (`None` while the log is open).
     reopen_at: Option<tokio::time::Instant>,
     reopen_backoff: Duration,
+    /// A log truncation (the log end it left) whose epoch-cache cut waits for the next sync.
+    pending_cut: Option<Offset>,
+    /// The cut the sync in flight carries: applied and synced when that sync succeeds.
+    in_flight_cut: Option<Offset>,
+    /// Fetch responses from the leader (spawned fetches report here).
+    fetched: mpsc::UnboundedSender<(NodeId, FetchResponse)>,
 }
 
 impl<D: Disk> Actor<D> {
@@ -198,55 +353,88 @@ impl<D: Disk> Actor<D> {
         self.epoch.elapsed().as_millis() as TimestampMs
     }
 
-    async fn run(mut self, mut mailbox: mpsc::Receiver<Command>) {
+    /// When to wake up without a message: the core's deadline, its periodic tick, a reopen.
+    fn deadline(&self) -> tokio::time::Instant {
+        let periodic = Duration::from_millis((self.spec.config.replica_lag_ms_max / 4).max(1) as u64);
+        let mut deadline = tokio::time::Instant::now() + periodic;
+        if let Some(ms) = self.core.next_deadline_ms() {
+            deadline = deadline.min(self.epoch + Duration::from_millis(ms.max(0) as u64));
+        }
+        if let Some(at) = self.reopen_at {
+            deadline = deadline.min(at);
+        }
+        deadline
+    }
+
+    async fn run(
+        mut self,
+        mut mailbox: mpsc::Receiver<Command>,
+        mut fetched: mpsc::UnboundedReceiver<(NodeId, FetchResponse)>,
+    ) {
         let mut sync: Option<SyncFuture> = None;
         loop {
-            let core_deadline = self.core.next_deadline_ms().map(|ms| self.epoch + Duration::from_millis(ms as u64));
-            let deadline = match (core_deadline, self.reopen_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = self.deadline();
             tokio::select! {
                 biased;
                 result = async { sync.as_mut().expect("guarded").await }, if sync.is_some() => {
                     sync = None;
                     match result {
-                        Ok(up_to) => self.sync_completed(up_to),
+                        Ok(up_to) => self.sync_completed(up_to).await,
                         Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
                     }
                 }
                 command = mailbox.recv() => {
                     let Some(command) = command else { break };
                     if let Command::Stop { reply } = command {
-                        // Finish the in-flight sync first so its waiters get their answer.
-                        if let Some(in_flight) = sync.take() {
-                            match in_flight.await {
-                                Ok(up_to) => self.sync_completed(up_to),
-                                Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
-                            }
-                            self.drive(&mut sync);
-                        }
-                        let result = self.close().await;
+                        let result = self.stop(&mut sync).await;
                         let _ = reply.send(result);
                         return;
                     }
                     self.handle(command);
                 }
-                _ = crate::clock::sleep_until_opt(deadline), if deadline.is_some() => {
+                Some((from, response)) = fetched.recv() => {
+                    let now_ms = self.now_ms();
+                    self.core.step(Input::FetchResponse { from, response, now_ms });
+                }
+                _ = tokio::time::sleep_until(deadline) => {
                     let now_ms = self.now_ms();
                     self.core.step(Input::Tick { now_ms });
                 }
             }
-            self.drive(&mut sync);
+            self.drive(&mut sync).await;
             if self.reopen_at.is_some_and(|at| at <= tokio::time::Instant::now()) {
                 self.reopen().await;
-                self.drive(&mut sync);
+                self.drive(&mut sync).await;
             }
         }
         let _ = self.close().await;
     }
 
-    fn sync_completed(&mut self, covered: Offset) {
+    /// Finishes the in-flight sync (so its waiters get their answer), then closes the log.
+    async fn stop(&mut self, sync: &mut Option<SyncFuture>) -> Result<(), String> {
+        if let Some(in_flight) = sync.take() {
+            match in_flight.await {
+                Ok(up_to) => self.sync_completed(up_to).await,
+                Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
+            }
+            self.drive(sync).await;
+        }
+        self.close().await
+    }
+
+    async fn sync_completed(&mut self, covered: Offset) {
+        if let Some(cut) = self.in_flight_cut.take() {
+            // The log's truncation is durable now; the cache's cut may follow (module doc).
+            let Some(cache) = self.epochs.as_mut() else { return };
+            let result = match cache.truncate_from_end(cut) {
+                Ok(_) => cache.sync().await.map_err(|error| error.to_string()),
+                Err(error) => Err(error.to_string()),
+            };
+            if let Err(error) = result {
+                self.storage_failed(format!("epoch cache cut failed: {error}")).await;
+                return;
+            }
+        }
         let Some(log) = self.log.as_mut() else { return };
         log.mark_durable(covered);
         // The log decides how far durability really reached (it may be less than `covered` if an
@@ -260,6 +448,8 @@ impl<D: Disk> Actor<D> {
         for (_, reply) in std::mem::take(&mut self.replies) {
             let _ = reply.send(PartitionReply::error(ErrorCode::ShuttingDown, "partition is shutting down"));
         }
+        self.follower_replies.clear();
+        self.epochs = None;
         match self.log.take() {
             Some(log) => log.close().await.map_err(|error| error.to_string()),
             None => Ok(()),
@@ -267,26 +457,32 @@ impl<D: Disk> Actor<D> {
     }
 
     fn register(&mut self, reply: oneshot::Sender<PartitionReply>) -> RequestId {
-        let request = self.next_request;
-        self.next_request += 1;
+        let request = self.next_request();
         self.replies.insert(request, reply);
         request
     }
 
+    fn next_request(&mut self) -> RequestId {
+        let request = self.next_request;
+        self.next_request += 1;
+        request
+    }
+
     fn handle(&mut self, command: Command) {
+        let now_ms = self.now_ms();
         match command {
             Command::Append { batch, acks, reply } => {
                 let request = self.register(reply);
-                self.core.step(Input::Append { request, batch, acks });
+                self.core.step(Input::Produce { request, batch, acks });
             }
-            Command::Fetch { offset, bytes_max, wait_ms_max, reply } => {
+            Command::Fetch { fetch, reply } => {
                 let request = self.register(reply);
-                let now_ms = self.now_ms();
-                self.core.step(Input::Fetch {
+                self.core.step(Input::ConsumerFetch {
                     request,
-                    offset,
-                    bytes_max: bytes_max.min(FETCH_BYTES_MAX),
-                    wait_ms_max: wait_ms_max.min(FETCH_WAIT_MS_MAX),
+                    offset: fetch.offset,
+                    bytes_max: fetch.bytes_max.min(FETCH_BYTES_MAX),
+                    wait_ms_max: fetch.wait_ms_max.min(FETCH_WAIT_MS_MAX),
+                    leader_epoch: fetch.leader_epoch,
                     now_ms,
                 });
             }
@@ -294,77 +490,232 @@ impl<D: Disk> Actor<D> {
                 let answer = self.list_offsets(spec);
                 let _ = reply.send(answer);
             }
+            Command::FollowerFetch { mut fetch, reply } => {
+                let request = self.next_request();
+                self.follower_replies.insert(request, reply);
+                fetch.bytes_max = fetch.bytes_max.min(FETCH_BYTES_MAX);
+                fetch.wait_ms_max = fetch.wait_ms_max.min(FETCH_WAIT_MS_MAX);
+                self.core.step(Input::FollowerFetch { request, fetch, now_ms });
+            }
+            Command::State { state } => self.core.step(Input::PartitionStateChanged { state, now_ms }),
+            Command::Status { reply } => {
+                let _ = reply.send(self.status());
+            }
             Command::Stop { .. } => unreachable!("handled by the loop"),
         }
     }
 
+    fn status(&self) -> ReplicaStatus {
+        let state = self.core.state();
+        let followers = state
+            .replicas
+            .iter()
+            .filter(|replica| **replica != self.spec.me)
+            .map(|replica| (*replica, self.core.follower_progress(*replica).and_then(|progress| progress.fetch_offset)))
+            .collect();
+        ReplicaStatus {
+            role: self.core.role(),
+            leader_epoch: state.leader_epoch,
+            high_watermark: self.core.high_watermark(),
+            log_start: self.core.log_start(),
+            log_end: self.core.log_end(),
+            stable_end: self.core.stable_end(),
+            followers,
+            storage_failed: self.log.is_none(),
+        }
+    }
+
     fn list_offsets(&self, spec: OffsetSpec) -> PartitionReply {
-        if self.core.is_failed() {
+        if self.core.role() != RoleKind::Leader {
+            let leader = self.core.state().leader.map_or("none (offline)".to_owned(), |leader| leader.to_string());
+            return PartitionReply::error(
+                ErrorCode::NotLeader,
+                format!("broker {} does not lead {}; its leader is {leader}", self.spec.me, self.spec.name),
+            );
+        }
+        let Some(log) = self.log.as_ref() else {
             return PartitionReply::error(ErrorCode::StorageError, "partition storage failed; recovering");
+        };
+        if !self.core.serves_consumers() {
+            let message = "a new leader has not confirmed its predecessors' high watermark yet; retry";
+            return PartitionReply::error(ErrorCode::LeaderNotReady, message);
         }
         let high_watermark = self.core.high_watermark();
         match spec {
             OffsetSpec::Earliest => PartitionReply::Offset { offset: Some(self.core.log_start()), timestamp_ms: -1 },
             OffsetSpec::Latest => PartitionReply::Offset { offset: Some(high_watermark), timestamp_ms: -1 },
-            OffsetSpec::Timestamp(timestamp_ms) => {
-                let Some(log) = self.log.as_ref() else {
-                    return PartitionReply::error(ErrorCode::StorageError, "partition storage is recovering");
-                };
-                match log.offset_for_timestamp(timestamp_ms) {
-                    // Records at or past the high watermark are not visible yet.
-                    Ok(Some((offset, found_ms))) if offset < high_watermark => {
-                        PartitionReply::Offset { offset: Some(offset), timestamp_ms: found_ms }
-                    }
-                    Ok(_) => PartitionReply::Offset { offset: None, timestamp_ms: -1 },
-                    Err(error) => PartitionReply::error(ErrorCode::StorageError, error.to_string()),
+            OffsetSpec::Timestamp(timestamp_ms) => match log.offset_for_timestamp(timestamp_ms) {
+                // Records at or past the high watermark are not visible yet.
+                Ok(Some((offset, found_ms))) if offset < high_watermark => {
+                    PartitionReply::Offset { offset: Some(offset), timestamp_ms: found_ms }
                 }
-            }
+                Ok(_) => PartitionReply::Offset { offset: None, timestamp_ms: -1 },
+                Err(error) => PartitionReply::error(ErrorCode::StorageError, error.to_string()),
+            },
         }
     }
 
     /// Performs the core's `Ready`s until it has nothing left to do. A `Ready` with writes leads to
     /// another (their replies, or a sync covering them), so one call may take several.
-    fn drive(&mut self, sync: &mut Option<SyncFuture>) {
+    async fn drive(&mut self, sync: &mut Option<SyncFuture>) {
         loop {
             let ready = self.core.ready();
             if ready.is_empty() {
                 return;
             }
-            self.perform(ready, sync);
+            self.perform(ready, sync).await;
         }
     }
 
-    /// Performs one `Ready` in its contract order: writes (reported to the core), sync, reads, replies.
-    fn perform(&mut self, ready: Ready, sync: &mut Option<SyncFuture>) {
-        let Ready { writes, start_sync, reads, replies } = ready;
+    /// Performs one `Ready` in its contract order (module doc).
+    async fn perform(&mut self, ready: Ready, sync: &mut Option<SyncFuture>) {
+        let Ready {
+            epoch_assign,
+            truncate_to,
+            writes,
+            start_sync,
+            reads,
+            follower_reads,
+            replies,
+            follower_replies,
+            fetch,
+            isr_change,
+            resign,
+        } = ready;
+        let epochs_durable = epoch_assign.is_empty() || self.assign_epochs(&epoch_assign).await;
+        if let Some(offset) = truncate_to {
+            self.truncate(offset, sync);
+        }
         if !writes.is_empty() {
-            self.write(&writes, sync);
+            if epochs_durable {
+                self.write(&writes, sync);
+            } else {
+                // Nothing of this epoch may reach the log before its cache entry is durable.
+                *sync = None;
+                let written_up_to = writes[0].base_offset();
+                let reason = "the leader-epoch cache could not be written".to_owned();
+                self.storage_failed_now(Input::WriteFailed { written_up_to, disk_full: false, reason });
+            }
         }
         if start_sync {
-            // The core starts no sync while storage is failed, and none in a Ready with writes.
-            if let Some(log) = self.log.as_mut() {
-                debug_assert!(sync.is_none(), "the core starts one sync at a time");
-                *sync = Some(Box::pin(log.begin_sync()));
-            }
+            self.start_sync(sync);
         }
         for read in reads {
-            let answer = match self.log.as_ref() {
-                Some(log) => match log.read(read.offset, read.bytes_max as usize, read.up_to) {
-                    Ok(records) => {
-                        PartitionReply::Fetched { high_watermark: read.up_to, log_start: read.log_start, records }
-                    }
-                    Err(LogError::OffsetOutOfRange { requested, log_start, log_end }) => PartitionReply::error(
-                        ErrorCode::OffsetOutOfRange,
-                        format!("offset {requested} is outside the log [{log_start}, {log_end}]"),
-                    ),
-                    Err(error) => PartitionReply::error(ErrorCode::StorageError, error.to_string()),
-                },
-                None => PartitionReply::error(ErrorCode::StorageError, "partition storage is recovering"),
-            };
-            if let Some(reply) = self.replies.remove(&read.request) {
-                let _ = reply.send(answer);
+            self.answer_read(read.request, read.offset, read.bytes_max, read.up_to, read.log_start);
+        }
+        for read in follower_reads {
+            self.answer_follower_read(read);
+        }
+        self.answer(replies, follower_replies);
+        self.send_out(fetch, isr_change, resign);
+    }
+
+    /// Appends the epochs to the persisted cache and syncs it; false (and the partition failed) if
+    /// that did not work.
+    async fn assign_epochs(&mut self, epoch_assign: &[(LeaderEpoch, Offset)]) -> bool {
+        let Some(cache) = self.epochs.as_mut() else { return false };
+        let mut result = Ok(());
+        for (epoch, start) in epoch_assign {
+            if let Err(error) = cache.assign(*epoch, *start) {
+                result = Err(error.to_string());
+                break;
             }
         }
+        if result.is_ok() {
+            result = cache.sync().await.map_err(|error| error.to_string());
+        }
+        match result {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(partition = %self.spec.name, %error, "cannot write the leader-epoch cache");
+                false
+            }
+        }
+    }
+
+    /// A follower's truncation: cut the log, tell the core where it ends, cut the cache after the
+    /// next sync.
+    fn truncate(&mut self, offset: Offset, sync: &mut Option<SyncFuture>) {
+        let result = match self.log.as_mut() {
+            Some(log) => log.truncate_to(offset).map(|()| log.log_end_offset()),
+            None => Err(LogError::Failed),
+        };
+        match result {
+            Ok(log_end) => {
+                self.pending_cut = Some(self.pending_cut.map_or(log_end, |cut| cut.min(log_end)));
+                self.core.step(Input::Truncated { log_end });
+            }
+            Err(error) => {
+                *sync = None;
+                self.storage_failed_now(Input::StorageFailed { reason: format!("truncation failed: {error}") });
+            }
+        }
+    }
+
+    fn start_sync(&mut self, sync: &mut Option<SyncFuture>) {
+        // The core starts no sync while storage is failed, and none in a Ready with writes.
+        if let Some(log) = self.log.as_mut() {
+            debug_assert!(sync.is_none(), "the core starts one sync at a time");
+            *sync = Some(Box::pin(log.begin_sync()));
+            self.in_flight_cut = self.pending_cut.take();
+        }
+    }
+
+    fn answer_read(&mut self, request: RequestId, offset: Offset, bytes_max: u32, up_to: Offset, log_start: Offset) {
+        let answer = match self.log.as_ref() {
+            Some(log) => match log.read(offset, bytes_max as usize, up_to) {
+                Ok(records) => PartitionReply::Fetched { high_watermark: up_to, log_start, records },
+                Err(LogError::OffsetOutOfRange { requested, log_start, log_end }) => PartitionReply::error(
+                    ErrorCode::OffsetOutOfRange,
+                    format!("offset {requested} is outside the log [{log_start}, {log_end}]"),
+                ),
+                Err(error) => PartitionReply::error(ErrorCode::StorageError, error.to_string()),
+            },
+            None => PartitionReply::error(ErrorCode::StorageError, "partition storage is recovering"),
+        };
+        if let Some(reply) = self.replies.remove(&request) {
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Reads whole batches for a follower (as stored; parsing checks each CRC, nothing is re-encoded).
+    fn answer_follower_read(&mut self, read: FollowerRead) {
+        let result = match self.log.as_ref() {
+            Some(log) => match log.read(read.offset, read.bytes_max as usize, read.up_to) {
+                Ok(mut bytes) => {
+                    let mut batches = Vec::new();
+                    let mut result = Ok(());
+                    loop {
+                        match Batch::split_first(&mut bytes) {
+                            Ok(Some(batch)) => batches.push(batch),
+                            Ok(None) => break,
+                            Err(error) => {
+                                result = Err(error.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    match result {
+                        Ok(()) => FetchResult::Data { batches },
+                        Err(message) => FetchResult::Error { code: ErrorCode::CorruptBatch, message },
+                    }
+                }
+                Err(error) => FetchResult::Error { code: ErrorCode::StorageError, message: error.to_string() },
+            },
+            None => FetchResult::Error { code: ErrorCode::StorageError, message: "storage is recovering".into() },
+        };
+        let response = FetchResponse {
+            fetch_id: read.fetch_id,
+            leader_epoch: read.leader_epoch,
+            high_watermark: read.high_watermark,
+            result,
+        };
+        if let Some(reply) = self.follower_replies.remove(&read.request) {
+            let _ = reply.send(response);
+        }
+    }
+
+    fn answer(&mut self, replies: Vec<(RequestId, Reply)>, follower_replies: Vec<(RequestId, FetchResponse)>) {
         for (request, reply) in replies {
             let answer = match reply {
                 Reply::Produced { base_offset } => PartitionReply::Produced { base_offset },
@@ -377,13 +728,44 @@ impl<D: Disk> Actor<D> {
                 let _ = sender.send(answer);
             }
         }
+        for (request, response) in follower_replies {
+            if let Some(sender) = self.follower_replies.remove(&request) {
+                let _ = sender.send(response);
+            }
+        }
+    }
+
+    /// The follower's fetch and the leader's proposals, each in its own task (module doc).
+    fn send_out(&mut self, fetch: Option<(NodeId, FetchRequest)>, isr_change: Option<IsrChange>, resign: bool) {
+        if let Some((leader, request)) = fetch {
+            let net = self.spec.net.clone();
+            let fetched = self.fetched.clone();
+            // A failed call becomes an error response of this epoch: the core backs off and asks again.
+            let (leader_epoch, high_watermark) = (self.core.state().leader_epoch, self.core.high_watermark());
+            tokio::spawn(async move {
+                let fetch_id = request.fetch_id;
+                let response = net.fetch(leader, request).await.unwrap_or_else(|message| FetchResponse {
+                    fetch_id,
+                    leader_epoch,
+                    high_watermark,
+                    result: FetchResult::Error { code: ErrorCode::Timeout, message },
+                });
+                let _ = fetched.send((leader, response));
+            });
+        }
+        if let Some(change) = isr_change {
+            tracing::info!(partition = %self.spec.name, isr = ?change.new_isr, epoch = %change.leader_epoch, "proposing an ISR change");
+            tokio::spawn(self.spec.net.change_isr(change));
+        }
+        if resign {
+            let state = self.core.state();
+            tracing::warn!(partition = %self.spec.name, epoch = %state.leader_epoch, "resigning leadership: replicated data was lost");
+            tokio::spawn(self.spec.net.resign(self.spec.me, state.leader_epoch));
+        }
     }
 
     /// Appends the batches in order, stopping at the first failure, and reports the outcome to the
-    /// core. Root cause of issue 7: this loop used to stop at a failed write but the caller still sent
-    /// every reply of the `Ready`, which with `fsync=never` included a `Produced` for the failed batch
-    /// (and for the batches after it), whose offsets recovery then gave to other batches. Now no reply
-    /// for a batch exists before the core is told the batch was written.
+    /// core. No reply for a batch exists before the core is told the batch was written (issue 7).
     fn write(&mut self, writes: &[Batch], sync: &mut Option<SyncFuture>) {
         let failure = match self.log.as_mut() {
             Some(log) => {
@@ -408,11 +790,16 @@ impl<D: Disk> Actor<D> {
         }
     }
 
-    /// Drops the log, tells the core (`failure` is `WriteFailed` or `StorageFailed`) and schedules the
-    /// reopen. The core's answers go out with the next `drive`.
+    /// Drops the log and the epoch cache, tells the core (`failure` is `WriteFailed` or
+    /// `StorageFailed`) and schedules the reopen. The core's answers go out with the next `drive`.
     fn storage_failed_now(&mut self, failure: Input) {
         tracing::error!(partition = %self.spec.name, ?failure, "partition storage failed; reopening the log");
         self.log = None;
+        self.epochs = None;
+        // A pending cache cut may belong to a truncation that did not survive; the reopen cuts the
+        // cache at the recovered log end instead.
+        self.pending_cut = None;
+        self.in_flight_cut = None;
         self.reopen_at = Some(tokio::time::Instant::now());
         self.core.step(failure);
     }
@@ -422,29 +809,26 @@ impl<D: Disk> Actor<D> {
         // Answer the appends the failure made indeterminate before the (slow) reopen. A failed core
         // starts no sync, so there is none to keep.
         let mut no_sync = None;
-        self.drive(&mut no_sync);
+        Box::pin(self.drive(&mut no_sync)).await;
         debug_assert!(no_sync.is_none(), "a failed core started a sync");
         self.reopen().await;
     }
 
     async fn reopen(&mut self) {
-        match PartitionLog::open(self.spec.disk.clone(), &self.spec.dir, self.spec.log_config.clone()).await {
-            Ok((log, report)) => {
-                tracing::warn!(
-                    partition = %self.spec.name,
-                    log_end = %report.log_end_offset,
-                    truncated_bytes = report.truncated_bytes,
-                    "partition log recovered after a storage failure"
-                );
+        match open_storage(&self.spec).await {
+            Ok((log, cache)) => {
                 let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());
+                tracing::warn!(partition = %self.spec.name, %log_end, "partition storage recovered after a failure");
+                let epochs = cache.epochs().clone();
                 self.log = Some(log);
+                self.epochs = Some(cache);
                 self.reopen_at = None;
                 self.reopen_backoff = Duration::from_millis(REOPEN_BACKOFF_MS_MIN);
-                self.core.step(Input::Recovered { log_start, log_end });
+                self.core.step(Input::Recovered { log_start, log_end, epochs });
             }
             Err(error) => {
                 // Stay failed (requests get StorageError) and try again after a backoff.
-                tracing::error!(partition = %self.spec.name, %error, retry_in = ?self.reopen_backoff, "reopening the partition log failed");
+                tracing::error!(partition = %self.spec.name, %error, retry_in = ?self.reopen_backoff, "reopening the partition storage failed");
                 self.reopen_at = Some(tokio::time::Instant::now() + self.reopen_backoff);
                 self.reopen_backoff = (self.reopen_backoff * 2).min(Duration::from_millis(REOPEN_BACKOFF_MS_MAX));
             }
@@ -464,13 +848,16 @@ mod tests {
     }
 
     fn spec(disk: &SimDisk) -> PartitionSpec<SimDisk> {
-        PartitionSpec {
-            disk: disk.clone(),
-            dir: "data/t/0".into(),
-            name: "t/0".into(),
-            log_config: LogConfig::default(),
-            core_config: CoreConfig::default(),
-        }
+        PartitionSpec::single(disk.clone(), "data/t/0", "t/0", CoreConfig::default())
+    }
+
+    fn spec_fsync_never(disk: &SimDisk) -> PartitionSpec<SimDisk> {
+        PartitionSpec::single(
+            disk.clone(),
+            "data/t/0",
+            "t/0",
+            CoreConfig { fsync: FsyncPolicy::Never, ..CoreConfig::default() },
+        )
     }
 
     #[test]
@@ -582,10 +969,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let disk = SimDisk::new(13);
-            let never = PartitionSpec {
-                core_config: CoreConfig { fsync: FsyncPolicy::Never, ..CoreConfig::default() },
-                ..spec(&disk)
-            };
+            let never = spec_fsync_never(&disk);
             let partition = spawn_partition(never).await;
             let mut acked = Vec::new();
             let reply = partition.append(batch("written"), Acks::All).await.await.unwrap();
@@ -652,10 +1036,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
             let disk = SimDisk::new(3);
-            let never = PartitionSpec {
-                core_config: CoreConfig { fsync: FsyncPolicy::Never, ..CoreConfig::default() },
-                ..spec(&disk)
-            };
+            let never = spec_fsync_never(&disk);
             let partition = spawn_partition(never).await;
             for value in ["a", "b", "c"] {
                 let reply = partition.append(batch(value), Acks::All).await.await.unwrap();

@@ -4,5 +4,8 @@ pub mod actor;
 pub mod core;
 pub mod replica;
 
-pub use actor::{spawn_partition, OffsetSpec, PartitionHandle, PartitionReply, PartitionSpec};
+pub use actor::{
+    spawn_partition, ConsumerFetch, NoPeers, OffsetSpec, PartitionHandle, PartitionReply, PartitionSpec, ReplicaNet,
+    ReplicaStatus,
+};
 pub use core::{CoreConfig, FsyncPolicy};

@@ -696,6 +696,8 @@ impl ReplicaCore {
             Input::Truncated { log_end } => self.on_truncated(log_end),
             Input::Written { up_to } => {
                 self.inner.step(core::Input::Written { up_to });
+                // With `fsync = "never"` a write is as stable as this replica gets: the HW may move.
+                self.recompute_high_watermark();
                 self.serve_parked_follower_fetches();
             }
             Input::WriteFailed { written_up_to, disk_full, reason } => {
@@ -1024,8 +1026,33 @@ impl ReplicaCore {
                 return self.reply(request, reply);
             }
         }
+        if let Some(refusal) = self.not_ready_refusal() {
+            return self.reply(request, refusal);
+        }
         let now_ms = self.now_ms;
         self.inner.step(core::Input::Fetch { request, offset, bytes_max, wait_ms_max, now_ms });
+    }
+
+    /// Whether this leader may show its HW to consumers: only once it has reached the start of its
+    /// epoch. Everything a predecessor committed (and showed) is below that start, so before it a
+    /// consumer could see the HW go back, and miss an offset already acknowledged (Kafka's
+    /// KAFKA-2334, answered there with `OFFSET_NOT_AVAILABLE`).
+    pub fn serves_consumers(&self) -> bool {
+        match &self.role {
+            Role::Leader(leader) => self.high_watermark >= leader.epoch_start,
+            _ => false,
+        }
+    }
+
+    fn not_ready_refusal(&self) -> Option<Reply> {
+        let Role::Leader(leader) = &self.role else { return None };
+        (self.high_watermark < leader.epoch_start).then(|| {
+            let message = format!(
+                "a new leader's high watermark {} has not reached its epoch's start {} yet; retry",
+                self.high_watermark, leader.epoch_start
+            );
+            error_reply(ErrorCode::LeaderNotReady, message)
+        })
     }
 
     fn epoch_mismatch(&self, epoch: LeaderEpoch) -> Option<Reply> {

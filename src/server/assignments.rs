@@ -26,6 +26,7 @@
 //! together with either (`NodeHandle::with_state` returns owned data).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -33,12 +34,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::log::LogConfig;
 use crate::meta::node::{NodeError, NodeHandle};
-use crate::meta::state::{MetaCommand, MetaResult, MetadataState};
-use crate::partition::{spawn_partition, CoreConfig, PartitionHandle, PartitionSpec};
+use crate::meta::state::{MetaCommand, MetaResult, MetadataState, PartitionRecord, TopicRecord};
+use crate::partition::replica::{PartitionState, ReplicaConfig};
+use crate::partition::{spawn_partition, PartitionHandle, PartitionSpec};
+use crate::peer::PeerTransport;
 use crate::protocol::{
     BrokerInfo, CreateTopicRequest, ErrorCode, ErrorInfo, MetadataResponse, PartitionHealthInfo, PartitionInfo,
     TopicInfo, STATUS_PARTITIONS_MAX,
 };
+use crate::server::replication::PartitionNet;
 use crate::server::topics::{validate_topic_name, TopicError};
 use crate::storage::Disk;
 use crate::types::{NodeId, PartitionId};
@@ -54,21 +58,29 @@ const TICK_GAP_MS_MAX: u64 = 3_000;
 /// Identity of one partition incarnation: topic, its `CreateTopic` index, partition.
 type PartitionKey = (String, u64, PartitionId);
 
-/// Follows the metadata's assignments: which partitions this broker leads (and so runs actors for).
+/// Follows the metadata's assignments: which partitions this broker is a replica of (and so runs
+/// actors for), and what the controller decided for each.
 pub struct Assignments<D: Disk> {
     pub node_id: NodeId,
     pub node: NodeHandle,
+    transport: PeerTransport,
     disk: D,
     log_config: LogConfig,
-    core_config: CoreConfig,
+    replica_config: ReplicaConfig,
     partitions_per_topic_max: u32,
     /// Topics this broker lets the cluster grow to (its `topics_max`; the state machine's own bound,
     /// `TOPICS_MAX`, holds whatever the brokers are configured with).
     topics_max: usize,
-    partitions: RwLock<BTreeMap<PartitionKey, PartitionHandle>>,
+    /// Each running replica, with the partition state it was last given.
+    partitions: RwLock<BTreeMap<PartitionKey, (PartitionHandle, PartitionState)>>,
     /// Serialises `reconcile` (it awaits while starting and stopping actors; two overlapping runs
     /// would open one partition twice).
     reconciling: tokio::sync::Mutex<()>,
+    /// This incarnation's `RegisterBroker` is applied. Until then this broker leads nothing: the
+    /// metadata it replayed at startup may name it leader in an epoch it led before it restarted, and
+    /// a broker never leads such an epoch again (the registration moves its partitions to a new one;
+    /// ADR 0011, the replica core's contract).
+    registered: AtomicBool,
 }
 
 fn node_error(error: NodeError) -> TopicError {
@@ -96,22 +108,25 @@ impl<D: Disk> Assignments<D> {
     pub fn new(
         node_id: NodeId,
         node: NodeHandle,
+        transport: PeerTransport,
         disk: D,
         log_config: LogConfig,
-        core_config: CoreConfig,
+        replica_config: ReplicaConfig,
         partitions_per_topic_max: u32,
         topics_max: usize,
     ) -> Arc<Assignments<D>> {
         Arc::new(Assignments {
             node_id,
             node,
+            transport,
             disk,
             log_config,
-            core_config,
+            replica_config,
             partitions_per_topic_max,
             topics_max,
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
+            registered: AtomicBool::new(false),
         })
     }
 
@@ -164,8 +179,38 @@ impl<D: Disk> Assignments<D> {
         Ok(self.node.with_state(|state| describe(state, topics)))
     }
 
-    /// The local actor of a partition this broker leads, or why not.
+    /// The local actor of a partition this broker leads, or why not (client requests). The actor
+    /// itself refuses with `NotLeader` if leadership moved since the applied state said so.
     pub fn partition(&self, topic: &str, partition: PartitionId) -> Result<PartitionHandle, TopicError> {
+        let (key, record) = self.lookup(topic, partition)?;
+        if record.leader != Some(self.node_id) {
+            let leader = record.leader.map_or("none (offline)".to_owned(), |leader| leader.to_string());
+            return Err(TopicError {
+                code: ErrorCode::NotLeader,
+                message: format!("broker {} does not lead {topic}/{partition}; its leader is {leader}", self.node_id),
+            });
+        }
+        self.running(&key).ok_or_else(|| TopicError {
+            code: ErrorCode::NotLeader,
+            message: format!("{topic}/{partition} is being opened on broker {}; retry", self.node_id),
+        })
+    }
+
+    /// The local actor of a partition this broker is a replica of (a follower's fetch reaches the
+    /// leader's; the actor checks the epochs and its role).
+    pub fn replica(&self, topic: &str, partition: PartitionId) -> Result<PartitionHandle, TopicError> {
+        let (key, _) = self.lookup(topic, partition)?;
+        self.running(&key).ok_or_else(|| TopicError {
+            code: ErrorCode::NotLeader,
+            message: format!("broker {} has no replica of {topic}/{partition} open", self.node_id),
+        })
+    }
+
+    fn running(&self, key: &PartitionKey) -> Option<PartitionHandle> {
+        self.partitions.read().expect("partitions lock").get(key).map(|(handle, _)| handle.clone())
+    }
+
+    fn lookup(&self, topic: &str, partition: PartitionId) -> Result<(PartitionKey, PartitionRecord), TopicError> {
         let record = self.node.with_state(|state| {
             state.topic(topic).map(|record| {
                 (record.created_index, record.partitions.len(), record.partitions.get(partition.0 as usize).cloned())
@@ -180,70 +225,93 @@ impl<D: Disk> Assignments<D> {
                 message: format!("topic {topic:?} has {count} partitions; there is no partition {partition}"),
             });
         };
-        if record.leader != Some(self.node_id) {
-            let leader = record.leader.map_or("none (offline)".to_owned(), |leader| leader.to_string());
-            return Err(TopicError {
-                code: ErrorCode::NotLeader,
-                message: format!("broker {} does not lead {topic}/{partition}; its leader is {leader}", self.node_id),
-            });
-        }
-        let key = (topic.to_owned(), created_index, partition);
-        self.partitions.read().expect("partitions lock").get(&key).cloned().ok_or_else(|| TopicError {
-            code: ErrorCode::NotLeader,
-            message: format!("{topic}/{partition} is being opened on broker {}; retry", self.node_id),
-        })
+        Ok(((topic.to_owned(), created_index, partition), record))
     }
 
-    /// Brings the running partition actors in line with the applied metadata.
-    pub async fn reconcile(&self) {
-        let _one_at_a_time = self.reconciling.lock().await;
-        let desired: Vec<(PartitionKey, String)> = self.node.with_state(|state| {
+    /// The replicas this broker should run, with what the controller decided for each.
+    fn desired(&self) -> Vec<(PartitionKey, PartitionState)> {
+        let registered = self.registered.load(Ordering::Acquire);
+        self.node.with_state(|state| {
             let mut desired = Vec::new();
             for topic in state.topics() {
-                for record in &topic.partitions {
-                    if record.leader == Some(self.node_id) {
-                        let key = (topic.name.clone(), topic.created_index, PartitionId(record.partition));
-                        let dir = format!("data/{}@{}/{}", topic.name, topic.created_index, record.partition);
-                        desired.push((key, dir));
+                for record in topic.partitions.iter().filter(|record| record.replicas.contains(&self.node_id)) {
+                    let key = (topic.name.clone(), topic.created_index, PartitionId(record.partition));
+                    let mut partition = partition_state(topic, record);
+                    if !registered && partition.leader == Some(self.node_id) {
+                        partition.leader = None; // not yet: see `registered`
                     }
+                    desired.push((key, partition));
                 }
             }
             desired
-        });
+        })
+    }
+
+    /// Brings the running replicas in line with the applied metadata: starts missing ones, hands each
+    /// running one the controller's latest decision, and stops (and deletes the data of) partitions
+    /// whose topic is gone.
+    pub async fn reconcile(&self) {
+        let _one_at_a_time = self.reconciling.lock().await;
+        let desired = self.desired();
         let wanted: BTreeSet<&PartitionKey> = desired.iter().map(|(key, _)| key).collect();
         let stale: Vec<(PartitionKey, PartitionHandle)> = {
             let mut partitions = self.partitions.write().expect("partitions lock");
             let keys: Vec<PartitionKey> = partitions.keys().filter(|key| !wanted.contains(key)).cloned().collect();
-            keys.into_iter().filter_map(|key| partitions.remove(&key).map(|handle| (key, handle))).collect()
+            keys.into_iter().filter_map(|key| partitions.remove(&key).map(|(handle, _)| (key, handle))).collect()
         };
         for ((topic, created_index, partition), handle) in stale {
-            if let Err(error) = handle.stop().await {
-                tracing::warn!(%topic, %partition, %error, "partition did not stop cleanly");
-            }
-            let gone =
-                self.node.with_state(|state| state.topic(&topic).is_none_or(|t| t.created_index != created_index));
-            if gone {
-                let dir = format!("data/{topic}@{created_index}");
-                if let Err(error) = self.disk.remove_dir_all(&dir) {
-                    if error.kind() != std::io::ErrorKind::NotFound {
-                        tracing::warn!(%dir, %error, "cannot remove a deleted topic's data");
+            self.stop_stale(&topic, created_index, partition, handle).await;
+        }
+        for (key, state) in desired {
+            let running = self.partitions.read().expect("partitions lock").get(&key).cloned();
+            match running {
+                Some((_, given)) if given == state => {}
+                Some((handle, _)) => {
+                    handle.set_state(state.clone()).await;
+                    if let Some(entry) = self.partitions.write().expect("partitions lock").get_mut(&key) {
+                        entry.1 = state;
                     }
+                }
+                None => {
+                    let handle = spawn_partition(self.spec(&key, state.clone())).await;
+                    self.partitions.write().expect("partitions lock").insert(key, (handle, state));
                 }
             }
         }
-        for (key, dir) in desired {
-            if self.partitions.read().expect("partitions lock").contains_key(&key) {
-                continue;
+    }
+
+    fn spec(&self, key: &PartitionKey, state: PartitionState) -> PartitionSpec<D> {
+        let (topic, created_index, partition) = key;
+        let net = PartitionNet {
+            topic: topic.clone(),
+            partition: *partition,
+            transport: self.transport.clone(),
+            node: self.node.clone(),
+        };
+        PartitionSpec {
+            disk: self.disk.clone(),
+            dir: format!("data/{topic}@{created_index}/{partition}"),
+            name: format!("{topic}/{partition}"),
+            log_config: self.log_config.clone(),
+            config: self.replica_config.clone(),
+            me: self.node_id,
+            state,
+            net: Arc::new(net),
+        }
+    }
+
+    async fn stop_stale(&self, topic: &str, created_index: u64, partition: PartitionId, handle: PartitionHandle) {
+        if let Err(error) = handle.stop().await {
+            tracing::warn!(%topic, %partition, %error, "partition did not stop cleanly");
+        }
+        let gone = self.node.with_state(|state| state.topic(topic).is_none_or(|t| t.created_index != created_index));
+        if gone {
+            let dir = format!("data/{topic}@{created_index}");
+            if let Err(error) = self.disk.remove_dir_all(&dir) {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(%dir, %error, "cannot remove a deleted topic's data");
+                }
             }
-            let spec = PartitionSpec {
-                disk: self.disk.clone(),
-                dir,
-                name: format!("{}/{}", key.0, key.2),
-                log_config: self.log_config.clone(),
-                core_config: self.core_config.clone(),
-            };
-            let handle = spawn_partition(spec).await;
-            self.partitions.write().expect("partitions lock").insert(key, handle);
         }
     }
 
@@ -308,6 +376,10 @@ impl<D: Disk> Assignments<D> {
                         tokio::spawn(async move { let _ = proposer.propose(command).await; });
                     } else {
                         registered = matches!(proposer.propose(command).await, Ok(MetaResult::Ok));
+                        if registered {
+                            self.registered.store(true, Ordering::Release);
+                            self.reconcile().await;
+                        }
                     }
                     let tick_at = tokio::time::Instant::now();
                     let gap = tick_at.duration_since(last_tick);
@@ -341,12 +413,25 @@ impl<D: Disk> Assignments<D> {
         let handles: Vec<_> =
             std::mem::take(&mut *self.partitions.write().expect("partitions lock")).into_iter().collect();
         let mut first_error = None;
-        for (_, handle) in handles {
+        for (_, (handle, _)) in handles {
             if let Err(error) = handle.stop().await {
                 first_error.get_or_insert(error);
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// What the controller decided for one partition, as the replica core takes it.
+pub fn partition_state(topic: &TopicRecord, record: &PartitionRecord) -> PartitionState {
+    PartitionState {
+        leader: record.leader,
+        leader_epoch: record.leader_epoch,
+        partition_epoch: record.partition_epoch,
+        isr: record.isr.clone(),
+        replicas: record.replicas.clone(),
+        // Format-1 metadata has no min ISR (0): one.
+        min_isr: (topic.min_insync_replicas as usize).max(1),
     }
 }
 

@@ -23,6 +23,7 @@
 //! failure or a panic): the broker cannot keep its promises without it.
 
 pub mod assignments;
+pub mod replication;
 pub mod topics;
 
 use std::collections::BTreeMap;
@@ -44,6 +45,7 @@ use crate::config::BrokerConfig;
 use crate::log::LogConfig;
 use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError};
 use crate::meta::store::MetaStore;
+use crate::partition::replica::ReplicaConfig;
 use crate::partition::{CoreConfig, OffsetSpec, PartitionReply};
 use crate::peer::PeerTransport;
 use crate::protocol::*;
@@ -101,8 +103,8 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
 
     // The metadata group: its own shutdown token, cancelled after the partitions are stopped.
     let meta_shutdown = CancellationToken::new();
-    let node = start_metadata(&config, &voters, meta_store, &meta_shutdown)?;
-    let assignments = start_assignments(&config, node.clone(), disk).await;
+    let (node, transport) = start_metadata(&config, &voters, meta_store, &meta_shutdown)?;
+    let assignments = start_assignments(&config, node.clone(), transport, disk).await;
     let background = tokio::spawn(assignments.clone().run_background(
         advertised,
         config.broker_fence_after_ms as i64,
@@ -143,30 +145,38 @@ pub const LEADERSHIP_TRANSFER_WAIT_MS: u64 = 1_000;
 pub const ACCEPT_RETRY_MS: u64 = 10;
 
 /// Starts the metadata Raft node and the peer transport it sends through (both stop on
-/// `meta_shutdown`). The follower fetcher will take a clone of the transport (ADR 0010).
+/// `meta_shutdown`). The partitions' follower fetches share the transport (ADR 0010).
 fn start_metadata<M: MetaStore>(
     config: &BrokerConfig,
     voters: &BTreeMap<NodeId, String>,
     meta_store: M,
     meta_shutdown: &CancellationToken,
-) -> Result<NodeHandle, BrokerError> {
+) -> Result<(NodeHandle, PeerTransport), BrokerError> {
     let transport = PeerTransport::start(config.node_id, voters, meta_shutdown.clone());
     let mut node_config = NodeConfig::new(config.node_id, voters.clone());
     node_config.snapshot_interval_entries = config.metadata_snapshot_interval_entries;
-    start_node(node_config, meta_store, transport, meta_shutdown.clone())
-        .map_err(|error| BrokerError::Storage(error.to_string()))
+    let node = start_node(node_config, meta_store, transport.clone(), meta_shutdown.clone())
+        .map_err(|error| BrokerError::Storage(error.to_string()))?;
+    Ok((node, transport))
 }
 
 /// The assignments that follow the metadata, with the partitions this broker leads already opened.
-async fn start_assignments<D: Disk>(config: &BrokerConfig, node: NodeHandle, disk: D) -> Arc<Assignments<D>> {
+async fn start_assignments<D: Disk>(
+    config: &BrokerConfig,
+    node: NodeHandle,
+    transport: PeerTransport,
+    disk: D,
+) -> Arc<Assignments<D>> {
     let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
-    let core_config = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
+    let core = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
+    let replica_config = ReplicaConfig { core, ..ReplicaConfig::default() };
     let assignments = Assignments::new(
         config.node_id,
         node,
+        transport,
         disk,
         log_config,
-        core_config,
+        replica_config,
         config.partitions_per_topic_max,
         config.topics_max,
     );
@@ -373,8 +383,48 @@ async fn dispatch<D: Disk>(
                 }
             }
         }
+        Some(Body::ReplicaFetchRequest(request)) if frame.version == PROTOCOL_VERSION => {
+            Some(replica_fetch(state, *peer_node, id, request).await)
+        }
         _ => Some(dispatch_request(state, frame).await),
     }
+}
+
+fn replica_fetch_error(id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
+    Frame::new(id, Body::ErrorResponse(ErrorResponse { error: Some(ErrorInfo::new(code, message)) }))
+}
+
+/// A follower's fetch, at the leader: only from the identified peer it names (module doc of
+/// `replication`); the partition's actor answers.
+async fn replica_fetch<D: Disk>(
+    state: &Arc<State<D>>,
+    peer_node: Option<NodeId>,
+    id: u64,
+    request: &ReplicaFetchRequest,
+) -> BoxFuture<'static, Frame> {
+    let Some(peer) = peer_node else {
+        let message = "replica fetches are accepted only on a connection that identified itself as a peer (PeerHello)";
+        return ready(replica_fetch_error(id, ErrorCode::PeerNotIdentified, message));
+    };
+    if peer.0 != request.replica {
+        let message = format!("replica {} fetched on the connection of peer {peer}", request.replica);
+        return ready(replica_fetch_error(id, ErrorCode::UnknownPeer, message));
+    }
+    let fetch = match replication::request_from_wire(request) {
+        Ok(fetch) => fetch,
+        Err(message) => return ready(replica_fetch_error(id, ErrorCode::InvalidRequest, message)),
+    };
+    let partition = match state.assignments.replica(&request.topic, PartitionId(request.partition)) {
+        Ok(partition) => partition,
+        Err(error) => return ready(replica_fetch_error(id, error.code, error.message)),
+    };
+    let pending = partition.follower_fetch(fetch).await;
+    Box::pin(async move {
+        match pending.await {
+            Ok(response) => Frame::new(id, Body::ReplicaFetchResponse(replication::response_to_wire(response))),
+            Err(_) => replica_fetch_error(id, ErrorCode::ShuttingDown, "partition stopped before answering"),
+        }
+    })
 }
 
 /// Answers a `PeerHello`: the connection becomes `hello.node_id`'s peer connection if that node is
@@ -441,9 +491,10 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         | Body::CreateTopicResponse(_)
         | Body::DeleteTopicResponse(_)
         | Body::MetadataResponse(_)
+        | Body::ReplicaFetchResponse(_)
         | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
         // Reached only with another frame version, which was answered above.
-        Body::RaftMessage(_) | Body::PeerHello(_) => {
+        Body::RaftMessage(_) | Body::PeerHello(_) | Body::ReplicaFetchRequest(_) => {
             ready(error_frame(id, ErrorCode::UnsupportedVersion, "peer frames need the current protocol version"))
         }
     }

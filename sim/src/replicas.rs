@@ -1,0 +1,134 @@
+//! The replica convergence check of the ISR scenarios: after the final read, every in-sync replica
+//! holds the leader's batches, byte for byte, below the high watermark the final reader saw.
+//!
+//! In: the cluster (its brokers' `SimDisk`s), the topic's partitions as the metadata described them
+//! after the final read (leader and ISR), and the final high watermarks. Out: violations.
+//!
+//! It stops every broker first (a process kill: the page cache survives, as it would for a real
+//! `kill -9`), then opens each replica's log on its disk and compares the bytes. This is the last
+//! step of a run: nothing serves afterwards.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use keel::client::Client;
+use keel::log::{LogConfig, PartitionLog};
+use keel::storage::sim::SimDisk;
+use keel::storage::Disk;
+use keel::types::Offset;
+
+use crate::cluster::Cluster;
+use crate::workload::client_config;
+
+/// One partition as the metadata described it.
+#[derive(Clone, Debug)]
+pub struct Described {
+    pub leader: Option<u64>,
+    pub isr: Vec<u64>,
+}
+
+/// The topic's partitions (leader, ISR), asked through `bootstrap`, retried within `bound`.
+pub async fn describe(bootstrap: String, topic: String, bound: Duration) -> Result<BTreeMap<u32, Described>, String> {
+    let client = Client::new(bootstrap, client_config());
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let error = match client.metadata(std::slice::from_ref(&topic)).await {
+            Ok(response) => match response.topics.into_iter().find(|info| info.name == topic) {
+                Some(info) => {
+                    let partitions = info.partitions.into_iter().map(|p| {
+                        let described = Described { leader: (p.leader != 0).then_some(p.leader), isr: p.isr };
+                        (p.partition, described)
+                    });
+                    return Ok(partitions.collect());
+                }
+                None => format!("topic {topic} not described"),
+            },
+            Err(error) => error.to_string(),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!("cannot describe {topic}: {error}"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Kills every broker, then compares each ISR member's log with its leader's below the HW.
+pub async fn check(
+    cluster: &mut Cluster,
+    topic: &str,
+    described: &BTreeMap<u32, Described>,
+    high_watermarks: &BTreeMap<u32, i64>,
+) -> Vec<String> {
+    for index in 0..cluster.broker_count() {
+        if cluster.is_up(index) {
+            cluster.kill(index);
+        }
+    }
+    let mut violations = Vec::new();
+    for (partition, info) in described {
+        let high_watermark = Offset(high_watermarks.get(partition).copied().unwrap_or(0));
+        let Some(leader) = info.leader else {
+            violations.push(format!("replicas: partition {partition} has no leader after the heal"));
+            continue;
+        };
+        let leader_bytes =
+            match read_replica(&cluster.broker(leader as usize - 1).disk, topic, *partition, high_watermark).await {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    violations.push(format!("replicas: partition {partition} leader {leader}: {error}"));
+                    continue;
+                }
+            };
+        for member in info.isr.iter().filter(|member| **member != leader) {
+            let disk = &cluster.broker(*member as usize - 1).disk;
+            match read_replica(disk, topic, *partition, high_watermark).await {
+                Ok(bytes) if bytes == leader_bytes => {}
+                Ok(bytes) => violations.push(format!(
+                    "replicas: partition {partition}: in-sync replica {member} differs from leader {leader} below \
+                     the high watermark {high_watermark} ({} bytes against {})",
+                    bytes.len(),
+                    leader_bytes.len()
+                )),
+                Err(error) => {
+                    violations.push(format!("replicas: partition {partition} in-sync replica {member}: {error}"))
+                }
+            }
+        }
+    }
+    violations
+}
+
+/// The replica's batches below `up_to`, as stored; an error if its log ends before `up_to`.
+async fn read_replica(disk: &SimDisk, topic: &str, partition: u32, up_to: Offset) -> Result<Vec<u8>, String> {
+    let prefix = format!("{topic}@");
+    let mut incarnations: Vec<String> = disk
+        .list("data")
+        .map_err(|error| error.to_string())?
+        .into_iter()
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    incarnations.sort_by_key(|name| name[prefix.len()..].parse::<u64>().unwrap_or(0));
+    let Some(dir) = incarnations.last() else {
+        return Err("no data directory for the topic".into());
+    };
+    let dir = format!("data/{dir}/{partition}");
+    let (log, _) =
+        PartitionLog::open(disk.clone(), &dir, LogConfig::default()).await.map_err(|error| error.to_string())?;
+    if log.log_end_offset() < up_to {
+        return Err(format!("its log ends at {} below the high watermark {up_to}", log.log_end_offset()));
+    }
+    let mut bytes = Vec::new();
+    let mut offset = log.log_start_offset();
+    while offset < up_to {
+        let chunk = log.read(offset, 1 << 20, up_to).map_err(|error| error.to_string())?;
+        if chunk.is_empty() {
+            break;
+        }
+        let mut rest = chunk.clone();
+        while let Some(batch) = keel::batch::Batch::split_first(&mut rest).map_err(|error| error.to_string())? {
+            offset = batch.next_offset();
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
