@@ -241,9 +241,10 @@ fn is_misrouted(code: ErrorCode) -> bool {
     )
 }
 
-/// Answers that mean "not applied: this replica is behind the metadata you have; ask again later".
+/// Answers that mean "not applied: this replica is behind the metadata you have, or a new leader has
+/// not confirmed its high watermark yet; ask again later".
 fn is_replica_behind(code: ErrorCode) -> bool {
-    code == ErrorCode::UnknownLeaderEpoch
+    matches!(code, ErrorCode::UnknownLeaderEpoch | ErrorCode::LeaderNotReady)
 }
 
 impl Client {
