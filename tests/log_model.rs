@@ -7,13 +7,17 @@
 //! must pass the model's crash rule (a prefix of what was appended, holding all that was durable).
 //! With injected write errors (SimDisk, during appends), a failed append must leave the batch out of
 //! the log and everything appended before it in, once the log is reopened without a power loss.
+//! Bit rot (`FlipBit`: one bit of any stored segment file flips, then the log is reopened as its
+//! owner does it) must cut the log exactly at the batch holding the flipped byte when it hit a `.log`
+//! file (the model's `corrupted`), and lose nothing when it hit an index.
 //! Unit tests below pin the disk-fault cases one by one.
 
 use std::collections::HashMap;
 use std::path::Path;
 
 use bytes::Bytes;
-use keel::batch::{encode_batch, Batch, ProducerFields, Record};
+use keel::batch::{encode_batch, peek_batch_size, Batch, ProducerFields, Record};
+use keel::leader_epochs::{EpochEntry, LeaderEpochs};
 use keel::log::{LogConfig, LogError, PartitionLog, RecoveryReport};
 use keel::storage::file::FileDisk;
 use keel::storage::sim::{SimDisk, SimDiskFaults};
@@ -63,6 +67,13 @@ enum Op {
         offset_pick: u32,
     },
     CleanReopen,
+    /// The process stops, one bit of a stored segment file (`.log` or an index) flips, and the log
+    /// is reopened.
+    FlipBit {
+        file_pick: u32,
+        byte_pick: u32,
+        bit: u8,
+    },
 }
 
 fn batch_spec() -> impl Strategy<Value = BatchSpec> {
@@ -88,6 +99,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(cut_pick, garbage)| Op::DamageTail { cut_pick, garbage }),
         1 => any::<u32>().prop_map(|offset_pick| Op::Truncate { offset_pick }),
         1 => Just(Op::CleanReopen),
+        1 => (any::<u32>(), any::<u32>(), 0u8..8).prop_map(|(file_pick, byte_pick, bit)| Op::FlipBit { file_pick, byte_pick, bit }),
     ]
 }
 
@@ -182,6 +194,12 @@ trait Env {
     fn damage_last_segment(&self, cut_pick: u32, garbage: Option<(usize, bool)>, durable_end: i64) -> Option<()>;
     /// Turns injected write errors (EIO and ENOSPC) on or off; false if the disk cannot inject them.
     fn inject_write_errors(&self, on: bool) -> bool;
+    /// Flips one bit of a stored file (what reads and a crash see), as a rotting disk would.
+    fn flip_bit(&self, path: &str, byte: u64, bit: u8);
+    /// How many leading bytes of the file (whose page-cache view is `current`) are stored for good:
+    /// a flip there stays. SimDisk: where the durable bytes are what reads see (a flip of a byte only
+    /// in the page cache vanishes when a failed sync rebuilds it from the pending writes).
+    fn durable_prefix_bytes(&self, path: &str, current: &[u8]) -> usize;
 }
 
 struct SimEnv {
@@ -211,6 +229,13 @@ impl Env for SimEnv {
         };
         self.disk.set_faults(faults);
         true
+    }
+    fn flip_bit(&self, path: &str, byte: u64, bit: u8) {
+        self.disk.flip_bit(path, byte, bit).unwrap();
+    }
+    fn durable_prefix_bytes(&self, path: &str, current: &[u8]) -> usize {
+        let durable = self.disk.durable_content(path).unwrap_or_default();
+        durable.iter().zip(current).take_while(|(stored, cached)| stored == cached).count()
     }
 }
 
@@ -262,10 +287,31 @@ impl Env for FileEnv {
     fn inject_write_errors(&self, _: bool) -> bool {
         false
     }
+    fn flip_bit(&self, path: &str, byte: u64, bit: u8) {
+        let path = self.root.path().join(path);
+        let mut content = std::fs::read(&path).unwrap();
+        content[byte as usize] ^= 1 << bit;
+        write_file(&path, &content);
+    }
+    fn durable_prefix_bytes(&self, _: &str, current: &[u8]) -> usize {
+        current.len()
+    }
 }
 
 fn write_file(path: &Path, content: &[u8]) {
     std::fs::write(path, content).unwrap();
+}
+
+/// The base offset of the batch holding byte `byte` of a segment file's content (whole batches).
+fn batch_holding(content: &[u8], byte: usize) -> i64 {
+    let mut position = 0;
+    loop {
+        let size = peek_batch_size(&content[position..]).unwrap();
+        if byte < position + size {
+            return i64::from_be_bytes(content[position..position + 8].try_into().unwrap());
+        }
+        position += size;
+    }
 }
 
 struct Harness<E: Env> {
@@ -324,6 +370,74 @@ impl<E: Env> Harness<E> {
         assert_eq!(log.durable_end_offset(), log.log_end_offset(), "recovery syncs what it found");
         self.log = Some(log);
         report
+    }
+
+    /// Opens the log, retrying while injected fsync errors fail recovery.
+    fn open_retrying(&mut self) -> PartitionLog<E::D> {
+        loop {
+            match self.runtime.block_on(PartitionLog::open(self.env.disk(), DIR, self.config.clone())) {
+                Ok((log, _)) => return log,
+                Err(LogError::Io(error)) if self.fsync_errors => {
+                    assert!(error.to_string().contains("injected"), "{error}");
+                }
+                Err(error) => panic!("open failed: {error}"),
+            }
+        }
+    }
+
+    /// Bit rot: stops the process, flips one bit of a stored (durable) segment file and reopens the log as its
+    /// owner does: recovery, then the leader-epoch check against the epoch cache (the batch CRC does
+    /// not cover the epoch field; every batch here is written in epoch 0, so the cache is one entry),
+    /// cutting the log where they disagree. A flip in a `.log` file must cut the log exactly at the
+    /// batch holding the byte (or below it, where injected fsync errors may also lose unsynced
+    /// batches); a flip in an index loses nothing.
+    fn flip_bit(&mut self, file_pick: u32, byte_pick: u32, bit: u8) {
+        self.log = None;
+        let disk = self.env.disk();
+        let mut files = Vec::new();
+        for name in disk.list(DIR).unwrap() {
+            let path = format!("{DIR}/{name}");
+            if ![".log", ".index", ".timeindex"].iter().any(|ext| name.ends_with(ext)) {
+                continue;
+            }
+            let content = disk.open(&path, false).unwrap().read_at(0, usize::MAX).unwrap();
+            let durable_bytes = self.env.durable_prefix_bytes(&path, &content);
+            if durable_bytes > 0 {
+                files.push((path, content, durable_bytes));
+            }
+        }
+        if files.is_empty() {
+            self.reopen(!self.fsync_errors);
+            return;
+        }
+        let (path, content, durable_bytes) = &files[file_pick as usize % files.len()];
+        let byte = byte_pick as usize % durable_bytes;
+        self.env.flip_bit(path, byte as u64, bit);
+        if path.ends_with(".log") {
+            self.model.corrupted(batch_holding(content, byte));
+        }
+        let epoch_cache = LeaderEpochs::from_entries([EpochEntry { epoch: LeaderEpoch(0), start_offset: Offset(0) }]);
+        let log = loop {
+            let mut log = self.open_retrying();
+            let Some(cut) = log.epoch_mismatch(&epoch_cache) else { break log };
+            log.truncate_to(cut).unwrap();
+            match self.runtime.block_on(log.begin_sync()) {
+                Ok(covered) => {
+                    log.mark_durable(covered);
+                    break log;
+                }
+                Err(error) => assert!(self.fsync_errors, "{error}"),
+            }
+        };
+        let recovered = read_all(&log, &self.payloads);
+        if !self.fsync_errors {
+            assert_eq!(recovered, self.model.batches(), "bit flip at byte {byte} of {path}: not cut exactly there");
+        }
+        let as_recovered: Vec<RecoveredBatch> =
+            recovered.iter().map(|batch| (batch.base_offset, batch.next_offset, batch.fingerprint)).collect();
+        self.model.recovered(&as_recovered).unwrap();
+        assert_eq!(log.durable_end_offset(), log.log_end_offset());
+        self.log = Some(log);
     }
 
     /// After a sync failed: the log refuses appends, then a reopen must keep everything durable.
@@ -465,6 +579,7 @@ impl<E: Env> Harness<E> {
                     }
                 }
             }
+            Op::FlipBit { file_pick, byte_pick, bit } => self.flip_bit(*file_pick, *byte_pick, *bit),
         }
         self.check_offsets();
     }
@@ -556,32 +671,120 @@ fn segment_logs(disk: &SimDisk) -> Vec<String> {
     disk.list(DIR).unwrap().into_iter().filter(|name| name.ends_with(".log")).collect()
 }
 
+/// The durable content of segment file `name`, and the base offsets of its batches with their
+/// byte positions.
+fn segment_batches(disk: &SimDisk, name: &str) -> (Vec<u8>, Vec<(i64, usize)>) {
+    let content = disk.durable_content(&format!("{DIR}/{name}")).unwrap();
+    let mut batches = Vec::new();
+    let mut position = 0;
+    while position < content.len() {
+        batches.push((batch_holding(&content, position), position));
+        position += peek_batch_size(&content[position..]).unwrap();
+    }
+    (content, batches)
+}
+
+/// A bit flip in the records of a batch in a sealed (not the last) segment, found by a read while
+/// the log is open: a read that reaches the batch (from before it, or at it) fails with `Corrupt` at
+/// that batch, never returns its bytes, and fails the log; reads that stop below it are intact. The
+/// reopened log ends at the last good batch.
 #[test]
-fn bit_flip_in_a_sealed_segment_is_caught_on_read() {
+fn bit_flip_in_a_sealed_segment_is_caught_on_read_and_never_served() {
+    for read_from_before in [true, false] {
+        let mut harness = synced_sim_log(40);
+        let logs = segment_logs(&harness.env.disk);
+        assert!(logs.len() >= 3, "segments: {logs:?}");
+        let (_, batches) = segment_batches(&harness.env.disk, &logs[1]);
+        assert!(batches.len() >= 3, "{batches:?}");
+        let (corrupt_base, position) = batches[1];
+        harness.env.disk.flip_bit(&format!("{DIR}/{}", logs[1]), position as u64 + 80, 2).unwrap();
+        let end = harness.log().log_end_offset();
+        let below = harness.log().read(Offset(0), 64 * 1024, Offset(corrupt_base)).unwrap();
+        assert_eq!(decode_and_check(below, &harness.payloads).last().unwrap().next_offset, corrupt_base);
+        let from = if read_from_before { Offset(batches[0].0) } else { Offset(corrupt_base) };
+        match harness.log().read(from, 64 * 1024, end) {
+            Err(LogError::Corrupt { offset, reason }) => {
+                assert_eq!(offset.0, corrupt_base, "{reason}");
+                assert!(reason.contains("CRC"), "{reason}");
+            }
+            other => panic!("read across a flipped byte: {other:?}"),
+        }
+        // The log failed with it: it must be reopened before it is used again.
+        assert!(matches!(harness.log().read(Offset(0), 100, end), Err(LogError::Failed)));
+        harness.log = None;
+        harness.model.corrupted(corrupt_base);
+        let report = harness.reopen(true);
+        assert_eq!(report.log_end_offset.0, corrupt_base);
+    }
+}
+
+/// A bit flip in the middle of a durable, sealed segment (not the tail): recovery verifies every
+/// batch of every segment, so the reopened log ends at the last good batch before it; the rest of
+/// that segment and every later segment are gone (a replica fetches them again from its leader).
+#[test]
+fn bit_flip_in_the_middle_of_a_sealed_segment_cuts_the_log_there_on_recovery() {
     let mut harness = synced_sim_log(40);
     let logs = segment_logs(&harness.env.disk);
     assert!(logs.len() >= 3, "segments: {logs:?}");
+    let (content, batches) = segment_batches(&harness.env.disk, &logs[1]);
+    let (corrupt_base, position) = batches[batches.len() / 2];
+    let bytes_from_cut: u64 = (content.len() - position) as u64
+        + logs[2..]
+            .iter()
+            .map(|name| harness.env.disk.durable_content(&format!("{DIR}/{name}")).unwrap().len() as u64)
+            .sum::<u64>();
     harness.log = None;
-    // A byte inside the records of the first batch of the second segment.
-    harness.env.disk.flip_bit(&format!("{DIR}/{}", logs[1]), 80, 2).unwrap();
-    let (log, report) = harness.runtime.block_on(PartitionLog::open(harness.env.disk(), DIR, small_config())).unwrap();
-    assert_eq!(report.truncated_bytes, 0, "a sealed segment is trusted without a scan");
-    let mut saw_corrupt = false;
-    let mut offset = Offset(0);
-    while offset < log.log_end_offset() {
-        match log.read(offset, 100, log.log_end_offset()) {
-            Ok(bytes) => {
-                offset = decode_and_check(bytes, &harness.payloads).last().map(|b| Offset(b.next_offset)).unwrap()
-            }
-            Err(LogError::Corrupt(reason)) => {
-                assert!(reason.contains("CRC"), "{reason}");
-                saw_corrupt = true;
-                offset = offset.next();
-            }
-            Err(error) => panic!("{error}"),
+    harness.env.disk.flip_bit(&format!("{DIR}/{}", logs[1]), position as u64 + 70, 5).unwrap();
+    harness.model.corrupted(corrupt_base);
+    let report = harness.reopen(true);
+    assert_eq!(report.log_end_offset.0, corrupt_base);
+    assert_eq!(report.truncated_bytes, bytes_from_cut, "the rest of the segment and every later one");
+    let (cut_at, reason) = report.cut.clone().expect("recovery reports its cut");
+    assert_eq!(cut_at.0, corrupt_base, "{reason}");
+    assert_eq!(segment_logs(&harness.env.disk), logs[..2].to_vec(), "later segments removed");
+    assert_eq!(
+        report.verified_bytes,
+        position as u64
+            + logs[..1]
+                .iter()
+                .map(|name| harness.env.disk.durable_content(&format!("{DIR}/{name}")).unwrap().len() as u64)
+                .sum::<u64>()
+    );
+    // The cut is durable: a power loss now brings back nothing past it.
+    harness.log = None;
+    harness.env.disk.crash();
+    let report = harness.reopen(true);
+    assert_eq!(report.cut, None);
+}
+
+/// A flipped leader-epoch field (not covered by the batch CRC) survives recovery's scan, but the
+/// epoch runs recovery collects disagree with the epoch cache exactly there, and a read of a batch
+/// whose epoch field changed while the log was open fails.
+#[test]
+fn flipped_leader_epoch_field_is_found_by_the_epoch_check() {
+    let mut harness = synced_sim_log(40);
+    let logs = segment_logs(&harness.env.disk);
+    let (_, batches) = segment_batches(&harness.env.disk, &logs[1]);
+    let (corrupt_base, position) = batches[1];
+    let epoch_cache = LeaderEpochs::from_entries([EpochEntry { epoch: LeaderEpoch(0), start_offset: Offset(0) }]);
+    assert_eq!(harness.log().epoch_mismatch(&epoch_cache), None);
+    // Byte 15 is the low byte of the epoch field.
+    harness.env.disk.flip_bit(&format!("{DIR}/{}", logs[1]), position as u64 + 15, 1).unwrap();
+    let end = harness.log().log_end_offset();
+    match harness.log().read(Offset(corrupt_base), 64 * 1024, end) {
+        Err(LogError::Corrupt { offset, reason }) => {
+            assert_eq!(offset.0, corrupt_base);
+            assert!(reason.contains("leader epoch"), "{reason}");
         }
+        other => panic!("read of a batch with a flipped epoch: {other:?}"),
     }
-    assert!(saw_corrupt);
+    harness.log = None;
+    let (log, _) = harness.runtime.block_on(PartitionLog::open(harness.env.disk(), DIR, small_config())).unwrap();
+    assert_eq!(log.log_end_offset(), end, "the scan cannot see it: the CRC does not cover the epoch");
+    assert_eq!(log.epoch_mismatch(&epoch_cache), Some(Offset(corrupt_base)));
+    let runs: Vec<(i32, i64)> = log.epoch_runs().iter().map(|run| (run.epoch.0, run.start_offset.0)).collect();
+    let next = batches[2].0;
+    assert_eq!(runs, vec![(0, 0), (2, corrupt_base), (0, next)]);
 }
 
 #[test]
@@ -623,7 +826,7 @@ fn close_makes_seals_durable_so_power_loss_leaves_closed_segments_trusted() {
     harness.env.disk.crash();
     let report = harness.reopen(true);
     assert!(report.segments >= 3);
-    assert_eq!(report.rebuilt_indexes, 1, "only the last segment is scanned");
+    assert_eq!(report.rebuilt_indexes, 1, "only the last segment's indexes are rebuilt (every segment is verified)");
     assert_eq!(report.truncated_bytes, 0);
 }
 

@@ -129,6 +129,22 @@ impl PartitionLogModel {
         Ok(self.log_end_offset())
     }
 
+    /// Bit rot: a stored byte of the batch containing `offset` changed. A correct log cuts that batch
+    /// and everything after it at its next recovery (a replicated partition fetches the rest again
+    /// from another replica), so the model does the same, in the current log and in every earlier
+    /// version a crash could bring back. Returns the new log end.
+    pub fn corrupted(&mut self, offset: i64) -> i64 {
+        let keep = |batches: &[BatchMeta]| batches.iter().take_while(|batch| batch.next_offset <= offset).count();
+        let kept = keep(&self.batches);
+        self.batches.truncate(kept);
+        self.durable_len = self.durable_len.min(kept);
+        for ghost in &mut self.ghosts {
+            let kept = keep(ghost);
+            ghost.truncate(kept);
+        }
+        self.log_end_offset()
+    }
+
     /// Checks what the real log recovered after a crash (or a failed sync and a reopen) against the
     /// crash rule, and adopts it: recovery syncs what it found, so all of it is durable afterwards.
     pub fn recovered(&mut self, recovered: &[RecoveredBatch]) -> Result<(), ModelError> {
@@ -236,6 +252,20 @@ mod tests {
         assert!(model.clone().recovered(&[(0, 2, 1), (2, 4, 2)]).is_ok());
         model.sync_succeeded(model.begin_sync());
         assert!(model.clone().recovered(&[(0, 2, 1), (2, 4, 2)]).is_err());
+    }
+
+    #[test]
+    fn a_corrupt_durable_batch_is_cut_with_everything_after_it() {
+        let mut model = PartitionLogModel::new();
+        for (base, fingerprint) in [(0, 1), (2, 2), (4, 3)] {
+            model.append(meta(base, 2, fingerprint)).unwrap();
+        }
+        model.sync_succeeded(model.begin_sync());
+        assert_eq!(model.corrupted(3), 2, "the batch holding offset 3 and the one after are gone");
+        assert_eq!(model.durable_end_offset(), 2);
+        // Keeping the corrupt batch is wrong; keeping everything below it is right.
+        assert!(model.clone().recovered(&[(0, 2, 1), (2, 4, 2)]).is_err());
+        assert!(model.clone().recovered(&[(0, 2, 1)]).is_ok());
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The cluster harness: named madsim nodes running the real broker, and the fault controls.
 //!
 //! In: calls from a scenario (add a broker or a client node, kill, power loss, restart, pause, clog,
-//! disk faults, heal). Out: node handles to run workloads on, broker addresses, and every control
+//! disk faults, bit flips, heal). Out: node handles to run workloads on, broker addresses, and every control
 //! action recorded in the [`Trace`] with its simulated time.
 //!
 //! # Nodes
@@ -36,7 +36,7 @@ use std::collections::BTreeMap;
 use keel::config::BrokerConfig;
 use keel::meta::node::NodeHandle as MetaNodeHandle;
 use keel::meta::store_sim::SimKv;
-use keel::storage::sim::{SimDisk, SimDiskFaults};
+use keel::storage::sim::{BitFlip, SimDisk, SimDiskFaults};
 use madsim::net::NetSim;
 use madsim::runtime::{Handle, NodeHandle};
 use tokio::time::Instant;
@@ -519,6 +519,17 @@ impl Cluster {
         broker.kv.set_write_error_probability(probability);
         let name = broker.name.clone();
         self.note(format!("nemesis meta_write_errors {name} p={probability:.3}"));
+    }
+
+    /// Bit rot on broker `index`'s disk: flips one bit of a synced file whose path ends with `suffix`
+    /// (drawn by the disk's seeded RNG), in its durable bytes and the page cache; `None` when the
+    /// broker has no such file yet.
+    pub fn flip_durable_bit(&mut self, index: usize, suffix: &str) -> Option<BitFlip> {
+        let broker = &self.brokers[index];
+        let flip = broker.disk.flip_random_durable_bit(suffix)?;
+        let name = broker.name.clone();
+        self.note(format!("nemesis bit_flip {name} {} byte {} bit {}", flip.path, flip.byte, flip.bit));
+        Some(flip)
     }
 
     pub fn set_disk_faults(&mut self, index: usize, faults: SimDiskFaults) {

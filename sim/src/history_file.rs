@@ -27,7 +27,8 @@
 //! - Faults, as Jepsen records them: `{"process": "nemesis", "type": "info", "f": "<action>",
 //!   "value": "<what it hit>"}`, one per nemesis line of the trace (`f` is the action: `kill`,
 //!   `power_loss`, `restart`, `pause`, `resume`, `clog`, `clog_link`, `partition`, `disk_faults`,
-//!   `heal`, ...). Checkers ignore them; reports and plots shade fault intervals with them.
+//!   `bit_flip`, `heal`, ...). A `bit_flip` is instantaneous; its value says where:
+//!   `"broker-2 topics/t-0/00000000000000000000.log byte 1234 bit 5"`. Checkers ignore them; reports and plots shade fault intervals with them.
 //!
 //! Invariant: [`parse`] of [`write`]'s text gives back the same queue history, the same metadata
 //! events in the same order and the same final topic list, so a checker gives the same verdict on
@@ -285,6 +286,7 @@ mod tests {
             final_topics: Some(vec!["a".to_owned()]),
             nemesis: vec![
                 NemesisEvent::of_trace_line(25, "nemesis kill broker-1").unwrap(),
+                NemesisEvent::of_trace_line(26, "nemesis bit_flip broker-2 t-0/0.log byte 7 bit 1").unwrap(),
                 NemesisEvent::of_trace_line(90, "heal begin").unwrap(),
             ],
         }
@@ -323,6 +325,11 @@ mod tests {
         assert_eq!(
             (kill["type"].clone(), kill["f"].clone(), kill["value"].clone()),
             (json!("info"), json!("kill"), json!("broker-1"))
+        );
+        let flip = lines.iter().find(|line| line["f"] == json!("bit_flip")).unwrap();
+        assert_eq!(
+            (flip["process"].clone(), flip["value"].clone()),
+            (json!("nemesis"), json!("broker-2 t-0/0.log byte 7 bit 1"))
         );
         let info = lines.iter().find(|line| line["f"] == json!("delete") && line["type"] == json!("info")).unwrap();
         assert_eq!(info["error"], json!("timed out"));

@@ -20,6 +20,9 @@
 //! forced), a clog a broker or (half the time, where the workload runs on client nodes) a workload
 //! client, a metadata write error any broker. Partitions put the leader on either side; one-way
 //! clogs cut the leader's sending or hearing half of the time. With one broker every target is it.
+//! A bit flip hits a synced `.log` segment of a broker from a minority fixed as the run goes: the
+//! first `(n - 1) / 2` distinct brokers it hits, then only those ([`bit_flip_target`]), so every
+//! record keeps an intact copy on a majority; with fewer than three brokers it never fires.
 //!
 //! # Required faults
 //! A class the scenario uses `Always` is injected at least once on every seed, on a node that
@@ -27,7 +30,8 @@
 //! starts until it happened, and it is forced (tried again every [`FORCED_FAULT_RETRY_MS`] while
 //! there is no leader or the target is busy). What counts: a crash or power loss of a serving
 //! broker (one that hit the leader is a leader kill too); a clog of a broker; a slow, failed sync or
-//! a failed write that the broker's disk reports. A seed whose required fault never counted fails.
+//! a failed write that the broker's disk reports; a bit flipped in a synced segment. A seed whose
+//! required fault never counted fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -47,6 +51,9 @@ use crate::swarm::{pick_weighted, FaultClass, NemesisSwarm};
 pub const FORCED_DISK_FAULT_MS_MAX: u64 = 3_000;
 /// How often a forced fault that could not be injected (no leader, target busy) is tried again.
 pub const FORCED_FAULT_RETRY_MS: u64 = 100;
+/// Which files a bit flip rots: partition segments (their indexes are rebuilt by recovery, so a flip
+/// there tests little).
+pub const BIT_FLIP_SUFFIX: &str = ".log";
 
 /// How many faults of each class hit during the nemesis phase. For the data-disk classes these are
 /// the disk's own counters (syncs that waited, syncs that failed, writes that failed).
@@ -132,6 +139,8 @@ pub struct Nemesis<'a> {
     disks: Vec<DiskComponents>,
     injected: BTreeMap<FaultClass, u64>,
     required: Vec<RequiredFault>,
+    /// Brokers a bit flip hit so far (never more than `(n - 1) / 2`).
+    bit_flipped: BTreeSet<usize>,
 }
 
 impl<'a> Nemesis<'a> {
@@ -165,6 +174,7 @@ impl<'a> Nemesis<'a> {
             disks,
             injected: BTreeMap::new(),
             required,
+            bit_flipped: BTreeSet::new(),
         }
     }
 
@@ -319,6 +329,7 @@ impl<'a> Nemesis<'a> {
             FaultClass::SlowFsync => self.slow_fsync(forced).await,
             FaultClass::FailedFsync => self.failed_fsync(forced).await,
             FaultClass::FailedWrite => self.failed_write(forced).await,
+            FaultClass::BitFlip => self.bit_flip(),
         };
         let Some((fault, counted)) = started else { return false };
         if let Some(fault) = fault {
@@ -570,6 +581,16 @@ impl<'a> Nemesis<'a> {
         Some((Some(Fault::Disk(target, DiskFault::FailedWrite)), false))
     }
 
+    /// One bit of a synced segment of a broker of the minority ([`bit_flip_target`]). Not injected
+    /// (retried when forced) while that broker has no synced segment.
+    fn bit_flip(&mut self) -> Option<(Option<Fault>, bool)> {
+        let target =
+            bit_flip_target(self.cluster.broker_count(), &self.bit_flipped, |bound| thread_rng().gen_range(0..bound))?;
+        self.cluster.flip_durable_bit(target, BIT_FLIP_SUFFIX)?;
+        self.bit_flipped.insert(target);
+        Some((None, true))
+    }
+
     fn apply_disk(&mut self, broker: usize) {
         let faults = self.disks[broker].faults();
         self.cluster.set_disk_faults(broker, faults);
@@ -627,6 +648,24 @@ impl<'a> Nemesis<'a> {
     }
 }
 
+/// The broker a bit flip hits, given those hit before (`hit`): any broker while fewer than
+/// `(n - 1) / 2` were hit, then one of them; `None` with fewer than three brokers. So over a whole
+/// run the flips stay on a minority. `random_below(bound)` draws a number in `0..bound`.
+pub fn bit_flip_target(
+    n_brokers: usize,
+    hit: &BTreeSet<usize>,
+    mut random_below: impl FnMut(usize) -> usize,
+) -> Option<usize> {
+    let minority_max = n_brokers.saturating_sub(1) / 2;
+    if minority_max == 0 {
+        return None;
+    }
+    if hit.len() < minority_max {
+        return Some(random_below(n_brokers));
+    }
+    hit.iter().nth(random_below(hit.len())).copied()
+}
+
 fn shuffled(n: usize) -> Vec<usize> {
     let mut order: Vec<usize> = (0..n).collect();
     let mut rng = thread_rng();
@@ -651,4 +690,37 @@ fn links_between(left: &[usize], right: &[usize]) -> Vec<(usize, usize)> {
 
 fn names(indices: &[usize]) -> Vec<String> {
     indices.iter().map(|index| format!("broker-{}", index + 1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator for the draws (the nemesis uses madsim's seeded RNG).
+    fn draws(seed: u64) -> impl FnMut(usize) -> usize {
+        let mut state = seed;
+        move |bound| {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            ((state >> 33) as usize) % bound
+        }
+    }
+
+    #[test]
+    fn bit_flips_stay_on_a_minority_of_brokers_over_a_run() {
+        for n_brokers in 0..=7 {
+            for seed in 0..50 {
+                let mut random_below = draws(seed);
+                let mut hit = BTreeSet::new();
+                for _ in 0..200 {
+                    if let Some(target) = bit_flip_target(n_brokers, &hit, &mut random_below) {
+                        assert!(target < n_brokers);
+                        hit.insert(target);
+                    }
+                }
+                let minority_max = n_brokers.saturating_sub(1) / 2;
+                assert_eq!(hit.len(), minority_max, "{n_brokers} brokers, seed {seed}: hit {hit:?}");
+                assert!(2 * hit.len() < n_brokers.max(1), "a minority");
+            }
+        }
+    }
 }

@@ -280,6 +280,17 @@ pub fn isr_3_clogs_pauses_delay() -> Scenario {
     )
 }
 
+/// Bit rot in the durable segments of one broker (a minority), with crashes that make recovery
+/// scan it: the corruption is detected (on read or recovery), never served or replicated, the log is
+/// cut there and fetched again from the leader; a leader that finds it resigns. Nothing acked lost.
+pub fn isr_3_bit_flips() -> Scenario {
+    isr(
+        "isr_3_bit_flips",
+        3,
+        vec![(BitFlip, Always), (Kill, Sometimes), (PowerLoss, Sometimes), (CleanRestart, Sometimes)],
+    )
+}
+
 /// Graceful restarts one after another under load (leadership moves away first).
 pub fn isr_3_rolling_restart() -> Scenario {
     isr("isr_3_rolling_restart", 3, vec![(CleanRestart, Always)])
@@ -287,11 +298,23 @@ pub fn isr_3_rolling_restart() -> Scenario {
 
 /// 5 brokers, every fault class the ISR scenarios use, rates drawn per seed.
 pub fn isr_5_swarm() -> Scenario {
-    let faults =
-        [Kill, PowerLoss, AllPowerLoss, CleanRestart, Pause, Clog, Partition, Bridge, OneWay, Delay, SlowFsync]
-            .into_iter()
-            .map(|class| (class, Sometimes))
-            .collect();
+    let faults = [
+        Kill,
+        PowerLoss,
+        AllPowerLoss,
+        CleanRestart,
+        Pause,
+        Clog,
+        Partition,
+        Bridge,
+        OneWay,
+        Delay,
+        SlowFsync,
+        BitFlip,
+    ]
+    .into_iter()
+    .map(|class| (class, Sometimes))
+    .collect();
     isr("isr_5_swarm", 5, faults)
 }
 
@@ -313,6 +336,7 @@ pub fn all() -> Vec<Scenario> {
         isr_3_zombie_leader(),
         isr_3_clogs_pauses_delay(),
         isr_3_rolling_restart(),
+        isr_3_bit_flips(),
         isr_5_swarm(),
     ]
 }

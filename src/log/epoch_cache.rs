@@ -22,6 +22,14 @@
 //! nothing, or an assign whose batches the crash took), the cut is synced, and `truncate_from_start`
 //! is applied with the log start.
 //!
+//! A bit flip in an entry in the middle of the file looks like a torn tail: that entry and every
+//! later one are dropped, although the log may still hold batches of those epochs (an entry's CRC
+//! says that it is wrong, not what it said). The owner must then cut the log where the cache stops
+//! describing it: [`super::PartitionLog::epoch_mismatch`] compares the cache with the epochs the
+//! log's batches carry and gives the first offset where they disagree (it also catches a flipped
+//! epoch field in a batch, which the batch CRC does not cover). Cut the log there, sync, then cut the
+//! cache (the order below), and fetch the rest from the leader.
+//!
 //! # Durability rules the owner follows (the replica shell's contract, `partition::replica`)
 //! - `assign` writes one entry (cutting the file first if entries were replaced). **Await `sync`
 //!   before writing any batch of the new epoch to the log**: then a durable batch always has a durable
@@ -347,5 +355,21 @@ mod tests {
         let (cache, report) = open(&disk, 100);
         assert_eq!(pairs(&cache), vec![(0, 0)]);
         assert_eq!(report.dropped_tail_bytes, 32);
+        // The log still holds batches of epochs 1 and 3: the owner's check finds where the cache
+        // stops describing it (the log is cut there, then the cache).
+        let runs: Vec<EpochEntry> = [(0, 0), (1, 10), (3, 20)]
+            .into_iter()
+            .map(|(epoch, start)| EpochEntry { epoch: LeaderEpoch(epoch), start_offset: Offset(start) })
+            .collect();
+        assert_eq!(
+            super::super::first_epoch_mismatch(&runs, cache.entries(), Offset(0), Offset(100)),
+            Some(Offset(10))
+        );
+        // Recovery's cut of the file is durable: a power loss does not bring the entries back.
+        drop(cache);
+        disk.crash();
+        let (cache, report) = open(&disk, 100);
+        assert_eq!(pairs(&cache), vec![(0, 0)]);
+        assert_eq!(report.dropped_tail_bytes, 0);
     }
 }

@@ -28,22 +28,35 @@
 //!    segments dropped below, are removed.
 //! 2. Segments must be contiguous: each base offset equals the previous segment's next offset. At the
 //!    first gap, that segment and every later one are removed.
-//! 3. A segment that is not the last is trusted without a scan only if it is sealed: both index files
-//!    decode with valid CRCs, end in matching seals, and the seal's length equals the `.log` length.
-//!    Otherwise it is scanned (4); if the scan stops early, the segment is truncated there and every
-//!    later segment is removed (they follow a hole); if it is whole, its indexes are rebuilt and
-//!    sealed again.
-//! 4. The last segment is always scanned from its start: batch after batch is parsed
+//! 3. Every segment is scanned from its start, sealed or not: batch after batch is parsed
 //!    ([`crate::batch::peek_batch_size`] and [`Batch::parse`] check length, magic, CRC and record
 //!    framing) and offsets must be contiguous. The scan stops at the first torn, garbage, zeroed,
-//!    corrupt or non-contiguous batch, and the file is truncated there. Its indexes are rebuilt from
-//!    the scan (by the same code appends use, so they come out byte for byte the same).
+//!    corrupt (a bit flipped anywhere, not only in the tail) or non-contiguous batch; the file is
+//!    truncated there and every later segment is removed (they follow a hole), so the log ends at the
+//!    last good batch and a replica fetches the rest again from its leader. [`RecoveryReport::cut`]
+//!    says where and why, and `open` logs it with the bytes cut.
+//! 4. A segment that is not the last keeps its index files when it is sealed (both index files decode
+//!    with valid CRCs and end in matching seals, the seal's length equals the `.log` length) and the
+//!    scan agrees with the seal. Otherwise (and always for the last segment) its indexes are rebuilt
+//!    from the scan, by the same code appends use, so they come out byte for byte the same; a whole
+//!    segment that is not the last is sealed again.
 //! 5. Everything recovery changed or scanned is synced, with the directory, before `open` returns, so
 //!    `durable_end_offset() == log_end_offset()` after open (even after a process crash where the OS
 //!    still held unsynced writes).
 //!
-//! Reads check every returned batch's CRC and offsets, so a bit flip in a trusted (sealed) segment
-//! shows up as [`LogError::Corrupt`] instead of wrong data.
+//! Cost: step 3 reads and CRCs the whole log on every open, `O(log bytes)` (about a second per few
+//! GiB at CRC32C and disk speeds). Correctness first: a seal proves the segment was written whole, not
+//! that its bytes are still the ones written. If opening big logs gets too slow, the way out is a
+//! background scrub of sealed segments after open (reads already verify what they return), not
+//! trusting seals again.
+//!
+//! # Corruption after recovery
+//! Reads check every returned batch's CRC, offsets and leader epoch (the CRC does not cover the epoch
+//! field: it is checked against the epoch runs the log records from the batches it scanned or
+//! appended), so a bit flip shows up as [`LogError::Corrupt`] instead of wrong data, and fails the log
+//! until it is reopened (recovery then cuts at the corrupt batch). A flip of an epoch field *before*
+//! recovery passes the scan (the runs then show the flipped epoch); the owner finds it by comparing
+//! the runs with the persisted epoch cache ([`PartitionLog::epoch_mismatch`]) and cuts there.
 //!
 //! # Durability
 //! `append` writes to the page cache. [`PartitionLog::begin_sync`] syncs every file written since the
@@ -72,8 +85,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::{Bytes, BytesMut};
 
 use crate::batch::{Batch, BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
+use crate::leader_epochs::{EpochEntry, LeaderEpochs};
 use crate::storage::{Disk, DiskFile};
-use crate::types::{Offset, TimestampMs};
+use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use segment::{BatchHeader, Segment};
 
 /// The largest `segment_bytes_max` accepted: positions in the index are u32, and a segment may
@@ -98,9 +112,19 @@ impl Default for LogConfig {
 pub enum LogError {
     #[error("log I/O error: {0}")]
     Io(#[from] std::io::Error),
-    /// Found while reading: a bad CRC, a batch that does not start where the index says, etc.
-    #[error("log corrupt: {0}")]
-    Corrupt(String),
+    /// The bytes on disk are not what was appended (a bad CRC, a batch that does not start where the
+    /// index says, a leader epoch that is not the one the batch was written with, ...), found by a
+    /// read. `offset` is the first offset the read could not vouch for: everything below it that the
+    /// read returned before is intact, nothing at or after it was returned.
+    ///
+    /// The log is failed by it (every later call returns [`LogError::Failed`]): the owner treats it as
+    /// a storage failure and reopens the log, whose recovery truncates at the corrupt batch (see the
+    /// module doc). A follower then fetches the rest again from its leader; a leader whose corruption
+    /// is below its high watermark lost acknowledged data from its own copy and must resign so that an
+    /// ISR member with an intact copy leads. Corrupt bytes are never returned, so never served or
+    /// replicated.
+    #[error("log corrupt at offset {offset}: {reason}")]
+    Corrupt { offset: Offset, reason: String },
     #[error("offset {requested} out of range [{log_start}, {log_end}]")]
     OffsetOutOfRange { requested: Offset, log_start: Offset, log_end: Offset },
     #[error("batch base offset {got} where {expected} was expected")]
@@ -118,7 +142,7 @@ impl LogError {
 }
 
 /// What [`PartitionLog::open`] found and did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
     pub segments: usize,
     /// Bytes cut off `.log` files (torn or corrupt tails, segments after a hole or a gap).
@@ -127,6 +151,11 @@ pub struct RecoveryReport {
     pub log_end_offset: Offset,
     /// Segments whose index files were rebuilt from a scan.
     pub rebuilt_indexes: usize,
+    /// Bytes of batches whose CRCs recovery verified (every segment is scanned).
+    pub verified_bytes: u64,
+    /// Where recovery cut the log and why (a torn tail after a power loss, a corrupt batch found
+    /// anywhere): the offset of the first batch dropped. `None` when nothing was cut.
+    pub cut: Option<(Offset, String)>,
 }
 
 /// Sync bookkeeping shared with the futures `begin_sync` hands out.
@@ -213,6 +242,10 @@ pub struct PartitionLog<D: Disk> {
     dir_dirty: bool,
     /// Rolled segments still to be sealed once their data is durable.
     pending_seals: Vec<Offset>,
+    /// The leader epochs the batches were written with, as runs (an entry where a batch's epoch
+    /// differs from the previous batch's): built by recovery's scan and by appends. The batch CRC does
+    /// not cover the epoch field, so reads check it against these.
+    epoch_runs: Vec<EpochEntry>,
     shared: Arc<Mutex<SyncShared>>,
 }
 
@@ -248,14 +281,9 @@ impl<D: Disk> PartitionLog<D> {
         let dir = dir.trim_end_matches('/').to_string();
         disk.create_dir_all(&dir)?;
         let (log_bases, other_files) = Self::list_segment_files(&disk, &dir)?;
-        let mut report = RecoveryReport {
-            segments: 0,
-            truncated_bytes: 0,
-            log_start_offset: Offset::ZERO,
-            log_end_offset: Offset::ZERO,
-            rebuilt_indexes: 0,
-        };
-        let mut segments = Self::recover_segments(&disk, &dir, &config, &log_bases, &mut report)?;
+        let mut report = RecoveryReport::default();
+        let mut epoch_runs = Vec::new();
+        let mut segments = Self::recover_segments(&disk, &dir, &config, &log_bases, &mut report, &mut epoch_runs)?;
         let mut dir_changed = Self::remove_dropped_files(
             &disk,
             &dir,
@@ -285,6 +313,7 @@ impl<D: Disk> PartitionLog<D> {
             durable_end: log_end,
             dir_dirty: dir_changed,
             pending_seals: Vec::new(),
+            epoch_runs,
             shared: Arc::new(Mutex::new(SyncShared {
                 failed: false,
                 generation: 0,
@@ -303,6 +332,10 @@ impl<D: Disk> PartitionLog<D> {
         report.segments = log.segments.len();
         report.log_start_offset = log_start;
         report.log_end_offset = log_end;
+        if let Some((cut_at, reason)) = &report.cut {
+            let (cut_at, truncated_bytes) = (cut_at.0, report.truncated_bytes);
+            tracing::warn!(dir = log.dir, cut_at, truncated_bytes, reason, "log recovery cut the log there");
+        }
         log.check_invariants();
         Ok((log, report))
     }
@@ -323,43 +356,52 @@ impl<D: Disk> PartitionLog<D> {
         Ok((log_bases, other_files))
     }
 
-    /// Recovers the segments of `log_bases` in order: a sealed segment other than the last is
-    /// trusted as sealed; any other is scanned and truncated at its first invalid batch. Stops at a
-    /// gap in the offsets or after a truncated segment (later segments follow a hole); the segments
-    /// returned are a prefix of `log_bases`.
+    /// Recovers the segments of `log_bases` in order: every segment is scanned (each batch's length,
+    /// CRC, framing and offsets checked) and cut at its first invalid batch; a sealed segment other
+    /// than the last keeps its indexes when the scan agrees with its seal. Stops at a gap in the
+    /// offsets or after a cut segment (later segments follow a hole); the segments returned are a
+    /// prefix of `log_bases`. Fills `epoch_runs` from the batches kept.
     fn recover_segments(
         disk: &D,
         dir: &str,
         config: &LogConfig,
         log_bases: &[Offset],
         report: &mut RecoveryReport,
+        epoch_runs: &mut Vec<EpochEntry>,
     ) -> Result<BTreeMap<Offset, Segment<D::File>>, LogError> {
         let mut segments: BTreeMap<Offset, Segment<D::File>> = BTreeMap::new();
         for (idx, &base) in log_bases.iter().enumerate() {
             let is_last = idx + 1 == log_bases.len();
             if let Some(previous) = segments.values().next_back() {
                 if previous.next_offset != base {
+                    report.cut.get_or_insert((previous.next_offset, format!("gap before segment {base}")));
                     break; // A gap: this segment and all later ones go.
                 }
             }
             let mut segment = Self::open_segment(disk, dir, base, config)?;
             let log_len = segment.log.len()?;
-            if !is_last && Self::load_sealed(&mut segment, log_len)? {
-                segments.insert(base, segment);
+            let sealed = !is_last && Self::load_sealed(&mut segment, log_len)?;
+            let scan = segment::scan(&segment.log, base, config.index_interval_bytes)?;
+            report.verified_bytes += scan.valid_bytes;
+            for run in &scan.epochs {
+                segment::push_epoch_run(epoch_runs, run.epoch, run.start_offset);
+            }
+            let whole = scan.stopped_because.is_none();
+            if sealed && whole && scan.next_offset == segment.next_offset {
+                segments.insert(base, segment); // The scan agrees with the seal: the indexes stand.
                 continue;
             }
-            let scan = segment::scan(&segment.log, base, config.index_interval_bytes)?;
             if let Some(reason) = &scan.stopped_because {
                 tracing::warn!(dir, base = base.0, at = scan.valid_bytes, reason, "log recovery: truncating segment");
                 segment.log.set_len(scan.valid_bytes)?;
                 report.truncated_bytes += log_len - scan.valid_bytes;
+                report.cut = Some((scan.next_offset, format!("segment {base} at byte {}: {reason}", scan.valid_bytes)));
             }
             segment.log_bytes = scan.valid_bytes;
             segment.next_offset = scan.next_offset;
             segment.index = scan.index;
             segment.indexer = scan.indexer;
             segment.dirty.log = true;
-            let whole = scan.stopped_because.is_none();
             segment.rewrite_indexes(!is_last && whole)?;
             report.rebuilt_indexes += 1;
             segments.insert(base, segment);
@@ -509,6 +551,7 @@ impl<D: Disk> PartitionLog<D> {
             self.roll(batch.base_offset())?;
         }
         self.active().append(batch)?;
+        segment::push_epoch_run(&mut self.epoch_runs, batch.leader_epoch(), batch.base_offset());
         self.log_end = batch.next_offset();
         Ok(())
     }
@@ -617,8 +660,31 @@ impl<D: Disk> PartitionLog<D> {
     /// Whole batches, concatenated, starting with the batch that contains `offset`, stopping before
     /// `max_bytes` would be exceeded (but at least one batch if any qualifies), and only batches
     /// whose last offset is below `up_to` (the high watermark). May span segments. Empty if `offset
-    /// >= up_to` or `offset == log_end_offset()`. Every returned batch's CRC is checked.
+    /// >= up_to` or `offset == log_end_offset()`.
+    ///
+    /// Every returned batch is checked: its CRC, its offsets, and its leader epoch (which the CRC does
+    /// not cover) against the epoch it was written with. A batch that fails is never returned: the
+    /// read fails with [`LogError::Corrupt`] and the log with it (see there).
     pub fn read(&self, offset: Offset, max_bytes: usize, up_to: Offset) -> Result<Bytes, LogError> {
+        let result = self.read_inner(offset, max_bytes, up_to);
+        self.fail_on_corrupt(result)
+    }
+
+    /// Fails the log on a [`LogError::Corrupt`]: its bytes cannot be trusted until recovery cut them.
+    fn fail_on_corrupt<T>(&self, result: Result<T, LogError>) -> Result<T, LogError> {
+        if let Err(LogError::Corrupt { offset, reason }) = &result {
+            tracing::error!(
+                dir = self.dir,
+                offset = offset.0,
+                reason,
+                "log: corrupt data found; the log must be reopened"
+            );
+            lock(&self.shared).failed = true;
+        }
+        result
+    }
+
+    fn read_inner(&self, offset: Offset, max_bytes: usize, up_to: Offset) -> Result<Bytes, LogError> {
         self.check_failed()?;
         let log_start = self.log_start_offset();
         if offset < log_start || offset > self.log_end {
@@ -644,30 +710,23 @@ impl<D: Disk> PartitionLog<D> {
                 let budget = max_bytes.saturating_sub(total_bytes);
                 let header_in_window = position + BATCH_HEADER_BYTES as u64 <= window_position + window.len() as u64;
                 if !header_in_window {
-                    window = self.read_window(segment, position, BATCH_HEADER_BYTES, budget)?;
+                    window = self.read_window(segment, position, expected, BATCH_HEADER_BYTES, budget)?;
                     window_position = position;
                 }
                 let start = (position - window_position) as usize;
-                let header =
-                    BatchHeader::parse(&window[start..]).map_err(|reason| segment.corrupt(position, reason))?;
-                if header.base_offset != expected {
-                    return Err(segment.corrupt(
-                        position,
-                        format!("base offset {} where {expected} was expected", header.base_offset),
-                    ));
-                }
+                let header = self.checked_header(segment, &window[start..], position, expected)?;
                 if header.last_offset() >= up_to || (total_bytes > 0 && total_bytes + header.size_bytes > max_bytes) {
                     break 'segments;
                 }
                 if start + header.size_bytes > window.len() {
                     reader.flush();
-                    window = self.read_window(segment, position, header.size_bytes, budget)?;
+                    window = self.read_window(segment, position, expected, header.size_bytes, budget)?;
                     window_position = position;
                 }
                 let start = (position - window_position) as usize;
                 let batch = window.slice(start..start + header.size_bytes);
                 if !segment::crc_matches(&batch) {
-                    return Err(segment.corrupt(position, "batch CRC mismatch".to_string()));
+                    return Err(segment.corrupt(expected, position, "batch CRC mismatch".to_string()));
                 }
                 reader.push(&window, start, header.size_bytes);
                 total_bytes += header.size_bytes;
@@ -679,12 +738,62 @@ impl<D: Disk> PartitionLog<D> {
         Ok(reader.finish())
     }
 
+    /// Parses the header of the batch at `position`, which must start at `expected` and carry the
+    /// leader epoch the log recorded for that offset.
+    fn checked_header(
+        &self,
+        segment: &Segment<D::File>,
+        bytes: &[u8],
+        position: u64,
+        expected: Offset,
+    ) -> Result<BatchHeader, LogError> {
+        let header = BatchHeader::parse(bytes).map_err(|reason| segment.corrupt(expected, position, reason))?;
+        if header.base_offset != expected {
+            let reason = format!("base offset {} where {expected} was expected", header.base_offset);
+            return Err(segment.corrupt(expected, position, reason));
+        }
+        let written = self.written_epoch(expected);
+        if Some(header.leader_epoch) != written {
+            let reason = format!("leader epoch {} where {written:?} was written", header.leader_epoch);
+            return Err(segment.corrupt(expected, position, reason));
+        }
+        Ok(header)
+    }
+
+    /// The leader epoch the batch at `offset` was written with (its run's).
+    fn written_epoch(&self, offset: Offset) -> Option<LeaderEpoch> {
+        let after = self.epoch_runs.partition_point(|run| run.start_offset <= offset);
+        after.checked_sub(1).map(|index| self.epoch_runs[index].epoch)
+    }
+
+    /// The leader-epoch runs of the batches in the log, in offset order: an entry wherever a batch's
+    /// epoch differs from the previous batch's. Built from the batches themselves (recovery's scan,
+    /// appends), so they are what the log holds, right or wrong; see [`PartitionLog::epoch_mismatch`].
+    pub fn epoch_runs(&self) -> &[EpochEntry] {
+        &self.epoch_runs
+    }
+
+    /// The first offset at which the batches' leader epochs disagree with the persisted epoch cache
+    /// (`epochs`, recovered by [`epoch_cache::EpochCache::open`] for this log), or `None` when they
+    /// agree over the whole log.
+    ///
+    /// The batch CRC does not cover the leader-epoch field, and a corrupt cache entry ends the cache
+    /// there (its recovery cannot tell what followed). Either way the two stop agreeing at the first
+    /// batch whose epoch is in doubt. The owner then cuts both there, in the usual order (module doc of
+    /// [`epoch_cache`]: `truncate_to` and sync the log, then `truncate_from_end` and sync the cache),
+    /// and fetches the rest from the leader. Only meaningful where every batch is stamped with the
+    /// epoch the cache assigns (the replicated data path).
+    pub fn epoch_mismatch(&self, epochs: &LeaderEpochs) -> Option<Offset> {
+        first_epoch_mismatch(&self.epoch_runs, epochs.entries(), self.log_start_offset(), self.log_end)
+    }
+
     /// Reads at least `needed` bytes at `position` (and up to `budget`, to serve the rest of a read
-    /// from one I/O), never past the segment's end.
+    /// from one I/O), never past the segment's end. `expected` is the offset of the batch there.
     fn read_window(
         &self,
         segment: &Segment<D::File>,
         position: u64,
+        expected: Offset,
         needed: usize,
         budget: usize,
     ) -> Result<Bytes, LogError> {
@@ -692,9 +801,8 @@ impl<D: Disk> PartitionLog<D> {
         let want = (needed.max(budget) as u64).min(available) as usize;
         let window = segment.log.read_at(position, want)?;
         if window.len() < needed {
-            return Err(
-                segment.corrupt(position, format!("file ends {} bytes into a {needed}-byte read", window.len()))
-            );
+            let reason = format!("file ends {} bytes into a {needed}-byte read", window.len());
+            return Err(segment.corrupt(expected, position, reason));
         }
         Ok(window)
     }
@@ -702,12 +810,9 @@ impl<D: Disk> PartitionLog<D> {
     /// The first batch with `max_timestamp >= timestamp`: its base offset and max timestamp.
     pub fn offset_for_timestamp(&self, timestamp: TimestampMs) -> Result<Option<(Offset, TimestampMs)>, LogError> {
         self.check_failed()?;
-        for segment in self.segments.values() {
-            if let Some(header) = segment.find_timestamp(timestamp)? {
-                return Ok(Some((header.base_offset, header.max_timestamp)));
-            }
-        }
-        Ok(None)
+        let found = self.segments.values().find_map(|segment| segment.find_timestamp(timestamp).transpose());
+        let result = found.transpose().map(|header| header.map(|header| (header.base_offset, header.max_timestamp)));
+        self.fail_on_corrupt(result)
     }
 
     /// Removes the batch that contains `offset` and everything after it (a batch is never split, so
@@ -757,6 +862,7 @@ impl<D: Disk> PartitionLog<D> {
             active.rewrite_indexes(false)?;
         }
         self.pending_seals.retain(|pending| *pending != active_base);
+        self.epoch_runs.retain(|run| run.start_offset < cut);
         self.log_end = cut;
         self.durable_end = self.durable_end.min(cut);
         let mut shared = lock(&self.shared);
@@ -802,6 +908,28 @@ impl<D: Disk> PartitionLog<D> {
     }
 }
 
+/// The first offset in `[log_start, log_end)` where the epoch runs of the batches (`runs`) and the
+/// epoch cache's entries (`cache`) give a different epoch, or `None`. Both are step functions over
+/// offsets; they can first differ only at a start offset of either, so only those are compared (a
+/// cache entry before the log start counts from the log start, as `truncate_from_start` makes it).
+pub fn first_epoch_mismatch(
+    runs: &[EpochEntry],
+    cache: &[EpochEntry],
+    log_start: Offset,
+    log_end: Offset,
+) -> Option<Offset> {
+    let epoch_at = |entries: &[EpochEntry], offset: Offset| {
+        let after = entries.partition_point(|entry| entry.start_offset <= offset);
+        after.checked_sub(1).map(|index| entries[index].epoch)
+    };
+    let mut starts: Vec<Offset> =
+        runs.iter().chain(cache).map(|entry| entry.start_offset.max(log_start)).filter(|&at| at < log_end).collect();
+    starts.push(log_start);
+    starts.sort();
+    starts.dedup();
+    starts.into_iter().filter(|&at| at < log_end).find(|&at| epoch_at(runs, at) != epoch_at(cache, at))
+}
+
 /// Gathers the byte ranges a read returns, as slices of the windows read, and joins them at the end
 /// (without a copy when they all came from one window, the common case).
 #[derive(Default)]
@@ -841,5 +969,36 @@ impl RunCollector {
                 out.freeze()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(pairs: &[(i32, i64)]) -> Vec<EpochEntry> {
+        pairs
+            .iter()
+            .map(|&(epoch, start)| EpochEntry { epoch: LeaderEpoch(epoch), start_offset: Offset(start) })
+            .collect()
+    }
+
+    #[test]
+    fn first_epoch_mismatch_finds_where_batches_and_cache_disagree() {
+        let mismatch = |runs: &[(i32, i64)], cache: &[(i32, i64)], start: i64, end: i64| {
+            first_epoch_mismatch(&entries(runs), &entries(cache), Offset(start), Offset(end)).map(|offset| offset.0)
+        };
+        let log = [(0, 0), (2, 10), (5, 30)];
+        assert_eq!(mismatch(&log, &log, 0, 40), None);
+        assert_eq!(mismatch(&[], &[], 0, 0), None, "an empty log");
+        // A flipped epoch field in the batch at 20 (a run of its own), or one raised at 30.
+        assert_eq!(mismatch(&[(0, 0), (2, 10), (6, 20), (2, 25), (5, 30)], &log, 0, 40), Some(20));
+        assert_eq!(mismatch(&[(0, 0), (2, 10), (7, 30)], &log, 0, 40), Some(30));
+        // A cache whose recovery dropped a corrupt entry and what followed.
+        assert_eq!(mismatch(&log, &[(0, 0)], 0, 40), Some(10));
+        // Retention: cache entries before the log start count from it; entries at or past the end
+        // (a leader that wrote nothing yet) do not matter.
+        assert_eq!(mismatch(&[(2, 15), (5, 30)], &[(0, 0), (2, 10), (5, 30), (6, 40)], 15, 40), None);
+        assert_eq!(mismatch(&[(2, 15), (5, 30)], &[(0, 0), (5, 30)], 15, 40), Some(15));
     }
 }

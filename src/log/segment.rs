@@ -9,11 +9,13 @@ use bytes::Bytes;
 use super::index::{self, Indexer, OffsetEntry, Seal, SegmentIndex, TimeEntry};
 use super::LogError;
 use crate::batch::{peek_batch_size, Batch, BATCH_HEADER_BYTES, BATCH_LENGTH_PREFIX_BYTES, MAGIC_V2};
+use crate::leader_epochs::EpochEntry;
 use crate::storage::DiskFile;
-use crate::types::{Offset, TimestampMs};
+use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
 // Field positions in a v2 batch header (see the layout table in `crate::batch`). Reads walk headers
 // without parsing records, so they need these few fields directly.
+const HEADER_OFFSET_LEADER_EPOCH: usize = 12;
 const HEADER_OFFSET_MAGIC: usize = 16;
 const HEADER_OFFSET_CRC: usize = 17;
 const HEADER_OFFSET_CRC_START: usize = 21;
@@ -30,6 +32,8 @@ pub struct BatchHeader {
     pub size_bytes: usize,
     pub last_offset_delta: i32,
     pub max_timestamp: TimestampMs,
+    /// Not covered by the batch CRC: reads check it against the log's epoch runs instead.
+    pub leader_epoch: LeaderEpoch,
 }
 
 impl BatchHeader {
@@ -55,7 +59,10 @@ impl BatchHeader {
         let max_timestamp = i64::from_be_bytes(
             bytes[HEADER_OFFSET_MAX_TIMESTAMP..HEADER_OFFSET_MAX_TIMESTAMP + 8].try_into().expect("8 bytes"),
         );
-        Ok(BatchHeader { base_offset, size_bytes, last_offset_delta, max_timestamp })
+        let leader_epoch = LeaderEpoch(i32::from_be_bytes(
+            bytes[HEADER_OFFSET_LEADER_EPOCH..HEADER_OFFSET_LEADER_EPOCH + 4].try_into().expect("4 bytes"),
+        ));
+        Ok(BatchHeader { base_offset, size_bytes, last_offset_delta, max_timestamp, leader_epoch })
     }
 
     pub fn last_offset(&self) -> Offset {
@@ -122,6 +129,16 @@ pub struct ScanResult {
     pub indexer: Indexer,
     /// Why the scan stopped before the end of the file, if it did.
     pub stopped_because: Option<String>,
+    /// The leader-epoch runs of the valid batches: an entry wherever a batch's epoch differs from the
+    /// previous batch's (the first batch always starts one).
+    pub epochs: Vec<EpochEntry>,
+}
+
+/// Appends `(epoch, start)` to `runs` unless the last run already has that epoch.
+pub fn push_epoch_run(runs: &mut Vec<EpochEntry>, epoch: LeaderEpoch, start_offset: Offset) {
+    if runs.last().is_none_or(|last| last.epoch != epoch) {
+        runs.push(EpochEntry { epoch, start_offset });
+    }
 }
 
 impl<F: DiskFile> Segment<F> {
@@ -203,21 +220,27 @@ impl<F: DiskFile> Segment<F> {
         Ok(())
     }
 
-    /// Reads the header of the batch at `position`.
-    pub fn header_at(&self, position: u64) -> Result<BatchHeader, LogError> {
+    /// Reads the header of the batch at `position`, which must start at offset `expected`.
+    pub fn header_at(&self, position: u64, expected: Offset) -> Result<BatchHeader, LogError> {
         if position >= self.log_bytes {
-            return Err(self.corrupt(position, "batch header past the end of the segment".to_string()));
+            return Err(self.corrupt(expected, position, "batch header past the end of the segment".to_string()));
         }
         let bytes = self.log.read_at(position, BATCH_HEADER_BYTES)?;
-        let header = BatchHeader::parse(&bytes).map_err(|reason| self.corrupt(position, reason))?;
+        let header = BatchHeader::parse(&bytes).map_err(|reason| self.corrupt(expected, position, reason))?;
         if position + header.size_bytes as u64 > self.log_bytes {
-            return Err(self.corrupt(position, format!("batch of {} bytes runs past the end", header.size_bytes)));
+            let reason = format!("batch of {} bytes runs past the end", header.size_bytes);
+            return Err(self.corrupt(expected, position, reason));
+        }
+        if header.base_offset != expected {
+            let reason = format!("base offset {} where {expected} was expected", header.base_offset);
+            return Err(self.corrupt(expected, position, reason));
         }
         Ok(header)
     }
 
-    pub fn corrupt(&self, position: u64, reason: String) -> LogError {
-        LogError::Corrupt(format!("segment {} at byte {position}: {reason}", self.base_offset))
+    /// A [`LogError::Corrupt`] for the batch that should start at `offset`, at byte `position`.
+    pub fn corrupt(&self, offset: Offset, position: u64, reason: String) -> LogError {
+        LogError::Corrupt { offset, reason: format!("segment {} at byte {position}: {reason}", self.base_offset) }
     }
 
     /// The position and header of the batch that contains `offset` (which must be in this segment):
@@ -228,12 +251,7 @@ impl<F: DiskFile> Segment<F> {
         let mut position = u64::from(entry.position);
         let mut expected = Offset(self.base_offset.0 + i64::from(entry.relative_offset));
         loop {
-            let header = self.header_at(position)?;
-            if header.base_offset != expected {
-                return Err(
-                    self.corrupt(position, format!("base offset {} where {expected} was expected", header.base_offset))
-                );
-            }
+            let header = self.header_at(position, expected)?;
             if header.last_offset() >= offset {
                 return Ok((position, header));
             }
@@ -251,22 +269,15 @@ impl<F: DiskFile> Segment<F> {
         let mut position = u64::from(entry.position);
         let mut expected = Offset(self.base_offset.0 + i64::from(entry.relative_offset));
         while position < self.log_bytes {
-            let header = self.header_at(position)?;
-            if header.base_offset != expected {
-                return Err(
-                    self.corrupt(position, format!("base offset {} where {expected} was expected", header.base_offset))
-                );
-            }
+            let header = self.header_at(position, expected)?;
             if header.max_timestamp >= timestamp {
                 return Ok(Some(header));
             }
             position += header.size_bytes as u64;
             expected = header.next_offset();
         }
-        Err(LogError::Corrupt(format!(
-            "segment {}: max timestamp {} but no batch reaches {timestamp}",
-            self.base_offset, self.indexer.max_timestamp
-        )))
+        let reason = format!("max timestamp {} but no batch reaches {timestamp}", self.indexer.max_timestamp);
+        Err(self.corrupt(self.base_offset, position, reason))
     }
 
     /// Removes the batches from `position` (a batch boundary, where `offset` starts) on.
@@ -289,12 +300,7 @@ impl<F: DiskFile> Segment<F> {
         let mut walk = start_position;
         let mut expected = Offset(self.base_offset.0 + i64::from(start_relative));
         while walk < position {
-            let header = self.header_at(walk)?;
-            if header.base_offset != expected {
-                return Err(
-                    self.corrupt(walk, format!("base offset {} where {expected} was expected", header.base_offset))
-                );
-            }
+            let header = self.header_at(walk, expected)?;
             max_timestamp = max_timestamp.max(header.max_timestamp);
             walk += header.size_bytes as u64;
             expected = header.next_offset();
@@ -315,6 +321,7 @@ pub fn scan<F: DiskFile>(log: &F, base_offset: Offset, interval_bytes: u32) -> R
     let mut expected = base_offset;
     let mut index = SegmentIndex::default();
     let mut indexer = Indexer::new(interval_bytes);
+    let mut epochs = Vec::new();
     // Makes `window` hold [at, at + len) if the file has it; false if the file is shorter.
     let fill = |window: &mut Bytes, window_position: &mut u64, at: u64, len: usize| -> Result<bool, LogError> {
         let window_end = *window_position + window.len() as u64;
@@ -360,8 +367,9 @@ pub fn scan<F: DiskFile>(log: &F, base_offset: Offset, interval_bytes: u32) -> R
             index.offsets.push(offset_entry);
             index.times.push(time_entry);
         }
+        push_epoch_run(&mut epochs, batch.leader_epoch(), batch.base_offset());
         position = end;
         expected = batch.next_offset();
     };
-    Ok(ScanResult { valid_bytes: position, next_offset: expected, index, indexer, stopped_because })
+    Ok(ScanResult { valid_bytes: position, next_offset: expected, index, indexer, stopped_because, epochs })
 }

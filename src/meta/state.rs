@@ -1250,6 +1250,14 @@ impl MetadataState {
         if let Some(ineligible) = ineligible {
             let reason =
                 format!("{topic}/{partition}: broker {ineligible} is fenced or shutting down; it cannot join the ISR");
+            // The leader counts a pending expansion toward its HW (KIP-841's maximal ISR) until it
+            // learns the outcome, and it may have re-sent this proposal. Bumping the partition epoch
+            // fences every other copy and hands the leader a new partition state, which settles its
+            // pending change: without it, acks=all stalled until the stopped broker came back
+            // (tests/cluster_process.rs, SIGTERM under load).
+            if record.partition_epoch.0 < i32::MAX {
+                bump_partition_epoch(record);
+            }
             return invalid(reason, record);
         }
         if record.isr != isr {

@@ -320,6 +320,7 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
         pending_cut: None,
         in_flight_cut: None,
         fetched,
+        corruption: None,
     };
     tokio::spawn(actor.run(receiver, fetched_receiver));
     PartitionHandle { mailbox }
@@ -346,6 +347,10 @@ struct Actor<D: Disk> {
     in_flight_cut: Option<Offset>,
     /// Fetch responses from the leader (spawned fetches report here).
     fetched: mpsc::UnboundedSender<(NodeId, FetchResponse)>,
+    /// A read found a batch whose CRC does not hold (bit rot): the log failed, and after this
+    /// `Ready` the partition reopens it (recovery cuts the log at the corruption; a follower fetches
+    /// the rest again, a leader that had replicated it resigns).
+    corruption: Option<String>,
 }
 
 impl<D: Disk> Actor<D> {
@@ -608,6 +613,18 @@ impl<D: Disk> Actor<D> {
         }
         self.answer(replies, follower_replies);
         self.send_out(fetch, isr_change, resign);
+        if let Some(reason) = self.corruption.take() {
+            *sync = None;
+            self.storage_failed_now(Input::StorageFailed { reason });
+        }
+    }
+
+    /// Notes a corrupt read (see `corruption`); other read errors need nothing beyond the answer.
+    fn note_read_error(&mut self, error: &LogError) {
+        if let LogError::Corrupt { offset, reason } = error {
+            tracing::error!(partition = %self.spec.name, %offset, %reason, "corrupt batch found on read; reopening the log");
+            self.corruption.get_or_insert_with(|| format!("corrupt batch at offset {offset}: {reason}"));
+        }
     }
 
     /// Appends the epochs to the persisted cache and syncs it; false (and the partition failed) if
@@ -669,7 +686,10 @@ impl<D: Disk> Actor<D> {
                     ErrorCode::OffsetOutOfRange,
                     format!("offset {requested} is outside the log [{log_start}, {log_end}]"),
                 ),
-                Err(error) => PartitionReply::error(ErrorCode::StorageError, error.to_string()),
+                Err(error) => {
+                    self.note_read_error(&error);
+                    PartitionReply::error(ErrorCode::StorageError, error.to_string())
+                }
             },
             None => PartitionReply::error(ErrorCode::StorageError, "partition storage is recovering"),
         };
@@ -700,7 +720,10 @@ impl<D: Disk> Actor<D> {
                         Err(message) => FetchResult::Error { code: ErrorCode::CorruptBatch, message },
                     }
                 }
-                Err(error) => FetchResult::Error { code: ErrorCode::StorageError, message: error.to_string() },
+                Err(error) => {
+                    self.note_read_error(&error);
+                    FetchResult::Error { code: ErrorCode::StorageError, message: error.to_string() }
+                }
             },
             None => FetchResult::Error { code: ErrorCode::StorageError, message: "storage is recovering".into() },
         };

@@ -365,6 +365,9 @@ struct LeaderState {
     /// Storage recovery took data this leader had already sent to followers: it must not append in
     /// this epoch again (module doc), so it refuses appends and asks to resign.
     lost_replicated_data: bool,
+    /// The leadership began while the log was failed (its end unknown): the epoch really starts at
+    /// the log end recovery finds.
+    began_failed: bool,
 }
 
 #[derive(Debug)]
@@ -874,6 +877,7 @@ impl ReplicaCore {
             parked: Vec::new(),
             served_end: Offset(i64::MIN),
             lost_replicated_data: false,
+            began_failed: self.inner.is_failed(),
         });
         self.recompute_high_watermark();
     }
@@ -908,7 +912,11 @@ impl ReplicaCore {
             // starts again at the recovered end. One that resigns must not: followers may hold this
             // epoch's batches from an earlier start, and two starts for one epoch would hide a
             // divergence from the epoch check.
-            leader.epoch_start = leader.epoch_start.min(log_end);
+            leader.epoch_start = if std::mem::take(&mut leader.began_failed) {
+                log_end
+            } else {
+                leader.epoch_start.min(log_end)
+            };
             // A follower's durable end vouched for the log this leader had when it fetched; above the
             // recovered end that log is gone, and new batches there are not what the follower holds
             // (found by the proptest: the HW counted a follower for data written after the loss).
@@ -925,6 +933,10 @@ impl ReplicaCore {
         }
         self.high_watermark = self.high_watermark.min(self.inner.log_end());
         self.inner.set_high_watermark_cap(self.high_watermark);
+        // Everything recovery kept is durable: a leader whose ISR confirmed it may move its HW now
+        // (a single replica at once), not only after the next sync (single_broker_swarm seed 1 showed
+        // consumers a HW of 0 after a failed open).
+        self.recompute_high_watermark();
     }
 
     // ---- leader: produce, consumer fetch, follower fetch, HW, ISR -------------------------------

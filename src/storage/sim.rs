@@ -84,7 +84,7 @@ impl Default for SimDiskFaults {
 }
 
 /// Counters for tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
 pub struct SimDiskStats {
     /// File syncs that completed (with `Ok` or an injected error).
     pub syncs: u64,
@@ -100,6 +100,39 @@ pub struct SimDiskStats {
     /// Injected `write_at` failures (EIO and ENOSPC).
     pub write_errors: u64,
     pub crashes: u64,
+    /// Bits flipped in durable data by [`SimDisk::flip_random_durable_bit`] (not by `flip_bit`, which
+    /// tests aim by hand).
+    pub bit_flips: u64,
+}
+
+/// Written as `derive(Debug)` would, except that `bit_flips` is left out while it is 0: the
+/// simulation's trace prints these stats, and a disk without bit flips must hash as it did before
+/// the counter existed (a seed's trace hash is how a replay is recognised).
+impl std::fmt::Debug for SimDiskStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut out = f.debug_struct("SimDiskStats");
+        out.field("syncs", &self.syncs)
+            .field("delayed_syncs", &self.delayed_syncs)
+            .field("sync_errors", &self.sync_errors)
+            .field("synced_bytes", &self.synced_bytes)
+            .field("dir_syncs", &self.dir_syncs)
+            .field("write_errors", &self.write_errors)
+            .field("crashes", &self.crashes);
+        if self.bit_flips > 0 {
+            out.field("bit_flips", &self.bit_flips);
+        }
+        out.finish()
+    }
+}
+
+/// What [`SimDisk::flip_random_durable_bit`] flipped, for the history and the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitFlip {
+    pub path: String,
+    /// Byte position in the file.
+    pub byte: u64,
+    /// Bit within the byte (0 = least significant).
+    pub bit: u8,
 }
 
 /// An in-memory disk; clones share the same state.
@@ -328,6 +361,43 @@ impl SimDisk {
         } else {
             Err(io::Error::new(io::ErrorKind::InvalidInput, format!("simdisk: byte {byte} is past the end of {path}")))
         }
+    }
+
+    /// Bit rot: flips one bit of one byte of a synced file's durable bytes, all drawn from the disk's
+    /// RNG: the file among the durably linked files whose path ends with `suffix` and whose durable
+    /// content is not empty (in path order), then the byte, then the bit. Returns what it flipped, or
+    /// `None` (drawing nothing) when no file qualifies.
+    ///
+    /// The page cache (what reads see) shows the flip too where it holds the durable byte, as it does
+    /// after an eviction and re-read; where an unsynced write covers the byte, reads keep seeing that
+    /// write, and a sync of it overwrites the rot. A crash keeps the flip (it is durable).
+    pub fn flip_random_durable_bit(&self, suffix: &str) -> Option<BitFlip> {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let candidates: Vec<(String, InodeId)> = state
+            .entries
+            .iter()
+            .filter(|(path, entry)| path.ends_with(suffix) && entry.durable.is_some() && entry.current == entry.durable)
+            .filter_map(|(path, entry)| {
+                let id = entry.durable.expect("filtered above");
+                state.inodes.get(&id).is_some_and(|inode| !inode.durable.is_empty()).then(|| (path.clone(), id))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let (path, id) = candidates[state.rng.random_range(0..candidates.len())].clone();
+        let inode = state.inodes.get_mut(&id).expect("a candidate's inode exists");
+        let byte = state.rng.random_range(0..inode.durable.len());
+        let bit = state.rng.random_range(0..8u8);
+        let mask = 1u8 << bit;
+        let cached_is_durable = inode.current.get(byte) == Some(&inode.durable[byte]);
+        inode.durable[byte] ^= mask;
+        if cached_is_durable {
+            inode.current[byte] ^= mask;
+        }
+        state.stats.bit_flips += 1;
+        Some(BitFlip { path, byte: byte as u64, bit })
     }
 
     /// The durable bytes of a file (what a crash with no pending writes kept would leave), for tests.
@@ -699,6 +769,69 @@ mod tests {
         assert!(disk.open("missing/a", true).is_err());
         assert!(disk.flip_bit("a", 99, 0).is_err());
         assert!(disk.list("nowhere").unwrap().is_empty());
+    }
+
+    /// Writes `content` to `path`, syncs it and its directory: a durable file.
+    fn durable_file(disk: &SimDisk, path: &str, content: &[u8]) -> SimFile {
+        let file = disk.open(path, true).unwrap();
+        file.write_at(0, content).unwrap();
+        block_on(file.sync()).unwrap();
+        block_on(disk.sync_dir(parent_of(path))).unwrap();
+        file
+    }
+
+    #[test]
+    fn random_bit_flip_hits_one_bit_of_a_durable_file_with_the_suffix() {
+        let disk = SimDisk::new(10);
+        disk.create_dir_all("p").unwrap();
+        let content: Vec<u8> = (0..200u8).collect();
+        let log = durable_file(&disk, "p/0.log", &content);
+        durable_file(&disk, "p/0.index", &content);
+        // Not candidates: an unsynced creation, an empty file, a file with another suffix.
+        disk.open("p/1.log", true).unwrap().write_at(0, b"unsynced").unwrap();
+        durable_file(&disk, "p/2.log", b"");
+        assert_eq!(disk.flip_random_durable_bit(".nothing"), None);
+        let mut flipped_bytes = BTreeSet::new();
+        for round in 1..=20u64 {
+            let before = disk.durable_content("p/0.log").unwrap();
+            let flip = disk.flip_random_durable_bit(".log").expect("a candidate exists");
+            assert_eq!(flip.path, "p/0.log");
+            let after = disk.durable_content("p/0.log").unwrap();
+            let changed: Vec<usize> = (0..before.len()).filter(|&i| before[i] != after[i]).collect();
+            assert_eq!(changed, vec![flip.byte as usize], "exactly the reported byte changed");
+            assert_eq!(before[flip.byte as usize] ^ after[flip.byte as usize], 1 << flip.bit, "one bit");
+            assert_eq!(&log.read_at(0, 1000).unwrap()[..], &after[..], "reads see the flip");
+            assert_eq!(disk.stats().bit_flips, round);
+            flipped_bytes.insert(flip.byte);
+        }
+        assert!(flipped_bytes.len() > 1, "the byte is drawn: {flipped_bytes:?}");
+        assert!(format!("{:?}", disk.stats()).ends_with("crashes: 0, bit_flips: 20 }"));
+        assert!(format!("{:?}", SimDiskStats::default()).ends_with("crashes: 0 }"), "as before the counter");
+        assert_eq!(disk.durable_content("p/0.index").unwrap(), content, "other suffixes untouched");
+        // Durable: a crash keeps the flips.
+        let rotten = disk.durable_content("p/0.log").unwrap();
+        disk.crash();
+        assert_eq!(&disk.open("p/0.log", false).unwrap().read_at(0, 1000).unwrap()[..], &rotten[..]);
+    }
+
+    #[test]
+    fn random_bit_flip_is_a_function_of_the_seed_and_spares_unsynced_overwrites() {
+        let run = |seed: u64| {
+            let disk = SimDisk::new(seed);
+            let file = durable_file(&disk, "a.log", &[0u8; 64]);
+            // An unsynced overwrite of every byte: reads keep seeing it, whatever rots underneath.
+            file.write_at(0, &[0xff; 64]).unwrap();
+            let flip = disk.flip_random_durable_bit(".log").unwrap();
+            assert_eq!(&file.read_at(0, 64).unwrap()[..], &[0xff; 64][..]);
+            let durable = disk.durable_content("a.log").unwrap();
+            assert_eq!(durable[flip.byte as usize], 1 << flip.bit);
+            // Syncing the overwrite heals the rot.
+            block_on(file.sync()).unwrap();
+            assert_eq!(disk.durable_content("a.log").unwrap(), vec![0xff; 64]);
+            flip
+        };
+        assert_eq!(run(11), run(11));
+        assert!((12..20).any(|seed| run(seed) != run(11)), "the draw depends on the seed");
     }
 
     #[test]
