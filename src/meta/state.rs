@@ -25,6 +25,8 @@
 //! epochs and ISR, so the proposer can tell "I was replaced" (stale leader epoch, not the leader) from
 //! "my view is behind" (stale partition epoch: refresh and retry) from "my request was wrong" (invalid
 //! ISR). Accepted, it gets [`MetaResult::IsrChanged`] with the new partition epoch to fence its next one.
+//! A leader's [`MetaCommand::ResignLeadership`] is fenced by leader and leader epoch alike and refused
+//! the same way; accepted, it gets [`MetaResult::LeadershipResigned`].
 //!
 //! # Elections (ADR 0012)
 //! A broker is *eligible* when it is neither fenced (missed heartbeats) nor in controlled shutdown.
@@ -35,10 +37,14 @@
 //! `unclean_leader_election` on, the first eligible replica, with the ISR reset to it and the
 //! partition's `unclean_elections` counted; otherwise no leader (offline). When a broker becomes
 //! eligible again (`RegisterBroker`, or a heartbeat that unfences it), every offline partition is
-//! offered an election the same way. Every leader change bumps the leader epoch; every leader or ISR
-//! change bumps the partition epoch. Elections follow replica order, not log length: the controller
-//! does not know the replicas' log ends, and every ISR member holds every committed offset (the high
-//! watermark advances only when all of the ISR has the data durably), so any ISR member is a safe leader.
+//! offered an election the same way. A broker that registers again (a restart) keeps leading what
+//! it leads, each in a new leader epoch: it never leads an epoch it led before it restarted. A leader
+//! that resigns (it lost data it had sent to followers) leaves the ISR unless it is the last member,
+//! and the rest elect; the last member keeps leading in a new epoch. Every leader change bumps the
+//! leader epoch; every leader or ISR change bumps the partition epoch. Elections follow replica
+//! order, not log length: the controller does not know the replicas' log ends, and every ISR member
+//! holds every committed offset (the high watermark advances only when all of the ISR has the data
+//! durably), so any ISR member is a safe leader.
 //!
 //! # Formats
 //! Commands and snapshots travel in one envelope: a 4-byte magic (`KMCM` for a command, `KMSN` for a
@@ -53,7 +59,9 @@
 //!   `1..=replication`;
 //! - across one `apply` (checked against a copy of the state before it): a partition's leader epoch
 //!   and partition epoch never go down; a leader change bumps the leader epoch; a leader or ISR change
-//!   bumps the partition epoch;
+//!   bumps the partition epoch; a broker that registered again leads nothing in the epoch it led
+//!   before; a resignation bumps the leader epoch and keeps the resigner in the ISR (or leading) only
+//!   as the last member or by an unclean election (`validate_command_effect`);
 //! - producer-id blocks are handed out from 0 upward, disjoint and increasing: the last block ends at
 //!   `next_producer_id`;
 //! - `applied_index` only grows (asserted by `apply`); every record's creation index is at most it;
@@ -80,6 +88,15 @@
 //! and no partition epoch and which no server code ever proposed: it is a typed `Retired` error, so a
 //! node skips it like any undecodable entry. A version-1 snapshot restores with `min_insync_replicas =
 //! min(2, replication)`, partition epochs 0 and nobody shutting down.
+//!
+//! # Formats, version 3
+//! Commands went to version 3 (snapshots stay at 2: the state's shape did not change) for
+//! `ResignLeadership` and for a change of meaning: a version-3 `RegisterBroker` of a broker that
+//! registered before bumps the epochs of the partitions it leads. A version-1 or -2 `RegisterBroker`
+//! decodes as [`MetaCommand::RegisterBrokerFormat2`] and applies as those builds applied it, so
+//! replaying an old log reaches the state the old build reached (the `ChangeIsr`s after it were
+//! fenced by the epochs it did not bump). A version-2 build refuses a version-3 entry as an
+//! unsupported version (loudly, rather than applying it with the old meaning).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -104,10 +121,12 @@ pub const PRODUCER_ID_BLOCK_COUNT_MAX: u64 = 1 << 20;
 pub const COMMAND_BYTES_MAX: usize = 1 << 20;
 
 const COMMAND_MAGIC: &[u8; 4] = b"KMCM";
-const COMMAND_FORMAT_VERSION: u8 = 2;
+/// Version 3 added `ResignLeadership` and the new-incarnation epoch bump of `RegisterBroker`.
+const COMMAND_FORMAT_VERSION: u8 = 3;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KMSN";
 const SNAPSHOT_FORMAT_VERSION: u8 = 2;
-/// The oldest command and snapshot format this build still reads (module doc, "Formats, version 2").
+/// The oldest command and snapshot format this build still reads (module doc, "Formats, version 2"
+/// and "Formats, version 3").
 const FORMAT_VERSION_MIN: u8 = 1;
 /// Magic, version byte, CRC32C.
 const ENVELOPE_BYTES: usize = 4 + 1 + 4;
@@ -115,7 +134,11 @@ const ENVELOPE_BYTES: usize = 4 + 1 + 4;
 /// A command carried in a Raft entry. Versioned: the encoding starts with a version so the format can evolve.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MetaCommand {
-    /// (Re)registration; marks the broker alive and records its address.
+    /// (Re)registration; marks the broker alive and records its address. A re-registration is a new
+    /// incarnation (a restart): every partition the broker leads gets a new leader epoch (and
+    /// partition epoch), and it keeps leading. A broker never leads an epoch it led before it
+    /// restarted: it lost its page cache, and new batches at offsets its followers hold in the
+    /// same epoch would be a divergence the epoch check cannot see (ADR 0012).
     RegisterBroker {
         node_id: NodeId,
         addr: String,
@@ -169,6 +192,33 @@ pub enum MetaCommand {
         partition_epoch: PartitionEpoch,
         isr: Vec<NodeId>,
     },
+    /// Proposed by a partition's leader that lost data it had already sent to followers (a storage
+    /// failure or corruption cut its log below what it served: `partition::replica`'s `resign`).
+    /// Fenced like `ChangeIsr` by the proposing leader and its leader epoch (not by the partition
+    /// epoch: an ISR change since the leader's view does not make resigning wrong); refused with
+    /// [`MetaResult::IsrChangeRejected`] (`StaleLeaderEpoch` or `NotLeader`). Applied: when the ISR
+    /// has other members, the resigner leaves the ISR (the high watermark may cover what it lost, so
+    /// it no longer holds every committed offset; it rejoins by catching up) and a leader is elected
+    /// among the rest ([`elect_leader`]; offline when none is eligible); when it is the last ISR
+    /// member it stays, and keeps leading if it is eligible. Either way the leader epoch and the
+    /// partition epoch bump, so the resigner never writes on in the epoch its followers hold
+    /// batches of. Answered with [`MetaResult::LeadershipResigned`].
+    ResignLeadership {
+        topic: String,
+        partition: u32,
+        leader: NodeId,
+        leader_epoch: LeaderEpoch,
+    },
+    /// A `RegisterBroker` read from a format-1 or format-2 entry, applied as those builds applied
+    /// it: without bumping the leader epochs of the partitions a re-registering broker leads.
+    /// Replaying an old log must reach the state the old build reached, since the `ChangeIsr`s and
+    /// `ChangePartitionLeader`s after it in the log were fenced by those epochs. Never proposed:
+    /// only [`decode_command`] makes it (module doc, "Formats, version 3").
+    RegisterBrokerFormat2 {
+        node_id: NodeId,
+        addr: String,
+        now_ms: i64,
+    },
     /// Proposed by a broker on graceful shutdown, before it stops: it becomes ineligible (no
     /// leadership, no ISR membership, no new replicas) and leadership of its partitions moves in this
     /// entry. `registered_index` is the incarnation that asks (its `RegisterBroker` index): a request
@@ -204,7 +254,19 @@ pub enum MetaResult {
         partition_epoch: PartitionEpoch,
         isr: Vec<NodeId>,
     },
-    /// A `ChangeIsr` refused, and why, with the partition's current state (the proposer's fresh view).
+    /// A `ResignLeadership` applied: the partition's state now. `leader` is another ISR member, or
+    /// the resigner itself in a new leader epoch (it was the last ISR member), or `None` (offline: no
+    /// other ISR member is eligible; it waits for one).
+    LeadershipResigned {
+        leader: Option<NodeId>,
+        leader_epoch: LeaderEpoch,
+        partition_epoch: PartitionEpoch,
+        isr: Vec<NodeId>,
+    },
+    /// A `ChangeIsr` or `ResignLeadership` refused, and why, with the partition's current state (the
+    /// proposer's fresh view). A resign is only ever refused as `StaleLeaderEpoch` or `NotLeader`;
+    /// a resign sent again after the first one applied is refused so, and the state returned shows
+    /// what the first one did.
     IsrChangeRejected {
         reason: IsrChangeRejection,
         leader: Option<NodeId>,
@@ -214,7 +276,7 @@ pub enum MetaResult {
     },
 }
 
-/// Why a `ChangeIsr` was refused. What the proposer does:
+/// Why a `ChangeIsr` (or a `ResignLeadership`) was refused. What the proposer does:
 /// - `StaleLeaderEpoch`, `NotLeader`: it was replaced; stop acting as leader (no HW advance, no acks)
 ///   until the metadata it follows makes it leader again;
 /// - `StalePartitionEpoch`: the controller changed the partition (an election or an ISR change of
@@ -442,7 +504,10 @@ impl MetadataState {
         let topics_before = cfg!(any(debug_assertions, madsim)).then(|| self.topics.clone());
         let result = match command {
             MetaCommand::RegisterBroker { node_id, addr, now_ms } => {
-                self.apply_register_broker(index, *node_id, addr, *now_ms)
+                self.apply_register_broker(index, *node_id, addr, *now_ms, Incarnation::NewEpochs)
+            }
+            MetaCommand::RegisterBrokerFormat2 { node_id, addr, now_ms } => {
+                self.apply_register_broker(index, *node_id, addr, *now_ms, Incarnation::SameEpochs)
             }
             MetaCommand::BrokerHeartbeat { node_id, now_ms } => self.apply_broker_heartbeat(*node_id, *now_ms),
             MetaCommand::FenceBroker { node_id, now_ms } => self.apply_fence_broker(*node_id, *now_ms),
@@ -473,11 +538,17 @@ impl MetadataState {
                     IsrProposal { leader: *leader, leader_epoch: *leader_epoch, partition_epoch: *partition_epoch };
                 self.apply_change_isr(topic, *partition, proposal, isr)
             }
+            MetaCommand::ResignLeadership { topic, partition, leader, leader_epoch } => {
+                self.apply_resign_leadership(topic, *partition, *leader, *leader_epoch)
+            }
         };
         self.applied_index = index;
         if let Some(topics_before) = topics_before {
             self.check_invariants();
-            if let Err(broken) = self.validate_transition(&topics_before) {
+            let checked = self
+                .validate_transition(&topics_before)
+                .and_then(|()| self.validate_command_effect(&topics_before, command, &result));
+            if let Err(broken) = checked {
                 panic!("metadata entry {index} ({command:?}) breaks an invariant: {broken}");
             }
         }
@@ -522,6 +593,22 @@ impl MetadataState {
         self.topics()
             .flat_map(|topic| topic.partitions.iter().map(move |p| (topic, p)))
             .filter(|(_, p)| p.is_under_replicated())
+    }
+
+    /// Every partition with a replica on `node_id` (it leads or follows it), as (topic, partition),
+    /// sorted by topic name, then partition. The topic gives the name, `created_index` (which
+    /// incarnation of the name) and the min ISR; the partition its replicas, leader, epochs and ISR.
+    /// Borrows, never clones: one pass over the partitions, each checking at most
+    /// [`REPLICATION_FACTOR_MAX`] replicas.
+    pub fn partitions_on(&self, node_id: NodeId) -> impl Iterator<Item = (&TopicRecord, &PartitionRecord)> {
+        self.topics()
+            .flat_map(|topic| topic.partitions.iter().map(move |p| (topic, p)))
+            .filter(move |(_, p)| p.replicas.contains(&node_id))
+    }
+
+    /// One partition, if its topic exists and has it.
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionRecord> {
+        self.topics.get(topic)?.partitions.get(partition as usize)
     }
 
     /// Brokers whose last heartbeat is older than `fence_after_ms` at `now_ms` and are not fenced yet:
@@ -717,7 +804,62 @@ impl MetadataState {
         Ok(())
     }
 
-    fn apply_register_broker(&mut self, index: u64, node_id: NodeId, addr: &str, now_ms: i64) -> MetaResult {
+    /// What particular commands promise, across one `apply`: a re-registered broker leads nothing
+    /// in an epoch it led before (ADR 0012), and an applied `ResignLeadership` came from the leader
+    /// in its epoch, moved the partition to a new leader epoch, and left the resigner in the ISR (or
+    /// leading) only as its last member or by an unclean election.
+    fn validate_command_effect(
+        &self,
+        topics_before: &BTreeMap<String, TopicRecord>,
+        command: &MetaCommand,
+        result: &MetaResult,
+    ) -> Result<(), String> {
+        match (command, result) {
+            (MetaCommand::RegisterBroker { node_id, .. }, MetaResult::Ok) => {
+                for (name, before) in topics_before {
+                    let Some(after) = self.topics.get(name) else { continue };
+                    for (old, new) in before.partitions.iter().zip(&after.partitions) {
+                        let led_on = old.leader == Some(*node_id) && new.leader == Some(*node_id);
+                        if led_on && new.leader_epoch == old.leader_epoch {
+                            return Err(format!(
+                                "{name}/{}: broker {node_id} registered again and still leads epoch {}",
+                                new.partition, new.leader_epoch
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            (
+                MetaCommand::ResignLeadership { topic, partition, leader, leader_epoch },
+                MetaResult::LeadershipResigned { .. },
+            ) => {
+                let index = *partition as usize;
+                let old = &topics_before[topic].partitions[index];
+                let new = &self.topics[topic].partitions[index];
+                let resigner_kept = new.isr.contains(leader) || new.leader == Some(*leader);
+                let kept_rightly = old.isr == [*leader] || new.unclean_elections > old.unclean_elections;
+                if old.leader != Some(*leader)
+                    || old.leader_epoch != *leader_epoch
+                    || new.leader_epoch <= old.leader_epoch
+                    || (resigner_kept && !kept_rightly)
+                {
+                    return Err(format!("{topic}/{partition}: resignation of {leader} took {old:?} to {new:?}"));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_register_broker(
+        &mut self,
+        index: u64,
+        node_id: NodeId,
+        addr: &str,
+        now_ms: i64,
+        incarnation: Incarnation,
+    ) -> MetaResult {
         if addr.is_empty() || addr.len() > BROKER_ADDR_BYTES_MAX {
             return reject(
                 ErrorCode::InvalidRequest,
@@ -732,6 +874,9 @@ impl MetadataState {
                 broker.shutting_down = false;
                 broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(now_ms);
                 broker.registered_index = index;
+                if incarnation == Incarnation::NewEpochs {
+                    self.bump_epochs_led_by(node_id);
+                }
                 if !was_eligible {
                     self.elect_offline_partitions();
                 }
@@ -829,6 +974,22 @@ impl MetadataState {
                 if changed {
                     bump_partition_epoch(partition);
                 }
+            }
+        }
+    }
+
+    /// `node_id` registered again (it restarted): every partition it leads gets a new leader epoch and
+    /// partition epoch, and it keeps leading (it is in the ISR and, registered, eligible). A
+    /// restarted leader lost its page cache; writing new batches at offsets its followers hold in
+    /// the epoch it led before would be a divergence the epoch check cannot see. Partitions it
+    /// follows need nothing: a follower's log is checked against the leader's on its next fetch.
+    /// An ineligible broker leads nothing, so this and [`Self::elect_offline_partitions`] never
+    /// both touch one partition.
+    fn bump_epochs_led_by(&mut self, node_id: NodeId) {
+        for topic in self.topics.values_mut() {
+            for partition in topic.partitions.iter_mut().filter(|partition| partition.leader == Some(node_id)) {
+                bump_leader_epoch(partition);
+                bump_partition_epoch(partition);
             }
         }
     }
@@ -995,16 +1156,7 @@ impl MetadataState {
         partition: u32,
         expected_epoch: LeaderEpoch,
     ) -> Result<&mut PartitionRecord, MetaResult> {
-        let Some(record) = self.topics.get_mut(topic) else {
-            return Err(reject(ErrorCode::UnknownTopic, format!("unknown topic {topic:?}")));
-        };
-        let n_partitions = record.partitions.len();
-        let Some(partition_record) = record.partitions.get_mut(partition as usize) else {
-            return Err(reject(
-                ErrorCode::UnknownPartition,
-                format!("topic {topic:?} has {n_partitions} partitions; there is no partition {partition}"),
-            ));
-        };
+        let (partition_record, _) = find_partition(&mut self.topics, topic, partition)?;
         if partition_record.leader_epoch != expected_epoch {
             return Err(reject(
                 ErrorCode::NotLeader,
@@ -1057,23 +1209,11 @@ impl MetadataState {
 
     fn apply_change_isr(&mut self, topic: &str, partition: u32, proposal: IsrProposal, isr: &[NodeId]) -> MetaResult {
         let brokers = &self.brokers;
-        let Some(record) = self.topics.get_mut(topic) else {
-            return reject(ErrorCode::UnknownTopic, format!("unknown topic {topic:?}"));
+        let record = match find_partition(&mut self.topics, topic, partition) {
+            Ok((record, _)) => record,
+            Err(rejection) => return rejection,
         };
-        let n_partitions = record.partitions.len();
-        let Some(record) = record.partitions.get_mut(partition as usize) else {
-            return reject(
-                ErrorCode::UnknownPartition,
-                format!("topic {topic:?} has {n_partitions} partitions; there is no partition {partition}"),
-            );
-        };
-        let refuse = |reason: IsrChangeRejection, record: &PartitionRecord| MetaResult::IsrChangeRejected {
-            reason,
-            leader: record.leader,
-            leader_epoch: record.leader_epoch,
-            partition_epoch: record.partition_epoch,
-            isr: record.isr.clone(),
-        };
+        let refuse = refuse_isr_change;
         if proposal.leader_epoch != record.leader_epoch {
             return refuse(IsrChangeRejection::StaleLeaderEpoch, record);
         }
@@ -1125,6 +1265,90 @@ impl MetadataState {
             isr: record.isr.clone(),
         }
     }
+
+    fn apply_resign_leadership(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        leader: NodeId,
+        leader_epoch: LeaderEpoch,
+    ) -> MetaResult {
+        let brokers = &self.brokers;
+        let eligible = |candidate: NodeId| brokers.get(&candidate).is_some_and(BrokerRecord::is_eligible);
+        let (record, unclean_allowed) = match find_partition(&mut self.topics, topic, partition) {
+            Ok(found) => found,
+            Err(rejection) => return rejection,
+        };
+        if leader_epoch != record.leader_epoch {
+            return refuse_isr_change(IsrChangeRejection::StaleLeaderEpoch, record);
+        }
+        if record.leader != Some(leader) {
+            return refuse_isr_change(IsrChangeRejection::NotLeader, record);
+        }
+        if record.leader_epoch.0 == i32::MAX || record.partition_epoch.0 == i32::MAX {
+            return reject(ErrorCode::InvalidRequest, format!("{topic}/{partition}: epochs exhausted"));
+        }
+        // The resigner may have lost records the high watermark covers, so it is no longer known to
+        // hold every committed offset: it leaves the ISR unless it is the last member (which the
+        // partition must not forget, as on fencing). With other members, the clean election cannot
+        // pick it; with none eligible the partition waits for them, offline.
+        if record.isr.len() > 1 {
+            record.isr.retain(|member| *member != leader);
+        }
+        elect_into(record, &eligible, unclean_allowed);
+        // The last ISR member keeps leading (or an unclean election picked it again): in a new epoch
+        // all the same, so it never writes on in the epoch its followers hold batches of.
+        if record.leader_epoch == leader_epoch {
+            bump_leader_epoch(record);
+        }
+        bump_partition_epoch(record);
+        MetaResult::LeadershipResigned {
+            leader: record.leader,
+            leader_epoch: record.leader_epoch,
+            partition_epoch: record.partition_epoch,
+            isr: record.isr.clone(),
+        }
+    }
+}
+
+/// The partition a leader or ISR change addresses, and its topic's `unclean_leader_election`.
+fn find_partition<'a>(
+    topics: &'a mut BTreeMap<String, TopicRecord>,
+    topic: &str,
+    partition: u32,
+) -> Result<(&'a mut PartitionRecord, bool), MetaResult> {
+    let Some(record) = topics.get_mut(topic) else {
+        return Err(reject(ErrorCode::UnknownTopic, format!("unknown topic {topic:?}")));
+    };
+    let n_partitions = record.partitions.len();
+    let unclean_allowed = record.unclean_leader_election;
+    match record.partitions.get_mut(partition as usize) {
+        Some(partition_record) => Ok((partition_record, unclean_allowed)),
+        None => Err(reject(
+            ErrorCode::UnknownPartition,
+            format!("topic {topic:?} has {n_partitions} partitions; there is no partition {partition}"),
+        )),
+    }
+}
+
+/// A refused `ChangeIsr` or `ResignLeadership`, with the partition's state as it is.
+fn refuse_isr_change(reason: IsrChangeRejection, record: &PartitionRecord) -> MetaResult {
+    MetaResult::IsrChangeRejected {
+        reason,
+        leader: record.leader,
+        leader_epoch: record.leader_epoch,
+        partition_epoch: record.partition_epoch,
+        isr: record.isr.clone(),
+    }
+}
+
+/// How a registration treats a broker that registered before (a new incarnation).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Incarnation {
+    /// `RegisterBroker` (format 3): the partitions it leads get new epochs.
+    NewEpochs,
+    /// `RegisterBrokerFormat2`: as formats 1 and 2 applied it, epochs unchanged.
+    SameEpochs,
 }
 
 /// A `CreateTopic`'s settings.
@@ -1190,7 +1414,18 @@ pub fn decode_command(bytes: &[u8]) -> Result<MetaCommand, MetaStateError> {
             why: "it named no proposer and no partition epoch, and no server ever proposed it",
         });
     }
-    serde_json::from_slice(payload).map_err(|error| MetaStateError::Malformed(error.to_string()))
+    let command = serde_json::from_slice(payload).map_err(|error| MetaStateError::Malformed(error.to_string()))?;
+    match command {
+        // Formats 1 and 2 applied a re-registration without new epochs; replaying an old entry must
+        // do the same (module doc, "Formats, version 3").
+        MetaCommand::RegisterBroker { node_id, addr, now_ms } if version <= 2 => {
+            Ok(MetaCommand::RegisterBrokerFormat2 { node_id, addr, now_ms })
+        }
+        MetaCommand::ResignLeadership { .. } | MetaCommand::RegisterBrokerFormat2 { .. } if version <= 2 => {
+            Err(MetaStateError::Malformed(format!("a command format {version} did not have")))
+        }
+        command => Ok(command),
+    }
 }
 
 fn encode_envelope(magic: &[u8; 4], version: u8, payload: &[u8]) -> Vec<u8> {
@@ -1706,6 +1941,13 @@ mod tests {
                 partition_epoch: PartitionEpoch(9),
                 isr: vec![NodeId(1), NodeId(2)],
             },
+            MetaCommand::ResignLeadership {
+                topic: "t".into(),
+                partition: 2,
+                leader: NodeId(3),
+                leader_epoch: LeaderEpoch(i32::MAX),
+            },
+            MetaCommand::RegisterBrokerFormat2 { node_id: NodeId(5), addr: "a:1".into(), now_ms: -1 },
         ]
     }
 
@@ -1735,10 +1977,10 @@ mod tests {
         assert!(matches!(decode_command(b""), Err(MetaStateError::Truncated { .. })));
         assert!(matches!(decode_command(b"garbage garbage"), Err(MetaStateError::BadMagic { .. })));
         let mut future = encode_command(&MetaCommand::DeleteTopic { name: "t".into() });
-        future[4] = 3;
-        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 3, supported: 2 }));
+        future[4] = 4;
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 4, supported: 3 }));
         future[4] = 0;
-        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 0, supported: 2 }));
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 0, supported: 3 }));
         // Valid envelope, payload that is not a command.
         let not_a_command = encode_envelope(COMMAND_MAGIC, COMMAND_FORMAT_VERSION, b"{\"Nope\":1}");
         assert!(matches!(decode_command(&not_a_command), Err(MetaStateError::Malformed(_))));
@@ -1849,6 +2091,12 @@ mod tests {
                 partition_epoch: PartitionEpoch(2),
                 isr: vec![NodeId(1)],
             },
+            MetaResult::LeadershipResigned {
+                leader: Some(NodeId(2)),
+                leader_epoch: LeaderEpoch(3),
+                partition_epoch: PartitionEpoch(4),
+                isr: vec![NodeId(2), NodeId(3)],
+            },
             MetaResult::IsrChangeRejected {
                 reason: IsrChangeRejection::InvalidIsr { reason: "r".into() },
                 leader: None,
@@ -1864,5 +2112,99 @@ mod tests {
             assert_eq!(serde_json::from_str::<MetaResult>(&json).unwrap(), result);
         }
         assert!(serde_json::from_str::<MetaResult>(r#"{"Error":{"code":9999,"message":""}}"#).is_err());
+    }
+
+    #[test]
+    fn partitions_on_lists_every_replica_a_broker_holds() {
+        let mut state = cluster(4);
+        create(&mut state, "b", 4, 2);
+        create(&mut state, "a", 3, 3);
+        for node_id in 1..=5u64 {
+            let expected: Vec<(String, u64, u32)> = state
+                .topics()
+                .flat_map(|topic| topic.partitions.iter().map(move |p| (topic, p)))
+                .filter(|(_, p)| p.replicas.contains(&NodeId(node_id)))
+                .map(|(topic, p)| (topic.name.clone(), topic.created_index, p.partition))
+                .collect();
+            let listed: Vec<(String, u64, u32)> = state
+                .partitions_on(NodeId(node_id))
+                .map(|(topic, p)| (topic.name.clone(), topic.created_index, p.partition))
+                .collect();
+            assert_eq!(listed, expected, "broker {node_id}");
+            let mut sorted = listed.clone();
+            sorted.sort_by(|x, y| (&x.0, x.2).cmp(&(&y.0, y.2)));
+            assert_eq!(listed, sorted, "sorted by topic, then partition");
+        }
+        // Leaders and followers alike: every replica of every partition is listed exactly once.
+        let n_replicas: usize = (1..=4).map(|node_id| state.partitions_on(NodeId(node_id)).count()).sum();
+        assert_eq!(n_replicas, 4 * 2 + 3 * 3);
+        assert_eq!(state.partitions_on(NodeId(5)).count(), 0, "an unknown broker holds nothing");
+        let (topic, partition) = state.partitions_on(NodeId(1)).next().unwrap();
+        assert_eq!(state.partition(&topic.name, partition.partition), Some(partition));
+        assert_eq!(state.partition("a", 3), None);
+        assert_eq!(state.partition("nope", 0), None);
+    }
+
+    /// The data path's ISR life from creation: the leader alone, followers join one by one as they
+    /// catch up, a lagging one leaves; every proposal is fenced by the partition epoch it saw.
+    #[test]
+    fn change_isr_grows_from_the_leader_alone() {
+        let mut state = cluster(3);
+        create(&mut state, "t", 1, 3);
+        let created = state.partition("t", 0).unwrap().clone();
+        let leader = created.leader.unwrap();
+        let followers: Vec<NodeId> = created.replicas.iter().copied().filter(|r| *r != leader).collect();
+        assert_eq!(
+            (created.isr.clone(), created.leader_epoch, created.partition_epoch),
+            (vec![leader], LeaderEpoch(0), PartitionEpoch(0))
+        );
+        let propose = |partition_epoch: i32, isr: Vec<NodeId>| MetaCommand::ChangeIsr {
+            topic: "t".into(),
+            partition: 0,
+            leader,
+            leader_epoch: LeaderEpoch(0),
+            partition_epoch: PartitionEpoch(partition_epoch),
+            isr,
+        };
+        let changed = |partition_epoch: i32, isr: &[NodeId]| MetaResult::IsrChanged {
+            leader_epoch: LeaderEpoch(0),
+            partition_epoch: PartitionEpoch(partition_epoch),
+            isr: isr.to_vec(),
+        };
+        let one = vec![leader, followers[0]];
+        let both = vec![leader, followers[0], followers[1]];
+        assert_eq!(next(&mut state, propose(0, one.clone())), changed(1, &one));
+        // Sent again after it applied (its answer was lost): refused as stale, and the state it
+        // gets back shows the ISR it asked for.
+        let refused = next(&mut state, propose(0, one.clone()));
+        let MetaResult::IsrChangeRejected { reason, leader: now_leader, partition_epoch, isr, .. } = refused else {
+            panic!("{refused:?}")
+        };
+        assert_eq!(
+            (reason, now_leader, partition_epoch, &isr),
+            (IsrChangeRejection::StalePartitionEpoch, Some(leader), PartitionEpoch(1), &one)
+        );
+        // A stale view of the second expansion is refused too, and changes nothing.
+        let refused = next(&mut state, propose(0, both.clone()));
+        assert!(
+            matches!(refused, MetaResult::IsrChangeRejected { reason: IsrChangeRejection::StalePartitionEpoch, .. }),
+            "{refused:?}"
+        );
+        assert_eq!(state.partition("t", 0).unwrap().isr, one);
+        assert_eq!(next(&mut state, propose(1, both.clone())), changed(2, &both));
+        assert!(!state.partition("t", 0).unwrap().is_under_replicated());
+        // The leader must stay in its ISR.
+        let refused = next(&mut state, propose(2, followers.clone()));
+        assert!(
+            matches!(refused, MetaResult::IsrChangeRejected { reason: IsrChangeRejection::InvalidIsr { .. }, .. }),
+            "{refused:?}"
+        );
+        // A follower that fell behind leaves; it can come back.
+        let without_last = vec![leader, followers[0]];
+        assert_eq!(next(&mut state, propose(2, without_last.clone())), changed(3, &without_last));
+        assert_eq!(next(&mut state, propose(3, both.clone())), changed(4, &both));
+        // Down to the leader alone, at the current epoch.
+        assert_eq!(next(&mut state, propose(4, vec![leader])), changed(5, &[leader]));
+        assert_eq!(state.partition("t", 0).unwrap().leader_epoch, LeaderEpoch(0), "ISR changes keep the leader epoch");
     }
 }

@@ -1,5 +1,6 @@
 //! Table tests for the controller's partition rules (ADR 0012): elections on fencing, controlled
-//! shutdown and return, and the fenced `ChangeIsr`.
+//! shutdown and return, new epochs for a restarted leader, the fenced `ChangeIsr` and
+//! `ResignLeadership`.
 //!
 //! Every row starts from the same cluster: brokers 1-4 registered, topic `t` with one partition whose
 //! replicas are `[1, 2, 3]` (broker 4 is not a replica), in the state the row gives (leader, ISR,
@@ -30,7 +31,14 @@ enum Cmd {
     /// `ControlledShutdown` from an earlier incarnation.
     ShutdownStale(u64),
     Register(u64),
+    /// `RegisterBrokerFormat2`: a registration replayed from a format-1 or -2 entry.
+    RegisterFormat2(u64),
     Heartbeat(u64),
+    /// `ResignLeadership` proposed by `leader` with its leader epoch.
+    Resign {
+        leader: u64,
+        leader_epoch: i32,
+    },
     /// `ChangeIsr` proposed by `leader` with its leader epoch and partition epoch.
     Isr {
         leader: u64,
@@ -45,6 +53,7 @@ use Cmd::*;
 enum Outcome {
     Ok,
     IsrChanged,
+    Resigned,
     Refused(IsrChangeRejection),
     /// `InvalidIsr`, whatever the reason text.
     InvalidIsr,
@@ -67,13 +76,25 @@ struct Row {
 const NO: &[u64] = &[];
 
 #[rustfmt::skip]
+#[allow(clippy::too_many_arguments)]
+fn row(
+    name: &'static str, unclean: bool, fenced: &'static [u64], shutting_down: &'static [u64], before: Part,
+    command: Cmd, outcome: Outcome, after: Option<Part>, unclean_elections: u64,
+) -> Row {
+    Row { name, unclean, fenced, shutting_down, before, command, outcome, after, unclean_elections }
+}
+
 fn rows() -> Vec<Row> {
+    [election_rows(), restart_and_resign_rows(), change_isr_rows()].into_iter().flatten().collect()
+}
+
+// Columns of every row:
+// name                                                               unclean fenced   shutting  before                                command    outcome  after                                      unclean
+
+#[rustfmt::skip]
+fn election_rows() -> Vec<Row> {
     use Outcome::*;
-    let row = |name, unclean, fenced, shutting_down, before, command, outcome, after, unclean_elections| Row {
-        name, unclean, fenced, shutting_down, before, command, outcome, after, unclean_elections,
-    };
     vec![
-        // name                                                               unclean fenced   shutting  before                                command    outcome  after                                      unclean
         // Fencing a broker (missed heartbeats).
         row("fenced leader: first eligible ISR member in replica order leads", false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Fence(1), Ok, Some(p(Some(2), &[2, 3], 1, 1)), 0),
         row("replica order, not ISR order",                                  false, NO,      NO,      p(Some(1), &[3, 1, 2], 0, 0), Fence(1), Ok, Some(p(Some(2), &[3, 2], 1, 1)), 0),
@@ -100,8 +121,50 @@ fn rows() -> Vec<Row> {
         row("a returning replica outside the ISR does not lead",             false, &[1, 2], NO,      p(None, &[1], 1, 3),          Register(2), Ok, None, 0),
         row("... unless unclean election is on",                             true,  &[1, 2, 3], NO,   p(None, &[1], 1, 3),          Register(2), Ok, Some(p(Some(2), &[2], 2, 4)), 1),
         row("returning does not rejoin the ISR (the leader expands it)",     false, &[1],    NO,      p(Some(2), &[2, 3], 1, 1),    Register(1), Ok, None, 0),
+    ]
+}
+
+#[rustfmt::skip]
+fn restart_and_resign_rows() -> Vec<Row> {
+    use Outcome::*;
+    vec![
+        // A broker registers again without having been fenced (a quick restart): it never leads an
+        // epoch it led before it restarted.
+        row("a restarted leader keeps leading, in a new epoch",              false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Register(1), Ok, Some(p(Some(1), &[1, 2, 3], 1, 1)), 0),
+        row("... also as the last ISR member",                               false, NO,      NO,      p(Some(1), &[1], 2, 4),       Register(1), Ok, Some(p(Some(1), &[1], 3, 5)), 0),
+        row("a restarted follower in the ISR: nothing changes",              false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Register(2), Ok, None, 0),
+        row("a restarted follower outside the ISR: nothing changes",         false, NO,      NO,      p(Some(1), &[1, 2], 0, 1),    Register(3), Ok, None, 0),
+        row("a restarted non-replica: nothing changes",                      false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Register(4), Ok, None, 0),
+        row("a format-2 re-registration (replayed) keeps the epochs",        false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), RegisterFormat2(1), Ok, None, 0),
+        row("a leader's heartbeat keeps the epochs",                         false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Heartbeat(1), Ok, None, 0),
+        // A leader resigns (it lost data it had sent to followers).
+        row("resign: the next ISR member in replica order leads; out of ISR", false, NO,     NO,      p(Some(1), &[1, 2, 3], 0, 0), Resign { leader: 1, leader_epoch: 0 }, Resigned, Some(p(Some(2), &[2, 3], 1, 1)), 0),
+        row("resign: replica order, not ISR order",                          false, NO,      NO,      p(Some(2), &[3, 1, 2], 1, 1), Resign { leader: 2, leader_epoch: 1 }, Resigned, Some(p(Some(1), &[3, 1], 2, 2)), 0),
+        row("resign: an ineligible ISR member is skipped and stays",         false, NO,      &[2],    p(Some(1), &[1, 2, 3], 0, 0), Resign { leader: 1, leader_epoch: 0 }, Resigned, Some(p(Some(3), &[2, 3], 1, 1)), 0),
+        row("resign as the last ISR member: keeps leading, new epoch",       false, NO,      NO,      p(Some(1), &[1], 0, 2),       Resign { leader: 1, leader_epoch: 0 }, Resigned, Some(p(Some(1), &[1], 1, 3)), 0),
+        row("resign, other ISR members all fenced: offline, waits for them", false, &[3],    NO,      p(Some(1), &[1, 3], 0, 1),    Resign { leader: 1, leader_epoch: 0 }, Resigned, Some(p(None, &[3], 1, 2)), 0),
+        row("... or shutting down",                                          false, NO,      &[2],    p(Some(1), &[1, 2], 0, 1),    Resign { leader: 1, leader_epoch: 0 }, Resigned, Some(p(None, &[2], 1, 2)), 0),
+        row("resign, unclean on, no eligible member: unclean, even itself",  true,  &[3],    NO,      p(Some(1), &[1, 3], 0, 1),    Resign { leader: 1, leader_epoch: 0 }, Resigned, Some(p(Some(1), &[1], 1, 2)), 1),
+        row("resign, unclean on, an eligible member: clean",                 true,  NO,      NO,      p(Some(1), &[1, 3], 0, 1),    Resign { leader: 1, leader_epoch: 0 }, Resigned, Some(p(Some(3), &[3], 1, 2)), 0),
+        row("resign from a replaced leader: stale leader epoch",             false, &[1],    NO,      p(Some(2), &[2, 3], 1, 1),    Resign { leader: 1, leader_epoch: 0 }, Refused(IsrChangeRejection::StaleLeaderEpoch), None, 0),
+        row("resign sent again after it applied: stale leader epoch",        false, NO,      NO,      p(Some(1), &[1], 1, 3),       Resign { leader: 1, leader_epoch: 0 }, Refused(IsrChangeRejection::StaleLeaderEpoch), None, 0),
+        row("resign from a follower at the current epoch: not the leader",   false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Resign { leader: 2, leader_epoch: 0 }, Refused(IsrChangeRejection::NotLeader), None, 0),
+        row("resign of an offline partition: not the leader",                false, &[1],    NO,      p(None, &[1], 1, 3),          Resign { leader: 1, leader_epoch: 1 }, Refused(IsrChangeRejection::NotLeader), None, 0),
+        row("resign with the leader epoch exhausted: refused",               false, NO,      NO,      p(Some(1), &[1, 2], i32::MAX, 5), Resign { leader: 1, leader_epoch: i32::MAX }, Error(ErrorCode::InvalidRequest), None, 0),
+    ]
+}
+
+#[rustfmt::skip]
+fn change_isr_rows() -> Vec<Row> {
+    use Outcome::*;
+    vec![
         // ChangeIsr from the partition's leader.
         row("shrink at the current epochs",                                  false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 2] }, IsrChanged, Some(p(Some(1), &[1, 2], 0, 1)), 0),
+        row("a new partition (leader alone) takes its first follower",       false, NO,      NO,      p(Some(1), &[1], 0, 0),       Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 2] }, IsrChanged, Some(p(Some(1), &[1, 2], 0, 1)), 0),
+        row("... or two at once",                                            false, NO,      NO,      p(Some(1), &[1], 0, 0),       Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 2, 3] }, IsrChanged, Some(p(Some(1), &[1, 2, 3], 0, 1)), 0),
+        row("an expansion from a stale view: stale partition epoch",         false, NO,      NO,      p(Some(1), &[1, 2], 0, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 2, 3] }, Refused(IsrChangeRejection::StalePartitionEpoch), None, 0),
+        row("an expansion from a stale leader epoch is refused first",       false, NO,      NO,      p(Some(1), &[1, 2], 1, 3),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 3, isr: &[1, 2, 3] }, Refused(IsrChangeRejection::StaleLeaderEpoch), None, 0),
+        row("an expansion that drops the leader",                            false, NO,      NO,      p(Some(1), &[1], 0, 0),       Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[2, 3] }, InvalidIsr, None, 0),
         row("expand at the current epochs",                                  false, NO,      NO,      p(Some(1), &[1, 2], 0, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 1, isr: &[1, 2, 3] }, IsrChanged, Some(p(Some(1), &[1, 2, 3], 0, 2)), 0),
         row("the same ISR again: accepted, no new epoch",                    false, NO,      NO,      p(Some(1), &[1, 2], 0, 1),    Isr { leader: 1, leader_epoch: 0, partition_epoch: 1, isr: &[1, 2] }, IsrChanged, None, 0),
         row("a fenced member may stay while another leaves",                 false, &[3],    NO,      p(Some(1), &[1, 2, 3], 0, 0), Isr { leader: 1, leader_epoch: 0, partition_epoch: 0, isr: &[1, 3] }, IsrChanged, Some(p(Some(1), &[1, 3], 0, 1)), 0),
@@ -168,7 +231,16 @@ fn command(state: &MetadataState, cmd: Cmd) -> MetaCommand {
         Register(node_id) => {
             MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:2"), now_ms: 200 }
         }
+        RegisterFormat2(node_id) => {
+            MetaCommand::RegisterBrokerFormat2 { node_id: NodeId(node_id), addr: format!("b{node_id}:2"), now_ms: 200 }
+        }
         Heartbeat(node_id) => MetaCommand::BrokerHeartbeat { node_id: NodeId(node_id), now_ms: 200 },
+        Resign { leader, leader_epoch } => MetaCommand::ResignLeadership {
+            topic: "t".into(),
+            partition: 0,
+            leader: NodeId(leader),
+            leader_epoch: LeaderEpoch(leader_epoch),
+        },
         Isr { leader, leader_epoch, partition_epoch, isr } => MetaCommand::ChangeIsr {
             topic: "t".into(),
             partition: 0,
@@ -184,6 +256,7 @@ fn outcome(result: &MetaResult) -> Outcome {
     match result {
         MetaResult::Ok => Outcome::Ok,
         MetaResult::IsrChanged { .. } => Outcome::IsrChanged,
+        MetaResult::LeadershipResigned { .. } => Outcome::Resigned,
         MetaResult::IsrChangeRejected { reason: IsrChangeRejection::InvalidIsr { .. }, .. } => Outcome::InvalidIsr,
         MetaResult::IsrChangeRejected { reason, .. } => Outcome::Refused(reason.clone()),
         MetaResult::Error { code, .. } => Outcome::Error(*code),
@@ -234,6 +307,14 @@ fn partition_rules_table() {
             assert_eq!(
                 (leader_epoch, partition_epoch, isr),
                 (&partition.leader_epoch, &partition.partition_epoch, &partition.isr),
+                "{}",
+                row.name
+            );
+        }
+        if let MetaResult::LeadershipResigned { leader, leader_epoch, partition_epoch, isr } = &result {
+            assert_eq!(
+                (leader, leader_epoch, partition_epoch, isr),
+                (&partition.leader, &partition.leader_epoch, &partition.partition_epoch, &partition.isr),
                 "{}",
                 row.name
             );
@@ -426,4 +507,138 @@ fn version_1_commands_and_snapshots_still_decode() {
     // The restored state snapshots as version 2 and reads back equal.
     assert_eq!(restored.snapshot()[4], 2);
     assert_eq!(MetadataState::restore(&restored.snapshot()).unwrap(), restored);
+}
+
+/// Three brokers, topics `a` and `b` (6 partitions each, RF 2), every follower caught up.
+fn synced_cluster() -> MetadataState {
+    let mut state = MetadataState::new();
+    for node_id in 1..=3u64 {
+        let register =
+            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        state.apply(node_id, &register);
+    }
+    for (index, name) in [(4, "a"), (5, "b")] {
+        let create = MetaCommand::CreateTopic {
+            name: name.into(),
+            partitions: 6,
+            replication: 2,
+            min_insync_replicas: None,
+            unclean_leader_election: false,
+        };
+        assert!(matches!(state.apply(index, &create), MetaResult::TopicCreated { .. }));
+    }
+    for command in super::sync_all_replicas_commands(&state) {
+        let index = state.applied_index() + 1;
+        assert!(matches!(state.apply(index, &command), MetaResult::IsrChanged { .. }));
+    }
+    state
+}
+
+#[test]
+fn a_restarted_broker_leads_every_partition_it_led_in_a_new_epoch_in_one_entry() {
+    let mut state = synced_cluster();
+    let before = state.clone();
+    let led: Vec<(String, u32)> = state
+        .partitions_on(NodeId(2))
+        .filter(|(_, p)| p.leader == Some(NodeId(2)))
+        .map(|(topic, p)| (topic.name.clone(), p.partition))
+        .collect();
+    let followed = state.partitions_on(NodeId(2)).filter(|(_, p)| p.leader != Some(NodeId(2))).count();
+    assert!(!led.is_empty() && followed > 0);
+    let index = state.applied_index() + 1;
+    let register = MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 };
+    assert_eq!(state.apply(index, &register), MetaResult::Ok);
+    for topic in state.topics() {
+        for partition in &topic.partitions {
+            let old = before.partition(&topic.name, partition.partition).unwrap();
+            if led.contains(&(topic.name.clone(), partition.partition)) {
+                assert_eq!(partition.leader, Some(NodeId(2)), "it keeps leading");
+                assert_eq!(partition.isr, old.isr);
+                assert_eq!(partition.leader_epoch.0, old.leader_epoch.0 + 1);
+                assert_eq!(partition.partition_epoch.0, old.partition_epoch.0 + 1);
+            } else {
+                assert_eq!(partition, old, "a partition it follows, or does not hold, is unchanged");
+            }
+        }
+    }
+    // Its previous incarnation's ISR change, built on the old epoch, is refused.
+    let (name, partition) = &led[0];
+    let old = before.partition(name, *partition).unwrap();
+    let stale = MetaCommand::ChangeIsr {
+        topic: name.clone(),
+        partition: *partition,
+        leader: NodeId(2),
+        leader_epoch: old.leader_epoch,
+        partition_epoch: old.partition_epoch,
+        isr: vec![NodeId(2)],
+    };
+    let refused = state.apply(index + 1, &stale);
+    assert!(
+        matches!(refused, MetaResult::IsrChangeRejected { reason: IsrChangeRejection::StaleLeaderEpoch, .. }),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn resign_leadership_unknown_topic_and_partition() {
+    let mut state = synced_cluster();
+    let resign = |topic: &str, partition| MetaCommand::ResignLeadership {
+        topic: topic.into(),
+        partition,
+        leader: NodeId(1),
+        leader_epoch: LeaderEpoch(0),
+    };
+    let index = state.applied_index();
+    let unknown_topic = state.apply(index + 1, &resign("x", 0));
+    assert!(matches!(unknown_topic, MetaResult::Error { code: ErrorCode::UnknownTopic, .. }), "{unknown_topic:?}");
+    let unknown_partition = state.apply(index + 2, &resign("a", 6));
+    assert!(
+        matches!(unknown_partition, MetaResult::Error { code: ErrorCode::UnknownPartition, .. }),
+        "{unknown_partition:?}"
+    );
+}
+
+#[test]
+fn format_2_registrations_replay_as_format_2_applied_them() {
+    // Byte for byte what the version-2 build wrote.
+    let v2_register =
+        encode_envelope(COMMAND_MAGIC, 2, br#"{"RegisterBroker":{"node_id":2,"addr":"b2:1","now_ms":5}}"#);
+    let decoded = decode_command(&v2_register).unwrap();
+    assert_eq!(decoded, MetaCommand::RegisterBrokerFormat2 { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 });
+    let v1_register =
+        encode_envelope(COMMAND_MAGIC, 1, br#"{"RegisterBroker":{"node_id":2,"addr":"b2:1","now_ms":5}}"#);
+    assert_eq!(decode_command(&v1_register).unwrap(), decoded);
+    // This build writes version 3, which decodes to the command it encoded.
+    let current = MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 };
+    assert_eq!(encode_command(&current)[4], 3);
+    assert_eq!(decode_command(&encode_command(&current)), Ok(current));
+    // A command version 2 did not have, in a version-2 envelope, is not what a version-2 build wrote.
+    for payload in [
+        &br#"{"ResignLeadership":{"topic":"t","partition":0,"leader":1,"leader_epoch":0}}"#[..],
+        &br#"{"RegisterBrokerFormat2":{"node_id":2,"addr":"b2:1","now_ms":5}}"#[..],
+    ] {
+        let bytes = encode_envelope(COMMAND_MAGIC, 2, payload);
+        assert!(matches!(decode_command(&bytes), Err(MetaStateError::Malformed(_))), "{bytes:?}");
+    }
+
+    // Replayed, the old registration keeps the epochs, so the old log's next ChangeIsr, fenced by
+    // them, applies as it did when the old build applied it.
+    let mut state = synced_cluster();
+    let (name, partition) = state
+        .partitions_on(NodeId(2))
+        .find(|(_, p)| p.leader == Some(NodeId(2)))
+        .map(|(topic, p)| (topic.name.clone(), p.clone()))
+        .unwrap();
+    let index = state.applied_index() + 1;
+    assert_eq!(state.apply(index, &decoded), MetaResult::Ok);
+    assert_eq!(state.partition(&name, partition.partition), Some(&partition));
+    let v2_change_isr = MetaCommand::ChangeIsr {
+        topic: name.clone(),
+        partition: partition.partition,
+        leader: NodeId(2),
+        leader_epoch: partition.leader_epoch,
+        partition_epoch: partition.partition_epoch,
+        isr: vec![NodeId(2)],
+    };
+    assert!(matches!(state.apply(index + 1, &v2_change_isr), MetaResult::IsrChanged { .. }));
 }

@@ -69,9 +69,13 @@ impl ReplicaNet for PartitionNet {
     }
 
     fn resign(&self, leader: NodeId, leader_epoch: LeaderEpoch) -> BoxFuture<'static, ()> {
-        // INTEGRATION PENDING: the controller's resign command lands with the meta branch.
-        let partition = format!("{}/{}", self.topic, self.partition);
-        Box::pin(async move { tracing::warn!(%partition, %leader, %leader_epoch, "resign: not proposed yet") })
+        let command = MetaCommand::ResignLeadership {
+            topic: self.topic.clone(),
+            partition: self.partition.0,
+            leader,
+            leader_epoch,
+        };
+        propose(self.node.clone(), command, format!("{}/{}", self.topic, self.partition))
     }
 }
 
