@@ -268,6 +268,12 @@ pub struct FetchRequest {
     pub max_wait_ms: u32,
     #[prost(uint32, tag = "6")]
     pub min_bytes: u32,
+    /// The partition's leader epoch as the client's metadata named it (KIP-320), or none to skip the
+    /// check. The replica answers `FencedLeaderEpoch` (27) if this is older than its own epoch (the
+    /// client's metadata is stale: refresh it) and `UnknownLeaderEpoch` (28) if newer (the replica
+    /// has not caught up with the leader change yet: back off and retry).
+    #[prost(int32, optional, tag = "7")]
+    pub leader_epoch: Option<i32>,
 }
 
 #[derive(Clone, PartialEq, Message)]

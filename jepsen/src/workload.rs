@@ -10,8 +10,8 @@
 //!   (a Jepsen process has at most one operation outstanding), through its own client and
 //!   [`Producer`], as each Jepsen process has its own client. (A producer shared by all processes, as
 //!   the simulation's is, stalled every partition while one partition leader's broker was down: the
-//!   producer task connects and backs off inline, so one unreachable leader blocks every batch;
-//!   measured in the first Docker runs, see ADR 0013.) Outcomes: `ok` with the acked offset, `fail`
+//!   producer task connected and backed off inline, so one unreachable leader blocked every batch;
+//!   measured in the first Docker runs, see ADR 0013, and fixed in the client since.) Outcomes: `ok` with the acked offset, `fail`
 //!   (definitely not written), `info` (unknown: the connection broke, or no answer within
 //!   [`OPERATION_MS_MAX`]).
 //! - A *consumer process* is assigned every partition and polls a random one from its own position;

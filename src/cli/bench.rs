@@ -2,7 +2,8 @@
 //! percentiles (hdrhistogram), against a running broker.
 //!
 //! Produce latency is measured per record from `send` to its acknowledgement, so it includes
-//! batching (linger) and, with `--acks all`, the fsync. With `--rate` the load is offered on a fixed
+//! batching (linger) and, with `--acks all`, the fsync on the in-sync replicas (with `--acks none`
+//! it ends when the request is on the connection). With `--rate` the load is offered on a fixed
 //! schedule (open loop) and latency runs from each record's scheduled time. Consume latency is per
 //! fetch request.
 
@@ -43,7 +44,17 @@ pub struct ProduceBenchArgs {
     /// Value size in bytes.
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
-    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    /// What an acknowledgement waits for (the latency measured), and so what can be lost after it.
+    ///
+    /// all (default): fsynced on every in-sync replica, with at least min_insync_replicas in the ISR;
+    /// loses nothing while one ISR member's disk survives. leader: fsynced on the leader only; a
+    /// leader failure before the followers copy it can lose it. none: not waited for (latency is
+    /// the time to put the request on the connection); anything in flight can be lost, and the
+    /// broker's errors are not reported.
+    ///
+    /// `NotEnoughReplicas` is retried with backoff, then counted as an error; the *AfterAppend
+    /// errors (outcome unknown) are counted as errors at once, never retried.
+    #[arg(long, default_value = "all", value_parser = parse_acks, verbatim_doc_comment)]
     pub acks: Acks,
     #[arg(long, default_value_t = 10)]
     pub duration_s: u64,

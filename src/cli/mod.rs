@@ -127,8 +127,19 @@ pub struct ProduceArgs {
     /// Produce this single record instead of reading stdin.
     #[arg(long)]
     pub value: Option<String>,
-    /// all (durable, default), leader, or none.
-    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    /// What an acknowledgement waits for, and so what can still be lost after it.
+    ///
+    /// all (default): fsynced on every in-sync replica, with at least min_insync_replicas in the ISR;
+    /// loses nothing while one ISR member's disk survives. leader: fsynced on the leader only; a
+    /// leader failure before the followers copy it can lose it. none: not waited for; anything in
+    /// flight can be lost, the broker's errors are not reported, and offsets print as -1.
+    /// (fsync as the broker's default `fsync = "always"` does it; `never` leaves it to the page cache.)
+    ///
+    /// Errors: `NotEnoughReplicas` (fewer in-sync replicas than min_insync_replicas; nothing was
+    /// appended) is retried with backoff a few times, then fails (exit 1). `NotEnoughReplicasAfterAppend`
+    /// and `NotLeaderAfterAppend` (appended on the leader, not committed) are never retried: the
+    /// outcome is unknown (exit 3).
+    #[arg(long, default_value = "all", value_parser = parse_acks, verbatim_doc_comment)]
     pub acks: Acks,
     /// Print the partition and offset of every record.
     #[arg(long, short = 'v')]

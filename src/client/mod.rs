@@ -17,15 +17,31 @@
 //! (broker addresses by node id, the leader of every partition it used) and one connection per
 //! broker address. Produce, fetch and list-offsets go to the partition's leader. When a leader
 //! answers `NotLeader`, `UnknownPartition` or `UnknownTopic` (a partition request that names a topic
-//! the metadata has: this broker has not applied the create yet), or cannot be connected to, the
-//! client forgets the topic's leaders, refreshes the metadata from any reachable broker and tries
-//! again with backoff, at most [`ROUTE_ATTEMPTS_MAX`] times. Those answers mean the request was not
-//! applied, so retrying a produce after them is safe; a produce whose connection broke in flight
-//! stays ambiguous and is not retried. Admin calls and metadata go to any reachable broker: the
-//! bootstrap list first, in its order, then the other known brokers.
+//! the metadata has: this broker has not applied the create yet) or `FencedLeaderEpoch`, or cannot be
+//! connected to, the client forgets the topic's leaders, refreshes the metadata from any reachable
+//! broker and tries again with backoff, at most [`ROUTE_ATTEMPTS_MAX`] times. Those answers mean the
+//! request was not applied, so retrying a produce after them is safe; a produce whose connection broke
+//! in flight stays ambiguous and is not retried. Admin calls and metadata go to any reachable broker:
+//! the bootstrap list first, in its order, then the other known brokers; addresses whose last connect
+//! failed go last (see below).
 //!
-//! Lock order: `routing` and `connections` are std mutexes, never held across an await and never
-//! held together; a per-address slot (tokio mutex) is held only while connecting to that address.
+//! # Leader epochs (KIP-320)
+//! The cache keeps each partition's leader epoch next to its leader, and every fetch carries it.
+//! A replica with a newer epoch answers `FencedLeaderEpoch` (this client's metadata is stale: it is
+//! refreshed, as after `NotLeader`); one with an older epoch answers `UnknownLeaderEpoch` (the replica
+//! has not applied the leader change yet: the same request is retried after a backoff, and the cache
+//! is dropped only if the retries run out).
+//!
+//! # Unreachable brokers
+//! A failed connect is remembered per address: for a backoff that starts at `retry_backoff` and
+//! doubles per consecutive failure up to `retry_backoff_max`, connecting to that address fails at
+//! once instead of waiting out `connect_timeout` again, and until a connect to it succeeds it is
+//! tried after every other candidate for admin and metadata requests. So a dead broker first in the
+//! bootstrap list costs one connect timeout, not one per metadata refresh.
+//!
+//! Lock order: `routing`, `connections` and `connect_failures` are std mutexes, never held across an
+//! await and never two at once; a per-address slot (tokio mutex) is held only while connecting to
+//! that address.
 
 mod connection;
 pub mod producer;
@@ -36,6 +52,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::batch::{Batch, StoredRecord};
 use crate::protocol::*;
@@ -139,12 +156,30 @@ pub const BROKERS_KNOWN_MAX: usize = 64;
 /// Topics whose partition leaders the cache holds at most (beyond it, the cache starts over).
 pub const TOPICS_CACHED_MAX: usize = 10_000;
 
+/// Addresses whose connect failures the client remembers at most (beyond it, it starts over).
+pub const CONNECT_FAILURES_MAX: usize = 256;
+
 /// What the client knows about the cluster: where brokers are and which one leads each partition.
 #[derive(Default)]
 struct Routing {
     brokers: BTreeMap<u64, String>,
-    /// Per topic: the leader's node id by partition (0: no leader).
-    leaders: BTreeMap<String, Vec<u64>>,
+    /// Per topic, indexed by partition.
+    leaders: BTreeMap<String, Vec<PartitionRoute>>,
+}
+
+/// One partition's leader as the latest metadata named it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct PartitionRoute {
+    /// The leader's node id (0: no leader).
+    leader: u64,
+    /// The epoch of that leadership, sent with every fetch (KIP-320).
+    leader_epoch: i32,
+}
+
+/// Consecutive failed connects to one address, and when the next attempt may go out.
+struct ConnectFailure {
+    failures: u32,
+    retry_at: Instant,
 }
 
 type ConnectionSlot = Arc<tokio::sync::Mutex<Option<Connection>>>;
@@ -157,6 +192,8 @@ pub struct Client {
     routing: Mutex<Routing>,
     /// One connection per broker address.
     connections: Mutex<BTreeMap<String, ConnectionSlot>>,
+    /// Addresses whose latest connect failed (see "Unreachable brokers" in the module docs).
+    connect_failures: Mutex<BTreeMap<String, ConnectFailure>>,
 }
 
 /// A topic's settings at creation.
@@ -198,7 +235,16 @@ fn response_error(body: &Body) -> Option<&ErrorInfo> {
 
 /// Answers from a partition's supposed leader that mean "not applied here; look the leader up again".
 fn is_misrouted(code: ErrorCode) -> bool {
-    matches!(code, ErrorCode::NotLeader | ErrorCode::UnknownPartition | ErrorCode::UnknownTopic)
+    matches!(
+        code,
+        ErrorCode::NotLeader | ErrorCode::UnknownPartition | ErrorCode::UnknownTopic | ErrorCode::FencedLeaderEpoch
+    )
+}
+
+/// Answers that mean "not applied: this replica is behind the metadata you have, or a new leader has
+/// not confirmed its high watermark yet; ask again later".
+fn is_replica_behind(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::UnknownLeaderEpoch | ErrorCode::LeaderNotReady)
 }
 
 impl Client {
@@ -218,6 +264,7 @@ impl Client {
             config,
             routing: Mutex::new(Routing::default()),
             connections: Mutex::new(BTreeMap::new()),
+            connect_failures: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -250,16 +297,51 @@ impl Client {
         if let Some(connection) = slot.as_ref().filter(|connection| !connection.is_closed()) {
             return Ok(connection.clone());
         }
+        // Checked under the slot: callers that queued behind a failing connect fail at once.
+        if let Some(wait) = self.connect_backoff_left(addr) {
+            let reason = format!("the last connect failed; not retried for another {} ms", wait.as_millis());
+            return Err(ClientError::Connect { addr: addr.to_owned(), reason });
+        }
         let connect = TcpStream::connect(addr);
+        let failed = |reason: String| {
+            self.note_connect(addr, false);
+            Err(ClientError::Connect { addr: addr.to_owned(), reason })
+        };
         let stream = match tokio::time::timeout(self.config.connect_timeout, connect).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => return Err(ClientError::Connect { addr: addr.to_owned(), reason: error.to_string() }),
-            Err(_) => return Err(ClientError::Connect { addr: addr.to_owned(), reason: "timed out".into() }),
+            Ok(Err(error)) => return failed(error.to_string()),
+            Err(_) => return failed(format!("timed out after {} ms", self.config.connect_timeout.as_millis())),
         };
+        self.note_connect(addr, true);
         let _ = stream.set_nodelay(true);
         let connection = Connection::start(stream);
         *slot = Some(connection.clone());
         Ok(connection)
+    }
+
+    /// How long connects to `addr` are still skipped after its latest failure, if they are.
+    fn connect_backoff_left(&self, addr: &str) -> Option<Duration> {
+        let failures = self.connect_failures.lock().expect("connect_failures lock");
+        let retry_at = failures.get(addr)?.retry_at;
+        let now = Instant::now();
+        (retry_at > now).then(|| retry_at - now)
+    }
+
+    /// Records a connect's outcome: a success forgets the address's failures; a failure backs it off
+    /// for `retry_backoff`, doubled per consecutive failure up to `retry_backoff_max`.
+    fn note_connect(&self, addr: &str, succeeded: bool) {
+        let mut failures = self.connect_failures.lock().expect("connect_failures lock");
+        if succeeded {
+            failures.remove(addr);
+            return;
+        }
+        if failures.len() >= CONNECT_FAILURES_MAX && !failures.contains_key(addr) {
+            failures.clear();
+        }
+        let entry = failures.entry(addr.to_owned()).or_insert(ConnectFailure { failures: 0, retry_at: Instant::now() });
+        let backoff = self.config.retry_backoff.saturating_mul(1 << entry.failures.min(16));
+        entry.failures = entry.failures.saturating_add(1);
+        entry.retry_at = Instant::now() + backoff.min(self.config.retry_backoff_max);
     }
 
     async fn drop_connection(&self, addr: &str) {
@@ -297,7 +379,8 @@ impl Client {
         }
     }
 
-    /// The bootstrap list first, then every other known broker.
+    /// The bootstrap list first, then every other known broker; addresses whose latest connect
+    /// failed after all others (each group in that order).
     fn candidates(&self) -> Vec<String> {
         let mut candidates = self.bootstrap.clone();
         for addr in self.routing.lock().expect("routing lock").brokers.values() {
@@ -305,6 +388,9 @@ impl Client {
                 candidates.push(addr.clone());
             }
         }
+        let failures = self.connect_failures.lock().expect("connect_failures lock");
+        // A stable sort: the order within each group is kept.
+        candidates.sort_by_key(|addr| failures.contains_key(addr));
         candidates
     }
 
@@ -415,10 +501,10 @@ impl Client {
                 routing.leaders.remove(&topic.name);
                 continue;
             }
-            let mut leaders = vec![0; topic.partitions.len()];
+            let mut leaders = vec![PartitionRoute::default(); topic.partitions.len()];
             for partition in &topic.partitions {
                 if let Some(slot) = leaders.get_mut(partition.partition as usize) {
-                    *slot = partition.leader;
+                    *slot = PartitionRoute { leader: partition.leader, leader_epoch: partition.leader_epoch };
                 }
             }
             routing.leaders.insert(topic.name.clone(), leaders);
@@ -432,10 +518,16 @@ impl Client {
 
     /// The address of the leader of `topic`/`partition`, from the cache or fresh metadata.
     pub async fn leader_addr(&self, topic: &str, partition: u32) -> Result<String, ClientError> {
+        self.leader_route(topic, partition).await.map(|(addr, _)| addr)
+    }
+
+    /// The address of the leader of `topic`/`partition` and the epoch of its leadership, from the
+    /// cache or fresh metadata.
+    pub async fn leader_route(&self, topic: &str, partition: u32) -> Result<(String, i32), ClientError> {
         let cached = |client: &Client| {
             let routing = client.routing.lock().expect("routing lock");
-            let leader = routing.leaders.get(topic).map(|leaders| leaders.get(partition as usize).copied());
-            leader.map(|leader| (leader, leader.and_then(|leader| routing.brokers.get(&leader).cloned())))
+            let route = routing.leaders.get(topic).map(|leaders| leaders.get(partition as usize).copied());
+            route.map(|route| (route, route.and_then(|route| routing.brokers.get(&route.leader).cloned())))
         };
         let found = match cached(self) {
             Some(found) => found,
@@ -452,25 +544,29 @@ impl Client {
                 code: ErrorCode::UnknownPartition,
                 message: format!("topic {topic:?} has no partition {partition}"),
             }),
-            (Some(0), _) => Err(ClientError::Server {
+            (Some(PartitionRoute { leader: 0, .. }), _) => Err(ClientError::Server {
                 code: ErrorCode::NotLeader,
                 message: format!("{topic}/{partition} has no leader (its broker is offline)"),
             }),
-            (Some(leader), None) => Err(ClientError::Server {
+            (Some(route), None) => Err(ClientError::Server {
                 code: ErrorCode::NotLeader,
-                message: format!("the leader of {topic}/{partition} is broker {leader}, whose address is unknown"),
+                message: format!(
+                    "the leader of {topic}/{partition} is broker {}, whose address is unknown",
+                    route.leader
+                ),
             }),
-            (Some(_), Some(addr)) => Ok(addr),
+            (Some(route), Some(addr)) => Ok((addr, route.leader_epoch)),
         }
     }
 
     /// Sends a partition request to the partition's leader, following leader changes (see the
-    /// module docs). `write`: an ambiguous outcome is returned, never retried.
+    /// module docs). `body` builds the request for the leader epoch the metadata names. `write`: an
+    /// ambiguous outcome is returned, never retried.
     pub async fn request_partition(
         &self,
         topic: &str,
         partition: u32,
-        body: Body,
+        body: impl Fn(i32) -> Body,
         write: bool,
         extra: Duration,
     ) -> Result<Body, ClientError> {
@@ -482,8 +578,8 @@ impl Client {
                 tokio::time::sleep(backoff).await;
                 backoff = self.next_backoff(backoff);
             }
-            let addr = match self.leader_addr(topic, partition).await {
-                Ok(addr) => addr,
+            let (addr, leader_epoch) = match self.leader_route(topic, partition).await {
+                Ok(route) => route,
                 Err(error @ ClientError::Server { code: ErrorCode::NotLeader, .. }) => {
                     self.forget_leaders(topic);
                     last_error = Some(Err(error));
@@ -491,33 +587,63 @@ impl Client {
                 }
                 Err(error) => return Err(error),
             };
-            let result = match self.start(&addr, body.clone()).await {
+            let result = match self.start(&addr, body(leader_epoch)).await {
                 Ok(pending) => self.finish(&addr, pending, extra).await,
                 Err(error) => Err(error),
             };
-            match result {
-                Ok(response) => match response_error(&response).map(ErrorInfo::error_code) {
-                    Some(code) if is_misrouted(code) => {
-                        tracing::debug!(topic, partition, %addr, ?code, "partition request misrouted; refreshing");
-                        self.forget_leaders(topic);
-                        last_error = Some(Ok(response));
-                    }
-                    _ => return Ok(response),
-                },
-                Err(error @ ClientError::Connect { .. }) | Err(error @ ClientError::Ambiguous(_))
-                    if !(write && error.is_ambiguous()) && transport_failures < self.config.retries =>
-                {
-                    tracing::debug!(topic, partition, %addr, %error, "leader unreachable; refreshing");
-                    transport_failures += 1;
-                    self.forget_leaders(topic);
-                    last_error = Some(Err(error));
+            let retry_transport = transport_failures < self.config.retries;
+            match self.partition_retry(topic, partition, &addr, result, write, retry_transport) {
+                Ok(result) => return result,
+                Err(PartitionRetry { result, transport }) => {
+                    transport_failures += u32::from(transport);
+                    last_error = Some(result);
                 }
-                Err(error) => return Err(error),
             }
         }
-        match last_error.expect("at least one attempt") {
-            Ok(response) => Ok(response),
-            Err(error) => Err(error),
+        let result = last_error.expect("at least one attempt");
+        if let Ok(response) = &result {
+            if response_error(response).is_some_and(|info| is_replica_behind(info.error_code())) {
+                // The leader never caught up with the epoch cached here: look it up afresh next time
+                // (a topic deleted and created again restarts its epochs).
+                self.forget_leaders(topic);
+            }
+        }
+        result
+    }
+
+    /// Decides what one attempt of a partition request means: `Ok(result)` is the final outcome;
+    /// `Err` asks for another attempt (the topic's leaders already forgotten when they must be looked
+    /// up again), carrying the result to return if none is left.
+    fn partition_retry(
+        &self,
+        topic: &str,
+        partition: u32,
+        addr: &str,
+        result: Result<Body, ClientError>,
+        write: bool,
+        retry_transport: bool,
+    ) -> Result<Result<Body, ClientError>, PartitionRetry> {
+        match result {
+            Ok(response) => match response_error(&response).map(ErrorInfo::error_code) {
+                Some(code) if is_misrouted(code) => {
+                    tracing::debug!(topic, partition, %addr, ?code, "partition request misrouted; refreshing");
+                    self.forget_leaders(topic);
+                    Err(PartitionRetry { result: Ok(response), transport: false })
+                }
+                Some(code) if is_replica_behind(code) => {
+                    tracing::debug!(topic, partition, %addr, ?code, "leader behind the metadata; retrying");
+                    Err(PartitionRetry { result: Ok(response), transport: false })
+                }
+                _ => Ok(Ok(response)),
+            },
+            Err(error @ ClientError::Connect { .. }) | Err(error @ ClientError::Ambiguous(_))
+                if !(write && error.is_ambiguous()) && retry_transport =>
+            {
+                tracing::debug!(topic, partition, %addr, %error, "leader unreachable; refreshing");
+                self.forget_leaders(topic);
+                Err(PartitionRetry { result: Err(error), transport: true })
+            }
+            Err(error) => Ok(Err(error)),
         }
     }
 
@@ -549,7 +675,7 @@ impl Client {
         partition: u32,
         timestamp_ms: i64,
     ) -> Result<Option<(Offset, i64)>, ClientError> {
-        let body = Body::ListOffsetsRequest(ListOffsetsRequest { topic: topic.into(), partition, timestamp_ms });
+        let body = |_| Body::ListOffsetsRequest(ListOffsetsRequest { topic: topic.into(), partition, timestamp_ms });
         match self.request_partition(topic, partition, body, false, Duration::ZERO).await? {
             Body::ListOffsetsResponse(ListOffsetsResponse { error: Some(info), .. }) => Err(ClientError::server(info)),
             Body::ListOffsetsResponse(ListOffsetsResponse { offset, timestamp_ms, .. }) => {
@@ -560,7 +686,8 @@ impl Client {
     }
 
     /// Fetches records from `offset`, waiting up to `wait_max` for some to exist. Every batch's CRC
-    /// is verified; records before `offset` in the first batch are dropped.
+    /// is verified; records before `offset` in the first batch are dropped. The request carries the
+    /// leader epoch of the cached metadata (see "Leader epochs" in the module docs).
     pub async fn fetch(
         &self,
         topic: &str,
@@ -569,14 +696,17 @@ impl Client {
         bytes_max: u32,
         wait_max: Duration,
     ) -> Result<Fetched, ClientError> {
-        let body = Body::FetchRequest(FetchRequest {
-            topic: topic.into(),
-            partition,
-            offset: offset.0,
-            max_bytes: bytes_max,
-            max_wait_ms: wait_max.as_millis().min(u32::MAX as u128) as u32,
-            min_bytes: 1,
-        });
+        let body = |leader_epoch| {
+            Body::FetchRequest(FetchRequest {
+                topic: topic.into(),
+                partition,
+                offset: offset.0,
+                max_bytes: bytes_max,
+                max_wait_ms: wait_max.as_millis().min(u32::MAX as u128) as u32,
+                min_bytes: 1,
+                leader_epoch: Some(leader_epoch),
+            })
+        };
         match self.request_partition(topic, partition, body, false, wait_max).await? {
             Body::FetchResponse(FetchResponse { error: Some(info), .. }) => Err(ClientError::server(info)),
             Body::FetchResponse(response) => {
@@ -604,6 +734,13 @@ pub fn decode_records(mut bytes: Bytes, from: Offset) -> Result<Vec<StoredRecord
         }
     }
     Ok(records)
+}
+
+/// Another attempt of a partition request is due: the result to return if none is left, and whether
+/// the attempt failed in transport (those are bounded by `ClientConfig::retries`).
+struct PartitionRetry {
+    result: Result<Body, ClientError>,
+    transport: bool,
 }
 
 fn unexpected(body: Body) -> ClientError {

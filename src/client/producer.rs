@@ -1,12 +1,12 @@
 //! The batching producer.
 //!
 //! `send` hands a record to a background task and returns a [`Delivery`] future. The task keeps one
-//! open batch per partition and sends it when it reaches `batch_bytes_max` or when it has waited
-//! `linger`. Up to `in_flight_max` produce requests are outstanding at once; beyond that the task
-//! stops taking records, so `send` waits (backpressure). Before sending, the task takes every record
-//! already queued, so with `linger` 0 nothing waits on purpose, yet records that arrived while
-//! requests were in flight share the next batch instead of each becoming a request (Kafka's sender
-//! behaves the same way).
+//! open batch per partition and closes it when it reaches `batch_bytes_max` or when it has waited
+//! `linger`. Up to `in_flight_max` produce requests are outstanding (or being started) at once;
+//! beyond that the task stops taking records, so `send` waits (backpressure). Before sending, the task
+//! takes every record already queued, so with `linger` 0 nothing waits on purpose, yet records that
+//! arrived while requests were in flight share the next batch instead of each becoming a request
+//! (Kafka's sender behaves the same way).
 //!
 //! Partitioning: an explicit partition wins; otherwise a key picks `murmur2(key) % partitions`
 //! (Kafka's default partitioner, so keys land where a Kafka client would put them); records without
@@ -15,16 +15,39 @@
 //! Routing: each batch goes to its partition's leader (the client's metadata cache, refreshed when
 //! a leader moves), over that broker's connection.
 //!
-//! Retries: a batch whose request definitely never left this process is retried with backoff, up to
-//! `retries` times. A batch answered `NotLeader`, `UnknownPartition` or `UnknownTopic` was not
-//! appended: it is re-sent to the refreshed leader, at most [`ROUTE_ATTEMPTS_MAX`] times, but only
-//! while no later batch of its partition has been sent meanwhile (otherwise the retry could land
-//! after a later batch, and acknowledged offsets would not follow send order; it then fails with the
-//! leader's answer, a definite failure). A redirect is handled by the task itself, so no other batch
-//! overtakes it. A batch whose connection broke in flight is reported ambiguous, not retried:
-//! retrying could write it twice until idempotent producers exist.
+//! # Nothing waits inline
+//! The task's loop never waits on the network itself: looking a topic up, finding a partition's
+//! leader, connecting (with its timeout and backoff) and backing off before a retry all happen in
+//! futures the loop polls beside its queue, so a dead broker delays only the batches bound for it.
+//! Each partition is a *lane*: closed batches wait in it in order, and at most one of them is being
+//! started (leader lookup, connect, handed to the connection, which keeps the order) at a time, so
+//! a partition's requests reach the wire in the order its batches were closed. While a lane is busy
+//! (starting, or holding a batch that waits to be retried) its open batch keeps collecting records
+//! and closes only when full. At most [`BATCHES_WAITING_MAX`] closed batches wait across all lanes
+//! before the task stops taking records (the bound that Kafka's `buffer.memory` is).
+//!
+//! # Retries
+//! - A batch whose request definitely never left this process (no leader known, no connection) is
+//!   retried with backoff, up to `retries` times. When a lane's batch used them all up without
+//!   reaching the broker, the lane's later batches try once and fail fast, until one gets through.
+//! - A batch refused without being appended is re-sent: `NotLeader`, `UnknownPartition`,
+//!   `UnknownTopic` or `FencedLeaderEpoch` to the refreshed leader, at most [`ROUTE_ATTEMPTS_MAX`]
+//!   sends; `NotEnoughReplicas` (the ISR is below `min_insync_replicas`, nothing was appended; Kafka
+//!   retries it too) to the same leader with backoff, at most `retries` times. Either way only while
+//!   no later batch of its partition has been sent meanwhile (otherwise the retry could land after a
+//!   later batch, and acknowledged offsets would not follow send order); it then fails with the
+//!   refusal, a definite failure. So with several batches of a partition in flight, only the latest
+//!   refused one is retried.
+//! - With `acks = none` nothing is waited for (Kafka's `acks=0`): a record's delivery resolves, with
+//!   offset -1, once its request is on the connection; the broker's answer only frees the request
+//!   slot, and its errors are not reported nor retried.
+//! - A batch whose outcome is unknown is reported ambiguous and never retried: its connection broke
+//!   in flight, or the broker answered `NotEnoughReplicasAfterAppend`, `NotLeaderAfterAppend`,
+//!   `StorageIndeterminate` or `Timeout` (appended, perhaps lost; see
+//!   [`crate::protocol::ErrorCode::is_indeterminate`]). Retrying could write it twice until
+//!   idempotent producers exist.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +66,10 @@ use crate::types::Offset;
 
 /// Records queued for the background task before `send` waits.
 pub const PRODUCER_QUEUE_MAX: usize = 4096;
+/// Closed batches waiting to be put on a connection, across all partitions, before the producer
+/// stops taking records (batches of a partition whose leader cannot be reached wait here until they
+/// fail).
+pub const BATCHES_WAITING_MAX: usize = 256;
 
 #[derive(Debug, Clone)]
 pub struct ProducerConfig {
@@ -50,7 +77,8 @@ pub struct ProducerConfig {
     pub linger: Duration,
     pub batch_bytes_max: usize,
     pub in_flight_max: usize,
-    /// Attempts after the first for batches that were definitely not sent.
+    /// Attempts after the first for batches that were definitely not sent, or that the leader
+    /// refused with `NotEnoughReplicas`.
     pub retries: u32,
     pub retry_backoff: Duration,
 }
@@ -120,11 +148,16 @@ impl Producer {
             client,
             config,
             topics: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            parked_records: 0,
+            lookups: FuturesUnordered::new(),
             open_batches: 0,
+            waiting_batches: 0,
+            starting: FuturesUnordered::new(),
             in_flight: FuturesUnordered::new(),
             flushes: Vec::new(),
-            broker_unreachable: false,
             next_send_seq: 1,
+            next_closed_seq: 1,
         };
         tokio::spawn(task.run(receiver));
         Producer { queue, stats }
@@ -162,165 +195,271 @@ struct OpenBatch {
     deadline: Instant,
 }
 
+/// A closed batch on its way to its partition's leader.
+struct ClosedBatch {
+    request: ProduceRequest,
+    deliveries: Vec<DeliverySender>,
+    /// Times it was put on a connection (refused sends included).
+    sends: u32,
+    /// Not started before this: the backoff after a refusal.
+    not_before: Option<Instant>,
+    /// Increases with every batch closed: lanes waiting for a request slot get one oldest first.
+    closed_seq: u64,
+}
+
+/// One partition's way out (see "Nothing waits inline" in the module docs).
+#[derive(Default)]
+struct Lane {
+    open: Option<OpenBatch>,
+    /// Closed batches not on a connection yet, in send order (a refused batch being retried first).
+    waiting: VecDeque<ClosedBatch>,
+    /// The lane's head batch is being started; the next one waits for it.
+    starting: bool,
+    /// The send sequence number of the partition's latest batch put on a connection.
+    last_sent: u64,
+    /// The lane's latest batch used up its retries without reaching the broker: later ones try once.
+    unreachable: bool,
+}
+
+impl Lane {
+    /// Nothing of this lane is waiting or being started: its open batch may close on its linger.
+    fn is_idle(&self) -> bool {
+        !self.starting && self.waiting.is_empty()
+    }
+}
+
 struct TopicState {
     partitions: u32,
     /// Indexed by partition.
-    open: Vec<Option<OpenBatch>>,
+    lanes: Vec<Lane>,
     /// Where keyless records go until that partition's batch is sent.
     sticky: Option<u32>,
-    /// Indexed by partition: the send sequence number of the partition's latest batch.
-    last_sent: Vec<u64>,
 }
 
-/// A batch its partition's supposed leader refused without appending it: to be re-sent.
-struct Redirect {
+/// A record for a topic whose partition count is being looked up.
+struct Parked {
+    partition: Option<u32>,
+    record: Record,
+    delivery: DeliverySender,
+}
+
+/// A batch that was started: on its leader's connection, or definitely not sent.
+struct Started {
     topic: String,
     partition: u32,
-    request: ProduceRequest,
-    deliveries: Vec<DeliverySender>,
-    /// The batch's send sequence number (compared with the partition's latest).
+    batch: ClosedBatch,
+    result: Result<(String, PendingResponse), ClientError>,
+}
+
+/// A batch its partition's leader refused without appending it: perhaps to be re-sent.
+struct Refused {
+    topic: String,
+    partition: u32,
+    batch: ClosedBatch,
+    /// The send sequence number of the refused send (compared with the partition's latest).
     send_seq: u64,
-    /// Sends so far.
-    attempts: u32,
+    code: ErrorCode,
     /// The refusal, reported if the batch is not re-sent.
     error: ClientError,
 }
+
+type Lookup = (String, Result<u32, ClientError>);
 
 struct Task {
     stats: Arc<Stats>,
     client: Arc<Client>,
     config: ProducerConfig,
-    /// Per topic: partition count, open batches, sticky partition. One hash lookup per record.
+    /// Per topic: partition count, lanes, sticky partition. One map lookup per record.
     topics: BTreeMap<String, TopicState>,
-    /// Open batches across all topics (to know when the task is idle).
+    /// Per topic being looked up: its records, in arrival order.
+    parked: BTreeMap<String, Vec<Parked>>,
+    parked_records: usize,
+    lookups: FuturesUnordered<BoxFuture<'static, Lookup>>,
+    /// Open batches across all lanes (to know when the task is idle).
     open_batches: usize,
-    in_flight: FuturesUnordered<BoxFuture<'static, Option<Redirect>>>,
+    /// Closed batches across all lanes, not being started.
+    waiting_batches: usize,
+    starting: FuturesUnordered<BoxFuture<'static, Started>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Option<Refused>>>,
     flushes: Vec<oneshot::Sender<()>>,
-    /// Set when a batch used up its retries without reaching the broker: later batches try once
-    /// and fail fast instead of each waiting through the whole backoff sequence.
-    broker_unreachable: bool,
     /// Increases with every produce request put on a connection.
     next_send_seq: u64,
+    next_closed_seq: u64,
 }
 
 impl Task {
     async fn run(mut self, mut queue: mpsc::Receiver<Message>) {
         let mut queue_open = true;
         loop {
-            // Records that arrived while the task was busy (a request in flight, a redirect) join the
-            // open batches before anything is sent, as Kafka's accumulator does: with `linger` 0 a
-            // record waits for nothing, but records queued meanwhile go out together, not as one
-            // request each.
+            // Records that arrived while the task was busy join the open batches before anything is
+            // sent, as Kafka's accumulator does: with `linger` 0 a record waits for nothing, but
+            // records queued meanwhile go out together, not as one request each.
             let mut drained = 0;
-            while queue_open && self.has_request_slot() && drained < PRODUCER_QUEUE_MAX {
+            while queue_open && self.takes_records() && drained < PRODUCER_QUEUE_MAX {
                 drained += 1;
                 match queue.try_recv() {
-                    Ok(message) => self.handle(message).await,
+                    Ok(message) => self.handle(message),
                     Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        self.handle_closed(&mut queue_open).await;
-                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => self.handle_closed(&mut queue_open),
                 }
             }
-            self.send_due().await;
-            if self.in_flight.is_empty() && self.open_batches == 0 {
+            self.close_due();
+            self.start_ready();
+            if self.is_idle() {
                 for done in self.flushes.drain(..) {
                     let _ = done.send(());
                 }
+                if !queue_open {
+                    break;
+                }
             }
-            if !queue_open && self.open_batches == 0 && self.in_flight.is_empty() {
-                break;
-            }
-            let deadline = self.open_batches().map(|(_, _, deadline)| deadline).min();
-            let slot = self.has_request_slot();
+            let deadline = self.next_deadline();
+            let takes_records = self.takes_records();
             tokio::select! {
                 biased;
-                Some(redirect) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if let Some(redirect) = redirect {
-                        self.redirect(redirect).await;
+                Some(started) = self.starting.next(), if !self.starting.is_empty() => self.on_started(started),
+                Some(refused) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    if let Some(refused) = refused {
+                        self.on_refused(refused);
                     }
                 }
-                // Due batches are sent at the top of the loop, once a request slot is free.
-                _ = crate::clock::sleep_until_opt(deadline), if deadline.is_some() && slot => {}
-                message = queue.recv(), if queue_open && slot => match message {
-                    None => self.handle_closed(&mut queue_open).await,
-                    Some(message) => self.handle(message).await,
+                Some((topic, result)) = self.lookups.next(), if !self.lookups.is_empty() => {
+                    self.on_lookup(topic, result);
+                }
+                // Due batches are closed and started at the top of the loop.
+                _ = crate::clock::sleep_until_opt(deadline), if deadline.is_some() => {}
+                message = queue.recv(), if queue_open && takes_records => match message {
+                    None => self.handle_closed(&mut queue_open),
+                    Some(message) => self.handle(message),
                 },
             }
         }
     }
 
-    /// Whether another produce request may go out (at most `in_flight_max` are outstanding).
+    /// Whether another produce request may be started (at most `in_flight_max` are outstanding or
+    /// being started).
     fn has_request_slot(&self) -> bool {
-        self.in_flight.len() < self.config.in_flight_max
+        self.in_flight.len() + self.starting.len() < self.config.in_flight_max
     }
 
-    async fn handle(&mut self, message: Message) {
+    /// Whether the task takes more records from its queue (backpressure otherwise).
+    fn takes_records(&self) -> bool {
+        self.has_request_slot()
+            && self.waiting_batches < BATCHES_WAITING_MAX
+            && self.parked_records < PRODUCER_QUEUE_MAX
+    }
+
+    fn is_idle(&self) -> bool {
+        self.open_batches == 0
+            && self.waiting_batches == 0
+            && self.parked.is_empty()
+            && self.starting.is_empty()
+            && self.in_flight.is_empty()
+    }
+
+    fn handle(&mut self, message: Message) {
         match message {
-            Message::Send { topic, partition, record, delivery } => self.add(topic, partition, record, delivery).await,
+            Message::Send { topic, partition, record, delivery } => self.add(topic, partition, record, delivery),
             Message::Flush { done } => {
-                self.send_all().await;
+                self.close_all();
                 self.flushes.push(done);
             }
         }
     }
 
     /// Every `Producer` handle is gone: send what is open and stop once it is answered.
-    async fn handle_closed(&mut self, queue_open: &mut bool) {
+    fn handle_closed(&mut self, queue_open: &mut bool) {
         *queue_open = false;
-        self.send_all().await;
+        self.close_all();
     }
 
-    /// Sends the open batches whose linger has passed, oldest first, while request slots are free.
-    async fn send_due(&mut self) {
+    /// Every lane: (topic, partition, lane).
+    fn lanes(&self) -> impl Iterator<Item = (&String, u32, &Lane)> + '_ {
+        self.topics.iter().flat_map(|(topic, state)| {
+            state.lanes.iter().enumerate().map(move |(partition, lane)| (topic, partition as u32, lane))
+        })
+    }
+
+    fn lane_mut(&mut self, topic: &str, partition: u32) -> Option<&mut Lane> {
+        self.topics.get_mut(topic).and_then(|state| state.lanes.get_mut(partition as usize))
+    }
+
+    /// When the loop must wake up on its own: the next linger deadline of an idle lane, or the end
+    /// of a retry's backoff. `None` without a request slot (then only an answer frees one).
+    fn next_deadline(&self) -> Option<Instant> {
+        if !self.has_request_slot() {
+            return None;
+        }
+        let lane_deadline = |lane: &Lane| match lane.waiting.front() {
+            _ if lane.starting => None,
+            Some(head) => head.not_before,
+            None => lane.open.as_ref().map(|batch| batch.deadline),
+        };
+        self.lanes().filter_map(|(_, _, lane)| lane_deadline(lane)).min()
+    }
+
+    /// Closes the open batches of idle lanes whose linger has passed, oldest first, while request
+    /// slots are free (each is started at once).
+    fn close_due(&mut self) {
         if self.open_batches == 0 {
             return;
         }
         let now = Instant::now();
-        let mut due: Vec<_> = self.open_batches().filter(|(_, _, deadline)| *deadline <= now).collect();
-        due.sort_by_key(|(_, _, deadline)| *deadline);
-        for (topic, partition, _) in due {
+        let mut due: Vec<(Instant, String, u32)> = self
+            .lanes()
+            .filter(|(_, _, lane)| lane.is_idle())
+            .filter_map(|(topic, partition, lane)| {
+                let deadline = lane.open.as_ref()?.deadline;
+                (deadline <= now).then(|| (deadline, topic.clone(), partition))
+            })
+            .collect();
+        due.sort();
+        for (_, topic, partition) in due {
             if !self.has_request_slot() {
                 break;
             }
-            self.send_batch(&topic, partition).await;
+            self.close_batch(&topic, partition);
         }
     }
 
-    fn open_batches(&self) -> impl Iterator<Item = (String, u32, Instant)> + '_ {
-        self.topics.iter().flat_map(|(topic, state)| {
-            state.open.iter().enumerate().filter_map(move |(partition, batch)| {
-                batch.as_ref().map(|batch| (topic.clone(), partition as u32, batch.deadline))
+    fn close_all(&mut self) {
+        let open: Vec<(String, u32)> = self
+            .lanes()
+            .filter(|(_, _, lane)| lane.open.is_some())
+            .map(|(topic, partition, _)| (topic.clone(), partition))
+            .collect();
+        for (topic, partition) in open {
+            self.close_batch(&topic, partition);
+        }
+    }
+
+    /// Starts the head batch of every lane that has one due and nothing being started, oldest
+    /// first, while request slots are free.
+    fn start_ready(&mut self) {
+        if self.waiting_batches == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut ready: Vec<(u64, String, u32)> = self
+            .lanes()
+            .filter(|(_, _, lane)| !lane.starting)
+            .filter_map(|(topic, partition, lane)| {
+                let head = lane.waiting.front()?;
+                head.not_before.is_none_or(|at| at <= now).then(|| (head.closed_seq, topic.clone(), partition))
             })
-        })
-    }
-
-    async fn send_all(&mut self) {
-        let open: Vec<_> = self.open_batches().collect();
-        for (topic, partition, _) in open {
-            self.send_batch(&topic, partition).await;
+            .collect();
+        ready.sort();
+        for (_, topic, partition) in ready {
+            if !self.has_request_slot() {
+                break;
+            }
+            self.start_lane(&topic, partition);
         }
     }
 
-    async fn add(&mut self, topic: String, partition: Option<u32>, record: Record, delivery: DeliverySender) {
+    fn add(&mut self, topic: String, partition: Option<u32>, record: Record, delivery: DeliverySender) {
         if !self.topics.contains_key(&topic) {
-            match self.client.topic(&topic).await {
-                Ok(info) if !info.partitions.is_empty() => {
-                    let partitions = info.partitions.len() as u32;
-                    let open = (0..partitions).map(|_| None).collect();
-                    let last_sent = vec![0; partitions as usize];
-                    self.topics.insert(topic.clone(), TopicState { partitions, open, sticky: None, last_sent });
-                }
-                Ok(_) => {
-                    let error = ClientError::Protocol(format!("topic {topic:?} has no partitions"));
-                    let _ = delivery.send(Err(error));
-                    return;
-                }
-                Err(error) => {
-                    let _ = delivery.send(Err(error));
-                    return;
-                }
-            }
+            return self.park(topic, Parked { partition, record, delivery });
         }
         let size = record_size_estimate(&record);
         if size + 128 > self.config.batch_bytes_max.min(BATCH_BYTES_MAX) {
@@ -329,7 +468,7 @@ impl Task {
             let _ = delivery.send(Err(ClientError::InvalidArgument(message)));
             return;
         }
-        let state = self.topics.get_mut(&topic).expect("inserted above");
+        let state = self.topics.get_mut(&topic).expect("checked above");
         let count = state.partitions;
         let partition = match (partition, record.key.as_deref()) {
             (Some(partition), _) if partition >= count => {
@@ -341,19 +480,17 @@ impl Task {
             (None, Some(key)) => (murmur2(key) & 0x7fff_ffff) % count,
             (None, None) => *state.sticky.get_or_insert_with(|| crate::random::rng().random_range(0..count)),
         };
-        let full = state.open[partition as usize]
+        let full = state.lanes[partition as usize]
+            .open
             .as_ref()
             .is_some_and(|batch| batch.bytes + size > self.config.batch_bytes_max);
         if full {
-            self.send_batch(&topic, partition).await;
+            self.close_batch(&topic, partition);
         }
         let linger = self.config.linger;
-        let state = self.topics.get_mut(&topic).expect("inserted above");
-        let slot = &mut state.open[partition as usize];
-        if slot.is_none() {
-            self.open_batches += 1;
-        }
-        let batch = slot.get_or_insert_with(|| OpenBatch {
+        let lane = self.lane_mut(&topic, partition).expect("checked above");
+        let opened = lane.open.is_none();
+        let batch = lane.open.get_or_insert_with(|| OpenBatch {
             records: Vec::new(),
             deliveries: Vec::new(),
             bytes: 0,
@@ -362,137 +499,206 @@ impl Task {
         batch.records.push(record);
         batch.deliveries.push(delivery);
         batch.bytes += size;
-        // A full batch goes now; any other waits for its linger (sent by `send_due`, which with
+        let now_full = batch.bytes >= self.config.batch_bytes_max;
+        self.open_batches += usize::from(opened);
+        // A full batch closes now; any other waits for its linger (closed by `close_due`, which with
         // `linger` 0 runs as soon as the records queued meanwhile have joined it).
-        if batch.bytes >= self.config.batch_bytes_max {
-            self.send_batch(&topic, partition).await;
+        if now_full {
+            self.close_batch(&topic, partition);
         }
     }
 
-    /// Encodes the open batch of a partition and puts its request on the wire (in order), retrying
-    /// while it definitely was not sent. The response is awaited in `in_flight`.
-    async fn send_batch(&mut self, topic: &str, partition: u32) {
+    /// Holds a record of a topic not known yet; the first one starts the topic's lookup.
+    fn park(&mut self, topic: String, parked: Parked) {
+        self.parked_records += 1;
+        let records = self.parked.entry(topic.clone()).or_default();
+        if records.is_empty() {
+            let client = self.client.clone();
+            self.lookups.push(Box::pin(async move {
+                let result = match client.topic(&topic).await {
+                    Ok(info) if !info.partitions.is_empty() => Ok(info.partitions.len() as u32),
+                    Ok(_) => Err(ClientError::Protocol(format!("topic {topic:?} has no partitions"))),
+                    Err(error) => Err(error),
+                };
+                (topic, result)
+            }));
+        }
+        records.push(parked);
+    }
+
+    /// A topic lookup finished: its parked records join their batches in arrival order, or fail.
+    fn on_lookup(&mut self, topic: String, result: Result<u32, ClientError>) {
+        let parked = self.parked.remove(&topic).unwrap_or_default();
+        self.parked_records -= parked.len();
+        match result {
+            Ok(partitions) => {
+                self.topics.entry(topic.clone()).or_insert_with(|| TopicState {
+                    partitions,
+                    lanes: (0..partitions).map(|_| Lane::default()).collect(),
+                    sticky: None,
+                });
+                for Parked { partition, record, delivery } in parked {
+                    self.add(topic.clone(), partition, record, delivery);
+                }
+            }
+            Err(error) => {
+                for Parked { delivery, .. } in parked {
+                    let _ = delivery.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+
+    /// Encodes the open batch of a partition and puts it at the end of its lane; starts it if the
+    /// lane and a request slot are free.
+    fn close_batch(&mut self, topic: &str, partition: u32) {
         let Some(state) = self.topics.get_mut(topic) else { return };
-        let Some(batch) = state.open[partition as usize].take() else { return };
-        self.open_batches -= 1;
+        let Some(batch) = state.lanes[partition as usize].open.take() else { return };
         if state.sticky == Some(partition) {
             state.sticky = None;
         }
+        self.open_batches -= 1;
         let timestamp_ms = wall_clock_ms();
-        let bytes = encode_batch(&batch.records, timestamp_ms, ProducerFields::NONE);
         let request = ProduceRequest {
             topic: topic.to_owned(),
             partition,
             acks: self.config.acks as i32,
-            batch: bytes,
+            batch: encode_batch(&batch.records, timestamp_ms, ProducerFields::NONE),
             timeout_ms: self.client.config().request_timeout.as_millis() as u32,
         };
-        self.send_request(topic, partition, request, batch.deliveries, 0).await;
+        let closed_seq = self.next_closed_seq;
+        self.next_closed_seq += 1;
+        let closed = ClosedBatch { request, deliveries: batch.deliveries, sends: 0, not_before: None, closed_seq };
+        self.lane_mut(topic, partition).expect("exists above").waiting.push_back(closed);
+        self.waiting_batches += 1;
+        self.start_lane(topic, partition);
     }
 
-    /// Re-sends a refused batch if no later batch of its partition went out since; otherwise the
-    /// refusal is its (definite) outcome.
-    async fn redirect(&mut self, redirect: Redirect) {
-        let latest =
-            self.topics.get(&redirect.topic).and_then(|state| state.last_sent.get(redirect.partition as usize));
-        if latest != Some(&redirect.send_seq) || redirect.attempts >= ROUTE_ATTEMPTS_MAX {
-            for delivery in redirect.deliveries {
-                let _ = delivery.send(Err(redirect.error.clone()));
-            }
+    /// Starts the lane's head batch (leader lookup, connect, hand to the connection) in a future of
+    /// its own, if nothing of the lane is being started, the head is due and a request slot is free.
+    fn start_lane(&mut self, topic: &str, partition: u32) {
+        if !self.has_request_slot() {
             return;
         }
-        let backoff = self.config.retry_backoff * 2u32.saturating_pow(redirect.attempts.saturating_sub(1).min(5));
-        tokio::time::sleep(backoff.min(Duration::from_millis(RETRY_BACKOFF_MS_MAX))).await;
-        self.client.forget_leaders(&redirect.topic);
-        self.send_request(
-            &redirect.topic,
-            redirect.partition,
-            redirect.request,
-            redirect.deliveries,
-            redirect.attempts,
-        )
-        .await;
-    }
-
-    /// Puts a produce request on its partition leader's connection (in order), retrying while it
-    /// definitely was not sent. The response is awaited in `in_flight`.
-    async fn send_request(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        request: ProduceRequest,
-        deliveries: Vec<DeliverySender>,
-        attempts: u32,
-    ) {
-        let sent = self.start_request(topic, partition, &request).await;
-        let send_seq = self.next_send_seq;
-        if sent.is_ok() {
-            self.stats.requests.fetch_add(1, Ordering::Relaxed);
-            self.stats.records.fetch_add(deliveries.len() as u64, Ordering::Relaxed);
-            self.next_send_seq += 1;
-            if let Some(slot) = self.topics.get_mut(topic).and_then(|state| state.last_sent.get_mut(partition as usize))
-            {
-                *slot = send_seq;
-            }
+        let retries = self.config.retries;
+        let Some(lane) = self.lane_mut(topic, partition) else { return };
+        let due = lane.waiting.front().is_some_and(|head| head.not_before.is_none_or(|at| at <= Instant::now()));
+        if lane.starting || !due {
+            return;
         }
+        let batch = lane.waiting.pop_front().expect("checked above");
+        lane.starting = true;
+        let retries = if lane.unreachable { 0 } else { retries };
+        self.waiting_batches -= 1;
         let client = self.client.clone();
+        let backoff = self.config.retry_backoff;
         let topic = topic.to_owned();
-        self.in_flight.push(Box::pin(async move {
-            let result = match sent {
-                Ok((addr, pending)) => client.finish(&addr, pending, Duration::ZERO).await,
-                Err(error) => Err(error),
-            };
-            let unsent = Redirect {
-                topic,
-                partition,
-                request,
-                deliveries,
-                send_seq,
-                attempts: attempts + 1,
-                error: ClientError::Protocol("not answered yet".into()),
-            };
-            deliver(result, unsent)
+        self.starting.push(Box::pin(async move {
+            let result = start_batch(&client, &topic, partition, &batch.request, retries, backoff).await;
+            Started { topic, partition, batch, result }
         }));
     }
 
-    /// Starts the request on the partition leader's connection, retrying (with backoff) while it
-    /// definitely was not sent: no connection, or the broker said it does not lead the partition.
-    async fn start_request(
-        &mut self,
-        topic: &str,
-        partition: u32,
-        request: &ProduceRequest,
-    ) -> Result<(String, PendingResponse), ClientError> {
-        let mut backoff = self.config.retry_backoff;
-        let mut attempt = 0;
-        let retries = if self.broker_unreachable { 0 } else { self.config.retries };
-        loop {
-            let started = match self.client.leader_addr(topic, partition).await {
-                Ok(addr) => self.client.start(&addr, Body::ProduceRequest(request.clone())).await.map(|p| (addr, p)),
-                Err(error) => Err(error),
-            };
-            let retriable = |error: &ClientError| match error {
-                ClientError::Connect { .. } => true,
-                ClientError::Server { code, .. } => is_misrouted(*code) && *code != ErrorCode::UnknownTopic,
-                _ => false,
-            };
-            match started {
-                Ok(started) => {
-                    self.broker_unreachable = false;
-                    return Ok(started);
-                }
-                Err(error) if retriable(&error) && attempt < retries => {
-                    tracing::debug!(%error, attempt, "produce not sent; retrying");
-                    self.client.forget_leaders(topic);
-                    attempt += 1;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(RETRY_BACKOFF_MS_MAX));
-                }
-                Err(error) => {
-                    self.broker_unreachable = matches!(error, ClientError::Connect { .. });
-                    return Err(error);
-                }
+    /// A start finished: the batch is on the wire (its answer awaited in `in_flight`), or it
+    /// definitely was not sent and fails.
+    fn on_started(&mut self, started: Started) {
+        let Started { topic, partition, mut batch, result } = started;
+        let lane = self.topics.get_mut(&topic).and_then(|state| state.lanes.get_mut(partition as usize));
+        let lane = lane.expect("a started batch's lane exists");
+        lane.starting = false;
+        let (addr, pending) = match result {
+            Ok(started) => started,
+            Err(error) => {
+                lane.unreachable = matches!(error, ClientError::Connect { .. });
+                return fail(batch.deliveries, &error);
             }
+        };
+        lane.unreachable = false;
+        let send_seq = self.next_send_seq;
+        self.next_send_seq += 1;
+        lane.last_sent = send_seq;
+        batch.sends += 1;
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        self.stats.records.fetch_add(batch.deliveries.len() as u64, Ordering::Relaxed);
+        let not_waited_for = self.config.acks == Acks::None;
+        if not_waited_for {
+            // Kafka's acks=0: the record counts as sent once it is on the connection; its offset is
+            // unknown and the broker's answer, errors included, is not reported. The answer is still
+            // awaited below, only to hold the request slot (backpressure).
+            let offset = Offset(-1);
+            for delivery in batch.deliveries.drain(..) {
+                let _ = delivery.send(Ok(RecordMetadata { partition, offset }));
+            }
+        }
+        let client = self.client.clone();
+        self.in_flight.push(Box::pin(async move {
+            let result = client.finish(&addr, pending, Duration::ZERO).await;
+            if not_waited_for {
+                return None;
+            }
+            answer(result, topic, partition, batch, send_seq)
+        }));
+    }
+
+    /// Puts a refused batch back at the head of its lane, to be re-sent after a backoff, if no later
+    /// batch of its partition went out (or is going out) since and its budget allows; otherwise the
+    /// refusal is its (definite) outcome.
+    fn on_refused(&mut self, refused: Refused) {
+        let Refused { topic, partition, mut batch, send_seq, code, error } = refused;
+        let sends_max = if code == ErrorCode::NotEnoughReplicas {
+            self.config.retries.saturating_add(1)
+        } else {
+            ROUTE_ATTEMPTS_MAX
+        };
+        let lane = self.topics.get(&topic).and_then(|state| state.lanes.get(partition as usize));
+        let in_order = lane.is_some_and(|lane| lane.last_sent == send_seq && !lane.starting);
+        if !in_order || batch.sends >= sends_max {
+            return fail(batch.deliveries, &error);
+        }
+        if is_misrouted(code) {
+            self.client.forget_leaders(&topic);
+        }
+        let backoff = self.config.retry_backoff * 2u32.saturating_pow(batch.sends.saturating_sub(1).min(5));
+        batch.not_before = Some(Instant::now() + backoff.min(Duration::from_millis(RETRY_BACKOFF_MS_MAX)));
+        tracing::debug!(topic, partition, ?code, sends = batch.sends, "produce refused; re-sending after a backoff");
+        self.lane_mut(&topic, partition).expect("checked above").waiting.push_front(batch);
+        self.waiting_batches += 1;
+    }
+}
+
+/// Puts a produce request on its partition leader's connection (in order), retrying with backoff
+/// while it definitely was not sent: no connection, or no leader known. Runs beside the producer's
+/// loop, never inside it.
+async fn start_batch(
+    client: &Client,
+    topic: &str,
+    partition: u32,
+    request: &ProduceRequest,
+    retries: u32,
+    first_backoff: Duration,
+) -> Result<(String, PendingResponse), ClientError> {
+    let mut backoff = first_backoff;
+    let mut attempt = 0;
+    loop {
+        let started = match client.leader_addr(topic, partition).await {
+            Ok(addr) => client.start(&addr, Body::ProduceRequest(request.clone())).await.map(|p| (addr, p)),
+            Err(error) => Err(error),
+        };
+        let retriable = |error: &ClientError| match error {
+            ClientError::Connect { .. } => true,
+            ClientError::Server { code, .. } => is_misrouted(*code) && *code != ErrorCode::UnknownTopic,
+            _ => false,
+        };
+        match started {
+            Ok(started) => return Ok(started),
+            Err(error) if retriable(&error) && attempt < retries => {
+                tracing::debug!(%error, attempt, "produce not sent; retrying");
+                client.forget_leaders(topic);
+                attempt += 1;
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(RETRY_BACKOFF_MS_MAX));
+            }
+            Err(error) => return Err(error),
         }
     }
 }
@@ -500,25 +706,40 @@ impl Task {
 /// The longest wait between two attempts to send a batch (the backoff doubles up to it).
 pub const RETRY_BACKOFF_MS_MAX: u64 = 2_000;
 
-/// Answers a batch's deliveries from its produce response, or hands the batch back as a redirect
-/// (carrying the refusal) when the broker did not append it because it does not lead the partition:
-/// the producer task decides whether re-sending keeps the order.
-fn deliver(result: Result<Body, ClientError>, mut batch: Redirect) -> Option<Redirect> {
+/// Refusals after which a batch is definitely not appended and may be re-sent (see the module docs).
+fn is_refusal(code: ErrorCode) -> bool {
+    is_misrouted(code) || code == ErrorCode::NotEnoughReplicas
+}
+
+fn fail(deliveries: Vec<DeliverySender>, error: &ClientError) {
+    for delivery in deliveries {
+        let _ = delivery.send(Err(error.clone()));
+    }
+}
+
+/// Answers a batch's deliveries from its produce response, or hands the batch back when the broker
+/// refused it without appending it: the producer task decides whether re-sending keeps the order.
+fn answer(
+    result: Result<Body, ClientError>,
+    topic: String,
+    partition: u32,
+    batch: ClosedBatch,
+    send_seq: u64,
+) -> Option<Refused> {
     let outcome = match result {
         Ok(Body::ProduceResponse(ProduceResponse { error: None, base_offset, .. })) => Ok(Offset(base_offset)),
         Ok(Body::ProduceResponse(ProduceResponse { error: Some(info), .. })) => {
             let code = info.error_code();
             let error = ClientError::Server { code, message: info.message };
-            if is_misrouted(code) {
-                batch.error = error;
-                return Some(batch);
+            if is_refusal(code) {
+                return Some(Refused { topic, partition, batch, send_seq, code, error });
             }
+            // Anything else is final: a definite failure, or ambiguous (`is_indeterminate`).
             Err(error)
         }
         Ok(other) => Err(ClientError::Protocol(format!("unexpected response {other:?}"))),
         Err(error) => Err(error),
     };
-    let partition = batch.partition;
     for (index, delivery) in batch.deliveries.into_iter().enumerate() {
         let _ = delivery
             .send(outcome.clone().map(|base| RecordMetadata { partition, offset: Offset(base.0 + index as i64) }));

@@ -46,11 +46,11 @@ use crate::log::LogConfig;
 use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError};
 use crate::meta::store::MetaStore;
 use crate::partition::replica::ReplicaConfig;
-use crate::partition::{CoreConfig, OffsetSpec, PartitionReply};
+use crate::partition::{ConsumerFetch, CoreConfig, OffsetSpec, PartitionReply};
 use crate::peer::PeerTransport;
 use crate::protocol::*;
 use crate::storage::Disk;
-use crate::types::{NodeId, Offset, PartitionId};
+use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
 use assignments::Assignments;
 use topics::TopicError;
 
@@ -654,7 +654,13 @@ async fn fetch<D: Disk>(state: &Arc<State<D>>, id: u64, request: FetchRequest) -
         Ok(partition) => partition,
         Err(error) => return ready(fetch_error(id, error.code, error.message)),
     };
-    let pending = partition.fetch(Offset(request.offset), request.max_bytes, request.max_wait_ms).await;
+    let fetch = ConsumerFetch {
+        offset: Offset(request.offset),
+        bytes_max: request.max_bytes,
+        wait_ms_max: request.max_wait_ms,
+        leader_epoch: request.leader_epoch.map(LeaderEpoch),
+    };
+    let pending = partition.consumer_fetch(fetch).await;
     Box::pin(async move {
         match pending.await {
             Ok(PartitionReply::Fetched { high_watermark, log_start, records }) => Frame::new(

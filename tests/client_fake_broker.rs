@@ -1,0 +1,429 @@
+//! The client against scripted fake brokers on loopback: what it sends and how it reacts to the
+//! replication-era answers, without a real broker in the way.
+//!
+//! - fetches carry the cached leader epoch (KIP-320); `FencedLeaderEpoch` and `NotLeader` refresh the
+//!   metadata and retry, `UnknownLeaderEpoch` retries the same leader after a backoff;
+//! - a produce refused with `NotEnoughReplicas` (nothing appended) is retried within the producer's
+//!   budget, but only while no later batch of its partition went out; `NotEnoughReplicasAfterAppend`
+//!   and `NotLeaderAfterAppend` are ambiguous and never retried;
+//! - a dead broker (refusing, or a blackhole that never answers a SYN) delays only the batches bound
+//!   for it, and a dead first bootstrap entry costs one connect timeout, not one per metadata request.
+//!
+//! Each fake broker answers through a script: a function from (correlation id, request) to the
+//! replies to write now, so a script can hold a request and answer it later. Every wait is bounded.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use keel::batch::Record;
+use keel::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig};
+use keel::protocol::*;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::time::{timeout, Instant};
+use tokio_util::codec::Framed;
+
+const TOPIC: &str = "t";
+/// Bound on any one wait of these tests: far above what each step needs.
+const WAIT_MAX: Duration = Duration::from_secs(30);
+
+type Script = Box<dyn FnMut(u64, Body) -> Vec<(u64, Body)> + Send>;
+
+/// Starts a fake broker on a free loopback port that answers every request through `script`.
+async fn fake_broker(script: Script) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let script = Arc::new(Mutex::new(script));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let script = script.clone();
+            tokio::spawn(async move {
+                let mut framed = Framed::new(stream, frame_codec());
+                while let Some(Ok(bytes)) = framed.next().await {
+                    let frame = Frame::decode_bytes(bytes.freeze()).unwrap();
+                    let replies = (script.lock().unwrap())(frame.correlation_id, frame.body.unwrap());
+                    for (id, body) in replies {
+                        if framed.send(Frame::new(id, body).encode_to_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An address nothing listens on: connects are refused at once.
+fn refusing_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// An address whose connects hang until they time out: a listener with a backlog of 0 whose one
+/// queue slot is taken by a connection nobody accepts, so the kernel drops every further SYN. Keep
+/// the returned sockets alive for as long as the blackhole is needed.
+fn blackhole_addr() -> (SocketAddr, socket2::Socket, std::net::TcpStream) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let filler = std::net::TcpStream::connect(addr).unwrap();
+    (addr, socket, filler)
+}
+
+/// Metadata naming `brokers` and topic `t` with one partition per `(leader, leader_epoch)`.
+fn metadata(brokers: &[(u64, SocketAddr)], partitions: &[(u64, i32)]) -> Body {
+    let partitions = partitions
+        .iter()
+        .enumerate()
+        .map(|(index, &(leader, leader_epoch))| PartitionInfo {
+            partition: index as u32,
+            leader,
+            replicas: vec![leader],
+            isr: vec![leader],
+            leader_epoch,
+            partition_epoch: leader_epoch,
+            unclean_elections: 0,
+        })
+        .collect();
+    Body::MetadataResponse(MetadataResponse {
+        brokers: brokers.iter().map(|&(node_id, addr)| BrokerInfo { node_id, addr: addr.to_string() }).collect(),
+        topics: vec![TopicInfo {
+            name: TOPIC.into(),
+            error: None,
+            partitions,
+            min_insync_replicas: 1,
+            unclean_leader_election: false,
+        }],
+    })
+}
+
+fn fetched() -> Body {
+    Body::FetchResponse(FetchResponse {
+        error: None,
+        high_watermark: 0,
+        log_start_offset: 0,
+        records: Default::default(),
+    })
+}
+
+fn fetch_refused(code: ErrorCode) -> Body {
+    Body::FetchResponse(FetchResponse {
+        error: Some(ErrorInfo::new(code, "scripted")),
+        high_watermark: -1,
+        log_start_offset: -1,
+        records: Default::default(),
+    })
+}
+
+fn produced(base_offset: i64) -> Body {
+    Body::ProduceResponse(ProduceResponse { error: None, base_offset, log_start_offset: 0 })
+}
+
+fn produce_refused(code: ErrorCode) -> Body {
+    Body::ProduceResponse(ProduceResponse {
+        error: Some(ErrorInfo::new(code, "scripted")),
+        base_offset: -1,
+        log_start_offset: -1,
+    })
+}
+
+fn fast_client(bootstrap: impl Into<String>) -> Arc<Client> {
+    let config = ClientConfig {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(10),
+        retry_backoff: Duration::from_millis(10),
+        retry_backoff_max: Duration::from_millis(200),
+        ..ClientConfig::default()
+    };
+    Client::new(bootstrap, config)
+}
+
+fn producer_config(retries: u32, retry_backoff: Duration) -> ProducerConfig {
+    ProducerConfig { linger: Duration::ZERO, retries, retry_backoff, ..ProducerConfig::default() }
+}
+
+/// What a fake broker saw: the leader epoch of every fetch, metadata requests, produce requests.
+#[derive(Default)]
+struct Seen {
+    fetch_epochs: Vec<Option<i32>>,
+    metadata: usize,
+    produces: usize,
+}
+
+type Shared = Arc<Mutex<Seen>>;
+
+#[tokio::test]
+async fn fetch_carries_the_leader_epoch_and_a_fenced_one_refreshes_the_metadata() {
+    // The first metadata names epoch 3; the leader has moved on to 4, which later metadata names.
+    let seen = Shared::default();
+    let log = seen.clone();
+    let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Default::default();
+    let cell = addr_cell.clone();
+    let addr = fake_broker(Box::new(move |id, body| {
+        let mut seen = log.lock().unwrap();
+        let me = cell.lock().unwrap().expect("address set");
+        let reply = match body {
+            Body::MetadataRequest(_) => {
+                seen.metadata += 1;
+                metadata(&[(1, me)], &[(1, if seen.metadata == 1 { 3 } else { 4 })])
+            }
+            Body::FetchRequest(request) => {
+                seen.fetch_epochs.push(request.leader_epoch);
+                match request.leader_epoch {
+                    Some(4) => fetched(),
+                    _ => fetch_refused(ErrorCode::FencedLeaderEpoch),
+                }
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        vec![(id, reply)]
+    }))
+    .await;
+    *addr_cell.lock().unwrap() = Some(addr);
+    let client = fast_client(addr.to_string());
+    let fetched = timeout(WAIT_MAX, client.fetch(TOPIC, 0, keel::types::Offset(0), 1024, Duration::ZERO)).await;
+    fetched.unwrap().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.fetch_epochs, vec![Some(3), Some(4)], "the fenced fetch is retried with the refreshed epoch");
+    assert_eq!(seen.metadata, 2);
+}
+
+#[tokio::test]
+async fn fetch_retries_an_unknown_leader_epoch_on_the_same_leader_and_follows_not_leader() {
+    // Broker 1 leads at epoch 5 but has not applied it twice; then it loses the lead to broker 2
+    // (epoch 6), which the metadata names once broker 1 said NotLeader.
+    let seen = Shared::default();
+    let moved = Arc::new(Mutex::new(false));
+    let addrs: Arc<Mutex<Vec<SocketAddr>>> = Default::default();
+    let mut brokers = Vec::new();
+    for node in 1..=2u64 {
+        let (log, moved, addrs) = (seen.clone(), moved.clone(), addrs.clone());
+        let addr = fake_broker(Box::new(move |id, body| {
+            let mut seen = log.lock().unwrap();
+            let addrs = addrs.lock().unwrap();
+            let all = [(1, addrs[0]), (2, addrs[1])];
+            let reply = match body {
+                Body::MetadataRequest(_) => {
+                    seen.metadata += 1;
+                    metadata(&all, &[if *moved.lock().unwrap() { (2, 6) } else { (1, 5) }])
+                }
+                Body::FetchRequest(request) => {
+                    seen.fetch_epochs.push(request.leader_epoch);
+                    match (node, seen.fetch_epochs.len()) {
+                        (1, 1 | 2) => fetch_refused(ErrorCode::UnknownLeaderEpoch),
+                        (1, _) => {
+                            *moved.lock().unwrap() = true;
+                            fetch_refused(ErrorCode::NotLeader)
+                        }
+                        _ => fetched(),
+                    }
+                }
+                other => panic!("unexpected request {other:?}"),
+            };
+            vec![(id, reply)]
+        }))
+        .await;
+        brokers.push(addr);
+    }
+    *addrs.lock().unwrap() = brokers.clone();
+    let client = fast_client(brokers[0].to_string());
+    let fetched = timeout(WAIT_MAX, client.fetch(TOPIC, 0, keel::types::Offset(0), 1024, Duration::ZERO)).await;
+    fetched.unwrap().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.fetch_epochs, vec![Some(5), Some(5), Some(5), Some(6)]);
+    assert_eq!(seen.metadata, 2, "UnknownLeaderEpoch keeps the metadata; NotLeader refreshes it");
+}
+
+/// A one-broker cluster whose produce answers come from `answer(n)` for the n-th produce (from 1).
+async fn produce_broker(answer: impl Fn(usize) -> Body + Send + 'static) -> (SocketAddr, Shared) {
+    let seen = Shared::default();
+    let log = seen.clone();
+    let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Default::default();
+    let cell = addr_cell.clone();
+    let addr = fake_broker(Box::new(move |id, body| {
+        let mut seen = log.lock().unwrap();
+        let me = cell.lock().unwrap().expect("address set");
+        let reply = match body {
+            Body::MetadataRequest(_) => metadata(&[(1, me)], &[(1, 0)]),
+            Body::ProduceRequest(_) => {
+                seen.produces += 1;
+                answer(seen.produces)
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        vec![(id, reply)]
+    }))
+    .await;
+    *addr_cell.lock().unwrap() = Some(addr);
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn not_enough_replicas_is_retried_until_the_isr_recovers() {
+    let (addr, seen) =
+        produce_broker(|n| if n <= 2 { produce_refused(ErrorCode::NotEnoughReplicas) } else { produced(7) }).await;
+    let producer = Producer::new(fast_client(addr.to_string()), producer_config(5, Duration::from_millis(10)));
+    let delivery = producer.send(TOPIC, Some(0), Record::value("v")).await;
+    let outcome = timeout(WAIT_MAX, delivered(delivery)).await.unwrap();
+    assert_eq!(outcome.unwrap().offset, keel::types::Offset(7));
+    assert_eq!(seen.lock().unwrap().produces, 3);
+    assert_eq!(producer.stats().requests, 3);
+}
+
+#[tokio::test]
+async fn not_enough_replicas_fails_definitely_once_the_retries_are_used_up() {
+    let (addr, seen) = produce_broker(|_| produce_refused(ErrorCode::NotEnoughReplicas)).await;
+    let producer = Producer::new(fast_client(addr.to_string()), producer_config(2, Duration::from_millis(10)));
+    let delivery = producer.send(TOPIC, Some(0), Record::value("v")).await;
+    let error = timeout(WAIT_MAX, delivered(delivery)).await.unwrap().unwrap_err();
+    assert_eq!(error.code(), Some(ErrorCode::NotEnoughReplicas));
+    assert!(!error.is_ambiguous(), "nothing was appended: a definite failure");
+    assert_eq!(seen.lock().unwrap().produces, 3, "the first send and two retries");
+}
+
+#[tokio::test]
+async fn after_append_errors_are_ambiguous_and_never_retried() {
+    for code in [ErrorCode::NotEnoughReplicasAfterAppend, ErrorCode::NotLeaderAfterAppend] {
+        let (addr, seen) = produce_broker(move |_| produce_refused(code)).await;
+        let producer = Producer::new(fast_client(addr.to_string()), producer_config(5, Duration::from_millis(10)));
+        let delivery = producer.send(TOPIC, Some(0), Record::value("v")).await;
+        let error = timeout(WAIT_MAX, delivered(delivery)).await.unwrap().unwrap_err();
+        assert_eq!(error.code(), Some(code));
+        assert!(error.is_ambiguous(), "{code:?}: appended on the leader, perhaps lost: unknown");
+        // The producer is idle after a flush: nothing more went out.
+        timeout(WAIT_MAX, producer.flush()).await.unwrap();
+        assert_eq!(seen.lock().unwrap().produces, 1, "{code:?} must not be retried");
+        assert_eq!(producer.stats().requests, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_refused_batch_is_not_retried_after_a_later_batch_of_its_partition_went_out() {
+    // The broker holds the first produce until the second arrives, then refuses both with
+    // NotEnoughReplicas; the retry of the second succeeds. Re-sending the first would put it after
+    // the second, so it must fail instead.
+    let (arrived, mut arrivals) = mpsc::unbounded_channel();
+    let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Default::default();
+    let cell = addr_cell.clone();
+    let mut held = Vec::new();
+    let mut produces = 0;
+    let addr = fake_broker(Box::new(move |id, body| match body {
+        Body::MetadataRequest(_) => vec![(id, metadata(&[(1, cell.lock().unwrap().unwrap())], &[(1, 0)]))],
+        Body::ProduceRequest(_) => {
+            produces += 1;
+            let _ = arrived.send(produces);
+            match produces {
+                1 => {
+                    held.push(id);
+                    Vec::new()
+                }
+                2 => {
+                    held.push(id);
+                    held.drain(..).map(|id| (id, produce_refused(ErrorCode::NotEnoughReplicas))).collect()
+                }
+                _ => vec![(id, produced(0))],
+            }
+        }
+        other => panic!("unexpected request {other:?}"),
+    }))
+    .await;
+    *addr_cell.lock().unwrap() = Some(addr);
+    let producer = Producer::new(fast_client(addr.to_string()), producer_config(5, Duration::from_millis(10)));
+    let first = producer.send(TOPIC, Some(0), Record::value("first")).await;
+    assert_eq!(timeout(WAIT_MAX, arrivals.recv()).await.unwrap(), Some(1));
+    let second = producer.send(TOPIC, Some(0), Record::value("second")).await;
+    let first = timeout(WAIT_MAX, delivered(first)).await.unwrap().unwrap_err();
+    assert_eq!(first.code(), Some(ErrorCode::NotEnoughReplicas));
+    assert!(!first.is_ambiguous());
+    let second = timeout(WAIT_MAX, delivered(second)).await.unwrap();
+    assert_eq!(second.unwrap().offset, keel::types::Offset(0));
+    assert_eq!(producer.stats().requests, 3, "first, second, and the second's retry");
+}
+
+/// Broker 1 (live, fake) leads partition 0; `dead` leads partition 1. Both are in the metadata.
+async fn live_and_dead(dead: SocketAddr) -> SocketAddr {
+    let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Default::default();
+    let cell = addr_cell.clone();
+    let mut next_offset = 0;
+    let live = fake_broker(Box::new(move |id, body| {
+        let me = cell.lock().unwrap().expect("address set");
+        let reply = match body {
+            Body::MetadataRequest(_) => metadata(&[(1, me), (2, dead)], &[(1, 0), (2, 0)]),
+            Body::ProduceRequest(_) => {
+                next_offset += 1;
+                produced(next_offset - 1)
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        vec![(id, reply)]
+    }))
+    .await;
+    *addr_cell.lock().unwrap() = Some(live);
+    live
+}
+
+/// Sends one record to the dead broker's partition, then records to the live one's: the live ones
+/// must be answered within `live_wait_max` (while the dead one is still unresolved), and the dead
+/// one must fail definitely (it never left) within `WAIT_MAX`.
+async fn live_partition_keeps_going(producer: &Producer, live_wait_max: Duration) {
+    let mut dead = producer.send(TOPIC, Some(1), Record::value("to the dead broker")).await;
+    let started = Instant::now();
+    for n in 0..5 {
+        let delivery = producer.send(TOPIC, Some(0), Record::value(format!("live {n}"))).await;
+        let outcome = timeout(live_wait_max, delivered(delivery)).await;
+        let outcome = outcome.unwrap_or_else(|_| panic!("live record {n} waited over {live_wait_max:?}"));
+        assert_eq!(outcome.unwrap().partition, 0);
+    }
+    assert!(dead.try_recv().is_err(), "the dead broker's record is still being tried");
+    let dead = timeout(WAIT_MAX, delivered(dead)).await.unwrap().unwrap_err();
+    assert!(matches!(dead, ClientError::Connect { .. }), "{dead:?}");
+    assert!(started.elapsed() < WAIT_MAX);
+}
+
+#[tokio::test]
+async fn a_refusing_broker_delays_only_its_own_partitions() {
+    let live = live_and_dead(refusing_addr()).await;
+    // Retries to the dead broker take 100+200+400+800+1600 ms of backoff: the live partition's
+    // records used to wait all of it behind the dead one's.
+    let producer = Producer::new(fast_client(live.to_string()), producer_config(5, Duration::from_millis(100)));
+    live_partition_keeps_going(&producer, Duration::from_millis(1_000)).await;
+}
+
+#[tokio::test]
+async fn a_blackholed_broker_delays_only_its_own_partitions() {
+    let (dead, _listener, _filler) = blackhole_addr();
+    let live = live_and_dead(dead).await;
+    // Each connect to the blackhole waits the whole connect timeout (2 s here).
+    let producer = Producer::new(fast_client(live.to_string()), producer_config(1, Duration::from_millis(100)));
+    live_partition_keeps_going(&producer, Duration::from_millis(1_000)).await;
+}
+
+#[tokio::test]
+async fn a_blackholed_first_bootstrap_entry_costs_one_connect_timeout() {
+    let (dead, _listener, _filler) = blackhole_addr();
+    let live = live_and_dead(dead).await;
+    let client = fast_client(format!("{dead},{live}"));
+    // The first request waits out the connect timeout (2 s) on the blackhole, then asks the live one.
+    timeout(WAIT_MAX, client.metadata(&[])).await.unwrap().unwrap();
+    // Later ones go to the live broker first.
+    for _ in 0..3 {
+        let started = Instant::now();
+        timeout(WAIT_MAX, client.metadata(&[])).await.unwrap().unwrap();
+        assert!(started.elapsed() < Duration::from_millis(1_000), "took {:?}", started.elapsed());
+    }
+}
+
+#[tokio::test]
+async fn acks_none_waits_for_nothing_and_reports_no_broker_error() {
+    let (addr, seen) = produce_broker(|_| produce_refused(ErrorCode::NotEnoughReplicas)).await;
+    let config = ProducerConfig { acks: Acks::None, ..producer_config(5, Duration::from_millis(10)) };
+    let producer = Producer::new(fast_client(addr.to_string()), config);
+    let delivery = producer.send(TOPIC, Some(0), Record::value("v")).await;
+    let outcome = timeout(WAIT_MAX, delivered(delivery)).await.unwrap();
+    assert_eq!(outcome.unwrap().offset, keel::types::Offset(-1), "sent, offset unknown");
+    timeout(WAIT_MAX, producer.flush()).await.unwrap();
+    assert_eq!(seen.lock().unwrap().produces, 1, "the refusal is neither reported nor retried");
+}
