@@ -698,7 +698,14 @@ async fn start_batch(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_millis(RETRY_BACKOFF_MS_MAX));
             }
-            Err(error) => return Err(error),
+            Err(error) => {
+                // Out of retries: the cached leader (dead, or moved) must not be aimed at again by
+                // the next send (tests/cluster_process.rs saw every later send fail for 30 s).
+                if retriable(&error) {
+                    client.forget_leaders(topic);
+                }
+                return Err(error);
+            }
         }
     }
 }

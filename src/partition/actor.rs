@@ -264,9 +264,12 @@ type Storage<D> = (PartitionLog<D>, EpochCache<<D as Disk>::File>);
 async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, String> {
     let (log, report) =
         PartitionLog::open(spec.disk.clone(), &spec.dir, spec.log_config.clone()).await.map_err(|e| e.to_string())?;
-    let (cache, cache_report) = EpochCache::open(&spec.disk, &spec.dir, log.log_start_offset(), log.log_end_offset())
-        .await
-        .map_err(|error| format!("epoch cache: {error}"))?;
+    let (mut cache, cache_report) =
+        EpochCache::open(&spec.disk, &spec.dir, log.log_start_offset(), log.log_end_offset())
+            .await
+            .map_err(|error| format!("epoch cache: {error}"))?;
+    let mut log = log;
+    repair_epoch_mismatch(spec, &mut log, &mut cache).await?;
     tracing::info!(
         partition = %spec.name,
         log_start = %report.log_start_offset,
@@ -277,6 +280,34 @@ async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, St
         "partition opened"
     );
     Ok((log, cache))
+}
+
+/// The leader-epoch field of a batch is not covered by its CRC: where the log's batches and the
+/// recovered epoch cache disagree (bit rot in that field, or a cache entry recovery dropped), cut the
+/// log there, make the cut durable, then cut the cache (the cache's cut never durable first); the
+/// replica fetches the rest again from its leader.
+async fn repair_epoch_mismatch<D: Disk>(
+    spec: &PartitionSpec<D>,
+    log: &mut PartitionLog<D>,
+    cache: &mut EpochCache<D::File>,
+) -> Result<(), String> {
+    let Some(offset) = log.epoch_mismatch(cache.epochs()) else { return Ok(()) };
+    if cache.epochs().entries().is_empty() {
+        // No cache at all (a log written before the cache existed, or a lost cache file): the
+        // batches' own epochs are all there is, and cutting would drop data that may have no other
+        // copy. Rebuild the cache from them instead.
+        tracing::warn!(partition = %spec.name, "no leader-epoch cache for a non-empty log; rebuilding it from the batches");
+        for run in log.epoch_runs().to_vec() {
+            cache.assign(run.epoch, run.start_offset).map_err(|error| error.to_string())?;
+        }
+        return cache.sync().await.map_err(|error| error.to_string());
+    }
+    tracing::warn!(partition = %spec.name, %offset, "batches disagree with the leader-epoch cache; cutting the log there");
+    log.truncate_to(offset).map_err(|error| error.to_string())?;
+    let covered = log.begin_sync().await.map_err(|error| error.to_string())?;
+    log.mark_durable(covered);
+    cache.truncate_from_end(log.log_end_offset()).map_err(|error| error.to_string())?;
+    cache.sync().await.map_err(|error| error.to_string())
 }
 
 /// Opens (recovers) the partition's log and epoch cache and spawns its actor. Storage that cannot

@@ -912,11 +912,8 @@ impl ReplicaCore {
             // starts again at the recovered end. One that resigns must not: followers may hold this
             // epoch's batches from an earlier start, and two starts for one epoch would hide a
             // divergence from the epoch check.
-            leader.epoch_start = if std::mem::take(&mut leader.began_failed) {
-                log_end
-            } else {
-                leader.epoch_start.min(log_end)
-            };
+            leader.epoch_start =
+                if std::mem::take(&mut leader.began_failed) { log_end } else { leader.epoch_start.min(log_end) };
             // A follower's durable end vouched for the log this leader had when it fetched; above the
             // recovered end that log is gone, and new batches there are not what the follower holds
             // (found by the proptest: the HW counted a follower for data written after the loss).

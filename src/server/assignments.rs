@@ -110,8 +110,7 @@ impl<D: Disk> Assignments<D> {
         node: NodeHandle,
         transport: PeerTransport,
         disk: D,
-        log_config: LogConfig,
-        replica_config: ReplicaConfig,
+        (log_config, replica_config): (LogConfig, ReplicaConfig),
         partitions_per_topic_max: u32,
         topics_max: usize,
     ) -> Arc<Assignments<D>> {

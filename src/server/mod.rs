@@ -175,8 +175,7 @@ async fn start_assignments<D: Disk>(
         node,
         transport,
         disk,
-        log_config,
-        replica_config,
+        (log_config, replica_config),
         config.partitions_per_topic_max,
         config.topics_max,
     );
