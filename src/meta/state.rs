@@ -875,7 +875,7 @@ impl MetadataState {
                 broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(now_ms);
                 broker.registered_index = index;
                 if incarnation == Incarnation::NewEpochs {
-                    self.bump_epochs_led_by(node_id);
+                    self.restart_leaves_isrs(node_id);
                 }
                 if !was_eligible {
                     self.elect_offline_partitions();
@@ -985,11 +985,28 @@ impl MetadataState {
     /// follows need nothing: a follower's log is checked against the leader's on its next fetch.
     /// An ineligible broker leads nothing, so this and [`Self::elect_offline_partitions`] never
     /// both touch one partition.
-    fn bump_epochs_led_by(&mut self, node_id: NodeId) {
+    /// A broker registered again (a restart, clean or not). Its log may have lost batches the HW
+    /// covers (bit rot that recovery cut out), so it is no longer known to hold every committed
+    /// offset. Where another eligible ISR member exists it leaves the ISR (leadership moves to that
+    /// member, KIP-966's spirit for an unclean shutdown) and rejoins by catching up; where it is the
+    /// only eligible member it stays, and leads in a new epoch (a broker never leads an epoch it led
+    /// before a restart). Found by `isr_3_bit_flips` seed 2: a leader restarted with its log cut by
+    /// corruption kept leading, and its followers truncated acknowledged records to match it.
+    fn restart_leaves_isrs(&mut self, node_id: NodeId) {
+        let brokers = &self.brokers;
+        let eligible = |candidate: NodeId| brokers.get(&candidate).is_some_and(BrokerRecord::is_eligible);
         for topic in self.topics.values_mut() {
-            for partition in topic.partitions.iter_mut().filter(|partition| partition.leader == Some(node_id)) {
-                bump_leader_epoch(partition);
-                bump_partition_epoch(partition);
+            for partition in topic.partitions.iter_mut().filter(|partition| partition.isr.contains(&node_id)) {
+                if partition.isr.iter().any(|member| *member != node_id && eligible(*member)) {
+                    partition.isr.retain(|member| *member != node_id);
+                    if partition.leader == Some(node_id) {
+                        elect_into(partition, &eligible, false);
+                    }
+                    bump_partition_epoch(partition);
+                } else if partition.leader == Some(node_id) {
+                    bump_leader_epoch(partition);
+                    bump_partition_epoch(partition);
+                }
             }
         }
     }

@@ -130,9 +130,12 @@ fn restart_and_resign_rows() -> Vec<Row> {
     vec![
         // A broker registers again without having been fenced (a quick restart): it never leads an
         // epoch it led before it restarted.
-        row("a restarted leader keeps leading, in a new epoch",              false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Register(1), Ok, Some(p(Some(1), &[1, 2, 3], 1, 1)), 0),
-        row("... also as the last ISR member",                               false, NO,      NO,      p(Some(1), &[1], 2, 4),       Register(1), Ok, Some(p(Some(1), &[1], 3, 5)), 0),
-        row("a restarted follower in the ISR: nothing changes",              false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Register(2), Ok, None, 0),
+        // Its log may have lost committed batches (bit rot recovery cut out): where another eligible
+        // ISR member exists it leaves the ISR and leadership moves; it rejoins by catching up.
+        row("a restarted leader leaves the ISR; the next member leads",      false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Register(1), Ok, Some(p(Some(2), &[2, 3], 1, 1)), 0),
+        row("... as the last ISR member it keeps leading, in a new epoch",   false, NO,      NO,      p(Some(1), &[1], 2, 4),       Register(1), Ok, Some(p(Some(1), &[1], 3, 5)), 0),
+        row("... or when no other ISR member is eligible",                   false, &[2],    NO,      p(Some(1), &[1, 2], 2, 4),    Register(1), Ok, Some(p(Some(1), &[1, 2], 3, 5)), 0),
+        row("a restarted follower in the ISR leaves it",                     false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Register(2), Ok, Some(p(Some(1), &[1, 3], 0, 1)), 0),
         row("a restarted follower outside the ISR: nothing changes",         false, NO,      NO,      p(Some(1), &[1, 2], 0, 1),    Register(3), Ok, None, 0),
         row("a restarted non-replica: nothing changes",                      false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), Register(4), Ok, None, 0),
         row("a format-2 re-registration (replayed) keeps the epochs",        false, NO,      NO,      p(Some(1), &[1, 2, 3], 0, 0), RegisterFormat2(1), Ok, None, 0),
@@ -537,7 +540,7 @@ fn synced_cluster() -> MetadataState {
 }
 
 #[test]
-fn a_restarted_broker_leads_every_partition_it_led_in_a_new_epoch_in_one_entry() {
+fn a_restarted_broker_leaves_every_isr_with_another_member_in_one_entry() {
     let mut state = synced_cluster();
     let before = state.clone();
     let led: Vec<(String, u32)> = state
@@ -553,13 +556,17 @@ fn a_restarted_broker_leads_every_partition_it_led_in_a_new_epoch_in_one_entry()
     for topic in state.topics() {
         for partition in &topic.partitions {
             let old = before.partition(&topic.name, partition.partition).unwrap();
+            if !old.isr.contains(&NodeId(2)) || old.isr.len() == 1 {
+                continue;
+            }
+            assert!(!partition.isr.contains(&NodeId(2)), "it left the ISR: {partition:?}");
+            assert_eq!(partition.partition_epoch.0, old.partition_epoch.0 + 1);
             if led.contains(&(topic.name.clone(), partition.partition)) {
-                assert_eq!(partition.leader, Some(NodeId(2)), "it keeps leading");
-                assert_eq!(partition.isr, old.isr);
+                let leader = partition.leader.expect("another member leads");
+                assert!(leader != NodeId(2) && old.isr.contains(&leader), "{partition:?}");
                 assert_eq!(partition.leader_epoch.0, old.leader_epoch.0 + 1);
-                assert_eq!(partition.partition_epoch.0, old.partition_epoch.0 + 1);
             } else {
-                assert_eq!(partition, old, "a partition it follows, or does not hold, is unchanged");
+                assert_eq!((partition.leader, partition.leader_epoch), (old.leader, old.leader_epoch));
             }
         }
     }

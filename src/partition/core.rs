@@ -581,11 +581,9 @@ impl PartitionCore {
 
     fn on_recovered(&mut self, log_start: Offset, log_end: Offset) {
         assert!(self.failure.is_some(), "Recovered without a failure");
-        assert!(
-            log_end >= self.durable_end,
-            "recovery lost durable data: recovered log end {log_end} < durable end {}",
-            self.durable_end
-        );
+        // Recovery keeps everything durable unless the disk corrupted it (bit rot in synced data, cut
+        // out by recovery: ADR 0002). Then the durable end goes back with the log; the replica core
+        // decides what that costs (a leader that replicated the lost batches resigns).
         assert!(self.unwritten.is_empty() && self.pending.is_empty(), "appends survived a failure unanswered");
         self.failure = None;
         self.sync_in_flight = false;

@@ -903,10 +903,14 @@ impl ReplicaCore {
         self.deferred_epoch_assign = None;
         let epoch = self.state.leader_epoch;
         if let Role::Leader(leader) = &mut self.role {
-            if log_end < leader.served_end && !leader.lost_replicated_data {
+            // Bit rot that recovery cut out can take batches below the HW too (committed ones): the
+            // same answer, and the HW floor follows the log (consumers are refused meanwhile).
+            let lost_committed = log_end < self.high_watermark;
+            if (log_end < leader.served_end || lost_committed) && !leader.lost_replicated_data {
                 leader.lost_replicated_data = true;
                 self.ready.resign = true;
             }
+            leader.hw_floor = leader.hw_floor.min(log_end);
             // The failure may have taken every batch of this epoch and with them its entry. A leader
             // that keeps leading (no follower saw what was lost) writes on in this epoch, which
             // starts again at the recovered end. One that resigns must not: followers may hold this
@@ -1048,14 +1052,14 @@ impl ReplicaCore {
     /// KAFKA-2334, answered there with `OFFSET_NOT_AVAILABLE`).
     pub fn serves_consumers(&self) -> bool {
         match &self.role {
-            Role::Leader(leader) => self.high_watermark >= leader.epoch_start,
+            Role::Leader(leader) => self.high_watermark >= leader.epoch_start && !leader.lost_replicated_data,
             _ => false,
         }
     }
 
     fn not_ready_refusal(&self) -> Option<Reply> {
         let Role::Leader(leader) = &self.role else { return None };
-        (self.high_watermark < leader.epoch_start).then(|| {
+        (self.high_watermark < leader.epoch_start || leader.lost_replicated_data).then(|| {
             let message = format!(
                 "a new leader's high watermark {} has not reached its epoch's start {} yet; retry",
                 self.high_watermark, leader.epoch_start
