@@ -342,8 +342,8 @@ impl Workload {
         let tasks = (0..partitions)
             .map(|partition| {
                 let client = Client::new(addrs.join(","), workload_client_config());
-                let producer = Producer::new(client.clone(), workload_producer_config());
-                let sender = PartitionSender { recorder: recorder.clone(), client, producer, topic: topic.to_owned() };
+                let producer = Producer::new(client, workload_producer_config());
+                let sender = PartitionSender { recorder: recorder.clone(), producer, topic: topic.to_owned() };
                 tokio::spawn(sender.run(partition, stop.clone()))
             })
             .collect();
@@ -432,7 +432,6 @@ impl Workload {
 /// One producer of a [`Workload`].
 struct PartitionSender {
     recorder: Arc<Recorder>,
-    client: Arc<Client>,
     producer: Producer,
     topic: String,
 }
