@@ -282,27 +282,34 @@ async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, St
     Ok((log, cache))
 }
 
-/// The leader-epoch field of a batch is not covered by its CRC: where the log's batches and the
-/// recovered epoch cache disagree (bit rot in that field, or a cache entry recovery dropped), cut the
-/// log there, make the cut durable, then cut the cache (the cache's cut never durable first); the
-/// replica fetches the rest again from its leader.
+/// Where the log's batches and the recovered epoch cache disagree, one of them is wrong:
+/// - there is no cache (a log written before the cache existed, a lost cache file): the batches' own
+///   epochs are written to it;
+/// - otherwise a batch's leader-epoch field (not covered by its CRC) rotted: the log is cut there,
+///   the cut made durable, then the cache cut (never durable first); the replica fetches the rest
+///   again from its leader.
+///
+/// The first case must never cut: with one replica those batches have no other copy. A cache entry
+/// whose write failed is a storage failure before any batch of its epoch is written
+/// (`single_broker_write_errors_fsync_never` seed 14 lost acknowledged records when it was not).
 async fn repair_epoch_mismatch<D: Disk>(
     spec: &PartitionSpec<D>,
     log: &mut PartitionLog<D>,
     cache: &mut EpochCache<D::File>,
 ) -> Result<(), String> {
     let Some(offset) = log.epoch_mismatch(cache.epochs()) else { return Ok(()) };
+    // Only an absent cache is rebuilt: a present one was written (and synced) before the batches of
+    // each of its epochs, so where it disagrees with a batch, the batch's epoch field is what rotted
+    // (found by `isr_3_bit_flips` seed 7: extending a present cache took a rotten epoch for real).
+    let runs = log.epoch_runs().to_vec();
     if cache.epochs().entries().is_empty() {
-        // No cache at all (a log written before the cache existed, or a lost cache file): the
-        // batches' own epochs are all there is, and cutting would drop data that may have no other
-        // copy. Rebuild the cache from them instead.
-        tracing::warn!(partition = %spec.name, "no leader-epoch cache for a non-empty log; rebuilding it from the batches");
-        for run in log.epoch_runs().to_vec() {
+        tracing::warn!(partition = %spec.name, %offset, "the leader-epoch cache lacks epochs its batches show; adding them");
+        for run in &runs {
             cache.assign(run.epoch, run.start_offset).map_err(|error| error.to_string())?;
         }
         return cache.sync().await.map_err(|error| error.to_string());
     }
-    tracing::warn!(partition = %spec.name, %offset, "batches disagree with the leader-epoch cache; cutting the log there");
+    tracing::warn!(partition = %spec.name, %offset, "a batch's leader epoch disagrees with the epoch cache; cutting the log there");
     log.truncate_to(offset).map_err(|error| error.to_string())?;
     let covered = log.begin_sync().await.map_err(|error| error.to_string())?;
     log.mark_durable(covered);
@@ -619,19 +626,23 @@ impl<D: Disk> Actor<D> {
             resign,
         } = ready;
         let epochs_durable = epoch_assign.is_empty() || self.assign_epochs(&epoch_assign).await;
-        if let Some(offset) = truncate_to {
+        if !epochs_durable {
+            // Nothing of this epoch may reach the log before its cache entry is durable: fail the
+            // storage (the writes of this Ready with it, never written), reopen, and let the core
+            // assign the epoch again on the recovered cache.
+            *sync = None;
+            let reason = "the leader-epoch cache could not be written".to_owned();
+            let failure = match writes.first() {
+                Some(first) => Input::WriteFailed { written_up_to: first.base_offset(), disk_full: false, reason },
+                None => Input::StorageFailed { reason },
+            };
+            self.storage_failed_now(failure);
+        }
+        if let Some(offset) = truncate_to.filter(|_| epochs_durable) {
             self.truncate(offset, sync);
         }
-        if !writes.is_empty() {
-            if epochs_durable {
-                self.write(&writes, sync);
-            } else {
-                // Nothing of this epoch may reach the log before its cache entry is durable.
-                *sync = None;
-                let written_up_to = writes[0].base_offset();
-                let reason = "the leader-epoch cache could not be written".to_owned();
-                self.storage_failed_now(Input::WriteFailed { written_up_to, disk_full: false, reason });
-            }
+        if !writes.is_empty() && epochs_durable {
+            self.write(&writes, sync);
         }
         if start_sync {
             self.start_sync(sync);
