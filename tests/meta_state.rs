@@ -19,7 +19,8 @@
 use std::collections::BTreeMap;
 
 use keel::meta::state::{
-    decode_command, encode_command, BrokerRecord, MetaCommand, MetaResult, MetadataState, TopicRecord,
+    decode_command, encode_command, BrokerRecord, IsrChangeRejection, MetaCommand, MetaResult, MetadataState,
+    TopicRecord,
 };
 use keel::protocol::ErrorCode;
 use keel::types::{LeaderEpoch, NodeId, PartitionEpoch, ProducerId};
@@ -339,11 +340,12 @@ fn check_leadership(before: &MetadataState, after: &MetadataState, command: &Met
                     isr: now,
                     ..
                 } => {
-                    let old = old.expect("a refusal names an existing partition");
-                    assert_eq!(
-                        (current, le, pe, now),
-                        (&old.leader, &old.leader_epoch, &old.partition_epoch, &old.isr)
-                    );
+                    let (old, new) = (old.expect("a refusal names an existing partition"), new.expect("still there"));
+                    // It reports the partition as it is now; only an ineligible join bumped its epoch.
+                    let bumped = i32::from(refused_ineligible_join(result));
+                    assert_eq!((current, le, now), (&old.leader, &old.leader_epoch, &old.isr));
+                    assert_eq!(pe.0, old.partition_epoch.0 + bumped);
+                    assert_eq!((&new.isr, new.leader, new.partition_epoch), (&old.isr, old.leader, *pe));
                 }
                 MetaResult::Error { code, .. } => {
                     assert!(old.is_none(), "{code:?} for an existing partition");
@@ -385,7 +387,10 @@ fn run_reference(steps: &[(Op, i64, u64)]) -> (Vec<(u64, MetaCommand)>, Metadata
             assert!(!message.is_empty());
             assert_eq!(contents(&state), before, "rejected {command:?} ({code:?}: {message}) changed the state");
         }
-        if result.is_rejection() {
+        // A refused ISR expansion to a fenced or shutting-down broker bumps the partition epoch
+        // (fencing the leader's re-sent copies; checked in `check_leadership`); any other refusal
+        // changes nothing.
+        if result.is_rejection() && !refused_ineligible_join(&result) {
             assert_eq!(contents(&state), before, "refused {command:?} ({result:?}) changed the state");
         }
         check_leadership(&state_before, &state, &command, &result);
@@ -475,4 +480,13 @@ proptest! {
         prop_assert_eq!(&restored, &reference);
         prop_assert_eq!(restored.state_hash(), reference.state_hash());
     }
+}
+
+/// The one refusal that changes the state: an ISR expansion to a fenced or shutting-down broker.
+fn refused_ineligible_join(result: &MetaResult) -> bool {
+    matches!(
+        result,
+        MetaResult::IsrChangeRejected { reason: IsrChangeRejection::InvalidIsr { reason }, .. }
+            if reason.contains("cannot join the ISR")
+    )
 }
