@@ -319,6 +319,32 @@ impl Recorder {
     }
 }
 
+/// Three brokers, all registered under one Raft leader, a replicated topic, and acks=all load on
+/// every partition that has had `acked_min` acknowledgements (the start of the load tests).
+struct LoadedCluster {
+    dir: tempfile::TempDir,
+    cluster: LocalCluster,
+    all: Vec<u64>,
+    addrs: Vec<String>,
+    admin: Arc<Client>,
+    workload: Workload,
+}
+
+impl LoadedCluster {
+    async fn start(topic: &str, partitions: u32, acked_min: usize) -> LoadedCluster {
+        let dir = test_dir();
+        let cluster = start_cluster(dir.path(), 3).await;
+        let all: Vec<u64> = vec![1, 2, 3];
+        let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
+        all_registered_with_one_leader(&cluster, &all, &addrs[0]).await;
+        let admin = admin_client(&addrs);
+        create_replicated(&admin, topic, partitions).await;
+        let workload = Workload::start(&addrs, topic, partitions);
+        workload.acked_count_after(workload.recorder.start, acked_min).await;
+        LoadedCluster { dir, cluster, all, addrs, admin, workload }
+    }
+}
+
 /// An `acks=all` produce load on every partition of a topic: one producer per partition, each with
 /// its own client and connections (a dead leader delays only its own partition), sending unique
 /// values `p<partition>-<n>` one at a time and recording every outcome.
@@ -934,15 +960,8 @@ async fn sigterm_moves_leadership_before_the_broker_stops_and_loses_nothing() {
     const TOPIC: &str = "rolling";
     const PARTITIONS: u32 = 6;
     let _heavy = HEAVY.lock().await;
-    let dir = test_dir();
-    let mut cluster = start_cluster(dir.path(), 3).await;
-    let all: Vec<u64> = vec![1, 2, 3];
-    let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
-    all_registered_with_one_leader(&cluster, &all, &addrs[0]).await;
-    let admin = admin_client(&addrs);
-    create_replicated(&admin, TOPIC, PARTITIONS).await;
-    let workload = Workload::start(&addrs, TOPIC, PARTITIONS);
-    workload.acked_count_after(workload.recorder.start, 10).await;
+    let LoadedCluster { dir: _dir, mut cluster, all: _, addrs, admin, workload } =
+        LoadedCluster::start(TOPIC, PARTITIONS, 10).await;
 
     let before = full_isr(&admin, TOPIC).await;
     let victim = before.partitions[0].leader;
@@ -1036,15 +1055,8 @@ async fn acks_all_loses_nothing_while_each_partition_leader_is_killed_in_turn() 
     const TOPIC: &str = "turns";
     const PARTITIONS: u32 = 3;
     let _heavy = HEAVY.lock().await;
-    let dir = test_dir();
-    let mut cluster = start_cluster(dir.path(), 3).await;
-    let all: Vec<u64> = vec![1, 2, 3];
-    let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
-    all_registered_with_one_leader(&cluster, &all, &addrs[0]).await;
-    let admin = admin_client(&addrs);
-    create_replicated(&admin, TOPIC, PARTITIONS).await;
-    let workload = Workload::start(&addrs, TOPIC, PARTITIONS);
-    workload.acked_count_after(workload.recorder.start, 20).await;
+    let LoadedCluster { dir: _dir, mut cluster, all, addrs, admin, workload } =
+        LoadedCluster::start(TOPIC, PARTITIONS, 20).await;
 
     let mut worst = Duration::ZERO;
     for round in 0..PARTITIONS {
