@@ -173,19 +173,7 @@ async fn all_registered_with_one_leader(cluster: &LocalCluster, all: &[u64], add
 async fn consume_all(addr: &str, topic: &str) -> Vec<(u64, i64, String)> {
     let output = cli(addr, &["--json", "consume", topic, "--from-beginning"]).await;
     assert!(output.status.success(), "consume through {addr}: {}", stderr(&output));
-    let mut records: Vec<(u64, i64, String)> = stdout(&output)
-        .lines()
-        .map(|line| {
-            let record: Json = serde_json::from_str(line).unwrap();
-            (
-                record["partition"].as_u64().unwrap(),
-                record["offset"].as_i64().unwrap(),
-                record["value"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
-    records.sort();
-    records
+    parse_consumed(&output)
 }
 
 /// `keel consume --from-beginning --json` through `addr`, asked again until it succeeds (a leader
