@@ -151,7 +151,7 @@ struct Node {
 
 /// A recovered log from offset 0 with no remembered HW (the core starts from the log start).
 fn opened(log_end: Offset, epochs: LeaderEpochs) -> OpenedLog {
-    OpenedLog { log_start: Offset(0), log_end, epochs, high_watermark: Offset(0) }
+    OpenedLog { log_start: Offset(0), log_end, epochs, high_watermark: Offset(0), lost_committed: None }
 }
 
 fn end_of(log: &[Batch]) -> Offset {
@@ -1025,6 +1025,7 @@ fn leader_over_old_epochs() -> ReplicaCore {
         log_end: Offset(20),
         epochs: epochs(&[(1, 0), (3, 10)]),
         high_watermark: Offset(0),
+        lost_committed: None,
     };
     let mut core = ReplicaCore::new(NodeId(1), config(), state(1, 5, &[1, 2, 3]), log, 0);
     let ready = core.ready();
@@ -1092,8 +1093,13 @@ fn consumer_fetches_are_fenced_by_leader_epoch_and_refused_off_the_leader() {
     assert!(ready.reads.is_empty());
     assert!(matches!(ready.replies[2], (3, Reply::Error { code: ErrorCode::LeaderNotReady, .. })));
     assert!(!core.serves_consumers());
-    let log =
-        OpenedLog { log_start: Offset(0), log_end: Offset(20), epochs: epochs(&[(1, 0)]), high_watermark: Offset(20) };
+    let log = OpenedLog {
+        log_start: Offset(0),
+        log_end: Offset(20),
+        epochs: epochs(&[(1, 0)]),
+        high_watermark: Offset(20),
+        lost_committed: None,
+    };
     let mut follower = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 2, 3]), log, 0);
     follower.step(consumer(4, None));
     let ready = follower.ready();
@@ -1109,6 +1115,7 @@ fn a_follower_truncates_by_epoch_in_rounds_never_to_its_high_watermark() {
         log_end: Offset(20),
         epochs: epochs(&[(1, 0), (3, 10)]),
         high_watermark: Offset(4),
+        lost_committed: None,
     };
     let mut core = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 2, 3]), log, 0);
     let ready = core.ready();
@@ -1235,4 +1242,83 @@ fn a_replica_whose_log_failed_to_open_recovers() {
     let ready = core.ready();
     assert_eq!(ready.writes.len(), 1);
     assert_eq!((ready.writes[0].base_offset(), ready.writes[0].leader_epoch()), (Offset(5), LeaderEpoch(3)));
+}
+
+/// KIP-966: the HW moves only while the ISR has `min_isr` members. A leader alone in its ISR (min 2)
+/// keeps its HW; what it appends meanwhile (acks=leader) becomes visible once a follower is back in.
+#[test]
+fn the_high_watermark_stays_while_the_isr_is_below_min_isr() {
+    let mut core = leader_over_old_epochs(); // leads epoch 5 over [0, 20), HW 0, ISR {1, 2, 3}
+    core.step(Input::FollowerFetch { request: 1, fetch: fetch(2, 5, 20, Some(3)), now_ms: 10 });
+    core.step(Input::FollowerFetch { request: 2, fetch: fetch(3, 5, 20, Some(3)), now_ms: 10 });
+    let _ = core.ready();
+    assert_eq!(core.high_watermark(), Offset(20), "every member holds [0, 20) durably");
+    // The controller shrinks the ISR to the leader alone.
+    let mut alone = state(1, 5, &[1]);
+    alone.partition_epoch = PartitionEpoch(6);
+    core.step(Input::PartitionStateChanged { state: alone, now_ms: 20 });
+    let _ = core.ready();
+    let batch = Batch::parse(encode_batch(&[Record::value("x")], 0, ProducerFields::NONE)).unwrap();
+    core.step(Input::Produce { request: 3, batch, acks: Acks::Leader });
+    assert_eq!(core.ready().writes.len(), 1);
+    core.step(Input::Written { up_to: Offset(21) });
+    let _ = core.ready();
+    core.step(Input::SyncCompleted { up_to: Offset(21) });
+    let ready = core.ready();
+    assert!(matches!(ready.replies[..], [(3, Reply::Produced { base_offset: Offset(20) })]), "acks=leader answered");
+    assert_eq!(core.high_watermark(), Offset(20), "the HW moved with the ISR below min_isr");
+    // Broker 2 catches up and the ISR is back at two: the HW moves.
+    core.step(Input::FollowerFetch { request: 4, fetch: fetch(2, 5, 21, Some(5)), now_ms: 30 });
+    let change = core.ready().isr_change.expect("broker 2 is proposed back in");
+    assert_eq!(change.new_isr, vec![NodeId(1), NodeId(2)]);
+    assert_eq!(core.high_watermark(), Offset(20), "a pending expansion does not lift the ISR to min_isr");
+    let mut back = state(1, 5, &[1, 2]);
+    back.partition_epoch = PartitionEpoch(7);
+    core.step(Input::PartitionStateChanged { state: back, now_ms: 40 });
+    let _ = core.ready();
+    assert_eq!(core.high_watermark(), Offset(21));
+}
+
+/// A replica whose recovery cut its log below its checkpointed HW (`OpenedLog::lost_committed`)
+/// resigns as soon as it leads, serves no consumer, and asks again if the answer never comes; once
+/// it has followed a leader it may lead normally.
+#[test]
+fn a_replica_that_lost_committed_batches_resigns_when_it_leads() {
+    let log = OpenedLog {
+        log_start: Offset(0),
+        log_end: Offset(10),
+        epochs: epochs(&[(1, 0)]),
+        high_watermark: Offset(0),
+        lost_committed: Some(Offset(15)),
+    };
+    let mut core = ReplicaCore::new(NodeId(1), config(), state(1, 2, &[1, 2, 3]), log.clone(), 0);
+    let ready = core.ready();
+    assert!(ready.resign, "a leader that lost committed batches resigns at once");
+    core.step(Input::ConsumerFetch {
+        request: 1,
+        offset: Offset(0),
+        bytes_max: 1024,
+        wait_ms_max: 0,
+        leader_epoch: None,
+        now_ms: 0,
+    });
+    assert!(matches!(core.ready().replies[..], [(1, Reply::Error { .. })]), "it serves no consumer");
+    let retry_ms = config().isr_change_retry_ms;
+    core.step(Input::Tick { now_ms: retry_ms + 1 });
+    assert!(core.ready().resign, "the resignation is asked again when no new state came");
+    core.step(Input::Tick { now_ms: retry_ms + 2 });
+    assert!(!core.ready().resign, "not on every tick");
+
+    // As a follower that has not fetched back to the checkpointed HW: it still resigns when it is
+    // elected (found by `isr_3_bit_flips` seed 32, where one was elected mid-repair).
+    let mut core = ReplicaCore::new(NodeId(1), config(), state(2, 2, &[1, 2, 3]), log.clone(), 0);
+    assert!(!core.ready().resign);
+    core.step(Input::PartitionStateChanged { state: state(1, 3, &[1, 2, 3]), now_ms: 10 });
+    assert!(core.ready().resign, "elected with [0, 10) of a committed [0, 15)");
+    // A log that reaches the checkpointed HW again leads normally.
+    let repaired = OpenedLog { log_end: Offset(15), ..log };
+    let mut core = ReplicaCore::new(NodeId(1), config(), state(2, 2, &[1, 2, 3]), repaired, 0);
+    let _ = core.ready();
+    core.step(Input::PartitionStateChanged { state: state(1, 3, &[1, 2, 3]), now_ms: 10 });
+    assert!(!core.ready().resign);
 }

@@ -280,14 +280,13 @@ pub fn isr_3_clogs_pauses_delay() -> Scenario {
     )
 }
 
-/// Bit rot in the durable segments of one broker (a minority), with graceful restarts that make
-/// recovery scan it and pauses that move leadership: the corruption is detected (on read or
-/// recovery), never served or replicated, the log is cut there and fetched again from the leader; a
-/// leader that finds it resigns. Nothing acked lost. Crashes are left out on purpose: with several
-/// brokers down at once, the rotten replica can come back as the last ISR member, and nothing tells
-/// the controller that it lost committed batches (a persisted HW checkpoint would; not built yet).
+/// Bit rot in the durable segments of one broker (a minority), with graceful restarts and crashes
+/// that make recovery scan it and pauses that move leadership: the corruption is detected (on read
+/// or recovery), never served or replicated, the log is cut there and fetched again from the leader;
+/// a leader that finds it resigns, and a replica whose recovery cut below its checkpointed high
+/// watermark resigns when it is elected (the eligible leader replicas then lead). Nothing acked lost.
 pub fn isr_3_bit_flips() -> Scenario {
-    isr("isr_3_bit_flips", 3, vec![(BitFlip, Always), (CleanRestart, Sometimes), (Pause, Sometimes)])
+    isr("isr_3_bit_flips", 3, vec![(BitFlip, Always), (CleanRestart, Sometimes), (Pause, Sometimes), (Kill, Sometimes)])
 }
 
 /// Graceful restarts one after another under load (leadership moves away first).
@@ -295,14 +294,25 @@ pub fn isr_3_rolling_restart() -> Scenario {
     isr("isr_3_rolling_restart", 3, vec![(CleanRestart, Always)])
 }
 
-/// 5 brokers, every fault class the ISR scenarios use but bit rot (see `isr_3_bit_flips`), rates
-/// drawn per seed.
+/// 5 brokers, every fault class the ISR scenarios use, rates drawn per seed.
 pub fn isr_5_swarm() -> Scenario {
-    let faults =
-        [Kill, PowerLoss, AllPowerLoss, CleanRestart, Pause, Clog, Partition, Bridge, OneWay, Delay, SlowFsync]
-            .into_iter()
-            .map(|class| (class, Sometimes))
-            .collect();
+    let faults = [
+        Kill,
+        PowerLoss,
+        AllPowerLoss,
+        CleanRestart,
+        Pause,
+        Clog,
+        Partition,
+        Bridge,
+        OneWay,
+        Delay,
+        SlowFsync,
+        BitFlip,
+    ]
+    .into_iter()
+    .map(|class| (class, Sometimes))
+    .collect();
     isr("isr_5_swarm", 5, faults)
 }
 

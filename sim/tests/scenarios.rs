@@ -459,12 +459,7 @@ async fn isr_3_rolling_restart() {
 }
 
 /// ISR: bit rot on one broker's durable segments: detected, never served, repaired from the leader.
-/// Ignored: it still loses acknowledged records on some seeds (7 and 9 of 1..=16). Rot in a
-/// follower's durable segments goes unnoticed until that log is read or recovered, so the rotten
-/// follower stays in the ISR and can be elected; nothing scrubs follower logs or tells the controller
-/// what a replica lost (a persisted HW checkpoint and a scrubber would). Run it with `--ignored`.
 #[madsim::test]
-#[ignore = "known gap: undetected rot on an ISR member can be elected (issue 8 note)"]
 async fn isr_3_bit_flips() {
     keel_sim::init_logging();
     driver::run(&scenario::isr_3_bit_flips()).await.assert_valid();

@@ -389,6 +389,14 @@ pub struct PartitionRecord {
     /// Unclean elections this partition has had: each may have lost acknowledged records.
     #[serde(default)]
     pub unclean_elections: u64,
+    /// Eligible leader replicas (KIP-966), in the order they left the ISR: members an ISR change
+    /// dropped while leaving fewer than `min_insync_replicas` in it. A leader's HW does not move
+    /// while its ISR is below that minimum (`partition::replica`), so each of them holds every
+    /// committed offset and may lead when no ISR member can ([`elect_leader`]), or replace an ISR
+    /// whose last member lost committed data (`ResignLeadership`). Emptied when the ISR is back at
+    /// the minimum; never overlaps the ISR.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub elr: Vec<NodeId>,
 }
 
 impl PartitionRecord {
@@ -408,6 +416,8 @@ impl PartitionRecord {
 pub enum Election {
     /// An eligible ISR member: no committed record is lost.
     Clean(NodeId),
+    /// No ISR member is eligible; an eligible leader replica (ELR) is: no committed record is lost.
+    FromElr(NodeId),
     /// An eligible replica outside the ISR (only with unclean election on): may lose committed records.
     Unclean(NodeId),
     /// Nobody may lead: the partition is offline.
@@ -415,19 +425,23 @@ pub enum Election {
 }
 
 /// Chooses a partition's leader. Pure and deterministic: the first replica, in replica order (the
-/// preferred leader first), that is in `isr` and `eligible`; failing that, when `unclean_allowed`, the
-/// first eligible replica; failing that, nobody.
+/// preferred leader first), that is in `isr` and `eligible`; failing that, the first in `elr` and
+/// eligible; failing that, when `unclean_allowed`, the first eligible replica; failing that, nobody.
 ///
 /// Replica order, not the longest log (KIP-966's preference), because the controller does not know
-/// the replicas' log ends; it is safe because every ISR member holds every committed offset.
+/// the replicas' log ends; it is safe because every ISR and ELR member holds every committed offset.
 pub fn elect_leader(
     replicas: &[NodeId],
     isr: &[NodeId],
+    elr: &[NodeId],
     eligible: impl Fn(NodeId) -> bool,
     unclean_allowed: bool,
 ) -> Election {
     if let Some(leader) = replicas.iter().copied().find(|node_id| isr.contains(node_id) && eligible(*node_id)) {
         return Election::Clean(leader);
+    }
+    if let Some(leader) = replicas.iter().copied().find(|node_id| elr.contains(node_id) && eligible(*node_id)) {
+        return Election::FromElr(leader);
     }
     if unclean_allowed {
         if let Some(leader) = replicas.iter().copied().find(|node_id| eligible(*node_id)) {
@@ -758,6 +772,19 @@ impl MetadataState {
                     return Err(format!("{at}: leader {leader} is not in ISR {:?}", partition.isr));
                 }
             }
+            let elr: BTreeSet<NodeId> = partition.elr.iter().copied().collect();
+            if elr.len() != partition.elr.len() || !elr.is_subset(&replicas) || !elr.is_disjoint(&isr) {
+                return Err(format!(
+                    "{at}: ELR {:?} repeats a member, leaves the replicas {:?} or overlaps the ISR {:?}",
+                    partition.elr, partition.replicas, partition.isr
+                ));
+            }
+            if !elr.is_empty() && isr.len() as u32 >= topic.min_insync_replicas {
+                return Err(format!(
+                    "{at}: ELR {:?} kept beside an ISR {:?} at min_insync_replicas {}",
+                    partition.elr, partition.isr, topic.min_insync_replicas
+                ));
+            }
             if partition.leader_epoch.0 < 0 || partition.partition_epoch.0 < 0 {
                 return Err(format!(
                     "{at} has a negative leader epoch {} or partition epoch {}",
@@ -961,14 +988,17 @@ impl MetadataState {
         let brokers = &self.brokers;
         let eligible = |candidate: NodeId| brokers.get(&candidate).is_some_and(BrokerRecord::is_eligible);
         for topic in self.topics.values_mut() {
+            let min_isr = topic.min_insync_replicas;
             for partition in &mut topic.partitions {
                 let mut changed = false;
                 if partition.isr.len() > 1 && partition.isr.contains(&node_id) {
-                    partition.isr.retain(|member| *member != node_id);
+                    let before = std::mem::take(&mut partition.isr);
+                    let after = before.iter().copied().filter(|member| *member != node_id).collect();
+                    set_isr(partition, &before, after, min_isr);
                     changed = true;
                 }
                 if partition.leader == Some(node_id) {
-                    elect_into(partition, &eligible, topic.unclean_leader_election);
+                    elect_into(partition, &eligible, topic.unclean_leader_election, min_isr);
                     changed = true;
                 }
                 if changed {
@@ -996,11 +1026,14 @@ impl MetadataState {
         let brokers = &self.brokers;
         let eligible = |candidate: NodeId| brokers.get(&candidate).is_some_and(BrokerRecord::is_eligible);
         for topic in self.topics.values_mut() {
+            let min_isr = topic.min_insync_replicas;
             for partition in topic.partitions.iter_mut().filter(|partition| partition.isr.contains(&node_id)) {
                 if partition.isr.iter().any(|member| *member != node_id && eligible(*member)) {
-                    partition.isr.retain(|member| *member != node_id);
+                    let before = std::mem::take(&mut partition.isr);
+                    let after = before.iter().copied().filter(|member| *member != node_id).collect();
+                    set_isr(partition, &before, after, min_isr);
                     if partition.leader == Some(node_id) {
-                        elect_into(partition, &eligible, false);
+                        elect_into(partition, &eligible, false, min_isr);
                     }
                     bump_partition_epoch(partition);
                 } else if partition.leader == Some(node_id) {
@@ -1016,8 +1049,9 @@ impl MetadataState {
         let brokers = &self.brokers;
         let eligible = |candidate: NodeId| brokers.get(&candidate).is_some_and(BrokerRecord::is_eligible);
         for topic in self.topics.values_mut() {
+            let min_isr = topic.min_insync_replicas;
             for partition in topic.partitions.iter_mut().filter(|partition| partition.is_offline()) {
-                if elect_into(partition, &eligible, topic.unclean_leader_election) {
+                if elect_into(partition, &eligible, topic.unclean_leader_election, min_isr) {
                     bump_partition_epoch(partition);
                 }
             }
@@ -1060,6 +1094,7 @@ impl MetadataState {
             partitions: assignment
                 .iter()
                 .map(|assigned| PartitionRecord {
+                    elr: Vec::new(),
                     partition: assigned.partition,
                     replicas: assigned.replicas.clone(),
                     leader: Some(assigned.leader),
@@ -1226,8 +1261,8 @@ impl MetadataState {
 
     fn apply_change_isr(&mut self, topic: &str, partition: u32, proposal: IsrProposal, isr: &[NodeId]) -> MetaResult {
         let brokers = &self.brokers;
-        let record = match find_partition(&mut self.topics, topic, partition) {
-            Ok((record, _)) => record,
+        let (record, settings) = match find_partition(&mut self.topics, topic, partition) {
+            Ok(found) => found,
             Err(rejection) => return rejection,
         };
         let refuse = refuse_isr_change;
@@ -1281,7 +1316,8 @@ impl MetadataState {
             if record.partition_epoch.0 == i32::MAX {
                 return reject(ErrorCode::InvalidRequest, format!("{topic}/{partition}: partition epoch exhausted"));
             }
-            record.isr = isr.to_vec();
+            let before = std::mem::take(&mut record.isr);
+            set_isr(record, &before, isr.to_vec(), settings.min_insync_replicas);
             bump_partition_epoch(record);
         }
         MetaResult::IsrChanged {
@@ -1300,10 +1336,11 @@ impl MetadataState {
     ) -> MetaResult {
         let brokers = &self.brokers;
         let eligible = |candidate: NodeId| brokers.get(&candidate).is_some_and(BrokerRecord::is_eligible);
-        let (record, unclean_allowed) = match find_partition(&mut self.topics, topic, partition) {
+        let (record, settings) = match find_partition(&mut self.topics, topic, partition) {
             Ok(found) => found,
             Err(rejection) => return rejection,
         };
+        let (unclean_allowed, min_isr) = (settings.unclean_leader_election, settings.min_insync_replicas);
         if leader_epoch != record.leader_epoch {
             return refuse_isr_change(IsrChangeRejection::StaleLeaderEpoch, record);
         }
@@ -1314,13 +1351,26 @@ impl MetadataState {
             return reject(ErrorCode::InvalidRequest, format!("{topic}/{partition}: epochs exhausted"));
         }
         // The resigner may have lost records the high watermark covers, so it is no longer known to
-        // hold every committed offset: it leaves the ISR unless it is the last member (which the
-        // partition must not forget, as on fencing). With other members, the clean election cannot
-        // pick it; with none eligible the partition waits for them, offline.
-        if record.isr.len() > 1 {
-            record.isr.retain(|member| *member != leader);
+        // hold every committed offset: it leaves the ISR (never for the ELR). With other members,
+        // the clean election cannot pick it; with none eligible the partition waits for them,
+        // offline. As the last member it hands the ISR to the eligible leader replicas, which hold
+        // every committed offset (KIP-966), and the partition waits, offline, for one of them if
+        // none is eligible. With no ELR either it stays: nobody else is known to hold more.
+        let before = std::mem::take(&mut record.isr);
+        let after: Vec<NodeId> = if before.len() > 1 {
+            before.iter().copied().filter(|member| *member != leader).collect()
+        } else if !record.elr.is_empty() {
+            let elr = std::mem::take(&mut record.elr);
+            record.replicas.iter().copied().filter(|replica| elr.contains(replica)).collect()
+        } else {
+            before.clone()
+        };
+        let resigner_left = !after.contains(&leader);
+        set_isr(record, &before, after, min_isr);
+        if resigner_left {
+            record.elr.retain(|member| *member != leader);
         }
-        elect_into(record, &eligible, unclean_allowed);
+        elect_into(record, &eligible, unclean_allowed, min_isr);
         // The last ISR member keeps leading (or an unclean election picked it again): in a new epoch
         // all the same, so it never writes on in the epoch its followers hold batches of.
         if record.leader_epoch == leader_epoch {
@@ -1336,19 +1386,29 @@ impl MetadataState {
     }
 }
 
-/// The partition a leader or ISR change addresses, and its topic's `unclean_leader_election`.
+/// A topic's settings that partition changes need.
+#[derive(Clone, Copy)]
+struct TopicSettings {
+    unclean_leader_election: bool,
+    min_insync_replicas: u32,
+}
+
+/// The partition a leader or ISR change addresses, and its topic's settings.
 fn find_partition<'a>(
     topics: &'a mut BTreeMap<String, TopicRecord>,
     topic: &str,
     partition: u32,
-) -> Result<(&'a mut PartitionRecord, bool), MetaResult> {
+) -> Result<(&'a mut PartitionRecord, TopicSettings), MetaResult> {
     let Some(record) = topics.get_mut(topic) else {
         return Err(reject(ErrorCode::UnknownTopic, format!("unknown topic {topic:?}")));
     };
     let n_partitions = record.partitions.len();
-    let unclean_allowed = record.unclean_leader_election;
+    let settings = TopicSettings {
+        unclean_leader_election: record.unclean_leader_election,
+        min_insync_replicas: record.min_insync_replicas,
+    };
     match record.partitions.get_mut(partition as usize) {
-        Some(partition_record) => Ok((partition_record, unclean_allowed)),
+        Some(partition_record) => Ok((partition_record, settings)),
         None => Err(reject(
             ErrorCode::UnknownPartition,
             format!("topic {topic:?} has {n_partitions} partitions; there is no partition {partition}"),
@@ -1391,14 +1451,27 @@ struct IsrProposal {
     partition_epoch: PartitionEpoch,
 }
 
-/// Runs [`elect_leader`] on `partition` and records the outcome (an unclean winner resets the ISR to
-/// itself and is counted). Bumps the leader epoch when the leader changes; returns whether it did.
-/// The caller bumps the partition epoch.
-fn elect_into(partition: &mut PartitionRecord, eligible: &impl Fn(NodeId) -> bool, unclean_allowed: bool) -> bool {
-    let leader = match elect_leader(&partition.replicas, &partition.isr, eligible, unclean_allowed) {
+/// Runs [`elect_leader`] on `partition` and records the outcome (an ELR winner becomes the ISR and
+/// the members it replaces join the ELR; an unclean winner resets the ISR to itself, empties the ELR and is counted). Bumps the leader epoch
+/// when the leader changes; returns whether it did. The caller bumps the partition epoch.
+fn elect_into(
+    partition: &mut PartitionRecord,
+    eligible: &impl Fn(NodeId) -> bool,
+    unclean_allowed: bool,
+    min_isr: u32,
+) -> bool {
+    let leader = match elect_leader(&partition.replicas, &partition.isr, &partition.elr, eligible, unclean_allowed) {
         Election::Clean(leader) => Some(leader),
+        Election::FromElr(leader) => {
+            // The ineligible ISR members it replaces hold every committed offset too: they go to
+            // the ELR (below min ISR), as any member leaving such an ISR does.
+            let before = std::mem::take(&mut partition.isr);
+            set_isr(partition, &before, vec![leader], min_isr);
+            Some(leader)
+        }
         Election::Unclean(leader) => {
             partition.isr = vec![leader];
+            partition.elr.clear();
             partition.unclean_elections += 1;
             Some(leader)
         }
@@ -1410,6 +1483,24 @@ fn elect_into(partition: &mut PartitionRecord, eligible: &impl Fn(NodeId) -> boo
     partition.leader = leader;
     bump_leader_epoch(partition);
     true
+}
+
+/// Replaces the partition's ISR (`before`, already taken out of it) with `after` and keeps the ELR
+/// (KIP-966): a member that left while the ISR is below `min_isr` joins it (it holds every committed
+/// offset: the HW stays put below the minimum); members of the new ISR leave it; an ISR back at the
+/// minimum empties it (the HW moves on without them). The caller bumps the partition epoch.
+fn set_isr(partition: &mut PartitionRecord, before: &[NodeId], after: Vec<NodeId>, min_isr: u32) {
+    if (after.len() as u32) < min_isr {
+        for left in before.iter().filter(|member| !after.contains(member)) {
+            if !partition.elr.contains(left) {
+                partition.elr.push(*left);
+            }
+        }
+        partition.elr.retain(|member| !after.contains(member));
+    } else {
+        partition.elr.clear();
+    }
+    partition.isr = after;
 }
 
 /// Epochs are i32 (Kafka's width); two billion changes of one partition do not happen, and an epoch

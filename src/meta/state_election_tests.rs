@@ -332,23 +332,31 @@ fn partition_rules_table() {
 }
 
 #[test]
-fn elect_leader_is_replica_order_within_the_isr_then_unclean() {
+fn elect_leader_is_replica_order_within_the_isr_then_the_elr_then_unclean() {
     let eligible_except = |down: &'static [u64]| move |node_id: NodeId| !down.contains(&node_id.0);
     let replicas = nodes(&[3, 1, 2]);
-    // (ISR, brokers down, unclean allowed) -> election
-    let table: &[(&[u64], &'static [u64], bool, Election)] = &[
-        (&[1, 2, 3], NO, false, Election::Clean(NodeId(3))),
-        (&[2, 1], NO, false, Election::Clean(NodeId(1))),
-        (&[1, 2, 3], &[3], false, Election::Clean(NodeId(1))),
-        (&[2], &[2], false, Election::Offline),
-        (&[2], &[2], true, Election::Unclean(NodeId(3))),
-        (&[2], &[2, 3], true, Election::Unclean(NodeId(1))),
-        (&[2], &[1, 2, 3], true, Election::Offline),
-        (&[1, 2], &[3], true, Election::Clean(NodeId(1))),
+    // (ISR, ELR, brokers down, unclean allowed) -> election
+    type ElectionRow = (&'static [u64], &'static [u64], &'static [u64], bool, Election);
+    let table: &[ElectionRow] = &[
+        (&[1, 2, 3], NO, NO, false, Election::Clean(NodeId(3))),
+        (&[2, 1], NO, NO, false, Election::Clean(NodeId(1))),
+        (&[1, 2, 3], NO, &[3], false, Election::Clean(NodeId(1))),
+        (&[2], NO, &[2], false, Election::Offline),
+        (&[2], NO, &[2], true, Election::Unclean(NodeId(3))),
+        (&[2], NO, &[2, 3], true, Election::Unclean(NodeId(1))),
+        (&[2], NO, &[1, 2, 3], true, Election::Offline),
+        (&[1, 2], NO, &[3], true, Election::Clean(NodeId(1))),
+        // An eligible ISR member wins over the ELR; the ELR over unclean; replica order within it.
+        (&[2], &[1], NO, false, Election::Clean(NodeId(2))),
+        (&[2], &[1], &[2], false, Election::FromElr(NodeId(1))),
+        (&[2], &[1, 3], &[2], true, Election::FromElr(NodeId(3))),
+        (&[2], &[1, 3], &[2, 3], false, Election::FromElr(NodeId(1))),
+        (&[2], &[1], &[1, 2], true, Election::Unclean(NodeId(3))),
+        (&[2], &[1], &[1, 2], false, Election::Offline),
     ];
-    for (isr, down, unclean, expected) in table {
-        let got = elect_leader(&replicas, &nodes(isr), eligible_except(down), *unclean);
-        assert_eq!(got, *expected, "isr {isr:?}, down {down:?}, unclean {unclean}");
+    for (isr, elr, down, unclean, expected) in table {
+        let got = elect_leader(&replicas, &nodes(isr), &nodes(elr), eligible_except(down), *unclean);
+        assert_eq!(got, *expected, "isr {isr:?}, elr {elr:?}, down {down:?}, unclean {unclean}");
     }
 }
 
@@ -394,17 +402,27 @@ fn fencing_moves_every_partition_it_leads_in_one_entry() {
     );
     // Broker 1 goes too: partitions on {1, 2} keep broker 1 as their last ISR member and go offline.
     assert_eq!(state.apply(index + 2, &MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 1 }), MetaResult::Ok);
-    let offline: Vec<_> = state.offline_partitions().map(|(_, p)| p.clone()).collect();
+    let offline: Vec<_> = state.offline_partitions().map(|(t, p)| (t.name.clone(), p.clone())).collect();
     assert!(!offline.is_empty());
-    for partition in &offline {
+    for (_, partition) in &offline {
         assert_eq!(partition.isr, [NodeId(1)], "{partition:?}");
         let mut replicas = partition.replicas.clone();
         replicas.sort();
         assert_eq!(replicas, nodes(&[1, 2]));
     }
-    // Broker 2 returns: not in those ISRs, so they stay offline; broker 1 returns: they come back.
+    // Broker 2 left those ISRs below min ISR 2 (fenced first), so it is their eligible leader
+    // replica: it holds every committed offset. It returns and leads them; broker 1 (fenced, it
+    // holds them too) takes its place in the ELR.
+    for (_, partition) in &offline {
+        assert_eq!(partition.elr, [NodeId(2)], "{partition:?}");
+    }
     state.apply(index + 3, &MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 });
-    assert_eq!(state.offline_partitions().count(), offline.len());
+    assert_eq!(state.offline_partitions().count(), 0);
+    for (topic, partition) in &offline {
+        let now = state.partition(topic, partition.partition).unwrap();
+        assert_eq!(now.leader, Some(NodeId(2)), "{now:?}");
+        assert_eq!((now.isr.clone(), now.elr.clone()), (nodes(&[2]), nodes(&[1])), "{now:?}");
+    }
     state.apply(index + 4, &MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 5 });
     assert_eq!(state.offline_partitions().count(), 0);
 }
@@ -650,4 +668,121 @@ fn format_2_registrations_replay_as_format_2_applied_them() {
         isr: vec![NodeId(2)],
     };
     assert!(matches!(state.apply(index + 1, &v2_change_isr), MetaResult::IsrChanged { .. }));
+}
+
+/// One step of an ELR script: a command (ISR changes and resignations use the partition's current
+/// epochs) and the partition's leader, ISR and ELR after it.
+enum Step {
+    Isr(&'static [u64]),
+    Resign,
+    Fence(u64),
+    Heartbeat(u64),
+    Register(u64),
+}
+
+/// Replays `steps` from partition `t/0` (replicas [1, 2, 3], min ISR 2, leader 1, full ISR) and checks
+/// leader, ISR and ELR after each (KIP-966's eligible leader replicas).
+/// A step and the leader, ISR and ELR after it.
+type ElrStep = (Step, Option<u64>, &'static [u64], &'static [u64]);
+
+fn elr_script(unclean: bool, steps: &[ElrStep]) {
+    let row = row("elr script", unclean, NO, NO, p(Some(1), &[1, 2, 3], 0, 0), Heartbeat(1), Outcome::Ok, None, 0);
+    let mut state = before_state(&row);
+    for (number, (step, leader, isr, elr)) in steps.iter().enumerate() {
+        let partition = state.partition("t", 0).unwrap().clone();
+        let current_leader = partition.leader.map_or(0, |leader| leader.0);
+        let cmd = match step {
+            Step::Isr(isr) => Isr {
+                leader: current_leader,
+                leader_epoch: partition.leader_epoch.0,
+                partition_epoch: partition.partition_epoch.0,
+                isr,
+            },
+            Step::Resign => Resign { leader: current_leader, leader_epoch: partition.leader_epoch.0 },
+            Step::Fence(node_id) => Fence(*node_id),
+            Step::Heartbeat(node_id) => Heartbeat(*node_id),
+            Step::Register(node_id) => Register(*node_id),
+        };
+        let index = state.applied_index() + 1;
+        let result = state.apply(index, &command(&state, cmd));
+        assert!(!result.is_error() && !result.is_rejection(), "step {number}: {result:?}");
+        let after = state.partition("t", 0).unwrap();
+        let got = (after.leader.map(|leader| leader.0), nodes_of(&after.isr), nodes_of(&after.elr));
+        assert_eq!(got, (*leader, isr.to_vec(), elr.to_vec()), "step {number} ({cmd:?})");
+    }
+}
+
+fn nodes_of(list: &[NodeId]) -> Vec<u64> {
+    list.iter().map(|node_id| node_id.0).collect()
+}
+
+#[test]
+fn the_elr_keeps_members_that_left_an_isr_below_min_and_leads_when_no_isr_member_can() {
+    use Step::*;
+    // A shrink to the minimum keeps no ELR; below it, the member that left joins it. The last ISR
+    // member resigning (it lost committed data) hands the ISR to the ELR.
+    elr_script(
+        false,
+        &[(Isr(&[1, 2]), Some(1), &[1, 2], &[]), (Isr(&[1]), Some(1), &[1], &[2]), (Resign, Some(2), &[2], &[])],
+    );
+    // The same, with the ELR member down: offline until it returns; the resigner stays out.
+    elr_script(
+        false,
+        &[
+            (Isr(&[1, 2]), Some(1), &[1, 2], &[]),
+            (Isr(&[1]), Some(1), &[1], &[2]),
+            (Fence(2), Some(1), &[1], &[2]),
+            (Resign, None, &[2], &[]),
+            (Heartbeat(1), None, &[2], &[]),
+            (Heartbeat(2), Some(2), &[2], &[]),
+        ],
+    );
+    // The last ISR member fenced: an eligible ELR member leads as the ISR, and the fenced one takes
+    // its place in the ELR (it holds every committed offset too); the ISR back at the minimum
+    // empties the ELR.
+    elr_script(
+        false,
+        &[
+            (Isr(&[1, 2]), Some(1), &[1, 2], &[]),
+            (Isr(&[1]), Some(1), &[1], &[2]),
+            (Fence(1), Some(2), &[2], &[1]),
+            (Heartbeat(1), Some(2), &[2], &[1]),
+            (Isr(&[2, 1]), Some(2), &[2, 1], &[]),
+        ],
+    );
+    // Fencing shrinks below the minimum too; a member rejoining leaves the ELR, and the ISR back at
+    // the minimum empties it.
+    elr_script(
+        false,
+        &[
+            (Fence(3), Some(1), &[1, 2], &[]),
+            (Fence(2), Some(1), &[1], &[2]),
+            (Register(3), Some(1), &[1], &[2]),
+            (Isr(&[1, 3]), Some(1), &[1, 3], &[]),
+        ],
+    );
+    // Several members in the ELR, in the order they left; the resigner never joins it.
+    elr_script(
+        false,
+        &[
+            (Isr(&[1, 2]), Some(1), &[1, 2], &[]),
+            (Fence(2), Some(1), &[1], &[2]),
+            (Resign, None, &[2], &[]),
+            (Heartbeat(2), Some(2), &[2], &[]),
+            (Isr(&[2, 3]), Some(2), &[2, 3], &[]),
+        ],
+    );
+    // A restarted member leaving the ISR below the minimum joins the ELR (its own open tells it if
+    // it lost committed data; then it resigns when elected).
+    elr_script(false, &[(Isr(&[1, 2]), Some(1), &[1, 2], &[]), (Register(2), Some(1), &[1], &[2])]);
+    // Unclean election only when neither ISR nor ELR has an eligible member; it empties the ELR.
+    elr_script(
+        true,
+        &[
+            (Isr(&[1, 2]), Some(1), &[1, 2], &[]),
+            (Isr(&[1]), Some(1), &[1], &[2]),
+            (Fence(2), Some(1), &[1], &[2]),
+            (Fence(1), Some(3), &[3], &[]),
+        ],
+    );
 }

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::Batch;
 use crate::log::epoch_cache::EpochCache;
+use crate::log::hw_checkpoint::HwCheckpoint;
 use crate::log::{LogConfig, LogError, PartitionLog};
 use crate::partition::core::{CoreConfig, Reply, RequestId};
 use crate::partition::replica::{
@@ -258,7 +259,9 @@ pub const REOPEN_BACKOFF_MS_MIN: u64 = 50;
 pub const REOPEN_BACKOFF_MS_MAX: u64 = 1_000;
 
 type SyncFuture = Pin<Box<dyn Future<Output = Result<Offset, LogError>> + Send>>;
-type Storage<D> = (PartitionLog<D>, EpochCache<<D as Disk>::File>);
+/// The opened log, its epoch cache, its HW checkpoint and the HW that checkpoint held.
+type Storage<D> = (PartitionLog<D>, EpochCache<<D as Disk>::File>, HwCheckpoint<<D as Disk>::File>, Option<Offset>);
+type CheckpointFuture = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
 
 /// Opens (recovers) the log, then the epoch cache for the recovered log.
 async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, String> {
@@ -270,6 +273,9 @@ async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, St
             .map_err(|error| format!("epoch cache: {error}"))?;
     let mut log = log;
     repair_epoch_mismatch(spec, &mut log, &mut cache).await?;
+    let (checkpoint, checkpointed_hw) = HwCheckpoint::open(&spec.disk, &spec.dir)
+        .await
+        .map_err(|error| format!("high-watermark checkpoint: {error}"))?;
     tracing::info!(
         partition = %spec.name,
         log_start = %report.log_start_offset,
@@ -277,9 +283,10 @@ async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, St
         truncated_bytes = report.truncated_bytes,
         segments = report.segments,
         epochs = cache_report.entries,
+        checkpointed_hw = ?checkpointed_hw,
         "partition opened"
     );
-    Ok((log, cache))
+    Ok((log, cache, checkpoint, checkpointed_hw))
 }
 
 /// Where the log's batches and the recovered epoch cache disagree, one of them is wrong:
@@ -317,23 +324,39 @@ async fn repair_epoch_mismatch<D: Disk>(
     cache.sync().await.map_err(|error| error.to_string())
 }
 
+/// The checkpointed HW, when recovery cut the log below it: this replica lost committed batches
+/// (bit rot, a lost segment) and must not lead until its log reaches that offset again.
+fn lost_committed<D: Disk>(
+    spec: &PartitionSpec<D>,
+    checkpointed_hw: Option<Offset>,
+    log_end: Offset,
+) -> Option<Offset> {
+    let lost = checkpointed_hw.filter(|hw| *hw > log_end);
+    if lost.is_some() {
+        tracing::error!(partition = %spec.name, ?checkpointed_hw, %log_end, "recovery cut the log below the checkpointed high watermark: committed batches were lost here");
+    }
+    lost
+}
+
 /// Opens (recovers) the partition's log and epoch cache and spawns its actor. Storage that cannot
 /// be opened (a disk error) does not stop the broker: the partition starts failed, answers
 /// `StorageError`, and retries the open with backoff until it succeeds.
 pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle {
     let now = tokio::time::Instant::now();
     let (storage, core, reopen_at) = match open_storage(&spec).await {
-        Ok((log, cache)) => {
+        Ok((log, cache, checkpoint, checkpointed_hw)) => {
+            let lost_committed = lost_committed(&spec, checkpointed_hw, log.log_end_offset());
             let opened = OpenedLog {
                 log_start: log.log_start_offset(),
                 log_end: log.log_end_offset(),
                 epochs: cache.epochs().clone(),
-                // The HW is not persisted: a leader starts from the log start and advances once its
-                // ISR has confirmed; a follower learns it from its leader.
+                // A leader starts from the log start and advances once its ISR has confirmed; a
+                // follower learns the HW from its leader. The checkpoint only tells a loss.
                 high_watermark: log.log_start_offset(),
+                lost_committed,
             };
             let core = ReplicaCore::new(spec.me, spec.config.clone(), spec.state.clone(), opened, 0);
-            (Some((log, cache)), core, None)
+            (Some((log, cache, checkpoint)), core, None)
         }
         Err(error) => {
             tracing::error!(partition = %spec.name, %error, "cannot open the partition storage; will retry");
@@ -341,13 +364,15 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
             (None, core, Some(now + Duration::from_millis(REOPEN_BACKOFF_MS_MIN)))
         }
     };
-    let (log, epochs) = storage.map_or((None, None), |(log, cache)| (Some(log), Some(cache)));
+    let (log, epochs, checkpoint) =
+        storage.map_or((None, None, None), |(log, cache, checkpoint)| (Some(log), Some(cache), Some(checkpoint)));
     let (mailbox, receiver) = mpsc::channel(MAILBOX_MAX);
     let (fetched, fetched_receiver) = mpsc::unbounded_channel();
     let actor = Actor {
         spec,
         log,
         epochs,
+        checkpoint,
         core,
         replies: BTreeMap::new(),
         follower_replies: BTreeMap::new(),
@@ -370,6 +395,8 @@ struct Actor<D: Disk> {
     log: Option<PartitionLog<D>>,
     /// The persisted leader-epoch cache, open whenever the log is.
     epochs: Option<EpochCache<D::File>>,
+    /// The persisted HW checkpoint, open whenever the log is.
+    checkpoint: Option<HwCheckpoint<D::File>>,
     core: ReplicaCore,
     replies: BTreeMap<RequestId, oneshot::Sender<PartitionReply>>,
     follower_replies: BTreeMap<RequestId, oneshot::Sender<FetchResponse>>,
@@ -415,6 +442,7 @@ impl<D: Disk> Actor<D> {
         mut fetched: mpsc::UnboundedReceiver<(NodeId, FetchResponse)>,
     ) {
         let mut sync: Option<SyncFuture> = None;
+        let mut checkpoint_sync: Option<CheckpointFuture> = None;
         loop {
             let deadline = self.deadline();
             tokio::select! {
@@ -424,6 +452,13 @@ impl<D: Disk> Actor<D> {
                     match result {
                         Ok(up_to) => self.sync_completed(up_to).await,
                         Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
+                    }
+                }
+                result = async { checkpoint_sync.as_mut().expect("guarded").await }, if checkpoint_sync.is_some() => {
+                    checkpoint_sync = None;
+                    if let Err(error) = result {
+                        // Advisory (module `log::hw_checkpoint`): the next HW change writes again.
+                        tracing::warn!(partition = %self.spec.name, %error, "high-watermark checkpoint fsync failed");
                     }
                 }
                 command = mailbox.recv() => {
@@ -449,6 +484,9 @@ impl<D: Disk> Actor<D> {
                 self.reopen().await;
                 self.drive(&mut sync).await;
             }
+            if checkpoint_sync.is_none() {
+                checkpoint_sync = self.checkpoint_high_watermark();
+            }
         }
         let _ = self.close().await;
     }
@@ -461,6 +499,13 @@ impl<D: Disk> Actor<D> {
                 Err(error) => self.storage_failed(format!("fsync failed: {error}")).await,
             }
             self.drive(sync).await;
+        }
+        // The latest HW goes to the checkpoint before a graceful stop (a failed write only makes the
+        // next open's loss check less sharp).
+        if let Some(checkpoint_sync) = self.checkpoint_high_watermark() {
+            if let Err(error) = checkpoint_sync.await {
+                tracing::warn!(partition = %self.spec.name, %error, "high-watermark checkpoint at stop failed");
+            }
         }
         self.close().await
     }
@@ -493,6 +538,7 @@ impl<D: Disk> Actor<D> {
         }
         self.follower_replies.clear();
         self.epochs = None;
+        self.checkpoint = None;
         match self.log.take() {
             Some(log) => log.close().await.map_err(|error| error.to_string()),
             None => Ok(()),
@@ -857,10 +903,38 @@ impl<D: Disk> Actor<D> {
 
     /// Drops the log and the epoch cache, tells the core (`failure` is `WriteFailed` or
     /// `StorageFailed`) and schedules the reopen. The core's answers go out with the next `drive`.
+    /// Writes the HW this replica knows (capped by its durable end) to the checkpoint when it moved,
+    /// and returns the sync that makes it durable. One checkpoint sync at a time, beside the log's
+    /// syncs: the checkpoint trails the HW by about one fsync, which only makes the loss check at
+    /// the next open less sharp (module `log::hw_checkpoint`).
+    fn checkpoint_high_watermark(&mut self) -> Option<CheckpointFuture> {
+        let log = self.log.as_ref()?;
+        let checkpoint = self.checkpoint.as_mut()?;
+        // Never lowered: a restarted replica's core starts from the log start and relearns the HW,
+        // and a replica that lost committed batches must still know it at its next open (found by
+        // `isr_3_bit_flips` seed 1: a fresh core overwrote the checkpoint with 0). Only an unclean
+        // election truncates below a committed offset; the checkpoint then stays above the log
+        // until the HW passes it again, and a restart meanwhile resigns once for nothing.
+        let known = self.core.high_watermark().min(log.durable_end_offset());
+        let value = checkpoint.written().map_or(known, |written| written.max(known));
+        if checkpoint.written() == Some(value) {
+            return None;
+        }
+        match checkpoint.write(value) {
+            Ok(()) => Some(checkpoint.sync()),
+            Err(error) => {
+                // Advisory: logged, retried when the HW next moves; never a storage failure.
+                tracing::warn!(partition = %self.spec.name, %error, "high-watermark checkpoint write failed");
+                None
+            }
+        }
+    }
+
     fn storage_failed_now(&mut self, failure: Input) {
         tracing::error!(partition = %self.spec.name, ?failure, "partition storage failed; reopening the log");
         self.log = None;
         self.epochs = None;
+        self.checkpoint = None;
         // A pending cache cut may belong to a truncation that did not survive; the reopen cuts the
         // cache at the recovered log end instead.
         self.pending_cut = None;
@@ -881,12 +955,15 @@ impl<D: Disk> Actor<D> {
 
     async fn reopen(&mut self) {
         match open_storage(&self.spec).await {
-            Ok((log, cache)) => {
+            Ok((log, cache, checkpoint, _)) => {
+                // The HW this replica knew in memory is at least the checkpoint's: the core judges
+                // the loss from it (`Recovered`).
                 let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());
                 tracing::warn!(partition = %self.spec.name, %log_end, "partition storage recovered after a failure");
                 let epochs = cache.epochs().clone();
                 self.log = Some(log);
                 self.epochs = Some(cache);
+                self.checkpoint = Some(checkpoint);
                 self.reopen_at = None;
                 self.reopen_backoff = Duration::from_millis(REOPEN_BACKOFF_MS_MIN);
                 self.core.step(Input::Recovered { log_start, log_end, epochs });

@@ -321,6 +321,15 @@ impl PartitionCore {
         self.check_invariants();
     }
 
+    /// Answers every parked consumer fetch with `code` (the replica core, when this broker stops
+    /// leading: a long poll accepted by a leader must not be answered later by a follower's view,
+    /// whose HW may be below what a consumer already saw; `isr_3_bit_flips` seed 2).
+    pub fn refuse_parked_fetches(&mut self, code: ErrorCode, message: &str) {
+        for fetch in std::mem::take(&mut self.parked) {
+            self.reply(fetch.request, Reply::Error { code, message: message.to_owned() });
+        }
+    }
+
     /// Nothing in flight: no unreported write, no sync in flight or owed, no storage failure, and
     /// everything in the log is stable (durable, or written with `fsync=never`).
     pub fn is_settled(&self) -> bool {

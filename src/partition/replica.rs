@@ -68,6 +68,9 @@
 //! - Nothing at or above HW is served to a consumer (the inner core's cap is the HW).
 //! - The epoch cache is ordered and ends no later than the log.
 //!
+//! - Leader: the HW moves only while the ISR, less a pending shrink, has at least `min_isr` members
+//!   (KIP-966; what the controller's eligible leader replicas rely on).
+//!
 //! Acknowledgements: `acks=all` is answered only when the HW covers the batch and the ISR has at
 //! least `min_isr` members (else `NotEnoughReplicas` before appending, `NotEnoughReplicasAfterAppend`
 //! after); `acks=leader` when the leader's own fsync covers it; `acks=none` once written.
@@ -326,9 +329,16 @@ impl Ready {
 pub struct FollowerProgress {
     /// The follower's log end at its last fetch that passed the divergence check.
     pub fetch_offset: Option<Offset>,
-    /// The largest durable end it reported in a fetch that passed the divergence check (capped by
-    /// that fetch's offset). `None` until its first such fetch in this epoch.
+    /// The durable end its latest fetch that passed the divergence check reported (capped by that
+    /// fetch's offset). `None` until its first such fetch in this epoch. The latest, not the
+    /// largest: a follower that restarted in this epoch may hold less than it once reported (bit
+    /// rot that its recovery cut out), and it must be counted for what it holds now, for the HW and
+    /// for joining the ISR (`isr_3_bit_flips` seed 32: a follower cut to offset 6 was let back into
+    /// the ISR on the 122 it reported before its restart, and then elected).
     pub durable_end: Option<Offset>,
+    /// The largest durable end it reported in this epoch: what the HW was computed from at some
+    /// point, so the HW never exceeds it (`check_invariants`).
+    durable_max: Option<Offset>,
     pub last_fetch_ms: TimestampMs,
     pub last_caught_up_ms: TimestampMs,
     /// The leader's log end at the follower's previous fetch (Kafka's lastFetchLeaderLogEndOffset).
@@ -362,9 +372,13 @@ struct LeaderState {
     parked: Vec<ParkedFollowerFetch>,
     /// The highest offset handed to a follower in this epoch.
     served_end: Offset,
-    /// Storage recovery took data this leader had already sent to followers: it must not append in
-    /// this epoch again (module doc), so it refuses appends and asks to resign.
+    /// Storage recovery took data this leader had already sent to followers, or committed data
+    /// (`lost_committed`): it must not append in this epoch again (module doc), so it refuses
+    /// appends and consumers and asks to resign.
     lost_replicated_data: bool,
+    /// When the last resignation was asked (re-asked after `isr_change_retry_ms`: the proposal or
+    /// its answer may be lost).
+    resigned_ms: Option<TimestampMs>,
     /// The leadership began while the log was failed (its end unknown): the epoch really starts at
     /// the log end recovery finds.
     began_failed: bool,
@@ -397,6 +411,11 @@ pub struct OpenedLog {
     pub epochs: LeaderEpochs,
     /// The HW this replica last knew, if it kept one (else `log_start`); clamped to the log.
     pub high_watermark: Offset,
+    /// Recovery cut the log below the HW this replica had checkpointed (the checkpoint's value):
+    /// committed batches are gone from it. If it is to lead before its log reaches that offset
+    /// again (fetched from a leader), it resigns at once and serves nothing (the controller then
+    /// elects a replica that holds them, `meta::state`).
+    pub lost_committed: Option<Offset>,
 }
 
 /// What the replica core's role is, for the shell and for `describe`.
@@ -443,6 +462,8 @@ pub struct ReplicaCore {
     /// A new leader's epoch entry, held back while a truncation is not yet durable: the shell cuts the
     /// persisted cache only after that sync, and the cut must not remove this entry.
     deferred_epoch_assign: Option<(LeaderEpoch, Offset)>,
+    /// From [`OpenedLog::lost_committed`] until the log reaches that offset again.
+    lost_committed: Option<Offset>,
     ready: Ready,
 }
 
@@ -531,16 +552,23 @@ impl ReplicaCore {
         log: OpenedLog,
         now_ms: TimestampMs,
     ) -> ReplicaCore {
-        let OpenedLog { log_start, log_end, epochs, high_watermark } = log;
-        let inner = PartitionCore::new(config.core.clone(), state.leader_epoch, log_start, log_end);
-        ReplicaCore::with_inner(me, config, state, inner, epochs, high_watermark.clamp(log_start, log_end), now_ms)
+        let inner = PartitionCore::new(config.core.clone(), state.leader_epoch, log.log_start, log.log_end);
+        let log = OpenedLog { high_watermark: log.high_watermark.clamp(log.log_start, log.log_end), ..log };
+        ReplicaCore::with_inner(me, config, state, inner, log, now_ms)
     }
 
     /// A replica whose log could not be opened: produce and fetches get `StorageError` until the shell
     /// reports `Recovered` (with the log and epoch cache it then opened).
     pub fn new_failed(me: NodeId, config: ReplicaConfig, state: PartitionState, now_ms: TimestampMs) -> ReplicaCore {
         let inner = PartitionCore::new_failed(config.core.clone(), state.leader_epoch);
-        ReplicaCore::with_inner(me, config, state, inner, LeaderEpochs::new(), Offset::ZERO, now_ms)
+        let nothing = OpenedLog {
+            log_start: Offset::ZERO,
+            log_end: Offset::ZERO,
+            epochs: LeaderEpochs::new(),
+            high_watermark: Offset::ZERO,
+            lost_committed: None,
+        };
+        ReplicaCore::with_inner(me, config, state, inner, nothing, now_ms)
     }
 
     fn with_inner(
@@ -548,10 +576,11 @@ impl ReplicaCore {
         config: ReplicaConfig,
         state: PartitionState,
         inner: PartitionCore,
-        epochs: LeaderEpochs,
-        high_watermark: Offset,
+        log: OpenedLog,
         now_ms: TimestampMs,
     ) -> ReplicaCore {
+        // The inner core holds the log's offsets; the rest is the replica's.
+        let OpenedLog { epochs, high_watermark, lost_committed, .. } = log;
         let mut core = ReplicaCore {
             me,
             config,
@@ -573,6 +602,7 @@ impl ReplicaCore {
             awaiting_hw: VecDeque::new(),
             rejected_states: 0,
             deferred_epoch_assign: None,
+            lost_committed,
             ready: Ready::default(),
         };
         core.inner.set_high_watermark_cap(core.high_watermark);
@@ -813,6 +843,7 @@ impl ReplicaCore {
     /// Answers everything a leader had accepted: the outcome of an appended batch is unknown.
     fn abandon_leadership(&mut self, reason: &str) {
         self.fail_awaiting(ErrorCode::NotLeaderAfterAppend, reason);
+        self.inner.refuse_parked_fetches(ErrorCode::NotLeader, &format!("no longer the leader: {reason}"));
         let accepted: Vec<RequestId> =
             self.client_appends.iter().filter(|(_, append)| !append.answered).map(|(request, _)| *request).collect();
         for request in accepted {
@@ -862,6 +893,7 @@ impl ReplicaCore {
                 let progress = FollowerProgress {
                     fetch_offset: None,
                     durable_end: None,
+                    durable_max: None,
                     last_fetch_ms: now_ms,
                     last_caught_up_ms: now_ms,
                     leader_end_at_last_fetch: None,
@@ -877,9 +909,25 @@ impl ReplicaCore {
             parked: Vec::new(),
             served_end: Offset(i64::MIN),
             lost_replicated_data: false,
+            resigned_ms: None,
             began_failed: self.inner.is_failed(),
         });
+        let log_end = self.inner.log_end();
+        self.lost_committed = self.lost_committed.filter(|committed| log_end < *committed);
+        if self.lost_committed.is_some() {
+            // Committed batches are missing here: leading would make the followers cut them too.
+            self.resign_now();
+        }
         self.recompute_high_watermark();
+    }
+
+    /// Asks the controller to move leadership away (see `lost_replicated_data`).
+    fn resign_now(&mut self) {
+        if let Role::Leader(leader) = &mut self.role {
+            leader.lost_replicated_data = true;
+            leader.resigned_ms = Some(self.now_ms);
+            self.ready.resign = true;
+        }
     }
 
     fn become_follower(&mut self, leader: NodeId) {
@@ -908,6 +956,7 @@ impl ReplicaCore {
             let lost_committed = log_end < self.high_watermark;
             if (log_end < leader.served_end || lost_committed) && !leader.lost_replicated_data {
                 leader.lost_replicated_data = true;
+                leader.resigned_ms = Some(self.now_ms);
                 self.ready.resign = true;
             }
             leader.hw_floor = leader.hw_floor.min(log_end);
@@ -923,6 +972,7 @@ impl ReplicaCore {
             // (found by the proptest: the HW counted a follower for data written after the loss).
             for progress in leader.followers.values_mut() {
                 progress.durable_end = progress.durable_end.map(|durable| durable.min(log_end));
+                progress.durable_max = progress.durable_max.map(|durable| durable.min(log_end));
                 progress.fetch_offset = progress.fetch_offset.map(|offset| offset.min(log_end));
             }
             if !leader.lost_replicated_data && self.epochs.latest_epoch() != Some(epoch) {
@@ -1110,7 +1160,8 @@ impl ReplicaCore {
         progress.fetch_offset = Some(fetch.fetch_offset);
         // Only durable offsets count, and only those below an offset the divergence check vouched for.
         let durable = fetch.durable_end.min(fetch.fetch_offset);
-        progress.durable_end = Some(progress.durable_end.map_or(durable, |known| known.max(durable)));
+        progress.durable_end = Some(durable);
+        progress.durable_max = Some(progress.durable_max.map_or(durable, |known| known.max(durable)));
     }
 
     fn on_follower_fetch(&mut self, request: RequestId, fetch: FetchRequest) {
@@ -1203,7 +1254,16 @@ impl ReplicaCore {
         supported_high_watermark(self.me, self.inner.stable_end(), &self.maximal_isr(), durable)
     }
 
+    /// The HW moves only while the ISR (less a pending shrink) has at least `min_isr` members
+    /// (KIP-966): then every offset below it is durable on `min_isr` replicas, and a member the
+    /// controller drops from an ISR that falls below `min_isr` keeps every committed offset, so it
+    /// may lead (the controller's eligible leader replicas, `meta::state`). A leader alone in its
+    /// ISR keeps its HW until a follower rejoins; `acks=leader` batches it takes meanwhile are
+    /// durable on it but not yet visible to consumers.
     fn recompute_high_watermark(&mut self) {
+        if self.under_min_isr() {
+            return;
+        }
         let Some(supported) = self.supported_high_watermark() else { return };
         if supported > self.high_watermark {
             self.high_watermark = supported;
@@ -1270,6 +1330,12 @@ impl ReplicaCore {
                     self.ready.follower_replies.push((request, response));
                 }
                 let Role::Leader(leader) = &mut self.role else { unreachable!() };
+                let retry_ms = self.config.isr_change_retry_ms;
+                if leader.resigned_ms.is_some_and(|sent| now_ms - sent >= retry_ms) {
+                    // Still leading this epoch: the resignation or its answer was lost.
+                    leader.resigned_ms = Some(now_ms);
+                    self.ready.resign = true;
+                }
                 if let Some(pending) = &leader.pending_isr {
                     if now_ms - pending.proposed_ms >= self.config.isr_change_retry_ms {
                         // The proposal or its answer may have been lost: send it again, same fences.
@@ -1450,7 +1516,12 @@ impl ReplicaCore {
                     self.inner.stable_end()
                 );
                 if self.high_watermark > leader.hw_floor {
-                    let supported = self.supported_high_watermark();
+                    // Against the largest durable ends reported: a follower that lost data since
+                    // (rot cut by its restart) may now hold less than the HW it helped commit.
+                    let durable_max =
+                        |member: NodeId| leader.followers.get(&member).and_then(|progress| progress.durable_max);
+                    let supported =
+                        supported_high_watermark(self.me, self.inner.stable_end(), &self.maximal_isr(), durable_max);
                     assert!(
                         supported.is_some_and(|supported| self.high_watermark <= supported),
                         "HW {} is not durable on every member of the maximal ISR {:?} (supported: {supported:?})",
