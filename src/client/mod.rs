@@ -870,7 +870,8 @@ mod tests {
 
     #[test]
     fn an_inconsistent_replica_status_is_a_protocol_error() {
-        let malformed: Vec<(&str, Box<dyn Fn(&mut ReplicaStatusResponse)>)> = vec![
+        type Break = Box<dyn Fn(&mut ReplicaStatusResponse)>;
+        let malformed: Vec<(&str, Break)> = vec![
             ("HW past the log end", Box::new(|r| r.high_watermark = 9)),
             ("HW below the log start", Box::new(|r| r.log_start_offset = 6)),
             ("negative log start", Box::new(|r| r.log_start_offset = -1)),
