@@ -57,7 +57,10 @@ pub struct Frame {
     pub correlation_id: u64,
     #[prost(uint32, tag = "2")]
     pub version: u32,
-    #[prost(oneof = "Body", tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29")]
+    #[prost(
+        oneof = "Body",
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31"
+    )]
     pub body: Option<Body>,
 }
 
@@ -111,6 +114,12 @@ pub enum Body {
     ReplicaFetchRequest(ReplicaFetchRequest),
     #[prost(message, tag = "29")]
     ReplicaFetchResponse(ReplicaFetchResponse),
+    /// The partition's leader answers with its replication state: high watermark, its own log ends
+    /// and each replica's log end and lag (`keel topic describe`).
+    #[prost(message, tag = "30")]
+    ReplicaStatusRequest(ReplicaStatusRequest),
+    #[prost(message, tag = "31")]
+    ReplicaStatusResponse(ReplicaStatusResponse),
 }
 
 impl Frame {
@@ -477,6 +486,68 @@ pub struct ReplicaFetchResponse {
     pub records: Bytes,
 }
 
+/// Asks a partition's leader how its replicas are doing. Answered only by the leader: another
+/// broker (or a broker that has not taken up the leadership yet) answers `NotLeader`; an unknown
+/// topic or partition `UnknownTopic` / `UnknownPartition`.
+#[derive(Clone, PartialEq, Message)]
+pub struct ReplicaStatusRequest {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+    /// The leader epoch the client's metadata named, or none to skip the check; checked as
+    /// [`FetchRequest::leader_epoch`] is (`FencedLeaderEpoch` if older, `UnknownLeaderEpoch` if newer).
+    #[prost(int32, optional, tag = "3")]
+    pub leader_epoch: Option<i32>,
+}
+
+/// A partition leader's replication state, as it was when the partition's actor answered. Small:
+/// one entry per replica, and a partition has at most `meta::state::REPLICATION_FACTOR_MAX` of them.
+#[derive(Clone, PartialEq, Message)]
+pub struct ReplicaStatusResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    /// The node that answered: the leader.
+    #[prost(uint64, tag = "2")]
+    pub leader: u64,
+    #[prost(int32, tag = "3")]
+    pub leader_epoch: i32,
+    /// Offsets below this are committed and readable by consumers.
+    #[prost(int64, tag = "4")]
+    pub high_watermark: i64,
+    #[prost(int64, tag = "5")]
+    pub log_start_offset: i64,
+    /// The leader's log end: the offset its next append gets.
+    #[prost(int64, tag = "6")]
+    pub log_end_offset: i64,
+    /// Everything below this is fsynced on the leader.
+    #[prost(int64, tag = "7")]
+    pub durable_end_offset: i64,
+    /// Every replica of the partition, in the partition's replica order, the leader included.
+    #[prost(message, repeated, tag = "8")]
+    pub replicas: Vec<ReplicaLogInfo>,
+    /// The leader's storage failed and is being recovered: the offsets are its last known ones.
+    #[prost(bool, tag = "9")]
+    pub storage_failed: bool,
+}
+
+/// One replica as its partition's leader sees it.
+#[derive(Clone, PartialEq, Message)]
+pub struct ReplicaLogInfo {
+    #[prost(uint64, tag = "1")]
+    pub node_id: u64,
+    /// The replica's log end: for a follower its latest fetch offset in the current leader epoch,
+    /// absent if it has not fetched in this epoch; for the leader its own log end.
+    #[prost(int64, optional, tag = "2")]
+    pub log_end_offset: Option<i64>,
+    /// The leader's log end minus `log_end_offset` (never negative); absent with it.
+    #[prost(int64, optional, tag = "3")]
+    pub lag: Option<i64>,
+    /// In the ISR the leader works with (the controller's latest decision it has applied).
+    #[prost(bool, tag = "4")]
+    pub in_isr: bool,
+}
+
 /// A connection's claim to be a peer: the sending node and the node it means to reach. The receiver
 /// accepts it when `node_id` is another voter of its metadata group, `to` is the receiver itself and
 /// `peer_version` is [`PEER_PROTOCOL_VERSION`]; from then on the connection may carry Raft
@@ -621,6 +692,90 @@ mod tests {
         );
         let decoded = Frame::decode_bytes(frame.encode_to_bytes()).unwrap();
         assert_eq!(decoded, frame);
+    }
+
+    fn replica_status_response() -> ReplicaStatusResponse {
+        let replica = |node_id, log_end_offset: Option<i64>, in_isr| ReplicaLogInfo {
+            node_id,
+            log_end_offset,
+            lag: log_end_offset.map(|end| 12 - end),
+            in_isr,
+        };
+        ReplicaStatusResponse {
+            error: None,
+            leader: 2,
+            leader_epoch: 4,
+            high_watermark: 9,
+            log_start_offset: 0,
+            log_end_offset: 12,
+            durable_end_offset: 11,
+            replicas: vec![replica(1, Some(9), true), replica(2, Some(12), true), replica(3, None, false)],
+            storage_failed: false,
+        }
+    }
+
+    #[test]
+    fn replica_status_frames_round_trip() {
+        for leader_epoch in [None, Some(0), Some(7)] {
+            let request = ReplicaStatusRequest { topic: "orders".into(), partition: 2, leader_epoch };
+            let frame = Frame::new(8, Body::ReplicaStatusRequest(request));
+            assert_eq!(Frame::decode_bytes(frame.encode_to_bytes()).unwrap(), frame);
+        }
+        let frame = Frame::new(9, Body::ReplicaStatusResponse(replica_status_response()));
+        let decoded = Frame::decode_bytes(frame.encode_to_bytes()).unwrap();
+        assert_eq!(decoded, frame);
+        // An unknown log end stays unknown: it does not come back as offset 0.
+        let Some(Body::ReplicaStatusResponse(response)) = decoded.body else { panic!("{decoded:?}") };
+        assert_eq!((response.replicas[2].log_end_offset, response.replicas[2].lag), (None, None));
+        let error = ReplicaStatusResponse {
+            error: Some(ErrorInfo::new(ErrorCode::NotLeader, "broker 1 does not lead orders/2")),
+            ..ReplicaStatusResponse::default()
+        };
+        let frame = Frame::new(10, Body::ReplicaStatusResponse(error));
+        assert_eq!(Frame::decode_bytes(frame.encode_to_bytes()).unwrap(), frame);
+    }
+
+    #[test]
+    fn replica_status_fits_in_a_frame_with_more_replicas_than_allowed() {
+        let mut response = replica_status_response();
+        // More replicas than any replication factor allows (`meta::state::REPLICATION_FACTOR_MAX`).
+        response.replicas = (0..64)
+            .map(|node_id| ReplicaLogInfo {
+                node_id: u64::MAX - node_id,
+                log_end_offset: Some(i64::MAX),
+                lag: Some(i64::MAX),
+                in_isr: true,
+            })
+            .collect();
+        let frame = Frame::new(u64::MAX, Body::ReplicaStatusResponse(response));
+        let len = frame.encode_to_bytes().len();
+        // A few KiB, against a frame limit of megabytes.
+        assert!(len < 8192, "{len} bytes");
+    }
+
+    #[test]
+    fn malformed_replica_status_frames_are_errors_not_panics() {
+        let bytes = Frame::new(9, Body::ReplicaStatusResponse(replica_status_response())).encode_to_bytes();
+        // Every truncation either fails to decode or decodes to some frame; none panics.
+        let mut failed = 0;
+        for len in 0..bytes.len() {
+            failed += usize::from(Frame::decode_bytes(bytes.slice(..len)).is_err());
+        }
+        assert!(failed > 0, "a truncated response must not always decode");
+        // Tag 31 (the response) as a length-delimited field whose length runs past the end.
+        let past_the_end = Bytes::from_static(&[0xfa, 0x01, 0x10, 0x08]);
+        assert!(Frame::decode_bytes(past_the_end).is_err());
+        // Tag 30 (the request) with the wrong wire type (varint instead of length-delimited).
+        let wrong_type = Bytes::from_static(&[0xf0, 0x01, 0x05]);
+        assert!(Frame::decode_bytes(wrong_type).is_err());
+        // A request whose leader epoch (a varint) comes as a length-delimited field.
+        let request = ReplicaStatusRequest { topic: String::new(), partition: 0, leader_epoch: None };
+        let mut inner = request.encode_to_vec();
+        inner.extend_from_slice(&[0x1a, 0x01]); // leader_epoch (tag 3) as length-delimited, 1 byte
+        inner.push(0x00);
+        let mut frame = vec![0xf2, 0x01, inner.len() as u8];
+        frame.extend_from_slice(&inner);
+        assert!(Frame::decode_bytes(Bytes::from(frame)).is_err());
     }
 
     #[test]

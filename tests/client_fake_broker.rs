@@ -2,7 +2,8 @@
 //! replication-era answers, without a real broker in the way.
 //!
 //! - fetches carry the cached leader epoch (KIP-320); `FencedLeaderEpoch` and `NotLeader` refresh the
-//!   metadata and retry, `UnknownLeaderEpoch` retries the same leader after a backoff;
+//!   metadata and retry, `UnknownLeaderEpoch` retries the same leader after a backoff; a replica status
+//!   request is routed the same way, and an inconsistent answer is a protocol error;
 //! - a produce refused with `NotEnoughReplicas` (nothing appended) is retried within the producer's
 //!   budget, but only while no later batch of its partition went out; `NotEnoughReplicasAfterAppend`
 //!   and `NotLeaderAfterAppend` are ambiguous and never retried;
@@ -145,7 +146,8 @@ fn producer_config(retries: u32, retry_backoff: Duration) -> ProducerConfig {
     ProducerConfig { linger: Duration::ZERO, retries, retry_backoff, ..ProducerConfig::default() }
 }
 
-/// What a fake broker saw: the leader epoch of every fetch, metadata requests, produce requests.
+/// What a fake broker saw: the leader epoch of every fetch (or replica status request), metadata
+/// requests, produce requests.
 #[derive(Default)]
 struct Seen {
     fetch_epochs: Vec<Option<i32>>,
@@ -235,6 +237,107 @@ async fn fetch_retries_an_unknown_leader_epoch_on_the_same_leader_and_follows_no
     let seen = seen.lock().unwrap();
     assert_eq!(seen.fetch_epochs, vec![Some(5), Some(5), Some(5), Some(6)]);
     assert_eq!(seen.metadata, 2, "UnknownLeaderEpoch keeps the metadata; NotLeader refreshes it");
+}
+
+/// A replica status as a leader at `leader_epoch` sends it: every replica at log end 3 but the last,
+/// which has not fetched.
+fn replica_status(node: u64, leader_epoch: i32) -> Body {
+    let replica = |node_id, log_end_offset: Option<i64>| ReplicaLogInfo {
+        node_id,
+        log_end_offset,
+        lag: log_end_offset.map(|end| 3 - end),
+        in_isr: log_end_offset.is_some(),
+    };
+    Body::ReplicaStatusResponse(ReplicaStatusResponse {
+        error: None,
+        leader: node,
+        leader_epoch,
+        high_watermark: 3,
+        log_start_offset: 0,
+        log_end_offset: 3,
+        durable_end_offset: 3,
+        replicas: vec![replica(node, Some(3)), replica(9, None)],
+        storage_failed: false,
+    })
+}
+
+fn replica_status_refused(code: ErrorCode) -> Body {
+    Body::ReplicaStatusResponse(ReplicaStatusResponse {
+        error: Some(ErrorInfo::new(code, "scripted")),
+        ..ReplicaStatusResponse::default()
+    })
+}
+
+#[tokio::test]
+async fn replica_status_carries_the_leader_epoch_and_follows_not_leader() {
+    // Broker 1 leads at epoch 5 in the first metadata but answers NotLeader; the refreshed metadata
+    // names broker 2 at epoch 6, which answers.
+    let seen = Shared::default();
+    let moved = Arc::new(Mutex::new(false));
+    let addrs: Arc<Mutex<Vec<SocketAddr>>> = Default::default();
+    let mut brokers = Vec::new();
+    for node in 1..=2u64 {
+        let (log, moved, addrs) = (seen.clone(), moved.clone(), addrs.clone());
+        let addr = fake_broker(Box::new(move |id, body| {
+            let mut seen = log.lock().unwrap();
+            let addrs = addrs.lock().unwrap();
+            let all = [(1, addrs[0]), (2, addrs[1])];
+            let reply = match body {
+                Body::MetadataRequest(_) => {
+                    seen.metadata += 1;
+                    metadata(&all, &[if *moved.lock().unwrap() { (2, 6) } else { (1, 5) }])
+                }
+                Body::ReplicaStatusRequest(request) => {
+                    assert_eq!((request.topic.as_str(), request.partition), (TOPIC, 0));
+                    seen.fetch_epochs.push(request.leader_epoch);
+                    if node == 1 {
+                        *moved.lock().unwrap() = true;
+                        replica_status_refused(ErrorCode::NotLeader)
+                    } else {
+                        replica_status(2, 6)
+                    }
+                }
+                other => panic!("unexpected request {other:?}"),
+            };
+            vec![(id, reply)]
+        }))
+        .await;
+        brokers.push(addr);
+    }
+    *addrs.lock().unwrap() = brokers.clone();
+    let client = fast_client(brokers[0].to_string());
+    let status = timeout(WAIT_MAX, client.replica_status(TOPIC, 0)).await.unwrap().unwrap();
+    assert_eq!((status.leader, status.leader_epoch, status.high_watermark), (2, 6, keel::types::Offset(3)));
+    let rows: Vec<_> =
+        status.replicas.iter().map(|r| (r.node_id, r.log_end.map(|end| end.0), r.lag, r.in_isr)).collect();
+    assert_eq!(rows, vec![(2, Some(3), Some(0), true), (9, None, None, false)]);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.fetch_epochs, vec![Some(5), Some(6)], "each attempt carries the epoch its metadata named");
+    assert_eq!(seen.metadata, 2, "NotLeader refreshed the metadata");
+}
+
+#[tokio::test]
+async fn an_inconsistent_replica_status_is_a_protocol_error() {
+    let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Default::default();
+    let cell = addr_cell.clone();
+    let addr = fake_broker(Box::new(move |id, body| {
+        let me = cell.lock().unwrap().expect("address set");
+        let reply = match body {
+            Body::MetadataRequest(_) => metadata(&[(1, me)], &[(1, 0)]),
+            Body::ReplicaStatusRequest(_) => {
+                let Body::ReplicaStatusResponse(mut response) = replica_status(1, 0) else { unreachable!() };
+                response.high_watermark = 4; // past the log end
+                Body::ReplicaStatusResponse(response)
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        vec![(id, reply)]
+    }))
+    .await;
+    *addr_cell.lock().unwrap() = Some(addr);
+    let client = fast_client(addr.to_string());
+    let result = timeout(WAIT_MAX, client.replica_status(TOPIC, 0)).await.unwrap();
+    assert!(matches!(result, Err(ClientError::Protocol(_))), "{result:?}");
 }
 
 /// A one-broker cluster whose produce answers come from `answer(n)` for the n-th produce (from 1).

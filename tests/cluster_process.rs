@@ -4,7 +4,8 @@
 //! succeeds again), ISR replication (followers join the ISR; a killed leader's partitions move to
 //! another ISR member once it is fenced, and nothing acknowledged is lost), controlled shutdown
 //! (SIGTERM moves leadership before the broker stops), min ISR (`NotEnoughReplicas` below it), the
-//! metadata group losing its majority, restart and catch-up; `keel cluster up`; bad cluster input;
+//! metadata group losing its majority, restart and catch-up; `topic describe`'s per-replica log ends
+//! and lags (a killed follower lagging, then leaving the ISR); `keel cluster up`; bad cluster input;
 //! and forged Raft traffic on a connection that identified itself as a peer.
 //!
 //! The nodes run through `keel::process`, as `keel cluster up` runs them. Waits are polls of a
@@ -746,6 +747,85 @@ async fn three_nodes_route_to_leaders_move_a_dead_leaders_partitions_within_the_
     full_isr(&admin, "replicated").await;
     println!("REJOIN: the restarted node is back in every ISR {:?} after its restart", restarted_at.elapsed());
     assert_eq!(consume_eventually(&restarted, "replicated").await, expected_replicated);
+}
+
+/// The `replicas_status` entry of `node` in one partition of `topic describe --json`:
+/// (log end, lag, in ISR).
+fn replica_row(partition: &Json, node: u64) -> (Option<i64>, Option<i64>, bool) {
+    let rows = partition["replicas_status"].as_array().unwrap_or_else(|| panic!("no replicas_status: {partition}"));
+    let row = rows.iter().find(|row| row["node"] == node).unwrap_or_else(|| panic!("no row of {node}: {partition}"));
+    (row["log_end_offset"].as_i64(), row["lag"].as_i64(), row["in_isr"].as_bool().unwrap())
+}
+
+/// `topic describe` shows each replica's log end and lag as the partition's leader sees them. After
+/// acks=all produces, every replica is in the ISR at the high watermark; after kill -9 of a follower
+/// and more produces (acks=leader), the dead follower stays at its last log end and lags by what came
+/// since, and the HW waits for it while it is in the ISR; once it is fenced it is out of the ISR and
+/// the HW moves on over the two left.
+#[tokio::test]
+async fn describe_shows_each_replicas_log_end_and_lag_and_a_dead_follower_falling_out_of_the_isr() {
+    let _heavy = HEAVY.lock().await;
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path(), 3).await;
+    let all: Vec<u64> = vec![1, 2, 3];
+    let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
+    all_registered_with_one_leader(&cluster, &all, &addrs[0]).await;
+    let admin = admin_client(&addrs);
+    create_replicated(&admin, "described", 1).await;
+    let bootstrap = addrs.join(",");
+    let describe = async || json(&cli(&bootstrap, &["--json", "topic", "describe", "described"]).await);
+
+    let produced = cli_with_stdin(&bootstrap, &["produce", "described", "--partition", "0"], "a\nb\nc\nd\ne\n").await;
+    assert!(produced.status.success(), "acks=all produce: {}", stderr(&produced));
+    let partition = poll("every replica in the ISR at the high watermark 5", async || {
+        let described = describe().await;
+        let partition = described["partitions"][0].clone();
+        let caught_up = all.iter().all(|node| replica_row(&partition, *node) == (Some(5), Some(0), true));
+        (partition["high_watermark"] == 5 && partition["log_end_offset"] == 5 && caught_up).then_some(partition)
+    })
+    .await;
+    assert_eq!(partition["log_start_offset"], 0, "{partition}");
+    assert_eq!(sorted(&serde_json::from_value::<Vec<u64>>(partition["isr"].clone()).unwrap()), all, "{partition}");
+    let human = stdout(&cli(&bootstrap, &["topic", "describe", "described"]).await);
+    assert!(human.contains("log start 0\thigh watermark 5\tlog end 5"), "{human}");
+    assert_eq!(human.matches("\tlog end 5\tlag 0\tin ISR").count(), 3, "{human}");
+
+    // Kill a follower (not the Raft leader either, so fencing needs no election first) and append
+    // three more records on the leader alone.
+    let leader = partition["leader"].as_u64().unwrap();
+    let (raft_leader, _) = poll("an agreed Raft leader", async || agreed_leader(&cluster, &all).await).await;
+    let dead = *all.iter().find(|node| **node != leader && **node != raft_leader).unwrap();
+    let live_follower = *all.iter().find(|node| **node != leader && **node != dead).unwrap();
+    cluster.node_mut(dead).process.kill9().await.unwrap();
+    let killed_at = Instant::now();
+    let live = addrs_except(&cluster, &[dead]).join(",");
+    let produced =
+        cli_with_stdin(&live, &["produce", "described", "--partition", "0", "--acks", "leader"], "f\ng\nh\n").await;
+    assert!(produced.status.success(), "acks=leader produce: {}", stderr(&produced));
+    let describe_live = async || json(&cli(&live, &["--json", "topic", "describe", "described"]).await);
+    poll("the dead follower lagging by 3", async || {
+        let partition = describe_live().await["partitions"][0].clone();
+        let (end, lag, in_isr) = replica_row(&partition, dead);
+        if in_isr {
+            assert_eq!(partition["high_watermark"], 5, "the HW waits for a dead ISR member: {partition}");
+        }
+        (partition["log_end_offset"] == 8 && end == Some(5) && lag == Some(3)).then_some(())
+    })
+    .await;
+    let partition = poll("the dead follower out of the ISR and the HW past it", async || {
+        let partition = describe_live().await["partitions"][0].clone();
+        let out = !replica_row(&partition, dead).2;
+        let moved_on =
+            partition["high_watermark"] == 8 && replica_row(&partition, live_follower) == (Some(8), Some(0), true);
+        (out && moved_on).then_some(partition)
+    })
+    .await;
+    println!("DESCRIBE: the dead follower left the ISR {:?} after kill -9", killed_at.elapsed());
+    assert_eq!(replica_row(&partition, dead), (Some(5), Some(3), false), "{partition}");
+    assert_eq!(replica_row(&partition, leader), (Some(8), Some(0), true), "{partition}");
+    let human = stdout(&cli(&live, &["topic", "describe", "described"]).await);
+    assert!(human.contains(&format!("replica {dead}\tlog end 5\tlag 3\tnot in ISR")), "{human}");
+    assert!(human.contains(&format!("replica {leader}\tlog end 8\tlag 0\tin ISR (leader)")), "{human}");
 }
 
 #[tokio::test]

@@ -18,11 +18,11 @@ use serde_json::json;
 
 use crate::batch::{Record, StoredRecord};
 use crate::client::{
-    delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig, TopicSpec, DEFAULT_BROKER,
+    delivered, Client, ClientConfig, ClientError, PartitionStatus, Producer, ProducerConfig, TopicSpec, DEFAULT_BROKER,
 };
 use crate::config::BrokerConfig;
 use crate::partition::FsyncPolicy;
-use crate::protocol::{Acks, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
+use crate::protocol::{Acks, PartitionInfo, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use crate::types::Offset;
 
 #[derive(Parser, Debug)]
@@ -283,32 +283,19 @@ pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError
     Ok(())
 }
 
-/// `keel topic describe`: the topic's settings, and per partition its leader, epochs, replicas, ISR and
-/// offsets (asked of each partition's leader).
+/// `keel topic describe`: the topic's settings, and per partition its leader, epochs, replicas and ISR
+/// (from the metadata), and its offsets and each replica's log end and lag (asked of the partition's
+/// leader). An offline partition has nobody to ask: its offsets show as offline.
 async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl Write) -> Result<(), CliError> {
     let topic = client.topic(name).await?;
     let mut partitions = Vec::new();
     for partition in &topic.partitions {
-        // An offline partition has nobody to ask for its offsets.
-        let offsets = if partition.leader == 0 {
-            None
-        } else {
-            let earliest = client.list_offsets(name, partition.partition, LIST_OFFSETS_EARLIEST).await?;
-            let latest = client.list_offsets(name, partition.partition, LIST_OFFSETS_LATEST).await?;
-            Some((earliest.map_or(0, |o| o.0 .0), latest.map_or(0, |o| o.0 .0)))
-        };
-        partitions.push((partition.clone(), offsets.map(|o| o.0), offsets.map(|o| o.1)));
+        let status =
+            if partition.leader == 0 { None } else { Some(client.replica_status(name, partition.partition).await?) };
+        partitions.push((partition.clone(), status));
     }
     if cli.json {
-        let partitions: Vec<_> = partitions
-            .iter()
-            .map(|(p, earliest, latest)| {
-                json!({"partition": p.partition, "leader": (p.leader != 0).then_some(p.leader),
-                       "replicas": p.replicas, "isr": p.isr, "leader_epoch": p.leader_epoch,
-                       "partition_epoch": p.partition_epoch, "unclean_elections": p.unclean_elections,
-                       "log_start_offset": earliest, "high_watermark": latest})
-            })
-            .collect();
+        let partitions: Vec<_> = partitions.iter().map(|(p, status)| partition_json(p, status.as_ref())).collect();
         let line = json!({"name": topic.name, "min_insync_replicas": topic.min_insync_replicas,
                           "unclean_leader_election": topic.unclean_leader_election, "partitions": partitions});
         print_line(out, &line.to_string());
@@ -323,28 +310,72 @@ async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl W
                 topic.min_insync_replicas
             ),
         );
-        for (p, earliest, latest) in &partitions {
-            let leader = if p.leader == 0 { "none (offline)".to_owned() } else { p.leader.to_string() };
-            let offsets = match (earliest, latest) {
-                (Some(earliest), Some(latest)) => format!("[{earliest}, {latest})"),
-                _ => "unknown".to_owned(),
-            };
-            let unclean = if p.unclean_elections > 0 {
-                format!("\tUNCLEAN ELECTIONS {} (acknowledged records may be lost)", p.unclean_elections)
-            } else {
-                String::new()
-            };
-            print_line(
-                out,
-                &format!(
-                    "  partition {}\tleader {leader}\tleader epoch {}\tpartition epoch {}\treplicas {:?}\t\
-                     isr {:?}\toffsets {offsets}{unclean}",
-                    p.partition, p.leader_epoch, p.partition_epoch, p.replicas, p.isr
-                ),
-            );
+        for (p, status) in &partitions {
+            for line in partition_lines(p, status.as_ref()) {
+                print_line(out, &line);
+            }
         }
     }
     Ok(())
+}
+
+/// One partition of `topic describe --json`. The offsets come from the leader's status (`null` when
+/// the partition is offline): `high_watermark` (what consumers may read up to), `log_start_offset`,
+/// the leader's `log_end_offset` and `durable_end_offset`, and `replicas_status`, one entry per
+/// replica in replica order: its log end (`null` until it has fetched in this leader epoch), its lag
+/// behind the leader's log end, and whether the leader counts it in the ISR.
+fn partition_json(p: &PartitionInfo, status: Option<&PartitionStatus>) -> serde_json::Value {
+    let replicas_status = status.map(|status| {
+        status
+            .replicas
+            .iter()
+            .map(|replica| {
+                json!({"node": replica.node_id, "log_end_offset": replica.log_end.map(|end| end.0),
+                       "lag": replica.lag, "in_isr": replica.in_isr})
+            })
+            .collect::<Vec<_>>()
+    });
+    json!({"partition": p.partition, "leader": (p.leader != 0).then_some(p.leader),
+           "replicas": p.replicas, "isr": p.isr, "leader_epoch": p.leader_epoch,
+           "partition_epoch": p.partition_epoch, "unclean_elections": p.unclean_elections,
+           "log_start_offset": status.map(|s| s.log_start.0), "high_watermark": status.map(|s| s.high_watermark.0),
+           "log_end_offset": status.map(|s| s.log_end.0), "durable_end_offset": status.map(|s| s.durable_end.0),
+           "storage_failed": status.map(|s| s.storage_failed), "replicas_status": replicas_status})
+}
+
+/// One partition of `topic describe`: a line with the metadata and the leader's offsets, then one
+/// line per replica, `replica <node>  log end <offset>  lag <n>` (`?` until the replica has fetched
+/// in this leader epoch) and whether the leader counts it in the ISR.
+fn partition_lines(p: &PartitionInfo, status: Option<&PartitionStatus>) -> Vec<String> {
+    let leader = if p.leader == 0 { "none (offline)".to_owned() } else { p.leader.to_string() };
+    let offsets = match status {
+        Some(status) => format!(
+            "log start {}\thigh watermark {}\tlog end {}",
+            status.log_start, status.high_watermark, status.log_end
+        ),
+        None => "offsets offline".to_owned(),
+    };
+    let mut notes = String::new();
+    if status.is_some_and(|status| status.storage_failed) {
+        notes.push_str("\tSTORAGE FAILED (the leader is recovering its log)");
+    }
+    if p.unclean_elections > 0 {
+        notes.push_str(&format!("\tUNCLEAN ELECTIONS {} (acknowledged records may be lost)", p.unclean_elections));
+    }
+    let mut lines = vec![format!(
+        "  partition {}\tleader {leader}\tleader epoch {}\tpartition epoch {}\treplicas {:?}\tisr {:?}\t\
+         {offsets}{notes}",
+        p.partition, p.leader_epoch, p.partition_epoch, p.replicas, p.isr
+    )];
+    for replica in status.map_or(&[][..], |status| &status.replicas) {
+        let unknown = || "?".to_owned();
+        let log_end = replica.log_end.map_or_else(unknown, |end| end.to_string());
+        let lag = replica.lag.map_or_else(unknown, |lag| lag.to_string());
+        let isr = if replica.in_isr { "in ISR" } else { "not in ISR" };
+        let role = if status.is_some_and(|status| status.leader == replica.node_id) { " (leader)" } else { "" };
+        lines.push(format!("    replica {}\tlog end {log_end}\tlag {lag}\t{isr}{role}", replica.node_id));
+    }
+    lines
 }
 
 fn print_line(out: &mut impl Write, line: &str) {

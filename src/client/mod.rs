@@ -221,12 +221,82 @@ pub struct Fetched {
     pub records: Vec<StoredRecord>,
 }
 
+/// How a partition's replicas are doing, as its leader sees them (see
+/// [`ReplicaStatusResponse`](crate::protocol::ReplicaStatusResponse)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionStatus {
+    pub leader: u64,
+    pub leader_epoch: i32,
+    pub high_watermark: Offset,
+    pub log_start: Offset,
+    /// The leader's log end.
+    pub log_end: Offset,
+    /// What the leader has fsynced.
+    pub durable_end: Offset,
+    /// Every replica, the leader included, in the partition's replica order.
+    pub replicas: Vec<ReplicaLogStatus>,
+    pub storage_failed: bool,
+}
+
+/// One replica's log end as the leader knows it (`None`: it has not fetched in this leader epoch),
+/// its lag behind the leader's log end, and whether the leader counts it in the ISR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaLogStatus {
+    pub node_id: u64,
+    pub log_end: Option<Offset>,
+    pub lag: Option<i64>,
+    pub in_isr: bool,
+}
+
+impl PartitionStatus {
+    /// Checks what a broker sent: offsets in order (`log start <= HW <= log end`, durable end within
+    /// the log), each replica's log end within `[0, log end]` and its lag what that log end implies.
+    pub fn from_wire(response: ReplicaStatusResponse) -> Result<PartitionStatus, ClientError> {
+        let invalid = |what: String| Err(ClientError::Protocol(format!("invalid replica status: {what}")));
+        let (start, hw, end, durable) =
+            (response.log_start_offset, response.high_watermark, response.log_end_offset, response.durable_end_offset);
+        if !(0 <= start && start <= hw && hw <= end && (0..=end).contains(&durable)) {
+            return invalid(format!("log start {start}, high watermark {hw}, log end {end}, durable end {durable}"));
+        }
+        let mut replicas = Vec::with_capacity(response.replicas.len());
+        for replica in response.replicas {
+            match (replica.log_end_offset, replica.lag) {
+                (None, None) => {}
+                (Some(replica_end), Some(lag)) if (0..=end).contains(&replica_end) && lag == end - replica_end => {}
+                (replica_end, lag) => {
+                    return invalid(format!(
+                        "replica {} at {replica_end:?} with lag {lag:?} behind a leader at {end}",
+                        replica.node_id
+                    ))
+                }
+            }
+            replicas.push(ReplicaLogStatus {
+                node_id: replica.node_id,
+                log_end: replica.log_end_offset.map(Offset),
+                lag: replica.lag,
+                in_isr: replica.in_isr,
+            });
+        }
+        Ok(PartitionStatus {
+            leader: response.leader,
+            leader_epoch: response.leader_epoch,
+            high_watermark: Offset(hw),
+            log_start: Offset(start),
+            log_end: Offset(end),
+            durable_end: Offset(durable),
+            replicas,
+            storage_failed: response.storage_failed,
+        })
+    }
+}
+
 /// The error a partition response carries, if any.
 fn response_error(body: &Body) -> Option<&ErrorInfo> {
     match body {
         Body::ProduceResponse(response) => response.error.as_ref(),
         Body::FetchResponse(response) => response.error.as_ref(),
         Body::ListOffsetsResponse(response) => response.error.as_ref(),
+        Body::ReplicaStatusResponse(response) => response.error.as_ref(),
         Body::CreateTopicResponse(response) => response.error.as_ref(),
         Body::DeleteTopicResponse(response) => response.error.as_ref(),
         _ => None,
@@ -685,6 +755,26 @@ impl Client {
         }
     }
 
+    /// The replication state of `topic`/`partition` from its leader: high watermark, log ends, and
+    /// each replica's log end and lag. Routed and retried like a fetch (it carries the cached leader
+    /// epoch); a partition without a leader is a `NotLeader` error once the retries run out.
+    pub async fn replica_status(&self, topic: &str, partition: u32) -> Result<PartitionStatus, ClientError> {
+        let body = |leader_epoch| {
+            Body::ReplicaStatusRequest(ReplicaStatusRequest {
+                topic: topic.into(),
+                partition,
+                leader_epoch: Some(leader_epoch),
+            })
+        };
+        match self.request_partition(topic, partition, body, false, Duration::ZERO).await? {
+            Body::ReplicaStatusResponse(ReplicaStatusResponse { error: Some(info), .. }) => {
+                Err(ClientError::server(info))
+            }
+            Body::ReplicaStatusResponse(response) => PartitionStatus::from_wire(response),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Fetches records from `offset`, waiting up to `wait_max` for some to exist. Every batch's CRC
     /// is verified; records before `offset` in the first batch are dropped. The request carries the
     /// leader epoch of the cached metadata (see "Leader epochs" in the module docs).
@@ -745,4 +835,58 @@ struct PartitionRetry {
 
 fn unexpected(body: Body) -> ClientError {
     ClientError::Protocol(format!("unexpected response {body:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response() -> ReplicaStatusResponse {
+        ReplicaStatusResponse {
+            error: None,
+            leader: 1,
+            leader_epoch: 2,
+            high_watermark: 5,
+            log_start_offset: 0,
+            log_end_offset: 8,
+            durable_end_offset: 8,
+            replicas: vec![
+                ReplicaLogInfo { node_id: 1, log_end_offset: Some(8), lag: Some(0), in_isr: true },
+                ReplicaLogInfo { node_id: 2, log_end_offset: Some(5), lag: Some(3), in_isr: true },
+                ReplicaLogInfo { node_id: 3, log_end_offset: None, lag: None, in_isr: false },
+            ],
+            storage_failed: false,
+        }
+    }
+
+    #[test]
+    fn a_consistent_replica_status_is_taken_as_sent() {
+        let status = PartitionStatus::from_wire(response()).unwrap();
+        assert_eq!((status.log_start, status.high_watermark, status.log_end), (Offset(0), Offset(5), Offset(8)));
+        let ends: Vec<_> =
+            status.replicas.iter().map(|replica| (replica.node_id, replica.log_end, replica.lag)).collect();
+        assert_eq!(ends, vec![(1, Some(Offset(8)), Some(0)), (2, Some(Offset(5)), Some(3)), (3, None, None)]);
+    }
+
+    #[test]
+    fn an_inconsistent_replica_status_is_a_protocol_error() {
+        type Break = Box<dyn Fn(&mut ReplicaStatusResponse)>;
+        let malformed: Vec<(&str, Break)> = vec![
+            ("HW past the log end", Box::new(|r| r.high_watermark = 9)),
+            ("HW below the log start", Box::new(|r| r.log_start_offset = 6)),
+            ("negative log start", Box::new(|r| r.log_start_offset = -1)),
+            ("durable end past the log end", Box::new(|r| r.durable_end_offset = 9)),
+            ("a replica ahead of the leader", Box::new(|r| r.replicas[1].log_end_offset = Some(9))),
+            ("a negative replica log end", Box::new(|r| r.replicas[1].log_end_offset = Some(-1))),
+            ("a lag that does not match", Box::new(|r| r.replicas[1].lag = Some(2))),
+            ("a lag without a log end", Box::new(|r| r.replicas[2].lag = Some(0))),
+            ("a log end without a lag", Box::new(|r| r.replicas[1].lag = None)),
+        ];
+        for (what, break_it) in malformed {
+            let mut response = response();
+            break_it(&mut response);
+            let result = PartitionStatus::from_wire(response);
+            assert!(matches!(result, Err(ClientError::Protocol(_))), "{what}: {result:?}");
+        }
+    }
 }

@@ -111,6 +111,10 @@ pub struct ReplicaStatus {
     pub stable_end: Offset,
     /// On a leader, each follower's last fetch offset (its log end), if it fetched in this epoch.
     pub followers: Vec<(NodeId, Option<Offset>)>,
+    /// The partition's replicas and ISR as the controller's latest decision this replica applied
+    /// names them.
+    pub replicas: Vec<NodeId>,
+    pub isr: Vec<NodeId>,
     pub storage_failed: bool,
 }
 
@@ -610,6 +614,8 @@ impl<D: Disk> Actor<D> {
             log_end: self.core.log_end(),
             stable_end: self.core.stable_end(),
             followers,
+            replicas: state.replicas.clone(),
+            isr: state.isr.clone(),
             storage_failed: self.log.is_none(),
         }
     }

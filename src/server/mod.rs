@@ -23,6 +23,7 @@
 //! failure or a panic): the broker cannot keep its promises without it.
 
 pub mod assignments;
+pub mod replica_status;
 pub mod replication;
 pub mod topics;
 
@@ -478,6 +479,7 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         Body::ProduceRequest(request) => produce(state, id, request).await,
         Body::FetchRequest(request) => fetch(state, id, request).await,
         Body::ListOffsetsRequest(request) => list_offsets(state, id, request).await,
+        Body::ReplicaStatusRequest(request) => replica_status(state, id, request),
         Body::CreateTopicRequest(request) => create_topic(state, id, request),
         Body::DeleteTopicRequest(request) => delete_topic(state, id, request),
         Body::MetadataRequest(request) => metadata(state, id, request),
@@ -491,6 +493,7 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         | Body::DeleteTopicResponse(_)
         | Body::MetadataResponse(_)
         | Body::ReplicaFetchResponse(_)
+        | Body::ReplicaStatusResponse(_)
         | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
         // Reached only with another frame version, which was answered above.
         Body::RaftMessage(_) | Body::PeerHello(_) | Body::ReplicaFetchRequest(_) => {
@@ -713,6 +716,25 @@ async fn list_offsets<D: Disk>(
             Ok(PartitionReply::Error { code, message }) => error(code, message),
             Ok(other) => error(ErrorCode::Internal, format!("unexpected partition reply {other:?}")),
             Err(_) => error(ErrorCode::ShuttingDown, "partition stopped before answering".into()),
+        }
+    })
+}
+
+/// `topic describe`'s look at a partition's replication, answered by its leader's actor
+/// ([`replica_status`]). Read-only, so it need not keep its place in the mailbox order: the future
+/// waits for mailbox space itself.
+fn replica_status<D: Disk>(state: &Arc<State<D>>, id: u64, request: ReplicaStatusRequest) -> BoxFuture<'static, Frame> {
+    let respond = move |response| Frame::new(id, Body::ReplicaStatusResponse(response));
+    let partition = match state.assignments.partition(&request.topic, PartitionId(request.partition)) {
+        Ok(partition) => partition,
+        Err(error) => return ready(respond(replica_status::refusal(error.code, error.message))),
+    };
+    let me = state.config.node_id;
+    Box::pin(async move {
+        let name = format!("{}/{}", request.topic, request.partition);
+        match partition.status().await {
+            Some(status) => respond(replica_status::answer(me, &name, request.leader_epoch, &status)),
+            None => respond(replica_status::refusal(ErrorCode::ShuttingDown, "partition stopped before answering")),
         }
     })
 }
