@@ -412,6 +412,10 @@ pub struct PartitionInfo {
     /// Unclean elections this partition has had (each may have lost acknowledged records).
     #[prost(uint64, tag = "7")]
     pub unclean_elections: u64,
+    /// Eligible leader replicas (KIP-966): out of an ISR that fell below min ISR, holding every
+    /// committed offset; elected when no ISR member can lead.
+    #[prost(uint64, repeated, tag = "8")]
+    pub elr: Vec<u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -87,6 +87,7 @@ fn metadata(brokers: &[(u64, SocketAddr)], partitions: &[(u64, i32)]) -> Body {
             leader_epoch,
             partition_epoch: leader_epoch,
             unclean_elections: 0,
+            elr: Vec::new(),
         })
         .collect();
     Body::MetadataResponse(MetadataResponse {

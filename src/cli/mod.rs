@@ -338,6 +338,7 @@ fn partition_json(p: &PartitionInfo, status: Option<&PartitionStatus>) -> serde_
     json!({"partition": p.partition, "leader": (p.leader != 0).then_some(p.leader),
            "replicas": p.replicas, "isr": p.isr, "leader_epoch": p.leader_epoch,
            "partition_epoch": p.partition_epoch, "unclean_elections": p.unclean_elections,
+           "eligible_leader_replicas": p.elr,
            "log_start_offset": status.map(|s| s.log_start.0), "high_watermark": status.map(|s| s.high_watermark.0),
            "log_end_offset": status.map(|s| s.log_end.0), "durable_end_offset": status.map(|s| s.durable_end.0),
            "storage_failed": status.map(|s| s.storage_failed), "replicas_status": replicas_status})
@@ -358,6 +359,9 @@ fn partition_lines(p: &PartitionInfo, status: Option<&PartitionStatus>) -> Vec<S
     let mut notes = String::new();
     if status.is_some_and(|status| status.storage_failed) {
         notes.push_str("\tSTORAGE FAILED (the leader is recovering its log)");
+    }
+    if !p.elr.is_empty() {
+        notes.push_str(&format!("\teligible leaders {:?}", p.elr));
     }
     if p.unclean_elections > 0 {
         notes.push_str(&format!("\tUNCLEAN ELECTIONS {} (acknowledged records may be lost)", p.unclean_elections));

@@ -428,9 +428,9 @@ impl<D: Disk> Actor<D> {
     }
 
     /// When to wake up without a message: the core's deadline, its periodic tick, a reopen.
-    fn deadline(&self) -> tokio::time::Instant {
+    fn deadline(&self, last_tick: tokio::time::Instant) -> tokio::time::Instant {
         let periodic = Duration::from_millis((self.spec.config.replica_lag_ms_max / 4).max(1) as u64);
-        let mut deadline = tokio::time::Instant::now() + periodic;
+        let mut deadline = last_tick + periodic;
         if let Some(ms) = self.core.next_deadline_ms() {
             deadline = deadline.min(self.epoch + Duration::from_millis(ms.max(0) as u64));
         }
@@ -447,8 +447,10 @@ impl<D: Disk> Actor<D> {
     ) {
         let mut sync: Option<SyncFuture> = None;
         let mut checkpoint_sync: Option<CheckpointFuture> = None;
+        let mut last_tick = tokio::time::Instant::now();
         loop {
-            let deadline = self.deadline();
+            let deadline = self.deadline(last_tick);
+            let mut ticked = false;
             tokio::select! {
                 biased;
                 result = async { sync.as_mut().expect("guarded").await }, if sync.is_some() => {
@@ -481,7 +483,19 @@ impl<D: Disk> Actor<D> {
                 _ = tokio::time::sleep_until(deadline) => {
                     let now_ms = self.now_ms();
                     self.core.step(Input::Tick { now_ms });
+                    ticked = true;
                 }
+            }
+            // A steady stream of messages wins every biased select before the timer; the tick is
+            // owed all the same (`isr_5_swarm` seed 20006: clients retrying every few ms kept a
+            // leader from ever re-sending its lost resignation).
+            if !ticked && tokio::time::Instant::now() >= deadline {
+                let now_ms = self.now_ms();
+                self.core.step(Input::Tick { now_ms });
+                ticked = true;
+            }
+            if ticked {
+                last_tick = tokio::time::Instant::now();
             }
             self.drive(&mut sync).await;
             if self.reopen_at.is_some_and(|at| at <= tokio::time::Instant::now()) {

@@ -941,6 +941,11 @@ impl ReplicaCore {
     }
 
     fn on_recovered(&mut self, log_start: Offset, log_end: Offset, epochs: LeaderEpochs) {
+        // Long polls parked before the failure would be answered from the recovered log, whose end
+        // (and so HW cap) may be below what those consumers already saw (`isr_3_bit_flips` seed
+        // 20025): they ask again, and get what the replica can serve now.
+        let message = "the partition's storage recovered from a failure; retry";
+        self.inner.refuse_parked_fetches(ErrorCode::LeaderNotReady, message);
         self.inner.step(core::Input::Recovered { log_start, log_end });
         assert!(
             epochs.latest().is_none_or(|latest| latest.start_offset < log_end),

@@ -457,6 +457,7 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
                 leader_epoch: partition.leader_epoch.0,
                 partition_epoch: partition.partition_epoch.0,
                 unclean_elections: partition.unclean_elections,
+                elr: partition.elr.iter().map(|member| member.0).collect(),
             })
             .collect(),
         min_insync_replicas: record.min_insync_replicas,
