@@ -1308,6 +1308,9 @@ fn a_replica_that_lost_committed_batches_resigns_when_it_leads() {
     assert!(core.ready().resign, "the resignation is asked again when no new state came");
     core.step(Input::Tick { now_ms: retry_ms + 2 });
     assert!(!core.ready().resign, "not on every tick");
+    // The controller keeps it leading in a new epoch (it was the last ISR member, no ELR): it leads.
+    core.step(Input::PartitionStateChanged { state: state(1, 3, &[1, 2, 3]), now_ms: retry_ms + 3 });
+    assert!(!core.ready().resign, "resigns once, not for ever");
 
     // As a follower that has not fetched back to the checkpointed HW: it still resigns when it is
     // elected (found by `isr_3_bit_flips` seed 32, where one was elected mid-repair).

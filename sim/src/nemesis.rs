@@ -21,8 +21,10 @@
 //! client, a metadata write error any broker. Partitions put the leader on either side; one-way
 //! clogs cut the leader's sending or hearing half of the time. With one broker every target is it.
 //! A bit flip hits a synced `.log` segment of a broker from a minority fixed as the run goes: the
-//! first `(n - 1) / 2` distinct brokers it hits, then only those ([`bit_flip_target`]), so every
-//! record keeps an intact copy on a majority; with fewer than three brokers it never fires.
+//! first `(k - 1) / 2` distinct brokers it hits, then only those ([`bit_flip_target`]), where `k` is
+//! the smaller of the broker count and the replication factor, so every partition keeps an intact
+//! copy on a majority of its replicas (with 5 brokers and RF 3, two rotten brokers could hold two of
+//! one partition's three replicas: `isr_5_swarm` seed 30017); with `k < 3` it never fires.
 //!
 //! # Required faults
 //! A class the scenario uses `Always` is injected at least once on every seed, on a node that
@@ -141,6 +143,8 @@ pub struct Nemesis<'a> {
     required: Vec<RequiredFault>,
     /// Brokers a bit flip hit so far (never more than `(n - 1) / 2`).
     bit_flipped: BTreeSet<usize>,
+    /// How many distinct brokers bit flips may hit over the run ([`bit_flip_brokers_max`]).
+    bit_flip_brokers_max: usize,
 }
 
 impl<'a> Nemesis<'a> {
@@ -164,6 +168,7 @@ impl<'a> Nemesis<'a> {
             })
             .collect();
         let disks = vec![DiskComponents::default(); cluster.broker_count()];
+        let cluster_brokers = cluster.broker_count();
         Nemesis {
             cluster,
             swarm,
@@ -175,6 +180,7 @@ impl<'a> Nemesis<'a> {
             injected: BTreeMap::new(),
             required,
             bit_flipped: BTreeSet::new(),
+            bit_flip_brokers_max: bit_flip_brokers_max(cluster_brokers, scenario.replication as usize),
         }
     }
 
@@ -585,7 +591,9 @@ impl<'a> Nemesis<'a> {
     /// (retried when forced) while that broker has no synced segment.
     fn bit_flip(&mut self) -> Option<(Option<Fault>, bool)> {
         let target =
-            bit_flip_target(self.cluster.broker_count(), &self.bit_flipped, |bound| thread_rng().gen_range(0..bound))?;
+            bit_flip_target(self.cluster.broker_count(), self.bit_flip_brokers_max, &self.bit_flipped, |bound| {
+                thread_rng().gen_range(0..bound)
+            })?;
         self.cluster.flip_durable_bit(target, BIT_FLIP_SUFFIX)?;
         self.bit_flipped.insert(target);
         Some((None, true))
@@ -651,12 +659,18 @@ impl<'a> Nemesis<'a> {
 /// The broker a bit flip hits, given those hit before (`hit`): any broker while fewer than
 /// `(n - 1) / 2` were hit, then one of them; `None` with fewer than three brokers. So over a whole
 /// run the flips stay on a minority. `random_below(bound)` draws a number in `0..bound`.
+/// A minority of a partition's replicas: `(k - 1) / 2` for `k` the smaller of the broker count and
+/// the replication factor (any broker may hold a replica of any partition).
+pub fn bit_flip_brokers_max(n_brokers: usize, replication: usize) -> usize {
+    n_brokers.min(replication).saturating_sub(1) / 2
+}
+
 pub fn bit_flip_target(
     n_brokers: usize,
+    minority_max: usize,
     hit: &BTreeSet<usize>,
     mut random_below: impl FnMut(usize) -> usize,
 ) -> Option<usize> {
-    let minority_max = n_brokers.saturating_sub(1) / 2;
     if minority_max == 0 {
         return None;
     }
@@ -708,18 +722,22 @@ mod tests {
     #[test]
     fn bit_flips_stay_on_a_minority_of_brokers_over_a_run() {
         for n_brokers in 0..=7 {
-            for seed in 0..50 {
-                let mut random_below = draws(seed);
-                let mut hit = BTreeSet::new();
-                for _ in 0..200 {
-                    if let Some(target) = bit_flip_target(n_brokers, &hit, &mut random_below) {
-                        assert!(target < n_brokers);
-                        hit.insert(target);
+            for replication in 1..=5 {
+                for seed in 0..50 {
+                    let mut random_below = draws(seed);
+                    let mut hit = BTreeSet::new();
+                    let minority_max = bit_flip_brokers_max(n_brokers, replication);
+                    for _ in 0..200 {
+                        if let Some(target) = bit_flip_target(n_brokers, minority_max, &hit, &mut random_below) {
+                            assert!(target < n_brokers);
+                            hit.insert(target);
+                        }
                     }
+                    assert_eq!(hit.len(), minority_max, "{n_brokers} brokers, seed {seed}: hit {hit:?}");
+                    // A minority of the brokers, and of any partition's replicas.
+                    assert!(2 * hit.len() < n_brokers.max(1), "a minority of brokers");
+                    assert!(2 * hit.len() < replication.min(n_brokers).max(1), "a minority of replicas");
                 }
-                let minority_max = n_brokers.saturating_sub(1) / 2;
-                assert_eq!(hit.len(), minority_max, "{n_brokers} brokers, seed {seed}: hit {hit:?}");
-                assert!(2 * hit.len() < n_brokers.max(1), "a minority");
             }
         }
     }

@@ -67,8 +67,9 @@ pub enum FaultClass {
     /// The metadata store fails writes (the Raft node stops; the supervisor restarts the broker).
     MetaWriteErrors,
     /// Bit rot: one bit of a synced partition segment (`*.log`) flips on a broker's disk. Over the
-    /// whole run at most `(n - 1) / 2` distinct brokers are hit (none with fewer than three), so with
-    /// replication every record keeps an intact copy on a majority; on a single-copy partition a flip
+    /// whole run at most `(k - 1) / 2` distinct brokers are hit, `k` the smaller of the broker count
+    /// and the replication factor (none below three), so every partition keeps an intact copy on a
+    /// majority of its replicas; on a single-copy partition a flip
     /// legitimately loses data, so no scenario whose checkers assume one copy may use it. Counted per
     /// flip; instantaneous (nothing to end).
     BitFlip,

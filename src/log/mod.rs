@@ -73,8 +73,8 @@
 //! Per segment: its files, length, next offset, max timestamp and both sparse indexes (one entry per
 //! `index_interval_bytes`, 24 bytes of memory per 4 KiB of log by default).
 
+pub mod end_checkpoint;
 pub mod epoch_cache;
-pub mod hw_checkpoint;
 mod index;
 mod segment;
 

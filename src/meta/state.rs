@@ -760,31 +760,7 @@ impl MetadataState {
             if let Some(unknown) = replicas.iter().find(|node_id| !self.brokers.contains_key(node_id)) {
                 return Err(format!("{at} has replica {unknown}, which is not a registered broker"));
             }
-            let isr: BTreeSet<NodeId> = partition.isr.iter().copied().collect();
-            if isr.is_empty() || isr.len() != partition.isr.len() {
-                return Err(format!("{at} has an empty ISR or duplicates in it: {:?}", partition.isr));
-            }
-            if !isr.is_subset(&replicas) {
-                return Err(format!("{at}: ISR {:?} is not within replicas {:?}", partition.isr, partition.replicas));
-            }
-            if let Some(leader) = partition.leader {
-                if !isr.contains(&leader) {
-                    return Err(format!("{at}: leader {leader} is not in ISR {:?}", partition.isr));
-                }
-            }
-            let elr: BTreeSet<NodeId> = partition.elr.iter().copied().collect();
-            if elr.len() != partition.elr.len() || !elr.is_subset(&replicas) || !elr.is_disjoint(&isr) {
-                return Err(format!(
-                    "{at}: ELR {:?} repeats a member, leaves the replicas {:?} or overlaps the ISR {:?}",
-                    partition.elr, partition.replicas, partition.isr
-                ));
-            }
-            if !elr.is_empty() && isr.len() as u32 >= topic.min_insync_replicas {
-                return Err(format!(
-                    "{at}: ELR {:?} kept beside an ISR {:?} at min_insync_replicas {}",
-                    partition.elr, partition.isr, topic.min_insync_replicas
-                ));
-            }
+            validate_leadership(&at, partition, &replicas, topic.min_insync_replicas)?;
             if partition.leader_epoch.0 < 0 || partition.partition_epoch.0 < 0 {
                 return Err(format!(
                     "{at} has a negative leader epoch {} or partition epoch {}",
@@ -1384,6 +1360,41 @@ impl MetadataState {
             isr: record.isr.clone(),
         }
     }
+}
+
+/// A partition's ISR, leader and ELR against its replicas (`validate_topic`).
+fn validate_leadership(
+    at: &str,
+    partition: &PartitionRecord,
+    replicas: &BTreeSet<NodeId>,
+    min_insync_replicas: u32,
+) -> Result<(), String> {
+    let isr: BTreeSet<NodeId> = partition.isr.iter().copied().collect();
+    if isr.is_empty() || isr.len() != partition.isr.len() {
+        return Err(format!("{at} has an empty ISR or duplicates in it: {:?}", partition.isr));
+    }
+    if !isr.is_subset(replicas) {
+        return Err(format!("{at}: ISR {:?} is not within replicas {:?}", partition.isr, partition.replicas));
+    }
+    if let Some(leader) = partition.leader {
+        if !isr.contains(&leader) {
+            return Err(format!("{at}: leader {leader} is not in ISR {:?}", partition.isr));
+        }
+    }
+    let elr: BTreeSet<NodeId> = partition.elr.iter().copied().collect();
+    if elr.len() != partition.elr.len() || !elr.is_subset(replicas) || !elr.is_disjoint(&isr) {
+        return Err(format!(
+            "{at}: ELR {:?} repeats a member, leaves the replicas {:?} or overlaps the ISR {:?}",
+            partition.elr, partition.replicas, partition.isr
+        ));
+    }
+    if !elr.is_empty() && isr.len() as u32 >= min_insync_replicas {
+        return Err(format!(
+            "{at}: ELR {:?} kept beside an ISR {:?} at min_insync_replicas {}",
+            partition.elr, partition.isr, min_insync_replicas
+        ));
+    }
+    Ok(())
 }
 
 /// A topic's settings that partition changes need.

@@ -27,8 +27,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::Batch;
+use crate::log::end_checkpoint::EndCheckpoint;
 use crate::log::epoch_cache::EpochCache;
-use crate::log::hw_checkpoint::HwCheckpoint;
 use crate::log::{LogConfig, LogError, PartitionLog};
 use crate::partition::core::{CoreConfig, Reply, RequestId};
 use crate::partition::replica::{
@@ -263,8 +263,8 @@ pub const REOPEN_BACKOFF_MS_MIN: u64 = 50;
 pub const REOPEN_BACKOFF_MS_MAX: u64 = 1_000;
 
 type SyncFuture = Pin<Box<dyn Future<Output = Result<Offset, LogError>> + Send>>;
-/// The opened log, its epoch cache, its HW checkpoint and the HW that checkpoint held.
-type Storage<D> = (PartitionLog<D>, EpochCache<<D as Disk>::File>, HwCheckpoint<<D as Disk>::File>, Option<Offset>);
+/// The opened log, its epoch cache, its synced-end checkpoint and the end that checkpoint held.
+type Storage<D> = (PartitionLog<D>, EpochCache<<D as Disk>::File>, EndCheckpoint<<D as Disk>::File>, Option<Offset>);
 type CheckpointFuture = Pin<Box<dyn Future<Output = std::io::Result<()>> + Send>>;
 
 /// Opens (recovers) the log, then the epoch cache for the recovered log.
@@ -277,9 +277,8 @@ async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, St
             .map_err(|error| format!("epoch cache: {error}"))?;
     let mut log = log;
     repair_epoch_mismatch(spec, &mut log, &mut cache).await?;
-    let (checkpoint, checkpointed_hw) = HwCheckpoint::open(&spec.disk, &spec.dir)
-        .await
-        .map_err(|error| format!("high-watermark checkpoint: {error}"))?;
+    let (checkpoint, checkpointed_end) =
+        EndCheckpoint::open(&spec.disk, &spec.dir).await.map_err(|error| format!("synced-end checkpoint: {error}"))?;
     tracing::info!(
         partition = %spec.name,
         log_start = %report.log_start_offset,
@@ -287,10 +286,10 @@ async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, St
         truncated_bytes = report.truncated_bytes,
         segments = report.segments,
         epochs = cache_report.entries,
-        checkpointed_hw = ?checkpointed_hw,
+        checkpointed_end = ?checkpointed_end,
         "partition opened"
     );
-    Ok((log, cache, checkpoint, checkpointed_hw))
+    Ok((log, cache, checkpoint, checkpointed_end))
 }
 
 /// Where the log's batches and the recovered epoch cache disagree, one of them is wrong:
@@ -328,16 +327,17 @@ async fn repair_epoch_mismatch<D: Disk>(
     cache.sync().await.map_err(|error| error.to_string())
 }
 
-/// The checkpointed HW, when recovery cut the log below it: this replica lost committed batches
-/// (bit rot, a lost segment) and must not lead until its log reaches that offset again.
+/// The checkpointed synced end, when recovery cut the log below it: this replica lost synced
+/// (possibly committed) batches (bit rot, a lost segment) and resigns if elected before its log is
+/// back there.
 fn lost_committed<D: Disk>(
     spec: &PartitionSpec<D>,
-    checkpointed_hw: Option<Offset>,
+    checkpointed_end: Option<Offset>,
     log_end: Offset,
 ) -> Option<Offset> {
-    let lost = checkpointed_hw.filter(|hw| *hw > log_end);
+    let lost = checkpointed_end.filter(|end| *end > log_end);
     if lost.is_some() {
-        tracing::error!(partition = %spec.name, ?checkpointed_hw, %log_end, "recovery cut the log below the checkpointed high watermark: committed batches were lost here");
+        tracing::error!(partition = %spec.name, ?checkpointed_end, %log_end, "recovery cut the log below its checkpointed synced end: synced (possibly committed) batches were lost here");
     }
     lost
 }
@@ -347,9 +347,9 @@ fn lost_committed<D: Disk>(
 /// `StorageError`, and retries the open with backoff until it succeeds.
 pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle {
     let now = tokio::time::Instant::now();
-    let (storage, core, reopen_at) = match open_storage(&spec).await {
-        Ok((log, cache, checkpoint, checkpointed_hw)) => {
-            let lost_committed = lost_committed(&spec, checkpointed_hw, log.log_end_offset());
+    let (storage, core, reopen_at, lost_floor) = match open_storage(&spec).await {
+        Ok((log, cache, checkpoint, checkpointed_end)) => {
+            let lost_committed = lost_committed(&spec, checkpointed_end, log.log_end_offset());
             let opened = OpenedLog {
                 log_start: log.log_start_offset(),
                 log_end: log.log_end_offset(),
@@ -360,12 +360,12 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
                 lost_committed,
             };
             let core = ReplicaCore::new(spec.me, spec.config.clone(), spec.state.clone(), opened, 0);
-            (Some((log, cache, checkpoint)), core, None)
+            (Some((log, cache, checkpoint)), core, None, lost_committed)
         }
         Err(error) => {
             tracing::error!(partition = %spec.name, %error, "cannot open the partition storage; will retry");
             let core = ReplicaCore::new_failed(spec.me, spec.config.clone(), spec.state.clone(), 0);
-            (None, core, Some(now + Duration::from_millis(REOPEN_BACKOFF_MS_MIN)))
+            (None, core, Some(now + Duration::from_millis(REOPEN_BACKOFF_MS_MIN)), None)
         }
     };
     let (log, epochs, checkpoint) =
@@ -377,6 +377,7 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
         log,
         epochs,
         checkpoint,
+        lost_floor,
         core,
         replies: BTreeMap::new(),
         follower_replies: BTreeMap::new(),
@@ -399,8 +400,11 @@ struct Actor<D: Disk> {
     log: Option<PartitionLog<D>>,
     /// The persisted leader-epoch cache, open whenever the log is.
     epochs: Option<EpochCache<D::File>>,
-    /// The persisted HW checkpoint, open whenever the log is.
-    checkpoint: Option<HwCheckpoint<D::File>>,
+    /// The persisted synced-end checkpoint, open whenever the log is.
+    checkpoint: Option<EndCheckpoint<D::File>>,
+    /// The checkpointed end recovery found the log below (lost synced batches), until the log is
+    /// durable up to it again: the checkpoint is not lowered meanwhile.
+    lost_floor: Option<Offset>,
     core: ReplicaCore,
     replies: BTreeMap<RequestId, oneshot::Sender<PartitionReply>>,
     follower_replies: BTreeMap<RequestId, oneshot::Sender<FetchResponse>>,
@@ -463,8 +467,8 @@ impl<D: Disk> Actor<D> {
                 result = async { checkpoint_sync.as_mut().expect("guarded").await }, if checkpoint_sync.is_some() => {
                     checkpoint_sync = None;
                     if let Err(error) = result {
-                        // Advisory (module `log::hw_checkpoint`): the next HW change writes again.
-                        tracing::warn!(partition = %self.spec.name, %error, "high-watermark checkpoint fsync failed");
+                        // Advisory (module `log::end_checkpoint`): the next HW change writes again.
+                        tracing::warn!(partition = %self.spec.name, %error, "synced-end checkpoint fsync failed");
                     }
                 }
                 command = mailbox.recv() => {
@@ -503,7 +507,7 @@ impl<D: Disk> Actor<D> {
                 self.drive(&mut sync).await;
             }
             if checkpoint_sync.is_none() {
-                checkpoint_sync = self.checkpoint_high_watermark();
+                checkpoint_sync = self.checkpoint_synced_end();
             }
         }
         let _ = self.close().await;
@@ -520,9 +524,9 @@ impl<D: Disk> Actor<D> {
         }
         // The latest HW goes to the checkpoint before a graceful stop (a failed write only makes the
         // next open's loss check less sharp).
-        if let Some(checkpoint_sync) = self.checkpoint_high_watermark() {
+        if let Some(checkpoint_sync) = self.checkpoint_synced_end() {
             if let Err(error) = checkpoint_sync.await {
-                tracing::warn!(partition = %self.spec.name, %error, "high-watermark checkpoint at stop failed");
+                tracing::warn!(partition = %self.spec.name, %error, "synced-end checkpoint at stop failed");
             }
         }
         self.close().await
@@ -923,28 +927,29 @@ impl<D: Disk> Actor<D> {
 
     /// Drops the log and the epoch cache, tells the core (`failure` is `WriteFailed` or
     /// `StorageFailed`) and schedules the reopen. The core's answers go out with the next `drive`.
-    /// Writes the HW this replica knows (capped by its durable end) to the checkpoint when it moved,
-    /// and returns the sync that makes it durable. One checkpoint sync at a time, beside the log's
-    /// syncs: the checkpoint trails the HW by about one fsync, which only makes the loss check at
-    /// the next open less sharp (module `log::hw_checkpoint`).
-    fn checkpoint_high_watermark(&mut self) -> Option<CheckpointFuture> {
+    /// Writes the log's synced end to the checkpoint when it moved, and returns the sync that makes
+    /// it durable. One checkpoint sync at a time, beside the log's syncs: the checkpoint trails the
+    /// synced end by about one fsync, which only makes the loss check at the next open less sharp
+    /// (module `log::end_checkpoint`).
+    fn checkpoint_synced_end(&mut self) -> Option<CheckpointFuture> {
         let log = self.log.as_ref()?;
         let checkpoint = self.checkpoint.as_mut()?;
-        // Never lowered: a restarted replica's core starts from the log start and relearns the HW,
-        // and a replica that lost committed batches must still know it at its next open (found by
-        // `isr_3_bit_flips` seed 1: a fresh core overwrote the checkpoint with 0). Only an unclean
-        // election truncates below a committed offset; the checkpoint then stays above the log
-        // until the HW passes it again, and a restart meanwhile resigns once for nothing.
-        let known = self.core.high_watermark().min(log.durable_end_offset());
-        let value = checkpoint.written().map_or(known, |written| written.max(known));
+        // The log's synced end: power loss never takes it back, so a recovery that ends below it
+        // lost synced batches. Not the HW: a follower learns that a fetch later, and one killed in
+        // between had checkpointed less than it had acknowledged (`isr_3_bit_flips` seed 30690).
+        // Held at the loss found at open until the log is back there, so a second restart still
+        // knows (seed 1: a fresh open overwrote it with the cut log's end).
+        let durable = log.durable_end_offset();
+        self.lost_floor = self.lost_floor.filter(|floor| durable < *floor);
+        let value = self.lost_floor.unwrap_or(durable);
         if checkpoint.written() == Some(value) {
             return None;
         }
         match checkpoint.write(value) {
             Ok(()) => Some(checkpoint.sync()),
             Err(error) => {
-                // Advisory: logged, retried when the HW next moves; never a storage failure.
-                tracing::warn!(partition = %self.spec.name, %error, "high-watermark checkpoint write failed");
+                // Advisory: logged, retried when the synced end next moves; never a storage failure.
+                tracing::warn!(partition = %self.spec.name, %error, "synced-end checkpoint write failed");
                 None
             }
         }
@@ -975,7 +980,10 @@ impl<D: Disk> Actor<D> {
 
     async fn reopen(&mut self) {
         match open_storage(&self.spec).await {
-            Ok((log, cache, checkpoint, _)) => {
+            Ok((log, cache, checkpoint, checkpointed_end)) => {
+                if let Some(lost) = lost_committed(&self.spec, checkpointed_end, log.log_end_offset()) {
+                    self.lost_floor = Some(self.lost_floor.map_or(lost, |floor| floor.max(lost)));
+                }
                 // The HW this replica knew in memory is at least the checkpoint's: the core judges
                 // the loss from it (`Recovered`).
                 let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());

@@ -411,8 +411,8 @@ pub struct OpenedLog {
     pub epochs: LeaderEpochs,
     /// The HW this replica last knew, if it kept one (else `log_start`); clamped to the log.
     pub high_watermark: Offset,
-    /// Recovery cut the log below the HW this replica had checkpointed (the checkpoint's value):
-    /// committed batches are gone from it. If it is to lead before its log reaches that offset
+    /// Recovery cut the log below the synced end this replica had checkpointed (the checkpoint's
+    /// value): synced batches, possibly committed ones, are gone from it. If it is to lead before its log reaches that offset
     /// again (fetched from a leader), it resigns at once and serves nothing (the controller then
     /// elects a replica that holds them, `meta::state`).
     pub lost_committed: Option<Offset>,
@@ -462,7 +462,8 @@ pub struct ReplicaCore {
     /// A new leader's epoch entry, held back while a truncation is not yet durable: the shell cuts the
     /// persisted cache only after that sync, and the cut must not remove this entry.
     deferred_epoch_assign: Option<(LeaderEpoch, Offset)>,
-    /// From [`OpenedLog::lost_committed`] until the log reaches that offset again.
+    /// From [`OpenedLog::lost_committed`] until this replica first leads (and resigns if its log has
+    /// not reached that offset again by then).
     lost_committed: Option<Offset>,
     ready: Ready,
 }
@@ -912,10 +913,12 @@ impl ReplicaCore {
             resigned_ms: None,
             began_failed: self.inner.is_failed(),
         });
+        // Committed batches are missing here: leading would make the followers cut them too. Once:
+        // if the controller keeps this replica leading after it resigned (the last ISR member, no
+        // eligible leader replica), nobody is known to hold more, and it leads (`isr_5_swarm`
+        // seed 30017 resigned 800 times in a row).
         let log_end = self.inner.log_end();
-        self.lost_committed = self.lost_committed.filter(|committed| log_end < *committed);
-        if self.lost_committed.is_some() {
-            // Committed batches are missing here: leading would make the followers cut them too.
+        if self.lost_committed.take().is_some_and(|committed| log_end < committed) {
             self.resign_now();
         }
         self.recompute_high_watermark();

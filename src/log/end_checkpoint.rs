@@ -1,22 +1,23 @@
-//! The persisted high-watermark checkpoint: the last HW a replica knew, so that a replica whose
-//! recovery cut its log below it knows it lost committed batches (bit rot, a lost file) and does
-//! not lead with that log (`partition::replica`, `lost_committed`).
+//! The persisted synced-end checkpoint: how far a replica's log was known durable, so that a
+//! replica whose recovery cut its log below it knows it lost synced batches, possibly committed
+//! ones (bit rot, a lost file), and does not lead with that log (`partition::replica`,
+//! `lost_committed`). Power loss and crashes never cut below it (they take only unsynced writes).
 //!
-//! In: [`HwCheckpoint::write`] (an offset), [`HwCheckpoint::sync`]. Out: after a crash, the last
+//! In: [`EndCheckpoint::write`] (an offset), [`EndCheckpoint::sync`]. Out: after a crash, the last
 //! synced value, or an older one, or none; never a value that was not written.
 //!
 //! # Format
-//! One file, `high-watermark.checkpoint`, in the partition's directory (the log's recovery ignores
+//! One file, `synced-end.checkpoint`, in the partition's directory (the log's recovery ignores
 //! names that are not segment files): two 20-byte big-endian slots, written alternately,
 //!
 //! ```text
-//! sequence u64 | offset i64 | crc u32      crc = crc32c_append(crc32c("keel-hw"), sequence | offset)
+//! sequence u64 | offset i64 | crc u32      crc = crc32c_append(crc32c("keel-synced-end"), sequence | offset)
 //! ```
 //!
 //! The slot with the higher sequence whose CRC holds wins. A torn or rotten slot is ignored, so a
 //! crash during a write leaves the previous value (never a mix of two), and one flipped bit loses at
-//! most the newer value. The value is a lower bound of what the replica had committed: a lagging
-//! checkpoint only makes the loss check less sharp, never wrong (see `partition::actor`).
+//! most the newer value. A lagging checkpoint only makes the loss check less sharp; one above the
+//! log after a legitimate truncation makes it resign once for nothing (see `partition::actor`).
 
 use std::future::Future;
 use std::io;
@@ -25,15 +26,15 @@ use std::pin::Pin;
 use crate::storage::{Disk, DiskFile};
 use crate::types::Offset;
 
-pub const HW_CHECKPOINT_FILE: &str = "high-watermark.checkpoint";
-pub const HW_SLOT_BYTES: usize = 20;
+pub const END_CHECKPOINT_FILE: &str = "synced-end.checkpoint";
+pub const END_SLOT_BYTES: usize = 20;
 
 fn slot_crc(payload: &[u8]) -> u32 {
-    crc32c::crc32c_append(crc32c::crc32c(b"keel-hw"), payload)
+    crc32c::crc32c_append(crc32c::crc32c(b"keel-synced-end"), payload)
 }
 
-pub fn encode_slot(sequence: u64, offset: Offset) -> [u8; HW_SLOT_BYTES] {
-    let mut out = [0u8; HW_SLOT_BYTES];
+pub fn encode_slot(sequence: u64, offset: Offset) -> [u8; END_SLOT_BYTES] {
+    let mut out = [0u8; END_SLOT_BYTES];
     out[0..8].copy_from_slice(&sequence.to_be_bytes());
     out[8..16].copy_from_slice(&offset.0.to_be_bytes());
     let crc = slot_crc(&out[0..16]);
@@ -43,7 +44,7 @@ pub fn encode_slot(sequence: u64, offset: Offset) -> [u8; HW_SLOT_BYTES] {
 
 /// Decodes one slot; `None` when it is short or its CRC does not hold.
 pub fn decode_slot(raw: &[u8]) -> Option<(u64, Offset)> {
-    if raw.len() != HW_SLOT_BYTES {
+    if raw.len() != END_SLOT_BYTES {
         return None;
     }
     let stored = u32::from_be_bytes(raw[16..20].try_into().expect("4 bytes"));
@@ -55,7 +56,7 @@ pub fn decode_slot(raw: &[u8]) -> Option<(u64, Offset)> {
     Some((sequence, offset))
 }
 
-pub struct HwCheckpoint<F: DiskFile> {
+pub struct EndCheckpoint<F: DiskFile> {
     file: F,
     /// The sequence of the last slot written (0: none).
     sequence: u64,
@@ -65,18 +66,18 @@ pub struct HwCheckpoint<F: DiskFile> {
     dirty: bool,
 }
 
-impl<F: DiskFile> HwCheckpoint<F> {
+impl<F: DiskFile> EndCheckpoint<F> {
     /// Opens (creating if missing) the checkpoint in `dir`; returns it and the value it holds.
-    pub async fn open<D: Disk<File = F>>(disk: &D, dir: &str) -> io::Result<(HwCheckpoint<F>, Option<Offset>)> {
+    pub async fn open<D: Disk<File = F>>(disk: &D, dir: &str) -> io::Result<(EndCheckpoint<F>, Option<Offset>)> {
         let dir = dir.trim_end_matches('/');
         disk.create_dir_all(dir)?;
-        let file = disk.open(&format!("{dir}/{HW_CHECKPOINT_FILE}"), true)?;
+        let file = disk.open(&format!("{dir}/{END_CHECKPOINT_FILE}"), true)?;
         // The file's name is durable before anything is written to it.
         disk.sync_dir(dir).await?;
-        let bytes = file.read_at(0, 2 * HW_SLOT_BYTES)?;
-        let best = bytes.chunks(HW_SLOT_BYTES).filter_map(decode_slot).max_by_key(|(sequence, _)| *sequence);
+        let bytes = file.read_at(0, 2 * END_SLOT_BYTES)?;
+        let best = bytes.chunks(END_SLOT_BYTES).filter_map(decode_slot).max_by_key(|(sequence, _)| *sequence);
         let (sequence, value) = (best.map_or(0, |(sequence, _)| sequence), best.map(|(_, offset)| offset));
-        Ok((HwCheckpoint { file, sequence, written: value, dirty: false }, value))
+        Ok((EndCheckpoint { file, sequence, written: value, dirty: false }, value))
     }
 
     /// Writes `offset` to the older slot (not durable until `sync`). A repeat of the last value
@@ -87,7 +88,7 @@ impl<F: DiskFile> HwCheckpoint<F> {
             return Ok(());
         }
         self.sequence += 1;
-        let position = (self.sequence % 2) * HW_SLOT_BYTES as u64;
+        let position = (self.sequence % 2) * END_SLOT_BYTES as u64;
         self.written = Some(offset);
         self.file.write_at(position, &encode_slot(self.sequence, offset))?;
         self.dirty = true;
@@ -124,8 +125,8 @@ mod tests {
     fn slots_round_trip_and_every_bit_flip_is_caught() {
         let raw = encode_slot(9, Offset(1234));
         assert_eq!(decode_slot(&raw), Some((9, Offset(1234))));
-        assert_eq!(decode_slot(&raw[..HW_SLOT_BYTES - 1]), None);
-        for byte in 0..HW_SLOT_BYTES {
+        assert_eq!(decode_slot(&raw[..END_SLOT_BYTES - 1]), None);
+        for byte in 0..END_SLOT_BYTES {
             for bit in 0..8 {
                 let mut corrupt = raw;
                 corrupt[byte] ^= 1 << bit;
@@ -137,7 +138,7 @@ mod tests {
     #[test]
     fn the_newest_synced_value_survives_a_crash_and_an_unsynced_one_does_not() {
         let disk = SimDisk::new(1);
-        let (mut checkpoint, found) = block_on(HwCheckpoint::open(&disk, DIR)).unwrap();
+        let (mut checkpoint, found) = block_on(EndCheckpoint::open(&disk, DIR)).unwrap();
         assert_eq!(found, None);
         checkpoint.write(Offset(10)).unwrap();
         block_on(checkpoint.sync()).unwrap();
@@ -145,31 +146,31 @@ mod tests {
         block_on(checkpoint.sync()).unwrap();
         checkpoint.write(Offset(30)).unwrap(); // never synced
         disk.crash();
-        let (mut checkpoint, found) = block_on(HwCheckpoint::open(&disk, DIR)).unwrap();
+        let (mut checkpoint, found) = block_on(EndCheckpoint::open(&disk, DIR)).unwrap();
         assert_eq!(found, Some(Offset(20)));
         // Writing on after recovery keeps the sequence going up: the next value wins.
         checkpoint.write(Offset(5)).unwrap();
         block_on(checkpoint.sync()).unwrap();
-        assert_eq!(block_on(HwCheckpoint::open(&disk, DIR)).unwrap().1, Some(Offset(5)));
+        assert_eq!(block_on(EndCheckpoint::open(&disk, DIR)).unwrap().1, Some(Offset(5)));
     }
 
     #[test]
     fn a_rotten_newer_slot_falls_back_to_the_older_one() {
         let disk = SimDisk::new(1);
-        let (mut checkpoint, _) = block_on(HwCheckpoint::open(&disk, DIR)).unwrap();
+        let (mut checkpoint, _) = block_on(EndCheckpoint::open(&disk, DIR)).unwrap();
         checkpoint.write(Offset(10)).unwrap();
         checkpoint.write(Offset(20)).unwrap();
         block_on(checkpoint.sync()).unwrap();
         // Sequence 2 is in slot 0; flip a bit of it.
-        let file = disk.open(&format!("{DIR}/{HW_CHECKPOINT_FILE}"), false).unwrap();
-        let mut slot = file.read_at(0, HW_SLOT_BYTES).unwrap().to_vec();
+        let file = disk.open(&format!("{DIR}/{END_CHECKPOINT_FILE}"), false).unwrap();
+        let mut slot = file.read_at(0, END_SLOT_BYTES).unwrap().to_vec();
         slot[9] ^= 0x10;
         file.write_at(0, &slot).unwrap();
-        assert_eq!(block_on(HwCheckpoint::open(&disk, DIR)).unwrap().1, Some(Offset(10)));
+        assert_eq!(block_on(EndCheckpoint::open(&disk, DIR)).unwrap().1, Some(Offset(10)));
         // Both slots rotten: no value.
-        let mut other = file.read_at(HW_SLOT_BYTES as u64, HW_SLOT_BYTES).unwrap().to_vec();
+        let mut other = file.read_at(END_SLOT_BYTES as u64, END_SLOT_BYTES).unwrap().to_vec();
         other[0] ^= 1;
-        file.write_at(HW_SLOT_BYTES as u64, &other).unwrap();
-        assert_eq!(block_on(HwCheckpoint::open(&disk, DIR)).unwrap().1, None);
+        file.write_at(END_SLOT_BYTES as u64, &other).unwrap();
+        assert_eq!(block_on(EndCheckpoint::open(&disk, DIR)).unwrap().1, None);
     }
 }
