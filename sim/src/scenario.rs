@@ -397,7 +397,7 @@ pub struct RegressionSeed {
     pub found: &'static str,
 }
 
-/// Raft seeds that found bugs, replayed first by CI: `raft_regression_seeds` in
+/// Seeds that found bugs (Raft ones first, then ISR ones), replayed first by CI: `raft_regression_seeds` in
 /// `sim/tests/scenarios.rs`, a plain `#[test]`, runs each and requires it to pass.
 ///
 /// Add a seed when it finds a bug (before fixing it, check that it fails); once fixed, put its new
@@ -480,5 +480,15 @@ pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
         found: "no leader kill in a scenario named for it: pauses and kills kept a leader from existing \
                 through the forcing window (fix: no drawn fault starts while a required one is overdue; a \
                 kill that hits the leader counts as a leader kill)",
+    },
+    RegressionSeed {
+        scenario: "isr_3_slow_follower",
+        seed: 10049,
+        trace_hash: 0x4197_2d61_fea9_91e8,
+        found: "both followers of the only partition stalled and the leader never dropped them from the ISR \
+                (no ack for 15 s, no slow follower counted; trace hash fd04fa1d395f2dc3 then): the partition \
+                actor's periodic tick was counted from its last message, and a consumer polling every 10 ms \
+                kept postponing it, so the lag check never ran (fix: `partition::actor` ticks at least every \
+                replica_lag_ms_max / 4 however busy its mailbox). 20 of seeds 10000..=11999 failed so",
     },
 ];

@@ -317,6 +317,11 @@ async fn repair_epoch_mismatch<D: Disk>(
     cache.sync().await.map_err(|error| error.to_string())
 }
 
+/// The longest the core goes without a tick (it asks for earlier ones with `next_deadline_ms`).
+fn tick_period(config: &ReplicaConfig) -> Duration {
+    Duration::from_millis((config.replica_lag_ms_max / 4).max(1) as u64)
+}
+
 /// Opens (recovers) the partition's log and epoch cache and spawns its actor. Storage that cannot
 /// be opened (a disk error) does not stop the broker: the partition starts failed, answers
 /// `StorageError`, and retries the open with backoff until it succeeds.
@@ -344,6 +349,7 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
     let (log, epochs) = storage.map_or((None, None), |(log, cache)| (Some(log), Some(cache)));
     let (mailbox, receiver) = mpsc::channel(MAILBOX_MAX);
     let (fetched, fetched_receiver) = mpsc::unbounded_channel();
+    let next_tick = now + tick_period(&spec.config);
     let actor = Actor {
         spec,
         log,
@@ -355,6 +361,7 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
         epoch: now,
         reopen_at,
         reopen_backoff: Duration::from_millis(REOPEN_BACKOFF_MS_MIN),
+        next_tick,
         pending_cut: None,
         in_flight_cut: None,
         fetched,
@@ -379,6 +386,11 @@ struct Actor<D: Disk> {
     /// When to try reopening a failed log next (`None` while the log is open).
     reopen_at: Option<tokio::time::Instant>,
     reopen_backoff: Duration,
+    /// The latest the next tick may come: ticks come at least every [`tick_period`], however busy
+    /// the mailbox. (The periodic deadline used to be counted from the last message, so a partition
+    /// that clients kept busy and whose followers had no parked fetch never ticked, and never ran the
+    /// lag check that drops a stalled follower from the ISR: `isr_3_slow_follower` seed 10049.)
+    next_tick: tokio::time::Instant,
     /// A log truncation (the log end it left) whose epoch-cache cut waits for the next sync.
     pending_cut: Option<Offset>,
     /// The cut the sync in flight carries: applied and synced when that sync succeeds.
@@ -398,8 +410,7 @@ impl<D: Disk> Actor<D> {
 
     /// When to wake up without a message: the core's deadline, its periodic tick, a reopen.
     fn deadline(&self) -> tokio::time::Instant {
-        let periodic = Duration::from_millis((self.spec.config.replica_lag_ms_max / 4).max(1) as u64);
-        let mut deadline = tokio::time::Instant::now() + periodic;
+        let mut deadline = self.next_tick;
         if let Some(ms) = self.core.next_deadline_ms() {
             deadline = deadline.min(self.epoch + Duration::from_millis(ms.max(0) as u64));
         }
@@ -442,6 +453,7 @@ impl<D: Disk> Actor<D> {
                 _ = tokio::time::sleep_until(deadline) => {
                     let now_ms = self.now_ms();
                     self.core.step(Input::Tick { now_ms });
+                    self.next_tick = tokio::time::Instant::now() + tick_period(&self.spec.config);
                 }
             }
             self.drive(&mut sync).await;
