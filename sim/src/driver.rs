@@ -36,6 +36,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{BrokerState, Cluster, BROKER_PORT};
 use crate::history_file::{self, HistoryFile, NemesisEvent};
+use crate::isr_watch::{self, IsrWatch};
 use crate::meta_workload::{self, AdminProcess, MetaRecorder};
 use crate::monitor::{leader, wait_converged, RaftMonitor, Supervisor};
 use crate::nemesis::{FaultCounts, Nemesis};
@@ -113,6 +114,8 @@ struct Run {
     cluster: Cluster,
     monitor: Option<RaftMonitor>,
     supervisor: Option<Supervisor>,
+    /// The controller's ISR timeline, for the min-ISR checker.
+    isr_watch: Option<IsrWatch>,
     violations: Vec<String>,
     faults: FaultCounts,
     nemesis_actions: usize,
@@ -169,6 +172,7 @@ impl Run {
             cluster.add_broker(config, disk_seed);
         }
         let monitor = scenario.checks(Checker::Raft).then(|| RaftMonitor::start(&cluster, &trace, start));
+        let isr_watch = scenario.checks(Checker::MinIsrAcks).then(|| IsrWatch::start(&cluster, TOPIC, start));
         let mut run = Run {
             scenario: scenario.clone(),
             seed,
@@ -178,6 +182,7 @@ impl Run {
             cluster,
             monitor,
             supervisor: None,
+            isr_watch,
             violations: Vec::new(),
             faults: FaultCounts::new(),
             nemesis_actions: 0,
@@ -366,6 +371,12 @@ impl Run {
         let high_watermarks = self.final_read(queue).await;
         let stats = self.cluster.broker(0).disk.stats();
         self.trace.record(queue.recorder.now_ns(), format!("disk stats {stats:?}"));
+        if self.scenario.checks(Checker::FullIsr) {
+            match isr_watch::wait_full_isr(&self.cluster, TOPIC, Duration::from_millis(LIVENESS_MS_MAX)).await {
+                Ok(view) => self.note(format!("full ISR: every replica in its partition's ISR {view:?}")),
+                Err(violation) => self.violations.push(violation),
+            }
+        }
         if let (Some(high_watermarks), true) = (high_watermarks, self.scenario.checks(Checker::Replicas)) {
             self.check_replicas(&high_watermarks).await;
         }
@@ -517,6 +528,40 @@ impl Run {
         }
     }
 
+    /// The min-ISR checker over the ISR timeline the watch recorded ([`isr_watch::acks_under_min_isr`]).
+    async fn check_min_isr_acks(&mut self, watch: IsrWatch, recorder: &Recorder) {
+        let timeline = watch.finish().await;
+        if std::env::var_os("KEEL_SIM_TRACE").is_some() {
+            for (partition, stretches) in &timeline.partitions {
+                for stretch in stretches {
+                    let record = &stretch.record;
+                    println!(
+                        "isr timeline: {TOPIC}/{partition} {:>10.3}..{:>10.3} ms partition epoch {} leader {:?} (epoch {}) \
+                         isr {:?}",
+                        stretch.first_ns as f64 / 1e6,
+                        stretch.last_ns as f64 / 1e6,
+                        record.partition_epoch,
+                        record.leader,
+                        record.leader_epoch,
+                        record.isr
+                    );
+                }
+            }
+        }
+        let report = isr_watch::acks_under_min_isr(&recorder.history(), TOPIC, &timeline);
+        self.note(format!(
+            "min ISR: stretches below min ISR {:?}: {:?}; {} sends invoked in them judged, {} refused, {} acked \
+             while below; send errors by code {:?}",
+            timeline.min_isr,
+            report.stretches_under_min,
+            report.sends_judged,
+            report.sends_failed,
+            report.violations.len(),
+            recorder.send_errors()
+        ));
+        self.violations.extend(report.violations);
+    }
+
     /// The verdict: checkers, violations, trace hash; the history file; the printed report.
     async fn finish(mut self, workload: Workload, options: &RunOptions) -> Outcome {
         let raft = match self.monitor.take() {
@@ -533,6 +578,9 @@ impl Run {
         }
         let (mut file, fingerprint, expected_anomalies) = match &workload {
             Workload::Queue(queue) => {
+                if let Some(watch) = self.isr_watch.take() {
+                    self.check_min_isr_acks(watch, &queue.recorder).await;
+                }
                 self.violations.extend(queue.recorder.violations());
                 let history = queue.recorder.history();
                 let fingerprint = history.fingerprint();

@@ -24,6 +24,9 @@
 //!   supervisor that judges every Raft node that stopped (a checker, not a driver).
 //! - `replicas` (madsim only): the ISR scenarios' convergence check (every in-sync replica holds
 //!   the leader's bytes below the high watermark).
+//! - `isr_watch` (madsim only): the controller's partition records as the harness reads them (the
+//!   nemesis's partition-aware faults use them), the ISR timeline recorded during a run, and the
+//!   min-ISR and full-ISR checks.
 //! - `cluster` (madsim only): named nodes running `keel::server::run_broker` over a `SimDisk` and
 //!   a `SimKv` that outlive restarts; kill, power loss, restart, clean restart, pause, clog, link
 //!   clogs, latency, disk and metadata-store faults, heal; every broker exit judged by its cause.
@@ -68,6 +71,8 @@ pub mod cluster;
 #[cfg(madsim)]
 pub mod driver;
 pub mod history_file;
+#[cfg(madsim)]
+pub mod isr_watch;
 pub mod meta_workload;
 #[cfg(madsim)]
 pub mod monitor;

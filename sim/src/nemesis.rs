@@ -26,23 +26,36 @@
 //! copy on a majority of its replicas (with 5 brokers and RF 3, two rotten brokers could hold two of
 //! one partition's three replicas: `isr_5_swarm` seed 30017); with `k < 3` it never fires.
 //!
+//! Two classes follow the controller's decisions, read from the brokers' applied metadata
+//! ([`crate::isr_watch::topic_view`]) every [`METADATA_POLL_MS`], and run as a sequence of steps
+//! rather than one outage: a double failover crashes the leader of a partition whose ISR holds every
+//! replica, waits until the controller has elected another leader, crashes that one within
+//! [`SECOND_CRASH_MS_MAX`] and brings both back at drawn times; a slow follower stalls the syncs of
+//! one broker's follower replicas ([`keel::storage::sim::FsyncStall`]) for longer than
+//! `replica_lag_ms_max` and watches it leave the ISRs and come back.
+//!
 //! # Required faults
 //! A class the scenario uses `Always` is injected at least once on every seed, on a node that
 //! matters: it is due at a time drawn in the first half of the phase; from then on no drawn fault
 //! starts until it happened, and it is forced (tried again every [`FORCED_FAULT_RETRY_MS`] while
 //! there is no leader or the target is busy). What counts: a crash or power loss of a serving
 //! broker (one that hit the leader is a leader kill too); a clog of a broker; a slow, failed sync or
-//! a failed write that the broker's disk reports; a bit flipped in a synced segment. A seed whose
-//! required fault never counted fails.
+//! a failed write that the broker's disk reports; a bit flipped in a synced segment; a double
+//! failover's second crash of a serving partition leader; a slow follower seen leaving an ISR and
+//! then back in every ISR it left. A seed whose required fault never counted fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use keel::storage::sim::SimDiskFaults;
+use keel::partition::replica::ReplicaConfig;
+use keel::storage::sim::{FsyncStall, SimDiskFaults};
+use keel::types::{LeaderEpoch, NodeId};
 use madsim::rand::{thread_rng, Rng};
 use tokio::time::Instant;
 
 use crate::cluster::{BrokerState, Cluster};
+use crate::driver::TOPIC;
+use crate::isr_watch::topic_view;
 use crate::monitor::{leader, Supervisor};
 use crate::scenario::Scenario;
 use crate::swarm::{pick_weighted, FaultClass, NemesisSwarm};
@@ -56,6 +69,29 @@ pub const FORCED_FAULT_RETRY_MS: u64 = 100;
 /// Which files a bit flip rots: partition segments (their indexes are rebuilt by recovery, so a flip
 /// there tests little).
 pub const BIT_FLIP_SUFFIX: &str = ".log";
+/// How often a fault that follows the controller's decisions (a double failover, a slow follower)
+/// reads the metadata again.
+pub const METADATA_POLL_MS: u64 = 100;
+/// Double failover: how long the controller may take to elect another leader after the first crash
+/// (it fences a dead broker after `broker_fence_after_ms`, 6 s by default) before the nemesis gives up
+/// on this one and brings the broker back.
+pub const FAILOVER_ELECTION_MS_MAX: u64 = 15_000;
+/// Double failover: the new leader crashes up to this long after the harness saw it elected (drawn).
+pub const SECOND_CRASH_MS_MAX: u64 = 2_000;
+/// Double failover: the first victim comes back up to this long after the election (drawn), so it is
+/// sometimes back before the second crash and sometimes not.
+pub const FIRST_BACK_MS_MAX: u64 = 3_000;
+/// Double failover: how long the second crash waits for the partition's leader to serve.
+pub const SECOND_CRASH_WAIT_MS_MAX: u64 = 5_000;
+/// Double failover: the second victim's outage, drawn in this range (shorter and longer than the
+/// controller's fencing timeout).
+pub const SECOND_OUTAGE_MS: (u64, u64) = (200, 9_000);
+/// Slow follower: the stall lasts `replica_lag_ms_max` plus a time drawn in this range, enough for a
+/// leader to notice the lag (it checks at least every `replica_lag_ms_max / 4`) and for the
+/// controller to apply the shrink before the stall ends.
+pub const SLOW_FOLLOWER_OVER_LAG_MS: (u64, u64) = (3_500, 5_500);
+/// Slow follower: how long after the stall the follower has to be back in every ISR it left.
+pub const SLOW_FOLLOWER_REJOIN_MS_MAX: u64 = 3_000;
 
 /// How many faults of each class hit during the nemesis phase. For the data-disk classes these are
 /// the disk's own counters (syncs that waited, syncs that failed, writes that failed).
@@ -76,6 +112,48 @@ enum Fault {
     Latency,
     MetaWriteErrors(usize),
     Disk(usize, DiskFault),
+    /// Advanced by [`Nemesis::step_double_failover`] rather than ended.
+    DoubleFailover(DoubleFailover),
+    /// Advanced by [`Nemesis::step_slow_follower`] rather than ended.
+    SlowFollower(SlowFollower),
+}
+
+/// A double failover in progress ([`FaultClass::DoubleFailover`]).
+#[derive(Clone, Debug)]
+struct DoubleFailover {
+    partition: u32,
+    /// The leader that crashed first, the leader epoch it led, and when it crashed.
+    first: usize,
+    first_epoch: LeaderEpoch,
+    first_crashed_at: Instant,
+    first_down: bool,
+    /// Set when the harness saw another leader elected: when the first victim comes back, and when
+    /// the second crash is due.
+    first_back_at: Option<Instant>,
+    second_crash_at: Option<Instant>,
+    /// The second victim, and when it comes back.
+    second: Option<(usize, Instant)>,
+    second_down: bool,
+    /// The election or the second crash did not happen in time: only the returns are left.
+    given_up: bool,
+}
+
+impl DoubleFailover {
+    fn is_down(&self, index: usize) -> bool {
+        (self.first_down && self.first == index) || (self.second_down && self.second.is_some_and(|(s, _)| s == index))
+    }
+}
+
+/// A slow follower in progress ([`FaultClass::SlowFollower`]).
+#[derive(Clone, Debug)]
+struct SlowFollower {
+    target: usize,
+    /// The partitions whose ISR it was in, without leading them, when the stall began.
+    watched: Vec<u32>,
+    /// When its stalled syncs complete.
+    stall_end: Instant,
+    /// Partitions whose ISR the harness saw it leave, and whether it was seen back since.
+    left: BTreeMap<u32, bool>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,11 +169,13 @@ struct ActiveFault {
 }
 
 /// One broker's data-disk fault components; the disk gets their composition.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct DiskComponents {
     latency_ms: Option<(u64, u64)>,
     /// A power-loss stall: every sync waits this long (overrides `latency_ms`).
     stall_ms: Option<u64>,
+    /// A slow follower's stalled replicas.
+    follower_stall: Option<FsyncStall>,
     fsync_error_probability: f64,
     write_eio_probability: f64,
     write_enospc_probability: f64,
@@ -114,6 +194,7 @@ impl DiskComponents {
             fsync_latency_ms: latency,
             write_eio_probability: eio,
             write_enospc_probability: enospc,
+            fsync_stall: self.follower_stall.clone(),
             ..SimDiskFaults::default()
         }
     }
@@ -145,6 +226,8 @@ pub struct Nemesis<'a> {
     bit_flipped: BTreeSet<usize>,
     /// How many distinct brokers bit flips may hit over the run ([`bit_flip_brokers_max`]).
     bit_flip_brokers_max: usize,
+    /// The end of the faulty phase (a slow follower that cannot end before it is not started).
+    deadline: Instant,
 }
 
 impl<'a> Nemesis<'a> {
@@ -181,12 +264,14 @@ impl<'a> Nemesis<'a> {
             required,
             bit_flipped: BTreeSet::new(),
             bit_flip_brokers_max: bit_flip_brokers_max(cluster_brokers, scenario.replication as usize),
+            deadline: now + scenario.duration,
         }
     }
 
     /// Runs the nemesis for `duration`; returns how many faults of each class hit.
     pub async fn run(mut self, duration: Duration) -> FaultCounts {
         let deadline = Instant::now() + duration;
+        self.deadline = deadline;
         let mut next_start = Instant::now() + self.interval();
         loop {
             self.sleep_until_next_event(next_start, deadline).await;
@@ -234,7 +319,15 @@ impl<'a> Nemesis<'a> {
             std::mem::take(&mut self.active).into_iter().partition(|active| active.end <= now);
         self.active = active;
         for active in ended {
-            self.end(active.fault);
+            let next = match active.fault {
+                Fault::DoubleFailover(failover) => self.step_double_failover(failover, now),
+                Fault::SlowFollower(slow) => self.step_slow_follower(slow, now),
+                fault => {
+                    self.end(fault);
+                    None
+                }
+            };
+            self.active.extend(next);
         }
         let down = self.down();
         if let Some(supervisor) = self.supervisor.as_deref_mut() {
@@ -288,19 +381,23 @@ impl<'a> Nemesis<'a> {
     }
 
     fn down(&self) -> BTreeSet<usize> {
-        self.active
-            .iter()
-            .filter_map(|active| match active.fault {
-                Fault::Down { broker, .. } => Some(broker),
-                _ => None,
+        (0..self.cluster.broker_count())
+            .filter(|&index| {
+                self.active.iter().any(|active| match &active.fault {
+                    Fault::Down { broker, .. } => *broker == index,
+                    Fault::DoubleFailover(failover) => failover.is_down(index),
+                    _ => false,
+                })
             })
             .collect()
     }
 
     fn busy(&self, index: usize) -> bool {
-        self.active
-            .iter()
-            .any(|active| matches!(active.fault, Fault::Down { broker, .. } | Fault::Paused(broker) if broker == index))
+        self.active.iter().any(|active| match &active.fault {
+            Fault::Down { broker, .. } | Fault::Paused(broker) => *broker == index,
+            Fault::DoubleFailover(failover) => failover.is_down(index),
+            _ => false,
+        })
     }
 
     fn is_active(&self, is: impl Fn(&Fault) -> bool) -> bool {
@@ -336,6 +433,8 @@ impl<'a> Nemesis<'a> {
             FaultClass::FailedFsync => self.failed_fsync(forced).await,
             FaultClass::FailedWrite => self.failed_write(forced).await,
             FaultClass::BitFlip => self.bit_flip(),
+            FaultClass::DoubleFailover => self.double_failover(),
+            FaultClass::SlowFollower => self.slow_follower(),
         };
         let Some((fault, counted)) = started else { return false };
         if let Some(fault) = fault {
@@ -648,7 +747,283 @@ impl<'a> Nemesis<'a> {
                 }
                 self.apply_disk(broker);
             }
+            // Advanced step by step instead (`end_due_faults`); what they leave at the end of the
+            // phase (a broker down, a stall) the heal ends.
+            Fault::DoubleFailover(_) | Fault::SlowFollower(_) => {}
         }
+    }
+
+    /// Whether broker `index` serves and no fault holds it (for the faults that need a healthy target).
+    fn serving(&self, index: usize) -> bool {
+        self.cluster.is_up(index)
+            && !self.cluster.is_paused(index)
+            && !self.busy(index)
+            && self.cluster.broker_state(index) == BrokerState::Serving
+    }
+
+    /// A crash of `index` for a double failover: a kill or (half the time) a power loss.
+    fn failover_crash(&mut self, index: usize) {
+        if thread_rng().gen_bool(0.5) {
+            self.cluster.power_loss(index);
+        } else {
+            self.cluster.kill(index);
+        }
+    }
+
+    /// Starts a double failover ([`FaultClass::DoubleFailover`]): crashes the leader of a partition
+    /// whose ISR holds every replica, on a cluster where every broker serves. Not started (retried
+    /// when forced) while another runs, a broker is not serving, or no partition qualifies.
+    fn double_failover(&mut self) -> Option<(Option<Fault>, bool)> {
+        let n = self.cluster.broker_count();
+        if n < 3 || self.is_active(|fault| matches!(fault, Fault::DoubleFailover(_))) {
+            return None;
+        }
+        if !(0..n).all(|index| self.serving(index)) {
+            return None;
+        }
+        let view = topic_view(self.cluster, TOPIC)?;
+        let candidates: Vec<_> = view
+            .partitions
+            .iter()
+            .filter(|record| record.replicas.len() >= 3 && record.isr.len() == record.replicas.len())
+            .filter_map(|record| Some((record.partition, record.leader?, record.leader_epoch, record.isr.clone())))
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let (partition, leader, first_epoch, isr) = candidates[thread_rng().gen_range(0..candidates.len())].clone();
+        let first = broker_index(leader);
+        self.note(format!(
+            "nemesis double_failover {TOPIC}/{partition}: crash its leader broker-{} (leader epoch {first_epoch}, isr \
+             {isr:?})",
+            first + 1
+        ));
+        self.failover_crash(first);
+        let now = Instant::now();
+        let failover = DoubleFailover {
+            partition,
+            first,
+            first_epoch,
+            first_crashed_at: now,
+            first_down: true,
+            first_back_at: None,
+            second_crash_at: None,
+            second: None,
+            second_down: false,
+            given_up: false,
+        };
+        let end = now + Duration::from_millis(METADATA_POLL_MS);
+        self.active.push(ActiveFault { fault: Fault::DoubleFailover(failover), end });
+        Some((None, false))
+    }
+
+    /// One step of a double failover: brings victims back when due, waits for the controller to
+    /// elect another leader, crashes that one when due. Returns the fault while steps are left.
+    fn step_double_failover(&mut self, mut failover: DoubleFailover, now: Instant) -> Option<ActiveFault> {
+        let partition = failover.partition;
+        if failover.first_down && failover.first_back_at.is_some_and(|at| now >= at) {
+            self.cluster.restart(failover.first);
+            failover.first_down = false;
+        }
+        if let Some((second, back_at)) = failover.second {
+            if failover.second_down && now >= back_at {
+                self.cluster.restart(second);
+                failover.second_down = false;
+            }
+        }
+        let record = topic_view(self.cluster, TOPIC).and_then(|view| view.partition(partition).cloned());
+        let mut polling = false;
+        if failover.first_back_at.is_none() && !failover.given_up {
+            let elected = record.as_ref().and_then(|record| {
+                record.leader.filter(|leader| {
+                    broker_index(*leader) != failover.first && record.leader_epoch > failover.first_epoch
+                })
+            });
+            if let Some(new_leader) = elected {
+                let second_crash_ms = thread_rng().gen_range(0..=SECOND_CRASH_MS_MAX);
+                let first_back_ms = thread_rng().gen_range(0..=FIRST_BACK_MS_MAX);
+                failover.second_crash_at = Some(now + Duration::from_millis(second_crash_ms));
+                failover.first_back_at = Some(now + Duration::from_millis(first_back_ms));
+                let (epoch, isr) = record.as_ref().map(|r| (r.leader_epoch, r.isr.clone())).unwrap_or_default();
+                self.note(format!(
+                    "nemesis double_failover {TOPIC}/{partition}: broker-{new_leader} leads (leader epoch {epoch}, isr \
+                     {isr:?}) {} ms after the first crash; crash it in {second_crash_ms} ms, broker-{} back in \
+                     {first_back_ms} ms",
+                    (now - failover.first_crashed_at).as_millis(),
+                    failover.first + 1
+                ));
+            } else if now >= failover.first_crashed_at + Duration::from_millis(FAILOVER_ELECTION_MS_MAX) {
+                self.note(format!(
+                    "nemesis double_failover {TOPIC}/{partition}: no other leader {FAILOVER_ELECTION_MS_MAX} ms after \
+                     the first crash ({record:?}); giving up"
+                ));
+                failover.given_up = true;
+                failover.first_back_at = Some(now);
+                if failover.first_down {
+                    self.cluster.restart(failover.first);
+                    failover.first_down = false;
+                }
+            } else {
+                polling = true;
+            }
+        }
+        if let (Some(crash_at), None, false) = (failover.second_crash_at, failover.second, failover.given_up) {
+            if now >= crash_at {
+                let target = record.as_ref().and_then(|record| record.leader).map(broker_index);
+                match target {
+                    Some(target) if target != failover.first || !failover.first_down => {
+                        if self.serving(target) {
+                            let outage_ms = thread_rng().gen_range(SECOND_OUTAGE_MS.0..=SECOND_OUTAGE_MS.1);
+                            self.note(format!(
+                                "nemesis double_failover {TOPIC}/{partition}: crash its new leader broker-{}, back in \
+                                 {outage_ms} ms",
+                                target + 1
+                            ));
+                            self.failover_crash(target);
+                            failover.second = Some((target, now + Duration::from_millis(outage_ms)));
+                            failover.second_down = true;
+                            *self.injected.entry(FaultClass::DoubleFailover).or_default() += 1;
+                        } else {
+                            polling = true;
+                        }
+                    }
+                    _ => polling = true,
+                }
+                if polling && now >= crash_at + Duration::from_millis(SECOND_CRASH_WAIT_MS_MAX) {
+                    self.note(format!(
+                        "nemesis double_failover {TOPIC}/{partition}: no serving leader to crash {SECOND_CRASH_WAIT_MS_MAX} \
+                         ms after the second crash was due ({record:?}); giving up"
+                    ));
+                    failover.given_up = true;
+                    polling = false;
+                }
+            }
+        }
+        let mut wakes: Vec<Instant> = Vec::new();
+        if failover.first_down {
+            wakes.extend(failover.first_back_at);
+        }
+        if failover.second_down {
+            wakes.extend(failover.second.map(|(_, back_at)| back_at));
+        }
+        if failover.second.is_none() && !failover.given_up {
+            wakes.extend(failover.second_crash_at);
+        }
+        if polling {
+            wakes.push(now + Duration::from_millis(METADATA_POLL_MS));
+        }
+        let end = wakes.into_iter().min()?;
+        Some(ActiveFault { fault: Fault::DoubleFailover(failover), end })
+    }
+
+    /// Starts a slow follower ([`FaultClass::SlowFollower`]): stalls the syncs of every follower
+    /// replica of a serving broker that is in the ISR of a partition it does not lead. Not started
+    /// (retried when forced) when no broker qualifies or the stall and the rejoin cannot end before
+    /// the phase does.
+    fn slow_follower(&mut self) -> Option<(Option<Fault>, bool)> {
+        let lag_ms = ReplicaConfig::default().replica_lag_ms_max.max(0) as u64;
+        let stall_ms = lag_ms + thread_rng().gen_range(SLOW_FOLLOWER_OVER_LAG_MS.0..=SLOW_FOLLOWER_OVER_LAG_MS.1);
+        let now = Instant::now();
+        let stall_end = now + Duration::from_millis(stall_ms);
+        if stall_end + Duration::from_millis(SLOW_FOLLOWER_REJOIN_MS_MAX) > self.deadline {
+            return None;
+        }
+        let view = topic_view(self.cluster, TOPIC)?;
+        let stalled: BTreeSet<usize> = self
+            .active
+            .iter()
+            .filter_map(|active| match &active.fault {
+                Fault::SlowFollower(slow) => Some(slow.target),
+                _ => None,
+            })
+            .collect();
+        let candidates: Vec<(usize, Vec<u32>)> = (0..self.cluster.broker_count())
+            .filter(|index| !stalled.contains(index) && self.serving(*index))
+            .filter_map(|index| {
+                let node = NodeId(index as u64 + 1);
+                let watched: Vec<u32> = view
+                    .partitions
+                    .iter()
+                    .filter(|record| record.leader.is_some_and(|leader| leader != node) && record.isr.contains(&node))
+                    .map(|record| record.partition)
+                    .collect();
+                (!watched.is_empty()).then_some((index, watched))
+            })
+            .collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        let (target, watched) = candidates[thread_rng().gen_range(0..candidates.len())].clone();
+        let topic_dir = crate::replicas::topic_dir(&self.cluster.broker(target).disk, TOPIC)?;
+        let path_prefixes = watched.iter().map(|partition| format!("{topic_dir}/{partition}/")).collect();
+        self.note(format!(
+            "nemesis slow_follower broker-{}: its replicas of {TOPIC} partitions {watched:?} sync no sooner than in \
+             {stall_ms} ms",
+            target + 1
+        ));
+        self.disks[target].follower_stall = Some(FsyncStall { path_prefixes, until: stall_end });
+        self.apply_disk(target);
+        let slow = SlowFollower { target, watched, stall_end, left: BTreeMap::new() };
+        let end = now + Duration::from_millis(METADATA_POLL_MS);
+        self.active.push(ActiveFault { fault: Fault::SlowFollower(slow), end });
+        Some((None, false))
+    }
+
+    /// One step of a slow follower: lifts the stall once it is over, notes every ISR the follower
+    /// leaves and rejoins, counts the fault once it is back in every ISR it left. Returns the fault
+    /// while it is not done.
+    fn step_slow_follower(&mut self, mut slow: SlowFollower, now: Instant) -> Option<ActiveFault> {
+        let target = slow.target;
+        if now >= slow.stall_end && self.disks[target].follower_stall.is_some() {
+            self.disks[target].follower_stall = None;
+            self.apply_disk(target);
+        }
+        let node = NodeId(target as u64 + 1);
+        if let Some(view) = topic_view(self.cluster, TOPIC) {
+            for &partition in &slow.watched {
+                let Some(record) = view.partition(partition) else { continue };
+                let in_isr = record.isr.contains(&node);
+                let back = slow.left.get(&partition).copied();
+                if !in_isr && back.is_none() {
+                    slow.left.insert(partition, false);
+                    self.note(format!(
+                        "nemesis slow_follower broker-{}: left the ISR of {TOPIC}/{partition} ({:?}, partition epoch {})",
+                        target + 1,
+                        record.isr,
+                        record.partition_epoch
+                    ));
+                } else if in_isr && back == Some(false) {
+                    slow.left.insert(partition, true);
+                    self.note(format!(
+                        "nemesis slow_follower broker-{}: back in the ISR of {TOPIC}/{partition} ({:?}, partition epoch \
+                         {})",
+                        target + 1,
+                        record.isr,
+                        record.partition_epoch
+                    ));
+                }
+            }
+        }
+        let rejoined = !slow.left.is_empty() && slow.left.values().all(|back| *back);
+        if rejoined && now >= slow.stall_end {
+            *self.injected.entry(FaultClass::SlowFollower).or_default() += 1;
+            return None;
+        }
+        if now >= slow.stall_end + Duration::from_millis(SLOW_FOLLOWER_REJOIN_MS_MAX) {
+            self.note(format!(
+                "nemesis slow_follower broker-{}: not counted: left {:?} (partition: back) within {} ms of the stall's \
+                 end",
+                target + 1,
+                slow.left,
+                SLOW_FOLLOWER_REJOIN_MS_MAX
+            ));
+            return None;
+        }
+        let mut end = now + Duration::from_millis(METADATA_POLL_MS);
+        if self.disks[target].follower_stall.is_some() {
+            end = end.min(slow.stall_end);
+        }
+        Some(ActiveFault { fault: Fault::SlowFollower(slow), end })
     }
 
     fn note(&self, what: String) {
@@ -678,6 +1053,11 @@ pub fn bit_flip_target(
         return Some(random_below(n_brokers));
     }
     hit.iter().nth(random_below(hit.len())).copied()
+}
+
+/// The broker index of a node id (broker `i` is node `i + 1`).
+fn broker_index(node: NodeId) -> usize {
+    node.0 as usize - 1
 }
 
 fn shuffled(n: usize) -> Vec<usize> {

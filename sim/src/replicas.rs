@@ -104,20 +104,21 @@ pub async fn check(
     violations
 }
 
+/// The data directory of the latest incarnation of `topic` on `disk` (`data/<topic>@<index>`), if any.
+pub fn topic_dir(disk: &SimDisk, topic: &str) -> Option<String> {
+    let prefix = format!("{topic}@");
+    let mut incarnations: Vec<String> =
+        disk.list("data").ok()?.into_iter().filter(|name| name.starts_with(&prefix)).collect();
+    incarnations.sort_by_key(|name| name[prefix.len()..].parse::<u64>().unwrap_or(0));
+    incarnations.last().map(|dir| format!("data/{dir}"))
+}
+
 /// The replica's batches below `up_to`, as stored; an error if its log ends before `up_to`.
 async fn read_replica(disk: &SimDisk, topic: &str, partition: u32, up_to: Offset) -> Result<Vec<u8>, String> {
-    let prefix = format!("{topic}@");
-    let mut incarnations: Vec<String> = disk
-        .list("data")
-        .map_err(|error| error.to_string())?
-        .into_iter()
-        .filter(|name| name.starts_with(&prefix))
-        .collect();
-    incarnations.sort_by_key(|name| name[prefix.len()..].parse::<u64>().unwrap_or(0));
-    let Some(dir) = incarnations.last() else {
+    let Some(dir) = topic_dir(disk, topic) else {
         return Err("no data directory for the topic".into());
     };
-    let dir = format!("data/{dir}/{partition}");
+    let dir = format!("{dir}/{partition}");
     let (log, _) =
         PartitionLog::open(disk.clone(), &dir, LogConfig::default()).await.map_err(|error| error.to_string())?;
     if log.log_end_offset() < up_to {

@@ -40,6 +40,13 @@ pub enum Checker {
     /// After the final read: every in-sync replica's log holds the leader's batches, byte for byte,
     /// below the high watermark ([`crate::replicas`]).
     Replicas,
+    /// No send invoked while the controller's ISR of its partition was below `min_insync_replicas`
+    /// is acknowledged while it stays there ([`crate::isr_watch::acks_under_min_isr`], over the ISR
+    /// timeline an observer records during the run). Sound only without network faults (see there).
+    MinIsrAcks,
+    /// After the final read, within the liveness bound: every partition has a leader and every
+    /// replica back in its ISR ([`crate::isr_watch::wait_full_isr`]).
+    FullIsr,
 }
 
 /// One scenario: config (cluster and faults), workload, checkers.
@@ -289,6 +296,46 @@ pub fn isr_3_bit_flips() -> Scenario {
     isr("isr_3_bit_flips", 3, vec![(BitFlip, Always), (CleanRestart, Sometimes), (Pause, Sometimes), (Kill, Sometimes)])
 }
 
+/// The ISR scenarios with their own checks of the ISR: the controller's ISR is watched during the
+/// run (no ack while it is below the minimum) and must be whole again after the heal.
+const ISR_WATCHED_CHECKERS: &[Checker] = &[Checker::Queue, Checker::Replicas, Checker::MinIsrAcks, Checker::FullIsr];
+
+/// The faulty phase of `isr_3_double_failover`: a failover takes the fencing timeout (6 s) and the
+/// forced one starts by the middle of the phase, so its second crash lands before the end.
+pub const DOUBLE_FAILOVER_DURATION: Duration = Duration::from_secs(30);
+
+/// Two failovers in quick succession (KIP-101's case), again and again: a partition's leader
+/// crashes (kill or power loss), the controller elects another from the ISR, and that one crashes
+/// within 0-2 s, while the first is still down or just back; both come back later. With RF 3 and
+/// min ISR 2, the last replica standing must refuse `acks=all` (`NotEnoughReplicas`) until another
+/// rejoins, never acknowledge alone; a replica that comes back truncates by leader epoch, never to
+/// its HW; nothing acknowledged is lost.
+pub fn isr_3_double_failover() -> Scenario {
+    Scenario {
+        checkers: ISR_WATCHED_CHECKERS,
+        duration: DOUBLE_FAILOVER_DURATION,
+        ..isr("isr_3_double_failover", 3, vec![(DoubleFailover, Always)])
+    }
+}
+
+/// The faulty phase of `isr_3_slow_follower`: a stall lasts `replica_lag_ms_max` (10 s) plus 3.5-5.5
+/// s, and the forced one starts by the middle of the phase, so it ends (and its follower rejoins)
+/// before the heal.
+pub const SLOW_FOLLOWER_DURATION: Duration = Duration::from_secs(40);
+
+/// A slow follower: one broker's follower replicas stop completing syncs for longer than
+/// `replica_lag_ms_max`, its leaders drop it from their ISRs (a shrink through the controller), then
+/// it catches up and rejoins (an expansion); stalls on other brokers may overlap, leaving a leader
+/// alone (below min ISR: no acks). Each seed must see a follower leave an ISR and come back
+/// (counted by the nemesis from the controller's metadata), and every ISR whole after the heal.
+pub fn isr_3_slow_follower() -> Scenario {
+    Scenario {
+        checkers: ISR_WATCHED_CHECKERS,
+        duration: SLOW_FOLLOWER_DURATION,
+        ..isr("isr_3_slow_follower", 3, vec![(SlowFollower, Always)])
+    }
+}
+
 /// Graceful restarts one after another under load (leadership moves away first).
 pub fn isr_3_rolling_restart() -> Scenario {
     isr("isr_3_rolling_restart", 3, vec![(CleanRestart, Always)])
@@ -332,7 +379,9 @@ pub fn all() -> Vec<Scenario> {
         isr_3_leader_kill(),
         isr_3_all_power_loss(),
         isr_3_zombie_leader(),
+        isr_3_double_failover(),
         isr_3_clogs_pauses_delay(),
+        isr_3_slow_follower(),
         isr_3_rolling_restart(),
         isr_3_bit_flips(),
         isr_5_swarm(),
@@ -358,7 +407,7 @@ pub struct RegressionSeed {
     pub found: &'static str,
 }
 
-/// Raft seeds that found bugs, replayed first by CI: `raft_regression_seeds` in
+/// Seeds that found bugs (Raft ones first, then ISR ones), replayed first by CI: `raft_regression_seeds` in
 /// `sim/tests/scenarios.rs`, a plain `#[test]`, runs each and requires it to pass.
 ///
 /// Add a seed when it finds a bug (before fixing it, check that it fails); once fixed, put its new
@@ -441,5 +490,15 @@ pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
         found: "no leader kill in a scenario named for it: pauses and kills kept a leader from existing \
                 through the forcing window (fix: no drawn fault starts while a required one is overdue; a \
                 kill that hits the leader counts as a leader kill)",
+    },
+    RegressionSeed {
+        scenario: "isr_3_slow_follower",
+        seed: 10049,
+        trace_hash: 0x4197_2d61_fea9_91e8,
+        found: "both followers of the only partition stalled and the leader never dropped them from the ISR \
+                (no ack for 15 s, no slow follower counted; trace hash fd04fa1d395f2dc3 then): the partition \
+                actor's periodic tick was counted from its last message, and a consumer polling every 10 ms \
+                kept postponing it, so the lag check never ran (fix: `partition::actor` ticks at least every \
+                replica_lag_ms_max / 4 however busy its mailbox). 20 of seeds 10000..=11999 failed so",
     },
 ];

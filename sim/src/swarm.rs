@@ -73,6 +73,19 @@ pub enum FaultClass {
     /// legitimately loses data, so no scenario whose checkers assume one copy may use it. Counted per
     /// flip; instantaneous (nothing to end).
     BitFlip,
+    /// Two failovers in quick succession (KIP-101's case): the leader of a partition whose ISR holds
+    /// every replica (with every broker serving) crashes; once the controller has elected another
+    /// leader, that one crashes too after a delay drawn per fault, while the first is still down or
+    /// just back (also drawn). Each crash is a kill or a power loss (drawn); both come back later.
+    /// Reads the controller's metadata; counted when the second crash hit the partition's serving
+    /// leader. One at a time.
+    DoubleFailover,
+    /// A slow follower: the syncs of one broker's follower replicas (every partition whose ISR it is
+    /// in without leading it) stall for longer than `replica_lag_ms_max`, so the leaders drop it from
+    /// their ISRs; then the stall ends, it catches up and rejoins. Counted when the controller's
+    /// metadata showed it leave an ISR and then be back in every ISR it left. Not started when the
+    /// stall (and the rejoin) cannot end before the faulty phase does. Overlaps on other brokers.
+    SlowFollower,
 }
 
 /// The seed's draw.

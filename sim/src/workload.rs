@@ -73,6 +73,8 @@ pub struct Recorder {
     violations: Mutex<Vec<String>>,
     /// Observations of a durability break that are expected with fsync=never (counted, not failed).
     expected_anomalies: Mutex<usize>,
+    /// Sends that ended in an error, by the error's code (or the kind of client error).
+    send_errors: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Recorder {
@@ -86,6 +88,7 @@ impl Recorder {
             high_watermark_max: Mutex::default(),
             violations: Mutex::default(),
             expected_anomalies: Mutex::default(),
+            send_errors: Mutex::default(),
         })
     }
 
@@ -103,6 +106,21 @@ impl Recorder {
 
     pub fn expected_anomalies(&self) -> usize {
         *lock(&self.expected_anomalies)
+    }
+
+    /// Sends that ended in an error (`fail` or `info`), by error code; client-side errors without a
+    /// code (timeouts, connections) by their kind.
+    pub fn send_errors(&self) -> BTreeMap<String, u64> {
+        lock(&self.send_errors).clone()
+    }
+
+    fn send_error(&self, error: &ClientError) {
+        let what = match error.code() {
+            Some(code) => format!("{code:?}"),
+            None if error.is_ambiguous() => "ambiguous (no code)".to_owned(),
+            None => "client (no code)".to_owned(),
+        };
+        *lock(&self.send_errors).entry(what).or_default() += 1;
     }
 
     /// Sends acked so far.
@@ -264,9 +282,11 @@ async fn run_producer_process(shape: ProcessShape, producer: Producer, recorder:
                 lock(&recorder.history).send_ok(pending, now_ns, Offset(metadata.offset.0.max(0) as u64));
             }
             Ok(Err(error)) if error.is_ambiguous() => {
+                recorder.send_error(&error);
                 lock(&recorder.history).send_info(pending, now_ns);
             }
-            Ok(Err(_)) => {
+            Ok(Err(error)) => {
+                recorder.send_error(&error);
                 lock(&recorder.history).send_fail(pending, now_ns);
             }
             Err(_) => {

@@ -67,6 +67,18 @@ pub struct SimDiskFaults {
     /// Probability that one `write_at` fails because the disk is full (ENOSPC, reported as
     /// `io::ErrorKind::StorageFull` as std reports a real ENOSPC) after a strict prefix of it.
     pub write_enospc_probability: f64,
+    /// A stalled part of the tree (on top of `fsync_latency_ms`): see [`FsyncStall`].
+    pub fsync_stall: Option<FsyncStall>,
+}
+
+/// Syncs under some paths stall until a given moment, as on a slow device that holds part of the
+/// tree (e.g. one replica's directory): a sync of a file, or a `sync_dir` of a directory, whose path
+/// starts with one of `path_prefixes` and that starts before `until` completes no earlier than
+/// `until` (and counts as a delayed sync). Draws nothing from the RNG.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FsyncStall {
+    pub path_prefixes: Vec<String>,
+    pub until: tokio::time::Instant,
 }
 
 impl Default for SimDiskFaults {
@@ -79,6 +91,7 @@ impl Default for SimDiskFaults {
             garbage_tail_probability: 0.25,
             write_eio_probability: 0.0,
             write_enospc_probability: 0.0,
+            fsync_stall: None,
         }
     }
 }
@@ -88,8 +101,8 @@ impl Default for SimDiskFaults {
 pub struct SimDiskStats {
     /// File syncs that completed (with `Ok` or an injected error).
     pub syncs: u64,
-    /// File syncs among them that first waited an injected latency (`fsync_latency_ms` above zero), so
-    /// a scenario about slow fsyncs can tell that one happened.
+    /// File syncs among them that first waited an injected latency (`fsync_latency_ms` above zero, or
+    /// an [`FsyncStall`]), so a scenario about slow fsyncs can tell that one happened.
     pub delayed_syncs: u64,
     /// Injected sync failures (file and directory).
     pub sync_errors: u64,
@@ -274,6 +287,25 @@ impl State {
         let (min, max) = self.faults.fsync_latency_ms;
         let ms = if max > min { self.rng.random_range(min..=max) } else { min };
         Duration::from_millis(ms)
+    }
+
+    /// How long a sync of `path` (a file, or a directory for `sync_dir`) starting now waits: the drawn
+    /// latency, or longer if the path is stalled ([`FsyncStall`]).
+    fn sync_latency(&mut self, path: Option<&str>) -> Duration {
+        let latency = self.draw_latency();
+        let stalled = match (&self.faults.fsync_stall, path) {
+            (Some(stall), Some(path)) if stall.path_prefixes.iter().any(|prefix| path.starts_with(prefix.as_str())) => {
+                stall.until.saturating_duration_since(tokio::time::Instant::now())
+            }
+            _ => Duration::ZERO,
+        };
+        latency.max(stalled)
+    }
+
+    /// A path that names `inode` now (for [`FsyncStall`]; only looked up while a stall is set).
+    fn path_of(&self, inode: InodeId) -> Option<String> {
+        self.faults.fsync_stall.as_ref()?;
+        self.entries.iter().find(|(_, entry)| entry.current == Some(inode)).map(|(path, _)| path.clone())
     }
 
     /// Drops inodes no entry refers to, now or durably.
@@ -499,7 +531,7 @@ impl Disk for SimDisk {
     fn sync_dir(&self, dir: &str) -> impl Future<Output = io::Result<()>> + Send + 'static {
         let dir = normalize(dir);
         let shared = self.state.clone();
-        let latency = lock(&self.state).draw_latency();
+        let latency = lock(&self.state).sync_latency(Some(&dir));
         async move {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
@@ -588,7 +620,8 @@ impl DiskFile for SimFile {
         // Which writes this sync covers is decided now, at call time.
         let (covered_seq, latency) = {
             let mut state = lock(&self.state);
-            let latency = state.draw_latency();
+            let path = state.path_of(self.inode);
+            let latency = state.sync_latency(path.as_deref());
             match state.inode(self) {
                 Ok(inode) => (Ok(inode.next_seq), latency),
                 Err(error) => (Err(error), latency),
@@ -640,6 +673,31 @@ impl DiskFile for SimFile {
 mod tests {
     use super::*;
     use futures::executor::block_on;
+
+    /// A stall delays the syncs under its prefixes that start before its end, until that end, and no
+    /// other sync; it draws nothing from the RNG.
+    #[tokio::test]
+    async fn a_stall_delays_only_syncs_under_its_prefixes_until_its_end() {
+        let disk = SimDisk::new(7);
+        disk.create_dir_all("data/a").unwrap();
+        disk.create_dir_all("data/b").unwrap();
+        let stalled = disk.open("data/a/x", true).unwrap();
+        let free = disk.open("data/b/y", true).unwrap();
+        let until = tokio::time::Instant::now() + Duration::from_millis(50);
+        let stall = FsyncStall { path_prefixes: vec!["data/a/".to_owned()], until };
+        disk.set_faults(SimDiskFaults { fsync_stall: Some(stall), ..SimDiskFaults::default() });
+        free.write_at(0, b"free").unwrap();
+        free.sync().await.unwrap();
+        disk.sync_dir("data/b").await.unwrap();
+        assert_eq!(disk.stats().delayed_syncs, 0, "a path outside the stall");
+        stalled.write_at(0, b"slow").unwrap();
+        stalled.sync().await.unwrap();
+        assert!(tokio::time::Instant::now() >= until, "the stalled sync ended before the stall");
+        assert_eq!(disk.stats().delayed_syncs, 1);
+        stalled.write_at(4, b"er").unwrap();
+        stalled.sync().await.unwrap();
+        assert_eq!(disk.stats().delayed_syncs, 1, "a sync that starts after the stall's end");
+    }
 
     #[test]
     fn unsynced_write_is_lost_and_synced_write_survives_a_crash() {
