@@ -141,7 +141,9 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
     let scenario = Scenario {
         name: "bit_flip_only",
         brokers: n_brokers,
-        replication: 1,
+        // Flips stay on a minority of a partition's replicas: with every broker a replica, that is
+        // a minority of the brokers.
+        replication: n_brokers as u32,
         fsync: FsyncPolicy::Always,
         faults: vec![(FaultClass::BitFlip, Use::Always)],
         workload: scenario::WorkloadKind::Queue,
