@@ -158,6 +158,38 @@ struct Seen {
 
 type Shared = Arc<Mutex<Seen>>;
 
+/// Two fake brokers whose metadata names broker 1 leader at epoch 5 until `moved` is set, then
+/// broker 2 at epoch 6 (each metadata request counted in `seen`). Every other request is answered
+/// by `answer(node, seen, moved, body)`.
+async fn leadership_moving_brokers(
+    seen: &Shared,
+    answer: impl Fn(u64, &mut Seen, &Mutex<bool>, Body) -> Body + Clone + Send + 'static,
+) -> Vec<SocketAddr> {
+    let moved = Arc::new(Mutex::new(false));
+    let addrs: Arc<Mutex<Vec<SocketAddr>>> = Default::default();
+    let mut brokers = Vec::new();
+    for node in 1..=2u64 {
+        let (log, moved, addrs, answer) = (seen.clone(), moved.clone(), addrs.clone(), answer.clone());
+        let addr = fake_broker(Box::new(move |id, body| {
+            let mut seen = log.lock().unwrap();
+            let addrs = addrs.lock().unwrap();
+            let all = [(1, addrs[0]), (2, addrs[1])];
+            let reply = match body {
+                Body::MetadataRequest(_) => {
+                    seen.metadata += 1;
+                    metadata(&all, &[if *moved.lock().unwrap() { (2, 6) } else { (1, 5) }])
+                }
+                other => answer(node, &mut seen, &moved, other),
+            };
+            vec![(id, reply)]
+        }))
+        .await;
+        brokers.push(addr);
+    }
+    *addrs.lock().unwrap() = brokers.clone();
+    brokers
+}
+
 #[tokio::test]
 async fn fetch_carries_the_leader_epoch_and_a_fenced_one_refreshes_the_metadata() {
     // The first metadata names epoch 3; the leader has moved on to 4, which later metadata names.
@@ -199,39 +231,21 @@ async fn fetch_retries_an_unknown_leader_epoch_on_the_same_leader_and_follows_no
     // Broker 1 leads at epoch 5 but has not applied it twice; then it loses the lead to broker 2
     // (epoch 6), which the metadata names once broker 1 said NotLeader.
     let seen = Shared::default();
-    let moved = Arc::new(Mutex::new(false));
-    let addrs: Arc<Mutex<Vec<SocketAddr>>> = Default::default();
-    let mut brokers = Vec::new();
-    for node in 1..=2u64 {
-        let (log, moved, addrs) = (seen.clone(), moved.clone(), addrs.clone());
-        let addr = fake_broker(Box::new(move |id, body| {
-            let mut seen = log.lock().unwrap();
-            let addrs = addrs.lock().unwrap();
-            let all = [(1, addrs[0]), (2, addrs[1])];
-            let reply = match body {
-                Body::MetadataRequest(_) => {
-                    seen.metadata += 1;
-                    metadata(&all, &[if *moved.lock().unwrap() { (2, 6) } else { (1, 5) }])
+    let brokers = leadership_moving_brokers(&seen, |node, seen, moved, body| match body {
+        Body::FetchRequest(request) => {
+            seen.fetch_epochs.push(request.leader_epoch);
+            match (node, seen.fetch_epochs.len()) {
+                (1, 1 | 2) => fetch_refused(ErrorCode::UnknownLeaderEpoch),
+                (1, _) => {
+                    *moved.lock().unwrap() = true;
+                    fetch_refused(ErrorCode::NotLeader)
                 }
-                Body::FetchRequest(request) => {
-                    seen.fetch_epochs.push(request.leader_epoch);
-                    match (node, seen.fetch_epochs.len()) {
-                        (1, 1 | 2) => fetch_refused(ErrorCode::UnknownLeaderEpoch),
-                        (1, _) => {
-                            *moved.lock().unwrap() = true;
-                            fetch_refused(ErrorCode::NotLeader)
-                        }
-                        _ => fetched(),
-                    }
-                }
-                other => panic!("unexpected request {other:?}"),
-            };
-            vec![(id, reply)]
-        }))
-        .await;
-        brokers.push(addr);
-    }
-    *addrs.lock().unwrap() = brokers.clone();
+                _ => fetched(),
+            }
+        }
+        other => panic!("unexpected request {other:?}"),
+    })
+    .await;
     let client = fast_client(brokers[0].to_string());
     let fetched = timeout(WAIT_MAX, client.fetch(TOPIC, 0, keel::types::Offset(0), 1024, Duration::ZERO)).await;
     fetched.unwrap().unwrap();
@@ -274,38 +288,20 @@ async fn replica_status_carries_the_leader_epoch_and_follows_not_leader() {
     // Broker 1 leads at epoch 5 in the first metadata but answers NotLeader; the refreshed metadata
     // names broker 2 at epoch 6, which answers.
     let seen = Shared::default();
-    let moved = Arc::new(Mutex::new(false));
-    let addrs: Arc<Mutex<Vec<SocketAddr>>> = Default::default();
-    let mut brokers = Vec::new();
-    for node in 1..=2u64 {
-        let (log, moved, addrs) = (seen.clone(), moved.clone(), addrs.clone());
-        let addr = fake_broker(Box::new(move |id, body| {
-            let mut seen = log.lock().unwrap();
-            let addrs = addrs.lock().unwrap();
-            let all = [(1, addrs[0]), (2, addrs[1])];
-            let reply = match body {
-                Body::MetadataRequest(_) => {
-                    seen.metadata += 1;
-                    metadata(&all, &[if *moved.lock().unwrap() { (2, 6) } else { (1, 5) }])
-                }
-                Body::ReplicaStatusRequest(request) => {
-                    assert_eq!((request.topic.as_str(), request.partition), (TOPIC, 0));
-                    seen.fetch_epochs.push(request.leader_epoch);
-                    if node == 1 {
-                        *moved.lock().unwrap() = true;
-                        replica_status_refused(ErrorCode::NotLeader)
-                    } else {
-                        replica_status(2, 6)
-                    }
-                }
-                other => panic!("unexpected request {other:?}"),
-            };
-            vec![(id, reply)]
-        }))
-        .await;
-        brokers.push(addr);
-    }
-    *addrs.lock().unwrap() = brokers.clone();
+    let brokers = leadership_moving_brokers(&seen, |node, seen, moved, body| match body {
+        Body::ReplicaStatusRequest(request) => {
+            assert_eq!((request.topic.as_str(), request.partition), (TOPIC, 0));
+            seen.fetch_epochs.push(request.leader_epoch);
+            if node == 1 {
+                *moved.lock().unwrap() = true;
+                replica_status_refused(ErrorCode::NotLeader)
+            } else {
+                replica_status(2, 6)
+            }
+        }
+        other => panic!("unexpected request {other:?}"),
+    })
+    .await;
     let client = fast_client(brokers[0].to_string());
     let status = timeout(WAIT_MAX, client.replica_status(TOPIC, 0)).await.unwrap().unwrap();
     assert_eq!((status.leader, status.leader_epoch, status.high_watermark), (2, 6, keel::types::Offset(3)));
