@@ -31,7 +31,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keel::config::BrokerConfig;
 use keel::meta::node::NodeHandle as MetaNodeHandle;
@@ -155,6 +155,8 @@ pub struct Broker {
     pub node: NodeHandle,
     /// The broker's disk; survives kills and restarts.
     pub disk: SimDisk,
+    /// The files of `disk` that bit rot was injected into (the durable-ack check excuses them).
+    pub rotted: Arc<Mutex<BTreeSet<String>>>,
     /// The broker's metadata store (the Raft log); survives kills and restarts, loses unsynced
     /// batches on power loss.
     pub kv: SimKv,
@@ -253,6 +255,7 @@ impl Cluster {
             addr,
             node,
             disk,
+            rotted: Arc::default(),
             kv,
             meta,
             status,
@@ -527,6 +530,7 @@ impl Cluster {
     pub fn flip_durable_bit(&mut self, index: usize, suffix: &str) -> Option<BitFlip> {
         let broker = &self.brokers[index];
         let flip = broker.disk.flip_random_durable_bit(suffix)?;
+        crate::lock(&broker.rotted).insert(flip.path.clone());
         let name = broker.name.clone();
         self.note(format!("nemesis bit_flip {name} {} byte {} bit {}", flip.path, flip.byte, flip.bit));
         Some(flip)

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keel::config::BrokerConfig;
+use keel::partition::FsyncPolicy;
 use keel_model::history::ProcessId;
 use madsim::rand::{thread_rng, Rng};
 use rand::rngs::StdRng;
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{BrokerState, Cluster, BROKER_PORT};
+use crate::durable_acks::ReplicaDisk;
 use crate::history_file::{self, HistoryFile, NemesisEvent};
 use crate::isr_watch::{self, IsrWatch};
 use crate::meta_workload::{self, AdminProcess, MetaRecorder};
@@ -44,7 +46,7 @@ use crate::outcome::{acked_operations, Outcome, Verdicts, TRACE_TAIL_LINES};
 use crate::scenario::{Checker, Scenario, WorkloadKind};
 use crate::swarm::{MetaSwarm, QueueSwarm, Swarm, WorkloadSwarm};
 use crate::trace::Trace;
-use crate::workload::{client_config, Consumer, ProducerNode, Recorder};
+use crate::workload::{client_config, Consumer, DurableAcks, ProducerNode, Recorder};
 
 /// How long the setup may take (every broker serving, a first leader elected), simulated time.
 pub const SETUP_MS_MAX: u64 = 10_000;
@@ -228,6 +230,16 @@ impl Run {
         let addr = self.bootstrap();
         let replication = self.scenario.replication;
         let recorder = Recorder::new(self.start, self.trace.clone(), self.scenario.durable());
+        if self.scenario.fsync == FsyncPolicy::Always {
+            let disks = (0..self.cluster.broker_count())
+                .map(|index| {
+                    let broker = self.cluster.broker(index);
+                    ReplicaDisk { disk: broker.disk.clone(), rotted: broker.rotted.clone() }
+                })
+                .collect();
+            let min_isr = replication.min(2) as usize;
+            recorder.check_durable_acks(DurableAcks { disks, topic: TOPIC.to_owned(), min_isr });
+        }
         let admin = self.cluster.add_client();
         let partitions = swarm.partitions;
         let created = admin

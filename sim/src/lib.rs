@@ -70,6 +70,7 @@ use std::sync::{Mutex, MutexGuard};
 pub mod cluster;
 #[cfg(madsim)]
 pub mod driver;
+pub mod durable_acks;
 pub mod history_file;
 #[cfg(madsim)]
 pub mod isr_watch;

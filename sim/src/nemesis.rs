@@ -954,7 +954,7 @@ impl<'a> Nemesis<'a> {
             return None;
         }
         let (target, watched) = candidates[thread_rng().gen_range(0..candidates.len())].clone();
-        let topic_dir = crate::replicas::topic_dir(&self.cluster.broker(target).disk, TOPIC)?;
+        let topic_dir = crate::durable_acks::topic_dir(&self.cluster.broker(target).disk, TOPIC)?;
         let path_prefixes = watched.iter().map(|partition| format!("{topic_dir}/{partition}/")).collect();
         self.note(format!(
             "nemesis slow_follower broker-{}: its replicas of {TOPIC} partitions {watched:?} sync no sooner than in \

@@ -15,10 +15,10 @@ use std::time::Duration;
 use keel::client::Client;
 use keel::log::{LogConfig, PartitionLog};
 use keel::storage::sim::SimDisk;
-use keel::storage::Disk;
 use keel::types::Offset;
 
 use crate::cluster::Cluster;
+use crate::durable_acks::topic_dir;
 use crate::workload::client_config;
 
 /// One partition as the metadata described it.
@@ -102,15 +102,6 @@ pub async fn check(
         }
     }
     violations
-}
-
-/// The data directory of the latest incarnation of `topic` on `disk` (`data/<topic>@<index>`), if any.
-pub fn topic_dir(disk: &SimDisk, topic: &str) -> Option<String> {
-    let prefix = format!("{topic}@");
-    let mut incarnations: Vec<String> =
-        disk.list("data").ok()?.into_iter().filter(|name| name.starts_with(&prefix)).collect();
-    incarnations.sort_by_key(|name| name[prefix.len()..].parse::<u64>().unwrap_or(0));
-    incarnations.last().map(|dir| format!("data/{dir}"))
 }
 
 /// The replica's batches below `up_to`, as stored; an error if its log ends before `up_to`.

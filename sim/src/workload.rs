@@ -37,6 +37,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::durable_acks::{durable_holders, ReplicaDisk};
 use crate::lock;
 use crate::trace::Trace;
 
@@ -75,6 +76,16 @@ pub struct Recorder {
     expected_anomalies: Mutex<usize>,
     /// Sends that ended in an error, by the error's code (or the kind of client error).
     send_errors: Mutex<BTreeMap<String, u64>>,
+    /// The durable-ack check, when the scenario keeps `fsync=always`: checked at every ack.
+    durable_acks: Mutex<Option<DurableAcks>>,
+}
+
+/// The brokers' disks and the topic's `min_insync_replicas`: every `acks=all` acknowledgement must
+/// find its record in the synced bytes of at least `min_isr` of them ([`durable_holders`]).
+pub struct DurableAcks {
+    pub disks: Vec<ReplicaDisk>,
+    pub topic: String,
+    pub min_isr: usize,
 }
 
 impl Recorder {
@@ -89,7 +100,28 @@ impl Recorder {
             violations: Mutex::default(),
             expected_anomalies: Mutex::default(),
             send_errors: Mutex::default(),
+            durable_acks: Mutex::default(),
         })
+    }
+
+    /// Turns on the durable-ack check (only meaningful with `fsync=always`).
+    pub fn check_durable_acks(&self, check: DurableAcks) {
+        *lock(&self.durable_acks) = Some(check);
+    }
+
+    /// The durable-ack check of one acknowledgement.
+    fn ack_durable(&self, partition: u32, offset: i64, value: &str) {
+        let guard = lock(&self.durable_acks);
+        let Some(DurableAcks { disks, topic, min_isr }) = guard.as_ref() else { return };
+        let holders = durable_holders(disks, topic, partition, offset, value.as_bytes());
+        if holders < *min_isr {
+            let message = format!(
+                "{value} acked at {partition}/{offset} with acks=all is durable on {holders} broker(s), \
+                 fewer than min_insync_replicas {min_isr}"
+            );
+            drop(guard);
+            self.violation(message);
+        }
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -279,6 +311,7 @@ async fn run_producer_process(shape: ProcessShape, producer: Producer, recorder:
                     ));
                 }
                 recorder.acked(partition, metadata.offset.0);
+                recorder.ack_durable(partition, metadata.offset.0, &value);
                 lock(&recorder.history).send_ok(pending, now_ns, Offset(metadata.offset.0.max(0) as u64));
             }
             Ok(Err(error)) if error.is_ambiguous() => {

@@ -81,6 +81,13 @@ pub struct Assignments<D: Disk> {
     /// a broker never leads such an epoch again (the registration moves its partitions to a new one;
     /// ADR 0011, the replica core's contract).
     registered: AtomicBool,
+    /// Until when this broker may serve the partitions it leads (ADR 0014): a heartbeat sent at `t`
+    /// and applied means the controller fences this broker no earlier than `t + fence_after_ms`, so
+    /// no other broker can lead its partitions before then. `None` until the registration applies.
+    lease_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+    /// How long a lease lasts from the heartbeat that granted it (`fence_after_ms` less a margin for
+    /// clock skew between this broker and the controller).
+    lease_ms: u64,
 }
 
 fn node_error(error: NodeError) -> TopicError {
@@ -100,6 +107,13 @@ fn result_error(result: MetaResult) -> Result<MetaResult, TopicError> {
     }
 }
 
+/// The lease a heartbeat grants: the fence timeout less a third of it, the margin for clock skew
+/// between this broker and the controller (fencing compares the heartbeat's wall-clock time with the
+/// controller's).
+fn lease_ms(fence_after_ms: u64) -> u64 {
+    fence_after_ms - fence_after_ms / 3
+}
+
 fn now_ms() -> i64 {
     crate::clock::wall_clock_ms()
 }
@@ -111,8 +125,7 @@ impl<D: Disk> Assignments<D> {
         transport: PeerTransport,
         disk: D,
         (log_config, replica_config): (LogConfig, ReplicaConfig),
-        partitions_per_topic_max: u32,
-        topics_max: usize,
+        (partitions_per_topic_max, topics_max, fence_after_ms): (u32, usize, u64),
     ) -> Arc<Assignments<D>> {
         Arc::new(Assignments {
             node_id,
@@ -126,6 +139,8 @@ impl<D: Disk> Assignments<D> {
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             registered: AtomicBool::new(false),
+            lease_until: std::sync::Mutex::new(None),
+            lease_ms: lease_ms(fence_after_ms),
         })
     }
 
@@ -189,10 +204,37 @@ impl<D: Disk> Assignments<D> {
                 message: format!("broker {} does not lead {topic}/{partition}; its leader is {leader}", self.node_id),
             });
         }
+        if !self.holds_lease() {
+            return Err(TopicError {
+                code: ErrorCode::NotLeader,
+                message: format!(
+                    "broker {} has not heartbeated to the controller for {} ms; {topic}/{partition} may have \
+                     another leader now: refresh metadata",
+                    self.node_id, self.lease_ms
+                ),
+            });
+        }
         self.running(&key).ok_or_else(|| TopicError {
             code: ErrorCode::NotLeader,
             message: format!("{topic}/{partition} is being opened on broker {}; retry", self.node_id),
         })
+    }
+
+    /// Whether this broker's controller lease is current (see `lease_until`): a broker that has not
+    /// heartbeated for a fence timeout may have been fenced and its partitions given new leaders, so
+    /// it answers no client from them (a deposed leader would serve stale reads; `isr_3_clogs_
+    /// pauses_delay` seed 248 read a high watermark of 0 for a second after 111 offsets were acked).
+    pub fn holds_lease(&self) -> bool {
+        let until = *self.lease_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        until.is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// A heartbeat (or the registration) sent at `sent` has applied here, and `reconcile` has passed
+    /// what it applied to the partitions: the lease runs to `sent + lease_ms`.
+    fn renew_lease(&self, sent: tokio::time::Instant) {
+        let until = sent + Duration::from_millis(self.lease_ms);
+        let mut lease = self.lease_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        *lease = Some(lease.map_or(until, |current| current.max(until)));
     }
 
     /// The local actor of a partition this broker is a replica of (a follower's fetch reaches the
@@ -341,6 +383,33 @@ impl<D: Disk> Assignments<D> {
         done
     }
 
+    /// One heartbeat tick: the registration until it applied (awaited: nothing is led before it),
+    /// then a heartbeat, not awaited (the node answers within its timeout). Each that applies renews
+    /// the controller lease from when it was sent. Returns whether this incarnation is registered.
+    async fn heartbeat(self: &Arc<Self>, registered: bool, advertised: &str) -> bool {
+        let sent = tokio::time::Instant::now();
+        if registered {
+            let command = MetaCommand::BrokerHeartbeat { node_id: self.node_id, now_ms: now_ms() };
+            let this = self.clone();
+            tokio::spawn(async move {
+                if matches!(this.node.propose(command).await, Ok(MetaResult::Ok)) {
+                    this.reconcile().await;
+                    this.renew_lease(sent);
+                }
+            });
+            return true;
+        }
+        let command =
+            MetaCommand::RegisterBroker { node_id: self.node_id, addr: advertised.to_owned(), now_ms: now_ms() };
+        let registered = matches!(self.node.propose(command).await, Ok(MetaResult::Ok));
+        if registered {
+            self.registered.store(true, Ordering::Release);
+            self.reconcile().await;
+            self.renew_lease(sent);
+        }
+        registered
+    }
+
     /// Follows the applied metadata until `shutdown`; heartbeats and fences brokers meanwhile.
     pub async fn run_background(self: Arc<Self>, advertised: String, fence_after_ms: i64, shutdown: CancellationToken) {
         let mut node = self.node.clone();
@@ -364,22 +433,7 @@ impl<D: Disk> Assignments<D> {
                     }
                 }
                 _ = heartbeat.tick() => {
-                    let command = if registered {
-                        MetaCommand::BrokerHeartbeat { node_id: me, now_ms: now_ms() }
-                    } else {
-                        MetaCommand::RegisterBroker { node_id: me, addr: advertised.clone(), now_ms: now_ms() }
-                    };
-                    // Do not hold up this loop on a proposal: the node answers within its timeout.
-                    let proposer = self.node.clone();
-                    if registered {
-                        tokio::spawn(async move { let _ = proposer.propose(command).await; });
-                    } else {
-                        registered = matches!(proposer.propose(command).await, Ok(MetaResult::Ok));
-                        if registered {
-                            self.registered.store(true, Ordering::Release);
-                            self.reconcile().await;
-                        }
-                    }
+                    registered = self.heartbeat(registered, &advertised).await;
                     let tick_at = tokio::time::Instant::now();
                     let gap = tick_at.duration_since(last_tick);
                     last_tick = tick_at;

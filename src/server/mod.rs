@@ -177,8 +177,7 @@ async fn start_assignments<D: Disk>(
         transport,
         disk,
         (log_config, replica_config),
-        config.partitions_per_topic_max,
-        config.topics_max,
+        (config.partitions_per_topic_max, config.topics_max, config.broker_fence_after_ms),
     );
     assignments.reconcile().await;
     assignments

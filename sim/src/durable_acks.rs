@@ -1,0 +1,65 @@
+//! The durable-ack check: at the moment a producer receives an `acks=all` acknowledgement, the
+//! record is in the synced bytes (what a power loss now would keep) of at least
+//! `min_insync_replicas` brokers' disks. Checked on every ack of every `fsync=always` scenario, so a
+//! leader that acknowledges with too small an ISR, or before its followers' fsyncs, is caught at the
+//! ack, not only when a later fault happens to lose the record.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use keel::storage::sim::SimDisk;
+use keel::storage::Disk;
+
+/// The data directory of the latest incarnation of `topic` on `disk` (`data/<topic>@<index>`), if any.
+pub fn topic_dir(disk: &SimDisk, topic: &str) -> Option<String> {
+    let prefix = format!("{topic}@");
+    let mut incarnations: Vec<String> =
+        disk.list("data").ok()?.into_iter().filter(|name| name.starts_with(&prefix)).collect();
+    incarnations.sort_by_key(|name| name[prefix.len()..].parse::<u64>().unwrap_or(0));
+    incarnations.last().map(|dir| format!("data/{dir}"))
+}
+
+/// How many of `disks` hold `value` at `offset` of `topic`'s `partition` **durably** (in synced bytes,
+/// what a power loss now would keep): the durable-ack check. An `acks=all` acknowledgement promises
+/// the batch is fsynced on at least `min_insync_replicas` replicas when it is sent, so at the moment
+/// a producer receives one, at least that many disks must answer yes.
+///
+/// A disk whose segment of the partition had bit rot injected counts as a holder (the rot may have
+/// hit the record after the promise was kept; flips stay on a minority of each partition's replicas).
+pub fn durable_holders(disks: &[ReplicaDisk], topic: &str, partition: u32, offset: i64, value: &[u8]) -> usize {
+    disks.iter().filter(|disk| holds_durably(disk, topic, partition, offset, value)).count()
+}
+
+/// A broker's disk, with the files bit rot was injected into.
+pub struct ReplicaDisk {
+    pub disk: SimDisk,
+    pub rotted: Arc<Mutex<BTreeSet<String>>>,
+}
+
+fn holds_durably(replica: &ReplicaDisk, topic: &str, partition: u32, offset: i64, value: &[u8]) -> bool {
+    let disk = &replica.disk;
+    let Some(dir) = topic_dir(disk, topic) else { return false };
+    let dir = format!("{dir}/{partition}");
+    let Ok(names) = disk.list(&dir) else { return false };
+    let rotted = crate::lock(&replica.rotted);
+    names.iter().filter(|name| name.ends_with(".log")).any(|name| {
+        let path = format!("{dir}/{name}");
+        rotted.contains(&path) || segment_holds(&disk.durable_content(&path).unwrap_or_default(), offset, value)
+    })
+}
+
+/// Whether the segment's bytes hold a CRC-valid batch with the record `value` at `offset`.
+fn segment_holds(mut bytes: &[u8], offset: i64, value: &[u8]) -> bool {
+    while let Ok(size) = keel::batch::peek_batch_size(bytes) {
+        let Some(chunk) = bytes.get(..size) else { return false };
+        if let Ok(batch) = keel::batch::Batch::parse(bytes::Bytes::copy_from_slice(chunk)) {
+            if batch.base_offset().0 <= offset && offset <= batch.last_offset().0 {
+                return batch.records().any(|record| {
+                    record.is_ok_and(|record| record.offset.0 == offset && record.value.as_deref() == Some(value))
+                });
+            }
+        }
+        bytes = &bytes[size..];
+    }
+    false
+}
