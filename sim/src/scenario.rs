@@ -501,4 +501,13 @@ pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
                 kept postponing it, so the lag check never ran (fix: `partition::actor` ticks at least every \
                 replica_lag_ms_max / 4 however busy its mailbox). 20 of seeds 10000..=11999 failed so",
     },
+    RegressionSeed {
+        scenario: "isr_3_clogs_pauses_delay",
+        seed: 248,
+        trace_hash: 0x7681_84bc_a7e4_4861,
+        found: "a stale read from a deposed leader: broker 2, paused past the fence timeout and replaced as \
+                leader of partition 1, answered consumers with a high watermark of 0 for 1.1 s after it \
+                resumed while the new leader acknowledged offsets 0 to 111 (109 violations; trace hash \
+                9d58ce6acdbd5ecc when the fix is taken out again). Fix: the controller lease (ADR 0014)",
+    },
 ];
