@@ -312,6 +312,67 @@ async fn controller_moves_leadership_within_the_isr_through_fencing_and_shutdown
     assert!(cluster.violations().is_empty(), "{:?}", cluster.violations());
 }
 
+/// Graceful shutdown (ctrl-c) of the broker that leads the metadata group: it hands that leadership
+/// over before it proposes its `ControlledShutdown`, so a new leader appends the entry, in a later
+/// term. The ISR changes the shutdown sets off (a partition leader proposes re-adding the stopping
+/// broker while it still fetches) then reach a leader that takes them; a leader in the middle of a
+/// transfer drops them, and before this order acks=all stalled for `isr_change_retry_ms` (1 s) on
+/// every partition the broker followed (tests/cluster_process.rs, the rolling restart).
+#[madsim::test]
+async fn a_stopping_metadata_leader_hands_its_leadership_over_before_its_controlled_shutdown() {
+    use keel::config::BrokerConfig;
+    use keel::meta::state::{encode_command, MetaCommand};
+    use keel_sim::cluster::{Cluster, BROKER_PORT};
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    keel_sim::init_logging();
+    let mut cluster = Cluster::new(keel_sim::trace::Trace::new(), Instant::now());
+    let peers: std::collections::BTreeMap<String, String> =
+        (1..=3).map(|number| (number.to_string(), format!("10.0.1.{number}:{BROKER_PORT}"))).collect();
+    for disk_seed in 1..=3 {
+        cluster.add_broker(BrokerConfig { peers: peers.clone(), ..BrokerConfig::default() }, disk_seed);
+    }
+    for index in 0..3 {
+        assert!(cluster.wait_serving(index, Duration::from_secs(30)).await, "broker {index} serving");
+    }
+    // The metadata leader, its term and its registration, once every broker is registered (eligible:
+    // a controlled shutdown needs another broker to hand to).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (leader, term, registered_index) = loop {
+        let found = (0..3).find_map(|index| {
+            let node = cluster.meta_slot(index).node?;
+            let status = node.status();
+            let registered = node.with_state(|state| {
+                let brokers: Vec<_> = state.brokers().filter(|broker| broker.is_eligible()).collect();
+                let own = brokers.iter().find(|broker| broker.node_id == status.node_id);
+                own.filter(|_| brokers.len() == 3).map(|broker| broker.registered_index)
+            });
+            status.role.is_leader().then_some((status.node_id, status.term, registered?))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "a metadata leader with every broker registered within 30 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let leader_index = leader.0 as usize - 1;
+    cluster.clean_restart(leader_index).await;
+
+    let shutdown = MetaCommand::ControlledShutdown { node_id: leader, registered_index };
+    let hash = keel_model::fnv::fnv1a_64(&encode_command(&shutdown));
+    let survivor = cluster.meta_slot((leader_index + 1) % 3).node.expect("a survivor's metadata node");
+    let view = survivor.observe().await.expect("the survivor runs");
+    let terms: Vec<u64> = view.log.iter().filter(|entry| entry.2 == hash).map(|entry| entry.1).collect();
+    assert!(!terms.is_empty(), "no ControlledShutdown of {leader} in the survivor's log");
+    assert!(
+        terms.iter().all(|appended| *appended > term),
+        "the ControlledShutdown of {leader} was appended in term(s) {terms:?}, by {leader} itself (it led term {term})"
+    );
+    println!("{leader} led term {term}; its ControlledShutdown was appended in term(s) {terms:?}");
+    assert!(cluster.violations().is_empty(), "{:?}", cluster.violations());
+}
+
 /// Metadata Raft, 3 voters: the leader is killed and restarted over and over. Election safety, log
 /// matching, committed entries never lost, applied data identical everywhere; metadata operations
 /// linearizable; after the heal one leader, a create through every broker, identical state.

@@ -51,9 +51,16 @@ use crate::types::{NodeId, PartitionId};
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
 /// How long a graceful shutdown waits for its `ControlledShutdown` to apply before it stops anyway.
 pub const CONTROLLED_SHUTDOWN_TIMEOUT_MS: u64 = 3_000;
+/// Between two proposals of a command that found no Raft leader or lost it (graceful shutdown).
+const PROPOSAL_RETRY_MS: u64 = 20;
 /// A gap between two heartbeat ticks longer than this means this process was paused (or its clock
 /// jumped): the fence watch starts over.
 const TICK_GAP_MS_MAX: u64 = 3_000;
+
+/// The time left until `deadline` (madsim's `tokio::time` has no `timeout_at`).
+fn until(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
 
 /// Identity of one partition incarnation: topic, its `CreateTopic` index, partition.
 type PartitionKey = (String, u64, PartitionId);
@@ -356,12 +363,21 @@ impl<D: Disk> Assignments<D> {
         }
     }
 
-    /// Graceful shutdown, before the partitions stop: proposes `ControlledShutdown` for this broker's
-    /// current incarnation, so leadership of its partitions moves to other ISR members (and it leaves
-    /// the ISRs it is in) while it still serves, then brings the partition actors in line. Skipped when
-    /// no other broker is eligible (nobody could take over; a one-broker cluster keeps its partitions
-    /// led by itself across a restart). Bounded by [`CONTROLLED_SHUTDOWN_TIMEOUT_MS`]; returns whether it
-    /// was applied.
+    /// Graceful shutdown, before the partitions stop: hands over the metadata group's leadership if
+    /// this node holds it, then proposes `ControlledShutdown` for this broker's current incarnation, so
+    /// leadership of its partitions moves to other ISR members (and it leaves the ISRs it is in) while
+    /// it still serves, then brings the partition actors in line. Skipped when no other broker is
+    /// eligible (nobody could take over; a one-broker cluster keeps its partitions led by itself
+    /// across a restart). Bounded by [`CONTROLLED_SHUTDOWN_TIMEOUT_MS`]; returns whether it was applied.
+    ///
+    /// Why the Raft leadership moves first: a partition leader that sees this broker leave its ISR,
+    /// then sees it still caught up, proposes re-adding it (the controller refuses: KIP-841) and counts
+    /// it toward its high watermark until it hears the answer. A Raft leader that transfers its
+    /// leadership drops the proposals it is handed meanwhile, and those come again only after
+    /// `isr_change_retry_ms`: when the transfer came after the `ControlledShutdown`, acks=all stalled
+    /// for a second on every partition this broker followed (`tests/cluster_process.rs`, rolling
+    /// restart: 4 of 9 restarts of the Raft leader; 2 more stalled 7 s, the transfer waiting for a
+    /// 5 s drain of in-flight requests while this node, still leading, read no Raft traffic).
     pub async fn controlled_shutdown(&self) -> bool {
         let me = self.node_id;
         let registration = self.node.with_state(|state| {
@@ -370,10 +386,10 @@ impl<D: Disk> Assignments<D> {
             own.filter(|_| others_eligible)
         });
         let Some(registered_index) = registration else { return false };
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(CONTROLLED_SHUTDOWN_TIMEOUT_MS);
+        self.hand_over_raft_leadership(deadline).await;
         let command = MetaCommand::ControlledShutdown { node_id: me, registered_index };
-        let applied =
-            tokio::time::timeout(Duration::from_millis(CONTROLLED_SHUTDOWN_TIMEOUT_MS), self.node.propose(command))
-                .await;
+        let applied = self.propose_until(command, deadline).await;
         let done = matches!(applied, Ok(Ok(MetaResult::Ok)));
         if done {
             self.reconcile().await;
@@ -381,6 +397,49 @@ impl<D: Disk> Assignments<D> {
             tracing::warn!(?applied, "controlled shutdown did not apply; stopping without moving leadership");
         }
         done
+    }
+
+    /// If this node leads the metadata group, transfers that leadership and waits (at most
+    /// [`super::LEADERSHIP_TRANSFER_WAIT_MS`], and not past `deadline`) for another node to lead.
+    /// Past that, the `ControlledShutdown` is proposed anyway (raft-rs gives up a transfer that does
+    /// not finish within an election timeout and takes proposals again).
+    async fn hand_over_raft_leadership(&self, deadline: tokio::time::Instant) {
+        let mut node = self.node.clone();
+        if !node.status().role.is_leader() {
+            return;
+        }
+        let transfer_deadline = tokio::time::Instant::now() + Duration::from_millis(super::LEADERSHIP_TRANSFER_WAIT_MS);
+        node.transfer_leadership().await;
+        let moved = async {
+            while node.status().leader_id.is_none_or(|leader| leader == self.node_id) {
+                if node.status_changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        if tokio::time::timeout(until(deadline.min(transfer_deadline)), moved).await.is_err() {
+            tracing::warn!("the metadata group's leadership did not move before the controlled shutdown");
+        }
+    }
+
+    /// Proposes `command` until it is answered, or until `deadline`, again after the answers that
+    /// leave it unapplied or unknown (no leader, the leader changed). Only for idempotent commands.
+    async fn propose_until(
+        &self,
+        command: MetaCommand,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<MetaResult, NodeError>, tokio::time::error::Elapsed> {
+        let pause = Duration::from_millis(PROPOSAL_RETRY_MS);
+        loop {
+            let answer = tokio::time::timeout(until(deadline), self.node.propose(command.clone())).await;
+            let unapplied = matches!(answer, Ok(Err(NodeError::NoLeader | NodeError::LeaderChanged)));
+            // The deadline is checked here, not left to the timeout: a node that answers at once
+            // (no leader) would otherwise keep beating a zero timeout in simulated time, for ever.
+            if !unapplied || until(deadline) <= pause {
+                return answer;
+            }
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// One heartbeat tick: the registration until it applied (awaited: nothing is led before it),
