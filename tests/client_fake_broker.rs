@@ -400,6 +400,32 @@ async fn after_append_errors_are_ambiguous_and_never_retried() {
     }
 }
 
+/// A leader that answers `NotLeaderAfterAppend` has given up leadership (a controlled shutdown, a
+/// rolling restart): the producer must look the leader up again for its next send, not aim it at
+/// the broker that is going away (which answers nothing but `NotLeader` here, counted apart).
+#[tokio::test]
+async fn the_send_after_not_leader_after_append_goes_to_the_new_leader() {
+    let seen = Shared::default();
+    let brokers = leadership_moving_brokers(&seen, |node, seen, moved, body| match (node, body) {
+        (1, Body::ProduceRequest(_)) => {
+            seen.produces += 1;
+            *moved.lock().unwrap() = true;
+            produce_refused(if seen.produces == 1 { ErrorCode::NotLeaderAfterAppend } else { ErrorCode::NotLeader })
+        }
+        (_, Body::ProduceRequest(_)) => produced(9),
+        (_, other) => panic!("unexpected request {other:?}"),
+    })
+    .await;
+    let producer = Producer::new(fast_client(brokers[0].to_string()), producer_config(0, Duration::from_millis(10)));
+    let first = timeout(WAIT_MAX, delivered(producer.send(TOPIC, Some(0), Record::value("a")).await)).await.unwrap();
+    assert!(first.as_ref().is_err_and(ClientError::is_ambiguous), "{first:?}");
+    let second = timeout(WAIT_MAX, delivered(producer.send(TOPIC, Some(0), Record::value("b")).await)).await.unwrap();
+    assert_eq!(second.unwrap().offset, keel::types::Offset(9));
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.produces, 1, "the second send went straight to the new leader");
+    assert_eq!(seen.metadata, 2, "the leader was looked up again after NotLeaderAfterAppend");
+}
+
 #[tokio::test]
 async fn a_refused_batch_is_not_retried_after_a_later_batch_of_its_partition_went_out() {
     // The broker holds the first produce until the second arrives, then refuses both with

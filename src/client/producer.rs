@@ -633,6 +633,11 @@ impl Task {
         let client = self.client.clone();
         self.in_flight.push(Box::pin(async move {
             let result = client.finish(&addr, pending, Duration::ZERO).await;
+            if leader_may_have_moved(&result) {
+                // The next send must look the leader up again, not aim at a broker that just gave up
+                // leadership or went away (a rolling restart's next send failed to connect).
+                client.forget_leaders(&topic);
+            }
             if not_waited_for {
                 return None;
             }
@@ -726,6 +731,18 @@ fn fail(deliveries: Vec<DeliverySender>, error: &ClientError) {
 
 /// Answers a batch's deliveries from its produce response, or hands the batch back when the broker
 /// refused it without appending it: the producer task decides whether re-sending keeps the order.
+/// Whether a produce's outcome says its partition's leader may be elsewhere now: it lost leadership
+/// after the append (`NotLeaderAfterAppend`), or the connection failed with the request in flight.
+fn leader_may_have_moved(result: &Result<Body, ClientError>) -> bool {
+    match result {
+        Ok(Body::ProduceResponse(ProduceResponse { error: Some(info), .. })) => {
+            info.error_code() == ErrorCode::NotLeaderAfterAppend
+        }
+        Ok(_) => false,
+        Err(error) => matches!(error, ClientError::Ambiguous(_) | ClientError::Connect { .. }),
+    }
+}
+
 fn answer(
     result: Result<Body, ClientError>,
     topic: String,
