@@ -17,8 +17,10 @@
 //!
 //! Shutdown (SIGINT/SIGTERM, or the token in simulation): hand over the metadata group's leadership
 //! if this node holds it, propose `ControlledShutdown` so leadership of this broker's partitions
-//! moves to other ISR members (bounded wait), stop accepting, stop reading new requests, finish the
-//! ones in flight, then stop every partition (each fsyncs what it wrote) and return. The same
+//! moves to other ISR members (bounded wait), stop accepting; client connections read on until they
+//! fall idle (so a request sent just before the stop gets an answer, `NotLeader` once leadership
+//! moved), answer what they read and close with FIN, never a reset; then peer connections stop
+//! reading; then stop every partition (each fsyncs what it wrote) and return. The same
 //! happens, ending with an error, when the metadata Raft task ends on its own (a storage failure or
 //! a panic): the broker cannot keep its promises without it.
 
@@ -141,6 +143,18 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     result.map_err(BrokerError::Shutdown)
 }
 
+/// A stopping broker's connections keep reading (and answering: `NotLeader` once its partitions'
+/// leadership has moved) until no request has come for this long, so a request a client sent just
+/// before the stop gets a definite answer instead of a lost connection. Clients move away after
+/// their first `NotLeader`, so a connection falls idle quickly; `DRAIN_MS_MAX` bounds it anyway.
+const DRAIN_IDLE_MS: u64 = 50;
+/// The longest a stopping broker's connection keeps reading (see `DRAIN_IDLE_MS`).
+const DRAIN_MS_MAX: u64 = 1_000;
+/// How long a closing connection waits for its peer to close after this side sent FIN.
+const CLOSE_LINGER_MS: u64 = 200;
+/// Beyond draining and closing, how long the client connections may take to answer what they read.
+const CLIENTS_STOP_MARGIN_MS: u64 = 1_000;
+
 /// How long a stopping broker waits for its Raft leadership to move to another voter.
 pub const LEADERSHIP_TRANSFER_WAIT_MS: u64 = 1_000;
 /// How long the accept loop pauses after a failed accept (out of file descriptors and the like).
@@ -200,7 +214,7 @@ async fn serve_until_stopped<D: Disk>(
     // controlled shutdown below, peers' connections must keep carrying Raft traffic in (or this node
     // loses its quorum and the `ControlledShutdown` it proposed cannot commit), and clients keep
     // getting answers (NotLeader once leadership moved). Cancelled explicitly after it.
-    let connections_shutdown = CancellationToken::new();
+    let connections_shutdown = Stopping::default();
     // If the metadata node stops on its own (its store failed, its task panicked), this broker can no
     // longer keep its promises: shut down and exit with an error, so a supervisor restarts it from its
     // durable state.
@@ -239,10 +253,70 @@ async fn serve_until_stopped<D: Disk>(
         tracing::info!("controlled shutdown applied: partition leadership moved away");
     }
     drop(listener);
-    connections_shutdown.cancel();
     tracing::info!(connections = connections.len(), "shutting down: finishing in-flight requests");
+    connections_shutdown.stop().await;
     while connections.next().await.is_some() {}
     failure
+}
+
+/// How a stopping broker stops its connections, in two steps: clients first (each drains: see
+/// `DRAIN_IDLE_MS`), while peers' connections still carry Raft traffic in (a client's metadata
+/// request waits for a Raft read barrier, which needs the peers' answers: without them it waited out
+/// its 5 s timeout and held the broker's exit, and its producer's refresh, that long); then peers.
+#[derive(Clone, Default)]
+struct Stopping {
+    clients: CancellationToken,
+    peers: CancellationToken,
+    /// Connections that have not identified as a peer and have not ended.
+    clients_live: Arc<std::sync::atomic::AtomicUsize>,
+    clients_done: Arc<tokio::sync::Notify>,
+}
+
+/// Counts one client connection in `Stopping::clients_live` until it ends or identifies as a peer.
+struct ClientSlot {
+    stopping: Option<Stopping>,
+}
+
+impl ClientSlot {
+    fn new(stopping: &Stopping) -> ClientSlot {
+        stopping.clients_live.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        ClientSlot { stopping: Some(stopping.clone()) }
+    }
+
+    fn release(&mut self) {
+        if let Some(stopping) = self.stopping.take() {
+            if stopping.clients_live.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                stopping.clients_done.notify_waiters();
+            }
+        }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+impl Stopping {
+    /// Stops the client connections and waits for them (bounded), then stops the peers'.
+    async fn stop(&self) {
+        self.clients.cancel();
+        let bound = Duration::from_millis(DRAIN_MS_MAX + CLOSE_LINGER_MS + CLIENTS_STOP_MARGIN_MS);
+        let all_done = async {
+            loop {
+                let notified = self.clients_done.notified();
+                if self.clients_live.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout(bound, all_done).await.is_err() {
+            tracing::warn!("client connections still busy; stopping the peers' anyway");
+        }
+        self.peers.cancel();
+    }
 }
 
 /// Sets up one accepted socket and spawns its connection task, or refuses it when every connection
@@ -252,7 +326,7 @@ fn admit<D: Disk>(
     peer: std::net::SocketAddr,
     state: &Arc<State<D>>,
     connection_slots: &Arc<Semaphore>,
-    connections_shutdown: &CancellationToken,
+    connections_shutdown: &Stopping,
 ) -> Option<tokio::task::JoinHandle<()>> {
     // Responses are small and latency-bound: without TCP_NODELAY a reply waits for the client's
     // delayed ACK (Nagle), ~40 ms per small request (issue 6). Every socket Keel opens sets it;
@@ -265,14 +339,15 @@ fn admit<D: Disk>(
         return None;
     };
     let state = state.clone();
-    let shutdown = connections_shutdown.clone();
+    let stopping = connections_shutdown.clone();
     Some(tokio::spawn(async move {
-        serve_connection(stream, state, shutdown).await;
+        serve_connection(stream, state, stopping).await;
         drop(permit);
     }))
 }
 
-async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shutdown: CancellationToken) {
+async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, stopping: Stopping) {
+    let mut client_slot = ClientSlot::new(&stopping);
     let peer = stream.peer_addr().ok();
     let mut framed = Framed::new(stream, frame_codec());
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Frame>> = FuturesUnordered::new();
@@ -280,10 +355,13 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shut
     // The voter this connection identified itself as (`PeerHello`); `None` for a client.
     let mut peer_node: Option<NodeId> = None;
     let mut reading = true;
+    let mut drain = Drain::default();
+    let mut closed_by_peer = false;
     loop {
         if !reading && in_flight.is_empty() {
             break;
         }
+        let draining = drain.ended();
         tokio::select! {
             biased;
             Some(response) = in_flight.next(), if !in_flight.is_empty() => {
@@ -291,9 +369,16 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shut
                     break;
                 }
             }
-            _ = shutdown.cancelled(), if reading => reading = false,
+            _ = stopping.clients.cancelled(), if reading && !drain.started() && peer_node.is_none() => drain.start(),
+            // A peer's connection never falls idle (Raft ticks, follower fetches), and the peer
+            // retries what it sent: it stops reading at once, after the clients' have stopped.
+            _ = stopping.peers.cancelled(), if reading && peer_node.is_some() => reading = false,
+            _ = draining, if reading => reading = false,
             frame = framed.next(), if reading && in_flight.len() < in_flight_max => match frame {
-                None => break, // the peer closed; nobody is left to read replies
+                None => {
+                    closed_by_peer = true;
+                    break; // the peer closed; nobody is left to read replies
+                }
                 Some(Err(error)) => {
                     // Oversized length prefix or a broken socket: the byte stream cannot be re-synced.
                     tracing::debug!(?peer, %error, "closing connection after a framing error");
@@ -303,8 +388,12 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shut
                 }
                 Some(Ok(bytes)) => match Frame::decode_bytes(bytes.freeze()) {
                     Ok(frame) => {
+                        drain.on_request();
                         if let Some(response) = dispatch(&state, &mut peer_node, frame).await {
                             in_flight.push(response);
+                        }
+                        if peer_node.is_some() {
+                            client_slot.release();
                         }
                     }
                     Err(error) => {
@@ -318,6 +407,59 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, shut
             },
         }
     }
+    if !closed_by_peer {
+        close_gracefully(framed).await;
+    }
+}
+
+/// A client connection's drain once the broker stops (see `DRAIN_IDLE_MS`): until when it still
+/// reads, and the latest that can be.
+#[derive(Default)]
+struct Drain(Option<(tokio::time::Instant, tokio::time::Instant)>);
+
+impl Drain {
+    fn start(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.0 = Some((now + Duration::from_millis(DRAIN_IDLE_MS), now + Duration::from_millis(DRAIN_MS_MAX)));
+    }
+
+    fn started(&self) -> bool {
+        self.0.is_some()
+    }
+
+    /// A request came: the connection reads on for another `DRAIN_IDLE_MS`, within the bound.
+    fn on_request(&mut self) {
+        if let Some((until, latest)) = self.0.as_mut() {
+            *until = (tokio::time::Instant::now() + Duration::from_millis(DRAIN_IDLE_MS)).min(*latest);
+        }
+    }
+
+    /// Resolves when the drain is over; never before it started.
+    fn ended(&self) -> impl std::future::Future<Output = ()> {
+        let until = self.0.map(|(until, _)| until);
+        async move {
+            match until {
+                Some(until) => tokio::time::sleep_until(until).await,
+                None => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// Closes a connection without losing the replies already written: closing a socket that still
+/// holds unread requests sends a TCP reset, and a reset makes the peer's kernel drop the replies it
+/// has not read yet (a rolling restart's producers saw "connection reset" for requests the broker
+/// had answered). So: send FIN, then read and drop whatever the peer still sends until it closes,
+/// for at most `CLOSE_LINGER_MS`.
+async fn close_gracefully(framed: Framed<TcpStream, impl tokio_util::codec::Decoder>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = framed.into_inner();
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    let drained = async { while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {} };
+    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_LINGER_MS), drained).await;
 }
 
 fn error_frame(correlation_id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
