@@ -198,6 +198,20 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
     }
 }
 
+/// Three brokers (every one a metadata voter, default config) on a fresh simulated cluster.
+fn three_voter_cluster() -> keel_sim::cluster::Cluster {
+    use keel::config::BrokerConfig;
+    use keel_sim::cluster::{Cluster, BROKER_PORT};
+
+    let mut cluster = Cluster::new(keel_sim::trace::Trace::new(), tokio::time::Instant::now());
+    let peers: std::collections::BTreeMap<String, String> =
+        (1..=3).map(|number| (number.to_string(), format!("10.0.1.{number}:{BROKER_PORT}"))).collect();
+    for disk_seed in 1..=3 {
+        cluster.add_broker(BrokerConfig { peers: peers.clone(), ..BrokerConfig::default() }, disk_seed);
+    }
+    cluster
+}
+
 /// Controller elections (ADR 0012) with replication on the real broker shell: 3 brokers, a topic with
 /// 6 partitions on all three. A new partition's ISR is its leader alone; the followers join once they
 /// have fetched everything. A killed leader is fenced after its heartbeats stop and each partition it
@@ -206,20 +220,14 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
 /// controlled shutdown (not fencing): its partitions move before it stops. No harness violation.
 #[madsim::test]
 async fn controller_moves_leadership_within_the_isr_through_fencing_and_shutdown() {
-    use keel::config::BrokerConfig;
     use keel::meta::state::MetadataState;
     use keel::types::NodeId;
-    use keel_sim::cluster::{Cluster, BROKER_PORT};
+    use keel_sim::cluster::Cluster;
     use std::time::Duration;
     use tokio::time::Instant;
 
     keel_sim::init_logging();
-    let mut cluster = Cluster::new(keel_sim::trace::Trace::new(), Instant::now());
-    let peers: std::collections::BTreeMap<String, String> =
-        (1..=3).map(|number| (number.to_string(), format!("10.0.1.{number}:{BROKER_PORT}"))).collect();
-    for disk_seed in 1..=3 {
-        cluster.add_broker(BrokerConfig { peers: peers.clone(), ..BrokerConfig::default() }, disk_seed);
-    }
+    let mut cluster = three_voter_cluster();
     let bound = Duration::from_secs(30);
     for index in 0..3 {
         assert!(cluster.wait_serving(index, bound).await, "broker {index} serving");
@@ -320,19 +328,12 @@ async fn controller_moves_leadership_within_the_isr_through_fencing_and_shutdown
 /// every partition the broker followed (tests/cluster_process.rs, the rolling restart).
 #[madsim::test]
 async fn a_stopping_metadata_leader_hands_its_leadership_over_before_its_controlled_shutdown() {
-    use keel::config::BrokerConfig;
     use keel::meta::state::{encode_command, MetaCommand};
-    use keel_sim::cluster::{Cluster, BROKER_PORT};
     use std::time::Duration;
     use tokio::time::Instant;
 
     keel_sim::init_logging();
-    let mut cluster = Cluster::new(keel_sim::trace::Trace::new(), Instant::now());
-    let peers: std::collections::BTreeMap<String, String> =
-        (1..=3).map(|number| (number.to_string(), format!("10.0.1.{number}:{BROKER_PORT}"))).collect();
-    for disk_seed in 1..=3 {
-        cluster.add_broker(BrokerConfig { peers: peers.clone(), ..BrokerConfig::default() }, disk_seed);
-    }
+    let mut cluster = three_voter_cluster();
     for index in 0..3 {
         assert!(cluster.wait_serving(index, Duration::from_secs(30)).await, "broker {index} serving");
     }
