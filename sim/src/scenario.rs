@@ -510,4 +510,13 @@ pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
                 resumed while the new leader acknowledged offsets 0 to 111 (109 violations; trace hash \
                 9d58ce6acdbd5ecc when the fix is taken out again). Fix: the controller lease (ADR 0014)",
     },
+    RegressionSeed {
+        scenario: "single_broker_swarm",
+        seed: 81818,
+        trace_hash: 0xdd11_7f07_2908_cafd,
+        found: "a stopping broker reopened a partition it had just stopped (a reconcile after a heartbeat \
+                raced `stop_partitions`), which then led its leader epoch a second time in one incarnation \
+                and panicked on the epoch cache. Fix: `stop_partitions` holds the reconcile lock and no \
+                reconcile opens anything after it",
+    },
 ];

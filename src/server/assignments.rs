@@ -88,6 +88,8 @@ pub struct Assignments<D: Disk> {
     /// a broker never leads such an epoch again (the registration moves its partitions to a new one;
     /// ADR 0011, the replica core's contract).
     registered: AtomicBool,
+    /// Set by `stop_partitions`: `reconcile` opens nothing any more.
+    partitions_stopped: AtomicBool,
     /// Until when this broker may serve the partitions it leads (ADR 0014): a heartbeat sent at `t`
     /// and applied means the controller fences this broker no earlier than `t + fence_after_ms`, so
     /// no other broker can lead its partitions before then. `None` until the registration applies.
@@ -146,6 +148,7 @@ impl<D: Disk> Assignments<D> {
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             registered: AtomicBool::new(false),
+            partitions_stopped: AtomicBool::new(false),
             lease_until: std::sync::Mutex::new(None),
             lease_ms: lease_ms(fence_after_ms),
         })
@@ -300,6 +303,9 @@ impl<D: Disk> Assignments<D> {
     /// whose topic is gone.
     pub async fn reconcile(&self) {
         let _one_at_a_time = self.reconciling.lock().await;
+        if self.partitions_stopped.load(Ordering::Acquire) {
+            return; // the broker is stopping: nothing is opened again (see `stop_partitions`)
+        }
         let desired = self.desired();
         let wanted: BTreeSet<&PartitionKey> = desired.iter().map(|(key, _)| key).collect();
         let stale: Vec<(PartitionKey, PartitionHandle)> = {
@@ -522,6 +528,11 @@ impl<D: Disk> Assignments<D> {
 
     /// Stops every partition actor (each fsyncs what it wrote).
     pub async fn stop_partitions(&self) -> Result<(), String> {
+        // No reconcile runs meanwhile or afterwards: one (after a heartbeat, or a newly applied entry)
+        // reopened a stopped partition, which then led its epoch a second time in one incarnation
+        // (`single_broker_swarm` seed 81818 panicked on the epoch cache).
+        let _one_at_a_time = self.reconciling.lock().await;
+        self.partitions_stopped.store(true, Ordering::Release);
         let handles: Vec<_> =
             std::mem::take(&mut *self.partitions.write().expect("partitions lock")).into_iter().collect();
         let mut first_error = None;
