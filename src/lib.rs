@@ -27,6 +27,7 @@ pub mod partition;
 pub mod peer;
 #[cfg(not(madsim))]
 pub mod process;
+pub mod producer_state;
 pub mod protocol;
 pub mod random;
 pub mod server;
