@@ -102,11 +102,18 @@ impl ProducerEntry {
 pub enum Verdict {
     Append,
     /// A retry of a batch already in the log: answer with its offsets, do not append.
-    Duplicate { base_offset: Offset, last_offset: Offset },
+    Duplicate {
+        base_offset: Offset,
+        last_offset: Offset,
+    },
     /// A gap, or a retry older than the kept batches: `expected` is the next sequence.
-    OutOfOrder { expected: Sequence },
+    OutOfOrder {
+        expected: Sequence,
+    },
     /// The batch's epoch is older than the producer's `current`.
-    Fenced { current: ProducerEpoch },
+    Fenced {
+        current: ProducerEpoch,
+    },
     /// No state for this producer and a sequence other than 0.
     UnknownProducer,
 }

@@ -59,7 +59,7 @@ pub struct Frame {
     pub version: u32,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33"
     )]
     pub body: Option<Body>,
 }
@@ -120,6 +120,12 @@ pub enum Body {
     ReplicaStatusRequest(ReplicaStatusRequest),
     #[prost(message, tag = "31")]
     ReplicaStatusResponse(ReplicaStatusResponse),
+    /// Any broker hands out a new idempotent producer identity: a producer id never given before
+    /// (from the blocks the metadata group allocates) and epoch 0 (ADR 0015).
+    #[prost(message, tag = "32")]
+    InitProducerIdRequest(InitProducerIdRequest),
+    #[prost(message, tag = "33")]
+    InitProducerIdResponse(InitProducerIdResponse),
 }
 
 impl Frame {
@@ -153,7 +159,7 @@ pub enum ErrorCode {
     /// The write definitely did not happen (nothing reached the disk).
     StorageError = 9,
     /// The disk failed while the write was in flight: it may or may not survive. Retrying may
-    /// duplicate it (until idempotent producers arrive).
+    /// duplicate it, unless the producer is idempotent.
     StorageIndeterminate = 10,
     NotLeader = 11,
     Timeout = 12,
@@ -188,6 +194,20 @@ pub enum ErrorCode {
     /// A new partition leader has not yet confirmed the high watermark its predecessors reached, so
     /// it cannot answer a consumer without the high watermark seeming to go back: retry shortly.
     LeaderNotReady = 29,
+    /// An idempotent producer's batch whose sequence is not the next one the partition expects (an
+    /// earlier batch has not arrived, or was lost): not appended. Retried until the earlier batches
+    /// land; a producer whose oldest unanswered batch gets it starts a new epoch.
+    OutOfOrderSequence = 30,
+    /// An idempotent producer's batch carries an older producer epoch than the partition has seen
+    /// from that producer: not appended.
+    ProducerFenced = 31,
+    /// The partition holds no state for this producer (it expired, or its first batch never
+    /// arrived) and the batch does not start at sequence 0: not appended. The producer starts a new
+    /// epoch at sequence 0 (KIP-360); nothing of it is in this partition, so nothing is duplicated.
+    UnknownProducerId = 32,
+    /// A retry of a batch this partition already appended, not yet committed (acks=all) or durable
+    /// (acks=leader): nothing appended now. Retry: once committed, the retry gets the original offsets.
+    DuplicatePending = 33,
 }
 
 impl ErrorCode {
@@ -247,6 +267,19 @@ pub struct ProduceRequest {
     pub batch: Bytes,
     #[prost(uint32, tag = "5")]
     pub timeout_ms: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct InitProducerIdRequest {}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct InitProducerIdResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(int64, tag = "2")]
+    pub producer_id: i64,
+    #[prost(int32, tag = "3")]
+    pub producer_epoch: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]

@@ -31,6 +31,7 @@ use keel::partition::replica::{
     FetchRequest, FetchResponse, FetchResult, Input, IsrChange, OpenedLog, PartitionEpoch, PartitionState, Ready,
     ReplicaConfig, ReplicaCore, RoleKind,
 };
+use keel::producer_state::{BatchIdentity, ProducerStates};
 use keel::protocol::{Acks, ErrorCode};
 use keel::types::{LeaderEpoch, NodeId, Offset};
 use keel_model::replicated_log::{elect, BatchRef, ReplicatedLogModel};
@@ -50,6 +51,7 @@ fn config() -> ReplicaConfig {
         follower_retry_backoff_ms: 50,
         follower_fetch_bytes_max: 600,
         parked_follower_fetches_max: 8,
+        ..ReplicaConfig::default()
     }
 }
 
@@ -151,7 +153,23 @@ struct Node {
 
 /// A recovered log from offset 0 with no remembered HW (the core starts from the log start).
 fn opened(log_end: Offset, epochs: LeaderEpochs) -> OpenedLog {
-    OpenedLog { log_start: Offset(0), log_end, epochs, high_watermark: Offset(0), lost_committed: None }
+    OpenedLog {
+        log_start: Offset(0),
+        log_end,
+        epochs,
+        high_watermark: Offset(0),
+        lost_committed: None,
+        producers: ProducerStates::new(),
+    }
+}
+
+/// The producer state of a log, as `PartitionLog` rebuilds it from its batches.
+fn producers_of(log: &[Batch]) -> ProducerStates {
+    let mut producers = ProducerStates::new();
+    for batch in log {
+        producers.apply(&BatchIdentity::of(batch), batch.base_offset());
+    }
+    producers
 }
 
 fn end_of(log: &[Batch]) -> Offset {
@@ -327,7 +345,7 @@ impl World {
             let log_end = end_of(&node.log);
             node.pending_cache_cut = Some(log_end);
             let core = node.core.as_mut().expect("alive");
-            core.step(Input::Truncated { log_end });
+            core.step(Input::Truncated { log_end, producers: producers_of(&node.log) });
             self.cutting_truncations += u64::from(cut);
         }
         let node = self.node(id);
@@ -565,7 +583,8 @@ impl World {
         // core takes the recovered cache.
         node.epoch_file.truncate_from_end(log_end);
         let epochs = node.epoch_file.clone();
-        self.step(id, Input::Recovered { log_start: Offset(0), log_end, epochs });
+        let producers = producers_of(&node.log);
+        self.step(id, Input::Recovered { log_start: Offset(0), log_end, epochs, producers });
     }
 
     fn restart(&mut self, id: u64) {
@@ -582,7 +601,13 @@ impl World {
         if self.controller.leader == Some(NodeId(id)) || self.controller.leader.is_none() {
             let placeholder = self.placeholder_state();
             let node = self.node(id);
-            node.core = Some(ReplicaCore::new(NodeId(id), config(), placeholder, opened(log_end, epochs.clone()), 0));
+            node.core = Some(ReplicaCore::new(
+                NodeId(id),
+                config(),
+                placeholder,
+                OpenedLog { producers: producers_of(&node.log), ..opened(log_end, epochs.clone()) },
+                0,
+            ));
             self.elect_leader(None);
             let state = self.controller.clone();
             let now_ms = self.now_ms;
@@ -591,7 +616,13 @@ impl World {
             let state = self.controller.clone();
             let now_ms = self.now_ms;
             let node = self.node(id);
-            node.core = Some(ReplicaCore::new(NodeId(id), config(), state, opened(log_end, epochs), now_ms));
+            node.core = Some(ReplicaCore::new(
+                NodeId(id),
+                config(),
+                state,
+                OpenedLog { producers: producers_of(&node.log), ..opened(log_end, epochs) },
+                now_ms,
+            ));
             self.drain(id);
         }
     }
@@ -1026,6 +1057,7 @@ fn leader_over_old_epochs() -> ReplicaCore {
         epochs: epochs(&[(1, 0), (3, 10)]),
         high_watermark: Offset(0),
         lost_committed: None,
+        producers: ProducerStates::new(),
     };
     let mut core = ReplicaCore::new(NodeId(1), config(), state(1, 5, &[1, 2, 3]), log, 0);
     let ready = core.ready();
@@ -1099,6 +1131,7 @@ fn consumer_fetches_are_fenced_by_leader_epoch_and_refused_off_the_leader() {
         epochs: epochs(&[(1, 0)]),
         high_watermark: Offset(20),
         lost_committed: None,
+        producers: ProducerStates::new(),
     };
     let mut follower = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 2, 3]), log, 0);
     follower.step(consumer(4, None));
@@ -1116,6 +1149,7 @@ fn a_follower_truncates_by_epoch_in_rounds_never_to_its_high_watermark() {
         epochs: epochs(&[(1, 0), (3, 10)]),
         high_watermark: Offset(4),
         lost_committed: None,
+        producers: ProducerStates::new(),
     };
     let mut core = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 2, 3]), log, 0);
     let ready = core.ready();
@@ -1135,7 +1169,7 @@ fn a_follower_truncates_by_epoch_in_rounds_never_to_its_high_watermark() {
     let ready = core.ready();
     assert_eq!(ready.truncate_to, Some(Offset(15)));
     assert!(ready.fetch.is_none(), "no fetch while the truncation is not reported");
-    core.step(Input::Truncated { log_end: Offset(15) });
+    core.step(Input::Truncated { log_end: Offset(15), producers: ProducerStates::new() });
     let ready = core.ready();
     assert!(ready.start_sync && ready.fetch.is_none(), "the truncation is synced before anything else");
     core.step(Input::SyncCompleted { up_to: Offset(15) });
@@ -1147,7 +1181,7 @@ fn a_follower_truncates_by_epoch_in_rounds_never_to_its_high_watermark() {
     // The leader never had epoch 3; its epoch 1 ended at 8 (ours at 10): cut to 8, epoch 3 goes.
     core.step(answer(second.fetch_id, FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(8) }));
     assert_eq!(core.ready().truncate_to, Some(Offset(8)));
-    core.step(Input::Truncated { log_end: Offset(8) });
+    core.step(Input::Truncated { log_end: Offset(8), producers: ProducerStates::new() });
     assert_eq!(core.epochs().latest_epoch(), Some(LeaderEpoch(1)));
     assert_eq!(core.high_watermark(), Offset(4), "the HW stays: committed data is never truncated");
     assert!(core.ready().start_sync);
@@ -1216,7 +1250,8 @@ fn a_leader_that_lost_replicated_data_resigns() {
     core.step(Input::FollowerFetch { request: 2, fetch: fetch(2, 1, 0, None), now_ms: 0 });
     assert_eq!(core.ready().follower_reads.len(), 1, "the follower gets the written, not yet durable batch");
     core.step(Input::StorageFailed { reason: "fsync: EIO".into() });
-    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(0), epochs: LeaderEpochs::new() });
+    let producers = ProducerStates::new();
+    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(0), epochs: LeaderEpochs::new(), producers });
     let ready = core.ready();
     assert!(ready.resign);
     assert!(matches!(ready.replies[0], (1, Reply::Error { code: ErrorCode::StorageIndeterminate, .. })));
@@ -1235,7 +1270,8 @@ fn a_replica_whose_log_failed_to_open_recovers() {
     let ready = core.ready();
     assert!(matches!(ready.replies[0], (1, Reply::Error { code: ErrorCode::StorageError, .. })), "{ready:?}");
     assert!(ready.epoch_assign.is_empty(), "no epoch cache to write to while the log is failed");
-    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(5), epochs: epochs(&[(1, 0)]) });
+    let producers = ProducerStates::new();
+    core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(5), epochs: epochs(&[(1, 0)]), producers });
     let ready = core.ready();
     assert_eq!(ready.epoch_assign, vec![(LeaderEpoch(3), Offset(5))]);
     core.step(Input::Produce { request: 2, batch, acks: Acks::Leader });
@@ -1290,6 +1326,7 @@ fn a_replica_that_lost_committed_batches_resigns_when_it_leads() {
         epochs: epochs(&[(1, 0)]),
         high_watermark: Offset(0),
         lost_committed: Some(Offset(15)),
+        producers: ProducerStates::new(),
     };
     let mut core = ReplicaCore::new(NodeId(1), config(), state(1, 2, &[1, 2, 3]), log.clone(), 0);
     let ready = core.ready();

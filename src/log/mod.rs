@@ -87,6 +87,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::batch::{Batch, BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
 use crate::leader_epochs::{EpochEntry, LeaderEpochs};
+use crate::producer_state::{BatchIdentity, ProducerStates};
 use crate::storage::{Disk, DiskFile};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use segment::{BatchHeader, Segment};
@@ -247,7 +248,18 @@ pub struct PartitionLog<D: Disk> {
     /// differs from the previous batch's): built by recovery's scan and by appends. The batch CRC does
     /// not cover the epoch field, so reads check it against these.
     epoch_runs: Vec<EpochEntry>,
+    /// The idempotent producers' dedup state of exactly the batches in the log (ADR 0015): built by
+    /// recovery's scan, kept up by appends, rebuilt by a truncation. The replica shell hands it to
+    /// its core whenever the core's copy must be replaced (open, recovery, truncation).
+    producers: ProducerStates,
     shared: Arc<Mutex<SyncShared>>,
+}
+
+/// What recovery's scan collects from the batches it keeps.
+#[derive(Default)]
+struct Scanned {
+    epoch_runs: Vec<EpochEntry>,
+    producers: ProducerStates,
 }
 
 fn parent_of(dir: &str) -> &str {
@@ -283,8 +295,8 @@ impl<D: Disk> PartitionLog<D> {
         disk.create_dir_all(&dir)?;
         let (log_bases, other_files) = Self::list_segment_files(&disk, &dir)?;
         let mut report = RecoveryReport::default();
-        let mut epoch_runs = Vec::new();
-        let mut segments = Self::recover_segments(&disk, &dir, &config, &log_bases, &mut report, &mut epoch_runs)?;
+        let mut scanned = Scanned::default();
+        let mut segments = Self::recover_segments(&disk, &dir, &config, &log_bases, &mut report, &mut scanned)?;
         let mut dir_changed = Self::remove_dropped_files(
             &disk,
             &dir,
@@ -314,7 +326,8 @@ impl<D: Disk> PartitionLog<D> {
             durable_end: log_end,
             dir_dirty: dir_changed,
             pending_seals: Vec::new(),
-            epoch_runs,
+            epoch_runs: scanned.epoch_runs,
+            producers: scanned.producers,
             shared: Arc::new(Mutex::new(SyncShared {
                 failed: false,
                 generation: 0,
@@ -361,14 +374,14 @@ impl<D: Disk> PartitionLog<D> {
     /// CRC, framing and offsets checked) and cut at its first invalid batch; a sealed segment other
     /// than the last keeps its indexes when the scan agrees with its seal. Stops at a gap in the
     /// offsets or after a cut segment (later segments follow a hole); the segments returned are a
-    /// prefix of `log_bases`. Fills `epoch_runs` from the batches kept.
+    /// prefix of `log_bases`. Fills `scanned` from the batches kept.
     fn recover_segments(
         disk: &D,
         dir: &str,
         config: &LogConfig,
         log_bases: &[Offset],
         report: &mut RecoveryReport,
-        epoch_runs: &mut Vec<EpochEntry>,
+        scanned: &mut Scanned,
     ) -> Result<BTreeMap<Offset, Segment<D::File>>, LogError> {
         let mut segments: BTreeMap<Offset, Segment<D::File>> = BTreeMap::new();
         for (idx, &base) in log_bases.iter().enumerate() {
@@ -382,10 +395,10 @@ impl<D: Disk> PartitionLog<D> {
             let mut segment = Self::open_segment(disk, dir, base, config)?;
             let log_len = segment.log.len()?;
             let sealed = !is_last && Self::load_sealed(&mut segment, log_len)?;
-            let scan = segment::scan(&segment.log, base, config.index_interval_bytes)?;
+            let scan = segment::scan(&segment.log, base, config.index_interval_bytes, &mut scanned.producers)?;
             report.verified_bytes += scan.valid_bytes;
             for run in &scan.epochs {
-                segment::push_epoch_run(epoch_runs, run.epoch, run.start_offset);
+                segment::push_epoch_run(&mut scanned.epoch_runs, run.epoch, run.start_offset);
             }
             let whole = scan.stopped_because.is_none();
             if sealed && whole && scan.next_offset == segment.next_offset {
@@ -553,6 +566,7 @@ impl<D: Disk> PartitionLog<D> {
         }
         self.active().append(batch)?;
         segment::push_epoch_run(&mut self.epoch_runs, batch.leader_epoch(), batch.base_offset());
+        self.producers.apply(&BatchIdentity::of(batch), batch.base_offset());
         self.log_end = batch.next_offset();
         Ok(())
     }
@@ -875,6 +889,7 @@ impl<D: Disk> PartitionLog<D> {
         }
         self.pending_seals.retain(|pending| *pending != active_base);
         self.epoch_runs.retain(|run| run.start_offset < cut);
+        self.producers = self.rescan_producers()?;
         self.log_end = cut;
         self.durable_end = self.durable_end.min(cut);
         let mut shared = lock(&self.shared);
@@ -882,6 +897,26 @@ impl<D: Disk> PartitionLog<D> {
         shared.completed = shared.completed.min(cut);
         shared.synced_since_truncation = false;
         Ok(())
+    }
+
+    /// The dedup state of the producers as of the batches in the log now.
+    pub fn producer_states(&self) -> &ProducerStates {
+        &self.producers
+    }
+
+    /// The dedup state of the batches left after a truncation, from a scan of every segment (they
+    /// were verified when written or recovered; a scan that stops early finds corruption, which fails
+    /// the log like a read would). `O(log bytes)`: truncations are rare (a follower whose tail
+    /// diverged from a new leader's).
+    fn rescan_producers(&self) -> Result<ProducerStates, LogError> {
+        let mut producers = ProducerStates::new();
+        for (&base, segment) in &self.segments {
+            let scan = segment::scan(&segment.log, base, self.config.index_interval_bytes, &mut producers)?;
+            if let Some(reason) = scan.stopped_because {
+                return Err(LogError::Corrupt { offset: scan.next_offset, reason });
+            }
+        }
+        Ok(producers)
     }
 
     /// Syncs everything (seals included) and consumes the log: a graceful shutdown.

@@ -10,6 +10,7 @@ use super::index::{self, Indexer, OffsetEntry, Seal, SegmentIndex, TimeEntry};
 use super::LogError;
 use crate::batch::{peek_batch_size, Batch, BATCH_HEADER_BYTES, BATCH_LENGTH_PREFIX_BYTES, MAGIC_V2};
 use crate::leader_epochs::EpochEntry;
+use crate::producer_state::{BatchIdentity, ProducerStates};
 use crate::storage::DiskFile;
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 
@@ -313,7 +314,14 @@ impl<F: DiskFile> Segment<F> {
 
 /// Scans a `.log` file from its start: batch after batch, each checked for length, magic, CRC,
 /// record framing and contiguous offsets; stops at the first that fails.
-pub fn scan<F: DiskFile>(log: &F, base_offset: Offset, interval_bytes: u32) -> Result<ScanResult, LogError> {
+/// Every valid batch is also recorded in `producers` (the idempotent producers' dedup state), in
+/// log order.
+pub fn scan<F: DiskFile>(
+    log: &F,
+    base_offset: Offset,
+    interval_bytes: u32,
+    producers: &mut ProducerStates,
+) -> Result<ScanResult, LogError> {
     let file_bytes = log.len()?;
     let mut window = Bytes::new();
     let mut window_position = 0u64;
@@ -368,6 +376,7 @@ pub fn scan<F: DiskFile>(log: &F, base_offset: Offset, interval_bytes: u32) -> R
             index.times.push(time_entry);
         }
         push_epoch_run(&mut epochs, batch.leader_epoch(), batch.base_offset());
+        producers.apply(&BatchIdentity::of(&batch), batch.base_offset());
         position = end;
         expected = batch.next_offset();
     };

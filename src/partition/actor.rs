@@ -358,6 +358,7 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
                 // follower learns the HW from its leader. The checkpoint only tells a loss.
                 high_watermark: log.log_start_offset(),
                 lost_committed,
+                producers: log.producer_states().clone(),
             };
             let core = ReplicaCore::new(spec.me, spec.config.clone(), spec.state.clone(), opened, 0);
             (Some((log, cache, checkpoint)), core, None, lost_committed)
@@ -766,13 +767,13 @@ impl<D: Disk> Actor<D> {
     /// next sync.
     fn truncate(&mut self, offset: Offset, sync: &mut Option<SyncFuture>) {
         let result = match self.log.as_mut() {
-            Some(log) => log.truncate_to(offset).map(|()| log.log_end_offset()),
+            Some(log) => log.truncate_to(offset).map(|()| (log.log_end_offset(), log.producer_states().clone())),
             None => Err(LogError::Failed),
         };
         match result {
-            Ok(log_end) => {
+            Ok((log_end, producers)) => {
                 self.pending_cut = Some(self.pending_cut.map_or(log_end, |cut| cut.min(log_end)));
-                self.core.step(Input::Truncated { log_end });
+                self.core.step(Input::Truncated { log_end, producers });
             }
             Err(error) => {
                 *sync = None;
@@ -989,12 +990,13 @@ impl<D: Disk> Actor<D> {
                 let (log_start, log_end) = (log.log_start_offset(), log.log_end_offset());
                 tracing::warn!(partition = %self.spec.name, %log_end, "partition storage recovered after a failure");
                 let epochs = cache.epochs().clone();
+                let producers = log.producer_states().clone();
                 self.log = Some(log);
                 self.epochs = Some(cache);
                 self.checkpoint = Some(checkpoint);
                 self.reopen_at = None;
                 self.reopen_backoff = Duration::from_millis(REOPEN_BACKOFF_MS_MIN);
-                self.core.step(Input::Recovered { log_start, log_end, epochs });
+                self.core.step(Input::Recovered { log_start, log_end, epochs, producers });
             }
             Err(error) => {
                 // Stay failed (requests get StorageError) and try again after a backoff.

@@ -83,6 +83,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::batch::Batch;
 use crate::leader_epochs::{EpochEndOffset, LeaderEpochs};
 use crate::partition::core::{self, CoreConfig, PartitionCore, Read, RequestId};
+use crate::producer_state::{BatchIdentity, ProducerStates, Verdict};
 use crate::protocol::{Acks, ErrorCode};
 use crate::types::{LeaderEpoch, NodeId, Offset, TimestampMs};
 
@@ -125,6 +126,11 @@ impl PartitionState {
     }
 }
 
+/// Seven days, Kafka's `transactional.id.expiration.ms` default for producer state.
+pub const PRODUCER_STATE_MS_MAX_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// How often expired producers are looked for.
+const PRODUCER_EXPIRY_INTERVAL_MS: i64 = 60_000;
+
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
     pub core: CoreConfig,
@@ -141,6 +147,9 @@ pub struct ReplicaConfig {
     pub follower_fetch_bytes_max: u32,
     /// Follower fetches parked at a leader before new ones are answered at once.
     pub parked_follower_fetches_max: usize,
+    /// An idempotent producer whose newest batch is older than this is forgotten (its next batch
+    /// gets `UnknownProducerId` unless it starts a new epoch).
+    pub producer_state_ms_max: i64,
 }
 
 impl Default for ReplicaConfig {
@@ -154,6 +163,7 @@ impl Default for ReplicaConfig {
             follower_retry_backoff_ms: 100,
             follower_fetch_bytes_max: 8 * 1024 * 1024,
             parked_follower_fetches_max: 64,
+            producer_state_ms_max: PRODUCER_STATE_MS_MAX_DEFAULT,
         }
     }
 }
@@ -264,6 +274,8 @@ pub enum Input {
     /// offset asked for: the batch containing it was cut whole).
     Truncated {
         log_end: Offset,
+        /// The log's producer state after the cut (`PartitionLog::producer_states`): replaces the core's.
+        producers: ProducerStates,
     },
     Written {
         up_to: Offset,
@@ -286,6 +298,8 @@ pub enum Input {
         log_start: Offset,
         log_end: Offset,
         epochs: LeaderEpochs,
+        /// The recovered log's producer state: replaces the core's (appends that failed are gone).
+        producers: ProducerStates,
     },
     Tick {
         now_ms: TimestampMs,
@@ -416,6 +430,8 @@ pub struct OpenedLog {
     /// again (fetched from a leader), it resigns at once and serves nothing (the controller then
     /// elects a replica that holds them, `meta::state`).
     pub lost_committed: Option<Offset>,
+    /// The idempotent producers' state of the recovered log (`PartitionLog::producer_states`).
+    pub producers: ProducerStates,
 }
 
 /// What the replica core's role is, for the shell and for `describe`.
@@ -465,6 +481,11 @@ pub struct ReplicaCore {
     /// From [`OpenedLog::lost_committed`] until this replica first leads (and resigns if its log has
     /// not reached that offset again by then).
     lost_committed: Option<Offset>,
+    /// The idempotent producers' dedup state (`producer_state`) of every batch in the log and every
+    /// append handed to the inner core (a leader's retry of a batch not yet written is a duplicate).
+    producers: ProducerStates,
+    /// When expired producers were last looked for.
+    producers_expired_ms: TimestampMs,
     ready: Ready,
 }
 
@@ -568,6 +589,7 @@ impl ReplicaCore {
             epochs: LeaderEpochs::new(),
             high_watermark: Offset::ZERO,
             lost_committed: None,
+            producers: ProducerStates::new(),
         };
         ReplicaCore::with_inner(me, config, state, inner, nothing, now_ms)
     }
@@ -581,7 +603,7 @@ impl ReplicaCore {
         now_ms: TimestampMs,
     ) -> ReplicaCore {
         // The inner core holds the log's offsets; the rest is the replica's.
-        let OpenedLog { epochs, high_watermark, lost_committed, .. } = log;
+        let OpenedLog { epochs, high_watermark, lost_committed, producers, .. } = log;
         let mut core = ReplicaCore {
             me,
             config,
@@ -604,6 +626,8 @@ impl ReplicaCore {
             rejected_states: 0,
             deferred_epoch_assign: None,
             lost_committed,
+            producers,
+            producers_expired_ms: now_ms,
             ready: Ready::default(),
         };
         core.inner.set_high_watermark_cap(core.high_watermark);
@@ -727,7 +751,10 @@ impl ReplicaCore {
                 self.advance_time(now_ms);
                 self.on_fetch_response(from, response);
             }
-            Input::Truncated { log_end } => self.on_truncated(log_end),
+            Input::Truncated { log_end, producers } => {
+                self.on_truncated(log_end);
+                self.producers = producers;
+            }
             Input::Written { up_to } => {
                 self.inner.step(core::Input::Written { up_to });
                 // With `fsync = "never"` a write is as stable as this replica gets: the HW may move.
@@ -746,11 +773,15 @@ impl ReplicaCore {
                 self.inner.step(core::Input::StorageFailed { reason });
                 self.drop_fetch_in_flight();
             }
-            Input::Recovered { log_start, log_end, epochs } => self.on_recovered(log_start, log_end, epochs),
+            Input::Recovered { log_start, log_end, epochs, producers } => {
+                self.producers = producers;
+                self.on_recovered(log_start, log_end, epochs);
+            }
             Input::Tick { now_ms } => {
                 self.advance_time(now_ms);
                 self.inner.step(core::Input::Tick { now_ms: self.now_ms });
                 self.on_tick();
+                self.expire_producers();
             }
         }
         self.check_invariants();
@@ -1031,14 +1062,75 @@ impl ReplicaCore {
             );
             return self.reply(request, error_reply(ErrorCode::NotEnoughReplicas, message));
         }
+        let identity = BatchIdentity::of(&batch);
+        if !self.inner.is_failed() {
+            if let Some(reply) = self.dedup(&identity, acks) {
+                return self.reply(request, reply);
+            }
+        }
         let base_offset = self.inner.log_end();
         let next_offset = Offset(base_offset.0 + i64::from(batch.last_offset_delta()) + 1);
         // acks=leader waits for the leader's own fsync; acks=none for the write.
         let local_acks = if acks == Acks::None { Acks::None } else { Acks::All };
         self.inner.step(core::Input::Append { request, batch, acks: local_acks });
         if self.inner.log_end() != base_offset {
+            self.producers.apply(&identity, base_offset);
             self.client_appends.insert(request, ClientAppend { acks, next_offset, answered: false });
         }
+    }
+
+    /// The answer to an idempotent producer's batch that must not be appended, or `None` to append
+    /// it (`producer_state`'s rules). A retry of an appended batch gets its original offsets once
+    /// they are as safe as `acks` asks; before that, `DuplicatePending` (nothing appended; retry).
+    fn dedup(&self, batch: &BatchIdentity, acks: Acks) -> Option<Reply> {
+        let (producer, epoch, sequence) = (batch.producer_id, batch.producer_epoch, batch.base_sequence);
+        match self.producers.check(batch) {
+            Verdict::Append => None,
+            Verdict::Duplicate { base_offset, last_offset } => {
+                let safe = match acks {
+                    Acks::All => last_offset < self.high_watermark,
+                    Acks::Leader => last_offset < self.inner.stable_end(),
+                    Acks::None => true,
+                };
+                Some(if safe {
+                    Reply::Produced { base_offset }
+                } else {
+                    let message = format!(
+                        "producer {producer} epoch {epoch} sequence {sequence}: a retry of the batch at offset \
+                         {base_offset}, not yet committed; retry"
+                    );
+                    error_reply(ErrorCode::DuplicatePending, message)
+                })
+            }
+            Verdict::OutOfOrder { expected } => Some(error_reply(
+                ErrorCode::OutOfOrderSequence,
+                format!("producer {producer} epoch {epoch}: sequence {sequence} where {expected} was expected"),
+            )),
+            Verdict::Fenced { current } => Some(error_reply(
+                ErrorCode::ProducerFenced,
+                format!("producer {producer}: epoch {epoch} is older than its epoch {current} here"),
+            )),
+            Verdict::UnknownProducer => Some(error_reply(
+                ErrorCode::UnknownProducerId,
+                format!(
+                    "producer {producer} epoch {epoch}: no state here (expired, or its first batch never \
+                     arrived) and sequence {sequence} is not 0; start a new epoch"
+                ),
+            )),
+        }
+    }
+
+    /// Forgets idle producers (at most once per `PRODUCER_EXPIRY_INTERVAL_MS`).
+    fn expire_producers(&mut self) {
+        if self.now_ms - self.producers_expired_ms >= PRODUCER_EXPIRY_INTERVAL_MS {
+            self.producers_expired_ms = self.now_ms;
+            self.producers.expire(self.now_ms, self.config.producer_state_ms_max);
+        }
+    }
+
+    /// The idempotent producers' state (for tests and `describe`).
+    pub fn producer_states(&self) -> &ProducerStates {
+        &self.producers
     }
 
     fn route_inner_reply(&mut self, request: RequestId, reply: Reply) {
@@ -1488,6 +1580,7 @@ impl ReplicaCore {
                     self.ready.epoch_assign.push((epoch, batch.base_offset()));
                 }
             }
+            self.producers.apply(&BatchIdentity::of(&batch), batch.base_offset());
             self.inner.step(core::Input::AppendReplicated { batch });
         }
         let learned = leader_high_watermark.min(self.inner.log_end());

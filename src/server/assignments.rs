@@ -45,7 +45,7 @@ use crate::protocol::{
 use crate::server::replication::PartitionNet;
 use crate::server::topics::{validate_topic_name, TopicError};
 use crate::storage::Disk;
-use crate::types::{NodeId, PartitionId};
+use crate::types::{NodeId, PartitionId, ProducerId};
 
 /// How often this broker heartbeats into the metadata log.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
@@ -97,7 +97,12 @@ pub struct Assignments<D: Disk> {
     /// How long a lease lasts from the heartbeat that granted it (`fence_after_ms` less a margin for
     /// clock skew between this broker and the controller).
     lease_ms: u64,
+    /// The rest of the producer-id block this broker took from the metadata group: `[next, end)`.
+    producer_ids: tokio::sync::Mutex<(i64, i64)>,
 }
+
+/// Producer ids a broker takes from the metadata group at a time (one Raft write per block).
+pub const PRODUCER_ID_BLOCK: u64 = 1000;
 
 fn node_error(error: NodeError) -> TopicError {
     let code = match error {
@@ -151,7 +156,30 @@ impl<D: Disk> Assignments<D> {
             partitions_stopped: AtomicBool::new(false),
             lease_until: std::sync::Mutex::new(None),
             lease_ms: lease_ms(fence_after_ms),
+            producer_ids: tokio::sync::Mutex::new((0, 0)),
         })
+    }
+
+    /// A new idempotent producer identity (ADR 0015): the next id of this broker's block, taking a
+    /// new block of [`PRODUCER_ID_BLOCK`] ids through Raft when it runs out (so no two brokers, and no
+    /// two incarnations of one, ever hand out the same id), and epoch 0. Needs a metadata majority
+    /// only once per block.
+    pub async fn init_producer_id(&self) -> Result<ProducerId, TopicError> {
+        let mut block = self.producer_ids.lock().await;
+        if block.0 >= block.1 {
+            let command = MetaCommand::AllocateProducerIds { count: PRODUCER_ID_BLOCK };
+            match self.node.propose(command).await.map_err(node_error)? {
+                MetaResult::ProducerIds { first, count } => *block = (first.0, first.0 + count as i64),
+                MetaResult::Error { code, message } => return Err(TopicError { code, message }),
+                other => {
+                    let message = format!("allocating producer ids: unexpected answer {other:?}");
+                    return Err(TopicError { code: ErrorCode::Internal, message });
+                }
+            }
+        }
+        let id = ProducerId(block.0);
+        block.0 += 1;
+        Ok(id)
     }
 
     pub async fn create_topic(&self, request: &CreateTopicRequest) -> Result<(), TopicError> {

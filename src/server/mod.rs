@@ -623,6 +623,7 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         Body::ListOffsetsRequest(request) => list_offsets(state, id, request).await,
         Body::ReplicaStatusRequest(request) => replica_status(state, id, request),
         Body::CreateTopicRequest(request) => create_topic(state, id, request),
+        Body::InitProducerIdRequest(_) => init_producer_id(state, id),
         Body::DeleteTopicRequest(request) => delete_topic(state, id, request),
         Body::MetadataRequest(request) => metadata(state, id, request),
         Body::ClusterStatusRequest(request) => cluster_status(state, id, request),
@@ -636,12 +637,28 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         | Body::MetadataResponse(_)
         | Body::ReplicaFetchResponse(_)
         | Body::ReplicaStatusResponse(_)
+        | Body::InitProducerIdResponse(_)
         | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
         // Reached only with another frame version, which was answered above.
         Body::RaftMessage(_) | Body::PeerHello(_) | Body::ReplicaFetchRequest(_) => {
             ready(error_frame(id, ErrorCode::UnsupportedVersion, "peer frames need the current protocol version"))
         }
     }
+}
+
+fn init_producer_id<D: Disk>(state: &Arc<State<D>>, id: u64) -> BoxFuture<'static, Frame> {
+    let state = state.clone();
+    Box::pin(async move {
+        let response = match state.assignments.init_producer_id().await {
+            Ok(producer_id) => InitProducerIdResponse { error: None, producer_id: producer_id.0, producer_epoch: 0 },
+            Err(error) => InitProducerIdResponse {
+                error: Some(ErrorInfo::new(error.code, error.message)),
+                producer_id: -1,
+                producer_epoch: -1,
+            },
+        };
+        Frame::new(id, Body::InitProducerIdResponse(response))
+    })
 }
 
 fn create_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: CreateTopicRequest) -> BoxFuture<'static, Frame> {
