@@ -5,6 +5,7 @@
 
 pub mod fnv;
 pub mod history;
+pub mod idempotent;
 pub mod metadata_checker;
 pub mod partition_log;
 pub mod queue_checker;
