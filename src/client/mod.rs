@@ -56,7 +56,7 @@ use tokio::time::Instant;
 
 use crate::batch::{Batch, StoredRecord};
 use crate::protocol::*;
-use crate::types::Offset;
+use crate::types::{Offset, ProducerEpoch, ProducerId};
 pub use connection::{Connection, ConnectionError, PendingResponse};
 pub use producer::{delivered, Delivery, Producer, ProducerConfig, ProducerStats, RecordMetadata};
 
@@ -528,6 +528,22 @@ impl Client {
         match self.request(body).await? {
             Body::CreateTopicResponse(CreateTopicResponse { error: None }) => Ok(()),
             Body::CreateTopicResponse(CreateTopicResponse { error: Some(info) }) => Err(ClientError::server(info)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A new idempotent producer identity from any broker: a producer id never handed out before,
+    /// and its epoch (0). The broker takes ids from the metadata group in blocks.
+    pub async fn init_producer_id(&self) -> Result<(ProducerId, ProducerEpoch), ClientError> {
+        match self.request(Body::InitProducerIdRequest(InitProducerIdRequest {})).await? {
+            Body::InitProducerIdResponse(InitProducerIdResponse { error: None, producer_id, producer_epoch }) => {
+                let epoch = i16::try_from(producer_epoch)
+                    .map_err(|_| ClientError::Protocol(format!("producer epoch {producer_epoch} out of range")))?;
+                Ok((ProducerId(producer_id), ProducerEpoch(epoch)))
+            }
+            Body::InitProducerIdResponse(InitProducerIdResponse { error: Some(info), .. }) => {
+                Err(ClientError::server(info))
+            }
             other => Err(unexpected(other)),
         }
     }

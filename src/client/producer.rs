@@ -81,7 +81,19 @@ pub struct ProducerConfig {
     /// refused with `NotEnoughReplicas`.
     pub retries: u32,
     pub retry_backoff: Duration,
+    /// Idempotent (the default; ADR 0015): every batch carries the producer id, epoch and sequence,
+    /// at most [`IDEMPOTENT_IN_FLIGHT_MAX`] batches per partition are unanswered, and a batch is
+    /// re-sent after any failure that may be transient (a broken connection, a leader change, a
+    /// timeout) until it gets a definite answer or `delivery_timeout` passes.
+    pub idempotent: bool,
+    /// With `idempotent`: how long after its batch closed a record may still be re-sent; then its
+    /// outcome is reported (ambiguous if any attempt may have been appended).
+    pub delivery_timeout: Duration,
 }
+
+/// Unanswered batches per partition of an idempotent producer: the broker dedups the last
+/// `producer_state::PRODUCER_BATCHES_KEPT` (5) batches of each producer.
+pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
 
 impl Default for ProducerConfig {
     fn default() -> Self {
@@ -92,6 +104,8 @@ impl Default for ProducerConfig {
             in_flight_max: 16,
             retries: 5,
             retry_backoff: Duration::from_millis(100),
+            idempotent: true,
+            delivery_timeout: Duration::from_secs(120),
         }
     }
 }
