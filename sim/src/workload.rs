@@ -253,7 +253,10 @@ impl ProducerNode {
     /// Runs every process until `stop`; returns when each has resolved its last send.
     pub async fn run(mut self, recorder: Arc<Recorder>, stop: CancellationToken) {
         let client = Client::new(self.addr.clone(), client_config());
-        let config = ProducerConfig { acks: Acks::All, linger: self.linger, ..ProducerConfig::default() };
+        // Not idempotent: these scenarios judge the plain producer's promises (an unknown outcome is
+        // never re-sent); the `idempotent_*` scenarios run the idempotent one.
+        let config =
+            ProducerConfig { acks: Acks::All, linger: self.linger, idempotent: false, ..ProducerConfig::default() };
         let producer = Producer::new(client, config);
         let mut tasks = Vec::new();
         for process in self.processes.iter().copied() {
