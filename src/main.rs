@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use keel::cli::{self, Cli, CliError, Command, LogFormat};
 use keel::meta::store_rocks::RocksStore;
 use keel::server::{run_broker, BrokerHooks};
@@ -12,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_checked();
     let default_level = if matches!(cli.command, Command::Broker(_)) { "info" } else { "warn" };
     init_logging(&cli, default_level);
 

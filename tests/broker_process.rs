@@ -171,6 +171,28 @@ async fn cli_reports_a_dead_broker() {
     assert!(stderr(&output).contains("cannot connect to broker"), "{}", stderr(&output));
 }
 
+/// The binary checks the idempotence flags before it connects anywhere: a bad value and a
+/// combination clap cannot see by itself are both usage errors (exit code 2, the message on stderr,
+/// nothing read from stdin, no broker asked: the one named here does not exist).
+#[tokio::test]
+async fn bad_idempotence_flags_are_usage_errors_before_anything_is_sent() {
+    let dead = free_addr().to_string();
+    for (args, expected) in [
+        (&["produce", "t", "--delivery-timeout-ms", "0"][..], "0 would give up on every record"),
+        (&["produce", "t", "--delivery-timeout-ms", "1000"][..], "give at least 30005"),
+        (&["produce", "t", "--acks", "leader", "--delivery-timeout-ms", "60000"][..], "needs --acks all"),
+        (&["produce", "t", "--no-idempotence", "--delivery-timeout-ms", "60000"][..], "cannot be used with"),
+        (&["bench", "produce", "--compare-idempotence", "--acks", "none"][..], "needs --acks all"),
+    ] {
+        let mut all = vec!["--broker", &dead];
+        all.extend_from_slice(args);
+        let output = run_keel(Path::new(KEEL), all, b"1\n2\n").await.unwrap();
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{args:?}: {}", stderr(&output));
+        assert!(!stderr(&output).contains("cannot connect"), "{args:?}: {}", stderr(&output));
+    }
+}
+
 /// The kill -9 workload's shape.
 const KILL_TOPIC: &str = "durable";
 const KILL_PARTITIONS: u32 = 2;

@@ -6,6 +6,9 @@
 //! it ends when the request is on the connection). With `--rate` the load is offered on a fixed
 //! schedule (open loop) and latency runs from each record's scheduled time. Consume latency is per
 //! fetch request.
+//!
+//! `--compare-idempotence` runs the produce benchmark twice on one topic, without and then with
+//! the idempotent producer, and reports both runs and the drop in throughput with idempotence.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::time::Instant;
 
-use super::{fail, parse_acks, Cli, CliError};
+use super::{fail, parse_acks, Cli, CliError, IdempotenceArgs};
 use crate::batch::Record;
 use crate::client::{delivered, Client, ClientConfig, ClientError, Delivery, Producer, ProducerConfig};
 use crate::protocol::{Acks, ErrorCode, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
@@ -53,9 +56,18 @@ pub struct ProduceBenchArgs {
     /// broker's errors are not reported.
     ///
     /// `NotEnoughReplicas` is retried with backoff, then counted as an error; the *AfterAppend
-    /// errors (outcome unknown) are counted as errors at once, never retried.
+    /// errors (outcome unknown) are re-sent by the idempotent producer (the default) until a
+    /// definite answer, and without idempotence counted as errors at once, never retried.
     #[arg(long, default_value = "all", value_parser = parse_acks, verbatim_doc_comment)]
     pub acks: Acks,
+    #[command(flatten)]
+    pub idempotence: IdempotenceArgs,
+    /// Run the benchmark twice, idempotence off and then on (same topic, settings and duration; the
+    /// second run appends after the first's records), and report both and the overhead: how much
+    /// lower the throughput is with idempotence, in percent (with --rate, compare the latencies).
+    /// Needs --acks all.
+    #[arg(long, conflicts_with = "no_idempotence")]
+    pub compare_idempotence: bool,
     #[arg(long, default_value_t = 10)]
     pub duration_s: u64,
     #[arg(long, default_value_t = 5)]
@@ -71,6 +83,24 @@ pub struct ProduceBenchArgs {
     /// percentiles instead of hiding (no coordinated omission).
     #[arg(long)]
     pub rate: Option<u64>,
+}
+
+impl ProduceBenchArgs {
+    /// The checks across flags (see [`Cli::try_parse_checked_from`]).
+    pub fn check(&self) -> Result<(), String> {
+        if self.compare_idempotence && self.acks != Acks::All {
+            return Err("--compare-idempotence needs --acks all (the idempotent producer needs it)".into());
+        }
+        let linger = Duration::from_millis(self.linger_ms);
+        self.idempotence.check(self.acks, linger, ClientConfig::default().request_timeout)
+    }
+
+    /// These arguments with idempotence turned on or off.
+    fn with_idempotence(&self, on: bool) -> ProduceBenchArgs {
+        let mut args = self.clone();
+        args.idempotence.no_idempotence = !on;
+        args
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -111,6 +141,8 @@ pub async fn run(cli: &Cli, command: &BenchCommand) -> Result<(), CliError> {
     }
 }
 
+/// `keel bench produce`: one run, or with `--compare-idempotence` one without idempotence and one
+/// with it, on the same topic.
 async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
     if args.size == 0 || args.producers == 0 || args.window == 0 || args.rate == Some(0) {
         return Err(fail("--size, --producers, --window and --rate must be positive"));
@@ -120,6 +152,51 @@ async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
         Ok(()) | Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => {}
         Err(error) => return Err(error.into()),
     }
+    wait_until_ready(&admin, &args.topic).await;
+    if args.compare_idempotence {
+        let off = produce_run(cli, &args.with_idempotence(false)).await?;
+        let on = produce_run(cli, &args.with_idempotence(true)).await?;
+        report_comparison(cli, &off, &on, args.rate);
+    } else {
+        let run = produce_run(cli, args).await?;
+        report(cli, "produce", &run.totals, run.elapsed, args.rate);
+    }
+    Ok(())
+}
+
+/// Longest the bench waits for a topic's partitions to have a leader and a full ISR.
+const TOPIC_READY_WAIT_MS_MAX: u64 = 10_000;
+
+/// Waits, at most [`TOPIC_READY_WAIT_MS_MAX`], until every partition of `topic` has a leader and all
+/// its replicas in its ISR, so a topic created a moment ago does not measure its own start-up (a
+/// producer without idempotence gives up on a partition without a leader after a few retries; an
+/// idempotent one keeps re-sending, so the two would not be compared alike). Goes on regardless
+/// after the wait, saying so: an under-replicated topic can be benchmarked on purpose.
+async fn wait_until_ready(admin: &Client, topic: &str) {
+    let deadline = Instant::now() + Duration::from_millis(TOPIC_READY_WAIT_MS_MAX);
+    loop {
+        let ready = admin.topic(topic).await.is_ok_and(|info| {
+            info.partitions.iter().all(|p| p.leader != 0 && p.replicas.iter().all(|node| p.isr.contains(node)))
+        });
+        if ready {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("warning: some partition of {topic} has no leader or an incomplete ISR; benchmarking anyway");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What one produce run measured.
+struct Run {
+    totals: Totals,
+    elapsed: Duration,
+}
+
+/// Runs `args.producers` producers for `args.duration_s` and adds up what they measured.
+async fn produce_run(cli: &Cli, args: &ProduceBenchArgs) -> Result<Run, CliError> {
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let started = Instant::now();
     let mut workers = FuturesUnordered::new();
@@ -138,8 +215,7 @@ async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
         totals.requests += worker.requests;
         totals.latency_us.add(&worker.latency_us).expect("same bounds");
     }
-    report(cli, "produce", &totals, started.elapsed(), args.rate);
-    Ok(())
+    Ok(Run { totals, elapsed: started.elapsed() })
 }
 
 async fn produce_worker(
@@ -148,12 +224,12 @@ async fn produce_worker(
     deadline: Instant,
     rate_per_producer: Option<f64>,
 ) -> Totals {
-    let config = ProducerConfig {
+    let config = args.idempotence.apply(ProducerConfig {
         acks: args.acks,
         linger: Duration::from_millis(args.linger_ms),
         batch_bytes_max: args.batch_bytes,
         ..ProducerConfig::default()
-    };
+    });
     let producer = Producer::new(client, config);
     let value = Bytes::from(vec![b'x'; args.size]);
     if let Some(rate) = rate_per_producer {
@@ -282,31 +358,92 @@ async fn consume(cli: &Cli, args: &ConsumeBenchArgs) -> Result<(), CliError> {
 }
 
 fn report(cli: &Cli, what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) {
+    if cli.json {
+        println!("{}", report_json(what, totals, elapsed, rate_target));
+    } else {
+        println!("{}", report_text(what, totals, elapsed, rate_target));
+    }
+}
+
+/// Records per second over `elapsed`.
+fn msg_per_s(totals: &Totals, elapsed: Duration) -> f64 {
+    totals.records as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+fn quantile_ms(totals: &Totals, quantile: f64) -> f64 {
+    totals.latency_us.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+/// One run as a JSON object (`msg_per_s`, `mb_per_s`, latency percentiles in ms, ...).
+fn report_json(what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) -> serde_json::Value {
     let seconds = elapsed.as_secs_f64().max(1e-9);
-    let rate = totals.records as f64 / seconds;
+    json!({
+        "bench": what, "records": totals.records, "errors": totals.errors, "seconds": seconds,
+        "rate_target": rate_target, "requests": totals.requests,
+        "msg_per_s": msg_per_s(totals, elapsed), "mb_per_s": totals.bytes as f64 / seconds / 1e6,
+        "p50_ms": quantile_ms(totals, 0.5), "p99_ms": quantile_ms(totals, 0.99), "p999_ms": quantile_ms(totals, 0.999),
+    })
+}
+
+/// One run as a line for people.
+fn report_text(what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) -> String {
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    let rate = msg_per_s(totals, elapsed);
     let megabytes = totals.bytes as f64 / seconds / 1e6;
-    let quantile_ms = |q: f64| totals.latency_us.value_at_quantile(q) as f64 / 1000.0;
+    let target = rate_target.map(|rate| format!(" (offered {rate} msg/s)")).unwrap_or_default();
+    let batching = match totals.requests {
+        0 => String::new(),
+        requests => format!(", {:.1} records/request", totals.records as f64 / requests as f64),
+    };
+    format!(
+        "{what}: {} records in {seconds:.1} s: {rate:.0} msg/s{target}, {megabytes:.1} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms; {} errors{batching}",
+        totals.records,
+        quantile_ms(totals, 0.5),
+        quantile_ms(totals, 0.99),
+        quantile_ms(totals, 0.999),
+        totals.errors
+    )
+}
+
+/// How much lower the throughput is with idempotence, in percent of the throughput without it
+/// (negative: higher with it, i.e. within noise); `None` when the run without it sent nothing.
+fn overhead_percent(off: &Run, on: &Run) -> Option<f64> {
+    let (rate_off, rate_on) = (msg_per_s(&off.totals, off.elapsed), msg_per_s(&on.totals, on.elapsed));
+    (rate_off > 0.0).then(|| (rate_off - rate_on) / rate_off * 100.0)
+}
+
+/// `--compare-idempotence`: both runs and the overhead; with `--json` one object holding both runs
+/// (`idempotence_off`, `idempotence_on`, each as a single run reports) and `overhead_percent`.
+fn report_comparison(cli: &Cli, off: &Run, on: &Run, rate_target: Option<u64>) {
+    let overhead = overhead_percent(off, on);
     if cli.json {
         let line = json!({
-            "bench": what, "records": totals.records, "errors": totals.errors, "seconds": seconds,
-            "rate_target": rate_target, "requests": totals.requests,
-            "msg_per_s": rate, "mb_per_s": megabytes,
-            "p50_ms": quantile_ms(0.5), "p99_ms": quantile_ms(0.99), "p999_ms": quantile_ms(0.999),
+            "bench": "produce-compare-idempotence",
+            "idempotence_off": report_json("produce", &off.totals, off.elapsed, rate_target),
+            "idempotence_on": report_json("produce", &on.totals, on.elapsed, rate_target),
+            "overhead_percent": overhead,
         });
         println!("{line}");
-    } else {
-        let target = rate_target.map(|rate| format!(" (offered {rate} msg/s)")).unwrap_or_default();
-        let batching = match totals.requests {
-            0 => String::new(),
-            requests => format!(", {:.1} records/request", totals.records as f64 / requests as f64),
-        };
+        return;
+    }
+    println!("{}", report_text("produce, idempotence off", &off.totals, off.elapsed, rate_target));
+    println!("{}", report_text("produce, idempotence on", &on.totals, on.elapsed, rate_target));
+    if off.totals.errors > 0 || on.totals.errors > 0 {
         println!(
-            "{what}: {} records in {seconds:.1} s: {rate:.0} msg/s{target}, {megabytes:.1} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms; {} errors{batching}",
-            totals.records,
-            quantile_ms(0.5),
-            quantile_ms(0.99),
-            quantile_ms(0.999),
-            totals.errors
+            "note: {} errors without idempotence, {} with it: the runs did not do the same work",
+            off.totals.errors, on.totals.errors
         );
     }
+    let overhead =
+        overhead.map_or_else(|| "unknown (nothing acknowledged without it)".to_owned(), |p| format!("{p:.1}%"));
+    println!(
+        "idempotence overhead: {overhead} lower throughput ({:.0} -> {:.0} msg/s); latency p50 {:.2} -> {:.2} ms, \
+         p99 {:.2} -> {:.2} ms",
+        msg_per_s(&off.totals, off.elapsed),
+        msg_per_s(&on.totals, on.elapsed),
+        quantile_ms(&off.totals, 0.5),
+        quantile_ms(&on.totals, 0.5),
+        quantile_ms(&off.totals, 0.99),
+        quantile_ms(&on.totals, 0.99),
+    );
 }

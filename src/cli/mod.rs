@@ -1,8 +1,11 @@
 //! The `keel` command line: `keel broker` runs the server; every other command is a client.
 //!
 //! Output is for people by default and JSON with `--json`. Every failure prints one clear line on
-//! stderr and exits non-zero: 1 for a failed operation, 2 for bad arguments (clap's own code), 3 when
-//! the outcome of a write is unknown (ambiguous).
+//! stderr and exits non-zero: 1 for a failed operation, 2 for bad arguments (clap's own code, also for
+//! the checks across flags in [`Cli::try_parse_checked_from`]), 3 when the outcome of a write is
+//! unknown (ambiguous; rare with the idempotent producer, the default, which re-sends such a write
+//! until a definite answer: only once a record's `--delivery-timeout-ms` passed while an attempt of
+//! it may have been appended, or its partition lost the producer's state meanwhile).
 
 pub mod bench;
 pub mod cluster;
@@ -13,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde_json::json;
 
 use crate::batch::{Record, StoredRecord};
@@ -41,6 +44,48 @@ pub struct Cli {
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The command line of this process, checked as [`Cli::try_parse_checked_from`] does; bad input
+    /// ends the process with clap's message and exit code 2.
+    pub fn parse_checked() -> Cli {
+        Cli::try_parse_checked_from(std::env::args_os()).unwrap_or_else(|error| error.exit())
+    }
+
+    /// Parses `args` (the program name first) and checks what clap cannot check one flag at a time
+    /// (the idempotence flags against `--acks` and `--linger-ms`). A failed check is a clap error
+    /// naming the subcommand's usage, like any other bad argument.
+    pub fn try_parse_checked_from<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args)?;
+        let (path, checked): (&[&str], _) = match &cli.command {
+            Command::Produce(args) => (
+                &["produce"],
+                args.idempotence.check(args.acks, ProducerConfig::default().linger, client_config().request_timeout),
+            ),
+            Command::Bench(bench::BenchCommand::Produce(args)) => (&["bench", "produce"], args.check()),
+            _ => (&[], Ok(())),
+        };
+        match checked {
+            Ok(()) => Ok(cli),
+            Err(message) => Err(usage_error(path, message)),
+        }
+    }
+}
+
+/// A clap error with `message` and the usage of the subcommand at `path` (e.g. `["bench", "produce"]`).
+fn usage_error(path: &[&str], message: String) -> clap::Error {
+    let mut command = Cli::command();
+    command.build();
+    let mut subcommand = &mut command;
+    for name in path {
+        subcommand = subcommand.find_subcommand_mut(name).expect("the subcommand exists");
+    }
+    subcommand.error(clap::error::ErrorKind::ArgumentConflict, message)
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,15 +180,109 @@ pub struct ProduceArgs {
     /// flight can be lost, the broker's errors are not reported, and offsets print as -1.
     /// (fsync as the broker's default `fsync = "always"` does it; `never` leaves it to the page cache.)
     ///
-    /// Errors: `NotEnoughReplicas` (fewer in-sync replicas than min_insync_replicas; nothing was
-    /// appended) is retried with backoff a few times, then fails (exit 1). `NotEnoughReplicasAfterAppend`
-    /// and `NotLeaderAfterAppend` (appended on the leader, not committed) are never retried: the
-    /// outcome is unknown (exit 3).
+    /// Errors: the idempotent producer (the default; it needs acks all) re-sends a batch after any
+    /// failure that may pass (`NotEnoughReplicas`, a leader change, a broken connection, and the
+    /// unknown outcomes `NotEnoughReplicasAfterAppend` and `NotLeaderAfterAppend`) until it gets a
+    /// definite answer or --delivery-timeout-ms passes. Without it, `NotEnoughReplicas` (nothing was
+    /// appended) is retried with backoff a few times, then fails (exit 1), and a batch whose outcome
+    /// is unknown (appended on the leader but not committed, or its connection broke in flight) is
+    /// never re-sent: exit 3.
     #[arg(long, default_value = "all", value_parser = parse_acks, verbatim_doc_comment)]
     pub acks: Acks,
+    #[command(flatten)]
+    pub idempotence: IdempotenceArgs,
     /// Print the partition and offset of every record.
     #[arg(long, short = 'v')]
     pub verbose: bool,
+}
+
+/// `--delivery-timeout-ms` when not given: Kafka's `delivery.timeout.ms` default, two minutes.
+pub const DELIVERY_TIMEOUT_MS_DEFAULT: u64 = 120_000;
+/// The largest `--delivery-timeout-ms`: one day. Unanswered records wait in the producer's memory
+/// that long, and a broker forgets an idle producer's dedup state after seven days
+/// (`producer_state_ms_max`), after which a re-send could no longer be recognised as one; a longer
+/// timeout is a typo, not a plan.
+pub const DELIVERY_TIMEOUT_MS_MAX: u64 = 86_400_000;
+
+/// The idempotence flags of `keel produce` and `keel bench produce` (ADR 0015).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct IdempotenceArgs {
+    /// Turn the idempotent producer off.
+    ///
+    /// Idempotent (the default, with --acks all): every batch carries a producer id, an epoch and a
+    /// sequence number, so a partition's leader appends it once however often it is re-sent; at most
+    /// 5 batches per partition are unanswered at a time; a batch whose connection broke or whose
+    /// leader moved is re-sent until it gets a definite answer or --delivery-timeout-ms passes.
+    /// Without it (and always with --acks leader or none) such a batch is not re-sent: its outcome
+    /// is unknown (exit 3), and sending it again yourself may write it twice.
+    #[arg(long, verbatim_doc_comment)]
+    pub no_idempotence: bool,
+    /// How long the idempotent producer keeps re-sending a record, from when its batch closed.
+    ///
+    /// A record still unanswered then fails: exit 3 (unknown outcome) if an attempt may have been
+    /// appended, else exit 1. At least the linger (5 ms; bench: --linger-ms) plus the request timeout
+    /// (30000 ms), so that one attempt can finish (Kafka requires delivery.timeout.ms >= linger.ms +
+    /// request.timeout.ms too); at most 86400000 (one day). Only with idempotence (not with
+    /// --no-idempotence or --acks leader/none).
+    ///
+    /// [default: 120000]
+    #[arg(long, value_name = "MS", value_parser = parse_delivery_timeout_ms, conflicts_with = "no_idempotence",
+          verbatim_doc_comment)]
+    pub delivery_timeout_ms: Option<u64>,
+}
+
+impl IdempotenceArgs {
+    /// Whether the producer these flags configure is idempotent: unless turned off, and only with
+    /// `acks=all` (the producer ignores idempotence otherwise, as Kafka's does by default).
+    pub fn idempotent(&self, acks: Acks) -> bool {
+        !self.no_idempotence && acks == Acks::All
+    }
+
+    pub fn delivery_timeout(&self) -> Duration {
+        Duration::from_millis(self.delivery_timeout_ms.unwrap_or(DELIVERY_TIMEOUT_MS_DEFAULT))
+    }
+
+    /// `config` with these flags' idempotence and delivery timeout.
+    pub fn apply(&self, config: ProducerConfig) -> ProducerConfig {
+        ProducerConfig { idempotent: !self.no_idempotence, delivery_timeout: self.delivery_timeout(), ..config }
+    }
+
+    /// What clap cannot check one flag at a time: a delivery timeout needs an idempotent producer,
+    /// and must leave room for one whole attempt (`linger` + `request_timeout`, Kafka's rule).
+    pub fn check(&self, acks: Acks, linger: Duration, request_timeout: Duration) -> Result<(), String> {
+        if self.delivery_timeout_ms.is_some() && !self.idempotent(acks) {
+            return Err("--delivery-timeout-ms applies only to the idempotent producer, which needs --acks all".into());
+        }
+        let attempt_ms = (linger + request_timeout).as_millis();
+        let delivery_timeout_ms = self.delivery_timeout().as_millis();
+        if self.idempotent(acks) && delivery_timeout_ms < attempt_ms {
+            let default = if self.delivery_timeout_ms.is_none() { " (the default)" } else { "" };
+            return Err(format!(
+                "--delivery-timeout-ms {delivery_timeout_ms}{default} is shorter than one attempt may take: linger {} ms + \
+                 request timeout {} ms = {attempt_ms} ms (as Kafka requires delivery.timeout.ms >= linger.ms + \
+                 request.timeout.ms); give at least {attempt_ms}",
+                linger.as_millis(),
+                request_timeout.as_millis()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `--delivery-timeout-ms`: whole milliseconds, from 1 to [`DELIVERY_TIMEOUT_MS_MAX`] (the
+/// lower bound that depends on other flags is [`IdempotenceArgs::check`]'s).
+fn parse_delivery_timeout_ms(text: &str) -> Result<u64, String> {
+    let produce_attempt_ms = (ProducerConfig::default().linger + client_config().request_timeout).as_millis();
+    let range = format!(
+        "between linger + request timeout ({produce_attempt_ms} for keel produce) and {DELIVERY_TIMEOUT_MS_MAX} \
+         (one day)"
+    );
+    match text.trim().parse::<u64>() {
+        Ok(0) => Err(format!("0 would give up on every record before it is sent; give milliseconds {range}")),
+        Ok(ms) if ms > DELIVERY_TIMEOUT_MS_MAX => Err(format!("{ms} ms is more than a day; give milliseconds {range}")),
+        Ok(ms) => Ok(ms),
+        Err(_) => Err(format!("{text:?} is not a whole number of milliseconds; give one {range}")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -230,11 +369,15 @@ pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
     Ok(config)
 }
 
-/// A client bootstrapped from `--broker`. Four retries (100 ms doubling: 1.5 s) ride out a short
-/// metadata election; a partition request following a moved leader has its own bound.
+/// The client settings of the commands other than `bench`. Four retries (100 ms doubling: 1.5 s)
+/// ride out a short metadata election; a partition request following a moved leader has its own bound.
+fn client_config() -> ClientConfig {
+    ClientConfig { retries: 4, ..ClientConfig::default() }
+}
+
+/// A client bootstrapped from `--broker`, with [`client_config`].
 fn client(cli: &Cli) -> Arc<Client> {
-    let config = ClientConfig { retries: 4, ..ClientConfig::default() };
-    Client::new(cli.broker.clone(), config)
+    Client::new(cli.broker.clone(), client_config())
 }
 
 pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError> {
@@ -391,7 +534,8 @@ pub async fn run_produce(cli: &Cli, args: &ProduceArgs) -> Result<(), CliError> 
     let client = client(cli);
     // Fail fast and clearly on an unknown topic, before reading stdin.
     client.topic(&args.topic).await?;
-    let producer = Producer::new(client, ProducerConfig { acks: args.acks, ..ProducerConfig::default() });
+    let config = args.idempotence.apply(ProducerConfig { acks: args.acks, ..ProducerConfig::default() });
+    let producer = Producer::new(client, config);
     let key = args.key.clone().map(Bytes::from);
     let mut deliveries = Vec::new();
     let make = |value: String| Record { key: key.clone(), value: Some(Bytes::from(value)), ..Record::default() };
@@ -536,5 +680,125 @@ fn print_record(out: &mut impl Write, as_json: bool, partition: u32, record: &St
         print_line(out, &line.to_string());
     } else {
         print_line(out, &text(&record.value).unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::error::ErrorKind;
+
+    fn parse(args: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_checked_from(std::iter::once("keel").chain(args.split_whitespace()))
+    }
+
+    fn produce_args(args: &str) -> ProduceArgs {
+        match parse(args).unwrap_or_else(|error| panic!("{args}: {error}")).command {
+            Command::Produce(produce) => produce,
+            other => panic!("{args}: parsed as {other:?}"),
+        }
+    }
+
+    fn bench_args(args: &str) -> bench::ProduceBenchArgs {
+        match parse(args).unwrap_or_else(|error| panic!("{args}: {error}")).command {
+            Command::Bench(bench::BenchCommand::Produce(produce)) => produce,
+            other => panic!("{args}: parsed as {other:?}"),
+        }
+    }
+
+    /// The error `args` gets: its kind and its message as clap prints it.
+    fn refused(args: &str) -> (ErrorKind, String) {
+        match parse(args) {
+            Ok(cli) => panic!("{args}: accepted as {cli:?}"),
+            Err(error) => (error.kind(), error.to_string()),
+        }
+    }
+
+    #[test]
+    fn idempotence_is_on_by_default_with_kafkas_delivery_timeout() {
+        let produce = produce_args("produce orders");
+        assert!(produce.idempotence.idempotent(produce.acks));
+        let config = produce.idempotence.apply(ProducerConfig::default());
+        assert!(config.idempotent);
+        assert_eq!(config.delivery_timeout, Duration::from_secs(120));
+
+        let off = produce_args("produce orders --no-idempotence");
+        assert!(!off.idempotence.apply(ProducerConfig::default()).idempotent);
+        let timed = produce_args("produce orders --delivery-timeout-ms 45000");
+        assert_eq!(timed.idempotence.apply(ProducerConfig::default()).delivery_timeout, Duration::from_secs(45));
+        let most = produce_args("produce orders --delivery-timeout-ms 86400000");
+        assert_eq!(most.idempotence.delivery_timeout(), Duration::from_secs(86_400));
+        // acks=leader turns idempotence off by itself (the producer needs acks=all for it).
+        let leader = produce_args("produce orders --acks leader");
+        assert!(!leader.idempotence.idempotent(leader.acks));
+    }
+
+    #[test]
+    fn delivery_timeout_values_out_of_range_are_usage_errors() {
+        for (value, expected) in [
+            ("0", "0 would give up on every record"),
+            ("abc", "\"abc\" is not a whole number of milliseconds"),
+            ("1.5", "\"1.5\" is not a whole number of milliseconds"),
+            ("86400001", "86400001 ms is more than a day"),
+            ("99999999999999999999999", "is not a whole number of milliseconds"),
+        ] {
+            for command in ["produce orders", "bench produce"] {
+                let (kind, message) = refused(&format!("{command} --delivery-timeout-ms {value}"));
+                assert_eq!(kind, ErrorKind::ValueValidation, "{command} {value}: {message}");
+                assert!(message.contains(expected), "{command} {value}: {message}");
+                assert!(message.contains("between linger + request timeout (30005"), "{message}");
+            }
+        }
+        let (kind, _) = refused("produce orders --delivery-timeout-ms -5");
+        assert_eq!(kind, ErrorKind::UnknownArgument);
+        let (kind, _) = refused("produce orders --delivery-timeout-ms");
+        assert_eq!(kind, ErrorKind::InvalidValue);
+    }
+
+    #[test]
+    fn a_delivery_timeout_must_leave_room_for_one_attempt() {
+        let (kind, message) = refused("produce orders --delivery-timeout-ms 30004");
+        assert_eq!(kind, ErrorKind::ArgumentConflict, "{message}");
+        assert!(message.contains("linger 5 ms + request timeout 30000 ms = 30005 ms"), "{message}");
+        assert!(message.contains("Usage: keel produce"), "{message}");
+        produce_args("produce orders --delivery-timeout-ms 30005");
+
+        // The bench's linger is a flag: the bound follows it, for the default timeout too.
+        let (_, message) = refused("bench produce --linger-ms 1000 --delivery-timeout-ms 30500");
+        assert!(message.contains("linger 1000 ms + request timeout 30000 ms = 31000 ms"), "{message}");
+        assert!(message.contains("Usage: keel bench produce"), "{message}");
+        let (_, message) = refused("bench produce --linger-ms 100000");
+        assert!(message.contains("--delivery-timeout-ms 120000 (the default) is shorter"), "{message}");
+        bench_args("bench produce --linger-ms 100000 --delivery-timeout-ms 130000");
+        // Without idempotence there is no delivery timeout to check.
+        bench_args("bench produce --linger-ms 100000 --no-idempotence");
+        bench_args("bench produce --linger-ms 100000 --acks leader");
+    }
+
+    #[test]
+    fn a_delivery_timeout_without_idempotence_is_refused() {
+        let (kind, message) = refused("produce orders --no-idempotence --delivery-timeout-ms 60000");
+        assert_eq!(kind, ErrorKind::ArgumentConflict, "{message}");
+        assert!(message.contains("'--no-idempotence' cannot be used with '--delivery-timeout-ms <MS>'"), "{message}");
+        for acks in ["leader", "none", "1", "0"] {
+            let (kind, message) = refused(&format!("produce orders --acks {acks} --delivery-timeout-ms 60000"));
+            assert_eq!(kind, ErrorKind::ArgumentConflict, "{message}");
+            assert!(message.contains("applies only to the idempotent producer, which needs --acks all"), "{message}");
+        }
+        let (kind, _) = refused("bench produce --acks leader --delivery-timeout-ms 60000");
+        assert_eq!(kind, ErrorKind::ArgumentConflict);
+    }
+
+    #[test]
+    fn compare_idempotence_needs_idempotence_to_be_possible() {
+        let compare = bench_args("bench produce --compare-idempotence --duration-s 3");
+        assert!(compare.compare_idempotence && !compare.idempotence.no_idempotence);
+        let (kind, message) = refused("bench produce --compare-idempotence --no-idempotence");
+        assert_eq!(kind, ErrorKind::ArgumentConflict, "{message}");
+        let (kind, message) = refused("bench produce --compare-idempotence --acks none");
+        assert_eq!(kind, ErrorKind::ArgumentConflict, "{message}");
+        assert!(message.contains("--compare-idempotence needs --acks all"), "{message}");
+        let (kind, _) = refused("produce orders --compare-idempotence");
+        assert_eq!(kind, ErrorKind::UnknownArgument);
     }
 }
