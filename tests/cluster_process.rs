@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1407,7 +1408,11 @@ async fn acks_all_is_refused_below_min_isr_and_while_the_metadata_group_has_no_m
     })
     .await;
     assert!(!error.is_ambiguous(), "NotEnoughReplicas is a definite failure: {error}");
-    let output = cli(&survivor_addr, &["produce", TOPIC, "--partition", "0", "--value", "refused-cli"]).await;
+    // Without idempotence: the idempotent default re-sends `NotEnoughReplicas` until its delivery
+    // timeout (120 s) before it exits 1 the same way.
+    let output =
+        cli(&survivor_addr, &["produce", TOPIC, "--partition", "0", "--value", "refused-cli", "--no-idempotence"])
+            .await;
     assert_eq!(output.status.code(), Some(1), "a definite failure: {}", stderr(&output));
     assert!(stderr(&output).contains("NotEnoughReplicas"), "{}", stderr(&output));
     refused.push("refused-cli".to_owned());
@@ -1490,5 +1495,171 @@ async fn acks_all_is_refused_below_min_isr_and_while_the_metadata_group_has_no_m
     }
     for value in &refused {
         assert!(!by_offset.values().any(|read| read == value), "{value} was refused yet stored: {by_offset:?}");
+    }
+}
+
+/// Lines `0\n1\n2\n...` that the idempotence test feeds `keel produce`, and how they are paced: a
+/// chunk every `NUMBERS_FEED_TIME / (NUMBERS / NUMBERS_CHUNK)` (7.5 ms; 15 s for all of them), so
+/// that some are always on their way to the leader, whenever it is killed.
+const NUMBERS: u64 = 20_000;
+const NUMBERS_CHUNK: u64 = 10;
+const NUMBERS_FEED_TIME: Duration = Duration::from_secs(15);
+/// A killed leader is started again this long after its kill (before the controller fences it).
+const RESTART_AFTER: Duration = Duration::from_secs(3);
+/// Longest `keel produce` may run after its input ended: its default delivery timeout (120 s) and
+/// some slack, so a producer that gives up is reported by its exit code, not by this bound.
+const PRODUCE_EXIT_MAX: Duration = Duration::from_secs(150);
+
+/// `keel --broker <bootstrap> produce <topic> --partition 0 <extra_args>` as a child process with
+/// its stdin piped (returned), and a task that collects its output and exit status. The producer
+/// logs its re-sends and retries (at debug level) to the collected stderr.
+fn spawn_produce(
+    bootstrap: &str,
+    topic: &str,
+    extra_args: &[&str],
+) -> (tokio::process::ChildStdin, JoinHandle<Output>) {
+    let mut child = tokio::process::Command::new(KEEL)
+        .args(["--broker", bootstrap, "produce", topic, "--partition", "0"])
+        .args(extra_args)
+        .env("RUST_LOG", "warn,keel::client::producer=debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start keel produce");
+    let stdin = child.stdin.take().expect("stdin is piped");
+    // Reads stdout and stderr while the child runs, so a chatty child never blocks on a full pipe.
+    (stdin, tokio::spawn(async move { child.wait_with_output().await.expect("keel produce runs") }))
+}
+
+/// Writes the lines `0\n` to `NUMBERS - 1\n` to `stdin` at a steady pace, counting them in `fed`,
+/// then closes it (end of input: `keel produce` flushes and exits).
+async fn feed_numbers(mut stdin: tokio::process::ChildStdin, fed: Arc<AtomicU64>) {
+    let chunks = NUMBERS / NUMBERS_CHUNK;
+    let mut pace = tokio::time::interval(NUMBERS_FEED_TIME / chunks as u32);
+    for chunk in 0..chunks {
+        pace.tick().await;
+        let first = chunk * NUMBERS_CHUNK;
+        let text: String = (first..first + NUMBERS_CHUNK).map(|number| format!("{number}\n")).collect();
+        stdin.write_all(text.as_bytes()).await.expect("keel produce reads its stdin");
+        fed.store(first + NUMBERS_CHUNK, Ordering::Relaxed);
+    }
+}
+
+/// What went wrong with the numbers read back, against `0..NUMBERS` exactly once and in order:
+/// the numbers read more than once, the ones missing, and the first place one is not larger than
+/// the one before it (each list cut short for the message).
+fn numbers_check(values: &[u64]) -> Option<String> {
+    let mut seen = BTreeMap::new();
+    for value in values {
+        *seen.entry(*value).or_insert(0u32) += 1;
+    }
+    let duplicates: Vec<(u64, u32)> = seen.iter().filter(|(_, count)| **count > 1).map(|(v, c)| (*v, *c)).collect();
+    let missing: Vec<u64> = (0..NUMBERS).filter(|number| !seen.contains_key(number)).collect();
+    let inversion = values.windows(2).position(|pair| pair[0] >= pair[1]);
+    let sequence_ok = values.len() as u64 == NUMBERS && values.iter().copied().eq(0..NUMBERS);
+    (!sequence_ok).then(|| {
+        format!(
+            "{} values read for {NUMBERS} numbers; {} duplicated (first: {:?}); {} missing (first: {:?}); first \
+             out of order at index {inversion:?} ({:?})",
+            values.len(),
+            duplicates.len(),
+            &duplicates[..duplicates.len().min(10)],
+            missing.len(),
+            &missing[..missing.len().min(10)],
+            inversion.map(|index| &values[index..(index + 2)]),
+        )
+    })
+}
+
+/// kill -9 of partition 0's leader once the ISR is full, the leader is not one of `spared` and its
+/// high watermark has reached `acked_min` (so the producer is streaming to it), and its restart
+/// `RESTART_AFTER` later. Returns the victim and how many numbers had been fed at the kill; prints a
+/// `KILL` line.
+async fn kill_leader_and_restart(
+    cluster: &mut LocalCluster,
+    admin: &Client,
+    topic: &str,
+    spared: &[u64],
+    acked_min: i64,
+    fed: &AtomicU64,
+) -> (u64, u64) {
+    let (info, high_watermark) =
+        poll(&format!("partition 0 led by a node not in {spared:?}, full ISR, HW >= {acked_min}"), async || {
+            let info = full_isr(admin, topic).await;
+            let status = admin.replica_status(topic, 0).await.ok()?;
+            let leader = info.partitions[0].leader;
+            let ready = !spared.contains(&leader) && status.leader == leader && status.high_watermark.0 >= acked_min;
+            ready.then_some((info, status.high_watermark.0))
+        })
+        .await;
+    let victim = info.partitions[0].leader;
+    cluster.node_mut(victim).process.kill9().await.unwrap();
+    let fed_at_kill = fed.load(Ordering::Relaxed);
+    println!(
+        "KILL node={victim} leader_epoch={} high_watermark={high_watermark} numbers_fed={fed_at_kill}",
+        info.partitions[0].leader_epoch
+    );
+    tokio::time::sleep(RESTART_AFTER).await;
+    cluster.node_mut(victim).process.restart().unwrap();
+    (victim, fed_at_kill)
+}
+
+/// ADR 0015's end-to-end check, with the real binary as a user runs it: `keel produce` (idempotent
+/// by default) reads 20,000 numbered lines from stdin over 15 s into a partition with replication
+/// factor 3 (min ISR 2), while the test kills the partition's leader with kill -9 (a few seconds
+/// into the input), restarts it 3 s later, and, once the ISR is full again, does the same to the
+/// next leader (another node). Every batch in flight at a kill has an unknown outcome on its
+/// connection; the idempotent producer re-sends it until the new leader answers, and the dedup
+/// table the replicas keep makes a re-sent batch that was appended get its original offsets instead
+/// of a second append. So `keel produce` exits 0 (no unknown outcome, no failure), and the partition
+/// holds every number exactly once, in the order read. Prints an `IDEMPOTENT-PRODUCE` line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_keel_produce_writes_every_line_once_in_order_while_leaders_are_killed() {
+    const TOPIC: &str = "numbers";
+    let _heavy = HEAVY.lock().await;
+    let dir = test_dir();
+    let mut cluster = start_cluster(dir.path(), 3).await;
+    let all: Vec<u64> = vec![1, 2, 3];
+    let addrs: Vec<String> = all.iter().map(|node_id| addr_of(&cluster, *node_id)).collect();
+    all_registered_with_one_leader(&cluster, &all, &addrs[0]).await;
+    let admin = admin_client(&addrs);
+    create_replicated(&admin, TOPIC, 1).await;
+
+    let started = Instant::now();
+    let (stdin, produce) = spawn_produce(&addrs.join(","), TOPIC, &[]);
+    let fed = Arc::new(AtomicU64::new(0));
+    let feeder = tokio::spawn(feed_numbers(stdin, fed.clone()));
+    // Each leader is killed once it has acknowledged 2,000 numbers more than were fed at the kill
+    // before (so the second kill, too, hits a leader the producer streams to).
+    let (mut victims, mut acked_min) = (Vec::new(), 2_000);
+    for _ in 0..2 {
+        let (victim, fed_at_kill) =
+            kill_leader_and_restart(&mut cluster, &admin, TOPIC, &victims, acked_min, &fed).await;
+        victims.push(victim);
+        acked_min = fed_at_kill as i64 + 2_000;
+    }
+    feeder.await.expect("the feeder ends");
+    let output = tokio::time::timeout(PRODUCE_EXIT_MAX, produce).await.expect("keel produce exits").unwrap();
+    let produce_ms = started.elapsed().as_millis();
+
+    full_isr(&admin, TOPIC).await;
+    let records = consume_eventually(&addrs.join(","), TOPIC).await;
+    let values: Vec<u64> = records.iter().map(|(_, _, value)| value.parse().expect("a number")).collect();
+    // The producer's debug lines for a batch re-sent or a send retried (evidence the kills hit it).
+    let retried = |line: &&str| line.contains("re-sending") || line.contains("not sent; retrying");
+    let retries = stderr(&output).lines().filter(retried).count();
+    println!(
+        "IDEMPOTENT-PRODUCE kills={} victims={victims:?} produce_exit={:?} numbers={NUMBERS} read={} \
+         retries_logged={retries} produce_ms={produce_ms} elapsed_ms={}",
+        victims.len(),
+        output.status.code(),
+        values.len(),
+        started.elapsed().as_millis()
+    );
+    assert_eq!(output.status.code(), Some(0), "keel produce: {}", stderr(&output));
+    if let Some(problem) = numbers_check(&values) {
+        panic!("{problem}");
     }
 }
