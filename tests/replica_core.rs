@@ -21,6 +21,20 @@
 //!   (so whoever the controller elects has every acknowledged batch);
 //! - at the end, after every fault heals: all replicas' logs are identical to the leader's (truncation
 //!   by epoch made them agree), the ISR is full again and the HW is the log end.
+//!
+//! Idempotent producers (the second property test; ADR 0015): producers 1 and 2, epoch 0, number
+//! their batches with sequences, keep at most five unacknowledged batches out, and re-send a batch
+//! whose outcome they do not know (an error, an ambiguous answer, a broker that crashed before
+//! answering, a request given up) with the same bytes, `acks=all`. A request reaches its broker at
+//! once or travels the network (late, reordered, duplicated or lost). Wherever the real shell hands
+//! the core the log's producer state (truncation, recovery, restart), the fake one rebuilds it from
+//! its log (`producers_of`). Checked:
+//! - no log ever holds one (producer id, sequence) twice;
+//! - in the committed log each producer's batches are its batches 0, 1, 2, ... in order, each once;
+//! - every acknowledgement of a batch (first attempt or retry) names the offset it is committed at;
+//! - at the end, once healed, every batch ever sent is acknowledged after retries in order to the
+//!   leader, and the oldest unacknowledged one is never refused as out of order or unknown (the
+//!   partition never loses a producer's state without expiry).
 
 use std::collections::BTreeMap;
 
@@ -33,7 +47,7 @@ use keel::partition::replica::{
 };
 use keel::producer_state::{BatchIdentity, ProducerStates};
 use keel::protocol::{Acks, ErrorCode};
-use keel::types::{LeaderEpoch, NodeId, Offset};
+use keel::types::{LeaderEpoch, NodeId, Offset, ProducerEpoch, ProducerId, Sequence};
 use keel_model::replicated_log::{elect, BatchRef, ReplicatedLogModel};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -106,6 +120,28 @@ enum Op {
     Fence {
         node: u8,
     },
+    /// Idempotent producer `producer % 2` sends up to `count` batches it has not sent yet (new ones
+    /// of `records` records when its queue is empty), while it has fewer than five unacknowledged.
+    /// A `delayed` request travels the network (delivered late, reordered, duplicated or lost);
+    /// otherwise the broker takes it at once.
+    Send {
+        producer: u8,
+        to_leader: bool,
+        node: u8,
+        count: u8,
+        records: u8,
+        delayed: bool,
+    },
+    /// It re-sends, with the same bytes, one sent and unacknowledged batch (the `pick`th) that has
+    /// no attempt awaiting an answer, or any such batch when `timed_out` (it gave up waiting).
+    Retry {
+        producer: u8,
+        pick: u8,
+        to_leader: bool,
+        node: u8,
+        timed_out: bool,
+        delayed: bool,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -127,12 +163,28 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// [`op`] (unchanged, so the plain test's persisted seeds still replay the cases they recorded) and
+/// the idempotent producers' sends and retries.
+fn op_with_producers() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        40 => op(),
+        6 => (0u8..2, any::<bool>(), 0u8..3, 1u8..6, 1u8..4, prop::bool::weighted(0.3)).prop_map(
+            |(producer, to_leader, node, count, records, delayed)| Op::Send { producer, to_leader, node, count, records, delayed }
+        ),
+        5 => (0u8..2, any::<u8>(), any::<bool>(), 0u8..3, prop::bool::weighted(0.2), prop::bool::weighted(0.3)).prop_map(
+            |(producer, pick, to_leader, node, timed_out, delayed)| Op::Retry { producer, pick, to_leader, node, timed_out, delayed }
+        ),
+    ]
+}
+
+/// What travels the network; `Produce` is an idempotent producer's request sent `delayed`.
 #[derive(Debug, Clone)]
 enum Msg {
     State { to: u64, state: PartitionState },
     Fetch { from: u64, to: u64, request: u64, fetch: FetchRequest },
     Response { from: u64, to: u64, response: FetchResponse },
     Isr { change: IsrChange },
+    Produce { to: u64, request: u64, batch: Batch },
 }
 
 struct Node {
@@ -172,6 +224,24 @@ fn producers_of(log: &[Batch]) -> ProducerStates {
     producers
 }
 
+/// No log ever holds one idempotent batch (producer id, epoch, sequence) twice: `batch`, about to be
+/// written to broker `id`'s `log`, must not be there already.
+fn assert_sequence_new(id: u64, log: &[Batch], batch: &Batch) {
+    let fields = batch.producer();
+    if fields.producer_id.0 < 0 {
+        return;
+    }
+    if let Some(held) = log.iter().find(|held| held.producer() == fields) {
+        panic!(
+            "broker {id} writes producer {} sequence {} at {}, and holds it at {} already",
+            fields.producer_id,
+            fields.base_sequence,
+            batch.base_offset(),
+            held.base_offset()
+        );
+    }
+}
+
 fn end_of(log: &[Batch]) -> Offset {
     log.last().map_or(Offset(0), Batch::next_offset)
 }
@@ -207,6 +277,56 @@ struct Produced {
     node: u64,
     crc: u32,
     acks: Acks,
+    /// The broker's log end when the request reached it: what this request appended is at or above.
+    log_end_at_send: Offset,
+}
+
+/// Unacknowledged batches an idempotent producer has out at most (the broker dedups the last five).
+const IN_FLIGHT_MAX: usize = 5;
+/// Rounds of in-order retries to the healed leader before a sent batch counts as never acknowledged.
+const FINISH_ROUNDS: usize = 40;
+
+/// One batch of an idempotent producer, as its client holds it.
+struct IdemBatch {
+    /// The encoded batch with its producer fields, re-sent as it is.
+    batch: Batch,
+    sequence: i32,
+    sent: bool,
+    /// The offset its first acknowledgement named.
+    acked: Option<Offset>,
+    /// Attempts awaiting an answer: request id to broker.
+    in_flight: BTreeMap<u64, u64>,
+}
+
+/// An idempotent producer (epoch 0) of the partition.
+struct IdemProducer {
+    id: i64,
+    batches: Vec<IdemBatch>,
+    next_sequence: i32,
+    /// Where its batches 0, 1, ... are in the committed log (filled as the committed prefix grows).
+    committed_at: Vec<Offset>,
+}
+
+impl IdemProducer {
+    fn first_unacked(&self) -> usize {
+        self.batches.iter().position(|batch| batch.acked.is_none()).unwrap_or(self.batches.len())
+    }
+
+    /// Indices of the batches sent and not acknowledged, oldest first.
+    fn unacked_sent(&self) -> Vec<usize> {
+        (0..self.batches.len()).filter(|&k| self.batches[k].sent && self.batches[k].acked.is_none()).collect()
+    }
+}
+
+/// An idempotent producer's batch of `records` records, its payload tagged with `tag`.
+fn idempotent_batch(producer: i64, epoch: i16, sequence: i32, records: usize, tag: &str) -> Batch {
+    let records: Vec<Record> = (0..records).map(|i| Record::value(format!("{tag}-{i}"))).collect();
+    let fields = ProducerFields {
+        producer_id: ProducerId(producer),
+        producer_epoch: ProducerEpoch(epoch),
+        base_sequence: Sequence(sequence),
+    };
+    Batch::parse(encode_batch(&records, 1_000, fields)).unwrap()
 }
 
 struct World {
@@ -228,6 +348,16 @@ struct World {
     storage_failures: u64,
     isr_shrinks: u64,
     isr_expansions: u64,
+    producers: Vec<IdemProducer>,
+    /// Idempotent produce requests awaiting an answer: request id to (producer index, batch index).
+    idem_requests: BTreeMap<u64, (usize, usize)>,
+    /// Committed batches already checked for the producers' order.
+    idem_checked: usize,
+    /// The end-of-case retries: the oldest unacknowledged batch must never be refused for order.
+    finishing: bool,
+    retries: u64,
+    /// Coverage: idempotent replies by kind ("dup-ack" is a retry answered with an earlier append's offset).
+    idem_replies: BTreeMap<String, u64>,
 }
 
 impl World {
@@ -275,6 +405,14 @@ impl World {
             storage_failures: 0,
             isr_shrinks: 0,
             isr_expansions: 0,
+            producers: (1..=2)
+                .map(|id| IdemProducer { id, batches: Vec::new(), next_sequence: 0, committed_at: Vec::new() })
+                .collect(),
+            idem_requests: BTreeMap::new(),
+            idem_checked: 0,
+            finishing: false,
+            retries: 0,
+            idem_replies: BTreeMap::new(),
         };
         world.drain_all();
         world
@@ -355,6 +493,7 @@ impl World {
                 let epoch = batch.leader_epoch();
                 let cached = node.epoch_file.end_offset_for(epoch, Offset(i64::MAX)).epoch;
                 assert_eq!(cached, Some(epoch), "a batch of epoch {epoch} written before its cache entry");
+                assert_sequence_new(id, &node.log, &batch);
                 node.log.push(batch);
             }
             let up_to = end_of(&node.log);
@@ -368,9 +507,11 @@ impl World {
         let high_watermark = core.high_watermark();
         let leader_epoch = core.state().leader_epoch;
         let isr_len = core.state().isr.len();
-        let log_refs = refs(&node.log);
+        // Copies of the log only when something below reads it (the cost of the harness grows with it).
+        let log_refs = if reads.is_empty() { Vec::new() } else { refs(&node.log) };
         let durable_end = end_of(&node.durable);
-        let log = node.log.clone();
+        let needs_log = !reads.is_empty() || !follower_reads.is_empty() || !replies.is_empty();
+        let log = if needs_log { node.log.clone() } else { Vec::new() };
         for read in reads {
             assert!(
                 read.up_to <= high_watermark,
@@ -402,6 +543,9 @@ impl World {
                 assert_eq!(produced.node, id, "answered by another broker");
                 self.judge_produce_reply(id, produced, &reply, &log, high_watermark, isr_len, durable_end);
             }
+            if let Some((producer, index)) = self.idem_requests.remove(&request) {
+                self.on_idempotent_reply(id, producer, index, request, &reply);
+            }
             self.replies.push((request, reply));
         }
         if let Some((leader, fetch)) = fetch {
@@ -428,6 +572,10 @@ impl World {
         durable_end: Offset,
     ) {
         let appended = log.iter().find(|batch| batch.crc() == produced.crc);
+        // An idempotent retry finds its batch appended by an earlier attempt: only what this request
+        // could have appended (at or above the log end it found) counts as its own.
+        let appended_now =
+            log.iter().any(|batch| batch.crc() == produced.crc && batch.base_offset() >= produced.log_end_at_send);
         match reply {
             Reply::Produced { base_offset } => {
                 let batch = appended.unwrap_or_else(|| panic!("broker {id}: acked a batch it does not hold"));
@@ -448,7 +596,7 @@ impl World {
                 }
             }
             Reply::Error { code: ErrorCode::NotEnoughReplicas, .. } => {
-                assert!(appended.is_none(), "NotEnoughReplicas is definite, but the batch was appended");
+                assert!(!appended_now, "NotEnoughReplicas is definite, but the batch was appended");
             }
             _ => {}
         }
@@ -462,20 +610,88 @@ impl World {
             if core.role() == RoleKind::Leader {
                 let (id, incarnation) = (node.id, node.incarnation);
                 let (epoch, hw) = (core.state().leader_epoch.0, core.high_watermark().0);
-                if let Err(violation) = self.model.on_leader_hw(id, incarnation, epoch, hw, &refs(&node.log)) {
+                // Only the batches below the HW matter to the model (the same verdict, found faster).
+                let below = node.log.partition_point(|batch| batch.next_offset().0 <= hw);
+                let below = (below + 1).min(node.log.len());
+                if let Err(violation) = self.model.on_leader_hw(id, incarnation, epoch, hw, &refs(&node.log[..below])) {
                     panic!("{violation}");
                 }
             }
         }
+        let committed_len = self.model.committed().len();
         for member in self.controller.isr.clone() {
             let node = self.node(member.0);
-            let (durable, live) = (refs(&node.durable), node.core.is_some().then(|| refs(&node.log)));
+            // The committed prefix's length of each log, and one batch more: the same verdict as the
+            // whole log, found faster.
+            let prefix = |log: &[Batch]| refs(&log[..log.len().min(committed_len + 1)]);
+            let (durable, live) = (prefix(&node.durable), node.core.is_some().then(|| prefix(&node.log)));
             if let Err(violation) = self.model.check_in_sync(member.0, "durable", &durable) {
                 panic!("{violation}");
             }
             if let Some(live) = live {
                 if let Err(violation) = self.model.check_in_sync(member.0, "live", &live) {
                     panic!("{violation}");
+                }
+            }
+        }
+        self.check_producers_committed();
+    }
+
+    /// The committed log holds each producer's batches 0, 1, 2, ... in order, each once, and every
+    /// acknowledged batch at the offset its acknowledgement named. The committed prefix only grows
+    /// (the model checks that), so each committed batch is looked at once.
+    fn check_producers_committed(&mut self) {
+        let committed_len = self.model.committed().len();
+        if committed_len > self.idem_checked {
+            // Every ISR member's durable log begins with the committed prefix (checked above): read
+            // the committed batches' producer fields there.
+            let holder = self.controller.isr[0].0;
+            let batches = self.nodes[(holder - 1) as usize].durable[self.idem_checked..committed_len].to_vec();
+            for batch in batches {
+                let fields = batch.producer();
+                if fields.producer_id.0 < 0 {
+                    continue;
+                }
+                let producer = self
+                    .producers
+                    .iter_mut()
+                    .find(|producer| producer.id == fields.producer_id.0)
+                    .expect("a producer of this test");
+                let index = producer
+                    .batches
+                    .iter()
+                    .position(|made| made.sequence == fields.base_sequence.0)
+                    .unwrap_or_else(|| panic!("committed sequence {} was never sent", fields.base_sequence));
+                let expected = producer.committed_at.len();
+                assert!(
+                    index >= expected,
+                    "producer {}'s batch {index} (sequence {}) is committed twice: at {} and at {}",
+                    producer.id,
+                    fields.base_sequence,
+                    producer.committed_at[index],
+                    batch.base_offset()
+                );
+                assert_eq!(
+                    index,
+                    expected,
+                    "producer {}'s batch {index} is committed at {} before its batch {expected}",
+                    producer.id,
+                    batch.base_offset()
+                );
+                assert_eq!(batch.crc(), producer.batches[index].batch.crc(), "a committed batch's payload changed");
+                producer.committed_at.push(batch.base_offset());
+            }
+            self.idem_checked = committed_len;
+        }
+        for producer in &self.producers {
+            for (index, made) in producer.batches.iter().enumerate() {
+                if let Some(acked) = made.acked {
+                    assert_eq!(
+                        producer.committed_at.get(index),
+                        Some(&acked),
+                        "producer {}'s batch {index} was acknowledged at {acked}, but is not committed there",
+                        producer.id
+                    );
                 }
             }
         }
@@ -549,6 +765,15 @@ impl World {
         }
         node.core = None;
         Self::lose_unsynced(node, keep);
+        // Its clients' requests will never be answered (and those on their way are lost with the
+        // connections).
+        self.net.retain(|msg| !matches!(msg, Msg::Produce { to, .. } if *to == id));
+        for producer in &mut self.producers {
+            for batch in &mut producer.batches {
+                batch.in_flight.retain(|_, node| *node != id);
+            }
+        }
+        self.idem_requests.retain(|request, _| self.produced[request].node != id);
     }
 
     /// What a power loss (or a failed fsync) leaves of the log: the durable batches and a random prefix
@@ -640,11 +865,169 @@ impl World {
         self.next_batch += 1;
         let records: Vec<Record> = (0..records).map(|i| Record::value(format!("b{batch_id}-{i}"))).collect();
         let batch = Batch::parse(encode_batch(&records, 1_000, ProducerFields::NONE)).unwrap();
+        self.send_batch(to, batch, acks)
+    }
+
+    /// A client's produce request with this batch, to broker `to` (alive); returns its request id.
+    fn send_batch(&mut self, to: u64, batch: Batch, acks: Acks) -> u64 {
         let request = self.next_request;
         self.next_request += 1;
-        self.produced.insert(request, Produced { node: to, crc: batch.crc(), acks });
+        let log_end_at_send = end_of(&self.node(to).log);
+        self.produced.insert(request, Produced { node: to, crc: batch.crc(), acks, log_end_at_send });
         self.step(to, Input::Produce { request, batch, acks });
         request
+    }
+
+    /// Producer `producer` sends up to `count` batches it has not sent, in sequence order, while
+    /// fewer than [`IN_FLIGHT_MAX`] of its batches are unacknowledged; new batches get `records`.
+    /// Returns the requests sent.
+    fn send_idempotent(&mut self, producer: usize, to: u64, count: usize, records: usize, delayed: bool) -> Vec<u64> {
+        let mut requests = Vec::new();
+        for _ in 0..count {
+            let state = &mut self.producers[producer];
+            let next = state.batches.iter().position(|batch| !batch.sent).unwrap_or(state.batches.len());
+            if next >= state.first_unacked() + IN_FLIGHT_MAX {
+                break;
+            }
+            if next == state.batches.len() {
+                let sequence = state.next_sequence;
+                state.next_sequence += records as i32;
+                let tag = format!("p{}-s{sequence}", state.id);
+                let batch = idempotent_batch(state.id, 0, sequence, records, &tag);
+                state.batches.push(IdemBatch { batch, sequence, sent: false, acked: None, in_flight: BTreeMap::new() });
+            }
+            self.producers[producer].batches[next].sent = true;
+            requests.push(self.send_attempt(producer, next, to, delayed));
+        }
+        requests
+    }
+
+    /// One attempt (first or retry) at an idempotent batch, with its bytes unchanged: into the
+    /// network when `delayed`, else straight to the broker.
+    fn send_attempt(&mut self, producer: usize, index: usize, to: u64, delayed: bool) -> u64 {
+        let request = self.next_request;
+        let batch = self.register_attempt(producer, index, to, request);
+        if delayed {
+            self.next_request += 1;
+            let log_end_at_send = Offset(i64::MAX); // set when it arrives
+            self.produced.insert(request, Produced { node: to, crc: batch.crc(), acks: Acks::All, log_end_at_send });
+            self.net.push(Msg::Produce { to, request, batch });
+            return request;
+        }
+        let sent = self.send_batch(to, batch, Acks::All);
+        debug_assert_eq!(sent, request);
+        sent
+    }
+
+    /// Records `request` as an attempt at the batch; returns the batch.
+    fn register_attempt(&mut self, producer: usize, index: usize, to: u64, request: u64) -> Batch {
+        let made = &mut self.producers[producer].batches[index];
+        made.in_flight.insert(request, to);
+        self.idem_requests.insert(request, (producer, index));
+        made.batch.clone()
+    }
+
+    /// An attempt that will never be answered (lost on the way): its producer stops waiting for it.
+    fn forget_attempt(&mut self, request: u64) {
+        if let Some((producer, index)) = self.idem_requests.remove(&request) {
+            self.producers[producer].batches[index].in_flight.remove(&request);
+        }
+    }
+
+    /// Producer `producer` re-sends one batch whose outcome it does not know (see [`Op::Retry`]).
+    fn retry_idempotent(&mut self, producer: usize, pick: usize, to: u64, timed_out: bool, delayed: bool) {
+        let state = &self.producers[producer];
+        let candidates: Vec<usize> = state
+            .unacked_sent()
+            .into_iter()
+            .filter(|&index| timed_out || state.batches[index].in_flight.is_empty())
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        self.retries += 1;
+        self.send_attempt(producer, candidates[pick % candidates.len()], to, delayed);
+    }
+
+    fn on_idempotent_reply(&mut self, id: u64, producer: usize, index: usize, request: u64, reply: &Reply) {
+        let finishing = self.finishing;
+        let state = &mut self.producers[producer];
+        let oldest = state.first_unacked() == index;
+        let made = &mut state.batches[index];
+        made.in_flight.remove(&request);
+        if std::env::var("REPLICA_STATS").is_ok() {
+            let kind = match reply {
+                Reply::Produced { base_offset } if *base_offset < self.produced[&request].log_end_at_send => {
+                    "dup-ack".to_string()
+                }
+                Reply::Produced { .. } => "ack".to_string(),
+                Reply::Error { code, .. } => format!("{code:?}"),
+                other => format!("{other:?}"),
+            };
+            *self.idem_replies.entry(kind).or_default() += 1;
+        }
+        match reply {
+            Reply::Produced { base_offset } => match made.acked {
+                Some(acked) => assert_eq!(
+                    acked, *base_offset,
+                    "broker {id}: producer {}'s batch {index} acknowledged at {acked}, then at {base_offset}",
+                    state.id
+                ),
+                None => made.acked = Some(*base_offset),
+            },
+            Reply::Error { code: ErrorCode::ProducerFenced, message } => {
+                panic!("broker {id}: producer {} has only ever used epoch 0, yet: {message}", state.id)
+            }
+            Reply::Error { code: code @ (ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId), message }
+                if finishing && oldest =>
+            {
+                panic!(
+                    "broker {id}: producer {}'s oldest unacknowledged batch {index} refused with {code:?} by the \
+                     healed leader (every earlier batch is committed): {message}",
+                    state.id
+                )
+            }
+            // Refused, or outcome unknown: the producer re-sends it (Op::Retry, finish_producers).
+            _ => {}
+        }
+    }
+
+    /// After healing: each producer re-sends its unacknowledged batches to the leader, in order,
+    /// until every batch it ever sent is acknowledged (each exactly once, `check`).
+    fn finish_producers(&mut self) {
+        self.finishing = true;
+        for _round in 0..FINISH_ROUNDS {
+            let leader = self.controller.leader.filter(|leader| self.alive(leader.0));
+            let mut waiting = false;
+            for producer in 0..self.producers.len() {
+                for index in self.producers[producer].unacked_sent() {
+                    waiting = true;
+                    // A batch with an attempt awaiting an answer waits for it (no broker is down now).
+                    let answer_due = !self.producers[producer].batches[index].in_flight.is_empty();
+                    if let Some(leader) = leader.filter(|_| !answer_due) {
+                        self.send_attempt(producer, index, leader.0, false);
+                    }
+                }
+            }
+            if !waiting {
+                self.check();
+                return;
+            }
+            if leader.is_none() {
+                self.elect_leader(None);
+            }
+            for _ in 0..self.net.len() {
+                self.deliver(0);
+            }
+            for id in 1..=N_NODES as u64 {
+                self.sync(id);
+            }
+            self.tick(50);
+            self.check();
+        }
+        let left: Vec<(i64, Vec<usize>)> =
+            self.producers.iter().map(|producer| (producer.id, producer.unacked_sent())).collect();
+        panic!("sent batches never acknowledged after {FINISH_ROUNDS} rounds of retries: {left:?}");
     }
 
     fn deliver(&mut self, index: usize) {
@@ -669,6 +1052,15 @@ impl World {
                 self.step(to, Input::FetchResponse { from: NodeId(from), response, now_ms })
             }
             Msg::Isr { change } => self.on_isr_change(change),
+            Msg::Produce { to, request, batch } => {
+                if self.alive(to) {
+                    let log_end_at_send = end_of(&self.node(to).log);
+                    self.produced.get_mut(&request).expect("a request we sent").log_end_at_send = log_end_at_send;
+                    self.step(to, Input::Produce { request, batch, acks: Acks::All });
+                } else {
+                    self.forget_attempt(request);
+                }
+            }
         }
     }
 
@@ -747,8 +1139,12 @@ impl World {
             Op::Drop { index } => {
                 if !self.net.is_empty() {
                     let len = self.net.len();
-                    if let Msg::Fetch { request, .. } = self.net.remove(index as usize % len) {
-                        self.fetchers.remove(&request);
+                    match self.net.remove(index as usize % len) {
+                        Msg::Fetch { request, .. } => {
+                            self.fetchers.remove(&request);
+                        }
+                        Msg::Produce { request, .. } => self.forget_attempt(request),
+                        _ => {}
                     }
                 }
             }
@@ -762,6 +1158,17 @@ impl World {
                             self.next_request += 1;
                             self.fetchers.insert(request, from);
                             Msg::Fetch { from, to, request, fetch }
+                        }
+                        // So is a duplicated produce request (the producer awaits both answers).
+                        Msg::Produce { to, request, batch } => {
+                            let copy = self.next_request;
+                            self.next_request += 1;
+                            let produced = self.produced[&request];
+                            self.produced.insert(copy, produced);
+                            if let Some(&(producer, index)) = self.idem_requests.get(&request) {
+                                self.register_attempt(producer, index, to, copy);
+                            }
+                            Msg::Produce { to, request: copy, batch }
                         }
                         other => other,
                     };
@@ -786,6 +1193,22 @@ impl World {
                 self.elect_leader(leader);
             }
             Op::Fence { node } => self.fence(node_id(node)),
+            Op::Send { producer, to_leader, node, count, records, delayed } => {
+                let leader = self.controller.leader.map(|leader| leader.0).filter(|leader| self.alive(*leader));
+                let to = if to_leader { leader.unwrap_or(node_id(node)) } else { node_id(node) };
+                if self.alive(to) {
+                    let (producer, count, records) =
+                        (usize::from(producer % 2), usize::from(count), usize::from(records));
+                    self.send_idempotent(producer, to, count, records, delayed);
+                }
+            }
+            Op::Retry { producer, pick, to_leader, node, timed_out, delayed } => {
+                let leader = self.controller.leader.map(|leader| leader.0).filter(|leader| self.alive(*leader));
+                let to = if to_leader { leader.unwrap_or(node_id(node)) } else { node_id(node) };
+                if self.alive(to) {
+                    self.retry_idempotent(usize::from(producer % 2), usize::from(pick), to, timed_out, delayed);
+                }
+            }
         }
         self.check();
     }
@@ -867,10 +1290,11 @@ fn run(ops: &[Op]) {
         world.apply(op);
     }
     world.heal();
+    world.finish_producers();
     if std::env::var("REPLICA_STATS").is_ok() {
         let truncations = world.nodes.iter().map(|node| node.incarnation).sum::<u64>();
         eprintln!(
-            "STATS ops={} acks={} reads={} committed_end={} epoch={} restarts={truncations} replies={} cuts={} shrinks={} expansions={} storage_failures={} resignations={}",
+            "STATS ops={} acks={} reads={} committed_end={} epoch={} restarts={truncations} replies={} cuts={} shrinks={} expansions={} storage_failures={} resignations={} idem_batches={} idem_committed={} retries={}",
             ops.len(),
             world.model.acks,
             world.model.reads,
@@ -881,13 +1305,20 @@ fn run(ops: &[Op]) {
             world.isr_shrinks,
             world.isr_expansions,
             world.storage_failures,
-            world.resignations
+            world.resignations,
+            world.producers.iter().map(|producer| producer.batches.len()).sum::<usize>(),
+            world.producers.iter().map(|producer| producer.committed_at.len()).sum::<usize>(),
+            world.retries
         );
+        eprintln!("IDEM {:?}", world.idem_replies);
     }
 }
 
-fn proptest_config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(1024);
+/// `PROPTEST_CASES` overrides both tests' defaults. The defaults share out the time one test of 1024
+/// plain cases took: the idempotent test's ops include every plain op (and its checks), so most
+/// cases go to it; the plain test still replays its persisted seeds first, as they were recorded.
+fn proptest_config(default_cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|cases| cases.parse().ok()).unwrap_or(default_cases);
     ProptestConfig {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/replica_core.txt"))),
@@ -896,10 +1327,21 @@ fn proptest_config() -> ProptestConfig {
 }
 
 proptest! {
-    #![proptest_config(proptest_config())]
+    #![proptest_config(proptest_config(256))]
 
     #[test]
     fn replicas_keep_committed_data_through_faults(ops in proptest::collection::vec(op(), 1..120)) {
+        run(&ops);
+    }
+}
+
+proptest! {
+    #![proptest_config(proptest_config(640))]
+
+    #[test]
+    fn idempotent_producers_append_each_batch_once_through_faults(
+        ops in proptest::collection::vec(op_with_producers(), 1..120)
+    ) {
         run(&ops);
     }
 }
@@ -1001,6 +1443,93 @@ fn a_zombie_leader_cannot_acknowledge() {
     assert_eq!(world.nodes[0].core.as_ref().unwrap().role(), RoleKind::Leader, "still a zombie");
     assert!(reply_of(&world, zombie).is_none(), "a zombie acknowledged: {:?}", reply_of(&world, zombie));
     world.heal();
+}
+
+// ---- idempotent producers: dedup through the whole partition ---------------------------------
+
+fn error_of(reply: Option<&Reply>) -> Option<ErrorCode> {
+    match reply {
+        Some(Reply::Error { code, .. }) => Some(*code),
+        _ => None,
+    }
+}
+
+/// Every broker's log, as the model sees it.
+fn all_logs(world: &World) -> Vec<Vec<BatchRef>> {
+    world.nodes.iter().map(|node| refs(&node.log)).collect()
+}
+
+/// A retry of a committed batch is answered with the offset of the first append; nothing is appended.
+#[test]
+fn a_retry_of_a_committed_batch_gets_its_original_offset_and_appends_nothing() {
+    let mut world = World::new();
+    settle(&mut world, 2);
+    world.produce(1, 3, Acks::All); // offsets [0, 3): the idempotent batch lands at 3
+    let first = world.send_idempotent(0, 1, 1, 2, false)[0];
+    settle(&mut world, 5);
+    assert_eq!(reply_of(&world, first), Some(&Reply::Produced { base_offset: Offset(3) }));
+    let before = all_logs(&world);
+    let retry = world.send_attempt(0, 0, 1, false);
+    assert_eq!(reply_of(&world, retry), Some(&Reply::Produced { base_offset: Offset(3) }));
+    settle(&mut world, 2);
+    assert_eq!(all_logs(&world), before, "the retry appended nothing, anywhere");
+    world.heal();
+    world.finish_producers();
+}
+
+/// A retry of a batch the leader appended but has not committed gets `DuplicatePending` (and appends
+/// nothing); once the HW passes the batch, a retry gets the original offset.
+#[test]
+fn a_retry_of_an_uncommitted_batch_is_pending_until_the_high_watermark_passes_it() {
+    let mut world = World::new();
+    settle(&mut world, 2);
+    let first = world.send_idempotent(0, 1, 1, 2, false)[0];
+    assert_eq!(world.nodes[0].log.len(), 1, "written on the leader");
+    let early = world.send_attempt(0, 0, 1, false);
+    assert_eq!(error_of(reply_of(&world, early)), Some(ErrorCode::DuplicatePending));
+    world.apply(&Op::Sync { node: 0 }); // durable on the leader, not yet on the followers
+    let later = world.send_attempt(0, 0, 1, false);
+    assert_eq!(error_of(reply_of(&world, later)), Some(ErrorCode::DuplicatePending), "not committed yet");
+    assert!(reply_of(&world, first).is_none());
+    assert_eq!(world.nodes[0].log.len(), 1, "the retries appended nothing");
+    settle(&mut world, 3);
+    assert_eq!(reply_of(&world, first), Some(&Reply::Produced { base_offset: Offset(0) }));
+    let retry = world.send_attempt(0, 0, 1, false);
+    assert_eq!(reply_of(&world, retry), Some(&Reply::Produced { base_offset: Offset(0) }));
+    assert!(world.nodes.iter().all(|node| node.log.len() == 1), "one copy on every broker");
+    world.heal();
+    world.finish_producers();
+}
+
+/// The new leader got the batch by replication (its dedup table follows every replicated batch): a
+/// retry is pending until the new leader's HW passes the batch, then answered with the original
+/// offset, never appended again; the producer's next sequence is appended after it.
+#[test]
+fn after_a_failover_the_new_leader_answers_a_retry_with_the_original_offset() {
+    let mut world = World::new();
+    settle(&mut world, 2);
+    let first = world.send_idempotent(0, 1, 1, 2, false)[0];
+    // The followers' parked fetches get the batch; they write it but do not sync it: not committed.
+    world.apply(&Op::DeliverAll);
+    assert!(world.nodes[1..].iter().all(|node| node.log.len() == 1 && node.durable.is_empty()));
+    // Leadership moves to broker 2 (the controller's choice among equals: the lowest id).
+    world.apply(&Op::Elect);
+    world.apply(&Op::DeliverAll);
+    assert_eq!(world.controller.leader, Some(NodeId(2)));
+    assert_eq!(world.nodes[1].core.as_ref().unwrap().role(), RoleKind::Leader);
+    assert_eq!(error_of(reply_of(&world, first)), Some(ErrorCode::NotLeaderAfterAppend), "outcome unknown");
+    let pending = world.send_attempt(0, 0, 2, false);
+    assert_eq!(error_of(reply_of(&world, pending)), Some(ErrorCode::DuplicatePending));
+    settle(&mut world, 4);
+    let retry = world.send_attempt(0, 0, 2, false);
+    assert_eq!(reply_of(&world, retry), Some(&Reply::Produced { base_offset: Offset(0) }));
+    assert!(world.nodes.iter().all(|node| node.log.len() == 1), "one copy on every broker");
+    let next = world.send_idempotent(0, 2, 1, 1, false)[0];
+    settle(&mut world, 4);
+    assert_eq!(reply_of(&world, next), Some(&Reply::Produced { base_offset: Offset(2) }));
+    assert!(world.nodes.iter().all(|node| node.log.len() == 2));
+    world.heal();
+    world.finish_producers();
 }
 
 // ---- single-core scenarios: typed errors, divergence answers, truncation rounds, ISR proposals ---
@@ -1361,4 +1890,99 @@ fn a_replica_that_lost_committed_batches_resigns_when_it_leads() {
     let _ = core.ready();
     core.step(Input::PartitionStateChanged { state: state(1, 3, &[1, 2, 3]), now_ms: 10 });
     assert!(!core.ready().resign);
+}
+
+/// A follower's dedup table follows its log: after a truncation (`Input::Truncated` carries the table
+/// rebuilt from what is left) a batch that was cut is no longer a duplicate, so when this replica
+/// leads, a retry of it is appended; a retry of a batch that was kept is still answered from the log.
+#[test]
+fn a_follower_that_truncated_no_longer_treats_a_cut_batch_as_a_duplicate() {
+    let mut core =
+        ReplicaCore::new(NodeId(2), config(), state(1, 1, &[1, 2, 3]), opened(Offset(0), LeaderEpochs::new()), 0);
+    let (_, first) = core.ready().fetch.expect("a follower fetches");
+    // Leader 1 (epoch 1) sends producer 1's sequences 0 and 2 (two records each).
+    let kept = idempotent_batch(1, 0, 0, 2, "kept");
+    let cut = idempotent_batch(1, 0, 2, 2, "cut");
+    let log = vec![kept.clone().stamped(Offset(0), LeaderEpoch(1)), cut.clone().stamped(Offset(2), LeaderEpoch(1))];
+    let data = FetchResponse {
+        fetch_id: first.fetch_id,
+        leader_epoch: LeaderEpoch(1),
+        high_watermark: Offset(0),
+        result: FetchResult::Data { batches: log.clone() },
+    };
+    core.step(Input::FetchResponse { from: NodeId(1), response: data, now_ms: 0 });
+    assert_eq!(core.ready().writes.len(), 2);
+    core.step(Input::Written { up_to: Offset(4) });
+    assert!(core.ready().start_sync);
+    core.step(Input::SyncCompleted { up_to: Offset(4) });
+    let last_sequence =
+        |core: &ReplicaCore| core.producer_states().get(ProducerId(1)).map(|entry| entry.last().first_sequence);
+    assert_eq!(last_sequence(&core), Some(Sequence(2)), "a follower applies every replicated batch");
+    // Broker 3 leads epoch 2 without the second batch: this follower cuts it.
+    core.step(Input::PartitionStateChanged { state: state(3, 2, &[1, 2, 3]), now_ms: 10 });
+    let (leader, second) = core.ready().fetch.expect("fetching from the new leader");
+    assert_eq!(leader, NodeId(3));
+    let diverging = FetchResponse {
+        fetch_id: second.fetch_id,
+        leader_epoch: LeaderEpoch(2),
+        high_watermark: Offset(2),
+        result: FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(2) },
+    };
+    core.step(Input::FetchResponse { from: NodeId(3), response: diverging, now_ms: 10 });
+    assert_eq!(core.ready().truncate_to, Some(Offset(2)));
+    core.step(Input::Truncated { log_end: Offset(2), producers: producers_of(&log[..1]) });
+    assert_eq!(last_sequence(&core), Some(Sequence(0)), "the table is the truncated log's");
+    assert!(core.ready().start_sync);
+    core.step(Input::SyncCompleted { up_to: Offset(2) });
+    let _ = core.ready();
+    // It leads epoch 3: the cut batch's retry is appended, the kept batch's answered from the log.
+    core.step(Input::PartitionStateChanged { state: state(2, 3, &[1, 2, 3]), now_ms: 20 });
+    assert_eq!(core.ready().epoch_assign, vec![(LeaderEpoch(3), Offset(2))]);
+    core.step(Input::Produce { request: 1, batch: cut, acks: Acks::Leader });
+    let ready = core.ready();
+    assert!(ready.replies.is_empty(), "{ready:?}");
+    assert_eq!(ready.writes.len(), 1, "the cut batch is appended again");
+    assert_eq!(ready.writes[0].base_offset(), Offset(2));
+    core.step(Input::Written { up_to: Offset(4) });
+    let _ = core.ready();
+    core.step(Input::Produce { request: 2, batch: kept, acks: Acks::Leader });
+    let ready = core.ready();
+    assert!(ready.writes.is_empty());
+    assert_eq!(ready.replies, vec![(2, Reply::Produced { base_offset: Offset(0) })]);
+}
+
+/// Sequence errors are answers to the client, before anything is appended: a gap is
+/// `OutOfOrderSequence`, an epoch older than the producer's is `ProducerFenced`, an unknown producer
+/// that does not start at sequence 0 is `UnknownProducerId`.
+#[test]
+fn sequence_errors_reach_the_client_and_append_nothing() {
+    let mut core =
+        ReplicaCore::new(NodeId(1), config(), state(1, 1, &[1, 2, 3]), opened(Offset(0), LeaderEpochs::new()), 0);
+    let _ = core.ready();
+    core.step(Input::Produce { request: 1, batch: idempotent_batch(1, 0, 0, 2, "e0"), acks: Acks::Leader });
+    assert_eq!(core.ready().writes.len(), 1);
+    core.step(Input::Written { up_to: Offset(2) });
+    let _ = core.ready();
+    // Producer 1 moves to epoch 1, starting again at sequence 0.
+    core.step(Input::Produce { request: 2, batch: idempotent_batch(1, 1, 0, 1, "e1"), acks: Acks::Leader });
+    assert_eq!(core.ready().writes.len(), 1);
+    core.step(Input::Written { up_to: Offset(3) });
+    let _ = core.ready();
+    let table = core.producer_states().clone();
+    let refused = [
+        (3, idempotent_batch(1, 1, 5, 1, "gap"), ErrorCode::OutOfOrderSequence),
+        (4, idempotent_batch(1, 1, 0, 2, "another size"), ErrorCode::OutOfOrderSequence),
+        (5, idempotent_batch(1, 0, 2, 1, "old epoch"), ErrorCode::ProducerFenced),
+        (6, idempotent_batch(2, 0, 3, 1, "unknown"), ErrorCode::UnknownProducerId),
+    ];
+    for (request, batch, expected) in refused {
+        core.step(Input::Produce { request, batch, acks: Acks::All });
+        let ready = core.ready();
+        assert!(ready.writes.is_empty(), "request {request} appended: {ready:?}");
+        assert_eq!(ready.replies.len(), 1, "{ready:?}");
+        assert_eq!(ready.replies[0].0, request);
+        assert_eq!(error_of(Some(&ready.replies[0].1)), Some(expected), "request {request}: {:?}", ready.replies[0]);
+    }
+    assert_eq!(core.log_end(), Offset(3));
+    assert_eq!(core.producer_states(), &table, "refusals change no producer's state");
 }
