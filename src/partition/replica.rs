@@ -980,6 +980,19 @@ impl ReplicaCore {
             Role::Follower(FollowerState { leader, in_flight: None, truncating: None, blocked_until_ms: self.now_ms });
     }
 
+    /// Follower fetches parked before a storage failure passed the divergence check against the log
+    /// that recovery may just have cut: answered later, from batches written over the cut, they
+    /// would hand a follower new batches after its old ones at the same offsets, and its next fetch
+    /// would pass the check (the replica_core proptest found an ISR member holding a committed batch
+    /// differently that way). They fetch again, checked against the recovered log.
+    fn refuse_parked_follower_fetches(&mut self) {
+        let Role::Leader(leader) = &mut self.role else { return };
+        for fetch in std::mem::take(&mut leader.parked) {
+            let message = "the leader's storage recovered from a failure; fetch again".to_owned();
+            self.follower_error(fetch.request, fetch.fetch_id, ErrorCode::LeaderNotReady, message);
+        }
+    }
+
     fn on_recovered(&mut self, log_start: Offset, log_end: Offset, epochs: LeaderEpochs) {
         // Long polls parked before the failure would be answered from the recovered log, whose end
         // (and so HW cap) may be below what those consumers already saw (`isr_3_bit_flips` seed
@@ -995,6 +1008,7 @@ impl ReplicaCore {
         self.epochs = epochs;
         self.deferred_epoch_assign = None;
         let epoch = self.state.leader_epoch;
+        self.refuse_parked_follower_fetches();
         if let Role::Leader(leader) = &mut self.role {
             // Bit rot that recovery cut out can take batches below the HW too (committed ones): the
             // same answer, and the HW floor follows the log (consumers are refused meanwhile).
