@@ -364,7 +364,10 @@ async fn kill_dash_nine_loses_no_acknowledged_record() {
 
     let recorder = Arc::new(Recorder { history: Mutex::new(History::new()), start: Instant::now() });
     let killed = CancellationToken::new();
-    let producer_config = ProducerConfig { linger: Duration::from_millis(1), retries: 0, ..ProducerConfig::default() };
+    // The plain producer: its sends after the kill must end (unknown) while the broker is down; an
+    // idempotent one would re-send them until the restart.
+    let producer_config =
+        ProducerConfig { linger: Duration::from_millis(1), retries: 0, idempotent: false, ..ProducerConfig::default() };
     let producer = Producer::new(Client::new(addr.clone(), kill_client_config()), producer_config.clone());
     let mut producers = Vec::new();
     for process in 0..KILL_PRODUCERS {

@@ -143,8 +143,9 @@ fn fast_client(bootstrap: impl Into<String>) -> Arc<Client> {
     Client::new(bootstrap, config)
 }
 
+/// A producer without idempotence: these tests pin what it promises (nothing ambiguous is re-sent).
 fn producer_config(retries: u32, retry_backoff: Duration) -> ProducerConfig {
-    ProducerConfig { linger: Duration::ZERO, retries, retry_backoff, ..ProducerConfig::default() }
+    ProducerConfig { linger: Duration::ZERO, retries, retry_backoff, idempotent: false, ..ProducerConfig::default() }
 }
 
 /// What a fake broker saw: the leader epoch of every fetch (or replica status request), metadata
@@ -552,4 +553,135 @@ async fn acks_none_waits_for_nothing_and_reports_no_broker_error() {
     assert_eq!(outcome.unwrap().offset, keel::types::Offset(-1), "sent, offset unknown");
     timeout(WAIT_MAX, producer.flush()).await.unwrap();
     assert_eq!(seen.lock().unwrap().produces, 1, "the refusal is neither reported nor retried");
+}
+
+// ---- the idempotent producer -------------------------------------------------------------------
+
+/// One produce an idempotent test's broker saw: the batch's producer fields and first value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SeenBatch {
+    producer_id: i64,
+    epoch: i16,
+    sequence: i32,
+    value: String,
+}
+
+/// A one-broker cluster that hands out producer id 7 (epoch 0) and answers the n-th produce (from 1)
+/// with `answer(n, batch)`; every produce's batch is recorded.
+async fn idempotent_broker(
+    answer: impl Fn(usize, &SeenBatch) -> Body + Send + 'static,
+) -> (SocketAddr, Arc<Mutex<Vec<SeenBatch>>>) {
+    let seen: Arc<Mutex<Vec<SeenBatch>>> = Default::default();
+    let log = seen.clone();
+    let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Default::default();
+    let cell = addr_cell.clone();
+    let addr = fake_broker(Box::new(move |id, body| {
+        let me = cell.lock().unwrap().expect("address set");
+        let reply = match body {
+            Body::MetadataRequest(_) => metadata(&[(1, me)], &[(1, 0)]),
+            Body::InitProducerIdRequest(_) => {
+                Body::InitProducerIdResponse(InitProducerIdResponse { error: None, producer_id: 7, producer_epoch: 0 })
+            }
+            Body::ProduceRequest(request) => {
+                let batch = keel::batch::Batch::parse(request.batch).expect("a well-formed batch");
+                let fields = batch.producer();
+                let value = batch.records().next().unwrap().unwrap().value.unwrap();
+                let seen_batch = SeenBatch {
+                    producer_id: fields.producer_id.0,
+                    epoch: fields.producer_epoch.0,
+                    sequence: fields.base_sequence.0,
+                    value: String::from_utf8_lossy(&value[..1]).into_owned(),
+                };
+                let mut seen = log.lock().unwrap();
+                seen.push(seen_batch.clone());
+                answer(seen.len(), &seen_batch)
+            }
+            other => panic!("unexpected request {other:?}"),
+        };
+        vec![(id, reply)]
+    }))
+    .await;
+    *addr_cell.lock().unwrap() = Some(addr);
+    (addr, seen)
+}
+
+fn idempotent_config() -> ProducerConfig {
+    ProducerConfig {
+        linger: Duration::ZERO,
+        retry_backoff: Duration::from_millis(10),
+        delivery_timeout: Duration::from_secs(20),
+        ..ProducerConfig::default()
+    }
+}
+
+/// A batch whose outcome was unknown (appended, then the leader changed; a timeout) is re-sent with
+/// the same producer id, epoch and sequence, so the broker can answer the retry with the original
+/// offsets; the record is acknowledged, not reported unknown.
+#[tokio::test]
+async fn an_idempotent_producer_resends_an_ambiguous_batch_with_its_sequence() {
+    let (addr, seen) = idempotent_broker(|n, _| match n {
+        1 => produce_refused(ErrorCode::NotLeaderAfterAppend),
+        2 => produce_refused(ErrorCode::Timeout),
+        3 => produce_refused(ErrorCode::DuplicatePending),
+        _ => produced(41),
+    })
+    .await;
+    let producer = Producer::new(fast_client(addr.to_string()), idempotent_config());
+    let outcome = timeout(WAIT_MAX, delivered(producer.send(TOPIC, Some(0), Record::value("a")).await)).await.unwrap();
+    assert_eq!(outcome.unwrap().offset, keel::types::Offset(41));
+    let second = timeout(WAIT_MAX, delivered(producer.send(TOPIC, Some(0), Record::value("b")).await)).await.unwrap();
+    assert_eq!(second.unwrap().offset, keel::types::Offset(41));
+    let seen = seen.lock().unwrap();
+    let first = SeenBatch { producer_id: 7, epoch: 0, sequence: 0, value: "a".into() };
+    assert_eq!(seen[..4], vec![first.clone(), first.clone(), first.clone(), first], "the same identity each time");
+    assert_eq!(seen[4], SeenBatch { producer_id: 7, epoch: 0, sequence: 1, value: "b".into() });
+}
+
+/// A batch refused for good leaves a hole in the producer's sequence: the batches after it are
+/// refused `OutOfOrderSequence`, and once every started batch is answered the partition's lane
+/// starts a new epoch and numbers them again from 0 (KIP-360). Nothing already appended is re-sent
+/// with a new sequence.
+#[tokio::test]
+async fn a_definite_failure_moves_the_later_batches_to_a_new_epoch() {
+    let (addr, seen) = idempotent_broker(|_, batch| match (batch.value.as_str(), batch.epoch) {
+        ("a", _) => produce_refused(ErrorCode::CorruptBatch),
+        (_, 0) => produce_refused(ErrorCode::OutOfOrderSequence),
+        _ => produced(i64::from(batch.sequence) + 100),
+    })
+    .await;
+    // Records of ~224 bytes in batches of at most 360: one record per batch.
+    let config = ProducerConfig { batch_bytes_max: 360, ..idempotent_config() };
+    let producer = Producer::new(fast_client(addr.to_string()), config);
+    let record = |letter: &str| Record::value(format!("{letter}{}", "x".repeat(199)));
+    let a = producer.send(TOPIC, Some(0), record("a")).await;
+    let b = producer.send(TOPIC, Some(0), record("b")).await;
+    let c = producer.send(TOPIC, Some(0), record("c")).await;
+    let a = timeout(WAIT_MAX, delivered(a)).await.unwrap().unwrap_err();
+    assert_eq!(a.code(), Some(ErrorCode::CorruptBatch));
+    assert!(!a.is_ambiguous());
+    let b = timeout(WAIT_MAX, delivered(b)).await.unwrap().unwrap();
+    let c = timeout(WAIT_MAX, delivered(c)).await.unwrap().unwrap();
+    let seen = seen.lock().unwrap();
+    let in_epoch_1: Vec<(i32, String)> =
+        seen.iter().filter(|batch| batch.epoch == 1).map(|batch| (batch.sequence, batch.value.clone())).collect();
+    assert_eq!(in_epoch_1.first(), Some(&(0, "b".to_owned())), "b opens epoch 1 at sequence 0: {seen:?}");
+    assert!(in_epoch_1.iter().all(|(_, value)| value != "a"), "a failed for good: never re-sent");
+    assert!(b.offset < c.offset, "order kept: {b:?} {c:?}");
+}
+
+/// A batch that never gets a definite answer is re-sent until its delivery timeout, then reported
+/// unknown (it may have been appended).
+#[tokio::test]
+async fn an_idempotent_batch_is_reported_unknown_only_after_its_delivery_timeout() {
+    let (addr, seen) = idempotent_broker(|_, _| produce_refused(ErrorCode::NotLeaderAfterAppend)).await;
+    let config = ProducerConfig { delivery_timeout: Duration::from_millis(600), ..idempotent_config() };
+    let producer = Producer::new(fast_client(addr.to_string()), config);
+    let started = Instant::now();
+    let error = timeout(WAIT_MAX, delivered(producer.send(TOPIC, Some(0), Record::value("a")).await))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(error.is_ambiguous(), "{error:?}");
+    assert!(started.elapsed() >= Duration::from_millis(600), "given up before its delivery timeout");
+    assert!(seen.lock().unwrap().len() >= 3, "re-sent meanwhile: {:?}", seen.lock().unwrap());
 }

@@ -230,8 +230,10 @@ fn workload_client_config() -> ClientConfig {
     }
 }
 
+/// The plain producer: these tests judge refusals and unknown outcomes as they happen (an
+/// idempotent producer would re-send them until its delivery timeout).
 fn workload_producer_config() -> ProducerConfig {
-    ProducerConfig { linger: Duration::ZERO, retries: 0, ..ProducerConfig::default() }
+    ProducerConfig { linger: Duration::ZERO, retries: 0, idempotent: false, ..ProducerConfig::default() }
 }
 
 /// A client for metadata and admin through any of `addrs` (a dead one is skipped).

@@ -19,10 +19,11 @@ use bytes::Bytes;
 use keel::batch::{encode_batch, peek_batch_size, Batch, ProducerFields, Record};
 use keel::leader_epochs::{EpochEntry, LeaderEpochs};
 use keel::log::{LogConfig, LogError, PartitionLog, RecoveryReport};
+use keel::producer_state::{BatchIdentity, ProducerStates};
 use keel::storage::file::FileDisk;
 use keel::storage::sim::{SimDisk, SimDiskFaults};
 use keel::storage::{Disk, DiskFile};
-use keel::types::{LeaderEpoch, Offset};
+use keel::types::{LeaderEpoch, Offset, ProducerEpoch, ProducerId, Sequence};
 use keel_model::partition_log::{BatchMeta, PartitionLogModel, RecoveredBatch};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -127,7 +128,14 @@ fn build_batch(spec: &BatchSpec, base_offset: Offset, payloads: &mut Payloads) -
             ..Record::default()
         })
         .collect();
-    let bytes = encode_batch(&records, spec.base_timestamp, ProducerFields::NONE);
+    // Idempotent producers' fields, so the log's producer state has something to track (the log
+    // applies what it is given; the rules are the replica core's).
+    let producer = ProducerFields {
+        producer_id: ProducerId(spec.base_timestamp % 3),
+        producer_epoch: ProducerEpoch(0),
+        base_sequence: Sequence(spec.base_timestamp as i32),
+    };
+    let bytes = encode_batch(&records, spec.base_timestamp, producer);
     let batch = Batch::parse(bytes).unwrap().stamped(base_offset, LeaderEpoch(0));
     let expected = spec
         .values
@@ -180,6 +188,21 @@ fn read_all<D: Disk>(log: &PartitionLog<D>, payloads: &Payloads) -> Vec<BatchMet
         metas.extend(batches);
     }
     metas
+}
+
+/// The producer state of the batches the log returns when read from its start: what the log's own
+/// copy (`producer_states`) must equal after appends, truncations and recoveries.
+fn producers_by_reading<D: Disk>(log: &PartitionLog<D>) -> ProducerStates {
+    let mut producers = ProducerStates::new();
+    let mut offset = log.log_start_offset();
+    while offset < log.log_end_offset() {
+        let mut bytes = log.read(offset, 64 * 1024, log.log_end_offset()).unwrap();
+        while let Some(batch) = Batch::split_first(&mut bytes).unwrap() {
+            producers.apply(&BatchIdentity::of(&batch), batch.base_offset());
+            offset = batch.next_offset();
+        }
+    }
+    producers
 }
 
 /// What differs between the two disks.
@@ -501,6 +524,7 @@ impl<E: Env> Harness<E> {
         assert_eq!(log.log_start_offset().0, start, "log start");
         assert_eq!(log.log_end_offset().0, end, "log end");
         assert_eq!(log.durable_end_offset().0, durable, "durable end");
+        assert_eq!(log.producer_states(), &producers_by_reading(log), "the log's producer state is its batches'");
     }
 
     fn apply(&mut self, op: &Op) {

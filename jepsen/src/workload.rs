@@ -157,6 +157,9 @@ pub async fn run(config: WorkloadConfig, rate: Arc<RateLimiter>, recorder: Arc<R
         linger: Duration::ZERO,
         // A batch that was definitely not sent may be re-sent; the client never re-sends an ambiguous one.
         retries: 2,
+        // The plain producer, as the runs recorded so far judged it (an idempotent one re-sends until
+        // its delivery timeout); an idempotent profile comes with issue 10's workload switch.
+        idempotent: false,
         ..ProducerConfig::default()
     };
     let mut tasks = Vec::new();

@@ -20,9 +20,11 @@
 //! - The value of an event has the shape its `f` and `type` require (a send's offset only on `ok`, a poll's
 //!   reads exactly on `ok`). The typed [`Op`] plus [`History::validate`] enforce it.
 //! - A well-formed history (one that passes [`History::validate`]) pairs every send/poll completion with
-//!   the outstanding invoke of the same process, and sends every value at most once. The recorder's
-//!   [`PendingSend`] / [`PendingPoll`] tokens make a mispaired completion impossible to write; value
-//!   uniqueness is the workload's job, and `validate` reports a violation.
+//!   the outstanding invoke of the same process (a send's by its value), and sends every value at most
+//!   once. A process has either one poll outstanding or any number of sends (a pipelining producer keeps
+//!   several batches in flight), never a poll and a send together. The recorder's [`PendingSend`] /
+//!   [`PendingPoll`] tokens make a mispaired completion impossible to write; value uniqueness is the
+//!   workload's job, and `validate` reports a violation.
 //! - The JSON Lines text is canonical: struct fields in a fixed order and poll reads sorted by partition
 //!   (a `BTreeMap`), so the same history always yields the same bytes and the same [`History::fingerprint`],
 //!   in every run and every process. Nothing here uses `std`'s randomly seeded hashers.
@@ -45,7 +47,8 @@ use crate::fnv::Fnv1a64;
 #[serde(transparent)]
 pub struct OpIndex(pub u64);
 
-/// A logical client (a Jepsen "process"): it has at most one send or poll outstanding at a time.
+/// A logical client (a Jepsen "process"): at any time it has at most one poll outstanding, or any number of
+/// sends (a producer that pipelines), but never a poll and a send together.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ProcessId(pub u64);
@@ -329,9 +332,11 @@ pub enum HistoryError {
     /// An `ok` / `fail` / `info` of a send or poll without an outstanding invoke of the same `f` by the
     /// same process.
     CompletionWithoutInvoke { index: OpIndex, process: ProcessId, f: Function },
-    /// A process invoked a send or poll while its previous one (`pending`) was still outstanding.
+    /// A process invoked a poll while one of its operations (`pending`) was still outstanding, or a send while
+    /// its poll `pending` was. (Sends may overlap other sends of the same process.)
     InvokeWhilePending { index: OpIndex, process: ProcessId, pending: OpIndex },
-    /// A send's completion names a different partition or value than its invoke.
+    /// A send's completion names a different partition than its invoke, or (when the process has exactly one
+    /// send outstanding, `invoke`) a different value.
     SendCompletionMismatch { index: OpIndex, invoke: OpIndex },
     /// A value was sent twice (`first` and `index`); values must be unique across a history.
     DuplicateSendValue { index: OpIndex, first: OpIndex, value: Value },
@@ -513,10 +518,10 @@ impl History {
     }
 
     /// Checks the invariants in the module doc: indices in order, values shaped for their `f` and `type`,
-    /// completions paired with invokes, send values unique. Returns the first problem found.
+    /// completions paired with invokes, a poll never overlapping another operation of its process, send
+    /// values unique. Returns the first problem found.
     pub fn validate(&self) -> Result<(), HistoryError> {
-        // Per process, the outstanding send or poll invoke.
-        let mut outstanding: BTreeMap<ProcessId, &Event> = BTreeMap::new();
+        let mut outstanding: BTreeMap<ProcessId, Outstanding<'_>> = BTreeMap::new();
         let mut first_send_of_value: BTreeMap<&Value, OpIndex> = BTreeMap::new();
         // Indices over both lists together must be 0, 1, 2, ...: walk them merged.
         let mut nemesis = self.nemesis.iter().peekable();
@@ -537,47 +542,18 @@ impl History {
                     reason,
                 });
             }
-            let paired = matches!(event.op, Op::Send { .. } | Op::Poll { .. });
-            if !paired {
+            if !matches!(event.op, Op::Send { .. } | Op::Poll { .. }) {
                 continue;
             }
-            if event.kind == EventKind::Invoke {
-                if let Some(pending) = outstanding.get(&event.process) {
-                    return Err(HistoryError::InvokeWhilePending {
-                        index: event.index,
-                        process: event.process,
-                        pending: pending.index,
-                    });
-                }
-                if let Op::Send { value, .. } = &event.op {
-                    if let Some(first) = first_send_of_value.insert(value, event.index) {
-                        return Err(HistoryError::DuplicateSendValue {
-                            index: event.index,
-                            first,
-                            value: value.clone(),
-                        });
-                    }
-                }
-                outstanding.insert(event.process, event);
+            let process = outstanding.entry(event.process).or_default();
+            if event.kind != EventKind::Invoke {
+                process.complete(event)?;
                 continue;
             }
-            let invoke = match outstanding.remove(&event.process) {
-                Some(invoke) if invoke.function() == event.function() => invoke,
-                _ => {
-                    return Err(HistoryError::CompletionWithoutInvoke {
-                        index: event.index,
-                        process: event.process,
-                        f: event.function(),
-                    })
-                }
-            };
-            if let (
-                Op::Send { partition: invoke_partition, value: invoke_value, .. },
-                Op::Send { partition, value, .. },
-            ) = (&invoke.op, &event.op)
-            {
-                if invoke_partition != partition || invoke_value != value {
-                    return Err(HistoryError::SendCompletionMismatch { index: event.index, invoke: invoke.index });
+            process.invoke(event)?;
+            if let Op::Send { value, .. } = &event.op {
+                if let Some(first) = first_send_of_value.insert(value, event.index) {
+                    return Err(HistoryError::DuplicateSendValue { index: event.index, first, value: value.clone() });
                 }
             }
         }
@@ -643,6 +619,61 @@ impl History {
         // The hasher's `write` never fails; see `to_jsonl` for why serialization cannot fail either.
         self.write_jsonl(&mut hasher).expect("hashing a history cannot fail");
         hasher.finish()
+    }
+}
+
+/// What one process has outstanding while [`History::validate`] walks a history: one poll, or any number of
+/// sends (a producer that pipelines batches), never both.
+#[derive(Default)]
+struct Outstanding<'h> {
+    poll: Option<&'h Event>,
+    /// Send invokes by value: values are unique, and a send's completion repeats its invoke's value, so the
+    /// value pairs a completion with its invoke whatever order the sends complete in.
+    sends: BTreeMap<&'h Value, &'h Event>,
+}
+
+impl<'h> Outstanding<'h> {
+    /// Records a send or poll invoke, unless an outstanding operation forbids it: a poll may overlap nothing,
+    /// a send only other sends.
+    fn invoke(&mut self, event: &'h Event) -> Result<(), HistoryError> {
+        let poll = self.poll.map(|poll| poll.index);
+        let blocking = match &event.op {
+            Op::Send { .. } => poll,
+            _ => poll.or_else(|| self.sends.values().map(|send| send.index).min()),
+        };
+        if let Some(pending) = blocking {
+            return Err(HistoryError::InvokeWhilePending { index: event.index, process: event.process, pending });
+        }
+        match &event.op {
+            Op::Send { value, .. } => {
+                self.sends.insert(value, event);
+            }
+            _ => self.poll = Some(event),
+        }
+        Ok(())
+    }
+
+    /// Pairs a send or poll completion with its outstanding invoke (a send's by value) and checks that a send
+    /// completes the partition it was invoked for.
+    fn complete(&mut self, event: &'h Event) -> Result<(), HistoryError> {
+        let without_invoke =
+            HistoryError::CompletionWithoutInvoke { index: event.index, process: event.process, f: event.function() };
+        let Op::Send { partition, value, .. } = &event.op else {
+            return self.poll.take().map(|_| ()).ok_or(without_invoke);
+        };
+        let invoke = match self.sends.remove(value) {
+            Some(invoke) => invoke,
+            // With one send outstanding, a completion of another value is that send's, mismatched.
+            None if self.sends.len() == 1 => {
+                let invoke = self.sends.values().next().map_or(event.index, |invoke| invoke.index);
+                return Err(HistoryError::SendCompletionMismatch { index: event.index, invoke });
+            }
+            None => return Err(without_invoke),
+        };
+        match &invoke.op {
+            Op::Send { partition: invoke_partition, .. } if invoke_partition == partition => Ok(()),
+            _ => Err(HistoryError::SendCompletionMismatch { index: event.index, invoke: invoke.index }),
+        }
     }
 }
 
@@ -1052,5 +1083,56 @@ mod tests {
         );
         // Every error has a readable message.
         assert!(h.validate().unwrap_err().to_string().contains("already sent"));
+    }
+
+    #[test]
+    fn a_process_may_have_several_sends_in_flight_but_a_poll_overlaps_nothing() {
+        let mut h = History::new();
+        let a = h.invoke_send(ProcessId(1), 0, "t/0", "a");
+        let b = h.invoke_send(ProcessId(1), 1, "t/0", "b");
+        let c = h.invoke_send(ProcessId(1), 2, "t/1", "c");
+        // Pipelined sends complete in any order; each completion pairs with its invoke by value.
+        h.send_ok(b, 3, Offset(1));
+        h.send_info(c, 4);
+        h.send_ok(a, 5, Offset(0));
+        assert_eq!(h.validate(), Ok(()));
+        assert_eq!(History::from_jsonl(&h.to_jsonl()).as_ref(), Ok(&h));
+
+        let mut poll_among_sends = h.clone();
+        let _d = poll_among_sends.invoke_send(ProcessId(1), 6, "t/0", "d");
+        let _e = poll_among_sends.invoke_send(ProcessId(1), 7, "t/0", "e");
+        let _poll = poll_among_sends.invoke_poll(ProcessId(1), 8);
+        assert_eq!(
+            poll_among_sends.validate(),
+            Err(HistoryError::InvokeWhilePending { index: OpIndex(8), process: ProcessId(1), pending: OpIndex(6) })
+        );
+
+        let two_out = r#"{"index":0,"time_ns":0,"process":4,"type":"invoke","f":"send","value":{"partition":"t/0","value":"a"}}
+{"index":1,"time_ns":0,"process":4,"type":"invoke","f":"send","value":{"partition":"t/0","value":"b"}}"#;
+        let unknown_value = format!(
+            "{two_out}\n{}",
+            r#"{"index":2,"time_ns":0,"process":4,"type":"ok","f":"send","value":{"partition":"t/0","value":"c","offset":0}}"#
+        );
+        assert_eq!(
+            error_of(&unknown_value),
+            HistoryError::CompletionWithoutInvoke { index: OpIndex(2), process: ProcessId(4), f: Function::Send }
+        );
+        let other_partition = format!(
+            "{two_out}\n{}",
+            r#"{"index":2,"time_ns":0,"process":4,"type":"info","f":"send","value":{"partition":"t/1","value":"b"}}"#
+        );
+        assert_eq!(
+            error_of(&other_partition),
+            HistoryError::SendCompletionMismatch { index: OpIndex(2), invoke: OpIndex(1) }
+        );
+        // Another process's outstanding send is no invoke for this one's completion.
+        let other_process = format!(
+            "{two_out}\n{}",
+            r#"{"index":2,"time_ns":0,"process":5,"type":"ok","f":"send","value":{"partition":"t/0","value":"a","offset":0}}"#
+        );
+        assert_eq!(
+            error_of(&other_process),
+            HistoryError::CompletionWithoutInvoke { index: OpIndex(2), process: ProcessId(5), f: Function::Send }
+        );
     }
 }

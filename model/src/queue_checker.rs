@@ -2,9 +2,10 @@
 //!
 //! # What goes in, what comes out
 //!
-//! In: one [`History`] (see [`crate::history`]). Out: a [`QueueReport`] listing every anomaly found, each
-//! with the partition, offset, value and op indices needed to find it in the history, plus counts and a
-//! short human-readable [`fmt::Display`] summary.
+//! In: one [`History`] (see [`crate::history`]) and [`CheckOptions`] ([`check`] uses the defaults,
+//! [`check_with`] takes them). Out: a [`QueueReport`] listing every anomaly found, each with the partition,
+//! offset, value and op indices needed to find it in the history, plus counts and a short human-readable
+//! [`fmt::Display`] summary.
 //!
 //! # Anomalies (Jepsen's names)
 //!
@@ -22,7 +23,9 @@
 //!   poll read it or some send was acknowledged at it).
 //! - `nonmonotonic-poll`: a process read an offset of a partition not greater than the previous offset it
 //!   read there, within one poll or across consecutive polls.
-//! - `nonmonotonic-send`: one process's acknowledged sends to a partition got offsets that do not increase.
+//! - `nonmonotonic-send`: a process's send to a partition was acknowledged at an offset not above one of its
+//!   acks there that completed before this send was invoked (a process may have several sends in flight;
+//!   only the real-time order counts).
 //! - `lost-read`: a poll returned a value at an offset (so the offset was committed), and an operation invoked
 //!   after that poll completed shows the log lost it: it found another value at that offset (acked or read
 //!   there), or a send was acknowledged at a lower offset (a committed log only grows, so a later append
@@ -30,6 +33,29 @@
 //!   durable and then dropped by a crash. The first case is also an `inconsistent-offsets`; this one adds
 //!   the order (read first, replaced later) and also catches a log that lost the offset and was never read
 //!   there again.
+//! - `reordered-send` (Keel's own; only with [`CheckOptions::exactly_once`]): two sends by one process to one
+//!   partition, both in the log (acknowledged at an offset or read by a poll), where the one invoked later
+//!   sits at the lower offset. See below.
+//!
+//! # Exactly-once mode
+//!
+//! An idempotent producer appends each record once and in the order it was sent, even when it retries.
+//! With [`CheckOptions::exactly_once`] the checker holds a history to that:
+//!
+//! - a send acknowledged `ok` at an offset appears exactly once: not lost or unseen, not a `duplicate`;
+//! - a send that ended `info` or never completed appears at most once (more is a `duplicate`);
+//! - a send that ended `fail` does not appear (`G1a`);
+//! - `reordered-send`: per process and partition, the sends that appear in the log sit in the order they
+//!   were invoked. A send stands at the lowest offset it appears at in the partition it was sent to (a
+//!   second copy is a `duplicate` of its own). A `crash` of the process ends the promise: its next client
+//!   is a new producer, and a send of the old one still in flight may land after the new one's. The
+//!   report lists each pair of sends adjacent in invoke order that goes down (a sequence is out of order
+//!   exactly when some adjacent pair is), so a send that landed far too late is reported once.
+//!
+//! The first three rules hold in both modes: `duplicate` and `G1a` always make a report invalid. So the
+//! mode adds `reordered-send` only, and a report says which mode judged it. The workload must record a
+//! send's invoke in the order it hands sends to the producer (for example by recording under the same
+//! lock that enqueues), or two concurrent sends of one process may look reordered when they are not.
 //!
 //! Per-process poll tracking restarts at every `assign`, `subscribe` or `crash` of that process, since the
 //! consumer's position legitimately jumps there. A poll that ends `info` may have consumed records nobody
@@ -71,10 +97,11 @@ pub enum AnomalyKind {
     NonmonotonicPoll,
     NonmonotonicSend,
     LostRead,
+    ReorderedSend,
 }
 
 impl AnomalyKind {
-    pub const ALL: [AnomalyKind; 9] = [
+    pub const ALL: [AnomalyKind; 10] = [
         AnomalyKind::LostWrite,
         AnomalyKind::Unseen,
         AnomalyKind::Duplicate,
@@ -84,6 +111,7 @@ impl AnomalyKind {
         AnomalyKind::NonmonotonicPoll,
         AnomalyKind::NonmonotonicSend,
         AnomalyKind::LostRead,
+        AnomalyKind::ReorderedSend,
     ];
 
     /// Jepsen's name for the anomaly.
@@ -98,6 +126,7 @@ impl AnomalyKind {
             AnomalyKind::NonmonotonicPoll => "nonmonotonic-poll",
             AnomalyKind::NonmonotonicSend => "nonmonotonic-send",
             AnomalyKind::LostRead => "lost-read",
+            AnomalyKind::ReorderedSend => "reordered-send",
         }
     }
 }
@@ -215,7 +244,8 @@ pub struct NonmonotonicPoll {
     pub offset: Offset,
 }
 
-/// A process's send to a partition was acknowledged at `offset`, not above its previous ack there.
+/// A process's send to a partition was acknowledged at `offset`, not above `previous_offset`: the highest of
+/// its acks there that completed before this send was invoked (the first such ack on a tie).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NonmonotonicSend {
     pub process: ProcessId,
@@ -251,6 +281,35 @@ pub struct LostRead {
     pub reason: LostReadReason,
 }
 
+/// One send of a [`ReorderedSend`] pair, where it sits in the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedSend {
+    pub invoke: OpIndex,
+    pub value: Value,
+    /// The lowest offset the value appears at in the partition it was sent to.
+    pub offset: Offset,
+    /// The ops that showed it there.
+    pub witnesses: Witnesses,
+}
+
+/// Two sends by one process to one partition (in one client incarnation), adjacent in invoke order among
+/// its sends that appear in the log, where `later` (invoked after `earlier`) sits at the lower offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReorderedSend {
+    pub process: ProcessId,
+    pub partition: Partition,
+    pub earlier: LoggedSend,
+    pub later: LoggedSend,
+}
+
+/// What the checker holds a history to, beyond the anomalies it always reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckOptions {
+    /// The producers are idempotent: also report `reordered-send` (see "Exactly-once mode" in the module
+    /// doc).
+    pub exactly_once: bool,
+}
+
 /// Counts of what the history contains, for context in reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueStats {
@@ -268,10 +327,12 @@ pub struct QueueStats {
     pub distinct_values_read: usize,
 }
 
-/// Everything [`check`] found. Every list is sorted deterministically (by partition and offset, by value,
-/// or by op index).
+/// Everything [`check`] or [`check_with`] found. Every list is sorted deterministically (by partition and
+/// offset, by value, or by op index).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct QueueReport {
+    /// The options the history was checked with.
+    pub options: CheckOptions,
     pub stats: QueueStats,
     /// Set when the history is not well-formed (see [`History::validate`]); the anomalies below were then
     /// found best-effort.
@@ -285,6 +346,9 @@ pub struct QueueReport {
     pub nonmonotonic_polls: Vec<NonmonotonicPoll>,
     pub nonmonotonic_sends: Vec<NonmonotonicSend>,
     pub lost_reads: Vec<LostRead>,
+    /// Found only with [`CheckOptions::exactly_once`]; always empty otherwise. In the order of the later
+    /// send's invoke.
+    pub reordered_sends: Vec<ReorderedSend>,
 }
 
 impl QueueReport {
@@ -313,6 +377,7 @@ impl QueueReport {
             AnomalyKind::NonmonotonicPoll => self.nonmonotonic_polls.len(),
             AnomalyKind::NonmonotonicSend => self.nonmonotonic_sends.len(),
             AnomalyKind::LostRead => self.lost_reads.len(),
+            AnomalyKind::ReorderedSend => self.reordered_sends.len(),
         }
     }
 
@@ -416,6 +481,24 @@ impl QueueReport {
                 };
                 format!("{}@{} {} read by {}, {then}", l.partition, l.offset, l.value, l.read_by)
             }),
+            AnomalyKind::ReorderedSend => take(&self.reordered_sends, limit, |r| {
+                let (earlier, later) = (&r.earlier, &r.later);
+                format!(
+                    "{} {}: {} sent {}, then {} sent {}, but {} is at {} ({}), before {} at {} ({})",
+                    r.process,
+                    r.partition,
+                    earlier.invoke,
+                    earlier.value,
+                    later.invoke,
+                    later.value,
+                    later.value,
+                    later.offset,
+                    later.witnesses,
+                    earlier.value,
+                    earlier.offset,
+                    earlier.witnesses
+                )
+            }),
         }
     }
 }
@@ -423,12 +506,13 @@ impl QueueReport {
 impl fmt::Display for QueueReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = if self.is_valid() { "valid" } else { "INVALID" };
+        let mode = if self.options.exactly_once { " (exactly-once)" } else { "" };
         let kinds: Vec<String> =
             self.anomaly_kinds().into_iter().map(|kind| format!("{} {kind}", self.count(kind))).collect();
         if kinds.is_empty() {
-            writeln!(f, "queue check: {verdict}, no anomalies")?;
+            writeln!(f, "queue check{mode}: {verdict}, no anomalies")?;
         } else {
-            writeln!(f, "queue check: {verdict}: {}", kinds.join(", "))?;
+            writeln!(f, "queue check{mode}: {verdict}: {}", kinds.join(", "))?;
         }
         let s = &self.stats;
         writeln!(
@@ -505,14 +589,23 @@ struct Observations<'h> {
     max_read: BTreeMap<&'h Partition, (Offset, OpIndex)>,
 }
 
-/// Checks a queue history for the anomalies in the module doc.
+/// Checks a queue history for the anomalies in the module doc, with the default [`CheckOptions`] (not
+/// exactly-once).
 pub fn check(history: &History) -> QueueReport {
+    check_with(history, CheckOptions::default())
+}
+
+/// Checks a queue history for the anomalies in the module doc, holding it to `options`.
+pub fn check_with(history: &History, options: CheckOptions) -> QueueReport {
     let events = history.events();
-    let mut report = QueueReport { history_error: history.validate().err(), ..QueueReport::default() };
+    let mut report = QueueReport { options, history_error: history.validate().err(), ..QueueReport::default() };
     report.stats.events = events.len();
 
     let observations = observe(events, &mut report.stats);
     report.nonmonotonic_sends = nonmonotonic_sends(events);
+    if options.exactly_once {
+        report.reordered_sends = reordered_sends(events, &observations);
+    }
     let (poll_skips, nonmonotonic_polls) = poll_order(events, &observations.known_offsets);
     report.poll_skips = poll_skips;
     report.nonmonotonic_polls = nonmonotonic_polls;
@@ -683,30 +776,95 @@ fn observe<'h>(events: &'h [Event], stats: &mut QueueStats) -> Observations<'h> 
     seen
 }
 
-/// Each process's acknowledged offsets per partition must increase: a send invoked after the previous one
-/// was acknowledged must land later in a linearizable log. A crash does not reset this, for the same reason.
+/// An ack of a send: where, which op, which value.
+type Ack<'h> = (Offset, OpIndex, &'h Value);
+
+/// A send invoked after an ack of its process in its partition completed must land past that ack in a
+/// linearizable log. Each ack is compared with the highest ack of the process in the partition that had
+/// completed when its send was invoked (with one send in flight per process, every earlier ack; with
+/// several, sends in flight together may complete in either order). A crash does not reset this, for the
+/// same reason.
 fn nonmonotonic_sends(events: &[Event]) -> Vec<NonmonotonicSend> {
     let mut found = Vec::new();
-    let mut last_ack: BTreeMap<(ProcessId, &Partition), (Offset, OpIndex, &Value)> = BTreeMap::new();
+    // Per (process, partition), the highest ack so far (the first on a tie).
+    let mut highest_ack: BTreeMap<(ProcessId, &Partition), Ack<'_>> = BTreeMap::new();
+    // Per send in flight (by value), `highest_ack` of its process and partition when it was invoked.
+    let mut highest_at_invoke: BTreeMap<&Value, Option<Ack<'_>>> = BTreeMap::new();
     for event in events {
-        let (Op::Send { partition, value, offset: Some(offset) }, EventKind::Ok) = (&event.op, event.kind) else {
-            continue;
-        };
-        if let Some((previous_offset, previous_send_ok, previous_value)) =
-            last_ack.insert((event.process, partition), (*offset, event.index, value))
-        {
-            if *offset <= previous_offset {
-                found.push(NonmonotonicSend {
-                    process: event.process,
-                    partition: partition.clone(),
-                    previous_send_ok,
-                    previous_offset,
-                    previous_value: previous_value.clone(),
-                    send_ok: event.index,
-                    offset: *offset,
-                    value: value.clone(),
-                });
+        let Op::Send { partition, value, offset } = &event.op else { continue };
+        let key = (event.process, partition);
+        match (event.kind, offset) {
+            (EventKind::Invoke, _) => {
+                highest_at_invoke.insert(value, highest_ack.get(&key).copied());
             }
+            (EventKind::Ok, Some(offset)) => {
+                // In a malformed history an ack without an invoke counts as invoked when it completed.
+                let previous = highest_at_invoke.remove(value).unwrap_or_else(|| highest_ack.get(&key).copied());
+                if let Some((previous_offset, previous_send_ok, previous_value)) = previous {
+                    if *offset <= previous_offset {
+                        found.push(NonmonotonicSend {
+                            process: event.process,
+                            partition: partition.clone(),
+                            previous_send_ok,
+                            previous_offset,
+                            previous_value: previous_value.clone(),
+                            send_ok: event.index,
+                            offset: *offset,
+                            value: value.clone(),
+                        });
+                    }
+                }
+                let highest = highest_ack.entry(key).or_insert((*offset, event.index, value));
+                if *offset > highest.0 {
+                    *highest = (*offset, event.index, value);
+                }
+            }
+            _ => {
+                highest_at_invoke.remove(value);
+            }
+        }
+    }
+    found
+}
+
+/// The idempotent producer's order promise (`reordered-send` in the module doc): per process, client
+/// incarnation (a `crash` starts the next) and partition, the sends that appear in the log must sit at
+/// increasing offsets in invoke order. Compares each such send with the previous one only: a sequence has
+/// an inversion exactly when it has an adjacent one, and a send that landed far too late is then reported
+/// once rather than once per send that overtook it.
+fn reordered_sends<'h>(events: &'h [Event], observations: &Observations<'h>) -> Vec<ReorderedSend> {
+    let logged = |invoke: OpIndex, value: &'h Value, partition: &'h Partition| -> Option<LoggedSend> {
+        let positions = observations.positions_of_value.get(value)?;
+        let (_, offset) = positions.range((partition, Offset(0))..).next().filter(|(p, _)| *p == partition)?;
+        let witnesses = observations.by_position.get(&(partition, *offset)).and_then(|values| values.get(value));
+        Some(LoggedSend {
+            invoke,
+            value: value.clone(),
+            offset: *offset,
+            witnesses: witnesses.cloned().unwrap_or_default(),
+        })
+    };
+    let mut incarnation: BTreeMap<ProcessId, u64> = BTreeMap::new();
+    // Per (process, incarnation, partition), the last send invoked that appears in the log.
+    let mut last_logged: BTreeMap<(ProcessId, u64, &Partition), LoggedSend> = BTreeMap::new();
+    let mut found = Vec::new();
+    for event in events {
+        match (&event.op, event.kind) {
+            (Op::Crash, _) => *incarnation.entry(event.process).or_default() += 1,
+            (Op::Send { partition, value, .. }, EventKind::Invoke) => {
+                let Some(send) = logged(event.index, value, partition) else { continue };
+                let key = (event.process, incarnation.get(&event.process).copied().unwrap_or(0), partition);
+                let Some(earlier) = last_logged.insert(key, send.clone()) else { continue };
+                if send.offset < earlier.offset {
+                    found.push(ReorderedSend {
+                        process: event.process,
+                        partition: partition.clone(),
+                        earlier,
+                        later: send,
+                    });
+                }
+            }
+            _ => {}
         }
     }
     found
@@ -725,25 +883,32 @@ struct Sighting<'h> {
 /// real-time order counts: an operation invoked before the read completed is concurrent with it and may
 /// legitimately see the log before the read's records were committed.
 fn lost_reads(events: &[Event]) -> Vec<LostRead> {
-    // Which invoke each completion belongs to: a process has at most one operation outstanding. In a
-    // malformed history a completion without an invoke counts as invoked when it completed.
-    let mut outstanding: BTreeMap<ProcessId, OpIndex> = BTreeMap::new();
+    // Which invoke each completion belongs to: a poll's is its process's outstanding poll (a poll overlaps
+    // no other operation of its process), a send's is the invoke of its value (a process may have several
+    // sends in flight). In a malformed history a completion without an invoke counts as invoked when it
+    // completed.
+    let mut poll_invokes: BTreeMap<ProcessId, OpIndex> = BTreeMap::new();
+    let mut send_invokes: BTreeMap<&Value, OpIndex> = BTreeMap::new();
     let mut sightings: BTreeMap<(&Partition, Offset), Vec<Sighting<'_>>> = BTreeMap::new();
     // The first poll that read each value at each position.
     let mut first_reads: BTreeMap<(&Partition, Offset, &Value), OpIndex> = BTreeMap::new();
     // Per partition, acknowledged sends as (invoke, offset, value, ok), in invoke order.
     let mut acks: BTreeMap<&Partition, Vec<(OpIndex, Offset, &Value, OpIndex)>> = BTreeMap::new();
     for event in events {
-        if event.kind == EventKind::Invoke {
-            if matches!(event.op, Op::Send { .. } | Op::Poll { .. }) {
-                outstanding.insert(event.process, event.index);
+        let invoke = match (&event.op, event.kind) {
+            (Op::Send { value, .. }, EventKind::Invoke) => {
+                send_invokes.insert(value, event.index);
+                continue;
             }
-            continue;
-        }
-        if !matches!(event.op, Op::Send { .. } | Op::Poll { .. }) {
-            continue;
-        }
-        let invoke = outstanding.remove(&event.process).unwrap_or(event.index);
+            (Op::Poll { .. }, EventKind::Invoke) => {
+                poll_invokes.insert(event.process, event.index);
+                continue;
+            }
+            (Op::Send { value, .. }, _) => send_invokes.remove(value),
+            (Op::Poll { .. }, _) => poll_invokes.remove(&event.process),
+            _ => continue,
+        };
+        let invoke = invoke.unwrap_or(event.index);
         match (&event.op, event.kind) {
             (Op::Send { partition, value, offset: Some(offset) }, EventKind::Ok) => {
                 sightings.entry((partition, *offset)).or_default().push(Sighting {
@@ -885,7 +1050,7 @@ fn poll_order(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::history::PollReads;
+    use crate::history::{PendingSend, PollReads};
 
     /// A tiny history builder: every operation completes right after its invoke.
     #[derive(Default)]
@@ -944,6 +1109,23 @@ mod tests {
             let report = check(&self.history);
             assert_eq!(report.history_error, None, "test histories are well-formed");
             report
+        }
+
+        fn check_exactly_once(&self) -> QueueReport {
+            let report = check_with(&self.history, CheckOptions { exactly_once: true });
+            assert_eq!(report.history_error, None, "test histories are well-formed");
+            report
+        }
+
+        /// Starts a send and leaves it in flight, for sends that overlap.
+        fn invoke_send(&mut self, process: u64, partition: &str, value: &str) -> PendingSend {
+            let time_ns = self.tick();
+            self.history.invoke_send(ProcessId(process), time_ns, partition, value)
+        }
+
+        fn complete_ok(&mut self, pending: PendingSend, offset: u64) -> OpIndex {
+            let time_ns = self.tick();
+            self.history.send_ok(pending, time_ns, Offset(offset))
         }
     }
 
@@ -1317,7 +1499,9 @@ mod tests {
                 "nonmonotonic-poll",
                 "nonmonotonic-send",
                 // Keel's own: Jepsen reports these as inconsistent offsets at most.
-                "lost-read"
+                "lost-read",
+                // Keel's own, exactly-once mode only: an idempotent producer's records out of send order.
+                "reordered-send"
             ]
         );
     }
@@ -1402,5 +1586,185 @@ mod tests {
         let report = b.check();
         assert!(report.is_valid(), "{report}");
         assert!(report.lost_reads.is_empty());
+    }
+
+    #[test]
+    fn nonmonotonic_send_compares_with_the_acks_completed_before_the_invoke() {
+        let mut b = Builder::default();
+        // a and b are in flight together: acked in either order, at either offset, they are fine.
+        let a = b.invoke_send(1, "t/0", "a");
+        let pending_b = b.invoke_send(1, "t/0", "b");
+        let ack_b = b.complete_ok(pending_b, 6);
+        b.complete_ok(a, 4);
+        // c was invoked after b's ack at 6 completed, so it must land past 6, whatever a's ack says.
+        let ack_c = b.send_ok(1, "t/0", "c", Some(5));
+        let report = b.check();
+        let found: Vec<(OpIndex, OpIndex, Offset)> =
+            report.nonmonotonic_sends.iter().map(|n| (n.previous_send_ok, n.send_ok, n.previous_offset)).collect();
+        assert_eq!(found, vec![(ack_b, ack_c, Offset(6))], "{report}");
+    }
+
+    #[test]
+    fn a_pipelined_send_counts_as_invoked_at_its_own_invoke() {
+        // a was appended and read before b was invoked, and acked after: it is no later send acked below
+        // the read (which a lost-read by truncation would be).
+        let mut b = Builder::default();
+        let a = b.invoke_send(1, "t/0", "a");
+        b.send_info(3, "t/0", "x");
+        b.poll(2, &[("t/0", &[(0, "a"), (1, "x")])]);
+        let pending_b = b.invoke_send(1, "t/0", "b");
+        b.complete_ok(a, 0);
+        b.complete_ok(pending_b, 2);
+        b.poll(2, &[("t/0", &[(2, "b")])]);
+        assert!(b.check().is_valid(), "{}", b.check());
+        assert!(b.check_exactly_once().is_valid(), "{}", b.check_exactly_once());
+    }
+
+    #[test]
+    fn exactly_once_flags_a_duplicate_of_an_info_send_in_both_modes() {
+        let mut b = Builder::default();
+        b.send_info(1, "t/0", "a");
+        b.send_ok(1, "t/0", "b", Some(1));
+        b.poll(2, &[("t/0", &[(0, "a"), (1, "b"), (2, "a")])]);
+        for report in [b.check(), b.check_exactly_once()] {
+            assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::Duplicate], "{report}");
+            let offsets: Vec<Offset> = report.duplicates[0].positions.iter().map(|(_, offset, _)| *offset).collect();
+            assert_eq!((report.duplicates[0].value.as_str(), offsets), ("a", vec![Offset(0), Offset(2)]));
+            assert!(!report.is_valid() && !report.is_valid_ignoring_unseen());
+        }
+        assert!(b.check_exactly_once().to_string().starts_with("queue check (exactly-once): INVALID: 1 duplicate"));
+    }
+
+    #[test]
+    fn exactly_once_allows_one_appearance_of_an_indeterminate_send_and_none() {
+        let mut b = Builder::default();
+        b.send_info(1, "t/0", "info-present");
+        b.send_info(1, "t/0", "info-missing");
+        b.send_fail(1, "t/0", "failed");
+        let _pending = b.invoke_send(4, "t/0", "never-completed");
+        b.send_ok(1, "t/0", "acked", Some(1));
+        b.poll(2, &[("t/0", &[(0, "info-present"), (1, "acked"), (2, "never-completed")])]);
+        let report = b.check_exactly_once();
+        assert!(report.is_valid(), "{report}");
+        assert!(report.to_string().starts_with("queue check (exactly-once): valid, no anomalies"), "{report}");
+        assert_eq!(report.options, CheckOptions { exactly_once: true });
+    }
+
+    #[test]
+    fn reordered_send_is_flagged_only_in_exactly_once_mode() {
+        // a's outcome was unknown and b was acked: no ack order is broken, but a landed after b.
+        let mut b = Builder::default();
+        b.send_info(1, "t/0", "a");
+        let ack_b = b.send_ok(1, "t/0", "b", Some(0));
+        let poll = b.poll(2, &[("t/0", &[(0, "b"), (1, "a")])]);
+        assert!(b.check().is_valid(), "{}", b.check());
+        assert!(b.check().reordered_sends.is_empty());
+        let report = b.check_exactly_once();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::ReorderedSend], "{report}");
+        assert_eq!(
+            report.reordered_sends,
+            vec![ReorderedSend {
+                process: ProcessId(1),
+                partition: "t/0".into(),
+                earlier: LoggedSend {
+                    invoke: OpIndex(0),
+                    value: "a".into(),
+                    offset: Offset(1),
+                    witnesses: Witnesses { acked_by: vec![], read_by: vec![poll] },
+                },
+                later: LoggedSend {
+                    invoke: OpIndex(2),
+                    value: "b".into(),
+                    offset: Offset(0),
+                    witnesses: Witnesses { acked_by: vec![ack_b], read_by: vec![poll] },
+                },
+            }]
+        );
+        assert!(!report.is_valid() && !report.is_valid_ignoring_unseen());
+        let text = report.to_string();
+        assert!(text.starts_with("queue check (exactly-once): INVALID: 1 reordered-send"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "process 1 t/0: op 0 sent \"a\", then op 2 sent \"b\", but \"b\" is at 0 (acked by {ack_b}, read by \
+                 {poll}), before \"a\" at 1 (read by {poll})"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reordered_send_among_pipelined_sends_known_from_acks_alone() {
+        let mut b = Builder::default();
+        let a = b.invoke_send(1, "t/0", "a");
+        let pending_b = b.invoke_send(1, "t/0", "b");
+        b.complete_ok(pending_b, 0);
+        b.complete_ok(a, 1);
+        // Concurrent sends may land in either order in a plain queue, so only exactly-once objects.
+        assert!(b.check().is_valid_ignoring_unseen(), "{}", b.check());
+        let report = b.check_exactly_once();
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::Unseen, AnomalyKind::ReorderedSend], "{report}");
+        let pair = &report.reordered_sends[0];
+        assert_eq!((pair.earlier.value.as_str(), pair.later.value.as_str()), ("a", "b"));
+
+        // The same sends acked out of order but appended in send order are fine.
+        let mut b = Builder::default();
+        let a = b.invoke_send(1, "t/0", "a");
+        let pending_b = b.invoke_send(1, "t/0", "b");
+        b.complete_ok(pending_b, 1);
+        b.complete_ok(a, 0);
+        b.poll(2, &[("t/0", &[(0, "a"), (1, "b")])]);
+        assert!(b.check_exactly_once().is_valid(), "{}", b.check_exactly_once());
+    }
+
+    #[test]
+    fn a_send_that_landed_far_too_late_is_one_reordered_send() {
+        let mut b = Builder::default();
+        b.send_info(1, "t/0", "late");
+        for (offset, value) in ["b", "c", "d"].into_iter().enumerate() {
+            b.send_ok(1, "t/0", value, Some(offset as u64));
+        }
+        b.poll(2, &[("t/0", &[(0, "b"), (1, "c"), (2, "d"), (3, "late")])]);
+        let report = b.check_exactly_once();
+        assert_eq!(report.count(AnomalyKind::ReorderedSend), 1, "{report}");
+        let pair = &report.reordered_sends[0];
+        assert_eq!((pair.earlier.value.as_str(), pair.later.value.as_str()), ("late", "b"));
+    }
+
+    #[test]
+    fn reordered_send_does_not_confuse_processes_partitions_or_incarnations() {
+        let mut b = Builder::default();
+        // Processes 1 and 2 interleave in t/0; each one's own sends are in order.
+        b.send_info(1, "t/0", "1-a");
+        b.send_info(2, "t/0", "2-a");
+        b.send_info(1, "t/0", "1-b");
+        b.send_info(2, "t/0", "2-b");
+        // Process 1 sends to t/1 after t/0, and it lands at a lower offset: another partition.
+        b.send_ok(1, "t/1", "1-c", Some(0));
+        // Process 3 sends x, its client crashes, and its next client's y lands first: another producer.
+        b.send_info(3, "t/0", "3-x");
+        let time_ns = b.tick();
+        b.history.crash(ProcessId(3), time_ns);
+        b.send_info(3, "t/0", "3-y");
+        b.poll(
+            4,
+            &[
+                ("t/0", &[(0, "2-a"), (1, "2-b"), (2, "1-a"), (3, "3-y"), (4, "1-b"), (5, "3-x")]),
+                ("t/1", &[(0, "1-c")]),
+            ],
+        );
+        let report = b.check_exactly_once();
+        assert!(report.is_valid(), "{report}");
+
+        // Without the crash, process 3's pair is reordered.
+        let mut events = b.history.clone().into_events();
+        let crash = events.iter().position(|event| event.op == Op::Crash).unwrap();
+        events.remove(crash);
+        for (index, event) in events.iter_mut().enumerate() {
+            event.index = OpIndex(index as u64);
+        }
+        let report = check_with(&History::from_events(events).unwrap(), CheckOptions { exactly_once: true });
+        let pairs: Vec<(&str, &str)> =
+            report.reordered_sends.iter().map(|r| (r.earlier.value.as_str(), r.later.value.as_str())).collect();
+        assert_eq!(pairs, vec![("3-x", "3-y")], "{report}");
     }
 }

@@ -7,13 +7,14 @@
 //! through the JSON Lines text with an unchanged fingerprint, and no input makes the decoder or the
 //! checker panic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use keel_model::history::{
-    Event, History, Offset, Op, OpIndex, Partition, PendingPoll, PendingSend, PollReads, ProcessId, Value,
+    Event, EventKind, History, Offset, Op, OpIndex, Partition, PendingPoll, PendingSend, PollReads, ProcessId, Value,
 };
-use keel_model::queue_checker::{check, G1aReason, LostReadReason};
+use keel_model::queue_checker::{check, check_with, CheckOptions, G1aReason, LostReadReason};
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::FileFailurePersistence;
 
 /// Failing seeds go to the workspace's `proptest-regressions/`, which is committed.
@@ -51,20 +52,94 @@ fn scenario(name_prefix: impl Strategy<Value = String>) -> impl Strategy<Value =
     )
 }
 
-enum PendingOp {
-    Send(PendingSend, usize),
-    Poll(PendingPoll),
+/// How many sends one simulated process keeps in flight at most, like the producer's batches in flight per
+/// partition.
+const SENDS_IN_FLIGHT_MAX: usize = 5;
+
+/// Whether a simulated send is in its partition's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Landing {
+    /// Not yet; it may still be appended.
+    NotYet,
+    Appended(Offset),
+    /// Never: it failed, or a send of its process invoked after it was appended to its partition first.
+    Never,
+}
+
+/// A send the simulated queue is not done with: in flight (`pending` is `Some`), or completed `info` and
+/// possibly still on its way to the log (a retry the client gave up waiting for).
+struct SimSend {
+    pending: Option<PendingSend>,
+    invoke: OpIndex,
+    value: Value,
+    partition_idx: usize,
+    landing: Landing,
 }
 
 #[derive(Default)]
 struct SimProcess {
-    pending: Option<PendingOp>,
+    poll: Option<PendingPoll>,
+    /// The sends it is not done with, in invoke order.
+    sends: Vec<SimSend>,
     /// Assigned partition index -> the consumer's next offset.
     positions: BTreeMap<usize, usize>,
 }
 
-/// A correct queue driven by `scenario`, recorded into a history. Returns the history; its last event is
-/// the final poll that read every partition from offset 0, by a process that polled nothing else.
+impl SimProcess {
+    fn in_flight(&self) -> usize {
+        self.sends.iter().filter(|send| send.pending.is_some()).count()
+    }
+
+    /// Appends send `send_idx`, which must not have landed, as an idempotent producer does: in send order,
+    /// so the process's earlier sends to that partition that have not landed never will.
+    fn append(&mut self, send_idx: usize, logs: &mut [Vec<Value>]) -> Offset {
+        let partition_idx = self.sends[send_idx].partition_idx;
+        assert_eq!(self.sends[send_idx].landing, Landing::NotYet);
+        for earlier in &mut self.sends[..send_idx] {
+            if earlier.partition_idx == partition_idx && earlier.landing == Landing::NotYet {
+                earlier.landing = Landing::Never;
+            }
+        }
+        let log = &mut logs[partition_idx];
+        let offset = Offset(log.len() as u64);
+        log.push(self.sends[send_idx].value.clone());
+        self.sends[send_idx].landing = Landing::Appended(offset);
+        offset
+    }
+
+    /// Completes send `send_idx` (which is in flight) the way `outcome` picks, consistently with its landing.
+    fn complete(&mut self, send_idx: usize, outcome: u8, h: &mut History, time_ns: u64, logs: &mut [Vec<Value>]) {
+        let landing = self.sends[send_idx].landing;
+        let landing = match (landing, outcome % 16) {
+            (Landing::NotYet, 0..=7) => Landing::Appended(self.append(send_idx, logs)),
+            (landing, _) => landing,
+        };
+        let pending = self.sends[send_idx].pending.take().expect("completing a send in flight");
+        match (landing, outcome % 16) {
+            (Landing::Appended(offset), 0..=5 | 12..=13) => {
+                h.send_ok(pending, time_ns, offset);
+            }
+            (Landing::Appended(_), 6..=7 | 14) => {
+                h.send_ok(pending, time_ns, None);
+            }
+            (Landing::NotYet | Landing::Never, 8..=9) | (Landing::Never, 10..=11) => {
+                self.sends[send_idx].landing = Landing::Never;
+                h.send_fail(pending, time_ns);
+            }
+            // Unknown outcome: a send that has not landed may still land later.
+            _ => {
+                h.send_info(pending, time_ns);
+            }
+        }
+        self.sends.retain(|send| send.pending.is_some() || send.landing == Landing::NotYet);
+    }
+}
+
+/// A correct queue driven by `scenario`, recorded into a history. Producers are idempotent and pipeline:
+/// a process keeps up to [`SENDS_IN_FLIGHT_MAX`] sends in flight, which the queue appends in send order
+/// (some never, some after their `info`) and which complete in any order; a process polls, is assigned
+/// partitions or crashes only with no send in flight. Returns the history; its last event is the final poll
+/// that read every partition from offset 0, by a process that polled nothing else.
 fn simulate(scenario: &Scenario) -> History {
     let partitions: Vec<Partition> =
         (0..scenario.partitions_n).map(|idx| Partition(format!("{}t/{idx}", scenario.name_prefix))).collect();
@@ -79,32 +154,8 @@ fn simulate(scenario: &Scenario) -> History {
         let process_idx = step.process_idx % scenario.processes_n;
         let process = ProcessId(process_idx as u64);
         let sim = &mut processes[process_idx];
-        match sim.pending.take() {
-            Some(PendingOp::Send(pending, partition_idx)) => {
-                let log = &mut logs[partition_idx];
-                match step.choice % 8 {
-                    0..=3 => {
-                        let offset = Offset(log.len() as u64);
-                        log.push(pending.value().clone());
-                        h.send_ok(pending, time_ns, offset);
-                    }
-                    4 => {
-                        log.push(pending.value().clone());
-                        h.send_ok(pending, time_ns, None);
-                    }
-                    5 => {
-                        h.send_fail(pending, time_ns);
-                    }
-                    6 => {
-                        log.push(pending.value().clone());
-                        h.send_info(pending, time_ns);
-                    }
-                    _ => {
-                        h.send_info(pending, time_ns);
-                    }
-                }
-            }
-            Some(PendingOp::Poll(pending)) => match step.choice % 6 {
+        if let Some(pending) = sim.poll.take() {
+            match step.choice % 6 {
                 0..=3 => {
                     let mut reads = PollReads::new();
                     for (partition_idx, position) in sim.positions.iter_mut() {
@@ -129,39 +180,65 @@ fn simulate(scenario: &Scenario) -> History {
                     }
                     h.poll_info(pending, time_ns);
                 }
-            },
-            None => match step.choice % 10 {
-                0..=4 => {
-                    let partition_idx = usize::from(step.arg) % scenario.partitions_n;
-                    let value = format!("{}{process_idx}-{values_n}", scenario.name_prefix);
-                    values_n += 1;
-                    let pending = h.invoke_send(process, time_ns, &partitions[partition_idx], value);
-                    sim.pending = Some(PendingOp::Send(pending, partition_idx));
-                }
-                5..=7 => sim.pending = Some(PendingOp::Poll(h.invoke_poll(process, time_ns))),
-                8 => {
-                    sim.positions.clear();
-                    for (partition_idx, log) in logs.iter().enumerate() {
-                        if step.arg & (1 << partition_idx) != 0 {
-                            let start = usize::from(step.arg >> 3) % (log.len() + 1);
-                            sim.positions.insert(partition_idx, start);
-                        }
+            }
+            continue;
+        }
+        let in_flight = sim.in_flight();
+        match step.choice % 16 {
+            0..=4 if in_flight < SENDS_IN_FLIGHT_MAX => {
+                let partition_idx = usize::from(step.arg) % scenario.partitions_n;
+                let value = Value(format!("{}{process_idx}-{values_n}", scenario.name_prefix));
+                values_n += 1;
+                let pending = h.invoke_send(process, time_ns, &partitions[partition_idx], value.clone());
+                let invoke = pending.invoke_index();
+                sim.sends.push(SimSend {
+                    pending: Some(pending),
+                    invoke,
+                    value,
+                    partition_idx,
+                    landing: Landing::NotYet,
+                });
+            }
+            5..=7 if in_flight == 0 => sim.poll = Some(h.invoke_poll(process, time_ns)),
+            8 if in_flight == 0 => {
+                sim.positions.clear();
+                for (partition_idx, log) in logs.iter().enumerate() {
+                    if step.arg & (1 << partition_idx) != 0 {
+                        let start = usize::from(step.arg >> 3) % (log.len() + 1);
+                        sim.positions.insert(partition_idx, start);
                     }
-                    h.assign(process, time_ns, sim.positions.keys().map(|idx| &partitions[*idx]));
                 }
-                _ => {
-                    sim.positions.clear();
-                    h.crash(process, time_ns);
+                h.assign(process, time_ns, sim.positions.keys().map(|idx| &partitions[*idx]));
+            }
+            9 if in_flight == 0 => {
+                sim.positions.clear();
+                h.crash(process, time_ns);
+            }
+            10..=11 => {
+                // The queue appends one of the process's sends that has not landed, in flight or not.
+                let not_yet: Vec<usize> =
+                    (0..sim.sends.len()).filter(|idx| sim.sends[*idx].landing == Landing::NotYet).collect();
+                if let Some(send_idx) = not_yet.get(usize::from(step.arg) % not_yet.len().max(1)) {
+                    sim.append(*send_idx, &mut logs);
+                    sim.sends.retain(|send| send.pending.is_some() || send.landing == Landing::NotYet);
                 }
-            },
+            }
+            _ => {
+                let in_flight: Vec<usize> =
+                    (0..sim.sends.len()).filter(|idx| sim.sends[*idx].pending.is_some()).collect();
+                if let Some(send_idx) = in_flight.get(usize::from(step.arg) % in_flight.len().max(1)) {
+                    sim.complete(*send_idx, step.arg / 16 + step.choice / 16, &mut h, time_ns, &mut logs);
+                }
+            }
         }
     }
 
-    // Operations still outstanding stay so; a pending send may or may not have reached the log.
+    // Operations still outstanding stay so; a send in flight, or one that ended info, may or may not reach
+    // the log (in send order).
     for sim in &mut processes {
-        if let Some(PendingOp::Send(pending, partition_idx)) = sim.pending.take() {
-            if pending.invoke_index().0 % 2 == 0 {
-                logs[partition_idx].push(pending.value().clone());
+        for send_idx in 0..sim.sends.len() {
+            if sim.sends[send_idx].landing == Landing::NotYet && sim.sends[send_idx].invoke.0 % 2 == 0 {
+                sim.append(send_idx, &mut logs);
             }
         }
     }
@@ -216,7 +293,7 @@ fn acked(events: &[Event]) -> Vec<(Partition, Offset, Value)> {
     events
         .iter()
         .filter_map(|event| match (&event.op, event.kind) {
-            (Op::Send { partition, value, offset: Some(offset) }, keel_model::history::EventKind::Ok) => {
+            (Op::Send { partition, value, offset: Some(offset) }, EventKind::Ok) => {
                 Some((partition.clone(), *offset, value.clone()))
             }
             _ => None,
@@ -226,6 +303,80 @@ fn acked(events: &[Event]) -> Vec<(Partition, Offset, Value)> {
 
 fn rebuild(events: Vec<Event>) -> History {
     History::from_events(events).expect("mutations keep the history well-formed")
+}
+
+const EXACTLY_ONCE: CheckOptions = CheckOptions { exactly_once: true };
+
+/// Two sends by one process to one partition, with no crash of the process between their invokes, adjacent
+/// in invoke order among the sends the final poll read: `((earlier invoke, value), (later invoke, value))`.
+fn adjacent_logged_sends(events: &[Event]) -> Vec<((OpIndex, Value), (OpIndex, Value))> {
+    let Some(Op::Poll { reads: Some(final_reads) }) = events.last().map(|event| &event.op) else {
+        panic!("the simulated history ends with the final poll");
+    };
+    let logged: BTreeSet<(&Partition, &Value)> = final_reads
+        .iter()
+        .flat_map(|(partition, records)| records.iter().map(move |(_, value)| (partition, value)))
+        .collect();
+    let mut incarnation: BTreeMap<ProcessId, u64> = BTreeMap::new();
+    let mut last: BTreeMap<(ProcessId, u64, &Partition), (OpIndex, Value)> = BTreeMap::new();
+    let mut pairs = Vec::new();
+    for event in events {
+        match (&event.op, event.kind) {
+            (Op::Crash, _) => *incarnation.entry(event.process).or_default() += 1,
+            (Op::Send { partition, value, .. }, EventKind::Invoke) if logged.contains(&(partition, value)) => {
+                let key = (event.process, incarnation.get(&event.process).copied().unwrap_or(0), partition);
+                if let Some(earlier) = last.insert(key, (event.index, value.clone())) {
+                    pairs.push((earlier, (event.index, value.clone())));
+                }
+            }
+            _ => {}
+        }
+    }
+    pairs
+}
+
+/// How often each process had more than one send in flight: counts the send invokes made while another send
+/// of the same process was outstanding.
+fn overlapping_send_invokes(events: &[Event]) -> usize {
+    let mut in_flight: BTreeMap<ProcessId, usize> = BTreeMap::new();
+    let mut overlapping = 0;
+    for event in events {
+        if let Op::Send { .. } = event.op {
+            let count = in_flight.entry(event.process).or_default();
+            if event.kind == EventKind::Invoke {
+                overlapping += usize::from(*count > 0);
+                *count += 1;
+            } else {
+                *count -= 1;
+            }
+        }
+    }
+    overlapping
+}
+
+#[test]
+fn the_generator_pipelines_sends_and_lands_info_sends() {
+    // The exactly-once properties below mean little unless the correct queue overlaps one process's sends
+    // and lands sends that ended info; check a fixed sample of scenarios does both.
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut overlapping, mut info_landed) = (0, 0);
+    for _ in 0..64 {
+        let scenario = scenario(Just(String::new())).new_tree(&mut runner).unwrap().current();
+        let history = simulate(&scenario);
+        overlapping += overlapping_send_invokes(history.events());
+        let events = history.events();
+        let read: BTreeSet<&Value> = match &events.last().unwrap().op {
+            Op::Poll { reads: Some(reads) } => reads.values().flatten().map(|(_, value)| value).collect(),
+            _ => unreachable!(),
+        };
+        info_landed += events
+            .iter()
+            .filter(|event| event.kind == EventKind::Info)
+            .filter(|event| matches!(&event.op, Op::Send { value, .. } if read.contains(value)))
+            .count();
+    }
+    assert!(overlapping > 200, "{overlapping} overlapping send invokes in 64 scenarios");
+    assert!(info_landed > 50, "{info_landed} info sends landed in 64 scenarios");
 }
 
 proptest! {
@@ -239,6 +390,53 @@ proptest! {
         prop_assert!(report.is_valid(), "{}", report);
         prop_assert_eq!(report.anomaly_count(), 0);
         prop_assert_eq!(check(&history), report, "the checker is deterministic");
+        // The simulated producers are idempotent, so the history is exactly-once too.
+        let report = check_with(&history, EXACTLY_ONCE);
+        prop_assert!(report.is_valid(), "{}", report);
+        prop_assert_eq!(report.anomaly_count(), 0);
+    }
+
+    #[test]
+    fn swapping_two_sends_of_one_process_in_the_log_is_a_reordered_send(scenario in scenario(Just(String::new())), pick in any::<usize>()) {
+        // The log holds the later send where the earlier one was and the other way round: every read and
+        // every ack of either value moves to the other's offset.
+        let mut events = simulate(&scenario).into_events();
+        let pairs = adjacent_logged_sends(&events);
+        prop_assert!(!pairs.is_empty(), "the final writer sends twice to every partition");
+        let ((earlier_invoke, earlier), (later_invoke, later)) = pairs[pick % pairs.len()].clone();
+        let offset_in_final_read = |events: &mut [Event], value: &Value| {
+            final_reads(events).values().flatten().find(|(_, read)| read == value).map(|(offset, _)| *offset).unwrap()
+        };
+        let (earlier_offset, later_offset) =
+            (offset_in_final_read(&mut events, &earlier), offset_in_final_read(&mut events, &later));
+        prop_assert!(earlier_offset < later_offset);
+        for event in &mut events {
+            match &mut event.op {
+                Op::Poll { reads: Some(reads) } => {
+                    for (_, value) in reads.values_mut().flatten() {
+                        if *value == earlier {
+                            *value = later.clone();
+                        } else if *value == later {
+                            *value = earlier.clone();
+                        }
+                    }
+                }
+                Op::Send { value, offset: Some(offset), .. } => {
+                    *offset = if *value == earlier { later_offset } else if *value == later { earlier_offset } else { *offset };
+                }
+                _ => {}
+            }
+        }
+        let history = rebuild(events);
+        prop_assert!(check(&history).reordered_sends.is_empty(), "only the exactly-once mode looks for it");
+        let report = check_with(&history, EXACTLY_ONCE);
+        prop_assert!(!report.is_valid(), "{}", report);
+        let found: Vec<(OpIndex, Offset, OpIndex, Offset)> = report
+            .reordered_sends
+            .iter()
+            .map(|r| (r.earlier.invoke, r.earlier.offset, r.later.invoke, r.later.offset))
+            .collect();
+        prop_assert_eq!(found, vec![(earlier_invoke, later_offset, later_invoke, earlier_offset)], "{}", report);
     }
 
     #[test]
@@ -313,7 +511,7 @@ proptest! {
         let failed: Vec<Value> = history
             .events()
             .iter()
-            .filter(|event| event.kind == keel_model::history::EventKind::Fail)
+            .filter(|event| event.kind == EventKind::Fail)
             .filter_map(|event| match &event.op { Op::Send { value, .. } => Some(value.clone()), _ => None })
             .collect();
         let failed_value = failed[pick % failed.len()].clone();

@@ -76,6 +76,10 @@ struct RaftSim {
     reported_commit: Vec<Option<u64>>,
     /// The leader observed in each term.
     leaders_observed: BTreeMap<u64, u64>,
+    /// `(index, term) -> fingerprint` of every entry some observation showed in a log: what the checker
+    /// has pinned, and so what a planted log mismatch can contradict even after every node has compacted
+    /// the entry away.
+    entries_observed: BTreeMap<(u64, u64), u64>,
 }
 
 impl RaftSim {
@@ -90,6 +94,7 @@ impl RaftSim {
             entries_n: 0,
             reported_commit: vec![None; nodes_n],
             leaders_observed: BTreeMap::new(),
+            entries_observed: BTreeMap::new(),
         }
     }
 
@@ -289,6 +294,9 @@ impl RaftSim {
         if observation.is_leader {
             self.leaders_observed.insert(observation.term, node_idx as u64);
         }
+        for &(index, term, fingerprint) in &observation.log {
+            self.entries_observed.insert((index, term), fingerprint);
+        }
     }
 
     fn step(&mut self, choice: u8, a: u8, b: u8) {
@@ -392,9 +400,9 @@ fn inject(sim: &mut RaftSim, corruption: RaftCorruption, pick: usize) -> Option<
             RaftViolationKind::TwoLeadersInTerm
         }
         RaftCorruption::LogDataDiffers => {
-            let holder = (0..nodes_n).map(|idx| (idx + pick) % nodes_n).find(|idx| !sim.nodes[*idx].log.is_empty())?;
-            let log = &sim.nodes[holder].log;
-            let (index, term, fingerprint) = log[pick % log.len()];
+            // Any entry ever observed, not only one some node still holds: compaction may have emptied
+            // every log, and the checker still knows the entry's data.
+            let (&(index, term), &fingerprint) = sim.entries_observed.iter().nth(pick % sim.entries_observed.len())?;
             observation.log = vec![(index, term, fingerprint ^ 1)];
             observation.commit_index = sim.reported_commit[node_idx].unwrap_or(0);
             RaftViolationKind::LogMismatch
@@ -468,8 +476,9 @@ proptest! {
         pick in any::<usize>(),
     ) {
         let mut sim = run_raft(nodes_n, &steps);
-        // Node 0 led term 1 and every node applied entry 1, so every corruption has something to work on
-        // except a commit index going back when every node restarted with commit index 0.
+        // Node 0 led term 1 and every node applied entry 1 and showed it in its log, so every corruption
+        // has something to work on (even when every node has since compacted entry 1 away) except a
+        // commit index going back when every node restarted with commit index 0.
         let injected = inject(&mut sim, corruption, pick);
         prop_assert!(injected.is_some() || matches!(corruption, RaftCorruption::CommitIndexGoesBack));
     }

@@ -299,7 +299,9 @@ pub struct Idempotence {
 }
 
 /// The client and producer settings of a producer node: acks=all, the node's linger; plain
-/// (`idempotent: false`, the client settings of [`client_config`]) or as `idempotence` says.
+/// (`idempotent: false`, the client settings of [`client_config`]) or as `idempotence` says. The
+/// plain scenarios judge the plain producer's promises (an unknown outcome is never sent again);
+/// the `idempotent_*` scenarios run the idempotent one.
 pub fn producer_configs(linger: Duration, idempotence: Option<Idempotence>) -> (ClientConfig, ProducerConfig) {
     let plain = ProducerConfig { acks: Acks::All, linger, idempotent: false, ..ProducerConfig::default() };
     let Some(idempotence) = idempotence else { return (client_config(), plain) };

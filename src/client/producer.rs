@@ -26,7 +26,31 @@
 //! and closes only when full. At most [`BATCHES_WAITING_MAX`] closed batches wait across all lanes
 //! before the task stops taking records (the bound that Kafka's `buffer.memory` is).
 //!
-//! # Retries
+//! # Idempotence (the default; ADR 0015)
+//! The producer asks a broker for a producer id (`InitProducerId`) before its first batch. Each
+//! partition's lane numbers its batches: every batch carries (producer id, epoch, base sequence),
+//! sequences counting records from 0 per partition. At most [`IDEMPOTENT_IN_FLIGHT_MAX`] batches of
+//! a partition are unanswered (the broker dedups the last 5 of each producer), and they reach the
+//! wire in sequence order. A batch keeps its sequence across retries, so whatever failed in between
+//! the broker appends it once, and a retry of an appended batch is answered with the original
+//! offsets. What happens to a batch's answer:
+//! - acknowledged (also a retry the broker recognised): its records get their offsets;
+//! - refused without appending (`NotLeader`, `NotEnoughReplicas`, `Busy`, `StorageError`, ...), or
+//!   of unknown outcome (a broken connection, `Timeout`, `*AfterAppend`, `DuplicatePending`): re-sent
+//!   with the same sequence after a backoff, until `delivery_timeout` after the batch closed; only
+//!   then is it reported, ambiguous if any attempt may have been appended;
+//! - `OutOfOrderSequence` / `UnknownProducerId`: an earlier batch has not landed yet, so re-sent;
+//!   for the lane's oldest unanswered batch it means the partition lost this producer's state;
+//! - a definite failure (`CorruptBatch`, `MessageTooLarge`, `ProducerFenced`, ...): reported.
+//!
+//! A sequence that will never be appended (a definite failure, a batch given up, lost state) leaves
+//! a hole the broker would refuse every later batch for: the lane then waits until every started
+//! batch is answered, starts a new epoch (KIP-360, per partition) and numbers its waiting batches
+//! again from 0. A waiting batch that may already have been appended is reported ambiguous at that
+//! point instead of being numbered again, which could append it twice. Idempotence needs
+//! `acks = all`; with other acks the producer is not idempotent.
+//!
+//! # Retries without idempotence
 //! - A batch whose request definitely never left this process (no leader known, no connection) is
 //!   retried with backoff, up to `retries` times. When a lane's batch used them all up without
 //!   reaching the broker, the lane's later batches try once and fail fast, until one gets through.
@@ -44,14 +68,14 @@
 //! - A batch whose outcome is unknown is reported ambiguous and never retried: its connection broke
 //!   in flight, or the broker answered `NotEnoughReplicasAfterAppend`, `NotLeaderAfterAppend`,
 //!   `StorageIndeterminate` or `Timeout` (appended, perhaps lost; see
-//!   [`crate::protocol::ErrorCode::is_indeterminate`]). Retrying could write it twice until
-//!   idempotent producers exist.
+//!   [`crate::protocol::ErrorCode::is_indeterminate`]). Retrying could write it twice.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
@@ -61,8 +85,9 @@ use tokio::time::Instant;
 
 use super::{is_misrouted, Client, ClientError, PendingResponse, ROUTE_ATTEMPTS_MAX};
 use crate::batch::{encode_batch, ProducerFields, Record, BATCH_BYTES_MAX};
+use crate::producer_state::add_sequence;
 use crate::protocol::{Acks, Body, ErrorCode, ProduceRequest, ProduceResponse};
-use crate::types::Offset;
+use crate::types::{Offset, ProducerEpoch, ProducerId, Sequence};
 
 /// Records queued for the background task before `send` waits.
 pub const PRODUCER_QUEUE_MAX: usize = 4096;
@@ -172,6 +197,8 @@ impl Producer {
             flushes: Vec::new(),
             next_send_seq: 1,
             next_closed_seq: 1,
+            producer: None,
+            identity: FuturesUnordered::new(),
         };
         tokio::spawn(task.run(receiver));
         Producer { queue, stats }
@@ -211,7 +238,11 @@ struct OpenBatch {
 
 /// A closed batch on its way to its partition's leader.
 struct ClosedBatch {
+    /// With idempotence, `request.batch` is encoded when the batch is started with its sequence
+    /// (again after its lane starts a new epoch).
     request: ProduceRequest,
+    /// Set for an idempotent producer's batch.
+    idem: Option<IdemBatch>,
     deliveries: Vec<DeliverySender>,
     /// Times it was put on a connection (refused sends included).
     sends: u32,
@@ -219,6 +250,21 @@ struct ClosedBatch {
     not_before: Option<Instant>,
     /// Increases with every batch closed: lanes waiting for a request slot get one oldest first.
     closed_seq: u64,
+}
+
+/// What an idempotent producer keeps of a batch until its outcome is known.
+struct IdemBatch {
+    records: Vec<Record>,
+    timestamp_ms: i64,
+    /// The (epoch, base sequence) its bytes carry; `None` until first started.
+    assigned: Option<(ProducerEpoch, Sequence)>,
+    /// Not re-sent after this (`delivery_timeout` after it closed): its outcome is reported.
+    deadline: Instant,
+    /// Some attempt may have been appended: an ambiguous answer, a connection lost in flight, or
+    /// `DuplicatePending`. Such a batch is never given a new sequence (that could append it twice).
+    maybe_appended: bool,
+    /// The latest failure, reported if the batch is given up.
+    last_error: Option<ClientError>,
 }
 
 /// One partition's way out (see "Nothing waits inline" in the module docs).
@@ -233,6 +279,18 @@ struct Lane {
     last_sent: u64,
     /// The lane's latest batch used up its retries without reaching the broker: later ones try once.
     unreachable: bool,
+    /// Idempotent: this partition's producer epoch (`None`: the one `InitProducerId` gave).
+    epoch: Option<ProducerEpoch>,
+    /// Idempotent: the sequence the next batch started in this epoch gets.
+    next_sequence: Sequence,
+    /// Idempotent: batches started and not answered yet (at most [`IDEMPOTENT_IN_FLIGHT_MAX`]).
+    unanswered: usize,
+    /// Idempotent: a batch was lost to the broker's sequence (a definite failure, a given-up batch,
+    /// or state the partition lost): once every started batch is answered, the lane starts a new
+    /// epoch at sequence 0 (KIP-360) and its waiting batches get new sequences.
+    reset_pending: bool,
+    /// Idempotent: the `closed_seq` of every batch of the lane whose outcome is not known yet.
+    outstanding: BTreeSet<u64>,
 }
 
 impl Lane {
@@ -265,6 +323,23 @@ struct Started {
     result: Result<(String, PendingResponse), ClientError>,
 }
 
+/// What an in-flight request's future hands back to the task.
+enum Returned {
+    /// Answered and reported (or not waited for).
+    Done,
+    /// Refused without being appended (not idempotent): perhaps to be re-sent.
+    Refused(Refused),
+    /// An idempotent batch's answer: the task decides (see "Idempotence" in the module docs).
+    Idempotent(Answered),
+}
+
+struct Answered {
+    topic: String,
+    partition: u32,
+    batch: ClosedBatch,
+    result: Result<Body, ClientError>,
+}
+
 /// A batch its partition's leader refused without appending it: perhaps to be re-sent.
 struct Refused {
     topic: String,
@@ -294,7 +369,11 @@ struct Task {
     /// Closed batches across all lanes, not being started.
     waiting_batches: usize,
     starting: FuturesUnordered<BoxFuture<'static, Started>>,
-    in_flight: FuturesUnordered<BoxFuture<'static, Option<Refused>>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Returned>>,
+    /// Idempotent: this producer's id, once `InitProducerId` answered, and its epoch.
+    producer: Option<(ProducerId, ProducerEpoch)>,
+    /// Idempotent: the `InitProducerId` request (retried until it succeeds), while one is needed.
+    identity: FuturesUnordered<BoxFuture<'static, (ProducerId, ProducerEpoch)>>,
     flushes: Vec<oneshot::Sender<()>>,
     /// Increases with every produce request put on a connection.
     next_send_seq: u64,
@@ -332,11 +411,12 @@ impl Task {
             tokio::select! {
                 biased;
                 Some(started) = self.starting.next(), if !self.starting.is_empty() => self.on_started(started),
-                Some(refused) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    if let Some(refused) = refused {
-                        self.on_refused(refused);
-                    }
-                }
+                Some(returned) = self.in_flight.next(), if !self.in_flight.is_empty() => match returned {
+                    Returned::Done => {}
+                    Returned::Refused(refused) => self.on_refused(refused),
+                    Returned::Idempotent(answered) => self.on_answered(answered),
+                },
+                Some(producer) = self.identity.next(), if !self.identity.is_empty() => self.producer = Some(producer),
                 Some((topic, result)) = self.lookups.next(), if !self.lookups.is_empty() => {
                     self.on_lookup(topic, result);
                 }
@@ -406,7 +486,12 @@ impl Task {
         }
         let lane_deadline = |lane: &Lane| match lane.waiting.front() {
             _ if lane.starting => None,
-            Some(head) => head.not_before,
+            // An idempotent head may be held back (no producer id yet, a full window, a pending
+            // reset): it is given up at its delivery deadline all the same.
+            Some(head) => match (head.not_before, head.idem.as_ref().map(|idem| idem.deadline)) {
+                (Some(at), Some(deadline)) => Some(at.min(deadline)),
+                (at, deadline) => at.or(deadline),
+            },
             None => lane.open.as_ref().map(|batch| batch.deadline),
         };
         self.lanes().filter_map(|(_, _, lane)| lane_deadline(lane)).min()
@@ -573,19 +658,39 @@ impl Task {
         }
         self.open_batches -= 1;
         let timestamp_ms = wall_clock_ms();
-        let request = ProduceRequest {
+        let closed_seq = self.next_closed_seq;
+        self.next_closed_seq += 1;
+        let mut request = ProduceRequest {
             topic: topic.to_owned(),
             partition,
             acks: self.config.acks as i32,
-            batch: encode_batch(&batch.records, timestamp_ms, ProducerFields::NONE),
+            batch: Bytes::new(),
             timeout_ms: self.client.config().request_timeout.as_millis() as u32,
         };
-        let closed_seq = self.next_closed_seq;
-        self.next_closed_seq += 1;
-        let closed = ClosedBatch { request, deliveries: batch.deliveries, sends: 0, not_before: None, closed_seq };
+        let idem = if self.is_idempotent() {
+            self.lane_mut(topic, partition).expect("exists above").outstanding.insert(closed_seq);
+            Some(IdemBatch {
+                records: batch.records,
+                timestamp_ms,
+                assigned: None,
+                deadline: Instant::now() + self.config.delivery_timeout,
+                maybe_appended: false,
+                last_error: None,
+            })
+        } else {
+            request.batch = encode_batch(&batch.records, timestamp_ms, ProducerFields::NONE);
+            None
+        };
+        let closed =
+            ClosedBatch { request, idem, deliveries: batch.deliveries, sends: 0, not_before: None, closed_seq };
         self.lane_mut(topic, partition).expect("exists above").waiting.push_back(closed);
         self.waiting_batches += 1;
         self.start_lane(topic, partition);
+    }
+
+    /// Idempotence is on (it needs `acks = all`: see [`ProducerConfig::idempotent`]).
+    fn is_idempotent(&self) -> bool {
+        self.config.idempotent && self.config.acks == Acks::All
     }
 
     /// Starts the lane's head batch (leader lookup, connect, hand to the connection) in a future of
@@ -594,14 +699,22 @@ impl Task {
         if !self.has_request_slot() {
             return;
         }
+        if self.is_idempotent() && !self.idempotent_lane_may_start(topic, partition) {
+            return;
+        }
         let retries = self.config.retries;
+        let producer = self.producer;
         let Some(lane) = self.lane_mut(topic, partition) else { return };
         let due = lane.waiting.front().is_some_and(|head| head.not_before.is_none_or(|at| at <= Instant::now()));
         if lane.starting || !due {
             return;
         }
-        let batch = lane.waiting.pop_front().expect("checked above");
+        let mut batch = lane.waiting.pop_front().expect("checked above");
         lane.starting = true;
+        if let (Some(idem), Some((producer_id, base_epoch))) = (batch.idem.as_mut(), producer) {
+            assign_sequence(lane, idem, &mut batch.request, producer_id, base_epoch);
+            lane.unanswered += 1;
+        }
         let retries = if lane.unreachable { 0 } else { retries };
         self.waiting_batches -= 1;
         let client = self.client.clone();
@@ -622,6 +735,11 @@ impl Task {
         lane.starting = false;
         let (addr, pending) = match result {
             Ok(started) => started,
+            Err(error) if batch.idem.is_some() => {
+                // Definitely not sent: re-sent until its delivery timeout.
+                lane.unanswered -= 1;
+                return self.retry_idempotent(&topic, partition, batch, error, false);
+            }
             Err(error) => {
                 lane.unreachable = matches!(error, ClientError::Connect { .. });
                 return fail(batch.deliveries, &error);
@@ -652,10 +770,13 @@ impl Task {
                 // leadership or went away (a rolling restart's next send failed to connect).
                 client.forget_leaders(&topic);
             }
-            if not_waited_for {
-                return None;
+            if batch.idem.is_some() {
+                return Returned::Idempotent(Answered { topic, partition, batch, result });
             }
-            answer(result, topic, partition, batch, send_seq)
+            if not_waited_for {
+                return Returned::Done;
+            }
+            answer(result, topic, partition, batch, send_seq).map_or(Returned::Done, Returned::Refused)
         }));
     }
 
@@ -683,6 +804,240 @@ impl Task {
         self.lane_mut(&topic, partition).expect("checked above").waiting.push_front(batch);
         self.waiting_batches += 1;
     }
+}
+
+// ---- idempotence (see "Idempotence" in the module docs) ------------------------------------------
+
+impl Task {
+    /// Whether an idempotent lane may start its head batch now: the producer id is known (asked for
+    /// if not), no reset waits for answers (the reset is done here once they are all in), the window
+    /// of unanswered batches has room. A head past its delivery deadline is given up here.
+    fn idempotent_lane_may_start(&mut self, topic: &str, partition: u32) -> bool {
+        self.give_up_expired_head(topic, partition);
+        if self.producer.is_none() {
+            self.request_identity();
+            return false;
+        }
+        let Some(lane) = self.lane_mut(topic, partition) else { return false };
+        if lane.reset_pending {
+            if lane.unanswered > 0 || lane.starting {
+                return false;
+            }
+            self.reset_lane(topic, partition);
+        }
+        let Some(lane) = self.lane_mut(topic, partition) else { return false };
+        lane.unanswered < IDEMPOTENT_IN_FLIGHT_MAX
+    }
+
+    /// Asks for a producer id, once: the request is retried with backoff until a broker answers.
+    fn request_identity(&mut self) {
+        if !self.identity.is_empty() || self.producer.is_some() {
+            return;
+        }
+        let client = self.client.clone();
+        let mut backoff = self.config.retry_backoff;
+        self.identity.push(Box::pin(async move {
+            loop {
+                match client.init_producer_id().await {
+                    Ok(producer) => return producer,
+                    Err(error) => {
+                        tracing::warn!(%error, "InitProducerId failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_millis(RETRY_BACKOFF_MS_MAX));
+                    }
+                }
+            }
+        }));
+    }
+
+    /// Gives up the lane's head batches whose delivery deadline passed while they waited.
+    fn give_up_expired_head(&mut self, topic: &str, partition: u32) {
+        let now = Instant::now();
+        loop {
+            let Some(lane) = self.lane_mut(topic, partition) else { return };
+            let expired =
+                lane.waiting.front().and_then(|head| head.idem.as_ref()).is_some_and(|idem| idem.deadline <= now);
+            if !expired || lane.starting {
+                return;
+            }
+            let batch = lane.waiting.pop_front().expect("checked above");
+            self.waiting_batches -= 1;
+            self.give_up(topic, partition, batch);
+        }
+    }
+
+    /// An idempotent batch's answer: acknowledged, re-sent, or failed for good.
+    fn on_answered(&mut self, answered: Answered) {
+        let Answered { topic, partition, batch, result } = answered;
+        if let Some(lane) = self.lane_mut(&topic, partition) {
+            lane.unanswered -= 1;
+        }
+        let response = match result {
+            Ok(Body::ProduceResponse(response)) => response,
+            Ok(other) => {
+                let error = ClientError::Protocol(format!("unexpected response {other:?}"));
+                return self.retry_idempotent(&topic, partition, batch, error, true);
+            }
+            // A connection that failed before the request was written never sent it.
+            Err(error @ ClientError::Connect { .. }) => {
+                return self.retry_idempotent(&topic, partition, batch, error, false)
+            }
+            Err(error) => return self.retry_idempotent(&topic, partition, batch, error, true),
+        };
+        let Some(info) = response.error else {
+            return self.resolve(&topic, partition, batch, Ok(Offset(response.base_offset)));
+        };
+        let code = info.error_code();
+        let error = ClientError::Server { code, message: info.message };
+        match idempotent_answer(code) {
+            AnswerKind::Retry { maybe_appended } => {
+                if is_misrouted(code) {
+                    self.client.forget_leaders(&topic);
+                }
+                self.retry_idempotent(&topic, partition, batch, error, maybe_appended);
+            }
+            AnswerKind::SequenceLost => {
+                // A gap is normal while an earlier batch is still on its way; for the lane's oldest
+                // batch it means the partition lost this producer's state: a new epoch (KIP-360).
+                let lane = self.lane_mut(&topic, partition).expect("an answered batch's lane exists");
+                if lane.outstanding.first() == Some(&batch.closed_seq) {
+                    tracing::warn!(topic, partition, ?code, "the partition lost this producer's sequence; new epoch");
+                    lane.reset_pending = true;
+                }
+                self.retry_idempotent(&topic, partition, batch, error, false);
+            }
+            AnswerKind::Fail => {
+                // Its sequence is never appended: later batches must move to a new epoch.
+                self.lane_mut(&topic, partition).expect("an answered batch's lane exists").reset_pending = true;
+                self.resolve(&topic, partition, batch, Err(error));
+            }
+        }
+    }
+
+    /// Puts an idempotent batch back in its lane (in sequence order) to be re-sent after a backoff,
+    /// or gives it up once its delivery deadline has passed.
+    fn retry_idempotent(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        mut batch: ClosedBatch,
+        error: ClientError,
+        maybe_appended: bool,
+    ) {
+        let idem = batch.idem.as_mut().expect("an idempotent batch");
+        idem.maybe_appended |= maybe_appended;
+        idem.last_error = Some(error);
+        let now = Instant::now();
+        if idem.deadline <= now {
+            return self.give_up(topic, partition, batch);
+        }
+        let backoff = self.config.retry_backoff * 2u32.saturating_pow(batch.sends.saturating_sub(1).min(5));
+        batch.not_before = Some(now + backoff.min(Duration::from_millis(RETRY_BACKOFF_MS_MAX)));
+        tracing::debug!(topic, partition, sends = batch.sends, "idempotent produce not acknowledged; re-sending");
+        let lane = self.lane_mut(topic, partition).expect("a retried batch's lane exists");
+        let position = lane.waiting.partition_point(|waiting| waiting.closed_seq < batch.closed_seq);
+        lane.waiting.insert(position, batch);
+        self.waiting_batches += 1;
+    }
+
+    /// Reports a batch whose delivery timeout passed: ambiguous if an attempt may have been
+    /// appended, else its latest failure. Its sequence is lost to the lane, which starts a new epoch.
+    fn give_up(&mut self, topic: &str, partition: u32, batch: ClosedBatch) {
+        let idem = batch.idem.as_ref().expect("an idempotent batch");
+        let last = idem.last_error.as_ref().map_or_else(|| "never sent".to_owned(), ToString::to_string);
+        let error = if idem.maybe_appended {
+            ClientError::Ambiguous(format!("delivery timeout passed; the latest attempt: {last}"))
+        } else {
+            idem.last_error.clone().unwrap_or_else(|| ClientError::Ambiguous("delivery timeout passed".into()))
+        };
+        if let Some(lane) = self.lane_mut(topic, partition) {
+            lane.reset_pending = true;
+        }
+        self.resolve(topic, partition, batch, Err(error));
+    }
+
+    /// Answers a batch's deliveries and forgets it.
+    fn resolve(&mut self, topic: &str, partition: u32, batch: ClosedBatch, outcome: Result<Offset, ClientError>) {
+        if let Some(lane) = self.lane_mut(topic, partition) {
+            lane.outstanding.remove(&batch.closed_seq);
+        }
+        for (index, delivery) in batch.deliveries.into_iter().enumerate() {
+            let result =
+                outcome.clone().map(|base| RecordMetadata { partition, offset: Offset(base.0 + index as i64) });
+            let _ = delivery.send(result);
+        }
+    }
+
+    /// Starts a new epoch in a lane whose started batches are all answered: sequences restart at 0
+    /// and the waiting batches are numbered again when started. A waiting batch that may already
+    /// have been appended is reported ambiguous instead (a new sequence could append it twice).
+    fn reset_lane(&mut self, topic: &str, partition: u32) {
+        let base_epoch = self.producer.map(|(_, epoch)| epoch);
+        let lane = self.lane_mut(topic, partition).expect("a lane being reset exists");
+        let epoch = lane.epoch.or(base_epoch).unwrap_or(ProducerEpoch(0));
+        lane.epoch = Some(ProducerEpoch(epoch.0.saturating_add(1)));
+        lane.next_sequence = Sequence(0);
+        lane.reset_pending = false;
+        let (keep, unsure): (Vec<ClosedBatch>, Vec<ClosedBatch>) = std::mem::take(&mut lane.waiting)
+            .into_iter()
+            .partition(|batch| !batch.idem.as_ref().is_some_and(|idem| idem.maybe_appended));
+        lane.waiting = keep.into();
+        tracing::info!(topic, partition, epoch = epoch.0 + 1, "idempotent lane starts a new producer epoch");
+        self.waiting_batches -= unsure.len();
+        for batch in unsure {
+            let message = "may have been appended before its partition lost this producer's sequence";
+            self.resolve(topic, partition, batch, Err(ClientError::Ambiguous(message.into())));
+        }
+    }
+}
+
+/// What an idempotent producer does with a produce error (see the module docs).
+enum AnswerKind {
+    /// Re-send the same batch with the same sequence; `maybe_appended` when this attempt may have
+    /// been appended.
+    Retry { maybe_appended: bool },
+    /// The broker's sequence for this producer does not continue where the batch starts.
+    SequenceLost,
+    /// A definite failure: report it.
+    Fail,
+}
+
+fn idempotent_answer(code: ErrorCode) -> AnswerKind {
+    match code {
+        ErrorCode::OutOfOrderSequence | ErrorCode::UnknownProducerId => AnswerKind::SequenceLost,
+        ErrorCode::DuplicatePending => AnswerKind::Retry { maybe_appended: true },
+        code if code.is_indeterminate() => AnswerKind::Retry { maybe_appended: true },
+        ErrorCode::NotLeader
+        | ErrorCode::FencedLeaderEpoch
+        | ErrorCode::UnknownLeaderEpoch
+        | ErrorCode::LeaderNotReady
+        | ErrorCode::NotEnoughReplicas
+        | ErrorCode::Busy
+        | ErrorCode::ShuttingDown
+        | ErrorCode::StorageError
+        | ErrorCode::DiskFull => AnswerKind::Retry { maybe_appended: false },
+        _ => AnswerKind::Fail,
+    }
+}
+
+/// Gives an idempotent batch its sequence in the lane's current epoch, if it has none in it yet,
+/// and encodes its bytes with them.
+fn assign_sequence(
+    lane: &mut Lane,
+    idem: &mut IdemBatch,
+    request: &mut ProduceRequest,
+    producer_id: ProducerId,
+    base_epoch: ProducerEpoch,
+) {
+    let epoch = *lane.epoch.get_or_insert(base_epoch);
+    if idem.assigned.is_some_and(|(assigned, _)| assigned == epoch) {
+        return;
+    }
+    let sequence = lane.next_sequence;
+    lane.next_sequence = add_sequence(sequence, idem.records.len() as i32);
+    idem.assigned = Some((epoch, sequence));
+    let fields = ProducerFields { producer_id, producer_epoch: epoch, base_sequence: sequence };
+    request.batch = encode_batch(&idem.records, idem.timestamp_ms, fields);
 }
 
 /// Puts a produce request on its partition leader's connection (in order), retrying with backoff

@@ -252,14 +252,17 @@ pub struct PartitionLog<D: Disk> {
     /// recovery's scan, kept up by appends, rebuilt by a truncation. The replica shell hands it to
     /// its core whenever the core's copy must be replaced (open, recovery, truncation).
     producers: ProducerStates,
+    /// Producer snapshots written and not yet synced (by the next `begin_sync`).
+    unsynced_snapshots: Vec<D::File>,
     shared: Arc<Mutex<SyncShared>>,
 }
 
 /// What recovery's scan collects from the batches it keeps.
-#[derive(Default)]
-struct Scanned {
+struct Scanned<F> {
     epoch_runs: Vec<EpochEntry>,
     producers: ProducerStates,
+    /// The producer snapshot recovery wrote for each segment it kept.
+    snapshots: Vec<F>,
 }
 
 fn parent_of(dir: &str) -> &str {
@@ -295,7 +298,7 @@ impl<D: Disk> PartitionLog<D> {
         disk.create_dir_all(&dir)?;
         let (log_bases, other_files) = Self::list_segment_files(&disk, &dir)?;
         let mut report = RecoveryReport::default();
-        let mut scanned = Scanned::default();
+        let mut scanned = Scanned { epoch_runs: Vec::new(), producers: ProducerStates::new(), snapshots: Vec::new() };
         let mut segments = Self::recover_segments(&disk, &dir, &config, &log_bases, &mut report, &mut scanned)?;
         let mut dir_changed = Self::remove_dropped_files(
             &disk,
@@ -328,6 +331,7 @@ impl<D: Disk> PartitionLog<D> {
             pending_seals: Vec::new(),
             epoch_runs: scanned.epoch_runs,
             producers: scanned.producers,
+            unsynced_snapshots: scanned.snapshots,
             shared: Arc::new(Mutex::new(SyncShared {
                 failed: false,
                 generation: 0,
@@ -381,7 +385,7 @@ impl<D: Disk> PartitionLog<D> {
         config: &LogConfig,
         log_bases: &[Offset],
         report: &mut RecoveryReport,
-        scanned: &mut Scanned,
+        scanned: &mut Scanned<D::File>,
     ) -> Result<BTreeMap<Offset, Segment<D::File>>, LogError> {
         let mut segments: BTreeMap<Offset, Segment<D::File>> = BTreeMap::new();
         for (idx, &base) in log_bases.iter().enumerate() {
@@ -395,12 +399,16 @@ impl<D: Disk> PartitionLog<D> {
             let mut segment = Self::open_segment(disk, dir, base, config)?;
             let log_len = segment.log.len()?;
             let sealed = !is_last && Self::load_sealed(&mut segment, log_len)?;
+            // The state as of this segment's base, written again on every open: whatever a crash left
+            // of an earlier snapshot, this one is the scan's.
+            let snapshot = write_producer_snapshot(disk, dir, base, &scanned.producers)?;
             let scan = segment::scan(&segment.log, base, config.index_interval_bytes, &mut scanned.producers)?;
             report.verified_bytes += scan.valid_bytes;
             for run in &scan.epochs {
                 segment::push_epoch_run(&mut scanned.epoch_runs, run.epoch, run.start_offset);
             }
             let whole = scan.stopped_because.is_none();
+            scanned.snapshots.push(snapshot);
             if sealed && whole && scan.next_offset == segment.next_offset {
                 segments.insert(base, segment); // The scan agrees with the seal: the indexes stand.
                 continue;
@@ -584,6 +592,10 @@ impl<D: Disk> PartitionLog<D> {
         self.segments.insert(base, segment);
         self.pending_seals.push(old_base);
         self.dir_dirty = true;
+        // Every batch before `base` is applied, none after: the state a truncation into this
+        // segment starts its rescan from.
+        let snapshot = write_producer_snapshot(&self.disk, &self.dir, base, &self.producers)?;
+        self.unsynced_snapshots.push(snapshot);
         tracing::debug!(dir = self.dir, base = base.0, "log: rolled to a new segment");
         Ok(())
     }
@@ -626,6 +638,9 @@ impl<D: Disk> PartitionLog<D> {
                 if std::mem::take(&mut dirty.time_index) {
                     syncs.push(Box::pin(segment.time_index.sync()));
                 }
+            }
+            for snapshot in self.unsynced_snapshots.drain(..) {
+                syncs.push(Box::pin(snapshot.sync()));
             }
             if std::mem::take(&mut self.dir_dirty) {
                 syncs.push(Box::pin(self.disk.sync_dir(&self.dir)));
@@ -877,6 +892,10 @@ impl<D: Disk> PartitionLog<D> {
             ] {
                 self.disk.remove(&path)?;
             }
+            let snapshot = segment::producers_name(&self.dir, base);
+            if self.disk.list(&self.dir)?.iter().any(|name| format!("{}/{name}", self.dir) == snapshot) {
+                self.disk.remove(&snapshot)?;
+            }
             self.dir_dirty = true;
         }
         let active = self.active();
@@ -904,13 +923,26 @@ impl<D: Disk> PartitionLog<D> {
         &self.producers
     }
 
-    /// The dedup state of the batches left after a truncation, from a scan of every segment (they
-    /// were verified when written or recovered; a scan that stops early finds corruption, which fails
-    /// the log like a read would). `O(log bytes)`: truncations are rare (a follower whose tail
-    /// diverged from a new leader's).
+    /// The dedup state of the batches left after a truncation: the active segment's producer
+    /// snapshot (the state at its base, written at its roll or by recovery) plus a scan of that
+    /// segment; from the log start, scanning every segment, if the snapshot is missing or fails its
+    /// CRC. The batches were verified when written or recovered: a scan that stops early found
+    /// corruption, which fails the log like a read would.
     fn rescan_producers(&self) -> Result<ProducerStates, LogError> {
-        let mut producers = ProducerStates::new();
-        for (&base, segment) in &self.segments {
+        let active_base = *self.segments.keys().next_back().expect("a segment");
+        let path = segment::producers_name(&self.dir, active_base);
+        let exists = self.disk.list(&self.dir)?.iter().any(|name| format!("{}/{name}", self.dir) == path);
+        let snapshot = if exists {
+            let file = self.disk.open(&path, false)?;
+            ProducerStates::decode(&file.read_at(0, file.len()? as usize)?).ok()
+        } else {
+            None
+        };
+        let (mut producers, from) = match snapshot {
+            Some(producers) => (producers, active_base),
+            None => (ProducerStates::new(), self.log_start_offset()),
+        };
+        for (&base, segment) in self.segments.range(from..) {
             let scan = segment::scan(&segment.log, base, self.config.index_interval_bytes, &mut producers)?;
             if let Some(reason) = scan.stopped_because {
                 return Err(LogError::Corrupt { offset: scan.next_offset, reason });
@@ -953,6 +985,22 @@ impl<D: Disk> PartitionLog<D> {
         let active = self.segments.values().next_back().expect("a segment");
         assert!(!active.sealed, "the active segment is sealed");
     }
+}
+
+/// Writes the producer snapshot of the segment at `base` (replacing any earlier one); the caller
+/// syncs the returned file. Recovery writes every kept segment's snapshot again from its own scan, so
+/// a snapshot an earlier run left behind is never read; a torn one fails its CRC and is not used.
+fn write_producer_snapshot<D: Disk>(
+    disk: &D,
+    dir: &str,
+    base: Offset,
+    producers: &ProducerStates,
+) -> Result<D::File, LogError> {
+    let file = disk.open(&segment::producers_name(dir, base), true)?;
+    let bytes = producers.encode();
+    file.set_len(0)?;
+    file.write_at(0, &bytes)?;
+    Ok(file)
 }
 
 /// The first offset in `[log_start, log_end)` where the epoch runs of the batches (`runs`) and the

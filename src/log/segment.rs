@@ -86,6 +86,11 @@ pub fn log_name(dir: &str, base: Offset) -> String {
     format!("{dir}/{:020}.log", base.0)
 }
 
+/// The idempotent producers' state as of the segment's base offset (ADR 0015).
+pub fn producers_name(dir: &str, base: Offset) -> String {
+    format!("{dir}/{:020}.producers", base.0)
+}
+
 pub fn offset_index_name(dir: &str, base: Offset) -> String {
     format!("{dir}/{:020}.index", base.0)
 }

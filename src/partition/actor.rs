@@ -488,6 +488,7 @@ impl<D: Disk> Actor<D> {
                 _ = tokio::time::sleep_until(deadline) => {
                     let now_ms = self.now_ms();
                     self.core.step(Input::Tick { now_ms });
+                    self.core.step(Input::WallClock { wall_clock_ms: crate::clock::wall_clock_ms() });
                     ticked = true;
                 }
             }

@@ -304,6 +304,12 @@ pub enum Input {
     Tick {
         now_ms: TimestampMs,
     },
+    /// The shell's wall clock (ms since the Unix epoch), sent beside ticks: idle producers are
+    /// forgotten when their newest batch timestamp (a wall-clock time) is older than
+    /// `producer_state_ms_max` (looked at once per `PRODUCER_EXPIRY_INTERVAL_MS`).
+    WallClock {
+        wall_clock_ms: TimestampMs,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -781,8 +787,8 @@ impl ReplicaCore {
                 self.advance_time(now_ms);
                 self.inner.step(core::Input::Tick { now_ms: self.now_ms });
                 self.on_tick();
-                self.expire_producers();
             }
+            Input::WallClock { wall_clock_ms } => self.expire_producers(wall_clock_ms),
         }
         self.check_invariants();
     }
@@ -1120,11 +1126,11 @@ impl ReplicaCore {
         }
     }
 
-    /// Forgets idle producers (at most once per `PRODUCER_EXPIRY_INTERVAL_MS`).
-    fn expire_producers(&mut self) {
+    /// Forgets idle producers (at most once per `PRODUCER_EXPIRY_INTERVAL_MS` of the monotonic clock).
+    fn expire_producers(&mut self, wall_clock_ms: TimestampMs) {
         if self.now_ms - self.producers_expired_ms >= PRODUCER_EXPIRY_INTERVAL_MS {
             self.producers_expired_ms = self.now_ms;
-            self.producers.expire(self.now_ms, self.config.producer_state_ms_max);
+            self.producers.expire(wall_clock_ms, self.config.producer_state_ms_max);
         }
     }
 
