@@ -315,7 +315,10 @@ mod tests {
             let text = write(&written);
             let parsed = parse(&text).unwrap();
             assert_eq!(parsed, written, "{text}");
-            let queue_verdict = |file: &HistoryFile| queue_checker::check(file.queue.as_ref().unwrap()).is_valid();
+            let queue_verdict = |file: &HistoryFile| {
+                let options = queue_checker::CheckOptions { exactly_once: file.exactly_once };
+                queue_checker::check_with(file.queue.as_ref().unwrap(), options).is_valid()
+            };
             let metadata_verdict = |file: &HistoryFile| {
                 let events: Vec<MetaEvent> = file.metadata.iter().map(|(event, _)| event.clone()).collect();
                 check_metadata(&events, file.final_topics.as_deref().unwrap()).is_valid()

@@ -164,9 +164,9 @@ pub const IDEMPOTENT_DELIVERY_TIMEOUTS_MS: [u64; 4] = [4_000, 30_000, 30_000, 30
 /// The idempotent producers' `in_flight_max` (requests over all partitions; at most
 /// `keel::client::producer::IDEMPOTENT_IN_FLIGHT_MAX` per partition whatever it is).
 pub const IDEMPOTENT_IN_FLIGHT_MAX_CHOICES: [usize; 4] = [1, 2, 5, 16];
-/// How many sends one idempotent producer process keeps outstanding. One, until the queue
-/// history admits a process with several sends outstanding (the exactly-once checker's branch).
-pub const IDEMPOTENT_SENDS_OUTSTANDING_CHOICES: [usize; 4] = [1, 1, 1, 1];
+/// How many sends one idempotent producer process keeps outstanding. Several let one process have
+/// several batches of a partition in flight, whose order the exactly-once checker then judges.
+pub const IDEMPOTENT_SENDS_OUTSTANDING_CHOICES: [usize; 4] = [1, 2, 5, 10];
 
 fn draw_idempotence(rng: &mut impl Rng) -> Idempotence {
     Idempotence {
