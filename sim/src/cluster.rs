@@ -181,6 +181,9 @@ pub struct Cluster {
     exits: Arc<Mutex<Vec<BrokerExit>>>,
     /// How many active faults clog each directed broker link `(from, to)` (broker indices).
     link_clogs: BTreeMap<(usize, usize), u32>,
+    /// How many active faults clog each directed link between a client node and a broker,
+    /// `(client index, broker index, toward the broker)`.
+    client_link_clogs: BTreeMap<(usize, usize, bool), u32>,
     /// Whether a fault changed the network's send latency.
     latency_changed: bool,
 }
@@ -196,6 +199,7 @@ impl Cluster {
             violations: Arc::default(),
             exits: Arc::default(),
             link_clogs: BTreeMap::new(),
+            client_link_clogs: BTreeMap::new(),
             latency_changed: false,
         }
     }
@@ -497,6 +501,53 @@ impl Cluster {
         }
     }
 
+    /// Clogs one direction of the link between client node `client_idx` and broker `broker`: the
+    /// client's requests (`toward_broker`) or the broker's answers. One more fault holds it closed.
+    pub fn clog_client_link(&mut self, client_idx: usize, broker: usize, toward_broker: bool) {
+        let count = self.client_link_clogs.entry((client_idx, broker, toward_broker)).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            let (from, to) = self.client_link_ends(client_idx, broker, toward_broker);
+            NetSim::current().clog_link(from.1, to.1);
+            self.note(format!("nemesis clog_link {} -> {}", from.0, to.0));
+        }
+    }
+
+    /// One fault that clogged this direction of a client's link to a broker ended; the link opens
+    /// when no other fault holds it.
+    pub fn unclog_client_link(&mut self, client_idx: usize, broker: usize, toward_broker: bool) {
+        let key = (client_idx, broker, toward_broker);
+        let Some(count) = self.client_link_clogs.get_mut(&key) else { return };
+        *count -= 1;
+        if *count == 0 {
+            self.client_link_clogs.remove(&key);
+            self.open_client_link(key);
+        }
+    }
+
+    fn open_client_link(&self, (client_idx, broker, toward_broker): (usize, usize, bool)) {
+        let (from, to) = self.client_link_ends(client_idx, broker, toward_broker);
+        NetSim::current().unclog_link(from.1, to.1);
+        self.note(format!("nemesis unclog_link {} -> {}", from.0, to.0));
+    }
+
+    /// The (name, node id) of the sending and the receiving end of a client-broker link direction.
+    fn client_link_ends(
+        &self,
+        client_idx: usize,
+        broker: usize,
+        toward_broker: bool,
+    ) -> ((String, madsim::task::NodeId), (String, madsim::task::NodeId)) {
+        let (client_name, client_node, _) = &self.clients[client_idx];
+        let client = (client_name.clone(), client_node.id());
+        let broker = (self.brokers[broker].name.clone(), self.brokers[broker].node.id());
+        if toward_broker {
+            (client, broker)
+        } else {
+            (broker, client)
+        }
+    }
+
     /// Sets the network's per-message send latency range (madsim's default is 1-10 ms).
     pub fn set_send_latency(&mut self, min: Duration, max: Duration) {
         NetSim::current().update_config(|config| config.send_latency = min..max);
@@ -563,6 +614,9 @@ impl Cluster {
             NetSim::current().unclog_link(self.brokers[from].node.id(), self.brokers[to].node.id());
             let what = format!("nemesis unclog_link {} -> {}", self.brokers[from].name, self.brokers[to].name);
             self.note(what);
+        }
+        for key in std::mem::take(&mut self.client_link_clogs).into_keys() {
+            self.open_client_link(key);
         }
         self.reset_send_latency();
         for index in 0..self.brokers.len() {

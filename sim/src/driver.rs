@@ -46,7 +46,7 @@ use crate::outcome::{acked_operations, Outcome, Verdicts, TRACE_TAIL_LINES};
 use crate::scenario::{Checker, Scenario, WorkloadKind};
 use crate::swarm::{MetaSwarm, QueueSwarm, Swarm, WorkloadSwarm};
 use crate::trace::Trace;
-use crate::workload::{client_config, Consumer, DurableAcks, ProducerNode, Recorder};
+use crate::workload::{client_config, Consumer, DurableAcks, Idempotence, ProducerNode, Recorder};
 
 /// How long the setup may take (every broker serving, a first leader elected), simulated time.
 pub const SETUP_MS_MAX: u64 = 10_000;
@@ -82,7 +82,7 @@ pub async fn run(scenario: &Scenario) -> Outcome {
 pub async fn run_with(scenario: &Scenario, options: RunOptions) -> Outcome {
     let mut run = Run::setup(scenario).await;
     let mut workload = run.start_workload().await;
-    run.nemesis(workload.clients()).await;
+    run.nemesis(workload.clients(), workload.producer_clients()).await;
     run.heal();
     match &mut workload {
         Workload::Queue(queue) => run.queue_liveness(queue).await,
@@ -138,6 +138,8 @@ struct QueueRun {
     workers: Vec<JoinHandle<()>>,
     next_process: u64,
     clients: Vec<usize>,
+    /// The client nodes of `clients` that run producers.
+    producer_clients: Vec<usize>,
 }
 
 struct MetaRun {
@@ -152,6 +154,14 @@ impl Workload {
     fn clients(&self) -> Vec<usize> {
         match self {
             Workload::Queue(queue) => queue.clients.clone(),
+            Workload::Metadata(_) => Vec::new(),
+        }
+    }
+
+    /// The client nodes among [`Workload::clients`] that run producers.
+    fn producer_clients(&self) -> Vec<usize> {
+        match self {
+            Workload::Queue(queue) => queue.producer_clients.clone(),
             Workload::Metadata(_) => Vec::new(),
         }
     }
@@ -219,14 +229,18 @@ impl Run {
 
     async fn start_workload(&mut self) -> Workload {
         match self.swarm.workload.clone() {
-            WorkloadSwarm::Queue(swarm) => Workload::Queue(Box::new(self.start_queue(swarm).await)),
+            WorkloadSwarm::Queue(swarm) => Workload::Queue(Box::new(self.start_queue(swarm, None).await)),
+            WorkloadSwarm::IdempotentQueue(swarm, idempotence) => {
+                Workload::Queue(Box::new(self.start_queue(swarm, Some(idempotence)).await))
+            }
             WorkloadSwarm::Metadata(swarm) => Workload::Metadata(self.start_metadata(&swarm)),
         }
     }
 
-    /// Creates the topic (before any fault), then starts the producers and the consumers, each
-    /// client node with its own RNG seeded from the workload's.
-    async fn start_queue(&mut self, swarm: QueueSwarm) -> QueueRun {
+    /// Creates the topic (before any fault), then starts the producers (idempotent ones with
+    /// `idempotence`) and the consumers, each client node with its own RNG seeded from the
+    /// workload's.
+    async fn start_queue(&mut self, swarm: QueueSwarm, idempotence: Option<Idempotence>) -> QueueRun {
         let addr = self.bootstrap();
         let replication = self.scenario.replication;
         let recorder = Recorder::new(self.start, self.trace.clone(), self.scenario.durable());
@@ -259,6 +273,7 @@ impl Run {
             workers: Vec::new(),
             next_process: 0,
             clients: Vec::new(),
+            producer_clients: Vec::new(),
         };
         for _ in 0..queue.swarm.producer_nodes {
             let node = self.cluster.add_client();
@@ -270,9 +285,11 @@ impl Run {
                 processes,
                 linger: Duration::from_millis(queue.swarm.linger_ms),
                 think_ms_max: queue.swarm.think_ms_max,
+                idempotence,
                 rng: StdRng::seed_from_u64(queue.rng.random()),
             };
             queue.workers.push(node.spawn(producer_node.run(queue.recorder.clone(), queue.stop.clone())));
+            queue.producer_clients.push(self.cluster.client_count() - 1);
         }
         for _ in 0..queue.swarm.consumers {
             let node = self.cluster.add_client();
@@ -316,10 +333,11 @@ impl Run {
     }
 
     /// The nemesis phase, then the check that every required fault counted.
-    async fn nemesis(&mut self, workload_clients: Vec<usize>) {
+    async fn nemesis(&mut self, workload_clients: Vec<usize>, producer_clients: Vec<usize>) {
         self.supervisor = self.monitor.as_ref().map(|monitor| monitor.supervisor(&self.cluster));
         let Run { scenario, swarm, cluster, supervisor, .. } = self;
-        let nemesis = Nemesis::new(cluster, scenario, &swarm.nemesis, supervisor.as_mut(), workload_clients);
+        let nemesis = Nemesis::new(cluster, scenario, &swarm.nemesis, supervisor.as_mut(), workload_clients)
+            .producer_clients(producer_clients);
         self.faults = nemesis.run(self.scenario.duration).await;
         self.nemesis_actions = self.trace.count_prefixed("nemesis");
         self.note(format!("faults injected {:?}", self.faults));
@@ -596,7 +614,8 @@ impl Run {
                 self.violations.extend(queue.recorder.violations());
                 let history = queue.recorder.history();
                 let fingerprint = history.fingerprint();
-                let file = HistoryFile { queue: Some(history), ..HistoryFile::default() };
+                let exactly_once = self.scenario.checks(Checker::ExactlyOnce);
+                let file = HistoryFile { queue: Some(history), exactly_once, ..HistoryFile::default() };
                 (file, fingerprint, queue.recorder.expected_anomalies())
             }
             Workload::Metadata(metadata) => {
@@ -664,7 +683,7 @@ fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
     let defaults = BrokerConfig::default();
     let snapshot_interval = match &swarm.workload {
         WorkloadSwarm::Metadata(metadata) => metadata.snapshot_interval_entries,
-        WorkloadSwarm::Queue(_) => defaults.metadata_snapshot_interval_entries,
+        WorkloadSwarm::Queue(_) | WorkloadSwarm::IdempotentQueue(..) => defaults.metadata_snapshot_interval_entries,
     };
     (0..scenario.brokers)
         .map(|_| BrokerConfig {

@@ -29,6 +29,9 @@
 //!   `power_loss`, `restart`, `pause`, `resume`, `clog`, `clog_link`, `partition`, `disk_faults`,
 //!   `bit_flip`, `heal`, ...). A `bit_flip` is instantaneous; its value says where:
 //!   `"broker-2 topics/t-0/00000000000000000000.log byte 1234 bit 5"`. Checkers ignore them; reports and plots shade fault intervals with them.
+//! - How the queue history is to be judged, when not the default: one line first,
+//!   `{"process": "checker", "type": "info", "f": "options", "value": {"exactly_once": true}}`
+//!   for a run with idempotent producers (the queue checker's exactly-once mode).
 //!
 //! Invariant: [`parse`] of [`write`]'s text gives back the same queue history, the same metadata
 //! events in the same order and the same final topic list, so a checker gives the same verdict on
@@ -42,6 +45,8 @@ use serde_json::{json, Value as Json};
 pub const NEMESIS_PROCESS: &str = "nemesis";
 /// The process name of the final topic list's line.
 pub const FINAL_PROCESS: &str = "final";
+/// The process name of the line with the checker's options.
+pub const CHECKER_PROCESS: &str = "checker";
 
 /// A fault line of the file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,6 +78,8 @@ pub struct HistoryFile {
     pub metadata: Vec<(MetaEvent, String)>,
     pub final_topics: Option<Vec<String>>,
     pub nemesis: Vec<NemesisEvent>,
+    /// The queue history is judged in the queue checker's exactly-once mode (idempotent producers).
+    pub exactly_once: bool,
 }
 
 /// The file's text: every event as one line, in time order (ties keep queue, metadata, final list,
@@ -80,6 +87,10 @@ pub struct HistoryFile {
 pub fn write(file: &HistoryFile) -> String {
     // (time, line without its index)
     let mut lines: Vec<(u64, Json)> = Vec::new();
+    if file.exactly_once {
+        let options = json!({"time_ns": 0, "process": CHECKER_PROCESS, "type": "info", "f": "options", "value": {"exactly_once": true}});
+        lines.push((0, options));
+    }
     if let Some(history) = &file.queue {
         // Sorted by the running maximum of their times, so queue events keep their order (and their
         // own index sequence survives the merge) even if a recorder's clock stood still or stepped.
@@ -178,6 +189,9 @@ pub fn parse(text: &str) -> Result<HistoryFile, String> {
             }
             (Json::String(process), "list") if process == FINAL_PROCESS => {
                 file.final_topics = Some(string_list(&event["value"]).ok_or_else(|| context("bad list".to_owned()))?);
+            }
+            (Json::String(process), "options") if process == CHECKER_PROCESS => {
+                file.exactly_once = event["value"]["exactly_once"].as_bool().unwrap_or(false);
             }
             (Json::Number(_), "create" | "delete" | "describe" | "list") => {
                 parse_meta_line(&event, time_ns, &mut invoked, &mut file.metadata).map_err(context)?;
@@ -289,6 +303,8 @@ mod tests {
                 NemesisEvent::of_trace_line(26, "nemesis bit_flip broker-2 t-0/0.log byte 7 bit 1").unwrap(),
                 NemesisEvent::of_trace_line(90, "heal begin").unwrap(),
             ],
+            // One file of each mode (the options line round-trips too).
+            exactly_once: bug,
         }
     }
 
@@ -299,7 +315,10 @@ mod tests {
             let text = write(&written);
             let parsed = parse(&text).unwrap();
             assert_eq!(parsed, written, "{text}");
-            let queue_verdict = |file: &HistoryFile| queue_checker::check(file.queue.as_ref().unwrap()).is_valid();
+            let queue_verdict = |file: &HistoryFile| {
+                let options = queue_checker::CheckOptions { exactly_once: file.exactly_once };
+                queue_checker::check_with(file.queue.as_ref().unwrap(), options).is_valid()
+            };
             let metadata_verdict = |file: &HistoryFile| {
                 let events: Vec<MetaEvent> = file.metadata.iter().map(|(event, _)| event.clone()).collect();
                 check_metadata(&events, file.final_topics.as_deref().unwrap()).is_valid()

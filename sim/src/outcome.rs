@@ -11,7 +11,7 @@
 //! workload got at least one operation acknowledged (a run that did nothing proves nothing).
 
 use keel_model::metadata_checker::{check_metadata, MetaEvent, MetaOp, MetaOutcome, MetadataReport};
-use keel_model::queue_checker::{self, AnomalyKind, QueueReport};
+use keel_model::queue_checker::{self, AnomalyKind, CheckOptions, QueueReport};
 use keel_model::raft_checker::RaftChecker;
 
 use crate::history_file::HistoryFile;
@@ -30,10 +30,12 @@ pub struct Verdicts {
 }
 
 impl Verdicts {
-    /// Judges every history the file holds: the queue history with `queue_checker`, the metadata
-    /// history with `check_metadata` against the final topic list (none read: an empty list).
+    /// Judges every history the file holds: the queue history with `queue_checker` (in its
+    /// exactly-once mode when the file says so), the metadata history with `check_metadata`
+    /// against the final topic list (none read: an empty list).
     pub fn judge(file: &HistoryFile) -> Verdicts {
-        let queue = file.queue.as_ref().map(queue_checker::check);
+        let options = CheckOptions { exactly_once: file.exactly_once };
+        let queue = file.queue.as_ref().map(|history| queue_checker::check_with(history, options));
         let metadata = (!file.metadata.is_empty() || file.final_topics.is_some()).then(|| {
             let events: Vec<MetaEvent> = file.metadata.iter().map(|(event, _)| event.clone()).collect();
             check_metadata(&events, file.final_topics.as_deref().unwrap_or_default())

@@ -20,6 +20,11 @@ use crate::swarm::{FaultClass, Use};
 pub enum WorkloadKind {
     /// Producers, consumers at the tails and a final reader on one topic ([`crate::workload`]).
     Queue,
+    /// The queue workload with idempotent producers ([`crate::workload::Idempotence`], drawn per
+    /// seed): short request timeouts, so many writes become ambiguous and are sent again, a
+    /// delivery timeout that mostly rides out the faults, several batches of a partition in flight,
+    /// and processes with several sends outstanding. Unknown outcomes are still recorded `info`.
+    IdempotentQueue,
     /// Admin processes creating, deleting, describing and listing topics ([`crate::meta_workload`]).
     Metadata,
 }
@@ -32,6 +37,11 @@ pub enum Checker {
     /// `keel_model::queue_checker` over the queue history, plus the workload's durability
     /// invariants checked during the run.
     Queue,
+    /// [`Checker::Queue`] in its exactly-once mode (with [`WorkloadKind::IdempotentQueue`]): a
+    /// send acknowledged `ok` appears exactly once, one whose outcome is unknown at most once, and
+    /// each process's sends to a partition sit in the log in the order it sent them. The history
+    /// file says so, so that it is judged the same way when read back.
+    ExactlyOnce,
     /// `keel_model::metadata_checker` over the metadata history and the final topic list.
     Metadata,
     /// `keel_model::raft_checker` fed during the run by the observers of [`crate::monitor`], whose
@@ -363,6 +373,78 @@ pub fn isr_5_swarm() -> Scenario {
     isr("isr_5_swarm", 5, faults)
 }
 
+/// The idempotent-producer scenarios' checkers: the exactly-once queue checker and the replica
+/// convergence check.
+const IDEMPOTENT_CHECKERS: &[Checker] = &[Checker::Queue, Checker::ExactlyOnce, Checker::Replicas];
+
+/// Idempotent producers (exactly-once append per partition) against replicated partitions (RF 3,
+/// min ISR 2, fsync=always, acks=all), judged in exactly-once mode.
+fn idempotent(name: &'static str, faults: Vec<(FaultClass, Use)>) -> Scenario {
+    Scenario { workload: WorkloadKind::IdempotentQueue, checkers: IDEMPOTENT_CHECKERS, ..isr(name, 3, faults) }
+}
+
+/// Partition leaders killed mid-batch again and again (plus kills of any broker, power losses and
+/// graceful restarts on some seeds): batches in flight to a dead leader are sent again to the
+/// next one, which may already hold them (replicated before the crash): each record appended
+/// once, in order.
+pub fn idempotent_leader_kill() -> Scenario {
+    idempotent(
+        "idempotent_leader_kill",
+        vec![(PartitionLeaderKill, Always), (Kill, Sometimes), (PowerLoss, Sometimes), (CleanRestart, Sometimes)],
+    )
+}
+
+/// Producers cut off from a partition leader mid-batch (both ways, or only its answers: appended
+/// and unanswered, then sent again), and leaders cut off from their followers and the controller
+/// (partitions, bridges, one-way clogs, whole-node clogs): the copies a producer sends again, and
+/// the stale requests a link delivers when it opens, are recognised.
+pub fn idempotent_partitions() -> Scenario {
+    idempotent(
+        "idempotent_partitions",
+        vec![
+            (ProducerLeaderCut, Always),
+            (Partition, Always),
+            (Bridge, Sometimes),
+            (OneWay, Sometimes),
+            (Clog, Sometimes),
+            (Delay, Sometimes),
+        ],
+    )
+}
+
+/// Every broker loses power at the same moment, again and again (fsync=always): the producers'
+/// dedup state comes back from the logs, so the batches sent again after the restart are
+/// recognised.
+pub fn idempotent_all_power_loss() -> Scenario {
+    idempotent("idempotent_all_power_loss", vec![(AllPowerLoss, Always), (Kill, Sometimes), (PowerLoss, Sometimes)])
+}
+
+/// Every fault class that applies to 3 replicated brokers and idempotent producers, rates drawn
+/// per seed.
+pub fn idempotent_swarm() -> Scenario {
+    let faults = [
+        PartitionLeaderKill,
+        ProducerLeaderCut,
+        Kill,
+        PowerLoss,
+        AllPowerLoss,
+        CleanRestart,
+        Pause,
+        Clog,
+        Partition,
+        Bridge,
+        OneWay,
+        Delay,
+        SlowFsync,
+        BitFlip,
+        DoubleFailover,
+    ]
+    .into_iter()
+    .map(|class| (class, Sometimes))
+    .collect();
+    idempotent("idempotent_swarm", faults)
+}
+
 /// Every scenario of `sim/tests/scenarios.rs`.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -385,6 +467,10 @@ pub fn all() -> Vec<Scenario> {
         isr_3_rolling_restart(),
         isr_3_bit_flips(),
         isr_5_swarm(),
+        idempotent_leader_kill(),
+        idempotent_partitions(),
+        idempotent_all_power_loss(),
+        idempotent_swarm(),
     ]
 }
 

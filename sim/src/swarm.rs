@@ -12,6 +12,7 @@
 use madsim::rand::{thread_rng, Rng};
 
 use crate::scenario::{Scenario, WorkloadKind};
+use crate::workload::Idempotence;
 
 /// Whether a scenario's nemesis uses a fault class.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +44,11 @@ pub enum FaultClass {
     AllPowerLoss,
     /// Kill whichever broker leads the metadata group (a kill that hits the leader counts too).
     LeaderKill,
+    /// Kill the broker that leads a partition of the workload's topic (drawn among the partitions
+    /// whose leader, per the controller's metadata, serves), restarted after the outage: the
+    /// producers' batches in flight to it are cut mid-request and go to the next leader. Counted
+    /// when it hit a serving partition leader.
+    PartitionLeaderKill,
     /// Graceful restart (ctrl-c, bounded wait for the exit, restart).
     CleanRestart,
     /// The broker stops being scheduled (a GC or VM stall).
@@ -56,6 +62,12 @@ pub enum FaultClass {
     Bridge,
     /// One-way link clogs (e.g. a leader that can send but not hear, or the reverse).
     OneWay,
+    /// A producer's client node cut off from the leader of a partition it writes to, which keeps
+    /// talking to every other node: both directions, only the answers (requests arrive and are
+    /// appended, answers are held, so the producer times out and sends again) or only the
+    /// requests. Held data is delivered when the link opens (madsim never breaks a connection on a
+    /// clog), so stale requests reach the leader late. Counted when the leader served.
+    ProducerLeaderCut,
     /// Slower messages (madsim's send latency).
     Delay,
     /// Slow fsyncs on the data disk (counted when a sync waited).
@@ -120,6 +132,8 @@ pub struct NemesisSwarm {
 #[derive(Clone, Debug, PartialEq)]
 pub enum WorkloadSwarm {
     Queue(QueueSwarm),
+    /// The queue workload with idempotent producers set up as the second field says.
+    IdempotentQueue(QueueSwarm, Idempotence),
     Metadata(MetaSwarm),
 }
 
@@ -137,6 +151,30 @@ pub struct QueueSwarm {
     pub poll_wait_ms_max: u64,
     /// Seed of the workload's own RNG (workloads take an injected RNG; see [`crate::workload`]).
     pub rng_seed: u64,
+}
+
+/// Producer request timeouts the idempotent scenarios draw from: short, so that a slow answer (an
+/// fsync, a replica behind, a delayed link) already makes a write ambiguous and the producer sends
+/// it again, and the broker has to recognise the copy.
+pub const IDEMPOTENT_REQUEST_TIMEOUTS_MS: [u64; 4] = [100, 200, 400, 1_000];
+/// Delivery timeouts the idempotent scenarios draw from: mostly longer than the faulty phase, so a
+/// record rides out every fault and ends `ok` (or definitely failed); one draw in four is short, so
+/// records also expire with attempts in flight (their outcome is then unknown: at most once).
+pub const IDEMPOTENT_DELIVERY_TIMEOUTS_MS: [u64; 4] = [4_000, 30_000, 30_000, 30_000];
+/// The idempotent producers' `in_flight_max` (requests over all partitions; at most
+/// `keel::client::producer::IDEMPOTENT_IN_FLIGHT_MAX` per partition whatever it is).
+pub const IDEMPOTENT_IN_FLIGHT_MAX_CHOICES: [usize; 4] = [1, 2, 5, 16];
+/// How many sends one idempotent producer process keeps outstanding. Several let one process have
+/// several batches of a partition in flight, whose order the exactly-once checker then judges.
+pub const IDEMPOTENT_SENDS_OUTSTANDING_CHOICES: [usize; 4] = [1, 2, 5, 10];
+
+fn draw_idempotence(rng: &mut impl Rng) -> Idempotence {
+    Idempotence {
+        request_timeout_ms: IDEMPOTENT_REQUEST_TIMEOUTS_MS[rng.gen_range(0..4)],
+        delivery_timeout_ms: IDEMPOTENT_DELIVERY_TIMEOUTS_MS[rng.gen_range(0..4)],
+        in_flight_max: IDEMPOTENT_IN_FLIGHT_MAX_CHOICES[rng.gen_range(0..4)],
+        sends_outstanding_max: IDEMPOTENT_SENDS_OUTSTANDING_CHOICES[rng.gen_range(0..4)],
+    }
 }
 
 /// The metadata workload's shape.
@@ -210,16 +248,24 @@ impl Swarm {
             meta_write_error_probability_max: [0.05, 0.3, 1.0][rng.gen_range(0..3)],
         };
         let workload = match scenario.workload {
-            WorkloadKind::Queue => WorkloadSwarm::Queue(QueueSwarm {
-                partitions: rng.gen_range(1..=4),
-                producer_nodes: rng.gen_range(1..=3),
-                processes_per_node: rng.gen_range(1..=4),
-                linger_ms: [0, 1, 2, 5, 10][rng.gen_range(0..5)],
-                think_ms_max: [0, 2, 10, 50][rng.gen_range(0..4)],
-                consumers: rng.gen_range(1..=3),
-                poll_wait_ms_max: [0, 5, 20, 200][rng.gen_range(0..4)],
-                rng_seed: rng.gen(),
-            }),
+            WorkloadKind::Queue | WorkloadKind::IdempotentQueue => {
+                let queue = QueueSwarm {
+                    partitions: rng.gen_range(1..=4),
+                    producer_nodes: rng.gen_range(1..=3),
+                    processes_per_node: rng.gen_range(1..=4),
+                    linger_ms: [0, 1, 2, 5, 10][rng.gen_range(0..5)],
+                    think_ms_max: [0, 2, 10, 50][rng.gen_range(0..4)],
+                    consumers: rng.gen_range(1..=3),
+                    poll_wait_ms_max: [0, 5, 20, 200][rng.gen_range(0..4)],
+                    rng_seed: rng.gen(),
+                };
+                // Drawn last, so that the plain queue scenarios draw exactly what they drew before.
+                if scenario.workload == WorkloadKind::IdempotentQueue {
+                    WorkloadSwarm::IdempotentQueue(queue, draw_idempotence(&mut rng))
+                } else {
+                    WorkloadSwarm::Queue(queue)
+                }
+            }
             WorkloadKind::Metadata => WorkloadSwarm::Metadata(MetaSwarm {
                 admin_processes: rng.gen_range(2..=5),
                 names_pool: [2, 4, 8, 64][rng.gen_range(0..4)],

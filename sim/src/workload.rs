@@ -8,6 +8,11 @@
 //!   have at most one operation outstanding) through a [`Producer`] shared by the processes of one
 //!   client node, so lingering batches carry records of several processes. Each outcome is recorded
 //!   as `ok` (with the acked offset), `fail` (definitely not written) or `info` (unknown).
+//! - With [`Idempotence`] the node's producer is idempotent (`idempotent: true`, a short request
+//!   timeout, a long delivery timeout) and a process may keep several sends outstanding: it records
+//!   each invoke before it hands the record to the producer, so its invokes are in the order the
+//!   producer got its records (the order the exactly-once checker holds the log to). Otherwise the
+//!   producer is plain (`idempotent: false`).
 //! - A *consumer* polls random partitions from its own positions and records every poll. Once caught
 //!   up it polls at the tails, where records appear first (and where a broker that served records
 //!   before they were durable would show them).
@@ -28,10 +33,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keel::batch::Record;
-use keel::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig};
+use keel::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig, RecordMetadata};
 use keel::protocol::{Acks, ErrorCode};
 use keel::types::Offset as KeelOffset;
-use keel_model::history::{EventKind, History, Offset, Op, Partition, PollReads, ProcessId, Value};
+use keel_model::history::{EventKind, History, Offset, Op, Partition, PendingSend, PollReads, ProcessId, Value};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -155,6 +160,47 @@ impl Recorder {
         *lock(&self.send_errors).entry(what).or_default() += 1;
     }
 
+    /// Records how a send ended: `ok` with its offset (checked: the partition it was sent to, and
+    /// durable on enough replicas), `info` when its outcome is unknown, `fail` when it definitely
+    /// was not written; `None` is a send that did not resolve within [`OPERATION_MS_MAX`] (a hang:
+    /// a violation, recorded `info`). Returns whether the send resolved.
+    fn send_resolved(
+        &self,
+        pending: PendingSend,
+        partition: u32,
+        outcome: Option<Result<RecordMetadata, ClientError>>,
+    ) -> bool {
+        let now_ns = self.now_ns();
+        match outcome {
+            Some(Ok(metadata)) => {
+                let (process, value) = (pending.process(), pending.value().0.clone());
+                if metadata.partition != partition || metadata.offset.0 < 0 {
+                    self.violation(format!(
+                        "process {process}: {value} sent to partition {partition} acked as {metadata:?}"
+                    ));
+                }
+                self.acked(partition, metadata.offset.0);
+                self.ack_durable(partition, metadata.offset.0, &value);
+                lock(&self.history).send_ok(pending, now_ns, Offset(metadata.offset.0.max(0) as u64));
+            }
+            Some(Err(error)) if error.is_ambiguous() => {
+                self.send_error(&error);
+                lock(&self.history).send_info(pending, now_ns);
+            }
+            Some(Err(error)) => {
+                self.send_error(&error);
+                lock(&self.history).send_fail(pending, now_ns);
+            }
+            None => {
+                let (process, value) = (pending.process(), pending.value().0.clone());
+                self.violation(format!("process {process}: send of {value} hung for {OPERATION_MS_MAX} ms"));
+                lock(&self.history).send_info(pending, now_ns);
+                return false;
+            }
+        }
+        true
+    }
+
     /// Sends acked so far.
     pub fn sends_acked(&self) -> usize {
         let history = lock(&self.history);
@@ -236,6 +282,40 @@ fn value_of(bytes: Option<&Bytes>) -> Value {
     Value(bytes.map_or_else(String::new, |bytes| String::from_utf8_lossy(bytes).into_owned()))
 }
 
+/// How a node's producer is idempotent (the `idempotent_*` scenarios): `idempotent: true` with its
+/// own short request timeout and long delivery timeout, and processes that keep several sends
+/// outstanding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Idempotence {
+    /// The producer client's request timeout: short, so that a slow answer makes a write ambiguous
+    /// and the producer sends it again.
+    pub request_timeout_ms: u64,
+    /// How long the producer keeps sending a record again before it reports the outcome.
+    pub delivery_timeout_ms: u64,
+    /// The producer's `in_flight_max`.
+    pub in_flight_max: usize,
+    /// Sends one process keeps outstanding (invoked, not yet resolved).
+    pub sends_outstanding_max: usize,
+}
+
+/// The client and producer settings of a producer node: acks=all, the node's linger; plain
+/// (`idempotent: false`, the client settings of [`client_config`]) or as `idempotence` says. The
+/// plain scenarios judge the plain producer's promises (an unknown outcome is never sent again);
+/// the `idempotent_*` scenarios run the idempotent one.
+pub fn producer_configs(linger: Duration, idempotence: Option<Idempotence>) -> (ClientConfig, ProducerConfig) {
+    let plain = ProducerConfig { acks: Acks::All, linger, idempotent: false, ..ProducerConfig::default() };
+    let Some(idempotence) = idempotence else { return (client_config(), plain) };
+    let client =
+        ClientConfig { request_timeout: Duration::from_millis(idempotence.request_timeout_ms), ..client_config() };
+    let producer = ProducerConfig {
+        idempotent: true,
+        in_flight_max: idempotence.in_flight_max,
+        delivery_timeout: Duration::from_millis(idempotence.delivery_timeout_ms),
+        ..plain
+    };
+    (client, producer)
+}
+
 /// One client node's producer processes.
 pub struct ProducerNode {
     pub addr: String,
@@ -245,6 +325,8 @@ pub struct ProducerNode {
     pub linger: Duration,
     /// Pause between one process's sends, drawn from `[0, think_ms_max]`.
     pub think_ms_max: u64,
+    /// `None`: a plain producer, one send outstanding per process.
+    pub idempotence: Option<Idempotence>,
     /// The node's RNG (each process gets its own, seeded from it).
     pub rng: StdRng,
 }
@@ -252,12 +334,8 @@ pub struct ProducerNode {
 impl ProducerNode {
     /// Runs every process until `stop`; returns when each has resolved its last send.
     pub async fn run(mut self, recorder: Arc<Recorder>, stop: CancellationToken) {
-        let client = Client::new(self.addr.clone(), client_config());
-        // Not idempotent: these scenarios judge the plain producer's promises (an unknown outcome is
-        // never re-sent); the `idempotent_*` scenarios run the idempotent one.
-        let config =
-            ProducerConfig { acks: Acks::All, linger: self.linger, idempotent: false, ..ProducerConfig::default() };
-        let producer = Producer::new(client, config);
+        let (client_config, config) = producer_configs(self.linger, self.idempotence);
+        let producer = Producer::new(Client::new(self.addr.clone(), client_config), config);
         let mut tasks = Vec::new();
         for process in self.processes.iter().copied() {
             let (producer, recorder, stop, topic) =
@@ -269,7 +347,17 @@ impl ProducerNode {
                 think_ms_max: self.think_ms_max,
                 rng: StdRng::seed_from_u64(self.rng.random()),
             };
-            tasks.push(tokio::spawn(async move { run_producer_process(shape, producer, &recorder, &stop).await }));
+            let task = match self.idempotence {
+                None => tokio::spawn(async move { run_producer_process(shape, producer, &recorder, &stop).await }),
+                Some(idempotence) => tokio::spawn(run_pipelined_process(
+                    shape,
+                    producer,
+                    recorder,
+                    stop,
+                    idempotence.sends_outstanding_max,
+                )),
+            };
+            tasks.push(task);
         }
         for task in tasks {
             let _ = task.await;
@@ -305,37 +393,70 @@ async fn run_producer_process(shape: ProcessShape, producer: Producer, recorder:
             delivered(delivery).await
         })
         .await;
-        let now_ns = recorder.now_ns();
-        match outcome {
-            Ok(Ok(metadata)) => {
-                if metadata.partition != partition || metadata.offset.0 < 0 {
-                    recorder.violation(format!(
-                        "process {process}: {value} sent to partition {partition} acked as {metadata:?}"
-                    ));
-                }
-                recorder.acked(partition, metadata.offset.0);
-                recorder.ack_durable(partition, metadata.offset.0, &value);
-                lock(&recorder.history).send_ok(pending, now_ns, Offset(metadata.offset.0.max(0) as u64));
-            }
-            Ok(Err(error)) if error.is_ambiguous() => {
-                recorder.send_error(&error);
-                lock(&recorder.history).send_info(pending, now_ns);
-            }
-            Ok(Err(error)) => {
-                recorder.send_error(&error);
-                lock(&recorder.history).send_fail(pending, now_ns);
-            }
-            Err(_) => {
-                recorder.violation(format!("process {process}: send of {value} hung for {OPERATION_MS_MAX} ms"));
-                lock(&recorder.history).send_info(pending, now_ns);
-                return;
-            }
+        if !recorder.send_resolved(pending, partition, outcome.ok()) {
+            return;
         }
-        if think_ms_max > 0 {
-            let think_ms = rng.random_range(0..=think_ms_max);
-            if think_ms > 0 {
-                tokio::time::sleep(Duration::from_millis(think_ms)).await;
-            }
+        think(&mut rng, think_ms_max).await;
+    }
+}
+
+/// A producer process that keeps up to `sends_outstanding_max` sends outstanding: it records each
+/// send's invoke and then hands the record to the producer, in that order, before the next send
+/// (so its invokes are in the order the producer got its records), and a task of its own waits
+/// for each delivery and records it. Returns when every send it invoked is resolved.
+async fn run_pipelined_process(
+    shape: ProcessShape,
+    producer: Producer,
+    recorder: Arc<Recorder>,
+    stop: CancellationToken,
+    sends_outstanding_max: usize,
+) {
+    let ProcessShape { process, topic, partitions, think_ms_max, mut rng } = shape;
+    let outstanding = Arc::new(tokio::sync::Semaphore::new(sends_outstanding_max));
+    let mut sequence = 0u64;
+    while !stop.is_cancelled() {
+        let Ok(permit) = outstanding.clone().acquire_owned().await else { return };
+        let partition = rng.random_range(0..partitions);
+        let value = format!("{}-{sequence}", process.0);
+        sequence += 1;
+        let pending = lock(&recorder.history).invoke_send(
+            process,
+            recorder.now_ns(),
+            Partition::of_topic(&topic, partition),
+            value.as_str(),
+        );
+        let deadline = Instant::now() + Duration::from_millis(OPERATION_MS_MAX);
+        let record = Record::value(Bytes::from(value));
+        let delivery = tokio::time::timeout(
+            Duration::from_millis(OPERATION_MS_MAX),
+            producer.send(&topic, Some(partition), record),
+        )
+        .await;
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let outcome = match delivery {
+                // `timeout_at` does not build under madsim.
+                Ok(delivery) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    tokio::time::timeout(left, delivered(delivery)).await.ok()
+                }
+                Err(_) => None,
+            };
+            recorder.send_resolved(pending, partition, outcome);
+            drop(permit);
+        });
+        think(&mut rng, think_ms_max).await;
+    }
+    // Every permit back: every send resolved.
+    let _ = outstanding.acquire_many(sends_outstanding_max as u32).await;
+}
+
+/// A pause drawn from `[0, think_ms_max]` between two sends of a process.
+async fn think(rng: &mut StdRng, think_ms_max: u64) {
+    if think_ms_max > 0 {
+        let think_ms = rng.random_range(0..=think_ms_max);
+        if think_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(think_ms)).await;
         }
     }
 }

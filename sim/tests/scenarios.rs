@@ -463,7 +463,8 @@ fn same_seed_same_trace_hash() {
 
 /// `KEEL_SIM_HISTORY` (here its option) writes a history file that parses back to the same
 /// histories, on which the checkers give the same verdicts and reports as in the run: for the queue
-/// workload and for the metadata workload (short runs of one seed each).
+/// workload, the metadata workload and the idempotent queue workload (judged exactly-once; short
+/// runs of one seed each).
 #[test]
 fn history_file_parses_back_with_the_same_verdict() {
     use keel_sim::history_file;
@@ -472,14 +473,20 @@ fn history_file_parses_back_with_the_same_verdict() {
     let dir = std::env::temp_dir().join(format!("keel-sim-history-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let short = |scenario: Scenario| Scenario { duration: std::time::Duration::from_secs(3), ..scenario };
-    for scenario in [short(scenario::single_broker_swarm()), short(scenario::raft_3_voters_swarm())] {
+    for scenario in [
+        short(scenario::single_broker_swarm()),
+        short(scenario::raft_3_voters_swarm()),
+        short(scenario::idempotent_swarm()),
+    ] {
         let name = scenario.name;
+        let scenario_exactly_once = scenario.checks(scenario::Checker::ExactlyOnce);
         let outcome = run_seed_with(scenario, 3, RunOptions { history_dir: Some(dir.clone()) });
         let path = dir.join(format!("{name}-3.jsonl"));
         let text = std::fs::read_to_string(&path).unwrap();
         let parsed = history_file::parse(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()));
         assert!(!parsed.nemesis.is_empty(), "{name}: no nemesis events in the file");
         assert!(parsed.queue.is_some() || !parsed.metadata.is_empty(), "{name}: an empty history");
+        assert_eq!(parsed.exactly_once, scenario_exactly_once, "{name}: the checker's mode");
         let verdicts = Verdicts::judge(&parsed);
         assert_eq!(verdicts.is_valid(), outcome.verdicts.is_valid(), "{name}");
         assert_eq!(format!("{verdicts:?}"), format!("{:?}", outcome.verdicts), "{name}: the reports differ");
@@ -553,4 +560,36 @@ async fn isr_3_bit_flips() {
 async fn isr_5_swarm() {
     keel_sim::init_logging();
     driver::run(&scenario::isr_5_swarm()).await.assert_valid();
+}
+
+/// Idempotent producers (exactly-once checker), partition leaders killed mid-batch again and again:
+/// batches sent again to the next leader are appended once, in order.
+#[madsim::test]
+async fn idempotent_leader_kill() {
+    keel_sim::init_logging();
+    driver::run(&scenario::idempotent_leader_kill()).await.assert_valid();
+}
+
+/// Idempotent producers cut off from a partition leader mid-batch (both ways, or only its answers)
+/// and leaders cut off from their followers: copies sent again, and stale requests delivered when a
+/// link opens, are recognised.
+#[madsim::test]
+async fn idempotent_partitions() {
+    keel_sim::init_logging();
+    driver::run(&scenario::idempotent_partitions()).await.assert_valid();
+}
+
+/// Idempotent producers, every broker losing power at once (fsync=always): the dedup state comes
+/// back from the logs.
+#[madsim::test]
+async fn idempotent_all_power_loss() {
+    keel_sim::init_logging();
+    driver::run(&scenario::idempotent_all_power_loss()).await.assert_valid();
+}
+
+/// Idempotent producers, 3 brokers, every fault class that applies, rates drawn per seed.
+#[madsim::test]
+async fn idempotent_swarm() {
+    keel_sim::init_logging();
+    driver::run(&scenario::idempotent_swarm()).await.assert_valid();
 }
