@@ -493,7 +493,7 @@ pub struct RegressionSeed {
     pub found: &'static str,
 }
 
-/// Seeds that found bugs (Raft ones first, then ISR ones), replayed first by CI: `raft_regression_seeds` in
+/// Seeds that found bugs (Raft ones first, then queue ones), replayed first by CI: `raft_regression_seeds` in
 /// `sim/tests/scenarios.rs`, a plain `#[test]`, runs each and requires it to pass.
 ///
 /// Add a seed when it finds a bug (before fixing it, check that it fails); once fixed, put its new
@@ -604,5 +604,14 @@ pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
                 raced `stop_partitions`), which then led its leader epoch a second time in one incarnation \
                 and panicked on the epoch cache. Fix: `stop_partitions` holds the reconcile lock and no \
                 reconcile opens anything after it",
+    },
+    RegressionSeed {
+        scenario: "idempotent_swarm",
+        seed: 36,
+        trace_hash: 0xd2f0_2c2c_bdd4_5db7,
+        found: "a harness hang: a double failover whose second crash was due while the new leader was not \
+                serving woke the nemesis at that past due time again and again, so the simulation spun \
+                without simulated time passing (with the bug planted back the seed never ends). Fix: \
+                `Nemesis::step_double_failover` wakes only at future times",
     },
 ];
