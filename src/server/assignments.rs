@@ -97,6 +97,10 @@ pub struct Assignments<D: Disk> {
     /// How long a lease lasts from the heartbeat that granted it (`fence_after_ms` less a margin for
     /// clock skew between this broker and the controller).
     lease_ms: u64,
+    /// Set by `controlled_shutdown` before it proposes `ControlledShutdown`: that entry gives this
+    /// broker's partitions new leaders at once, not a fence timeout after its last heartbeat, so from
+    /// then on the lease no longer holds, whatever heartbeats apply (ADR 0014).
+    lease_revoked: AtomicBool,
     /// The rest of the producer-id block this broker took from the metadata group: `[next, end)`.
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
 }
@@ -156,6 +160,7 @@ impl<D: Disk> Assignments<D> {
             partitions_stopped: AtomicBool::new(false),
             lease_until: std::sync::Mutex::new(None),
             lease_ms: lease_ms(fence_after_ms),
+            lease_revoked: AtomicBool::new(false),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
         })
     }
@@ -240,6 +245,15 @@ impl<D: Disk> Assignments<D> {
             return Err(TopicError {
                 code: ErrorCode::NotLeader,
                 message: format!("broker {} does not lead {topic}/{partition}; its leader is {leader}", self.node_id),
+            });
+        }
+        if self.lease_revoked.load(Ordering::Acquire) {
+            return Err(TopicError {
+                code: ErrorCode::NotLeader,
+                message: format!(
+                    "broker {} is shutting down and handing {topic}/{partition} to another replica: refresh metadata",
+                    self.node_id
+                ),
             });
         }
         if !self.holds_lease() {
@@ -422,6 +436,11 @@ impl<D: Disk> Assignments<D> {
         let Some(registered_index) = registration else { return false };
         let deadline = tokio::time::Instant::now() + Duration::from_millis(CONTROLLED_SHUTDOWN_TIMEOUT_MS);
         self.hand_over_raft_leadership(deadline).await;
+        // From here on another broker may lead this one's partitions as soon as the entry applies,
+        // which this broker may not hear for a while (cut off from the metadata group): it stops
+        // answering clients on them first (`idempotent_swarm` seed 4022: a broker that proposed its
+        // shutdown and was then cut off served a stale high watermark for 2.6 s).
+        self.lease_revoked.store(true, Ordering::Release);
         let command = MetaCommand::ControlledShutdown { node_id: me, registered_index };
         let applied = self.propose_until(command, deadline).await;
         let done = matches!(applied, Ok(Ok(MetaResult::Ok)));
