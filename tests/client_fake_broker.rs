@@ -685,3 +685,36 @@ async fn an_idempotent_batch_is_reported_unknown_only_after_its_delivery_timeout
     assert!(started.elapsed() >= Duration::from_millis(600), "given up before its delivery timeout");
     assert!(seen.lock().unwrap().len() >= 3, "re-sent meanwhile: {:?}", seen.lock().unwrap());
 }
+
+/// The broker dedups a producer's last 5 batches, so while a batch's outcome is unknown the producer
+/// gives sequences to at most 4 batches after it, acknowledged ones included: otherwise the retry of
+/// the oldest could fall out of the broker's window and be refused `OutOfOrderSequence` although it
+/// was appended (`idempotent_partitions` seed 20659).
+#[tokio::test]
+async fn no_batch_gets_a_sequence_past_the_window_of_an_unresolved_one() {
+    let a_attempts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let attempts = a_attempts.clone();
+    let (addr, seen) = idempotent_broker(move |_, batch| {
+        if batch.value == "a" && attempts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 3 {
+            return produce_refused(ErrorCode::NotLeaderAfterAppend);
+        }
+        produced(i64::from(batch.sequence) + 100)
+    })
+    .await;
+    let config = ProducerConfig { batch_bytes_max: 360, ..idempotent_config() };
+    let producer = Producer::new(fast_client(addr.to_string()), config);
+    let record = |letter: char| Record::value(format!("{letter}{}", "x".repeat(199)));
+    let mut deliveries = Vec::new();
+    for letter in ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'] {
+        deliveries.push(producer.send(TOPIC, Some(0), record(letter)).await);
+    }
+    for (index, delivery) in deliveries.into_iter().enumerate() {
+        let metadata = timeout(WAIT_MAX, delivered(delivery)).await.unwrap().unwrap();
+        assert_eq!(metadata.offset, keel::types::Offset(100 + index as i64), "each batch once, in order");
+    }
+    let seen = seen.lock().unwrap();
+    let a_resolved = seen.iter().enumerate().filter(|(_, batch)| batch.value == "a").nth(3).expect("a sent 4 times").0;
+    let before: Vec<&SeenBatch> = seen[..a_resolved].iter().collect();
+    assert!(before.iter().all(|batch| batch.sequence < 5), "a sequence past a's window before a resolved: {seen:?}");
+    assert!(seen.iter().any(|batch| batch.value == "f"), "the later batches went out after: {seen:?}");
+}

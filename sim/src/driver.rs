@@ -303,6 +303,16 @@ impl Run {
             };
             queue.workers.push(node.spawn(consumer.run(queue.recorder.clone(), queue.stop.clone())));
         }
+        if idempotence.is_some() {
+            let node = self.cluster.add_client();
+            let replayer = crate::replayer::Replayer {
+                addr: addr.clone(),
+                topic: TOPIC.to_owned(),
+                partitions,
+                rng: StdRng::seed_from_u64(queue.rng.random()),
+            };
+            queue.workers.push(node.spawn(replayer.run(queue.recorder.clone(), queue.stop.clone())));
+        }
         // Every client node but the admin's (index 0, idle from here on) runs the workload.
         queue.clients = (1..self.cluster.client_count()).collect();
         queue

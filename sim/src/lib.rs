@@ -81,6 +81,7 @@ pub mod monitor;
 pub mod nemesis;
 #[cfg(madsim)]
 pub mod outcome;
+pub mod replayer;
 #[cfg(madsim)]
 pub mod replicas;
 #[cfg(madsim)]

@@ -224,6 +224,11 @@ impl Recorder {
         }
     }
 
+    /// Records `what` in the trace (not a violation).
+    pub fn note(&self, what: String) {
+        self.trace.record(self.now_ns(), what);
+    }
+
     pub fn violation(&self, message: String) {
         self.trace.record(self.now_ns(), format!("violation {message}"));
         lock(&self.violations).push(message);
@@ -349,13 +354,7 @@ impl ProducerNode {
             };
             let task = match self.idempotence {
                 None => tokio::spawn(async move { run_producer_process(shape, producer, &recorder, &stop).await }),
-                Some(idempotence) => tokio::spawn(run_pipelined_process(
-                    shape,
-                    producer,
-                    recorder,
-                    stop,
-                    idempotence.sends_outstanding_max,
-                )),
+                Some(idempotence) => tokio::spawn(run_pipelined_process(shape, producer, recorder, stop, idempotence)),
             };
             tasks.push(task);
         }
@@ -404,14 +403,23 @@ async fn run_producer_process(shape: ProcessShape, producer: Producer, recorder:
 /// send's invoke and then hands the record to the producer, in that order, before the next send
 /// (so its invokes are in the order the producer got its records), and a task of its own waits
 /// for each delivery and records it. Returns when every send it invoked is resolved.
+///
+/// It also holds the idempotent producer to its promise that a send it reports unknown was lost to
+/// a fault it could not ride out, not to the broker: a send that ends `SequenceLost` (the partition
+/// answered `OutOfOrderSequence` or `UnknownProducerId` for the producer's oldest batch in flight,
+/// so the producer gave its sequence up) is a violation. With `fsync=always` and acks=all no fault
+/// these scenarios inject loses a producer's acknowledged sequence; only a broker bug does (a dedup
+/// window that forgot a retried batch, an older epoch's batch appended after a newer one's). Such a
+/// send ends `info`, which the queue checker accepts, so it is caught here.
 async fn run_pipelined_process(
     shape: ProcessShape,
     producer: Producer,
     recorder: Arc<Recorder>,
     stop: CancellationToken,
-    sends_outstanding_max: usize,
+    idempotence: Idempotence,
 ) {
     let ProcessShape { process, topic, partitions, think_ms_max, mut rng } = shape;
+    let sends_outstanding_max = idempotence.sends_outstanding_max;
     let outstanding = Arc::new(tokio::sync::Semaphore::new(sends_outstanding_max));
     let mut sequence = 0u64;
     while !stop.is_cancelled() {
@@ -426,7 +434,7 @@ async fn run_pipelined_process(
             value.as_str(),
         );
         let deadline = Instant::now() + Duration::from_millis(OPERATION_MS_MAX);
-        let record = Record::value(Bytes::from(value));
+        let record = Record::value(Bytes::from(value.clone()));
         let delivery = tokio::time::timeout(
             Duration::from_millis(OPERATION_MS_MAX),
             producer.send(&topic, Some(partition), record),
@@ -442,6 +450,9 @@ async fn run_pipelined_process(
                 }
                 Err(_) => None,
             };
+            if let Some(Err(error @ ClientError::SequenceLost(_))) = &outcome {
+                recorder.violation(format!("process {}: send of {value} to partition {partition}: {error}", process.0));
+            }
             recorder.send_resolved(pending, partition, outcome);
             drop(permit);
         });

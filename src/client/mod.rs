@@ -70,6 +70,12 @@ pub enum ClientError {
     /// The outcome is unknown: the request may or may not have taken effect.
     #[error("outcome unknown: {0}")]
     Ambiguous(String),
+    /// Idempotent producer: the partition lost this producer's sequence (it answered
+    /// `OutOfOrderSequence` or `UnknownProducerId` for the oldest batch in flight), so the batch is
+    /// not sent again; the outcome is unknown, as for `Ambiguous`. With acks=all on a healthy
+    /// cluster this does not happen: it means the broker lost acknowledged state.
+    #[error("outcome unknown, the partition lost this producer's sequence: {0}")]
+    SequenceLost(String),
     #[error("{code:?}: {message}")]
     Server { code: ErrorCode, message: String },
     #[error("protocol error: {0}")]
@@ -83,7 +89,7 @@ pub enum ClientError {
 impl ClientError {
     pub fn is_ambiguous(&self) -> bool {
         match self {
-            ClientError::Ambiguous(_) => true,
+            ClientError::Ambiguous(_) | ClientError::SequenceLost(_) => true,
             ClientError::Server { code, .. } => code.is_indeterminate(),
             _ => false,
         }

@@ -30,8 +30,9 @@
 //! The producer asks a broker for a producer id (`InitProducerId`) before its first batch. Each
 //! partition's lane numbers its batches: every batch carries (producer id, epoch, base sequence),
 //! sequences counting records from 0 per partition. At most [`IDEMPOTENT_IN_FLIGHT_MAX`] batches of
-//! a partition are unanswered (the broker dedups the last 5 of each producer), and they reach the
-//! wire in sequence order. A batch keeps its sequence across retries, so whatever failed in between
+//! a partition got a sequence since its oldest batch of unknown outcome (the broker dedups the last
+//! 5 of each producer, so a retry of that oldest is always recognised), and they reach the wire in
+//! sequence order. A batch keeps its sequence across retries, so whatever failed in between
 //! the broker appends it once, and a retry of an appended batch is answered with the original
 //! offsets. What happens to a batch's answer:
 //! - acknowledged (also a retry the broker recognised): its records get their offsets;
@@ -107,17 +108,22 @@ pub struct ProducerConfig {
     pub retries: u32,
     pub retry_backoff: Duration,
     /// Idempotent (the default; ADR 0015): every batch carries the producer id, epoch and sequence,
-    /// at most [`IDEMPOTENT_IN_FLIGHT_MAX`] batches per partition are unanswered, and a batch is
-    /// re-sent after any failure that may be transient (a broken connection, a leader change, a
-    /// timeout) until it gets a definite answer or `delivery_timeout` passes.
+    /// at most [`IDEMPOTENT_IN_FLIGHT_MAX`] batches per partition are in its window (see there), and
+    /// a batch is re-sent after any failure that may be transient (a broken connection, a leader
+    /// change, a timeout) until it gets a definite answer or `delivery_timeout` passes.
     pub idempotent: bool,
     /// With `idempotent`: how long after its batch closed a record may still be re-sent; then its
     /// outcome is reported (ambiguous if any attempt may have been appended).
     pub delivery_timeout: Duration,
 }
 
-/// Unanswered batches per partition of an idempotent producer: the broker dedups the last
-/// `producer_state::PRODUCER_BATCHES_KEPT` (5) batches of each producer.
+/// The window of an idempotent producer's partition: a new batch gets a sequence only while fewer
+/// than this many batches got one since the oldest whose outcome is still unknown (acknowledged
+/// ones in between included). The broker dedups the last `producer_state::PRODUCER_BATCHES_KEPT`
+/// (5) batches of each producer, so a retry of any unresolved batch is always among them. Counting
+/// only unanswered batches let batch n+5 start once n+1 was acknowledged while n waited to be
+/// re-sent; with n..n+5 appended, n's retry had left the broker's window (`idempotent_partitions`
+/// seed 20659: `OutOfOrderSequence` for the oldest batch, the sequence given up).
 pub const IDEMPOTENT_IN_FLIGHT_MAX: usize = 5;
 
 impl Default for ProducerConfig {
@@ -287,10 +293,14 @@ struct Lane {
     unanswered: usize,
     /// Idempotent: a batch was lost to the broker's sequence (a definite failure, a given-up batch,
     /// or state the partition lost): once every started batch is answered, the lane starts a new
-    /// epoch at sequence 0 (KIP-360) and its waiting batches get new sequences.
-    reset_pending: bool,
+    /// epoch at sequence 0 (KIP-360) and its waiting batches get new sequences. `Some` says why.
+    reset_pending: Option<ResetCause>,
     /// Idempotent: the `closed_seq` of every batch of the lane whose outcome is not known yet.
     outstanding: BTreeSet<u64>,
+    /// Idempotent: the `closed_seq` of the batches given a sequence in this epoch, in sequence
+    /// order, from the oldest whose outcome is not known (older ones are dropped as they resolve).
+    /// A new batch gets a sequence only while it holds fewer than [`IDEMPOTENT_IN_FLIGHT_MAX`].
+    window: VecDeque<u64>,
 }
 
 impl Lane {
@@ -712,7 +722,9 @@ impl Task {
         let mut batch = lane.waiting.pop_front().expect("checked above");
         lane.starting = true;
         if let (Some(idem), Some((producer_id, base_epoch))) = (batch.idem.as_mut(), producer) {
-            assign_sequence(lane, idem, &mut batch.request, producer_id, base_epoch);
+            if assign_sequence(lane, idem, &mut batch.request, producer_id, base_epoch) {
+                lane.window.push_back(batch.closed_seq);
+            }
             lane.unanswered += 1;
         }
         let retries = if lane.unreachable { 0 } else { retries };
@@ -819,14 +831,26 @@ impl Task {
             return false;
         }
         let Some(lane) = self.lane_mut(topic, partition) else { return false };
-        if lane.reset_pending {
+        if lane.reset_pending.is_some() {
             if lane.unanswered > 0 || lane.starting {
                 return false;
             }
             self.reset_lane(topic, partition);
         }
         let Some(lane) = self.lane_mut(topic, partition) else { return false };
-        lane.unanswered < IDEMPOTENT_IN_FLIGHT_MAX
+        if lane.unanswered >= IDEMPOTENT_IN_FLIGHT_MAX {
+            return false;
+        }
+        // A batch that already has its sequence goes again whatever the window (it is in it); a
+        // new one only while the window has room.
+        while lane.window.front().is_some_and(|oldest| !lane.outstanding.contains(oldest)) {
+            lane.window.pop_front();
+        }
+        let epoch = lane.epoch;
+        let head_sequenced = lane.waiting.front().is_some_and(|batch| {
+            batch.idem.as_ref().is_some_and(|idem| idem.assigned.is_some_and(|(assigned, _)| Some(assigned) == epoch))
+        });
+        head_sequenced || lane.window.len() < IDEMPOTENT_IN_FLIGHT_MAX
     }
 
     /// Asks for a producer id, once: the request is retried with backoff until a broker answers.
@@ -902,13 +926,15 @@ impl Task {
                 let lane = self.lane_mut(&topic, partition).expect("an answered batch's lane exists");
                 if lane.outstanding.first() == Some(&batch.closed_seq) {
                     tracing::warn!(topic, partition, ?code, "the partition lost this producer's sequence; new epoch");
-                    lane.reset_pending = true;
+                    lane.reset_for(ResetCause::SequenceLost);
                 }
                 self.retry_idempotent(&topic, partition, batch, error, false);
             }
             AnswerKind::Fail => {
                 // Its sequence is never appended: later batches must move to a new epoch.
-                self.lane_mut(&topic, partition).expect("an answered batch's lane exists").reset_pending = true;
+                self.lane_mut(&topic, partition)
+                    .expect("an answered batch's lane exists")
+                    .reset_for(ResetCause::GivenUp);
                 self.resolve(&topic, partition, batch, Err(error));
             }
         }
@@ -951,7 +977,7 @@ impl Task {
             idem.last_error.clone().unwrap_or_else(|| ClientError::Ambiguous("delivery timeout passed".into()))
         };
         if let Some(lane) = self.lane_mut(topic, partition) {
-            lane.reset_pending = true;
+            lane.reset_for(ResetCause::GivenUp);
         }
         self.resolve(topic, partition, batch, Err(error));
     }
@@ -977,7 +1003,8 @@ impl Task {
         let epoch = lane.epoch.or(base_epoch).unwrap_or(ProducerEpoch(0));
         lane.epoch = Some(ProducerEpoch(epoch.0.saturating_add(1)));
         lane.next_sequence = Sequence(0);
-        lane.reset_pending = false;
+        lane.window.clear();
+        let cause = lane.reset_pending.take();
         let (keep, unsure): (Vec<ClosedBatch>, Vec<ClosedBatch>) = std::mem::take(&mut lane.waiting)
             .into_iter()
             .partition(|batch| !batch.idem.as_ref().is_some_and(|idem| idem.maybe_appended));
@@ -985,9 +1012,39 @@ impl Task {
         tracing::info!(topic, partition, epoch = epoch.0 + 1, "idempotent lane starts a new producer epoch");
         self.waiting_batches -= unsure.len();
         for batch in unsure {
-            let message = "may have been appended before its partition lost this producer's sequence";
-            self.resolve(topic, partition, batch, Err(ClientError::Ambiguous(message.into())));
+            let error = match cause {
+                Some(ResetCause::SequenceLost) => ClientError::SequenceLost(
+                    "it answered OutOfOrderSequence or UnknownProducerId for the oldest batch in flight; this \
+                     batch may have been appended before that"
+                        .into(),
+                ),
+                _ => ClientError::Ambiguous(
+                    "an earlier batch to this partition was given up (delivery timeout or a definite failure); \
+                     this one may have been appended and is not sent again in the new producer epoch"
+                        .into(),
+                ),
+            };
+            self.resolve(topic, partition, batch, Err(error));
         }
+    }
+}
+
+/// Why an idempotent lane starts a new producer epoch; it decides what its maybe-appended batches
+/// are reported as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum ResetCause {
+    /// The producer gave a batch up: its delivery timeout passed, or the broker refused it for good.
+    GivenUp,
+    /// The partition answered that it lost this producer's sequence (`OutOfOrderSequence` or
+    /// `UnknownProducerId` for the lane's oldest batch).
+    SequenceLost,
+}
+
+impl Lane {
+    /// Asks for a new epoch once the lane's started batches are answered; a lost sequence outranks
+    /// a given-up batch when both happened.
+    fn reset_for(&mut self, cause: ResetCause) {
+        self.reset_pending = self.reset_pending.max(Some(cause));
     }
 }
 
@@ -1021,23 +1078,24 @@ fn idempotent_answer(code: ErrorCode) -> AnswerKind {
 }
 
 /// Gives an idempotent batch its sequence in the lane's current epoch, if it has none in it yet,
-/// and encodes its bytes with them.
+/// and encodes its bytes with them; returns whether it got a new one.
 fn assign_sequence(
     lane: &mut Lane,
     idem: &mut IdemBatch,
     request: &mut ProduceRequest,
     producer_id: ProducerId,
     base_epoch: ProducerEpoch,
-) {
+) -> bool {
     let epoch = *lane.epoch.get_or_insert(base_epoch);
     if idem.assigned.is_some_and(|(assigned, _)| assigned == epoch) {
-        return;
+        return false;
     }
     let sequence = lane.next_sequence;
     lane.next_sequence = add_sequence(sequence, idem.records.len() as i32);
     idem.assigned = Some((epoch, sequence));
     let fields = ProducerFields { producer_id, producer_epoch: epoch, base_sequence: sequence };
     request.batch = encode_batch(&idem.records, idem.timestamp_ms, fields);
+    true
 }
 
 /// Puts a produce request on its partition leader's connection (in order), retrying with backoff
