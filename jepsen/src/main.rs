@@ -14,11 +14,18 @@
 //! not run (Docker, build); 130 interrupted.
 //!
 //! # Verdict under `corrupt` (ADR 0013)
-//! Until ISR replication lands a partition has one copy, so damaging a segment loses the acknowledged
-//! records after the damage, and the checker reports them. Such anomalies are *expected* when every
-//! one of them is in a partition the nemesis corrupted (and, for a missing write, was acknowledged
-//! before the corruption); they are listed as expected and do not fail the run. Anything else does,
-//! and so does any fetch that returned a batch with a bad CRC (a broker must never serve one).
+//! With replication (the default, `--replication 3`) the nemesis damages one broker's copy, a
+//! minority, so nothing acknowledged may be lost: every anomaly fails the run. With `--replication 1`
+//! a partition has one copy, so damaging a segment loses the acknowledged records after the damage,
+//! and the checker reports them. Such anomalies are *expected* when every one of them is in a
+//! partition the nemesis corrupted (and, for a missing write, was acknowledged before the
+//! corruption); they are listed as expected and do not fail the run. Anything else does, and so does
+//! any fetch that returned a batch with a bad CRC (a broker must never serve one).
+//!
+//! # Exactly-once
+//! The producers are idempotent unless `--no-idempotence`, and the history is then judged in the
+//! checker's exactly-once mode: an acknowledged record appears exactly once, any other at most once,
+//! and each process's records in the order it sent them.
 
 mod docker;
 mod nemesis;
@@ -79,12 +86,22 @@ struct Args {
     /// write an index page.
     #[arg(long)]
     matrix: bool,
-    /// Copies of each partition (1 until ISR replication lands).
-    #[arg(long, default_value_t = 1)]
-    replication: u32,
+    /// Copies of each partition (ISR replication, ADR 0011; min ISR is min(2, replication)).
+    /// Default: 3, or --nodes if fewer.
+    #[arg(long)]
+    replication: Option<u32>,
+    /// Producers without idempotence (the history is then judged without the exactly-once rules).
+    #[arg(long)]
+    no_idempotence: bool,
     /// Seconds between faults, as MIN-MAX.
     #[arg(long, default_value = "8-12")]
     interval: String,
+}
+
+impl Args {
+    fn replication(&self) -> u32 {
+        self.replication.unwrap_or(3.min(self.nodes as u32))
+    }
 }
 
 /// What a run ended with.
@@ -144,8 +161,12 @@ fn validate(args: &Args) -> Result<(Vec<Package>, Schedule), String> {
     if args.rate == 0 || args.rate > 100_000 {
         return Err(format!("--rate must be between 1 and 100000 operations per second, got {}", args.rate));
     }
-    if args.replication == 0 || args.replication as usize > args.nodes {
-        return Err(format!("--replication must be between 1 and --nodes ({}), got {}", args.nodes, args.replication));
+    if args.replication() == 0 || args.replication() as usize > args.nodes {
+        return Err(format!(
+            "--replication must be between 1 and --nodes ({}), got {}",
+            args.nodes,
+            args.replication()
+        ));
     }
     let packages = Package::parse_list(&args.nemesis)?;
     if args.matrix && args.nemesis != "partition,kill,pause,clock,packet" {
@@ -365,7 +386,7 @@ async fn run_one(
     let partitions = (2 * args.nodes as u32).max(4);
     let mut problems: Vec<String> = Vec::new();
     let startup = wait_for_cluster(&client, args.nodes, None, RECOVERY_BOUND).await.map_err(Failure::Harness)?;
-    create_topic(&client, partitions, args.replication).await.map_err(Failure::Harness)?;
+    create_topic(&client, partitions, args.replication()).await.map_err(Failure::Harness)?;
     wait_for_cluster(&client, args.nodes, Some((TOPIC, partitions)), RECOVERY_BOUND).await.map_err(Failure::Harness)?;
     eprintln!("jepsen: cluster up in {:.1} s; topic {TOPIC} with {partitions} partitions", startup.as_secs_f64());
 
@@ -376,8 +397,15 @@ async fn run_one(
     // operation each, up to OPERATION_MS_MAX) leave others running.
     let producers = 2 * args.nodes as u32;
     let consumers = args.nodes as u32;
-    let config =
-        WorkloadConfig { bootstrap: cluster.bootstrap(), topic: TOPIC.into(), partitions, producers, consumers, seed };
+    let config = WorkloadConfig {
+        bootstrap: cluster.bootstrap(),
+        topic: TOPIC.into(),
+        partitions,
+        producers,
+        consumers,
+        seed,
+        idempotent: !args.no_idempotence,
+    };
     let workload = tokio::spawn(workload::run(config, RateLimiter::new(args.rate), recorder.clone(), stop.clone()));
     let mut nemesis = Nemesis::new(cluster.clone(), recorder.clone(), packages.to_vec(), TOPIC.into(), schedule);
     let nemesis_stop = stop.clone();
@@ -427,8 +455,10 @@ async fn run_one(
         std::io::Write::flush(&mut writer)
     });
     write_history.map_err(|e| Failure::Harness(format!("writing history.jsonl: {e}")))?;
-    let checked = queue_checker::check(&history);
-    let expected = expected_anomalies(&checked, &history, &nemesis.corruptions);
+    let options = queue_checker::CheckOptions { exactly_once: !args.no_idempotence };
+    let checked = queue_checker::check_with(&history, options);
+    let expected =
+        if args.replication() == 1 { expected_anomalies(&checked, &history, &nemesis.corruptions) } else { Vec::new() };
     let unexpected: usize = AnomalyKind::ALL
         .iter()
         .map(|kind| checked.count(*kind) - expected.iter().find(|(k, _, _)| k == kind).map_or(0, |(_, n, _)| *n))
@@ -481,12 +511,21 @@ async fn run_one(
 
     let faults = report::fault_intervals(&history);
     let mut notes = vec![
-        "The workload is the harness's own thin twin of sim/src/workload.rs (same history types, same checker); it is to be replaced by the shared one once that takes an injected RNG.".to_owned(),
+        "The workload is the harness's own thin twin of sim/src/workload.rs (same history types, same checker); it records wall time from the run's start, which the simulation's does not.".to_owned(),
         format!("Client-side operation timeouts ({} ms): {}.", workload::OPERATION_MS_MAX, recorder.timeouts()),
-        "Partitions have one copy until ISR replication lands: a killed, paused or cut-off partition leader makes its partition unavailable (fail/info), not lost.".to_owned(),
+        if args.no_idempotence {
+            "Producers without idempotence: judged without the exactly-once rules.".to_owned()
+        } else {
+            format!("Idempotent producers (delivery timeout {} ms): judged exactly-once (each acknowledged record once, any other at most once, each process's records in send order).", workload::DELIVERY_TIMEOUT_MS)
+        },
     ];
-    if packages.contains(&Package::Corrupt) {
-        notes.push("corrupt is detection only before replication: acknowledged records after the damage are lost with the only copy; anomalies confined to corrupted partitions are expected, anything else fails the run.".into());
+    if args.replication() == 1 {
+        notes.push("One copy per partition (--replication 1): a killed, paused or cut-off partition leader makes its partition unavailable (fail/info), not lost.".into());
+        if packages.contains(&Package::Corrupt) {
+            notes.push("corrupt with one copy is detection only: acknowledged records after the damage are lost with the only copy; anomalies confined to corrupted partitions are expected, anything else fails the run.".into());
+        }
+    } else {
+        notes.push(format!("{} copies per partition, min ISR {}: acks=all waits for every in-sync replica's fsync, so no fault here (corrupt damages one copy) may lose an acknowledged record; every anomaly fails the run.", args.replication(), args.replication().min(2)));
     }
     for skipped in &nemesis.skipped {
         notes.push(format!("skipped: {skipped}"));
@@ -524,8 +563,15 @@ async fn run_one(
         ("time limit".into(), format!("{} s", args.time_limit)),
         ("rate".into(), format!("{}/s offered", args.rate)),
         ("seed".into(), seed.to_string()),
-        ("topic".into(), format!("{TOPIC}: {partitions} partitions, replication {}", args.replication)),
-        ("processes".into(), format!("{producers} producers, {consumers} consumers, final reader {}", final_process.0)),
+        ("topic".into(), format!("{TOPIC}: {partitions} partitions, replication {}", args.replication())),
+        (
+            "processes".into(),
+            format!(
+                "{producers} {} producers, {consumers} consumers, final reader {}",
+                if args.no_idempotence { "plain" } else { "idempotent" },
+                final_process.0
+            ),
+        ),
         ("started".into(), format!("{start_unix_ms} ms since the epoch (history times are ns since then)")),
         ("cluster up in".into(), format!("{:.1} s", startup.as_secs_f64())),
         (
@@ -591,6 +637,8 @@ async fn run_one(
         "name": name,
         "nemesis": nemesis_text,
         "seed": seed,
+        "replication": args.replication(),
+        "idempotent": !args.no_idempotence,
         "valid": valid,
         "verdict": verdict,
         "operations": invokes,
@@ -674,6 +722,16 @@ mod tests {
         let mut argv = vec!["jepsen/run"];
         argv.extend_from_slice(extra);
         validate(&Args::try_parse_from(argv).map_err(|e| e.to_string())?)
+    }
+
+    #[test]
+    fn replication_defaults_to_three_copies_or_every_node_when_fewer() {
+        let parsed = |argv: &[&str]| Args::try_parse_from([&["jepsen/run"][..], argv].concat()).unwrap();
+        assert_eq!(parsed(&[]).replication(), 3);
+        assert_eq!(parsed(&["--nodes", "2"]).replication(), 2);
+        assert_eq!(parsed(&["--replication", "1"]).replication(), 1);
+        assert!(args(&["--nodes", "1"]).is_ok(), "one node gets one copy, not an error");
+        assert!(!parsed(&[]).no_idempotence, "idempotent producers by default");
     }
 
     #[test]

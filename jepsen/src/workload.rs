@@ -1,10 +1,9 @@
 //! The queue workload against the containers: producer processes, consumer processes, the final read,
 //! all recorded in one [`History`] (shared/HISTORY-FORMAT.md) with the time since the run started.
 //!
-//! This is a thin twin of the simulation's workload (sim/src/workload.rs), which draws from madsim's
-//! RNG and cannot run outside the simulation yet. It records the same history types in the same way,
-//! so that `keel_model::queue_checker` judges both alike; once the simulation's workload takes an
-//! injected RNG, this module is meant to be replaced by it.
+//! This is a thin twin of the simulation's workload (sim/src/workload.rs). It records the same
+//! history types in the same way, so that `keel_model::queue_checker` judges both alike; it differs
+//! where a real run needs to: wall-clock time, one client per process (below), a shared rate limit.
 //!
 //! - A *producer process* sends unique values `"<process>-<n>"` to a random partition, one at a time
 //!   (a Jepsen process has at most one operation outstanding), through its own client and
@@ -42,6 +41,9 @@ use tokio_util::sync::CancellationToken;
 
 /// An operation without an answer after this long is recorded `info` (and its process moves on).
 pub const OPERATION_MS_MAX: u64 = 10_000;
+/// The idempotent producers' delivery timeout: how long a send is sent again before it is reported
+/// (below [`OPERATION_MS_MAX`], so the producer reports it, not the harness's timeout).
+pub const DELIVERY_TIMEOUT_MS: u64 = 8_000;
 /// Bytes one fetch may return.
 pub const FETCH_BYTES_MAX: u32 = 256 * 1024;
 /// Longest a consumer's poll waits for records.
@@ -143,6 +145,8 @@ pub struct WorkloadConfig {
     pub producers: u32,
     pub consumers: u32,
     pub seed: u64,
+    /// Idempotent producers (see [`DELIVERY_TIMEOUT_MS`]).
+    pub idempotent: bool,
 }
 
 fn value_of(bytes: Option<&Bytes>) -> Value {
@@ -155,11 +159,12 @@ pub async fn run(config: WorkloadConfig, rate: Arc<RateLimiter>, recorder: Arc<R
     let producer_config = ProducerConfig {
         acks: Acks::All,
         linger: Duration::ZERO,
-        // A batch that was definitely not sent may be re-sent; the client never re-sends an ambiguous one.
+        // Plain producer: a batch that was definitely not sent may be re-sent; never an ambiguous one.
         retries: 2,
-        // The plain producer, as the runs recorded so far judged it (an idempotent one re-sends until
-        // its delivery timeout); an idempotent profile comes with issue 10's workload switch.
-        idempotent: false,
+        // Idempotent (the default, as `keel produce`): every failure that may be transient is sent
+        // again with the same sequence until the delivery timeout, which ends within OPERATION_MS_MAX.
+        idempotent: config.idempotent,
+        delivery_timeout: Duration::from_millis(DELIVERY_TIMEOUT_MS),
         ..ProducerConfig::default()
     };
     let mut tasks = Vec::new();
