@@ -10,12 +10,15 @@
 //! - [`server`]: the broker: listener, connections, topic registry, shutdown.
 //! - [`client`]: the async Rust client (producer, consumer, admin) used by the CLI, sim and benches.
 //! - [`config`]: broker configuration (flags and TOML).
+//! - [`sometimes`], [`buggify`]: the simulation's coverage counters and BUGGIFY points (no-ops in
+//!   the normal build).
 //! - `process` (normal build only): real `keel broker` processes for the real-process tests and
 //!   `keel cluster up`.
 //!
 //! See docs/ARCHITECTURE.md for the code map and its invariants.
 
 pub mod batch;
+pub mod buggify;
 pub mod cli;
 pub mod client;
 pub mod clock;
@@ -31,6 +34,7 @@ pub mod producer_state;
 pub mod protocol;
 pub mod random;
 pub mod server;
+pub mod sometimes;
 pub mod storage;
 pub mod topic_name;
 pub mod types;

@@ -11,6 +11,11 @@
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+/// One draw from the process's one source (for the rare single draws of the shell, e.g. BUGGIFY).
+pub fn draw_u64() -> u64 {
+    seed()
+}
+
 /// A generator seeded from the process's one source. Cheap enough for the rare draws of the shell;
 /// keep it when drawing often.
 pub fn rng() -> StdRng {

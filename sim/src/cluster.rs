@@ -186,10 +186,15 @@ pub struct Cluster {
     client_link_clogs: BTreeMap<(usize, usize, bool), u32>,
     /// Whether a fault changed the network's send latency.
     latency_changed: bool,
+    /// The packet loss rate the nemesis set (0 = madsim's default, none).
+    packet_loss: f64,
+    /// Brokers whose wall clock the nemesis skewed, with the offset.
+    clock_skews: BTreeMap<usize, i64>,
 }
 
 impl Cluster {
     pub fn new(trace: Trace, start: Instant) -> Cluster {
+        keel::clock::skew::clear();
         Cluster {
             handle: Handle::current(),
             brokers: Vec::new(),
@@ -201,6 +206,8 @@ impl Cluster {
             link_clogs: BTreeMap::new(),
             client_link_clogs: BTreeMap::new(),
             latency_changed: false,
+            packet_loss: 0.0,
+            clock_skews: BTreeMap::new(),
         }
     }
 
@@ -564,6 +571,34 @@ impl Cluster {
         self.note("nemesis send_latency default");
     }
 
+    /// Drops each message with probability `rate` on every link (0 ends the fault). madsim keeps a TCP
+    /// stream reliable and ordered: a lost message is sent again after a backoff from 1 ms, doubling,
+    /// so loss shows up as bursts of latency and head-of-line blocking (and failed connects).
+    pub fn set_packet_loss(&mut self, rate: f64) {
+        if rate == self.packet_loss {
+            return;
+        }
+        NetSim::current().update_config(|config| config.packet_loss_rate = rate);
+        self.packet_loss = rate;
+        self.note(format!("nemesis packet_loss {rate:.3}"));
+    }
+
+    /// Skews broker `index`'s wall clock by `offset_ms` (a jump; 0 ends the fault): its heartbeats,
+    /// record timestamps and producer-expiry checks read it ([`keel::clock::skew`]).
+    pub fn set_clock_skew(&mut self, index: usize, offset_ms: i64) {
+        let current = self.clock_skews.get(&index).copied().unwrap_or(0);
+        if current == offset_ms {
+            return;
+        }
+        keel::clock::skew::set_offset_ms(self.brokers[index].node.id(), offset_ms);
+        if offset_ms == 0 {
+            self.clock_skews.remove(&index);
+        } else {
+            self.clock_skews.insert(index, offset_ms);
+        }
+        self.note(format!("nemesis clock_skew {} {offset_ms:+} ms", self.brokers[index].name));
+    }
+
     /// Makes broker `index`'s metadata store fail writes with `probability` (0 ends the fault).
     pub fn set_meta_write_errors(&mut self, index: usize, probability: f64) {
         let broker = &self.brokers[index];
@@ -619,7 +654,9 @@ impl Cluster {
             self.open_client_link(key);
         }
         self.reset_send_latency();
+        self.set_packet_loss(0.0);
         for index in 0..self.brokers.len() {
+            self.set_clock_skew(index, 0);
             self.set_meta_write_errors(index, 0.0);
             self.set_disk_faults(index, SimDiskFaults::default());
             self.resume(index);

@@ -65,11 +65,20 @@ pub const TOPIC: &str = "t";
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub history_dir: Option<PathBuf>,
+    /// Print nothing (the campaign prints its own table and only the failures).
+    pub quiet: bool,
+    /// End the faulty phase this far into it (`KEEL_SIM_CUT_MS`; `sim/shrink`): the run up to
+    /// there is the whole run's prefix, then the heal and the checks as usual. A required fault
+    /// may not have come yet, so that check is skipped.
+    pub cut: Option<Duration>,
 }
 
 impl RunOptions {
     pub fn from_env() -> RunOptions {
-        RunOptions { history_dir: std::env::var_os("KEEL_SIM_HISTORY").map(PathBuf::from) }
+        let cut = std::env::var("KEEL_SIM_CUT_MS").ok().map(|ms| {
+            Duration::from_millis(ms.parse().unwrap_or_else(|_| panic!("KEEL_SIM_CUT_MS={ms:?}: not a number of ms")))
+        });
+        RunOptions { history_dir: std::env::var_os("KEEL_SIM_HISTORY").map(PathBuf::from), quiet: false, cut }
     }
 }
 
@@ -82,7 +91,7 @@ pub async fn run(scenario: &Scenario) -> Outcome {
 pub async fn run_with(scenario: &Scenario, options: RunOptions) -> Outcome {
     let mut run = Run::setup(scenario).await;
     let mut workload = run.start_workload().await;
-    run.nemesis(workload.clients(), workload.producer_clients()).await;
+    run.nemesis(workload.clients(), workload.producer_clients(), options.cut).await;
     run.heal();
     match &mut workload {
         Workload::Queue(queue) => run.queue_liveness(queue).await,
@@ -173,6 +182,9 @@ impl Run {
         let start = Instant::now();
         let trace = Trace::new();
         let swarm = Swarm::draw(scenario);
+        // Coverage counts and BUGGIFY live per thread: start this run's afresh.
+        let _ = keel::sometimes::take();
+        keel::buggify::enable(swarm.buggify);
         let what = format!(
             "scenario {} seed {seed} brokers {} fsync {:?} swarm {swarm:?}",
             scenario.name, scenario.brokers, scenario.fsync
@@ -343,14 +355,19 @@ impl Run {
     }
 
     /// The nemesis phase, then the check that every required fault counted.
-    async fn nemesis(&mut self, workload_clients: Vec<usize>, producer_clients: Vec<usize>) {
+    async fn nemesis(&mut self, workload_clients: Vec<usize>, producer_clients: Vec<usize>, cut: Option<Duration>) {
         self.supervisor = self.monitor.as_ref().map(|monitor| monitor.supervisor(&self.cluster));
         let Run { scenario, swarm, cluster, supervisor, .. } = self;
         let nemesis = Nemesis::new(cluster, scenario, &swarm.nemesis, supervisor.as_mut(), workload_clients)
-            .producer_clients(producer_clients);
+            .producer_clients(producer_clients)
+            .cut(cut);
         self.faults = nemesis.run(self.scenario.duration).await;
         self.nemesis_actions = self.trace.count_prefixed("nemesis");
         self.note(format!("faults injected {:?}", self.faults));
+        if let Some(cut) = cut.filter(|cut| *cut < self.scenario.duration) {
+            self.note(format!("faulty phase cut at {} ms (required faults not checked)", cut.as_millis()));
+            return;
+        }
         for class in self.scenario.required() {
             if self.faults.get(&class).copied().unwrap_or(0) == 0 {
                 let message = format!(
@@ -661,16 +678,21 @@ impl Run {
             acked,
             nemesis_actions: self.nemesis_actions,
             faults: self.faults,
+            coverage: keel::sometimes::take(),
+            buggify_fired: keel::buggify::fired(),
+            simulated_ms: self.start.elapsed().as_millis() as u64,
             trace_hash,
             trace_tail: self.trace.tail(TRACE_TAIL_LINES),
         };
-        if std::env::var_os("KEEL_SIM_TRACE").is_some() {
+        if std::env::var_os("KEEL_SIM_TRACE").is_some() && !options.quiet {
             print!("trace:\n{}", self.trace.tail(usize::MAX));
         }
         if let Some(dir) = &options.history_dir {
             write_history(dir, &outcome, &file);
         }
-        outcome.print();
+        if !options.quiet {
+            outcome.print();
+        }
         outcome
     }
 }
@@ -690,30 +712,35 @@ fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
     } else {
         Default::default()
     };
-    let defaults = BrokerConfig::default();
-    let snapshot_interval = match &swarm.workload {
-        WorkloadSwarm::Metadata(metadata) => metadata.snapshot_interval_entries,
-        WorkloadSwarm::Queue(_) | WorkloadSwarm::IdempotentQueue(..) => defaults.metadata_snapshot_interval_entries,
-    };
     (0..scenario.brokers)
         .map(|_| BrokerConfig {
             fsync: scenario.fsync,
             segment_bytes_max: 64 * 1024,
             peers: peers.clone(),
-            metadata_snapshot_interval_entries: snapshot_interval,
+            metadata_snapshot_interval_entries: swarm.snapshot_interval_entries,
             ..BrokerConfig::default()
         })
         .collect()
 }
 
-/// Creates the queue workload's topic, retrying (the first leader may still be coming).
+/// Creates the queue workload's topic, retrying (the first leader may still be coming). The harness
+/// is the topic's only creator, so "already exists" after an attempt whose outcome was unknown (a
+/// timeout) means that attempt created it.
 async fn create_topic(addr: String, partitions: u32, replication: u32) -> Result<(), String> {
+    use keel::client::ClientError;
+    use keel::protocol::ErrorCode;
+
     let client = keel::client::Client::new(addr, client_config());
     let mut last_error = String::new();
+    let mut ambiguous = false;
     for _ in 0..20 {
         match client.create_topic(TOPIC, partitions, replication).await {
             Ok(()) => return Ok(()),
-            Err(error) => last_error = error.to_string(),
+            Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) if ambiguous => return Ok(()),
+            Err(error) => {
+                ambiguous |= error.is_ambiguous();
+                last_error = error.to_string();
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -11,6 +11,8 @@
 //! shape and fault rates; one nemesis injects overlapping faults; one verdict.
 //!
 //! # Layout
+//! - `campaign` (madsim only): many seeds over every scenario on every core, with the coverage
+//!   table CI prints and enforces (`sim/tests/campaign.rs`).
 //! - `scenario` (madsim only): the `Scenario` type, the catalogue of every scenario, and the
 //!   regression seeds CI replays first.
 //! - `driver` (madsim only): the one driver: setup, workload, nemesis, heal, liveness (within one
@@ -66,6 +68,8 @@
 
 use std::sync::{Mutex, MutexGuard};
 
+#[cfg(madsim)]
+pub mod campaign;
 #[cfg(madsim)]
 pub mod cluster;
 #[cfg(madsim)]

@@ -116,6 +116,8 @@ enum Fault {
     /// Directions of client-broker links: `(client index, broker index, toward the broker)`.
     ClientLinks(Vec<(usize, usize, bool)>),
     Latency,
+    PacketLoss,
+    ClockSkew(usize),
     MetaWriteErrors(usize),
     Disk(usize, DiskFault),
     /// Advanced by [`Nemesis::step_double_failover`] rather than ended.
@@ -236,6 +238,8 @@ pub struct Nemesis<'a> {
     bit_flip_brokers_max: usize,
     /// The end of the faulty phase (a slow follower that cannot end before it is not started).
     deadline: Instant,
+    /// Stop injecting this long into the phase, planned as if it ran whole (`sim/shrink`).
+    cut: Option<Duration>,
 }
 
 impl<'a> Nemesis<'a> {
@@ -274,7 +278,16 @@ impl<'a> Nemesis<'a> {
             bit_flipped: BTreeSet::new(),
             bit_flip_brokers_max: bit_flip_brokers_max(cluster_brokers, scenario.replication as usize),
             deadline: now + scenario.duration,
+            cut: None,
         }
+    }
+
+    /// Ends the phase `cut` into it, while every decision before is taken as for the whole phase
+    /// (the same draws, the same plan), so the run up to `cut` is the whole run's prefix: what
+    /// `sim/shrink` needs to find the shortest failing prefix of a seed.
+    pub fn cut(mut self, cut: Option<Duration>) -> Nemesis<'a> {
+        self.cut = cut;
+        self
     }
 
     /// Names the client nodes that run producers (by default none: no producer cut can start).
@@ -285,8 +298,8 @@ impl<'a> Nemesis<'a> {
 
     /// Runs the nemesis for `duration`; returns how many faults of each class hit.
     pub async fn run(mut self, duration: Duration) -> FaultCounts {
-        let deadline = Instant::now() + duration;
-        self.deadline = deadline;
+        self.deadline = Instant::now() + duration;
+        let deadline = Instant::now() + self.cut.map_or(duration, |cut| cut.min(duration));
         let mut next_start = Instant::now() + self.interval();
         loop {
             self.sleep_until_next_event(next_start, deadline).await;
@@ -446,6 +459,8 @@ impl<'a> Nemesis<'a> {
             FaultClass::Partition | FaultClass::Bridge | FaultClass::OneWay => self.links(class),
             FaultClass::ProducerLeaderCut => self.producer_leader_cut(),
             FaultClass::Delay => self.delay(),
+            FaultClass::PacketLoss => self.packet_loss(),
+            FaultClass::ClockSkew => self.clock_skew(),
             FaultClass::MetaWriteErrors => self.meta_write_errors(),
             FaultClass::SlowFsync => self.slow_fsync(forced).await,
             FaultClass::FailedFsync => self.failed_fsync(forced).await,
@@ -687,6 +702,28 @@ impl<'a> Nemesis<'a> {
         Some((Some(Fault::Latency), true))
     }
 
+    /// Loses a drawn share of every link's messages (one loss fault at a time).
+    fn packet_loss(&mut self) -> Option<(Option<Fault>, bool)> {
+        if self.is_active(|fault| matches!(fault, Fault::PacketLoss)) {
+            return None;
+        }
+        let rate = thread_rng().gen_range(0.0..=self.swarm.packet_loss_max).max(0.001);
+        self.cluster.set_packet_loss(rate);
+        Some((Some(Fault::PacketLoss), true))
+    }
+
+    /// Jumps a broker's wall clock forwards or backwards by up to the seed's maximum skew.
+    fn clock_skew(&mut self) -> Option<(Option<Fault>, bool)> {
+        let target = self.random_broker();
+        if self.is_active(|fault| matches!(fault, Fault::ClockSkew(index) if *index == target)) {
+            return None;
+        }
+        let size = thread_rng().gen_range(1..=self.swarm.clock_skew_ms_max.max(1)) as i64;
+        let offset = if thread_rng().gen_bool(0.5) { size } else { -size };
+        self.cluster.set_clock_skew(target, offset);
+        Some((Some(Fault::ClockSkew(target)), true))
+    }
+
     fn meta_write_errors(&mut self) -> Option<(Option<Fault>, bool)> {
         let target = self.random_broker();
         if self.is_active(|fault| matches!(fault, Fault::MetaWriteErrors(index) if *index == target)) {
@@ -805,6 +842,8 @@ impl<'a> Nemesis<'a> {
                 }
             }
             Fault::Latency => self.cluster.reset_send_latency(),
+            Fault::PacketLoss => self.cluster.set_packet_loss(0.0),
+            Fault::ClockSkew(index) => self.cluster.set_clock_skew(index, 0),
             Fault::MetaWriteErrors(index) => self.cluster.set_meta_write_errors(index, 0.0),
             Fault::Disk(broker, kind) => {
                 let disk = &mut self.disks[broker];

@@ -10,6 +10,8 @@
 //! bounds, required faults that were not injected, the workload's durability invariants), and the
 //! workload got at least one operation acknowledged (a run that did nothing proves nothing).
 
+use keel::buggify::Point;
+use keel::sometimes::Sometimes;
 use keel_model::metadata_checker::{check_metadata, MetaEvent, MetaOp, MetaOutcome, MetadataReport};
 use keel_model::queue_checker::{self, AnomalyKind, CheckOptions, QueueReport};
 use keel_model::raft_checker::RaftChecker;
@@ -66,6 +68,12 @@ pub struct Outcome {
     pub nemesis_actions: usize,
     /// The faults the nemesis phase injected, per class.
     pub faults: FaultCounts,
+    /// How often the run reached each interesting state ([`keel::sometimes`]).
+    pub coverage: Vec<(Sometimes, u64)>,
+    /// How often each BUGGIFY point fired ([`keel::buggify`]; all 0 when the seed did not enable it).
+    pub buggify_fired: Vec<(Point, u64)>,
+    /// Simulated time the run took, setup to verdict.
+    pub simulated_ms: u64,
     pub trace_hash: u64,
     pub trace_tail: String,
 }
@@ -134,24 +142,32 @@ impl Outcome {
         println!("{}", self.summary_line());
     }
 
-    /// Panics with the reports, the violations, the trace's tail and the seed unless the run is valid.
-    pub fn assert_valid(&self) {
+    /// Why the run failed (the reports, the violations, the trace's tail and the command that
+    /// replays it), or `None` when it is valid.
+    pub fn failure(&self) -> Option<String> {
         if self.is_valid() {
-            return;
+            return None;
         }
-        panic!(
-            "scenario {} FAILED with seed {} (reproduce: cd sim && MADSIM_TEST_SEED={} cargo test {} -- --nocapture)\n\
+        Some(format!(
+            "scenario {} FAILED with seed {} (reproduce: sim/replay {} {})\n\
              swarm: {:?}\nacked operations: {}\n{}violations during the run ({}):\n{}\nlast trace events:\n{}",
             self.scenario,
             self.seed,
-            self.seed,
             self.scenario,
+            self.seed,
             self.swarm,
             self.acked,
             self.reports(),
             self.violations.len(),
             self.violations.iter().map(|violation| format!("  {violation}\n")).collect::<String>(),
             self.trace_tail,
-        );
+        ))
+    }
+
+    /// Panics with [`Outcome::failure`] unless the run is valid.
+    pub fn assert_valid(&self) {
+        if let Some(failure) = self.failure() {
+            panic!("{failure}");
+        }
     }
 }

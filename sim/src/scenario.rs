@@ -115,13 +115,24 @@ pub const RAFT_DURATION: Duration = Duration::from_secs(12);
 const QUEUE_CHECKERS: &[Checker] = &[Checker::Queue];
 const RAFT_CHECKERS: &[Checker] = &[Checker::Metadata, Checker::Raft];
 
+/// The classes every scenario adds on some seeds (swarm testing: each left out on some seeds, so
+/// other faults get seeds without them): wall-clock jumps and, where `network` (the scenario's
+/// checkers hold under any message timing), packet loss.
+fn with_background(mut faults: Vec<(FaultClass, Use)>, network: bool) -> Vec<(FaultClass, Use)> {
+    if network {
+        faults.push((FaultClass::PacketLoss, Use::Sometimes));
+    }
+    faults.push((FaultClass::ClockSkew, Use::Sometimes));
+    faults
+}
+
 fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass, Use)>) -> Scenario {
     Scenario {
         name,
         brokers: 1,
         replication: 1,
         fsync,
-        faults,
+        faults: with_background(faults, true),
         workload: WorkloadKind::Queue,
         checkers: QUEUE_CHECKERS,
         duration: QUEUE_DURATION,
@@ -134,7 +145,7 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         brokers: voters,
         replication: 1,
         fsync: FsyncPolicy::Always,
-        faults,
+        faults: with_background(faults, true),
         workload: WorkloadKind::Metadata,
         checkers: RAFT_CHECKERS,
         duration: RAFT_DURATION,
@@ -262,7 +273,7 @@ fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         brokers,
         replication: 3,
         fsync: FsyncPolicy::Always,
-        faults,
+        faults: with_background(faults, true),
         workload: WorkloadKind::Queue,
         checkers: ISR_CHECKERS,
         duration: ISR_DURATION,
@@ -324,7 +335,8 @@ pub fn isr_3_double_failover() -> Scenario {
     Scenario {
         checkers: ISR_WATCHED_CHECKERS,
         duration: DOUBLE_FAILOVER_DURATION,
-        ..isr("isr_3_double_failover", 3, vec![(DoubleFailover, Always)])
+        faults: with_background(vec![(DoubleFailover, Always)], false),
+        ..isr("isr_3_double_failover", 3, Vec::new())
     }
 }
 
@@ -342,7 +354,8 @@ pub fn isr_3_slow_follower() -> Scenario {
     Scenario {
         checkers: ISR_WATCHED_CHECKERS,
         duration: SLOW_FOLLOWER_DURATION,
-        ..isr("isr_3_slow_follower", 3, vec![(SlowFollower, Always)])
+        faults: with_background(vec![(SlowFollower, Always)], false),
+        ..isr("isr_3_slow_follower", 3, Vec::new())
     }
 }
 
@@ -479,139 +492,62 @@ pub fn by_name(name: &str) -> Option<Scenario> {
     all().into_iter().find(|scenario| scenario.name == name)
 }
 
-/// A seed that found a bug, with what it found. See [`REGRESSION_SEEDS`].
-#[derive(Clone, Copy, Debug)]
+/// A seed that found a bug: one line of `sim/failing-seeds.jsonl`, the committed file CI replays
+/// before exploring new seeds ([`crate::campaign`]; `raft_regression_seeds` in
+/// `sim/tests/scenarios.rs` replays it too).
+///
+/// Add a line when a seed finds a bug (before fixing it, check that it fails): the scenario, the
+/// seed, the commit it failed on, and what it found and where the fix is; once fixed, its
+/// `trace_hash` (16 hex digits) is the passing run's. A seed replays its run only while nothing it
+/// depends on changes (every random draw of the harness and the broker, every message); the hash
+/// tells when it drifted (printed as a note): the seed still runs and must pass, but it may no
+/// longer replay the run that found its bug. Most hashes drifted with the one-driver refactor (ADR
+/// 0009) and again with the swarm of issue 11 (BUGGIFY, packet loss, clock skew, snapshot
+/// intervals on every scenario).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegressionSeed {
     /// A name [`by_name`] knows.
-    pub scenario: &'static str,
+    pub scenario: String,
     pub seed: u64,
-    /// The seed's trace hash when it was last checked to catch its bug. Another hash means the
-    /// harness or the broker changed under the seed, so it no longer replays that run: it still runs
-    /// (and must pass), but it may have lost its teeth (the regression test prints a note).
+    /// The commit the seed failed on (abbreviated hash).
+    pub commit: String,
+    /// The passing run's trace hash when it was last checked.
     pub trace_hash: u64,
     /// What the seed found, and where the fix is.
-    pub found: &'static str,
+    pub found: String,
 }
 
-/// Seeds that found bugs (Raft ones first, then queue ones), replayed first by CI: `raft_regression_seeds` in
-/// `sim/tests/scenarios.rs`, a plain `#[test]`, runs each and requires it to pass.
-///
-/// Add a seed when it finds a bug (before fixing it, check that it fails); once fixed, put its new
-/// trace hash here. A seed replays its run only while nothing it depends on changes (every random
-/// draw of the harness and the broker, every message the broker sends); the hash tells when it
-/// drifted. The three seeds of issue 7 drifted with the fixes of the same issue (forced faults, the
-/// read-context fix), so that bug also has a seed per scenario that catches it with the current
-/// code when it is planted back; 7620439 replays its stale read exactly when its bug is planted back.
-///
-/// Every hash below drifted once more with the one-driver refactor (ADR 0009: one swarm draw, one
-/// nemesis engine, workloads with their own RNGs), so these seeds replay other runs now; they still
-/// run and must pass, and `raft_regression_seeds` prints the drift.
-pub const REGRESSION_SEEDS: &[RegressionSeed] = &[
-    RegressionSeed {
-        scenario: "raft_5_voters_partitions_and_clogs",
-        seed: 7620132,
-        trace_hash: 0x9cd2_a98e_89be_fedd,
-        found: "a node heard no leader for over 10 s after the heal: its peer sender kept writing into a \
-                stream a clog had stalled (Raft traffic is one-way, so nothing noticed); fix: the peer \
-                keepalive in `meta::node::peer_sender`. Found on the raft-seeds branch before the merge of \
-                this session's branches, which changed the run, so this hash is the passing run after the fix",
-    },
-    RegressionSeed {
-        scenario: "raft_5_voters_swarm",
-        seed: 7632155,
-        trace_hash: 0xe41f_3beb_9711_a5a1,
-        found: "the stalled peer stream of 7620132, in the swarm; same note on the hash",
-    },
-    RegressionSeed {
-        scenario: "raft_3_voters_swarm",
-        seed: 900045,
-        trace_hash: 0x6a53_94c5_98e7_ff4e,
-        found: "issue 7: duplicate-create of topic-1 and topic-3 (trace hash 9a47632a80e64604 then): a \
-                restarted node answered its new proposals with results of entries its previous incarnation \
-                proposed (request ids restarted at 1; fix: the boot nonce in `meta::node` contexts)",
-    },
-    RegressionSeed {
-        scenario: "raft_3_voters_power_loss",
-        seed: 900231,
-        trace_hash: 0xe4dc_5edc_7c24_1109,
-        found: "issue 7: not-linearizable on topic-52; same root cause as 900045",
-    },
-    RegressionSeed {
-        scenario: "raft_3_voters_leader_kill_and_restart",
-        seed: 900234,
-        trace_hash: 0x5b66_855f_86bd_20d3,
-        found: "issue 7: a phantom topic and no create through broker-2 or broker-3 after the heal (each \
-                create answered 'already exists' by an old entry's result); same root cause as 900045",
-    },
-    RegressionSeed {
-        scenario: "raft_3_voters_swarm",
-        seed: 500392,
-        trace_hash: 0x4a00_ae36_78fc_14a3,
-        found: "the bug of 900045 planted back (contexts without the boot nonce): a duplicate create",
-    },
-    RegressionSeed {
-        scenario: "raft_3_voters_power_loss",
-        seed: 500018,
-        trace_hash: 0x9763_5d07_a0ca_b157,
-        found: "the bug of 900045 planted back: phantom topics",
-    },
-    RegressionSeed {
-        scenario: "raft_3_voters_leader_kill_and_restart",
-        seed: 500129,
-        trace_hash: 0x7882_497a_d1e5_f7e2,
-        found: "the bug of 900045 planted back: a phantom topic",
-    },
-    RegressionSeed {
-        scenario: "raft_3_voters_swarm",
-        seed: 7620439,
-        trace_hash: 0x61e1_f0b7_0097_c3a0,
-        found: "a stale read: a leader paused across an election counted a pre-pause heartbeat \
-                acknowledgement of another node's read with the same request id as the quorum for its own \
-                new read (fix: `Node::read_context` names node and incarnation)",
-    },
-    RegressionSeed {
-        scenario: "raft_3_voters_leader_kill_and_restart",
-        seed: 7619461,
-        trace_hash: 0x4947_a314_b6ea_1089,
-        found: "no leader kill in a scenario named for it: pauses and kills kept a leader from existing \
-                through the forcing window (fix: no drawn fault starts while a required one is overdue; a \
-                kill that hits the leader counts as a leader kill)",
-    },
-    RegressionSeed {
-        scenario: "isr_3_slow_follower",
-        seed: 10049,
-        trace_hash: 0x4197_2d61_fea9_91e8,
-        found: "both followers of the only partition stalled and the leader never dropped them from the ISR \
-                (no ack for 15 s, no slow follower counted; trace hash fd04fa1d395f2dc3 then): the partition \
-                actor's periodic tick was counted from its last message, and a consumer polling every 10 ms \
-                kept postponing it, so the lag check never ran (fix: `partition::actor` ticks at least every \
-                replica_lag_ms_max / 4 however busy its mailbox). 20 of seeds 10000..=11999 failed so",
-    },
-    RegressionSeed {
-        scenario: "isr_3_clogs_pauses_delay",
-        seed: 248,
-        trace_hash: 0x7681_84bc_a7e4_4861,
-        found: "a stale read from a deposed leader: broker 2, paused past the fence timeout and replaced as \
-                leader of partition 1, answered consumers with a high watermark of 0 for 1.1 s after it \
-                resumed while the new leader acknowledged offsets 0 to 111 (109 violations; trace hash \
-                9d58ce6acdbd5ecc when the fix is taken out again). Fix: the controller lease (ADR 0014)",
-    },
-    RegressionSeed {
-        scenario: "single_broker_swarm",
-        seed: 81818,
-        trace_hash: 0xdd11_7f07_2908_cafd,
-        found: "a stopping broker reopened a partition it had just stopped (a reconcile after a heartbeat \
-                raced `stop_partitions`), which then led its leader epoch a second time in one incarnation \
-                and panicked on the epoch cache. Fix: `stop_partitions` holds the reconcile lock and no \
-                reconcile opens anything after it",
-    },
-    RegressionSeed {
-        scenario: "idempotent_swarm",
-        seed: 36,
-        trace_hash: 0xd2f0_2c2c_bdd4_5db7,
-        found: "a harness hang: a double failover whose second crash was due while the new leader was not \
-                serving woke the nemesis at that past due time again and again, so the simulation spun \
-                without simulated time passing (with the bug planted back the seed never ends). Fix: \
-                `Nemesis::step_double_failover` wakes only at future times",
-    },
-];
+/// The committed failing-seeds file, compiled in.
+pub const FAILING_SEEDS_JSONL: &str = include_str!("../failing-seeds.jsonl");
+
+/// Every line of `sim/failing-seeds.jsonl`, in file order. Panics on a malformed line (naming it) or
+/// an unknown scenario: the file is part of the harness.
+pub fn regression_seeds() -> Vec<RegressionSeed> {
+    FAILING_SEEDS_JSONL
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| {
+            parse_regression_seed(line)
+                .unwrap_or_else(|error| panic!("sim/failing-seeds.jsonl line {}: {error}", index + 1))
+        })
+        .collect()
+}
+
+fn parse_regression_seed(line: &str) -> Result<RegressionSeed, String> {
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|error| error.to_string())?;
+    let text = |field: &str| value[field].as_str().map(str::to_owned).ok_or_else(|| format!("no string {field:?}"));
+    let seed = value["seed"].as_u64().ok_or("no integer \"seed\"")?;
+    let trace_hash = u64::from_str_radix(&text("trace_hash")?, 16).map_err(|error| format!("trace_hash: {error}"))?;
+    let entry = RegressionSeed {
+        scenario: text("scenario")?,
+        seed,
+        commit: text("commit")?,
+        trace_hash,
+        found: text("found")?,
+    };
+    if by_name(&entry.scenario).is_none() {
+        return Err(format!("unknown scenario {:?}", entry.scenario));
+    }
+    Ok(entry)
+}

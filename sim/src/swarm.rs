@@ -70,6 +70,15 @@ pub enum FaultClass {
     ProducerLeaderCut,
     /// Slower messages (madsim's send latency).
     Delay,
+    /// Lost messages on every link (0-30% per seed, drawn per fault up to the seed's maximum).
+    /// madsim resends a lost message of a TCP stream after a doubling backoff, so streams stay
+    /// reliable and ordered: loss means latency bursts and head-of-line blocking, and failed
+    /// connects.
+    PacketLoss,
+    /// A broker's wall clock jumps forwards or backwards (up to the seed's maximum skew) for an
+    /// outage, then back ([`keel::clock::skew`]): heartbeats, record timestamps and producer expiry
+    /// read it; timeouts and ticks run on the monotonic clock and do not.
+    ClockSkew,
     /// Slow fsyncs on the data disk (counted when a sync waited).
     SlowFsync,
     /// Failing fsyncs on the data disk (counted when a sync failed).
@@ -105,6 +114,11 @@ pub enum FaultClass {
 pub struct Swarm {
     pub nemesis: NemesisSwarm,
     pub workload: WorkloadSwarm,
+    /// Whether the run enables the shell's BUGGIFY points ([`keel::buggify`]; half the seeds).
+    pub buggify: bool,
+    /// Applied metadata entries between snapshots of the metadata group: small values make voters
+    /// compact their logs, so lagging or restarted ones catch up by snapshot instead of by log.
+    pub snapshot_interval_entries: u64,
 }
 
 /// The nemesis's rates, drawn per seed.
@@ -126,6 +140,10 @@ pub struct NemesisSwarm {
     pub write_error_probability_max: f64,
     /// Upper bound of the metadata store's write error probability.
     pub meta_write_error_probability_max: f64,
+    /// Upper bound of a packet-loss fault's rate (0 when the scenario has no packet loss).
+    pub packet_loss_max: f64,
+    /// Upper bound of a clock skew's size, either way (0 when the scenario has no clock skew).
+    pub clock_skew_ms_max: u64,
 }
 
 /// The workload's shape, drawn per seed.
@@ -187,9 +205,6 @@ pub struct MetaSwarm {
     pub think_ms_max: u64,
     /// Relative weights of create, delete, describe, list.
     pub op_weights: [u32; 4],
-    /// Applied entries between metadata snapshots: small values make nodes compact their logs and
-    /// lagging or restarted followers catch up by snapshot instead of by log.
-    pub snapshot_interval_entries: u64,
     /// Seed of the workload's own RNG.
     pub rng_seed: u64,
 }
@@ -246,6 +261,16 @@ impl Swarm {
                 0.0
             },
             meta_write_error_probability_max: [0.05, 0.3, 1.0][rng.gen_range(0..3)],
+            packet_loss_max: if scenario.uses(FaultClass::PacketLoss) {
+                [0.01, 0.05, 0.15, 0.3][rng.gen_range(0..4)]
+            } else {
+                0.0
+            },
+            clock_skew_ms_max: if scenario.uses(FaultClass::ClockSkew) {
+                [100, 2_000, 10_000, 120_000][rng.gen_range(0..4)]
+            } else {
+                0
+            },
         };
         let workload = match scenario.workload {
             WorkloadKind::Queue | WorkloadKind::IdempotentQueue => {
@@ -271,10 +296,11 @@ impl Swarm {
                 names_pool: [2, 4, 8, 64][rng.gen_range(0..4)],
                 think_ms_max: [0, 5, 20, 100][rng.gen_range(0..4)],
                 op_weights: [rng.gen_range(1..=4), rng.gen_range(0..=3), rng.gen_range(1..=3), rng.gen_range(0..=2)],
-                snapshot_interval_entries: [8, 32, 128, 1_000][rng.gen_range(0..4)],
                 rng_seed: rng.gen(),
             }),
         };
-        Swarm { nemesis, workload }
+        let buggify = rng.gen_bool(0.5);
+        let snapshot_interval_entries = [8, 32, 128, 1_000, 10_000][rng.gen_range(0..5)];
+        Swarm { nemesis, workload, buggify, snapshot_interval_entries }
     }
 }

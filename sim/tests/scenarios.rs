@@ -159,6 +159,8 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         fsync_error_probability_max: 0.0,
         write_error_probability_max: 0.0,
         meta_write_error_probability_max: 0.0,
+        packet_loss_max: 0.0,
+        clock_skew_ms_max: 0,
     };
     let counts = Nemesis::new(&mut cluster, &scenario, &swarm, None, Vec::new()).run(scenario.duration).await;
     let flips_counted = counts.get(&FaultClass::BitFlip).copied().unwrap_or(0);
@@ -413,13 +415,15 @@ async fn raft_5_voters_swarm() {
     driver::run(&scenario::raft_5_voters_swarm()).await.assert_valid();
 }
 
-/// Every seed in `scenario::REGRESSION_SEEDS` (seeds that once found a bug) passes. CI runs this first.
+/// Every seed in `sim/failing-seeds.jsonl` (seeds that once found a bug) passes. The CI campaign
+/// (`sim/tests/campaign.rs`) replays them first too.
 #[test]
 fn raft_regression_seeds() {
     keel_sim::init_logging();
-    for entry in scenario::REGRESSION_SEEDS {
-        let config = scenario::by_name(entry.scenario)
-            .unwrap_or_else(|| panic!("REGRESSION_SEEDS names an unknown scenario {:?}", entry.scenario));
+    let entries = scenario::regression_seeds();
+    assert!(!entries.is_empty(), "sim/failing-seeds.jsonl lists no seed");
+    for entry in entries {
+        let config = scenario::by_name(&entry.scenario).expect("checked by regression_seeds");
         let outcome = run_seed(config, entry.seed);
         if outcome.trace_hash != entry.trace_hash {
             println!(
@@ -480,7 +484,8 @@ fn history_file_parses_back_with_the_same_verdict() {
     ] {
         let name = scenario.name;
         let scenario_exactly_once = scenario.checks(scenario::Checker::ExactlyOnce);
-        let outcome = run_seed_with(scenario, 3, RunOptions { history_dir: Some(dir.clone()) });
+        let outcome =
+            run_seed_with(scenario, 3, RunOptions { history_dir: Some(dir.clone()), ..RunOptions::default() });
         let path = dir.join(format!("{name}-3.jsonl"));
         let text = std::fs::read_to_string(&path).unwrap();
         let parsed = history_file::parse(&text).unwrap_or_else(|error| panic!("{}: {error}", path.display()));

@@ -55,6 +55,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::batch::{Batch, StoredRecord};
+use crate::buggify::{buggify, Point};
 use crate::protocol::*;
 use crate::types::{Offset, ProducerEpoch, ProducerId};
 pub use connection::{Connection, ConnectionError, PendingResponse};
@@ -370,7 +371,8 @@ impl Client {
     async fn connection(&self, addr: &str) -> Result<Connection, ClientError> {
         let slot = self.connections.lock().expect("connections lock").entry(addr.to_owned()).or_default().clone();
         let mut slot = slot.lock().await;
-        if let Some(connection) = slot.as_ref().filter(|connection| !connection.is_closed()) {
+        let reuse = !buggify(Point::DropConnection);
+        if let Some(connection) = slot.as_ref().filter(|connection| reuse && !connection.is_closed()) {
             return Ok(connection.clone());
         }
         // Checked under the slot: callers that queued behind a failing connect fail at once.
@@ -439,11 +441,13 @@ impl Client {
 
     /// Waits for a request started on `addr`, up to `request_timeout` (+ `extra`).
     pub async fn finish(&self, addr: &str, pending: PendingResponse, extra: Duration) -> Result<Body, ClientError> {
-        match tokio::time::timeout(self.config.request_timeout + extra, pending).await {
+        let timeout =
+            if buggify(Point::EarlyTimeout) { self.config.request_timeout / 8 } else { self.config.request_timeout };
+        match tokio::time::timeout(timeout + extra, pending).await {
             Err(_) => {
                 // Drop the connection: a late response must not be matched to anything.
                 self.drop_connection(addr).await;
-                Err(ClientError::Ambiguous(format!("no response within {:?}", self.config.request_timeout + extra)))
+                Err(ClientError::Ambiguous(format!("no response within {:?}", timeout + extra)))
             }
             Ok(Err(_)) => Err(ClientError::Ambiguous("connection task ended with the request in flight".into())),
             Ok(Ok(Err(ConnectionError::NotSent))) => {

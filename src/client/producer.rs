@@ -86,6 +86,7 @@ use tokio::time::Instant;
 
 use super::{is_misrouted, Client, ClientError, PendingResponse, ROUTE_ATTEMPTS_MAX};
 use crate::batch::{encode_batch, ProducerFields, Record, BATCH_BYTES_MAX};
+use crate::buggify::Point;
 use crate::producer_state::add_sequence;
 use crate::protocol::{Acks, Body, ErrorCode, ProduceRequest, ProduceResponse};
 use crate::types::{Offset, ProducerEpoch, ProducerId, Sequence};
@@ -608,7 +609,7 @@ impl Task {
         batch.records.push(record);
         batch.deliveries.push(delivery);
         batch.bytes += size;
-        let now_full = batch.bytes >= self.config.batch_bytes_max;
+        let now_full = batch.bytes >= self.config.batch_bytes_max || crate::buggify::buggify(Point::ShrinkBatch);
         self.open_batches += usize::from(opened);
         // A full batch closes now; any other waits for its linger (closed by `close_due`, which with
         // `linger` 0 runs as soon as the records queued meanwhile have joined it).

@@ -88,6 +88,7 @@ use bytes::{Bytes, BytesMut};
 use crate::batch::{Batch, BATCH_BYTES_MAX, BATCH_HEADER_BYTES};
 use crate::leader_epochs::{EpochEntry, LeaderEpochs};
 use crate::producer_state::{BatchIdentity, ProducerStates};
+use crate::sometimes::{self, Sometimes};
 use crate::storage::{Disk, DiskFile};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
 use segment::{BatchHeader, Segment};
@@ -193,6 +194,16 @@ impl SyncShared {
 
 fn lock(shared: &Mutex<SyncShared>) -> MutexGuard<'_, SyncShared> {
     shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Logs where recovery cut the log, if it did, and counts it for the simulation's coverage.
+fn report_cut(dir: &str, report: &RecoveryReport) {
+    if let Some((cut_at, reason)) = &report.cut {
+        let (cut_at, truncated_bytes) = (cut_at.0, report.truncated_bytes);
+        tracing::warn!(dir, cut_at, truncated_bytes, reason, "log recovery cut the log there");
+        let torn = reason.contains("torn");
+        sometimes::hit(if torn { Sometimes::TornTailTruncated } else { Sometimes::CorruptBatchCut });
+    }
 }
 
 /// Marks the ticket done (or the log failed, if the future is dropped before it finishes).
@@ -350,10 +361,7 @@ impl<D: Disk> PartitionLog<D> {
         report.segments = log.segments.len();
         report.log_start_offset = log_start;
         report.log_end_offset = log_end;
-        if let Some((cut_at, reason)) = &report.cut {
-            let (cut_at, truncated_bytes) = (cut_at.0, report.truncated_bytes);
-            tracing::warn!(dir = log.dir, cut_at, truncated_bytes, reason, "log recovery cut the log there");
-        }
+        report_cut(&log.dir, &report);
         log.check_invariants();
         Ok((log, report))
     }
@@ -709,6 +717,7 @@ impl<D: Disk> PartitionLog<D> {
                 reason,
                 "log: corrupt data found; the log must be reopened"
             );
+            sometimes::hit(Sometimes::CorruptBatchDetected);
             lock(&self.shared).failed = true;
         }
         result

@@ -913,6 +913,7 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             let restored = MetadataState::restore(snapshot.get_data())
                 .map_err(|error| NodeError::Storage(MetaStoreError::Corrupt(error.to_string())))?;
             *self.state.write().expect("metadata state lock") = restored;
+            crate::sometimes::hit(crate::sometimes::Sometimes::RaftSnapshotInstalled);
             if OBSERVATION_RECORDED && self.snapshots_installed.len() < APPLIED_LOG_MAX {
                 self.snapshots_installed.push((self.applied_log.len(), snapshot.get_metadata().index));
             }

@@ -148,8 +148,10 @@ pub enum MetaCommand {
         node_id: NodeId,
         now_ms: i64,
     },
-    /// Proposed by the leader when a broker missed heartbeats for longer than the fence timeout.
-    /// Rejected when a heartbeat at or after `now_ms` was applied since (the decision is stale).
+    /// Proposed by the leader when a broker's heartbeat stamp stood still for longer than the fence
+    /// timeout of the leader's own monotonic clock (`meta::fence_watch`); `now_ms` is one past the
+    /// stamp it saw. Rejected when a heartbeat stamped at or after `now_ms` was applied since (the
+    /// decision is stale): every applied heartbeat moves the stamp past the one before.
     FenceBroker {
         node_id: NodeId,
         now_ms: i64,
@@ -336,7 +338,9 @@ pub struct BrokerRecord {
     pub addr: String,
     /// Fenced: missed heartbeats; gets no new replicas. A heartbeat or a re-registration unfences it.
     pub fenced: bool,
-    /// The latest `now_ms` of a registration or heartbeat (never moves backwards).
+    /// The heartbeat stamp: the latest `now_ms` of a registration or heartbeat, and at least one
+    /// more than the stamp before, so every applied heartbeat moves it forwards (a broker's wall
+    /// clock may step back; the controller's failure detector watches for changes, ADR 0015).
     pub last_heartbeat_ms: i64,
     /// Raft index of the latest registration (the broker's incarnation).
     pub registered_index: u64,
@@ -493,6 +497,12 @@ pub struct MetadataState {
     last_producer_id_block: Option<ProducerIdBlock>,
 }
 
+/// A broker's next heartbeat stamp: its `now_ms`, but at least one past the previous stamp, so the
+/// stamp moves on every applied heartbeat even when the broker's wall clock stepped back.
+fn next_stamp(previous: i64, now_ms: i64) -> i64 {
+    now_ms.max(previous.saturating_add(1))
+}
+
 fn reject(code: ErrorCode, message: impl Into<String>) -> MetaResult {
     MetaResult::Error { code, message: message.into() }
 }
@@ -625,8 +635,15 @@ impl MetadataState {
         self.topics.get(topic)?.partitions.get(partition as usize)
     }
 
-    /// Brokers whose last heartbeat is older than `fence_after_ms` at `now_ms` and are not fenced yet:
-    /// the leader proposes `FenceBroker` for them. Sorted by node id.
+    /// The live (not fenced) brokers with their heartbeat stamps, for the controller's
+    /// `meta::fence_watch::FenceWatch`. Sorted by node id.
+    pub fn alive_heartbeat_stamps(&self) -> Vec<(NodeId, i64)> {
+        self.brokers.values().filter(|broker| broker.is_alive()).map(|b| (b.node_id, b.last_heartbeat_ms)).collect()
+    }
+
+    /// Brokers whose heartbeat stamp is older than `fence_after_ms` at `now_ms` and are not fenced
+    /// yet, on one clock (a model for the tests: the controller does not compare its wall clock with
+    /// the brokers' stamps, see `meta::fence_watch`). Sorted by node id.
     pub fn brokers_to_fence(&self, now_ms: i64, fence_after_ms: i64) -> Vec<NodeId> {
         self.brokers
             .values()
@@ -875,7 +892,7 @@ impl MetadataState {
                 broker.addr = addr.to_owned();
                 broker.fenced = false;
                 broker.shutting_down = false;
-                broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(now_ms);
+                broker.last_heartbeat_ms = next_stamp(broker.last_heartbeat_ms, now_ms);
                 broker.registered_index = index;
                 if incarnation == Incarnation::NewEpochs {
                     self.restart_leaves_isrs(node_id);
@@ -911,7 +928,7 @@ impl MetadataState {
         };
         let was_eligible = broker.is_eligible();
         broker.fenced = false;
-        broker.last_heartbeat_ms = broker.last_heartbeat_ms.max(now_ms);
+        broker.last_heartbeat_ms = next_stamp(broker.last_heartbeat_ms, now_ms);
         if !was_eligible && broker.is_eligible() {
             self.elect_offline_partitions();
         }
@@ -935,6 +952,7 @@ impl MetadataState {
             );
         }
         broker.fenced = true;
+        crate::sometimes::hit(crate::sometimes::Sometimes::BrokerFenced);
         self.move_away_from(node_id);
         MetaResult::Ok
     }
@@ -954,6 +972,7 @@ impl MetadataState {
             );
         }
         broker.shutting_down = true;
+        crate::sometimes::hit(crate::sometimes::Sometimes::ControlledShutdown);
         self.move_away_from(node_id);
         MetaResult::Ok
     }
@@ -1710,13 +1729,18 @@ mod tests {
 
         assert_eq!(next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 250 }), MetaResult::Ok);
         assert_eq!(state.broker(NodeId(1)).unwrap().last_heartbeat_ms, 250);
-        // A lagging proposer's clock never moves the heartbeat backwards.
+        // A lagging clock never moves the stamp backwards, and every heartbeat moves it forwards.
         assert_eq!(next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 200 }), MetaResult::Ok);
-        assert_eq!(state.broker(NodeId(1)).unwrap().last_heartbeat_ms, 250);
+        assert_eq!(state.broker(NodeId(1)).unwrap().last_heartbeat_ms, 251);
+        // A fence decided on the stamp before a heartbeat is stale.
+        let stale = MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 251 };
+        assert!(matches!(next(&mut state, stale), MetaResult::Error { .. }));
 
-        assert!(state.brokers_to_fence(1250, 1000).is_empty(), "exactly the timeout is not older than it");
-        assert_eq!(state.brokers_to_fence(1251, 1000), vec![NodeId(1)]);
-        assert_eq!(next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 1251 }), MetaResult::Ok);
+        assert!(state.brokers_to_fence(1251, 1000).is_empty(), "exactly the timeout is not older than it");
+        assert_eq!(state.brokers_to_fence(1252, 1000), vec![NodeId(1)]);
+        assert_eq!(state.alive_heartbeat_stamps(), vec![(NodeId(1), 251)]);
+        assert_eq!(next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 252 }), MetaResult::Ok);
+        assert!(state.alive_heartbeat_stamps().is_empty());
         assert!(state.broker(NodeId(1)).unwrap().fenced);
         assert!(state.brokers_to_fence(5000, 1000).is_empty(), "already fenced");
         // Fencing again (a new leader re-proposing) is a harmless no-op.

@@ -85,6 +85,7 @@ use crate::leader_epochs::{EpochEndOffset, LeaderEpochs};
 use crate::partition::core::{self, CoreConfig, PartitionCore, Read, RequestId};
 use crate::producer_state::{BatchIdentity, ProducerStates, Verdict};
 use crate::protocol::{Acks, ErrorCode};
+use crate::sometimes::{self, Sometimes};
 use crate::types::{LeaderEpoch, NodeId, Offset, TimestampMs};
 
 pub use crate::partition::core::Reply;
@@ -850,7 +851,7 @@ impl ReplicaCore {
             return; // Stale or repeated: the controller's later decision already arrived.
         }
         let leader_changed = state.leader_epoch > self.state.leader_epoch;
-        self.state = state;
+        let isr_before = std::mem::replace(&mut self.state, state).isr;
         if !self.state.replicas.contains(&self.me) {
             return self.become_offline("this broker is not a replica of the partition");
         }
@@ -869,7 +870,13 @@ impl ReplicaCore {
                 .as_ref()
                 .is_some_and(|pending| pending.change.partition_epoch < self.state.partition_epoch);
             if settled {
-                leader.pending_isr = None;
+                if let Some(pending) = leader.pending_isr.take() {
+                    let proposed = pending.change.new_isr.len();
+                    if self.state.isr == pending.change.new_isr && proposed != isr_before.len() {
+                        let grew = proposed > isr_before.len();
+                        sometimes::hit(if grew { Sometimes::IsrExpand } else { Sometimes::IsrShrink });
+                    }
+                }
             }
             self.recompute_high_watermark();
             if self.under_min_isr() {
@@ -880,6 +887,9 @@ impl ReplicaCore {
 
     /// Answers everything a leader had accepted: the outcome of an appended batch is unknown.
     fn abandon_leadership(&mut self, reason: &str) {
+        if !self.awaiting_hw.is_empty() || self.client_appends.values().any(|append| !append.answered) {
+            sometimes::hit(Sometimes::LeaderChangeDuringProduce);
+        }
         self.fail_awaiting(ErrorCode::NotLeaderAfterAppend, reason);
         self.inner.refuse_parked_fetches(ErrorCode::NotLeader, &format!("no longer the leader: {reason}"));
         let accepted: Vec<RequestId> =
@@ -1080,6 +1090,7 @@ impl ReplicaCore {
                 self.isr_for_min_check(),
                 self.state.min_isr
             );
+            sometimes::hit(Sometimes::NotEnoughReplicas);
             return self.reply(request, error_reply(ErrorCode::NotEnoughReplicas, message));
         }
         let identity = BatchIdentity::of(&batch);
@@ -1112,6 +1123,7 @@ impl ReplicaCore {
                     Acks::Leader => last_offset < self.inner.stable_end(),
                     Acks::None => true,
                 };
+                sometimes::hit(if safe { Sometimes::DuplicateAnswered } else { Sometimes::DuplicatePending });
                 Some(if safe {
                     Reply::Produced { base_offset }
                 } else {
@@ -1122,10 +1134,13 @@ impl ReplicaCore {
                     error_reply(ErrorCode::DuplicatePending, message)
                 })
             }
-            Verdict::OutOfOrder { expected } => Some(error_reply(
-                ErrorCode::OutOfOrderSequence,
-                format!("producer {producer} epoch {epoch}: sequence {sequence} where {expected} was expected"),
-            )),
+            Verdict::OutOfOrder { expected } => Some({
+                sometimes::hit(Sometimes::OutOfOrderSequence);
+                error_reply(
+                    ErrorCode::OutOfOrderSequence,
+                    format!("producer {producer} epoch {epoch}: sequence {sequence} where {expected} was expected"),
+                )
+            }),
             Verdict::Fenced { current } => Some(error_reply(
                 ErrorCode::ProducerFenced,
                 format!("producer {producer}: epoch {epoch} is older than its epoch {current} here"),
@@ -1563,6 +1578,9 @@ impl ReplicaCore {
     fn truncate_for_divergence(&mut self, leader_epoch_found: Option<LeaderEpoch>, leader_end: Offset) {
         let (log_start, log_end) = (self.inner.log_start(), self.inner.log_end());
         let target = divergence_truncation_offset(&self.epochs, log_start, log_end, leader_epoch_found, leader_end);
+        if target < log_end {
+            sometimes::hit(Sometimes::TruncationByEpoch);
+        }
         if let Role::Follower(follower) = &mut self.role {
             follower.truncating = Some(target);
         }

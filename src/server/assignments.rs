@@ -13,10 +13,13 @@
 //!
 //! Background duties: register this broker, heartbeat, and (on the leader) fence brokers whose
 //! heartbeats stopped. Fencing moves leadership in the same metadata entry (ADR 0012), so the fence
-//! decision is guarded: the leader never fences itself, and it fences only after it has itself been
-//! leader and ticking without a gap for the whole fence timeout (a paused process or a jumped clock
-//! would otherwise see every broker's heartbeats as missed at once and fence them all, as a freshly
-//! elected KRaft controller gives every broker a fresh session for the same reason).
+//! decision is guarded: the leader never fences itself, and it fences a broker only when the
+//! broker's heartbeat stamp has stood still for the whole fence timeout of the leader's own
+//! monotonic clock, while it was leader and ticking without a gap (`meta::fence_watch`, ADR 0015:
+//! the brokers' wall clocks, which stamp the heartbeats, are never compared with the leader's; a
+//! paused leader would otherwise see every broker's heartbeats as missed at once and fence them
+//! all, as a freshly elected KRaft controller gives every broker a fresh session for the same
+//! reason).
 //!
 //! Graceful shutdown: [`Cluster::controlled_shutdown`] proposes `ControlledShutdown`, which moves the
 //! leadership of this broker's partitions to other ISR members before the broker stops.
@@ -33,6 +36,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::log::LogConfig;
+use crate::meta::fence_watch::FenceWatch;
 use crate::meta::node::{NodeError, NodeHandle};
 use crate::meta::state::{MetaCommand, MetaResult, MetadataState, PartitionRecord, TopicRecord};
 use crate::partition::replica::{PartitionState, ReplicaConfig};
@@ -529,10 +533,10 @@ impl<D: Disk> Assignments<D> {
         let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_applied = 0;
-        // Since when this node has been Raft leader and ticking without a gap (module doc).
-        let mut fence_watch_since: Option<tokio::time::Instant> = None;
+        // The failure detector, on this node's monotonic clock (module doc, ADR 0015).
+        let mut fence_watch = FenceWatch::new();
         let mut last_tick = tokio::time::Instant::now();
-        let me = self.node_id;
+        let watch_epoch = last_tick;
         loop {
             tokio::select! {
                 biased;
@@ -550,26 +554,30 @@ impl<D: Disk> Assignments<D> {
                     let gap = tick_at.duration_since(last_tick);
                     last_tick = tick_at;
                     if self.node.status().leader_id != Some(self.node_id) || gap > Duration::from_millis(TICK_GAP_MS_MAX) {
-                        fence_watch_since = None;
+                        fence_watch.reset();
                     }
                     if self.node.status().leader_id == Some(self.node_id) {
-                        let watching_since = *fence_watch_since.get_or_insert(tick_at);
-                        let watched_ms = tick_at.duration_since(watching_since).as_millis() as i64;
-                        let to_fence: Vec<NodeId> = if watched_ms > fence_after_ms {
-                            self.node.with_state(|state| state.brokers_to_fence(now_ms(), fence_after_ms))
-                        } else {
-                            Vec::new()
-                        };
-                        for node_id in to_fence.into_iter().filter(|node_id| *node_id != me) {
-                            tracing::warn!(broker = %node_id, "fencing a broker that stopped heartbeating");
-                            let proposer = self.node.clone();
-                            tokio::spawn(async move {
-                                let _ = proposer.propose(MetaCommand::FenceBroker { node_id, now_ms: now_ms() }).await;
-                            });
-                        }
+                        let watched_ms = tick_at.duration_since(watch_epoch).as_millis() as u64;
+                        self.fence_silent_brokers(&mut fence_watch, watched_ms, fence_after_ms as u64);
                     }
                 }
             }
+        }
+    }
+
+    /// On the controller: proposes `FenceBroker` for every other broker whose heartbeat stamp stood
+    /// still for longer than the fence timeout at `now_ms` of this node's monotonic clock.
+    fn fence_silent_brokers(&self, watch: &mut FenceWatch, now_ms: u64, fence_after_ms: u64) {
+        let alive = self.node.with_state(|state| state.alive_heartbeat_stamps());
+        for (node_id, stamp) in watch.observe(&alive, now_ms, fence_after_ms) {
+            if node_id == self.node_id {
+                continue;
+            }
+            tracing::warn!(broker = %node_id, "fencing a broker that stopped heartbeating");
+            let proposer = self.node.clone();
+            tokio::spawn(async move {
+                let _ = proposer.propose(MetaCommand::FenceBroker { node_id, now_ms: stamp }).await;
+            });
         }
     }
 

@@ -44,6 +44,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Batch, BATCH_BYTES_MAX};
+use crate::buggify::{buggify, Point};
 use crate::config::BrokerConfig;
 use crate::log::LogConfig;
 use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError};
@@ -390,7 +391,7 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, stop
                     Ok(frame) => {
                         drain.on_request();
                         if let Some(response) = dispatch(&state, &mut peer_node, frame).await {
-                            in_flight.push(response);
+                            in_flight.push(maybe_delayed(response));
                         }
                         if peer_node.is_some() {
                             client_slot.release();
@@ -409,6 +410,17 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, stop
     }
     if !closed_by_peer {
         close_gracefully(framed).await;
+    }
+}
+
+/// The response, held back a little when the simulation's BUGGIFY point [`Point::DelayReply`] fires.
+fn maybe_delayed(response: BoxFuture<'static, Frame>) -> BoxFuture<'static, Frame> {
+    match crate::buggify::reply_delay() {
+        Some(delay) => Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            response.await
+        }),
+        None => response,
     }
 }
 
@@ -553,6 +565,7 @@ async fn replica_fetch<D: Disk>(
         return ready(replica_fetch_error(id, ErrorCode::UnknownPeer, message));
     }
     let fetch = match replication::request_from_wire(request) {
+        Ok(fetch) if buggify(Point::ShrinkFetch) => crate::partition::replica::FetchRequest { bytes_max: 1, ..fetch },
         Ok(fetch) => fetch,
         Err(message) => return ready(replica_fetch_error(id, ErrorCode::InvalidRequest, message)),
     };
@@ -817,7 +830,7 @@ async fn fetch<D: Disk>(state: &Arc<State<D>>, id: u64, request: FetchRequest) -
     };
     let fetch = ConsumerFetch {
         offset: Offset(request.offset),
-        bytes_max: request.max_bytes,
+        bytes_max: if buggify(Point::ShrinkFetch) { 1 } else { request.max_bytes },
         wait_ms_max: request.max_wait_ms,
         leader_epoch: request.leader_epoch.map(LeaderEpoch),
     };
