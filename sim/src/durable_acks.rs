@@ -24,8 +24,9 @@ pub fn topic_dir(disk: &SimDisk, topic: &str) -> Option<String> {
 /// the batch is fsynced on at least `min_insync_replicas` replicas when it is sent, so at the moment
 /// a producer receives one, at least that many disks must answer yes.
 ///
-/// A disk whose segment of the partition had bit rot injected counts as a holder (the rot may have
-/// hit the record after the promise was kept; flips stay on a minority of each partition's replicas).
+/// A disk whose segment of the partition had bit rot or a misdirected write injected counts as a
+/// holder (the fault may have hit the record after the promise was kept, or made the disk lie about
+/// it; both stay on a minority of each partition's replicas).
 pub fn durable_holders(disks: &[ReplicaDisk], topic: &str, partition: u32, offset: i64, value: &[u8]) -> usize {
     disks.iter().filter(|disk| holds_durably(disk, topic, partition, offset, value)).count()
 }
@@ -46,7 +47,8 @@ fn holds_durably(replica: &ReplicaDisk, topic: &str, partition: u32, offset: i64
         .filter_map(|name| Some((name.strip_suffix(".log")?.parse::<i64>().ok()?, format!("{dir}/{name}"))))
         .collect();
     let rotted = crate::lock(&replica.rotted);
-    if segments.iter().any(|(_, path)| rotted.contains(path)) {
+    let misdirected = disk.misdirected_paths();
+    if segments.iter().any(|(_, path)| rotted.contains(path) || misdirected.contains(path)) {
         return true;
     }
     // Only the segment with the greatest base at or below `offset` can hold it: reading just that

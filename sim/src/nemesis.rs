@@ -169,6 +169,7 @@ enum DiskFault {
     SlowFsync,
     FailedFsync,
     FailedWrite,
+    Misdirected,
 }
 
 struct ActiveFault {
@@ -187,6 +188,7 @@ struct DiskComponents {
     fsync_error_probability: f64,
     write_eio_probability: f64,
     write_enospc_probability: f64,
+    misdirected_write_probability: f64,
     /// Write errors off while a forced failed fsync waits for a sync (a partition whose writes
     /// keep failing may not reach one: seed 12285686 of `single_broker_slow_and_failing_fsync`).
     writes_held: bool,
@@ -203,6 +205,7 @@ impl DiskComponents {
             write_eio_probability: eio,
             write_enospc_probability: enospc,
             fsync_stall: self.follower_stall.clone(),
+            misdirected_write_probability: self.misdirected_write_probability,
             ..SimDiskFaults::default()
         }
     }
@@ -385,17 +388,19 @@ impl<'a> Nemesis<'a> {
     /// What hit so far: counted injections, and the disks' own counters for the disk classes.
     pub fn counts(&self) -> FaultCounts {
         let mut counts = self.injected.clone();
-        let (mut delayed, mut failed_syncs, mut failed_writes) = (0, 0, 0);
+        let (mut delayed, mut failed_syncs, mut failed_writes, mut misdirected) = (0, 0, 0, 0);
         for index in 0..self.cluster.broker_count() {
             let stats = self.cluster.broker(index).disk.stats();
             delayed += stats.delayed_syncs;
             failed_syncs += stats.sync_errors;
             failed_writes += stats.write_errors;
+            misdirected += stats.misdirected_writes;
         }
         for (class, count) in [
             (FaultClass::SlowFsync, delayed),
             (FaultClass::FailedFsync, failed_syncs),
             (FaultClass::FailedWrite, failed_writes),
+            (FaultClass::MisdirectedWrite, misdirected),
         ] {
             if count > 0 {
                 counts.insert(class, count);
@@ -466,6 +471,7 @@ impl<'a> Nemesis<'a> {
             FaultClass::FailedFsync => self.failed_fsync(forced).await,
             FaultClass::FailedWrite => self.failed_write(forced).await,
             FaultClass::BitFlip => self.bit_flip(),
+            FaultClass::MisdirectedWrite => self.misdirected_write(),
             FaultClass::DoubleFailover => self.double_failover(),
             FaultClass::SlowFollower => self.slow_follower(),
         };
@@ -801,6 +807,25 @@ impl<'a> Nemesis<'a> {
         Some((None, true))
     }
 
+    /// Misdirected writes on a broker of the bit-flip minority ([`bit_flip_target`]), for an outage.
+    /// Counted by the disk, per write that went astray.
+    fn misdirected_write(&mut self) -> Option<(Option<Fault>, bool)> {
+        let target =
+            bit_flip_target(self.cluster.broker_count(), self.bit_flip_brokers_max, &self.bit_flipped, |bound| {
+                thread_rng().gen_range(0..bound)
+            })?;
+        let active = |fault: &Fault| matches!(fault, Fault::Disk(index, DiskFault::Misdirected) if *index == target);
+        if self.is_active(active) {
+            return None;
+        }
+        self.bit_flipped.insert(target);
+        let probability = [0.01, 0.05, 0.2][thread_rng().gen_range(0..3)];
+        self.disks[target].misdirected_write_probability = probability;
+        self.note(format!("nemesis misdirected_writes broker-{} p={probability}", target + 1));
+        self.apply_disk(target);
+        Some((Some(Fault::Disk(target, DiskFault::Misdirected)), false))
+    }
+
     fn apply_disk(&mut self, broker: usize) {
         let faults = self.disks[broker].faults();
         self.cluster.set_disk_faults(broker, faults);
@@ -854,6 +879,7 @@ impl<'a> Nemesis<'a> {
                         disk.write_eio_probability = 0.0;
                         disk.write_enospc_probability = 0.0;
                     }
+                    DiskFault::Misdirected => disk.misdirected_write_probability = 0.0,
                 }
                 self.apply_disk(broker);
             }

@@ -82,7 +82,7 @@ pub async fn check(
             };
         for member in info.isr.iter().filter(|member| **member != leader) {
             let disk = &cluster.broker(*member as usize - 1).disk;
-            if disk.stats().bit_flips > 0 {
+            if disk.stats().bit_flips > 0 || disk.stats().misdirected_writes > 0 {
                 // Bit rot not yet read or recovered is still on this disk: a real broker finds it on
                 // its next read or restart and fetches the batches again; it is not a divergence.
                 continue;

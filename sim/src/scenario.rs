@@ -314,7 +314,17 @@ pub fn isr_3_clogs_pauses_delay() -> Scenario {
 /// a leader that finds it resigns, and a replica whose recovery cut below its checkpointed high
 /// watermark resigns when it is elected (the eligible leader replicas then lead). Nothing acked lost.
 pub fn isr_3_bit_flips() -> Scenario {
-    isr("isr_3_bit_flips", 3, vec![(BitFlip, Always), (CleanRestart, Sometimes), (Pause, Sometimes), (Kill, Sometimes)])
+    isr(
+        "isr_3_bit_flips",
+        3,
+        vec![
+            (BitFlip, Always),
+            (MisdirectedWrite, Sometimes),
+            (CleanRestart, Sometimes),
+            (Pause, Sometimes),
+            (Kill, Sometimes),
+        ],
+    )
 }
 
 /// The ISR scenarios with their own checks of the ISR: the controller's ISR is watched during the
@@ -379,6 +389,7 @@ pub fn isr_5_swarm() -> Scenario {
         Delay,
         SlowFsync,
         BitFlip,
+        MisdirectedWrite,
     ]
     .into_iter()
     .map(|class| (class, Sometimes))
@@ -450,6 +461,7 @@ pub fn idempotent_swarm() -> Scenario {
         Delay,
         SlowFsync,
         BitFlip,
+        MisdirectedWrite,
         DoubleFailover,
     ]
     .into_iter()

@@ -94,6 +94,12 @@ pub enum FaultClass {
     /// legitimately loses data, so no scenario whose checkers assume one copy may use it. Counted per
     /// flip; instantaneous (nothing to end).
     BitFlip,
+    /// Misdirected writes: for an outage, writes to one broker's partition segments (`*.log`) land
+    /// 4-16 KiB away from where they were aimed (probability drawn per fault), leaving the aimed-at
+    /// bytes stale: a firmware bug the CRCs must catch. Only on the brokers bit flips may hit (one
+    /// minority for both classes, so every partition keeps intact copies on a majority). Counted per
+    /// misdirected write the disk reports.
+    MisdirectedWrite,
     /// Two failovers in quick succession (KIP-101's case): the leader of a partition whose ISR holds
     /// every replica (with every broker serving) crashes; once the controller has elected another
     /// leader, that one crashes too after a delay drawn per fault, while the first is still down or

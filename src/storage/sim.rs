@@ -26,6 +26,11 @@
 //!   the call returns EIO (`io::ErrorKind::Other`) or ENOSPC (`io::ErrorKind::StorageFull`). The page
 //!   cache is otherwise untouched: everything written before stays readable, and stays pending until a
 //!   sync or a crash decides its fate, as on a real disk.
+//! - A misdirected write (probability `misdirected_write_probability`, only on files whose path ends
+//!   with `misdirected_path_suffix`) is a firmware bug's write: it succeeds, but its data lands 4 to
+//!   16 KiB before or after where it was aimed (in 4 KiB steps), as a normal pending write there; the
+//!   aimed-at bytes keep what they held. The disk remembers which files it happened to
+//!   ([`SimDisk::misdirected_paths`]), so a harness can excuse them from byte-for-byte checks.
 //! - Directories themselves are simpler than files: `create_dir_all` and `remove_dir_all` are durable
 //!   at once (as if followed by a sync of the parent). Only file entries have unsynced states.
 //!
@@ -69,6 +74,10 @@ pub struct SimDiskFaults {
     pub write_enospc_probability: f64,
     /// A stalled part of the tree (on top of `fsync_latency_ms`): see [`FsyncStall`].
     pub fsync_stall: Option<FsyncStall>,
+    /// Probability that one `write_at` to a file whose path ends with `misdirected_path_suffix` lands at
+    /// the wrong offset (see the module doc).
+    pub misdirected_write_probability: f64,
+    pub misdirected_path_suffix: &'static str,
 }
 
 /// Syncs under some paths stall until a given moment, as on a slow device that holds part of the
@@ -92,6 +101,8 @@ impl Default for SimDiskFaults {
             write_eio_probability: 0.0,
             write_enospc_probability: 0.0,
             fsync_stall: None,
+            misdirected_write_probability: 0.0,
+            misdirected_path_suffix: ".log",
         }
     }
 }
@@ -116,6 +127,8 @@ pub struct SimDiskStats {
     /// Bits flipped in durable data by [`SimDisk::flip_random_durable_bit`] (not by `flip_bit`, which
     /// tests aim by hand).
     pub bit_flips: u64,
+    /// Writes that landed at the wrong offset (`misdirected_write_probability`).
+    pub misdirected_writes: u64,
 }
 
 /// Written as `derive(Debug)` would, except that `bit_flips` is left out while it is 0: the
@@ -133,6 +146,9 @@ impl std::fmt::Debug for SimDiskStats {
             .field("crashes", &self.crashes);
         if self.bit_flips > 0 {
             out.field("bit_flips", &self.bit_flips);
+        }
+        if self.misdirected_writes > 0 {
+            out.field("misdirected_writes", &self.misdirected_writes);
         }
         out.finish()
     }
@@ -196,6 +212,8 @@ struct State {
     /// Directories by full path ("" is the root and always exists).
     dirs: BTreeSet<String>,
     stats: SimDiskStats,
+    /// Files a misdirected write went to (by path, at the time of the write).
+    misdirected_paths: BTreeSet<String>,
 }
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -283,6 +301,36 @@ impl State {
         None
     }
 
+    /// Where a write of `len` bytes aimed at `pos` of `inode` lands: `pos`, or (a misdirected write)
+    /// 4 to 16 KiB away. Draws from the RNG only while misdirected writes are on, and only for files
+    /// with the configured suffix, so a disk without them draws as before they existed.
+    fn draw_landing(&mut self, inode: InodeId, pos: u64, len: usize) -> u64 {
+        let probability = self.faults.misdirected_write_probability;
+        if probability <= 0.0 || len == 0 {
+            return pos;
+        }
+        let suffix = self.faults.misdirected_path_suffix;
+        let Some(path) = self
+            .entries
+            .iter()
+            .find(|(path, entry)| entry.current == Some(inode) && path.ends_with(suffix))
+            .map(|(path, _)| path.clone())
+        else {
+            return pos;
+        };
+        if !self.rng.random_bool(probability.min(1.0)) {
+            return pos;
+        }
+        let delta = 4096 * self.rng.random_range(1..=4u64);
+        let landed = if pos >= delta && self.rng.random_bool(0.5) { pos - delta } else { pos + delta };
+        if landed + len as u64 > SIM_FILE_BYTES_MAX {
+            return pos;
+        }
+        self.stats.misdirected_writes += 1;
+        self.misdirected_paths.insert(path);
+        landed
+    }
+
     fn draw_latency(&mut self) -> Duration {
         let (min, max) = self.faults.fsync_latency_ms;
         let ms = if max > min { self.rng.random_range(min..=max) } else { min };
@@ -330,6 +378,7 @@ impl SimDisk {
                 entries: BTreeMap::new(),
                 dirs,
                 stats: SimDiskStats::default(),
+                misdirected_paths: BTreeSet::new(),
             })),
         }
     }
@@ -430,6 +479,11 @@ impl SimDisk {
         }
         state.stats.bit_flips += 1;
         Some(BitFlip { path, byte: byte as u64, bit })
+    }
+
+    /// Files (by path) a misdirected write has gone to, ever (see the module doc).
+    pub fn misdirected_paths(&self) -> BTreeSet<String> {
+        lock(&self.state).misdirected_paths.clone()
     }
 
     /// The durable bytes of a file (what a crash with no pending writes kept would leave), for tests.
@@ -583,6 +637,7 @@ impl DiskFile for SimFile {
             state.stats.write_errors += 1;
         }
         if injected.is_none() || written > 0 {
+            let pos = if injected.is_none() { state.draw_landing(self.inode, pos, written) } else { pos };
             let inode = state.inodes.get_mut(&self.inode).expect("checked above");
             let op = PendingOp::Write { pos, data: Bytes::copy_from_slice(&data[..written]) };
             apply_op(&mut inode.current, &op);
@@ -903,5 +958,30 @@ mod tests {
         assert_eq!(disk.durable_content("a"), None, "creation not yet durable");
         block_on(disk.sync_dir("")).unwrap();
         assert_eq!(disk.durable_content("a").unwrap(), vec![0, 0, 8, 0]);
+    }
+
+    #[test]
+    fn a_misdirected_write_lands_4_to_16_kib_away_only_on_matching_files_and_leaves_the_target_alone() {
+        let disk = SimDisk::new(5);
+        disk.create_dir_all("p").unwrap();
+        let log = disk.open("p/0.log", true).unwrap();
+        let index = disk.open("p/0.index", true).unwrap();
+        log.write_at(0, &[1u8; 32 * 1024]).unwrap();
+        disk.set_faults(SimDiskFaults { misdirected_write_probability: 1.0, ..SimDiskFaults::default() });
+        index.write_at(0, &[9u8; 16]).unwrap();
+        assert_eq!(&index.read_at(0, 16).unwrap()[..], &[9u8; 16][..], "other suffixes are never misdirected");
+        log.write_at(16 * 1024, &[7u8; 100]).unwrap();
+        assert_eq!(&log.read_at(16 * 1024, 100).unwrap()[..], &[1u8; 100][..], "the aimed-at bytes keep their content");
+        let content = log.read_at(0, 64 * 1024).unwrap();
+        let landed: Vec<usize> = (0..content.len()).filter(|&at| content[at] == 7).collect();
+        assert_eq!(landed.len(), 100);
+        let start = landed[0] as i64 - 16 * 1024;
+        assert!(start % 4096 == 0 && (4096..=16384).contains(&start.abs()), "landed {start} bytes away");
+        assert_eq!(disk.stats().misdirected_writes, 1);
+        assert_eq!(disk.misdirected_paths().into_iter().collect::<Vec<_>>(), vec!["p/0.log".to_owned()]);
+        // Off again: writes land where aimed.
+        disk.set_faults(SimDiskFaults::default());
+        log.write_at(0, &[3u8; 8]).unwrap();
+        assert_eq!(&log.read_at(0, 8).unwrap()[..], &[3u8; 8][..]);
     }
 }
