@@ -297,6 +297,8 @@ impl Run {
                 processes,
                 linger: Duration::from_millis(queue.swarm.linger_ms),
                 think_ms_max: queue.swarm.think_ms_max,
+                batch_bytes_max: queue.swarm.batch_bytes_max,
+                hot_partition_percent: queue.swarm.hot_partition_percent,
                 idempotence,
                 rng: StdRng::seed_from_u64(queue.rng.random()),
             };

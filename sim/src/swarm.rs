@@ -175,6 +175,10 @@ pub struct QueueSwarm {
     pub poll_wait_ms_max: u64,
     /// Seed of the workload's own RNG (workloads take an injected RNG; see [`crate::workload`]).
     pub rng_seed: u64,
+    /// The producers' batch limit: small ones split lingering records over many batches.
+    pub batch_bytes_max: usize,
+    /// Percent of sends to partition 0 (key skew; the rest spread evenly).
+    pub hot_partition_percent: u32,
 }
 
 /// Producer request timeouts the idempotent scenarios draw from: short, so that a slow answer (an
@@ -289,6 +293,8 @@ impl Swarm {
                     consumers: rng.gen_range(1..=3),
                     poll_wait_ms_max: [0, 5, 20, 200][rng.gen_range(0..4)],
                     rng_seed: rng.gen(),
+                    batch_bytes_max: [256, 2_048, 65_536, 262_144][rng.gen_range(0..4)],
+                    hot_partition_percent: [0, 0, 50, 90][rng.gen_range(0..4)],
                 };
                 // Drawn last, so that the plain queue scenarios draw exactly what they drew before.
                 if scenario.workload == WorkloadKind::IdempotentQueue {

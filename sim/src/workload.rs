@@ -330,6 +330,10 @@ pub struct ProducerNode {
     pub linger: Duration,
     /// Pause between one process's sends, drawn from `[0, think_ms_max]`.
     pub think_ms_max: u64,
+    /// The producer's `batch_bytes_max`.
+    pub batch_bytes_max: usize,
+    /// Percent of sends that go to partition 0 (the rest spread evenly): how skewed the keys are.
+    pub hot_partition_percent: u32,
     /// `None`: a plain producer, one send outstanding per process.
     pub idempotence: Option<Idempotence>,
     /// The node's RNG (each process gets its own, seeded from it).
@@ -340,6 +344,7 @@ impl ProducerNode {
     /// Runs every process until `stop`; returns when each has resolved its last send.
     pub async fn run(mut self, recorder: Arc<Recorder>, stop: CancellationToken) {
         let (client_config, config) = producer_configs(self.linger, self.idempotence);
+        let config = ProducerConfig { batch_bytes_max: self.batch_bytes_max, ..config };
         let producer = Producer::new(Client::new(self.addr.clone(), client_config), config);
         let mut tasks = Vec::new();
         for process in self.processes.iter().copied() {
@@ -350,6 +355,7 @@ impl ProducerNode {
                 topic,
                 partitions: self.partitions,
                 think_ms_max: self.think_ms_max,
+                hot_partition_percent: self.hot_partition_percent,
                 rng: StdRng::seed_from_u64(self.rng.random()),
             };
             let task = match self.idempotence {
@@ -370,15 +376,26 @@ struct ProcessShape {
     topic: String,
     partitions: u32,
     think_ms_max: u64,
+    hot_partition_percent: u32,
     rng: StdRng,
 }
 
+/// The partition of a process's next send: partition 0 for `hot_percent` of them, the rest spread
+/// evenly over every partition.
+fn pick_partition(rng: &mut StdRng, partitions: u32, hot_percent: u32) -> u32 {
+    if rng.random_range(0..100) < hot_percent {
+        0
+    } else {
+        rng.random_range(0..partitions)
+    }
+}
+
 async fn run_producer_process(shape: ProcessShape, producer: Producer, recorder: &Recorder, stop: &CancellationToken) {
-    let ProcessShape { process, topic, partitions, think_ms_max, mut rng } = shape;
+    let ProcessShape { process, topic, partitions, think_ms_max, hot_partition_percent, mut rng } = shape;
     let topic = topic.as_str();
     let mut sequence = 0u64;
     while !stop.is_cancelled() {
-        let partition = rng.random_range(0..partitions);
+        let partition = pick_partition(&mut rng, partitions, hot_partition_percent);
         let value = format!("{}-{sequence}", process.0);
         sequence += 1;
         let pending = lock(&recorder.history).invoke_send(
@@ -418,13 +435,13 @@ async fn run_pipelined_process(
     stop: CancellationToken,
     idempotence: Idempotence,
 ) {
-    let ProcessShape { process, topic, partitions, think_ms_max, mut rng } = shape;
+    let ProcessShape { process, topic, partitions, think_ms_max, hot_partition_percent, mut rng } = shape;
     let sends_outstanding_max = idempotence.sends_outstanding_max;
     let outstanding = Arc::new(tokio::sync::Semaphore::new(sends_outstanding_max));
     let mut sequence = 0u64;
     while !stop.is_cancelled() {
         let Ok(permit) = outstanding.clone().acquire_owned().await else { return };
-        let partition = rng.random_range(0..partitions);
+        let partition = pick_partition(&mut rng, partitions, hot_partition_percent);
         let value = format!("{}-{sequence}", process.0);
         sequence += 1;
         let pending = lock(&recorder.history).invoke_send(
