@@ -748,17 +748,20 @@ impl<'a> Nemesis<'a> {
         Some((Some(Fault::MetaWriteErrors(target)), true))
     }
 
-    /// A broker for a data-disk fault of `kind`, unless one of that kind is active on it.
-    fn disk_target(&self, kind: DiskFault) -> Option<usize> {
+    /// A broker for a data-disk fault of `kind`, unless one of that kind is active on it. A forced
+    /// one waits (bounded) for the disk to report it, so its target must be serving: a broker that is
+    /// down writes nothing, and the wait would also hold back the restart that ends its outage
+    /// (`single_broker_write_errors_fsync_never` seed 50065). The forcing tries again shortly.
+    fn disk_target(&self, kind: DiskFault, forced: bool) -> Option<usize> {
         let target = self.random_broker();
         let active =
             self.is_active(|fault| matches!(fault, Fault::Disk(index, active) if *index == target && *active == kind));
-        (!active).then_some(target)
+        (!active && (!forced || self.serving(target))).then_some(target)
     }
 
     /// Slow syncs. Forced: wait (bounded) until a sync was delayed.
     async fn slow_fsync(&mut self, forced: bool) -> Option<(Option<Fault>, bool)> {
-        let target = self.disk_target(DiskFault::SlowFsync)?;
+        let target = self.disk_target(DiskFault::SlowFsync, forced)?;
         let latency_max = self.swarm.fsync_latency_ms_max.max(1);
         let latency_min = thread_rng().gen_range(1..=latency_max);
         self.disks[target].latency_ms = Some((latency_min, latency_max));
@@ -772,7 +775,7 @@ impl<'a> Nemesis<'a> {
     /// Failing syncs. Forced: fail the next sync for certain (write errors held meanwhile), then go
     /// on with a drawn probability.
     async fn failed_fsync(&mut self, forced: bool) -> Option<(Option<Fault>, bool)> {
-        let target = self.disk_target(DiskFault::FailedFsync)?;
+        let target = self.disk_target(DiskFault::FailedFsync, forced)?;
         if forced {
             self.disks[target].fsync_error_probability = 1.0;
             self.disks[target].writes_held = true;
@@ -789,7 +792,7 @@ impl<'a> Nemesis<'a> {
     /// EIO and ENOSPC writes. Forced: fail the next data write for certain (EIO), then go on with
     /// drawn probabilities.
     async fn failed_write(&mut self, forced: bool) -> Option<(Option<Fault>, bool)> {
-        let target = self.disk_target(DiskFault::FailedWrite)?;
+        let target = self.disk_target(DiskFault::FailedWrite, forced)?;
         if forced {
             self.disks[target].write_eio_probability = 1.0;
             self.apply_disk(target);
