@@ -236,28 +236,12 @@ impl CampaignReport {
 
     /// Per interesting state: the runs that reached it and the total hits.
     pub fn coverage_rows(&self) -> Vec<(Sometimes, usize, u64)> {
-        Sometimes::ALL
-            .iter()
-            .map(|&state| {
-                let counts = self.results.iter().map(|result| count_of(&result.coverage, state));
-                let (runs, hits) =
-                    counts.fold((0, 0), |(runs, hits), count| (runs + usize::from(count > 0), hits + count));
-                (state, runs, hits)
-            })
-            .collect()
+        tally(&self.results, &Sometimes::ALL, |result| &result.coverage)
     }
 
     /// Per BUGGIFY point: the runs where it fired and the total fires.
     pub fn buggify_rows(&self) -> Vec<(Point, usize, u64)> {
-        Point::ALL
-            .iter()
-            .map(|&point| {
-                let counts = self.results.iter().map(|result| count_of(&result.buggify_fired, point));
-                let (runs, hits) =
-                    counts.fold((0, 0), |(runs, hits), count| (runs + usize::from(count > 0), hits + count));
-                (point, runs, hits)
-            })
-            .collect()
+        tally(&self.results, &Point::ALL, |result| &result.buggify_fired)
     }
 
     /// Simulated seconds per wall second of the runs with `brokers` brokers (`None`: every run).
@@ -326,6 +310,23 @@ impl CampaignReport {
             self.last_seed
         )
     }
+}
+
+/// Per item: the runs whose `counts` show it at least once, and its total over every run.
+fn tally<T: PartialEq + Copy>(
+    results: &[RunResult],
+    items: &[T],
+    counts: impl Fn(&RunResult) -> &[(T, u64)],
+) -> Vec<(T, usize, u64)> {
+    items
+        .iter()
+        .map(|&item| {
+            let per_run = results.iter().map(|result| count_of(counts(result), item));
+            let (runs, total) =
+                per_run.fold((0, 0), |(runs, total), count| (runs + usize::from(count > 0), total + count));
+            (item, runs, total)
+        })
+        .collect()
 }
 
 fn count_of<T: PartialEq + Copy>(counts: &[(T, u64)], what: T) -> u64 {
