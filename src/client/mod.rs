@@ -442,7 +442,7 @@ impl Client {
     /// Waits for a request started on `addr`, up to `request_timeout` (+ `extra`).
     pub async fn finish(&self, addr: &str, pending: PendingResponse, extra: Duration) -> Result<Body, ClientError> {
         let timeout =
-            if buggify(Point::EarlyTimeout) { self.config.request_timeout / 8 } else { self.config.request_timeout };
+            if buggify(Point::EarlyTimeout) { self.config.request_timeout / 2 } else { self.config.request_timeout };
         match tokio::time::timeout(timeout + extra, pending).await {
             Err(_) => {
                 // Drop the connection: a late response must not be matched to anything.

@@ -953,6 +953,7 @@ impl Task {
     ) {
         let idem = batch.idem.as_mut().expect("an idempotent batch");
         idem.maybe_appended |= maybe_appended;
+        tracing::debug!(topic, partition, assigned = ?idem.assigned, %error, "idempotent produce answer");
         idem.last_error = Some(error);
         let now = Instant::now();
         if idem.deadline <= now {
