@@ -22,6 +22,7 @@ pub mod buggify;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod compression;
 pub mod config;
 pub mod leader_epochs;
 pub mod log;

@@ -208,6 +208,9 @@ pub enum ErrorCode {
     /// A retry of a batch this partition already appended, not yet committed (acks=all) or durable
     /// (acks=leader): nothing appended now. Retry: once committed, the retry gets the original offsets.
     DuplicatePending = 33,
+    /// A batch whose attributes name a compression codec this broker does not know (Kafka's ids
+    /// 0-4 are known): not appended.
+    UnsupportedCompression = 34,
 }
 
 impl ErrorCode {
@@ -566,6 +569,9 @@ pub struct ReplicaStatusResponse {
     /// The leader's storage failed and is being recovered: the offsets are its last known ones.
     #[prost(bool, tag = "9")]
     pub storage_failed: bool,
+    /// The bytes of the leader's log segments (batches as stored; no index files).
+    #[prost(uint64, tag = "10")]
+    pub log_size_bytes: u64,
 }
 
 /// One replica as its partition's leader sees it.
@@ -748,6 +754,7 @@ mod tests {
             durable_end_offset: 11,
             replicas: vec![replica(1, Some(9), true), replica(2, Some(12), true), replica(3, None, false)],
             storage_failed: false,
+            log_size_bytes: 4096,
         }
     }
 

@@ -43,11 +43,13 @@ pub enum Sometimes {
     ControlledShutdown,
     /// A metadata voter installed a Raft snapshot from the leader.
     RaftSnapshotInstalled,
+    /// A leader took a compressed batch (its records inflated and checked) for appending.
+    CompressedBatchProduced,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 14] = [
+    pub const ALL: [Sometimes; 15] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -62,6 +64,7 @@ impl Sometimes {
         Sometimes::BrokerFenced,
         Sometimes::ControlledShutdown,
         Sometimes::RaftSnapshotInstalled,
+        Sometimes::CompressedBatchProduced,
     ];
 
     /// The name in the coverage table (snake case).
@@ -81,6 +84,7 @@ impl Sometimes {
             Sometimes::BrokerFenced => "broker_fenced",
             Sometimes::ControlledShutdown => "controlled_shutdown",
             Sometimes::RaftSnapshotInstalled => "raft_snapshot_installed",
+            Sometimes::CompressedBatchProduced => "compressed_batch_produced",
         }
     }
 }

@@ -274,6 +274,7 @@ fn replica_status(node: u64, leader_epoch: i32) -> Body {
         durable_end_offset: 3,
         replicas: vec![replica(node, Some(3)), replica(9, None)],
         storage_failed: false,
+        log_size_bytes: 120,
     })
 }
 

@@ -287,7 +287,7 @@ impl Run {
             clients: Vec::new(),
             producer_clients: Vec::new(),
         };
-        for _ in 0..queue.swarm.producer_nodes {
+        for index in 0..queue.swarm.producer_nodes {
             let node = self.cluster.add_client();
             let processes = (0..queue.swarm.processes_per_node).map(|_| queue.next_process()).collect();
             let producer_node = ProducerNode {
@@ -298,6 +298,7 @@ impl Run {
                 linger: Duration::from_millis(queue.swarm.linger_ms),
                 think_ms_max: queue.swarm.think_ms_max,
                 batch_bytes_max: queue.swarm.batch_bytes_max,
+                compression: queue.swarm.compression.get(index as usize).copied().unwrap_or_default(),
                 hot_partition_percent: queue.swarm.hot_partition_percent,
                 idempotence,
                 rng: StdRng::seed_from_u64(queue.rng.random()),

@@ -76,6 +76,9 @@ pub struct Scenario {
     pub checkers: &'static [Checker],
     /// Simulated time of the faulty phase.
     pub duration: Duration,
+    /// Whether the queue workload's producers compress their batches, one codec drawn per producer
+    /// node (none among them); off keeps a scenario's draws what they were before codecs existed.
+    pub compression: bool,
 }
 
 impl Scenario {
@@ -136,6 +139,7 @@ fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass
         workload: WorkloadKind::Queue,
         checkers: QUEUE_CHECKERS,
         duration: QUEUE_DURATION,
+        compression: false,
     }
 }
 
@@ -149,6 +153,7 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         workload: WorkloadKind::Metadata,
         checkers: RAFT_CHECKERS,
         duration: RAFT_DURATION,
+        compression: false,
     }
 }
 
@@ -277,6 +282,7 @@ fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         workload: WorkloadKind::Queue,
         checkers: ISR_CHECKERS,
         duration: ISR_DURATION,
+        compression: false,
     }
 }
 
@@ -345,6 +351,7 @@ pub fn isr_3_double_failover() -> Scenario {
     Scenario {
         checkers: ISR_WATCHED_CHECKERS,
         duration: DOUBLE_FAILOVER_DURATION,
+        compression: false,
         faults: with_background(vec![(DoubleFailover, Always)], false),
         ..isr("isr_3_double_failover", 3, Vec::new())
     }
@@ -364,6 +371,7 @@ pub fn isr_3_slow_follower() -> Scenario {
     Scenario {
         checkers: ISR_WATCHED_CHECKERS,
         duration: SLOW_FOLLOWER_DURATION,
+        compression: false,
         faults: with_background(vec![(SlowFollower, Always)], false),
         ..isr("isr_3_slow_follower", 3, Vec::new())
     }
@@ -394,7 +402,7 @@ pub fn isr_5_swarm() -> Scenario {
     .into_iter()
     .map(|class| (class, Sometimes))
     .collect();
-    isr("isr_5_swarm", 5, faults)
+    Scenario { compression: true, ..isr("isr_5_swarm", 5, faults) }
 }
 
 /// The idempotent-producer scenarios' checkers: the exactly-once queue checker and the replica
@@ -467,7 +475,7 @@ pub fn idempotent_swarm() -> Scenario {
     .into_iter()
     .map(|class| (class, Sometimes))
     .collect();
-    idempotent("idempotent_swarm", faults)
+    Scenario { compression: true, ..idempotent("idempotent_swarm", faults) }
 }
 
 /// Every scenario of `sim/tests/scenarios.rs`.

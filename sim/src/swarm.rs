@@ -11,6 +11,8 @@
 
 use madsim::rand::{thread_rng, Rng};
 
+use keel::compression::Compression;
+
 use crate::scenario::{Scenario, WorkloadKind};
 use crate::workload::Idempotence;
 
@@ -179,6 +181,8 @@ pub struct QueueSwarm {
     pub batch_bytes_max: usize,
     /// Percent of sends to partition 0 (key skew; the rest spread evenly).
     pub hot_partition_percent: u32,
+    /// The codec of each producer node's batches, in node order (empty: all uncompressed).
+    pub compression: Vec<Compression>,
 }
 
 /// Producer request timeouts the idempotent scenarios draw from: short, so that a slow answer (an
@@ -284,7 +288,7 @@ impl Swarm {
         };
         let workload = match scenario.workload {
             WorkloadKind::Queue | WorkloadKind::IdempotentQueue => {
-                let queue = QueueSwarm {
+                let mut queue = QueueSwarm {
                     partitions: rng.gen_range(1..=4),
                     producer_nodes: rng.gen_range(1..=3),
                     processes_per_node: rng.gen_range(1..=4),
@@ -295,8 +299,14 @@ impl Swarm {
                     rng_seed: rng.gen(),
                     batch_bytes_max: [256, 2_048, 65_536, 262_144][rng.gen_range(0..4)],
                     hot_partition_percent: [0, 0, 50, 90][rng.gen_range(0..4)],
+                    compression: Vec::new(),
                 };
                 // Drawn last, so that the plain queue scenarios draw exactly what they drew before.
+                if scenario.compression {
+                    queue.compression = (0..queue.producer_nodes)
+                        .map(|_| Compression::ALL[rng.gen_range(0..Compression::ALL.len())])
+                        .collect();
+                }
                 if scenario.workload == WorkloadKind::IdempotentQueue {
                     WorkloadSwarm::IdempotentQueue(queue, draw_idempotence(&mut rng))
                 } else {

@@ -34,6 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use keel::batch::Record;
 use keel::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig, RecordMetadata};
+use keel::compression::Compression;
 use keel::protocol::{Acks, ErrorCode};
 use keel::types::Offset as KeelOffset;
 use keel_model::history::{EventKind, History, Offset, Op, Partition, PendingSend, PollReads, ProcessId, Value};
@@ -332,6 +333,8 @@ pub struct ProducerNode {
     pub think_ms_max: u64,
     /// The producer's `batch_bytes_max`.
     pub batch_bytes_max: usize,
+    /// The codec of the producer's batches.
+    pub compression: Compression,
     /// Percent of sends that go to partition 0 (the rest spread evenly): how skewed the keys are.
     pub hot_partition_percent: u32,
     /// `None`: a plain producer, one send outstanding per process.
@@ -344,7 +347,7 @@ impl ProducerNode {
     /// Runs every process until `stop`; returns when each has resolved its last send.
     pub async fn run(mut self, recorder: Arc<Recorder>, stop: CancellationToken) {
         let (client_config, config) = producer_configs(self.linger, self.idempotence);
-        let config = ProducerConfig { batch_bytes_max: self.batch_bytes_max, ..config };
+        let config = ProducerConfig { batch_bytes_max: self.batch_bytes_max, compression: self.compression, ..config };
         let producer = Producer::new(Client::new(self.addr.clone(), client_config), config);
         let mut tasks = Vec::new();
         for process in self.processes.iter().copied() {

@@ -149,6 +149,7 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         workload: scenario::WorkloadKind::Queue,
         checkers: &[],
         duration: Duration::from_secs(5),
+        compression: false,
     };
     let swarm = NemesisSwarm {
         interval_ms: 100,

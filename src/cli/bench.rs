@@ -9,6 +9,11 @@
 //!
 //! `--compare-idempotence` runs the produce benchmark twice on one topic, without and then with
 //! the idempotent producer, and reports both runs and the drop in throughput with idempotence.
+//! `--compression CODEC` (other than none) runs it without compression and then with the codec, and
+//! reports both runs' throughput and the bytes their batches take in the leaders' logs.
+//!
+//! Record values are JSON-like event lines with random fields (`payloads`), each value distinct, so
+//! that compression sees text about as compressible as real event data, not one repeated byte.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,9 +27,13 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::time::Instant;
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use super::{fail, parse_acks, Cli, CliError, IdempotenceArgs};
 use crate::batch::Record;
 use crate::client::{delivered, Client, ClientConfig, ClientError, Delivery, Producer, ProducerConfig};
+use crate::compression::Compression;
 use crate::protocol::{Acks, ErrorCode, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use crate::types::Offset;
 
@@ -68,6 +77,17 @@ pub struct ProduceBenchArgs {
     /// Needs --acks all.
     #[arg(long, conflicts_with = "no_idempotence")]
     pub compare_idempotence: bool,
+    /// Compress batches with this codec: none (default), gzip, snappy, lz4 or zstd. Any codec but
+    /// none runs the benchmark twice, uncompressed and then with the codec (same topic, settings and
+    /// duration), and reports both with the bytes each run's batches take in the leaders' logs.
+    #[arg(
+        long,
+        default_value = "none",
+        value_name = "CODEC",
+        conflicts_with = "compare_idempotence",
+        verbatim_doc_comment
+    )]
+    pub compression: Compression,
     #[arg(long, default_value_t = 10)]
     pub duration_s: u64,
     #[arg(long, default_value_t = 5)]
@@ -100,6 +120,10 @@ impl ProduceBenchArgs {
         let mut args = self.clone();
         args.idempotence.no_idempotence = !on;
         args
+    }
+
+    fn with_compression(&self, compression: Compression) -> ProduceBenchArgs {
+        ProduceBenchArgs { compression, ..self.clone() }
     }
 }
 
@@ -157,11 +181,72 @@ async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
         let off = produce_run(cli, &args.with_idempotence(false)).await?;
         let on = produce_run(cli, &args.with_idempotence(true)).await?;
         report_comparison(cli, &off, &on, args.rate);
+    } else if args.compression != Compression::None {
+        let plain = measured_run(cli, &admin, &args.with_compression(Compression::None)).await?;
+        let compressed = measured_run(cli, &admin, args).await?;
+        report_compression(cli, args, &plain, &compressed);
     } else {
         let run = produce_run(cli, args).await?;
         report(cli, "produce", &run.totals, run.elapsed, args.rate);
     }
     Ok(())
+}
+
+/// A produce run and the bytes it added to the topic's leaders' logs.
+async fn measured_run(cli: &Cli, admin: &Client, args: &ProduceBenchArgs) -> Result<(Run, u64), CliError> {
+    let before = topic_log_bytes(admin, &args.topic).await?;
+    let run = produce_run(cli, args).await?;
+    let after = topic_log_bytes(admin, &args.topic).await?;
+    Ok((run, after.saturating_sub(before)))
+}
+
+/// The bytes of every partition leader's log of `topic` (what `topic describe` shows as size).
+async fn topic_log_bytes(admin: &Client, topic: &str) -> Result<u64, CliError> {
+    let mut bytes = 0;
+    for partition in admin.topic(topic).await?.partitions {
+        bytes += admin.replica_status(topic, partition.partition).await?.log_size_bytes;
+    }
+    Ok(bytes)
+}
+
+/// `--compression`: both runs, their throughput and bytes on disk, and the ratios; with `--json`
+/// one object with `none` and `compressed` (each a single run's report plus `disk_bytes` and
+/// `disk_bytes_per_record`), `codec`, `throughput_ratio` and `disk_ratio` (compressed / none).
+fn report_compression(cli: &Cli, args: &ProduceBenchArgs, plain: &(Run, u64), compressed: &(Run, u64)) {
+    let codec = args.compression;
+    let per_record = |(run, bytes): &(Run, u64)| *bytes as f64 / run.totals.records.max(1) as f64;
+    let rate = |(run, _): &(Run, u64)| msg_per_s(&run.totals, run.elapsed);
+    let throughput_ratio = rate(compressed) / rate(plain).max(1e-9);
+    let disk_ratio = per_record(compressed) / per_record(plain).max(1e-9);
+    if cli.json {
+        let run_json = |measured: &(Run, u64)| {
+            let mut value = report_json("produce", &measured.0.totals, measured.0.elapsed, args.rate);
+            value["disk_bytes"] = json!(measured.1);
+            value["disk_bytes_per_record"] = json!(per_record(measured));
+            value
+        };
+        let line = json!({
+            "bench": "produce-compare-compression", "codec": codec.name(),
+            "none": run_json(plain), "compressed": run_json(compressed),
+            "throughput_ratio": throughput_ratio, "disk_ratio": disk_ratio,
+        });
+        println!("{line}");
+        return;
+    }
+    for (name, measured) in [("none", plain), (codec.name(), compressed)] {
+        let (run, bytes) = measured;
+        println!("{}", report_text(&format!("produce, {name}"), &run.totals, run.elapsed, args.rate));
+        println!(
+            "  on disk: {bytes} bytes in the leaders' logs, {:.1} per record of {} bytes",
+            per_record(measured),
+            args.size
+        );
+    }
+    println!(
+        "{codec} against none: {throughput_ratio:.2}x the throughput, {disk_ratio:.3}x the bytes on disk per record \
+         ({:.1}x smaller)",
+        1.0 / disk_ratio.max(1e-9)
+    );
 }
 
 /// Longest the bench waits for a topic's partitions to have a leader and a full ISR.
@@ -200,11 +285,11 @@ async fn produce_run(cli: &Cli, args: &ProduceBenchArgs) -> Result<Run, CliError
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let started = Instant::now();
     let mut workers = FuturesUnordered::new();
-    for _ in 0..args.producers {
+    for seed in 0..u64::from(args.producers) {
         let client = Client::new(cli.broker.clone(), ClientConfig::default());
         let args = args.clone();
         let rate_per_producer = args.rate.map(|rate| rate as f64 / f64::from(args.producers));
-        workers.push(tokio::spawn(produce_worker(client, args, deadline, rate_per_producer)));
+        workers.push(tokio::spawn(produce_worker(client, args, deadline, rate_per_producer, seed)));
     }
     let mut totals = Totals::new();
     while let Some(result) = workers.next().await {
@@ -223,17 +308,20 @@ async fn produce_worker(
     args: ProduceBenchArgs,
     deadline: Instant,
     rate_per_producer: Option<f64>,
+    seed: u64,
 ) -> Totals {
     let config = args.idempotence.apply(ProducerConfig {
         acks: args.acks,
         linger: Duration::from_millis(args.linger_ms),
         batch_bytes_max: args.batch_bytes,
+        compression: args.compression,
         ..ProducerConfig::default()
     });
     let producer = Producer::new(client, config);
-    let value = Bytes::from(vec![b'x'; args.size]);
+    let values = payloads(args.size, PAYLOADS_PER_PRODUCER, seed);
+    let mut next_value = values.iter().cycle();
     if let Some(rate) = rate_per_producer {
-        let mut totals = produce_on_schedule(producer.clone(), &args, value, deadline, rate).await;
+        let mut totals = produce_on_schedule(producer.clone(), &args, values, deadline, rate).await;
         totals.requests = producer.stats().requests;
         return totals;
     }
@@ -248,7 +336,7 @@ async fn produce_worker(
             account(&mut totals, sent_at, delivered(delivery).await, args.size);
             continue;
         }
-        let record = Record { value: Some(value.clone()), ..Record::default() };
+        let record = Record { value: next_value.next().cloned(), ..Record::default() };
         let sent_at = Instant::now();
         outstanding.push_back((sent_at, producer.send(&args.topic, None, record).await));
         while let Some((_, delivery)) = outstanding.front_mut() {
@@ -276,10 +364,11 @@ async fn produce_worker(
 async fn produce_on_schedule(
     producer: Producer,
     args: &ProduceBenchArgs,
-    value: Bytes,
+    values: Vec<Bytes>,
     deadline: Instant,
     rate: f64,
 ) -> Totals {
+    let mut next_value = values.iter().cycle();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let (outstanding, mut deliveries) = tokio::sync::mpsc::channel::<(Instant, Delivery)>(args.window);
     let size = args.size;
@@ -293,7 +382,7 @@ async fn produce_on_schedule(
     let mut scheduled = Instant::now();
     while scheduled < deadline {
         tokio::time::sleep_until(scheduled).await;
-        let record = Record { value: Some(value.clone()), ..Record::default() };
+        let record = Record { value: next_value.next().cloned(), ..Record::default() };
         let delivery = producer.send(&args.topic, None, record).await;
         if outstanding.send((scheduled, delivery)).await.is_err() {
             break;
@@ -302,6 +391,37 @@ async fn produce_on_schedule(
     }
     drop(outstanding);
     collector.await.unwrap_or_else(|_| Totals { errors: 1, ..Totals::new() })
+}
+
+/// Distinct values each producer cycles through: at 1 KiB, 4 MiB of them, more than any batch
+/// holds, so no batch compresses one value against an earlier copy of itself.
+const PAYLOADS_PER_PRODUCER: usize = 4096;
+
+/// `count` distinct record values of exactly `size` bytes: JSON event lines with random ids,
+/// numbers and words, repeated to fill the size (from a seeded RNG, so runs compare alike).
+fn payloads(size: usize, count: usize, seed: u64) -> Vec<Bytes> {
+    const EVENTS: [&str; 6] = ["click", "view", "purchase", "login", "logout", "search"];
+    const PATHS: [&str; 5] = ["/products", "/cart", "/checkout", "/search", "/account"];
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let mut value = String::with_capacity(size + 160);
+            while value.len() < size {
+                value.push_str(&format!(
+                    "{{\"ts\":{},\"user\":\"user-{}\",\"event\":\"{}\",\"path\":\"{}/{}\",\"latency_ms\":{},\"ok\":{}}}\n",
+                    1_700_000_000_000u64 + rng.random_range(0..10_000_000_000u64),
+                    rng.random_range(0..100_000),
+                    EVENTS[rng.random_range(0..EVENTS.len())],
+                    PATHS[rng.random_range(0..PATHS.len())],
+                    rng.random_range(0..10_000),
+                    rng.random_range(0..2_000),
+                    rng.random_bool(0.95),
+                ));
+            }
+            value.truncate(size);
+            Bytes::from(value)
+        })
+        .collect()
 }
 
 fn account<T>(totals: &mut Totals, sent_at: Instant, result: Result<T, ClientError>, size: usize) {

@@ -23,6 +23,7 @@ use crate::batch::{Record, StoredRecord};
 use crate::client::{
     delivered, Client, ClientConfig, ClientError, PartitionStatus, Producer, ProducerConfig, TopicSpec, DEFAULT_BROKER,
 };
+use crate::compression::Compression;
 use crate::config::BrokerConfig;
 use crate::partition::FsyncPolicy;
 use crate::protocol::{Acks, PartitionInfo, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
@@ -191,6 +192,10 @@ pub struct ProduceArgs {
     pub acks: Acks,
     #[command(flatten)]
     pub idempotence: IdempotenceArgs,
+    /// Compress each batch with this codec (Kafka's `compression.type`): none, gzip, snappy, lz4 or
+    /// zstd. The broker stores compressed batches as they are; consumers decompress.
+    #[arg(long, default_value = "none", value_name = "CODEC")]
+    pub compression: Compression,
     /// Print the partition and offset of every record.
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -464,7 +469,8 @@ async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl W
 
 /// One partition of `topic describe --json`. The offsets come from the leader's status (`null` when
 /// the partition is offline): `high_watermark` (what consumers may read up to), `log_start_offset`,
-/// the leader's `log_end_offset` and `durable_end_offset`, and `replicas_status`, one entry per
+/// the leader's `log_end_offset` and `durable_end_offset`, `log_size_bytes` (its segments' bytes),
+/// and `replicas_status`, one entry per
 /// replica in replica order: its log end (`null` until it has fetched in this leader epoch), its lag
 /// behind the leader's log end, and whether the leader counts it in the ISR.
 fn partition_json(p: &PartitionInfo, status: Option<&PartitionStatus>) -> serde_json::Value {
@@ -484,7 +490,8 @@ fn partition_json(p: &PartitionInfo, status: Option<&PartitionStatus>) -> serde_
            "eligible_leader_replicas": p.elr,
            "log_start_offset": status.map(|s| s.log_start.0), "high_watermark": status.map(|s| s.high_watermark.0),
            "log_end_offset": status.map(|s| s.log_end.0), "durable_end_offset": status.map(|s| s.durable_end.0),
-           "storage_failed": status.map(|s| s.storage_failed), "replicas_status": replicas_status})
+           "storage_failed": status.map(|s| s.storage_failed), "log_size_bytes": status.map(|s| s.log_size_bytes),
+           "replicas_status": replicas_status})
 }
 
 /// One partition of `topic describe`: a line with the metadata and the leader's offsets, then one
@@ -494,8 +501,8 @@ fn partition_lines(p: &PartitionInfo, status: Option<&PartitionStatus>) -> Vec<S
     let leader = if p.leader == 0 { "none (offline)".to_owned() } else { p.leader.to_string() };
     let offsets = match status {
         Some(status) => format!(
-            "log start {}\thigh watermark {}\tlog end {}",
-            status.log_start, status.high_watermark, status.log_end
+            "log start {}\thigh watermark {}\tlog end {}\tsize {} B",
+            status.log_start, status.high_watermark, status.log_end, status.log_size_bytes
         ),
         None => "offsets offline".to_owned(),
     };
@@ -534,7 +541,11 @@ pub async fn run_produce(cli: &Cli, args: &ProduceArgs) -> Result<(), CliError> 
     let client = client(cli);
     // Fail fast and clearly on an unknown topic, before reading stdin.
     client.topic(&args.topic).await?;
-    let config = args.idempotence.apply(ProducerConfig { acks: args.acks, ..ProducerConfig::default() });
+    let config = args.idempotence.apply(ProducerConfig {
+        acks: args.acks,
+        compression: args.compression,
+        ..ProducerConfig::default()
+    });
     let producer = Producer::new(client, config);
     let key = args.key.clone().map(Bytes::from);
     let mut deliveries = Vec::new();

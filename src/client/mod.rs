@@ -243,6 +243,8 @@ pub struct PartitionStatus {
     /// Every replica, the leader included, in the partition's replica order.
     pub replicas: Vec<ReplicaLogStatus>,
     pub storage_failed: bool,
+    /// The bytes of the leader's log segments.
+    pub log_size_bytes: u64,
 }
 
 /// One replica's log end as the leader knows it (`None`: it has not fetched in this leader epoch),
@@ -293,6 +295,7 @@ impl PartitionStatus {
             durable_end: Offset(durable),
             replicas,
             storage_failed: response.storage_failed,
+            log_size_bytes: response.log_size_bytes,
         })
     }
 }
@@ -882,6 +885,7 @@ mod tests {
                 ReplicaLogInfo { node_id: 3, log_end_offset: None, lag: None, in_isr: false },
             ],
             storage_failed: false,
+            log_size_bytes: 300,
         }
     }
 

@@ -85,8 +85,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::{is_misrouted, Client, ClientError, PendingResponse, ROUTE_ATTEMPTS_MAX};
-use crate::batch::{encode_batch, ProducerFields, Record, BATCH_BYTES_MAX};
+use crate::batch::{encode_batch_compressed, ProducerFields, Record, BATCH_BYTES_MAX};
 use crate::buggify::Point;
+use crate::compression::Compression;
 use crate::producer_state::add_sequence;
 use crate::protocol::{Acks, Body, ErrorCode, ProduceRequest, ProduceResponse};
 use crate::types::{Offset, ProducerEpoch, ProducerId, Sequence};
@@ -116,6 +117,9 @@ pub struct ProducerConfig {
     /// With `idempotent`: how long after its batch closed a record may still be re-sent; then its
     /// outcome is reported (ambiguous if any attempt may have been appended).
     pub delivery_timeout: Duration,
+    /// The codec every batch's records are compressed with (ADR 0018); `batch_bytes_max` bounds the
+    /// uncompressed records.
+    pub compression: Compression,
 }
 
 /// The window of an idempotent producer's partition: a new batch gets a sequence only while fewer
@@ -138,6 +142,7 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             idempotent: true,
             delivery_timeout: Duration::from_secs(120),
+            compression: Compression::None,
         }
     }
 }
@@ -263,6 +268,7 @@ struct ClosedBatch {
 struct IdemBatch {
     records: Vec<Record>,
     timestamp_ms: i64,
+    compression: Compression,
     /// The (epoch, base sequence) its bytes carry; `None` until first started.
     assigned: Option<(ProducerEpoch, Sequence)>,
     /// Not re-sent after this (`delivery_timeout` after it closed): its outcome is reported.
@@ -683,13 +689,15 @@ impl Task {
             Some(IdemBatch {
                 records: batch.records,
                 timestamp_ms,
+                compression: self.config.compression,
                 assigned: None,
                 deadline: Instant::now() + self.config.delivery_timeout,
                 maybe_appended: false,
                 last_error: None,
             })
         } else {
-            request.batch = encode_batch(&batch.records, timestamp_ms, ProducerFields::NONE);
+            request.batch =
+                encode_batch_compressed(&batch.records, timestamp_ms, ProducerFields::NONE, self.config.compression);
             None
         };
         let closed =
@@ -1096,7 +1104,7 @@ fn assign_sequence(
     lane.next_sequence = add_sequence(sequence, idem.records.len() as i32);
     idem.assigned = Some((epoch, sequence));
     let fields = ProducerFields { producer_id, producer_epoch: epoch, base_sequence: sequence };
-    request.batch = encode_batch(&idem.records, idem.timestamp_ms, fields);
+    request.batch = encode_batch_compressed(&idem.records, idem.timestamp_ms, fields, idem.compression);
     true
 }
 

@@ -517,6 +517,12 @@ impl<D: Disk> PartitionLog<D> {
         self.durable_end
     }
 
+    /// The bytes of the log's `.log` files (its batches, as stored: compressed ones compressed),
+    /// without the index files.
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.values().map(|segment| segment.log_bytes).sum()
+    }
+
     pub fn config(&self) -> &LogConfig {
         &self.config
     }

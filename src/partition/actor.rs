@@ -109,6 +109,8 @@ pub struct ReplicaStatus {
     pub log_end: Offset,
     /// Durable (fsynced) end of the local log.
     pub stable_end: Offset,
+    /// The bytes of the local log's segments (0 while its storage is failed).
+    pub log_size_bytes: u64,
     /// On a leader, each follower's last fetch offset (its log end), if it fetched in this epoch.
     pub followers: Vec<(NodeId, Option<Offset>)>,
     /// The partition's replicas and ISR as the controller's latest decision this replica applied
@@ -633,6 +635,7 @@ impl<D: Disk> Actor<D> {
             log_start: self.core.log_start(),
             log_end: self.core.log_end(),
             stable_end: self.core.stable_end(),
+            log_size_bytes: self.log.as_ref().map_or(0, |log| log.size_bytes()),
             followers,
             replicas: state.replicas.clone(),
             isr: state.isr.clone(),

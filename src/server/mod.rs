@@ -43,8 +43,9 @@ use tokio::sync::{oneshot, Semaphore};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Batch, BATCH_BYTES_MAX};
+use crate::batch::{Batch, BatchError, BATCH_BYTES_MAX};
 use crate::buggify::{buggify, Point};
+use crate::compression::Compression;
 use crate::config::BrokerConfig;
 use crate::log::LogConfig;
 use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError};
@@ -53,6 +54,7 @@ use crate::partition::replica::ReplicaConfig;
 use crate::partition::{ConsumerFetch, CoreConfig, OffsetSpec, PartitionReply};
 use crate::peer::PeerTransport;
 use crate::protocol::*;
+use crate::sometimes::{self, Sometimes};
 use crate::storage::Disk;
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
 use assignments::Assignments;
@@ -768,8 +770,21 @@ async fn produce<D: Disk>(state: &Arc<State<D>>, id: u64, request: ProduceReques
             format!("batch of {} bytes exceeds the {BATCH_BYTES_MAX}-byte limit", request.batch.len()),
         );
     }
-    let batch = match Batch::parse(request.batch) {
+    // A compressed batch is inflated once here, in the connection's task, to check its records
+    // against its header (ADR 0018); it is stored, replicated and served as it came.
+    let checked = Batch::parse(request.batch).and_then(|batch| {
+        if batch.compression() == Compression::None {
+            return Ok(batch);
+        }
+        batch.check_records()?;
+        sometimes::hit(Sometimes::CompressedBatchProduced);
+        Ok(batch)
+    });
+    let batch = match checked {
         Ok(batch) => batch,
+        Err(error @ BatchError::UnsupportedCompression(_)) => {
+            return produce_error(id, ErrorCode::UnsupportedCompression, format!("invalid record batch: {error}"))
+        }
         Err(error) => return produce_error(id, ErrorCode::CorruptBatch, format!("invalid record batch: {error}")),
     };
     let pending = partition.append(batch, acks).await;

@@ -29,6 +29,7 @@ pub fn refusal(code: ErrorCode, message: impl Into<String>) -> ReplicaStatusResp
         durable_end_offset: -1,
         replicas: Vec::new(),
         storage_failed: false,
+        log_size_bytes: 0,
     }
 }
 
@@ -82,6 +83,7 @@ pub fn answer(me: NodeId, name: &str, leader_epoch: Option<i32>, status: &Replic
         durable_end_offset: status.stable_end.0,
         replicas: status.replicas.iter().copied().map(replica).collect(),
         storage_failed: status.storage_failed,
+        log_size_bytes: status.log_size_bytes,
     }
 }
 
@@ -105,6 +107,7 @@ mod tests {
             log_start: Offset(2),
             log_end: Offset(10),
             stable_end: Offset(9),
+            log_size_bytes: 1234,
             followers: vec![(NodeId(1), Some(Offset(7))), (NodeId(3), None)],
             replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
             isr: vec![NodeId(2), NodeId(1)],
@@ -124,7 +127,7 @@ mod tests {
             (response.leader, response.leader_epoch, response.high_watermark, response.log_start_offset),
             (2, 3, 7, 2)
         );
-        assert_eq!((response.log_end_offset, response.durable_end_offset), (10, 9));
+        assert_eq!((response.log_end_offset, response.durable_end_offset, response.log_size_bytes), (10, 9, 1234));
         let replicas: Vec<(u64, Option<i64>, Option<i64>, bool)> = response
             .replicas
             .iter()
