@@ -50,6 +50,8 @@ pub struct BrokerConfig {
     pub broker_fence_after_ms: u64,
     /// Applied metadata entries between snapshots (the Raft log is compacted at each snapshot).
     pub metadata_snapshot_interval_entries: u64,
+    /// How often each partition replica applies its topic's retention (ADR 0019).
+    pub retention_check_interval_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -68,6 +70,7 @@ impl Default for BrokerConfig {
             peers: BTreeMap::new(),
             broker_fence_after_ms: 6_000,
             metadata_snapshot_interval_entries: 1_000,
+            retention_check_interval_ms: crate::partition::replica::RETENTION_CHECK_INTERVAL_MS_DEFAULT,
         }
     }
 }
@@ -109,6 +112,9 @@ impl BrokerConfig {
         }
         if self.metadata_snapshot_interval_entries == 0 {
             return Err(ConfigError::Invalid("metadata_snapshot_interval_entries must be positive".into()));
+        }
+        if self.retention_check_interval_ms == 0 {
+            return Err(ConfigError::Invalid("retention_check_interval_ms must be positive".into()));
         }
         if self.node_id == NodeId(0) {
             return Err(ConfigError::Invalid("node_id must be positive (raft ids start at 1)".into()));

@@ -59,7 +59,7 @@ pub struct Frame {
     pub version: u32,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35"
     )]
     pub body: Option<Body>,
 }
@@ -126,6 +126,11 @@ pub enum Body {
     InitProducerIdRequest(InitProducerIdRequest),
     #[prost(message, tag = "33")]
     InitProducerIdResponse(InitProducerIdResponse),
+    /// Changes a topic's log settings through the metadata group (ADR 0019).
+    #[prost(message, tag = "34")]
+    AlterTopicRequest(AlterTopicRequest),
+    #[prost(message, tag = "35")]
+    AlterTopicResponse(AlterTopicResponse),
 }
 
 impl Frame {
@@ -211,6 +216,8 @@ pub enum ErrorCode {
     /// A batch whose attributes name a compression codec this broker does not know (Kafka's ids
     /// 0-4 are known): not appended.
     UnsupportedCompression = 34,
+    /// A topic setting out of its range (retention, segment size): nothing was changed.
+    InvalidConfig = 35,
 }
 
 impl ErrorCode {
@@ -372,6 +379,40 @@ pub struct CreateTopicRequest {
     /// Elect a replica outside the ISR when no ISR member can lead (loses acknowledged records).
     #[prost(bool, tag = "5")]
     pub unclean_leader_election: bool,
+    /// The topic's log settings; absent ones get the defaults (`InvalidConfig` when out of range).
+    /// Boxed: it would make this the largest request of [`Body`].
+    #[prost(message, optional, boxed, tag = "6")]
+    pub log: Option<Box<LogSettingsInfo>>,
+}
+
+/// A topic's retention and segment size (ADR 0019). In a request an absent field leaves the setting
+/// as it is (or at its default); in `TopicInfo` every field is present.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct LogSettingsInfo {
+    /// Delete a sealed segment once its newest record is older than this; -1: keep forever.
+    #[prost(int64, optional, tag = "1")]
+    pub retention_ms: Option<i64>,
+    /// Delete the oldest sealed segments while the log is larger than this; -1: no limit.
+    #[prost(int64, optional, tag = "2")]
+    pub retention_bytes: Option<i64>,
+    /// Roll segments at this size; 0 in `TopicInfo`: the broker's `segment_bytes_max`.
+    #[prost(uint64, optional, tag = "3")]
+    pub segment_bytes: Option<u64>,
+}
+
+/// Changes a topic's log settings (`keel topic alter`).
+#[derive(Clone, PartialEq, Message)]
+pub struct AlterTopicRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(message, optional, tag = "2")]
+    pub log: Option<LogSettingsInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct AlterTopicResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -428,6 +469,9 @@ pub struct TopicInfo {
     pub min_insync_replicas: u32,
     #[prost(bool, tag = "5")]
     pub unclean_leader_election: bool,
+    /// Absent from a broker that predates log settings.
+    #[prost(message, optional, tag = "6")]
+    pub log: Option<LogSettingsInfo>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -524,6 +568,10 @@ pub struct ReplicaFetchResponse {
     /// Zero or more whole batches from the fetch offset, concatenated, exactly as stored.
     #[prost(bytes = "bytes", tag = "6")]
     pub records: Bytes,
+    /// The leader's log start (retention moves it; ADR 0019). 0 from an older leader, whose logs
+    /// all start there.
+    #[prost(int64, tag = "7")]
+    pub log_start_offset: i64,
 }
 
 /// Asks a partition's leader how its replicas are doing. Answered only by the leader: another

@@ -45,11 +45,15 @@ pub enum Sometimes {
     RaftSnapshotInstalled,
     /// A leader took a compressed batch (its records inflated and checked) for appending.
     CompressedBatchProduced,
+    /// Retention deleted whole segments from the start of a replica's log.
+    RetentionDeletedSegments,
+    /// A follower whose log ended below its leader's log start emptied its log and started over there.
+    FollowerLogReset,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 15] = [
+    pub const ALL: [Sometimes; 17] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -65,6 +69,8 @@ impl Sometimes {
         Sometimes::ControlledShutdown,
         Sometimes::RaftSnapshotInstalled,
         Sometimes::CompressedBatchProduced,
+        Sometimes::RetentionDeletedSegments,
+        Sometimes::FollowerLogReset,
     ];
 
     /// The name in the coverage table (snake case).
@@ -85,6 +91,8 @@ impl Sometimes {
             Sometimes::ControlledShutdown => "controlled_shutdown",
             Sometimes::RaftSnapshotInstalled => "raft_snapshot_installed",
             Sometimes::CompressedBatchProduced => "compressed_batch_produced",
+            Sometimes::RetentionDeletedSegments => "retention_deleted_segments",
+            Sometimes::FollowerLogReset => "follower_log_reset",
         }
     }
 }

@@ -1008,3 +1008,80 @@ fn with_section(section: &[u8], codec_id: u16) -> Bytes {
     bytes[17..21].copy_from_slice(&crc.to_be_bytes());
     Bytes::from(bytes)
 }
+
+/// Retention (ADR 0019) as a user runs it: a topic with small segments and a size limit loses its
+/// oldest segments while records are produced, the log start moves (and stays after a kill -9 and a
+/// restart), `keel consume` below it applies `--reset` with a message, and the settings are shown,
+/// altered, and refused when out of range.
+#[tokio::test]
+async fn retention_deletes_old_segments_and_consumers_reset_past_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keel.toml");
+    std::fs::write(&config, "retention_check_interval_ms = 100\n").unwrap();
+    let mut broker = start(dir.path(), &["--config", config.to_str().unwrap()]).await;
+    let created = cli(&broker, &["topic", "create", "r", "--segment-bytes", "1024", "--retention-bytes", "4096"]).await;
+    assert!(created.status.success(), "{}", stderr(&created));
+    let json = |output: &Output| -> serde_json::Value { serde_json::from_str(stdout(output).trim()).unwrap() };
+    let described = json(&cli(&broker, &["--json", "topic", "describe", "r"]).await);
+    assert_eq!(
+        (described["retention_ms"].as_i64(), described["retention_bytes"].as_i64()),
+        (Some(604_800_000), Some(4096))
+    );
+    assert_eq!(described["segment_bytes"], 1024, "{described}");
+    for round in 0..20 {
+        let lines: String = (0..50).map(|i| format!("r{round}-{i}\n")).collect();
+        assert!(cli_with_stdin(&broker, &["produce", "r", "--partition", "0"], &lines).await.status.success());
+    }
+    let log_start = |described: &serde_json::Value| described["partitions"][0]["log_start_offset"].as_i64().unwrap();
+    let deadline = Instant::now() + WAIT_MAX;
+    let described = loop {
+        let described = json(&cli(&broker, &["--json", "topic", "describe", "r"]).await);
+        if log_start(&described) > 0 || Instant::now() >= deadline {
+            break described;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let start = log_start(&described);
+    assert!(start > 0 && start < 1000, "retention moved the log start: {described}");
+    assert!(described["partitions"][0]["log_size_bytes"].as_u64().unwrap() < 4096 + 2048, "{described}");
+
+    // Below the log start: reset to the earliest with a message, to the latest, or fail.
+    let earliest = cli(&broker, &["consume", "r", "--offset", "0", "--count", "1"]).await;
+    assert!(earliest.status.success(), "{}", stderr(&earliest));
+    assert!(
+        stderr(&earliest).contains(&format!("going on from the earliest offset {start} (--reset earliest)")),
+        "{}",
+        stderr(&earliest)
+    );
+    let all = cli(&broker, &["consume", "r", "--from-beginning"]).await;
+    assert_eq!(stdout(&earliest).lines().next(), stdout(&all).lines().next());
+    assert_eq!(stdout(&all).lines().count() as i64, 1000 - start);
+    assert!(stdout(&all).ends_with("r19-49\n"));
+    let none = cli(&broker, &["consume", "r", "--offset", "0", "--reset", "none"]).await;
+    assert_eq!(none.status.code(), Some(1), "{}", stderr(&none));
+    assert!(stderr(&none).contains("out of range") && stderr(&none).contains("--reset none"), "{}", stderr(&none));
+    let latest = cli(&broker, &["consume", "r", "--offset", "0", "--reset", "latest"]).await;
+    assert!(latest.status.success() && stdout(&latest).is_empty(), "{}", stderr(&latest));
+
+    // The log start survives a kill -9 and a restart.
+    broker.kill9().await.unwrap();
+    broker.restart().unwrap();
+    broker.wait_ready(WAIT_MAX).await.unwrap();
+    let restarted = json(&cli(&broker, &["--json", "topic", "describe", "r"]).await);
+    assert!(log_start(&restarted) >= start, "{restarted}");
+
+    // Settings: altered, refused out of range, an empty alter is a usage error, compact is refused.
+    let altered = cli(&broker, &["topic", "alter", "r", "--retention-bytes", "-1", "--retention-ms", "-1"]).await;
+    assert!(altered.status.success(), "{}", stderr(&altered));
+    let human = stdout(&cli(&broker, &["topic", "describe", "r"]).await);
+    assert!(human.contains("retention forever, retention bytes no limit, segment bytes 1024"), "{human}");
+    let refused = cli(&broker, &["topic", "alter", "r", "--segment-bytes", "10"]).await;
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("segment bytes must be between 1024"), "{}", stderr(&refused));
+    let unknown = cli(&broker, &["topic", "alter", "nope", "--retention-ms", "5"]).await;
+    assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+    assert_eq!(cli(&broker, &["topic", "alter", "r"]).await.status.code(), Some(2));
+    let compact = cli(&broker, &["topic", "create", "c", "--cleanup-policy", "compact"]).await;
+    assert_eq!(compact.status.code(), Some(2), "{}", stderr(&compact));
+    assert!(stderr(&compact).contains("not supported yet"), "{}", stderr(&compact));
+}

@@ -98,6 +98,7 @@ fn metadata(brokers: &[(u64, SocketAddr)], partitions: &[(u64, i32)]) -> Body {
             partitions,
             min_insync_replicas: 1,
             unclean_leader_election: false,
+            log: None,
         }],
     })
 }

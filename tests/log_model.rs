@@ -10,10 +10,19 @@
 //! Bit rot (`FlipBit`: one bit of any stored segment file flips, then the log is reopened as its
 //! owner does it) must cut the log exactly at the batch holding the flipped byte when it hit a `.log`
 //! file (the model's `corrupted`), and lose nothing when it hit an index.
+//! Retention (`DeleteBefore`) and a follower's reset (`ResetTo`) run with a power loss right after or
+//! in the middle (SimDisk: the operation is dropped after a given number of its syncs, then the
+//! machine loses power, undoing every directory change not synced): the recovered log must start at
+//! one of the segment bases between the old start and the requested one (or, for a reset, at the
+//! new offset, empty), hold every batch from there to the durable end intact, and its producer table
+//! must be the one as of its start (the first segment's snapshot) plus its batches.
 //! Unit tests below pin the disk-fault cases one by one.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use keel::batch::{encode_batch, peek_batch_size, Batch, ProducerFields, Record};
@@ -21,7 +30,7 @@ use keel::leader_epochs::{EpochEntry, LeaderEpochs};
 use keel::log::{LogConfig, LogError, PartitionLog, RecoveryReport};
 use keel::producer_state::{BatchIdentity, ProducerStates};
 use keel::storage::file::FileDisk;
-use keel::storage::sim::{SimDisk, SimDiskFaults};
+use keel::storage::sim::{SimDisk, SimDiskFaults, SimFile};
 use keel::storage::{Disk, DiskFile};
 use keel::types::{LeaderEpoch, Offset, ProducerEpoch, ProducerId, Sequence};
 use keel_model::partition_log::{BatchMeta, PartitionLogModel, RecoveredBatch};
@@ -75,6 +84,35 @@ enum Op {
         byte_pick: u32,
         bit: u8,
     },
+    /// Retention: delete the segments below an offset from the log start to past its end.
+    DeleteBefore {
+        offset_pick: u32,
+        crash: Option<CrashAt>,
+    },
+    /// A follower's reset to the log end plus `gap` (below the end, even the start, too: the log
+    /// drops everything either way).
+    ResetTo {
+        gap: i8,
+        crash: Option<CrashAt>,
+    },
+}
+
+/// When a power loss hits a deletion or a reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CrashAt {
+    /// Once it completed.
+    After,
+    /// SimDisk: after `n_polls` polls (each of its syncs yields once), before it completes; the
+    /// operation is dropped (which fails the log). FileDisk: as `After`.
+    Within { n_polls: usize },
+}
+
+fn crash_at() -> impl Strategy<Value = Option<CrashAt>> {
+    prop_oneof![
+        2 => Just(None),
+        1 => Just(Some(CrashAt::After)),
+        2 => (1usize..8).prop_map(|n_polls| Some(CrashAt::Within { n_polls })),
+    ]
 }
 
 fn batch_spec() -> impl Strategy<Value = BatchSpec> {
@@ -101,6 +139,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u32>().prop_map(|offset_pick| Op::Truncate { offset_pick }),
         1 => Just(Op::CleanReopen),
         1 => (any::<u32>(), any::<u32>(), 0u8..8).prop_map(|(file_pick, byte_pick, bit)| Op::FlipBit { file_pick, byte_pick, bit }),
+        1 => (any::<u32>(), crash_at()).prop_map(|(offset_pick, crash)| Op::DeleteBefore { offset_pick, crash }),
+        1 => (-12i8..20, crash_at()).prop_map(|(gap, crash)| Op::ResetTo { gap, crash }),
     ]
 }
 
@@ -190,19 +230,121 @@ fn read_all<D: Disk>(log: &PartitionLog<D>, payloads: &Payloads) -> Vec<BatchMet
     metas
 }
 
-/// The producer state of the batches the log returns when read from its start: what the log's own
-/// copy (`producer_states`) must equal after appends, truncations and recoveries.
-fn producers_by_reading<D: Disk>(log: &PartitionLog<D>) -> ProducerStates {
-    let mut producers = ProducerStates::new();
+/// Every batch of the log, from its start.
+fn all_batches<D: Disk>(log: &PartitionLog<D>) -> Vec<Batch> {
+    let mut batches = Vec::new();
     let mut offset = log.log_start_offset();
     while offset < log.log_end_offset() {
         let mut bytes = log.read(offset, 64 * 1024, log.log_end_offset()).unwrap();
         while let Some(batch) = Batch::split_first(&mut bytes).unwrap() {
-            producers.apply(&BatchIdentity::of(&batch), batch.base_offset());
             offset = batch.next_offset();
+            batches.push(batch);
         }
     }
+    batches
+}
+
+/// The producer state of the batches the log returns when read from its start, on top of the state
+/// as of its start (`at_start`: the batches retention deleted): what the log's own copy
+/// (`producer_states`) must equal after appends, truncations, deletions and recoveries.
+fn producers_by_reading<D: Disk>(log: &PartitionLog<D>, at_start: &ProducerStates) -> ProducerStates {
+    let mut producers = at_start.clone();
+    for batch in all_batches(log) {
+        producers.apply(&BatchIdentity::of(&batch), batch.base_offset());
+    }
     producers
+}
+
+/// `producers` after the batches of `batches` below `offset`.
+fn applied_below(producers: &ProducerStates, batches: &[Batch], offset: Offset) -> ProducerStates {
+    let mut producers = producers.clone();
+    for batch in batches.iter().filter(|batch| batch.base_offset() < offset) {
+        producers.apply(&BatchIdentity::of(batch), batch.base_offset());
+    }
+    producers
+}
+
+/// A SimDisk whose syncs (of files and directories) each yield once before they run, so a test can
+/// poll a log operation a given number of times and drop it half-way, deterministically.
+#[derive(Clone)]
+struct YieldingDisk(SimDisk);
+
+#[derive(Clone)]
+struct YieldingFile(SimFile);
+
+/// Pending on its first poll (waking itself at once), ready on the next.
+struct YieldOnce(bool);
+
+impl Future for YieldOnce {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Disk for YieldingDisk {
+    type File = YieldingFile;
+    fn open(&self, path: &str, create: bool) -> std::io::Result<YieldingFile> {
+        self.0.open(path, create).map(YieldingFile)
+    }
+    fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
+        self.0.list(dir)
+    }
+    fn create_dir_all(&self, dir: &str) -> std::io::Result<()> {
+        self.0.create_dir_all(dir)
+    }
+    fn remove(&self, path: &str) -> std::io::Result<()> {
+        self.0.remove(path)
+    }
+    fn remove_dir_all(&self, dir: &str) -> std::io::Result<()> {
+        self.0.remove_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &str) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        let sync = self.0.sync_dir(dir);
+        async move {
+            YieldOnce(false).await;
+            sync.await
+        }
+    }
+}
+
+impl DiskFile for YieldingFile {
+    fn len(&self) -> std::io::Result<u64> {
+        self.0.len()
+    }
+    fn write_at(&self, pos: u64, data: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(pos, data)
+    }
+    fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Bytes> {
+        self.0.read_at(pos, len)
+    }
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+    fn sync(&self) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        // What the sync covers is decided now, as SimDisk's own.
+        let sync = self.0.sync();
+        async move {
+            YieldOnce(false).await;
+            sync.await
+        }
+    }
+}
+
+/// Polls `future` at most `n_polls` times (it must not wait for anything but its own yields).
+fn poll_at_most<F: Future>(future: F, n_polls: usize) -> Option<F::Output> {
+    let mut future = std::pin::pin!(future);
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    (0..n_polls).find_map(|_| match future.as_mut().poll(&mut cx) {
+        Poll::Ready(output) => Some(output),
+        Poll::Pending => None,
+    })
 }
 
 /// What differs between the two disks.
@@ -215,6 +357,8 @@ trait Env {
     fn crash_loses_unsynced(&self) -> bool;
     /// Cuts the last segment's `.log` at `cut` and appends garbage; `None` if not supported.
     fn damage_last_segment(&self, cut_pick: u32, garbage: Option<(usize, bool)>, durable_end: i64) -> Option<()>;
+    /// Whether an operation can be stopped half-way and the machine crashed (SimDisk).
+    fn can_interrupt(&self) -> bool;
     /// Turns injected write errors (EIO and ENOSPC) on or off; false if the disk cannot inject them.
     fn inject_write_errors(&self, on: bool) -> bool;
     /// Flips one bit of a stored file (what reads and a crash see), as a rotting disk would.
@@ -230,9 +374,12 @@ struct SimEnv {
 }
 
 impl Env for SimEnv {
-    type D = SimDisk;
-    fn disk(&self) -> SimDisk {
-        self.disk.clone()
+    type D = YieldingDisk;
+    fn disk(&self) -> YieldingDisk {
+        YieldingDisk(self.disk.clone())
+    }
+    fn can_interrupt(&self) -> bool {
+        true
     }
     fn crash(&self) {
         self.disk.crash();
@@ -272,6 +419,9 @@ impl Env for FileEnv {
         FileDisk::new(self.root.path())
     }
     fn crash(&self) {}
+    fn can_interrupt(&self) -> bool {
+        false
+    }
     fn crash_loses_unsynced(&self) -> bool {
         false
     }
@@ -347,6 +497,8 @@ struct Harness<E: Env> {
     fsync_errors: bool,
     /// Appends run with injected write errors.
     write_errors: bool,
+    /// The producer state as of the log start: of the batches retention deleted.
+    producers_at_start: ProducerStates,
 }
 
 impl<E: Env> Harness<E> {
@@ -360,6 +512,7 @@ impl<E: Env> Harness<E> {
             payloads: Payloads::new(),
             fsync_errors,
             write_errors: false,
+            producers_at_start: ProducerStates::new(),
         };
         harness.reopen(true);
         harness
@@ -388,8 +541,9 @@ impl<E: Env> Harness<E> {
         }
         let as_recovered: Vec<RecoveredBatch> =
             recovered.iter().map(|batch| (batch.base_offset, batch.next_offset, batch.fingerprint)).collect();
-        self.model.recovered(&as_recovered).unwrap();
+        self.model.recovered(log.log_start_offset().0, &as_recovered).unwrap();
         assert_eq!(report.log_end_offset.0, self.model.log_end_offset());
+        assert_eq!(report.log_start_offset, log.log_start_offset());
         assert_eq!(log.durable_end_offset(), log.log_end_offset(), "recovery syncs what it found");
         self.log = Some(log);
         report
@@ -458,7 +612,7 @@ impl<E: Env> Harness<E> {
         }
         let as_recovered: Vec<RecoveredBatch> =
             recovered.iter().map(|batch| (batch.base_offset, batch.next_offset, batch.fingerprint)).collect();
-        self.model.recovered(&as_recovered).unwrap();
+        self.model.recovered(log.log_start_offset().0, &as_recovered).unwrap();
         assert_eq!(log.durable_end_offset(), log.log_end_offset());
         self.log = Some(log);
     }
@@ -520,11 +674,12 @@ impl<E: Env> Harness<E> {
     fn check_offsets(&mut self) {
         let (start, end, durable) =
             (self.model.log_start_offset(), self.model.log_end_offset(), self.model.durable_end_offset());
-        let log = self.log();
+        let log = self.log.as_ref().expect("log is open");
         assert_eq!(log.log_start_offset().0, start, "log start");
         assert_eq!(log.log_end_offset().0, end, "log end");
         assert_eq!(log.durable_end_offset().0, durable, "durable end");
-        assert_eq!(log.producer_states(), &producers_by_reading(log), "the log's producer state is its batches'");
+        let expected = producers_by_reading(log, &self.producers_at_start);
+        assert_eq!(log.producer_states(), &expected, "the log's producer state is its batches'");
     }
 
     fn apply(&mut self, op: &Op) {
@@ -584,7 +739,8 @@ impl<E: Env> Harness<E> {
                 self.reopen(false);
             }
             Op::Truncate { offset_pick } => {
-                let offset = (*offset_pick as i64) % (self.model.log_end_offset() + 1);
+                let (start, end) = (self.model.log_start_offset(), self.model.log_end_offset());
+                let offset = start + (*offset_pick as i64) % (end - start + 1);
                 self.log().truncate_to(Offset(offset)).unwrap();
                 self.model.truncate_to(offset).unwrap();
                 self.check_offsets();
@@ -604,8 +760,115 @@ impl<E: Env> Harness<E> {
                 }
             }
             Op::FlipBit { file_pick, byte_pick, bit } => self.flip_bit(*file_pick, *byte_pick, *bit),
+            Op::DeleteBefore { offset_pick, crash } => self.delete_before(*offset_pick, *crash),
+            Op::ResetTo { gap, crash } => self.reset_to(*gap, *crash),
         }
         self.check_offsets();
+    }
+
+    /// Runs `operation` on the log to completion, or (`CrashAt::Within`, on a disk that can) for at
+    /// most that many polls; `None` if it did not complete.
+    fn run_log_operation<T>(
+        &mut self,
+        crash: Option<CrashAt>,
+        operation: impl FnOnce(&mut PartitionLog<E::D>) -> Pin<Box<dyn Future<Output = T> + '_>>,
+    ) -> Option<T> {
+        let n_polls = match crash {
+            Some(CrashAt::Within { n_polls }) if self.env.can_interrupt() => Some(n_polls),
+            _ => None,
+        };
+        let log = self.log.as_mut().expect("log is open");
+        let future = operation(log);
+        match n_polls {
+            Some(n_polls) => poll_at_most(future, n_polls),
+            None => Some(self.runtime.block_on(future)),
+        }
+    }
+
+    /// After an operation that moved the log start did not complete (dropped half-way, then a power
+    /// loss; or failed on an injected error, then a reopen): the recovered log must start at one of
+    /// the segment bases it had (`bases`) or at `reset_offset`, and its producer state is the one as
+    /// of that start.
+    fn recover_interrupted(&mut self, crashed: bool, bases: &[i64], batches: &[Batch], reset_offset: Option<i64>) {
+        self.log = None;
+        if crashed {
+            self.env.crash();
+        }
+        self.reopen(!self.env.crash_loses_unsynced() && !self.fsync_errors);
+        let log = self.log.as_ref().expect("reopened");
+        let start = log.log_start_offset();
+        assert!(bases.contains(&start.0) || reset_offset == Some(start.0), "recovered start {start}, bases {bases:?}");
+        // The new empty log, unless the reset was to the base of an empty active segment: then the
+        // log is empty there either way, and its snapshot is the old one or the reset's (empty).
+        let new_log = reset_offset == Some(start.0)
+            && log.log_end_offset() == start
+            && (!bases.contains(&start.0) || log.producer_states().is_empty());
+        self.producers_at_start =
+            if new_log { ProducerStates::new() } else { applied_below(&self.producers_at_start, batches, start) };
+    }
+
+    /// Retention up to a random offset (from the log start to past the log end), then maybe a power
+    /// loss: completed, the log starts at the last segment base at or below the offset (never past
+    /// the active segment's) and the deletion is durable.
+    fn delete_before(&mut self, offset_pick: u32, crash: Option<CrashAt>) {
+        let (start, end) = (self.model.log_start_offset(), self.model.log_end_offset());
+        let requested = start + offset_pick as i64 % (end - start + 20);
+        let log = self.log.as_ref().expect("log is open");
+        let bases: Vec<i64> = log.segment_summaries().iter().map(|summary| summary.base_offset.0).collect();
+        let batches = all_batches(log);
+        let outcome = self.run_log_operation(crash, |log| Box::pin(log.delete_segments_before(Offset(requested))));
+        match outcome {
+            Some(Ok(new_start)) => {
+                let expected = bases.iter().copied().filter(|&base| base <= requested.max(start)).max().unwrap();
+                assert_eq!(new_start.0, expected, "requested {requested}, bases {bases:?}");
+                assert_eq!(self.log().log_start_offset(), new_start);
+                self.model.delete_before(new_start.0).unwrap();
+                self.producers_at_start = applied_below(&self.producers_at_start, &batches, new_start);
+                self.check_offsets();
+                if crash.is_some() {
+                    self.apply(&Op::Crash);
+                    assert_eq!(self.log().log_start_offset(), new_start, "a completed deletion is durable");
+                }
+            }
+            Some(Err(error)) => {
+                assert!(self.fsync_errors, "deletion failed: {error}");
+                self.model.deletion_interrupted(requested);
+                self.recover_interrupted(false, &bases, &batches, None);
+            }
+            None => {
+                self.model.deletion_interrupted(requested);
+                self.recover_interrupted(true, &bases, &batches, None);
+            }
+        }
+    }
+
+    /// A follower's reset to the log end plus `gap` (not below 0), then maybe a power loss.
+    fn reset_to(&mut self, gap: i8, crash: Option<CrashAt>) {
+        let offset = (self.model.log_end_offset() + i64::from(gap)).max(0);
+        let log = self.log.as_ref().expect("log is open");
+        let bases: Vec<i64> = log.segment_summaries().iter().map(|summary| summary.base_offset.0).collect();
+        let batches = all_batches(log);
+        let outcome = self.run_log_operation(crash, |log| Box::pin(log.reset_to(Offset(offset))));
+        match outcome {
+            Some(Ok(())) => {
+                self.model.reset(offset).unwrap();
+                self.producers_at_start = ProducerStates::new();
+                self.check_offsets();
+                if crash.is_some() {
+                    self.apply(&Op::Crash);
+                    assert_eq!(self.log().log_start_offset(), Offset(offset), "a completed reset is durable");
+                }
+            }
+            Some(Err(error)) => {
+                assert!(self.fsync_errors, "reset failed: {error}");
+                self.model.reset_interrupted(offset);
+                self.recover_interrupted(false, &bases, &batches, Some(offset));
+            }
+            None => {
+                self.model.reset_interrupted(offset);
+                self.recover_interrupted(true, &bases, &batches, Some(offset));
+            }
+        }
     }
 }
 

@@ -192,6 +192,7 @@ fn resolve(op: &Op, state: &MetadataState, now_ms: i64) -> Option<MetaCommand> {
                 replication: *replication,
                 min_insync_replicas: *min_insync_replicas,
                 unclean_leader_election: *unclean_leader_election,
+                log: Default::default(),
             }
         }
         Op::ControlledShutdown { node, stale } => {

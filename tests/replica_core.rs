@@ -370,6 +370,7 @@ impl World {
             isr: replicas.clone(),
             replicas,
             min_isr: MIN_ISR,
+            log: Default::default(),
         };
         let nodes = (1..=N_NODES as u64)
             .map(|id| Node {
@@ -454,6 +455,7 @@ impl World {
         let Ready {
             epoch_assign,
             truncate_to,
+            reset_to,
             writes,
             start_sync,
             reads,
@@ -464,6 +466,7 @@ impl World {
             isr_change,
             resign,
         } = ready;
+        assert_eq!(reset_to, None, "nothing deletes segments in this world, so no follower starts over");
         if resign {
             // The leader lost data it had sent to followers: the controller moves leadership away.
             self.resignations += 1;
@@ -529,6 +532,7 @@ impl World {
                 fetch_id: read.fetch_id,
                 leader_epoch: read.leader_epoch,
                 high_watermark: read.high_watermark,
+                log_start: Some(read.log_start),
                 result: FetchResult::Data { batches },
             };
             let to = self.fetchers.remove(&read.request).expect("a fetch we sent");
@@ -1542,6 +1546,7 @@ fn state(leader: u64, epoch: i32, isr: &[u64]) -> PartitionState {
         isr: isr.iter().copied().map(NodeId).collect(),
         replicas: vec![NodeId(1), NodeId(2), NodeId(3)],
         min_isr: MIN_ISR,
+        log: Default::default(),
     }
 }
 
@@ -1691,7 +1696,13 @@ fn a_follower_truncates_by_epoch_in_rounds_never_to_its_high_watermark() {
     );
     let answer = |fetch_id: u64, result: FetchResult| Input::FetchResponse {
         from: NodeId(1),
-        response: FetchResponse { fetch_id, leader_epoch: LeaderEpoch(5), high_watermark: Offset(4), result },
+        response: FetchResponse {
+            fetch_id,
+            leader_epoch: LeaderEpoch(5),
+            high_watermark: Offset(4),
+            log_start: None,
+            result,
+        },
         now_ms: 0,
     };
     core.step(answer(first.fetch_id, FetchResult::Diverging { epoch: Some(LeaderEpoch(3)), end_offset: Offset(15) }));
@@ -1908,6 +1919,7 @@ fn a_follower_that_truncated_no_longer_treats_a_cut_batch_as_a_duplicate() {
         fetch_id: first.fetch_id,
         leader_epoch: LeaderEpoch(1),
         high_watermark: Offset(0),
+        log_start: Some(Offset(0)),
         result: FetchResult::Data { batches: log.clone() },
     };
     core.step(Input::FetchResponse { from: NodeId(1), response: data, now_ms: 0 });
@@ -1926,6 +1938,7 @@ fn a_follower_that_truncated_no_longer_treats_a_cut_batch_as_a_duplicate() {
         fetch_id: second.fetch_id,
         leader_epoch: LeaderEpoch(2),
         high_watermark: Offset(2),
+        log_start: Some(Offset(0)),
         result: FetchResult::Diverging { epoch: Some(LeaderEpoch(1)), end_offset: Offset(2) },
     };
     core.step(Input::FetchResponse { from: NodeId(3), response: diverging, now_ms: 10 });
@@ -1985,4 +1998,98 @@ fn sequence_errors_reach_the_client_and_append_nothing() {
     }
     assert_eq!(core.log_end(), Offset(3));
     assert_eq!(core.producer_states(), &table, "refusals change no producer's state");
+}
+
+/// Retention (ADR 0019): the shell deletes segments and reports the new log start, which the leader
+/// gives in every answer; a follower whose log ends below it is refused with `OffsetOutOfRange`,
+/// asks the shell to start its log over at the leader's log start (no fetch meanwhile), and after
+/// `LogReset` fetches from there with an empty epoch cache and dedup table.
+#[test]
+fn retention_moves_the_log_start_and_a_follower_below_it_starts_over() {
+    let mut leader = leader_over_old_epochs();
+    let (data, hw) = (Offset(20), Offset(20));
+    for follower in [2, 3] {
+        leader.step(Input::FollowerFetch { request: follower, fetch: fetch(follower, 5, 20, Some(3)), now_ms: 10 });
+        let _ = leader.ready();
+    }
+    assert_eq!(leader.high_watermark(), hw, "both followers hold [0, {data})");
+    leader.step(Input::LogStartAdvanced { log_start: Offset(12) });
+    assert_eq!(leader.log_start(), Offset(12));
+    // A follower at 5 (it was away) is below the log start: refused, with the log start in the answer.
+    leader.step(Input::FollowerFetch { request: 9, fetch: fetch(2, 5, 5, Some(1)), now_ms: 20 });
+    let ready = leader.ready();
+    assert_eq!(error_code(one_result(&ready)), Some(ErrorCode::OffsetOutOfRange), "{:?}", one_result(&ready));
+    let (_, refusal) = ready.follower_replies[0].clone();
+    assert_eq!(refusal.log_start, Some(Offset(12)));
+
+    // That follower: its log is [0, 5) in epoch 1.
+    let log = OpenedLog { log_end: Offset(5), ..opened(Offset(5), epochs(&[(1, 0)])) };
+    let mut follower = ReplicaCore::new(NodeId(2), config(), state(1, 5, &[1, 3]), log, 0);
+    let (_, first) = follower.ready().fetch.expect("a follower fetches");
+    let response = FetchResponse { fetch_id: first.fetch_id, ..refusal };
+    follower.step(Input::FetchResponse { from: NodeId(1), response, now_ms: 30 });
+    let ready = follower.ready();
+    assert_eq!(ready.reset_to, Some(Offset(12)));
+    assert!(ready.fetch.is_none(), "no fetch until the reset is done");
+    assert_eq!(follower.leader_log_start(), Some(Offset(12)));
+    follower.step(Input::Tick { now_ms: 1_000 });
+    assert!(follower.ready().fetch.is_none(), "still resetting");
+    follower.step(Input::LogReset { to: Offset(12) });
+    assert_eq!(
+        (follower.log_start(), follower.log_end(), follower.high_watermark()),
+        (Offset(12), Offset(12), Offset(12))
+    );
+    let (_, next) = follower.ready().fetch.expect("fetching again after the reset");
+    assert_eq!((next.fetch_offset, next.last_fetched_epoch), (Offset(12), None));
+
+    // A refusal for another reason, or with the follower at or past the log start, is not a reset.
+    let mut other =
+        ReplicaCore::new(NodeId(3), config(), state(1, 5, &[1, 3]), opened(Offset(15), epochs(&[(1, 0)])), 0);
+    let (_, fetch) = other.ready().fetch.expect("a follower fetches");
+    let response = FetchResponse {
+        fetch_id: fetch.fetch_id,
+        leader_epoch: LeaderEpoch(5),
+        high_watermark: Offset(20),
+        log_start: Some(Offset(12)),
+        result: FetchResult::Error { code: ErrorCode::OffsetOutOfRange, message: "past the end".into() },
+    };
+    other.step(Input::FetchResponse { from: NodeId(1), response, now_ms: 30 });
+    assert_eq!(other.ready().reset_to, None);
+
+    // At or past the log start, but with epochs the leader no longer knows: where it diverges is
+    // below the leader's log start, so it starts over there too (truncating to it would keep a
+    // divergent tail and get the same answer for ever).
+    let mut stale =
+        ReplicaCore::new(NodeId(3), config(), state(1, 5, &[1, 3]), opened(Offset(15), epochs(&[(1, 0)])), 0);
+    let (_, fetch) = stale.ready().fetch.expect("a follower fetches");
+    let response = FetchResponse {
+        fetch_id: fetch.fetch_id,
+        leader_epoch: LeaderEpoch(5),
+        high_watermark: Offset(20),
+        log_start: Some(Offset(12)),
+        result: FetchResult::Diverging { epoch: None, end_offset: Offset(12) },
+    };
+    stale.step(Input::FetchResponse { from: NodeId(1), response, now_ms: 30 });
+    let ready = stale.ready();
+    assert_eq!((ready.reset_to, ready.truncate_to), (Some(Offset(12)), None));
+    stale.step(Input::LogReset { to: Offset(12) });
+    assert_eq!((stale.log_start(), stale.log_end()), (Offset(12), Offset(12)));
+
+    // An empty log that starts past the leader's log start (it was cut to its own start) cannot be
+    // truncated back to the leader's: it starts over there (`isr_3_retention` seed 72477).
+    let empty = OpenedLog { log_start: Offset(20), ..opened(Offset(20), LeaderEpochs::new()) };
+    let mut behind = ReplicaCore::new(NodeId(3), config(), state(1, 5, &[1, 3]), empty, 0);
+    let (_, fetch) = behind.ready().fetch.expect("a follower fetches");
+    let response = FetchResponse {
+        fetch_id: fetch.fetch_id,
+        leader_epoch: LeaderEpoch(5),
+        high_watermark: Offset(8),
+        log_start: Some(Offset(4)),
+        result: FetchResult::Diverging { epoch: None, end_offset: Offset(4) },
+    };
+    behind.step(Input::FetchResponse { from: NodeId(1), response, now_ms: 30 });
+    assert_eq!(behind.ready().reset_to, Some(Offset(4)));
+    behind.step(Input::LogReset { to: Offset(4) });
+    let (_, next) = behind.ready().fetch.expect("fetching from the leader's log start");
+    assert_eq!((next.fetch_offset, next.last_fetched_epoch), (Offset(4), None));
 }

@@ -325,6 +325,9 @@ pub struct QueueStats {
     /// Records returned by all `ok` polls together.
     pub records_read: usize,
     pub distinct_values_read: usize,
+    /// Sends acknowledged at an offset below their partition's final log start (retention deleted
+    /// them; see [`check_retained`]) that no poll read: neither lost nor unseen.
+    pub sends_ok_expired: usize,
 }
 
 /// Everything [`check`] or [`check_with`] found. Every list is sorted deterministically (by partition and
@@ -597,6 +600,19 @@ pub fn check(history: &History) -> QueueReport {
 
 /// Checks a queue history for the anomalies in the module doc, holding it to `options`.
 pub fn check_with(history: &History, options: CheckOptions) -> QueueReport {
+    check_retained(history, options, &BTreeMap::new())
+}
+
+/// [`check_with`] for a topic with retention: `log_starts` is each partition's log start after the
+/// final read (retention deleted everything below it). A send acknowledged below its partition's
+/// log start that no poll read is expired (counted in [`QueueStats::sends_ok_expired`]), not lost or
+/// unseen; everything at or above it is held to the same rules as without retention. A partition
+/// missing from the map starts at 0.
+pub fn check_retained(
+    history: &History,
+    options: CheckOptions,
+    log_starts: &BTreeMap<Partition, Offset>,
+) -> QueueReport {
     let events = history.events();
     let mut report = QueueReport { options, history_error: history.validate().err(), ..QueueReport::default() };
     report.stats.events = events.len();
@@ -670,6 +686,10 @@ pub fn check_with(history: &History, options: CheckOptions) -> QueueReport {
             .get(value)
             .is_some_and(|partitions| partitions.contains(&send.partition));
         if read_in_partition {
+            continue;
+        }
+        if log_starts.get(&send.partition).is_some_and(|start| offset < *start) {
+            report.stats.sends_ok_expired += 1;
             continue;
         }
         let max_read = observations.max_read.get(&send.partition).copied();
@@ -1175,6 +1195,26 @@ mod tests {
         let report = b.check();
         assert!(report.is_valid(), "{report}");
         assert_eq!(report.stats.sends_pending, 1);
+    }
+
+    /// Retention: an acked write below its partition's final log start that nobody read expired; one
+    /// at or above it is lost (or unseen) as always, and other partitions are not excused.
+    #[test]
+    fn writes_below_the_final_log_start_expired_the_rest_are_held_as_always() {
+        let mut b = three_acked();
+        b.send_ok(1, "t/1", "other", Some(0));
+        b.poll(2, &[("t/0", &[(2, "c")])]);
+        let starts = BTreeMap::from([(Partition("t/0".into()), Offset(1))]);
+        let report = check_retained(&b.history, CheckOptions::default(), &starts);
+        assert_eq!(report.stats.sends_ok_expired, 1, "{report}");
+        let missing: Vec<(&str, Offset)> =
+            report.lost_or_unseen().iter().map(|m| (m.value.as_str(), m.offset)).collect();
+        assert_eq!(missing, vec![("b", Offset(1)), ("other", Offset(0))], "{report}");
+        let starts = BTreeMap::from([(Partition("t/0".into()), Offset(2)), (Partition("t/1".into()), Offset(1))]);
+        let report = check_retained(&b.history, CheckOptions::default(), &starts);
+        assert!(report.is_valid(), "{report}");
+        assert_eq!(report.stats.sends_ok_expired, 3);
+        assert!(!b.check().is_valid(), "without log starts the same history loses writes");
     }
 
     #[test]

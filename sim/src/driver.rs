@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use keel::config::BrokerConfig;
 use keel::partition::FsyncPolicy;
-use keel_model::history::ProcessId;
+use keel_model::history::{Offset as HistoryOffset, Partition, ProcessId};
 use madsim::rand::{thread_rng, Rng};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng};
@@ -44,7 +44,7 @@ use crate::monitor::{leader, wait_converged, RaftMonitor, Supervisor};
 use crate::nemesis::{FaultCounts, Nemesis};
 use crate::outcome::{acked_operations, Outcome, Verdicts, TRACE_TAIL_LINES};
 use crate::scenario::{Checker, Scenario, WorkloadKind};
-use crate::swarm::{MetaSwarm, QueueSwarm, Swarm, WorkloadSwarm};
+use crate::swarm::{MetaSwarm, QueueSwarm, Swarm, TopicLog, WorkloadSwarm};
 use crate::trace::Trace;
 use crate::workload::{client_config, Consumer, DurableAcks, Idempotence, ProducerNode, Recorder};
 
@@ -60,6 +60,9 @@ pub const AFTER_HEAL_MS: u64 = 2_000;
 pub const WORKLOAD_STOP_MS_MAX: u64 = 15_000;
 /// The queue workload's topic.
 pub const TOPIC: &str = "t";
+/// How often the simulated brokers apply retention (the scenarios with retention delete segments
+/// within seconds; the default, 30 s, is longer than a run).
+pub const RETENTION_CHECK_INTERVAL_MS: u64 = 200;
 
 /// Where a run writes its history (`KEEL_SIM_HISTORY` by default).
 #[derive(Clone, Debug, Default)]
@@ -149,6 +152,8 @@ struct QueueRun {
     clients: Vec<usize>,
     /// The client nodes of `clients` that run producers.
     producer_clients: Vec<usize>,
+    /// Each partition's log start as the final read saw it (all 0 without retention).
+    log_starts: std::collections::BTreeMap<u32, i64>,
 }
 
 struct MetaRun {
@@ -269,13 +274,16 @@ impl Run {
         let admin = self.cluster.add_client();
         let partitions = swarm.partitions;
         let created = admin
-            .spawn(create_topic(addr.clone(), partitions, replication))
+            .spawn(create_topic(addr.clone(), partitions, replication, swarm.log))
             .await
             .expect("the admin task is never killed");
         if let Err(error) = created {
             self.violations.push(format!("could not create the topic: {error}"));
         }
-        let what = format!("topic {TOPIC} created with {partitions} partitions, replication {replication}");
+        let what = format!(
+            "topic {TOPIC} created with {partitions} partitions, replication {replication}, log {:?}",
+            swarm.log
+        );
         self.trace.record(recorder.now_ns(), what);
         let mut queue = QueueRun {
             rng: StdRng::seed_from_u64(swarm.rng_seed),
@@ -286,6 +294,7 @@ impl Run {
             next_process: 0,
             clients: Vec::new(),
             producer_clients: Vec::new(),
+            log_starts: std::collections::BTreeMap::new(),
         };
         for index in 0..queue.swarm.producer_nodes {
             let node = self.cluster.add_client();
@@ -315,6 +324,7 @@ impl Run {
                 process: queue.next_process(),
                 max_wait_max: Duration::from_millis(queue.swarm.poll_wait_ms_max),
                 rng: StdRng::seed_from_u64(queue.rng.random()),
+                retained: queue.swarm.log.is_some(),
             };
             queue.workers.push(node.spawn(consumer.run(queue.recorder.clone(), queue.stop.clone())));
         }
@@ -489,17 +499,21 @@ impl Run {
             partitions: queue.swarm.partitions,
             process: queue.next_process(),
             bound: Duration::from_millis(LIVENESS_MS_MAX),
+            retained: queue.swarm.log.is_some(),
         };
         let final_read =
             reader_node.spawn(reader.run(queue.recorder.clone())).await.expect("the reader task is never killed");
         let high_watermarks = match final_read {
-            Ok(high_watermarks) => high_watermarks,
+            Ok(read) => {
+                queue.log_starts = read.log_starts;
+                read.high_watermarks
+            }
             Err(error) => {
                 self.violations.push(format!("liveness: {error}"));
                 return None;
             }
         };
-        let what = format!("final read done; high watermarks {high_watermarks:?}");
+        let what = format!("final read done; high watermarks {high_watermarks:?}, log starts {:?}", queue.log_starts);
         self.trace.record(queue.recorder.now_ns(), what);
         if !self.scenario.durable() {
             return Some(high_watermarks);
@@ -663,7 +677,13 @@ impl Run {
                 let history = queue.recorder.history();
                 let fingerprint = history.fingerprint();
                 let exactly_once = self.scenario.checks(Checker::ExactlyOnce);
-                let file = HistoryFile { queue: Some(history), exactly_once, ..HistoryFile::default() };
+                let log_starts = queue
+                    .log_starts
+                    .iter()
+                    .filter(|(_, start)| **start > 0)
+                    .map(|(partition, start)| (Partition::of_topic(TOPIC, *partition), HistoryOffset(*start as u64)))
+                    .collect();
+                let file = HistoryFile { queue: Some(history), exactly_once, log_starts, ..HistoryFile::default() };
                 (file, fingerprint, queue.recorder.expected_anomalies())
             }
             Workload::Metadata(metadata) => {
@@ -739,6 +759,7 @@ fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
             segment_bytes_max: 64 * 1024,
             peers: peers.clone(),
             metadata_snapshot_interval_entries: swarm.snapshot_interval_entries,
+            retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS,
             ..BrokerConfig::default()
         })
         .collect()
@@ -747,15 +768,21 @@ fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
 /// Creates the queue workload's topic, retrying (the first leader may still be coming). The harness
 /// is the topic's only creator, so "already exists" after an attempt whose outcome was unknown (a
 /// timeout) means that attempt created it.
-async fn create_topic(addr: String, partitions: u32, replication: u32) -> Result<(), String> {
-    use keel::client::ClientError;
-    use keel::protocol::ErrorCode;
+async fn create_topic(addr: String, partitions: u32, replication: u32, log: Option<TopicLog>) -> Result<(), String> {
+    use keel::client::{ClientError, TopicSpec};
+    use keel::protocol::{ErrorCode, LogSettingsInfo};
 
     let client = keel::client::Client::new(addr, client_config());
+    let log = log.map_or_else(LogSettingsInfo::default, |log| LogSettingsInfo {
+        retention_ms: Some(log.retention_ms),
+        retention_bytes: Some(log.retention_bytes),
+        segment_bytes: Some(log.segment_bytes),
+    });
+    let spec = TopicSpec { partitions, replication, log, ..TopicSpec::default() };
     let mut last_error = String::new();
     let mut ambiguous = false;
     for _ in 0..20 {
-        match client.create_topic(TOPIC, partitions, replication).await {
+        match client.create_topic_with(TOPIC, &spec).await {
             Ok(()) => return Ok(()),
             Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) if ambiguous => return Ok(()),
             Err(error) => {

@@ -51,6 +51,11 @@ fn holds_durably(replica: &ReplicaDisk, topic: &str, partition: u32, offset: i64
     if segments.iter().any(|(_, path)| rotted.contains(path) || misdirected.contains(path)) {
         return true;
     }
+    // Retention already deleted every segment at or below `offset` (the log starts past it): the
+    // record was committed, so held, before that; it expired, it was not lost (ADR 0019).
+    if !segments.is_empty() && segments.iter().all(|(base, _)| *base > offset) {
+        return true;
+    }
     // Only the segment with the greatest base at or below `offset` can hold it: reading just that
     // one keeps the check linear in the run instead of quadratic in the log.
     let holder = segments.iter().filter(|(base, _)| *base <= offset).max_by_key(|(base, _)| *base);

@@ -37,7 +37,9 @@
 //! events in the same order and the same final topic list, so a checker gives the same verdict on
 //! either. Pure: no I/O (the driver writes the text), builds outside madsim.
 
-use keel_model::history::History;
+use std::collections::BTreeMap;
+
+use keel_model::history::{History, Offset, Partition};
 use keel_model::metadata_checker::{MetaEvent, MetaOp, MetaOutcome};
 use serde_json::{json, Value as Json};
 
@@ -80,6 +82,10 @@ pub struct HistoryFile {
     pub nemesis: Vec<NemesisEvent>,
     /// The queue history is judged in the queue checker's exactly-once mode (idempotent producers).
     pub exactly_once: bool,
+    /// Each partition's log start after the final read, where retention moved it past 0: acked sends
+    /// below it expired (`queue_checker::check_retained`). A checker info line
+    /// `{"process": "checker", "type": "info", "f": "log_starts", "value": {"t/0": 120}}`.
+    pub log_starts: BTreeMap<Partition, Offset>,
 }
 
 /// The file's text: every event as one line, in time order (ties keep queue, metadata, final list,
@@ -90,6 +96,13 @@ pub fn write(file: &HistoryFile) -> String {
     if file.exactly_once {
         let options = json!({"time_ns": 0, "process": CHECKER_PROCESS, "type": "info", "f": "options", "value": {"exactly_once": true}});
         lines.push((0, options));
+    }
+    if !file.log_starts.is_empty() {
+        let starts: serde_json::Map<String, Json> =
+            file.log_starts.iter().map(|(partition, start)| (partition.0.clone(), json!(start.0))).collect();
+        let line =
+            json!({"time_ns": 0, "process": CHECKER_PROCESS, "type": "info", "f": "log_starts", "value": starts});
+        lines.push((0, line));
     }
     if let Some(history) = &file.queue {
         // Sorted by the running maximum of their times, so queue events keep their order (and their
@@ -192,6 +205,13 @@ pub fn parse(text: &str) -> Result<HistoryFile, String> {
             }
             (Json::String(process), "options") if process == CHECKER_PROCESS => {
                 file.exactly_once = event["value"]["exactly_once"].as_bool().unwrap_or(false);
+            }
+            (Json::String(process), "log_starts") if process == CHECKER_PROCESS => {
+                let starts = event["value"].as_object().ok_or_else(|| context("bad log starts".to_owned()))?;
+                for (partition, start) in starts {
+                    let start = start.as_u64().ok_or_else(|| context(format!("bad log start for {partition}")))?;
+                    file.log_starts.insert(Partition(partition.clone()), Offset(start));
+                }
             }
             (Json::Number(_), "create" | "delete" | "describe" | "list") => {
                 parse_meta_line(&event, time_ns, &mut invoked, &mut file.metadata).map_err(context)?;
@@ -303,8 +323,9 @@ mod tests {
                 NemesisEvent::of_trace_line(26, "nemesis bit_flip broker-2 t-0/0.log byte 7 bit 1").unwrap(),
                 NemesisEvent::of_trace_line(90, "heal begin").unwrap(),
             ],
-            // One file of each mode (the options line round-trips too).
+            // One file of each mode (the options line round-trips too), and one with log starts.
             exactly_once: bug,
+            log_starts: if bug { BTreeMap::from([(Partition("t/1".into()), Offset(3))]) } else { BTreeMap::new() },
         }
     }
 
@@ -317,7 +338,7 @@ mod tests {
             assert_eq!(parsed, written, "{text}");
             let queue_verdict = |file: &HistoryFile| {
                 let options = queue_checker::CheckOptions { exactly_once: file.exactly_once };
-                queue_checker::check_with(file.queue.as_ref().unwrap(), options).is_valid()
+                queue_checker::check_retained(file.queue.as_ref().unwrap(), options, &file.log_starts).is_valid()
             };
             let metadata_verdict = |file: &HistoryFile| {
                 let events: Vec<MetaEvent> = file.metadata.iter().map(|(event, _)| event.clone()).collect();

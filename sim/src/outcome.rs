@@ -37,7 +37,8 @@ impl Verdicts {
     /// against the final topic list (none read: an empty list).
     pub fn judge(file: &HistoryFile) -> Verdicts {
         let options = CheckOptions { exactly_once: file.exactly_once };
-        let queue = file.queue.as_ref().map(|history| queue_checker::check_with(history, options));
+        let queue =
+            file.queue.as_ref().map(|history| queue_checker::check_retained(history, options, &file.log_starts));
         let metadata = (!file.metadata.is_empty() || file.final_topics.is_some()).then(|| {
             let events: Vec<MetaEvent> = file.metadata.iter().map(|(event, _)| event.clone()).collect();
             check_metadata(&events, file.final_topics.as_deref().unwrap_or_default())

@@ -1,5 +1,6 @@
 //! The replica convergence check of the ISR scenarios: after the final read, every in-sync replica
-//! holds the leader's batches, byte for byte, below the high watermark the final reader saw.
+//! holds the leader's batches, byte for byte, below the high watermark the final reader saw (with
+//! retention, from the latest of their log starts: each replica deletes at its own pace).
 //!
 //! In: the cluster (its brokers' `SimDisk`s), the topic's partitions as the metadata described them
 //! after the final read (leader and ISR), and the final high watermarks. Out: violations.
@@ -72,14 +73,28 @@ pub async fn check(
             violations.push(format!("replicas: partition {partition} has no leader after the heal"));
             continue;
         };
-        let leader_bytes =
-            match read_replica(&cluster.broker(leader as usize - 1).disk, topic, *partition, high_watermark).await {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    violations.push(format!("replicas: partition {partition} leader {leader}: {error}"));
-                    continue;
-                }
-            };
+        // Retention deletes on each replica at its own pace: compare above the latest log start.
+        let mut from = Offset::ZERO;
+        for member in info.isr.iter().chain(std::iter::once(&leader)) {
+            let disk = &cluster.broker(*member as usize - 1).disk;
+            from = from.max(log_start(disk, topic, *partition).await.unwrap_or(Offset::ZERO));
+        }
+        let from = from.min(high_watermark);
+        let leader_bytes = match read_replica(
+            &cluster.broker(leader as usize - 1).disk,
+            topic,
+            *partition,
+            from,
+            high_watermark,
+        )
+        .await
+        {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                violations.push(format!("replicas: partition {partition} leader {leader}: {error}"));
+                continue;
+            }
+        };
         for member in info.isr.iter().filter(|member| **member != leader) {
             let disk = &cluster.broker(*member as usize - 1).disk;
             if disk.stats().bit_flips > 0 || disk.stats().misdirected_writes > 0 {
@@ -87,7 +102,7 @@ pub async fn check(
                 // its next read or restart and fetches the batches again; it is not a divergence.
                 continue;
             }
-            match read_replica(disk, topic, *partition, high_watermark).await {
+            match read_replica(disk, topic, *partition, from, high_watermark).await {
                 Ok(bytes) if bytes == leader_bytes => {}
                 Ok(bytes) => violations.push(format!(
                     "replicas: partition {partition}: in-sync replica {member} differs from leader {leader} below \
@@ -104,8 +119,22 @@ pub async fn check(
     violations
 }
 
-/// The replica's batches below `up_to`, as stored; an error if its log ends before `up_to`.
-async fn read_replica(disk: &SimDisk, topic: &str, partition: u32, up_to: Offset) -> Result<Vec<u8>, String> {
+/// Where the replica's log starts (`None`: it cannot be opened; `read_replica` reports why).
+async fn log_start(disk: &SimDisk, topic: &str, partition: u32) -> Option<Offset> {
+    let dir = format!("{}/{partition}", topic_dir(disk, topic)?);
+    let (log, _) = PartitionLog::open(disk.clone(), &dir, LogConfig::default()).await.ok()?;
+    Some(log.log_start_offset())
+}
+
+/// The replica's whole batches from the one holding `from` (a batch boundary: some replica's log
+/// start) to below `up_to`, as stored; an error if its log starts after `from` or ends before `up_to`.
+async fn read_replica(
+    disk: &SimDisk,
+    topic: &str,
+    partition: u32,
+    from: Offset,
+    up_to: Offset,
+) -> Result<Vec<u8>, String> {
     let Some(dir) = topic_dir(disk, topic) else {
         return Err("no data directory for the topic".into());
     };
@@ -115,8 +144,11 @@ async fn read_replica(disk: &SimDisk, topic: &str, partition: u32, up_to: Offset
     if log.log_end_offset() < up_to {
         return Err(format!("its log ends at {} below the high watermark {up_to}", log.log_end_offset()));
     }
+    if log.log_start_offset() > from {
+        return Err(format!("its log starts at {}, after {from}", log.log_start_offset()));
+    }
     let mut bytes = Vec::new();
-    let mut offset = log.log_start_offset();
+    let mut offset = from;
     while offset < up_to {
         let chunk = log.read(offset, 1 << 20, up_to).map_err(|error| error.to_string())?;
         if chunk.is_empty() {

@@ -79,6 +79,10 @@ pub struct Scenario {
     /// Whether the queue workload's producers compress their batches, one codec drawn per producer
     /// node (none among them); off keeps a scenario's draws what they were before codecs existed.
     pub compression: bool,
+    /// Whether the queue workload's topic has retention (small segments, a size and/or time limit
+    /// drawn per seed): consumers and the final reader go on from the log start, and the checkers
+    /// count what is below the final log start as expired, not lost (ADR 0019).
+    pub retention: bool,
 }
 
 impl Scenario {
@@ -140,6 +144,7 @@ fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass
         checkers: QUEUE_CHECKERS,
         duration: QUEUE_DURATION,
         compression: false,
+        retention: false,
     }
 }
 
@@ -154,6 +159,7 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         checkers: RAFT_CHECKERS,
         duration: RAFT_DURATION,
         compression: false,
+        retention: false,
     }
 }
 
@@ -283,6 +289,7 @@ fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         checkers: ISR_CHECKERS,
         duration: ISR_DURATION,
         compression: false,
+        retention: false,
     }
 }
 
@@ -336,6 +343,9 @@ pub fn isr_3_bit_flips() -> Scenario {
 /// The ISR scenarios with their own checks of the ISR: the controller's ISR is watched during the
 /// run (no ack while it is below the minimum) and must be whole again after the heal.
 const ISR_WATCHED_CHECKERS: &[Checker] = &[Checker::Queue, Checker::Replicas, Checker::MinIsrAcks, Checker::FullIsr];
+/// Retention: every replica back in its ISR after the heal too (a follower that fell below its
+/// leader's log start must start over and catch up, not fetch in vain for ever).
+const RETENTION_CHECKERS: &[Checker] = &[Checker::Queue, Checker::Replicas, Checker::FullIsr];
 
 /// The faulty phase of `isr_3_double_failover`: a failover takes the fencing timeout (6 s) and the
 /// forced one starts by the middle of the phase, so its second crash lands before the end.
@@ -352,6 +362,7 @@ pub fn isr_3_double_failover() -> Scenario {
         checkers: ISR_WATCHED_CHECKERS,
         duration: DOUBLE_FAILOVER_DURATION,
         compression: false,
+        retention: false,
         faults: with_background(vec![(DoubleFailover, Always)], false),
         ..isr("isr_3_double_failover", 3, Vec::new())
     }
@@ -372,6 +383,7 @@ pub fn isr_3_slow_follower() -> Scenario {
         checkers: ISR_WATCHED_CHECKERS,
         duration: SLOW_FOLLOWER_DURATION,
         compression: false,
+        retention: false,
         faults: with_background(vec![(SlowFollower, Always)], false),
         ..isr("isr_3_slow_follower", 3, Vec::new())
     }
@@ -451,6 +463,33 @@ pub fn idempotent_all_power_loss() -> Scenario {
     idempotent("idempotent_all_power_loss", vec![(AllPowerLoss, Always), (Kill, Sometimes), (PowerLoss, Sometimes)])
 }
 
+/// Retention (ADR 0019) under crashes, power loss, partitions and pauses: every replica deletes
+/// whole segments by the topic's drawn size and time limits, followers follow the leader's log start,
+/// and a follower cut off long enough starts over at it. Nothing acknowledged at or above the final
+/// log start is lost; in-sync replicas agree byte for byte above their log starts.
+pub fn isr_3_retention() -> Scenario {
+    // A slow follower (its syncs stall past `replica_lag_ms_max`) leaves the ISR, so the high
+    // watermark, and retention with it, move past its log end: when it comes back it must start over
+    // at the leader's log start. Within the ISR nothing can be deleted that a member lacks.
+    let faults = vec![
+        (SlowFollower, Sometimes),
+        (Partition, Sometimes),
+        (Kill, Sometimes),
+        (PowerLoss, Sometimes),
+        (AllPowerLoss, Sometimes),
+        (CleanRestart, Sometimes),
+        (Pause, Sometimes),
+        (Clog, Sometimes),
+        (Delay, Sometimes),
+    ];
+    Scenario {
+        retention: true,
+        duration: SLOW_FOLLOWER_DURATION,
+        checkers: RETENTION_CHECKERS,
+        ..isr("isr_3_retention", 3, faults)
+    }
+}
+
 /// Every fault class that applies to 3 replicated brokers and idempotent producers, rates drawn
 /// per seed.
 pub fn idempotent_swarm() -> Scenario {
@@ -498,6 +537,7 @@ pub fn all() -> Vec<Scenario> {
         isr_3_clogs_pauses_delay(),
         isr_3_slow_follower(),
         isr_3_rolling_restart(),
+        isr_3_retention(),
         isr_3_bit_flips(),
         isr_5_swarm(),
         idempotent_leader_kill(),

@@ -183,6 +183,31 @@ pub struct QueueSwarm {
     pub hot_partition_percent: u32,
     /// The codec of each producer node's batches, in node order (empty: all uncompressed).
     pub compression: Vec<Compression>,
+    /// The topic's log settings (scenarios with retention; `None`: the defaults, nothing deleted in
+    /// a run's time).
+    pub log: Option<TopicLog>,
+}
+
+/// A topic's retention as a seed draws it (at least one limit set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopicLog {
+    pub segment_bytes: u64,
+    /// -1: no size limit.
+    pub retention_bytes: i64,
+    /// -1: no time limit.
+    pub retention_ms: i64,
+}
+
+/// Draws retention small enough to delete many segments in a run: segments of 1-16 KiB, a size
+/// limit of 4-64 KiB and a time limit of 1-8 s, each limit left out on some seeds (never both).
+fn draw_topic_log(rng: &mut impl Rng) -> TopicLog {
+    let segment_bytes = [1_024, 4_096, 16_384][rng.gen_range(0..3)];
+    let mut retention_bytes = [-1, 4_096, 16_384, 65_536][rng.gen_range(0..4)];
+    let retention_ms = [-1, 1_000, 3_000, 8_000][rng.gen_range(0..4)];
+    if retention_bytes == -1 && retention_ms == -1 {
+        retention_bytes = 16_384;
+    }
+    TopicLog { segment_bytes, retention_bytes, retention_ms }
 }
 
 /// Producer request timeouts the idempotent scenarios draw from: short, so that a slow answer (an
@@ -300,8 +325,12 @@ impl Swarm {
                     batch_bytes_max: [256, 2_048, 65_536, 262_144][rng.gen_range(0..4)],
                     hot_partition_percent: [0, 0, 50, 90][rng.gen_range(0..4)],
                     compression: Vec::new(),
+                    log: None,
                 };
                 // Drawn last, so that the plain queue scenarios draw exactly what they drew before.
+                if scenario.retention {
+                    queue.log = Some(draw_topic_log(&mut rng));
+                }
                 if scenario.compression {
                     queue.compression = (0..queue.producer_nodes)
                         .map(|_| Compression::ALL[rng.gen_range(0..Compression::ALL.len())])

@@ -568,12 +568,14 @@ pub struct Consumer {
     pub process: ProcessId,
     pub max_wait_max: Duration,
     pub rng: StdRng,
+    /// The topic has retention: a position below the log start was deleted, not lost.
+    pub retained: bool,
 }
 
 impl Consumer {
     /// Polls until `stop`.
     pub async fn run(self, recorder: Arc<Recorder>, stop: CancellationToken) {
-        let Consumer { addr, topic, partitions, process, max_wait_max, mut rng } = self;
+        let Consumer { addr, topic, partitions, process, max_wait_max, mut rng, retained } = self;
         let client = Client::new(addr, client_config());
         let all: Vec<Partition> = (0..partitions).map(|partition| Partition::of_topic(&topic, partition)).collect();
         lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
@@ -587,6 +589,24 @@ impl Consumer {
             match result {
                 None => return,
                 Some(PollResult::Read { next, .. }) => positions[partition as usize] = next,
+                Some(PollResult::Failed(error)) if error.code() == Some(ErrorCode::OffsetOutOfRange) && retained => {
+                    match log_start(&client, &topic, partition).await {
+                        // Retention deleted the records there: go on from the log start (a new
+                        // assignment, so the checker does not take the jump for a skip).
+                        Some(start) if position < start => {
+                            positions[partition as usize] = start;
+                            lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
+                        }
+                        Some(_) => {
+                            recorder.durability_break(format!(
+                                "consumer: partition {partition} position {position}: {error}"
+                            ));
+                            positions = vec![0; partitions as usize];
+                            lock(&recorder.history).assign(process, recorder.now_ns(), all.clone());
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
                 Some(PollResult::Failed(error)) if error.code() == Some(ErrorCode::OffsetOutOfRange) => {
                     // Only a log that lost records can put a position past its end.
                     recorder.durability_break(format!("consumer: partition {partition} position {position}: {error}"));
@@ -599,38 +619,64 @@ impl Consumer {
     }
 }
 
-/// The final reader: polls every partition from 0 to its high watermark, within `bound`.
+/// The final reader: polls every partition from 0 (or, with retention, from its log start) to its
+/// high watermark, within `bound`.
 pub struct FinalReader {
     pub addr: String,
     pub topic: String,
     pub partitions: u32,
     pub process: ProcessId,
     pub bound: Duration,
+    /// The topic has retention: the log may start past 0.
+    pub retained: bool,
+}
+
+/// What the final read found: per partition its high watermark and its log start.
+#[derive(Debug, Default)]
+pub struct FinalRead {
+    pub high_watermarks: BTreeMap<u32, i64>,
+    /// The highest log start the read saw (retention may move it while the read goes on).
+    pub log_starts: BTreeMap<u32, i64>,
 }
 
 impl FinalReader {
-    /// Returns each partition's final high watermark, or an error when the broker did not serve
-    /// everything within the bound.
-    pub async fn run(self, recorder: Arc<Recorder>) -> Result<BTreeMap<u32, i64>, String> {
-        let FinalReader { addr, topic, partitions, process, bound } = self;
+    /// Reads everything, or an error when the broker did not serve it within the bound.
+    pub async fn run(self, recorder: Arc<Recorder>) -> Result<FinalRead, String> {
+        let FinalReader { addr, topic, partitions, process, bound, retained } = self;
         let deadline = Instant::now() + bound;
         let client = Client::new(addr, client_config());
         let all: Vec<Partition> = (0..partitions).map(|partition| Partition::of_topic(&topic, partition)).collect();
         lock(&recorder.history).assign(process, recorder.now_ns(), all);
-        let mut final_high_watermarks = BTreeMap::new();
+        let mut read = FinalRead::default();
         let poller = Poller { client: &client, recorder: &recorder, process, topic: &topic, who: "final reader" };
         for partition in 0..partitions {
-            let high_watermark = poller.read_to_end(partition, deadline, bound).await?;
-            final_high_watermarks.insert(partition, high_watermark);
+            let (high_watermark, log_start) =
+                poller.read_to_end(partition, deadline, bound, retained, partitions).await?;
+            read.high_watermarks.insert(partition, high_watermark);
+            read.log_starts.insert(partition, log_start);
         }
-        Ok(final_high_watermarks)
+        Ok(read)
     }
 }
 
+/// The partition's log start, asked of its leader (`None` when that failed).
+async fn log_start(client: &Client, topic: &str, partition: u32) -> Option<i64> {
+    let earliest = client.list_offsets(topic, partition, keel::protocol::LIST_OFFSETS_EARLIEST).await.ok()?;
+    Some(earliest.map_or(0, |(offset, _)| offset.0))
+}
+
 impl Poller<'_> {
-    /// Reads `partition` from 0 to its high watermark; returns the high watermark.
-    async fn read_to_end(&self, partition: u32, deadline: Instant, bound: Duration) -> Result<i64, String> {
-        let mut position = 0i64;
+    /// Reads `partition` to its high watermark, from 0 or (`retained`) from wherever its log starts;
+    /// returns the high watermark and the log start.
+    async fn read_to_end(
+        &self,
+        partition: u32,
+        deadline: Instant,
+        bound: Duration,
+        retained: bool,
+        partition_count: u32,
+    ) -> Result<(i64, i64), String> {
+        let (mut position, mut start) = (0i64, 0i64);
         loop {
             if Instant::now() >= deadline {
                 return Err(format!("final read of partition {partition} stuck at offset {position} after {bound:?}"));
@@ -638,15 +684,33 @@ impl Poller<'_> {
             match self.poll(partition, position, Duration::ZERO).await {
                 None => return Err(format!("final read of partition {partition} hung")),
                 Some(PollResult::Read { next, high_watermark, log_start }) => {
-                    if log_start > 0 {
+                    if log_start > 0 && !retained {
                         return Err(format!("partition {partition} starts at {log_start}: records before it are gone"));
                     }
+                    start = start.max(log_start);
                     position = next;
                     if position >= high_watermark {
-                        return Ok(high_watermark);
+                        return Ok((high_watermark, start));
                     }
                 }
-                Some(PollResult::Failed(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Some(PollResult::Failed(error)) if retained && error.code() == Some(ErrorCode::OffsetOutOfRange) => {
+                    match log_start(self.client, self.topic, partition).await {
+                        Some(log_start) if position < log_start => {
+                            // Retention moved the log start while the read went on: a new
+                            // assignment, so the checker does not take the jump for a skip.
+                            start = start.max(log_start);
+                            position = log_start;
+                            let all: Vec<Partition> =
+                                (0..partition_count).map(|p| Partition::of_topic(self.topic, p)).collect();
+                            lock(&self.recorder.history).assign(self.process, self.recorder.now_ns(), all);
+                        }
+                        _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                }
+                Some(PollResult::Failed(error)) => {
+                    self.recorder.note(format!("final read of partition {partition} at {position}: {error}"));
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
             }
         }
     }

@@ -150,6 +150,7 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         checkers: &[],
         duration: Duration::from_secs(5),
         compression: false,
+        retention: false,
     };
     let swarm = NemesisSwarm {
         interval_ms: 100,
@@ -552,6 +553,14 @@ async fn isr_3_clogs_pauses_delay() {
 async fn isr_3_rolling_restart() {
     keel_sim::init_logging();
     driver::run(&scenario::isr_3_rolling_restart()).await.assert_valid();
+}
+
+/// ISR: retention deletes segments on every replica under faults; nothing acknowledged at or above
+/// the final log start is lost.
+#[madsim::test]
+async fn isr_3_retention() {
+    keel_sim::init_logging();
+    driver::run(&scenario::isr_3_retention()).await.assert_valid();
 }
 
 /// ISR: bit rot on one broker's durable segments: detected, never served, repaired from the leader.

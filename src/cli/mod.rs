@@ -26,7 +26,7 @@ use crate::client::{
 use crate::compression::Compression;
 use crate::config::BrokerConfig;
 use crate::partition::FsyncPolicy;
-use crate::protocol::{Acks, PartitionInfo, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
+use crate::protocol::{Acks, ErrorCode, LogSettingsInfo, PartitionInfo, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use crate::types::Offset;
 
 #[derive(Parser, Debug)]
@@ -69,6 +69,10 @@ impl Cli {
                 args.idempotence.check(args.acks, ProducerConfig::default().linger, client_config().request_timeout),
             ),
             Command::Bench(bench::BenchCommand::Produce(args)) => (&["bench", "produce"], args.check()),
+            Command::Topic(TopicCommand::Alter { log, .. }) if log.is_empty() => (
+                &["topic", "alter"],
+                Err("nothing to change: give --retention-ms, --retention-bytes or --segment-bytes".to_owned()),
+            ),
             _ => (&[], Ok(())),
         };
         match checked {
@@ -152,6 +156,14 @@ pub enum TopicCommand {
         /// LOSES ACKNOWLEDGED RECORDS the new leader never received. Off by default.
         #[arg(long)]
         unclean_leader_election: bool,
+        #[command(flatten)]
+        log: LogSettingsArgs,
+    },
+    /// Change a topic's retention or segment size; what is not given stays as it is.
+    Alter {
+        name: String,
+        #[command(flatten)]
+        log: LogSettingsArgs,
     },
     List,
     Describe {
@@ -160,6 +172,49 @@ pub enum TopicCommand {
     Delete {
         name: String,
     },
+}
+
+/// A topic's log settings (Kafka's `retention.ms`, `retention.bytes`, `segment.bytes`,
+/// `cleanup.policy`; ADR 0019).
+#[derive(Args, Debug, Clone, PartialEq, Eq)]
+pub struct LogSettingsArgs {
+    /// Delete a sealed segment once its newest record is older than this many ms; -1 keeps records
+    /// forever [default for a new topic: 604800000, seven days].
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    pub retention_ms: Option<i64>,
+    /// Delete the oldest sealed segments while a partition's log is larger than this; -1: no limit
+    /// [default: -1].
+    #[arg(long, value_name = "BYTES", allow_negative_numbers = true)]
+    pub retention_bytes: Option<i64>,
+    /// Roll to a new segment at this size (1024 to 1073741824): retention deletes whole segments, so
+    /// this is its granularity [default: the broker's segment_bytes_max].
+    #[arg(long, value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// What happens to old segments: delete (the only policy so far; compact is refused).
+    #[arg(long, value_name = "POLICY", value_parser = parse_cleanup_policy)]
+    pub cleanup_policy: Option<String>,
+}
+
+impl LogSettingsArgs {
+    fn info(&self) -> LogSettingsInfo {
+        LogSettingsInfo {
+            retention_ms: self.retention_ms,
+            retention_bytes: self.retention_bytes,
+            segment_bytes: self.segment_bytes,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.info() == LogSettingsInfo::default() && self.cleanup_policy.is_none()
+    }
+}
+
+fn parse_cleanup_policy(text: &str) -> Result<String, String> {
+    match text {
+        "delete" => Ok(text.to_owned()),
+        "compact" => Err("cleanup policy compact is not supported yet (only delete)".to_owned()),
+        other => Err(format!("unknown cleanup policy {other:?} (expected delete)")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -311,6 +366,19 @@ pub struct ConsumeArgs {
     /// Keep waiting for new records instead of stopping at the end.
     #[arg(long)]
     pub follow: bool,
+    /// What to do when a position is outside the partition's log (retention deleted the records
+    /// there, or --offset is past the end): earliest (default) goes on from the log start, latest
+    /// from the log end, none fails (exit 1). Either way a line on stderr says what happened.
+    #[arg(long, value_enum, default_value = "earliest")]
+    pub reset: ResetPolicy,
+}
+
+/// `keel consume --reset` (Kafka's `auto.offset.reset`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetPolicy {
+    Earliest,
+    Latest,
+    None,
 }
 
 pub fn parse_acks(text: &str) -> Result<Acks, String> {
@@ -389,18 +457,27 @@ pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError
     let client = client(cli);
     let mut out = std::io::stdout().lock();
     match command {
-        TopicCommand::Create { name, partitions, replication, min_insync_replicas, unclean_leader_election } => {
+        TopicCommand::Create { name, partitions, replication, min_insync_replicas, unclean_leader_election, log } => {
             let spec = TopicSpec {
                 partitions: *partitions,
                 replication: *replication,
                 min_insync_replicas: *min_insync_replicas,
                 unclean_leader_election: *unclean_leader_election,
+                log: log.info(),
             };
             client.create_topic_with(name, &spec).await?;
             if cli.json {
                 print_line(&mut out, &json!({"created": name, "partitions": partitions}).to_string());
             } else {
                 print_line(&mut out, &format!("created topic {name} with {partitions} partition(s)"));
+            }
+        }
+        TopicCommand::Alter { name, log } => {
+            client.alter_topic(name, log.info()).await?;
+            if cli.json {
+                print_line(&mut out, &json!({"altered": name}).to_string());
+            } else {
+                print_line(&mut out, &format!("altered topic {name}"));
             }
         }
         TopicCommand::Delete { name } => {
@@ -444,18 +521,22 @@ async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl W
     }
     if cli.json {
         let partitions: Vec<_> = partitions.iter().map(|(p, status)| partition_json(p, status.as_ref())).collect();
+        let log = topic.log.clone().unwrap_or_default();
         let line = json!({"name": topic.name, "min_insync_replicas": topic.min_insync_replicas,
-                          "unclean_leader_election": topic.unclean_leader_election, "partitions": partitions});
+                          "unclean_leader_election": topic.unclean_leader_election,
+                          "retention_ms": log.retention_ms, "retention_bytes": log.retention_bytes,
+                          "segment_bytes": log.segment_bytes, "cleanup_policy": "delete", "partitions": partitions});
         print_line(out, &line.to_string());
     } else {
         let unclean = if topic.unclean_leader_election { "on (may lose acknowledged records)" } else { "off" };
         print_line(
             out,
             &format!(
-                "topic {}: {} partition(s), min insync replicas {}, unclean leader election {unclean}",
+                "topic {}: {} partition(s), min insync replicas {}, unclean leader election {unclean}, {}",
                 topic.name,
                 partitions.len(),
-                topic.min_insync_replicas
+                topic.min_insync_replicas,
+                log_settings_text(topic.log.as_ref()),
             ),
         );
         for (p, status) in &partitions {
@@ -465,6 +546,23 @@ async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl W
         }
     }
     Ok(())
+}
+
+/// The topic's log settings for `topic describe`: `retention 7 days, retention bytes no limit,
+/// segment bytes broker default`.
+fn log_settings_text(log: Option<&LogSettingsInfo>) -> String {
+    let Some(log) = log else { return "log settings unknown (an older broker)".to_owned() };
+    let retention = match log.retention_ms {
+        Some(-1) | None => "forever".to_owned(),
+        Some(ms) if ms % 86_400_000 == 0 => format!("{} days", ms / 86_400_000),
+        Some(ms) => format!("{ms} ms"),
+    };
+    let bytes = match log.retention_bytes {
+        Some(-1) | None => "no limit".to_owned(),
+        Some(bytes) => bytes.to_string(),
+    };
+    let segment = log.segment_bytes.map_or_else(|| "broker default".to_owned(), |bytes| bytes.to_string());
+    format!("retention {retention}, retention bytes {bytes}, segment bytes {segment}")
 }
 
 /// One partition of `topic describe --json`. The offsets come from the leader's status (`null` when
@@ -629,7 +727,14 @@ pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> 
             }
             all_done = false;
             let wait = if args.follow && partitions.len() == 1 { Duration::from_millis(1000) } else { Duration::ZERO };
-            let fetched = client.fetch(&args.topic, *partition, *position, 1024 * 1024, wait).await?;
+            let fetched = match client.fetch(&args.topic, *partition, *position, 1024 * 1024, wait).await {
+                Err(ClientError::Server { code: ErrorCode::OffsetOutOfRange, message }) => {
+                    *position = reset_position(&client, args, *partition, *position, &message).await?;
+                    progressed = true;
+                    continue;
+                }
+                fetched => fetched?,
+            };
             for record in fetched.records {
                 if printed >= limit {
                     break;
@@ -672,6 +777,31 @@ async fn start_offset(client: &Client, args: &ConsumeArgs, partition: u32) -> Re
         return Ok(earliest.map_or(Offset(0), |(offset, _)| offset));
     }
     latest(client, &args.topic, partition).await
+}
+
+/// `--reset`: where to go on from a `position` outside the log, said on stderr.
+async fn reset_position(
+    client: &Client,
+    args: &ConsumeArgs,
+    partition: u32,
+    position: Offset,
+    message: &str,
+) -> Result<Offset, CliError> {
+    let (spec, name) = match args.reset {
+        ResetPolicy::None => {
+            return Err(fail(format!(
+                "partition {partition}: offset {position} is out of range ({message}); not resetting (--reset none)"
+            )))
+        }
+        ResetPolicy::Earliest => (LIST_OFFSETS_EARLIEST, "earliest"),
+        ResetPolicy::Latest => (LIST_OFFSETS_LATEST, "latest"),
+    };
+    let to = client.list_offsets(&args.topic, partition, spec).await?.map_or(Offset(0), |(offset, _)| offset);
+    eprintln!(
+        "partition {partition}: offset {position} is out of range ({message}); records there were deleted by \
+         retention or never written; going on from the {name} offset {to} (--reset {name})"
+    );
+    Ok(to)
 }
 
 async fn latest(client: &Client, topic: &str, partition: u32) -> Result<Offset, CliError> {

@@ -211,11 +211,19 @@ pub struct TopicSpec {
     /// `None`: the broker's default, `min(2, replication)`.
     pub min_insync_replicas: Option<u32>,
     pub unclean_leader_election: bool,
+    /// Retention and segment size; unset fields get the broker's defaults.
+    pub log: LogSettingsInfo,
 }
 
 impl Default for TopicSpec {
     fn default() -> TopicSpec {
-        TopicSpec { partitions: 1, replication: 1, min_insync_replicas: None, unclean_leader_election: false }
+        TopicSpec {
+            partitions: 1,
+            replication: 1,
+            min_insync_replicas: None,
+            unclean_leader_election: false,
+            log: LogSettingsInfo::default(),
+        }
     }
 }
 
@@ -537,10 +545,21 @@ impl Client {
             replication: spec.replication,
             min_insync_replicas: spec.min_insync_replicas,
             unclean_leader_election: spec.unclean_leader_election,
+            log: Some(Box::new(spec.log.clone())),
         });
         match self.request(body).await? {
             Body::CreateTopicResponse(CreateTopicResponse { error: None }) => Ok(()),
             Body::CreateTopicResponse(CreateTopicResponse { error: Some(info) }) => Err(ClientError::server(info)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Changes a topic's log settings: the fields `log` sets, the others stay.
+    pub async fn alter_topic(&self, name: &str, log: LogSettingsInfo) -> Result<(), ClientError> {
+        let body = Body::AlterTopicRequest(AlterTopicRequest { name: name.into(), log: Some(log) });
+        match self.request(body).await? {
+            Body::AlterTopicResponse(AlterTopicResponse { error: None }) => Ok(()),
+            Body::AlterTopicResponse(AlterTopicResponse { error: Some(info) }) => Err(ClientError::server(info)),
             other => Err(unexpected(other)),
         }
     }
@@ -695,7 +714,7 @@ impl Client {
                 Ok(result) => return result,
                 Err(PartitionRetry { result, transport }) => {
                     transport_failures += u32::from(transport);
-                    last_error = Some(result);
+                    last_error = Some(*result);
                 }
             }
         }
@@ -727,11 +746,11 @@ impl Client {
                 Some(code) if is_misrouted(code) => {
                     tracing::debug!(topic, partition, %addr, ?code, "partition request misrouted; refreshing");
                     self.forget_leaders(topic);
-                    Err(PartitionRetry { result: Ok(response), transport: false })
+                    Err(PartitionRetry { result: Box::new(Ok(response)), transport: false })
                 }
                 Some(code) if is_replica_behind(code) => {
                     tracing::debug!(topic, partition, %addr, ?code, "leader behind the metadata; retrying");
-                    Err(PartitionRetry { result: Ok(response), transport: false })
+                    Err(PartitionRetry { result: Box::new(Ok(response)), transport: false })
                 }
                 _ => Ok(Ok(response)),
             },
@@ -740,7 +759,7 @@ impl Client {
             {
                 tracing::debug!(topic, partition, %addr, %error, "leader unreachable; refreshing");
                 self.forget_leaders(topic);
-                Err(PartitionRetry { result: Err(error), transport: true })
+                Err(PartitionRetry { result: Box::new(Err(error)), transport: true })
             }
             Err(error) => Ok(Err(error)),
         }
@@ -858,7 +877,8 @@ pub fn decode_records(mut bytes: Bytes, from: Offset) -> Result<Vec<StoredRecord
 /// Another attempt of a partition request is due: the result to return if none is left, and whether
 /// the attempt failed in transport (those are bounded by `ClientConfig::retries`).
 struct PartitionRetry {
-    result: Result<Body, ClientError>,
+    /// Boxed: a `Body` is large, and this travels in a `Result`'s error.
+    result: Box<Result<Body, ClientError>>,
     transport: bool,
 }
 

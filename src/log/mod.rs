@@ -1,11 +1,13 @@
 //! The partition log: one partition's records as segment files in one directory, over a [`Disk`].
 //!
-//! In: batches stamped with the next offset ([`PartitionLog::append`]), syncs, reads, truncations.
-//! Out: whole batches as one `Bytes` (never re-encoded), offsets, and after a crash a recovered log
-//! that is a prefix of what was appended and holds everything that was synced.
+//! In: batches stamped with the next offset ([`PartitionLog::append`]), syncs, reads, truncations,
+//! retention's new log starts and a follower's reset ([`retention`]).
+//! Out: whole batches as one `Bytes` (never re-encoded), offsets, segment summaries, and after a
+//! crash a recovered log that is a suffix (retention moves the start) of a prefix of what was
+//! appended and holds everything that was synced and not deleted.
 //!
 //! # On-disk format
-//! A directory per partition holds, per segment, three files named by the segment's base offset
+//! A directory per partition holds, per segment, four files named by the segment's base offset
 //! (the offset of its first record) in 20 decimal digits:
 //!
 //! - `{base:020}.log`: concatenated RecordBatch v2 batches ([`crate::batch`]), each with its own
@@ -13,7 +15,11 @@
 //! - `{base:020}.index`: a sparse offset index, one 12-byte entry `relative_offset u32, position
 //!   u32, crc32c u32` per `index_interval_bytes` of log;
 //! - `{base:020}.timeindex`: the matching sparse time index, 16-byte entries `max_timestamp_before
-//!   i64, relative_offset u32, crc32c u32`.
+//!   i64, relative_offset u32, crc32c u32`;
+//! - `{base:020}.producers`: the idempotent producers' table as of the batches before `base`
+//!   ([`ProducerStates::encode`], CRC'd; ADR 0015), written at the roll that starts the segment and
+//!   again by every recovery. Only the first segment's is ever the sole record of anything: the
+//!   batches before it were deleted by retention.
 //!
 //! All integers are big-endian; see [`index`] for the entries and the seal. A segment rolls when the
 //! next batch would take it past `segment_bytes_max`. When a rolled segment's data is known durable
@@ -24,8 +30,8 @@
 //! `fdatasync` metadata cost shows up in the benches).
 //!
 //! # Recovery (in [`PartitionLog::open`])
-//! 1. Segments are the `.log` files, in base-offset order. Index files without a `.log`, and files of
-//!    segments dropped below, are removed.
+//! 1. Segments are the `.log` files, in base-offset order. Index and producer files without a `.log`,
+//!    and files of segments dropped below, are removed.
 //! 2. Segments must be contiguous: each base offset equals the previous segment's next offset. At the
 //!    first gap, that segment and every later one are removed.
 //! 3. Every segment is scanned from its start, sealed or not: batch after batch is parsed
@@ -35,6 +41,11 @@
 //!    truncated there and every later segment is removed (they follow a hole), so the log ends at the
 //!    last good batch and a replica fetches the rest again from its leader. [`RecoveryReport::cut`]
 //!    says where and why, and `open` logs it with the bytes cut.
+//!    The producer table the scan builds starts from the first segment's `.producers` snapshot (the
+//!    table as of the batches retention deleted), or empty when the first base is 0 or the snapshot
+//!    is missing or fails its CRC (the producers of deleted batches are then forgotten: their next
+//!    batch gets `UnknownProducer`, the client starts a new epoch). Every later segment's snapshot
+//!    is written again from the scan.
 //! 4. A segment that is not the last keeps its index files when it is sealed (both index files decode
 //!    with valid CRCs and end in matching seals, the seal's length equals the `.log` length) and the
 //!    scan agrees with the seal. Otherwise (and always for the last segment) its indexes are rebuilt
@@ -49,6 +60,18 @@
 //! that its bytes are still the ones written. If opening big logs gets too slow, the way out is a
 //! background scrub of sealed segments after open (reads already verify what they return), not
 //! trusting seals again.
+//!
+//! # Retention and reset (in [`retention`])
+//! [`PartitionLog::delete_segments_before`] deletes whole segments from the start, oldest first,
+//! never the active one: per segment its `.log` (which defines it for recovery), its index files,
+//! then `sync_dir` before the next, so a crash leaves a suffix of the log and never a gap (recovery
+//! would drop everything after a gap). Before anything goes, the `.producers` snapshot of every
+//! segment a crash could leave first is made durable; a deleted segment's snapshot is removed only
+//! once its `.log` removal is durable. [`PartitionLog::reset_to`] (a follower below its leader's
+//! log start) deletes the same way down to the active segment, creates the empty segment at the new
+//! offset (empty snapshot first) and syncs the directory, and only then removes the old active
+//! segment: a crash recovers a suffix of the old log or the new empty log, never an empty directory
+//! (which would restart the log at offset 0).
 //!
 //! # Corruption after recovery
 //! Reads check every returned batch's CRC, offsets and leader epoch (the CRC does not cover the epoch
@@ -70,12 +93,14 @@
 //! fsync the unsynced bytes are in an unknown state, so the owner must drop the log and reopen it.
 //!
 //! # In memory
-//! Per segment: its files, length, next offset, max timestamp and both sparse indexes (one entry per
-//! `index_interval_bytes`, 24 bytes of memory per 4 KiB of log by default).
+//! Per segment: its files, length, next offset, max timestamp (from appends, the seal or recovery's
+//! scan; [`PartitionLog::segment_summaries`] reports them to retention) and both sparse indexes (one
+//! entry per `index_interval_bytes`, 24 bytes of memory per 4 KiB of log by default).
 
 pub mod end_checkpoint;
 pub mod epoch_cache;
 mod index;
+pub mod retention;
 mod segment;
 
 use std::collections::BTreeMap;
@@ -91,6 +116,7 @@ use crate::producer_state::{BatchIdentity, ProducerStates};
 use crate::sometimes::{self, Sometimes};
 use crate::storage::{Disk, DiskFile};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
+pub use retention::SegmentSummary;
 use segment::{BatchHeader, Segment};
 
 /// The largest `segment_bytes_max` accepted: positions in the index are u32, and a segment may
@@ -263,8 +289,8 @@ pub struct PartitionLog<D: Disk> {
     /// recovery's scan, kept up by appends, rebuilt by a truncation. The replica shell hands it to
     /// its core whenever the core's copy must be replaced (open, recovery, truncation).
     producers: ProducerStates,
-    /// Producer snapshots written and not yet synced (by the next `begin_sync`).
-    unsynced_snapshots: Vec<D::File>,
+    /// Producer snapshots written and not yet synced (by the next `begin_sync`), by segment base.
+    unsynced_snapshots: Vec<(Offset, D::File)>,
     shared: Arc<Mutex<SyncShared>>,
 }
 
@@ -272,8 +298,9 @@ pub struct PartitionLog<D: Disk> {
 struct Scanned<F> {
     epoch_runs: Vec<EpochEntry>,
     producers: ProducerStates,
-    /// The producer snapshot recovery wrote for each segment it kept.
-    snapshots: Vec<F>,
+    /// The producer snapshot recovery wrote (or, for the first segment, read) for each segment it
+    /// kept, by segment base.
+    snapshots: Vec<(Offset, F)>,
 }
 
 fn parent_of(dir: &str) -> &str {
@@ -290,7 +317,7 @@ fn parse_segment_name(name: &str) -> Option<(Offset, &str)> {
         return None;
     }
     let base = digits.parse::<i64>().ok()?;
-    matches!(ext, "log" | "index" | "timeindex").then_some((Offset(base), ext))
+    matches!(ext, "log" | "index" | "timeindex" | "producers").then_some((Offset(base), ext))
 }
 
 impl<D: Disk> PartitionLog<D> {
@@ -367,7 +394,7 @@ impl<D: Disk> PartitionLog<D> {
     }
 
     /// The base offsets of the `.log` files in `dir` (sorted), and every other segment file
-    /// (`.index`, `.timeindex`) with its base. Files that are not Keel's are left out.
+    /// (`.index`, `.timeindex`, `.producers`) with its base. Files that are not Keel's are left out.
     fn list_segment_files(disk: &D, dir: &str) -> Result<SegmentFiles, LogError> {
         let mut log_bases = Vec::new();
         let mut other_files = Vec::new();
@@ -407,16 +434,23 @@ impl<D: Disk> PartitionLog<D> {
             let mut segment = Self::open_segment(disk, dir, base, config)?;
             let log_len = segment.log.len()?;
             let sealed = !is_last && Self::load_sealed(&mut segment, log_len)?;
-            // The state as of this segment's base, written again on every open: whatever a crash left
-            // of an earlier snapshot, this one is the scan's.
-            let snapshot = write_producer_snapshot(disk, dir, base, &scanned.producers)?;
+            // The state as of this segment's base. The first segment's is read (the batches before it
+            // are gone: retention deleted them); every later one is written again on every open, so
+            // whatever a crash left of an earlier snapshot, it is the scan's.
+            let snapshot = match Self::first_snapshot(disk, dir, base, idx == 0)? {
+                Some((file, producers)) => {
+                    scanned.producers = producers;
+                    file
+                }
+                None => write_producer_snapshot(disk, dir, base, &scanned.producers)?,
+            };
             let scan = segment::scan(&segment.log, base, config.index_interval_bytes, &mut scanned.producers)?;
             report.verified_bytes += scan.valid_bytes;
             for run in &scan.epochs {
                 segment::push_epoch_run(&mut scanned.epoch_runs, run.epoch, run.start_offset);
             }
             let whole = scan.stopped_because.is_none();
-            scanned.snapshots.push(snapshot);
+            scanned.snapshots.push((base, snapshot));
             if sealed && whole && scan.next_offset == segment.next_offset {
                 segments.insert(base, segment); // The scan agrees with the seal: the indexes stand.
                 continue;
@@ -468,6 +502,26 @@ impl<D: Disk> PartitionLog<D> {
         Ok(dir_changed)
     }
 
+    /// The producer snapshot recovery starts from when `base` is the first segment's: the table as of
+    /// the batches before it, which retention deleted. `None` (start from an empty table) for any
+    /// other segment, at offset 0, or when the snapshot is missing or fails its CRC: then the
+    /// producers of the deleted batches are forgotten (their next batches get `UnknownProducer`).
+    fn first_snapshot(
+        disk: &D,
+        dir: &str,
+        base: Offset,
+        is_first: bool,
+    ) -> Result<Option<(D::File, ProducerStates)>, LogError> {
+        if !is_first || base == Offset::ZERO {
+            return Ok(None);
+        }
+        let snapshot = read_producer_snapshot(disk, dir, base)?;
+        if snapshot.is_none() {
+            tracing::warn!(dir, base = base.0, "log recovery: no valid producer snapshot at the log start");
+        }
+        Ok(snapshot)
+    }
+
     fn open_segment(disk: &D, dir: &str, base: Offset, config: &LogConfig) -> Result<Segment<D::File>, LogError> {
         Ok(Segment {
             base_offset: base,
@@ -480,6 +534,7 @@ impl<D: Disk> PartitionLog<D> {
             indexer: index::Indexer::new(config.index_interval_bytes),
             sealed: false,
             dirty: segment::Dirty::default(),
+            sync_ticket: None,
         })
     }
 
@@ -521,6 +576,11 @@ impl<D: Disk> PartitionLog<D> {
     /// without the index files.
     pub fn size_bytes(&self) -> u64 {
         self.segments.values().map(|segment| segment.log_bytes).sum()
+    }
+
+    /// Changes the segment size from the next roll on (a topic's `segment_bytes` was altered).
+    pub fn set_segment_bytes_max(&mut self, segment_bytes_max: u64) {
+        self.config.segment_bytes_max = segment_bytes_max;
     }
 
     pub fn config(&self) -> &LogConfig {
@@ -609,7 +669,7 @@ impl<D: Disk> PartitionLog<D> {
         // Every batch before `base` is applied, none after: the state a truncation into this
         // segment starts its rescan from.
         let snapshot = write_producer_snapshot(&self.disk, &self.dir, base, &self.producers)?;
-        self.unsynced_snapshots.push(snapshot);
+        self.unsynced_snapshots.push((base, snapshot));
         tracing::debug!(dir = self.dir, base = base.0, "log: rolled to a new segment");
         Ok(())
     }
@@ -632,9 +692,10 @@ impl<D: Disk> PartitionLog<D> {
                 TicketGuard { shared: self.shared.clone(), ticket, finished: false }
             })
         };
-        if guard.is_some() {
+        if let Some(ticket) = guard.as_ref().map(|guard| guard.ticket) {
             let active_base = self.active().base_offset;
             for segment in self.segments.values_mut() {
+                let n_syncs = syncs.len();
                 if std::mem::take(&mut segment.dirty.log) {
                     syncs.push(Box::pin(segment.log.sync()));
                 }
@@ -642,19 +703,24 @@ impl<D: Disk> PartitionLog<D> {
                 // entries need no fsync (one fsync per sync instead of three); they are synced when
                 // the segment rolls, before its seal can be trusted.
                 let dirty = &mut segment.dirty;
-                if segment.base_offset == active_base && !dirty.indexes_rewritten {
-                    continue;
+                if segment.base_offset != active_base || dirty.indexes_rewritten {
+                    dirty.indexes_rewritten = false;
+                    if std::mem::take(&mut dirty.offset_index) {
+                        syncs.push(Box::pin(segment.offset_index.sync()));
+                    }
+                    if std::mem::take(&mut dirty.time_index) {
+                        syncs.push(Box::pin(segment.time_index.sync()));
+                    }
                 }
-                dirty.indexes_rewritten = false;
-                if std::mem::take(&mut dirty.offset_index) {
-                    syncs.push(Box::pin(segment.offset_index.sync()));
-                }
-                if std::mem::take(&mut dirty.time_index) {
-                    syncs.push(Box::pin(segment.time_index.sync()));
+                if syncs.len() > n_syncs {
+                    segment.sync_ticket = Some(ticket);
                 }
             }
-            for snapshot in self.unsynced_snapshots.drain(..) {
+            for (base, snapshot) in self.unsynced_snapshots.drain(..) {
                 syncs.push(Box::pin(snapshot.sync()));
+                if let Some(segment) = self.segments.get_mut(&base) {
+                    segment.sync_ticket = Some(ticket);
+                }
             }
             if std::mem::take(&mut self.dir_dirty) {
                 syncs.push(Box::pin(self.disk.sync_dir(&self.dir)));
@@ -898,8 +964,7 @@ impl<D: Disk> PartitionLog<D> {
         let first_dropped = if position == 0 && base != self.log_start_offset() { base } else { base.next() };
         let dropped: Vec<Offset> = self.segments.range(first_dropped..).map(|(&base, _)| base).collect();
         for base in dropped {
-            self.segments.remove(&base);
-            self.pending_seals.retain(|pending| *pending != base);
+            self.forget_segment(base);
             for path in [
                 segment::log_name(&self.dir, base),
                 segment::offset_index_name(&self.dir, base),
@@ -907,10 +972,7 @@ impl<D: Disk> PartitionLog<D> {
             ] {
                 self.disk.remove(&path)?;
             }
-            let snapshot = segment::producers_name(&self.dir, base);
-            if self.disk.list(&self.dir)?.iter().any(|name| format!("{}/{name}", self.dir) == snapshot) {
-                self.disk.remove(&snapshot)?;
-            }
+            remove_if_present(&self.disk, &segment::producers_name(&self.dir, base))?;
             self.dir_dirty = true;
         }
         let active = self.active();
@@ -938,32 +1000,55 @@ impl<D: Disk> PartitionLog<D> {
         &self.producers
     }
 
-    /// The dedup state of the batches left after a truncation: the active segment's producer
-    /// snapshot (the state at its base, written at its roll or by recovery) plus a scan of that
-    /// segment; from the log start, scanning every segment, if the snapshot is missing or fails its
-    /// CRC. The batches were verified when written or recovered: a scan that stops early found
-    /// corruption, which fails the log like a read would.
+    /// The dedup state of the batches left after a truncation: the state as of the active segment
+    /// ([`PartitionLog::producers_before`]) plus a scan of that segment. The batches were verified
+    /// when written or recovered: a scan that stops early found corruption, which fails the log like
+    /// a read would.
     fn rescan_producers(&self) -> Result<ProducerStates, LogError> {
         let active_base = *self.segments.keys().next_back().expect("a segment");
-        let path = segment::producers_name(&self.dir, active_base);
-        let exists = self.disk.list(&self.dir)?.iter().any(|name| format!("{}/{name}", self.dir) == path);
-        let snapshot = if exists {
-            let file = self.disk.open(&path, false)?;
-            ProducerStates::decode(&file.read_at(0, file.len()? as usize)?).ok()
-        } else {
-            None
-        };
-        let (mut producers, from) = match snapshot {
-            Some(producers) => (producers, active_base),
-            None => (ProducerStates::new(), self.log_start_offset()),
-        };
-        for (&base, segment) in self.segments.range(from..) {
-            let scan = segment::scan(&segment.log, base, self.config.index_interval_bytes, &mut producers)?;
+        let mut producers = self.producers_before(active_base)?;
+        self.scan_producers(active_base, self.log_end, &mut producers)?;
+        Ok(producers)
+    }
+
+    /// The dedup state as of the batches before the segment at `base`: empty at offset 0; else that
+    /// segment's producer snapshot (written at its roll, by recovery, or by retention); if it is
+    /// missing or fails its CRC, the first segment's state (its snapshot, which stands for the
+    /// batches retention deleted) plus a scan of the segments from the log start to `base`.
+    fn producers_before(&self, base: Offset) -> Result<ProducerStates, LogError> {
+        if base == Offset::ZERO {
+            return Ok(ProducerStates::new());
+        }
+        if let Some((_, producers)) = read_producer_snapshot(&self.disk, &self.dir, base)? {
+            return Ok(producers);
+        }
+        let log_start = self.log_start_offset();
+        if base == log_start {
+            tracing::warn!(dir = self.dir, base = base.0, "log: no valid producer snapshot at the log start");
+            return Ok(ProducerStates::new());
+        }
+        let mut producers = self.producers_before(log_start)?;
+        self.scan_producers(log_start, base, &mut producers)?;
+        Ok(producers)
+    }
+
+    /// Applies the batches of the segments with bases in `[from, to)` to `producers`, in log order.
+    fn scan_producers(&self, from: Offset, to: Offset, producers: &mut ProducerStates) -> Result<(), LogError> {
+        for (&base, segment) in self.segments.range(from..to) {
+            let scan = segment::scan(&segment.log, base, self.config.index_interval_bytes, producers)?;
             if let Some(reason) = scan.stopped_because {
                 return Err(LogError::Corrupt { offset: scan.next_offset, reason });
             }
         }
-        Ok(producers)
+        Ok(())
+    }
+
+    /// Drops the segment at `base` from memory: from the map, the seals due and the snapshots to
+    /// sync (its files are being removed; a sync of a removed file may fail).
+    fn forget_segment(&mut self, base: Offset) {
+        self.segments.remove(&base);
+        self.pending_seals.retain(|pending| *pending != base);
+        self.unsynced_snapshots.retain(|(snapshot_base, _)| *snapshot_base != base);
     }
 
     /// Syncs everything (seals included) and consumes the log: a graceful shutdown.
@@ -1016,6 +1101,29 @@ fn write_producer_snapshot<D: Disk>(
     file.set_len(0)?;
     file.write_at(0, &bytes)?;
     Ok(file)
+}
+
+/// The producer snapshot of the segment at `base` and its open file, if it exists and decodes.
+fn read_producer_snapshot<D: Disk>(
+    disk: &D,
+    dir: &str,
+    base: Offset,
+) -> Result<Option<(D::File, ProducerStates)>, LogError> {
+    let file = match disk.open(&segment::producers_name(dir, base), false) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let bytes = file.read_at(0, file.len()? as usize)?;
+    Ok(ProducerStates::decode(&bytes).ok().map(|producers| (file, producers)))
+}
+
+/// Removes the file at `path`; a file that is not there is not an error.
+fn remove_if_present<D: Disk>(disk: &D, path: &str) -> Result<(), LogError> {
+    match disk.remove(path) {
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error.into()),
+        _ => Ok(()),
+    }
 }
 
 /// The first offset in `[log_start, log_end)` where the epoch runs of the batches (`runs`) and the

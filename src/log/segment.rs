@@ -124,6 +124,9 @@ pub struct Segment<F: DiskFile> {
     /// A seal has been written after the index entries (it may not be durable yet).
     pub sealed: bool,
     pub dirty: Dirty,
+    /// The ticket of the last `begin_sync` that was handed one of this segment's files (or its
+    /// producer snapshot): while that sync is in flight, retention leaves the segment alone.
+    pub sync_ticket: Option<u64>,
 }
 
 /// What a recovery scan of a `.log` file found.

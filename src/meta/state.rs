@@ -97,6 +97,14 @@
 //! replaying an old log reaches the state the old build reached (the `ChangeIsr`s after it were
 //! fenced by the epochs it did not bump). A version-2 build refuses a version-3 entry as an
 //! unsupported version (loudly, rather than applying it with the old meaning).
+//!
+//! # Formats, version 4 (commands) and 3 (snapshots)
+//! A topic has log settings ([`LogSettings`]: retention time and size, segment size; ADR 0019),
+//! set by `CreateTopic`'s `log` and changed by `AlterTopic`. A new topic without them gets Kafka's
+//! defaults (seven days, no size limit); a topic from an older snapshot, and a `CreateTopic` from an
+//! older entry, keeps everything (`retention_ms` -1), since the builds that wrote them deleted
+//! nothing. An older build refuses a version-4 entry or a version-3 snapshot as an unsupported
+//! version rather than dropping the settings.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -121,10 +129,12 @@ pub const PRODUCER_ID_BLOCK_COUNT_MAX: u64 = 1 << 20;
 pub const COMMAND_BYTES_MAX: usize = 1 << 20;
 
 const COMMAND_MAGIC: &[u8; 4] = b"KMCM";
-/// Version 3 added `ResignLeadership` and the new-incarnation epoch bump of `RegisterBroker`.
-const COMMAND_FORMAT_VERSION: u8 = 3;
+/// Version 3 added `ResignLeadership` and the new-incarnation epoch bump of `RegisterBroker`;
+/// version 4 the topics' log settings (`CreateTopic`'s `log`, `AlterTopic`).
+const COMMAND_FORMAT_VERSION: u8 = 4;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KMSN";
-const SNAPSHOT_FORMAT_VERSION: u8 = 2;
+/// Version 3 added the topics' log settings.
+const SNAPSHOT_FORMAT_VERSION: u8 = 3;
 /// The oldest command and snapshot format this build still reads (module doc, "Formats, version 2"
 /// and "Formats, version 3").
 const FORMAT_VERSION_MIN: u8 = 1;
@@ -167,9 +177,19 @@ pub enum MetaCommand {
         /// records). Off by default.
         #[serde(default)]
         unclean_leader_election: bool,
+        /// Retention and segment size; what is unset gets [`LogSettings::for_new_topic`]'s value.
+        /// (A format-1..3 `CreateTopic` decodes with `retention_ms` -1: those builds kept all.)
+        #[serde(default)]
+        log: LogSettingsChange,
     },
     DeleteTopic {
         name: String,
+    },
+    /// Changes a topic's log settings (format 4): what is set replaces the topic's value, after the
+    /// same checks a create makes (`InvalidConfig`); an unknown topic is `UnknownTopic`.
+    AlterTopic {
+        name: String,
+        log: LogSettingsChange,
     },
     AllocateProducerIds {
         count: u64,
@@ -375,6 +395,85 @@ pub struct TopicRecord {
     /// Elect a replica outside the ISR when no ISR member is eligible (loses acknowledged records).
     #[serde(default)]
     pub unclean_leader_election: bool,
+    /// Retention and segment size (snapshot format 3; older snapshots: keep everything).
+    #[serde(default)]
+    pub log: LogSettings,
+}
+
+/// Kafka's `retention.ms` default: seven days.
+pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// The smallest `segment_bytes` a topic may set (Kafka's floor is 14 bytes; this keeps a topic from
+/// turning every batch into three files).
+pub const SEGMENT_BYTES_MIN: u64 = 1024;
+/// The largest `segment_bytes` a topic may set (segment positions are 32-bit in the indexes).
+pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
+
+/// A topic's log settings, Kafka's `retention.ms`, `retention.bytes` and `segment.bytes`: every
+/// replica deletes whole sealed segments from the start of its log once their newest record is older
+/// than `retention_ms`, or while the log is larger than `retention_bytes` (ADR 0019).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogSettings {
+    /// -1: keep forever; else at least 1.
+    pub retention_ms: i64,
+    /// -1: no size limit; else at least 1.
+    pub retention_bytes: i64,
+    /// `None`: the broker's `segment_bytes_max`; else in `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX`.
+    pub segment_bytes: Option<u64>,
+}
+
+impl Default for LogSettings {
+    /// Keep everything: what a topic created before log settings existed keeps.
+    fn default() -> LogSettings {
+        LogSettings { retention_ms: -1, retention_bytes: -1, segment_bytes: None }
+    }
+}
+
+impl LogSettings {
+    /// A new topic's settings: Kafka's defaults (seven days, no size limit, the broker's segment
+    /// size) with what `change` sets.
+    pub fn for_new_topic(change: &LogSettingsChange) -> LogSettings {
+        let defaults = LogSettings { retention_ms: RETENTION_MS_DEFAULT, ..LogSettings::default() };
+        defaults.with(change)
+    }
+
+    /// These settings with what `change` sets replaced.
+    pub fn with(self, change: &LogSettingsChange) -> LogSettings {
+        LogSettings {
+            retention_ms: change.retention_ms.unwrap_or(self.retention_ms),
+            retention_bytes: change.retention_bytes.unwrap_or(self.retention_bytes),
+            segment_bytes: change.segment_bytes.or(self.segment_bytes),
+        }
+    }
+
+    /// The bounds of the type's doc, as a message for `InvalidConfig`.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.retention_ms != -1 && self.retention_ms < 1 {
+            return Err(format!("retention ms must be -1 (keep forever) or at least 1, got {}", self.retention_ms));
+        }
+        if self.retention_bytes != -1 && self.retention_bytes < 1 {
+            return Err(format!("retention bytes must be -1 (no limit) or at least 1, got {}", self.retention_bytes));
+        }
+        if let Some(bytes) = self.segment_bytes {
+            if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&bytes) {
+                return Err(format!(
+                    "segment bytes must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX}, got {bytes}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The log settings a `CreateTopic` or `AlterTopic` sets; `None` leaves a setting as it is (or at
+/// its default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogSettingsChange {
+    #[serde(default)]
+    pub retention_ms: Option<i64>,
+    #[serde(default)]
+    pub retention_bytes: Option<i64>,
+    #[serde(default)]
+    pub segment_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -544,15 +643,18 @@ impl MetadataState {
                 replication,
                 min_insync_replicas,
                 unclean_leader_election,
+                log,
             } => {
                 let config = TopicConfig {
                     replication: *replication,
                     min_insync_replicas: *min_insync_replicas,
                     unclean_leader_election: *unclean_leader_election,
+                    log: LogSettings::for_new_topic(log),
                 };
                 self.apply_create_topic(index, name, *partitions, config)
             }
             MetaCommand::DeleteTopic { name } => self.apply_delete_topic(name),
+            MetaCommand::AlterTopic { name, log } => self.apply_alter_topic(name, log),
             MetaCommand::AllocateProducerIds { count } => self.apply_allocate_producer_ids(*count),
             MetaCommand::ChangePartitionLeader { topic, partition, leader, expected_epoch } => {
                 self.apply_change_partition_leader(topic, *partition, *leader, *expected_epoch)
@@ -751,6 +853,9 @@ impl MetadataState {
         let n_partitions = topic.partitions.len();
         if n_partitions == 0 || n_partitions > PARTITIONS_PER_TOPIC_MAX as usize {
             return Err(format!("topic {name:?} has {n_partitions} partitions"));
+        }
+        if let Err(message) = topic.log.validate() {
+            return Err(format!("topic {name:?}: {message}"));
         }
         let replication = topic.partitions[0].replicas.len();
         if topic.min_insync_replicas == 0 || topic.min_insync_replicas as usize > replication {
@@ -1074,6 +1179,9 @@ impl MetadataState {
             Ok(assignment) => assignment,
             Err(rejection) => return rejection,
         };
+        if let Err(message) = config.log.validate() {
+            return reject(ErrorCode::InvalidConfig, message);
+        }
         let min_insync_replicas = config.min_insync_replicas.unwrap_or(default_min_insync_replicas(replication));
         if min_insync_replicas == 0 || min_insync_replicas > replication {
             return reject(
@@ -1106,9 +1214,22 @@ impl MetadataState {
             created_index: index,
             min_insync_replicas,
             unclean_leader_election: config.unclean_leader_election,
+            log: config.log,
         };
         self.topics.insert(name.to_owned(), topic);
         MetaResult::TopicCreated { assignment }
+    }
+
+    fn apply_alter_topic(&mut self, name: &str, change: &LogSettingsChange) -> MetaResult {
+        let Some(topic) = self.topics.get_mut(name) else {
+            return reject(ErrorCode::UnknownTopic, format!("unknown topic {name:?}"));
+        };
+        let log = topic.log.with(change);
+        if let Err(message) = log.validate() {
+            return reject(ErrorCode::InvalidConfig, message);
+        }
+        topic.log = log;
+        MetaResult::Ok
     }
 
     /// Places `partitions` x `replication` replicas on live brokers, least loaded first.
@@ -1471,6 +1592,7 @@ struct TopicConfig {
     replication: u32,
     min_insync_replicas: Option<u32>,
     unclean_leader_election: bool,
+    log: LogSettings,
 }
 
 /// Who proposes a `ChangeIsr`, and the view it had.
@@ -1569,6 +1691,29 @@ pub fn decode_command(bytes: &[u8]) -> Result<MetaCommand, MetaStateError> {
         }
         MetaCommand::ResignLeadership { .. } | MetaCommand::RegisterBrokerFormat2 { .. } if version <= 2 => {
             Err(MetaStateError::Malformed(format!("a command format {version} did not have")))
+        }
+        MetaCommand::AlterTopic { .. } if version <= 3 => {
+            Err(MetaStateError::Malformed(format!("a command format {version} did not have")))
+        }
+        // Formats 1 to 3 kept every record: an old create replays as "retain forever" (module doc,
+        // "Formats, version 4").
+        MetaCommand::CreateTopic {
+            name,
+            partitions,
+            replication,
+            min_insync_replicas,
+            unclean_leader_election,
+            log,
+        } if version <= 3 => {
+            let log = LogSettingsChange { retention_ms: Some(-1), retention_bytes: Some(-1), ..log };
+            Ok(MetaCommand::CreateTopic {
+                name,
+                partitions,
+                replication,
+                min_insync_replicas,
+                unclean_leader_election,
+                log,
+            })
         }
         command => Ok(command),
     }
@@ -1672,6 +1817,7 @@ mod tests {
             replication,
             min_insync_replicas: None,
             unclean_leader_election: false,
+            log: Default::default(),
         }
     }
 
@@ -1810,6 +1956,74 @@ mod tests {
             assert_eq!(partition.leader_epoch, LeaderEpoch(0));
         }
         assert_ne!(assignment[0].leader, assignment[1].leader);
+    }
+
+    /// Log settings (format 4): a new topic gets Kafka's defaults plus what it sets, `AlterTopic`
+    /// replaces what it sets after the same checks, an older create or snapshot keeps everything.
+    #[test]
+    fn log_settings_on_create_alter_and_from_older_formats() {
+        let mut state = cluster(1);
+        create(&mut state, "t", 1, 1);
+        let expected = LogSettings { retention_ms: RETENTION_MS_DEFAULT, retention_bytes: -1, segment_bytes: None };
+        assert_eq!(state.topic("t").unwrap().log, expected);
+        let set = LogSettingsChange { retention_ms: Some(60_000), retention_bytes: None, segment_bytes: Some(4096) };
+        let with_log = |name: &str, log: LogSettingsChange| match create_command(name, 1, 1) {
+            MetaCommand::CreateTopic {
+                name,
+                partitions,
+                replication,
+                min_insync_replicas,
+                unclean_leader_election,
+                ..
+            } => MetaCommand::CreateTopic {
+                name,
+                partitions,
+                replication,
+                min_insync_replicas,
+                unclean_leader_election,
+                log,
+            },
+            other => other,
+        };
+        let command = with_log("u", set);
+        assert!(matches!(next(&mut state, command), MetaResult::TopicCreated { .. }));
+        let u = state.topic("u").unwrap().log;
+        assert_eq!((u.retention_ms, u.retention_bytes, u.segment_bytes), (60_000, -1, Some(4096)));
+
+        let alter = |log| MetaCommand::AlterTopic { name: "u".into(), log };
+        let bytes_only = LogSettingsChange { retention_bytes: Some(1 << 20), ..LogSettingsChange::default() };
+        assert_eq!(next(&mut state, alter(bytes_only)), MetaResult::Ok);
+        let u = state.topic("u").unwrap().log;
+        assert_eq!((u.retention_ms, u.retention_bytes, u.segment_bytes), (60_000, 1 << 20, Some(4096)));
+        for bad in [
+            LogSettingsChange { retention_ms: Some(0), ..LogSettingsChange::default() },
+            LogSettingsChange { retention_ms: Some(-2), ..LogSettingsChange::default() },
+            LogSettingsChange { retention_bytes: Some(0), ..LogSettingsChange::default() },
+            LogSettingsChange { segment_bytes: Some(SEGMENT_BYTES_MIN - 1), ..LogSettingsChange::default() },
+            LogSettingsChange { segment_bytes: Some(SEGMENT_BYTES_MAX + 1), ..LogSettingsChange::default() },
+        ] {
+            assert_rejected(&mut state, alter(bad), ErrorCode::InvalidConfig);
+            assert_rejected(&mut state, with_log("v", bad), ErrorCode::InvalidConfig);
+        }
+        assert_eq!(state.topic("u").unwrap().log.retention_bytes, 1 << 20, "a refused alter changes nothing");
+        let unknown = MetaCommand::AlterTopic { name: "nope".into(), log: bytes_only };
+        assert_rejected(&mut state, unknown, ErrorCode::UnknownTopic);
+        let restored = MetadataState::restore(&state.snapshot()).unwrap();
+        assert_eq!(restored.topic("u").unwrap().log, state.topic("u").unwrap().log);
+
+        // A version-3 create (no `log`) replays as "retain forever"; a version-3 AlterTopic cannot exist.
+        let v3 = encode_envelope(COMMAND_MAGIC, 3, br#"{"CreateTopic":{"name":"w","partitions":1,"replication":1}}"#);
+        let MetaCommand::CreateTopic { log, .. } = decode_command(&v3).unwrap() else { panic!("not a create") };
+        assert_eq!(LogSettings::for_new_topic(&log), LogSettings::default());
+        let v3_alter = encode_envelope(COMMAND_MAGIC, 3, br#"{"AlterTopic":{"name":"w","log":{}}}"#);
+        assert!(matches!(decode_command(&v3_alter), Err(MetaStateError::Malformed(_))));
+        // A version-2 snapshot (no `log` in its topics) restores keeping everything.
+        let payload = String::from_utf8(state.canonical_payload()).unwrap();
+        let v2_payload =
+            payload.replace(r#","log":{"retention_ms":60000,"retention_bytes":1048576,"segment_bytes":4096}"#, "");
+        assert_ne!(v2_payload, payload);
+        let v2 = encode_envelope(SNAPSHOT_MAGIC, 2, v2_payload.as_bytes());
+        assert_eq!(MetadataState::restore(&v2).unwrap().topic("u").unwrap().log, LogSettings::default());
     }
 
     #[test]
@@ -2068,6 +2282,7 @@ mod tests {
                 replication: 3,
                 min_insync_replicas: Some(3),
                 unclean_leader_election: true,
+                log: Default::default(),
             },
             MetaCommand::ControlledShutdown { node_id: NodeId(3), registered_index: 17 },
             MetaCommand::DeleteTopic { name: "t".into() },
@@ -2128,10 +2343,10 @@ mod tests {
         assert!(matches!(decode_command(b""), Err(MetaStateError::Truncated { .. })));
         assert!(matches!(decode_command(b"garbage garbage"), Err(MetaStateError::BadMagic { .. })));
         let mut future = encode_command(&MetaCommand::DeleteTopic { name: "t".into() });
-        future[4] = 4;
-        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 4, supported: 3 }));
+        future[4] = 5;
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 5, supported: 4 }));
         future[4] = 0;
-        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 0, supported: 3 }));
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 0, supported: 4 }));
         // Valid envelope, payload that is not a command.
         let not_a_command = encode_envelope(COMMAND_MAGIC, COMMAND_FORMAT_VERSION, b"{\"Nope\":1}");
         assert!(matches!(decode_command(&not_a_command), Err(MetaStateError::Malformed(_))));
@@ -2191,7 +2406,7 @@ mod tests {
         future[4] = 9;
         assert_eq!(
             MetadataState::restore(&future),
-            Err(MetaStateError::UnsupportedVersion { version: 9, supported: 2 })
+            Err(MetaStateError::UnsupportedVersion { version: 9, supported: 3 })
         );
     }
 

@@ -204,6 +204,7 @@ fn before_state(row: &Row) -> MetadataState {
         replication: 3,
         min_insync_replicas: None,
         unclean_leader_election: row.unclean,
+        log: Default::default(),
     };
     assert!(matches!(state.apply(5, &create), MetaResult::TopicCreated { .. }));
     let partition = &mut state.topics.get_mut("t").unwrap().partitions[0];
@@ -375,6 +376,7 @@ fn fencing_moves_every_partition_it_leads_in_one_entry() {
             replication: 2,
             min_insync_replicas: None,
             unclean_leader_election: false,
+            log: Default::default(),
         };
         assert!(matches!(state.apply(index, &create), MetaResult::TopicCreated { .. }));
     }
@@ -444,6 +446,7 @@ fn create_topic_min_insync_replicas() {
             replication,
             min_insync_replicas: min_isr,
             unclean_leader_election: unclean,
+            log: Default::default(),
         };
         state.apply(index, &command)
     };
@@ -485,6 +488,7 @@ fn shutting_down_brokers_get_no_new_replicas() {
         replication,
         min_insync_replicas: Some(1),
         unclean_leader_election: false,
+        log: Default::default(),
     };
     assert!(state.apply(5, &create(3)).is_error());
     assert!(!state.apply(6, &create(2)).is_error());
@@ -509,6 +513,8 @@ fn version_1_commands_and_snapshots_still_decode() {
             replication: 3,
             min_insync_replicas: None,
             unclean_leader_election: false,
+            // Version 1 kept every record: the create replays as "retain forever".
+            log: LogSettingsChange { retention_ms: Some(-1), retention_bytes: Some(-1), segment_bytes: None },
         })
     );
     let v1_fence = encode_envelope(COMMAND_MAGIC, 1, br#"{"FenceBroker":{"node_id":2,"now_ms":7}}"#);
@@ -527,8 +533,10 @@ fn version_1_commands_and_snapshots_still_decode() {
         (LeaderEpoch(4), PartitionEpoch(0), 0)
     );
     assert!(!restored.broker(NodeId(1)).unwrap().shutting_down);
-    // The restored state snapshots as version 2 and reads back equal.
-    assert_eq!(restored.snapshot()[4], 2);
+    // The restored state keeps everything (log settings came with format 3), snapshots as version 3
+    // and reads back equal.
+    assert_eq!(topic.log, LogSettings::default());
+    assert_eq!(restored.snapshot()[4], 3);
     assert_eq!(MetadataState::restore(&restored.snapshot()).unwrap(), restored);
 }
 
@@ -547,6 +555,7 @@ fn synced_cluster() -> MetadataState {
             replication: 2,
             min_insync_replicas: None,
             unclean_leader_election: false,
+            log: Default::default(),
         };
         assert!(matches!(state.apply(index, &create), MetaResult::TopicCreated { .. }));
     }
@@ -635,9 +644,9 @@ fn format_2_registrations_replay_as_format_2_applied_them() {
     let v1_register =
         encode_envelope(COMMAND_MAGIC, 1, br#"{"RegisterBroker":{"node_id":2,"addr":"b2:1","now_ms":5}}"#);
     assert_eq!(decode_command(&v1_register).unwrap(), decoded);
-    // This build writes version 3, which decodes to the command it encoded.
+    // This build writes version 4, which decodes to the command it encoded.
     let current = MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 };
-    assert_eq!(encode_command(&current)[4], 3);
+    assert_eq!(encode_command(&current)[4], 4);
     assert_eq!(decode_command(&encode_command(&current)), Ok(current));
     // A command version 2 did not have, in a version-2 envelope, is not what a version-2 build wrote.
     for payload in [

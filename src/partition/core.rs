@@ -126,6 +126,14 @@ pub enum Input {
         log_start: Offset,
         log_end: Offset,
     },
+    /// Retention deleted whole segments: the log starts at `log_start` (at or below the durable end).
+    LogStartAdvanced {
+        log_start: Offset,
+    },
+    /// A follower's log was emptied and starts at `to` (anywhere; nothing may be waiting).
+    Reset {
+        to: Offset,
+    },
     Tick {
         now_ms: TimestampMs,
     },
@@ -368,6 +376,15 @@ impl PartitionCore {
             Input::SyncCompleted { up_to } => self.on_sync_completed(up_to),
             Input::StorageFailed { reason } => self.on_storage_failed(reason),
             Input::Recovered { log_start, log_end } => self.on_recovered(log_start, log_end),
+            Input::LogStartAdvanced { log_start } => {
+                assert!(
+                    log_start <= self.durable_end,
+                    "log start {log_start} past the durable end {}",
+                    self.durable_end
+                );
+                self.log_start = self.log_start.max(log_start);
+            }
+            Input::Reset { to } => self.on_reset(to),
             Input::Tick { now_ms } => self.on_tick(now_ms),
             Input::AppendReplicated { batch } => self.on_append_replicated(batch),
             Input::Truncated { to } => self.on_truncated(to),
@@ -602,6 +619,18 @@ impl PartitionCore {
         self.written_end = log_end;
         self.durable_end = log_end;
         self.serve_parked_fetches();
+    }
+
+    fn on_reset(&mut self, to: Offset) {
+        assert!(
+            self.unwritten.is_empty() && self.pending.is_empty() && self.failure.is_none(),
+            "a reset with appends or a failure outstanding"
+        );
+        self.log_start = to;
+        self.log_end = to;
+        self.written_end = to;
+        self.durable_end = to;
+        self.truncation_unsynced = false;
     }
 
     fn on_tick(&mut self, now_ms: TimestampMs) {

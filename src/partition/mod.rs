@@ -3,6 +3,7 @@
 pub mod actor;
 pub mod core;
 pub mod replica;
+pub mod retention;
 
 pub use actor::{
     spawn_partition, ConsumerFetch, NoPeers, OffsetSpec, PartitionHandle, PartitionReply, PartitionSpec, ReplicaNet,

@@ -83,6 +83,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use crate::batch::Batch;
 use crate::leader_epochs::{EpochEndOffset, LeaderEpochs};
 use crate::partition::core::{self, CoreConfig, PartitionCore, Read, RequestId};
+use crate::partition::retention::LogPolicy;
 use crate::producer_state::{BatchIdentity, ProducerStates, Verdict};
 use crate::protocol::{Acks, ErrorCode};
 use crate::sometimes::{self, Sometimes};
@@ -103,6 +104,8 @@ pub struct PartitionState {
     pub isr: Vec<NodeId>,
     pub replicas: Vec<NodeId>,
     pub min_isr: usize,
+    /// The topic's retention and segment size (the shell applies them; ADR 0019).
+    pub log: LogPolicy,
 }
 
 impl PartitionState {
@@ -148,6 +151,9 @@ pub struct ReplicaConfig {
     pub follower_fetch_bytes_max: u32,
     /// Follower fetches parked at a leader before new ones are answered at once.
     pub parked_follower_fetches_max: usize,
+    /// How often the shell applies retention to the log (ADR 0019; Kafka's
+    /// `log.retention.check.interval.ms`, 5 minutes there).
+    pub retention_check_interval_ms: u64,
     /// An idempotent producer whose newest batch is older than this is forgotten (its next batch
     /// gets `UnknownProducerId` unless it starts a new epoch).
     pub producer_state_ms_max: i64,
@@ -164,10 +170,14 @@ impl Default for ReplicaConfig {
             follower_retry_backoff_ms: 100,
             follower_fetch_bytes_max: 8 * 1024 * 1024,
             parked_follower_fetches_max: 64,
+            retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS_DEFAULT,
             producer_state_ms_max: PRODUCER_STATE_MS_MAX_DEFAULT,
         }
     }
 }
+
+/// `retention_check_interval_ms` when the broker's config does not set it: 30 s.
+pub const RETENTION_CHECK_INTERVAL_MS_DEFAULT: u64 = 30_000;
 
 /// A follower's fetch, sent to the leader.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +222,9 @@ pub struct FetchResponse {
     /// The leader's epoch when it answered.
     pub leader_epoch: LeaderEpoch,
     pub high_watermark: Offset,
+    /// The leader's log start when it answered (`None`: unknown, e.g. the call itself failed). A
+    /// follower deletes its segments below it, and one whose log ends below it starts over there.
+    pub log_start: Option<Offset>,
     pub result: FetchResult,
 }
 
@@ -227,6 +240,7 @@ pub struct FollowerRead {
     pub up_to: Offset,
     pub high_watermark: Offset,
     pub leader_epoch: LeaderEpoch,
+    pub log_start: Offset,
 }
 
 /// A proposal to the controller: set the ISR to `new_isr`, if the partition is still at
@@ -302,6 +316,16 @@ pub enum Input {
         /// The recovered log's producer state: replaces the core's (appends that failed are gone).
         producers: ProducerStates,
     },
+    /// The shell deleted whole segments from the start of the log (retention, ADR 0019): the log
+    /// now starts at `log_start` (at or below the high watermark).
+    LogStartAdvanced {
+        log_start: Offset,
+    },
+    /// The shell performed `Ready::reset_to`: the follower's log is empty and starts (and ends) at
+    /// `to`, its epoch cache and producer state are empty.
+    LogReset {
+        to: Offset,
+    },
     Tick {
         now_ms: TimestampMs,
     },
@@ -317,6 +341,10 @@ pub enum Input {
 pub struct Ready {
     pub epoch_assign: Vec<(LeaderEpoch, Offset)>,
     pub truncate_to: Option<Offset>,
+    /// A follower whose log ends below its leader's log start (retention deleted what it still
+    /// needs), or whose epochs its leader no longer knows while the leader's log starts past its
+    /// own: empty the log and start it at this offset, then report `Input::LogReset`.
+    pub reset_to: Option<Offset>,
     pub writes: Vec<Batch>,
     pub start_sync: bool,
     pub reads: Vec<Read>,
@@ -333,6 +361,7 @@ impl Ready {
     pub fn is_empty(&self) -> bool {
         self.epoch_assign.is_empty()
             && self.truncate_to.is_none()
+            && self.reset_to.is_none()
             && self.writes.is_empty()
             && !self.start_sync
             && self.reads.is_empty()
@@ -412,6 +441,10 @@ struct FollowerState {
     in_flight: Option<(u64, TimestampMs, Offset)>,
     /// A truncation handed to the shell and not yet reported (`Input::Truncated`): no fetch meanwhile.
     truncating: Option<Offset>,
+    /// A reset handed to the shell and not yet reported (`Input::LogReset`): no fetch meanwhile.
+    resetting: Option<Offset>,
+    /// The leader's log start as its latest response in this epoch gave it.
+    leader_log_start: Option<Offset>,
     blocked_until_ms: TimestampMs,
 }
 
@@ -621,6 +654,7 @@ impl ReplicaCore {
                 isr: Vec::new(),
                 replicas: Vec::new(),
                 min_isr: 1,
+                log: LogPolicy::default(),
             },
             inner,
             epochs,
@@ -762,6 +796,8 @@ impl ReplicaCore {
                 self.on_truncated(log_end);
                 self.producers = producers;
             }
+            Input::LogStartAdvanced { log_start } => self.on_log_start_advanced(log_start),
+            Input::LogReset { to } => self.on_log_reset(to),
             Input::Written { up_to } => {
                 self.inner.step(core::Input::Written { up_to });
                 // With `fsync = "never"` a write is as stable as this replica gets: the HW may move.
@@ -829,6 +865,7 @@ impl ReplicaCore {
             fetch_id,
             leader_epoch: self.state.leader_epoch,
             high_watermark: self.high_watermark,
+            log_start: Some(self.inner.log_start()),
             result,
         };
         self.ready.follower_replies.push((request, response));
@@ -986,8 +1023,14 @@ impl ReplicaCore {
         self.inner.set_high_watermark_cap(self.high_watermark);
         // No truncation here: the first fetch carries our last epoch, and the leader's answer says
         // where our log diverges (KIP-279). Truncating to the HW instead can lose committed data.
-        self.role =
-            Role::Follower(FollowerState { leader, in_flight: None, truncating: None, blocked_until_ms: self.now_ms });
+        self.role = Role::Follower(FollowerState {
+            leader,
+            in_flight: None,
+            truncating: None,
+            resetting: None,
+            leader_log_start: None,
+            blocked_until_ms: self.now_ms,
+        });
     }
 
     /// Follower fetches parked before a storage failure passed the divergence check against the log
@@ -1313,6 +1356,13 @@ impl ReplicaCore {
         }
         let log_start = self.inner.log_start();
         let log_end = self.inner.log_end();
+        if fetch.fetch_offset < log_start {
+            // Retention deleted what this follower lacks (whatever its epochs say: a divergence
+            // answer would point it at the log start, which is past its end, for ever). It starts
+            // over at the log start this answer carries.
+            let message = format!("fetch offset {} is below the log start {log_start}", fetch.fetch_offset);
+            return self.follower_error(request, fetch_id, ErrorCode::OffsetOutOfRange, message);
+        }
         let diverging = self.divergence(&fetch, log_start, log_end);
         if let Some(answer) = diverging {
             let end_offset = answer.end_offset.unwrap_or(log_start);
@@ -1339,6 +1389,7 @@ impl ReplicaCore {
                 up_to: written_end,
                 high_watermark: self.high_watermark,
                 leader_epoch: self.state.leader_epoch,
+                log_start: self.inner.log_start(),
             };
             self.ready.follower_reads.push(read);
         } else if fetch.wait_ms_max == 0 || leader.parked.len() >= self.config.parked_follower_fetches_max {
@@ -1359,6 +1410,7 @@ impl ReplicaCore {
         let written_end = self.inner.written_end();
         let high_watermark = self.high_watermark;
         let leader_epoch = self.state.leader_epoch;
+        let log_start = self.inner.log_start();
         let Role::Leader(leader) = &mut self.role else { return };
         let mut index = 0;
         while index < leader.parked.len() {
@@ -1374,6 +1426,7 @@ impl ReplicaCore {
                     up_to: written_end,
                     high_watermark,
                     leader_epoch,
+                    log_start,
                 });
             } else {
                 index += 1;
@@ -1440,30 +1493,29 @@ impl ReplicaCore {
         }
     }
 
-    fn on_tick(&mut self) {
+    /// A leader answers the parked follower fetches whose wait is over, with no data.
+    fn answer_expired_follower_fetches(&mut self) {
         let now_ms = self.now_ms;
-        let high_watermark = self.high_watermark;
-        let leader_epoch = self.state.leader_epoch;
+        let Role::Leader(leader) = &mut self.role else { return };
+        let mut expired = Vec::new();
+        leader.parked.retain(|fetch| {
+            let keep = fetch.deadline_ms > now_ms;
+            if !keep {
+                expired.push((fetch.request, fetch.fetch_id));
+            }
+            keep
+        });
+        for (request, fetch_id) in expired {
+            self.follower_reply(request, fetch_id, FetchResult::Data { batches: Vec::new() });
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.answer_expired_follower_fetches();
+        let now_ms = self.now_ms;
         let log_end = self.inner.log_end();
         match &mut self.role {
-            Role::Leader(leader) => {
-                let mut expired = Vec::new();
-                leader.parked.retain(|fetch| {
-                    let keep = fetch.deadline_ms > now_ms;
-                    if !keep {
-                        expired.push((fetch.request, fetch.fetch_id));
-                    }
-                    keep
-                });
-                for (request, fetch_id) in expired {
-                    let response = FetchResponse {
-                        fetch_id,
-                        leader_epoch,
-                        high_watermark,
-                        result: FetchResult::Data { batches: Vec::new() },
-                    };
-                    self.ready.follower_replies.push((request, response));
-                }
+            Role::Leader(_) => {
                 let Role::Leader(leader) = &mut self.role else { unreachable!() };
                 let retry_ms = self.config.isr_change_retry_ms;
                 if leader.resigned_ms.is_some_and(|sent| now_ms - sent >= retry_ms) {
@@ -1519,6 +1571,7 @@ impl ReplicaCore {
         if let Role::Follower(follower) = &mut self.role {
             follower.in_flight = None;
             follower.truncating = None;
+            follower.resetting = None;
         }
     }
 
@@ -1527,7 +1580,7 @@ impl ReplicaCore {
     fn maybe_send_fetch(&mut self) {
         let settled = self.inner.is_settled();
         let Role::Follower(follower) = &mut self.role else { return };
-        let busy = follower.in_flight.is_some() || follower.truncating.is_some();
+        let busy = follower.in_flight.is_some() || follower.truncating.is_some() || follower.resetting.is_some();
         if busy || follower.blocked_until_ms > self.now_ms || !settled {
             return;
         }
@@ -1562,10 +1615,35 @@ impl ReplicaCore {
             follower.blocked_until_ms = now_ms + backoff_ms;
             return;
         }
+        if response.log_start.is_some() {
+            follower.leader_log_start = response.log_start;
+        }
         if fetch_offset != self.inner.log_end() || !self.inner.is_settled() {
             return; // Our log changed since the fetch went out (a storage failure): ask again.
         }
         match response.result {
+            FetchResult::Error { code: ErrorCode::OffsetOutOfRange, .. }
+                if response.log_start.is_some_and(|start| fetch_offset < start) =>
+            {
+                // Retention deleted what this follower still lacks: it starts over at the leader's
+                // log start (Kafka's truncate-fully-and-start-at).
+                let start = response.log_start.expect("checked");
+                sometimes::hit(Sometimes::FollowerLogReset);
+                follower.resetting = Some(start);
+                self.ready.reset_to = Some(start);
+            }
+            FetchResult::Diverging { epoch: None, end_offset }
+                if response.log_start == Some(end_offset) && end_offset != self.inner.log_start() =>
+            {
+                // The leader knows none of this follower's epochs (or it has none), and the two logs
+                // start at different offsets (retention): nothing of ours can be trusted, and a
+                // truncation cannot get there (past our start it keeps a divergent tail and asks again
+                // for ever, `isr_3_retention` seed 71855; below it, an empty log at our start is asked
+                // to go back to the leader's, seed 72477). Start over at the leader's log start.
+                sometimes::hit(Sometimes::FollowerLogReset);
+                follower.resetting = Some(end_offset);
+                self.ready.reset_to = Some(end_offset);
+            }
             FetchResult::Error { .. } => follower.blocked_until_ms = now_ms + backoff_ms,
             FetchResult::Diverging { epoch, end_offset } => self.truncate_for_divergence(epoch, end_offset),
             FetchResult::Data { batches } => self.append_replicated(batches, response.high_watermark),
@@ -1585,6 +1663,41 @@ impl ReplicaCore {
             follower.truncating = Some(target);
         }
         self.ready.truncate_to = Some(target);
+    }
+
+    fn on_log_start_advanced(&mut self, log_start: Offset) {
+        assert!(
+            log_start <= self.high_watermark.max(self.inner.log_start()),
+            "replica {}: retention moved the log start to {log_start}, past the high watermark {}",
+            self.me,
+            self.high_watermark
+        );
+        self.inner.step(core::Input::LogStartAdvanced { log_start });
+        self.epochs.truncate_from_start(log_start);
+    }
+
+    fn on_log_reset(&mut self, to: Offset) {
+        let Role::Follower(follower) = &mut self.role else {
+            panic!("replica {}: a log reset reported while not a follower", self.me)
+        };
+        let asked = follower.resetting.take().expect("a reset was asked for");
+        assert_eq!(asked, to, "replica {}: the shell reset the log to {to}, not the {asked} asked for", self.me);
+        self.inner.step(core::Input::Reset { to });
+        self.epochs = LeaderEpochs::new();
+        self.deferred_epoch_assign = None;
+        self.producers = ProducerStates::new();
+        // Everything below the leader's log start was committed (retention deletes only below the
+        // high watermark), and none of it is here any more.
+        self.high_watermark = to;
+        self.inner.set_high_watermark_cap(to);
+    }
+
+    /// A follower's leader's log start, as its latest fetch response in this epoch gave it.
+    pub fn leader_log_start(&self) -> Option<Offset> {
+        match &self.role {
+            Role::Follower(follower) => follower.leader_log_start,
+            _ => None,
+        }
     }
 
     fn on_truncated(&mut self, log_end: Offset) {

@@ -38,13 +38,14 @@ use tokio_util::sync::CancellationToken;
 use crate::log::LogConfig;
 use crate::meta::fence_watch::FenceWatch;
 use crate::meta::node::{NodeError, NodeHandle};
-use crate::meta::state::{MetaCommand, MetaResult, MetadataState, PartitionRecord, TopicRecord};
+use crate::meta::state::{LogSettingsChange, MetaCommand, MetaResult, MetadataState, PartitionRecord, TopicRecord};
 use crate::partition::replica::{PartitionState, ReplicaConfig};
+use crate::partition::retention::{LogPolicy, Retention};
 use crate::partition::{spawn_partition, PartitionHandle, PartitionSpec};
 use crate::peer::PeerTransport;
 use crate::protocol::{
-    BrokerInfo, CreateTopicRequest, ErrorCode, ErrorInfo, MetadataResponse, PartitionHealthInfo, PartitionInfo,
-    TopicInfo, STATUS_PARTITIONS_MAX,
+    AlterTopicRequest, BrokerInfo, CreateTopicRequest, ErrorCode, ErrorInfo, LogSettingsInfo, MetadataResponse,
+    PartitionHealthInfo, PartitionInfo, TopicInfo, STATUS_PARTITIONS_MAX,
 };
 use crate::server::replication::PartitionNet;
 use crate::server::topics::{validate_topic_name, TopicError};
@@ -220,7 +221,17 @@ impl<D: Disk> Assignments<D> {
             replication: request.replication.max(1),
             min_insync_replicas: request.min_insync_replicas,
             unclean_leader_election: request.unclean_leader_election,
+            log: log_change(request.log.as_deref()),
         };
+        result_error(self.node.propose(command).await.map_err(node_error)?)?;
+        self.reconcile().await;
+        Ok(())
+    }
+
+    /// Changes a topic's log settings; every replica's actor gets them at the next reconcile.
+    pub async fn alter_topic(&self, request: &AlterTopicRequest) -> Result<(), TopicError> {
+        validate_topic_name(&request.name)?;
+        let command = MetaCommand::AlterTopic { name: request.name.clone(), log: log_change(request.log.as_ref()) };
         result_error(self.node.propose(command).await.map_err(node_error)?)?;
         self.reconcile().await;
         Ok(())
@@ -392,7 +403,10 @@ impl<D: Disk> Assignments<D> {
             disk: self.disk.clone(),
             dir: format!("data/{topic}@{created_index}/{partition}"),
             name: format!("{topic}/{partition}"),
-            log_config: self.log_config.clone(),
+            log_config: LogConfig {
+                segment_bytes_max: state.log.segment_bytes_max.unwrap_or(self.log_config.segment_bytes_max),
+                ..self.log_config.clone()
+            },
             config: self.replica_config.clone(),
             me: self.node_id,
             state,
@@ -610,6 +624,10 @@ pub fn partition_state(topic: &TopicRecord, record: &PartitionRecord) -> Partiti
         replicas: record.replicas.clone(),
         // Format-1 metadata has no min ISR (0): one.
         min_isr: (topic.min_insync_replicas as usize).max(1),
+        log: LogPolicy {
+            retention: Retention { retention_ms: topic.log.retention_ms, retention_bytes: topic.log.retention_bytes },
+            segment_bytes_max: topic.log.segment_bytes,
+        },
     }
 }
 
@@ -641,6 +659,11 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
             .collect(),
         min_insync_replicas: record.min_insync_replicas,
         unclean_leader_election: record.unclean_leader_election,
+        log: Some(LogSettingsInfo {
+            retention_ms: Some(record.log.retention_ms),
+            retention_bytes: Some(record.log.retention_bytes),
+            segment_bytes: record.log.segment_bytes,
+        }),
     };
     let topics = if topics.is_empty() {
         state.topics().map(info).collect()
@@ -655,6 +678,7 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
                     partitions: Vec::new(),
                     min_insync_replicas: 0,
                     unclean_leader_election: false,
+                    log: None,
                 },
             })
             .collect()
@@ -688,4 +712,13 @@ pub fn unhealthy_partitions(state: &MetadataState) -> (Vec<PartitionHealthInfo>,
         }
     }
     (listed, omitted)
+}
+
+/// The settings a request sets (absent: unchanged, or the default).
+fn log_change(info: Option<&LogSettingsInfo>) -> LogSettingsChange {
+    info.map_or_else(LogSettingsChange::default, |info| LogSettingsChange {
+        retention_ms: info.retention_ms,
+        retention_bytes: info.retention_bytes,
+        segment_bytes: info.segment_bytes,
+    })
 }

@@ -188,7 +188,11 @@ async fn start_assignments<D: Disk>(
 ) -> Arc<Assignments<D>> {
     let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
     let core = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
-    let replica_config = ReplicaConfig { core, ..ReplicaConfig::default() };
+    let replica_config = ReplicaConfig {
+        core,
+        retention_check_interval_ms: config.retention_check_interval_ms,
+        ..ReplicaConfig::default()
+    };
     let assignments = Assignments::new(
         config.node_id,
         node,
@@ -638,6 +642,7 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         Body::ListOffsetsRequest(request) => list_offsets(state, id, request).await,
         Body::ReplicaStatusRequest(request) => replica_status(state, id, request),
         Body::CreateTopicRequest(request) => create_topic(state, id, request),
+        Body::AlterTopicRequest(request) => alter_topic(state, id, request),
         Body::InitProducerIdRequest(_) => init_producer_id(state, id),
         Body::DeleteTopicRequest(request) => delete_topic(state, id, request),
         Body::MetadataRequest(request) => metadata(state, id, request),
@@ -653,6 +658,7 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         | Body::ReplicaFetchResponse(_)
         | Body::ReplicaStatusResponse(_)
         | Body::InitProducerIdResponse(_)
+        | Body::AlterTopicResponse(_)
         | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
         // Reached only with another frame version, which was answered above.
         Body::RaftMessage(_) | Body::PeerHello(_) | Body::ReplicaFetchRequest(_) => {
@@ -682,6 +688,14 @@ fn create_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: CreateTopicReq
         let result = state.assignments.create_topic(&request).await;
         let error = result.err().and_then(topic_info);
         Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
+    })
+}
+
+fn alter_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: AlterTopicRequest) -> BoxFuture<'static, Frame> {
+    let state = state.clone();
+    Box::pin(async move {
+        let error = state.assignments.alter_topic(&request).await.err().and_then(topic_info);
+        Frame::new(id, Body::AlterTopicResponse(AlterTopicResponse { error }))
     })
 }
 

@@ -138,6 +138,7 @@ pub fn response_to_wire(response: FetchResponse) -> ReplicaFetchResponse {
         high_watermark: response.high_watermark.0,
         diverging: None,
         records: Bytes::new(),
+        log_start_offset: response.log_start.map_or(0, |start| start.0),
     };
     match response.result {
         FetchResult::Data { batches } => {
@@ -169,6 +170,7 @@ pub fn response_from_wire(response: ReplicaFetchResponse) -> FetchResponse {
         fetch_id: response.fetch_id,
         leader_epoch: LeaderEpoch(response.leader_epoch),
         high_watermark: Offset(response.high_watermark),
+        log_start: Some(Offset(response.log_start_offset.max(0))),
         result,
     }
 }
@@ -218,8 +220,13 @@ mod tests {
             FetchResult::Diverging { epoch: None, end_offset: Offset(0) },
             FetchResult::Error { code: ErrorCode::FencedLeaderEpoch, message: "old".into() },
         ] {
-            let response =
-                FetchResponse { fetch_id: 7, leader_epoch: LeaderEpoch(3), high_watermark: Offset(8), result };
+            let response = FetchResponse {
+                fetch_id: 7,
+                leader_epoch: LeaderEpoch(3),
+                high_watermark: Offset(8),
+                log_start: Some(Offset(2)),
+                result,
+            };
             assert_eq!(response_from_wire(response_to_wire(response.clone())), response);
         }
     }
@@ -256,6 +263,7 @@ mod tests {
             high_watermark: 0,
             diverging: None,
             records: Bytes::from(flipped),
+            log_start_offset: 0,
         });
         assert!(
             matches!(response.result, FetchResult::Error { code: ErrorCode::CorruptBatch, .. }),
