@@ -863,9 +863,11 @@ impl<D: Disk> Actor<D> {
                 max_timestamp_ms: segment.max_timestamp_ms,
             })
             .collect();
+        // A follower's high watermark may cover batches it has not synced yet: retention stays
+        // below what is durable here too, so the log start never passes the durable end.
         let view = RetentionView {
             now_ms: crate::clock::wall_clock_ms(),
-            high_watermark: self.core.high_watermark(),
+            high_watermark: self.core.high_watermark().min(log.durable_end_offset()),
             leader_log_start: self.core.leader_log_start(),
         };
         let Some(start) = new_log_start(&segments, policy.retention, view) else { return };
