@@ -1033,17 +1033,20 @@ async fn retention_deletes_old_segments_and_consumers_reset_past_them() {
         assert!(cli_with_stdin(&broker, &["produce", "r", "--partition", "0"], &lines).await.status.success());
     }
     let log_start = |described: &serde_json::Value| described["partitions"][0]["log_start_offset"].as_i64().unwrap();
+    let size = |described: &serde_json::Value| described["partitions"][0]["log_size_bytes"].as_u64().unwrap();
+    // A pass may stop early at a segment a sync still holds; the next one goes on. Settled: the log
+    // is within one segment of the limit (segments here are at most about 1 KiB).
     let deadline = Instant::now() + WAIT_MAX;
     let described = loop {
         let described = json(&cli(&broker, &["--json", "topic", "describe", "r"]).await);
-        if log_start(&described) > 0 || Instant::now() >= deadline {
+        if (log_start(&described) > 0 && size(&described) < 4096 + 2048) || Instant::now() >= deadline {
             break described;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let start = log_start(&described);
     assert!(start > 0 && start < 1000, "retention moved the log start: {described}");
-    assert!(described["partitions"][0]["log_size_bytes"].as_u64().unwrap() < 4096 + 2048, "{described}");
+    assert!(size(&described) >= 4096 && size(&described) < 4096 + 2048, "{described}");
 
     // Below the log start: reset to the earliest with a message, to the latest, or fail.
     let earliest = cli(&broker, &["consume", "r", "--offset", "0", "--count", "1"]).await;
