@@ -35,7 +35,7 @@ use crate::partition::replica::{
     FetchRequest, FetchResponse, FetchResult, FollowerRead, Input, IsrChange, OpenedLog, PartitionState, Ready,
     ReplicaConfig, ReplicaCore, RoleKind,
 };
-use crate::partition::retention::{new_log_start, Retention, RetentionView, SegmentInfo};
+use crate::partition::retention::{new_log_start, Retention, RetentionView};
 use crate::protocol::{Acks, ErrorCode};
 use crate::sometimes::{self, Sometimes};
 use crate::storage::Disk;
@@ -853,16 +853,7 @@ impl<D: Disk> Actor<D> {
         let policy = self.core.state().log;
         let Some(log) = self.log.as_mut() else { return };
         log.set_segment_bytes_max(policy.segment_bytes_max.unwrap_or(self.spec.log_config.segment_bytes_max));
-        let segments: Vec<SegmentInfo> = log
-            .segment_summaries()
-            .iter()
-            .map(|segment| SegmentInfo {
-                base_offset: segment.base_offset,
-                next_offset: segment.next_offset,
-                size_bytes: segment.size_bytes,
-                max_timestamp_ms: segment.max_timestamp_ms,
-            })
-            .collect();
+        let segments = log.segment_summaries();
         // A follower's high watermark may cover batches it has not synced yet: retention stays
         // below what is durable here too, so the log start never passes the durable end.
         let view = RetentionView {

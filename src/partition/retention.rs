@@ -12,6 +12,7 @@
 //! - leader's log start: a follower drops what its leader already deleted (a segment that ends at or
 //!   below the leader's log start), so the log start moves forward on every replica.
 
+use crate::log::SegmentSummary;
 use crate::types::{Offset, TimestampMs};
 
 /// A topic's retention (from its `LogSettings`): -1 disables a rule.
@@ -40,17 +41,6 @@ pub struct LogPolicy {
     pub segment_bytes_max: Option<u64>,
 }
 
-/// One segment as retention sees it, in base-offset order; the last is the active one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SegmentInfo {
-    pub base_offset: Offset,
-    /// The offset after its last batch.
-    pub next_offset: Offset,
-    pub size_bytes: u64,
-    /// The largest batch `max_timestamp` in it.
-    pub max_timestamp_ms: TimestampMs,
-}
-
 /// What else a decision depends on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionView {
@@ -61,7 +51,9 @@ pub struct RetentionView {
 }
 
 /// The new log start (the base of the first segment kept), when retention deletes anything.
-pub fn new_log_start(segments: &[SegmentInfo], retention: Retention, view: RetentionView) -> Option<Offset> {
+/// `segments` as [`crate::log::PartitionLog::segment_summaries`] gives them: in base-offset order,
+/// the last the active one.
+pub fn new_log_start(segments: &[SegmentSummary], retention: Retention, view: RetentionView) -> Option<Offset> {
     let (active, sealed) = segments.split_last()?;
     let mut size_after: u64 = segments.iter().map(|segment| segment.size_bytes).sum();
     let mut start = None;
@@ -90,13 +82,14 @@ mod tests {
 
     /// Segments of 100 bytes each, 10 offsets each, the i-th with newest timestamp `1000 * (i + 1)`;
     /// the last is the active one.
-    fn segments(count: i64) -> Vec<SegmentInfo> {
+    fn segments(count: i64) -> Vec<SegmentSummary> {
         (0..count)
-            .map(|i| SegmentInfo {
+            .map(|i| SegmentSummary {
                 base_offset: Offset(i * 10),
                 next_offset: Offset(i * 10 + 10),
                 size_bytes: 100,
                 max_timestamp_ms: 1_000 * (i + 1),
+                active: i == count - 1,
             })
             .collect()
     }
