@@ -1697,26 +1697,21 @@ pub fn decode_command(bytes: &[u8]) -> Result<MetaCommand, MetaStateError> {
         }
         // Formats 1 to 3 kept every record: an old create replays as "retain forever" (module doc,
         // "Formats, version 4").
-        MetaCommand::CreateTopic {
-            name,
-            partitions,
-            replication,
-            min_insync_replicas,
-            unclean_leader_election,
-            log,
-        } if version <= 3 => {
-            let log = LogSettingsChange { retention_ms: Some(-1), retention_bytes: Some(-1), ..log };
-            Ok(MetaCommand::CreateTopic {
-                name,
-                partitions,
-                replication,
-                min_insync_replicas,
-                unclean_leader_election,
-                log,
-            })
+        MetaCommand::CreateTopic { mut log, .. } if version <= 3 => {
+            log.retention_ms = Some(-1);
+            log.retention_bytes = Some(-1);
+            Ok(command_with_log(command, log))
         }
         command => Ok(command),
     }
+}
+
+/// `command` with `log` as its log settings, if it is a `CreateTopic`.
+fn command_with_log(mut command: MetaCommand, new_log: LogSettingsChange) -> MetaCommand {
+    if let MetaCommand::CreateTopic { log, .. } = &mut command {
+        *log = new_log;
+    }
+    command
 }
 
 fn encode_envelope(magic: &[u8; 4], version: u8, payload: &[u8]) -> Vec<u8> {
@@ -1967,24 +1962,7 @@ mod tests {
         let expected = LogSettings { retention_ms: RETENTION_MS_DEFAULT, retention_bytes: -1, segment_bytes: None };
         assert_eq!(state.topic("t").unwrap().log, expected);
         let set = LogSettingsChange { retention_ms: Some(60_000), retention_bytes: None, segment_bytes: Some(4096) };
-        let with_log = |name: &str, log: LogSettingsChange| match create_command(name, 1, 1) {
-            MetaCommand::CreateTopic {
-                name,
-                partitions,
-                replication,
-                min_insync_replicas,
-                unclean_leader_election,
-                ..
-            } => MetaCommand::CreateTopic {
-                name,
-                partitions,
-                replication,
-                min_insync_replicas,
-                unclean_leader_election,
-                log,
-            },
-            other => other,
-        };
+        let with_log = |name: &str, log: LogSettingsChange| command_with_log(create_command(name, 1, 1), log);
         let command = with_log("u", set);
         assert!(matches!(next(&mut state, command), MetaResult::TopicCreated { .. }));
         let u = state.topic("u").unwrap().log;
