@@ -24,6 +24,7 @@ pub mod client;
 pub mod clock;
 pub mod compression;
 pub mod config;
+pub mod group;
 pub mod leader_epochs;
 pub mod log;
 pub mod meta;

@@ -59,7 +59,8 @@ pub struct Frame {
     pub version: u32,
     #[prost(
         oneof = "Body",
-        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35"
+        tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, \
+                38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55"
     )]
     pub body: Option<Body>,
 }
@@ -131,6 +132,52 @@ pub enum Body {
     AlterTopicRequest(AlterTopicRequest),
     #[prost(message, tag = "35")]
     AlterTopicResponse(AlterTopicResponse),
+    /// Consumer groups (ADR 0020). Any broker names a group's coordinator: the leader of the
+    /// `__consumer_offsets` partition the group id hashes to (creating that topic on first use).
+    #[prost(message, tag = "36")]
+    FindCoordinatorRequest(FindCoordinatorRequest),
+    #[prost(message, tag = "37")]
+    FindCoordinatorResponse(FindCoordinatorResponse),
+    /// The rest go to the group's coordinator; any other broker answers `NotCoordinator`.
+    #[prost(message, tag = "38")]
+    JoinGroupRequest(JoinGroupRequest),
+    #[prost(message, tag = "39")]
+    JoinGroupResponse(JoinGroupResponse),
+    #[prost(message, tag = "40")]
+    SyncGroupRequest(SyncGroupRequest),
+    #[prost(message, tag = "41")]
+    SyncGroupResponse(SyncGroupResponse),
+    #[prost(message, tag = "42")]
+    HeartbeatRequest(HeartbeatRequest),
+    #[prost(message, tag = "43")]
+    HeartbeatResponse(HeartbeatResponse),
+    #[prost(message, tag = "44")]
+    LeaveGroupRequest(LeaveGroupRequest),
+    #[prost(message, tag = "45")]
+    LeaveGroupResponse(LeaveGroupResponse),
+    #[prost(message, tag = "46")]
+    OffsetCommitRequest(OffsetCommitRequest),
+    #[prost(message, tag = "47")]
+    OffsetCommitResponse(OffsetCommitResponse),
+    #[prost(message, tag = "48")]
+    OffsetFetchRequest(OffsetFetchRequest),
+    #[prost(message, tag = "49")]
+    OffsetFetchResponse(OffsetFetchResponse),
+    /// Moves an empty group's committed offsets anywhere, backwards included (`keel group
+    /// reset-offsets`); refused with `GroupNotEmpty` while the group has members.
+    #[prost(message, tag = "50")]
+    ResetOffsetsRequest(ResetOffsetsRequest),
+    #[prost(message, tag = "51")]
+    ResetOffsetsResponse(ResetOffsetsResponse),
+    /// Each broker lists the groups it coordinates; the client asks every broker.
+    #[prost(message, tag = "52")]
+    ListGroupsRequest(ListGroupsRequest),
+    #[prost(message, tag = "53")]
+    ListGroupsResponse(ListGroupsResponse),
+    #[prost(message, tag = "54")]
+    DescribeGroupRequest(DescribeGroupRequest),
+    #[prost(message, tag = "55")]
+    DescribeGroupResponse(Box<DescribeGroupResponse>),
 }
 
 impl Frame {
@@ -218,6 +265,37 @@ pub enum ErrorCode {
     UnsupportedCompression = 34,
     /// A topic setting out of its range (retention, segment size): nothing was changed.
     InvalidConfig = 35,
+    /// This broker is not the group's coordinator (any more): find the coordinator again.
+    NotCoordinator = 36,
+    /// The coordinator is reading its offsets partition after becoming its leader: retry shortly.
+    CoordinatorLoadInProgress = 37,
+    /// The offsets partition the group maps to has no leader (or the offsets topic is being
+    /// created): retry shortly.
+    CoordinatorNotAvailable = 38,
+    /// The request names another generation than the group's current one: the member was removed
+    /// or the group rebalanced; rejoin. A commit with it is refused (nothing committed).
+    IllegalGeneration = 39,
+    /// The coordinator does not know this member (its session expired, or it left): rejoin with
+    /// no member id.
+    UnknownMemberId = 40,
+    /// The group is rebalancing: commit what was consumed (still allowed in this generation), then
+    /// rejoin.
+    RebalanceInProgress = 41,
+    /// Offsets of a group with members cannot be reset: stop its consumers first.
+    GroupNotEmpty = 42,
+    /// A commit below the group's committed offset for a partition: refused, committed offsets
+    /// never go back except by an explicit reset.
+    OffsetRegression = 43,
+    /// A member committed a partition its generation's assignment does not give it.
+    PartitionNotAssigned = 44,
+    /// An empty or overlong group id, or one with a control character.
+    InvalidGroupId = 45,
+    /// A session timeout outside the coordinator's bounds.
+    InvalidSessionTimeout = 46,
+    /// No such group (it has no members, generation or committed offsets).
+    UnknownGroup = 47,
+    /// Clients cannot create, alter, delete or produce to an internal topic (`__consumer_offsets`).
+    InternalTopic = 48,
 }
 
 impl ErrorCode {
@@ -763,6 +841,237 @@ pub struct NodeStatusInfo {
 pub struct ErrorResponse {
     #[prost(message, optional, tag = "1")]
     pub error: Option<ErrorInfo>,
+}
+
+// Consumer groups (ADR 0020). Generations are `int32` (Kafka's), -1 for "no generation" (a reset or
+// a commit by a consumer outside any group, allowed only while the group has no members).
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FindCoordinatorRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct FindCoordinatorResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(uint64, tag = "2")]
+    pub node_id: u64,
+    /// The coordinator's client address (`host:port`).
+    #[prost(string, tag = "3")]
+    pub addr: String,
+    /// The `__consumer_offsets` partition that holds the group.
+    #[prost(uint32, tag = "4")]
+    pub partition: u32,
+}
+
+/// A topic and some of its partitions (an assignment).
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct TopicPartitions {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, repeated, tag = "2")]
+    pub partitions: Vec<u32>,
+}
+
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct PartitionOffset {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+    #[prost(int64, tag = "3")]
+    pub offset: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct JoinGroupRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// Empty for a new member: the coordinator names it.
+    #[prost(string, tag = "2")]
+    pub member_id: String,
+    #[prost(string, tag = "3")]
+    pub client_id: String,
+    #[prost(uint32, tag = "4")]
+    pub session_timeout_ms: u32,
+    #[prost(string, repeated, tag = "5")]
+    pub topics: Vec<String>,
+    /// Assignors the member supports, preferred first (`range`, `roundrobin`).
+    #[prost(string, repeated, tag = "6")]
+    pub assignors: Vec<String>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct GroupMemberInfo {
+    #[prost(string, tag = "1")]
+    pub member_id: String,
+    #[prost(string, tag = "2")]
+    pub client_id: String,
+    #[prost(string, repeated, tag = "3")]
+    pub topics: Vec<String>,
+    #[prost(message, repeated, tag = "4")]
+    pub assignment: Vec<TopicPartitions>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct JoinGroupResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(int32, tag = "2")]
+    pub generation: i32,
+    #[prost(string, tag = "3")]
+    pub member_id: String,
+    #[prost(string, tag = "4")]
+    pub leader_id: String,
+    #[prost(string, tag = "5")]
+    pub assignor: String,
+    /// The member's own assignment in this generation (the coordinator assigns; ADR 0020).
+    #[prost(message, repeated, tag = "6")]
+    pub assignment: Vec<TopicPartitions>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct SyncGroupRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    #[prost(int32, tag = "2")]
+    pub generation: i32,
+    #[prost(string, tag = "3")]
+    pub member_id: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct SyncGroupResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(message, repeated, tag = "2")]
+    pub assignment: Vec<TopicPartitions>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct HeartbeatRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    #[prost(int32, tag = "2")]
+    pub generation: i32,
+    #[prost(string, tag = "3")]
+    pub member_id: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct HeartbeatResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct LeaveGroupRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    #[prost(string, tag = "2")]
+    pub member_id: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct LeaveGroupResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct OffsetCommitRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    #[prost(int32, tag = "2")]
+    pub generation: i32,
+    #[prost(string, tag = "3")]
+    pub member_id: String,
+    /// The next offset to consume, per partition. All or none are committed.
+    #[prost(message, repeated, tag = "4")]
+    pub offsets: Vec<PartitionOffset>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct OffsetCommitResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct OffsetFetchRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct OffsetFetchResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    /// Every committed offset of the group (committed on the offsets partition's ISR).
+    #[prost(message, repeated, tag = "2")]
+    pub offsets: Vec<PartitionOffset>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ResetOffsetsRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    #[prost(message, repeated, tag = "2")]
+    pub offsets: Vec<PartitionOffset>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ResetOffsetsResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListGroupsRequest {}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct GroupSummaryInfo {
+    #[prost(string, tag = "1")]
+    pub group: String,
+    /// `empty`, `preparing-rebalance`, `stable`.
+    #[prost(string, tag = "2")]
+    pub state: String,
+    #[prost(int32, tag = "3")]
+    pub generation: i32,
+    #[prost(uint32, tag = "4")]
+    pub members: u32,
+    #[prost(uint64, tag = "5")]
+    pub coordinator: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListGroupsResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(message, repeated, tag = "2")]
+    pub groups: Vec<GroupSummaryInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DescribeGroupRequest {
+    #[prost(string, tag = "1")]
+    pub group: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DescribeGroupResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(message, optional, tag = "2")]
+    pub summary: Option<GroupSummaryInfo>,
+    #[prost(string, tag = "3")]
+    pub assignor: String,
+    #[prost(message, repeated, tag = "4")]
+    pub members: Vec<GroupMemberInfo>,
+    #[prost(message, repeated, tag = "5")]
+    pub offsets: Vec<PartitionOffset>,
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::group::OFFSETS_TOPIC;
 use crate::log::LogConfig;
 use crate::meta::fence_watch::FenceWatch;
 use crate::meta::node::{NodeError, NodeHandle};
@@ -50,7 +51,7 @@ use crate::protocol::{
 use crate::server::replication::PartitionNet;
 use crate::server::topics::{validate_topic_name, TopicError};
 use crate::storage::Disk;
-use crate::types::{NodeId, PartitionId, ProducerId};
+use crate::types::{LeaderEpoch, NodeId, PartitionId, ProducerId};
 
 /// How often this broker heartbeats into the metadata log.
 pub const HEARTBEAT_INTERVAL_MS: u64 = 1_000;
@@ -285,6 +286,86 @@ impl<D: Disk> Assignments<D> {
             code: ErrorCode::NotLeader,
             message: format!("{topic}/{partition} is being opened on broker {}; retry", self.node_id),
         })
+    }
+
+    /// The `__consumer_offsets` partition `group` maps to, with its local actor and leader epoch when
+    /// this broker leads it under a live lease (ADR 0020): `NotCoordinator` if another broker leads
+    /// it, `CoordinatorNotAvailable` while the offsets topic does not exist.
+    pub fn coordinator_for(&self, group: &str) -> Result<(u32, PartitionHandle, LeaderEpoch), TopicError> {
+        let count = self.node.with_state(|state| state.topic(OFFSETS_TOPIC).map(|topic| topic.partitions.len() as u32));
+        let Some(count) = count.filter(|count| *count > 0) else {
+            return Err(TopicError {
+                code: ErrorCode::CoordinatorNotAvailable,
+                message: format!("the {OFFSETS_TOPIC} topic does not exist yet: find the coordinator first"),
+            });
+        };
+        let partition = crate::group::coordinator_partition(group, count);
+        let (_, record) = self.lookup(OFFSETS_TOPIC, PartitionId(partition))?;
+        let handle = self.partition(OFFSETS_TOPIC, PartitionId(partition)).map_err(|error| TopicError {
+            code: if error.code == ErrorCode::NotLeader { ErrorCode::NotCoordinator } else { error.code },
+            message: format!("not the coordinator of group {group:?}: {}", error.message),
+        })?;
+        Ok((partition, handle, record.leader_epoch))
+    }
+
+    /// The leader epoch of an offsets partition this broker leads under a live lease, if it does.
+    pub fn leads_offsets_partition(&self, partition: u32) -> Option<LeaderEpoch> {
+        let (_, record) = self.lookup(OFFSETS_TOPIC, PartitionId(partition)).ok()?;
+        self.partition(OFFSETS_TOPIC, PartitionId(partition)).ok()?;
+        Some(record.leader_epoch)
+    }
+
+    /// The partition count of each of `topics` that exists.
+    pub fn partition_counts<'a>(&self, topics: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, u32> {
+        self.node.with_state(|state| {
+            topics
+                .into_iter()
+                .filter_map(|name| state.topic(name).map(|topic| (name.clone(), topic.partitions.len() as u32)))
+                .collect()
+        })
+    }
+
+    /// Where `group`'s coordinator is, from the applied metadata: the offsets partition, its leader
+    /// and the leader's address. Creates the offsets topic the first time any group needs it
+    /// (`partitions`, replication `min(replication, alive brokers)`), answering
+    /// `CoordinatorNotAvailable` meanwhile.
+    pub async fn find_coordinator(
+        &self,
+        group: &str,
+        partitions: u32,
+        replication: u32,
+    ) -> Result<(u32, NodeId, String), TopicError> {
+        let unavailable = |message: String| TopicError { code: ErrorCode::CoordinatorNotAvailable, message };
+        let found = self.node.with_state(|state| {
+            let topic = state.topic(OFFSETS_TOPIC)?;
+            let partition = crate::group::coordinator_partition(group, topic.partitions.len() as u32);
+            let leader = topic.partitions[partition as usize].leader;
+            let addr = leader.and_then(|leader| {
+                state.brokers().find(|b| b.node_id == leader && b.is_alive()).map(|b| b.addr.clone())
+            });
+            Some((partition, leader, addr))
+        });
+        match found {
+            Some((partition, Some(leader), Some(addr))) => Ok((partition, leader, addr)),
+            Some((partition, _, _)) => {
+                Err(unavailable(format!("{OFFSETS_TOPIC}/{partition} has no leader right now; retry")))
+            }
+            None => {
+                let alive = self.node.with_state(|state| state.brokers().filter(|b| b.is_alive()).count() as u32);
+                let request = CreateTopicRequest {
+                    name: OFFSETS_TOPIC.to_owned(),
+                    partitions,
+                    replication: replication.min(alive).max(1),
+                    ..CreateTopicRequest::default()
+                };
+                match self.create_topic(&request).await {
+                    Ok(()) => {}
+                    Err(error) if error.code == ErrorCode::TopicAlreadyExists => {}
+                    Err(error) => return Err(unavailable(format!("creating {OFFSETS_TOPIC}: {}", error.message))),
+                }
+                Err(unavailable(format!("{OFFSETS_TOPIC} was just created; retry once its partitions have leaders")))
+            }
+        }
     }
 
     /// Whether this broker's controller lease is current (see `lease_until`): a broker that has not

@@ -25,6 +25,7 @@
 //! a panic): the broker cannot keep its promises without it.
 
 pub mod assignments;
+pub mod groups;
 pub mod replica_status;
 pub mod replication;
 pub mod topics;
@@ -77,6 +78,7 @@ pub enum BrokerError {
 struct State<D: Disk> {
     config: BrokerConfig,
     assignments: Arc<Assignments<D>>,
+    coordinators: groups::Coordinators,
 }
 
 /// Optional windows into a running broker, for tests and the simulation.
@@ -124,8 +126,11 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     if let Some(meta_node) = hooks.meta_node {
         let _ = meta_node.send(node);
     }
-    let state = Arc::new(State { config, assignments });
+    let groups_shutdown = CancellationToken::new();
+    let coordinators = groups::Coordinators::start(assignments.clone(), groups_shutdown.clone());
+    let state = Arc::new(State { config, assignments, coordinators });
     let failure = serve_until_stopped(listener, &state, &shutdown).await;
+    groups_shutdown.cancel();
 
     // Hand Raft leadership over before going away, so the others do not wait out an election. The
     // controlled shutdown already did when it ran; this covers a skipped or failed one.
@@ -647,6 +652,21 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         Body::DeleteTopicRequest(request) => delete_topic(state, id, request),
         Body::MetadataRequest(request) => metadata(state, id, request),
         Body::ClusterStatusRequest(request) => cluster_status(state, id, request),
+        body @ (Body::FindCoordinatorRequest(_)
+        | Body::JoinGroupRequest(_)
+        | Body::SyncGroupRequest(_)
+        | Body::HeartbeatRequest(_)
+        | Body::LeaveGroupRequest(_)
+        | Body::OffsetCommitRequest(_)
+        | Body::OffsetFetchRequest(_)
+        | Body::ResetOffsetsRequest(_)
+        | Body::ListGroupsRequest(_)
+        | Body::DescribeGroupRequest(_)) => {
+            let state = state.clone();
+            Box::pin(
+                async move { Frame::new(id, groups::wire::serve(&state.coordinators, &state.assignments, body).await) },
+            )
+        }
         Body::ProduceResponse(_)
         | Body::PeerHelloResponse(_)
         | Body::ClusterStatusResponse(_)
@@ -659,6 +679,16 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         | Body::ReplicaStatusResponse(_)
         | Body::InitProducerIdResponse(_)
         | Body::AlterTopicResponse(_)
+        | Body::FindCoordinatorResponse(_)
+        | Body::JoinGroupResponse(_)
+        | Body::SyncGroupResponse(_)
+        | Body::HeartbeatResponse(_)
+        | Body::LeaveGroupResponse(_)
+        | Body::OffsetCommitResponse(_)
+        | Body::OffsetFetchResponse(_)
+        | Body::ResetOffsetsResponse(_)
+        | Body::ListGroupsResponse(_)
+        | Body::DescribeGroupResponse(_)
         | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
         // Reached only with another frame version, which was answered above.
         Body::RaftMessage(_) | Body::PeerHello(_) | Body::ReplicaFetchRequest(_) => {
@@ -682,10 +712,24 @@ fn init_producer_id<D: Disk>(state: &Arc<State<D>>, id: u64) -> BoxFuture<'stati
     })
 }
 
+/// Clients may read an internal topic (`__consumer_offsets`), never create, alter, delete or write it.
+fn internal_topic(name: &str) -> Result<(), TopicError> {
+    if crate::group::is_internal_topic(name) {
+        return Err(TopicError {
+            code: ErrorCode::InternalTopic,
+            message: format!("{name:?} is internal to the brokers (names starting with __ are reserved)"),
+        });
+    }
+    Ok(())
+}
+
 fn create_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: CreateTopicRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let result = state.assignments.create_topic(&request).await;
+        let result = match internal_topic(&request.name) {
+            Err(error) => Err(error),
+            Ok(()) => state.assignments.create_topic(&request).await,
+        };
         let error = result.err().and_then(topic_info);
         Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
     })
@@ -694,7 +738,11 @@ fn create_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: CreateTopicReq
 fn alter_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: AlterTopicRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let error = state.assignments.alter_topic(&request).await.err().and_then(topic_info);
+        let result = match internal_topic(&request.name) {
+            Err(error) => Err(error),
+            Ok(()) => state.assignments.alter_topic(&request).await,
+        };
+        let error = result.err().and_then(topic_info);
         Frame::new(id, Body::AlterTopicResponse(AlterTopicResponse { error }))
     })
 }
@@ -702,7 +750,11 @@ fn alter_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: AlterTopicReque
 fn delete_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: DeleteTopicRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let error = state.assignments.delete_topic(&request.name).await.err().and_then(topic_info);
+        let result = match internal_topic(&request.name) {
+            Err(error) => Err(error),
+            Ok(()) => state.assignments.delete_topic(&request.name).await,
+        };
+        let error = result.err().and_then(topic_info);
         Frame::new(id, Body::DeleteTopicResponse(DeleteTopicResponse { error }))
     })
 }
@@ -773,6 +825,9 @@ async fn produce<D: Disk>(state: &Arc<State<D>>, id: u64, request: ProduceReques
     let Ok(acks) = Acks::try_from(request.acks) else {
         return produce_error(id, ErrorCode::InvalidAcks, format!("unknown acks value {}", request.acks));
     };
+    if let Err(error) = internal_topic(&request.topic) {
+        return produce_error(id, error.code, error.message);
+    }
     let partition = match state.assignments.partition(&request.topic, PartitionId(request.partition)) {
         Ok(partition) => partition,
         Err(error) => return produce_error(id, error.code, error.message),
