@@ -20,6 +20,7 @@ async fn main() {
         Command::Topic(command) => cli::run_topic(&cli, command).await,
         Command::Produce(args) => cli::run_produce(&cli, args).await,
         Command::Consume(args) => cli::run_consume(&cli, args).await,
+        Command::Group(command) => cli::group::run(&cli, command).await,
         Command::Bench(command) => cli::bench::run(&cli, command).await,
         Command::Cluster(command) => cli::cluster::run(&cli, command).await,
     };

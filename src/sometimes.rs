@@ -49,11 +49,19 @@ pub enum Sometimes {
     RetentionDeletedSegments,
     /// A follower whose log ended below its leader's log start emptied its log and started over there.
     FollowerLogReset,
+    /// A new coordinator read its `__consumer_offsets` partition (behind its committed marker).
+    GroupCoordinatorLoaded,
+    /// A consumer group's generation with members was committed and handed out.
+    GroupGenerationFormed,
+    /// A group member was removed because its session timed out.
+    GroupMemberExpired,
+    /// A commit from a stale generation (or a removed member) was refused.
+    GroupStaleCommitRefused,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 17] = [
+    pub const ALL: [Sometimes; 21] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -71,6 +79,10 @@ impl Sometimes {
         Sometimes::CompressedBatchProduced,
         Sometimes::RetentionDeletedSegments,
         Sometimes::FollowerLogReset,
+        Sometimes::GroupCoordinatorLoaded,
+        Sometimes::GroupGenerationFormed,
+        Sometimes::GroupMemberExpired,
+        Sometimes::GroupStaleCommitRefused,
     ];
 
     /// The name in the coverage table (snake case).
@@ -93,6 +105,10 @@ impl Sometimes {
             Sometimes::CompressedBatchProduced => "compressed_batch_produced",
             Sometimes::RetentionDeletedSegments => "retention_deleted_segments",
             Sometimes::FollowerLogReset => "follower_log_reset",
+            Sometimes::GroupCoordinatorLoaded => "group_coordinator_loaded",
+            Sometimes::GroupGenerationFormed => "group_generation_formed",
+            Sometimes::GroupMemberExpired => "group_member_expired",
+            Sometimes::GroupStaleCommitRefused => "group_stale_commit_refused",
         }
     }
 }

@@ -27,7 +27,17 @@ struct Broker {
 
 fn start(dir: &std::path::Path, addr: SocketAddr) -> Broker {
     let config = BrokerConfig { listen: addr, data_dir: dir.to_owned(), ..BrokerConfig::default() };
-    let meta_store = RocksStore::open(&dir.join("meta")).unwrap();
+    // After a stop, the metadata node's task may still be dropping the previous store (and its
+    // RocksDB lock) for a moment.
+    let mut meta_store = RocksStore::open(&dir.join("meta"));
+    for _ in 0..200 {
+        if meta_store.is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+        meta_store = RocksStore::open(&dir.join("meta"));
+    }
+    let meta_store = meta_store.unwrap();
     let shutdown = CancellationToken::new();
     let task =
         tokio::spawn(run_broker(config, FileDisk::new(dir), meta_store, shutdown.clone(), BrokerHooks::default()));
@@ -64,7 +74,14 @@ fn error_of(body: &Body) -> Option<ErrorCode> {
 async fn send(client: &Client, addr: SocketAddr, body: Body) -> Body {
     let addr = addr.to_string();
     for _ in 0..200 {
-        let pending = client.start(&addr, body.clone()).await.unwrap();
+        // A restarted broker may not listen yet.
+        let pending = match client.start(&addr, body.clone()).await {
+            Err(keel::client::ClientError::Connect { .. }) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            pending => pending.unwrap(),
+        };
         let response = client.finish(&addr, pending, Duration::from_secs(5)).await.unwrap();
         match error_of(&response) {
             Some(
@@ -205,7 +222,7 @@ async fn groups_join_commit_rebalance_and_survive_a_restart() {
                 break;
             }
             // The empty generation is still being written.
-            Some(ErrorCode::GroupNotEmpty) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Some(ErrorCode::Busy) => tokio::time::sleep(Duration::from_millis(20)).await,
             other => panic!("{other:?}"),
         }
     }

@@ -4,6 +4,7 @@
 //! with), by the simulation and by the Jepsen harness (to judge recorded histories).
 
 pub mod fnv;
+pub mod group_checker;
 pub mod history;
 pub mod idempotent;
 pub mod metadata_checker;

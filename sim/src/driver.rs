@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{BrokerState, Cluster, BROKER_PORT};
 use crate::durable_acks::ReplicaDisk;
+use crate::group_workload::{self, GroupRecorder, MemberProcess};
 use crate::history_file::{self, HistoryFile, NemesisEvent};
 use crate::isr_watch::{self, IsrWatch};
 use crate::meta_workload::{self, AdminProcess, MetaRecorder};
@@ -154,6 +155,14 @@ struct QueueRun {
     producer_clients: Vec<usize>,
     /// Each partition's log start as the final read saw it (all 0 without retention).
     log_starts: std::collections::BTreeMap<u32, i64>,
+    /// The consumer group's members and observer, when the scenario has them.
+    group: Option<GroupRun>,
+}
+
+struct GroupRun {
+    recorder: Arc<GroupRecorder>,
+    stop: CancellationToken,
+    workers: Vec<JoinHandle<()>>,
 }
 
 struct MetaRun {
@@ -295,6 +304,7 @@ impl Run {
             clients: Vec::new(),
             producer_clients: Vec::new(),
             log_starts: std::collections::BTreeMap::new(),
+            group: None,
         };
         for index in 0..queue.swarm.producer_nodes {
             let node = self.cluster.add_client();
@@ -338,9 +348,93 @@ impl Run {
             };
             queue.workers.push(node.spawn(replayer.run(queue.recorder.clone(), queue.stop.clone())));
         }
+        if self.scenario.groups {
+            queue.group = Some(self.start_group(&mut queue, &addr));
+        }
         // Every client node but the admin's (index 0, idle from here on) runs the workload.
         queue.clients = (1..self.cluster.client_count()).collect();
         queue
+    }
+
+    /// The consumer group's member processes (2-4, each on its own client node, drawn from the
+    /// workload's RNG after everything else so other scenarios' draws stay as they were) and its
+    /// observer.
+    fn start_group(&mut self, queue: &mut QueueRun, addr: &str) -> GroupRun {
+        let recorder = GroupRecorder::new(self.start, self.trace.clone());
+        let stop = CancellationToken::new();
+        let mut workers = Vec::new();
+        let members = queue.rng.random_range(2..=4);
+        let assignor = if queue.rng.random_bool(0.5) { "range" } else { "roundrobin" };
+        let session_timeout_ms = queue.rng.random_range(600..=3_000);
+        self.note(format!(
+            "group: {members} member processes, assignor {assignor}, session timeout {session_timeout_ms} ms"
+        ));
+        for _ in 0..members {
+            let node = self.cluster.add_client();
+            let member = MemberProcess {
+                addr: addr.to_owned(),
+                topic: TOPIC.to_owned(),
+                process: queue.next_process().0,
+                session_timeout_ms,
+                assignor,
+                crash_percent: 30,
+                lifetime_ms_max: 8_000,
+                zombie_percent: 25,
+                rng: StdRng::seed_from_u64(queue.rng.random()),
+            };
+            workers.push(node.spawn(member.run(recorder.clone(), stop.clone())));
+        }
+        let node = self.cluster.add_client();
+        let interval = Duration::from_millis(200);
+        workers.push(node.spawn(group_workload::observe(
+            addr.to_owned(),
+            TOPIC.to_owned(),
+            interval,
+            recorder.clone(),
+            stop.clone(),
+        )));
+        GroupRun { recorder, stop, workers }
+    }
+
+    /// After the final read: the group's members keep consuming until the committed offsets reach
+    /// the final high watermarks (within the liveness bound), then leave; the group checker judges
+    /// what they recorded.
+    async fn group_catch_up(&mut self, queue: &mut QueueRun, high_watermarks: &std::collections::BTreeMap<u32, i64>) {
+        let Some(group) = queue.group.take() else { return };
+        let deadline = Instant::now() + Duration::from_millis(LIVENESS_MS_MAX);
+        let caught_up = |latest: &std::collections::BTreeMap<u32, i64>| {
+            high_watermarks.iter().all(|(partition, hw)| latest.get(partition).copied().unwrap_or(0) >= *hw)
+        };
+        while !caught_up(&group.recorder.latest()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let latest = group.recorder.latest();
+        if !caught_up(&latest) {
+            self.violations.push(format!(
+                "group: committed offsets {latest:?} short of the high watermarks {high_watermarks:?} {LIVENESS_MS_MAX} ms after the final read"
+            ));
+        }
+        group.stop.cancel();
+        self.stop_workers(group.workers, "a group member or the observer hung").await;
+        let node = self.cluster.add_client();
+        let bound = Duration::from_millis(LIVENESS_MS_MAX);
+        let read = node.spawn(group_workload::final_committed(self.bootstrap(), TOPIC.to_owned(), bound));
+        let final_committed = match read.await.expect("the reader task is never killed") {
+            Ok(committed) => committed,
+            Err(error) => return self.violations.push(format!("group: {error}")),
+        };
+        let mut history = group.recorder.history();
+        history.final_committed = final_committed;
+        history.log_starts = queue.log_starts.clone();
+        history.acked = acked_offsets(&queue.recorder.history(), queue.swarm.partitions);
+        let report = keel_model::group_checker::check(&history);
+        self.note(format!(
+            "group: checked {} generations, {} polls counted ({} a zombie's), {} commits acked, {} records; anomalies {:?}",
+            report.generations, report.polls_counted, report.polls_zombie, report.commits_ok, report.records_checked, report.anomalies
+        ));
+        for (anomaly, examples) in report.anomalies {
+            self.violations.push(format!("group: {anomaly}: {examples:?}"));
+        }
     }
 
     /// Starts the admin processes, each on its own client node with its own RNG.
@@ -446,6 +540,9 @@ impl Run {
                 Ok(view) => self.note(format!("full ISR: every replica in its partition's ISR {view:?}")),
                 Err(violation) => self.violations.push(violation),
             }
+        }
+        if let Some(high_watermarks) = &high_watermarks {
+            self.group_catch_up(queue, high_watermarks).await;
         }
         if let (Some(high_watermarks), true) = (high_watermarks, self.scenario.checks(Checker::Replicas)) {
             self.check_replicas(&high_watermarks).await;
@@ -736,6 +833,22 @@ impl Run {
         }
         outcome
     }
+}
+
+/// Per partition, the offsets of the sends acknowledged `ok` in `history`.
+fn acked_offsets(history: &keel_model::history::History, partitions: u32) -> std::collections::BTreeMap<u32, Vec<i64>> {
+    use keel_model::history::{EventKind, Op};
+    let names: std::collections::BTreeMap<Partition, u32> =
+        (0..partitions).map(|index| (Partition::of_topic(TOPIC, index), index)).collect();
+    let mut acked: std::collections::BTreeMap<u32, Vec<i64>> = std::collections::BTreeMap::new();
+    for event in history.events().iter().filter(|event| event.kind == EventKind::Ok) {
+        if let Op::Send { partition, offset: Some(offset), .. } = &event.op {
+            if let Some(index) = names.get(partition) {
+                acked.entry(*index).or_default().push(offset.0 as i64);
+            }
+        }
+    }
+    acked
 }
 
 impl QueueRun {

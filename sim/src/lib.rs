@@ -75,6 +75,7 @@ pub mod cluster;
 #[cfg(madsim)]
 pub mod driver;
 pub mod durable_acks;
+pub mod group_workload;
 pub mod history_file;
 #[cfg(madsim)]
 pub mod isr_watch;

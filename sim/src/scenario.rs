@@ -83,6 +83,9 @@ pub struct Scenario {
     /// drawn per seed): consumers and the final reader go on from the log start, and the checkers
     /// count what is below the final log start as expired, not lost (ADR 0019).
     pub retention: bool,
+    /// Whether members of a consumer group consume the queue workload's topic (crashing, leaving and
+    /// rejoining), judged by `keel_model::group_checker` after they catch up (ADR 0020).
+    pub groups: bool,
 }
 
 impl Scenario {
@@ -145,6 +148,7 @@ fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass
         duration: QUEUE_DURATION,
         compression: false,
         retention: false,
+        groups: false,
     }
 }
 
@@ -160,6 +164,7 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         duration: RAFT_DURATION,
         compression: false,
         retention: false,
+        groups: false,
     }
 }
 
@@ -290,6 +295,7 @@ fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         duration: ISR_DURATION,
         compression: false,
         retention: false,
+        groups: false,
     }
 }
 
@@ -363,6 +369,7 @@ pub fn isr_3_double_failover() -> Scenario {
         duration: DOUBLE_FAILOVER_DURATION,
         compression: false,
         retention: false,
+        groups: false,
         faults: with_background(vec![(DoubleFailover, Always)], false),
         ..isr("isr_3_double_failover", 3, Vec::new())
     }
@@ -384,6 +391,7 @@ pub fn isr_3_slow_follower() -> Scenario {
         duration: SLOW_FOLLOWER_DURATION,
         compression: false,
         retention: false,
+        groups: false,
         faults: with_background(vec![(SlowFollower, Always)], false),
         ..isr("isr_3_slow_follower", 3, Vec::new())
     }
@@ -484,6 +492,7 @@ pub fn isr_3_retention() -> Scenario {
     ];
     Scenario {
         retention: true,
+        groups: false,
         duration: SLOW_FOLLOWER_DURATION,
         checkers: RETENTION_CHECKERS,
         ..isr("isr_3_retention", 3, faults)
@@ -517,6 +526,26 @@ pub fn idempotent_swarm() -> Scenario {
     Scenario { compression: true, ..idempotent("idempotent_swarm", faults) }
 }
 
+/// Consumer groups (ADR 0020): members of one group consume the replicated topic while they crash
+/// (their sessions expire), leave and rejoin, and brokers crash, lose power, pause and are cut off,
+/// so group coordinators move with the leadership of their `__consumer_offsets` partitions and
+/// rebuild from it. The group checker: no partition owned twice in a generation, committed offsets
+/// never go back, and every acknowledged record below the final committed offsets was consumed by a
+/// member of a then-current generation.
+pub fn groups_3() -> Scenario {
+    let faults = vec![
+        (Kill, Sometimes),
+        (PartitionLeaderKill, Sometimes),
+        (PowerLoss, Sometimes),
+        (CleanRestart, Sometimes),
+        (Pause, Sometimes),
+        (Clog, Sometimes),
+        (Partition, Sometimes),
+        (Delay, Sometimes),
+    ];
+    Scenario { groups: true, ..isr("groups_3", 3, faults) }
+}
+
 /// Every scenario of `sim/tests/scenarios.rs`.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -544,6 +573,7 @@ pub fn all() -> Vec<Scenario> {
         idempotent_partitions(),
         idempotent_all_power_loss(),
         idempotent_swarm(),
+        groups_3(),
     ]
 }
 

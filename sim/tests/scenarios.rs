@@ -151,6 +151,7 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         duration: Duration::from_secs(5),
         compression: false,
         retention: false,
+        groups: false,
     };
     let swarm = NemesisSwarm {
         interval_ms: 100,
@@ -607,4 +608,12 @@ async fn idempotent_all_power_loss() {
 async fn idempotent_swarm() {
     keel_sim::init_logging();
     driver::run(&scenario::idempotent_swarm()).await.assert_valid();
+}
+
+/// Consumer groups under member crashes, coordinator failover, partitions and power loss: no
+/// partition owned twice in a generation, committed offsets never go back, at-least-once.
+#[madsim::test]
+async fn groups_3() {
+    keel_sim::init_logging();
+    driver::run(&scenario::groups_3()).await.assert_valid();
 }

@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod group;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -108,8 +109,11 @@ pub enum Command {
     Topic(TopicCommand),
     /// Produce records: one per stdin line, or one given with --value.
     Produce(ProduceArgs),
-    /// Consume records and print one value per line.
+    /// Consume records and print one value per line (alone, or as a member of a consumer group).
     Consume(ConsumeArgs),
+    /// List and describe consumer groups, and reset their committed offsets.
+    #[command(subcommand)]
+    Group(group::GroupCommand),
     /// Measure throughput and latency against a running broker.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -348,6 +352,20 @@ fn parse_delivery_timeout_ms(text: &str) -> Result<u64, String> {
 #[derive(Args, Debug)]
 pub struct ConsumeArgs {
     pub topic: String,
+    /// Consume as a member of this consumer group: the group's coordinator assigns this process some
+    /// of the topic's partitions (all of them when it is the only member), each starts at the
+    /// group's committed offset (--reset where there is none), and what was printed is committed.
+    /// Without --follow: read the assigned partitions up to their ends, commit, leave, exit. With
+    /// --follow: stay, commit every second, and on SIGINT or SIGTERM commit and leave.
+    #[arg(long, conflicts_with_all = ["offset", "from_beginning", "from_timestamp", "partition"])]
+    pub group: Option<String>,
+    /// With --group: how the coordinator splits partitions among the members [default: range].
+    #[arg(long, value_enum, requires = "group")]
+    pub assignor: Option<group::Assignor>,
+    /// With --group: the group forgets this member (and gives its partitions to the others) when
+    /// it has not heard from it for this long [default: 10000].
+    #[arg(long, value_name = "MS", requires = "group")]
+    pub session_timeout_ms: Option<u32>,
     /// Start at each partition's first offset (default: its end).
     #[arg(long, conflicts_with = "offset")]
     pub from_beginning: bool,
@@ -367,8 +385,9 @@ pub struct ConsumeArgs {
     #[arg(long)]
     pub follow: bool,
     /// What to do when a position is outside the partition's log (retention deleted the records
-    /// there, or --offset is past the end): earliest (default) goes on from the log start, latest
-    /// from the log end, none fails (exit 1). Either way a line on stderr says what happened.
+    /// there, or --offset is past the end), and with --group where a partition the group never
+    /// committed starts: earliest (default) goes on from the log start, latest from the log end,
+    /// none fails (exit 1). A position moved because it was out of range is said on stderr.
     #[arg(long, value_enum, default_value = "earliest")]
     pub reset: ResetPolicy,
 }
@@ -695,6 +714,9 @@ pub async fn run_produce(cli: &Cli, args: &ProduceArgs) -> Result<(), CliError> 
 }
 
 pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> {
+    if let Some(group) = &args.group {
+        return group::run_consume(cli, args, group).await;
+    }
     let client = client(cli);
     let topic = client.topic(&args.topic).await?;
     let partitions: Vec<u32> = match args.partition {

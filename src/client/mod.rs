@@ -39,11 +39,12 @@
 //! tried after every other candidate for admin and metadata requests. So a dead broker first in the
 //! bootstrap list costs one connect timeout, not one per metadata refresh.
 //!
-//! Lock order: `routing`, `connections` and `connect_failures` are std mutexes, never held across an
-//! await and never two at once; a per-address slot (tokio mutex) is held only while connecting to
+//! Lock order: `routing`, `connections`, `connect_failures` and the group coordinators' cache are std
+//! mutexes, never held across an await and never two at once; a per-address slot (tokio mutex) is held only while connecting to
 //! that address.
 
 mod connection;
+pub mod group;
 pub mod producer;
 
 use std::collections::BTreeMap;
@@ -201,6 +202,8 @@ pub struct Client {
     connections: Mutex<BTreeMap<String, ConnectionSlot>>,
     /// Addresses whose latest connect failed (see "Unreachable brokers" in the module docs).
     connect_failures: Mutex<BTreeMap<String, ConnectFailure>>,
+    /// Each consumer group's coordinator address, as last found (`group.rs`).
+    coordinators: group::Coordinators,
 }
 
 /// A topic's settings at creation.
@@ -353,6 +356,7 @@ impl Client {
             routing: Mutex::new(Routing::default()),
             connections: Mutex::new(BTreeMap::new()),
             connect_failures: Mutex::new(BTreeMap::new()),
+            coordinators: group::Coordinators::default(),
         })
     }
 

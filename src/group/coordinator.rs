@@ -33,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::group::assignor::{self, Assignor, TopicPartition};
 use crate::group::records::{GroupRecord, MemberRecord};
 use crate::protocol::ErrorCode;
+use crate::sometimes::{self, Sometimes};
 
 /// The shell's handle on one request.
 pub type RequestId = u64;
@@ -529,6 +530,9 @@ impl GroupCoordinator {
         offsets: Vec<(TopicPartition, i64)>,
     ) {
         if let Err(reply) = self.check_commit(name, generation, member_id, &offsets) {
+            if matches!(reply, Reply::Error { code: ErrorCode::IllegalGeneration | ErrorCode::UnknownMemberId, .. }) {
+                sometimes::hit(Sometimes::GroupStaleCommitRefused);
+            }
             return self.reply(id, reply);
         }
         self.write_offsets(id, name, offsets, false);
@@ -542,6 +546,11 @@ impl GroupCoordinator {
         offsets: &[(TopicPartition, i64)],
     ) -> Result<(), Reply> {
         let group = self.groups.get(name);
+        if group.is_some_and(|g| g.members.is_empty() && g.state == GroupState::Persisting) {
+            // The last member just left and the empty generation is being written: not members,
+            // just a moment.
+            return Err(error(ErrorCode::Busy, format!("group {name:?} is writing its empty generation: retry")));
+        }
         if generation == NO_GENERATION && member_id.is_empty() {
             if group.is_some_and(|g| !g.members.is_empty() || g.state == GroupState::Persisting) {
                 let message = format!("group {name:?} has members: only they commit, in their generation");
@@ -574,6 +583,10 @@ impl GroupCoordinator {
 
     fn reset(&mut self, id: RequestId, name: &str, offsets: Vec<(TopicPartition, i64)>) {
         let group = self.groups.get(name);
+        if group.is_some_and(|g| g.members.is_empty() && g.state == GroupState::Persisting) {
+            let message = format!("group {name:?} is writing its empty generation: retry");
+            return self.reply(id, error(ErrorCode::Busy, message));
+        }
         if group.is_some_and(|g| !g.members.is_empty() || g.state == GroupState::Persisting) {
             let message = format!("group {name:?} has members: stop its consumers first");
             return self.reply(id, error(ErrorCode::GroupNotEmpty, message));
@@ -588,6 +601,9 @@ impl GroupCoordinator {
     }
 
     fn write_offsets(&mut self, id: RequestId, name: &str, offsets: Vec<(TopicPartition, i64)>, reset: bool) {
+        if offsets.is_empty() {
+            return self.reply(id, Reply::Done); // nothing to write (an append holds at least one record)
+        }
         let records = offsets
             .iter()
             .map(|(partition, offset)| GroupRecord::Offset {
@@ -663,6 +679,9 @@ impl GroupCoordinator {
             .map(|(id, member)| (id, Member { last_seen_ms: now_ms, ..member }))
             .collect();
         group.state = if group.members.is_empty() { GroupState::Empty } else { GroupState::Stable };
+        if !group.members.is_empty() {
+            sometimes::hit(Sometimes::GroupGenerationFormed);
+        }
         let replies: Vec<_> = joins
             .into_iter()
             .map(|(member_id, id)| {
@@ -690,6 +709,7 @@ impl GroupCoordinator {
                     let before = group.members.len();
                     group.members.retain(|_, m| m.last_seen_ms + i64::from(m.session_timeout_ms) > now_ms);
                     if group.members.len() < before {
+                        sometimes::hit(Sometimes::GroupMemberExpired);
                         due.push((name.clone(), false));
                     }
                 }

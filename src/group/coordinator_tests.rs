@@ -287,6 +287,10 @@ fn resets_need_an_empty_group_and_may_go_back() {
     assert_eq!(code(h.reply(refused)), ErrorCode::GroupNotEmpty);
     let leave = h.send(Request::Leave { group: "g".into(), member_id: a.clone() });
     assert_eq!(h.reply(leave), Some(Reply::Done));
+    // While the empty generation is written the group has no members: a reset is told to retry,
+    // not that the group has members.
+    let early = h.send(Request::Reset { group: "g".into(), offsets: vec![(("t".into(), 0), 0)] });
+    assert_eq!(code(h.reply(early)), ErrorCode::Busy);
     h.settle(AppendOutcome::Committed); // the empty generation
     assert_eq!(h.describe().state, GroupState::Empty);
     assert_eq!(h.describe().generation, 2);
@@ -366,4 +370,16 @@ fn a_member_that_leaves_mid_round_is_not_in_the_generation() {
     assert_eq!(generation, 3);
     assert_eq!(owned_a.len() + owned_c.len(), 4);
     assert_eq!(h.describe().members.len(), 2);
+}
+
+#[test]
+fn an_empty_commit_or_reset_is_answered_without_an_append() {
+    let (mut h, a) = one_member();
+    let commit = h.commit(1, &a, &[]);
+    assert_eq!(h.reply(commit), Some(Reply::Done));
+    let stale = h.commit(0, &a, &[]);
+    assert_eq!(code(h.reply(stale)), ErrorCode::IllegalGeneration, "still checked");
+    let reset = h.send(Request::Reset { group: "other".into(), offsets: vec![] });
+    assert_eq!(h.reply(reset), Some(Reply::Done));
+    assert!(h.appends.is_empty());
 }

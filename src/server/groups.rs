@@ -239,6 +239,7 @@ impl<D: Disk> Task<D> {
                 };
                 let core = GroupCoordinator::load(CoordinatorConfig::default(), marker.0, &records, self.now_ms());
                 tracing::info!(partition, %marker, records = records.len(), "consumer groups loaded");
+                crate::sometimes::hit(crate::sometimes::Sometimes::GroupCoordinatorLoaded);
                 let slot = Loaded { epoch, handle, incarnation: marker, core, waiting: BTreeMap::new(), next_id: 0 };
                 self.slots.insert(partition, Slot::Ready(slot));
             }
