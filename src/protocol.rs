@@ -296,6 +296,9 @@ pub enum ErrorCode {
     UnknownGroup = 47,
     /// Clients cannot create, alter, delete or produce to an internal topic (`__consumer_offsets`).
     InternalTopic = 48,
+    /// A join without a member id: the response's `member_id` names the member; join again with it
+    /// (KIP-394), and the member exists from then on.
+    MemberIdRequired = 49,
 }
 
 impl ErrorCode {

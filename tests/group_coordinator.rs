@@ -117,6 +117,14 @@ fn heartbeat(generation: i32, member_id: &str) -> Body {
     Body::HeartbeatRequest(HeartbeatRequest { group: "readers".into(), generation, member_id: member_id.into() })
 }
 
+/// A new member's join: the coordinator names it first (`MemberIdRequired`, KIP-394), then it joins.
+async fn join_new(client: &Client, addr: SocketAddr) -> Body {
+    let Body::JoinGroupResponse(named) = send(client, addr, join("")).await else { panic!() };
+    assert_eq!(named.error.as_ref().map(ErrorInfo::error_code), Some(ErrorCode::MemberIdRequired));
+    assert!(!named.member_id.is_empty());
+    send(client, addr, join(&named.member_id)).await
+}
+
 async fn committed(client: &Client, addr: SocketAddr) -> Vec<PartitionOffset> {
     match send(client, addr, Body::OffsetFetchRequest(OffsetFetchRequest { group: "readers".into() })).await {
         Body::OffsetFetchResponse(r) => r.offsets,
@@ -167,7 +175,7 @@ async fn groups_join_commit_rebalance_and_survive_a_restart() {
 
     // A second member: the first learns of the rebalance by heartbeat, both rejoin, partitions split.
     let client_b = client.clone();
-    let b_join = tokio::spawn(async move { send(&client_b, addr, join("")).await });
+    let b_join = tokio::spawn(async move { join_new(&client_b, addr).await });
     let mut rebalancing = false;
     for _ in 0..100 {
         if error_of(&send(&client, addr, heartbeat(generation, &a)).await) == Some(ErrorCode::RebalanceInProgress) {
@@ -244,7 +252,7 @@ async fn groups_join_commit_rebalance_and_survive_a_restart() {
 }
 
 async fn first_member(client: &Client, addr: SocketAddr) -> (String, i32) {
-    let Body::JoinGroupResponse(joined) = send(client, addr, join("")).await else { panic!() };
+    let Body::JoinGroupResponse(joined) = join_new(client, addr).await else { panic!() };
     assert_eq!(joined.error, None);
     assert_eq!(joined.assignment.iter().map(|t| t.partitions.len()).sum::<usize>(), 4);
     let sync = Body::SyncGroupRequest(SyncGroupRequest {

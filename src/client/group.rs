@@ -137,8 +137,9 @@ pub struct Coordinator {
 }
 
 /// A completed join: the generation, this member's id, and its assignment in that generation.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Joined {
+    /// -1: not joined yet, only named (`MemberIdRequired`): join again with `member_id`.
     pub generation: i32,
     pub member_id: String,
     pub leader_id: String,
@@ -437,7 +438,13 @@ impl Client {
     pub async fn join_group(&self, request: JoinGroupRequest) -> Result<Joined, ClientError> {
         let group = request.group.clone();
         let extra = Duration::from_millis(u64::from(request.session_timeout_ms));
-        match checked(self.group_request(&group, Body::JoinGroupRequest(request), extra).await?)? {
+        let response = self.group_request(&group, Body::JoinGroupRequest(request), extra).await?;
+        if let Body::JoinGroupResponse(JoinGroupResponse { error: Some(error), member_id, .. }) = &response {
+            if error.error_code() == ErrorCode::MemberIdRequired && !member_id.is_empty() {
+                return Ok(Joined { generation: -1, member_id: member_id.clone(), ..Joined::default() });
+            }
+        }
+        match checked(response)? {
             Body::JoinGroupResponse(response) => Ok(Joined {
                 generation: response.generation,
                 member_id: response.member_id,
@@ -695,7 +702,14 @@ impl GroupConsumer {
             topics: self.config.topics.clone(),
             assignors: self.config.assignors.clone(),
         };
-        let joined = self.client.join_group(request).await?;
+        let mut joined = self.client.join_group(request.clone()).await?;
+        if joined.generation < 0 {
+            // Named by the coordinator (KIP-394): known from now, so a join cancelled from here on
+            // can still leave; the member exists once this second join arrives.
+            self.member_id = joined.member_id;
+            let request = JoinGroupRequest { member_id: self.member_id.clone(), ..request };
+            joined = self.client.join_group(request).await?;
+        }
         self.member_id = joined.member_id;
         self.generation = joined.generation;
         let group = self.config.group.clone();

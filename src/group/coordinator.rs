@@ -127,6 +127,8 @@ pub enum Reply {
         assignor: Assignor,
         assignment: Vec<TopicPartition>,
     },
+    /// A join without a member id: join again with this one.
+    MemberIdRequired(String),
     Assignment(Vec<TopicPartition>),
     Done,
     Offsets(Vec<(TopicPartition, i64)>),
@@ -244,6 +246,8 @@ pub struct GroupCoordinator {
     incarnation: i64,
     groups: BTreeMap<String, Group>,
     next_member: u64,
+    /// Member ids handed to joins without one and not used yet: id -> (group, when it expires).
+    named: BTreeMap<String, (String, i64)>,
     next_token: AppendToken,
     pending: BTreeMap<AppendToken, Pending>,
     now_ms: i64,
@@ -279,6 +283,7 @@ impl GroupCoordinator {
             incarnation,
             groups,
             next_member: 0,
+            named: BTreeMap::new(),
             next_token: 0,
             pending: BTreeMap::new(),
             now_ms,
@@ -386,18 +391,17 @@ impl GroupCoordinator {
             let message = "a join names at least one topic and one known assignor (range, roundrobin)";
             return self.reply(id, error(ErrorCode::InvalidRequest, message));
         }
+        if join.member_id.is_empty() {
+            return self.name_member(id, &join);
+        }
         let known = self.groups.get(&join.group).is_some_and(|group| group.members.contains_key(&join.member_id));
-        if !join.member_id.is_empty() && !known {
+        let named = self.named.get(&join.member_id).is_some_and(|(group, _)| *group == join.group);
+        if !known && !named {
             let message = format!("group {:?} has no member {:?}: join with no member id", join.group, join.member_id);
             return self.reply(id, error(ErrorCode::UnknownMemberId, message));
         }
         let now_ms = self.now_ms;
-        let member_id = if join.member_id.is_empty() {
-            self.next_member += 1;
-            format!("{}-{}-{}", join.client_id, self.incarnation, self.next_member)
-        } else {
-            join.member_id.clone()
-        };
+        let member_id = join.member_id.clone();
         let group = self.groups.entry(join.group.clone()).or_insert_with(Group::new);
         if group.state == GroupState::Persisting {
             let message = "the group's next generation is being written: join again shortly";
@@ -425,6 +429,7 @@ impl GroupCoordinator {
             }
             None => {
                 group.members.insert(member_id.clone(), member);
+                self.named.remove(&member_id);
             }
         }
         if let Some(replaced) = group.joins.insert(member_id, id) {
@@ -432,6 +437,18 @@ impl GroupCoordinator {
             self.reply(replaced, error(ErrorCode::RebalanceInProgress, message));
         }
         self.prepare(&join.group);
+    }
+
+    /// A join without a member id gets one, and joins again with it (KIP-394): the member exists
+    /// only from that second join, so a first answer lost on the way (a timeout, a client killed
+    /// while it waited) leaves no member behind to wait a session timeout for. An id not used
+    /// within the session timeout is forgotten.
+    fn name_member(&mut self, id: RequestId, join: &JoinRequest) {
+        self.next_member += 1;
+        let member_id = format!("{}-{}-{}", join.client_id, self.incarnation, self.next_member);
+        let expires_ms = self.now_ms + i64::from(join.session_timeout_ms);
+        self.named.insert(member_id.clone(), (join.group.clone(), expires_ms));
+        self.reply(id, Reply::MemberIdRequired(member_id));
     }
 
     /// Starts a round (if none is going) and ends it when it can.
@@ -702,6 +719,7 @@ impl GroupCoordinator {
 
     fn tick(&mut self) {
         let now_ms = self.now_ms;
+        self.named.retain(|_, (_, expires_ms)| *expires_ms > now_ms);
         let mut due = Vec::new();
         for (name, group) in &mut self.groups {
             match group.state {

@@ -64,7 +64,19 @@ impl Harness {
         self.drain();
     }
 
+    /// A join; one without a member id first asks for one, as a client does (KIP-394).
     fn join(&mut self, member_id: &str, topics: &[&str]) -> RequestId {
+        if member_id.is_empty() {
+            let first = self.join_request("", topics);
+            let Some(Reply::MemberIdRequired(named)) = self.reply(first) else {
+                panic!("a new member gets an id first")
+            };
+            return self.join_request(&named, topics);
+        }
+        self.join_request(member_id, topics)
+    }
+
+    fn join_request(&mut self, member_id: &str, topics: &[&str]) -> RequestId {
         self.send(Request::Join(JoinRequest {
             group: "g".into(),
             member_id: member_id.into(),
@@ -382,4 +394,37 @@ fn an_empty_commit_or_reset_is_answered_without_an_append() {
     let reset = h.send(Request::Reset { group: "other".into(), offsets: vec![] });
     assert_eq!(h.reply(reset), Some(Reply::Done));
     assert!(h.appends.is_empty());
+}
+
+#[test]
+fn a_new_member_exists_only_once_it_joins_with_its_id() {
+    let mut h = Harness::new();
+    let first = h.join_request("", &["t"]);
+    let Some(Reply::MemberIdRequired(named)) = h.reply(first) else { panic!() };
+    // The answer was lost: no member, no round, nothing to wait for.
+    let id = h.send(Request::Describe { group: "g".into() });
+    assert_eq!(code(h.reply(id)), ErrorCode::UnknownGroup);
+    assert!(h.appends.is_empty());
+    // Used in time, the id joins; an id unused for a session timeout is forgotten.
+    let again = h.join_request(&named, &["t"]);
+    h.settle(AppendOutcome::Committed);
+    assert_eq!(joined(h.reply(again)).1, named);
+    let late = h.join_request("", &["t"]);
+    let Some(Reply::MemberIdRequired(unused)) = h.reply(late) else { panic!() };
+    h.tick(i64::from(SESSION_MS) + 1);
+    let expired = h.join_request(&unused, &["t"]);
+    assert_eq!(code(h.reply(expired)), ErrorCode::UnknownMemberId);
+    // Another group's id is not this group's.
+    let other = h.send(Request::Join(JoinRequest {
+        group: "other".into(),
+        member_id: String::new(),
+        client_id: "c".into(),
+        session_timeout_ms: SESSION_MS,
+        topics: BTreeSet::from(["t".to_string()]),
+        assignors: vec![Assignor::Range],
+        partitions: BTreeMap::new(),
+    }));
+    let Some(Reply::MemberIdRequired(foreign)) = h.reply(other) else { panic!() };
+    let stolen = h.join_request(&foreign, &["t"]);
+    assert_eq!(code(h.reply(stolen)), ErrorCode::UnknownMemberId);
 }

@@ -122,7 +122,7 @@ impl Coordinators {
 
 enum Slot {
     Loading { epoch: LeaderEpoch },
-    Ready(Loaded),
+    Ready(Box<Loaded>),
 }
 
 struct Loaded {
@@ -191,7 +191,8 @@ impl<D: Disk> Task<D> {
         reply: oneshot::Sender<Reply>,
     ) {
         let current = match self.slots.get(&partition) {
-            Some(Slot::Loading { epoch: loading }) | Some(Slot::Ready(Loaded { epoch: loading, .. })) => Some(*loading),
+            Some(Slot::Loading { epoch }) => Some(*epoch),
+            Some(Slot::Ready(slot)) => Some(slot.epoch),
             None => None,
         };
         if current.is_some_and(|current| current < epoch) {
@@ -241,7 +242,7 @@ impl<D: Disk> Task<D> {
                 tracing::info!(partition, %marker, records = records.len(), "consumer groups loaded");
                 crate::sometimes::hit(crate::sometimes::Sometimes::GroupCoordinatorLoaded);
                 let slot = Loaded { epoch, handle, incarnation: marker, core, waiting: BTreeMap::new(), next_id: 0 };
-                self.slots.insert(partition, Slot::Ready(slot));
+                self.slots.insert(partition, Slot::Ready(Box::new(slot)));
             }
         }
     }
@@ -503,6 +504,13 @@ pub mod wire {
                 assignor: assignor.name().to_owned(),
                 assignment: topic_partitions(&assignment),
             }),
+            (Body::JoinGroupRequest(_), Some(Reply::MemberIdRequired(member_id))) => {
+                Body::JoinGroupResponse(JoinGroupResponse {
+                    error: info(ErrorCode::MemberIdRequired, "join again with the member id given"),
+                    member_id,
+                    ..Default::default()
+                })
+            }
             (Body::JoinGroupRequest(_), _) => {
                 Body::JoinGroupResponse(JoinGroupResponse { error, ..Default::default() })
             }
