@@ -52,6 +52,10 @@ pub struct BrokerConfig {
     pub metadata_snapshot_interval_entries: u64,
     /// How often each partition replica applies its topic's retention (ADR 0019).
     pub retention_check_interval_ms: u64,
+    /// Partitions of `__consumer_offsets` when the first consumer group creates it (ADR 0020).
+    pub offsets_topic_partitions: u32,
+    /// Its replication factor (fewer when fewer brokers are alive then).
+    pub offsets_topic_replication: u32,
 }
 
 impl Default for BrokerConfig {
@@ -71,6 +75,8 @@ impl Default for BrokerConfig {
             broker_fence_after_ms: 6_000,
             metadata_snapshot_interval_entries: 1_000,
             retention_check_interval_ms: crate::partition::replica::RETENTION_CHECK_INTERVAL_MS_DEFAULT,
+            offsets_topic_partitions: crate::group::OFFSETS_TOPIC_PARTITIONS,
+            offsets_topic_replication: crate::group::OFFSETS_TOPIC_REPLICATION,
         }
     }
 }
@@ -115,6 +121,15 @@ impl BrokerConfig {
         }
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid("retention_check_interval_ms must be positive".into()));
+        }
+        if self.offsets_topic_partitions == 0 || self.offsets_topic_partitions > self.partitions_per_topic_max {
+            let most = self.partitions_per_topic_max;
+            return Err(ConfigError::Invalid(format!(
+                "offsets_topic_partitions must be 1..={most} (partitions_per_topic_max)"
+            )));
+        }
+        if self.offsets_topic_replication == 0 {
+            return Err(ConfigError::Invalid("offsets_topic_replication must be positive".into()));
         }
         if self.node_id == NodeId(0) {
             return Err(ConfigError::Invalid("node_id must be positive (raft ids start at 1)".into()));
@@ -190,6 +205,17 @@ mod tests {
         assert!(matches!(BrokerConfig::from_toml("lisen = \"x\""), Err(ConfigError::Parse { .. })));
         assert!(matches!(BrokerConfig::from_toml("fsync = \"sometimes\""), Err(ConfigError::Parse { .. })));
         assert!(matches!(BrokerConfig::from_toml("segment_bytes_max = 1"), Err(ConfigError::Invalid(_))));
+    }
+
+    #[test]
+    fn the_offsets_topic_settings_are_checked() {
+        let config = BrokerConfig::from_toml("offsets_topic_partitions = 50\noffsets_topic_replication = 1\n").unwrap();
+        assert_eq!((config.offsets_topic_partitions, config.offsets_topic_replication), (50, 1));
+        assert_eq!(BrokerConfig::default().offsets_topic_partitions, 8);
+        for bad in ["offsets_topic_partitions = 0", "offsets_topic_partitions = 5000", "offsets_topic_replication = 0"]
+        {
+            assert!(matches!(BrokerConfig::from_toml(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
     }
 
     #[test]

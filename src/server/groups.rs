@@ -386,7 +386,7 @@ pub mod wire {
     use super::*;
     use crate::group::assignor::{Assignor, TopicPartition};
     use crate::group::coordinator::{GroupDescription, JoinRequest};
-    use crate::group::{validate_group_id, OFFSETS_TOPIC, OFFSETS_TOPIC_PARTITIONS, OFFSETS_TOPIC_REPLICATION};
+    use crate::group::{validate_group_id, OFFSETS_TOPIC};
     use crate::protocol::*;
 
     fn info(code: ErrorCode, message: impl Into<String>) -> Option<ErrorInfo> {
@@ -555,8 +555,14 @@ pub mod wire {
         }
     }
 
-    /// Serves one group request (any of Body tags 36-55).
-    pub async fn serve<D: Disk>(coordinators: &Coordinators, assignments: &Assignments<D>, body: Body) -> Body {
+    /// Serves one group request (any of Body tags 36-55). `offsets_topic`: the partitions and
+    /// replication `__consumer_offsets` is created with, if this request is the first to need it.
+    pub async fn serve<D: Disk>(
+        coordinators: &Coordinators,
+        assignments: &Assignments<D>,
+        offsets_topic: (u32, u32),
+        body: Body,
+    ) -> Body {
         let node_id = assignments.node_id.0;
         match body {
             Body::FindCoordinatorRequest(request) => {
@@ -569,10 +575,7 @@ pub mod wire {
                 if let Err(invalid) = validate_group_id(&request.group) {
                     return error(invalid.code, invalid.message);
                 }
-                match assignments
-                    .find_coordinator(&request.group, OFFSETS_TOPIC_PARTITIONS, OFFSETS_TOPIC_REPLICATION)
-                    .await
-                {
+                match assignments.find_coordinator(&request.group, offsets_topic.0, offsets_topic.1).await {
                     Ok((partition, leader, addr)) => Body::FindCoordinatorResponse(FindCoordinatorResponse {
                         error: None,
                         node_id: leader.0,

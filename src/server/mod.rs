@@ -663,9 +663,10 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         | Body::ListGroupsRequest(_)
         | Body::DescribeGroupRequest(_)) => {
             let state = state.clone();
-            Box::pin(
-                async move { Frame::new(id, groups::wire::serve(&state.coordinators, &state.assignments, body).await) },
-            )
+            let offsets_topic = (state.config.offsets_topic_partitions, state.config.offsets_topic_replication);
+            Box::pin(async move {
+                Frame::new(id, groups::wire::serve(&state.coordinators, &state.assignments, offsets_topic, body).await)
+            })
         }
         Body::ProduceResponse(_)
         | Body::PeerHelloResponse(_)
