@@ -13,49 +13,22 @@
 //! Each fake broker answers through a script: a function from (correlation id, request) to the
 //! replies to write now, so a script can hold a request and answer it later. Every wait is bounded.
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use keel::batch::Record;
 use keel::client::{delivered, Client, ClientConfig, ClientError, Producer, ProducerConfig};
 use keel::protocol::*;
-use tokio::net::TcpListener;
+use support::fake_broker::fake_broker;
 use tokio::sync::mpsc;
 use tokio::time::{timeout, Instant};
-use tokio_util::codec::Framed;
 
 const TOPIC: &str = "t";
 /// Bound on any one wait of these tests: far above what each step needs.
 const WAIT_MAX: Duration = Duration::from_secs(30);
-
-type Script = Box<dyn FnMut(u64, Body) -> Vec<(u64, Body)> + Send>;
-
-/// Starts a fake broker on a free loopback port that answers every request through `script`.
-async fn fake_broker(script: Script) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let script = Arc::new(Mutex::new(script));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut framed = Framed::new(stream, frame_codec());
-                while let Some(Ok(bytes)) = framed.next().await {
-                    let frame = Frame::decode_bytes(bytes.freeze()).unwrap();
-                    let replies = (script.lock().unwrap())(frame.correlation_id, frame.body.unwrap());
-                    for (id, body) in replies {
-                        if framed.send(Frame::new(id, body).encode_to_bytes()).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// An address nothing listens on: connects are refused at once.
 fn refusing_addr() -> SocketAddr {

@@ -15,49 +15,24 @@
 
 #![cfg(not(madsim))]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use keel::batch::{encode_batch, Batch, ProducerFields, Record};
 use keel::client::group::{GroupConsumer, GroupConsumerConfig, Offsets, TopicPartition};
 use keel::client::{Client, ClientConfig};
 use keel::protocol::*;
 use keel::types::{LeaderEpoch, Offset};
-use tokio::net::TcpListener;
+use support::fake_broker::{fake_broker, one_reply};
 use tokio::time::{timeout, Instant};
-use tokio_util::codec::Framed;
 
 const TOPIC: &str = "t";
 const GROUP: &str = "g";
 /// Bound on any one wait of these tests.
 const WAIT_MAX: Duration = Duration::from_secs(30);
-
-type Script = Box<dyn FnMut(Body) -> Body + Send>;
-
-/// A fake broker on a free loopback port answering every request through `script`.
-async fn fake_broker(script: Script) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let script = Arc::new(Mutex::new(script));
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let script = script.clone();
-            tokio::spawn(async move {
-                let mut framed = Framed::new(stream, frame_codec());
-                while let Some(Ok(bytes)) = framed.next().await {
-                    let frame = Frame::decode_bytes(bytes.freeze()).unwrap();
-                    let reply = (script.lock().unwrap())(frame.body.unwrap());
-                    if framed.send(Frame::new(frame.correlation_id, reply).encode_to_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 fn info(code: ErrorCode) -> Option<ErrorInfo> {
     Some(ErrorInfo::new(code, "scripted"))
@@ -212,7 +187,7 @@ async fn fake_coordinator(coordinator: &Arc<Mutex<Coordinator>>) -> SocketAddr {
     // The script names its own address: it is handed over once the listener is bound.
     let own_addr = Arc::new(Mutex::new(None::<SocketAddr>));
     let (script_state, script_addr) = (coordinator.clone(), own_addr.clone());
-    let addr = fake_broker(Box::new(move |body| {
+    let addr = fake_broker(one_reply(move |body| {
         let addr = script_addr.lock().unwrap().expect("address set before the first request");
         script_state.lock().unwrap().answer(body, addr)
     }))
@@ -307,7 +282,7 @@ async fn a_commit_refused_by_a_former_coordinator_goes_to_the_new_one() {
     // Broker 2 is the new coordinator: it takes the commit.
     let taken = Arc::new(Mutex::new(Vec::new()));
     let taken_by_2 = taken.clone();
-    let broker_2 = fake_broker(Box::new(move |body| match body {
+    let broker_2 = fake_broker(one_reply(move |body| match body {
         Body::OffsetCommitRequest(commit) => {
             taken_by_2.lock().unwrap().push((commit.generation, commit.member_id, commit.offsets));
             Body::OffsetCommitResponse(OffsetCommitResponse { error: None })
@@ -319,7 +294,7 @@ async fn a_commit_refused_by_a_former_coordinator_goes_to_the_new_one() {
     let finds = Arc::new(Mutex::new(0));
     let (finds_1, own_addr) = (finds.clone(), Arc::new(Mutex::new(None::<SocketAddr>)));
     let addr_1 = own_addr.clone();
-    let broker_1 = fake_broker(Box::new(move |body| match body {
+    let broker_1 = fake_broker(one_reply(move |body| match body {
         Body::FindCoordinatorRequest(_) => {
             *finds_1.lock().unwrap() += 1;
             // The explicit find below and the commit's own find (`find_coordinator` does not fill

@@ -25,7 +25,7 @@ struct Broker {
     task: tokio::task::JoinHandle<Result<(), keel::server::BrokerError>>,
 }
 
-fn start(dir: &std::path::Path, addr: SocketAddr) -> Broker {
+async fn start(dir: &std::path::Path, addr: SocketAddr) -> Broker {
     let config = BrokerConfig { listen: addr, data_dir: dir.to_owned(), ..BrokerConfig::default() };
     // After a stop, the metadata node's task may still be dropping the previous store (and its
     // RocksDB lock) for a moment.
@@ -34,7 +34,7 @@ fn start(dir: &std::path::Path, addr: SocketAddr) -> Broker {
         if meta_store.is_ok() {
             break;
         }
-        std::thread::sleep(Duration::from_millis(25));
+        tokio::time::sleep(Duration::from_millis(25)).await;
         meta_store = RocksStore::open(&dir.join("meta"));
     }
     let meta_store = meta_store.unwrap();
@@ -135,7 +135,7 @@ async fn committed(client: &Client, addr: SocketAddr) -> Vec<PartitionOffset> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn groups_join_commit_rebalance_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start(dir.path(), free_addr());
+    let broker = start(dir.path(), free_addr()).await;
     let addr = broker.addr;
     let client = Client::new(addr.to_string(), ClientConfig::default());
     // The broker registers itself with the metadata group first.
@@ -203,7 +203,7 @@ async fn groups_join_commit_rebalance_and_survive_a_restart() {
 
     // Restart: the coordinator rebuilds generation, members and offsets from __consumer_offsets.
     broker.stop().await;
-    let broker = start(dir.path(), addr);
+    let broker = start(dir.path(), addr).await;
     let client = Client::new(addr.to_string(), ClientConfig::default());
     assert_eq!(
         committed(&client, addr).await,
@@ -290,4 +290,14 @@ async fn bad_input(client: &Client, addr: SocketAddr) {
         timeout_ms: 1000,
     });
     assert_eq!(error_of(&send(client, addr, produce).await), Some(ErrorCode::InternalTopic));
+    for result in [
+        client.create_topic("__mine", 1, 1).await,
+        client.delete_topic("__consumer_offsets").await,
+        client.alter_topic("__consumer_offsets", LogSettingsInfo::default()).await,
+    ] {
+        assert!(
+            matches!(result, Err(keel::client::ClientError::Server { code: ErrorCode::InternalTopic, .. })),
+            "{result:?}"
+        );
+    }
 }

@@ -727,10 +727,11 @@ fn internal_topic(name: &str) -> Result<(), TopicError> {
 fn create_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: CreateTopicRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let result = match internal_topic(&request.name) {
-            Err(error) => Err(error),
-            Ok(()) => state.assignments.create_topic(&request).await,
-        };
+        let result = async {
+            internal_topic(&request.name)?;
+            state.assignments.create_topic(&request).await
+        }
+        .await;
         let error = result.err().and_then(topic_info);
         Frame::new(id, Body::CreateTopicResponse(CreateTopicResponse { error }))
     })
@@ -739,10 +740,11 @@ fn create_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: CreateTopicReq
 fn alter_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: AlterTopicRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let result = match internal_topic(&request.name) {
-            Err(error) => Err(error),
-            Ok(()) => state.assignments.alter_topic(&request).await,
-        };
+        let result = async {
+            internal_topic(&request.name)?;
+            state.assignments.alter_topic(&request).await
+        }
+        .await;
         let error = result.err().and_then(topic_info);
         Frame::new(id, Body::AlterTopicResponse(AlterTopicResponse { error }))
     })
@@ -751,10 +753,11 @@ fn alter_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: AlterTopicReque
 fn delete_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: DeleteTopicRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let result = match internal_topic(&request.name) {
-            Err(error) => Err(error),
-            Ok(()) => state.assignments.delete_topic(&request.name).await,
-        };
+        let result = async {
+            internal_topic(&request.name)?;
+            state.assignments.delete_topic(&request.name).await
+        }
+        .await;
         let error = result.err().and_then(topic_info);
         Frame::new(id, Body::DeleteTopicResponse(DeleteTopicResponse { error }))
     })

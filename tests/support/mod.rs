@@ -1,0 +1,6 @@
+//! Helpers shared by integration tests (each test file that needs them declares `mod support;`).
+
+// Each test binary compiles this module and uses only part of it.
+#![allow(dead_code)]
+
+pub mod fake_broker;
