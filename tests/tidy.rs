@@ -162,13 +162,13 @@ fn no_thread_sleeps_or_kill_commands() {
     }
 }
 
-/// Layers point down (issue 7): the storage, log, partition and metadata layers never reach up into
+/// Layers point down (issue 7): the storage, log, partition, metadata and group layers never reach up into
 /// the server or the client. The frame codec lives in `protocol`, the wall clock in `clock`, so the
 /// Raft peer transport and the server need nothing from above them. Unit tests (the `mod tests` at the
 /// end of a file) may use the client's decoders to read back what they wrote.
 #[test]
 fn lower_layers_do_not_import_the_server_or_the_client() {
-    for dir in ["src/meta", "src/partition", "src/log", "src/storage"] {
+    for dir in ["src/meta", "src/partition", "src/log", "src/storage", "src/group"] {
         for file in rust_files(&root().join(dir)) {
             let code = code_of(&file);
             let code = code.split("\nmod tests {").next().unwrap_or("");
