@@ -208,6 +208,38 @@ pub fn peek_batch_size(bytes: &[u8]) -> Result<usize, BatchError> {
     Ok(total as usize)
 }
 
+/// Where a stored batch sits, read from its header without checking its CRC (the broker's push
+/// path counts what it sends; the log validated each batch when it was appended).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchSpan {
+    /// The batch's size in bytes.
+    pub bytes: usize,
+    pub base_offset: Offset,
+    /// The offset after the batch's last record.
+    pub next_offset: Offset,
+    pub record_count: u32,
+}
+
+/// The span of the batch at the start of `bytes` (which must hold all of it).
+pub fn peek_batch_span(bytes: &[u8]) -> Result<BatchSpan, BatchError> {
+    let size = peek_batch_size(bytes)?;
+    if size > bytes.len() {
+        return Err(BatchError::Truncated { needed: size, available: bytes.len() });
+    }
+    let base_offset = read_i64(bytes, OFFSET_BASE_OFFSET);
+    let last_offset_delta = read_i32(bytes, OFFSET_LAST_OFFSET_DELTA);
+    let record_count = read_i32(bytes, OFFSET_RECORD_COUNT);
+    if last_offset_delta < 0 || record_count < 0 {
+        return Err(BatchError::BadLength(size as i64));
+    }
+    Ok(BatchSpan {
+        bytes: size,
+        base_offset: Offset(base_offset),
+        next_offset: Offset(base_offset.saturating_add(last_offset_delta as i64 + 1)),
+        record_count: record_count as u32,
+    })
+}
+
 /// A validated v2 batch: length, magic, CRC and every record's framing have been checked.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Batch {

@@ -47,6 +47,15 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// [`PeerHello`] so that it can change without touching the client protocol's frame version.
 pub const PEER_PROTOCOL_VERSION: u32 = 1;
 
+/// Longest a push subscription stays silent (ADR 0021): the broker sends a push, with records or
+/// without (a heartbeat), at least this often while the subscription is open and the broker
+/// reaches its partition; a subscriber that hears nothing for much longer takes its connection
+/// for dead.
+pub const PUSH_WAIT_MS: u32 = 5_000;
+
+/// Open push subscriptions one connection may have (`TooManySubscriptions` past it).
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 256;
+
 /// Kafka's ListOffsets conventions for the `timestamp_ms` selector.
 pub const LIST_OFFSETS_LATEST: i64 = -1;
 pub const LIST_OFFSETS_EARLIEST: i64 = -2;
@@ -60,7 +69,7 @@ pub struct Frame {
     #[prost(
         oneof = "Body",
         tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, \
-                38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55"
+                38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61"
     )]
     pub body: Option<Body>,
 }
@@ -178,6 +187,23 @@ pub enum Body {
     DescribeGroupRequest(DescribeGroupRequest),
     #[prost(message, tag = "55")]
     DescribeGroupResponse(Box<DescribeGroupResponse>),
+    /// Opens a push subscription to one partition (ADR 0021). The broker answers with a stream of
+    /// [`PushBatch`] frames, all carrying the subscribe request's correlation id, which is also the
+    /// subscription's id on this connection; the last one has `end` set.
+    #[prost(message, tag = "56")]
+    SubscribeRequest(SubscribeRequest),
+    #[prost(message, tag = "57")]
+    PushBatch(PushBatch),
+    /// Grants a subscription more credit.
+    #[prost(message, tag = "58")]
+    CreditRequest(CreditRequest),
+    #[prost(message, tag = "59")]
+    CreditResponse(CreditResponse),
+    /// Ends a subscription: its stream ends with an `end` frame without error.
+    #[prost(message, tag = "60")]
+    UnsubscribeRequest(UnsubscribeRequest),
+    #[prost(message, tag = "61")]
+    UnsubscribeResponse(UnsubscribeResponse),
 }
 
 impl Frame {
@@ -299,6 +325,11 @@ pub enum ErrorCode {
     /// A join without a member id: the response's `member_id` names the member; join again with it
     /// (KIP-394), and the member exists from then on.
     MemberIdRequired = 49,
+    /// A credit grant or unsubscribe names no open subscription of this connection (it ended, or
+    /// never existed), or a subscribe reuses the id of one still open.
+    UnknownSubscription = 50,
+    /// The connection already has as many open subscriptions as a connection may: end one first.
+    TooManySubscriptions = 51,
 }
 
 impl ErrorCode {
@@ -1075,6 +1106,84 @@ pub struct DescribeGroupResponse {
     pub members: Vec<GroupMemberInfo>,
     #[prost(message, repeated, tag = "5")]
     pub offsets: Vec<PartitionOffset>,
+}
+
+/// Opens a push subscription (ADR 0021): from `offset`, the partition's leader pushes batches as
+/// they are committed, while the subscription has credit. Both credits must be positive; a push is
+/// sent only while both are, and may overshoot either by its last batch (whole batches only, as a
+/// fetch's `max_bytes` is soft).
+#[derive(Clone, PartialEq, Message)]
+pub struct SubscribeRequest {
+    #[prost(string, tag = "1")]
+    pub topic: String,
+    #[prost(uint32, tag = "2")]
+    pub partition: u32,
+    #[prost(int64, tag = "3")]
+    pub offset: i64,
+    /// As in [`FetchRequest::leader_epoch`]: checked on every push's read.
+    #[prost(int32, optional, tag = "4")]
+    pub leader_epoch: Option<i32>,
+    /// Bytes of batches the broker may push before it needs more credit.
+    #[prost(uint64, tag = "5")]
+    pub credit_bytes: u64,
+    /// Records the broker may push before it needs more credit.
+    #[prost(uint64, tag = "6")]
+    pub credit_records: u64,
+}
+
+/// One push of a subscription, or its end. Records are whole batches exactly as stored, starting
+/// at or before `offset` (the first batch may hold records before it); the next push starts at
+/// `next_offset`. The `end` frame carries no records; with an error, the error ended it
+/// (`NotLeader`, `FencedLeaderEpoch`, `OffsetOutOfRange`, `ShuttingDown`, ...: resubscribe, as a
+/// fetch would be retried), without one, an unsubscribe did.
+#[derive(Clone, PartialEq, Message)]
+pub struct PushBatch {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(int64, tag = "2")]
+    pub high_watermark: i64,
+    #[prost(int64, tag = "3")]
+    pub log_start_offset: i64,
+    /// The position this push was read from.
+    #[prost(int64, tag = "4")]
+    pub offset: i64,
+    /// The position the next push will be read from.
+    #[prost(int64, tag = "5")]
+    pub next_offset: i64,
+    #[prost(bytes = "bytes", tag = "6")]
+    pub records: Bytes,
+    #[prost(bool, tag = "7")]
+    pub end: bool,
+}
+
+/// Adds to a subscription's credit. Grants add up; a subscription waiting for credit resumes.
+#[derive(Clone, PartialEq, Message)]
+pub struct CreditRequest {
+    /// The correlation id of the subscribe request.
+    #[prost(uint64, tag = "1")]
+    pub subscription_id: u64,
+    #[prost(uint64, tag = "2")]
+    pub bytes: u64,
+    #[prost(uint64, tag = "3")]
+    pub records: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct CreditResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct UnsubscribeRequest {
+    #[prost(uint64, tag = "1")]
+    pub subscription_id: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct UnsubscribeResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
 }
 
 #[cfg(test)]

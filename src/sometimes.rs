@@ -57,11 +57,16 @@ pub enum Sometimes {
     GroupMemberExpired,
     /// A commit from a stale generation (or a removed member) was refused.
     GroupStaleCommitRefused,
+    /// A push subscription used up its credit and waited for a grant before pushing more.
+    PushCreditExhausted,
+    /// A push subscription ended because its broker stopped leading the partition (or the leader
+    /// epoch moved): the subscriber must resubscribe at the new leader.
+    PushLeaderMoved,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 21] = [
+    pub const ALL: [Sometimes; 23] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -83,6 +88,8 @@ impl Sometimes {
         Sometimes::GroupGenerationFormed,
         Sometimes::GroupMemberExpired,
         Sometimes::GroupStaleCommitRefused,
+        Sometimes::PushCreditExhausted,
+        Sometimes::PushLeaderMoved,
     ];
 
     /// The name in the coverage table (snake case).
@@ -109,6 +116,8 @@ impl Sometimes {
             Sometimes::GroupGenerationFormed => "group_generation_formed",
             Sometimes::GroupMemberExpired => "group_member_expired",
             Sometimes::GroupStaleCommitRefused => "group_stale_commit_refused",
+            Sometimes::PushCreditExhausted => "push_credit_exhausted",
+            Sometimes::PushLeaderMoved => "push_leader_moved",
         }
     }
 }

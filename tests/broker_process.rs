@@ -1035,11 +1035,17 @@ async fn retention_deletes_old_segments_and_consumers_reset_past_them() {
     let log_start = |described: &serde_json::Value| described["partitions"][0]["log_start_offset"].as_i64().unwrap();
     let size = |described: &serde_json::Value| described["partitions"][0]["log_size_bytes"].as_u64().unwrap();
     // A pass may stop early at a segment a sync still holds; the next one goes on. Settled: the log
-    // is within one segment of the limit (segments here are at most about 1 KiB).
+    // is within one segment of the limit (segments here are at most about 1 KiB), and its start has
+    // not moved for five retention intervals (so the consumes below all see the same log start).
     let deadline = Instant::now() + WAIT_MAX;
+    let mut last_start = (-1, Instant::now());
     let described = loop {
         let described = json(&cli(&broker, &["--json", "topic", "describe", "r"]).await);
-        if (log_start(&described) > 0 && size(&described) < 4096 + 2048) || Instant::now() >= deadline {
+        if log_start(&described) != last_start.0 {
+            last_start = (log_start(&described), Instant::now());
+        }
+        let steady = last_start.1.elapsed() >= Duration::from_millis(500);
+        if (log_start(&described) > 0 && size(&described) < 4096 + 2048 && steady) || Instant::now() >= deadline {
             break described;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

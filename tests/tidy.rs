@@ -193,6 +193,21 @@ fn the_server_does_not_import_the_client() {
     }
 }
 
+/// The client talks to brokers only through the protocol: what both sides must agree on (a push
+/// subscription's heartbeat interval, the frame codec) lives in `protocol`, so a change to the
+/// server's internals cannot change what the client does, and the client could live in a crate of
+/// its own.
+#[test]
+fn the_client_does_not_import_the_server() {
+    for file in rust_files(&root().join("src/client")) {
+        let code = code_of(&file);
+        let code = code.split("\nmod tests {").next().unwrap_or("");
+        for word in ["crate::server", "super::server", "super::super::server", "keel::server"] {
+            assert!(!code.contains(word), "{} (the client) uses `{word}`", file.display());
+        }
+    }
+}
+
 /// The peer transport sits below everything that talks to peers: the metadata driver uses it for
 /// Raft messages and the follower fetcher (in `partition`) will use it for replica fetches, so it
 /// must not reach up into either of them, nor into the server or the client (issue 7, ADR 0010).

@@ -22,7 +22,7 @@
 //!    violation recorded during the run.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel::config::BrokerConfig;
@@ -157,6 +157,18 @@ struct QueueRun {
     log_starts: std::collections::BTreeMap<u32, i64>,
     /// The consumer group's members and observer, when the scenario has them.
     group: Option<GroupRun>,
+    /// The push subscribers, when the scenario has them.
+    push: Option<PushRun>,
+}
+
+/// Longest the push subscribers may take to catch up after the final read while they move.
+const PUSH_CATCH_UP_MS_MAX: u64 = 60_000;
+
+struct PushRun {
+    stop: CancellationToken,
+    hurry: Arc<std::sync::atomic::AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    positions: Arc<Mutex<std::collections::BTreeMap<u32, i64>>>,
 }
 
 struct GroupRun {
@@ -305,6 +317,7 @@ impl Run {
             producer_clients: Vec::new(),
             log_starts: std::collections::BTreeMap::new(),
             group: None,
+            push: None,
         };
         for index in 0..queue.swarm.producer_nodes {
             let node = self.cluster.add_client();
@@ -351,6 +364,9 @@ impl Run {
         if self.scenario.groups {
             queue.group = Some(self.start_group(&mut queue, &addr));
         }
+        if self.scenario.push {
+            queue.push = Some(self.start_push(&mut queue, &addr));
+        }
         // Every client node but the admin's (index 0, idle from here on) runs the workload.
         queue.clients = (1..self.cluster.client_count()).collect();
         queue
@@ -394,6 +410,81 @@ impl Run {
             stop.clone(),
         )));
         GroupRun { recorder, stop, workers }
+    }
+
+    /// One subscriber process per partition, on one client node, with a window and think time
+    /// drawn from the workload's RNG after everything else (other scenarios' draws stay as they
+    /// were).
+    fn start_push(&mut self, queue: &mut QueueRun, addr: &str) -> PushRun {
+        let (window, think_ms_max) = crate::push_workload::draw_window(&mut queue.rng);
+        self.note(format!("push: a subscriber per partition, window {window:?}, think up to {think_ms_max} ms"));
+        let stop = CancellationToken::new();
+        let positions = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
+        let hurry = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let node = self.cluster.add_client();
+        let mut workers = Vec::new();
+        for partition in 0..queue.swarm.partitions {
+            let subscriber = crate::push_workload::Subscriber {
+                addr: addr.to_owned(),
+                topic: TOPIC.to_owned(),
+                partition,
+                process: queue.next_process(),
+                window,
+                think_ms_max,
+                retained: queue.swarm.log.is_some(),
+                rng: StdRng::seed_from_u64(queue.rng.random()),
+                positions: positions.clone(),
+                hurry: hurry.clone(),
+            };
+            workers.push(node.spawn(subscriber.run(queue.recorder.clone(), stop.clone())));
+        }
+        PushRun { stop, hurry, workers, positions }
+    }
+
+    /// After the final read: every subscriber, thinking no more, reaches its partition's final high
+    /// watermark; a subscriber that stands still for [`LIVENESS_MS_MAX`] (or is not there after
+    /// [`PUSH_CATCH_UP_MS_MAX`]) is a violation. Then they stop, before the queue history is checked.
+    async fn push_catch_up(
+        &mut self,
+        queue: &mut QueueRun,
+        high_watermarks: Option<&std::collections::BTreeMap<u32, i64>>,
+    ) {
+        let Some(push) = queue.push.take() else { return };
+        push.hurry.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(high_watermarks) = high_watermarks {
+            let behind = || {
+                let positions = crate::lock(&push.positions);
+                let behind: Vec<(u32, i64, i64)> = high_watermarks
+                    .iter()
+                    .map(|(partition, hw)| (*partition, positions.get(partition).copied().unwrap_or(0), *hw))
+                    .filter(|(_, position, hw)| position < hw)
+                    .collect();
+                behind
+            };
+            let started = Instant::now();
+            let (mut last, mut moved_at) = (behind(), Instant::now());
+            while !last.is_empty()
+                && moved_at.elapsed() < Duration::from_millis(LIVENESS_MS_MAX)
+                && started.elapsed() < Duration::from_millis(PUSH_CATCH_UP_MS_MAX)
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = behind();
+                if now != last {
+                    (last, moved_at) = (now, Instant::now());
+                }
+            }
+            if last.is_empty() {
+                let waited = started.elapsed().as_millis();
+                self.note(format!("push: every subscriber reached the final high watermark after {waited} ms"));
+            } else {
+                self.violations.push(format!(
+                    "push: subscribers (partition, position, final high watermark) {last:?} behind {} ms after the final read",
+                    started.elapsed().as_millis()
+                ));
+            }
+        }
+        push.stop.cancel();
+        self.stop_workers(push.workers, "a subscriber hung").await;
     }
 
     /// After the final read: the group's members keep consuming until the committed offsets reach
@@ -541,6 +632,7 @@ impl Run {
                 Err(violation) => self.violations.push(violation),
             }
         }
+        self.push_catch_up(queue, high_watermarks.as_ref()).await;
         if let Some(high_watermarks) = &high_watermarks {
             self.group_catch_up(queue, high_watermarks).await;
         }

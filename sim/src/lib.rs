@@ -86,6 +86,7 @@ pub mod monitor;
 pub mod nemesis;
 #[cfg(madsim)]
 pub mod outcome;
+pub mod push_workload;
 pub mod replayer;
 #[cfg(madsim)]
 pub mod replicas;

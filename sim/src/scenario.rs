@@ -86,6 +86,9 @@ pub struct Scenario {
     /// Whether members of a consumer group consume the queue workload's topic (crashing, leaving and
     /// rejoining), judged by `keel_model::group_checker` after they catch up (ADR 0020).
     pub groups: bool,
+    /// Whether subscribers read the queue workload's topic through push subscriptions (one per
+    /// partition, small credit windows), their pushes recorded as polls (ADR 0021).
+    pub push: bool,
 }
 
 impl Scenario {
@@ -149,6 +152,7 @@ fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass
         compression: false,
         retention: false,
         groups: false,
+        push: false,
     }
 }
 
@@ -165,6 +169,7 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         compression: false,
         retention: false,
         groups: false,
+        push: false,
     }
 }
 
@@ -296,6 +301,7 @@ fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         compression: false,
         retention: false,
         groups: false,
+        push: false,
     }
 }
 
@@ -370,6 +376,7 @@ pub fn isr_3_double_failover() -> Scenario {
         compression: false,
         retention: false,
         groups: false,
+        push: false,
         faults: with_background(vec![(DoubleFailover, Always)], false),
         ..isr("isr_3_double_failover", 3, Vec::new())
     }
@@ -392,6 +399,7 @@ pub fn isr_3_slow_follower() -> Scenario {
         compression: false,
         retention: false,
         groups: false,
+        push: false,
         faults: with_background(vec![(SlowFollower, Always)], false),
         ..isr("isr_3_slow_follower", 3, Vec::new())
     }
@@ -493,6 +501,7 @@ pub fn isr_3_retention() -> Scenario {
     Scenario {
         retention: true,
         groups: false,
+        push: false,
         duration: SLOW_FOLLOWER_DURATION,
         checkers: RETENTION_CHECKERS,
         ..isr("isr_3_retention", 3, faults)
@@ -546,6 +555,25 @@ pub fn groups_3() -> Scenario {
     Scenario { groups: true, ..isr("groups_3", 3, faults) }
 }
 
+/// Push subscriptions (ADR 0021): subscribers with small credit windows and slow processing read
+/// every partition as its leader pushes, while leaders are killed, lose power, restart, pause and
+/// are cut off; each subscription reopens at the new leader where it stopped. The queue checker
+/// holds the pushes to what it holds polls to (no skip, no duplicate, nothing unsent, nothing
+/// committed lost), and every subscriber reaches the final high watermark after the heal.
+pub fn push_3() -> Scenario {
+    let faults = vec![
+        (PartitionLeaderKill, Always),
+        (Kill, Sometimes),
+        (PowerLoss, Sometimes),
+        (CleanRestart, Sometimes),
+        (Pause, Sometimes),
+        (Clog, Sometimes),
+        (Partition, Sometimes),
+        (Delay, Sometimes),
+    ];
+    Scenario { push: true, ..isr("push_3", 3, faults) }
+}
+
 /// Every scenario of `sim/tests/scenarios.rs`.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -574,6 +602,7 @@ pub fn all() -> Vec<Scenario> {
         idempotent_all_power_loss(),
         idempotent_swarm(),
         groups_3(),
+        push_3(),
     ]
 }
 

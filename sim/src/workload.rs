@@ -67,7 +67,7 @@ pub fn client_config() -> ClientConfig {
 
 /// What every workload task shares: the history, the invariants' state and the violations found.
 pub struct Recorder {
-    history: Mutex<History>,
+    pub(crate) history: Mutex<History>,
     start: Instant,
     trace: Trace,
     /// Whether the durability invariants apply (fsync=always); with fsync=never a power loss may
@@ -217,7 +217,7 @@ impl Recorder {
     }
 
     /// A durability invariant broke: a violation with fsync=always, an expected anomaly otherwise.
-    fn durability_break(&self, message: String) {
+    pub(crate) fn durability_break(&self, message: String) {
         if self.durable {
             self.violation(message);
         } else {
@@ -284,7 +284,7 @@ struct Seen {
     high_watermark_max: i64,
 }
 
-fn value_of(bytes: Option<&Bytes>) -> Value {
+pub(crate) fn value_of(bytes: Option<&Bytes>) -> Value {
     Value(bytes.map_or_else(String::new, |bytes| String::from_utf8_lossy(bytes).into_owned()))
 }
 
@@ -660,7 +660,7 @@ impl FinalReader {
 }
 
 /// The partition's log start, asked of its leader (`None` when that failed).
-async fn log_start(client: &Client, topic: &str, partition: u32) -> Option<i64> {
+pub(crate) async fn log_start(client: &Client, topic: &str, partition: u32) -> Option<i64> {
     let earliest = client.list_offsets(topic, partition, keel::protocol::LIST_OFFSETS_EARLIEST).await.ok()?;
     Some(earliest.map_or(0, |(offset, _)| offset.0))
 }

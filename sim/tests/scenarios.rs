@@ -152,6 +152,7 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         compression: false,
         retention: false,
         groups: false,
+        push: false,
     };
     let swarm = NemesisSwarm {
         interval_ms: 100,
@@ -616,4 +617,12 @@ async fn idempotent_swarm() {
 async fn groups_3() {
     keel_sim::init_logging();
     driver::run(&scenario::groups_3()).await.assert_valid();
+}
+
+/// Push subscriptions with small credit windows under leader kills, power loss, pauses and cuts:
+/// pushes hold to what polls do (no skip, no duplicate), and every subscriber catches up.
+#[madsim::test]
+async fn push_3() {
+    keel_sim::init_logging();
+    driver::run(&scenario::push_3()).await.assert_valid();
 }

@@ -1,5 +1,5 @@
-//! `keel bench produce` / `keel bench consume`: load generators that report msg/s, MB/s and latency
-//! percentiles (hdrhistogram), against a running broker.
+//! `keel bench produce` / `keel bench consume` / `keel bench deliver`: load generators that report
+//! msg/s, MB/s and latency percentiles (hdrhistogram), against a running broker.
 //!
 //! Produce latency is measured per record from `send` to its acknowledgement, so it includes
 //! batching (linger) and, with `--acks all`, the fsync on the in-sync replicas (with `--acks none`
@@ -14,9 +14,20 @@
 //!
 //! Record values are JSON-like event lines with random fields (`payloads`), each value distinct, so
 //! that compression sees text about as compressible as real event data, not one repeated byte.
+//!
+//! `keel bench deliver` measures how soon a consumer has a record once it is acknowledged: it
+//! subscribes to every partition of its topic from the current end (`--mode push`, push
+//! subscriptions; `--mode poll`, a long-poll fetch loop per partition, for comparison), then offers
+//! `--rate` records per second on a fixed schedule. Each acknowledged record is remembered by
+//! (partition, offset) with its scheduled send time and the time its ack came; its receipt then
+//! gives the delivery latency (receipt - ack; a record received before its ack, as the push and the
+//! ack race, counts 0 and is reported as pushed before its ack) and the end-to-end latency
+//! (receipt - scheduled send). After the run it waits [`DELIVERY_WAIT_MS_MAX`] for the stragglers;
+//! an acknowledged record still not received then is missing, and any missing record fails the
+//! command (exit 1).
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,7 +43,10 @@ use rand::{Rng, SeedableRng};
 
 use super::{fail, parse_acks, Cli, CliError, IdempotenceArgs};
 use crate::batch::Record;
-use crate::client::{delivered, Client, ClientConfig, ClientError, Delivery, Producer, ProducerConfig};
+use crate::client::{
+    delivered, Client, ClientConfig, ClientError, Delivery, Producer, ProducerConfig, RecordMetadata, Subscription,
+    SubscriptionConfig,
+};
 use crate::compression::Compression;
 use crate::protocol::{Acks, ErrorCode, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use crate::types::Offset;
@@ -41,6 +55,8 @@ use crate::types::Offset;
 pub enum BenchCommand {
     Produce(ProduceBenchArgs),
     Consume(ConsumeBenchArgs),
+    /// Delivery latency: from a record's acknowledgement to its receipt by a subscriber.
+    Deliver(DeliverBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -138,6 +154,52 @@ pub struct ConsumeBenchArgs {
     pub fetch_bytes: u32,
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct DeliverBenchArgs {
+    #[arg(long, default_value = "keel-bench-deliver")]
+    pub topic: String,
+    /// Partitions to create the topic with, if it does not exist.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: u32,
+    /// Records offered per second, on a fixed schedule (open loop).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    #[arg(long, default_value_t = 10)]
+    pub duration_s: u64,
+    /// Value size in bytes (values are distinct from 20 bytes on: each starts with its sequence).
+    #[arg(long, default_value_t = 1024)]
+    pub size: usize,
+    /// What an acknowledgement waits for (see `keel bench produce --help`); consumers only ever
+    /// see committed records, so with `leader` or `none` the receipt may come well after the ack.
+    #[arg(long, default_value = "all", value_parser = parse_acks)]
+    pub acks: Acks,
+    /// The producer's linger: 0 (the default) sends each record at once unless a request to its
+    /// partition is in flight, for the lowest latency.
+    #[arg(long, default_value_t = 0)]
+    pub linger_ms: u64,
+    /// How the records reach the consumer: push (subscriptions) or poll (long-poll fetches).
+    #[arg(long, value_enum, default_value_t = DeliverMode::Push)]
+    pub mode: DeliverMode,
+}
+
+/// `keel bench deliver --mode`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliverMode {
+    /// One push subscription per partition (`keel consume --follow`).
+    Push,
+    /// One loop of long-poll fetches per partition, each waiting up to [`POLL_WAIT_MS`].
+    Poll,
+}
+
+impl DeliverMode {
+    fn name(self) -> &'static str {
+        match self {
+            DeliverMode::Push => "push",
+            DeliverMode::Poll => "poll",
+        }
+    }
+}
+
 struct Totals {
     records: u64,
     bytes: u64,
@@ -162,6 +224,7 @@ pub async fn run(cli: &Cli, command: &BenchCommand) -> Result<(), CliError> {
     match command {
         BenchCommand::Produce(args) => produce(cli, args).await,
         BenchCommand::Consume(args) => consume(cli, args).await,
+        BenchCommand::Deliver(args) => deliver(cli, args).await,
     }
 }
 
@@ -172,11 +235,7 @@ async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
         return Err(fail("--size, --producers, --window and --rate must be positive"));
     }
     let admin = Client::new(cli.broker.clone(), ClientConfig::default());
-    match admin.create_topic(&args.topic, args.partitions, 1).await {
-        Ok(()) | Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => {}
-        Err(error) => return Err(error.into()),
-    }
-    wait_until_ready(&admin, &args.topic).await;
+    create_topic_if_missing(&admin, &args.topic, args.partitions).await?;
     if args.compare_idempotence {
         let off = produce_run(cli, &args.with_idempotence(false)).await?;
         let on = produce_run(cli, &args.with_idempotence(true)).await?;
@@ -247,6 +306,17 @@ fn report_compression(cli: &Cli, args: &ProduceBenchArgs, plain: &(Run, u64), co
          ({:.1}x smaller)",
         1.0 / disk_ratio.max(1e-9)
     );
+}
+
+/// Creates `topic` with `partitions` partitions (one replica) unless it exists, and waits until it
+/// is ready ([`wait_until_ready`]).
+async fn create_topic_if_missing(admin: &Client, topic: &str, partitions: u32) -> Result<(), CliError> {
+    match admin.create_topic(topic, partitions, 1).await {
+        Ok(()) | Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => {}
+        Err(error) => return Err(error.into()),
+    }
+    wait_until_ready(admin, topic).await;
+    Ok(())
 }
 
 /// Longest the bench waits for a topic's partitions to have a leader and a full ISR.
@@ -565,5 +635,281 @@ fn report_comparison(cli: &Cli, off: &Run, on: &Run, rate_target: Option<u64>) {
         quantile_ms(&on.totals, 0.5),
         quantile_ms(&off.totals, 0.99),
         quantile_ms(&on.totals, 0.99),
+    );
+}
+
+/// How long `bench deliver` waits after its run for acknowledged records to be received; one
+/// still missing then counts as never delivered.
+pub const DELIVERY_WAIT_MS_MAX: u64 = 5_000;
+/// How long one fetch of `bench deliver --mode poll` waits for records.
+pub const POLL_WAIT_MS: u64 = 500;
+/// Acknowledgements `bench deliver` waits for at once; beyond it the schedule falls behind, which
+/// the end-to-end latency then shows.
+const DELIVER_IN_FLIGHT_MAX: usize = 100_000;
+
+/// What `bench deliver`'s producer and receivers know of each record, keyed by (partition, offset);
+/// the only state they share, behind one mutex that is never held across an await.
+struct Ledger {
+    /// Acknowledged, not received yet: the scheduled send time and the time the ack came.
+    acked: BTreeMap<(u32, Offset), (Instant, Instant)>,
+    /// Received before its ack came (the push and the ack race): the time it was received.
+    early: BTreeMap<(u32, Offset), Instant>,
+    /// Records acknowledged, and records whose send failed.
+    records: u64,
+    errors: u64,
+    delivered: u64,
+    pushed_before_ack: u64,
+    last_receipt: Option<Instant>,
+    /// Receipt - ack (0 for a record received before its ack), and receipt - scheduled send.
+    delivery_us: Histogram<u64>,
+    end_to_end_us: Histogram<u64>,
+}
+
+impl Ledger {
+    fn new() -> Ledger {
+        Ledger {
+            acked: BTreeMap::new(),
+            early: BTreeMap::new(),
+            records: 0,
+            errors: 0,
+            delivered: 0,
+            pushed_before_ack: 0,
+            last_receipt: None,
+            delivery_us: histogram(),
+            end_to_end_us: histogram(),
+        }
+    }
+
+    /// The outcome of a record sent at `sent`, known at `at`.
+    fn answered(&mut self, sent: Instant, result: Result<RecordMetadata, ClientError>, at: Instant) {
+        let Ok(metadata) = result else {
+            self.errors += 1;
+            return;
+        };
+        self.records += 1;
+        let key = (metadata.partition, metadata.offset);
+        match self.early.remove(&key) {
+            Some(received) => {
+                self.pushed_before_ack += 1;
+                self.deliver(sent, at, received);
+            }
+            None => {
+                self.acked.insert(key, (sent, at));
+            }
+        }
+    }
+
+    /// Records of `partition` at `offsets`, received at `at`.
+    fn received(&mut self, partition: u32, offsets: impl Iterator<Item = Offset>, at: Instant) {
+        for offset in offsets {
+            match self.acked.remove(&(partition, offset)) {
+                Some((sent, acked)) => self.deliver(sent, acked, at),
+                None => {
+                    self.early.insert((partition, offset), at);
+                }
+            }
+        }
+        self.last_receipt = Some(at);
+    }
+
+    fn deliver(&mut self, sent: Instant, acked: Instant, received: Instant) {
+        self.delivered += 1;
+        let micros = |duration: Duration| duration.as_micros().min(u128::from(u64::MAX)) as u64;
+        let _ = self.delivery_us.record(micros(received.saturating_duration_since(acked)));
+        let _ = self.end_to_end_us.record(micros(received.saturating_duration_since(sent)));
+    }
+}
+
+/// `keel bench deliver`: subscribe (or poll) from the end of every partition, produce on a
+/// schedule, wait for the stragglers, report.
+async fn deliver(cli: &Cli, args: &DeliverBenchArgs) -> Result<(), CliError> {
+    if args.size == 0 || args.rate == 0 || args.duration_s == 0 {
+        return Err(fail("--size, --rate and --duration-s must be positive"));
+    }
+    let admin = Client::new(cli.broker.clone(), ClientConfig::default());
+    create_topic_if_missing(&admin, &args.topic, args.partitions).await?;
+    let ledger = Arc::new(Mutex::new(Ledger::new()));
+    let receivers = start_receivers(cli, &admin, args, &ledger).await?;
+    let started = Instant::now();
+    produce_on_rate(cli, args, &ledger).await;
+    let produced = started.elapsed();
+    let deadline = Instant::now() + Duration::from_millis(DELIVERY_WAIT_MS_MAX);
+    while !ledger.lock().expect("ledger").acked.is_empty()
+        && Instant::now() < deadline
+        && !receivers.iter().any(|(_, receiver)| receiver.is_finished())
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (partition, receiver) in receivers {
+        if receiver.is_finished() {
+            let ended = receiver.await.map_err(|error| fail(format!("bench receiver failed: {error}")))?;
+            let error = ended.err().map_or_else(|| "ended".to_owned(), |error| error.to_string());
+            return Err(fail(format!("the receiver of partition {partition} stopped: {error}")));
+        }
+        receiver.abort();
+    }
+    let ledger = ledger.lock().expect("ledger");
+    report_delivery(cli, args, &ledger, started, produced);
+    match ledger.acked.len() {
+        0 => Ok(()),
+        missing => Err(fail(format!(
+            "{missing} of {} acknowledged record(s) never arrived within {DELIVERY_WAIT_MS_MAX} ms",
+            ledger.records
+        ))),
+    }
+}
+
+type Receiver = tokio::task::JoinHandle<Result<(), ClientError>>;
+
+/// One receiving task per partition of the topic, each from the partition's current end, on one
+/// client of their own (a connection apart from the producer's).
+async fn start_receivers(
+    cli: &Cli,
+    admin: &Client,
+    args: &DeliverBenchArgs,
+    ledger: &Arc<Mutex<Ledger>>,
+) -> Result<Vec<(u32, Receiver)>, CliError> {
+    let client = Client::new(cli.broker.clone(), ClientConfig::default());
+    let mut receivers = Vec::new();
+    for partition in admin.topic(&args.topic).await?.partitions.iter().map(|p| p.partition) {
+        let end = admin.list_offsets(&args.topic, partition, LIST_OFFSETS_LATEST).await?;
+        let start = end.map_or(Offset(0), |(offset, _)| offset);
+        let (client, topic, ledger) = (client.clone(), args.topic.clone(), ledger.clone());
+        let receiver = match args.mode {
+            DeliverMode::Push => tokio::spawn(receive_pushed(client, topic, partition, start, ledger)),
+            DeliverMode::Poll => tokio::spawn(receive_polled(client, topic, partition, start, ledger)),
+        };
+        receivers.push((partition, receiver));
+    }
+    Ok(receivers)
+}
+
+/// Takes what a subscription to `partition` pushes, from `start`, until aborted or an error.
+async fn receive_pushed(
+    client: Arc<Client>,
+    topic: String,
+    partition: u32,
+    start: Offset,
+    ledger: Arc<Mutex<Ledger>>,
+) -> Result<(), ClientError> {
+    let mut subscription = Subscription::new(client, &topic, partition, start, SubscriptionConfig::default());
+    loop {
+        let pushed = subscription.next().await?;
+        let at = Instant::now();
+        ledger.lock().expect("ledger").received(partition, pushed.records.iter().map(|record| record.offset), at);
+    }
+}
+
+/// Fetches `partition` from `start` in a loop of long polls, until aborted or an error.
+async fn receive_polled(
+    client: Arc<Client>,
+    topic: String,
+    partition: u32,
+    start: Offset,
+    ledger: Arc<Mutex<Ledger>>,
+) -> Result<(), ClientError> {
+    let mut position = start;
+    loop {
+        let wait = Duration::from_millis(POLL_WAIT_MS);
+        let fetched = client.fetch(&topic, partition, position, 1024 * 1024, wait).await?;
+        let at = Instant::now();
+        if let Some(last) = fetched.records.last() {
+            position = last.offset.next();
+        }
+        ledger.lock().expect("ledger").received(partition, fetched.records.iter().map(|record| record.offset), at);
+    }
+}
+
+/// Sends `args.rate` records a second for `args.duration_s` on a fixed schedule, and returns once
+/// every one is answered, each answer written into `ledger` as it comes (not in send order: the
+/// time of an ack is the ack's, not that of the slowest record before it).
+async fn produce_on_rate(cli: &Cli, args: &DeliverBenchArgs, ledger: &Arc<Mutex<Ledger>>) {
+    let config =
+        ProducerConfig { acks: args.acks, linger: Duration::from_millis(args.linger_ms), ..ProducerConfig::default() };
+    let producer = Producer::new(Client::new(cli.broker.clone(), ClientConfig::default()), config);
+    let values = payloads(args.size, PAYLOADS_PER_PRODUCER, 0);
+    let (sent, deliveries) = tokio::sync::mpsc::channel::<(Instant, Delivery)>(DELIVER_IN_FLIGHT_MAX);
+    let collector = tokio::spawn(collect_answers(deliveries, ledger.clone()));
+    let interval = Duration::from_secs_f64(1.0 / args.rate as f64);
+    let deadline = Instant::now() + Duration::from_secs(args.duration_s);
+    let (mut scheduled, mut sequence) = (Instant::now(), 0u64);
+    while scheduled < deadline {
+        tokio::time::sleep_until(scheduled).await;
+        let value = distinct_value(&values[sequence as usize % values.len()], sequence, args.size);
+        let delivery = producer.send(&args.topic, None, Record { value: Some(value), ..Record::default() }).await;
+        if sent.send((scheduled, delivery)).await.is_err() {
+            break;
+        }
+        (scheduled, sequence) = (scheduled + interval, sequence + 1);
+    }
+    drop(sent);
+    let _ = collector.await;
+}
+
+/// Awaits the deliveries sent on `deliveries` all at once, and writes each outcome into `ledger`
+/// as soon as it is known.
+async fn collect_answers(mut deliveries: tokio::sync::mpsc::Receiver<(Instant, Delivery)>, ledger: Arc<Mutex<Ledger>>) {
+    let mut pending = FuturesUnordered::new();
+    let mut sending = true;
+    loop {
+        tokio::select! {
+            biased;
+            Some((sent, result)) = pending.next(), if !pending.is_empty() => {
+                ledger.lock().expect("ledger").answered(sent, result, Instant::now());
+            }
+            next = deliveries.recv(), if sending => match next {
+                Some((sent, delivery)) => pending.push(async move { (sent, delivered(delivery).await) }),
+                None => sending = false,
+            },
+            else => return,
+        }
+    }
+}
+
+/// `template` with `sequence` written over its start: distinct values of `size` bytes (while
+/// `size` holds the sequence's digits).
+fn distinct_value(template: &Bytes, sequence: u64, size: usize) -> Bytes {
+    let mut value = format!("{sequence:019} ").into_bytes();
+    value.extend_from_slice(template);
+    value.truncate(size);
+    Bytes::from(value)
+}
+
+/// `bench deliver`'s report: one line, or with `--json` one object (see the module docs).
+fn report_delivery(cli: &Cli, args: &DeliverBenchArgs, ledger: &Ledger, started: Instant, produced: Duration) {
+    let ms = |histogram: &Histogram<u64>, quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    let (delivery, end_to_end) = (&ledger.delivery_us, &ledger.end_to_end_us);
+    let receiving = ledger.last_receipt.map_or(produced, |last| last.saturating_duration_since(started));
+    let msg_per_s = ledger.records as f64 / produced.as_secs_f64().max(1e-9);
+    let delivered_per_s = ledger.delivered as f64 / receiving.as_secs_f64().max(1e-9);
+    let missing = ledger.acked.len();
+    if cli.json {
+        let line = json!({
+            "bench": "deliver", "mode": args.mode.name(), "records": ledger.records, "delivered": ledger.delivered,
+            "missing": missing, "errors": ledger.errors, "unmatched": ledger.early.len(),
+            "pushed_before_ack": ledger.pushed_before_ack, "seconds": produced.as_secs_f64(), "rate_target": args.rate,
+            "msg_per_s": msg_per_s, "delivered_per_s": delivered_per_s,
+            "delivery_p50_ms": ms(delivery, 0.5), "delivery_p99_ms": ms(delivery, 0.99),
+            "delivery_p999_ms": ms(delivery, 0.999), "e2e_p50_ms": ms(end_to_end, 0.5),
+            "e2e_p99_ms": ms(end_to_end, 0.99),
+        });
+        println!("{line}");
+        return;
+    }
+    println!(
+        "deliver ({}): {} records in {:.1} s: {msg_per_s:.0} msg/s produced (offered {}), {delivered_per_s:.0} msg/s \
+         delivered; delivery (ack to receipt) p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms; end to end (send to \
+         receipt) p50 {:.2} ms, p99 {:.2} ms; {} received before their ack; {missing} missing; {} errors",
+        args.mode.name(),
+        ledger.records,
+        produced.as_secs_f64(),
+        args.rate,
+        ms(delivery, 0.5),
+        ms(delivery, 0.99),
+        ms(delivery, 0.999),
+        ms(end_to_end, 0.5),
+        ms(end_to_end, 0.99),
+        ledger.pushed_before_ack,
+        ledger.errors,
     );
 }

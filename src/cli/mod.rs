@@ -18,11 +18,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use serde_json::json;
 
 use crate::batch::{Record, StoredRecord};
 use crate::client::{
-    delivered, Client, ClientConfig, ClientError, PartitionStatus, Producer, ProducerConfig, TopicSpec, DEFAULT_BROKER,
+    delivered, Client, ClientConfig, ClientError, PartitionStatus, Producer, ProducerConfig, Pushed, Subscription,
+    SubscriptionConfig, TopicSpec, DEFAULT_BROKER,
 };
 use crate::compression::Compression;
 use crate::config::BrokerConfig;
@@ -381,7 +384,11 @@ pub struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Keep waiting for new records instead of stopping at the end.
+    /// Keep waiting for new records instead of stopping at the end. Without --group, the broker
+    /// pushes them: each partition's leader sends records as they are committed (a push
+    /// subscription with flow control: at most a window, 1 MiB or 100000 records, ahead of what was
+    /// printed), instead of this command polling for them. Runs until --count records were printed,
+    /// an error, or it is stopped.
     #[arg(long)]
     pub follow: bool,
     /// What to do when a position is outside the partition's log (retention deleted the records
@@ -730,11 +737,21 @@ pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> 
         Some(partition) => vec![partition],
         None => topic.partitions.iter().map(|p| p.partition).collect(),
     };
+    if args.follow {
+        follow(cli, &client, args, &partitions).await
+    } else {
+        read_to_end(cli, &client, args, &partitions).await
+    }
+}
+
+/// `keel consume` without `--follow`: fetches each partition from its start offset up to the end
+/// it had when the command started, then exits.
+async fn read_to_end(cli: &Cli, client: &Client, args: &ConsumeArgs, partitions: &[u32]) -> Result<(), CliError> {
     // Position and stop point per partition.
     let mut positions = Vec::new();
-    for &partition in &partitions {
-        let start = start_offset(&client, args, partition).await?;
-        let end = latest(&client, &args.topic, partition).await?;
+    for &partition in partitions {
+        let start = start_offset(client, args, partition).await?;
+        let end = latest(client, &args.topic, partition).await?;
         positions.push((partition, start, end));
     }
     let mut out = std::io::stdout().lock();
@@ -742,16 +759,13 @@ pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> 
     let limit = args.count.unwrap_or(u64::MAX);
     loop {
         let mut progressed = false;
-        let mut all_done = true;
         for (partition, position, end) in positions.iter_mut() {
-            if !args.follow && *position >= *end {
+            if *position >= *end {
                 continue;
             }
-            all_done = false;
-            let wait = if args.follow && partitions.len() == 1 { Duration::from_millis(1000) } else { Duration::ZERO };
-            let fetched = match client.fetch(&args.topic, *partition, *position, 1024 * 1024, wait).await {
+            let fetched = match client.fetch(&args.topic, *partition, *position, 1024 * 1024, Duration::ZERO).await {
                 Err(ClientError::Server { code: ErrorCode::OffsetOutOfRange, message }) => {
-                    *position = reset_position(&client, args, *partition, *position, &message).await?;
+                    *position = reset_position(client, args, *partition, *position, &message).await?;
                     progressed = true;
                     continue;
                 }
@@ -759,7 +773,7 @@ pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> 
             };
             for record in fetched.records {
                 if printed >= limit {
-                    break;
+                    return Ok(());
                 }
                 *position = record.offset.next();
                 printed += 1;
@@ -770,13 +784,51 @@ pub async fn run_consume(cli: &Cli, args: &ConsumeArgs) -> Result<(), CliError> 
                 return Ok(());
             }
         }
-        if all_done || (!progressed && !args.follow) {
+        if !progressed {
             return Ok(());
         }
-        if !progressed && args.follow && partitions.len() > 1 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
+}
+
+/// `keel consume --follow`: one push subscription per partition from its start offset; records
+/// are printed as the brokers push them, partitions merged in the order their pushes arrive (each
+/// partition's records in offset order). Runs until `--count` records or an error.
+async fn follow(cli: &Cli, client: &Arc<Client>, args: &ConsumeArgs, partitions: &[u32]) -> Result<(), CliError> {
+    let mut pending = FuturesUnordered::new();
+    for &partition in partitions {
+        let start = start_offset(client, args, partition).await?;
+        let subscription =
+            Subscription::new(client.clone(), &args.topic, partition, start, SubscriptionConfig::default());
+        pending.push(next_push(subscription));
+    }
+    let mut out = std::io::stdout().lock();
+    let mut left = args.count.unwrap_or(u64::MAX);
+    while left > 0 {
+        let Some((mut subscription, pushed)) = pending.next().await else { return Ok(()) };
+        match pushed {
+            Ok(pushed) => {
+                for record in pushed.records.iter().take(usize::try_from(left).unwrap_or(usize::MAX)) {
+                    print_record(&mut out, cli.json, subscription.partition(), record);
+                    left -= 1;
+                }
+            }
+            Err(ClientError::Server { code: ErrorCode::OffsetOutOfRange, message }) => {
+                let (partition, position) = (subscription.partition(), subscription.position());
+                let to = reset_position(client, args, partition, position, &message).await?;
+                subscription.seek(to);
+            }
+            Err(error) => return Err(error.into()),
+        }
+        pending.push(next_push(subscription));
+    }
+    Ok(())
+}
+
+/// The next push of `subscription`, with the subscription (so that a set of them can be awaited
+/// together and each put back after its push is printed).
+async fn next_push(mut subscription: Subscription) -> (Subscription, Result<Pushed, ClientError>) {
+    let pushed = subscription.next().await;
+    (subscription, pushed)
 }
 
 /// Where consuming `partition` starts: `--offset`, `--from-timestamp`, `--from-beginning`, or the

@@ -46,8 +46,10 @@
 mod connection;
 pub mod group;
 pub mod producer;
+pub mod subscription;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,8 +61,9 @@ use crate::batch::{Batch, StoredRecord};
 use crate::buggify::{buggify, Point};
 use crate::protocol::*;
 use crate::types::{Offset, ProducerEpoch, ProducerId};
-pub use connection::{Connection, ConnectionError, PendingResponse};
+pub use connection::{Connection, ConnectionError, PendingResponse, PushReceiver, PushSender};
 pub use producer::{delivered, Delivery, Producer, ProducerConfig, ProducerStats, RecordMetadata};
+pub use subscription::{Pushed, Subscription, SubscriptionConfig, SubscriptionStats};
 
 /// Address used when neither `--broker` nor `KEEL_BROKER` says otherwise.
 pub const DEFAULT_BROKER: &str = "127.0.0.1:9400";
@@ -204,6 +207,28 @@ pub struct Client {
     connect_failures: Mutex<BTreeMap<String, ConnectFailure>>,
     /// Each consumer group's coordinator address, as last found (`group.rs`).
     coordinators: group::Coordinators,
+    /// Per broker address, the connections that carry push subscriptions, each with how many it
+    /// has open.
+    subscription_pools: Mutex<BTreeMap<String, Vec<PooledConnection>>>,
+}
+
+/// A connection of a subscription pool and how many subscriptions it carries.
+type PooledConnection = (Connection, Arc<AtomicUsize>);
+
+/// One subscription's place on a pooled connection; given back on drop.
+pub(crate) struct SubscriptionSlot(Arc<AtomicUsize>);
+
+impl SubscriptionSlot {
+    fn take(open: &Arc<AtomicUsize>) -> SubscriptionSlot {
+        open.fetch_add(1, Ordering::Relaxed);
+        SubscriptionSlot(open.clone())
+    }
+}
+
+impl Drop for SubscriptionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A topic's settings at creation.
@@ -357,6 +382,7 @@ impl Client {
             connections: Mutex::new(BTreeMap::new()),
             connect_failures: Mutex::new(BTreeMap::new()),
             coordinators: group::Coordinators::default(),
+            subscription_pools: Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -391,6 +417,13 @@ impl Client {
             return Ok(connection.clone());
         }
         // Checked under the slot: callers that queued behind a failing connect fail at once.
+        let connection = self.connect(addr).await?;
+        *slot = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// A new connection to `addr`, unless its latest connect failed too recently.
+    async fn connect(&self, addr: &str) -> Result<Connection, ClientError> {
         if let Some(wait) = self.connect_backoff_left(addr) {
             let reason = format!("the last connect failed; not retried for another {} ms", wait.as_millis());
             return Err(ClientError::Connect { addr: addr.to_owned(), reason });
@@ -407,9 +440,30 @@ impl Client {
         };
         self.note_connect(addr, true);
         let _ = stream.set_nodelay(true);
-        let connection = Connection::start(stream);
-        *slot = Some(connection.clone());
-        Ok(connection)
+        Ok(Connection::start(stream))
+    }
+
+    /// A connection to `addr` for one more push subscription (ADR 0021), and the hold on one of
+    /// its [`SUBSCRIPTIONS_PER_CONNECTION_MAX`] places (given back when it drops). Subscriptions
+    /// have connections of their own, apart from requests, as many as they need.
+    async fn subscription_connection(&self, addr: &str) -> Result<(Connection, SubscriptionSlot), ClientError> {
+        let pooled = {
+            let mut pools = self.subscription_pools.lock().expect("subscription pools lock");
+            let pool = pools.entry(addr.to_owned()).or_default();
+            pool.retain(|(connection, _)| !connection.is_closed());
+            pool.iter()
+                .find(|(_, open)| open.load(Ordering::Relaxed) < SUBSCRIPTIONS_PER_CONNECTION_MAX)
+                .map(|(connection, open)| (connection.clone(), SubscriptionSlot::take(open)))
+        };
+        if let Some(found) = pooled {
+            return Ok(found);
+        }
+        let connection = self.connect(addr).await?;
+        let open = Arc::new(AtomicUsize::new(0));
+        let slot = SubscriptionSlot::take(&open);
+        let mut pools = self.subscription_pools.lock().expect("subscription pools lock");
+        pools.entry(addr.to_owned()).or_default().push((connection.clone(), open));
+        Ok((connection, slot))
     }
 
     /// How long connects to `addr` are still skipped after its latest failure, if they are.

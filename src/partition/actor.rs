@@ -47,6 +47,9 @@ pub const MAILBOX_MAX: usize = 1024;
 pub const FETCH_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// Long polls are capped at this wait.
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
+/// Answers owed at which a new consumer fetch first drops the abandoned ones (else that happens at
+/// every tick).
+const SWEEP_REPLIES_MIN: usize = 1024;
 
 /// What a request gets back from its partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -503,8 +506,7 @@ impl<D: Disk> Actor<D> {
                     self.core.step(Input::FetchResponse { from, response, now_ms });
                 }
                 _ = tokio::time::sleep_until(deadline) => {
-                    let now_ms = self.now_ms();
-                    self.core.step(Input::Tick { now_ms });
+                    self.tick();
                     self.core.step(Input::WallClock { wall_clock_ms: crate::clock::wall_clock_ms() });
                     ticked = true;
                 }
@@ -514,8 +516,7 @@ impl<D: Disk> Actor<D> {
             // owed all the same (`isr_5_swarm` seed 20006: clients retrying every few ms kept a
             // leader from ever re-sending its lost resignation).
             if !ticked && tokio::time::Instant::now() >= deadline {
-                let now_ms = self.now_ms();
-                self.core.step(Input::Tick { now_ms });
+                self.tick();
                 ticked = true;
             }
             if ticked {
@@ -593,6 +594,26 @@ impl<D: Disk> Actor<D> {
         request
     }
 
+    /// The periodic tick: the core's, then the abandoned fetches dropped.
+    fn tick(&mut self) {
+        let now_ms = self.now_ms();
+        self.core.step(Input::Tick { now_ms });
+        self.cancel_abandoned_fetches();
+    }
+
+    /// Requests whose answer nobody waits for any more (a push subscription or a client connection
+    /// that went away while its fetch was parked): a parked fetch among them is dropped, so that
+    /// abandoned long polls never fill the partition's `parked_fetches_max`. An append among them
+    /// goes on; its answer just has nowhere to go.
+    fn cancel_abandoned_fetches(&mut self) {
+        let abandoned: Vec<RequestId> =
+            self.replies.iter().filter(|(_, reply)| reply.is_closed()).map(|(request, _)| *request).collect();
+        for request in abandoned {
+            self.replies.remove(&request);
+            self.core.step(Input::CancelFetch { request });
+        }
+    }
+
     fn next_request(&mut self) -> RequestId {
         let request = self.next_request;
         self.next_request += 1;
@@ -607,6 +628,11 @@ impl<D: Disk> Actor<D> {
                 self.core.step(Input::Produce { request, batch, acks });
             }
             Command::Fetch { fetch, reply } => {
+                if self.replies.len() >= SWEEP_REPLIES_MIN {
+                    // Many answers owed: drop the abandoned before the new fetch may find the
+                    // parked fetches full.
+                    self.cancel_abandoned_fetches();
+                }
                 let request = self.register(reply);
                 self.core.step(Input::ConsumerFetch {
                     request,

@@ -100,6 +100,12 @@ pub enum Input {
         wait_ms_max: u32,
         now_ms: TimestampMs,
     },
+    /// Nobody waits for the answer to fetch `request` any more (a push subscription ended): if it
+    /// is parked, it is dropped without an answer, so it no longer counts against
+    /// `parked_fetches_max`. Any other request is left alone.
+    CancelFetch {
+        request: RequestId,
+    },
     /// Every batch handed out in `Ready::writes` below `up_to` is now in the log (page cache).
     Written {
         up_to: Offset,
@@ -369,6 +375,7 @@ impl PartitionCore {
             Input::Fetch { request, offset, bytes_max, wait_ms_max, now_ms } => {
                 self.on_fetch(request, offset, bytes_max, wait_ms_max, now_ms)
             }
+            Input::CancelFetch { request } => self.parked.retain(|fetch| fetch.request != request),
             Input::Written { up_to } => self.on_written(up_to),
             Input::WriteFailed { written_up_to, disk_full, reason } => {
                 self.on_write_failed(written_up_to, disk_full, reason)

@@ -326,6 +326,11 @@ pub enum Input {
     LogReset {
         to: Offset,
     },
+    /// Nobody waits for consumer fetch `request` any more: dropped if it is parked
+    /// (`core::Input::CancelFetch`).
+    CancelFetch {
+        request: RequestId,
+    },
     Tick {
         now_ms: TimestampMs,
     },
@@ -798,6 +803,7 @@ impl ReplicaCore {
             }
             Input::LogStartAdvanced { log_start } => self.on_log_start_advanced(log_start),
             Input::LogReset { to } => self.on_log_reset(to),
+            Input::CancelFetch { request } => self.inner.step(core::Input::CancelFetch { request }),
             Input::Written { up_to } => {
                 self.inner.step(core::Input::Written { up_to });
                 // With `fsync = "never"` a write is as stable as this replica gets: the HW may move.

@@ -28,6 +28,7 @@ pub mod assignments;
 pub mod groups;
 pub mod replica_status;
 pub mod replication;
+pub mod subscriptions;
 pub mod topics;
 
 use std::collections::BTreeMap;
@@ -59,6 +60,7 @@ use crate::sometimes::{self, Sometimes};
 use crate::storage::Disk;
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
 use assignments::Assignments;
+use subscriptions::{Handled, Subscriptions};
 use topics::TopicError;
 
 #[derive(Debug, thiserror::Error)]
@@ -364,28 +366,39 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, stop
     let mut framed = Framed::new(stream, frame_codec());
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Frame>> = FuturesUnordered::new();
     let in_flight_max = state.config.requests_in_flight_per_connection_max;
+    let mut subscriptions = Subscriptions::default();
     // The voter this connection identified itself as (`PeerHello`); `None` for a client.
     let mut peer_node: Option<NodeId> = None;
     let mut reading = true;
     let mut drain = Drain::default();
     let mut closed_by_peer = false;
     loop {
-        if !reading && in_flight.is_empty() {
-            break;
+        if !reading {
+            // Nothing more is read, so no grant can come: every subscription ends.
+            subscriptions.stop_all();
+            if in_flight.is_empty() && subscriptions.is_empty() {
+                break;
+            }
         }
         let draining = drain.ended();
-        tokio::select! {
+        let reply = tokio::select! {
             biased;
-            Some(response) = in_flight.next(), if !in_flight.is_empty() => {
-                if framed.send(response.encode_to_bytes()).await.is_err() {
-                    break;
-                }
+            Some(response) = in_flight.next(), if !in_flight.is_empty() => Some(response),
+            push = subscriptions.next() => Some(push),
+            _ = stopping.clients.cancelled(), if reading && !drain.started() && peer_node.is_none() => {
+                drain.start();
+                None
             }
-            _ = stopping.clients.cancelled(), if reading && !drain.started() && peer_node.is_none() => drain.start(),
             // A peer's connection never falls idle (Raft ticks, follower fetches), and the peer
             // retries what it sent: it stops reading at once, after the clients' have stopped.
-            _ = stopping.peers.cancelled(), if reading && peer_node.is_some() => reading = false,
-            _ = draining, if reading => reading = false,
+            _ = stopping.peers.cancelled(), if reading && peer_node.is_some() => {
+                reading = false;
+                None
+            }
+            _ = draining, if reading => {
+                reading = false;
+                None
+            }
             frame = framed.next(), if reading && in_flight.len() < in_flight_max => match frame {
                 None => {
                     closed_by_peer = true;
@@ -394,34 +407,55 @@ async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, stop
                 Some(Err(error)) => {
                     // Oversized length prefix or a broken socket: the byte stream cannot be re-synced.
                     tracing::debug!(?peer, %error, "closing connection after a framing error");
-                    let reply = error_frame(0, ErrorCode::MessageTooLarge, format!("bad frame: {error}"));
-                    let _ = framed.send(reply.encode_to_bytes()).await;
                     reading = false;
+                    Some(error_frame(0, ErrorCode::MessageTooLarge, format!("bad frame: {error}")))
                 }
-                Some(Ok(bytes)) => match Frame::decode_bytes(bytes.freeze()) {
-                    Ok(frame) => {
-                        drain.on_request();
-                        if let Some(response) = dispatch(&state, &mut peer_node, frame).await {
-                            in_flight.push(maybe_delayed(response));
-                        }
-                        if peer_node.is_some() {
-                            client_slot.release();
-                        }
+                Some(Ok(bytes)) => {
+                    drain.on_request();
+                    let reply = serve_frame(&state, &mut peer_node, &mut subscriptions, bytes, &mut in_flight).await;
+                    if peer_node.is_some() {
+                        client_slot.release();
                     }
-                    Err(error) => {
-                        // The framing is intact, so the connection can go on after the reply.
-                        let reply = error_frame(0, ErrorCode::InvalidRequest, format!("undecodable frame: {error}"));
-                        if framed.send(reply.encode_to_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                },
+                    reply
+                }
             },
+        };
+        if let Some(reply) = reply {
+            if framed.send(reply.encode_to_bytes()).await.is_err() {
+                break;
+            }
         }
     }
     if !closed_by_peer {
         close_gracefully(framed).await;
     }
+}
+
+/// Serves one frame: a subscription request, or a frame that does not decode, is answered at once
+/// (the returned frame); any other request's answer joins `in_flight`.
+async fn serve_frame<D: Disk>(
+    state: &Arc<State<D>>,
+    peer_node: &mut Option<NodeId>,
+    subscriptions: &mut Subscriptions,
+    bytes: bytes::BytesMut,
+    in_flight: &mut FuturesUnordered<BoxFuture<'static, Frame>>,
+) -> Option<Frame> {
+    let frame = match Frame::decode_bytes(bytes.freeze()) {
+        Ok(frame) => frame,
+        // The framing is intact, so the connection can go on after the reply.
+        Err(error) => return Some(error_frame(0, ErrorCode::InvalidRequest, format!("undecodable frame: {error}"))),
+    };
+    if frame.version == PROTOCOL_VERSION {
+        match subscriptions.handle(&state.assignments, &frame) {
+            Handled::NotMine => {}
+            Handled::Opened => return None,
+            Handled::Answer(reply) => return Some(reply),
+        }
+    }
+    if let Some(response) = dispatch(state, peer_node, frame).await {
+        in_flight.push(maybe_delayed(response));
+    }
+    None
 }
 
 /// The response, held back a little when the simulation's BUGGIFY point [`Point::DelayReply`] fires.
@@ -641,6 +675,11 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
     let Some(body) = frame.body else {
         return ready(error_frame(id, ErrorCode::InvalidRequest, "frame has no body"));
     };
+    serve_request(state, id, body).await
+}
+
+/// Routes one client request of the current protocol version to its handler.
+async fn serve_request<D: Disk>(state: &Arc<State<D>>, id: u64, body: Body) -> BoxFuture<'static, Frame> {
     match body {
         Body::ProduceRequest(request) => produce(state, id, request).await,
         Body::FetchRequest(request) => fetch(state, id, request).await,
@@ -690,7 +729,14 @@ async fn dispatch_request<D: Disk>(state: &Arc<State<D>>, frame: Frame) -> BoxFu
         | Body::ResetOffsetsResponse(_)
         | Body::ListGroupsResponse(_)
         | Body::DescribeGroupResponse(_)
+        | Body::PushBatch(_)
+        | Body::CreditResponse(_)
+        | Body::UnsubscribeResponse(_)
         | Body::ErrorResponse(_) => ready(error_frame(id, ErrorCode::InvalidRequest, "a response is not a request")),
+        // Answered by the connection (`Subscriptions::handle`) before dispatch.
+        Body::SubscribeRequest(_) | Body::CreditRequest(_) | Body::UnsubscribeRequest(_) => {
+            ready(error_frame(id, ErrorCode::Internal, "subscription requests are served by the connection"))
+        }
         // Reached only with another frame version, which was answered above.
         Body::RaftMessage(_) | Body::PeerHello(_) | Body::ReplicaFetchRequest(_) => {
             ready(error_frame(id, ErrorCode::UnsupportedVersion, "peer frames need the current protocol version"))
