@@ -79,6 +79,11 @@ impl Connection {
         self.queue.is_closed()
     }
 
+    /// Whether both are handles of one connection.
+    pub fn same_as(&self, other: &Connection) -> bool {
+        self.queue.same_channel(&other.queue)
+    }
+
     /// Queues a request; once this returns `Ok`, the request is ordered after every earlier one.
     pub async fn send(&self, body: Body) -> Result<PendingResponse, ConnectionError> {
         let (waiter, pending) = oneshot::channel();

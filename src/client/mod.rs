@@ -443,6 +443,15 @@ impl Client {
         Ok(Connection::start(stream))
     }
 
+    /// Takes `connection` out of `addr`'s subscription pool (it went silent): it closes once the
+    /// subscriptions still on it end.
+    fn forget_subscription_connection(&self, addr: &str, connection: &Connection) {
+        let mut pools = self.subscription_pools.lock().expect("subscription pools lock");
+        if let Some(pool) = pools.get_mut(addr) {
+            pool.retain(|(pooled, _)| !pooled.same_as(connection));
+        }
+    }
+
     /// A connection to `addr` for one more push subscription (ADR 0021), and the hold on one of
     /// its [`SUBSCRIPTIONS_PER_CONNECTION_MAX`] places (given back when it drops). Subscriptions
     /// have connections of their own, apart from requests, as many as they need.

@@ -25,6 +25,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::connection::{PushReceiver, PushSender};
 use super::{
     decode_records, is_misrouted, is_replica_behind, Client, ClientError, Connection, SubscriptionSlot,
@@ -96,6 +98,9 @@ struct Live {
     to_grant: (u64, u64),
     /// The last push's size, granted back at the next call (the caller is done with it then).
     last: (u64, u64),
+    /// When the stream's latest frame came (or it opened): silence is measured from here, across
+    /// calls of `next` (a caller that polls with short waits cancels each wait).
+    heard_at: Instant,
 }
 
 /// A push subscription to one partition. Dropping it unsubscribes.
@@ -205,10 +210,14 @@ impl Subscription {
     /// The open stream's next frame: a push (`Some`), or a heartbeat or a grant's answer (`None`).
     async fn receive(&mut self) -> Result<Option<Pushed>, ClientError> {
         let live = self.live.as_mut().expect("opened above");
-        let push = match tokio::time::timeout(SILENCE_MAX, live.frames.recv()).await {
+        // (madsim has no `timeout_at`.)
+        let silence_left = (live.heard_at + SILENCE_MAX).saturating_duration_since(Instant::now());
+        let frame = tokio::time::timeout(silence_left, live.frames.recv()).await;
+        live.heard_at = Instant::now();
+        let push = match frame {
             Err(_) => {
-                let addr = live.addr.clone();
-                self.client.drop_connection(&addr).await;
+                // The connection is taken for dead: no other subscription is opened on it.
+                self.client.forget_subscription_connection(&live.addr, &live.connection);
                 return Err(ClientError::Ambiguous(format!("subscription silent for {SILENCE_MAX:?}")));
             }
             Ok(None) => return Err(ClientError::Ambiguous("connection task ended".into())),
@@ -345,6 +354,7 @@ impl Subscription {
             received: (0, 0),
             to_grant: (0, 0),
             last: (0, 0),
+            heard_at: Instant::now(),
         })
     }
 }
