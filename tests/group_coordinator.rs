@@ -4,52 +4,14 @@
 //! reset, describe and list; and the coordinator's state surviving a broker restart (it is rebuilt
 //! from the offsets partition). Bad input gets typed errors.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+mod support;
+
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use keel::client::{Client, ClientConfig};
-use keel::config::BrokerConfig;
-use keel::meta::store_rocks::RocksStore;
 use keel::protocol::*;
-use keel::server::{run_broker, BrokerHooks};
-use keel::storage::file::FileDisk;
-use tokio_util::sync::CancellationToken;
-
-fn free_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-struct Broker {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), keel::server::BrokerError>>,
-}
-
-async fn start(dir: &std::path::Path, addr: SocketAddr) -> Broker {
-    let config = BrokerConfig { listen: addr, data_dir: dir.to_owned(), ..BrokerConfig::default() };
-    // After a stop, the metadata node's task may still be dropping the previous store (and its
-    // RocksDB lock) for a moment.
-    let mut meta_store = RocksStore::open(&dir.join("meta"));
-    for _ in 0..200 {
-        if meta_store.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        meta_store = RocksStore::open(&dir.join("meta"));
-    }
-    let meta_store = meta_store.unwrap();
-    let shutdown = CancellationToken::new();
-    let task =
-        tokio::spawn(run_broker(config, FileDisk::new(dir), meta_store, shutdown.clone(), BrokerHooks::default()));
-    Broker { addr, shutdown, task }
-}
-
-impl Broker {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
+use support::in_process::{free_addr, start};
 
 fn error_of(body: &Body) -> Option<ErrorCode> {
     let error = match body {

@@ -15,24 +15,20 @@
 mod support;
 
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use keel::batch::{encode_batch, peek_batch_span, Batch, BatchSpan, ProducerFields, Record, StoredRecord};
 use keel::client::{decode_records, Client, ClientConfig, ClientError, Subscription, SubscriptionConfig};
-use keel::config::BrokerConfig;
-use keel::meta::store_rocks::RocksStore;
 use keel::protocol::*;
-use keel::server::{run_broker, BrokerHooks};
-use keel::storage::file::FileDisk;
 use keel::types::{LeaderEpoch, Offset};
 use support::fake_broker::fake_broker;
+use support::in_process::{free_addr, start};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, timeout_at, Instant};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
-use tokio_util::sync::CancellationToken;
 
 /// Credit large enough never to run out in these tests.
 const CREDIT_BYTES_BIG: u64 = 64 * 1024 * 1024;
@@ -42,44 +38,7 @@ const ABSENCE_WAIT: Duration = Duration::from_millis(500);
 /// A frame that must come (a push of records already committed, an answer, an end) comes within this.
 const FRAME_WAIT: Duration = Duration::from_secs(10);
 
-// ---- the broker ---------------------------------------------------------------------------------
-
-fn free_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-struct Broker {
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), keel::server::BrokerError>>,
-}
-
-async fn start(dir: &std::path::Path, addr: SocketAddr) -> Broker {
-    let config = BrokerConfig { listen: addr, data_dir: dir.to_owned(), ..BrokerConfig::default() };
-    // After a stop, the metadata node's task may still be dropping the previous store (and its
-    // RocksDB lock) for a moment.
-    let mut meta_store = RocksStore::open(&dir.join("meta"));
-    for _ in 0..200 {
-        if meta_store.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-        meta_store = RocksStore::open(&dir.join("meta"));
-    }
-    let meta_store = meta_store.unwrap();
-    let shutdown = CancellationToken::new();
-    let task =
-        tokio::spawn(run_broker(config, FileDisk::new(dir), meta_store, shutdown.clone(), BrokerHooks::default()));
-    Broker { addr, shutdown, task }
-}
-
-impl Broker {
-    async fn stop(self) {
-        self.shutdown.cancel();
-        let stopped = timeout(Duration::from_secs(20), self.task).await;
-        stopped.expect("the broker did not stop within 20 s").unwrap().unwrap();
-    }
-}
+// ---- the broker (support::in_process runs it) -----------------------------------------------------
 
 /// Creates `topic` with one partition, waiting (bounded) for the broker to register with the
 /// metadata group first, and produces nothing.

@@ -4,3 +4,4 @@
 #![allow(dead_code)]
 
 pub mod fake_broker;
+pub mod in_process;
