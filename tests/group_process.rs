@@ -8,21 +8,21 @@
 
 #![cfg(not(madsim))]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::process::{
-    free_loopback_addr, run_keel, signal_child, BrokerCommand, BrokerProcess, ClusterSpec, LocalCluster, Signal,
-};
+use keel::process::{free_loopback_addr, signal_child, ClusterSpec, LocalCluster, Signal};
 use serde_json::Value;
+use support::cli::{keel, ok, start_broker, stderr, stdout, KEEL};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 /// Liveness guard for every wait in this file (a rebalance can take a member's session timeout).
 const WAIT_MAX: Duration = Duration::from_secs(60);
 /// Between two looks at a condition.
@@ -30,32 +30,6 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const PARTITIONS: u32 = 3;
 /// Records per partition the tests produce.
 const PER_PARTITION: u32 = 10;
-
-async fn start_broker(data_dir: &Path) -> BrokerProcess {
-    let command = BrokerCommand::new(KEEL, free_loopback_addr().unwrap(), data_dir).env("RUST_LOG", "warn");
-    BrokerProcess::start(command, WAIT_MAX).await.expect("start keel broker")
-}
-
-async fn keel(broker: &str, args: &[&str], stdin: &str) -> Output {
-    let mut all = vec!["--broker".to_owned(), broker.to_owned()];
-    all.extend(args.iter().map(|arg| arg.to_string()));
-    run_keel(Path::new(KEEL), all, stdin.as_bytes()).await.expect("run keel")
-}
-
-/// `keel args...`, which must succeed; its stdout.
-async fn ok(broker: &str, args: &[&str]) -> String {
-    let output = keel(broker, args, "").await;
-    assert!(output.status.success(), "keel {args:?}: {}", stderr(&output));
-    stdout(&output)
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn sorted_lines(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -148,7 +122,7 @@ fn partition_rows(description: &Value) -> Vec<(u64, Value, Value, Value)> {
 #[tokio::test]
 async fn a_group_consumes_each_record_once_and_can_be_reset() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path()).await;
+    let broker = start_broker(dir.path(), WAIT_MAX).await;
     let at = broker.addr().to_string();
     let values = topic_with_records(&at, "orders", "v").await;
 
@@ -199,7 +173,7 @@ async fn a_group_consumes_each_record_once_and_can_be_reset() {
 #[tokio::test]
 async fn count_commits_exactly_past_the_printed_records() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path()).await;
+    let broker = start_broker(dir.path(), WAIT_MAX).await;
     let at = broker.addr().to_string();
     let values = topic_with_records(&at, "events", "e").await;
 
@@ -218,7 +192,7 @@ async fn count_commits_exactly_past_the_printed_records() {
 #[tokio::test]
 async fn bad_group_input_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path()).await;
+    let broker = start_broker(dir.path(), WAIT_MAX).await;
     let at = broker.addr().to_string();
     topic_with_records(&at, "orders", "v").await;
 
@@ -305,7 +279,7 @@ async fn wait_for_split(broker: &str, group: &str, topic: &str, members: usize) 
 #[tokio::test]
 async fn two_followers_split_the_partitions_and_hand_them_over_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path()).await;
+    let broker = start_broker(dir.path(), WAIT_MAX).await;
     let at = broker.addr().to_string();
     let values = topic_with_records(&at, "clicks", "c").await;
 

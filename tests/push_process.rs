@@ -8,50 +8,22 @@
 
 #![cfg(not(madsim))]
 
-use std::path::Path;
-use std::process::{Output, Stdio};
+mod support;
+
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::process::{free_loopback_addr, run_keel, BrokerCommand, BrokerProcess};
 use serde_json::Value;
+use support::cli::{keel, ok, start_broker, stderr, stdout, KEEL};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-const KEEL: &str = env!("CARGO_BIN_EXE_keel");
 /// Liveness guard for every wait in this file.
 const WAIT_MAX: Duration = Duration::from_secs(30);
 /// Between two looks at a condition.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-async fn start_broker(data_dir: &Path) -> BrokerProcess {
-    let command = BrokerCommand::new(KEEL, free_loopback_addr().unwrap(), data_dir).env("RUST_LOG", "warn");
-    BrokerProcess::start(command, WAIT_MAX).await.expect("start keel broker")
-}
-
-/// `keel --broker <broker> args...` with `stdin`, to its end (at most [`WAIT_MAX`]).
-async fn keel(broker: &str, args: &[&str], stdin: &str) -> Output {
-    let mut all = vec!["--broker".to_owned(), broker.to_owned()];
-    all.extend(args.iter().map(|arg| arg.to_string()));
-    let run = run_keel(Path::new(KEEL), all, stdin.as_bytes());
-    tokio::time::timeout(WAIT_MAX, run).await.unwrap_or_else(|_| panic!("keel {args:?} still runs")).expect("run keel")
-}
-
-/// `keel args...`, which must succeed; its stdout.
-async fn ok(broker: &str, args: &[&str]) -> String {
-    let output = keel(broker, args, "").await;
-    assert!(output.status.success(), "keel {args:?}: {}", stderr(&output));
-    stdout(&output)
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 /// Produces `values` to `partition` of `topic`, one record each, in order.
 async fn produce(broker: &str, topic: &str, partition: u32, values: &[String]) {
@@ -161,7 +133,7 @@ fn records_by_partition(lines: &[String], partitions: u32) -> Vec<Vec<(i64, Stri
 #[tokio::test]
 async fn follow_prints_records_produced_before_and_after_it_started() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path()).await;
+    let broker = start_broker(dir.path(), WAIT_MAX).await;
     let at = broker.addr().to_string();
     ok(&at, &["topic", "create", "clicks", "--partitions", "2"]).await;
     for partition in 0..2 {
@@ -193,7 +165,7 @@ async fn follow_prints_records_produced_before_and_after_it_started() {
 #[tokio::test]
 async fn follow_with_a_count_exits_by_itself_after_that_many_records() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path()).await;
+    let broker = start_broker(dir.path(), WAIT_MAX).await;
     let at = broker.addr().to_string();
     ok(&at, &["topic", "create", "orders"]).await;
     produce(&at, "orders", 0, &values("before", 0, 2)).await;
@@ -214,7 +186,7 @@ async fn follow_with_a_count_exits_by_itself_after_that_many_records() {
 #[tokio::test]
 async fn follow_from_past_the_end_resets_as_told() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path()).await;
+    let broker = start_broker(dir.path(), WAIT_MAX).await;
     let at = broker.addr().to_string();
     ok(&at, &["topic", "create", "events"]).await;
     produce(&at, "events", 0, &values("old", 0, 4)).await;
@@ -268,7 +240,7 @@ async fn bench_deliver(broker: &str, extra: &[&str]) -> Value {
 #[tokio::test]
 async fn bench_deliver_delivers_every_acknowledged_record_pushed_or_polled() {
     let dir = tempfile::tempdir().unwrap();
-    let broker = start_broker(dir.path()).await;
+    let broker = start_broker(dir.path(), WAIT_MAX).await;
     let at = broker.addr().to_string();
     let pushed = bench_deliver(&at, &[]).await;
     assert_eq!(pushed["mode"], "push", "{pushed}");

@@ -3,5 +3,6 @@
 // Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cli;
 pub mod fake_broker;
 pub mod in_process;
