@@ -101,18 +101,6 @@ impl Record {
     pub fn value(value: impl Into<Bytes>) -> Record {
         Record { value: Some(value.into()), ..Record::default() }
     }
-
-    fn encoded_body_len(&self, timestamp_delta: i64, offset_delta: i32) -> usize {
-        let mut len = 1 + varlong_len(timestamp_delta) + varint_len(offset_delta);
-        len += bytes_field_len(self.key.as_deref());
-        len += bytes_field_len(self.value.as_deref());
-        len += varint_len(self.headers.len() as i32);
-        for (key, value) in &self.headers {
-            len += bytes_field_len(Some(key));
-            len += bytes_field_len(value.as_deref());
-        }
-        len
-    }
 }
 
 /// Identity of an idempotent producer's batch; all -1 for a plain producer.
@@ -142,53 +130,102 @@ pub fn encode_batch_compressed(
     compression: Compression,
 ) -> Bytes {
     assert!(!records.is_empty(), "encode_batch: a batch holds at least one record");
-    let mut max_timestamp = base_timestamp_ms;
-    let mut body_len = 0usize;
-    for (index, record) in records.iter().enumerate() {
-        let timestamp = record.timestamp_ms.unwrap_or(base_timestamp_ms);
-        max_timestamp = max_timestamp.max(timestamp);
-        let inner = record.encoded_body_len(timestamp - base_timestamp_ms, index as i32);
-        body_len += varint_len(inner as i32) + inner;
+    let max_timestamp =
+        records.iter().map(|record| record.timestamp_ms.unwrap_or(base_timestamp_ms)).fold(base_timestamp_ms, i64::max);
+    let header = Header {
+        base_offset: Offset(0),
+        leader_epoch: LeaderEpoch(-1),
+        compression,
+        last_offset_delta: records.len() as i32 - 1,
+        base_timestamp_ms,
+        max_timestamp_ms: max_timestamp,
+        producer,
+    };
+    let parts = records.iter().enumerate().map(|(index, record)| RecordParts {
+        timestamp_delta: record.timestamp_ms.unwrap_or(base_timestamp_ms) - base_timestamp_ms,
+        offset_delta: index as i32,
+        key: record.key.as_deref(),
+        value: record.value.as_deref(),
+        headers: &record.headers,
+    });
+    encode_v2(header, parts)
+}
+
+/// The header fields of a batch being encoded.
+struct Header {
+    base_offset: Offset,
+    leader_epoch: LeaderEpoch,
+    compression: Compression,
+    last_offset_delta: i32,
+    base_timestamp_ms: TimestampMs,
+    max_timestamp_ms: TimestampMs,
+    producer: ProducerFields,
+}
+
+/// One record being encoded: its deltas and borrowed fields.
+struct RecordParts<'a> {
+    timestamp_delta: i64,
+    offset_delta: i32,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: &'a [(Bytes, Option<Bytes>)],
+}
+
+impl RecordParts<'_> {
+    fn body_len(&self) -> usize {
+        let mut len = 1 + varlong_len(self.timestamp_delta) + varint_len(self.offset_delta);
+        len += bytes_field_len(self.key) + bytes_field_len(self.value);
+        len += varint_len(self.headers.len() as i32);
+        for (key, value) in self.headers {
+            len += bytes_field_len(Some(key)) + bytes_field_len(value.as_deref());
+        }
+        len
     }
-    let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + body_len);
-    buf.put_i64(0); // base_offset
-    buf.put_i32((BATCH_HEADER_BYTES - BATCH_LENGTH_PREFIX_BYTES + body_len) as i32);
-    buf.put_i32(-1); // partition_leader_epoch
-    buf.put_u8(MAGIC_V2);
-    buf.put_u32(0); // crc, filled below
-    buf.put_i16(0); // attributes: no compression, CreateTime
-    buf.put_i32(records.len() as i32 - 1);
-    buf.put_i64(base_timestamp_ms);
-    buf.put_i64(max_timestamp);
-    buf.put_i64(producer.producer_id.0);
-    buf.put_i16(producer.producer_epoch.0);
-    buf.put_i32(producer.base_sequence.0);
-    buf.put_i32(records.len() as i32);
-    for (index, record) in records.iter().enumerate() {
-        let timestamp = record.timestamp_ms.unwrap_or(base_timestamp_ms);
-        let timestamp_delta = timestamp - base_timestamp_ms;
-        let inner = record.encoded_body_len(timestamp_delta, index as i32);
-        put_varint(&mut buf, inner as i32);
+
+    fn put(&self, buf: &mut BytesMut) {
+        put_varint(buf, self.body_len() as i32);
         buf.put_i8(0);
-        put_varlong(&mut buf, timestamp_delta);
-        put_varint(&mut buf, index as i32);
-        put_bytes_field(&mut buf, record.key.as_deref());
-        put_bytes_field(&mut buf, record.value.as_deref());
-        put_varint(&mut buf, record.headers.len() as i32);
-        for (key, value) in &record.headers {
-            put_bytes_field(&mut buf, Some(key));
-            put_bytes_field(&mut buf, value.as_deref());
+        put_varlong(buf, self.timestamp_delta);
+        put_varint(buf, self.offset_delta);
+        put_bytes_field(buf, self.key);
+        put_bytes_field(buf, self.value);
+        put_varint(buf, self.headers.len() as i32);
+        for (key, value) in self.headers {
+            put_bytes_field(buf, Some(key));
+            put_bytes_field(buf, value.as_deref());
         }
     }
-    debug_assert_eq!(buf.len(), BATCH_HEADER_BYTES + body_len);
-    if compression != Compression::None {
-        let compressed = compression.compress(&buf[BATCH_HEADER_BYTES..]);
+}
+
+/// Encodes a v2 batch: the header, the records (compressed as the header says), the CRC.
+fn encode_v2<'a>(header: Header, records: impl Iterator<Item = RecordParts<'a>>) -> Bytes {
+    let mut buf = BytesMut::with_capacity(BATCH_HEADER_BYTES + 64);
+    buf.put_i64(header.base_offset.0);
+    buf.put_i32(0); // batch_length, filled below
+    buf.put_i32(header.leader_epoch.0);
+    buf.put_u8(MAGIC_V2);
+    buf.put_u32(0); // crc, filled below
+    buf.put_u16(header.compression.id()); // attributes: the codec, CreateTime
+    buf.put_i32(header.last_offset_delta);
+    buf.put_i64(header.base_timestamp_ms);
+    buf.put_i64(header.max_timestamp_ms);
+    buf.put_i64(header.producer.producer_id.0);
+    buf.put_i16(header.producer.producer_epoch.0);
+    buf.put_i32(header.producer.base_sequence.0);
+    buf.put_i32(0); // record_count, filled below
+    let mut count = 0i32;
+    for record in records {
+        record.put(&mut buf);
+        count += 1;
+    }
+    buf[OFFSET_RECORD_COUNT..OFFSET_RECORD_COUNT + 4].copy_from_slice(&count.to_be_bytes());
+    if header.compression != Compression::None && count > 0 {
+        let compressed = header.compression.compress(&buf[BATCH_HEADER_BYTES..]);
         buf.truncate(BATCH_HEADER_BYTES);
         buf.extend_from_slice(&compressed);
-        let batch_length = (buf.len() - BATCH_LENGTH_PREFIX_BYTES) as i32;
-        buf[OFFSET_BATCH_LENGTH..OFFSET_BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
-        buf[OFFSET_ATTRIBUTES..OFFSET_ATTRIBUTES + 2].copy_from_slice(&compression.id().to_be_bytes());
     }
+    let batch_length = (buf.len() - BATCH_LENGTH_PREFIX_BYTES) as i32;
+    buf[OFFSET_BATCH_LENGTH..OFFSET_BATCH_LENGTH + 4].copy_from_slice(&batch_length.to_be_bytes());
     let crc = crc32c::crc32c(&buf[OFFSET_ATTRIBUTES..]);
     buf[OFFSET_CRC..OFFSET_CRC + 4].copy_from_slice(&crc.to_be_bytes());
     buf.freeze()
@@ -300,13 +337,11 @@ impl Batch {
         let compression = Compression::from_id(self.attributes() & 0x7)
             .map_err(|_| BatchError::UnsupportedCompression(self.attributes() & 0x7))?;
         let declared = self.record_count();
-        if declared <= 0 {
-            return Err(BatchError::Empty);
-        }
-        if declared as usize > BATCH_RECORDS_MAX {
+        if declared < 0 || declared as usize > BATCH_RECORDS_MAX {
             return Err(BatchError::RecordCountMismatch { declared, found: 0 });
         }
-        if self.last_offset_delta() != declared - 1 {
+        // A compacted batch (ADR 0022) keeps its offset span with fewer records, or none.
+        if self.last_offset_delta() < 0 || self.last_offset_delta() < declared - 1 {
             return Err(BatchError::OffsetDeltaMismatch { declared: self.last_offset_delta(), count: declared });
         }
         if compression == Compression::None {
@@ -315,11 +350,83 @@ impl Batch {
         Ok(())
     }
 
-    /// Checks every record inside the batch against its header, inflating a compressed batch: what a
-    /// leader checks before it appends a producer's batch. `parse` already did this for an
-    /// uncompressed one.
+    /// Checks every record inside the batch against its header, inflating a compressed batch.
+    /// `parse` already did this for an uncompressed one.
     pub fn check_records(&self) -> Result<(), BatchError> {
         self.records().try_for_each(|record| record.map(drop))
+    }
+
+    /// What a leader checks before it appends a producer's batch: at least one record, one offset
+    /// per record (only compaction leaves a batch with gaps or no records), every record well
+    /// formed (a compressed batch is inflated once here).
+    pub fn check_produced(&self) -> Result<(), BatchError> {
+        self.check_produced_header()?;
+        // Offset deltas strictly increase within 0..=last_offset_delta, so `declared` of them are
+        // exactly 0..declared. `parse` checked an uncompressed batch's records already.
+        if self.compression() == Compression::None {
+            return Ok(());
+        }
+        self.check_records()
+    }
+
+    /// The header half of [`Batch::check_produced`]: at least one record, one offset per record.
+    pub fn check_produced_header(&self) -> Result<(), BatchError> {
+        let declared = self.record_count();
+        if declared == 0 {
+            return Err(BatchError::Empty);
+        }
+        if self.last_offset_delta() != declared - 1 {
+            return Err(BatchError::OffsetDeltaMismatch { declared: self.last_offset_delta(), count: declared });
+        }
+        Ok(())
+    }
+
+    /// This batch with only `kept` of its records (compaction, ADR 0022): the same offsets, epoch,
+    /// producer fields, timestamps and codec (none when nothing is kept); `kept` must be records of
+    /// this batch, in order.
+    pub fn with_records(&self, kept: &[StoredRecord]) -> Batch {
+        let base = self.base_offset().0;
+        let header = Header {
+            base_offset: self.base_offset(),
+            leader_epoch: self.leader_epoch(),
+            compression: if kept.is_empty() { Compression::None } else { self.compression() },
+            last_offset_delta: self.last_offset_delta(),
+            base_timestamp_ms: self.base_timestamp(),
+            max_timestamp_ms: self.max_timestamp(),
+            producer: self.producer(),
+        };
+        let base_timestamp = self.base_timestamp();
+        let parts = kept.iter().map(|record| RecordParts {
+            timestamp_delta: record.timestamp_ms.saturating_sub(base_timestamp),
+            offset_delta: (record.offset.0 - base) as i32,
+            key: record.key.as_deref(),
+            value: record.value.as_deref(),
+            headers: &record.headers,
+        });
+        Batch { bytes: encode_v2(header, parts) }
+    }
+
+    /// A batch without records that covers `base_offset..=last_offset` (compaction's filler for a run
+    /// of batches it removed whole, ADR 0022): no producer, no codec.
+    pub fn filler(
+        base_offset: Offset,
+        last_offset: Offset,
+        leader_epoch: LeaderEpoch,
+        base_timestamp_ms: TimestampMs,
+        max_timestamp_ms: TimestampMs,
+    ) -> Batch {
+        let last_offset_delta = i32::try_from(last_offset.0 - base_offset.0).expect("a filler spans at most i32::MAX");
+        assert!(last_offset_delta >= 0, "a filler covers at least one offset");
+        let header = Header {
+            base_offset,
+            leader_epoch,
+            compression: Compression::None,
+            last_offset_delta,
+            base_timestamp_ms,
+            max_timestamp_ms,
+            producer: ProducerFields::NONE,
+        };
+        Batch { bytes: encode_v2(header, std::iter::empty()) }
     }
 
     pub fn as_bytes(&self) -> &Bytes {
@@ -408,7 +515,7 @@ impl Batch {
                 Err(error) => (Bytes::new(), Some(BatchError::Decompress(error))),
             },
         };
-        RecordIter { buf, index: 0, batch: self.clone(), error, done: false }
+        RecordIter { buf, index: 0, last_delta: -1, batch: self.clone(), error, done: false }
     }
 
     /// Returns a copy of this batch stamped with the leader-assigned base offset and epoch.
@@ -434,6 +541,8 @@ pub struct StoredRecord {
 pub struct RecordIter {
     buf: Bytes,
     index: usize,
+    /// The previous record's offset delta (-1 before the first): deltas strictly increase.
+    last_delta: i64,
     batch: Batch,
     error: Option<BatchError>,
     done: bool,
@@ -460,13 +569,18 @@ impl Iterator for RecordIter {
         }
         let index = self.index;
         self.index += 1;
-        let result = decode_record(&mut self.buf, index, &self.batch);
-        self.done = result.is_err();
+        let result = decode_record(&mut self.buf, index, self.last_delta, &self.batch);
+        match &result {
+            Ok(record) => self.last_delta = record.offset.0 - self.batch.base_offset().0,
+            Err(_) => self.done = true,
+        }
         Some(result)
     }
 }
 
-fn decode_record(buf: &mut Bytes, index: usize, batch: &Batch) -> Result<StoredRecord, BatchError> {
+/// Decodes one record; its offset delta must exceed `last_delta` (the previous record's) and stay
+/// within the batch's span.
+fn decode_record(buf: &mut Bytes, index: usize, last_delta: i64, batch: &Batch) -> Result<StoredRecord, BatchError> {
     let bad = |reason| BatchError::BadRecord { index, reason };
     let length = get_varint(buf).ok_or(bad("length varint"))?;
     if length < 0 || length as usize > buf.len() {
@@ -479,7 +593,7 @@ fn decode_record(buf: &mut Bytes, index: usize, batch: &Batch) -> Result<StoredR
     let _attributes = body.get_i8();
     let timestamp_delta = get_varlong(&mut body).ok_or(bad("timestamp delta"))?;
     let offset_delta = get_varint(&mut body).ok_or(bad("offset delta"))?;
-    if offset_delta as i64 != index as i64 {
+    if i64::from(offset_delta) <= last_delta || offset_delta > batch.last_offset_delta() {
         return Err(bad("offset delta out of order"));
     }
     let key = get_bytes_field(&mut body).ok_or(bad("key"))?;
@@ -740,5 +854,61 @@ mod tests {
             assert_eq!(buf.len(), varlong_len(value));
             assert_eq!(get_varlong(&mut buf.freeze()), Some(value));
         }
+    }
+
+    /// Compaction's batches (ADR 0022): a batch keeps its span with a subset of its records, or
+    /// none; a filler covers a run of removed batches. Both parse and read back; a producer may send
+    /// neither.
+    #[test]
+    fn compacted_batches_keep_their_span_and_producers_may_not_send_them() {
+        let producer = ProducerFields {
+            producer_id: ProducerId(42),
+            producer_epoch: ProducerEpoch(3),
+            base_sequence: Sequence(17),
+        };
+        for codec in Compression::ALL {
+            let batch = Batch::parse(encode_batch_compressed(&sample(), 1_000, producer, codec))
+                .unwrap()
+                .stamped(Offset(100), LeaderEpoch(5));
+            let all: Vec<_> = batch.records().collect::<Result<_, _>>().unwrap();
+            let kept = batch.with_records(&[all[0].clone(), all[2].clone()]);
+            let kept = Batch::parse(kept.into_bytes()).unwrap();
+            assert_eq!(
+                (kept.base_offset(), kept.last_offset(), kept.leader_epoch()),
+                (Offset(100), Offset(102), LeaderEpoch(5))
+            );
+            assert_eq!((kept.producer(), kept.max_timestamp(), kept.compression()), (producer, 1_005, codec));
+            assert_eq!(kept.records().collect::<Result<Vec<_>, _>>().unwrap(), vec![all[0].clone(), all[2].clone()]);
+            assert!(matches!(kept.check_produced(), Err(BatchError::OffsetDeltaMismatch { .. })), "{codec}");
+            let none = Batch::parse(batch.with_records(&[]).into_bytes()).unwrap();
+            assert_eq!((none.record_count(), none.next_offset(), none.producer()), (0, Offset(103), producer));
+            assert_eq!(none.records().count(), 0);
+            assert_eq!(none.check_produced(), Err(BatchError::Empty));
+        }
+        let filler = Batch::parse(Batch::filler(Offset(7), Offset(99), LeaderEpoch(2), 10, 20).into_bytes()).unwrap();
+        assert_eq!(
+            (filler.base_offset(), filler.next_offset(), filler.leader_epoch()),
+            (Offset(7), Offset(100), LeaderEpoch(2))
+        );
+        assert_eq!((filler.record_count(), filler.base_timestamp(), filler.max_timestamp()), (0, 10, 20));
+        assert_eq!(filler.producer(), ProducerFields::NONE);
+        let produced = Batch::parse(encode_batch(&sample(), 1_000, producer)).unwrap();
+        produced.check_produced().unwrap();
+    }
+
+    /// Offset deltas must strictly increase and stay inside the span: a repeated or out-of-span
+    /// delta is a malformed record, whatever the CRC says.
+    #[test]
+    fn offset_deltas_must_increase_within_the_span() {
+        let batch = Batch::parse(encode_batch(&sample(), 1_000, ProducerFields::NONE)).unwrap();
+        let all: Vec<_> = batch.records().collect::<Result<_, _>>().unwrap();
+        let mut twice = all[1].clone();
+        twice.offset = all[0].offset;
+        let repeated = batch.with_records(&[all[0].clone(), twice]);
+        assert!(matches!(Batch::parse(repeated.into_bytes()), Err(BatchError::BadRecord { index: 1, .. })));
+        let mut beyond = all[2].clone();
+        beyond.offset = Offset(all[2].offset.0 + 1);
+        let outside = batch.with_records(&[beyond]);
+        assert!(matches!(Batch::parse(outside.into_bytes()), Err(BatchError::BadRecord { index: 0, .. })));
     }
 }

@@ -56,6 +56,8 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: u32,
     /// Its replication factor (fewer when fewer brokers are alive then).
     pub offsets_topic_replication: u32,
+    /// Its segment size: the topic is compacted, and compaction cleans sealed segments only.
+    pub offsets_topic_segment_bytes: u64,
 }
 
 impl Default for BrokerConfig {
@@ -77,6 +79,7 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: crate::partition::replica::RETENTION_CHECK_INTERVAL_MS_DEFAULT,
             offsets_topic_partitions: crate::group::OFFSETS_TOPIC_PARTITIONS,
             offsets_topic_replication: crate::group::OFFSETS_TOPIC_REPLICATION,
+            offsets_topic_segment_bytes: crate::group::OFFSETS_TOPIC_SEGMENT_BYTES,
         }
     }
 }
@@ -121,6 +124,14 @@ impl BrokerConfig {
         }
         if self.retention_check_interval_ms == 0 {
             return Err(ConfigError::Invalid("retention_check_interval_ms must be positive".into()));
+        }
+        let segment_bytes = crate::meta::state::SEGMENT_BYTES_MIN..=crate::meta::state::SEGMENT_BYTES_MAX;
+        if !segment_bytes.contains(&self.offsets_topic_segment_bytes) {
+            return Err(ConfigError::Invalid(format!(
+                "offsets_topic_segment_bytes must be {}..={}",
+                segment_bytes.start(),
+                segment_bytes.end()
+            )));
         }
         if self.offsets_topic_partitions == 0 || self.offsets_topic_partitions > self.partitions_per_topic_max {
             let most = self.partitions_per_topic_max;

@@ -289,7 +289,8 @@ pub enum ErrorCode {
     /// A batch whose attributes name a compression codec this broker does not know (Kafka's ids
     /// 0-4 are known): not appended.
     UnsupportedCompression = 34,
-    /// A topic setting out of its range (retention, segment size): nothing was changed.
+    /// A topic setting out of its range (retention, segment size, delete retention) or unknown
+    /// (cleanup policy): nothing was changed.
     InvalidConfig = 35,
     /// This broker is not the group's coordinator (any more): find the coordinator again.
     NotCoordinator = 36,
@@ -330,6 +331,10 @@ pub enum ErrorCode {
     UnknownSubscription = 50,
     /// The connection already has as many open subscriptions as a connection may: end one first.
     TooManySubscriptions = 51,
+    /// A produced record the topic cannot take: a record without a key on a compacted topic
+    /// (`cleanup_policy` compact keeps the latest record per key, so every record needs one). The
+    /// batch was not appended; sending it again gets the same answer.
+    InvalidRecord = 52,
 }
 
 impl ErrorCode {
@@ -497,8 +502,9 @@ pub struct CreateTopicRequest {
     pub log: Option<Box<LogSettingsInfo>>,
 }
 
-/// A topic's retention and segment size (ADR 0019). In a request an absent field leaves the setting
-/// as it is (or at its default); in `TopicInfo` every field is present.
+/// A topic's retention, segment size and cleanup policy (ADR 0019). In a request an absent field
+/// leaves the setting as it is (or at its default); in `TopicInfo` every field is present (from a
+/// broker that predates a field, that field is absent).
 #[derive(Clone, PartialEq, Eq, Message)]
 pub struct LogSettingsInfo {
     /// Delete a sealed segment once its newest record is older than this; -1: keep forever.
@@ -510,6 +516,16 @@ pub struct LogSettingsInfo {
     /// Roll segments at this size; 0 in `TopicInfo`: the broker's `segment_bytes_max`.
     #[prost(uint64, optional, tag = "3")]
     pub segment_bytes: Option<u64>,
+    /// Kafka's `cleanup.policy`: "delete" (only retention removes records; the default) or
+    /// "compact" (sealed segments keep the latest record of each key; every produced record needs
+    /// a key, `InvalidRecord` otherwise). Anything else is refused with `InvalidConfig`.
+    #[prost(string, optional, tag = "4")]
+    pub cleanup_policy: Option<String>,
+    /// Kafka's `delete.retention.ms`: how long a tombstone (a record with a null value) of a
+    /// compacted topic is kept after it was written before compaction may remove it; at least 0
+    /// (default 86400000, a day).
+    #[prost(int64, optional, tag = "5")]
+    pub delete_retention_ms: Option<i64>,
 }
 
 /// Changes a topic's log settings (`keel topic alter`).

@@ -62,11 +62,13 @@ pub enum Sometimes {
     /// A push subscription ended because its broker stopped leading the partition (or the leader
     /// epoch moved): the subscriber must resubscribe at the new leader.
     PushLeaderMoved,
+    /// Compaction rewrote a sealed segment of a compacted topic (the offsets topic included).
+    CompactionRewroteSegment,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 23] = [
+    pub const ALL: [Sometimes; 24] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -90,6 +92,7 @@ impl Sometimes {
         Sometimes::GroupStaleCommitRefused,
         Sometimes::PushCreditExhausted,
         Sometimes::PushLeaderMoved,
+        Sometimes::CompactionRewroteSegment,
     ];
 
     /// The name in the coverage table (snake case).
@@ -118,6 +121,7 @@ impl Sometimes {
             Sometimes::GroupStaleCommitRefused => "group_stale_commit_refused",
             Sometimes::PushCreditExhausted => "push_credit_exhausted",
             Sometimes::PushLeaderMoved => "push_leader_moved",
+            Sometimes::CompactionRewroteSegment => "compaction_rewrote_segment",
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Pure code: no I/O, no async, no clocks. Used by proptests (as the model the real code is compared
 //! with), by the simulation and by the Jepsen harness (to judge recorded histories).
 
+pub mod compaction;
 pub mod fnv;
 pub mod group_checker;
 pub mod history;

@@ -965,6 +965,8 @@ fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
             peers: peers.clone(),
             metadata_snapshot_interval_entries: swarm.snapshot_interval_entries,
             retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS,
+            // The smallest segments: the offsets topic's roll and get compacted in a short run.
+            offsets_topic_segment_bytes: 1024,
             ..BrokerConfig::default()
         })
         .collect()
@@ -982,6 +984,7 @@ async fn create_topic(addr: String, partitions: u32, replication: u32, log: Opti
         retention_ms: Some(log.retention_ms),
         retention_bytes: Some(log.retention_bytes),
         segment_bytes: Some(log.segment_bytes),
+        ..LogSettingsInfo::default()
     });
     let spec = TopicSpec { partitions, replication, log, ..TopicSpec::default() };
     let mut last_error = String::new();

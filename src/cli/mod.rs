@@ -29,6 +29,7 @@ use crate::client::{
 };
 use crate::compression::Compression;
 use crate::config::BrokerConfig;
+use crate::meta::state::CleanupPolicy;
 use crate::partition::FsyncPolicy;
 use crate::protocol::{Acks, ErrorCode, LogSettingsInfo, PartitionInfo, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
 use crate::types::Offset;
@@ -75,7 +76,9 @@ impl Cli {
             Command::Bench(bench::BenchCommand::Produce(args)) => (&["bench", "produce"], args.check()),
             Command::Topic(TopicCommand::Alter { log, .. }) if log.is_empty() => (
                 &["topic", "alter"],
-                Err("nothing to change: give --retention-ms, --retention-bytes or --segment-bytes".to_owned()),
+                Err("nothing to change: give --retention-ms, --retention-bytes, --segment-bytes, --cleanup-policy \
+                     or --delete-retention-ms"
+                    .to_owned()),
             ),
             _ => (&[], Ok(())),
         };
@@ -166,7 +169,7 @@ pub enum TopicCommand {
         #[command(flatten)]
         log: LogSettingsArgs,
     },
-    /// Change a topic's retention or segment size; what is not given stays as it is.
+    /// Change a topic's retention, segment size or cleanup policy; what is not given stays as it is.
     Alter {
         name: String,
         #[command(flatten)]
@@ -182,7 +185,7 @@ pub enum TopicCommand {
 }
 
 /// A topic's log settings (Kafka's `retention.ms`, `retention.bytes`, `segment.bytes`,
-/// `cleanup.policy`; ADR 0019).
+/// `cleanup.policy`, `delete.retention.ms`; ADR 0019).
 #[derive(Args, Debug, Clone, PartialEq, Eq)]
 pub struct LogSettingsArgs {
     /// Delete a sealed segment once its newest record is older than this many ms; -1 keeps records
@@ -197,9 +200,15 @@ pub struct LogSettingsArgs {
     /// this is its granularity [default: the broker's segment_bytes_max].
     #[arg(long, value_name = "BYTES")]
     pub segment_bytes: Option<u64>,
-    /// What happens to old segments: delete (the only policy so far; compact is refused).
+    /// delete: only retention removes records. compact: sealed segments also keep only the latest
+    /// record of each key, and every produced record needs a key (InvalidRecord otherwise)
+    /// [default: delete].
     #[arg(long, value_name = "POLICY", value_parser = parse_cleanup_policy)]
-    pub cleanup_policy: Option<String>,
+    pub cleanup_policy: Option<CleanupPolicy>,
+    /// On a compacted topic, keep a tombstone (a record with a null value) this many ms after it
+    /// was written before compaction may remove it; at least 0 [default: 86400000, a day].
+    #[arg(long, value_name = "MS", allow_negative_numbers = true)]
+    pub delete_retention_ms: Option<i64>,
 }
 
 impl LogSettingsArgs {
@@ -208,20 +217,18 @@ impl LogSettingsArgs {
             retention_ms: self.retention_ms,
             retention_bytes: self.retention_bytes,
             segment_bytes: self.segment_bytes,
+            cleanup_policy: self.cleanup_policy.map(|policy| policy.as_str().to_owned()),
+            delete_retention_ms: self.delete_retention_ms,
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.info() == LogSettingsInfo::default() && self.cleanup_policy.is_none()
+        self.info() == LogSettingsInfo::default()
     }
 }
 
-fn parse_cleanup_policy(text: &str) -> Result<String, String> {
-    match text {
-        "delete" => Ok(text.to_owned()),
-        "compact" => Err("cleanup policy compact is not supported yet (only delete)".to_owned()),
-        other => Err(format!("unknown cleanup policy {other:?} (expected delete)")),
-    }
+fn parse_cleanup_policy(text: &str) -> Result<CleanupPolicy, String> {
+    CleanupPolicy::parse(text)
 }
 
 #[derive(Args, Debug)]
@@ -233,8 +240,12 @@ pub struct ProduceArgs {
     #[arg(long)]
     pub partition: Option<u32>,
     /// Produce this single record instead of reading stdin.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "tombstone")]
     pub value: Option<String>,
+    /// Produce one tombstone (a record with a null value) for --key instead of reading stdin: on a
+    /// compacted topic it deletes the key once compaction has run and --delete-retention-ms passed.
+    #[arg(long, requires = "key")]
+    pub tombstone: bool,
     /// What an acknowledgement waits for, and so what can still be lost after it.
     ///
     /// all (default): fsynced on every in-sync replica, with at least min_insync_replicas in the ISR;
@@ -548,10 +559,13 @@ async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl W
     if cli.json {
         let partitions: Vec<_> = partitions.iter().map(|(p, status)| partition_json(p, status.as_ref())).collect();
         let log = topic.log.clone().unwrap_or_default();
+        // A broker that has log settings but predates the cleanup policy only deletes.
+        let policy = log.cleanup_policy.clone().or_else(|| topic.log.as_ref().map(|_| "delete".to_owned()));
         let line = json!({"name": topic.name, "min_insync_replicas": topic.min_insync_replicas,
                           "unclean_leader_election": topic.unclean_leader_election,
                           "retention_ms": log.retention_ms, "retention_bytes": log.retention_bytes,
-                          "segment_bytes": log.segment_bytes, "cleanup_policy": "delete", "partitions": partitions});
+                          "segment_bytes": log.segment_bytes, "cleanup_policy": policy,
+                          "delete_retention_ms": log.delete_retention_ms, "partitions": partitions});
         print_line(out, &line.to_string());
     } else {
         let unclean = if topic.unclean_leader_election { "on (may lose acknowledged records)" } else { "off" };
@@ -575,20 +589,34 @@ async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl W
 }
 
 /// The topic's log settings for `topic describe`: `retention 7 days, retention bytes no limit,
-/// segment bytes broker default`.
+/// segment bytes broker default, cleanup policy delete, delete retention 1 day`. A broker that
+/// predates the cleanup policy only deletes.
 fn log_settings_text(log: Option<&LogSettingsInfo>) -> String {
     let Some(log) = log else { return "log settings unknown (an older broker)".to_owned() };
     let retention = match log.retention_ms {
         Some(-1) | None => "forever".to_owned(),
-        Some(ms) if ms % 86_400_000 == 0 => format!("{} days", ms / 86_400_000),
-        Some(ms) => format!("{ms} ms"),
+        Some(ms) => duration_text(ms),
     };
     let bytes = match log.retention_bytes {
         Some(-1) | None => "no limit".to_owned(),
         Some(bytes) => bytes.to_string(),
     };
     let segment = log.segment_bytes.map_or_else(|| "broker default".to_owned(), |bytes| bytes.to_string());
-    format!("retention {retention}, retention bytes {bytes}, segment bytes {segment}")
+    let policy = log.cleanup_policy.as_deref().unwrap_or("delete");
+    let tombstones = log.delete_retention_ms.map_or_else(|| "unknown (an older broker)".to_owned(), duration_text);
+    format!(
+        "retention {retention}, retention bytes {bytes}, segment bytes {segment}, cleanup policy {policy}, \
+         delete retention {tombstones}"
+    )
+}
+
+/// `ms` in whole days when it is some (`1 day`, `7 days`), else in ms.
+fn duration_text(ms: i64) -> String {
+    match ms / 86_400_000 {
+        1 if ms % 86_400_000 == 0 => "1 day".to_owned(),
+        days if ms != 0 && ms % 86_400_000 == 0 => format!("{days} days"),
+        _ => format!("{ms} ms"),
+    }
 }
 
 /// One partition of `topic describe --json`. The offsets come from the leader's status (`null` when
@@ -674,7 +702,10 @@ pub async fn run_produce(cli: &Cli, args: &ProduceArgs) -> Result<(), CliError> 
     let key = args.key.clone().map(Bytes::from);
     let mut deliveries = Vec::new();
     let make = |value: String| Record { key: key.clone(), value: Some(Bytes::from(value)), ..Record::default() };
-    if let Some(value) = &args.value {
+    if args.tombstone {
+        let tombstone = Record { key: key.clone(), value: None, ..Record::default() };
+        deliveries.push(producer.send(&args.topic, args.partition, tombstone).await);
+    } else if let Some(value) = &args.value {
         deliveries.push(producer.send(&args.topic, args.partition, make(value.clone())).await);
     } else {
         // stdin is read on this thread: it is the CLI, not the server, and it has nothing else to do.
@@ -782,6 +813,11 @@ async fn read_to_end(cli: &Cli, client: &Client, args: &ConsumeArgs, partitions:
             }
             if printed >= limit {
                 return Ok(());
+            }
+            // Past batches compaction emptied (ADR 0022), which bring no records.
+            if fetched.next_offset > *position {
+                *position = fetched.next_offset;
+                progressed = true;
             }
         }
         if !progressed {
@@ -929,6 +965,15 @@ mod tests {
         }
     }
 
+    /// A tombstone names its key and carries no value.
+    #[test]
+    fn a_tombstone_needs_a_key_and_no_value() {
+        let produce = produce_args("produce c --key k --tombstone");
+        assert!(produce.tombstone && produce.value.is_none());
+        assert_eq!(refused("produce c --tombstone").0, ErrorKind::MissingRequiredArgument);
+        assert_eq!(refused("produce c --key k --tombstone --value v").0, ErrorKind::ArgumentConflict);
+    }
+
     #[test]
     fn idempotence_is_on_by_default_with_kafkas_delivery_timeout() {
         let produce = produce_args("produce orders");
@@ -1002,6 +1047,69 @@ mod tests {
         }
         let (kind, _) = refused("bench produce --acks leader --delivery-timeout-ms 60000");
         assert_eq!(kind, ErrorKind::ArgumentConflict);
+    }
+
+    fn topic_log_args(args: &str) -> LogSettingsArgs {
+        match parse(args).unwrap_or_else(|error| panic!("{args}: {error}")).command {
+            Command::Topic(TopicCommand::Create { log, .. } | TopicCommand::Alter { log, .. }) => log,
+            other => panic!("{args}: parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn cleanup_policy_and_delete_retention_reach_the_request() {
+        let log = topic_log_args("topic create users --cleanup-policy compact --delete-retention-ms 60000");
+        assert_eq!(
+            log.info(),
+            LogSettingsInfo {
+                cleanup_policy: Some("compact".to_owned()),
+                delete_retention_ms: Some(60000),
+                ..LogSettingsInfo::default()
+            }
+        );
+        assert_eq!(
+            topic_log_args("topic create t --cleanup-policy delete").info().cleanup_policy.as_deref(),
+            Some("delete")
+        );
+        assert_eq!(topic_log_args("topic create t").info(), LogSettingsInfo::default());
+        // Either alone is something to change; a negative time is the broker's to refuse.
+        for alone in ["--cleanup-policy compact", "--delete-retention-ms 0", "--delete-retention-ms -1"] {
+            assert!(!topic_log_args(&format!("topic alter t {alone}")).is_empty(), "{alone}");
+        }
+        let (kind, message) = refused("topic alter t");
+        assert_eq!(kind, ErrorKind::ArgumentConflict, "{message}");
+        assert!(message.contains("--cleanup-policy or --delete-retention-ms"), "{message}");
+        for command in ["topic create t", "topic alter t"] {
+            let (kind, message) = refused(&format!("{command} --cleanup-policy shred"));
+            assert_eq!(kind, ErrorKind::ValueValidation, "{message}");
+            assert!(message.contains(r#"unknown cleanup policy "shred" (expected delete or compact)"#), "{message}");
+        }
+    }
+
+    #[test]
+    fn describe_text_shows_the_cleanup_policy() {
+        let log = LogSettingsInfo {
+            retention_ms: Some(604_800_000),
+            retention_bytes: Some(-1),
+            segment_bytes: None,
+            cleanup_policy: Some("compact".to_owned()),
+            delete_retention_ms: Some(86_400_000),
+        };
+        assert_eq!(
+            log_settings_text(Some(&log)),
+            "retention 7 days, retention bytes no limit, segment bytes broker default, cleanup policy compact, \
+             delete retention 1 day"
+        );
+        let tombstones_at_once = LogSettingsInfo { delete_retention_ms: Some(0), retention_ms: Some(-1), ..log };
+        assert_eq!(
+            log_settings_text(Some(&tombstones_at_once)),
+            "retention forever, retention bytes no limit, segment bytes broker default, cleanup policy compact, \
+             delete retention 0 ms"
+        );
+        // A broker from before the cleanup policy only deletes.
+        let older = LogSettingsInfo { retention_ms: Some(-1), retention_bytes: Some(-1), ..LogSettingsInfo::default() };
+        assert!(log_settings_text(Some(&older))
+            .ends_with("cleanup policy delete, delete retention unknown (an older broker)"));
     }
 
     #[test]

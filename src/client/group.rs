@@ -843,7 +843,7 @@ impl GroupConsumer {
         let mut fetched = Vec::new();
         for (tp, position, result) in futures::future::join_all(fetches).await {
             match result {
-                Ok(slice) => fetched.push((tp, slice.records)),
+                Ok(slice) => fetched.push((tp, slice.records, slice.next_offset)),
                 Err(ClientError::Server { code: ErrorCode::OffsetOutOfRange, message }) => {
                     let to = self.reset_offset(&tp, Some((position, &message))).await?;
                     if let Some(slot) = self.positions.get_mut(&tp) {
@@ -855,9 +855,12 @@ impl GroupConsumer {
         }
         // No await from here on: the positions move exactly past what is handed out.
         let mut records = Vec::new();
-        for (tp, slice) in fetched {
-            if let (Some(last), Some(position)) = (slice.last(), self.positions.get_mut(&tp)) {
-                *position = last.offset.next();
+        for (tp, slice, next_offset) in fetched {
+            // Every record of the slice is handed out: past its last batch, also one compaction
+            // emptied (ADR 0022).
+            let end = slice.last().map(|last| last.offset.next()).into_iter().chain([next_offset]).max();
+            if let (Some(end), Some(position)) = (end, self.positions.get_mut(&tp)) {
+                *position = (*position).max(end);
             }
             records.extend(slice.into_iter().map(|record| (tp.topic.clone(), tp.partition, record)));
         }

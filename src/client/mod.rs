@@ -239,7 +239,8 @@ pub struct TopicSpec {
     /// `None`: the broker's default, `min(2, replication)`.
     pub min_insync_replicas: Option<u32>,
     pub unclean_leader_election: bool,
-    /// Retention and segment size; unset fields get the broker's defaults.
+    /// Retention, segment size, cleanup policy and `delete_retention_ms`; unset fields get the
+    /// broker's defaults.
     pub log: LogSettingsInfo,
 }
 
@@ -262,6 +263,10 @@ pub struct Fetched {
     pub log_start: Offset,
     /// Records at or after the requested offset, in offset order.
     pub records: Vec<StoredRecord>,
+    /// The offset after the last batch returned (the requested offset when none was): where the
+    /// next fetch goes on. Past the last record when compaction emptied batches at the end
+    /// (ADR 0022), so a reader advances even when a fetch brought no records.
+    pub next_offset: Offset,
 }
 
 /// How a partition's replicas are doing, as its leader sees them (see
@@ -915,11 +920,12 @@ impl Client {
         match self.request_partition(topic, partition, body, false, wait_max).await? {
             Body::FetchResponse(FetchResponse { error: Some(info), .. }) => Err(ClientError::server(info)),
             Body::FetchResponse(response) => {
-                let records = decode_records(response.records, offset)?;
+                let (records, next_offset) = decode_batches(response.records, offset)?;
                 Ok(Fetched {
                     high_watermark: Offset(response.high_watermark),
                     log_start: Offset(response.log_start_offset),
                     records,
+                    next_offset,
                 })
             }
             other => Err(unexpected(other)),
@@ -928,8 +934,15 @@ impl Client {
 }
 
 /// Decodes concatenated batches (verifying each CRC) into records at or after `from`.
-pub fn decode_records(mut bytes: Bytes, from: Offset) -> Result<Vec<StoredRecord>, ClientError> {
+pub fn decode_records(bytes: Bytes, from: Offset) -> Result<Vec<StoredRecord>, ClientError> {
+    Ok(decode_batches(bytes, from)?.0)
+}
+
+/// Decodes concatenated batches (verifying each CRC) into records at or after `from`, and the
+/// offset after the last batch (at least `from`).
+pub fn decode_batches(mut bytes: Bytes, from: Offset) -> Result<(Vec<StoredRecord>, Offset), ClientError> {
     let mut records = Vec::new();
+    let mut next = from;
     while let Some(batch) = Batch::split_first(&mut bytes).map_err(|error| ClientError::Corrupt(error.to_string()))? {
         for record in batch.records() {
             let record = record.map_err(|error| ClientError::Corrupt(error.to_string()))?;
@@ -937,8 +950,9 @@ pub fn decode_records(mut bytes: Bytes, from: Offset) -> Result<Vec<StoredRecord
                 records.push(record);
             }
         }
+        next = next.max(batch.next_offset());
     }
-    Ok(records)
+    Ok((records, next))
 }
 
 /// Another attempt of a partition request is due: the result to return if none is left, and whether

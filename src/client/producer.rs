@@ -42,7 +42,8 @@
 //!   then is it reported, ambiguous if any attempt may have been appended;
 //! - `OutOfOrderSequence` / `UnknownProducerId`: an earlier batch has not landed yet, so re-sent;
 //!   for the lane's oldest unanswered batch it means the partition lost this producer's state;
-//! - a definite failure (`CorruptBatch`, `MessageTooLarge`, `ProducerFenced`, ...): reported.
+//! - a definite failure (`CorruptBatch`, `MessageTooLarge`, `ProducerFenced`, `InvalidRecord`, ...):
+//!   reported.
 //!
 //! A sequence that will never be appended (a definite failure, a batch given up, lost state) leaves
 //! a hole the broker would refuse every later batch for: the lane then waits until every started
@@ -1250,7 +1251,17 @@ pub fn murmur2(data: &[u8]) -> u32 {
 
 #[cfg(test)]
 mod tests {
-    use super::murmur2;
+    use super::{idempotent_answer, is_refusal, murmur2, AnswerKind};
+    use crate::protocol::ErrorCode;
+
+    /// A keyless record on a compacted topic gets the same answer however often it is sent: a
+    /// definite failure, never retried, with or without idempotence.
+    #[test]
+    fn invalid_record_is_a_definite_failure() {
+        assert!(matches!(idempotent_answer(ErrorCode::InvalidRecord), AnswerKind::Fail));
+        assert!(!is_refusal(ErrorCode::InvalidRecord));
+        assert!(!ErrorCode::InvalidRecord.is_indeterminate());
+    }
 
     #[test]
     fn murmur2_matches_kafka_reference_values() {

@@ -22,6 +22,9 @@ pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 pub const OFFSETS_TOPIC_PARTITIONS: u32 = 8;
 /// Its replication factor (fewer when fewer brokers are alive when it is created).
 pub const OFFSETS_TOPIC_REPLICATION: u32 = 3;
+/// Its segment size (Kafka's `offsets.topic.segment.bytes`): small enough that compaction, which
+/// cleans sealed segments only, keeps the topic small (ADR 0022).
+pub const OFFSETS_TOPIC_SEGMENT_BYTES: u64 = 100 * 1024 * 1024;
 /// Longest group id.
 pub const GROUP_ID_BYTES_MAX: usize = 249;
 

@@ -21,6 +21,9 @@
 //!   again by every recovery. Only the first segment's is ever the sole record of anything: the
 //!   batches before it were deleted by retention.
 //!
+//! A compaction in progress ([`compaction`]) also leaves `{base:020}.{next:020}.cleaned`, the
+//! segment's new content, until it has been copied over the `.log`.
+//!
 //! All integers are big-endian; see [`index`] for the entries and the seal. A segment rolls when the
 //! next batch would take it past `segment_bytes_max`. When a rolled segment's data is known durable
 //! (a sync covering its last offset succeeded), a *seal* is appended to both index files: a CRC'd
@@ -30,6 +33,9 @@
 //! `fdatasync` metadata cost shows up in the benches).
 //!
 //! # Recovery (in [`PartitionLog::open`])
+//! 0. An interrupted compaction is finished or forgotten ([`compaction`]'s module doc): a whole
+//!    `.cleaned` file is copied over its segment's `.log` (whose index files are emptied, so step 4
+//!    rebuilds them); every `.cleaned` file is removed.
 //! 1. Segments are the `.log` files, in base-offset order. Index and producer files without a `.log`,
 //!    and files of segments dropped below, are removed.
 //! 2. Segments must be contiguous: each base offset equals the previous segment's next offset. At the
@@ -73,6 +79,13 @@
 //! segment: a crash recovers a suffix of the old log or the new empty log, never an empty directory
 //! (which would restart the log at offset 0).
 //!
+//! # Compaction (in [`compaction`])
+//! [`PartitionLog::compact`] keeps the latest record of each key in the sealed segments below a
+//! given offset (ADR 0022). Offsets do not move and no gap appears: batches keep their spans with
+//! fewer records (or none), runs of emptied batches become record-less fillers, one per leader
+//! epoch, so every rule above (contiguity, CRCs, epoch runs) still holds. Each segment is rewritten
+//! in place through its `.cleaned` redo file.
+//!
 //! # Corruption after recovery
 //! Reads check every returned batch's CRC, offsets and leader epoch (the CRC does not cover the epoch
 //! field: it is checked against the epoch runs the log records from the batches it scanned or
@@ -97,6 +110,7 @@
 //! scan; [`PartitionLog::segment_summaries`] reports them to retention) and both sparse indexes (one
 //! entry per `index_interval_bytes`, 24 bytes of memory per 4 KiB of log by default).
 
+pub mod compaction;
 pub mod end_checkpoint;
 pub mod epoch_cache;
 mod index;
@@ -334,11 +348,14 @@ impl<D: Disk> PartitionLog<D> {
         );
         let dir = dir.trim_end_matches('/').to_string();
         disk.create_dir_all(&dir)?;
+        // An interrupted compaction is finished (or forgotten) before any segment is looked at.
+        let compaction_finished = compaction::finish_interrupted(&disk, &dir, config.index_interval_bytes).await?;
         let (log_bases, other_files) = Self::list_segment_files(&disk, &dir)?;
         let mut report = RecoveryReport::default();
         let mut scanned = Scanned { epoch_runs: Vec::new(), producers: ProducerStates::new(), snapshots: Vec::new() };
         let mut segments = Self::recover_segments(&disk, &dir, &config, &log_bases, &mut report, &mut scanned)?;
-        let mut dir_changed = Self::remove_dropped_files(
+        let mut dir_changed = compaction_finished;
+        dir_changed |= Self::remove_dropped_files(
             &disk,
             &dir,
             &segments,

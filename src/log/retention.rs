@@ -53,17 +53,17 @@ pub struct SegmentSummary {
 
 /// Fails the log when dropped armed: a retention future abandoned between two removals leaves the
 /// files and the log's memory out of step, which only a reopen (recovery) sorts out.
-struct FailIfAbandoned {
+pub(super) struct FailIfAbandoned {
     shared: Arc<Mutex<SyncShared>>,
     armed: bool,
 }
 
 impl FailIfAbandoned {
-    fn arm(shared: &Arc<Mutex<SyncShared>>) -> FailIfAbandoned {
+    pub(super) fn arm(shared: &Arc<Mutex<SyncShared>>) -> FailIfAbandoned {
         FailIfAbandoned { shared: shared.clone(), armed: true }
     }
 
-    fn disarm(mut self) {
+    pub(super) fn disarm(mut self) {
         self.armed = false;
     }
 }

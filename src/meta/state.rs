@@ -105,6 +105,16 @@
 //! older entry, keeps everything (`retention_ms` -1), since the builds that wrote them deleted
 //! nothing. An older build refuses a version-4 entry or a version-3 snapshot as an unsupported
 //! version rather than dropping the settings.
+//!
+//! # Formats, version 5 (commands) and 4 (snapshots)
+//! [`LogSettings`] gained the cleanup policy ([`CleanupPolicy`]: Kafka's `cleanup.policy`, `delete`
+//! or `compact`) and `delete_retention_ms` (Kafka's `delete.retention.ms`: how long a tombstone is
+//! kept after it was written before compaction may remove it), in `CreateTopic`'s and
+//! `AlterTopic`'s `log` and in the topic records of a snapshot. An older entry or snapshot has
+//! neither and decodes with `delete` and [`DELETE_RETENTION_MS_DEFAULT`]: those builds only
+//! deleted. An older build would silently ignore the new fields (serde skips unknown ones), so a
+//! compacted topic would become a deleting one there; the version bump makes it refuse them as an
+//! unsupported version instead.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
@@ -130,11 +140,13 @@ pub const COMMAND_BYTES_MAX: usize = 1 << 20;
 
 const COMMAND_MAGIC: &[u8; 4] = b"KMCM";
 /// Version 3 added `ResignLeadership` and the new-incarnation epoch bump of `RegisterBroker`;
-/// version 4 the topics' log settings (`CreateTopic`'s `log`, `AlterTopic`).
-const COMMAND_FORMAT_VERSION: u8 = 4;
+/// version 4 the topics' log settings (`CreateTopic`'s `log`, `AlterTopic`); version 5 their
+/// cleanup policy and `delete_retention_ms`.
+const COMMAND_FORMAT_VERSION: u8 = 5;
 const SNAPSHOT_MAGIC: &[u8; 4] = b"KMSN";
-/// Version 3 added the topics' log settings.
-const SNAPSHOT_FORMAT_VERSION: u8 = 3;
+/// Version 3 added the topics' log settings; version 4 their cleanup policy and
+/// `delete_retention_ms`.
+const SNAPSHOT_FORMAT_VERSION: u8 = 4;
 /// The oldest command and snapshot format this build still reads (module doc, "Formats, version 2"
 /// and "Formats, version 3").
 const FORMAT_VERSION_MIN: u8 = 1;
@@ -177,8 +189,9 @@ pub enum MetaCommand {
         /// records). Off by default.
         #[serde(default)]
         unclean_leader_election: bool,
-        /// Retention and segment size; what is unset gets [`LogSettings::for_new_topic`]'s value.
-        /// (A format-1..3 `CreateTopic` decodes with `retention_ms` -1: those builds kept all.)
+        /// Retention, segment size and cleanup policy; what is unset gets
+        /// [`LogSettings::for_new_topic`]'s value. (A format-1..3 `CreateTopic` decodes with
+        /// `retention_ms` -1: those builds kept all; a format-1..4 one with the `delete` policy.)
         #[serde(default)]
         log: LogSettingsChange,
     },
@@ -395,22 +408,60 @@ pub struct TopicRecord {
     /// Elect a replica outside the ISR when no ISR member is eligible (loses acknowledged records).
     #[serde(default)]
     pub unclean_leader_election: bool,
-    /// Retention and segment size (snapshot format 3; older snapshots: keep everything).
+    /// Retention and segment size (snapshot format 3; older snapshots: keep everything), cleanup
+    /// policy (format 4; older snapshots: `delete`).
     #[serde(default)]
     pub log: LogSettings,
 }
 
 /// Kafka's `retention.ms` default: seven days.
 pub const RETENTION_MS_DEFAULT: i64 = 7 * 24 * 60 * 60 * 1000;
+/// Kafka's `delete.retention.ms` default: one day.
+pub const DELETE_RETENTION_MS_DEFAULT: i64 = 24 * 60 * 60 * 1000;
 /// The smallest `segment_bytes` a topic may set (Kafka's floor is 14 bytes; this keeps a topic from
 /// turning every batch into three files).
 pub const SEGMENT_BYTES_MIN: u64 = 1024;
 /// The largest `segment_bytes` a topic may set (segment positions are 32-bit in the indexes).
 pub const SEGMENT_BYTES_MAX: u64 = 1 << 30;
 
-/// A topic's log settings, Kafka's `retention.ms`, `retention.bytes` and `segment.bytes`: every
-/// replica deletes whole sealed segments from the start of its log once their newest record is older
-/// than `retention_ms`, or while the log is larger than `retention_bytes` (ADR 0019).
+/// A topic's cleanup policy, Kafka's `cleanup.policy`: what happens to its old records besides
+/// retention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CleanupPolicy {
+    /// Only retention removes records (whole segments, by age and size; ADR 0019).
+    #[default]
+    Delete,
+    /// Compaction keeps the latest record of each key in sealed segments, and removes a tombstone
+    /// (a record with a null value) once it is older than `delete_retention_ms`. Every record needs
+    /// a key.
+    Compact,
+}
+
+impl CleanupPolicy {
+    /// The policy's name, as Kafka spells it (and as [`CleanupPolicy::parse`] reads it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CleanupPolicy::Delete => "delete",
+            CleanupPolicy::Compact => "compact",
+        }
+    }
+
+    /// Reads `delete` or `compact`; anything else is refused with a message naming both.
+    pub fn parse(text: &str) -> Result<CleanupPolicy, String> {
+        match text {
+            "delete" => Ok(CleanupPolicy::Delete),
+            "compact" => Ok(CleanupPolicy::Compact),
+            other => Err(format!("unknown cleanup policy {other:?} (expected delete or compact)")),
+        }
+    }
+}
+
+/// A topic's log settings, Kafka's `retention.ms`, `retention.bytes`, `segment.bytes`,
+/// `cleanup.policy` and `delete.retention.ms`: every replica deletes whole sealed segments from the
+/// start of its log once their newest record is older than `retention_ms`, or while the log is
+/// larger than `retention_bytes` (ADR 0019); a compacted topic's sealed segments also keep only the
+/// latest record of each key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogSettings {
     /// -1: keep forever; else at least 1.
@@ -419,20 +470,42 @@ pub struct LogSettings {
     pub retention_bytes: i64,
     /// `None`: the broker's `segment_bytes_max`; else in `SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX`.
     pub segment_bytes: Option<u64>,
+    /// Formats before command 5 / snapshot 4: `delete`.
+    #[serde(default)]
+    pub cleanup_policy: CleanupPolicy,
+    /// How long compaction keeps a tombstone after it was written; at least 0. Formats before
+    /// command 5 / snapshot 4: [`DELETE_RETENTION_MS_DEFAULT`].
+    #[serde(default = "delete_retention_ms_default")]
+    pub delete_retention_ms: i64,
+}
+
+fn delete_retention_ms_default() -> i64 {
+    DELETE_RETENTION_MS_DEFAULT
 }
 
 impl Default for LogSettings {
     /// Keep everything: what a topic created before log settings existed keeps.
     fn default() -> LogSettings {
-        LogSettings { retention_ms: -1, retention_bytes: -1, segment_bytes: None }
+        LogSettings {
+            retention_ms: -1,
+            retention_bytes: -1,
+            segment_bytes: None,
+            cleanup_policy: CleanupPolicy::Delete,
+            delete_retention_ms: DELETE_RETENTION_MS_DEFAULT,
+        }
     }
 }
 
 impl LogSettings {
     /// A new topic's settings: Kafka's defaults (seven days, no size limit, the broker's segment
-    /// size) with what `change` sets.
+    /// size, `delete`, tombstones kept a day) with what `change` sets; a compacted topic has no time
+    /// limit unless `change` sets one.
     pub fn for_new_topic(change: &LogSettingsChange) -> LogSettings {
-        let defaults = LogSettings { retention_ms: RETENTION_MS_DEFAULT, ..LogSettings::default() };
+        // A compacted topic keeps the latest record of each key for good unless a time limit is
+        // asked for (Kafka's `compact` without `delete`).
+        let compacted = change.cleanup_policy == Some(CleanupPolicy::Compact);
+        let retention_ms = if compacted { -1 } else { RETENTION_MS_DEFAULT };
+        let defaults = LogSettings { retention_ms, ..LogSettings::default() };
         defaults.with(change)
     }
 
@@ -442,6 +515,8 @@ impl LogSettings {
             retention_ms: change.retention_ms.unwrap_or(self.retention_ms),
             retention_bytes: change.retention_bytes.unwrap_or(self.retention_bytes),
             segment_bytes: change.segment_bytes.or(self.segment_bytes),
+            cleanup_policy: change.cleanup_policy.unwrap_or(self.cleanup_policy),
+            delete_retention_ms: change.delete_retention_ms.unwrap_or(self.delete_retention_ms),
         }
     }
 
@@ -460,6 +535,12 @@ impl LogSettings {
                 ));
             }
         }
+        if self.delete_retention_ms < 0 {
+            return Err(format!(
+                "delete retention ms (how long a tombstone is kept) must be at least 0, got {}",
+                self.delete_retention_ms
+            ));
+        }
         Ok(())
     }
 }
@@ -474,6 +555,10 @@ pub struct LogSettingsChange {
     pub retention_bytes: Option<i64>,
     #[serde(default)]
     pub segment_bytes: Option<u64>,
+    #[serde(default)]
+    pub cleanup_policy: Option<CleanupPolicy>,
+    #[serde(default)]
+    pub delete_retention_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -1696,19 +1781,25 @@ pub fn decode_command(bytes: &[u8]) -> Result<MetaCommand, MetaStateError> {
             Err(MetaStateError::Malformed(format!("a command format {version} did not have")))
         }
         // Formats 1 to 3 kept every record: an old create replays as "retain forever" (module doc,
-        // "Formats, version 4").
-        MetaCommand::CreateTopic { mut log, .. } if version <= 3 => {
-            log.retention_ms = Some(-1);
-            log.retention_bytes = Some(-1);
+        // "Formats, version 4"). Formats 1 to 4 had no cleanup policy: an old create or alter
+        // replays as those builds applied it, `delete` (module doc, "Formats, version 5"; their
+        // entries carry neither field, and those builds ignored fields they did not know).
+        MetaCommand::CreateTopic { mut log, .. } | MetaCommand::AlterTopic { mut log, .. } if version <= 4 => {
+            if version <= 3 {
+                log.retention_ms = Some(-1);
+                log.retention_bytes = Some(-1);
+            }
+            log.cleanup_policy = None;
+            log.delete_retention_ms = None;
             Ok(command_with_log(command, log))
         }
         command => Ok(command),
     }
 }
 
-/// `command` with `log` as its log settings, if it is a `CreateTopic`.
+/// `command` with `log` as its log settings, if it is a `CreateTopic` or an `AlterTopic`.
 fn command_with_log(mut command: MetaCommand, new_log: LogSettingsChange) -> MetaCommand {
-    if let MetaCommand::CreateTopic { log, .. } = &mut command {
+    if let MetaCommand::CreateTopic { log, .. } | MetaCommand::AlterTopic { log, .. } = &mut command {
         *log = new_log;
     }
     command
@@ -1959,9 +2050,10 @@ mod tests {
     fn log_settings_on_create_alter_and_from_older_formats() {
         let mut state = cluster(1);
         create(&mut state, "t", 1, 1);
-        let expected = LogSettings { retention_ms: RETENTION_MS_DEFAULT, retention_bytes: -1, segment_bytes: None };
+        let expected = LogSettings { retention_ms: RETENTION_MS_DEFAULT, ..LogSettings::default() };
         assert_eq!(state.topic("t").unwrap().log, expected);
-        let set = LogSettingsChange { retention_ms: Some(60_000), retention_bytes: None, segment_bytes: Some(4096) };
+        let set =
+            LogSettingsChange { retention_ms: Some(60_000), segment_bytes: Some(4096), ..LogSettingsChange::default() };
         let with_log = |name: &str, log: LogSettingsChange| command_with_log(create_command(name, 1, 1), log);
         let command = with_log("u", set);
         assert!(matches!(next(&mut state, command), MetaResult::TopicCreated { .. }));
@@ -1997,11 +2089,95 @@ mod tests {
         assert!(matches!(decode_command(&v3_alter), Err(MetaStateError::Malformed(_))));
         // A version-2 snapshot (no `log` in its topics) restores keeping everything.
         let payload = String::from_utf8(state.canonical_payload()).unwrap();
-        let v2_payload =
-            payload.replace(r#","log":{"retention_ms":60000,"retention_bytes":1048576,"segment_bytes":4096}"#, "");
+        let v2_payload = payload.replace(
+            r#","log":{"retention_ms":60000,"retention_bytes":1048576,"segment_bytes":4096,"cleanup_policy":"delete","delete_retention_ms":86400000}"#,
+            "",
+        );
         assert_ne!(v2_payload, payload);
         let v2 = encode_envelope(SNAPSHOT_MAGIC, 2, v2_payload.as_bytes());
         assert_eq!(MetadataState::restore(&v2).unwrap().topic("u").unwrap().log, LogSettings::default());
+    }
+
+    /// Cleanup policy and `delete_retention_ms` (command format 5, snapshot format 4): a new topic
+    /// gets `delete` and a day, `with` sets them, `validate` wants a tombstone time of at least 0.
+    #[test]
+    fn cleanup_policy_and_delete_retention_settings() {
+        assert_eq!(CleanupPolicy::default(), CleanupPolicy::Delete);
+        for policy in [CleanupPolicy::Delete, CleanupPolicy::Compact] {
+            assert_eq!(CleanupPolicy::parse(policy.as_str()), Ok(policy));
+        }
+        assert_eq!(
+            CleanupPolicy::parse("Compact"),
+            Err(r#"unknown cleanup policy "Compact" (expected delete or compact)"#.to_owned())
+        );
+        let defaults = LogSettings::default();
+        assert_eq!((defaults.cleanup_policy, defaults.delete_retention_ms), (CleanupPolicy::Delete, 86_400_000));
+        let new_topic = LogSettings::for_new_topic(&LogSettingsChange::default());
+        assert_eq!((new_topic.cleanup_policy, new_topic.delete_retention_ms), (CleanupPolicy::Delete, 86_400_000));
+
+        // `with` replaces what is set and keeps the rest; `validate` wants a tombstone time >= 0.
+        let compact =
+            LogSettingsChange { cleanup_policy: Some(CleanupPolicy::Compact), ..LogSettingsChange::default() };
+        let compacted = new_topic.with(&compact);
+        assert_eq!(compacted, LogSettings { cleanup_policy: CleanupPolicy::Compact, ..new_topic });
+        let tombstones = LogSettingsChange { delete_retention_ms: Some(0), ..LogSettingsChange::default() };
+        assert_eq!(compacted.with(&tombstones), LogSettings { delete_retention_ms: 0, ..compacted });
+        assert_eq!(compacted.with(&LogSettingsChange::default()), compacted);
+        assert_eq!(compacted.with(&tombstones).validate(), Ok(()));
+        let negative = LogSettings { delete_retention_ms: -1, ..compacted };
+        let message = negative.validate().unwrap_err();
+        assert!(message.contains("delete retention ms") && message.contains("got -1"), "{message}");
+    }
+
+    /// The same settings through the state machine and its encodings, and from older formats.
+    #[test]
+    fn cleanup_policy_through_the_state_machine_and_from_older_formats() {
+        let compact =
+            LogSettingsChange { cleanup_policy: Some(CleanupPolicy::Compact), ..LogSettingsChange::default() };
+        let compacted = LogSettings::for_new_topic(&compact);
+        let mut state = cluster(1);
+        let create_compacted = command_with_log(create_command("c", 1, 1), compact);
+        assert_eq!(decode_command(&encode_command(&create_compacted)).unwrap(), create_compacted);
+        assert!(String::from_utf8_lossy(&encode_command(&create_compacted)).contains(r#""cleanup_policy":"compact""#));
+        assert!(matches!(next(&mut state, create_compacted), MetaResult::TopicCreated { .. }));
+        assert_eq!(state.topic("c").unwrap().log, compacted);
+        let alter = |log| MetaCommand::AlterTopic { name: "c".into(), log };
+        let bad = LogSettingsChange { delete_retention_ms: Some(-5), ..LogSettingsChange::default() };
+        assert_rejected(&mut state, alter(bad), ErrorCode::InvalidConfig);
+        let bad_create = command_with_log(create_command("d", 1, 1), bad);
+        assert_rejected(&mut state, bad_create, ErrorCode::InvalidConfig);
+        let alter_tombstones = alter(LogSettingsChange { delete_retention_ms: Some(1000), ..compact });
+        assert_eq!(decode_command(&encode_command(&alter_tombstones)).unwrap(), alter_tombstones);
+        assert_eq!(next(&mut state, alter_tombstones), MetaResult::Ok);
+        let c = state.topic("c").unwrap().log;
+        assert_eq!((c.cleanup_policy, c.delete_retention_ms), (CleanupPolicy::Compact, 1000));
+        let restored = MetadataState::restore(&state.snapshot()).unwrap();
+        assert_eq!(restored.topic("c").unwrap().log, c);
+
+        // A version-4 create and alter (no policy, no tombstone time) read as `delete` and a day,
+        // and as that build applied them: it ignored fields it did not know.
+        let v4 = encode_envelope(
+            COMMAND_MAGIC,
+            4,
+            br#"{"CreateTopic":{"name":"w","partitions":1,"replication":1,"log":{"retention_ms":60000}}}"#,
+        );
+        let MetaCommand::CreateTopic { log, .. } = decode_command(&v4).unwrap() else { panic!("not a create") };
+        let w = LogSettings::for_new_topic(&log);
+        assert_eq!(w, LogSettings { retention_ms: 60_000, ..LogSettings::default() });
+        let v4_alter = encode_envelope(
+            COMMAND_MAGIC,
+            4,
+            br#"{"AlterTopic":{"name":"c","log":{"retention_ms":5000,"cleanup_policy":"delete"}}}"#,
+        );
+        let MetaCommand::AlterTopic { log, .. } = decode_command(&v4_alter).unwrap() else { panic!("not an alter") };
+        assert_eq!(log, LogSettingsChange { retention_ms: Some(5000), ..LogSettingsChange::default() });
+        // A version-3 snapshot (no policy, no tombstone time in its topics) restores as `delete`.
+        let payload = String::from_utf8(state.canonical_payload()).unwrap();
+        let v3_payload = payload.replace(r#","cleanup_policy":"compact","delete_retention_ms":1000"#, "");
+        assert_ne!(v3_payload, payload);
+        let v3 = encode_envelope(SNAPSHOT_MAGIC, 3, v3_payload.as_bytes());
+        let old = MetadataState::restore(&v3).unwrap().topic("c").unwrap().log;
+        assert_eq!(old, LogSettings { cleanup_policy: CleanupPolicy::Delete, delete_retention_ms: 86_400_000, ..c });
     }
 
     #[test]
@@ -2321,10 +2497,10 @@ mod tests {
         assert!(matches!(decode_command(b""), Err(MetaStateError::Truncated { .. })));
         assert!(matches!(decode_command(b"garbage garbage"), Err(MetaStateError::BadMagic { .. })));
         let mut future = encode_command(&MetaCommand::DeleteTopic { name: "t".into() });
-        future[4] = 5;
-        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 5, supported: 4 }));
+        future[4] = 6;
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 6, supported: 5 }));
         future[4] = 0;
-        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 0, supported: 4 }));
+        assert_eq!(decode_command(&future), Err(MetaStateError::UnsupportedVersion { version: 0, supported: 5 }));
         // Valid envelope, payload that is not a command.
         let not_a_command = encode_envelope(COMMAND_MAGIC, COMMAND_FORMAT_VERSION, b"{\"Nope\":1}");
         assert!(matches!(decode_command(&not_a_command), Err(MetaStateError::Malformed(_))));
@@ -2384,7 +2560,7 @@ mod tests {
         future[4] = 9;
         assert_eq!(
             MetadataState::restore(&future),
-            Err(MetaStateError::UnsupportedVersion { version: 9, supported: 3 })
+            Err(MetaStateError::UnsupportedVersion { version: 9, supported: 4 })
         );
     }
 

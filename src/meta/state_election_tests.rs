@@ -513,8 +513,12 @@ fn version_1_commands_and_snapshots_still_decode() {
             replication: 3,
             min_insync_replicas: None,
             unclean_leader_election: false,
-            // Version 1 kept every record: the create replays as "retain forever".
-            log: LogSettingsChange { retention_ms: Some(-1), retention_bytes: Some(-1), segment_bytes: None },
+            // Version 1 kept every record: the create replays as "retain forever" (and `delete`).
+            log: LogSettingsChange {
+                retention_ms: Some(-1),
+                retention_bytes: Some(-1),
+                ..LogSettingsChange::default()
+            },
         })
     );
     let v1_fence = encode_envelope(COMMAND_MAGIC, 1, br#"{"FenceBroker":{"node_id":2,"now_ms":7}}"#);
@@ -533,10 +537,10 @@ fn version_1_commands_and_snapshots_still_decode() {
         (LeaderEpoch(4), PartitionEpoch(0), 0)
     );
     assert!(!restored.broker(NodeId(1)).unwrap().shutting_down);
-    // The restored state keeps everything (log settings came with format 3), snapshots as version 3
-    // and reads back equal.
+    // The restored state keeps everything and only deletes (log settings came with format 3, the
+    // cleanup policy with format 4), snapshots as version 4 and reads back equal.
     assert_eq!(topic.log, LogSettings::default());
-    assert_eq!(restored.snapshot()[4], 3);
+    assert_eq!(restored.snapshot()[4], 4);
     assert_eq!(MetadataState::restore(&restored.snapshot()).unwrap(), restored);
 }
 
@@ -644,9 +648,9 @@ fn format_2_registrations_replay_as_format_2_applied_them() {
     let v1_register =
         encode_envelope(COMMAND_MAGIC, 1, br#"{"RegisterBroker":{"node_id":2,"addr":"b2:1","now_ms":5}}"#);
     assert_eq!(decode_command(&v1_register).unwrap(), decoded);
-    // This build writes version 4, which decodes to the command it encoded.
+    // This build writes version 5, which decodes to the command it encoded.
     let current = MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 };
-    assert_eq!(encode_command(&current)[4], 4);
+    assert_eq!(encode_command(&current)[4], 5);
     assert_eq!(decode_command(&encode_command(&current)), Ok(current));
     // A command version 2 did not have, in a version-2 envelope, is not what a version-2 build wrote.
     for payload in [

@@ -27,6 +27,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::batch::Batch;
+use crate::log::compaction::CompactionPolicy;
 use crate::log::end_checkpoint::EndCheckpoint;
 use crate::log::epoch_cache::EpochCache;
 use crate::log::{LogConfig, LogError, PartitionLog};
@@ -458,7 +459,7 @@ impl<D: Disk> Actor<D> {
         if let Some(at) = self.reopen_at {
             deadline = deadline.min(at);
         }
-        if self.core.state().log.retention == Retention::KEEP_ALL {
+        if self.log_cleaning_off() {
             deadline
         } else {
             deadline.min(self.retention_at)
@@ -863,12 +864,47 @@ impl<D: Disk> Actor<D> {
         }
     }
 
-    /// Applies retention when its interval is up (never for a topic that keeps everything).
+    /// Neither retention nor compaction applies: the topic keeps everything as written.
+    fn log_cleaning_off(&self) -> bool {
+        let policy = self.core.state().log;
+        policy.retention == Retention::KEEP_ALL && !policy.compact
+    }
+
+    /// Applies retention, then compaction, when their interval is up (never for a topic that keeps
+    /// everything as written).
     async fn retention_if_due(&mut self, sync: &mut Option<SyncFuture>) {
-        let keeps_all = self.core.state().log.retention == Retention::KEEP_ALL;
-        if !keeps_all && tokio::time::Instant::now() >= self.retention_at {
+        if !self.log_cleaning_off() && tokio::time::Instant::now() >= self.retention_at {
             self.retention_at = tokio::time::Instant::now() + self.retention_interval();
             self.enforce_retention(sync).await;
+            self.compact_if_due(sync).await;
+        }
+    }
+
+    /// Compaction (ADR 0022) of a `compact` topic's sealed segments below the high watermark (and
+    /// the durable end): every replica cleans its own log by the same rules; offsets, the log start
+    /// and end and the epochs do not change, so nothing else in the replica has to know.
+    async fn compact_if_due(&mut self, sync: &mut Option<SyncFuture>) {
+        let policy = self.core.state().log;
+        if !policy.compact {
+            return;
+        }
+        let high_watermark = self.core.high_watermark();
+        let Some(log) = self.log.as_mut() else { return };
+        let compaction = CompactionPolicy {
+            clean_below: high_watermark.min(log.durable_end_offset()),
+            now_ms: crate::clock::wall_clock_ms(),
+            delete_retention_ms: policy.delete_retention_ms,
+        };
+        match log.compact(compaction).await {
+            Ok(report) => {
+                if report.segments_rewritten > 0 {
+                    sometimes::hit(Sometimes::CompactionRewroteSegment);
+                }
+            }
+            Err(error) => {
+                *sync = None;
+                self.storage_failed_now(Input::StorageFailed { reason: format!("compaction failed: {error}") });
+            }
         }
     }
 

@@ -34,11 +34,18 @@ impl Default for Retention {
 }
 
 /// A topic's log settings as a partition replica applies them (from the metadata's `LogSettings`).
+/// The default (keep everything, no compaction, tombstones kept 0 ms) is for tests; a real replica
+/// always gets its topic's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LogPolicy {
     pub retention: Retention,
     /// The topic's segment size; `None`: the broker's `segment_bytes_max`.
     pub segment_bytes_max: Option<u64>,
+    /// The topic's cleanup policy is `compact`: sealed segments keep the latest record of each key.
+    pub compact: bool,
+    /// How long compaction keeps a tombstone (a record with a null value) after it was written, in
+    /// ms (Kafka's `delete.retention.ms`); at least 0. Meaningful only when `compact`.
+    pub delete_retention_ms: i64,
 }
 
 /// What else a decision depends on.

@@ -39,7 +39,9 @@ use crate::group::OFFSETS_TOPIC;
 use crate::log::LogConfig;
 use crate::meta::fence_watch::FenceWatch;
 use crate::meta::node::{NodeError, NodeHandle};
-use crate::meta::state::{LogSettingsChange, MetaCommand, MetaResult, MetadataState, PartitionRecord, TopicRecord};
+use crate::meta::state::{
+    CleanupPolicy, LogSettingsChange, MetaCommand, MetaResult, MetadataState, PartitionRecord, TopicRecord,
+};
 use crate::partition::replica::{PartitionState, ReplicaConfig};
 use crate::partition::retention::{LogPolicy, Retention};
 use crate::partition::{spawn_partition, PartitionHandle, PartitionSpec};
@@ -222,7 +224,7 @@ impl<D: Disk> Assignments<D> {
             replication: request.replication.max(1),
             min_insync_replicas: request.min_insync_replicas,
             unclean_leader_election: request.unclean_leader_election,
-            log: log_change(request.log.as_deref()),
+            log: log_change(request.log.as_deref())?,
         };
         result_error(self.node.propose(command).await.map_err(node_error)?)?;
         self.reconcile().await;
@@ -232,7 +234,7 @@ impl<D: Disk> Assignments<D> {
     /// Changes a topic's log settings; every replica's actor gets them at the next reconcile.
     pub async fn alter_topic(&self, request: &AlterTopicRequest) -> Result<(), TopicError> {
         validate_topic_name(&request.name)?;
-        let command = MetaCommand::AlterTopic { name: request.name.clone(), log: log_change(request.log.as_ref()) };
+        let command = MetaCommand::AlterTopic { name: request.name.clone(), log: log_change(request.log.as_ref())? };
         result_error(self.node.propose(command).await.map_err(node_error)?)?;
         self.reconcile().await;
         Ok(())
@@ -315,6 +317,12 @@ impl<D: Disk> Assignments<D> {
         Some(record.leader_epoch)
     }
 
+    /// The cleanup policy of `topic` in the applied metadata (`None`: no such topic). The produce
+    /// path refuses keyless records for a compacted topic with it.
+    pub fn cleanup_policy(&self, topic: &str) -> Option<CleanupPolicy> {
+        self.node.with_state(|state| state.topic(topic).map(|record| record.log.cleanup_policy))
+    }
+
     /// The partition count of each of `topics` that exists.
     pub fn partition_counts<'a>(&self, topics: impl IntoIterator<Item = &'a String>) -> BTreeMap<String, u32> {
         self.node.with_state(|state| {
@@ -327,13 +335,13 @@ impl<D: Disk> Assignments<D> {
 
     /// Where `group`'s coordinator is, from the applied metadata: the offsets partition, its leader
     /// and the leader's address. Creates the offsets topic the first time any group needs it
-    /// (`partitions`, replication `min(replication, alive brokers)`), answering
+    /// (`partitions`, replication `min(replication, alive brokers)`; compacted and never deleted by
+    /// time, as Kafka's: a group's latest commit must outlive any retention), answering
     /// `CoordinatorNotAvailable` meanwhile.
     pub async fn find_coordinator(
         &self,
         group: &str,
-        partitions: u32,
-        replication: u32,
+        offsets_topic: OffsetsTopic,
     ) -> Result<(u32, NodeId, String), TopicError> {
         let unavailable = |message: String| TopicError { code: ErrorCode::CoordinatorNotAvailable, message };
         let found = self.node.with_state(|state| {
@@ -354,8 +362,14 @@ impl<D: Disk> Assignments<D> {
                 let alive = self.node.with_state(|state| state.brokers().filter(|b| b.is_alive()).count() as u32);
                 let request = CreateTopicRequest {
                     name: OFFSETS_TOPIC.to_owned(),
-                    partitions,
-                    replication: replication.min(alive).max(1),
+                    partitions: offsets_topic.partitions,
+                    replication: offsets_topic.replication.min(alive).max(1),
+                    log: Some(Box::new(LogSettingsInfo {
+                        retention_ms: Some(-1),
+                        segment_bytes: Some(offsets_topic.segment_bytes),
+                        cleanup_policy: Some(CleanupPolicy::Compact.as_str().to_owned()),
+                        ..LogSettingsInfo::default()
+                    })),
                     ..CreateTopicRequest::default()
                 };
                 match self.create_topic(&request).await {
@@ -695,6 +709,14 @@ impl<D: Disk> Assignments<D> {
     }
 }
 
+/// What `__consumer_offsets` is created with (broker config), by the first group request that needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetsTopic {
+    pub partitions: u32,
+    pub replication: u32,
+    pub segment_bytes: u64,
+}
+
 /// What the controller decided for one partition, as the replica core takes it.
 pub fn partition_state(topic: &TopicRecord, record: &PartitionRecord) -> PartitionState {
     PartitionState {
@@ -708,6 +730,8 @@ pub fn partition_state(topic: &TopicRecord, record: &PartitionRecord) -> Partiti
         log: LogPolicy {
             retention: Retention { retention_ms: topic.log.retention_ms, retention_bytes: topic.log.retention_bytes },
             segment_bytes_max: topic.log.segment_bytes,
+            compact: topic.log.cleanup_policy == CleanupPolicy::Compact,
+            delete_retention_ms: topic.log.delete_retention_ms,
         },
     }
 }
@@ -744,6 +768,8 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
             retention_ms: Some(record.log.retention_ms),
             retention_bytes: Some(record.log.retention_bytes),
             segment_bytes: record.log.segment_bytes,
+            cleanup_policy: Some(record.log.cleanup_policy.as_str().to_owned()),
+            delete_retention_ms: Some(record.log.delete_retention_ms),
         }),
     };
     let topics = if topics.is_empty() {
@@ -795,11 +821,83 @@ pub fn unhealthy_partitions(state: &MetadataState) -> (Vec<PartitionHealthInfo>,
     (listed, omitted)
 }
 
-/// The settings a request sets (absent: unchanged, or the default).
-fn log_change(info: Option<&LogSettingsInfo>) -> LogSettingsChange {
-    info.map_or_else(LogSettingsChange::default, |info| LogSettingsChange {
+/// The settings a request sets (absent: unchanged, or the default). An unknown cleanup policy is
+/// `InvalidConfig` here; the ranges are the state machine's to check (`LogSettings::validate`).
+fn log_change(info: Option<&LogSettingsInfo>) -> Result<LogSettingsChange, TopicError> {
+    let Some(info) = info else { return Ok(LogSettingsChange::default()) };
+    let cleanup_policy = info
+        .cleanup_policy
+        .as_deref()
+        .map(CleanupPolicy::parse)
+        .transpose()
+        .map_err(|message| TopicError { code: ErrorCode::InvalidConfig, message })?;
+    Ok(LogSettingsChange {
         retention_ms: info.retention_ms,
         retention_bytes: info.retention_bytes,
         segment_bytes: info.segment_bytes,
+        cleanup_policy,
+        delete_retention_ms: info.delete_retention_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request's cleanup policy is parsed here (an unknown one is `InvalidConfig`, with the
+    /// parser's message); the ranges are left to the state machine.
+    #[test]
+    fn log_change_parses_the_cleanup_policy() {
+        assert_eq!(log_change(None).unwrap(), LogSettingsChange::default());
+        let info = LogSettingsInfo {
+            retention_ms: Some(-1),
+            cleanup_policy: Some("compact".to_owned()),
+            delete_retention_ms: Some(-7),
+            ..LogSettingsInfo::default()
+        };
+        let change = log_change(Some(&info)).unwrap();
+        assert_eq!(
+            change,
+            LogSettingsChange {
+                retention_ms: Some(-1),
+                cleanup_policy: Some(CleanupPolicy::Compact),
+                delete_retention_ms: Some(-7),
+                ..LogSettingsChange::default()
+            }
+        );
+        let unknown =
+            LogSettingsInfo { cleanup_policy: Some("compact,delete".to_owned()), ..LogSettingsInfo::default() };
+        let error = log_change(Some(&unknown)).unwrap_err();
+        assert_eq!(error.code, ErrorCode::InvalidConfig);
+        assert_eq!(error.message, r#"unknown cleanup policy "compact,delete" (expected delete or compact)"#);
+    }
+
+    /// The settings reach the metadata response and the replicas' `LogPolicy`.
+    #[test]
+    fn describe_and_partition_state_carry_the_cleanup_policy() {
+        let mut state = MetadataState::new();
+        let register = MetaCommand::RegisterBroker { node_id: NodeId(1), addr: "b1:9092".into(), now_ms: 0 };
+        assert_eq!(state.apply(1, &register), MetaResult::Ok);
+        let info = LogSettingsInfo {
+            cleanup_policy: Some("compact".to_owned()),
+            delete_retention_ms: Some(5000),
+            ..LogSettingsInfo::default()
+        };
+        let create = MetaCommand::CreateTopic {
+            name: "users".into(),
+            partitions: 1,
+            replication: 1,
+            min_insync_replicas: None,
+            unclean_leader_election: false,
+            log: log_change(Some(&info)).unwrap(),
+        };
+        assert!(matches!(state.apply(2, &create), MetaResult::TopicCreated { .. }));
+        let described = describe(&state, &["users".to_owned()]);
+        let log = described.topics[0].log.clone().unwrap();
+        assert_eq!((log.cleanup_policy.as_deref(), log.delete_retention_ms), (Some("compact"), Some(5000)));
+        let topic = state.topic("users").unwrap();
+        let policy = partition_state(topic, &topic.partitions[0]).log;
+        assert!(policy.compact);
+        assert_eq!(policy.delete_retention_ms, 5000);
+    }
 }

@@ -555,12 +555,12 @@ pub mod wire {
         }
     }
 
-    /// Serves one group request (any of Body tags 36-55). `offsets_topic`: the partitions and
-    /// replication `__consumer_offsets` is created with, if this request is the first to need it.
+    /// Serves one group request (any of Body tags 36-55). `offsets_topic`: what `__consumer_offsets`
+    /// is created with, if this request is the first to need it.
     pub async fn serve<D: Disk>(
         coordinators: &Coordinators,
         assignments: &Assignments<D>,
-        offsets_topic: (u32, u32),
+        offsets_topic: crate::server::assignments::OffsetsTopic,
         body: Body,
     ) -> Body {
         let node_id = assignments.node_id.0;
@@ -575,7 +575,7 @@ pub mod wire {
                 if let Err(invalid) = validate_group_id(&request.group) {
                     return error(invalid.code, invalid.message);
                 }
-                match assignments.find_coordinator(&request.group, offsets_topic.0, offsets_topic.1).await {
+                match assignments.find_coordinator(&request.group, offsets_topic).await {
                     Ok((partition, leader, addr)) => Body::FindCoordinatorResponse(FindCoordinatorResponse {
                         error: None,
                         node_id: leader.0,

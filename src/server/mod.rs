@@ -51,6 +51,7 @@ use crate::compression::Compression;
 use crate::config::BrokerConfig;
 use crate::log::LogConfig;
 use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError};
+use crate::meta::state::CleanupPolicy;
 use crate::meta::store::MetaStore;
 use crate::partition::replica::ReplicaConfig;
 use crate::partition::{ConsumerFetch, CoreConfig, OffsetSpec, PartitionReply};
@@ -702,7 +703,11 @@ async fn serve_request<D: Disk>(state: &Arc<State<D>>, id: u64, body: Body) -> B
         | Body::ListGroupsRequest(_)
         | Body::DescribeGroupRequest(_)) => {
             let state = state.clone();
-            let offsets_topic = (state.config.offsets_topic_partitions, state.config.offsets_topic_replication);
+            let offsets_topic = assignments::OffsetsTopic {
+                partitions: state.config.offsets_topic_partitions,
+                replication: state.config.offsets_topic_replication,
+                segment_bytes: state.config.offsets_topic_segment_bytes,
+            };
             Box::pin(async move {
                 Frame::new(id, groups::wire::serve(&state.coordinators, &state.assignments, offsets_topic, body).await)
             })
@@ -889,22 +894,10 @@ async fn produce<D: Disk>(state: &Arc<State<D>>, id: u64, request: ProduceReques
             format!("batch of {} bytes exceeds the {BATCH_BYTES_MAX}-byte limit", request.batch.len()),
         );
     }
-    // A compressed batch is inflated once here, in the connection's task, to check its records
-    // against its header (ADR 0018); it is stored, replicated and served as it came.
-    let checked = Batch::parse(request.batch).and_then(|batch| {
-        if batch.compression() == Compression::None {
-            return Ok(batch);
-        }
-        batch.check_records()?;
-        sometimes::hit(Sometimes::CompressedBatchProduced);
-        Ok(batch)
-    });
-    let batch = match checked {
+    let compacted = state.assignments.cleanup_policy(&request.topic) == Some(CleanupPolicy::Compact);
+    let batch = match check_produced_batch(request.batch, &request.topic, compacted) {
         Ok(batch) => batch,
-        Err(error @ BatchError::UnsupportedCompression(_)) => {
-            return produce_error(id, ErrorCode::UnsupportedCompression, format!("invalid record batch: {error}"))
-        }
-        Err(error) => return produce_error(id, ErrorCode::CorruptBatch, format!("invalid record batch: {error}")),
+        Err((code, message)) => return produce_error(id, code, message),
     };
     let pending = partition.append(batch, acks).await;
     // On the wire 0 means "no timeout" (the proto3 default); from here on it is an `Option`.
@@ -922,6 +915,51 @@ async fn produce<D: Disk>(state: &Arc<State<D>>, id: u64, request: ProduceReques
         };
         Frame::new(id, Body::ProduceResponse(produce_answer(answer)))
     })
+}
+
+/// Parses a produced batch and checks what the leader checks before it appends it: a compressed
+/// batch's records against its header (inflated once here, in the connection's task, ADR 0018; the
+/// batch is stored, replicated and served as it came), and, for a compacted topic, that every record
+/// has a key (compaction keeps the latest record of each key: a keyless one has nothing to be kept
+/// under). Internal writes (the group coordinator's) do not come this way.
+fn check_produced_batch(bytes: Bytes, topic: &str, compacted: bool) -> Result<Batch, (ErrorCode, String)> {
+    let invalid = |error: BatchError| match error {
+        BatchError::UnsupportedCompression(_) => {
+            (ErrorCode::UnsupportedCompression, format!("invalid record batch: {error}"))
+        }
+        _ => (ErrorCode::CorruptBatch, format!("invalid record batch: {error}")),
+    };
+    let batch = Batch::parse(bytes).map_err(invalid)?;
+    // Only compaction makes batches with fewer records than offsets; a producer may not.
+    batch.check_produced_header().map_err(invalid)?;
+    let compressed = batch.compression() != Compression::None;
+    if compacted {
+        // One pass reads (so checks) the records and their keys, inflating a compressed batch once.
+        if let Some(index) = first_keyless_record(&batch).map_err(invalid)? {
+            let message = format!(
+                "topic {topic:?} is compacted (cleanup_policy=compact): every record needs a key; record at \
+                 index {index} has none"
+            );
+            return Err((ErrorCode::InvalidRecord, message));
+        }
+    } else if compressed {
+        batch.check_records().map_err(invalid)?;
+    }
+    if compressed {
+        sometimes::hit(Sometimes::CompressedBatchProduced);
+    }
+    Ok(batch)
+}
+
+/// The index of the first record of `batch` without a key, reading (and so checking) the records
+/// up to it.
+fn first_keyless_record(batch: &Batch) -> Result<Option<usize>, BatchError> {
+    for (index, record) in batch.records().enumerate() {
+        if record?.key.is_none() {
+            return Ok(Some(index));
+        }
+    }
+    Ok(None)
 }
 
 fn produce_response(error: Option<ErrorInfo>) -> ProduceResponse {
@@ -1043,4 +1081,41 @@ fn replica_status<D: Disk>(state: &Arc<State<D>>, id: u64, request: ReplicaStatu
             None => respond(replica_status::refusal(ErrorCode::ShuttingDown, "partition stopped before answering")),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{encode_batch_compressed, ProducerFields, Record};
+
+    fn keyed(key: &'static str, value: Option<&'static str>) -> Record {
+        Record { key: Some(Bytes::from_static(key.as_bytes())), value: value.map(Bytes::from), ..Record::default() }
+    }
+
+    /// A compacted topic takes keyed records (tombstones too) and refuses a batch with a keyless one,
+    /// compressed or not, naming the record; a deleting topic takes keyless records as before.
+    #[test]
+    fn a_compacted_topic_needs_a_key_on_every_record() {
+        let records = [keyed("a", Some("1")), Record::value("no key"), keyed("b", None)];
+        for compression in [Compression::None, Compression::Zstd] {
+            let batch = encode_batch_compressed(&records, 0, ProducerFields::NONE, compression);
+            assert!(check_produced_batch(batch.clone(), "orders", false).is_ok(), "{compression:?}");
+            let (code, message) = check_produced_batch(batch, "orders", true).unwrap_err();
+            assert_eq!(code, ErrorCode::InvalidRecord, "{message}");
+            assert_eq!(
+                message,
+                "topic \"orders\" is compacted (cleanup_policy=compact): every record needs a key; record at index 1 \
+                 has none"
+            );
+            let keyed_only = encode_batch_compressed(
+                &[keyed("a", Some("1")), keyed("a", None)],
+                0,
+                ProducerFields::NONE,
+                compression,
+            );
+            assert!(check_produced_batch(keyed_only, "orders", true).is_ok(), "{compression:?}");
+        }
+        let (code, _) = check_produced_batch(Bytes::from_static(b"not a batch"), "orders", true).unwrap_err();
+        assert_eq!(code, ErrorCode::CorruptBatch);
+    }
 }
