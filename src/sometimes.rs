@@ -64,11 +64,14 @@ pub enum Sometimes {
     PushLeaderMoved,
     /// Compaction rewrote a sealed segment of a compacted topic (the offsets topic included).
     CompactionRewroteSegment,
+    /// A read started inside a compaction filler (a follower whose log ends at a boundary of the
+    /// batches the filler replaced), served from the read's offset.
+    FillerSplitForRead,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 24] = [
+    pub const ALL: [Sometimes; 25] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -93,6 +96,7 @@ impl Sometimes {
         Sometimes::PushCreditExhausted,
         Sometimes::PushLeaderMoved,
         Sometimes::CompactionRewroteSegment,
+        Sometimes::FillerSplitForRead,
     ];
 
     /// The name in the coverage table (snake case).
@@ -122,6 +126,7 @@ impl Sometimes {
             Sometimes::PushCreditExhausted => "push_credit_exhausted",
             Sometimes::PushLeaderMoved => "push_leader_moved",
             Sometimes::CompactionRewroteSegment => "compaction_rewrote_segment",
+            Sometimes::FillerSplitForRead => "filler_split_for_read",
         }
     }
 }

@@ -455,7 +455,7 @@ async fn run_one(
         std::io::Write::flush(&mut writer)
     });
     write_history.map_err(|e| Failure::Harness(format!("writing history.jsonl: {e}")))?;
-    let options = queue_checker::CheckOptions { exactly_once: !args.no_idempotence };
+    let options = queue_checker::CheckOptions { exactly_once: !args.no_idempotence, ..Default::default() };
     let checked = queue_checker::check_with(&history, options);
     let expected =
         if args.replication() == 1 { expected_anomalies(&checked, &history, &nemesis.corruptions) } else { Vec::new() };

@@ -308,6 +308,15 @@ pub struct CheckOptions {
     /// The producers are idempotent: also report `reordered-send` (see "Exactly-once mode" in the module
     /// doc).
     pub exactly_once: bool,
+    /// The topic is compacted (ADR 0022) and each value's key is [`compaction_key`] of it among this
+    /// many: a position whose value has a later position of the same key in its partition may be
+    /// gone (superseded), so it is neither lost nor unseen, and reads may pass over it.
+    pub compaction_keys: Option<u64>,
+}
+
+/// The key a compacted-topic workload gives `value`, one of `keys` (FNV-1a of the value).
+pub fn compaction_key(value: &str, keys: u64) -> u64 {
+    crate::fnv::fnv1a_64(value.as_bytes()) % keys.max(1)
 }
 
 /// Counts of what the history contains, for context in reports.
@@ -328,6 +337,9 @@ pub struct QueueStats {
     /// Sends acknowledged at an offset below their partition's final log start (retention deleted
     /// them; see [`check_retained`]) that no poll read: neither lost nor unseen.
     pub sends_ok_expired: usize,
+    /// Sends acknowledged at a position that a later record of their key supersedes, that no poll
+    /// read (compacted topics only): compaction may have removed them.
+    pub sends_ok_superseded: usize,
 }
 
 /// Everything [`check`] or [`check_with`] found. Every list is sorted deterministically (by partition and
@@ -617,7 +629,13 @@ pub fn check_retained(
     let mut report = QueueReport { options, history_error: history.validate().err(), ..QueueReport::default() };
     report.stats.events = events.len();
 
-    let observations = observe(events, &mut report.stats);
+    let mut observations = observe(events, &mut report.stats);
+    let superseded = options.compaction_keys.map(|keys| superseded(&observations, keys)).unwrap_or_default();
+    for (partition, offset) in &superseded {
+        if let Some(known) = observations.known_offsets.get_mut(partition) {
+            known.remove(offset);
+        }
+    }
     report.nonmonotonic_sends = nonmonotonic_sends(events);
     if options.exactly_once {
         report.reordered_sends = reordered_sends(events, &observations);
@@ -692,6 +710,10 @@ pub fn check_retained(
             report.stats.sends_ok_expired += 1;
             continue;
         }
+        if superseded.contains(&(&send.partition, offset)) {
+            report.stats.sends_ok_superseded += 1;
+            continue;
+        }
         let max_read = observations.max_read.get(&send.partition).copied();
         let missing = MissingWrite {
             partition: send.partition.clone(),
@@ -711,6 +733,26 @@ pub fn check_retained(
     report.lost_writes.sort_by(by_position);
     report.unseen.sort_by(by_position);
     report
+}
+
+/// The positions of a compacted topic whose every value has a later position of the same key in its
+/// partition ([`CheckOptions::compaction_keys`]): compaction may have removed them.
+fn superseded<'h>(observations: &Observations<'h>, keys: u64) -> BTreeSet<(&'h Partition, Offset)> {
+    let mut found = BTreeSet::new();
+    let mut later_keys: BTreeSet<u64> = BTreeSet::new();
+    let mut current: Option<&Partition> = None;
+    for ((partition, offset), values) in observations.by_position.iter().rev() {
+        if current != Some(*partition) {
+            current = Some(*partition);
+            later_keys.clear();
+        }
+        let here: BTreeSet<u64> = values.keys().map(|value| compaction_key(&value.0, keys)).collect();
+        if here.iter().all(|key| later_keys.contains(key)) {
+            found.insert((*partition, *offset));
+        }
+        later_keys.extend(here);
+    }
+    found
 }
 
 /// The first pass: sends and their outcomes, and every position each value was seen at.
@@ -1132,7 +1174,7 @@ mod tests {
         }
 
         fn check_exactly_once(&self) -> QueueReport {
-            let report = check_with(&self.history, CheckOptions { exactly_once: true });
+            let report = check_with(&self.history, CheckOptions { exactly_once: true, ..CheckOptions::default() });
             assert_eq!(report.history_error, None, "test histories are well-formed");
             report
         }
@@ -1195,6 +1237,39 @@ mod tests {
         let report = b.check();
         assert!(report.is_valid(), "{report}");
         assert_eq!(report.stats.sends_pending, 1);
+    }
+
+    /// Compaction: an unread acked write with a later write of its key in its partition is
+    /// superseded (not lost), and reads may pass over it; a write without a later one of its key is
+    /// held as always, and so is a read that passes over it.
+    #[test]
+    fn compacted_writes_superseded_by_a_later_one_of_their_key_may_be_gone() {
+        let key = |value: &str| compaction_key(value, 2);
+        let values: Vec<String> = (0..20).map(|n| format!("v{n}")).collect();
+        let x1 = values.iter().find(|v| key(v) == 0).unwrap().clone();
+        let x2 = values.iter().filter(|v| key(v) == 0).nth(1).unwrap().clone();
+        let y = values.iter().find(|v| key(v) == 1).unwrap().clone();
+        let compacted = CheckOptions { compaction_keys: Some(2), ..CheckOptions::default() };
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", &x1, Some(0));
+        b.send_ok(1, "t/0", &y, Some(1));
+        b.send_ok(1, "t/0", &x2, Some(2));
+        b.poll(2, &[("t/0", &[(1, &y), (2, &x2)])]);
+        b.poll(3, &[("t/0", &[(1, &y)])]);
+        b.poll(3, &[("t/0", &[(2, &x2)])]);
+        let report = check_with(&b.history, compacted);
+        assert!(report.is_valid(), "{report}");
+        assert_eq!(report.stats.sends_ok_superseded, 1, "{report}");
+        assert!(!b.check().is_valid(), "without compaction the same history loses a write");
+
+        let mut b = Builder::default();
+        b.send_ok(1, "t/0", &x1, Some(0));
+        b.send_ok(1, "t/0", &y, Some(1));
+        b.send_ok(1, "t/0", &x2, Some(2));
+        b.poll(2, &[("t/0", &[(0, &x1), (2, &x2)])]);
+        let report = check_with(&b.history, compacted);
+        assert_eq!(report.anomaly_kinds(), vec![AnomalyKind::LostWrite, AnomalyKind::PollSkip], "{report}");
+        assert_eq!(report.lost_writes[0].value.0, y, "the last write of its key is held: {report}");
     }
 
     /// Retention: an acked write below its partition's final log start that nobody read expired; one
@@ -1687,7 +1762,7 @@ mod tests {
         let report = b.check_exactly_once();
         assert!(report.is_valid(), "{report}");
         assert!(report.to_string().starts_with("queue check (exactly-once): valid, no anomalies"), "{report}");
-        assert_eq!(report.options, CheckOptions { exactly_once: true });
+        assert_eq!(report.options, CheckOptions { exactly_once: true, ..CheckOptions::default() });
     }
 
     #[test]
@@ -1802,7 +1877,10 @@ mod tests {
         for (index, event) in events.iter_mut().enumerate() {
             event.index = OpIndex(index as u64);
         }
-        let report = check_with(&History::from_events(events).unwrap(), CheckOptions { exactly_once: true });
+        let report = check_with(
+            &History::from_events(events).unwrap(),
+            CheckOptions { exactly_once: true, ..CheckOptions::default() },
+        );
         let pairs: Vec<(&str, &str)> =
             report.reordered_sends.iter().map(|r| (r.earlier.value.as_str(), r.later.value.as_str())).collect();
         assert_eq!(pairs, vec![("3-x", "3-y")], "{report}");

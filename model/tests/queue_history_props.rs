@@ -305,7 +305,7 @@ fn rebuild(events: Vec<Event>) -> History {
     History::from_events(events).expect("mutations keep the history well-formed")
 }
 
-const EXACTLY_ONCE: CheckOptions = CheckOptions { exactly_once: true };
+const EXACTLY_ONCE: CheckOptions = CheckOptions { exactly_once: true, compaction_keys: None };
 
 /// Two sends by one process to one partition, with no crash of the process between their invokes, adjacent
 /// in invoke order among the sends the final poll read: `((earlier invoke, value), (later invoke, value))`.

@@ -332,6 +332,7 @@ impl Run {
                 batch_bytes_max: queue.swarm.batch_bytes_max,
                 compression: queue.swarm.compression.get(index as usize).copied().unwrap_or_default(),
                 hot_partition_percent: queue.swarm.hot_partition_percent,
+                compaction_keys: queue.swarm.compaction_keys,
                 idempotence,
                 rng: StdRng::seed_from_u64(queue.rng.random()),
             };
@@ -872,7 +873,14 @@ impl Run {
                     .filter(|(_, start)| **start > 0)
                     .map(|(partition, start)| (Partition::of_topic(TOPIC, *partition), HistoryOffset(*start as u64)))
                     .collect();
-                let file = HistoryFile { queue: Some(history), exactly_once, log_starts, ..HistoryFile::default() };
+                let compaction_keys = queue.swarm.compaction_keys;
+                let file = HistoryFile {
+                    queue: Some(history),
+                    exactly_once,
+                    compaction_keys,
+                    log_starts,
+                    ..HistoryFile::default()
+                };
                 (file, fingerprint, queue.recorder.expected_anomalies())
             }
             Workload::Metadata(metadata) => {
@@ -984,6 +992,7 @@ async fn create_topic(addr: String, partitions: u32, replication: u32, log: Opti
         retention_ms: Some(log.retention_ms),
         retention_bytes: Some(log.retention_bytes),
         segment_bytes: Some(log.segment_bytes),
+        cleanup_policy: log.compact.then(|| "compact".to_owned()),
         ..LogSettingsInfo::default()
     });
     let spec = TopicSpec { partitions, replication, log, ..TopicSpec::default() };

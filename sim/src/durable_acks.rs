@@ -62,16 +62,19 @@ fn holds_durably(replica: &ReplicaDisk, topic: &str, partition: u32, offset: i64
     holder.is_some_and(|(_, path)| segment_holds(&disk.durable_content(path).unwrap_or_default(), offset, value))
 }
 
-/// Whether the segment's bytes hold a CRC-valid batch with the record `value` at `offset`.
+/// Whether the segment's bytes hold a CRC-valid batch with the record `value` at `offset` (or one
+/// that covers `offset` after compaction removed its record there).
 fn segment_holds(mut bytes: &[u8], offset: i64, value: &[u8]) -> bool {
     while let Ok(size) = keel::batch::peek_batch_size(bytes) {
         let Some(chunk) = bytes.get(..size) else { return false };
         if header_covers(chunk, offset) {
             if let Ok(batch) = keel::batch::Batch::parse(bytes::Bytes::copy_from_slice(chunk)) {
                 if batch.base_offset().0 <= offset && offset <= batch.last_offset().0 {
-                    return batch.records().any(|record| {
-                        record.is_ok_and(|record| record.offset.0 == offset && record.value.as_deref() == Some(value))
-                    });
+                    let at_offset = batch.records().flatten().find(|record| record.offset.0 == offset);
+                    // A durable batch that covers the offset with no record there: compaction removed
+                    // it (ADR 0022), which it does only to records that were durable and superseded.
+                    // Every other batch holds a record at each offset it covers.
+                    return at_offset.is_none_or(|record| record.value.as_deref() == Some(value));
                 }
             }
         }

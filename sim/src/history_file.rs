@@ -31,7 +31,8 @@
 //!   `"broker-2 topics/t-0/00000000000000000000.log byte 1234 bit 5"`. Checkers ignore them; reports and plots shade fault intervals with them.
 //! - How the queue history is to be judged, when not the default: one line first,
 //!   `{"process": "checker", "type": "info", "f": "options", "value": {"exactly_once": true}}`
-//!   for a run with idempotent producers (the queue checker's exactly-once mode).
+//!   for a run with idempotent producers (the queue checker's exactly-once mode), with
+//!   `"compaction_keys": N` for a compacted topic whose values carry one of N keys.
 //!
 //! Invariant: [`parse`] of [`write`]'s text gives back the same queue history, the same metadata
 //! events in the same order and the same final topic list, so a checker gives the same verdict on
@@ -82,6 +83,9 @@ pub struct HistoryFile {
     pub nemesis: Vec<NemesisEvent>,
     /// The queue history is judged in the queue checker's exactly-once mode (idempotent producers).
     pub exactly_once: bool,
+    /// The topic is compacted and its values carry one of this many keys
+    /// (`queue_checker::CheckOptions::compaction_keys`).
+    pub compaction_keys: Option<u64>,
     /// Each partition's log start after the final read, where retention moved it past 0: acked sends
     /// below it expired (`queue_checker::check_retained`). A checker info line
     /// `{"process": "checker", "type": "info", "f": "log_starts", "value": {"t/0": 120}}`.
@@ -93,8 +97,12 @@ pub struct HistoryFile {
 pub fn write(file: &HistoryFile) -> String {
     // (time, line without its index)
     let mut lines: Vec<(u64, Json)> = Vec::new();
-    if file.exactly_once {
-        let options = json!({"time_ns": 0, "process": CHECKER_PROCESS, "type": "info", "f": "options", "value": {"exactly_once": true}});
+    if file.exactly_once || file.compaction_keys.is_some() {
+        let mut value = json!({"exactly_once": file.exactly_once});
+        if let Some(keys) = file.compaction_keys {
+            value["compaction_keys"] = json!(keys);
+        }
+        let options = json!({"time_ns": 0, "process": CHECKER_PROCESS, "type": "info", "f": "options", "value": value});
         lines.push((0, options));
     }
     if !file.log_starts.is_empty() {
@@ -205,6 +213,7 @@ pub fn parse(text: &str) -> Result<HistoryFile, String> {
             }
             (Json::String(process), "options") if process == CHECKER_PROCESS => {
                 file.exactly_once = event["value"]["exactly_once"].as_bool().unwrap_or(false);
+                file.compaction_keys = event["value"]["compaction_keys"].as_u64();
             }
             (Json::String(process), "log_starts") if process == CHECKER_PROCESS => {
                 let starts = event["value"].as_object().ok_or_else(|| context("bad log starts".to_owned()))?;
@@ -325,6 +334,7 @@ mod tests {
             ],
             // One file of each mode (the options line round-trips too), and one with log starts.
             exactly_once: bug,
+            compaction_keys: bug.then_some(8),
             log_starts: if bug { BTreeMap::from([(Partition("t/1".into()), Offset(3))]) } else { BTreeMap::new() },
         }
     }
@@ -337,7 +347,10 @@ mod tests {
             let parsed = parse(&text).unwrap();
             assert_eq!(parsed, written, "{text}");
             let queue_verdict = |file: &HistoryFile| {
-                let options = queue_checker::CheckOptions { exactly_once: file.exactly_once };
+                let options = queue_checker::CheckOptions {
+                    exactly_once: file.exactly_once,
+                    compaction_keys: file.compaction_keys,
+                };
                 queue_checker::check_retained(file.queue.as_ref().unwrap(), options, &file.log_starts).is_valid()
             };
             let metadata_verdict = |file: &HistoryFile| {

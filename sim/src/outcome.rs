@@ -36,7 +36,7 @@ impl Verdicts {
     /// exactly-once mode when the file says so), the metadata history with `check_metadata`
     /// against the final topic list (none read: an empty list).
     pub fn judge(file: &HistoryFile) -> Verdicts {
-        let options = CheckOptions { exactly_once: file.exactly_once };
+        let options = CheckOptions { exactly_once: file.exactly_once, compaction_keys: file.compaction_keys };
         let queue =
             file.queue.as_ref().map(|history| queue_checker::check_retained(history, options, &file.log_starts));
         let metadata = (!file.metadata.is_empty() || file.final_topics.is_some()).then(|| {

@@ -83,6 +83,10 @@ pub struct Scenario {
     /// drawn per seed): consumers and the final reader go on from the log start, and the checkers
     /// count what is below the final log start as expired, not lost (ADR 0019).
     pub retention: bool,
+    /// Whether the queue workload's topic is compacted (ADR 0022): small segments, every value
+    /// keyed by `queue_checker::compaction_key` among a few keys drawn per seed, and the queue
+    /// checker excuses what a later record of the same key supersedes.
+    pub compact: bool,
     /// Whether members of a consumer group consume the queue workload's topic (crashing, leaving and
     /// rejoining), judged by `keel_model::group_checker` after they catch up (ADR 0020).
     pub groups: bool,
@@ -151,6 +155,7 @@ fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass
         duration: QUEUE_DURATION,
         compression: false,
         retention: false,
+        compact: false,
         groups: false,
         push: false,
     }
@@ -168,6 +173,7 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         duration: RAFT_DURATION,
         compression: false,
         retention: false,
+        compact: false,
         groups: false,
         push: false,
     }
@@ -300,6 +306,7 @@ fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         duration: ISR_DURATION,
         compression: false,
         retention: false,
+        compact: false,
         groups: false,
         push: false,
     }
@@ -375,6 +382,7 @@ pub fn isr_3_double_failover() -> Scenario {
         duration: DOUBLE_FAILOVER_DURATION,
         compression: false,
         retention: false,
+        compact: false,
         groups: false,
         push: false,
         faults: with_background(vec![(DoubleFailover, Always)], false),
@@ -398,6 +406,7 @@ pub fn isr_3_slow_follower() -> Scenario {
         duration: SLOW_FOLLOWER_DURATION,
         compression: false,
         retention: false,
+        compact: false,
         groups: false,
         push: false,
         faults: with_background(vec![(SlowFollower, Always)], false),
@@ -500,12 +509,37 @@ pub fn isr_3_retention() -> Scenario {
     ];
     Scenario {
         retention: true,
+        compact: false,
         groups: false,
         push: false,
         duration: SLOW_FOLLOWER_DURATION,
         checkers: RETENTION_CHECKERS,
         ..isr("isr_3_retention", 3, faults)
     }
+}
+
+/// The checkers of a compacted topic: the queue checker (compacted: a record a later one of its key
+/// supersedes may be gone) and the full-ISR check; not the byte-for-byte replica check, since each
+/// replica compacts its own log at its own pace.
+const COMPACT_CHECKERS: &[Checker] = &[Checker::Queue, Checker::FullIsr];
+
+/// Compaction (ADR 0022) under crashes, power loss, partitions and pauses: keyed records on a
+/// compacted topic with small segments, every replica compacting below its high watermark while
+/// leaders move and followers fetch compacted ranges. Nothing acknowledged is lost unless a later
+/// record of its key supersedes it; reads pass over removed records in order.
+pub fn compact_3() -> Scenario {
+    let faults = vec![
+        (Kill, Sometimes),
+        (PartitionLeaderKill, Sometimes),
+        (PowerLoss, Sometimes),
+        (AllPowerLoss, Sometimes),
+        (CleanRestart, Sometimes),
+        (Pause, Sometimes),
+        (Clog, Sometimes),
+        (Partition, Sometimes),
+        (Delay, Sometimes),
+    ];
+    Scenario { compact: true, checkers: COMPACT_CHECKERS, ..isr("compact_3", 3, faults) }
 }
 
 /// Every fault class that applies to 3 replicated brokers and idempotent producers, rates drawn
@@ -602,6 +636,7 @@ pub fn all() -> Vec<Scenario> {
         idempotent_all_power_loss(),
         idempotent_swarm(),
         groups_3(),
+        compact_3(),
         push_3(),
     ]
 }

@@ -186,6 +186,8 @@ pub struct QueueSwarm {
     /// The topic's log settings (scenarios with retention; `None`: the defaults, nothing deleted in
     /// a run's time).
     pub log: Option<TopicLog>,
+    /// A compacted topic: every value carries one of this many keys (scenarios with compaction).
+    pub compaction_keys: Option<u64>,
 }
 
 /// A topic's retention as a seed draws it (at least one limit set).
@@ -196,6 +198,8 @@ pub struct TopicLog {
     pub retention_bytes: i64,
     /// -1: no time limit.
     pub retention_ms: i64,
+    /// The cleanup policy is compact (ADR 0022) rather than delete.
+    pub compact: bool,
 }
 
 /// Draws retention small enough to delete many segments in a run: segments of 1-16 KiB, a size
@@ -207,7 +211,7 @@ fn draw_topic_log(rng: &mut impl Rng) -> TopicLog {
     if retention_bytes == -1 && retention_ms == -1 {
         retention_bytes = 16_384;
     }
-    TopicLog { segment_bytes, retention_bytes, retention_ms }
+    TopicLog { segment_bytes, retention_bytes, retention_ms, compact: false }
 }
 
 /// Producer request timeouts the idempotent scenarios draw from: short, so that a slow answer (an
@@ -326,10 +330,16 @@ impl Swarm {
                     hot_partition_percent: [0, 0, 50, 90][rng.gen_range(0..4)],
                     compression: Vec::new(),
                     log: None,
+                    compaction_keys: None,
                 };
                 // Drawn last, so that the plain queue scenarios draw exactly what they drew before.
                 if scenario.retention {
                     queue.log = Some(draw_topic_log(&mut rng));
+                }
+                if scenario.compact {
+                    let segment_bytes = [1_024, 4_096][rng.gen_range(0..2)];
+                    queue.log = Some(TopicLog { segment_bytes, retention_bytes: -1, retention_ms: -1, compact: true });
+                    queue.compaction_keys = Some([2, 8, 32][rng.gen_range(0..3)]);
                 }
                 if scenario.compression {
                     queue.compression = (0..queue.producer_nodes)

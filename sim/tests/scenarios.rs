@@ -151,6 +151,7 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         duration: Duration::from_secs(5),
         compression: false,
         retention: false,
+        compact: false,
         groups: false,
         push: false,
     };
@@ -617,6 +618,14 @@ async fn idempotent_swarm() {
 async fn groups_3() {
     keel_sim::init_logging();
     driver::run(&scenario::groups_3()).await.assert_valid();
+}
+
+/// Compaction on a keyed, compacted topic under crashes, power loss, pauses and cuts: nothing
+/// acknowledged is lost unless a later record of its key supersedes it.
+#[madsim::test]
+async fn compact_3() {
+    keel_sim::init_logging();
+    driver::run(&scenario::compact_3()).await.assert_valid();
 }
 
 /// Push subscriptions with small credit windows under leader kills, power loss, pauses and cuts:

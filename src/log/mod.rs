@@ -793,7 +793,7 @@ impl<D: Disk> PartitionLog<D> {
     /// not cover) against the epoch it was written with. A batch that fails is never returned: the
     /// read fails with [`LogError::Corrupt`] and the log with it (see there).
     pub fn read(&self, offset: Offset, max_bytes: usize, up_to: Offset) -> Result<Bytes, LogError> {
-        let result = self.read_inner(offset, max_bytes, up_to);
+        let result = self.read_inner(offset, max_bytes, up_to).map(|bytes| starting_at(bytes, offset));
         self.fail_on_corrupt(result)
     }
 
@@ -1107,6 +1107,26 @@ impl<D: Disk> PartitionLog<D> {
 /// Writes the producer snapshot of the segment at `base` (replacing any earlier one); the caller
 /// syncs the returned file. Recovery writes every kept segment's snapshot again from its own scan, so
 /// a snapshot an earlier run left behind is never read; a torn one fails its CRC and is not used.
+/// `bytes` (whole batches from a read at `offset`) starting exactly at `offset` when the first batch is
+/// one without records that starts below it: compaction merges the batches of a run it emptied into
+/// one filler (ADR 0022), so a follower whose log ends at a boundary of the original batches may
+/// fetch from inside one. The filler's tail from `offset` is the same thing for every reader (no
+/// records, the same epoch and timestamps), and lets a follower append at its log end.
+fn starting_at(bytes: Bytes, offset: Offset) -> Bytes {
+    let Ok(span) = crate::batch::peek_batch_span(&bytes) else { return bytes };
+    if span.base_offset >= offset || span.record_count != 0 {
+        return bytes;
+    }
+    let Ok(first) = Batch::parse(bytes.slice(..span.bytes)) else { return bytes };
+    let tail =
+        Batch::filler(offset, first.last_offset(), first.leader_epoch(), first.base_timestamp(), first.max_timestamp());
+    let mut out = BytesMut::with_capacity(tail.len() + bytes.len() - span.bytes);
+    out.extend_from_slice(tail.as_bytes());
+    out.extend_from_slice(&bytes[span.bytes..]);
+    sometimes::hit(Sometimes::FillerSplitForRead);
+    out.freeze()
+}
+
 fn write_producer_snapshot<D: Disk>(
     disk: &D,
     dir: &str,
