@@ -42,10 +42,9 @@
 //! Two tests pin problems found here and fixed: the key-map limit counts distinct keys, not
 //! records, and the producer table a reopen rebuilds from a compacted log is the one in memory.
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::executor::block_on;
@@ -55,13 +54,14 @@ use keel::leader_epochs::EpochEntry;
 use keel::log::compaction::{CompactionPolicy, CompactionReport};
 use keel::log::{LogConfig, PartitionLog, SegmentSummary};
 use keel::producer_state::ProducerStates;
-use keel::storage::sim::{SimDisk, SimDiskFaults, SimFile};
-use keel::storage::{Disk, DiskFile};
+use keel::storage::sim::{SimDisk, SimDiskFaults};
+use keel::storage::Disk;
 use keel::types::{LeaderEpoch, Offset, ProducerEpoch, ProducerId, Sequence};
 use keel_model::compaction::{compact, ModelRecord};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, FileFailurePersistence, RngAlgorithm, TestRng, TestRunner};
+use support::yielding_disk::{poll_at_most, YieldingDisk};
 
 const DIR: &str = "topics/compacted-0";
 /// Keys are the empty key and `key-1` .. `key-5`: few enough that most records are superseded.
@@ -730,90 +730,6 @@ fn seeded_scenario(seed: u64) -> Scenario {
     rng_seed[..8].copy_from_slice(&seed.to_le_bytes());
     let mut runner = TestRunner::new_with_rng(Config::default(), TestRng::from_seed(RngAlgorithm::ChaCha, &rng_seed));
     scenario(20..70).new_tree(&mut runner).expect("a scenario").current()
-}
-
-/// A SimDisk whose syncs (of files and directories) each yield once before they run, so a test can
-/// poll a pass a given number of times and drop it between two syncs, deterministically (the shape
-/// of `tests/log_model.rs`'s).
-#[derive(Clone)]
-struct YieldingDisk(SimDisk);
-
-#[derive(Clone)]
-struct YieldingFile(SimFile);
-
-/// Pending on its first poll (waking itself at once), ready on the next.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl Disk for YieldingDisk {
-    type File = YieldingFile;
-    fn open(&self, path: &str, create: bool) -> std::io::Result<YieldingFile> {
-        self.0.open(path, create).map(YieldingFile)
-    }
-    fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
-        self.0.list(dir)
-    }
-    fn create_dir_all(&self, dir: &str) -> std::io::Result<()> {
-        self.0.create_dir_all(dir)
-    }
-    fn remove(&self, path: &str) -> std::io::Result<()> {
-        self.0.remove(path)
-    }
-    fn remove_dir_all(&self, dir: &str) -> std::io::Result<()> {
-        self.0.remove_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &str) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        let sync = self.0.sync_dir(dir);
-        async move {
-            YieldOnce(false).await;
-            sync.await
-        }
-    }
-}
-
-impl DiskFile for YieldingFile {
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
-    }
-    fn write_at(&self, pos: u64, data: &[u8]) -> std::io::Result<()> {
-        self.0.write_at(pos, data)
-    }
-    fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Bytes> {
-        self.0.read_at(pos, len)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn sync(&self) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        // What the sync covers is decided now, as SimDisk's own.
-        let sync = self.0.sync();
-        async move {
-            YieldOnce(false).await;
-            sync.await
-        }
-    }
-}
-
-/// Polls `future` at most `n_polls` times (it must not wait for anything but its own yields).
-fn poll_at_most<F: Future>(future: F, n_polls: usize) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let waker = futures::task::noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    (0..n_polls).find_map(|_| match future.as_mut().poll(&mut cx) {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    })
 }
 
 /// How the half-way test stops a pass.

@@ -18,11 +18,12 @@
 //! must be the one as of its start (the first segment's snapshot) plus its batches.
 //! Unit tests below pin the disk-fault cases one by one.
 
+mod support;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use keel::batch::{encode_batch, peek_batch_size, Batch, ProducerFields, Record};
@@ -30,12 +31,13 @@ use keel::leader_epochs::{EpochEntry, LeaderEpochs};
 use keel::log::{LogConfig, LogError, PartitionLog, RecoveryReport};
 use keel::producer_state::{BatchIdentity, ProducerStates};
 use keel::storage::file::FileDisk;
-use keel::storage::sim::{SimDisk, SimDiskFaults, SimFile};
+use keel::storage::sim::{SimDisk, SimDiskFaults};
 use keel::storage::{Disk, DiskFile};
 use keel::types::{LeaderEpoch, Offset, ProducerEpoch, ProducerId, Sequence};
 use keel_model::partition_log::{BatchMeta, PartitionLogModel, RecoveredBatch};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+use support::yielding_disk::{poll_at_most, YieldingDisk};
 use tokio::runtime::Runtime;
 
 const DIR: &str = "topics/t-0";
@@ -262,89 +264,6 @@ fn applied_below(producers: &ProducerStates, batches: &[Batch], offset: Offset) 
         producers.apply(&BatchIdentity::of(batch), batch.base_offset());
     }
     producers
-}
-
-/// A SimDisk whose syncs (of files and directories) each yield once before they run, so a test can
-/// poll a log operation a given number of times and drop it half-way, deterministically.
-#[derive(Clone)]
-struct YieldingDisk(SimDisk);
-
-#[derive(Clone)]
-struct YieldingFile(SimFile);
-
-/// Pending on its first poll (waking itself at once), ready on the next.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
-impl Disk for YieldingDisk {
-    type File = YieldingFile;
-    fn open(&self, path: &str, create: bool) -> std::io::Result<YieldingFile> {
-        self.0.open(path, create).map(YieldingFile)
-    }
-    fn list(&self, dir: &str) -> std::io::Result<Vec<String>> {
-        self.0.list(dir)
-    }
-    fn create_dir_all(&self, dir: &str) -> std::io::Result<()> {
-        self.0.create_dir_all(dir)
-    }
-    fn remove(&self, path: &str) -> std::io::Result<()> {
-        self.0.remove(path)
-    }
-    fn remove_dir_all(&self, dir: &str) -> std::io::Result<()> {
-        self.0.remove_dir_all(dir)
-    }
-    fn sync_dir(&self, dir: &str) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        let sync = self.0.sync_dir(dir);
-        async move {
-            YieldOnce(false).await;
-            sync.await
-        }
-    }
-}
-
-impl DiskFile for YieldingFile {
-    fn len(&self) -> std::io::Result<u64> {
-        self.0.len()
-    }
-    fn write_at(&self, pos: u64, data: &[u8]) -> std::io::Result<()> {
-        self.0.write_at(pos, data)
-    }
-    fn read_at(&self, pos: u64, len: usize) -> std::io::Result<Bytes> {
-        self.0.read_at(pos, len)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.0.set_len(len)
-    }
-    fn sync(&self) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
-        // What the sync covers is decided now, as SimDisk's own.
-        let sync = self.0.sync();
-        async move {
-            YieldOnce(false).await;
-            sync.await
-        }
-    }
-}
-
-/// Polls `future` at most `n_polls` times (it must not wait for anything but its own yields).
-fn poll_at_most<F: Future>(future: F, n_polls: usize) -> Option<F::Output> {
-    let mut future = std::pin::pin!(future);
-    let waker = futures::task::noop_waker();
-    let mut cx = Context::from_waker(&waker);
-    (0..n_polls).find_map(|_| match future.as_mut().poll(&mut cx) {
-        Poll::Ready(output) => Some(output),
-        Poll::Pending => None,
-    })
 }
 
 /// What differs between the two disks.

@@ -6,3 +6,4 @@
 pub mod cli;
 pub mod fake_broker;
 pub mod in_process;
+pub mod yielding_disk;
