@@ -207,6 +207,17 @@ fn members_that_do_not_rejoin_by_the_deadline_are_removed() {
     assert_eq!(code(Some(h.heartbeat(3, &b))), ErrorCode::UnknownMemberId);
 }
 
+/// A member with nothing to commit (a zombie without partitions sent one) is answered at once,
+/// without an append: a batch holds at least one record (`groups_3` seed 9 once killed the
+/// coordinator task this way).
+#[test]
+fn an_empty_commit_is_answered_without_an_append() {
+    let (mut h, a, _) = two_members();
+    let empty = h.commit(2, &a, &[]);
+    assert_eq!(h.reply(empty), Some(Reply::Done));
+    assert!(h.appends.is_empty(), "nothing appended for an empty commit");
+}
+
 #[test]
 fn a_commit_from_an_older_generation_is_refused() {
     let (mut h, a, b) = two_members();
