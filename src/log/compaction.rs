@@ -43,7 +43,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::retention::FailIfAbandoned;
-use super::{lock, segment, LogError, PartitionLog, Segment};
+use super::{segment, LogError, PartitionLog, Segment};
 use crate::batch::{peek_batch_size, Batch, StoredRecord, BATCH_LENGTH_PREFIX_BYTES};
 use crate::producer_state::ProducerStates;
 use crate::storage::{Disk, DiskFile};
@@ -277,19 +277,9 @@ impl<D: Disk> PartitionLog<D> {
     /// The bases of the sealed segments (oldest first, never the active one) that end at or below
     /// `clean_below`, up to the first one a sync in flight still holds.
     fn cleanable_below(&self, clean_below: Offset) -> Vec<Offset> {
-        let shared = lock(&self.shared);
-        let in_flight = |ticket: u64| shared.in_flight.get(&ticket).is_some_and(|&(_, _, done)| !done);
-        let active_base = *self.segments.keys().next_back().expect("a log has at least one segment");
-        self.segments
-            .values()
-            .take_while(|segment| segment.base_offset != active_base && segment.next_offset <= clean_below)
-            .take_while(|segment| {
-                segment.sealed
-                    && !self.pending_seals.contains(&segment.base_offset)
-                    && !segment.sync_ticket.is_some_and(in_flight)
-            })
-            .map(|segment| segment.base_offset)
-            .collect()
+        self.oldest_segments_while(|segment| {
+            segment.next_offset <= clean_below && segment.sealed && !self.pending_seals.contains(&segment.base_offset)
+        })
     }
 
     async fn compact_segments(
@@ -422,13 +412,14 @@ async fn rebuild_sealed_indexes<F: DiskFile>(segment: &mut Segment<F>, interval:
 /// them), and removes every `.cleaned` file. True if the directory changed.
 pub(super) async fn finish_interrupted<D: Disk>(disk: &D, dir: &str, interval: u32) -> Result<bool, LogError> {
     let mut changed = false;
-    for name in disk.list(dir)? {
-        let Some((base, next)) = parse_cleaned_name(&name) else { continue };
+    let names = disk.list(dir)?;
+    for name in &names {
+        let Some((base, next)) = parse_cleaned_name(name) else { continue };
         let path = format!("{dir}/{name}");
         let cleaned = disk.open(&path, false)?;
         let scan = segment::scan(&cleaned, base, interval, &mut ProducerStates::new())?;
         let whole = scan.stopped_because.is_none() && scan.next_offset == next && scan.valid_bytes == cleaned.len()?;
-        let has_log = disk.list(dir)?.contains(&format!("{:020}.log", base.0));
+        let has_log = names.contains(&format!("{:020}.log", base.0));
         if whole && has_log {
             let log = disk.open(&segment::log_name(dir, base), false)?;
             copy_over(&cleaned, &log, scan.valid_bytes).await?;

@@ -123,12 +123,19 @@ impl<D: Disk> PartitionLog<D> {
     /// The bases of the oldest segments that end at or below `new_start`, up to the active one or
     /// the first one a sync in flight still holds.
     fn deletable_before(&self, new_start: Offset) -> Vec<Offset> {
+        self.oldest_segments_while(|segment| segment.next_offset <= new_start)
+    }
+
+    /// The bases of the oldest segments, in order, while `wanted` holds: never the active one,
+    /// and none from the first one a sync in flight still holds (retention and compaction leave
+    /// it for a later pass).
+    pub(super) fn oldest_segments_while(&self, wanted: impl Fn(&Segment<D::File>) -> bool) -> Vec<Offset> {
         let shared = lock(&self.shared);
         let in_flight = |ticket: u64| shared.in_flight.get(&ticket).is_some_and(|&(_, _, done)| !done);
         let active_base = *self.segments.keys().next_back().expect("a log has at least one segment");
         self.segments
             .values()
-            .take_while(|segment| segment.base_offset != active_base && segment.next_offset <= new_start)
+            .take_while(|segment| segment.base_offset != active_base && wanted(segment))
             .take_while(|segment| !segment.sync_ticket.is_some_and(in_flight))
             .map(|segment| segment.base_offset)
             .collect()
