@@ -6,7 +6,9 @@
 //! data_dir = "./keel-data"
 //! fsync = "always"            # or "never": faster, loses acked records on power loss
 //! segment_bytes_max = 134217728
-//! connections_max = 1024
+//! connections_max = 10000
+//! open_files_max = 8192       # absent: derived from the open-file limit at start
+//! partitions_max = 20000
 //! # The metadata Raft group: every voter and its address (this node included). Absent: a
 //! # one-voter cluster of this node alone.
 //! peers = { 1 = "127.0.0.1:9401", 2 = "127.0.0.1:9402", 3 = "127.0.0.1:9403" }
@@ -23,6 +25,56 @@ use crate::types::NodeId;
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9400";
 pub const DEFAULT_DATA_DIR: &str = "./keel-data";
+/// The fewest partition files a broker keeps open (`open_files_max`): a partition's active segment
+/// (3 files), its epoch cache and checkpoint, with room for a roll.
+pub const OPEN_FILES_MIN: usize = 16;
+/// Descriptors kept beside the file budget and the connections: stdio, the listener, the metadata
+/// store (RocksDB, `max_open_files` bounded), directory listings and syncs, the blocking pool.
+pub const OPEN_FILES_RESERVE: usize = 256;
+/// `open_files_max` when nothing resolved it (the simulation, tests).
+pub const OPEN_FILES_MAX_DEFAULT: usize = 4096;
+
+/// The descriptor budget a broker runs with: resolved at start from its open-file limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileBudget {
+    /// The process's open-file limit.
+    pub limit: u64,
+    pub connections_max: usize,
+    pub open_files_max: usize,
+    /// Why `connections_max` or `open_files_max` differ from what was asked, for the start-up log.
+    pub lowered: Option<&'static str>,
+}
+
+impl BrokerConfig {
+    /// Splits the open-file `limit` between the partition files, the connections and a reserve.
+    /// An explicit `open_files_max` is kept; a default `connections_max` is lowered (to half of
+    /// what the reserve leaves) when the rest would leave fewer than `OPEN_FILES_MIN` files.
+    pub fn file_budget(&self, limit: u64) -> Result<FileBudget, ConfigError> {
+        let usable = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(OPEN_FILES_RESERVE);
+        let mut budget = FileBudget { limit, connections_max: self.connections_max, open_files_max: 0, lowered: None };
+        let room = usable.saturating_sub(self.connections_max);
+        budget.open_files_max = match self.open_files_max {
+            Some(files) => files,
+            None if room >= OPEN_FILES_MIN => room,
+            None => {
+                budget.connections_max = (usable / 2).max(1);
+                budget.lowered = Some("the open-file limit cannot hold connections_max connections beside the files");
+                usable - budget.connections_max
+            }
+        };
+        if budget.open_files_max < OPEN_FILES_MIN {
+            return Err(ConfigError::Invalid(format!(
+                "the open-file limit {limit} leaves {} partition files; at least {OPEN_FILES_MIN} are needed \
+                 (raise the limit: ulimit -n)",
+                budget.open_files_max
+            )));
+        }
+        if budget.lowered.is_none() && budget.connections_max + budget.open_files_max > usable {
+            budget.lowered = Some("connections_max + open_files_max exceed the open-file limit: accepts may fail");
+        }
+        Ok(budget)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -34,8 +86,18 @@ pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub segment_bytes_max: u64,
-    /// Open connections beyond this are refused (closed at once).
+    /// Open connections beyond this are refused (closed at once). Each holds a file descriptor, so
+    /// the open-file limit must leave room for them beside `open_files_max` (see `keel broker`'s
+    /// start-up line `file budget`). When the limit is too low for the default, the broker lowers
+    /// this default at start, and says so.
     pub connections_max: usize,
+    /// Partition files (segments, indexes, checkpoints) open at once, in a cache that closes the
+    /// least recently used (issue 15). Absent: derived at start from the process's open-file limit
+    /// (`getrlimit`, raised to the hard limit) less `connections_max` and a reserve.
+    pub open_files_max: Option<usize>,
+    /// Partition replicas this broker may host; a topic create that would place more here is
+    /// refused with `TooManyPartitions` instead of leaving partitions that cannot open.
+    pub partitions_max: usize,
     /// Requests one connection may have in flight before the server stops reading from it.
     pub requests_in_flight_per_connection_max: usize,
     /// Topics in the cluster beyond which this broker refuses to create more (at most the metadata
@@ -69,7 +131,9 @@ impl Default for BrokerConfig {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             fsync: FsyncPolicy::Always,
             segment_bytes_max: 128 * 1024 * 1024,
-            connections_max: 1024,
+            connections_max: 10_000,
+            open_files_max: None,
+            partitions_max: 20_000,
             requests_in_flight_per_connection_max: 256,
             topics_max: 10_000,
             partitions_per_topic_max: 1024,
@@ -118,6 +182,12 @@ impl BrokerConfig {
         }
         if self.connections_max == 0 || self.requests_in_flight_per_connection_max == 0 {
             return Err(ConfigError::Invalid("connection limits must be positive".into()));
+        }
+        if self.open_files_max.is_some_and(|files| files < OPEN_FILES_MIN) {
+            return Err(ConfigError::Invalid(format!("open_files_max must be at least {OPEN_FILES_MIN}")));
+        }
+        if self.partitions_max == 0 {
+            return Err(ConfigError::Invalid("partitions_max must be positive".into()));
         }
         if self.metadata_snapshot_interval_entries == 0 {
             return Err(ConfigError::Invalid("metadata_snapshot_interval_entries must be positive".into()));

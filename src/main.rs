@@ -31,8 +31,22 @@ async fn main() {
 }
 
 async fn broker(args: &cli::BrokerArgs) -> Result<(), CliError> {
-    let config = cli::broker_config(args)?;
+    let mut config = cli::broker_config(args)?;
     let failure = |message: String| CliError { message, exit_code: 1 };
+    let limit = raise_open_file_limit();
+    let budget = config.file_budget(limit).map_err(|error| failure(error.to_string()))?;
+    config.connections_max = budget.connections_max;
+    config.open_files_max = Some(budget.open_files_max);
+    tracing::info!(
+        open_file_limit = budget.limit,
+        partition_files = budget.open_files_max,
+        connections_max = budget.connections_max,
+        reserve = keel::config::OPEN_FILES_RESERVE,
+        "file budget"
+    );
+    if let Some(why) = budget.lowered {
+        tracing::warn!(connections_max = budget.connections_max, open_files_max = budget.open_files_max, "{why}");
+    }
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|error| failure(format!("cannot create data dir {}: {error}", config.data_dir.display())))?;
     let disk = FileDisk::new(&config.data_dir);
@@ -44,6 +58,22 @@ async fn broker(args: &cli::BrokerArgs) -> Result<(), CliError> {
     run_broker(config, disk, meta_store, shutdown, BrokerHooks::default())
         .await
         .map_err(|error| failure(error.to_string()))
+}
+
+/// Raises the soft open-file limit to the hard one (a process may, without privileges) and returns
+/// the limit it runs with.
+fn raise_open_file_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => limit = getrlimit(Resource::Nofile),
+            Err(error) => tracing::warn!(%error, "cannot raise the open-file limit to its hard limit"),
+        }
+    }
+    // `None` is "unlimited": 1 << 20 descriptors is already more than the kernel's default nr_open.
+    limit.current.unwrap_or(1 << 20)
 }
 
 /// Logs go to stderr: text, coloured only when stderr is a terminal and `NO_COLOR` is unset or empty

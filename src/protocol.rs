@@ -335,6 +335,9 @@ pub enum ErrorCode {
     /// (`cleanup_policy` compact keeps the latest record per key, so every record needs one). The
     /// batch was not appended; sending it again gets the same answer.
     InvalidRecord = 52,
+    /// A topic create (or partition increase) that would place more partition replicas on some broker
+    /// than its `partitions_max`: nothing was created. Delete topics, add brokers or raise the limit.
+    TooManyPartitions = 53,
 }
 
 impl ErrorCode {

@@ -784,6 +784,15 @@ impl MetadataState {
         self.topics.get(name)
     }
 
+    /// Partition replicas placed on each broker that hosts any.
+    pub fn replicas_per_broker(&self) -> BTreeMap<NodeId, u64> {
+        let mut count = BTreeMap::new();
+        for replica in self.topics.values().flat_map(|topic| &topic.partitions).flat_map(|p| &p.replicas) {
+            *count.entry(*replica).or_insert(0) += 1;
+        }
+        count
+    }
+
     /// Every topic, sorted by name.
     pub fn topics(&self) -> impl Iterator<Item = &TopicRecord> {
         self.topics.values()
@@ -1325,7 +1334,7 @@ impl MetadataState {
     /// (a broker short of leaders will soon be picked as a leader and gain a replica that way), ties
     /// broken by node id. Counts are updated as partitions are placed, so one topic spreads evenly,
     /// successive small topics do not pile onto the lowest ids, and a new broker catches up.
-    fn assign_replicas(&self, partitions: u32, replication: u32) -> Result<Vec<PartitionAssignment>, MetaResult> {
+    pub fn assign_replicas(&self, partitions: u32, replication: u32) -> Result<Vec<PartitionAssignment>, MetaResult> {
         let live: Vec<NodeId> =
             self.brokers.values().filter(|broker| broker.is_eligible()).map(|b| b.node_id).collect();
         if replication == 0 || replication > REPLICATION_FACTOR_MAX {

@@ -239,7 +239,13 @@ pub struct PartitionSpec<D: Disk> {
     /// The controller's decision when the actor starts.
     pub state: PartitionState,
     pub net: Arc<dyn ReplicaNet>,
+    /// Opens in the background at a time, shared by the broker's partitions (a partition with a
+    /// request waiting opens at once, without a permit).
+    pub opens: Arc<tokio::sync::Semaphore>,
 }
+
+/// Partitions a broker opens at once in the background after it starts (`PartitionSpec::opens`).
+pub const BACKGROUND_OPENS_MAX: usize = 8;
 
 impl<D: Disk> PartitionSpec<D> {
     /// A partition whose only replica is this broker (node 1), its leader: what a one-broker cluster
@@ -263,13 +269,14 @@ impl<D: Disk> PartitionSpec<D> {
                 log: crate::partition::retention::LogPolicy::default(),
             },
             net: Arc::new(NoPeers),
+            opens: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_OPENS_MAX)),
         }
     }
 }
 
 /// First wait before retrying to open a log that failed; doubles up to `REOPEN_BACKOFF_MS_MAX`.
 pub const REOPEN_BACKOFF_MS_MIN: u64 = 50;
-pub const REOPEN_BACKOFF_MS_MAX: u64 = 1_000;
+pub const REOPEN_BACKOFF_MS_MAX: u64 = 5_000;
 
 type SyncFuture = Pin<Box<dyn Future<Output = Result<Offset, LogError>> + Send>>;
 /// The opened log, its epoch cache, its synced-end checkpoint and the end that checkpoint held.
@@ -351,10 +358,53 @@ fn lost_committed<D: Disk>(
     lost
 }
 
-/// Opens (recovers) the partition's log and epoch cache and spawns its actor. Storage that cannot
-/// be opened (a disk error) does not stop the broker: the partition starts failed, answers
-/// `StorageError`, and retries the open with backoff until it succeeds.
+/// Spawns the partition's actor and returns at once. The actor opens (recovers) its log and epoch
+/// cache lazily (issue 15): when a request needs it (anything but a new controller decision, which
+/// it only keeps), or in the background when `spec.opens` lets it, a few partitions at a time, so a
+/// broker with 10,000 idle partitions serves its first request without waiting for them all.
+/// Storage that cannot be opened (a disk error) does not stop the broker: the partition starts
+/// failed, answers `StorageError` with the cause, and retries the open with backoff until it succeeds.
 pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle {
+    let (mailbox, receiver) = mpsc::channel(MAILBOX_MAX);
+    tokio::spawn(run_partition(spec, receiver));
+    PartitionHandle { mailbox }
+}
+
+async fn run_partition<D: Disk>(mut spec: PartitionSpec<D>, mut mailbox: mpsc::Receiver<Command>) {
+    let Some((first, permit)) = wait_to_open(&mut spec, &mut mailbox).await else { return };
+    let (actor, fetched_receiver) = open_actor(spec).await;
+    drop(permit);
+    actor.run(mailbox, fetched_receiver, first).await;
+}
+
+/// Waits until the partition should open: a request that needs the log (returned, to be handled
+/// first) or its turn among the background opens (the permit is held while it opens). `None`: it
+/// was stopped (or dropped) before it ever opened, and nothing is left to close.
+async fn wait_to_open<D: Disk>(
+    spec: &mut PartitionSpec<D>,
+    mailbox: &mut mpsc::Receiver<Command>,
+) -> Option<(Option<Command>, Option<tokio::sync::OwnedSemaphorePermit>)> {
+    let turn = spec.opens.clone().acquire_owned();
+    tokio::pin!(turn);
+    loop {
+        tokio::select! {
+            biased;
+            command = mailbox.recv() => match command? {
+                Command::Stop { reply } => {
+                    let _ = reply.send(Ok(()));
+                    return None;
+                }
+                // The latest decision is what the core starts from once it opens.
+                Command::State { state } => spec.state = state,
+                command => return Some((Some(command), None)),
+            },
+            permit = &mut turn => return Some((None, permit.ok())),
+        }
+    }
+}
+
+/// Opens the storage and builds the actor (failed, retrying, when the storage cannot be opened).
+async fn open_actor<D: Disk>(spec: PartitionSpec<D>) -> (Actor<D>, mpsc::UnboundedReceiver<(NodeId, FetchResponse)>) {
     let now = tokio::time::Instant::now();
     let (storage, core, reopen_at, lost_floor) = match open_storage(&spec).await {
         Ok((log, cache, checkpoint, checkpointed_end)) => {
@@ -373,14 +423,15 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
             (Some((log, cache, checkpoint)), core, None, lost_committed)
         }
         Err(error) => {
-            tracing::error!(partition = %spec.name, %error, "cannot open the partition storage; will retry");
-            let core = ReplicaCore::new_failed(spec.me, spec.config.clone(), spec.state.clone(), 0);
-            (None, core, Some(now + Duration::from_millis(REOPEN_BACKOFF_MS_MIN)), None)
+            let backoff = Duration::from_millis(REOPEN_BACKOFF_MS_MIN);
+            tracing::error!(partition = %spec.name, %error, retry_in = ?backoff, "cannot open the partition storage; will retry");
+            let reason = format!("cannot open the partition storage: {error}");
+            let core = ReplicaCore::new_failed(spec.me, spec.config.clone(), spec.state.clone(), 0, reason);
+            (None, core, Some(now + backoff), None)
         }
     };
     let (log, epochs, checkpoint) =
         storage.map_or((None, None, None), |(log, cache, checkpoint)| (Some(log), Some(cache), Some(checkpoint)));
-    let (mailbox, receiver) = mpsc::channel(MAILBOX_MAX);
     let (fetched, fetched_receiver) = mpsc::unbounded_channel();
     let retention_at = now + Duration::from_millis(spec.config.retention_check_interval_ms);
     let actor = Actor {
@@ -395,15 +446,14 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
         next_request: 0,
         epoch: now,
         reopen_at,
-        reopen_backoff: Duration::from_millis(REOPEN_BACKOFF_MS_MIN),
+        reopen_backoff: Duration::from_millis(REOPEN_BACKOFF_MS_MIN * 2),
         pending_cut: None,
         in_flight_cut: None,
         fetched,
         retention_at,
         corruption: None,
     };
-    tokio::spawn(actor.run(receiver, fetched_receiver));
-    PartitionHandle { mailbox }
+    (actor, fetched_receiver)
 }
 
 struct Actor<D: Disk> {
@@ -470,8 +520,12 @@ impl<D: Disk> Actor<D> {
         mut self,
         mut mailbox: mpsc::Receiver<Command>,
         mut fetched: mpsc::UnboundedReceiver<(NodeId, FetchResponse)>,
+        first: Option<Command>,
     ) {
         let mut sync: Option<SyncFuture> = None;
+        if let Some(command) = first {
+            self.handle(command);
+        }
         let mut checkpoint_sync: Option<CheckpointFuture> = None;
         let mut last_tick = tokio::time::Instant::now();
         loop {
@@ -1161,10 +1215,14 @@ impl<D: Disk> Actor<D> {
                 self.core.step(Input::Recovered { log_start, log_end, epochs, producers });
             }
             Err(error) => {
-                // Stay failed (requests get StorageError) and try again after a backoff.
-                tracing::error!(partition = %self.spec.name, %error, retry_in = ?self.reopen_backoff, "reopening the partition storage failed");
-                self.reopen_at = Some(tokio::time::Instant::now() + self.reopen_backoff);
-                self.reopen_backoff = (self.reopen_backoff * 2).min(Duration::from_millis(REOPEN_BACKOFF_MS_MAX));
+                // Stay failed (requests get StorageError with this cause) and try again after a
+                // backoff; one log line per attempt, so one per backoff step.
+                let retry_in = self.reopen_backoff;
+                tracing::error!(partition = %self.spec.name, %error, ?retry_in, "reopening the partition storage failed");
+                let reason = format!("cannot open the partition storage: {error}; next attempt in {retry_in:?}");
+                self.core.step(Input::StillFailed { reason });
+                self.reopen_at = Some(tokio::time::Instant::now() + retry_in);
+                self.reopen_backoff = (retry_in * 2).min(Duration::from_millis(REOPEN_BACKOFF_MS_MAX));
             }
         }
     }

@@ -127,6 +127,10 @@ pub enum Input {
     StorageFailed {
         reason: String,
     },
+    /// A reopen of the failed log failed again: the failure stands, with this cause.
+    StillFailed {
+        reason: String,
+    },
     /// The shell reopened (recovered) the log after a failure.
     Recovered {
         log_start: Offset,
@@ -238,6 +242,9 @@ pub struct PartitionCore {
     sync_in_flight: bool,
     /// Storage failed; appends are refused until `Recovered`.
     failure: Option<Failure>,
+    /// Why storage failed (the latest reason: a reopen that fails again replaces it), told to the
+    /// requests refused meanwhile.
+    failure_reason: String,
     /// Appends handed out in `Ready::writes` whose write the shell has not reported yet, in offset
     /// order; together they cover `[written_end, log_end)`.
     unwritten: VecDeque<PendingAppend>,
@@ -263,6 +270,7 @@ impl PartitionCore {
             durable_end: log_end,
             sync_in_flight: false,
             failure: None,
+            failure_reason: String::new(),
             unwritten: VecDeque::new(),
             pending: VecDeque::new(),
             parked: Vec::new(),
@@ -274,9 +282,10 @@ impl PartitionCore {
 
     /// A core whose log could not be opened: everything is refused with `StorageError` until the
     /// shell reports `Recovered`.
-    pub fn new_failed(config: CoreConfig, leader_epoch: LeaderEpoch) -> PartitionCore {
+    pub fn new_failed(config: CoreConfig, leader_epoch: LeaderEpoch, reason: String) -> PartitionCore {
         let mut core = PartitionCore::new(config, leader_epoch, Offset::ZERO, Offset::ZERO);
         core.failure = Some(Failure::Storage);
+        core.failure_reason = reason;
         core
     }
 
@@ -382,6 +391,11 @@ impl PartitionCore {
             }
             Input::SyncCompleted { up_to } => self.on_sync_completed(up_to),
             Input::StorageFailed { reason } => self.on_storage_failed(reason),
+            Input::StillFailed { reason } => {
+                if self.failure.is_some() {
+                    self.failure_reason = reason;
+                }
+            }
             Input::Recovered { log_start, log_end } => self.on_recovered(log_start, log_end),
             Input::LogStartAdvanced { log_start } => {
                 assert!(
@@ -429,10 +443,12 @@ impl PartitionCore {
 
     /// The error for a request refused because storage failed.
     fn refuse_failed(&mut self, request: RequestId, failure: Failure) {
-        match failure {
-            Failure::Storage => self.error(request, ErrorCode::StorageError, "partition storage failed; recovering"),
-            Failure::DiskFull => self.error(request, ErrorCode::DiskFull, "the partition's disk is full; recovering"),
-        }
+        let reason = &self.failure_reason;
+        let (code, message) = match failure {
+            Failure::Storage => (ErrorCode::StorageError, format!("partition storage failed ({reason}); recovering")),
+            Failure::DiskFull => (ErrorCode::DiskFull, format!("the partition's disk is full ({reason}); recovering")),
+        };
+        self.error(request, code, message)
     }
 
     fn on_append(&mut self, request: RequestId, batch: Batch, acks: Acks) {
@@ -552,6 +568,7 @@ impl PartitionCore {
     fn fail(&mut self, failure: Failure, reason: &str) {
         assert!(self.unwritten.is_empty(), "unwritten appends must be answered before failing");
         self.failure = Some(failure);
+        self.failure_reason = reason.to_string();
         // Offsets of batches never written are not assigned; `Recovered` says where the log ends.
         self.log_end = self.written_end;
         // The shell drops an in-flight sync when storage fails: it proves nothing about the log that
@@ -571,7 +588,8 @@ impl PartitionCore {
 
     fn on_fetch(&mut self, request: RequestId, offset: Offset, bytes_max: u32, wait_ms_max: u32, now_ms: TimestampMs) {
         if self.failure.is_some() {
-            return self.error(request, ErrorCode::StorageError, "partition storage failed; recovering");
+            let message = format!("partition storage failed ({}); recovering", self.failure_reason);
+            return self.error(request, ErrorCode::StorageError, message);
         }
         let high_watermark = self.high_watermark();
         if offset < self.log_start || offset > self.log_end {
@@ -875,7 +893,7 @@ mod tests {
         assert!(!ready.start_sync);
         assert!(matches!(ready.replies[0], (2, Reply::Error { code: ErrorCode::DiskFull, .. })), "{ready:?}");
         assert!(matches!(ready.replies[1], (1, Reply::Error { code: ErrorCode::StorageIndeterminate, .. })));
-        assert!(matches!(ready.replies[2], (3, Reply::Error { code: ErrorCode::DiskFull, .. })));
+        assert!(matches!(ready.replies[2], (3, Reply::Error { code: ErrorCode::DiskFull, .. })), "{ready:?}");
         assert!(matches!(ready.replies[3], (4, Reply::Error { code: ErrorCode::StorageError, .. })));
         core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(1) });
         core.step(Input::Append { request: 5, batch: batch(1), acks: Acks::All });

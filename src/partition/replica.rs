@@ -306,6 +306,10 @@ pub enum Input {
     StorageFailed {
         reason: String,
     },
+    /// Reopening the failed log failed again: the failure stands, with this cause.
+    StillFailed {
+        reason: String,
+    },
     /// The shell reopened the log after a failure, and the epoch cache with it: `epochs` is the
     /// cache as recovered (`EpochCache::truncate_from_end(log_end)` applied), which replaces the
     /// core's copy (a failure may have undone a truncation the core already applied to its copy).
@@ -626,8 +630,14 @@ impl ReplicaCore {
 
     /// A replica whose log could not be opened: produce and fetches get `StorageError` until the shell
     /// reports `Recovered` (with the log and epoch cache it then opened).
-    pub fn new_failed(me: NodeId, config: ReplicaConfig, state: PartitionState, now_ms: TimestampMs) -> ReplicaCore {
-        let inner = PartitionCore::new_failed(config.core.clone(), state.leader_epoch);
+    pub fn new_failed(
+        me: NodeId,
+        config: ReplicaConfig,
+        state: PartitionState,
+        now_ms: TimestampMs,
+        reason: String,
+    ) -> ReplicaCore {
+        let inner = PartitionCore::new_failed(config.core.clone(), state.leader_epoch, reason);
         let nothing = OpenedLog {
             log_start: Offset::ZERO,
             log_end: Offset::ZERO,
@@ -818,6 +828,7 @@ impl ReplicaCore {
                 self.inner.step(core::Input::SyncCompleted { up_to });
                 self.recompute_high_watermark();
             }
+            Input::StillFailed { reason } => self.inner.step(core::Input::StillFailed { reason }),
             Input::StorageFailed { reason } => {
                 self.inner.step(core::Input::StorageFailed { reason });
                 self.drop_fetch_in_flight();

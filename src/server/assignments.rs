@@ -75,6 +75,16 @@ type PartitionKey = (String, u64, PartitionId);
 
 /// Follows the metadata's assignments: which partitions this broker is a replica of (and so runs
 /// actors for), and what the controller decided for each.
+/// The bounds an [`Assignments`] enforces (from the broker config).
+#[derive(Debug, Clone, Copy)]
+pub struct AssignmentLimits {
+    pub partitions_per_topic_max: u32,
+    pub topics_max: usize,
+    /// Partition replicas one broker may host (admission, issue 15).
+    pub partitions_max: u64,
+    pub fence_after_ms: u64,
+}
+
 pub struct Assignments<D: Disk> {
     pub node_id: NodeId,
     pub node: NodeHandle,
@@ -86,6 +96,10 @@ pub struct Assignments<D: Disk> {
     /// Topics this broker lets the cluster grow to (its `topics_max`; the state machine's own bound,
     /// `TOPICS_MAX`, holds whatever the brokers are configured with).
     topics_max: usize,
+    /// Partition replicas a broker may host (this broker's `partitions_max`, assumed of every broker).
+    partitions_max: u64,
+    /// The background opens of this broker's partitions (lazy start-up, issue 15).
+    opens: Arc<tokio::sync::Semaphore>,
     /// Each running replica, with the partition state it was last given.
     partitions: RwLock<BTreeMap<PartitionKey, (PartitionHandle, PartitionState)>>,
     /// Serialises `reconcile` (it awaits while starting and stopping actors; two overlapping runs
@@ -112,6 +126,9 @@ pub struct Assignments<D: Disk> {
     /// The rest of the producer-id block this broker took from the metadata group: `[next, end)`.
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
 }
+
+/// Partitions a stopping broker closes at once.
+const PARTITION_STOPS_MAX: usize = 64;
 
 /// Producer ids a broker takes from the metadata group at a time (one Raft write per block).
 pub const PRODUCER_ID_BLOCK: u64 = 1000;
@@ -151,8 +168,9 @@ impl<D: Disk> Assignments<D> {
         transport: PeerTransport,
         disk: D,
         (log_config, replica_config): (LogConfig, ReplicaConfig),
-        (partitions_per_topic_max, topics_max, fence_after_ms): (u32, usize, u64),
+        limits: AssignmentLimits,
     ) -> Arc<Assignments<D>> {
+        let AssignmentLimits { partitions_per_topic_max, topics_max, partitions_max, fence_after_ms } = limits;
         Arc::new(Assignments {
             node_id,
             node,
@@ -162,6 +180,8 @@ impl<D: Disk> Assignments<D> {
             replica_config,
             partitions_per_topic_max,
             topics_max,
+            partitions_max,
+            opens: Arc::new(tokio::sync::Semaphore::new(crate::partition::actor::BACKGROUND_OPENS_MAX)),
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             registered: AtomicBool::new(false),
@@ -218,6 +238,7 @@ impl<D: Disk> Assignments<D> {
             });
         }
         // Replication 0 is the protobuf default of an old client that did not set it: 1, as before.
+        self.admit_partitions(partitions, request.replication.max(1))?;
         let command = MetaCommand::CreateTopic {
             name: name.to_owned(),
             partitions,
@@ -229,6 +250,32 @@ impl<D: Disk> Assignments<D> {
         result_error(self.node.propose(command).await.map_err(node_error)?)?;
         self.reconcile().await;
         Ok(())
+    }
+
+    /// Refuses a create that would place more than `partitions_max` replicas on some broker (where
+    /// the state machine would place them now), so a topic is never accepted half-hosted. Like
+    /// `topics_max`, checked against the applied state: two creates at once may both pass.
+    fn admit_partitions(&self, partitions: u32, replication: u32) -> Result<(), TopicError> {
+        let over = self.node.with_state(|state| {
+            // A placement the state machine refuses is refused by it, with its own error.
+            let placement = state.assign_replicas(partitions, replication).ok()?;
+            let mut hosted = state.replicas_per_broker();
+            for replica in placement.iter().flat_map(|assignment| &assignment.replicas) {
+                *hosted.entry(*replica).or_insert(0) += 1;
+            }
+            hosted.into_iter().filter(|(_, count)| *count > self.partitions_max).max_by_key(|(_, count)| *count)
+        });
+        match over {
+            None => Ok(()),
+            Some((node, count)) => Err(TopicError {
+                code: ErrorCode::TooManyPartitions,
+                message: format!(
+                    "creating {partitions} partitions x {replication} replicas would place {count} partition replicas \
+                     on broker {node}; a broker hosts at most {} (partitions_max)",
+                    self.partitions_max
+                ),
+            }),
+        }
     }
 
     /// Changes a topic's log settings; every replica's actor gets them at the next reconcile.
@@ -506,6 +553,7 @@ impl<D: Disk> Assignments<D> {
             me: self.node_id,
             state,
             net: Arc::new(net),
+            opens: self.opens.clone(),
         }
     }
 
@@ -699,9 +747,14 @@ impl<D: Disk> Assignments<D> {
         self.partitions_stopped.store(true, Ordering::Release);
         let handles: Vec<_> =
             std::mem::take(&mut *self.partitions.write().expect("partitions lock")).into_iter().collect();
+        // Many at once (issue 15): an idle partition's stop syncs nothing, a busy one's is one fsync.
+        use futures::StreamExt as _;
+        let mut stops =
+            futures::stream::iter(handles.into_iter().map(|(_, (handle, _))| async move { handle.stop().await }))
+                .buffer_unordered(PARTITION_STOPS_MAX);
         let mut first_error = None;
-        for (_, (handle, _)) in handles {
-            if let Err(error) = handle.stop().await {
+        while let Some(result) = stops.next().await {
+            if let Err(error) = result {
                 first_error.get_or_insert(error);
             }
         }

@@ -58,9 +58,10 @@ use crate::partition::{ConsumerFetch, CoreConfig, OffsetSpec, PartitionReply};
 use crate::peer::PeerTransport;
 use crate::protocol::*;
 use crate::sometimes::{self, Sometimes};
+use crate::storage::handles::{HandleBudget, Handles};
 use crate::storage::Disk;
 use crate::types::{LeaderEpoch, NodeId, Offset, PartitionId};
-use assignments::Assignments;
+use assignments::{AssignmentLimits, Assignments};
 use subscriptions::{Handled, Subscriptions};
 use topics::TopicError;
 
@@ -115,6 +116,13 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     // The metadata group: its own shutdown token, cancelled after the partitions are stopped.
     let meta_shutdown = CancellationToken::new();
     let (node, transport) = start_metadata(&config, &voters, meta_store, &meta_shutdown)?;
+    // Every partition file goes through one budget of open handles (issue 15).
+    let budget = HandleBudget {
+        files_max: config.open_files_max.unwrap_or(crate::config::OPEN_FILES_MAX_DEFAULT),
+        keep_unsynced: config.fsync == crate::partition::FsyncPolicy::Always,
+    };
+    let disk = Handles::new(disk, budget);
+    let files = disk.clone();
     let assignments = start_assignments(&config, node.clone(), transport, disk).await;
     let background = tokio::spawn(assignments.clone().run_background(
         advertised,
@@ -147,7 +155,14 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let result = state.assignments.stop_partitions().await;
     meta_shutdown.cancel();
     let _ = background.await;
-    tracing::info!("broker stopped");
+    let handles = files.stats();
+    tracing::info!(
+        files_open_peak = handles.open_peak,
+        file_opens = handles.opens,
+        file_reopens = handles.reopens,
+        files_over_budget = handles.over_budget,
+        "broker stopped"
+    );
     if let Some(failure) = failure {
         return Err(failure);
     }
@@ -207,7 +222,12 @@ async fn start_assignments<D: Disk>(
         transport,
         disk,
         (log_config, replica_config),
-        (config.partitions_per_topic_max, config.topics_max, config.broker_fence_after_ms),
+        AssignmentLimits {
+            partitions_per_topic_max: config.partitions_per_topic_max,
+            topics_max: config.topics_max,
+            partitions_max: config.partitions_max as u64,
+            fence_after_ms: config.broker_fence_after_ms,
+        },
     );
     assignments.reconcile().await;
     assignments

@@ -28,6 +28,7 @@ use bytes::Bytes;
 
 #[cfg(not(madsim))]
 pub mod file;
+pub mod handles;
 pub mod sim;
 
 pub trait Disk: Clone + Send + Sync + 'static {
