@@ -67,11 +67,13 @@ pub enum Sometimes {
     /// A read started inside a compaction filler (a follower whose log ends at a boundary of the
     /// batches the filler replaced), served from the read's offset.
     FillerSplitForRead,
+    /// A partition file's handle, closed by the open-file budget, was opened again (issue 15).
+    FileHandleReopened,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 25] = [
+    pub const ALL: [Sometimes; 26] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -97,6 +99,7 @@ impl Sometimes {
         Sometimes::PushLeaderMoved,
         Sometimes::CompactionRewroteSegment,
         Sometimes::FillerSplitForRead,
+        Sometimes::FileHandleReopened,
     ];
 
     /// The name in the coverage table (snake case).
@@ -127,6 +130,7 @@ impl Sometimes {
             Sometimes::PushLeaderMoved => "push_leader_moved",
             Sometimes::CompactionRewroteSegment => "compaction_rewrote_segment",
             Sometimes::FillerSplitForRead => "filler_split_for_read",
+            Sometimes::FileHandleReopened => "file_handle_reopened",
         }
     }
 }

@@ -1799,16 +1799,24 @@ fn a_leader_that_lost_replicated_data_resigns() {
     assert!(matches!(core.ready().replies[0], (3, Reply::Error { code: ErrorCode::NotLeader, .. })));
 }
 
-/// A replica whose log could not be opened refuses everything with a storage error, and leads
-/// normally once the shell recovered the log (its epoch starts at the recovered end).
+/// A replica whose log could not be opened refuses everything with a storage error that says why
+/// (the latest cause, issue 15), and leads normally once the shell recovered the log (its epoch
+/// starts at the recovered end).
 #[test]
 fn a_replica_whose_log_failed_to_open_recovers() {
-    let mut core = ReplicaCore::new_failed(NodeId(1), config(), state(1, 3, &[1, 2, 3]), 0);
+    let reason = "cannot open the partition storage: Too many open files (os error 24)".to_string();
+    let mut core = ReplicaCore::new_failed(NodeId(1), config(), state(1, 3, &[1, 2, 3]), 0, reason);
     let records = vec![Record::value("x")];
     let batch = Batch::parse(encode_batch(&records, 0, ProducerFields::NONE)).unwrap();
     core.step(Input::Produce { request: 1, batch: batch.clone(), acks: Acks::Leader });
     let ready = core.ready();
-    assert!(matches!(ready.replies[0], (1, Reply::Error { code: ErrorCode::StorageError, .. })), "{ready:?}");
+    let (_, Reply::Error { code: ErrorCode::StorageError, message }) = &ready.replies[0] else { panic!("{ready:?}") };
+    assert!(message.contains("Too many open files"), "{message}");
+    core.step(Input::StillFailed { reason: "cannot open the partition storage: No space left".into() });
+    core.step(Input::Produce { request: 9, batch: batch.clone(), acks: Acks::Leader });
+    let ready = core.ready();
+    let (_, Reply::Error { message, .. }) = &ready.replies[0] else { panic!("{ready:?}") };
+    assert!(message.contains("No space left"), "the latest cause: {message}");
     assert!(ready.epoch_assign.is_empty(), "no epoch cache to write to while the log is failed");
     let producers = ProducerStates::new();
     core.step(Input::Recovered { log_start: Offset(0), log_end: Offset(5), epochs: epochs(&[(1, 0)]), producers });

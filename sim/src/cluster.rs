@@ -234,6 +234,7 @@ impl Cluster {
         config.listen = addr;
         let name = format!("broker-{number}");
         let disk = SimDisk::new(disk_seed);
+        disk.set_open_files_max(config.open_files_max.map(|max| max + crate::scenario::SIM_DESCRIPTOR_SLACK));
         let kv = SimKv::new(disk_seed ^ 0x6b76_5f73_6565_6421);
         let status =
             Arc::new(Mutex::new(BrokerStatus { incarnation: 0, state: BrokerState::Starting, stop_requested: false }));

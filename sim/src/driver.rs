@@ -54,6 +54,18 @@ pub const SETUP_MS_MAX: u64 = 10_000;
 /// The liveness bound, simulated milliseconds: after the heal (and after the workload stopped),
 /// everything the scenario's liveness phase asks for must happen within it.
 pub const LIVENESS_MS_MAX: u64 = 10_000;
+/// The final reader reads the partitions one after another; beyond a few, each may first have to
+/// be opened (recovered: a scan and a few fsyncs) at that request, since a broker opens an idle
+/// leader's log lazily (issue 15). This much more liveness bound per partition.
+pub const FINAL_READ_MS_PER_PARTITION: u64 = 500;
+
+/// The final read's liveness bound: `LIVENESS_MS_MAX`, plus `FINAL_READ_MS_PER_PARTITION` per
+/// partition beyond the 4 the other scenarios draw at most.
+fn final_read_bound(partitions: u32) -> Duration {
+    let extra = u64::from(partitions.saturating_sub(4)) * FINAL_READ_MS_PER_PARTITION;
+    Duration::from_millis(LIVENESS_MS_MAX + extra)
+}
+
 /// How long the queue workload keeps running after the heal (acks must resume in it).
 pub const AFTER_HEAL_MS: u64 = 2_000;
 /// How long the workload may take to stop after it is told to (an operation takes at most a few
@@ -688,7 +700,7 @@ impl Run {
             topic: TOPIC.to_owned(),
             partitions: queue.swarm.partitions,
             process: queue.next_process(),
-            bound: Duration::from_millis(LIVENESS_MS_MAX),
+            bound: final_read_bound(queue.swarm.partitions),
             retained: queue.swarm.log.is_some(),
         };
         let final_read =
@@ -975,6 +987,10 @@ fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
             retention_check_interval_ms: RETENTION_CHECK_INTERVAL_MS,
             // The smallest segments: the offsets topic's roll and get compacted in a short run.
             offsets_topic_segment_bytes: 1024,
+            open_files_max: scenario.open_files_max,
+            partitions_per_topic_max: scenario
+                .partitions
+                .map_or(BrokerConfig::default().partitions_per_topic_max, |partitions| partitions.max(1024)),
             ..BrokerConfig::default()
         })
         .collect()

@@ -93,7 +93,17 @@ pub struct Scenario {
     /// Whether subscribers read the queue workload's topic through push subscriptions (one per
     /// partition, small credit windows), their pushes recorded as polls (ADR 0021).
     pub push: bool,
+    /// The queue workload's topic's partitions, instead of the few drawn per seed.
+    pub partitions: Option<u32>,
+    /// The brokers' `open_files_max` (partition files open at once); their simulated disks refuse
+    /// opens (EMFILE) past it plus `SIM_DESCRIPTOR_SLACK`, as a process's open-file limit would.
+    pub open_files_max: Option<usize>,
 }
+
+/// Descriptors a simulated disk allows beyond the broker's `open_files_max`: the budget may be
+/// exceeded while every open handle has unsynced writes (module `keel::storage::handles`); past
+/// this, opens fail with EMFILE and the partition reports a storage error and retries.
+pub const SIM_DESCRIPTOR_SLACK: usize = 64;
 
 impl Scenario {
     /// How the scenario uses `class` (`Off` when it does not list it).
@@ -158,6 +168,8 @@ fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass
         compact: false,
         groups: false,
         push: false,
+        partitions: None,
+        open_files_max: None,
     }
 }
 
@@ -176,6 +188,8 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         compact: false,
         groups: false,
         push: false,
+        partitions: None,
+        open_files_max: None,
     }
 }
 
@@ -309,6 +323,8 @@ fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         compact: false,
         groups: false,
         push: false,
+        partitions: None,
+        open_files_max: None,
     }
 }
 
@@ -608,6 +624,20 @@ pub fn push_3() -> Scenario {
     Scenario { push: true, ..isr("push_3", 3, faults) }
 }
 
+/// Many partitions on one broker with a small open-file budget (issue 15): 1,000 partitions (a
+/// topic's most), 32 partition files open at once (the disk refuses a descriptor past 96: each
+/// partition has at least 5 files), so handles are closed and
+/// opened again all the time, partitions open lazily after each restart, and syncs coalesce, under
+/// power loss, crashes, graceful restarts and slow fsyncs. Nothing acknowledged is lost.
+pub fn many_partitions_small_file_budget() -> Scenario {
+    let faults = vec![(PowerLoss, Always), (Kill, Sometimes), (CleanRestart, Sometimes), (SlowFsync, Sometimes)];
+    Scenario {
+        partitions: Some(1_000),
+        open_files_max: Some(32),
+        ..single_broker("many_partitions_small_file_budget", FsyncPolicy::Always, faults)
+    }
+}
+
 /// Every scenario of `sim/tests/scenarios.rs`.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -638,6 +668,7 @@ pub fn all() -> Vec<Scenario> {
         groups_3(),
         compact_3(),
         push_3(),
+        many_partitions_small_file_budget(),
     ]
 }
 

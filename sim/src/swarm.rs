@@ -341,6 +341,9 @@ impl Swarm {
                     queue.log = Some(TopicLog { segment_bytes, retention_bytes: -1, retention_ms: -1, compact: true });
                     queue.compaction_keys = Some([2, 8, 32][rng.gen_range(0..3)]);
                 }
+                if let Some(partitions) = scenario.partitions {
+                    queue.partitions = partitions;
+                }
                 if scenario.compression {
                     queue.compression = (0..queue.producer_nodes)
                         .map(|_| Compression::ALL[rng.gen_range(0..Compression::ALL.len())])

@@ -154,6 +154,8 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         compact: false,
         groups: false,
         push: false,
+        partitions: None,
+        open_files_max: None,
     };
     let swarm = NemesisSwarm {
         interval_ms: 100,
@@ -634,4 +636,13 @@ async fn compact_3() {
 async fn push_3() {
     keel_sim::init_logging();
     driver::run(&scenario::push_3()).await.assert_valid();
+}
+
+/// 1,000 partitions on one broker with 32 partition files open at once, under power loss, crashes,
+/// graceful restarts and slow fsyncs: handles closed and reopened, lazy opens, coalesced syncs;
+/// nothing acknowledged lost.
+#[madsim::test]
+async fn many_partitions_small_file_budget() {
+    keel_sim::init_logging();
+    driver::run(&scenario::many_partitions_small_file_budget()).await.assert_valid();
 }

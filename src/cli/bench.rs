@@ -12,6 +12,15 @@
 //! `--compression CODEC` (other than none) runs it without compression and then with the codec, and
 //! reports both runs' throughput and the bytes their batches take in the leaders' logs.
 //!
+//! A failed send is counted by its reason (`Server(StorageError)`, `Connect`, `Ambiguous`, ...;
+//! [`error_reason`]), with the first message of each reason as its example, and classified
+//! ([`classify`]): after a retriable error (a refusal or an outcome that can change, such as a
+//! leader moving or a disk error) the worker pauses, 10 ms doubling to 1 s, and until its next
+//! acknowledgement sends one record at a time ([`Pacing`]); a fatal error (one every retry would
+//! get again, such as `InvalidRecord` or a value too large) stops every worker of the run, and the
+//! command fails naming it after printing the report. Without this a broken partition made each
+//! worker fail millions of sends a second without saying why (issue 15).
+//!
 //! Record values are JSON-like event lines with random fields (`payloads`), each value distinct, so
 //! that compression sees text about as compressible as real event data, not one repeated byte.
 //!
@@ -37,10 +46,12 @@ use futures::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::bench_connections::{self, ConnectionsBenchArgs};
 use super::{fail, parse_acks, Cli, CliError, IdempotenceArgs};
 use crate::batch::Record;
 use crate::client::{
@@ -57,6 +68,8 @@ pub enum BenchCommand {
     Consume(ConsumeBenchArgs),
     /// Delivery latency: from a record's acknowledgement to its receipt by a subscriber.
     Deliver(DeliverBenchArgs),
+    /// Producer throughput and latency with and without many idle connections held open.
+    Connections(ConnectionsBenchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -200,18 +213,232 @@ impl DeliverMode {
     }
 }
 
-struct Totals {
-    records: u64,
-    bytes: u64,
-    errors: u64,
+pub(super) struct Totals {
+    pub(super) records: u64,
+    pub(super) bytes: u64,
+    /// Failed sends (for produce, the sum of `errors_by_reason`'s counts; consume stops at its first).
+    pub(super) errors: u64,
     /// Produce requests sent (0 for consume): records per request shows how well batching works.
-    requests: u64,
-    latency_us: Histogram<u64>,
+    pub(super) requests: u64,
+    pub(super) latency_us: Histogram<u64>,
+    /// Failed sends by reason ([`error_reason`]), each with the first one's message.
+    pub(super) errors_by_reason: BTreeMap<String, ReasonErrors>,
+    /// The fatal error the run stopped at (its reason and message), if it met one.
+    pub(super) fatal: Option<(String, String)>,
+}
+
+/// The failed sends of one reason: how many, and the message of the first.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct ReasonErrors {
+    pub(super) count: u64,
+    pub(super) example: String,
 }
 
 impl Totals {
-    fn new() -> Totals {
-        Totals { records: 0, bytes: 0, errors: 0, requests: 0, latency_us: histogram() }
+    pub(super) fn new() -> Totals {
+        Totals {
+            records: 0,
+            bytes: 0,
+            errors: 0,
+            requests: 0,
+            latency_us: histogram(),
+            errors_by_reason: BTreeMap::new(),
+            fatal: None,
+        }
+    }
+
+    /// Counts one failed send of `reason`; its message is kept if it is the reason's first.
+    fn add_error(&mut self, reason: String, message: String) {
+        self.errors += 1;
+        count_reason(&mut self.errors_by_reason, reason, message, 1);
+    }
+
+    /// Adds up another worker's totals; the first fatal error merged is the one kept.
+    fn merge(&mut self, other: Totals) {
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.errors += other.errors;
+        self.requests += other.requests;
+        self.latency_us.add(&other.latency_us).expect("same bounds");
+        merge_reasons(&mut self.errors_by_reason, other.errors_by_reason);
+        self.fatal = self.fatal.take().or(other.fatal);
+    }
+}
+
+/// Counts `count` errors of `reason`; `example` is kept if the reason is new to `reasons`.
+pub(super) fn count_reason(reasons: &mut BTreeMap<String, ReasonErrors>, reason: String, example: String, count: u64) {
+    reasons.entry(reason).or_insert(ReasonErrors { count: 0, example }).count += count;
+}
+
+/// Adds `from`'s counts into `into`; a reason already in `into` keeps its example.
+fn merge_reasons(into: &mut BTreeMap<String, ReasonErrors>, from: BTreeMap<String, ReasonErrors>) {
+    for (reason, errors) in from {
+        count_reason(into, reason, errors.example, errors.count);
+    }
+}
+
+/// What the bench does after a failed send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Severity {
+    /// Another attempt may succeed (a leader moving, a disk error, a broker busy or unreachable):
+    /// pause ([`Pacing`]) and go on.
+    Retriable,
+    /// Every retry would get it again (the request itself is wrong for this topic or broker): stop.
+    Fatal,
+}
+
+/// How long into a run `UnknownTopic` and `UnknownPartition` are retried: a topic created a moment
+/// ago may not have reached every broker's metadata yet. Later they mean the topic is gone (or was
+/// never there), which no retry mends.
+pub(super) const UNKNOWN_TOPIC_RETRY_MS_MAX: u64 = 5_000;
+
+/// Whether the bench goes on after `error`, `run_time` into its run. Every variant of
+/// [`ClientError`] is named, so that a new one is classified on purpose; error codes not listed as
+/// retriable are fatal (a new code is fatal until someone decides otherwise).
+pub(super) fn classify(error: &ClientError, run_time: Duration) -> Severity {
+    let retriable = match error {
+        ClientError::Connect { .. } | ClientError::Ambiguous(_) => true,
+        ClientError::Server { code: ErrorCode::UnknownTopic | ErrorCode::UnknownPartition, .. } => {
+            run_time < Duration::from_millis(UNKNOWN_TOPIC_RETRY_MS_MAX)
+        }
+        ClientError::Server { code, .. } => retriable_code(*code),
+        ClientError::SequenceLost(_)
+        | ClientError::Protocol(_)
+        | ClientError::Corrupt(_)
+        | ClientError::InvalidArgument(_) => false,
+    };
+    if retriable {
+        Severity::Retriable
+    } else {
+        Severity::Fatal
+    }
+}
+
+/// The broker's answers that a later attempt may not get: the partition or its leader is in
+/// trouble or moving, or the outcome is not known yet.
+fn retriable_code(code: ErrorCode) -> bool {
+    matches!(
+        code,
+        ErrorCode::StorageError
+            | ErrorCode::StorageIndeterminate
+            | ErrorCode::NotLeader
+            | ErrorCode::Timeout
+            | ErrorCode::ShuttingDown
+            | ErrorCode::Busy
+            | ErrorCode::LeaderNotReady
+            | ErrorCode::NotEnoughReplicas
+            | ErrorCode::NotEnoughReplicasAfterAppend
+            | ErrorCode::NotLeaderAfterAppend
+            | ErrorCode::DuplicatePending
+            | ErrorCode::DiskFull
+            | ErrorCode::FencedLeaderEpoch
+            | ErrorCode::UnknownLeaderEpoch
+    )
+}
+
+/// The key errors are counted under: the variant, and for a broker's answer its code
+/// (`Server(StorageError)`).
+pub(super) fn error_reason(error: &ClientError) -> String {
+    match error {
+        ClientError::Connect { .. } => "Connect".to_owned(),
+        ClientError::Ambiguous(_) => "Ambiguous".to_owned(),
+        ClientError::SequenceLost(_) => "SequenceLost".to_owned(),
+        ClientError::Server { code, .. } => format!("Server({code:?})"),
+        ClientError::Protocol(_) => "Protocol".to_owned(),
+        ClientError::Corrupt(_) => "Corrupt".to_owned(),
+        ClientError::InvalidArgument(_) => "InvalidArgument".to_owned(),
+    }
+}
+
+/// The message shown as a reason's example: the broker's own for its answers (the reason already
+/// names the code), else the error as it prints.
+pub(super) fn error_message(error: &ClientError) -> String {
+    match error {
+        ClientError::Server { message, .. } => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The first pause after a retriable error, and the longest (the pause doubles in between).
+pub const BACKOFF_MS_MIN: u64 = 10;
+pub const BACKOFF_MS_MAX: u64 = 1_000;
+
+/// What a worker must wait for before its next send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    /// Pausing after a retriable error, until then.
+    Until(Instant),
+    /// Failing: one record at a time (a probe), and one is unanswered.
+    Answer,
+}
+
+/// How an answer went, for [`Pacing`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    Acked,
+    Failed(Severity),
+}
+
+/// A worker's pacing after retriable errors. A retriable error starts a *step*: no send for the
+/// current backoff (10 ms, doubling per step to 1 s), then one record at a time until an
+/// acknowledgement, which resets the backoff and the window. Errors of records sent before the step
+/// began (the rest of the window, failing together) belong to that step and neither double nor
+/// extend it; so a worker that keeps failing makes one attempt per step, not one per record.
+#[derive(Debug)]
+struct Pacing {
+    backoff: Duration,
+    paused_until: Option<Instant>,
+    /// When the latest step began.
+    step_at: Option<Instant>,
+    /// A retriable error came after the latest acknowledgement.
+    failing: bool,
+}
+
+impl Pacing {
+    fn new() -> Pacing {
+        Pacing { backoff: Duration::from_millis(BACKOFF_MS_MIN), paused_until: None, step_at: None, failing: false }
+    }
+
+    /// The answer of a record sent at `sent_at` came at `now`.
+    fn answered(&mut self, answer: Answer, sent_at: Instant, now: Instant) {
+        match answer {
+            Answer::Acked => {
+                self.backoff = Duration::from_millis(BACKOFF_MS_MIN);
+                self.failing = false;
+            }
+            Answer::Failed(Severity::Fatal) => {}
+            Answer::Failed(Severity::Retriable) => {
+                self.failing = true;
+                if self.step_at.is_some_and(|step_at| sent_at < step_at) {
+                    return;
+                }
+                self.paused_until = Some(now + self.backoff);
+                self.step_at = Some(now);
+                self.backoff = (self.backoff * 2).min(Duration::from_millis(BACKOFF_MS_MAX));
+            }
+        }
+    }
+
+    /// What to wait for before the next send at `now`, with `unanswered` records outstanding.
+    fn wait(&self, now: Instant, unanswered: usize) -> Option<Wait> {
+        if let Some(until) = self.paused_until.filter(|until| *until > now) {
+            return Some(Wait::Until(until));
+        }
+        (self.failing && unanswered > 0).then_some(Wait::Answer)
+    }
+}
+
+/// What the workers of one run share: its start (`UnknownTopic` is retried only early in it, see
+/// [`classify`]) and the stop that a fatal error sets off.
+#[derive(Clone)]
+struct RunControl {
+    started: Instant,
+    stop: CancellationToken,
+}
+
+impl RunControl {
+    fn new() -> RunControl {
+        RunControl { started: Instant::now(), stop: CancellationToken::new() }
     }
 }
 
@@ -225,6 +452,7 @@ pub async fn run(cli: &Cli, command: &BenchCommand) -> Result<(), CliError> {
         BenchCommand::Produce(args) => produce(cli, args).await,
         BenchCommand::Consume(args) => consume(cli, args).await,
         BenchCommand::Deliver(args) => deliver(cli, args).await,
+        BenchCommand::Connections(args) => bench_connections::run(cli, args).await,
     }
 }
 
@@ -238,17 +466,45 @@ async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
     create_topic_if_missing(&admin, &args.topic, args.partitions).await?;
     if args.compare_idempotence {
         let off = produce_run(cli, &args.with_idempotence(false)).await?;
+        stop_if_fatal(cli, "produce, idempotence off", &off, args.rate)?;
         let on = produce_run(cli, &args.with_idempotence(true)).await?;
+        stop_if_fatal(cli, "produce, idempotence on", &on, args.rate)?;
         report_comparison(cli, &off, &on, args.rate);
     } else if args.compression != Compression::None {
         let plain = measured_run(cli, &admin, &args.with_compression(Compression::None)).await?;
+        stop_if_fatal(cli, "produce, none", &plain.0, args.rate)?;
         let compressed = measured_run(cli, &admin, args).await?;
+        stop_if_fatal(cli, &format!("produce, {}", args.compression.name()), &compressed.0, args.rate)?;
         report_compression(cli, args, &plain, &compressed);
     } else {
         let run = produce_run(cli, args).await?;
         report(cli, "produce", &run.totals, run.elapsed, args.rate);
+        if let Some(error) = fatal_error(&run.totals) {
+            return Err(error);
+        }
     }
     Ok(())
+}
+
+/// When `run` stopped at a fatal error: prints its report (as `what`) and returns the error.
+pub(super) fn stop_if_fatal(cli: &Cli, what: &str, run: &Run, rate_target: Option<u64>) -> Result<(), CliError> {
+    match fatal_error(&run.totals) {
+        Some(error) => {
+            report(cli, what, &run.totals, run.elapsed, rate_target);
+            Err(error)
+        }
+        None => Ok(()),
+    }
+}
+
+/// The command's error when a run stopped at a fatal error: its reason and message.
+pub(super) fn fatal_error(totals: &Totals) -> Option<CliError> {
+    let (reason, message) = totals.fatal.as_ref()?;
+    Some(fail(format!(
+        "the benchmark stopped at a fatal error, which every retry would get again: {reason} {message:?} ({} \
+         errors in all)",
+        totals.errors
+    )))
 }
 
 /// A produce run and the bytes it added to the topic's leaders' logs.
@@ -310,7 +566,7 @@ fn report_compression(cli: &Cli, args: &ProduceBenchArgs, plain: &(Run, u64), co
 
 /// Creates `topic` with `partitions` partitions (one replica) unless it exists, and waits until it
 /// is ready ([`wait_until_ready`]).
-async fn create_topic_if_missing(admin: &Client, topic: &str, partitions: u32) -> Result<(), CliError> {
+pub(super) async fn create_topic_if_missing(admin: &Client, topic: &str, partitions: u32) -> Result<(), CliError> {
     match admin.create_topic(topic, partitions, 1).await {
         Ok(()) | Err(ClientError::Server { code: ErrorCode::TopicAlreadyExists, .. }) => {}
         Err(error) => return Err(error.into()),
@@ -327,7 +583,7 @@ const TOPIC_READY_WAIT_MS_MAX: u64 = 10_000;
 /// producer without idempotence gives up on a partition without a leader after a few retries; an
 /// idempotent one keeps re-sending, so the two would not be compared alike). Goes on regardless
 /// after the wait, saying so: an under-replicated topic can be benchmarked on purpose.
-async fn wait_until_ready(admin: &Client, topic: &str) {
+pub(super) async fn wait_until_ready(admin: &Client, topic: &str) {
     let deadline = Instant::now() + Duration::from_millis(TOPIC_READY_WAIT_MS_MAX);
     loop {
         let ready = admin.topic(topic).await.is_ok_and(|info| {
@@ -345,32 +601,28 @@ async fn wait_until_ready(admin: &Client, topic: &str) {
 }
 
 /// What one produce run measured.
-struct Run {
-    totals: Totals,
-    elapsed: Duration,
+pub(super) struct Run {
+    pub(super) totals: Totals,
+    pub(super) elapsed: Duration,
 }
 
-/// Runs `args.producers` producers for `args.duration_s` and adds up what they measured.
-async fn produce_run(cli: &Cli, args: &ProduceBenchArgs) -> Result<Run, CliError> {
+/// Runs `args.producers` producers for `args.duration_s` and adds up what they measured. A fatal
+/// error stops every producer at once; the run's totals then name it (see [`fatal_error`]).
+pub(super) async fn produce_run(cli: &Cli, args: &ProduceBenchArgs) -> Result<Run, CliError> {
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
-    let started = Instant::now();
+    let control = RunControl::new();
     let mut workers = FuturesUnordered::new();
     for seed in 0..u64::from(args.producers) {
         let client = Client::new(cli.broker.clone(), ClientConfig::default());
         let args = args.clone();
         let rate_per_producer = args.rate.map(|rate| rate as f64 / f64::from(args.producers));
-        workers.push(tokio::spawn(produce_worker(client, args, deadline, rate_per_producer, seed)));
+        workers.push(tokio::spawn(produce_worker(client, args, deadline, rate_per_producer, seed, control.clone())));
     }
     let mut totals = Totals::new();
     while let Some(result) = workers.next().await {
-        let worker = result.map_err(|error| fail(format!("bench worker failed: {error}")))?;
-        totals.records += worker.records;
-        totals.bytes += worker.bytes;
-        totals.errors += worker.errors;
-        totals.requests += worker.requests;
-        totals.latency_us.add(&worker.latency_us).expect("same bounds");
+        totals.merge(result.map_err(|error| fail(format!("bench worker failed: {error}")))?);
     }
-    Ok(Run { totals, elapsed: started.elapsed() })
+    Ok(Run { totals, elapsed: control.started.elapsed() })
 }
 
 async fn produce_worker(
@@ -379,6 +631,7 @@ async fn produce_worker(
     deadline: Instant,
     rate_per_producer: Option<f64>,
     seed: u64,
+    control: RunControl,
 ) -> Totals {
     let config = args.idempotence.apply(ProducerConfig {
         acks: args.acks,
@@ -389,78 +642,230 @@ async fn produce_worker(
     });
     let producer = Producer::new(client, config);
     let values = payloads(args.size, PAYLOADS_PER_PRODUCER, seed);
-    let mut next_value = values.iter().cycle();
-    if let Some(rate) = rate_per_producer {
-        let mut totals = produce_on_schedule(producer.clone(), &args, values, deadline, rate).await;
-        totals.requests = producer.stats().requests;
-        return totals;
-    }
-    let mut totals = Totals::new();
-    // Deliveries complete almost in send order, so a FIFO with a non-blocking check of its head is
-    // enough and costs far less per record than a FuturesUnordered of 20k futures.
-    let mut outstanding: VecDeque<(Instant, Delivery)> = VecDeque::with_capacity(args.window);
-    loop {
-        let finished = Instant::now() >= deadline;
-        if finished || outstanding.len() >= args.window {
-            let Some((sent_at, delivery)) = outstanding.pop_front() else { break };
-            account(&mut totals, sent_at, delivered(delivery).await, args.size);
-            continue;
-        }
-        let record = Record { value: next_value.next().cloned(), ..Record::default() };
-        let sent_at = Instant::now();
-        outstanding.push_back((sent_at, producer.send(&args.topic, None, record).await));
-        while let Some((_, delivery)) = outstanding.front_mut() {
-            match delivery.try_recv() {
-                Ok(result) => {
-                    let (sent_at, _) = outstanding.pop_front().expect("front exists");
-                    account(&mut totals, sent_at, result, args.size);
-                }
-                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => break,
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                    outstanding.pop_front();
-                    totals.errors += 1;
-                }
-            }
-        }
-    }
+    let mut totals = match rate_per_producer {
+        Some(rate) => produce_on_schedule(producer.clone(), &args, values, deadline, rate, control).await,
+        None => produce_in_window(&producer, &args, values, deadline, &control).await,
+    };
     totals.requests = producer.stats().requests;
     totals
 }
 
-/// Sends one record every `1 / rate` seconds until `deadline`, whatever the answers do. A collector
+/// Records unanswered, oldest first, each with its send time. Deliveries complete almost in send
+/// order, so a FIFO with a non-blocking check of its head is enough and costs far less per record
+/// than a FuturesUnordered of 20k futures.
+type Outstanding = VecDeque<(Instant, Delivery)>;
+
+/// Sends as fast as `args.window` unanswered records allow until `deadline`, pausing after
+/// retriable errors ([`Pacing`]), then waits for the answers; stops at once when the run stops.
+async fn produce_in_window(
+    producer: &Producer,
+    args: &ProduceBenchArgs,
+    values: Vec<Bytes>,
+    deadline: Instant,
+    control: &RunControl,
+) -> Totals {
+    let mut next_value = values.iter().cycle();
+    let (mut totals, mut pacing) = (Totals::new(), Pacing::new());
+    let mut outstanding: Outstanding = VecDeque::with_capacity(args.window);
+    while !control.stop.is_cancelled() {
+        let now = Instant::now();
+        let wait = if now >= deadline || outstanding.len() >= args.window {
+            Some(Wait::Answer)
+        } else {
+            pacing.wait(now, outstanding.len())
+        };
+        let until = match wait {
+            None => {
+                let record = Record { value: next_value.next().cloned(), ..Record::default() };
+                let sent_at = Instant::now();
+                let Some(delivery) = send_unless_stopped(producer, &args.topic, record, &control.stop).await else {
+                    break;
+                };
+                outstanding.push_back((sent_at, delivery));
+                take_ready_answers(&mut outstanding, &mut totals, &mut pacing, args.size, control);
+                continue;
+            }
+            // Only once the deadline passed: pacing waits for an answer only with one outstanding.
+            Some(Wait::Answer) if outstanding.is_empty() => break,
+            Some(Wait::Answer) => None,
+            Some(Wait::Until(until)) => Some(until.min(deadline)),
+        };
+        match next_answer(&mut outstanding, until, &control.stop).await {
+            NextAnswer::Answer(sent_at, result) => {
+                let answer = account(&mut totals, sent_at, result, args.size, control);
+                pacing.answered(answer, sent_at, Instant::now());
+            }
+            NextAnswer::Timeout => {}
+            NextAnswer::Stopped => break,
+        }
+    }
+    totals
+}
+
+/// Queues `record`, unless the run stops first (a saturated producer makes `send` wait).
+async fn send_unless_stopped(
+    producer: &Producer,
+    topic: &str,
+    record: Record,
+    stop: &CancellationToken,
+) -> Option<Delivery> {
+    tokio::select! {
+        biased;
+        _ = stop.cancelled() => None,
+        delivery = producer.send(topic, None, record) => Some(delivery),
+    }
+}
+
+/// Accounts every answer already at the head of `outstanding`, without waiting.
+fn take_ready_answers(
+    outstanding: &mut Outstanding,
+    totals: &mut Totals,
+    pacing: &mut Pacing,
+    size: usize,
+    control: &RunControl,
+) {
+    while let Some((_, delivery)) = outstanding.front_mut() {
+        let result = match delivery.try_recv() {
+            Ok(result) => result,
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Err(producer_stopped()),
+        };
+        let (sent_at, _) = outstanding.pop_front().expect("front exists");
+        let answer = account(totals, sent_at, result, size, control);
+        pacing.answered(answer, sent_at, Instant::now());
+    }
+}
+
+/// What a delivery whose producer went away resolves to (as [`delivered`] has it).
+fn producer_stopped() -> ClientError {
+    ClientError::Ambiguous("producer stopped before the answer came".into())
+}
+
+enum NextAnswer {
+    /// The oldest outstanding record's send time and answer (it is no longer outstanding).
+    Answer(Instant, Result<RecordMetadata, ClientError>),
+    /// `until` came first.
+    Timeout,
+    /// The run stopped first.
+    Stopped,
+}
+
+/// Waits for the answer of the oldest outstanding record, until `until` (without one, for as long
+/// as it takes) or until the run stops.
+async fn next_answer(outstanding: &mut Outstanding, until: Option<Instant>, stop: &CancellationToken) -> NextAnswer {
+    let front = async {
+        match outstanding.front_mut() {
+            Some((_, delivery)) => delivery.await.unwrap_or_else(|_| Err(producer_stopped())),
+            None => std::future::pending().await,
+        }
+    };
+    let timeout = async {
+        match until {
+            Some(until) => tokio::time::sleep_until(until).await,
+            None => std::future::pending().await,
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        _ = stop.cancelled() => return NextAnswer::Stopped,
+        result = front => result,
+        _ = timeout => return NextAnswer::Timeout,
+    };
+    let (sent_at, _) = outstanding.pop_front().expect("the front answered");
+    NextAnswer::Answer(sent_at, result)
+}
+
+/// A scheduled run's pacing, shared by its sender and its collector.
+struct SchedulePacing {
+    pacing: Pacing,
+    /// Records sent whose answers the collector has not accounted yet.
+    unanswered: usize,
+}
+
+/// While a scheduled producer waits for its probe's answer, it looks again this often.
+const PROBE_POLL_MS: u64 = 1;
+
+/// Sends one record every `1 / rate` seconds until `deadline`, whatever the answers do, except that
+/// the records scheduled while it pauses after a retriable error ([`Pacing`]) are not offered (the
+/// report's msg/s falls below the offered rate), nor while its one probe is unanswered. A collector
 /// task awaits the deliveries in send order (they complete almost in that order) and measures each
 /// from its scheduled time; at most `window` are outstanding, beyond which the schedule falls behind,
-/// which the latency of the late records then shows.
+/// which the latency of the late records then shows. Both stop at once when the run stops.
 async fn produce_on_schedule(
     producer: Producer,
     args: &ProduceBenchArgs,
     values: Vec<Bytes>,
     deadline: Instant,
     rate: f64,
+    control: RunControl,
 ) -> Totals {
     let mut next_value = values.iter().cycle();
     let interval = Duration::from_secs_f64(1.0 / rate);
-    let (outstanding, mut deliveries) = tokio::sync::mpsc::channel::<(Instant, Delivery)>(args.window);
-    let size = args.size;
-    let collector = tokio::spawn(async move {
-        let mut totals = Totals::new();
-        while let Some((scheduled, delivery)) = deliveries.recv().await {
-            account(&mut totals, scheduled, delivered(delivery).await, size);
-        }
-        totals
-    });
+    let (outstanding, deliveries) = tokio::sync::mpsc::channel::<(Instant, Delivery)>(args.window);
+    let shared = Arc::new(Mutex::new(SchedulePacing { pacing: Pacing::new(), unanswered: 0 }));
+    let collector = tokio::spawn(collect_scheduled(deliveries, shared.clone(), args.size, control.clone()));
     let mut scheduled = Instant::now();
     while scheduled < deadline {
-        tokio::time::sleep_until(scheduled).await;
-        let record = Record { value: next_value.next().cloned(), ..Record::default() };
-        let delivery = producer.send(&args.topic, None, record).await;
-        if outstanding.send((scheduled, delivery)).await.is_err() {
-            break;
+        tokio::select! {
+            biased;
+            _ = control.stop.cancelled() => break,
+            _ = tokio::time::sleep_until(scheduled) => {}
         }
-        scheduled += interval;
+        let wait = {
+            let shared = shared.lock().expect("pacing");
+            shared.pacing.wait(Instant::now(), shared.unanswered)
+        };
+        match wait {
+            Some(Wait::Until(until)) => scheduled = scheduled.max(until),
+            Some(Wait::Answer) => scheduled += interval.max(Duration::from_millis(PROBE_POLL_MS)),
+            None => {
+                let record = Record { value: next_value.next().cloned(), ..Record::default() };
+                let Some(delivery) = send_unless_stopped(&producer, &args.topic, record, &control.stop).await else {
+                    break;
+                };
+                shared.lock().expect("pacing").unanswered += 1;
+                if outstanding.send((scheduled, delivery)).await.is_err() {
+                    break;
+                }
+                scheduled += interval;
+            }
+        }
     }
     drop(outstanding);
-    collector.await.unwrap_or_else(|_| Totals { errors: 1, ..Totals::new() })
+    collector.await.unwrap_or_else(|_| {
+        let mut totals = Totals::new();
+        totals.add_error("Collector".into(), "the bench's collector task failed".into());
+        totals
+    })
+}
+
+/// `produce_on_schedule`'s collector: accounts each delivery in send order, measured from its
+/// scheduled time, and tells the sender's pacing how it went.
+async fn collect_scheduled(
+    mut deliveries: tokio::sync::mpsc::Receiver<(Instant, Delivery)>,
+    shared: Arc<Mutex<SchedulePacing>>,
+    size: usize,
+    control: RunControl,
+) -> Totals {
+    let mut totals = Totals::new();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = control.stop.cancelled() => break,
+            next = deliveries.recv() => next,
+        };
+        let Some((scheduled, delivery)) = next else { break };
+        let result = tokio::select! {
+            biased;
+            _ = control.stop.cancelled() => break,
+            result = delivered(delivery) => result,
+        };
+        let answer = account(&mut totals, scheduled, result, size, &control);
+        let mut shared = shared.lock().expect("pacing");
+        shared.unanswered -= 1;
+        shared.pacing.answered(answer, scheduled, Instant::now());
+    }
+    totals
 }
 
 /// Distinct values each producer cycles through: at 1 KiB, 4 MiB of them, more than any batch
@@ -494,16 +899,35 @@ fn payloads(size: usize, count: usize, seed: u64) -> Vec<Bytes> {
         .collect()
 }
 
-fn account<T>(totals: &mut Totals, sent_at: Instant, result: Result<T, ClientError>, size: usize) {
-    match result {
+/// Counts one answer: an acknowledged record with its latency since `sent_at`, or an error by its
+/// reason. A fatal error is kept as the run's (the first one) and stops the run.
+fn account<T>(
+    totals: &mut Totals,
+    sent_at: Instant,
+    result: Result<T, ClientError>,
+    size: usize,
+    control: &RunControl,
+) -> Answer {
+    let error = match result {
         Ok(_) => {
             totals.records += 1;
             totals.bytes += size as u64;
             let micros = sent_at.elapsed().as_micros().max(1) as u64;
             let _ = totals.latency_us.record(micros);
+            return Answer::Acked;
         }
-        Err(_) => totals.errors += 1,
+        Err(error) => error,
+    };
+    let (reason, message) = (error_reason(&error), error_message(&error));
+    let severity = classify(&error, control.started.elapsed());
+    if severity == Severity::Fatal {
+        if totals.fatal.is_none() {
+            totals.fatal = Some((reason.clone(), message.clone()));
+        }
+        control.stop.cancel();
     }
+    totals.add_error(reason, message);
+    Answer::Failed(severity)
 }
 
 async fn consume(cli: &Cli, args: &ConsumeBenchArgs) -> Result<(), CliError> {
@@ -538,16 +962,13 @@ async fn consume(cli: &Cli, args: &ConsumeBenchArgs) -> Result<(), CliError> {
     }
     let mut totals = Totals::new();
     while let Some(result) = workers.next().await {
-        let worker = result.map_err(|error| fail(format!("bench worker failed: {error}")))??;
-        totals.records += worker.records;
-        totals.bytes += worker.bytes;
-        totals.latency_us.add(&worker.latency_us).expect("same bounds");
+        totals.merge(result.map_err(|error| fail(format!("bench worker failed: {error}")))??);
     }
     report(cli, "consume", &totals, started.elapsed(), None);
     Ok(())
 }
 
-fn report(cli: &Cli, what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) {
+pub(super) fn report(cli: &Cli, what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) {
     if cli.json {
         println!("{}", report_json(what, totals, elapsed, rate_target));
     } else {
@@ -556,27 +977,54 @@ fn report(cli: &Cli, what: &str, totals: &Totals, elapsed: Duration, rate_target
 }
 
 /// Records per second over `elapsed`.
-fn msg_per_s(totals: &Totals, elapsed: Duration) -> f64 {
+pub(super) fn msg_per_s(totals: &Totals, elapsed: Duration) -> f64 {
     totals.records as f64 / elapsed.as_secs_f64().max(1e-9)
 }
 
-fn quantile_ms(totals: &Totals, quantile: f64) -> f64 {
+pub(super) fn quantile_ms(totals: &Totals, quantile: f64) -> f64 {
     totals.latency_us.value_at_quantile(quantile) as f64 / 1000.0
 }
 
-/// One run as a JSON object (`msg_per_s`, `mb_per_s`, latency percentiles in ms, ...).
-fn report_json(what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) -> serde_json::Value {
+/// One run as a JSON object (`msg_per_s`, `mb_per_s`, latency percentiles in ms, ...), with
+/// `errors_by_reason` (`{"Server(StorageError)": {"count": 12, "example": "..."}}`) and `fatal`
+/// (`{"reason": ..., "message": ...}`, or null).
+pub(super) fn report_json(
+    what: &str,
+    totals: &Totals,
+    elapsed: Duration,
+    rate_target: Option<u64>,
+) -> serde_json::Value {
     let seconds = elapsed.as_secs_f64().max(1e-9);
+    let fatal = totals.fatal.as_ref().map(|(reason, message)| json!({"reason": reason, "message": message}));
     json!({
         "bench": what, "records": totals.records, "errors": totals.errors, "seconds": seconds,
         "rate_target": rate_target, "requests": totals.requests,
         "msg_per_s": msg_per_s(totals, elapsed), "mb_per_s": totals.bytes as f64 / seconds / 1e6,
         "p50_ms": quantile_ms(totals, 0.5), "p99_ms": quantile_ms(totals, 0.99), "p999_ms": quantile_ms(totals, 0.999),
+        "errors_by_reason": reasons_json(&totals.errors_by_reason), "fatal": fatal,
     })
 }
 
-/// One run as a line for people.
-fn report_text(what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) -> String {
+/// Errors by reason as a JSON object: each reason's `count` and `example` message.
+pub(super) fn reasons_json(reasons: &BTreeMap<String, ReasonErrors>) -> serde_json::Value {
+    let object: serde_json::Map<String, serde_json::Value> = reasons
+        .iter()
+        .map(|(reason, errors)| (reason.clone(), json!({"count": errors.count, "example": errors.example})))
+        .collect();
+    serde_json::Value::Object(object)
+}
+
+/// One line per reason, `{indent}errors: 12 Server(StorageError) "cannot open ..."`, each ending
+/// in a line break.
+pub(super) fn reasons_text(reasons: &BTreeMap<String, ReasonErrors>, indent: &str) -> String {
+    reasons
+        .iter()
+        .map(|(reason, errors)| format!("{indent}errors: {} {reason} {:?}\n", errors.count, errors.example))
+        .collect()
+}
+
+/// One run as text for people: a line, then one line per error reason.
+pub(super) fn report_text(what: &str, totals: &Totals, elapsed: Duration, rate_target: Option<u64>) -> String {
     let seconds = elapsed.as_secs_f64().max(1e-9);
     let rate = msg_per_s(totals, elapsed);
     let megabytes = totals.bytes as f64 / seconds / 1e6;
@@ -585,14 +1033,19 @@ fn report_text(what: &str, totals: &Totals, elapsed: Duration, rate_target: Opti
         0 => String::new(),
         requests => format!(", {:.1} records/request", totals.records as f64 / requests as f64),
     };
-    format!(
+    let mut text = format!(
         "{what}: {} records in {seconds:.1} s: {rate:.0} msg/s{target}, {megabytes:.1} MB/s; latency p50 {:.2} ms, p99 {:.2} ms, p999 {:.2} ms; {} errors{batching}",
         totals.records,
         quantile_ms(totals, 0.5),
         quantile_ms(totals, 0.99),
         quantile_ms(totals, 0.999),
         totals.errors
-    )
+    );
+    if !totals.errors_by_reason.is_empty() {
+        text.push('\n');
+        text.push_str(reasons_text(&totals.errors_by_reason, "  ").trim_end());
+    }
+    text
 }
 
 /// How much lower the throughput is with idempotence, in percent of the throughput without it
@@ -912,4 +1365,180 @@ fn report_delivery(cli: &Cli, args: &DeliverBenchArgs, ledger: &Ledger, started:
         ledger.pushed_before_ack,
         ledger.errors,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: ErrorCode) -> ClientError {
+        ClientError::Server { code, message: format!("{code:?} happened") }
+    }
+
+    #[test]
+    fn errors_that_a_retry_may_mend_are_retriable_and_the_rest_fatal() {
+        let early = Duration::from_secs(1);
+        for code in [
+            ErrorCode::StorageError,
+            ErrorCode::StorageIndeterminate,
+            ErrorCode::NotLeader,
+            ErrorCode::Timeout,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Busy,
+            ErrorCode::LeaderNotReady,
+            ErrorCode::NotEnoughReplicas,
+            ErrorCode::NotEnoughReplicasAfterAppend,
+            ErrorCode::NotLeaderAfterAppend,
+            ErrorCode::DuplicatePending,
+            ErrorCode::DiskFull,
+            ErrorCode::FencedLeaderEpoch,
+            ErrorCode::UnknownLeaderEpoch,
+        ] {
+            assert_eq!(classify(&server(code), early), Severity::Retriable, "{code:?}");
+        }
+        let connect = ClientError::Connect { addr: "127.0.0.1:1".into(), reason: "refused".into() };
+        assert_eq!(classify(&connect, early), Severity::Retriable);
+        assert_eq!(classify(&ClientError::Ambiguous("lost".into()), early), Severity::Retriable);
+        for code in [
+            ErrorCode::InvalidRecord,
+            ErrorCode::MessageTooLarge,
+            ErrorCode::CorruptBatch,
+            ErrorCode::InvalidRequest,
+            ErrorCode::UnsupportedCompression,
+            ErrorCode::InvalidConfig,
+            ErrorCode::InternalTopic,
+            ErrorCode::OutOfOrderSequence,
+            ErrorCode::ProducerFenced,
+            ErrorCode::UnknownProducerId,
+            ErrorCode::Internal,
+            ErrorCode::InvalidAcks,
+        ] {
+            assert_eq!(classify(&server(code), early), Severity::Fatal, "{code:?}");
+        }
+        for error in [
+            ClientError::SequenceLost("lost".into()),
+            ClientError::Protocol("bad".into()),
+            ClientError::Corrupt("crc".into()),
+            ClientError::InvalidArgument("too large".into()),
+        ] {
+            assert_eq!(classify(&error, early), Severity::Fatal, "{error}");
+        }
+    }
+
+    /// A topic created a moment ago may not be known everywhere yet; later it is gone for good.
+    #[test]
+    fn an_unknown_topic_is_retriable_only_early_in_a_run() {
+        let grace = Duration::from_millis(UNKNOWN_TOPIC_RETRY_MS_MAX);
+        for code in [ErrorCode::UnknownTopic, ErrorCode::UnknownPartition] {
+            assert_eq!(classify(&server(code), Duration::ZERO), Severity::Retriable);
+            assert_eq!(classify(&server(code), grace - Duration::from_millis(1)), Severity::Retriable);
+            assert_eq!(classify(&server(code), grace), Severity::Fatal);
+        }
+    }
+
+    #[test]
+    fn errors_are_counted_by_reason_with_the_first_message_as_example() {
+        assert_eq!(error_reason(&server(ErrorCode::StorageError)), "Server(StorageError)");
+        assert_eq!(error_message(&server(ErrorCode::StorageError)), "StorageError happened");
+        let connect = ClientError::Connect { addr: "h:1".into(), reason: "refused".into() };
+        assert_eq!(error_reason(&connect), "Connect");
+        assert_eq!(error_message(&connect), "cannot connect to broker h:1: refused");
+        assert_eq!(error_reason(&ClientError::Ambiguous("x".into())), "Ambiguous");
+
+        let mut one = Totals::new();
+        one.add_error("Server(StorageError)".into(), "first".into());
+        one.add_error("Server(StorageError)".into(), "second".into());
+        let mut other = Totals::new();
+        other.add_error("Server(StorageError)".into(), "third".into());
+        other.add_error("Connect".into(), "refused".into());
+        other.fatal = Some(("Server(InvalidRecord)".into(), "no key".into()));
+        one.merge(other);
+        assert_eq!(one.errors, 4);
+        let storage = &one.errors_by_reason["Server(StorageError)"];
+        assert_eq!((storage.count, storage.example.as_str()), (3, "first"));
+        assert_eq!(one.errors_by_reason["Connect"].count, 1);
+        assert_eq!(one.fatal, Some(("Server(InvalidRecord)".into(), "no key".into())));
+    }
+
+    #[test]
+    fn a_fatal_error_is_kept_and_stops_the_run() {
+        let control = RunControl::new();
+        let mut totals = Totals::new();
+        let sent_at = Instant::now();
+        let retriable = account::<()>(&mut totals, sent_at, Err(server(ErrorCode::NotLeader)), 10, &control);
+        assert_eq!(retriable, Answer::Failed(Severity::Retriable));
+        assert!(!control.stop.is_cancelled());
+        let fatal = account::<()>(&mut totals, sent_at, Err(server(ErrorCode::InvalidRecord)), 10, &control);
+        assert_eq!(fatal, Answer::Failed(Severity::Fatal));
+        assert!(control.stop.is_cancelled());
+        account::<()>(&mut totals, sent_at, Err(server(ErrorCode::CorruptBatch)), 10, &control);
+        assert_eq!(totals.fatal, Some(("Server(InvalidRecord)".into(), "InvalidRecord happened".into())));
+        assert_eq!(account(&mut totals, sent_at, Ok(()), 10, &control), Answer::Acked);
+        assert_eq!((totals.records, totals.bytes, totals.errors), (1, 10, 3));
+        let error = fatal_error(&totals).expect("a fatal error");
+        assert_eq!(error.exit_code, 1);
+        assert!(error.message.contains("Server(InvalidRecord) \"InvalidRecord happened\" (3 errors in all)"));
+    }
+
+    /// 10 ms doubling to 1 s, one step per failed attempt (not per record of the window failing
+    /// with it), one record at a time while failing, all reset by an acknowledgement.
+    #[test]
+    fn pacing_backs_off_exponentially_per_step_and_resets_on_success() {
+        let ms = Duration::from_millis;
+        let start = Instant::now();
+        let mut pacing = Pacing::new();
+        assert_eq!(pacing.wait(start, 100), None);
+        let retriable = Answer::Failed(Severity::Retriable);
+        // A window sent at `start` fails from `start + 1 ms` on: the first answer starts a step.
+        pacing.answered(retriable, start, start + ms(1));
+        assert_eq!(pacing.wait(start + ms(1), 100), Some(Wait::Until(start + ms(11))));
+        // The rest of the window, sent before the step began, fails with it: no longer pause.
+        pacing.answered(retriable, start, start + ms(2));
+        assert_eq!(pacing.wait(start + ms(2), 100), Some(Wait::Until(start + ms(11))));
+        // After the pause: one probe at a time while failing.
+        assert_eq!(pacing.wait(start + ms(11), 0), None);
+        assert_eq!(pacing.wait(start + ms(11), 1), Some(Wait::Answer));
+        let mut now = start + ms(11);
+        let mut pauses = Vec::new();
+        for _ in 0..9 {
+            pacing.answered(retriable, now, now);
+            let Some(Wait::Until(until)) = pacing.wait(now, 0) else { panic!("no pause") };
+            pauses.push((until - now).as_millis());
+            now = until;
+        }
+        assert_eq!(pauses, [20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        // A fatal answer does not touch the pacing; an acknowledgement resets it.
+        pacing.answered(Answer::Failed(Severity::Fatal), now, now);
+        assert_eq!(pacing.wait(now, 1), Some(Wait::Answer));
+        pacing.answered(Answer::Acked, now, now);
+        assert_eq!(pacing.wait(now, 1), None);
+        pacing.answered(retriable, now, now + ms(1));
+        assert_eq!(pacing.wait(now + ms(1), 0), Some(Wait::Until(now + ms(11))));
+    }
+
+    #[test]
+    fn the_reports_show_the_errors_by_reason_with_an_example() {
+        let mut totals = Totals::new();
+        totals.records = 5;
+        totals.add_error("Server(StorageError)".into(), "cannot open the partition log: EIO".into());
+        totals.add_error("Server(StorageError)".into(), "later".into());
+        totals.add_error("Connect".into(), "refused".into());
+        let text = report_text("produce", &totals, Duration::from_secs(1), None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("produce: 5 records in 1.0 s: 5 msg/s") && lines[0].contains("; 3 errors"));
+        assert_eq!(
+            lines[1..],
+            [
+                "  errors: 1 Connect \"refused\"",
+                "  errors: 2 Server(StorageError) \"cannot open the partition log: EIO\""
+            ]
+        );
+        let json = report_json("produce", &totals, Duration::from_secs(1), None);
+        assert_eq!(json["errors"], 3);
+        assert_eq!(json["errors_by_reason"]["Server(StorageError)"]["count"], 2);
+        assert_eq!(json["errors_by_reason"]["Server(StorageError)"]["example"], "cannot open the partition log: EIO");
+        assert!(json["fatal"].is_null());
+        // Without errors the text is one line, as before.
+        assert_eq!(report_text("produce", &Totals::new(), Duration::from_secs(1), None).lines().count(), 1);
+    }
 }

@@ -8,6 +8,7 @@
 //! it may have been appended, or its partition lost the producer's state meanwhile).
 
 pub mod bench;
+pub mod bench_connections;
 pub mod cluster;
 pub mod group;
 

@@ -360,8 +360,10 @@ fn lost_committed<D: Disk>(
 
 /// Spawns the partition's actor and returns at once. The actor opens (recovers) its log and epoch
 /// cache lazily (issue 15): when a request needs it (anything but a new controller decision, which
-/// it only keeps), or in the background when `spec.opens` lets it, a few partitions at a time, so a
-/// broker with 10,000 idle partitions serves its first request without waiting for them all.
+/// it only keeps), or, for a follower (which must fetch from its leader to stay in sync), in the
+/// background when `spec.opens` lets it, a few partitions at a time. So a broker with 10,000 idle
+/// partitions serves its first request without waiting for them all; an idle leader opens (and
+/// recovers) at its first request, a follower's fetch or a status query.
 /// Storage that cannot be opened (a disk error) does not stop the broker: the partition starts
 /// failed, answers `StorageError` with the cause, and retries the open with backoff until it succeeds.
 pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle {
@@ -398,7 +400,7 @@ async fn wait_to_open<D: Disk>(
                 Command::State { state } => spec.state = state,
                 command => return Some((Some(command), None)),
             },
-            permit = &mut turn => return Some((None, permit.ok())),
+            permit = &mut turn, if spec.state.leader != Some(spec.me) => return Some((None, permit.ok())),
         }
     }
 }
@@ -523,9 +525,7 @@ impl<D: Disk> Actor<D> {
         first: Option<Command>,
     ) {
         let mut sync: Option<SyncFuture> = None;
-        if let Some(command) = first {
-            self.handle(command);
-        }
+        first.into_iter().for_each(|command| self.handle(command)); // the request that opened it
         let mut checkpoint_sync: Option<CheckpointFuture> = None;
         let mut last_tick = tokio::time::Instant::now();
         loop {

@@ -122,6 +122,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
         keep_unsynced: config.fsync == crate::partition::FsyncPolicy::Always,
     };
     let disk = Handles::new(disk, budget);
+    disk.coalesce_syncs();
     let files = disk.clone();
     let assignments = start_assignments(&config, node.clone(), transport, disk).await;
     let background = tokio::spawn(assignments.clone().run_background(

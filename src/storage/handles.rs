@@ -7,23 +7,30 @@
 //! partitions with recent traffic need theirs open.
 //!
 //! # Rules
-//! - A handle with writes not yet synced is never closed by the budget (`keep_unsynced`, set with
-//!   fsync "always"): a sync then goes through the very descriptor the writes did, so no writeback
-//!   error can fall between two descriptors. When every open handle is unsynced the budget is
-//!   exceeded instead (counted in `over_budget`); syncs follow writes closely, so this lasts one
-//!   fsync. A sync marks its handle synced when it is *called* and its future owns a clone of the
-//!   handle, so a handle the budget closes meanwhile stays open until that sync completes.
+//! - The budget closes clean handles first (least recently used first). A handle with writes no
+//!   completed sync covers is *synced before it is closed* (`keep_unsynced`, set with fsync
+//!   "always"): it leaves the cache at once, and the sync task syncs it and then drops it (its
+//!   descriptor is counted in `closing` until then). If that sync fails, the file's next `sync`
+//!   fails too, so the writer learns of it (on Linux a writeback error is reported once: to the
+//!   closing sync, not to a later descriptor's). A handle with a sync in flight stays open until
+//!   that sync completes (its future owns it). Without a sync task (tests without a runtime), busy
+//!   handles are kept and the budget exceeded instead (`over_budget`).
 //! - A handle is reopened by its path, without `create`: a file removed under a closed handle is
 //!   gone (`NotFound`), as the data path expects of a removed file (Keel never uses a file after
 //!   removing it).
 //! - The last clone of a file closes its handle, as dropping a `std::fs::File` does.
+//! - Syncs may be coalesced ([`Handles::coalesce_syncs`]): every `sync` then goes to one task that
+//!   takes all the syncs waiting and hands them to the disk under it in one `sync_files` call, then
+//!   the next group (group commit across partitions: thousands of partitions with a few records each
+//!   no longer need thousands of blocking threads at once). A sync's contract is unchanged: it
+//!   covers the writes issued before it was called, and resolves with its own file's result.
 //! - The budget counts only these files: directory listings and `sync_dir` open and close their own
 //!   descriptor within the call (the room the broker keeps beside the budget covers them).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use bytes::Bytes;
 
@@ -54,6 +61,10 @@ pub struct HandleStats {
     pub evictions: u64,
     /// Handles opened while every open handle was unsynced (the budget was exceeded).
     pub over_budget: u64,
+    /// Handles closed with unsynced writes, whose closing sync is in flight (their descriptors are
+    /// still open), now and at most.
+    pub closing: usize,
+    pub closing_peak: usize,
 }
 
 /// A [`Disk`] whose files share one budget of open handles; clones share it.
@@ -72,22 +83,44 @@ struct Open<F> {
     file: F,
     /// The cache's clock at the last use: the key of this handle in `Cache::lru`.
     used: u64,
-    /// Written since the last sync was called.
-    unsynced: bool,
+    /// Writes through this handle so far, and how many of them a completed sync covers.
+    written: u64,
+    synced: u64,
+    /// Syncs called and not completed.
+    syncing: u32,
+    /// The clock when this handle was opened: tells a sync completing on a later opening of the
+    /// same file (possible only when unsynced handles may be closed) from one on this handle.
+    opened: u64,
 }
+
+impl<F> Open<F> {
+    fn busy(&self) -> bool {
+        self.written != self.synced || self.syncing > 0
+    }
+}
+
+/// What to do with a sync's result.
+type SyncDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+/// One sync waiting for the coalescing task: the handle and what to do with its result.
+type SyncRequest<F> = (F, SyncDone);
 
 struct Cache<F> {
     budget: HandleBudget,
+    /// The coalescing task's queue, once started.
+    syncs: Option<tokio::sync::mpsc::UnboundedSender<SyncRequest<F>>>,
     next_id: u64,
     clock: u64,
     /// The open handles by file id.
     open: BTreeMap<u64, Open<F>>,
     /// File ids by last use, oldest first.
     lru: BTreeMap<u64, u64>,
+    /// Files whose handle the budget closed with unsynced writes and whose closing sync failed:
+    /// their next sync fails.
+    failed: std::collections::BTreeSet<u64>,
     stats: HandleStats,
 }
 
-impl<F: Clone> Cache<F> {
+impl<F: Clone + Send + 'static> Cache<F> {
     /// The open handle of `id`, marked used (and unsynced if `write`).
     fn touch(&mut self, id: u64, write: bool) -> Option<F> {
         self.clock += 1;
@@ -95,31 +128,57 @@ impl<F: Clone> Cache<F> {
         let entry = self.open.get_mut(&id)?;
         self.lru.remove(&entry.used);
         entry.used = clock;
-        entry.unsynced |= write;
+        entry.written += u64::from(write);
         self.lru.insert(clock, id);
         Some(entry.file.clone())
     }
 
-    /// Closes least recently used handles until one more fits; returns them, to be dropped once
-    /// the lock is released (closing a descriptor can take a while).
-    fn make_room(&mut self) -> Vec<F> {
+    /// Closes least recently used handles until one more fits (module doc: clean ones first; an
+    /// unsynced one goes to the sync task, which closes it once synced). Returns the handles to drop
+    /// once the lock is released (closing a descriptor can take a while).
+    fn make_room(&mut self, this: &Weak<Mutex<Cache<F>>>) -> Vec<F> {
         let mut closed = Vec::new();
         while self.open.len() >= self.budget.files_max {
             let keep_unsynced = self.budget.keep_unsynced;
-            let victim = self
-                .lru
-                .iter()
-                .map(|(&used, &id)| (used, id))
-                .find(|(_, id)| !keep_unsynced || !self.open[id].unsynced);
-            let Some((used, id)) = victim else {
-                self.stats.over_budget += 1;
-                break;
+            let clean = self.lru.iter().find(|(_, id)| !keep_unsynced || !self.open[*id].busy());
+            let victim = match clean {
+                Some((&used, &id)) => (used, id),
+                None if self.syncs.is_some() => self.lru.iter().map(|(&used, &id)| (used, id)).next().expect("open"),
+                None => {
+                    self.stats.over_budget += 1;
+                    break;
+                }
             };
-            self.lru.remove(&used);
-            closed.push(self.open.remove(&id).expect("lru and open agree").file);
+            self.lru.remove(&victim.0);
+            let entry = self.open.remove(&victim.1).expect("lru and open agree");
             self.stats.evictions += 1;
+            if keep_unsynced && entry.written != entry.synced {
+                self.close_after_sync(victim.1, entry.file, this);
+            } else {
+                closed.push(entry.file);
+            }
         }
+        self.stats.open = self.open.len();
         closed
+    }
+
+    /// Hands an unsynced handle to the sync task, which drops it once synced; a failed sync is
+    /// kept for the file's next `sync`.
+    fn close_after_sync(&mut self, id: u64, file: F, this: &Weak<Mutex<Cache<F>>>) {
+        let Some(queue) = &self.syncs else { return };
+        let this = this.clone();
+        let done: SyncDone = Box::new(move |result| {
+            let Some(cache) = this.upgrade() else { return };
+            let mut cache = lock(&cache);
+            cache.stats.closing -= 1;
+            if result.is_err() {
+                cache.failed.insert(id);
+            }
+        });
+        if queue.send((file, done)).is_ok() {
+            self.stats.closing += 1;
+            self.stats.closing_peak = self.stats.closing_peak.max(self.stats.closing);
+        }
     }
 
     /// Records `file` as the open handle of `id` (unless a racing use opened it first) and returns
@@ -130,7 +189,8 @@ impl<F: Clone> Cache<F> {
         }
         let used = self.clock;
         self.lru.insert(used, id);
-        self.open.insert(id, Open { file: file.clone(), used, unsynced: write });
+        let written = u64::from(write);
+        self.open.insert(id, Open { file: file.clone(), used, written, synced: 0, syncing: 0, opened: used });
         self.stats.open = self.open.len();
         self.stats.open_peak = self.stats.open_peak.max(self.open.len());
         file
@@ -153,10 +213,12 @@ impl<D: Disk> Handles<D> {
         assert!(budget.files_max > 0, "a handle budget of 0 files opens nothing");
         let cache = Cache {
             budget,
+            syncs: None,
             next_id: 0,
             clock: 0,
             open: BTreeMap::new(),
             lru: BTreeMap::new(),
+            failed: std::collections::BTreeSet::new(),
             stats: HandleStats::default(),
         };
         Handles { disk, cache: Arc::new(Mutex::new(cache)) }
@@ -174,7 +236,35 @@ impl<D: Disk> Handles<D> {
     pub fn inner(&self) -> &D {
         &self.disk
     }
+
+    /// Starts the task that coalesces syncs (module doc); it runs until every clone of this disk
+    /// and of its files is gone. Needs a runtime.
+    pub fn coalesce_syncs(&self) {
+        let (queue, mut requests) = tokio::sync::mpsc::unbounded_channel::<SyncRequest<D::File>>();
+        lock(&self.cache).syncs = Some(queue);
+        let disk = self.disk.clone();
+        tokio::spawn(async move {
+            while let Some(first) = requests.recv().await {
+                let mut group = vec![first];
+                while group.len() < SYNC_GROUP_MAX {
+                    match requests.try_recv() {
+                        Ok(request) => group.push(request),
+                        Err(_) => break,
+                    }
+                }
+                let (files, done): (Vec<D::File>, Vec<SyncDone>) = group.into_iter().unzip();
+                let results = disk.sync_files(files.clone()).await;
+                drop(files); // the handles the budget closed are closed now, once synced
+                for (done, result) in done.into_iter().zip(results) {
+                    done(result);
+                }
+            }
+        });
+    }
 }
+
+/// Syncs one coalesced group takes at most.
+pub const SYNC_GROUP_MAX: usize = 4096;
 
 /// One file of a [`Handles`] disk; clones share it. Its handle is opened on use.
 pub struct HandleFile<D: Disk> {
@@ -196,7 +286,11 @@ struct Slot<D: Disk> {
 
 impl<D: Disk> Drop for Slot<D> {
     fn drop(&mut self) {
-        let closed = lock(&self.cache).close(self.id);
+        let closed = {
+            let mut cache = lock(&self.cache);
+            cache.failed.remove(&self.id);
+            cache.close(self.id)
+        };
         drop(closed);
     }
 }
@@ -208,11 +302,12 @@ impl<D: Disk> HandleFile<D> {
         if let Some(file) = lock(&slot.cache).touch(slot.id, write) {
             return Ok(file);
         }
-        let closed = lock(&slot.cache).make_room();
+        let closed = lock(&slot.cache).make_room(&Arc::downgrade(&slot.cache));
         drop(closed);
         let file = slot.disk.open(&slot.path, false)?;
         let mut cache = lock(&slot.cache);
         cache.stats.reopens += 1;
+        crate::sometimes::hit(crate::sometimes::Sometimes::FileHandleReopened);
         Ok(cache.insert(slot.id, file, write))
     }
 }
@@ -221,7 +316,7 @@ impl<D: Disk> Disk for Handles<D> {
     type File = HandleFile<D>;
 
     fn open(&self, path: &str, create: bool) -> io::Result<HandleFile<D>> {
-        let closed = lock(&self.cache).make_room();
+        let closed = lock(&self.cache).make_room(&Arc::downgrade(&self.cache));
         drop(closed);
         let file = self.disk.open(path, create)?;
         let mut cache = lock(&self.cache);
@@ -273,19 +368,48 @@ impl<D: Disk> DiskFile for HandleFile<D> {
     }
 
     fn sync(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        // Marked synced now: the writes issued before this call are what the sync covers, and the
-        // future owns the handle, so it stays open until the sync is done.
-        let handle = self.handle(false).map(|file| {
-            if let Some(open) = lock(&self.slot.cache).open.get_mut(&self.slot.id) {
-                open.unsynced = false;
+        // The sync covers the writes issued before this call; the handle stays open (not evictable)
+        // until it completes, and is clean then if nothing was written meanwhile.
+        let failed = lock(&self.slot.cache).failed.contains(&self.slot.id);
+        let started = self.handle(false).and_then(|file| {
+            if failed {
+                let message =
+                    "a sync of this file's earlier writes failed (when the open-file budget closed its handle)";
+                return Err(io::Error::other(message));
             }
-            file
+            let mut cache = lock(&self.slot.cache);
+            let covers = cache.open.get_mut(&self.slot.id).map(|open| {
+                open.syncing += 1;
+                (open.opened, open.written)
+            });
+            Ok((file, covers, cache.syncs.clone()))
         });
+        let slot = self.slot.clone();
         async move {
-            match handle {
-                Ok(file) => file.sync().await,
-                Err(error) => Err(error),
+            let (file, covers, queue) = started?;
+            let result = match queue {
+                None => file.sync().await,
+                Some(queue) => {
+                    let (reply, result) = tokio::sync::oneshot::channel();
+                    let done: SyncDone = Box::new(move |result| {
+                        let _ = reply.send(result);
+                    });
+                    match queue.send((file, done)) {
+                        Ok(()) => result.await.unwrap_or_else(|_| Err(io::Error::other("the sync task stopped"))),
+                        Err(refused) => refused.0 .0.sync().await, // the task is gone: sync alone
+                    }
+                }
+            };
+            if let Some((opened, covers)) = covers {
+                let mut cache = lock(&slot.cache);
+                if let Some(open) = cache.open.get_mut(&slot.id).filter(|open| open.opened == opened) {
+                    open.syncing -= 1;
+                    if result.is_ok() {
+                        open.synced = open.synced.max(covers);
+                    }
+                }
             }
+            result
         }
     }
 }
@@ -334,11 +458,13 @@ mod tests {
         let stats = disk.stats();
         assert_eq!((stats.open, stats.evictions, stats.over_budget), (2, 0, 1), "a is kept: it has unsynced writes");
         let sync = a.sync();
-        let _c = disk.open("d/c", true).unwrap();
-        assert_eq!(disk.stats().evictions, 2, "a (synced now) and b went");
+        let c = disk.open("d/c", true).unwrap();
+        assert_eq!(disk.stats().evictions, 1, "b went; a is kept while its sync is in flight");
         block_on(sync).unwrap();
+        let _d = disk.open("d/d", true).unwrap();
+        assert_eq!(disk.stats().evictions, 3, "a, synced now, and c went");
         assert_eq!(&a.read_at(0, 8).unwrap()[..], b"unsynced");
-        drop(b);
+        drop((b, c));
     }
 
     #[test]
@@ -375,5 +501,70 @@ mod tests {
         let _b = disk.open("d/b", true).unwrap();
         disk.remove("d/a").unwrap();
         assert_eq!(a.len().unwrap_err().kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn coalesced_syncs_make_each_file_durable_and_report_each_result() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (sim, disk) = disk(2, true);
+            disk.coalesce_syncs();
+            let files: Vec<_> = (0..5).map(|i| disk.open(&format!("d/f{i}"), true).unwrap()).collect();
+            disk.sync_dir("d").await.unwrap();
+            for (i, file) in files.iter().enumerate() {
+                file.write_at(0, format!("value {i}").as_bytes()).unwrap();
+            }
+            let syncs: Vec<_> = files.iter().map(DiskFile::sync).collect();
+            for result in futures::future::join_all(syncs).await {
+                result.unwrap();
+            }
+            sim.crash();
+            for i in 0..5 {
+                assert_eq!(sim.durable_content(&format!("d/f{i}")).unwrap(), format!("value {i}").as_bytes());
+            }
+            // A failing sync reports its failure to its own caller.
+            sim.set_faults(crate::storage::sim::SimDiskFaults {
+                fsync_error_probability: 1.0,
+                ..crate::storage::sim::SimDiskFaults::default()
+            });
+            let reopened = disk.open("d/f0", false).unwrap();
+            reopened.write_at(0, b"x").unwrap();
+            assert!(reopened.sync().await.is_err());
+        });
+    }
+
+    #[test]
+    fn an_unsynced_handle_is_synced_before_the_budget_closes_it_and_a_failure_reaches_its_writer() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (sim, disk) = disk(1, true);
+            disk.coalesce_syncs();
+            let a = disk.open("d/a", true).unwrap();
+            disk.sync_dir("d").await.unwrap();
+            a.write_at(0, b"written").unwrap();
+            let b = disk.open("d/b", true).unwrap(); // a leaves the cache, to be synced then closed
+            assert_eq!((disk.stats().open, disk.stats().closing), (1, 1));
+            assert_eq!(sim.open_files(), 2, "a's descriptor is open until its sync is done");
+            tokio::task::yield_now().await;
+            assert_eq!((disk.stats().closing, sim.open_files()), (0, 1));
+            sim.crash();
+            assert_eq!(sim.durable_content("d/a").unwrap(), b"written", "synced before it was closed");
+
+            // A closing sync that fails: the writer's next sync fails.
+            let (sim, disk) = super::tests::disk(1, true);
+            disk.coalesce_syncs();
+            let a = disk.open("d/a", true).unwrap();
+            a.write_at(0, b"x").unwrap();
+            sim.set_faults(crate::storage::sim::SimDiskFaults {
+                fsync_error_probability: 1.0,
+                ..crate::storage::sim::SimDiskFaults::default()
+            });
+            let _b = disk.open("d/b", true).unwrap();
+            tokio::task::yield_now().await;
+            sim.set_faults(crate::storage::sim::SimDiskFaults::default());
+            let error = a.sync().await.unwrap_err();
+            assert!(error.to_string().contains("open-file budget"), "{error}");
+            drop(b);
+        });
     }
 }

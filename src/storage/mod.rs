@@ -46,6 +46,15 @@ pub trait Disk: Clone + Send + Sync + 'static {
     fn remove_dir_all(&self, dir: &str) -> io::Result<()>;
     /// Makes the creations and removals of entries under `dir` durable.
     fn sync_dir(&self, dir: &str) -> impl Future<Output = io::Result<()>> + Send + 'static;
+    /// Syncs each of `files` (as [`DiskFile::sync`] of each, called when the future is first polled)
+    /// and returns each one's result, in order. An implementation may do it more cheaply than one
+    /// sync at a time: `file::FileDisk` spreads them over a few blocking threads instead of one each.
+    fn sync_files(&self, files: Vec<Self::File>) -> impl Future<Output = Vec<io::Result<()>>> + Send + 'static {
+        async move {
+            let syncs: Vec<_> = files.iter().map(DiskFile::sync).collect();
+            futures::future::join_all(syncs).await
+        }
+    }
 }
 
 pub trait DiskFile: Clone + Send + Sync + 'static {

@@ -129,6 +129,10 @@ pub struct SimDiskStats {
     pub bit_flips: u64,
     /// Writes that landed at the wrong offset (`misdirected_write_probability`).
     pub misdirected_writes: u64,
+    /// Opens refused with EMFILE ([`SimDisk::set_open_files_max`]).
+    pub open_files_refused: u64,
+    /// The most descriptors open at once (not in the trace's `Debug`).
+    pub open_files_peak: usize,
 }
 
 /// Written as `derive(Debug)` would, except that `bit_flips` is left out while it is 0: the
@@ -150,6 +154,9 @@ impl std::fmt::Debug for SimDiskStats {
         if self.misdirected_writes > 0 {
             out.field("misdirected_writes", &self.misdirected_writes);
         }
+        if self.open_files_refused > 0 {
+            out.field("open_files_refused", &self.open_files_refused);
+        }
         out.finish()
     }
 }
@@ -168,14 +175,52 @@ pub struct BitFlip {
 #[derive(Clone)]
 pub struct SimDisk {
     state: Arc<Mutex<State>>,
+    open_files: Arc<OpenFiles>,
 }
 
-/// A handle to one inode, valid until the next crash.
+/// A handle to one inode, valid until the next crash. Clones share one descriptor (counted once
+/// against [`SimDisk::set_open_files_max`]).
 #[derive(Clone)]
 pub struct SimFile {
     state: Arc<Mutex<State>>,
     inode: InodeId,
     generation: u64,
+    _descriptor: Arc<Descriptor>,
+}
+
+/// The descriptors open on a [`SimDisk`] (a process's open-file table, as far as the disk goes).
+#[derive(Default)]
+struct OpenFiles {
+    open: std::sync::atomic::AtomicUsize,
+    peak: std::sync::atomic::AtomicUsize,
+    /// 0: no limit.
+    max: std::sync::atomic::AtomicUsize,
+}
+
+/// One open descriptor: closed when the last clone of its [`SimFile`] is dropped.
+struct Descriptor {
+    files: Arc<OpenFiles>,
+}
+
+impl Drop for Descriptor {
+    fn drop(&mut self) {
+        self.files.open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl OpenFiles {
+    /// A new descriptor, or EMFILE past the limit.
+    fn open(self: &Arc<OpenFiles>, path: &str) -> io::Result<Arc<Descriptor>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let max = self.max.load(Relaxed);
+        if max > 0 && self.open.load(Relaxed) >= max {
+            let error = io::Error::from_raw_os_error(24);
+            return Err(io::Error::new(error.kind(), format!("simdisk: cannot open {path}: {error} (limit {max})")));
+        }
+        let open = self.open.fetch_add(1, Relaxed) + 1;
+        self.peak.fetch_max(open, Relaxed);
+        Ok(Arc::new(Descriptor { files: self.clone() }))
+    }
 }
 
 type InodeId = u64;
@@ -380,7 +425,26 @@ impl SimDisk {
                 stats: SimDiskStats::default(),
                 misdirected_paths: BTreeSet::new(),
             })),
+            open_files: Arc::new(OpenFiles::default()),
         }
+    }
+
+    /// Refuses opens (EMFILE) while `max` descriptors are open; `None`: no limit (the default).
+    pub fn set_open_files_max(&self, max: Option<usize>) {
+        self.open_files.max.store(max.unwrap_or(0), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Descriptors open now.
+    pub fn open_files(&self) -> usize {
+        self.open_files.open.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn descriptor(&self, state: &mut State, path: &str) -> io::Result<Arc<Descriptor>> {
+        let descriptor = self.open_files.open(path);
+        if descriptor.is_err() {
+            state.stats.open_files_refused += 1;
+        }
+        descriptor
     }
 
     pub fn set_faults(&self, faults: SimDiskFaults) {
@@ -392,7 +456,9 @@ impl SimDisk {
     }
 
     pub fn stats(&self) -> SimDiskStats {
-        lock(&self.state).stats
+        let mut stats = lock(&self.state).stats;
+        stats.open_files_peak = self.open_files.peak.load(std::sync::atomic::Ordering::Relaxed);
+        stats
     }
 
     /// Simulated power loss: every file reverts to its durable bytes plus a random prefix of its
@@ -495,6 +561,19 @@ impl SimDisk {
     }
 }
 
+/// Where the paths under `dir` start in sorted order (every path for the root).
+fn under(dir: &str) -> String {
+    if dir.is_empty() {
+        String::new()
+    } else {
+        format!("{dir}/")
+    }
+}
+
+fn is_under(path: &str, dir: &str) -> bool {
+    dir.is_empty() || path.strip_prefix(dir).is_some_and(|rest| rest.starts_with('/'))
+}
+
 impl Disk for SimDisk {
     type File = SimFile;
 
@@ -503,7 +582,8 @@ impl Disk for SimDisk {
         let mut state = lock(&self.state);
         let generation = state.generation;
         if let Some(id) = state.entries.get(&path).and_then(|entry| entry.current) {
-            return Ok(SimFile { state: self.state.clone(), inode: id, generation });
+            let descriptor = self.descriptor(&mut state, &path)?;
+            return Ok(SimFile { state: self.state.clone(), inode: id, generation, _descriptor: descriptor });
         }
         if !create {
             return Err(not_found(&path));
@@ -514,11 +594,12 @@ impl Disk for SimDisk {
         if !state.dirs.contains(parent_of(&path)) {
             return Err(not_found(&format!("directory of {path}")));
         }
+        let descriptor = self.descriptor(&mut state, &path)?;
         let id = state.next_inode;
         state.next_inode += 1;
         state.inodes.insert(id, Inode::default());
         state.entries.entry(path).or_default().current = Some(id);
-        Ok(SimFile { state: self.state.clone(), inode: id, generation })
+        Ok(SimFile { state: self.state.clone(), inode: id, generation, _descriptor: descriptor })
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<String>> {
@@ -530,10 +611,11 @@ impl Disk for SimDisk {
         };
         let mut names: Vec<String> = state
             .entries
-            .iter()
+            .range(under(&dir)..)
+            .take_while(|(path, _)| is_under(path, &dir))
             .filter(|(_, entry)| entry.current.is_some())
             .filter_map(|(path, _)| children(path))
-            .chain(state.dirs.iter().filter_map(children))
+            .chain(state.dirs.range(under(&dir)..).take_while(|path| is_under(path, &dir)).filter_map(children))
             .collect();
         names.sort();
         names.dedup();
@@ -601,13 +683,25 @@ impl Disk for SimDisk {
             if !state.dirs.contains(&dir) {
                 return Err(not_found(&dir));
             }
-            for (path, entry) in state.entries.iter_mut() {
+            // Only the entries under `dir` (a range of the sorted paths), so a disk with many
+            // directories syncs one in time proportional to it.
+            let mut released = false;
+            let mut forgotten = Vec::new();
+            for (path, entry) in state.entries.range_mut(under(&dir)..).take_while(|(path, _)| is_under(path, &dir)) {
                 if parent_of(path) == dir {
+                    released |= entry.durable.is_some() && entry.durable != entry.current;
                     entry.durable = entry.current;
+                    if entry.current.is_none() {
+                        forgotten.push(path.clone());
+                    }
                 }
             }
-            state.entries.retain(|_, entry| entry.current.is_some() || entry.durable.is_some());
-            state.collect_garbage();
+            for path in forgotten {
+                state.entries.remove(&path);
+            }
+            if released {
+                state.collect_garbage();
+            }
             Ok(())
         }
     }
@@ -842,6 +936,25 @@ mod tests {
         }
         assert!(shrank);
         assert_eq!(disk.stats().sync_errors, 16);
+    }
+
+    #[test]
+    fn opens_past_the_open_files_limit_fail_with_emfile_until_a_descriptor_closes() {
+        let disk = SimDisk::new(3);
+        disk.set_open_files_max(Some(2));
+        let a = disk.open("a", true).unwrap();
+        let a_clone = a.clone();
+        let b = disk.open("b", true).unwrap();
+        let Err(error) = disk.open("c", true) else { panic!("a third descriptor past the limit") };
+        assert_eq!(error.raw_os_error(), None, "wrapped with the path: {error}");
+        assert!(error.to_string().contains("os error 24"), "{error}");
+        assert_eq!(disk.stats().open_files_refused, 1);
+        drop(a);
+        assert!(disk.open("c", true).is_err(), "a clone keeps the descriptor open");
+        drop(a_clone);
+        let _c = disk.open("c", true).unwrap();
+        drop(b);
+        assert_eq!((disk.open_files(), disk.stats().open_files_peak), (1, 2));
     }
 
     #[test]
