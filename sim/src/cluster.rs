@@ -359,6 +359,19 @@ impl Cluster {
         StorageFaults::of(&broker.disk, &broker.kv).since(&at_start)
     }
 
+    /// Kills every node once a run is judged, so that their tasks, and the simulated disks those
+    /// hold, are dropped now: madsim drops a killed node's tasks, but the idle tasks of a node still
+    /// alive when the runtime ends are never dropped (they leaked every run's disks: about 30 MB a
+    /// run with 1,000 partitions, which a campaign of thousands of seeds cannot afford).
+    pub fn release(&mut self) {
+        for broker in &self.brokers {
+            self.handle.kill(broker.node.id());
+        }
+        for (_, node, _) in &self.clients {
+            self.handle.kill(node.id());
+        }
+    }
+
     /// Process crash: the broker's tasks die and its sockets close; the disk (page cache included)
     /// keeps everything written.
     pub fn kill(&mut self, index: usize) {

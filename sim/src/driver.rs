@@ -943,6 +943,8 @@ impl Run {
         if !options.quiet {
             outcome.print();
         }
+        self.cluster.release();
+        tokio::task::yield_now().await; // the killed nodes' tasks are dropped as the executor pops them
         outcome
     }
 }

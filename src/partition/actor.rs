@@ -239,13 +239,36 @@ pub struct PartitionSpec<D: Disk> {
     /// The controller's decision when the actor starts.
     pub state: PartitionState,
     pub net: Arc<dyn ReplicaNet>,
-    /// Opens in the background at a time, shared by the broker's partitions (a partition with a
-    /// request waiting opens at once, without a permit).
-    pub opens: Arc<tokio::sync::Semaphore>,
+    /// How many partitions of the broker open at once.
+    pub opens: OpenGates,
 }
 
-/// Partitions a broker opens at once in the background after it starts (`PartitionSpec::opens`).
+/// Bounds on the partitions of a broker opening at once, shared by its partitions: each open works
+/// on several files at a time (a segment's three, its snapshot, the epoch cache, the checkpoint), so
+/// more opens at once than the open-file budget holds would only close each other's handles.
+#[derive(Clone)]
+pub struct OpenGates {
+    /// Opens for a request waiting (produce, fetch, status...).
+    pub foreground: Arc<tokio::sync::Semaphore>,
+    /// Background opens (a follower's, after start-up); requests' opens do not queue behind them.
+    pub background: Arc<tokio::sync::Semaphore>,
+}
+
+/// Partitions a broker opens at once in the background after it starts.
 pub const BACKGROUND_OPENS_MAX: usize = 8;
+/// Partition files one open works on at once, for sizing [`OpenGates`] from the file budget.
+pub const FILES_PER_OPEN: usize = 8;
+
+impl OpenGates {
+    /// Gates for a broker that keeps `files_max` partition files open.
+    pub fn for_budget(files_max: usize) -> OpenGates {
+        let opens = (files_max / FILES_PER_OPEN).max(1);
+        OpenGates {
+            foreground: Arc::new(tokio::sync::Semaphore::new(opens.min(tokio::sync::Semaphore::MAX_PERMITS))),
+            background: Arc::new(tokio::sync::Semaphore::new(opens.min(BACKGROUND_OPENS_MAX))),
+        }
+    }
+}
 
 impl<D: Disk> PartitionSpec<D> {
     /// A partition whose only replica is this broker (node 1), its leader: what a one-broker cluster
@@ -269,7 +292,7 @@ impl<D: Disk> PartitionSpec<D> {
                 log: crate::partition::retention::LogPolicy::default(),
             },
             net: Arc::new(NoPeers),
-            opens: Arc::new(tokio::sync::Semaphore::new(BACKGROUND_OPENS_MAX)),
+            opens: OpenGates::for_budget(crate::config::OPEN_FILES_MAX_DEFAULT),
         }
     }
 }
@@ -361,7 +384,8 @@ fn lost_committed<D: Disk>(
 /// Spawns the partition's actor and returns at once. The actor opens (recovers) its log and epoch
 /// cache lazily (issue 15): when a request needs it (anything but a new controller decision, which
 /// it only keeps), or, for a follower (which must fetch from its leader to stay in sync), in the
-/// background when `spec.opens` lets it, a few partitions at a time. So a broker with 10,000 idle
+/// background when `spec.opens` lets it, a few partitions at a time (requests' opens are bounded
+/// too, by the file budget). So a broker with 10,000 idle
 /// partitions serves its first request without waiting for them all; an idle leader opens (and
 /// recovers) at its first request, a follower's fetch or a status query.
 /// Storage that cannot be opened (a disk error) does not stop the broker: the partition starts
@@ -386,7 +410,7 @@ async fn wait_to_open<D: Disk>(
     spec: &mut PartitionSpec<D>,
     mailbox: &mut mpsc::Receiver<Command>,
 ) -> Option<(Option<Command>, Option<tokio::sync::OwnedSemaphorePermit>)> {
-    let turn = spec.opens.clone().acquire_owned();
+    let turn = spec.opens.background.clone().acquire_owned();
     tokio::pin!(turn);
     loop {
         tokio::select! {
@@ -398,7 +422,10 @@ async fn wait_to_open<D: Disk>(
                 }
                 // The latest decision is what the core starts from once it opens.
                 Command::State { state } => spec.state = state,
-                command => return Some((Some(command), None)),
+                command => {
+                    let permit = spec.opens.foreground.clone().acquire_owned().await.ok();
+                    return Some((Some(command), permit));
+                }
             },
             permit = &mut turn, if spec.state.leader != Some(spec.me) => return Some((None, permit.ok())),
         }
@@ -525,7 +552,7 @@ impl<D: Disk> Actor<D> {
         first: Option<Command>,
     ) {
         let mut sync: Option<SyncFuture> = None;
-        first.into_iter().for_each(|command| self.handle(command)); // the request that opened it
+        self.handle_first(first, &mut sync).await;
         let mut checkpoint_sync: Option<CheckpointFuture> = None;
         let mut last_tick = tokio::time::Instant::now();
         loop {
@@ -587,6 +614,14 @@ impl<D: Disk> Actor<D> {
             }
         }
         let _ = self.close().await;
+    }
+
+    /// The request that made the partition open its log (lazy open), handled and driven as any other.
+    async fn handle_first(&mut self, first: Option<Command>, sync: &mut Option<SyncFuture>) {
+        if let Some(command) = first {
+            self.handle(command);
+            self.drive(sync).await;
+        }
     }
 
     /// Finishes the in-flight sync (so its waiters get their answer), then closes the log.

@@ -83,6 +83,8 @@ pub struct AssignmentLimits {
     /// Partition replicas one broker may host (admission, issue 15).
     pub partitions_max: u64,
     pub fence_after_ms: u64,
+    /// The partition files this broker keeps open (sizes how many partitions open at once).
+    pub files_max: usize,
 }
 
 pub struct Assignments<D: Disk> {
@@ -98,8 +100,8 @@ pub struct Assignments<D: Disk> {
     topics_max: usize,
     /// Partition replicas a broker may host (this broker's `partitions_max`, assumed of every broker).
     partitions_max: u64,
-    /// The background opens of this broker's partitions (lazy start-up, issue 15).
-    opens: Arc<tokio::sync::Semaphore>,
+    /// How many of this broker's partitions open at once (lazy start-up, issue 15).
+    opens: crate::partition::actor::OpenGates,
     /// Each running replica, with the partition state it was last given.
     partitions: RwLock<BTreeMap<PartitionKey, (PartitionHandle, PartitionState)>>,
     /// Serialises `reconcile` (it awaits while starting and stopping actors; two overlapping runs
@@ -170,7 +172,8 @@ impl<D: Disk> Assignments<D> {
         (log_config, replica_config): (LogConfig, ReplicaConfig),
         limits: AssignmentLimits,
     ) -> Arc<Assignments<D>> {
-        let AssignmentLimits { partitions_per_topic_max, topics_max, partitions_max, fence_after_ms } = limits;
+        let AssignmentLimits { partitions_per_topic_max, topics_max, partitions_max, fence_after_ms, files_max } =
+            limits;
         Arc::new(Assignments {
             node_id,
             node,
@@ -181,7 +184,7 @@ impl<D: Disk> Assignments<D> {
             partitions_per_topic_max,
             topics_max,
             partitions_max,
-            opens: Arc::new(tokio::sync::Semaphore::new(crate::partition::actor::BACKGROUND_OPENS_MAX)),
+            opens: crate::partition::actor::OpenGates::for_budget(files_max),
             partitions: RwLock::new(BTreeMap::new()),
             reconciling: tokio::sync::Mutex::new(()),
             registered: AtomicBool::new(false),

@@ -228,6 +228,7 @@ async fn start_assignments<D: Disk>(
             topics_max: config.topics_max,
             partitions_max: config.partitions_max as u64,
             fence_after_ms: config.broker_fence_after_ms,
+            files_max: config.open_files_max.unwrap_or(crate::config::OPEN_FILES_MAX_DEFAULT),
         },
     );
     assignments.reconcile().await;

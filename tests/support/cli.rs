@@ -12,7 +12,13 @@ pub const COMMAND_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// A broker on a free loopback port with its data in `data_dir`, answering within `wait`.
 pub async fn start_broker(data_dir: &Path, wait: Duration) -> BrokerProcess {
-    let command = BrokerCommand::new(KEEL, free_loopback_addr().unwrap(), data_dir).env("RUST_LOG", "warn");
+    start_broker_with(data_dir, wait, &[]).await
+}
+
+/// [`start_broker`] with more `keel broker` arguments (`--config FILE`, ...).
+pub async fn start_broker_with(data_dir: &Path, wait: Duration, extra_args: &[&str]) -> BrokerProcess {
+    let command =
+        BrokerCommand::new(KEEL, free_loopback_addr().unwrap(), data_dir).args(extra_args).env("RUST_LOG", "warn");
     BrokerProcess::start(command, wait).await.expect("start keel broker")
 }
 
