@@ -650,6 +650,19 @@ async fn produce_worker(
     totals
 }
 
+/// How long a run waits for the answers to its records after its duration: a producer retrying a
+/// broken partition until its delivery timeout (120 s by default) would otherwise hold the report.
+const ANSWERS_WAIT_AFTER_RUN: Duration = Duration::from_secs(10);
+
+/// Records still unanswered when the run stopped waiting: errors of their own reason.
+fn count_unanswered(totals: &mut Totals, count: usize) {
+    if count > 0 {
+        let message = format!("no answer within {ANSWERS_WAIT_AFTER_RUN:?} after the run");
+        count_reason(&mut totals.errors_by_reason, "Unanswered".into(), message, count as u64);
+        totals.errors += count as u64;
+    }
+}
+
 /// Records unanswered, oldest first, each with its send time. Deliveries complete almost in send
 /// order, so a FIFO with a non-blocking check of its head is enough and costs far less per record
 /// than a FuturesUnordered of 20k futures.
@@ -687,6 +700,8 @@ async fn produce_in_window(
             }
             // Only once the deadline passed: pacing waits for an answer only with one outstanding.
             Some(Wait::Answer) if outstanding.is_empty() => break,
+            // After the run, answers are waited for `ANSWERS_WAIT_AFTER_RUN` at most.
+            Some(Wait::Answer) if now >= deadline => Some(deadline + ANSWERS_WAIT_AFTER_RUN),
             Some(Wait::Answer) => None,
             Some(Wait::Until(until)) => Some(until.min(deadline)),
         };
@@ -694,6 +709,10 @@ async fn produce_in_window(
             NextAnswer::Answer(sent_at, result) => {
                 let answer = account(&mut totals, sent_at, result, args.size, control);
                 pacing.answered(answer, sent_at, Instant::now());
+            }
+            NextAnswer::Timeout if Instant::now() >= deadline + ANSWERS_WAIT_AFTER_RUN => {
+                count_unanswered(&mut totals, outstanding.len());
+                break;
             }
             NextAnswer::Timeout => {}
             NextAnswer::Stopped => break,
