@@ -7,7 +7,8 @@
 //! partitions with recent traffic need theirs open.
 //!
 //! # Rules
-//! - The budget closes clean handles first (least recently used first). A handle with writes no
+//! - The budget closes a clean handle among the 16 least recently used first, else the least
+//!   recently used. A handle with writes no
 //!   completed sync covers is *synced before it is closed* (`keep_unsynced`, set with fsync
 //!   "always"): it leaves the cache at once, and the sync task syncs it and then drops it (its
 //!   descriptor is counted in `closing` until then). If that sync fails, the file's next `sync`
@@ -140,7 +141,10 @@ impl<F: Clone + Send + 'static> Cache<F> {
         let mut closed = Vec::new();
         while self.open.len() >= self.budget.files_max {
             let keep_unsynced = self.budget.keep_unsynced;
-            let clean = self.lru.iter().find(|(_, id)| !keep_unsynced || !self.open[*id].busy());
+            // A clean handle among the oldest few, else the oldest (synced before it is closed):
+            // looking further would scan, on every open, past the handles that stay unsynced (an
+            // active segment's indexes are synced only when it rolls).
+            let clean = self.lru.iter().take(CLEAN_SEARCH_MAX).find(|(_, id)| !keep_unsynced || !self.open[*id].busy());
             let victim = match clean {
                 Some((&used, &id)) => (used, id),
                 None if self.syncs.is_some() => self.lru.iter().map(|(&used, &id)| (used, id)).next().expect("open"),
@@ -262,6 +266,9 @@ impl<D: Disk> Handles<D> {
         });
     }
 }
+
+/// How many of the least recently used handles eviction looks through for a clean one.
+const CLEAN_SEARCH_MAX: usize = 16;
 
 /// Syncs one coalesced group takes at most.
 pub const SYNC_GROUP_MAX: usize = 4096;
