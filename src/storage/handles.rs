@@ -7,15 +7,19 @@
 //! partitions with recent traffic need theirs open.
 //!
 //! # Rules
-//! - The budget closes a clean handle among the 16 least recently used first, else the least
-//!   recently used. A handle with writes no
-//!   completed sync covers is *synced before it is closed* (`keep_unsynced`, set with fsync
-//!   "always"): it leaves the cache at once, and the sync task syncs it and then drops it (its
-//!   descriptor is counted in `closing` until then). If that sync fails, the file's next `sync`
-//!   fails too, so the writer learns of it (on Linux a writeback error is reported once: to the
-//!   closing sync, not to a later descriptor's). A handle with a sync in flight stays open until
-//!   that sync completes (its future owns it). Without a sync task (tests without a runtime), busy
-//!   handles are kept and the budget exceeded instead (`over_budget`).
+//! - The budget counts every descriptor it is responsible for: the handles open, those being
+//!   opened (room is made under the lock, so two threads opening at once cannot both take the last
+//!   place), and those waiting for their closing sync.
+//! - To make room it closes a clean handle among the 16 least recently used. When all of those are
+//!   busy (writes no completed sync covers, or a sync in flight), the least recently used one leaves
+//!   the cache at once and goes to the sync task, which syncs it and then drops it (counted in
+//!   `closing` until then). Its descriptor is still open, so that open exceeds the budget by one
+//!   until the sync completes, and is counted in `over_budget`. If the closing sync fails, the
+//!   file's next `sync` fails too, so the writer learns of it (on Linux a writeback error is
+//!   reported once: to the closing sync, not to a later descriptor's). Without a sync task (tests
+//!   without a runtime), busy handles are kept and the budget exceeded instead (`over_budget`).
+//! - With fsync "never" (`keep_unsynced` off) nothing is ever synced, so unsynced handles count as
+//!   clean and are closed like them.
 //! - A handle is reopened by its path, without `create`: a file removed under a closed handle is
 //!   gone (`NotFound`), as the data path expects of a removed file (Keel never uses a file after
 //!   removing it).
@@ -60,7 +64,8 @@ pub struct HandleStats {
     pub reopens: u64,
     /// Handles the budget closed.
     pub evictions: u64,
-    /// Handles opened while every open handle was unsynced (the budget was exceeded).
+    /// Opens that found no clean handle to close, so the descriptors went past the budget until a
+    /// closing sync completed.
     pub over_budget: u64,
     /// Handles closed with unsynced writes, whose closing sync is in flight (their descriptors are
     /// still open), now and at most.
@@ -115,6 +120,9 @@ struct Cache<F> {
     open: BTreeMap<u64, Open<F>>,
     /// File ids by last use, oldest first.
     lru: BTreeMap<u64, u64>,
+    /// Handles being opened: room made for them, not yet inserted (counted in the budget, so two
+    /// threads opening at once do not both take the last place).
+    opening: usize,
     /// Files whose handle the budget closed with unsynced writes and whose closing sync failed:
     /// their next sync fails.
     failed: std::collections::BTreeSet<u64>,
@@ -139,29 +147,31 @@ impl<F: Clone + Send + 'static> Cache<F> {
     /// once the lock is released (closing a descriptor can take a while).
     fn make_room(&mut self, this: &Weak<Mutex<Cache<F>>>) -> Vec<F> {
         let mut closed = Vec::new();
-        while self.open.len() >= self.budget.files_max {
+        while self.open.len() + self.opening + self.stats.closing >= self.budget.files_max {
             let keep_unsynced = self.budget.keep_unsynced;
             // A clean handle among the oldest few, else the oldest (synced before it is closed):
             // looking further would scan, on every open, past the handles that stay unsynced (an
             // active segment's indexes are synced only when it rolls).
             let clean = self.lru.iter().take(CLEAN_SEARCH_MAX).find(|(_, id)| !keep_unsynced || !self.open[*id].busy());
-            let victim = match clean {
-                Some((&used, &id)) => (used, id),
-                None if self.syncs.is_some() => self.lru.iter().map(|(&used, &id)| (used, id)).next().expect("open"),
-                None => {
-                    self.stats.over_budget += 1;
-                    break;
-                }
-            };
-            self.lru.remove(&victim.0);
-            let entry = self.open.remove(&victim.1).expect("lru and open agree");
-            self.stats.evictions += 1;
-            if keep_unsynced && entry.written != entry.synced {
-                self.close_after_sync(victim.1, entry.file, this);
-            } else {
-                closed.push(entry.file);
+            if let Some((&used, &id)) = clean {
+                self.lru.remove(&used);
+                closed.push(self.open.remove(&id).expect("lru and open agree").file);
+                self.stats.evictions += 1;
+                continue;
             }
+            // Every handle the search saw is busy: the oldest goes to the sync task, which closes it
+            // once synced. Its descriptor stays open until then, so this open exceeds the budget.
+            self.stats.over_budget += 1;
+            let oldest = self.lru.iter().map(|(&used, &id)| (used, id)).next();
+            if let (Some((used, id)), true) = (oldest, self.syncs.is_some()) {
+                self.lru.remove(&used);
+                let entry = self.open.remove(&id).expect("lru and open agree");
+                self.stats.evictions += 1;
+                self.close_after_sync(id, entry.file, this);
+            }
+            break;
         }
+        self.opening += 1;
         self.stats.open = self.open.len();
         closed
     }
@@ -188,6 +198,7 @@ impl<F: Clone + Send + 'static> Cache<F> {
     /// Records `file` as the open handle of `id` (unless a racing use opened it first) and returns
     /// the handle to use.
     fn insert(&mut self, id: u64, file: F, write: bool) -> F {
+        self.opening -= 1;
         if let Some(open) = self.touch(id, write) {
             return open;
         }
@@ -222,6 +233,7 @@ impl<D: Disk> Handles<D> {
             clock: 0,
             open: BTreeMap::new(),
             lru: BTreeMap::new(),
+            opening: 0,
             failed: std::collections::BTreeSet::new(),
             stats: HandleStats::default(),
         };
@@ -311,7 +323,7 @@ impl<D: Disk> HandleFile<D> {
         }
         let closed = lock(&slot.cache).make_room(&Arc::downgrade(&slot.cache));
         drop(closed);
-        let file = slot.disk.open(&slot.path, false)?;
+        let file = slot.disk.open(&slot.path, false).inspect_err(|_| lock(&slot.cache).opening -= 1)?;
         let mut cache = lock(&slot.cache);
         cache.stats.reopens += 1;
         crate::sometimes::hit(crate::sometimes::Sometimes::FileHandleReopened);
@@ -325,7 +337,7 @@ impl<D: Disk> Disk for Handles<D> {
     fn open(&self, path: &str, create: bool) -> io::Result<HandleFile<D>> {
         let closed = lock(&self.cache).make_room(&Arc::downgrade(&self.cache));
         drop(closed);
-        let file = self.disk.open(path, create)?;
+        let file = self.disk.open(path, create).inspect_err(|_| lock(&self.cache).opening -= 1)?;
         let mut cache = lock(&self.cache);
         let id = cache.next_id;
         cache.next_id += 1;
@@ -572,6 +584,41 @@ mod tests {
             let error = a.sync().await.unwrap_err();
             assert!(error.to_string().contains("open-file budget"), "{error}");
             drop(b);
+        });
+    }
+
+    #[test]
+    fn a_handle_waiting_for_its_closing_sync_counts_in_the_budget() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (sim, disk) = disk(3, true);
+            disk.coalesce_syncs();
+            let a = disk.open("d/a", true).unwrap();
+            let b = disk.open("d/b", true).unwrap();
+            let c = disk.open("d/c", true).unwrap();
+            a.write_at(0, b"a").unwrap();
+            c.write_at(0, b"c").unwrap();
+            // a and c are unsynced, b is clean and second oldest: b is closed first.
+            let d = disk.open("d/d", true).unwrap();
+            assert_eq!((disk.stats().open, disk.stats().closing, disk.stats().over_budget), (3, 0, 0));
+            // No clean handle among a, c, d's oldest? d is clean: it goes, then a (unsynced, oldest)
+            // would have to close after its sync: the budget counts its descriptor meanwhile.
+            c.write_at(1, b"c").unwrap();
+            d.write_at(0, b"d").unwrap();
+            let e = disk.open("d/e", true).unwrap();
+            assert_eq!((disk.stats().closing, disk.stats().over_budget), (1, 1), "a closes after its sync");
+            assert_eq!(sim.open_files(), 4, "over the budget by the closing descriptor");
+            // While a's sync is in flight, the next open closes the clean e and, the budget still
+            // being full with a counted, sends c to its closing sync: no descriptor is added.
+            let f = disk.open("d/f", true).unwrap();
+            assert_eq!(sim.open_files(), 4);
+            assert_eq!((disk.stats().open, disk.stats().closing, disk.stats().over_budget), (2, 2, 2));
+            tokio::task::yield_now().await;
+            assert_eq!((disk.stats().closing, sim.open_files()), (0, 2), "a and c closed once synced");
+            assert_eq!(a.read_at(0, 1).unwrap().as_ref(), b"a");
+            assert_eq!(c.read_at(0, 2).unwrap().as_ref(), b"cc");
+            assert_eq!(sim.open_files(), 3, "reopening c closed the clean f: within the budget again");
+            drop((b, e, f));
         });
     }
 }
