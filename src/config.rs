@@ -47,8 +47,9 @@ pub struct FileBudget {
 
 impl BrokerConfig {
     /// Splits the open-file `limit` between the partition files, the connections and a reserve.
-    /// An explicit `open_files_max` is kept; a default `connections_max` is lowered (to half of
-    /// what the reserve leaves) when the rest would leave fewer than `OPEN_FILES_MIN` files.
+    /// An explicit `open_files_max` is kept; without one, `connections_max` (whether set or the
+    /// default) is lowered to half of what the reserve leaves when the rest would leave fewer than
+    /// `OPEN_FILES_MIN` files, and the start-up log says so.
     pub fn file_budget(&self, limit: u64) -> Result<FileBudget, ConfigError> {
         let usable = usize::try_from(limit).unwrap_or(usize::MAX).saturating_sub(OPEN_FILES_RESERVE);
         let mut budget = FileBudget { limit, connections_max: self.connections_max, open_files_max: 0, lowered: None };
@@ -88,8 +89,9 @@ pub struct BrokerConfig {
     pub segment_bytes_max: u64,
     /// Open connections beyond this are refused (closed at once). Each holds a file descriptor, so
     /// the open-file limit must leave room for them beside `open_files_max` (see `keel broker`'s
-    /// start-up line `file budget`). When the limit is too low for the default, the broker lowers
-    /// this default at start, and says so.
+    /// start-up line `file budget`). When `open_files_max` is not set and the limit cannot hold
+    /// this many connections beside 16 partition files, the broker lowers it at start to half of
+    /// what its reserve leaves, and says so.
     pub connections_max: usize,
     /// Partition files (segments, indexes, checkpoints) open at once, in a cache that closes the
     /// least recently used (issue 15). Absent: derived at start from the process's open-file limit

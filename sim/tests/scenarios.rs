@@ -646,3 +646,12 @@ async fn many_partitions_small_file_budget() {
     keel_sim::init_logging();
     driver::run(&scenario::many_partitions_small_file_budget()).await.assert_valid();
 }
+
+/// 300 partitions of 3 replicas with 32 partition files open per broker, under partition leader
+/// kills, crashes, power loss, graceful restarts and slow fsyncs: followers' background opens and
+/// fetches share the budget with the leaders' appends; nothing acknowledged with acks=all lost.
+#[madsim::test]
+async fn isr_3_many_partitions_small_file_budget() {
+    keel_sim::init_logging();
+    driver::run(&scenario::isr_3_many_partitions_small_file_budget()).await.assert_valid();
+}
