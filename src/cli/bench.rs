@@ -822,7 +822,8 @@ async fn produce_on_schedule(
     let interval = Duration::from_secs_f64(1.0 / rate);
     let (outstanding, deliveries) = tokio::sync::mpsc::channel::<(Instant, Delivery)>(args.window);
     let shared = Arc::new(Mutex::new(SchedulePacing { pacing: Pacing::new(), unanswered: 0 }));
-    let collector = tokio::spawn(collect_scheduled(deliveries, shared.clone(), args.size, control.clone()));
+    let give_up = deadline + ANSWERS_WAIT_AFTER_RUN;
+    let collector = tokio::spawn(collect_scheduled(deliveries, shared.clone(), args.size, give_up, control.clone()));
     let mut scheduled = Instant::now();
     while scheduled < deadline {
         tokio::select! {
@@ -859,11 +860,13 @@ async fn produce_on_schedule(
 }
 
 /// `produce_on_schedule`'s collector: accounts each delivery in send order, measured from its
-/// scheduled time, and tells the sender's pacing how it went.
+/// scheduled time, and tells the sender's pacing how it went. At `give_up` (the run's end plus
+/// [`ANSWERS_WAIT_AFTER_RUN`]) the deliveries still unanswered are counted as `Unanswered`.
 async fn collect_scheduled(
     mut deliveries: tokio::sync::mpsc::Receiver<(Instant, Delivery)>,
     shared: Arc<Mutex<SchedulePacing>>,
     size: usize,
+    give_up: Instant,
     control: RunControl,
 ) -> Totals {
     let mut totals = Totals::new();
@@ -878,6 +881,16 @@ async fn collect_scheduled(
             biased;
             _ = control.stop.cancelled() => break,
             result = delivered(delivery) => result,
+            _ = tokio::time::sleep_until(give_up) => {
+                // This one, and every one queued behind it (the sender has stopped by now).
+                deliveries.close();
+                let mut unanswered = 1;
+                while deliveries.recv().await.is_some() {
+                    unanswered += 1;
+                }
+                count_unanswered(&mut totals, unanswered);
+                break;
+            }
         };
         let answer = account(&mut totals, scheduled, result, size, &control);
         let mut shared = shared.lock().expect("pacing");
@@ -1559,5 +1572,29 @@ mod tests {
         assert!(json["fatal"].is_null());
         // Without errors the text is one line, as before.
         assert_eq!(report_text("produce", &Totals::new(), Duration::from_secs(1), None).lines().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_scheduled_run_counts_what_stays_unanswered_after_the_wait_as_unanswered() {
+        let (outstanding, deliveries) = tokio::sync::mpsc::channel(8);
+        let shared = Arc::new(Mutex::new(SchedulePacing { pacing: Pacing::new(), unanswered: 3 }));
+        // The run's end plus the wait (`ANSWERS_WAIT_AFTER_RUN` in a real run).
+        let give_up = Instant::now() + Duration::from_millis(200);
+        let collector = tokio::spawn(collect_scheduled(deliveries, shared, 16, give_up, RunControl::new()));
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        outstanding.send((Instant::now(), answered)).await.unwrap();
+        let meta = crate::client::RecordMetadata { partition: 0, offset: Offset(0) };
+        answer.send(Ok(meta)).unwrap();
+        // Two records whose answers never come; the sender still holds its end of the queue.
+        let (_never1, unanswered1) = tokio::sync::oneshot::channel();
+        let (_never2, unanswered2) = tokio::sync::oneshot::channel();
+        outstanding.send((Instant::now(), unanswered1)).await.unwrap();
+        outstanding.send((Instant::now(), unanswered2)).await.unwrap();
+        let totals = collector.await.unwrap();
+        assert_eq!(totals.errors, 2);
+        assert_eq!(totals.errors_by_reason.get("Unanswered").map(|reason| reason.count), Some(2));
+        assert!(Instant::now() >= give_up, "the answered record was accounted, the others waited for");
+        assert_eq!(totals.latency_us.len(), 1);
+        drop(outstanding);
     }
 }
