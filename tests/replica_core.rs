@@ -39,7 +39,7 @@
 use std::collections::BTreeMap;
 
 use keel::batch::{encode_batch, Batch, ProducerFields, Record};
-use keel::leader_epochs::LeaderEpochs;
+use keel::leader_epochs::{EpochEntry, LeaderEpochs};
 use keel::partition::core::{CoreConfig, Reply};
 use keel::partition::replica::{
     FetchRequest, FetchResponse, FetchResult, Input, IsrChange, OpenedLog, PartitionEpoch, PartitionState, Ready,
@@ -1970,6 +1970,76 @@ fn a_follower_that_truncated_no_longer_treats_a_cut_batch_as_a_duplicate() {
     let ready = core.ready();
     assert!(ready.writes.is_empty());
     assert_eq!(ready.replies, vec![(2, Reply::Produced { base_offset: Offset(0) })]);
+}
+
+/// A follower made leader while replicated batches still wait for their write starts its epoch at
+/// their end. If that write then fails, the log ends at what was written: the new epoch, which
+/// starts past it, holds nothing and is forgotten until recovery, and the leader assigns its epoch
+/// again at the recovered end (found by `isr_3_many_partitions_small_file_budget`, where a write
+/// failed while the replica's log end was past its written end: the invariant check panicked).
+#[test]
+fn a_write_failing_under_a_new_epoch_that_starts_past_the_written_end_forgets_that_epoch() {
+    let mut core =
+        ReplicaCore::new(NodeId(2), config(), state(1, 1, &[1, 2, 3]), opened(Offset(0), LeaderEpochs::new()), 0);
+    let (_, first) = core.ready().fetch.expect("a follower fetches");
+    let batches = vec![
+        idempotent_batch(1, 0, 0, 2, "a").stamped(Offset(0), LeaderEpoch(1)),
+        idempotent_batch(1, 0, 2, 3, "b").stamped(Offset(2), LeaderEpoch(1)),
+    ];
+    let data = FetchResponse {
+        fetch_id: first.fetch_id,
+        leader_epoch: LeaderEpoch(1),
+        high_watermark: Offset(0),
+        log_start: Some(Offset(0)),
+        result: FetchResult::Data { batches },
+    };
+    core.step(Input::FetchResponse { from: NodeId(1), response: data, now_ms: 0 });
+    assert_eq!(core.ready().writes.len(), 2, "both batches go to the write queue");
+    // Elected before the writes are reported: epoch 2 starts at offset 5, past the written end 0.
+    core.step(Input::PartitionStateChanged { state: state(2, 2, &[1, 2, 3]), now_ms: 10 });
+    assert_eq!(core.role(), RoleKind::Leader);
+    let _ = core.ready();
+    assert_eq!(core.epochs().latest(), Some(EpochEntry { epoch: LeaderEpoch(2), start_offset: Offset(5) }));
+    // The first batch is written, the second fails: the log ends at 2 and epoch 2 is forgotten.
+    core.step(Input::WriteFailed { written_up_to: Offset(2), disk_full: false, reason: "EIO".into() });
+    assert_eq!(core.epochs().latest(), Some(EpochEntry { epoch: LeaderEpoch(1), start_offset: Offset(0) }));
+    let _ = core.ready();
+    // Recovery finds the written batch (its cache has epoch 1 only): epoch 2 starts again at 2.
+    let recovered = LeaderEpochs::from_entries([EpochEntry { epoch: LeaderEpoch(1), start_offset: Offset(0) }]);
+    core.step(Input::Recovered {
+        log_start: Offset(0),
+        log_end: Offset(2),
+        epochs: recovered,
+        producers: ProducerStates::new(),
+    });
+    assert_eq!(core.epochs().latest(), Some(EpochEntry { epoch: LeaderEpoch(2), start_offset: Offset(2) }));
+    assert_eq!(core.ready().epoch_assign, vec![(LeaderEpoch(2), Offset(2))]);
+}
+
+/// A follower learns its leader's HW up to its own log end, which counts replicated batches still
+/// waiting for their write; when that write fails, its HW comes back to what was written
+/// (`isr_3_many_partitions_small_file_budget` seeds 40306 and 40388 panicked: HW past the log end).
+#[test]
+fn a_followers_hw_comes_back_to_the_written_end_when_a_replicated_write_fails() {
+    let mut core =
+        ReplicaCore::new(NodeId(2), config(), state(1, 1, &[1, 2, 3]), opened(Offset(0), LeaderEpochs::new()), 0);
+    let (_, first) = core.ready().fetch.expect("a follower fetches");
+    let batches = vec![
+        idempotent_batch(1, 0, 0, 2, "a").stamped(Offset(0), LeaderEpoch(1)),
+        idempotent_batch(1, 0, 2, 3, "b").stamped(Offset(2), LeaderEpoch(1)),
+    ];
+    let data = FetchResponse {
+        fetch_id: first.fetch_id,
+        leader_epoch: LeaderEpoch(1),
+        high_watermark: Offset(5),
+        log_start: Some(Offset(0)),
+        result: FetchResult::Data { batches },
+    };
+    core.step(Input::FetchResponse { from: NodeId(1), response: data, now_ms: 0 });
+    assert_eq!(core.ready().writes.len(), 2);
+    assert_eq!(core.high_watermark(), Offset(5), "learned up to the log end, writes pending");
+    core.step(Input::WriteFailed { written_up_to: Offset(2), disk_full: false, reason: "EIO".into() });
+    assert_eq!(core.high_watermark(), Offset(2));
 }
 
 /// Sequence errors are answers to the client, before anything is appended: a gap is

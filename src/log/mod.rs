@@ -133,6 +133,12 @@ use crate::types::{LeaderEpoch, Offset, TimestampMs};
 pub use retention::SegmentSummary;
 use segment::{BatchHeader, Segment};
 
+/// The ends of the names of the files this log checks or rebuilds itself: a sealed segment's index
+/// files are used only when their CRCs and seal match the `.log` (recovery step 4), and the active
+/// segment's are rebuilt from the scan at every open. So their unsynced writes need no sync before
+/// the open-file budget closes their handle (`storage::handles::HandleBudget::self_checked`).
+pub const SELF_CHECKED_FILES: [&str; 2] = [".index", ".timeindex"];
+
 /// The largest `segment_bytes_max` accepted: positions in the index are u32, and a segment may
 /// overshoot its limit by at most one batch.
 pub const SEGMENT_BYTES_LIMIT: u64 = (u32::MAX as u64) - (BATCH_BYTES_MAX as u64);

@@ -822,6 +822,7 @@ impl ReplicaCore {
             }
             Input::WriteFailed { written_up_to, disk_full, reason } => {
                 self.inner.step(core::Input::WriteFailed { written_up_to, disk_full, reason });
+                self.fall_back_to_the_written_end();
                 self.drop_fetch_in_flight();
             }
             Input::SyncCompleted { up_to } => {
@@ -831,6 +832,7 @@ impl ReplicaCore {
             Input::StillFailed { reason } => self.inner.step(core::Input::StillFailed { reason }),
             Input::StorageFailed { reason } => {
                 self.inner.step(core::Input::StorageFailed { reason });
+                self.fall_back_to_the_written_end();
                 self.drop_fetch_in_flight();
             }
             Input::Recovered { log_start, log_end, epochs, producers } => {
@@ -1060,6 +1062,27 @@ impl ReplicaCore {
         for fetch in std::mem::take(&mut leader.parked) {
             let message = "the leader's storage recovered from a failure; fetch again".to_owned();
             self.follower_error(fetch.request, fetch.fetch_id, ErrorCode::LeaderNotReady, message);
+        }
+    }
+
+    /// A storage failure takes the log end back to what was written: offsets assigned to batches
+    /// never written are not in the log. What was counted on them goes back with it until recovery
+    /// says where the log ends (`on_recovered` then does the same from the recovered log):
+    /// - an epoch that starts past that end holds nothing of it (a follower made leader while
+    ///   replicated batches still waited for their write starts its epoch at their end), so it is
+    ///   forgotten; the recovered cache replaces these entries and a leader that goes on leading
+    ///   assigns its epoch again at the recovered end;
+    /// - a follower's HW, learned from its leader up to its log end, comes down to it (a leader's
+    ///   never counted unwritten batches: its own durable end bounds it).
+    ///
+    /// Found by `isr_3_many_partitions_small_file_budget` seeds 40182, 40306 and 40388, where the
+    /// invariant checks panicked after a write failed.
+    fn fall_back_to_the_written_end(&mut self) {
+        let log_end = self.inner.log_end();
+        self.epochs.truncate_from_end(Offset(log_end.0 + 1));
+        if self.high_watermark > log_end {
+            self.high_watermark = log_end;
+            self.inner.set_high_watermark_cap(log_end);
         }
     }
 

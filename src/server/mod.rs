@@ -120,6 +120,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let budget = HandleBudget {
         files_max: config.open_files_max.unwrap_or(crate::config::OPEN_FILES_MAX_DEFAULT),
         keep_unsynced: config.fsync == crate::partition::FsyncPolicy::Always,
+        self_checked: &crate::log::SELF_CHECKED_FILES,
     };
     let disk = Handles::new(disk, budget);
     disk.coalesce_syncs();

@@ -19,7 +19,11 @@
 //!   reported once: to the closing sync, not to a later descriptor's). Without a sync task (tests
 //!   without a runtime), busy handles are kept and the budget exceeded instead (`over_budget`).
 //! - With fsync "never" (`keep_unsynced` off) nothing is ever synced, so unsynced handles count as
-//!   clean and are closed like them.
+//!   clean and are closed like them. So do the files of `HandleBudget::self_checked` (the log's
+//!   indexes, which it verifies by CRC or rebuilds at open): an active segment's indexes are synced
+//!   only when it rolls, so with them busy, a budget smaller than the partitions written to was
+//!   full of busy handles and every open went over it (the simulated disk's EMFILE limit was hit,
+//!   `isr_3_many_partitions_small_file_budget`), and each eviction cost an fsync.
 //! - A handle is reopened by its path, without `create`: a file removed under a closed handle is
 //!   gone (`NotFound`), as the data path expects of a removed file (Keel never uses a file after
 //!   removing it).
@@ -49,6 +53,12 @@ pub struct HandleBudget {
     /// Never close a handle with writes not yet synced (fsync "always"). With fsync "never" nothing
     /// is synced, so every written handle would be pinned: there the budget closes them too.
     pub keep_unsynced: bool,
+    /// Files, by the end of their name, whose writer checks or rebuilds their content itself (the
+    /// log's index files: CRC-sealed, and an active segment's are rebuilt at every open). Their
+    /// unsynced writes do not keep a handle open: it is closed like a clean one, and the page cache
+    /// writes them back (an error that writeback meets then goes unreported; the writer's own check
+    /// finds what it lost).
+    pub self_checked: &'static [&'static str],
 }
 
 /// Counters of a [`Handles`] disk.
@@ -97,11 +107,13 @@ struct Open<F> {
     /// The clock when this handle was opened: tells a sync completing on a later opening of the
     /// same file (possible only when unsynced handles may be closed) from one on this handle.
     opened: u64,
+    /// A file of `HandleBudget::self_checked`: unsynced writes do not make it busy.
+    self_checked: bool,
 }
 
 impl<F> Open<F> {
     fn busy(&self) -> bool {
-        self.written != self.synced || self.syncing > 0
+        (self.written != self.synced && !self.self_checked) || self.syncing > 0
     }
 }
 
@@ -197,7 +209,7 @@ impl<F: Clone + Send + 'static> Cache<F> {
 
     /// Records `file` as the open handle of `id` (unless a racing use opened it first) and returns
     /// the handle to use.
-    fn insert(&mut self, id: u64, file: F, write: bool) -> F {
+    fn insert(&mut self, id: u64, path: &str, file: F, write: bool) -> F {
         self.opening -= 1;
         if let Some(open) = self.touch(id, write) {
             return open;
@@ -205,7 +217,9 @@ impl<F: Clone + Send + 'static> Cache<F> {
         let used = self.clock;
         self.lru.insert(used, id);
         let written = u64::from(write);
-        self.open.insert(id, Open { file: file.clone(), used, written, synced: 0, syncing: 0, opened: used });
+        let self_checked = self.budget.self_checked.iter().any(|suffix| path.ends_with(suffix));
+        let open = Open { file: file.clone(), used, written, synced: 0, syncing: 0, opened: used, self_checked };
+        self.open.insert(id, open);
         self.stats.open = self.open.len();
         self.stats.open_peak = self.stats.open_peak.max(self.open.len());
         file
@@ -327,7 +341,7 @@ impl<D: Disk> HandleFile<D> {
         let mut cache = lock(&slot.cache);
         cache.stats.reopens += 1;
         crate::sometimes::hit(crate::sometimes::Sometimes::FileHandleReopened);
-        Ok(cache.insert(slot.id, file, write))
+        Ok(cache.insert(slot.id, &slot.path, file, write))
     }
 }
 
@@ -342,7 +356,7 @@ impl<D: Disk> Disk for Handles<D> {
         let id = cache.next_id;
         cache.next_id += 1;
         cache.stats.opens += 1;
-        cache.insert(id, file, false);
+        cache.insert(id, path, file, false);
         drop(cache);
         let slot = Slot { id, path: path.to_string(), disk: self.disk.clone(), cache: self.cache.clone() };
         Ok(HandleFile { slot: Arc::new(slot) })
@@ -445,7 +459,7 @@ mod tests {
     fn disk(files_max: usize, keep_unsynced: bool) -> (SimDisk, Handles<SimDisk>) {
         let sim = SimDisk::new(7);
         sim.create_dir_all("d").unwrap();
-        (sim.clone(), Handles::new(sim, HandleBudget { files_max, keep_unsynced }))
+        (sim.clone(), Handles::new(sim, HandleBudget { files_max, keep_unsynced, self_checked: &[".index"] }))
     }
 
     #[test]
@@ -619,6 +633,32 @@ mod tests {
             assert_eq!(c.read_at(0, 2).unwrap().as_ref(), b"cc");
             assert_eq!(sim.open_files(), 3, "reopening c closed the clean f: within the budget again");
             drop((b, e, f));
+        });
+    }
+
+    #[test]
+    fn a_self_checked_file_with_unsynced_writes_is_closed_like_a_clean_one() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let (sim, disk) = disk(2, true);
+            disk.coalesce_syncs();
+            let log = disk.open("d/0.log", true).unwrap();
+            let index = disk.open("d/0.index", true).unwrap();
+            disk.sync_dir("d").await.unwrap();
+            log.write_at(0, b"batch").unwrap();
+            index.write_at(0, b"entry").unwrap();
+            // Both unsynced; the log is older, but the index is the one closed, without a sync.
+            let other = disk.open("d/1.log", true).unwrap();
+            let stats = disk.stats();
+            assert_eq!((stats.evictions, stats.closing, stats.over_budget), (1, 0, 0));
+            assert_eq!(sim.open_files(), 2);
+            other.write_at(0, b"other").unwrap();
+            assert_eq!(index.read_at(0, 5).unwrap().as_ref(), b"entry", "its writes are in the page cache");
+            assert_eq!(disk.stats().closing, 1, "reopening the index sent the unsynced log to its sync");
+            tokio::task::yield_now().await;
+            sim.crash();
+            assert_eq!(sim.durable_content("d/0.log").unwrap(), b"batch", "the log was synced before it closed");
+            drop((log, other));
         });
     }
 }
