@@ -65,8 +65,11 @@ PY
     # Same clients both ways: 10 bench processes, 1 producer each, 10 s; 10 topics of 1 partition
     # (10 partitions) against 10 topics of 1000 (10,000 partitions), alternating, 3 pairs.
     # CONFIG=file: broker config (e.g. connections_max = 1000, which leaves 18,744 partition files).
+    # Reuses the partitions run's data when $WORK has it; else creates s0..s9 here (then the first
+    # 10,000-partition run also creates every partition's files).
     start p.data ${CONFIG:-}
     for i in $(seq 0 9); do $K topic create one$i --partitions 1 >/dev/null 2>&1; done
+    for i in $(seq 0 9); do $K topic create s$i --partitions 1000 >/dev/null 2>&1; done
     tenbench() { # $1 = topic prefix, $2 = partitions per topic
       for i in $(seq 0 9); do $K --json bench produce --topic $1$i --partitions $2 --producers 1 --acks all --duration-s 10 > r.$i.json & done; wait
       python3 -c "
