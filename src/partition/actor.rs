@@ -403,13 +403,17 @@ async fn run_partition<D: Disk>(mut spec: PartitionSpec<D>, mut mailbox: mpsc::R
     actor.run(mailbox, fetched_receiver, first).await;
 }
 
-/// Waits until the partition should open: a request that needs the log (returned, to be handled
-/// first) or its turn among the background opens (the permit is held while it opens). `None`: it
-/// was stopped (or dropped) before it ever opened, and nothing is left to close.
+/// Waits until the partition should open: a request that needs the log (returned with those that
+/// came while it waited for its turn to open, to be handled first, in order) or its turn among the
+/// background opens (the permit is held while it opens). `None`: it was stopped (or dropped) before
+/// it ever opened, and nothing is left to close. A stop is taken at once even while a request waits
+/// for its turn to open: a graceful shutdown must not open partitions only to close them (with 300
+/// partitions and slow fsyncs that took over 30 s, `isr_3_many_partitions_small_file_budget` seeds
+/// 50129 and 51077); the waiting requests are dropped, which their senders see as a stopped actor.
 async fn wait_to_open<D: Disk>(
     spec: &mut PartitionSpec<D>,
     mailbox: &mut mpsc::Receiver<Command>,
-) -> Option<(Option<Command>, Option<tokio::sync::OwnedSemaphorePermit>)> {
+) -> Option<(Vec<Command>, Option<tokio::sync::OwnedSemaphorePermit>)> {
     let turn = spec.opens.background.clone().acquire_owned();
     tokio::pin!(turn);
     loop {
@@ -422,12 +426,38 @@ async fn wait_to_open<D: Disk>(
                 }
                 // The latest decision is what the core starts from once it opens.
                 Command::State { state } => spec.state = state,
-                command => {
-                    let permit = spec.opens.foreground.clone().acquire_owned().await.ok();
-                    return Some((Some(command), permit));
-                }
+                command => return wait_for_foreground_turn(spec, mailbox, command).await,
             },
-            permit = &mut turn, if spec.state.leader != Some(spec.me) => return Some((None, permit.ok())),
+            permit = &mut turn, if spec.state.leader != Some(spec.me) => return Some((Vec::new(), permit.ok())),
+        }
+    }
+}
+
+/// [`wait_to_open`] once a request needs the log: its turn among the foreground opens, with the
+/// requests that come meanwhile (at most a mailbox's worth) kept in order, unless a stop comes.
+async fn wait_for_foreground_turn<D: Disk>(
+    spec: &mut PartitionSpec<D>,
+    mailbox: &mut mpsc::Receiver<Command>,
+    first: Command,
+) -> Option<(Vec<Command>, Option<tokio::sync::OwnedSemaphorePermit>)> {
+    let mut waiting = vec![first];
+    if let Ok(permit) = spec.opens.foreground.clone().try_acquire_owned() {
+        return Some((waiting, Some(permit)));
+    }
+    let turn = spec.opens.foreground.clone().acquire_owned();
+    tokio::pin!(turn);
+    loop {
+        tokio::select! {
+            biased;
+            command = mailbox.recv(), if waiting.len() < MAILBOX_MAX => match command? {
+                Command::Stop { reply } => {
+                    let _ = reply.send(Ok(()));
+                    return None;
+                }
+                Command::State { state } => spec.state = state,
+                command => waiting.push(command),
+            },
+            permit = &mut turn => return Some((waiting, permit.ok())),
         }
     }
 }
@@ -549,7 +579,7 @@ impl<D: Disk> Actor<D> {
         mut self,
         mut mailbox: mpsc::Receiver<Command>,
         mut fetched: mpsc::UnboundedReceiver<(NodeId, FetchResponse)>,
-        first: Option<Command>,
+        first: Vec<Command>,
     ) {
         let mut sync: Option<SyncFuture> = None;
         self.handle_first(first, &mut sync).await;
@@ -616,12 +646,16 @@ impl<D: Disk> Actor<D> {
         let _ = self.close().await;
     }
 
-    /// The request that made the partition open its log (lazy open), handled and driven as any other.
-    async fn handle_first(&mut self, first: Option<Command>, sync: &mut Option<SyncFuture>) {
-        if let Some(command) = first {
-            self.handle(command);
-            self.drive(sync).await;
+    /// The requests that made the partition open its log (lazy open) or came while it waited to,
+    /// handled in order and driven as any others.
+    async fn handle_first(&mut self, first: Vec<Command>, sync: &mut Option<SyncFuture>) {
+        if first.is_empty() {
+            return;
         }
+        for command in first {
+            self.handle(command);
+        }
+        self.drive(sync).await;
     }
 
     /// Finishes the in-flight sync (so its waiters get their answer), then closes the log.
@@ -1285,6 +1319,38 @@ mod tests {
             "t/0",
             CoreConfig { fsync: FsyncPolicy::Never, ..CoreConfig::default() },
         )
+    }
+
+    #[test]
+    fn a_stop_is_taken_while_requests_wait_for_their_turn_to_open_and_nothing_is_opened() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let disk = SimDisk::new(7);
+            let mut spec = spec(&disk);
+            // Every foreground open is taken: requests wait for their turn.
+            let gates = OpenGates {
+                foreground: Arc::new(tokio::sync::Semaphore::new(0)),
+                background: Arc::new(tokio::sync::Semaphore::new(0)),
+            };
+            spec.opens = gates.clone();
+            let partition = spawn_partition(spec).await;
+            let first = partition.append(batch("a"), Acks::All).await;
+            let second = partition.fetch(Offset(0), 1 << 20, 0).await;
+            let stopped = tokio::time::timeout(Duration::from_secs(10), partition.stop()).await;
+            assert_eq!(stopped, Ok(Ok(())), "the stop waited for a turn to open");
+            assert!(first.await.is_err() && second.await.is_err(), "the waiting requests are dropped");
+            assert!(disk.list("data/t").unwrap_or_default().is_empty(), "stopping opened the log");
+
+            // With a turn, the waiting requests are handled in order once the log is open.
+            let partition = spawn_partition(PartitionSpec { opens: gates.clone(), ..self::tests::spec(&disk) }).await;
+            let append = partition.append(batch("b"), Acks::All).await;
+            let fetch = partition.fetch(Offset(0), 1 << 20, 0).await;
+            gates.foreground.add_permits(1);
+            assert_eq!(append.await.unwrap(), PartitionReply::Produced { base_offset: Offset(0) });
+            let reply = fetch.await.unwrap();
+            assert!(matches!(reply, PartitionReply::Fetched { .. }), "{reply:?}");
+            partition.stop().await.unwrap();
+        });
     }
 
     #[test]
