@@ -1972,13 +1972,9 @@ fn a_follower_that_truncated_no_longer_treats_a_cut_batch_as_a_duplicate() {
     assert_eq!(ready.replies, vec![(2, Reply::Produced { base_offset: Offset(0) })]);
 }
 
-/// A follower made leader while replicated batches still wait for their write starts its epoch at
-/// their end. If that write then fails, the log ends at what was written: the new epoch, which
-/// starts past it, holds nothing and is forgotten until recovery, and the leader assigns its epoch
-/// again at the recovered end (found by `isr_3_many_partitions_small_file_budget`, where a write
-/// failed while the replica's log end was past its written end: the invariant check panicked).
-#[test]
-fn a_write_failing_under_a_new_epoch_that_starts_past_the_written_end_forgets_that_epoch() {
+/// Broker 2, a follower of broker 1 (epoch 1), that was sent offsets [0, 5) in two batches with
+/// the leader's HW `leader_hw`, and has not reported their write yet.
+fn follower_with_two_writes_pending(leader_hw: Offset) -> ReplicaCore {
     let mut core =
         ReplicaCore::new(NodeId(2), config(), state(1, 1, &[1, 2, 3]), opened(Offset(0), LeaderEpochs::new()), 0);
     let (_, first) = core.ready().fetch.expect("a follower fetches");
@@ -1989,12 +1985,23 @@ fn a_write_failing_under_a_new_epoch_that_starts_past_the_written_end_forgets_th
     let data = FetchResponse {
         fetch_id: first.fetch_id,
         leader_epoch: LeaderEpoch(1),
-        high_watermark: Offset(0),
+        high_watermark: leader_hw,
         log_start: Some(Offset(0)),
         result: FetchResult::Data { batches },
     };
     core.step(Input::FetchResponse { from: NodeId(1), response: data, now_ms: 0 });
     assert_eq!(core.ready().writes.len(), 2, "both batches go to the write queue");
+    core
+}
+
+/// A follower made leader while replicated batches still wait for their write starts its epoch at
+/// their end. If that write then fails, the log ends at what was written: the new epoch, which
+/// starts past it, holds nothing and is forgotten until recovery, and the leader assigns its epoch
+/// again at the recovered end (found by `isr_3_many_partitions_small_file_budget`, where a write
+/// failed while the replica's log end was past its written end: the invariant check panicked).
+#[test]
+fn a_write_failing_under_a_new_epoch_that_starts_past_the_written_end_forgets_that_epoch() {
+    let mut core = follower_with_two_writes_pending(Offset(0));
     // Elected before the writes are reported: epoch 2 starts at offset 5, past the written end 0.
     core.step(Input::PartitionStateChanged { state: state(2, 2, &[1, 2, 3]), now_ms: 10 });
     assert_eq!(core.role(), RoleKind::Leader);
@@ -2021,22 +2028,7 @@ fn a_write_failing_under_a_new_epoch_that_starts_past_the_written_end_forgets_th
 /// (`isr_3_many_partitions_small_file_budget` seeds 40306 and 40388 panicked: HW past the log end).
 #[test]
 fn a_followers_hw_comes_back_to_the_written_end_when_a_replicated_write_fails() {
-    let mut core =
-        ReplicaCore::new(NodeId(2), config(), state(1, 1, &[1, 2, 3]), opened(Offset(0), LeaderEpochs::new()), 0);
-    let (_, first) = core.ready().fetch.expect("a follower fetches");
-    let batches = vec![
-        idempotent_batch(1, 0, 0, 2, "a").stamped(Offset(0), LeaderEpoch(1)),
-        idempotent_batch(1, 0, 2, 3, "b").stamped(Offset(2), LeaderEpoch(1)),
-    ];
-    let data = FetchResponse {
-        fetch_id: first.fetch_id,
-        leader_epoch: LeaderEpoch(1),
-        high_watermark: Offset(5),
-        log_start: Some(Offset(0)),
-        result: FetchResult::Data { batches },
-    };
-    core.step(Input::FetchResponse { from: NodeId(1), response: data, now_ms: 0 });
-    assert_eq!(core.ready().writes.len(), 2);
+    let mut core = follower_with_two_writes_pending(Offset(5));
     assert_eq!(core.high_watermark(), Offset(5), "learned up to the log end, writes pending");
     core.step(Input::WriteFailed { written_up_to: Offset(2), disk_full: false, reason: "EIO".into() });
     assert_eq!(core.high_watermark(), Offset(2));
