@@ -693,3 +693,73 @@ async fn no_batch_gets_a_sequence_past_the_window_of_an_unresolved_one() {
     assert!(before.iter().all(|batch| batch.sequence < 5), "a sequence past a's window before a resolved: {seen:?}");
     assert!(seen.iter().any(|batch| batch.value == "f"), "the later batches went out after: {seen:?}");
 }
+
+/// An `OutOfOrderSequence` answer can overtake, on its way to the producer, the acknowledgement of
+/// the earlier batch it was about: b was sent while a was unanswered, the broker refused b (a not
+/// appended yet), then appended a. The producer reads a's acknowledgement first, so b is its oldest
+/// unresolved batch when b's refusal comes; that is not a lost sequence (b was sent before a was
+/// acknowledged): b is re-sent in the same epoch, not reported `SequenceLost`
+/// (`idempotent_partitions` seed 98280204).
+#[tokio::test]
+async fn an_out_of_order_answer_that_overtook_the_earlier_acknowledgement_is_retried() {
+    let seen: Arc<Mutex<Vec<SeenBatch>>> = Default::default();
+    let log = seen.clone();
+    let addr_cell: Arc<Mutex<Option<SocketAddr>>> = Default::default();
+    let cell = addr_cell.clone();
+    let mut held_a: Option<u64> = None;
+    let addr = fake_broker(Box::new(move |id, body| {
+        let me = cell.lock().unwrap().expect("address set");
+        match body {
+            Body::MetadataRequest(_) => vec![(id, metadata(&[(1, me)], &[(1, 0)]))],
+            Body::InitProducerIdRequest(_) => vec![(
+                id,
+                Body::InitProducerIdResponse(InitProducerIdResponse { error: None, producer_id: 7, producer_epoch: 0 }),
+            )],
+            Body::ProduceRequest(request) => {
+                let batch = keel::batch::Batch::parse(request.batch).expect("a well-formed batch");
+                let fields = batch.producer();
+                let value = batch.records().next().unwrap().unwrap().value.unwrap();
+                let seen_batch = SeenBatch {
+                    producer_id: fields.producer_id.0,
+                    epoch: fields.producer_epoch.0,
+                    sequence: fields.base_sequence.0,
+                    value: String::from_utf8_lossy(&value[..1]).into_owned(),
+                };
+                let mut seen = log.lock().unwrap();
+                seen.push(seen_batch.clone());
+                let b_sends = seen.iter().filter(|batch| batch.value == "b").count();
+                match (seen_batch.value.as_str(), b_sends) {
+                    // a's answer is held until b has been sent twice.
+                    ("a", _) => {
+                        held_a = Some(id);
+                        vec![]
+                    }
+                    // b's first attempt may have been appended (so a wrong reset would report it).
+                    ("b", 1) => vec![(id, produce_refused(ErrorCode::Timeout))],
+                    // a is appended and acknowledged first, then b's refusal from before it.
+                    ("b", 2) => {
+                        let a = held_a.take().expect("a is held");
+                        vec![(a, produced(100)), (id, produce_refused(ErrorCode::OutOfOrderSequence))]
+                    }
+                    _ => vec![(id, produced(101))],
+                }
+            }
+            other => panic!("unexpected request {other:?}"),
+        }
+    }))
+    .await;
+    *addr_cell.lock().unwrap() = Some(addr);
+    let config = ProducerConfig { batch_bytes_max: 360, ..idempotent_config() };
+    let producer = Producer::new(fast_client(addr.to_string()), config);
+    let record = |letter: &str| Record::value(format!("{letter}{}", "x".repeat(199)));
+    let a = producer.send(TOPIC, Some(0), record("a")).await;
+    let b = producer.send(TOPIC, Some(0), record("b")).await;
+    let a = timeout(WAIT_MAX, delivered(a)).await.unwrap();
+    let b = timeout(WAIT_MAX, delivered(b)).await.unwrap();
+    assert_eq!(a.unwrap().offset, keel::types::Offset(100));
+    assert_eq!(b.expect("b is re-sent, not given up").offset, keel::types::Offset(101));
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().all(|batch| batch.epoch == 0), "no new epoch: {seen:?}");
+    assert_eq!(seen.iter().filter(|batch| batch.value == "b").count(), 3, "{seen:?}");
+    assert!(seen.iter().filter(|batch| batch.value == "b").all(|batch| batch.sequence == 1), "{seen:?}");
+}

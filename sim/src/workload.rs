@@ -439,8 +439,8 @@ async fn run_producer_process(shape: ProcessShape, producer: Producer, recorder:
 ///
 /// It also holds the idempotent producer to its promise that a send it reports unknown was lost to
 /// a fault it could not ride out, not to the broker: a send that ends `SequenceLost` (the partition
-/// answered `OutOfOrderSequence` or `UnknownProducerId` for the producer's oldest batch in flight,
-/// so the producer gave its sequence up) is a violation. With `fsync=always` and acks=all no fault
+/// answered `OutOfOrderSequence` or `UnknownProducerId` for a batch sent after every earlier one was
+/// acknowledged, so the producer gave its sequence up) is a violation. With `fsync=always` and acks=all no fault
 /// these scenarios inject loses a producer's acknowledged sequence; only a broker bug does (a dedup
 /// window that forgot a retried batch, an older epoch's batch appended after a newer one's). Such a
 /// send ends `info`, which the queue checker accepts, so it is caught here.

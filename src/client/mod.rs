@@ -76,9 +76,10 @@ pub enum ClientError {
     #[error("outcome unknown: {0}")]
     Ambiguous(String),
     /// Idempotent producer: the partition lost this producer's sequence (it answered
-    /// `OutOfOrderSequence` or `UnknownProducerId` for the oldest batch in flight), so the batch is
-    /// not sent again; the outcome is unknown, as for `Ambiguous`. With acks=all on a healthy
-    /// cluster this does not happen: it means the broker lost acknowledged state.
+    /// `OutOfOrderSequence` or `UnknownProducerId` for a batch sent after every earlier one of its
+    /// partition was acknowledged), so the batch is not sent again; the outcome is unknown, as for
+    /// `Ambiguous`. With acks=all on a healthy cluster this does not happen: it means the broker
+    /// lost acknowledged state.
     #[error("outcome unknown, the partition lost this producer's sequence: {0}")]
     SequenceLost(String),
     #[error("{code:?}: {message}")]

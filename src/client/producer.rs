@@ -41,7 +41,9 @@
 //!   with the same sequence after a backoff, until `delivery_timeout` after the batch closed; only
 //!   then is it reported, ambiguous if any attempt may have been appended;
 //! - `OutOfOrderSequence` / `UnknownProducerId`: an earlier batch has not landed yet, so re-sent;
-//!   for the lane's oldest unanswered batch it means the partition lost this producer's state;
+//!   for a batch sent when every earlier batch of its lane was already acknowledged it means the
+//!   partition lost this producer's state (the oldest unanswered batch is not enough: an answer on
+//!   one connection can overtake an earlier batch's acknowledgement on another);
 //! - a definite failure (`CorruptBatch`, `MessageTooLarge`, `ProducerFenced`, `InvalidRecord`, ...):
 //!   reported.
 //!
@@ -279,6 +281,12 @@ struct IdemBatch {
     maybe_appended: bool,
     /// The latest failure, reported if the batch is given up.
     last_error: Option<ClientError>,
+    /// When last started, every earlier batch of its lane was resolved (acknowledged), so the
+    /// partition had them all: only then does `OutOfOrderSequence` / `UnknownProducerId` for it mean
+    /// the partition lost this producer's state. Sent while an earlier batch was still unresolved,
+    /// such an answer may be about that batch, even if it was acknowledged before this answer came
+    /// (answers on different connections come in any order: `idempotent_partitions` seed 98280204).
+    sent_as_oldest: bool,
 }
 
 /// One partition's way out (see "Nothing waits inline" in the module docs).
@@ -695,6 +703,7 @@ impl Task {
                 deadline: Instant::now() + self.config.delivery_timeout,
                 maybe_appended: false,
                 last_error: None,
+                sent_as_oldest: false,
             })
         } else {
             request.batch =
@@ -735,6 +744,7 @@ impl Task {
             if assign_sequence(lane, idem, &mut batch.request, producer_id, base_epoch) {
                 lane.window.push_back(batch.closed_seq);
             }
+            idem.sent_as_oldest = lane.outstanding.first() == Some(&batch.closed_seq);
             lane.unanswered += 1;
         }
         let retries = if lane.unreachable { 0 } else { retries };
@@ -931,10 +941,13 @@ impl Task {
                 self.retry_idempotent(&topic, partition, batch, error, maybe_appended);
             }
             AnswerKind::SequenceLost => {
-                // A gap is normal while an earlier batch is still on its way; for the lane's oldest
-                // batch it means the partition lost this producer's state: a new epoch (KIP-360).
+                // A gap is normal while an earlier batch is still on its way; for a batch sent when
+                // every earlier one was acknowledged it means the partition lost this producer's
+                // state: a new epoch (KIP-360). Being the oldest now is not enough: the earlier
+                // batch may have been appended after the partition answered this one.
+                let sent_as_oldest = batch.idem.as_ref().is_some_and(|idem| idem.sent_as_oldest);
                 let lane = self.lane_mut(&topic, partition).expect("an answered batch's lane exists");
-                if lane.outstanding.first() == Some(&batch.closed_seq) {
+                if sent_as_oldest && lane.outstanding.first() == Some(&batch.closed_seq) {
                     tracing::warn!(topic, partition, ?code, "the partition lost this producer's sequence; new epoch");
                     lane.reset_for(ResetCause::SequenceLost);
                 }
@@ -1025,8 +1038,8 @@ impl Task {
         for batch in unsure {
             let error = match cause {
                 Some(ResetCause::SequenceLost) => ClientError::SequenceLost(
-                    "it answered OutOfOrderSequence or UnknownProducerId for the oldest batch in flight; this \
-                     batch may have been appended before that"
+                    "it answered OutOfOrderSequence or UnknownProducerId for a batch sent after every earlier \
+                     one was acknowledged; this batch may have been appended before that"
                         .into(),
                 ),
                 _ => ClientError::Ambiguous(
