@@ -69,11 +69,13 @@ pub enum Sometimes {
     FillerSplitForRead,
     /// A partition file's handle, closed by the open-file budget, was opened again (issue 15).
     FileHandleReopened,
+    /// A partition log opened from its clean-close record, without a scan (ADR 0025).
+    CleanCloseOpened,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 26] = [
+    pub const ALL: [Sometimes; 27] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -100,6 +102,7 @@ impl Sometimes {
         Sometimes::CompactionRewroteSegment,
         Sometimes::FillerSplitForRead,
         Sometimes::FileHandleReopened,
+        Sometimes::CleanCloseOpened,
     ];
 
     /// The name in the coverage table (snake case).
@@ -131,6 +134,7 @@ impl Sometimes {
             Sometimes::CompactionRewroteSegment => "compaction_rewrote_segment",
             Sometimes::FillerSplitForRead => "filler_split_for_read",
             Sometimes::FileHandleReopened => "file_handle_reopened",
+            Sometimes::CleanCloseOpened => "clean_close_opened",
         }
     }
 }

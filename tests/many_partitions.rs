@@ -1,6 +1,7 @@
 //! Many partitions on one real broker with a small open-file budget (issue 15): more partitions
 //! than the budget lets have their files open at once are produced to, the broker is killed and
-//! restarted, and every record is read back; the broker's descriptors on partition files settle
+//! restarted, and every record is read back (again after a graceful stop, whose clean-close records
+//! each partition's reopen takes instead of scanning); the broker's descriptors on partition files settle
 //! within the budget once the acknowledged work is done; a create past `partitions_max` is refused with a typed error.
 //!
 //! The broker is the real `keel` binary on a free loopback port with its own data dir. Every wait is
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use keel::batch::Record;
 use keel::client::{delivered, Client, ClientConfig, Producer, ProducerConfig};
+use keel::process::Signal;
 use keel::types::Offset;
 use support::cli::{keel, ok, start_broker_with, stderr};
 
@@ -111,4 +113,40 @@ async fn more_partitions_than_the_file_budget_are_produced_to_restarted_and_read
         assert_eq!(values, [format!("first-{partition}"), format!("second-{partition}")], "partition {partition}");
     }
     wait_within_budget(broker.pid().expect("running"), &partition_dir, "after the restart").await;
+
+    // A graceful stop leaves every open partition a clean-close record (ADR 0025); after a restart
+    // each partition's first use takes it (no scan) and removes it, and every record reads back.
+    let stopped = broker.stop(Signal::Terminate, WAIT_MAX).await.unwrap();
+    assert!(!stopped.forced && stopped.status.success(), "SIGTERM exit: {stopped:?}");
+    assert_eq!(clean_close_records(&partition_dir, "many"), PARTITIONS as usize, "one per partition of many");
+    broker.restart().unwrap();
+    broker.wait_ready(WAIT_MAX).await.unwrap();
+    let client = Client::new(addr.clone(), ClientConfig::default());
+    for partition in 0..PARTITIONS {
+        let values = read_partition(&client, partition).await;
+        assert_eq!(values, [format!("first-{partition}"), format!("second-{partition}")], "partition {partition}");
+    }
+    assert_eq!(clean_close_records(&partition_dir, "many"), 0, "each open took its partition's record");
+}
+
+/// The clean-close records in the partition directories of `topic` under `dir`.
+fn clean_close_records(dir: &Path, topic: &str) -> usize {
+    let mut found = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).unwrap().map(Result::unwrap) {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.file_name().is_some_and(|name| name == keel::log::clean_close::CLEAN_CLOSE_FILE)
+                && path.parent().and_then(Path::parent).and_then(Path::file_name).is_some_and(|name| {
+                    // `{topic}@{id}/{partition}/`
+                    name.to_string_lossy().strip_prefix(topic).is_some_and(|rest| rest.starts_with('@'))
+                })
+            {
+                found += 1;
+            }
+        }
+    }
+    found
 }

@@ -33,6 +33,14 @@
 //! `fdatasync` metadata cost shows up in the benches).
 //!
 //! # Recovery (in [`PartitionLog::open`])
+//! After a graceful [`PartitionLog::close`] there is nothing to recover: the close sealed every
+//! segment (the active one too), synced everything and wrote a CRC'd clean-close record
+//! ([`clean_close`]: log end, active segment, epoch runs, producer table). The next open reads and
+//! removes that record (the removal is durable before the open returns), and if every segment's
+//! seal matches its `.log` and the record, takes the log's state from the seals and the record
+//! without reading a byte of the `.log` files (steps 3 and 4 are skipped; the active segment's seal
+//! is dropped). Otherwise, and after any crash, it recovers:
+//!
 //! 0. An interrupted compaction is finished or forgotten ([`compaction`]'s module doc): a whole
 //!    `.cleaned` file is copied over its segment's `.log` (whose index files are emptied, so step 4
 //!    rebuilds them); every `.cleaned` file is removed.
@@ -61,11 +69,13 @@
 //!    `durable_end_offset() == log_end_offset()` after open (even after a process crash where the OS
 //!    still held unsynced writes).
 //!
-//! Cost: step 3 reads and CRCs the whole log on every open, `O(log bytes)` (about a second per few
-//! GiB at CRC32C and disk speeds). Correctness first: a seal proves the segment was written whole, not
-//! that its bytes are still the ones written. If opening big logs gets too slow, the way out is a
-//! background scrub of sealed segments after open (reads already verify what they return), not
-//! trusting seals again.
+//! Cost: step 3 reads and CRCs the whole log on every open after a crash, `O(log bytes)` (about a
+//! second per few GiB at CRC32C and disk speeds): after a crash, a seal proves the segment was
+//! written whole, not that its bytes are still the ones written. After a graceful close the open
+//! costs a few small reads per segment (its index files) and one record. What that open no longer
+//! finds is bit rot since the close; reads verify every batch they return, so it surfaces as
+//! [`LogError::Corrupt`] at the first read of the damaged batch, and the reopen that follows scans
+//! (ADR 0025). A background scrub of sealed segments would find it sooner; there is none yet.
 //!
 //! # Retention and reset (in [`retention`])
 //! [`PartitionLog::delete_segments_before`] deletes whole segments from the start, oldest first,
@@ -110,6 +120,7 @@
 //! scan; [`PartitionLog::segment_summaries`] reports them to retention) and both sparse indexes (one
 //! entry per `index_interval_bytes`, 24 bytes of memory per 4 KiB of log by default).
 
+pub mod clean_close;
 pub mod compaction;
 pub mod end_checkpoint;
 pub mod epoch_cache;
@@ -130,6 +141,7 @@ use crate::producer_state::{BatchIdentity, ProducerStates};
 use crate::sometimes::{self, Sometimes};
 use crate::storage::{Disk, DiskFile};
 use crate::types::{LeaderEpoch, Offset, TimestampMs};
+use clean_close::{CleanClose, CLEAN_CLOSE_FILE};
 pub use retention::SegmentSummary;
 use segment::{BatchHeader, Segment};
 
@@ -205,6 +217,8 @@ pub struct RecoveryReport {
     /// Where recovery cut the log and why (a torn tail after a power loss, a corrupt batch found
     /// anywhere): the offset of the first batch dropped. `None` when nothing was cut.
     pub cut: Option<(Offset, String)>,
+    /// The log was opened from its clean-close record ([`clean_close`]): nothing was scanned.
+    pub clean_close: bool,
 }
 
 /// Sync bookkeeping shared with the futures `begin_sync` hands out.
@@ -358,8 +372,9 @@ impl<D: Disk> PartitionLog<D> {
         let compaction_finished = compaction::finish_interrupted(&disk, &dir, config.index_interval_bytes).await?;
         let (log_bases, other_files) = Self::list_segment_files(&disk, &dir)?;
         let mut report = RecoveryReport::default();
-        let mut scanned = Scanned { epoch_runs: Vec::new(), producers: ProducerStates::new(), snapshots: Vec::new() };
-        let mut segments = Self::recover_segments(&disk, &dir, &config, &log_bases, &mut report, &mut scanned)?;
+        let clean = Self::take_clean_close(&disk, &dir)?.filter(|_| !compaction_finished);
+        let (mut segments, scanned) =
+            Self::trust_or_recover(&disk, &dir, &config, (&log_bases, &other_files), clean, &mut report)?;
         let mut dir_changed = compaction_finished;
         dir_changed |= Self::remove_dropped_files(
             &disk,
@@ -402,8 +417,8 @@ impl<D: Disk> PartitionLog<D> {
                 synced_since_truncation: true,
             })),
         };
-        // Make what recovery found durable (the OS may still hold unsynced writes of the last run)
-        // and the log directory's own entry too.
+        // Make what recovery found durable (the OS may still hold unsynced writes of the last run),
+        // the removal of the clean-close record, and the log directory's own entry too.
         log.dir_dirty = true;
         let covered = log.begin_sync().await?;
         log.mark_durable(covered);
@@ -497,6 +512,91 @@ impl<D: Disk> PartitionLog<D> {
             }
         }
         Ok(segments)
+    }
+
+    /// The segments and the scan's state: from the clean-close record if there is one the files
+    /// agree with, else from recovery's scan (steps 3 and 4 of the module doc).
+    #[allow(clippy::type_complexity)]
+    fn trust_or_recover(
+        disk: &D,
+        dir: &str,
+        config: &LogConfig,
+        (log_bases, other_files): (&[Offset], &[(Offset, String)]),
+        clean: Option<CleanClose>,
+        report: &mut RecoveryReport,
+    ) -> Result<(BTreeMap<Offset, Segment<D::File>>, Scanned<D::File>), LogError> {
+        if let Some(record) = clean {
+            if let Some(trusted) = Self::open_clean(disk, dir, config, log_bases, other_files, record)? {
+                report.clean_close = true;
+                sometimes::hit(Sometimes::CleanCloseOpened);
+                return Ok(trusted);
+            }
+        }
+        let mut scanned = Scanned { epoch_runs: Vec::new(), producers: ProducerStates::new(), snapshots: Vec::new() };
+        let segments = Self::recover_segments(disk, dir, config, log_bases, report, &mut scanned)?;
+        Ok((segments, scanned))
+    }
+
+    /// Reads and removes the clean-close record, if there is one; the record if it decodes. The
+    /// removal becomes durable with the directory sync every open ends with, before any append can
+    /// make the record false.
+    fn take_clean_close(disk: &D, dir: &str) -> Result<Option<CleanClose>, LogError> {
+        let path = format!("{dir}/{CLEAN_CLOSE_FILE}");
+        let file = match disk.open(&path, false) {
+            Ok(file) => file,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let bytes = file.read_at(0, file.len()? as usize)?;
+        drop(file);
+        disk.remove(&path)?;
+        let record = CleanClose::decode(&bytes);
+        if record.is_none() {
+            tracing::warn!(dir, "log open: the clean-close record does not decode; scanning the log");
+        }
+        Ok(record)
+    }
+
+    /// The segments and the scan's state as the clean-close `record` gives them, if the files agree
+    /// with it: every segment sealed with its seal's length, contiguous, as many as the record says,
+    /// the last at the record's base ending at its log end, each with its producer snapshot (but a
+    /// first segment at offset 0). `None`
+    /// sends the open to the full recovery scan.
+    #[allow(clippy::type_complexity)]
+    fn open_clean(
+        disk: &D,
+        dir: &str,
+        config: &LogConfig,
+        log_bases: &[Offset],
+        other_files: &[(Offset, String)],
+        record: CleanClose,
+    ) -> Result<Option<(BTreeMap<Offset, Segment<D::File>>, Scanned<D::File>)>, LogError> {
+        let snapshot_bases: std::collections::BTreeSet<Offset> =
+            other_files.iter().filter(|(_, name)| name.ends_with(".producers")).map(|(base, _)| *base).collect();
+        let mut segments: BTreeMap<Offset, Segment<D::File>> = BTreeMap::new();
+        for &base in log_bases {
+            let contiguous = segments.values().next_back().is_none_or(|previous| previous.next_offset == base);
+            // (A log's first segment at offset 0 needs no snapshot: nothing came before it.)
+            if !contiguous || !(base == Offset::ZERO || snapshot_bases.contains(&base)) {
+                return Ok(None);
+            }
+            let mut segment = Self::open_segment(disk, dir, base, config)?;
+            let log_len = segment.log.len()?;
+            if !Self::load_sealed(&mut segment, log_len)? {
+                return Ok(None);
+            }
+            segments.insert(base, segment);
+        }
+        let Some(last) = segments.values().next_back() else { return Ok(None) };
+        let agrees = segments.len() == record.segments as usize
+            && last.base_offset == record.active_base
+            && last.next_offset == record.log_end;
+        if !agrees {
+            tracing::warn!(dir, "log open: the files do not match the clean-close record; scanning the log");
+            return Ok(None);
+        }
+        let scanned = Scanned { epoch_runs: record.epoch_runs, producers: record.producers, snapshots: Vec::new() };
+        Ok(Some((segments, scanned)))
     }
 
     /// Removes the `.log` files recovery dropped and index files without a kept log. True if the
@@ -1086,6 +1186,32 @@ impl<D: Disk> PartitionLog<D> {
         // its page cache, so this line is how tests/broker_process.rs sees that a SIGTERM with
         // fsync=never synced everything (a missing shutdown sync leaves `durable_end` behind).
         tracing::info!(dir = self.dir, log_end = self.log_end.0, durable_end = self.durable_end.0, "log closed");
+        self.write_clean_close().await
+    }
+
+    /// Seals the active segment, syncs it, and writes the clean-close record ([`clean_close`]) so
+    /// the next open need not scan. Called with everything else durable and sealed.
+    async fn write_clean_close(mut self) -> Result<(), LogError> {
+        let active = self.active();
+        active.write_seal()?;
+        // The active segment's index entries are not synced by plain syncs (recovery rebuilds
+        // them); the record will vouch for them, so this sync must carry them.
+        active.dirty.indexes_rewritten = true;
+        // (Not `mark_durable`: the log is consumed, and its invariants say the active segment is
+        // not sealed.)
+        self.begin_sync().await?;
+        let record = CleanClose {
+            log_end: self.log_end,
+            active_base: self.active().base_offset,
+            segments: self.segments.len() as u32,
+            epoch_runs: self.epoch_runs.clone(),
+            producers: self.producers.clone(),
+        };
+        let file = self.disk.open(&format!("{}/{CLEAN_CLOSE_FILE}", self.dir), true)?;
+        file.set_len(0)?;
+        file.write_at(0, &record.encode())?;
+        file.sync().await?;
+        self.disk.sync_dir(&self.dir).await?;
         Ok(())
     }
 

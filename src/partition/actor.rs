@@ -323,6 +323,8 @@ async fn open_storage<D: Disk>(spec: &PartitionSpec<D>) -> Result<Storage<D>, St
         log_start = %report.log_start_offset,
         log_end = %report.log_end_offset,
         truncated_bytes = report.truncated_bytes,
+        scanned_bytes = report.verified_bytes,
+        clean_close = report.clean_close,
         segments = report.segments,
         epochs = cache_report.entries,
         checkpointed_end = ?checkpointed_end,
