@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 15 measurements (README, "Many partitions"): one release broker on this machine, the clients
-# beside it. Usage: benches/many_partitions.sh partitions|restart|ratio|connections, from the repo
+# beside it. Usage: benches/many_partitions.sh partitions|restart|reopen|reopen-big|ratio|connections, from the repo
 # after `cargo build --release`; data under $WORK (default: a new temporary directory, removed by
-# nobody: the partitions run writes tens of GB, so delete it after). `restart` and `ratio` reuse the
+# nobody: the partitions run writes tens of GB, so delete it after). `restart`, `reopen` and `ratio` reuse the
 # data `partitions` left in the same $WORK.
 set -u
 K=$(realpath "${KEEL:-target/release/keel}")
@@ -13,12 +13,14 @@ PORT=${PORT:-9600}
 export KEEL_BROKER=127.0.0.1:$PORT
 start() { # $1 = data dir, $2 = config
   ($K broker --listen 127.0.0.1:$PORT --data-dir "$1" ${2:+--config "$2"} > "$1.log" 2>&1 &)
-  for _ in $(seq 100); do $K topic list >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 600); do $K topic list >/dev/null 2>&1 && break; sleep 0.1; done
   pid=$(pgrep -f "keel broker --listen 127.0.0.1:$PORT")
 }
 stats() { echo "  rss $(grep VmRSS /proc/$pid/status | awk '{print $2/1024 " MiB"}') open files $(ls /proc/$pid/fd | wc -l)"; }
-# Until the process exits (a zombie counts as exited: its reaping is not the broker's).
-stop() { t=$(date +%s.%N); kill -TERM $pid; while kill -0 $pid 2>/dev/null && ! grep -q "^State:.*Z" /proc/$pid/status 2>/dev/null; do sleep 0.01; done; echo "  stop $(echo "$(date +%s.%N) - $t" | bc) s"; }
+# The process has exited: reaped, or a zombie with no thread left (its reaping is not the broker's;
+# a group leader turns zombie while its other threads may still hold its files and locks).
+gone() { ! kill -0 $pid 2>/dev/null || { grep -q "^State:.*Z" /proc/$pid/status 2>/dev/null && [ "$(ls /proc/$pid/task 2>/dev/null | wc -l)" -le 1 ]; }; }
+stop() { t=$(date +%s.%N); kill -TERM $pid; until gone; do sleep 0.01; done; echo "  stop $(echo "$(date +%s.%N) - $t" | bc) s"; }
 mode=$1
 case $mode in
   partitions)
@@ -85,6 +87,52 @@ print('total %.0f msg/s; p50 %.1f-%.1f ms, p99 %.1f-%.1f ms, p999 %.1f-%.1f ms; 
       echo -n "pair $pair, 10,000 partitions: "; tenbench s 1000
     done
     stats; stop
+    ;;
+  reopen)
+    # Opening every partition after a restart: after SIGTERM (a clean-close record for each log of
+    # at least clean_close_min_bytes, ADR 0025: not scanned) against after kill -9 (every log read
+    # and CRC'd), alternating, 3 pairs; the stop line is each SIGTERM's.
+    # Uses the data of a partitions or restart run in the same $WORK. `keel topic describe` asks
+    # every replica for its status, which opens its log; the broker's "partition opened" lines say
+    # how each was opened. (The logs are in the page cache both ways: after a real power loss the
+    # scans would also wait for the disk.)
+    describe_all() {
+      t=$(date +%s.%N)
+      for i in $(seq 0 9); do $K topic describe s$i >/dev/null & done; wait
+      took=$(echo "$(date +%s.%N) - $t" | bc)
+      python3 - "$took" <<'PY'
+import re, sys
+opened = [line for line in open("p.data.log") if "partition opened" in line and " partition=s" in line]
+clean = sum("clean_close=true" in line for line in opened)
+scanned = sum(int(m.group(1)) for line in opened for m in [re.search(r"scanned_bytes=(\d+)", line)] if m)
+print("all of s0..s9 described in %s s; %d partitions opened, %d from clean-close records, %.0f MiB scanned"
+      % (sys.argv[1], len(opened), clean, scanned / 2**20))
+PY
+    }
+    kill9() { kill -9 $pid; until gone; do sleep 0.01; done; }
+    # CONFIG=file: broker config (e.g. clean_close_min_bytes = 0: a record for every partition).
+    start p.data ${CONFIG:-}; describe_all >/dev/null; stop >/dev/null # every partition opened, then stopped
+    for pair in 1 2 3; do
+      start p.data ${CONFIG:-}; echo -n "pair $pair, after SIGTERM: "; describe_all; kill9
+      start p.data ${CONFIG:-}; echo -n "pair $pair, after kill -9: "; describe_all; stats; stop
+    done
+    ;;
+  reopen-big)
+    # One partition with a big log (20 s of one producer, a few GB): the time for its first request
+    # after SIGTERM (clean-close record, no scan) against after kill -9 (the whole log scanned).
+    rm -rf b.data b.data.log; start b.data
+    $K topic create big --partitions 1 >/dev/null
+    $K bench produce --topic big --partitions 1 --producers 1 --duration-s 20 | head -1; stop
+    first() { # $1 = how the previous run ended
+      start b.data; t=$(date +%s.%N); $K topic describe big >/dev/null
+      echo "pair $pair, after $1: first request answered in $(echo "$(date +%s.%N) - $t" | bc) s;" \
+        "$(grep -o 'scanned_bytes=[0-9]* clean_close=[a-z]*' b.data.log)"
+    }
+    for pair in 1 2 3; do
+      first SIGTERM; kill -9 $pid; until gone; do sleep 0.01; done
+      first "kill -9"; stop
+    done
+    du -sh b.data
     ;;
   connections)
     rm -rf c.data c.data.log; printf 'connections_max = 10100\n' > c.toml; start c.data c.toml

@@ -159,7 +159,7 @@ fn scenario(n_batches: std::ops::Range<usize>) -> impl Strategy<Value = Scenario
         .prop_map(
             |((segment_bytes_max, index_interval_bytes), batches, clean_below_pick, now_ms, delete_retention_ms)| {
                 Scenario {
-                    config: LogConfig { segment_bytes_max, index_interval_bytes },
+                    config: LogConfig { segment_bytes_max, index_interval_bytes, clean_close_min_bytes: 0 },
                     batches,
                     clean_below_pick,
                     now_ms,
@@ -713,7 +713,7 @@ proptest! {
     fn repeated_passes_between_appends_retention_and_power_losses_match_the_model(
         seed in any::<u64>(),
         config in (256u64..2_048, 0u32..512)
-            .prop_map(|(segment_bytes_max, index_interval_bytes)| LogConfig { segment_bytes_max, index_interval_bytes }),
+            .prop_map(|(segment_bytes_max, index_interval_bytes)| LogConfig { segment_bytes_max, index_interval_bytes, clean_close_min_bytes: 0 }),
         ops in proptest::collection::vec(op(), 1..120),
     ) {
         let mut repeated = Repeated::new(seed, config);
@@ -839,7 +839,7 @@ fn a_compaction_stopped_half_way_recovers_each_segment_old_or_new() {
 fn a_segment_with_more_keyed_records_than_the_key_map_limit_is_cleaned() {
     use keel::log::compaction::COMPACTION_KEYS_MAX;
     let disk = SimDisk::new(1);
-    let config = LogConfig { segment_bytes_max: 11 << 20, index_interval_bytes: 4_096 };
+    let config = LogConfig { segment_bytes_max: 11 << 20, index_interval_bytes: 4_096, clean_close_min_bytes: 0 };
     let mut log = open(&disk, &config);
     // Two batches of one key in the first segment, more records than the limit in all; a third
     // batch rolls the log so the first segment is sealed and cleanable.
@@ -872,7 +872,7 @@ fn a_segment_with_more_keyed_records_than_the_key_map_limit_is_cleaned() {
 fn a_table_rebuilt_from_a_compacted_log_keeps_the_producers_emptied_batches() {
     use keel::producer_state::{BatchIdentity, Verdict};
     let disk = SimDisk::new(1);
-    let config = LogConfig { segment_bytes_max: 200, index_interval_bytes: 0 };
+    let config = LogConfig { segment_bytes_max: 200, index_interval_bytes: 0, clean_close_min_bytes: 0 };
     // Producer 1's batch A (key k, at 900) is superseded by its batch B (key k, at 100); a plain
     // batch rolls the log, so A and B are in a sealed segment.
     let spec = |key: u8, base_timestamp_ms: i64, producer: Option<i64>| BatchSpec {
@@ -908,7 +908,7 @@ fn a_table_rebuilt_from_a_compacted_log_keeps_the_producers_emptied_batches() {
 #[test]
 fn a_read_from_inside_a_filler_starts_at_the_offset_asked_for() {
     let disk = SimDisk::new(1);
-    let config = LogConfig { segment_bytes_max: 400, index_interval_bytes: 0 };
+    let config = LogConfig { segment_bytes_max: 400, index_interval_bytes: 0, clean_close_min_bytes: 0 };
     let spec = |key: u8| BatchSpec {
         records: vec![RecordSpec { key: Some(key), value: Some(b"v".to_vec()), timestamp_delta_ms: 0, header: false }],
         base_timestamp_ms: 100,

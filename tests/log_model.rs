@@ -147,8 +147,11 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn config() -> impl Strategy<Value = LogConfig> {
-    (512u64..4_096, 0u32..1_024)
-        .prop_map(|(segment_bytes_max, index_interval_bytes)| LogConfig { segment_bytes_max, index_interval_bytes })
+    (512u64..4_096, 0u32..1_024).prop_map(|(segment_bytes_max, index_interval_bytes)| LogConfig {
+        segment_bytes_max,
+        index_interval_bytes,
+        clean_close_min_bytes: 0,
+    })
 }
 
 /// What a test keeps of each appended batch, by fingerprint (the batch CRC): the records'
@@ -858,7 +861,7 @@ proptest! {
 // ---- Unit tests for single fault cases. ----
 
 fn small_config() -> LogConfig {
-    LogConfig { segment_bytes_max: 1_024, index_interval_bytes: 128 }
+    LogConfig { segment_bytes_max: 1_024, index_interval_bytes: 128, clean_close_min_bytes: 0 }
 }
 
 fn spec(index: usize) -> BatchSpec {

@@ -18,6 +18,8 @@
 //! The last CRC is `crc32c_append(crc32c("keel-clean-close"), everything before it)`.
 //!
 //! # Rules
+//! - Only a log of at least `LogConfig::clean_close_min_bytes` gets one (default 1 MiB): below that,
+//!   the next open's scan costs less than the record's fsyncs at the close.
 //! - It is written only after a sync covered every file of the log, with every segment sealed (the
 //!   active one too, at close), and is then synced with the directory. Its presence says the files
 //!   were whole and durable when the log closed.
@@ -38,6 +40,11 @@ use crate::producer_state::ProducerStates;
 use crate::types::{LeaderEpoch, Offset};
 
 pub const CLEAN_CLOSE_FILE: &str = "clean-close.checkpoint";
+/// The default `LogConfig::clean_close_min_bytes` (and the broker's `clean_close_min_bytes`): 1 MiB.
+/// Measured with 10,000 partitions of about 235 KiB each (README, "Many partitions"): records for
+/// all of them made a graceful stop take 2.5-2.9 s instead of about 0.2 s and saved under 1 s of
+/// scanning at the reopen, so small logs are scanned instead.
+pub const CLEAN_CLOSE_MIN_BYTES_DEFAULT: u64 = 1 << 20;
 const VERSION: u8 = 1;
 
 fn record_crc(body: &[u8]) -> u32 {

@@ -161,11 +161,19 @@ pub struct LogConfig {
     pub segment_bytes_max: u64,
     /// Write one offset-index and one time-index entry per this many bytes of log.
     pub index_interval_bytes: u32,
+    /// A graceful close writes the clean-close record ([`clean_close`]) only for a log of at least
+    /// this many bytes: it costs a sealing sync, the record's sync and a directory sync, while a
+    /// smaller log is scanned at its next open in less time than those fsyncs take.
+    pub clean_close_min_bytes: u64,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { segment_bytes_max: 128 * 1024 * 1024, index_interval_bytes: 4096 }
+        LogConfig {
+            segment_bytes_max: 128 * 1024 * 1024,
+            index_interval_bytes: 4096,
+            clean_close_min_bytes: clean_close::CLEAN_CLOSE_MIN_BYTES_DEFAULT,
+        }
     }
 }
 
@@ -1186,6 +1194,9 @@ impl<D: Disk> PartitionLog<D> {
         // its page cache, so this line is how tests/broker_process.rs sees that a SIGTERM with
         // fsync=never synced everything (a missing shutdown sync leaves `durable_end` behind).
         tracing::info!(dir = self.dir, log_end = self.log_end.0, durable_end = self.durable_end.0, "log closed");
+        if self.size_bytes() < self.config.clean_close_min_bytes {
+            return Ok(());
+        }
         self.write_clean_close().await
     }
 

@@ -308,7 +308,7 @@ mod tests {
     const DIR: &str = "topics/t-0";
 
     fn config() -> LogConfig {
-        LogConfig { segment_bytes_max: 600, index_interval_bytes: 128 }
+        LogConfig { segment_bytes_max: 600, index_interval_bytes: 128, clean_close_min_bytes: 0 }
     }
 
     fn open(disk: &SimDisk) -> PartitionLog<SimDisk> {

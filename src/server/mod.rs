@@ -211,7 +211,11 @@ async fn start_assignments<D: Disk>(
     transport: PeerTransport,
     disk: D,
 ) -> Arc<Assignments<D>> {
-    let log_config = LogConfig { segment_bytes_max: config.segment_bytes_max, ..LogConfig::default() };
+    let log_config = LogConfig {
+        segment_bytes_max: config.segment_bytes_max,
+        clean_close_min_bytes: config.clean_close_min_bytes,
+        ..LogConfig::default()
+    };
     let core = CoreConfig { fsync: config.fsync, ..CoreConfig::default() };
     let replica_config = ReplicaConfig {
         core,
