@@ -1367,3 +1367,20 @@ fn bit_rot_after_a_clean_close_is_caught_by_the_read_and_the_next_open() {
     assert!(!report.clean_close);
     assert_eq!(report.log_end_offset.0, corrupt_base);
 }
+
+/// The record is best effort: the close made everything durable before writing it, so a close that
+/// cannot write it (here no descriptor is left for the record's file) still succeeds, and the next
+/// open scans and finds everything.
+#[test]
+fn a_close_that_cannot_write_its_record_succeeds_and_the_next_open_scans() {
+    let mut harness = synced_sim_log(40);
+    let disk = harness.env.disk.clone();
+    disk.set_open_files_max(Some(disk.open_files()));
+    close_gracefully(&mut harness);
+    disk.set_open_files_max(None);
+    assert!(!disk.list(DIR).unwrap().iter().any(|name| name == "clean-close.checkpoint"));
+    disk.crash();
+    let report = harness.reopen(true);
+    assert!(!report.clean_close && report.verified_bytes > 0, "{report:?}");
+    harness.check_offsets();
+}

@@ -20,6 +20,10 @@
 //! # Rules
 //! - Only a log of at least `LogConfig::clean_close_min_bytes` gets one (default 1 MiB): below that,
 //!   the next open's scan costs less than the record's fsyncs at the close.
+//! - Writing it is best effort: the close has made everything durable before, so a failure to
+//!   write it (a full disk, no descriptor left under the open-file budget) is logged and the close
+//!   succeeds; whatever part of it was written fails its CRC or is removed by the next open, which
+//!   scans.
 //! - It is written only after a sync covered every file of the log, with every segment sealed (the
 //!   active one too, at close), and is then synced with the directory. Its presence says the files
 //!   were whole and durable when the log closed.

@@ -1197,7 +1197,13 @@ impl<D: Disk> PartitionLog<D> {
         if self.size_bytes() < self.config.clean_close_min_bytes {
             return Ok(());
         }
-        self.write_clean_close().await
+        // Everything is durable already: the record only spares the next open its scan, so failing
+        // to write it (a full disk, no descriptor left) fails nothing (the next open scans).
+        let dir = self.dir.clone();
+        if let Err(error) = self.write_clean_close().await {
+            tracing::warn!(dir, %error, "no clean-close record written; the next open scans the log");
+        }
+        Ok(())
     }
 
     /// Seals the active segment, syncs it, and writes the clean-close record ([`clean_close`]) so
