@@ -541,6 +541,21 @@ struct SeenBatch {
     value: String,
 }
 
+impl SeenBatch {
+    /// The identity and first letter of a produced batch.
+    fn of(request: &ProduceRequest) -> SeenBatch {
+        let batch = keel::batch::Batch::parse(request.batch.clone()).expect("a well-formed batch");
+        let fields = batch.producer();
+        let value = batch.records().next().unwrap().unwrap().value.unwrap();
+        SeenBatch {
+            producer_id: fields.producer_id.0,
+            epoch: fields.producer_epoch.0,
+            sequence: fields.base_sequence.0,
+            value: String::from_utf8_lossy(&value[..1]).into_owned(),
+        }
+    }
+}
+
 /// A one-broker cluster that hands out producer id 7 (epoch 0) and answers the n-th produce (from 1)
 /// with `answer(n, batch)`; every produce's batch is recorded.
 async fn idempotent_broker(
@@ -558,15 +573,7 @@ async fn idempotent_broker(
                 Body::InitProducerIdResponse(InitProducerIdResponse { error: None, producer_id: 7, producer_epoch: 0 })
             }
             Body::ProduceRequest(request) => {
-                let batch = keel::batch::Batch::parse(request.batch).expect("a well-formed batch");
-                let fields = batch.producer();
-                let value = batch.records().next().unwrap().unwrap().value.unwrap();
-                let seen_batch = SeenBatch {
-                    producer_id: fields.producer_id.0,
-                    epoch: fields.producer_epoch.0,
-                    sequence: fields.base_sequence.0,
-                    value: String::from_utf8_lossy(&value[..1]).into_owned(),
-                };
+                let seen_batch = SeenBatch::of(&request);
                 let mut seen = log.lock().unwrap();
                 seen.push(seen_batch.clone());
                 answer(seen.len(), &seen_batch)
@@ -716,15 +723,7 @@ async fn an_out_of_order_answer_that_overtook_the_earlier_acknowledgement_is_ret
                 Body::InitProducerIdResponse(InitProducerIdResponse { error: None, producer_id: 7, producer_epoch: 0 }),
             )],
             Body::ProduceRequest(request) => {
-                let batch = keel::batch::Batch::parse(request.batch).expect("a well-formed batch");
-                let fields = batch.producer();
-                let value = batch.records().next().unwrap().unwrap().value.unwrap();
-                let seen_batch = SeenBatch {
-                    producer_id: fields.producer_id.0,
-                    epoch: fields.producer_epoch.0,
-                    sequence: fields.base_sequence.0,
-                    value: String::from_utf8_lossy(&value[..1]).into_owned(),
-                };
+                let seen_batch = SeenBatch::of(&request);
                 let mut seen = log.lock().unwrap();
                 seen.push(seen_batch.clone());
                 let b_sends = seen.iter().filter(|batch| batch.value == "b").count();
