@@ -33,8 +33,9 @@
 //! `fdatasync` metadata cost shows up in the benches).
 //!
 //! # Recovery (in [`PartitionLog::open`])
-//! After a graceful [`PartitionLog::close`] there is nothing to recover: the close sealed every
-//! segment (the active one too), synced everything and wrote a CRC'd clean-close record
+//! After a graceful [`PartitionLog::close`] of a log of at least `LogConfig::clean_close_min_bytes`
+//! there is nothing to recover: the close sealed every segment (the active one too), synced
+//! everything and (best effort) wrote a CRC'd clean-close record
 //! ([`clean_close`]: log end, active segment, epoch runs, producer table). The next open reads and
 //! removes that record (the removal is durable before the open returns), and if every segment's
 //! seal matches its `.log` and the record, takes the log's state from the seals and the record
