@@ -110,7 +110,8 @@ pub struct BrokerConfig {
     /// Topics in the cluster beyond which this broker refuses to create more (at most the metadata
     /// state machine's `TOPICS_MAX`).
     pub topics_max: usize,
-    /// Partitions per topic.
+    /// Partitions per topic this broker lets a create ask for (at most the metadata state machine's
+    /// `PARTITIONS_PER_TOPIC_MAX`, 10,000).
     pub partitions_per_topic_max: u32,
     /// Voters of the metadata Raft group by node id (TOML keys are strings: `"1" = "host:port"`).
     /// Empty means a one-voter cluster of this node at its advertised address.
@@ -227,6 +228,13 @@ impl BrokerConfig {
         if self.partitions_per_topic_max == 0 || self.topics_max == 0 {
             return Err(ConfigError::Invalid("topic limits must be positive".into()));
         }
+        if self.partitions_per_topic_max > crate::meta::state::PARTITIONS_PER_TOPIC_MAX {
+            let most = crate::meta::state::PARTITIONS_PER_TOPIC_MAX;
+            return Err(ConfigError::Invalid(format!(
+                "partitions_per_topic_max is at most {most}, got {}",
+                self.partitions_per_topic_max
+            )));
+        }
         if self.topics_max > crate::meta::state::TOPICS_MAX {
             let most = crate::meta::state::TOPICS_MAX;
             return Err(ConfigError::Invalid(format!("topics_max is at most {most}, got {}", self.topics_max)));
@@ -304,6 +312,19 @@ mod tests {
         for bad in ["offsets_topic_partitions = 0", "offsets_topic_partitions = 5000", "offsets_topic_replication = 0"]
         {
             assert!(matches!(BrokerConfig::from_toml(bad), Err(ConfigError::Invalid(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn partitions_per_topic_max_may_be_raised_to_the_state_machines_bound() {
+        let config = BrokerConfig::from_toml("partitions_per_topic_max = 10000\n").unwrap();
+        assert_eq!(config.partitions_per_topic_max, crate::meta::state::PARTITIONS_PER_TOPIC_MAX);
+        for bad in ["partitions_per_topic_max = 10001", "partitions_per_topic_max = 0"] {
+            let error = BrokerConfig::from_toml(bad).unwrap_err();
+            assert!(
+                matches!(&error, ConfigError::Invalid(message) if message.contains("partitions")),
+                "{bad}: {error}"
+            );
         }
     }
 

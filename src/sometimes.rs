@@ -69,13 +69,18 @@ pub enum Sometimes {
     FillerSplitForRead,
     /// A partition file's handle, closed by the open-file budget, was opened again (issue 15).
     FileHandleReopened,
+    /// A partition file's handle with unsynced writes was synced by an opener, then closed, to keep
+    /// the open-file budget a bound (issue 15).
+    FileSyncedToClose,
+    /// A coalesced sync group held half the open-file budget, so later syncs waited for the next.
+    SyncGroupFull,
     /// A partition log opened from its clean-close record, without a scan (ADR 0025).
     CleanCloseOpened,
 }
 
 impl Sometimes {
     /// Every state, in table order.
-    pub const ALL: [Sometimes; 27] = [
+    pub const ALL: [Sometimes; 29] = [
         Sometimes::LeaderChangeDuringProduce,
         Sometimes::TruncationByEpoch,
         Sometimes::IsrShrink,
@@ -102,6 +107,8 @@ impl Sometimes {
         Sometimes::CompactionRewroteSegment,
         Sometimes::FillerSplitForRead,
         Sometimes::FileHandleReopened,
+        Sometimes::FileSyncedToClose,
+        Sometimes::SyncGroupFull,
         Sometimes::CleanCloseOpened,
     ];
 
@@ -134,6 +141,8 @@ impl Sometimes {
             Sometimes::CompactionRewroteSegment => "compaction_rewrote_segment",
             Sometimes::FillerSplitForRead => "filler_split_for_read",
             Sometimes::FileHandleReopened => "file_handle_reopened",
+            Sometimes::FileSyncedToClose => "file_synced_to_close",
+            Sometimes::SyncGroupFull => "sync_group_full",
             Sometimes::CleanCloseOpened => "clean_close_opened",
         }
     }

@@ -596,6 +596,18 @@ fn idempotent_config() -> ProducerConfig {
     }
 }
 
+/// An idempotent producer whose batches hold one record of [`big_record`] each (records of about 224
+/// bytes, batches of at most 360).
+fn one_record_per_batch(addr: SocketAddr) -> Producer {
+    let config = ProducerConfig { batch_bytes_max: 360, ..idempotent_config() };
+    Producer::new(fast_client(addr.to_string()), config)
+}
+
+/// A record whose value starts with `letter` (the fake brokers tell batches apart by it).
+fn big_record(letter: &str) -> Record {
+    Record::value(format!("{letter}{}", "x".repeat(199)))
+}
+
 /// A batch whose outcome was unknown (appended, then the leader changed; a timeout) is re-sent with
 /// the same producer id, epoch and sequence, so the broker can answer the retry with the original
 /// offsets; the record is acknowledged, not reported unknown.
@@ -631,13 +643,10 @@ async fn a_definite_failure_moves_the_later_batches_to_a_new_epoch() {
         _ => produced(i64::from(batch.sequence) + 100),
     })
     .await;
-    // Records of ~224 bytes in batches of at most 360: one record per batch.
-    let config = ProducerConfig { batch_bytes_max: 360, ..idempotent_config() };
-    let producer = Producer::new(fast_client(addr.to_string()), config);
-    let record = |letter: &str| Record::value(format!("{letter}{}", "x".repeat(199)));
-    let a = producer.send(TOPIC, Some(0), record("a")).await;
-    let b = producer.send(TOPIC, Some(0), record("b")).await;
-    let c = producer.send(TOPIC, Some(0), record("c")).await;
+    let producer = one_record_per_batch(addr);
+    let a = producer.send(TOPIC, Some(0), big_record("a")).await;
+    let b = producer.send(TOPIC, Some(0), big_record("b")).await;
+    let c = producer.send(TOPIC, Some(0), big_record("c")).await;
     let a = timeout(WAIT_MAX, delivered(a)).await.unwrap().unwrap_err();
     assert_eq!(a.code(), Some(ErrorCode::CorruptBatch));
     assert!(!a.is_ambiguous());
@@ -683,12 +692,10 @@ async fn no_batch_gets_a_sequence_past_the_window_of_an_unresolved_one() {
         produced(i64::from(batch.sequence) + 100)
     })
     .await;
-    let config = ProducerConfig { batch_bytes_max: 360, ..idempotent_config() };
-    let producer = Producer::new(fast_client(addr.to_string()), config);
-    let record = |letter: char| Record::value(format!("{letter}{}", "x".repeat(199)));
+    let producer = one_record_per_batch(addr);
     let mut deliveries = Vec::new();
-    for letter in ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'] {
-        deliveries.push(producer.send(TOPIC, Some(0), record(letter)).await);
+    for letter in ["a", "b", "c", "d", "e", "f", "g", "h"] {
+        deliveries.push(producer.send(TOPIC, Some(0), big_record(letter)).await);
     }
     for (index, delivery) in deliveries.into_iter().enumerate() {
         let metadata = timeout(WAIT_MAX, delivered(delivery)).await.unwrap().unwrap();
@@ -748,11 +755,9 @@ async fn an_out_of_order_answer_that_overtook_the_earlier_acknowledgement_is_ret
     }))
     .await;
     *addr_cell.lock().unwrap() = Some(addr);
-    let config = ProducerConfig { batch_bytes_max: 360, ..idempotent_config() };
-    let producer = Producer::new(fast_client(addr.to_string()), config);
-    let record = |letter: &str| Record::value(format!("{letter}{}", "x".repeat(199)));
-    let a = producer.send(TOPIC, Some(0), record("a")).await;
-    let b = producer.send(TOPIC, Some(0), record("b")).await;
+    let producer = one_record_per_batch(addr);
+    let a = producer.send(TOPIC, Some(0), big_record("a")).await;
+    let b = producer.send(TOPIC, Some(0), big_record("b")).await;
     let a = timeout(WAIT_MAX, delivered(a)).await.unwrap();
     let b = timeout(WAIT_MAX, delivered(b)).await.unwrap();
     assert_eq!(a.unwrap().offset, keel::types::Offset(100));

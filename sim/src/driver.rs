@@ -639,6 +639,7 @@ impl Run {
         let high_watermarks = self.final_read(queue).await;
         let stats = self.cluster.broker(0).disk.stats();
         self.trace.record(queue.recorder.now_ns(), format!("disk stats {stats:?}"));
+        self.check_file_budget();
         if self.scenario.checks(Checker::FullIsr) {
             match isr_watch::wait_full_isr(&self.cluster, TOPIC, Duration::from_millis(LIVENESS_MS_MAX)).await {
                 Ok(view) => self.note(format!("full ISR: every replica in its partition's ISR {view:?}")),
@@ -651,6 +652,23 @@ impl Run {
         }
         if let (Some(high_watermarks), true) = (high_watermarks, self.scenario.checks(Checker::Replicas)) {
             self.check_replicas(&high_watermarks).await;
+        }
+    }
+
+    /// With an open-file budget, no simulated disk may have refused a descriptor: the disks refuse
+    /// past the budget (plus `SIM_DESCRIPTOR_SLACK`), which `keel::storage::handles` holds as a bound.
+    fn check_file_budget(&mut self) {
+        let Some(files_max) = self.scenario.open_files_max else { return };
+        for index in 0..self.cluster.broker_count() {
+            let stats = self.cluster.broker(index).disk.stats();
+            if stats.open_files_refused > 0 {
+                self.violations.push(format!(
+                    "file budget: broker-{}'s disk refused {} opens (EMFILE): {} descriptors open at once, budget {files_max}",
+                    index + 1,
+                    stats.open_files_refused,
+                    stats.open_files_peak
+                ));
+            }
         }
     }
 

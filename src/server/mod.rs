@@ -157,18 +157,23 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let result = state.assignments.stop_partitions().await;
     meta_shutdown.cancel();
     let _ = background.await;
-    let handles = files.stats();
-    tracing::info!(
-        files_open_peak = handles.open_peak,
-        file_opens = handles.opens,
-        file_reopens = handles.reopens,
-        files_over_budget = handles.over_budget,
-        "broker stopped"
-    );
+    log_stopped(files.stats());
     if let Some(failure) = failure {
         return Err(failure);
     }
     result.map_err(BrokerError::Shutdown)
+}
+
+/// The last line of a broker: what the open-file budget did (ADR 0023).
+fn log_stopped(handles: crate::storage::handles::HandleStats) {
+    tracing::info!(
+        files_open_peak = handles.open_peak,
+        file_opens = handles.opens,
+        file_reopens = handles.reopens,
+        files_synced_to_close = handles.closing_syncs,
+        files_over_budget = handles.over_budget,
+        "broker stopped"
+    );
 }
 
 /// A stopping broker's connections keep reading (and answering: `NotLeader` once its partitions'

@@ -156,6 +156,10 @@ impl DiskFile for FileDiskFile {
         let file = self.file.clone();
         run_blocking(move || file.sync_data())
     }
+
+    fn sync_now(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
 }
 
 #[cfg(test)]

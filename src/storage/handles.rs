@@ -7,39 +7,45 @@
 //! partitions with recent traffic need theirs open.
 //!
 //! # Rules
-//! - The budget counts every descriptor it is responsible for: the handles open, those being
-//!   opened (room is made under the lock, so two threads opening at once cannot both take the last
-//!   place), and those waiting for their closing sync.
-//! - To make room it closes a clean handle among the 16 least recently used. When all of those are
-//!   busy (writes no completed sync covers, or a sync in flight), the least recently used one leaves
-//!   the cache at once and goes to the sync task, which syncs it and then drops it (counted in
-//!   `closing` until then). Its descriptor is still open, so that open exceeds the budget by one
-//!   until the sync completes, and is counted in `over_budget`. If the closing sync fails, the
-//!   file's next `sync` fails too, so the writer learns of it (on Linux a writeback error is
-//!   reported once: to the closing sync, not to a later descriptor's). Without a sync task (tests
-//!   without a runtime), busy handles are kept and the budget exceeded instead (`over_budget`).
+//! - **The budget is a bound** (ADR 0023): the handles open, those being opened (room is made
+//!   under the lock, so two threads opening at once cannot both take the last place) and those being
+//!   synced before they close never number more than `files_max`. The one exception, counted in
+//!   `over_budget`, is every open handle held by a running sync, which the sync task's cap (below)
+//!   rules out unless the budget is 1 file or the threads opening at once are about half of it.
+//! - To make room it closes a clean handle among the 16 least recently used. When none of those is
+//!   clean it takes the least recently used handle that no running sync holds; if that one has
+//!   writes no completed sync covers, the opening thread syncs it ([`DiskFile::sync_now`], outside
+//!   the lock) and then closes it: a handle with unsynced writes is synced before it is closed, never
+//!   after (a writeback error must reach a descriptor that is still open: on Linux it is reported
+//!   once, and may be lost with the inode once no descriptor holds it). If that sync fails, the
+//!   file's next `sync` fails too, so the writer learns of it. The opener waits for that sync: this
+//!   is the budget's back-pressure, and it happens only when the 16 oldest handles are all busy.
 //! - With fsync "never" (`keep_unsynced` off) nothing is ever synced, so unsynced handles count as
 //!   clean and are closed like them. So do the files of `HandleBudget::self_checked` (the log's
 //!   indexes, which it verifies by CRC or rebuilds at open): an active segment's indexes are synced
 //!   only when it rolls, so with them busy, a budget smaller than the partitions written to was
-//!   full of busy handles and every open went over it (the simulated disk's EMFILE limit was hit,
-//!   `isr_3_many_partitions_small_file_budget`), and each eviction cost an fsync.
+//!   full of busy handles, and each eviction cost an fsync.
 //! - A handle is reopened by its path, without `create`: a file removed under a closed handle is
 //!   gone (`NotFound`), as the data path expects of a removed file (Keel never uses a file after
 //!   removing it).
 //! - The last clone of a file closes its handle, as dropping a `std::fs::File` does.
 //! - Syncs may be coalesced ([`Handles::coalesce_syncs`]): every `sync` then goes to one task that
-//!   takes all the syncs waiting and hands them to the disk under it in one `sync_files` call, then
-//!   the next group (group commit across partitions: thousands of partitions with a few records each
-//!   no longer need thousands of blocking threads at once). A sync's contract is unchanged: it
-//!   covers the writes issued before it was called, and resolves with its own file's result.
+//!   takes the syncs waiting and hands them to the disk under it in one `sync_files` call (one per
+//!   file however many were asked), then the next group: group commit across partitions, so
+//!   thousands of partitions with a few records each do not need thousands of blocking threads. A
+//!   file's descriptor is held only while its group runs, and a group holds at most half the budget
+//!   (the rest wait for the next group), so the budget always has handles no sync holds. A sync
+//!   whose writes a closing sync already covered completes without a descriptor. A sync's contract
+//!   is unchanged: it covers the writes issued before it was called, and resolves with its own
+//!   file's result.
 //! - The budget counts only these files: directory listings and `sync_dir` open and close their own
-//!   descriptor within the call (the room the broker keeps beside the budget covers them).
+//!   descriptor within the call (the room the broker keeps beside the budget covers them). A read or
+//!   write on another thread can keep a handle just closed open until that call returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use bytes::Bytes;
 
@@ -48,16 +54,17 @@ use super::{Disk, DiskFile};
 /// How many handles [`Handles`] keeps open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HandleBudget {
-    /// Handles open at most (beyond it only unsynced ones, see `keep_unsynced`). At least 1.
+    /// Handles open at most, counting those being opened and those being synced to close. At least 1.
     pub files_max: usize,
-    /// Never close a handle with writes not yet synced (fsync "always"). With fsync "never" nothing
-    /// is synced, so every written handle would be pinned: there the budget closes them too.
+    /// Sync a handle with writes not yet synced before closing it (fsync "always"). With fsync "never"
+    /// nothing is synced, so every written handle would need a sync to close: there the budget
+    /// closes them like clean ones.
     pub keep_unsynced: bool,
     /// Files, by the end of their name, whose writer checks or rebuilds their content itself (the
     /// log's index files: CRC-sealed, and an active segment's are rebuilt at every open). Their
-    /// unsynced writes do not keep a handle open: it is closed like a clean one, and the page cache
-    /// writes them back (an error that writeback meets then goes unreported; the writer's own check
-    /// finds what it lost).
+    /// unsynced writes do not need a sync before their handle closes: the page cache writes them
+    /// back (an error that writeback meets then goes unreported; the writer's own check finds what
+    /// it lost).
     pub self_checked: &'static [&'static str],
 }
 
@@ -66,7 +73,7 @@ pub struct HandleBudget {
 pub struct HandleStats {
     /// Handles open now.
     pub open: usize,
-    /// The most handles open at once.
+    /// The most descriptors the budget counted at once (open, being opened, being synced to close).
     pub open_peak: usize,
     /// Files opened (first open of a file).
     pub opens: u64,
@@ -74,162 +81,187 @@ pub struct HandleStats {
     pub reopens: u64,
     /// Handles the budget closed.
     pub evictions: u64,
-    /// Opens that found no clean handle to close, so the descriptors went past the budget until a
-    /// closing sync completed.
+    /// Of those, handles with unsynced writes, synced by the opener before they closed.
+    pub closing_syncs: u64,
+    /// Opens that found every handle held by a running sync, so went past the budget (module doc).
     pub over_budget: u64,
-    /// Handles closed with unsynced writes, whose closing sync is in flight (their descriptors are
-    /// still open), now and at most.
+    /// Handles being synced before they close, now and at most.
     pub closing: usize,
     pub closing_peak: usize,
 }
 
 /// A [`Disk`] whose files share one budget of open handles; clones share it.
 pub struct Handles<D: Disk> {
-    disk: D,
-    cache: Arc<Mutex<Cache<D::File>>>,
+    shared: Arc<Shared<D>>,
 }
 
 impl<D: Disk> Clone for Handles<D> {
     fn clone(&self) -> Self {
-        Handles { disk: self.disk.clone(), cache: self.cache.clone() }
+        Handles { shared: self.shared.clone() }
     }
 }
 
-struct Open<F> {
-    file: F,
-    /// The cache's clock at the last use: the key of this handle in `Cache::lru`.
-    used: u64,
-    /// Writes through this handle so far, and how many of them a completed sync covers.
+/// What a [`Handles`] disk and its files share.
+struct Shared<D: Disk> {
+    disk: D,
+    cache: Mutex<Cache<D::File>>,
+    /// The coalescing task's queue, once started.
+    syncs: OnceLock<tokio::sync::mpsc::UnboundedSender<SyncRequest<D>>>,
+}
+
+/// One sync waiting for the coalescing task: the file, how many of its writes it must cover, and
+/// where its result goes.
+struct SyncRequest<D: Disk> {
+    file: HandleFile<D>,
+    covers: u64,
+    reply: tokio::sync::oneshot::Sender<io::Result<()>>,
+}
+
+/// One file of the budget, open or not.
+struct Entry<F> {
+    /// The open handle and its key in `Cache::lru` (the cache's clock at its last use).
+    handle: Option<(F, u64)>,
+    /// Writes to this file so far (through any of its handles), and how many of them a completed
+    /// sync covers: `None` before the first sync completes, which also covers what the file held
+    /// before it was opened (a process that crashed may have left it unsynced).
     written: u64,
-    synced: u64,
-    /// Syncs called and not completed.
-    syncing: u32,
-    /// The clock when this handle was opened: tells a sync completing on a later opening of the
-    /// same file (possible only when unsynced handles may be closed) from one on this handle.
-    opened: u64,
-    /// A file of `HandleBudget::self_checked`: unsynced writes do not make it busy.
+    synced: Option<u64>,
+    /// Syncs running now on the open handle, which is not closed under them.
+    pinned: u32,
+    /// A file of `HandleBudget::self_checked`.
     self_checked: bool,
+    /// A sync the budget made before closing the handle failed (with this error): the file's next
+    /// syncs fail.
+    failed: Option<String>,
 }
-
-impl<F> Open<F> {
-    fn busy(&self) -> bool {
-        (self.written != self.synced && !self.self_checked) || self.syncing > 0
-    }
-}
-
-/// What to do with a sync's result.
-type SyncDone = Box<dyn FnOnce(io::Result<()>) + Send>;
-/// One sync waiting for the coalescing task: the handle and what to do with its result.
-type SyncRequest<F> = (F, SyncDone);
 
 struct Cache<F> {
     budget: HandleBudget,
-    /// The coalescing task's queue, once started.
-    syncs: Option<tokio::sync::mpsc::UnboundedSender<SyncRequest<F>>>,
     next_id: u64,
     clock: u64,
-    /// The open handles by file id.
-    open: BTreeMap<u64, Open<F>>,
-    /// File ids by last use, oldest first.
+    /// Every file of the budget by id (open or not), while any clone of it lives.
+    files: BTreeMap<u64, Entry<F>>,
+    /// Open handles' file ids by last use, oldest first.
     lru: BTreeMap<u64, u64>,
-    /// Handles being opened: room made for them, not yet inserted (counted in the budget, so two
-    /// threads opening at once do not both take the last place).
+    /// Handles being opened: room made for them, not yet inserted.
     opening: usize,
-    /// Files whose handle the budget closed with unsynced writes and whose closing sync failed:
-    /// their next sync fails.
-    failed: std::collections::BTreeSet<u64>,
     stats: HandleStats,
 }
 
+/// What making room found to do next.
+enum Room<F> {
+    /// Room is reserved (`opening` counts it); close these once the lock is released.
+    Made(Vec<F>),
+    /// Sync this handle of file `id` (covering `covers` writes) and close it, then try again.
+    SyncFirst { closed: Vec<F>, id: u64, file: F, covers: u64 },
+}
+
 impl<F: Clone + Send + 'static> Cache<F> {
-    /// The open handle of `id`, marked used (and unsynced if `write`).
-    fn touch(&mut self, id: u64, write: bool) -> Option<F> {
+    /// Descriptors the budget counts.
+    fn counted(&self) -> usize {
+        self.stats.open + self.opening + self.stats.closing
+    }
+
+    fn clean(&self, entry: &Entry<F>) -> bool {
+        let unsynced = entry.written != entry.synced.unwrap_or(0);
+        entry.pinned == 0 && (!unsynced || entry.self_checked || !self.budget.keep_unsynced)
+    }
+
+    /// The open handle of `id`, marked used (and written if `write`; held by a running sync if `pin`).
+    fn touch(&mut self, id: u64, write: bool, pin: bool) -> Option<(F, u64)> {
         self.clock += 1;
         let clock = self.clock;
-        let entry = self.open.get_mut(&id)?;
-        self.lru.remove(&entry.used);
-        entry.used = clock;
+        let entry = self.files.get_mut(&id)?;
+        let (file, used) = entry.handle.as_mut()?;
+        self.lru.remove(used);
+        *used = clock;
+        let file = file.clone();
         entry.written += u64::from(write);
+        entry.pinned += u32::from(pin);
         self.lru.insert(clock, id);
-        Some(entry.file.clone())
+        Some((file, entry.written))
     }
 
-    /// Closes least recently used handles until one more fits (module doc: clean ones first; an
-    /// unsynced one goes to the sync task, which closes it once synced). Returns the handles to drop
-    /// once the lock is released (closing a descriptor can take a while).
-    fn make_room(&mut self, this: &Weak<Mutex<Cache<F>>>) -> Vec<F> {
+    /// Takes the handle of `id` out of the cache (it is closed when the returned clone is dropped).
+    fn take(&mut self, id: u64) -> Option<F> {
+        let (file, used) = self.files.get_mut(&id)?.handle.take()?;
+        self.lru.remove(&used);
+        self.stats.open -= 1;
+        Some(file)
+    }
+
+    /// One step of making room for a handle (module doc): closes clean handles while the budget is
+    /// full, or names the handle the caller must sync and close first.
+    fn make_room(&mut self) -> Room<F> {
         let mut closed = Vec::new();
-        while self.open.len() + self.opening + self.stats.closing >= self.budget.files_max {
-            let keep_unsynced = self.budget.keep_unsynced;
-            // A clean handle among the oldest few, else the oldest (synced before it is closed):
-            // looking further would scan, on every open, past the handles that stay unsynced (an
-            // active segment's indexes are synced only when it rolls).
-            let clean = self.lru.iter().take(CLEAN_SEARCH_MAX).find(|(_, id)| !keep_unsynced || !self.open[*id].busy());
-            if let Some((&used, &id)) = clean {
-                self.lru.remove(&used);
-                closed.push(self.open.remove(&id).expect("lru and open agree").file);
-                self.stats.evictions += 1;
-                continue;
+        while self.counted() >= self.budget.files_max {
+            // A clean handle among the oldest few, else the oldest that no sync holds: looking
+            // further for a clean one would scan, on every open, past handles that stay unsynced.
+            let clean = self.lru.values().take(CLEAN_SEARCH_MAX).find(|id| self.clean(&self.files[*id])).copied();
+            let victim = clean.or_else(|| self.lru.values().find(|id| self.files[*id].pinned == 0).copied());
+            let Some(id) = victim else {
+                // Every open handle is held by a running sync: go over the budget (module doc).
+                self.stats.over_budget += 1;
+                break;
+            };
+            self.stats.evictions += 1;
+            let dirty = !self.clean(&self.files[&id]);
+            let covers = self.files[&id].written;
+            let file = self.take(id).expect("an lru entry is open");
+            if dirty {
+                self.stats.closing += 1;
+                self.stats.closing_peak = self.stats.closing_peak.max(self.stats.closing);
+                self.stats.closing_syncs += 1;
+                return Room::SyncFirst { closed, id, file, covers };
             }
-            // Every handle the search saw is busy: the oldest goes to the sync task, which closes it
-            // once synced. Its descriptor stays open until then, so this open exceeds the budget.
-            self.stats.over_budget += 1;
-            let oldest = self.lru.iter().map(|(&used, &id)| (used, id)).next();
-            if let (Some((used, id)), true) = (oldest, self.syncs.is_some()) {
-                self.lru.remove(&used);
-                let entry = self.open.remove(&id).expect("lru and open agree");
-                self.stats.evictions += 1;
-                self.close_after_sync(id, entry.file, this);
-            }
-            break;
+            closed.push(file);
         }
         self.opening += 1;
-        self.stats.open = self.open.len();
-        closed
+        self.stats.open_peak = self.stats.open_peak.max(self.counted());
+        Room::Made(closed)
     }
 
-    /// Hands an unsynced handle to the sync task, which drops it once synced; a failed sync is
-    /// kept for the file's next `sync`.
-    fn close_after_sync(&mut self, id: u64, file: F, this: &Weak<Mutex<Cache<F>>>) {
-        let Some(queue) = &self.syncs else { return };
-        let this = this.clone();
-        let done: SyncDone = Box::new(move |result| {
-            let Some(cache) = this.upgrade() else { return };
-            let mut cache = lock(&cache);
-            cache.stats.closing -= 1;
-            if result.is_err() {
-                cache.failed.insert(id);
+    /// Records the sync of a handle closed by `make_room`.
+    fn closed_after_sync(&mut self, id: u64, covers: u64, result: io::Result<()>) {
+        self.stats.closing -= 1;
+        if let Some(entry) = self.files.get_mut(&id) {
+            match result {
+                Ok(()) => entry.synced = entry.synced.max(Some(covers)),
+                Err(error) => {
+                    tracing::warn!(%error, "syncing a file before closing its handle failed; its next sync fails");
+                    entry.failed = Some(error.to_string());
+                }
             }
-        });
-        if queue.send((file, done)).is_ok() {
-            self.stats.closing += 1;
-            self.stats.closing_peak = self.stats.closing_peak.max(self.stats.closing);
         }
     }
 
     /// Records `file` as the open handle of `id` (unless a racing use opened it first) and returns
-    /// the handle to use.
-    fn insert(&mut self, id: u64, path: &str, file: F, write: bool) -> F {
+    /// the handle to use, with the file's writes so far.
+    fn insert(&mut self, id: u64, file: F, write: bool, pin: bool) -> Option<(F, u64)> {
         self.opening -= 1;
-        if let Some(open) = self.touch(id, write) {
-            return open;
+        if let Some(open) = self.touch(id, write, pin) {
+            return Some(open);
         }
+        self.clock += 1;
         let used = self.clock;
+        let entry = self.files.get_mut(&id)?;
+        entry.handle = Some((file.clone(), used));
+        entry.written += u64::from(write);
+        entry.pinned += u32::from(pin);
+        let written = entry.written;
         self.lru.insert(used, id);
-        let written = u64::from(write);
-        let self_checked = self.budget.self_checked.iter().any(|suffix| path.ends_with(suffix));
-        let open = Open { file: file.clone(), used, written, synced: 0, syncing: 0, opened: used, self_checked };
-        self.open.insert(id, open);
-        self.stats.open = self.open.len();
-        self.stats.open_peak = self.stats.open_peak.max(self.open.len());
-        file
+        self.stats.open += 1;
+        Some((file, written))
     }
 
-    fn close(&mut self, id: u64) -> Option<F> {
-        let entry = self.open.remove(&id)?;
-        self.lru.remove(&entry.used);
-        self.stats.open = self.open.len();
-        Some(entry.file)
+    /// A sync of `id` that held its handle ended.
+    fn unpin(&mut self, id: u64, covers: u64, succeeded: bool) {
+        if let Some(entry) = self.files.get_mut(&id) {
+            entry.pinned -= 1;
+            if succeeded {
+                entry.synced = entry.synced.max(Some(covers));
+            }
+        }
     }
 }
 
@@ -237,66 +269,175 @@ fn lock<F>(cache: &Mutex<Cache<F>>) -> MutexGuard<'_, Cache<F>> {
     cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+impl<D: Disk> Shared<D> {
+    /// Makes room for one handle (module doc), syncing and closing busy ones when it must.
+    fn reserve(&self) {
+        loop {
+            let room = lock(&self.cache).make_room();
+            match room {
+                Room::Made(closed) => {
+                    drop(closed);
+                    return;
+                }
+                Room::SyncFirst { closed, id, file, covers } => {
+                    drop(closed);
+                    crate::sometimes::hit(crate::sometimes::Sometimes::FileSyncedToClose);
+                    let result = file.sync_now();
+                    drop(file); // closed now that it is synced
+                    lock(&self.cache).closed_after_sync(id, covers, result);
+                }
+            }
+        }
+    }
+
+    /// Opens `path` in a place `reserve` made; gives the place back if the open fails.
+    fn open_reserved(&self, path: &str, create: bool) -> io::Result<D::File> {
+        self.reserve();
+        self.disk.open(path, create).inspect_err(|_| lock(&self.cache).opening -= 1)
+    }
+}
+
 impl<D: Disk> Handles<D> {
     pub fn new(disk: D, budget: HandleBudget) -> Handles<D> {
         assert!(budget.files_max > 0, "a handle budget of 0 files opens nothing");
         let cache = Cache {
             budget,
-            syncs: None,
             next_id: 0,
             clock: 0,
-            open: BTreeMap::new(),
+            files: BTreeMap::new(),
             lru: BTreeMap::new(),
             opening: 0,
-            failed: std::collections::BTreeSet::new(),
             stats: HandleStats::default(),
         };
-        Handles { disk, cache: Arc::new(Mutex::new(cache)) }
+        Handles { shared: Arc::new(Shared { disk, cache: Mutex::new(cache), syncs: OnceLock::new() }) }
     }
 
     pub fn stats(&self) -> HandleStats {
-        lock(&self.cache).stats
+        lock(&self.shared.cache).stats
     }
 
     pub fn budget(&self) -> HandleBudget {
-        lock(&self.cache).budget
+        lock(&self.shared.cache).budget
     }
 
     /// The disk under the budget.
     pub fn inner(&self) -> &D {
-        &self.disk
+        &self.shared.disk
     }
 
     /// Starts the task that coalesces syncs (module doc); it runs until every clone of this disk
     /// and of its files is gone. Needs a runtime.
     pub fn coalesce_syncs(&self) {
-        let (queue, mut requests) = tokio::sync::mpsc::unbounded_channel::<SyncRequest<D::File>>();
-        lock(&self.cache).syncs = Some(queue);
-        let disk = self.disk.clone();
-        tokio::spawn(async move {
-            while let Some(first) = requests.recv().await {
-                let mut group = vec![first];
-                while group.len() < SYNC_GROUP_MAX {
-                    match requests.try_recv() {
-                        Ok(request) => group.push(request),
-                        Err(_) => break,
-                    }
-                }
-                let (files, done): (Vec<D::File>, Vec<SyncDone>) = group.into_iter().unzip();
-                let results = disk.sync_files(files.clone()).await;
-                drop(files); // the handles the budget closed are closed now, once synced
-                for (done, result) in done.into_iter().zip(results) {
-                    done(result);
-                }
-            }
-        });
+        let (queue, requests) = tokio::sync::mpsc::unbounded_channel::<SyncRequest<D>>();
+        if self.shared.syncs.set(queue).is_err() {
+            return; // started already
+        }
+        let files_max = lock(&self.shared.cache).budget.files_max;
+        let group_max = (files_max / 2).clamp(1, SYNC_GROUP_MAX);
+        tokio::spawn(run_syncs(Arc::downgrade(&self.shared), requests, group_max));
     }
+}
+
+/// The coalescing task (module doc): groups of at most `group_max` files, in the order asked.
+async fn run_syncs<D: Disk>(
+    shared: Weak<Shared<D>>,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<SyncRequest<D>>,
+    group_max: usize,
+) {
+    let mut waiting = VecDeque::new();
+    loop {
+        if waiting.is_empty() {
+            match requests.recv().await {
+                Some(request) => waiting.push_back(request),
+                None => return,
+            }
+        }
+        while let Ok(request) = requests.try_recv() {
+            waiting.push_back(request);
+        }
+        let Some(shared) = shared.upgrade() else { return };
+        let group = next_group(&mut waiting, group_max);
+        if group.is_empty() {
+            continue;
+        }
+        let files = group.iter().map(|synced| synced.file.clone()).collect();
+        let results = shared.disk.sync_files(files).await;
+        drop(shared);
+        for (synced, result) in group.into_iter().zip(results) {
+            synced.finish(result);
+        }
+    }
+}
+
+/// One file of a sync group: its handle (held for the sync), the writes the sync covers, and the
+/// requests it answers.
+struct GroupFile<D: Disk> {
+    of: HandleFile<D>,
+    file: D::File,
+    covers: u64,
+    replies: Vec<tokio::sync::oneshot::Sender<io::Result<()>>>,
+}
+
+impl<D: Disk> GroupFile<D> {
+    fn finish(self, result: io::Result<()>) {
+        lock(&self.of.slot.shared.cache).unpin(self.of.slot.id, self.covers, result.is_ok());
+        drop(self.file);
+        for reply in self.replies {
+            let _ = reply.send(copy_result(&result));
+        }
+    }
+}
+
+fn copy_result(result: &io::Result<()>) -> io::Result<()> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(error) => Err(io::Error::new(error.kind(), error.to_string())),
+    }
+}
+
+/// Takes the next group from `waiting`: requests already covered or failed are answered at once,
+/// requests of one file share its sync, and at most `group_max` files are held; the rest wait.
+fn next_group<D: Disk>(waiting: &mut VecDeque<SyncRequest<D>>, group_max: usize) -> Vec<GroupFile<D>> {
+    let mut group: Vec<GroupFile<D>> = Vec::new();
+    let mut left = VecDeque::new();
+    while let Some(request) = waiting.pop_front() {
+        let id = request.file.slot.id;
+        let (failed, synced) = {
+            let cache = lock(&request.file.slot.shared.cache);
+            cache.files.get(&id).map_or((None, None), |entry| (entry.failed.clone(), entry.synced))
+        };
+        if let Some(cause) = failed {
+            let _ = request.reply.send(Err(failed_error(&cause)));
+        } else if synced.is_some_and(|synced| synced >= request.covers) {
+            let _ = request.reply.send(Ok(()));
+        } else if let Some(member) = group.iter_mut().find(|member| member.of.slot.id == id) {
+            member.replies.push(request.reply);
+        } else if group.len() < group_max {
+            match request.file.hold() {
+                Ok((file, covers)) => {
+                    group.push(GroupFile { of: request.file, file, covers, replies: vec![request.reply] })
+                }
+                Err(error) => drop(request.reply.send(Err(error))),
+            }
+        } else {
+            crate::sometimes::hit(crate::sometimes::Sometimes::SyncGroupFull);
+            left.push_back(request);
+        }
+    }
+    *waiting = left;
+    group
+}
+
+fn failed_error(cause: &str) -> io::Error {
+    io::Error::other(format!(
+        "a sync of this file's earlier writes failed when the open-file budget closed its handle: {cause}"
+    ))
 }
 
 /// How many of the least recently used handles eviction looks through for a clean one.
 const CLEAN_SEARCH_MAX: usize = 16;
 
-/// Syncs one coalesced group takes at most.
+/// Files one coalesced group syncs at most (and at most half the budget).
 pub const SYNC_GROUP_MAX: usize = 4096;
 
 /// One file of a [`Handles`] disk; clones share it. Its handle is opened on use.
@@ -313,35 +454,61 @@ impl<D: Disk> Clone for HandleFile<D> {
 struct Slot<D: Disk> {
     id: u64,
     path: String,
-    disk: D,
-    cache: Arc<Mutex<Cache<D::File>>>,
+    shared: Arc<Shared<D>>,
 }
 
 impl<D: Disk> Drop for Slot<D> {
     fn drop(&mut self) {
         let closed = {
-            let mut cache = lock(&self.cache);
-            cache.failed.remove(&self.id);
-            cache.close(self.id)
+            let mut cache = lock(&self.shared.cache);
+            let closed = cache.take(self.id);
+            cache.files.remove(&self.id);
+            closed
         };
         drop(closed);
     }
 }
 
 impl<D: Disk> HandleFile<D> {
-    /// The open handle, reopened (closing others) if the budget had closed it.
-    fn handle(&self, write: bool) -> io::Result<D::File> {
+    /// The open handle, reopened (closing others) if the budget had closed it, with the file's
+    /// writes so far; `pin`: held by a sync until `Cache::unpin`.
+    fn handle(&self, write: bool, pin: bool) -> io::Result<(D::File, u64)> {
         let slot = &self.slot;
-        if let Some(file) = lock(&slot.cache).touch(slot.id, write) {
-            return Ok(file);
+        if let Some(open) = lock(&slot.shared.cache).touch(slot.id, write, pin) {
+            return Ok(open);
         }
-        let closed = lock(&slot.cache).make_room(&Arc::downgrade(&slot.cache));
-        drop(closed);
-        let file = slot.disk.open(&slot.path, false).inspect_err(|_| lock(&slot.cache).opening -= 1)?;
-        let mut cache = lock(&slot.cache);
+        let file = slot.shared.open_reserved(&slot.path, false)?;
+        let mut cache = lock(&slot.shared.cache);
         cache.stats.reopens += 1;
         crate::sometimes::hit(crate::sometimes::Sometimes::FileHandleReopened);
-        Ok(cache.insert(slot.id, &slot.path, file, write))
+        cache.insert(slot.id, file, write, pin).ok_or_else(|| io::Error::other("a handle file outlived its entry"))
+    }
+
+    /// The handle, held for a sync (not closed until `Cache::unpin`), with the writes it covers; or
+    /// the error of a closing sync that failed before it was held (checked once held, since until
+    /// then an opener could sync and close it: a sync must not report `Ok` for writes that a failed
+    /// closing sync may have dropped).
+    fn hold(&self) -> io::Result<(D::File, u64)> {
+        let (file, covers) = self.handle(false, true)?;
+        if let Err(error) = self.written() {
+            lock(&self.slot.shared.cache).unpin(self.slot.id, covers, false);
+            return Err(error);
+        }
+        Ok((file, covers))
+    }
+
+    fn file(&self, write: bool) -> io::Result<D::File> {
+        self.handle(write, false).map(|(file, _)| file)
+    }
+
+    /// The file's writes so far, or the error its next sync returns.
+    fn written(&self) -> io::Result<u64> {
+        let cache = lock(&self.slot.shared.cache);
+        match cache.files.get(&self.slot.id) {
+            Some(Entry { failed: Some(cause), .. }) => Err(failed_error(cause)),
+            Some(entry) => Ok(entry.written),
+            None => Err(io::Error::other("a handle file outlived its entry")),
+        }
     }
 }
 
@@ -349,117 +516,140 @@ impl<D: Disk> Disk for Handles<D> {
     type File = HandleFile<D>;
 
     fn open(&self, path: &str, create: bool) -> io::Result<HandleFile<D>> {
-        let closed = lock(&self.cache).make_room(&Arc::downgrade(&self.cache));
-        drop(closed);
-        let file = self.disk.open(path, create).inspect_err(|_| lock(&self.cache).opening -= 1)?;
-        let mut cache = lock(&self.cache);
+        let shared = &self.shared;
+        let file = shared.open_reserved(path, create)?;
+        let mut cache = lock(&shared.cache);
         let id = cache.next_id;
         cache.next_id += 1;
         cache.stats.opens += 1;
-        cache.insert(id, path, file, false);
+        let self_checked = cache.budget.self_checked.iter().any(|suffix| path.ends_with(suffix));
+        let entry = Entry { handle: None, written: 0, synced: None, pinned: 0, self_checked, failed: None };
+        cache.files.insert(id, entry);
+        cache.insert(id, file, false, false);
         drop(cache);
-        let slot = Slot { id, path: path.to_string(), disk: self.disk.clone(), cache: self.cache.clone() };
+        let slot = Slot { id, path: path.to_string(), shared: shared.clone() };
         Ok(HandleFile { slot: Arc::new(slot) })
     }
 
     fn list(&self, dir: &str) -> io::Result<Vec<String>> {
-        self.disk.list(dir)
+        self.shared.disk.list(dir)
     }
 
     fn create_dir_all(&self, dir: &str) -> io::Result<()> {
-        self.disk.create_dir_all(dir)
+        self.shared.disk.create_dir_all(dir)
     }
 
     fn remove(&self, path: &str) -> io::Result<()> {
-        self.disk.remove(path)
+        self.shared.disk.remove(path)
     }
 
     fn remove_dir_all(&self, dir: &str) -> io::Result<()> {
-        self.disk.remove_dir_all(dir)
+        self.shared.disk.remove_dir_all(dir)
     }
 
     fn sync_dir(&self, dir: &str) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        self.disk.sync_dir(dir)
+        self.shared.disk.sync_dir(dir)
     }
 }
 
 impl<D: Disk> DiskFile for HandleFile<D> {
     fn len(&self) -> io::Result<u64> {
-        self.handle(false)?.len()
+        self.file(false)?.len()
     }
 
     fn write_at(&self, pos: u64, data: &[u8]) -> io::Result<()> {
-        self.handle(true)?.write_at(pos, data)
+        self.file(true)?.write_at(pos, data)
     }
 
     fn read_at(&self, pos: u64, len: usize) -> io::Result<Bytes> {
-        self.handle(false)?.read_at(pos, len)
+        self.file(false)?.read_at(pos, len)
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.handle(true)?.set_len(len)
+        self.file(true)?.set_len(len)
     }
 
     fn sync(&self) -> impl Future<Output = io::Result<()>> + Send + 'static {
-        // The sync covers the writes issued before this call; the handle stays open (not evictable)
-        // until it completes, and is clean then if nothing was written meanwhile.
-        let failed = lock(&self.slot.cache).failed.contains(&self.slot.id);
-        let started = self.handle(false).and_then(|file| {
-            if failed {
-                let message =
-                    "a sync of this file's earlier writes failed (when the open-file budget closed its handle)";
-                return Err(io::Error::other(message));
-            }
-            let mut cache = lock(&self.slot.cache);
-            let covers = cache.open.get_mut(&self.slot.id).map(|open| {
-                open.syncing += 1;
-                (open.opened, open.written)
-            });
-            Ok((file, covers, cache.syncs.clone()))
-        });
-        let slot = self.slot.clone();
-        async move {
-            let (file, covers, queue) = started?;
-            let result = match queue {
-                None => file.sync().await,
-                Some(queue) => {
-                    let (reply, result) = tokio::sync::oneshot::channel();
-                    let done: SyncDone = Box::new(move |result| {
-                        let _ = reply.send(result);
-                    });
-                    match queue.send((file, done)) {
-                        Ok(()) => result.await.unwrap_or_else(|_| Err(io::Error::other("the sync task stopped"))),
-                        Err(refused) => refused.0 .0.sync().await, // the task is gone: sync alone
-                    }
-                }
+        // The sync covers the writes issued before this call. With the coalescing task it waits
+        // there without a descriptor; without it, the handle is held (not closed) until it is done.
+        let this = self.clone();
+        let queued = self.written().map(|covers| {
+            let (reply, result) = tokio::sync::oneshot::channel();
+            let queue = self.slot.shared.syncs.get().cloned();
+            let refused = match queue {
+                Some(queue) => queue.send(SyncRequest { file: self.clone(), covers, reply }).err().map(|_| ()),
+                None => Some(()),
             };
-            if let Some((opened, covers)) = covers {
-                let mut cache = lock(&slot.cache);
-                if let Some(open) = cache.open.get_mut(&slot.id).filter(|open| open.opened == opened) {
-                    open.syncing -= 1;
-                    if result.is_ok() {
-                        open.synced = open.synced.max(covers);
-                    }
-                }
+            (refused.is_none(), result)
+        });
+        async move {
+            match queued? {
+                (true, result) => result.await.unwrap_or_else(|_| Err(io::Error::other("the sync task stopped"))),
+                (false, _) => this.sync_alone().await,
             }
-            result
         }
+    }
+
+    fn sync_now(&self) -> io::Result<()> {
+        let (file, covers) = self.hold()?;
+        let result = file.sync_now();
+        drop(file);
+        lock(&self.slot.shared.cache).unpin(self.slot.id, covers, result.is_ok());
+        result
+    }
+}
+
+impl<D: Disk> HandleFile<D> {
+    /// A sync without the coalescing task: on the held handle (released even if the future is
+    /// dropped half-way).
+    async fn sync_alone(self) -> io::Result<()> {
+        let (file, covers) = self.hold()?;
+        let mut held = Held { of: &self, covers, succeeded: false };
+        let result = file.sync().await;
+        held.succeeded = result.is_ok();
+        drop(file);
+        drop(held);
+        result
+    }
+}
+
+/// A handle held by a sync, released when dropped.
+struct Held<'a, D: Disk> {
+    of: &'a HandleFile<D>,
+    covers: u64,
+    succeeded: bool,
+}
+
+impl<D: Disk> Drop for Held<'_, D> {
+    fn drop(&mut self) {
+        lock(&self.of.slot.shared.cache).unpin(self.of.slot.id, self.covers, self.succeeded);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::storage::sim::SimDisk;
+    use crate::storage::sim::{SimDisk, SimDiskFaults};
 
     fn block_on<F: Future>(future: F) -> F::Output {
         futures::executor::block_on(future)
     }
 
+    /// A budget of `files_max` over a simulated disk that refuses descriptors past it (EMFILE), so
+    /// any descriptor the budget lets past its bound fails the test.
     fn disk(files_max: usize, keep_unsynced: bool) -> (SimDisk, Handles<SimDisk>) {
         let sim = SimDisk::new(7);
         sim.create_dir_all("d").unwrap();
+        sim.set_open_files_max(Some(files_max));
         (sim.clone(), Handles::new(sim, HandleBudget { files_max, keep_unsynced, self_checked: &[".index"] }))
+    }
+
+    fn failing_fsyncs() -> SimDiskFaults {
+        SimDiskFaults { fsync_error_probability: 1.0, ..SimDiskFaults::default() }
+    }
+
+    fn current_thread() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
     #[test]
@@ -476,37 +666,73 @@ mod tests {
         assert_eq!(&b.read_at(0, 3).unwrap()[..], b"bee");
         a.write_at(0, b"ay").unwrap();
         assert_eq!(&a.read_at(0, 9).unwrap()[..], b"ay");
-        assert!(disk.stats().open <= 2 + disk.stats().over_budget as usize);
         drop((a, b, c));
-        assert_eq!(disk.stats().open, 0, "the last clone closes its handle");
-        assert_eq!(disk.stats().open_peak, 2);
+        let stats = disk.stats();
+        assert_eq!(stats.open, 0, "the last clone closes its handle");
+        assert_eq!((stats.open_peak, stats.over_budget), (2, 0));
     }
 
     #[test]
-    fn an_unsynced_handle_is_kept_until_a_sync_is_called() {
-        let (_, disk) = disk(1, true);
+    fn an_unsynced_handle_is_synced_by_the_opener_before_the_budget_closes_it() {
+        let (sim, disk) = disk(1, true);
         let a = disk.open("d/a", true).unwrap();
+        block_on(disk.sync_dir("d")).unwrap();
         a.write_at(0, b"unsynced").unwrap();
         let b = disk.open("d/b", true).unwrap();
         let stats = disk.stats();
-        assert_eq!((stats.open, stats.evictions, stats.over_budget), (2, 0, 1), "a is kept: it has unsynced writes");
-        let sync = a.sync();
-        let c = disk.open("d/c", true).unwrap();
-        assert_eq!(disk.stats().evictions, 1, "b went; a is kept while its sync is in flight");
-        block_on(sync).unwrap();
-        let _d = disk.open("d/d", true).unwrap();
-        assert_eq!(disk.stats().evictions, 3, "a, synced now, and c went");
-        assert_eq!(&a.read_at(0, 8).unwrap()[..], b"unsynced");
-        drop((b, c));
+        assert_eq!((stats.open, stats.evictions, stats.closing_syncs, stats.over_budget), (1, 1, 1, 0));
+        assert_eq!((stats.closing, sim.open_files()), (0, 1), "a was closed once synced");
+        sim.crash();
+        assert_eq!(sim.durable_content("d/a").unwrap(), b"unsynced", "synced before it was closed");
+        drop(b);
     }
 
     #[test]
-    fn with_fsync_never_unsynced_handles_are_closed_too() {
-        let (_, disk) = disk(1, false);
+    fn a_closing_sync_that_fails_fails_the_files_next_sync() {
+        let (sim, disk) = disk(1, true);
+        let a = disk.open("d/a", true).unwrap();
+        a.write_at(0, b"x").unwrap();
+        sim.set_faults(failing_fsyncs());
+        let b = disk.open("d/b", true).unwrap();
+        sim.set_faults(SimDiskFaults::default());
+        assert_eq!(disk.stats().closing_syncs, 1);
+        let error = block_on(a.sync()).unwrap_err();
+        assert!(error.to_string().contains("open-file budget"), "{error}");
+        assert!(block_on(a.sync()).is_err(), "and every sync after it: the writer must recover the file");
+        drop(b);
+    }
+
+    /// A sync called before a closing sync of its file failed reports the failure, with or without
+    /// the sync task: the writes it covers may be gone (a failed fsync may drop dirty pages).
+    #[test]
+    fn a_sync_called_before_a_failed_closing_sync_fails_too() {
+        for coalesced in [false, true] {
+            current_thread().block_on(async {
+                let (sim, disk) = disk(1, true);
+                if coalesced {
+                    disk.coalesce_syncs();
+                }
+                let a = disk.open("d/a", true).unwrap();
+                a.write_at(0, b"x").unwrap();
+                let sync = a.sync(); // not run yet
+                sim.set_faults(failing_fsyncs());
+                let b = disk.open("d/b", true).unwrap(); // syncs a, failing, and closes it
+                sim.set_faults(SimDiskFaults::default());
+                let error = sync.await.unwrap_err();
+                assert!(error.to_string().contains("injected fsync error"), "coalesced {coalesced}: {error}");
+                drop(b);
+            });
+        }
+    }
+
+    #[test]
+    fn with_fsync_never_unsynced_handles_are_closed_without_a_sync() {
+        let (sim, disk) = disk(1, false);
         let a = disk.open("d/a", true).unwrap();
         a.write_at(0, b"x").unwrap();
         let _b = disk.open("d/b", true).unwrap();
-        assert_eq!((disk.stats().open, disk.stats().over_budget), (1, 0));
+        let stats = disk.stats();
+        assert_eq!((stats.open, stats.closing_syncs, stats.over_budget, sim.stats().syncs), (1, 0, 0, 0));
         assert_eq!(&a.read_at(0, 1).unwrap()[..], b"x");
     }
 
@@ -527,6 +753,24 @@ mod tests {
         assert!(sim.durable_content("d/a").unwrap().starts_with(b"first+second"));
     }
 
+    /// What a crashed process left unsynced in a file is made durable by the first sync after the
+    /// file is opened, though nothing was written through the budget.
+    #[test]
+    fn the_first_sync_after_an_open_covers_what_the_file_held_before() {
+        let (sim, disk) = disk(2, true);
+        let before = sim.open("d/a", true).unwrap();
+        block_on(sim.sync_dir("d")).unwrap();
+        before.write_at(0, b"left by a crashed process").unwrap();
+        drop(before);
+        current_thread().block_on(async {
+            disk.coalesce_syncs();
+            let a = disk.open("d/a", false).unwrap();
+            a.sync().await.unwrap();
+        });
+        sim.crash();
+        assert_eq!(sim.durable_content("d/a").unwrap(), b"left by a crashed process");
+    }
+
     #[test]
     fn a_file_removed_while_its_handle_is_closed_is_gone() {
         let (_, disk) = disk(1, true);
@@ -538,8 +782,7 @@ mod tests {
 
     #[test]
     fn coalesced_syncs_make_each_file_durable_and_report_each_result() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
+        current_thread().block_on(async {
             let (sim, disk) = disk(2, true);
             disk.coalesce_syncs();
             let files: Vec<_> = (0..5).map(|i| disk.open(&format!("d/f{i}"), true).unwrap()).collect();
@@ -556,90 +799,79 @@ mod tests {
                 assert_eq!(sim.durable_content(&format!("d/f{i}")).unwrap(), format!("value {i}").as_bytes());
             }
             // A failing sync reports its failure to its own caller.
-            sim.set_faults(crate::storage::sim::SimDiskFaults {
-                fsync_error_probability: 1.0,
-                ..crate::storage::sim::SimDiskFaults::default()
-            });
+            sim.set_faults(failing_fsyncs());
             let reopened = disk.open("d/f0", false).unwrap();
             reopened.write_at(0, b"x").unwrap();
             assert!(reopened.sync().await.is_err());
         });
     }
 
+    /// The budget's bound with syncs in flight: 8 files written and synced at once through a budget
+    /// of 8 over a disk that refuses a ninth descriptor, with slow syncs, while 8 other files are
+    /// read. A group holds at most 4 handles, so each read finds one to close (syncing it first if it
+    /// must); a group holding all 8 would leave none (the disk's EMFILE fails the read).
     #[test]
-    fn an_unsynced_handle_is_synced_before_the_budget_closes_it_and_a_failure_reaches_its_writer() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
+    fn slow_syncs_of_many_files_keep_the_descriptors_within_the_budget() {
+        current_thread().block_on(async {
+            let (sim, disk) = disk(8, true);
+            disk.coalesce_syncs();
+            let files: Vec<_> = (0..16).map(|i| disk.open(&format!("d/f{i}"), true).unwrap()).collect();
+            disk.sync_dir("d").await.unwrap();
+            sim.set_faults(SimDiskFaults { fsync_latency_ms: (5, 5), ..SimDiskFaults::default() });
+            for round in 0..4u8 {
+                let (written, read) = files.split_at(8);
+                let (written, read) = if round % 2 == 0 { (written, read) } else { (read, written) };
+                let syncs: Vec<_> = written
+                    .iter()
+                    .map(|file| {
+                        file.write_at(u64::from(round), &[round]).unwrap();
+                        tokio::spawn(file.sync())
+                    })
+                    .collect();
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await; // the first group runs
+                for file in read {
+                    file.read_at(0, 1).unwrap();
+                    assert!(sim.open_files() <= 8, "{} descriptors", sim.open_files());
+                }
+                for sync in syncs {
+                    sync.await.unwrap().unwrap();
+                }
+            }
+            let stats = disk.stats();
+            assert_eq!((stats.over_budget, sim.stats().open_files_refused), (0, 0), "{stats:?}");
+            assert!(stats.open_peak <= 8 && stats.closing_syncs > 0, "{stats:?}");
+            sim.crash();
+            for i in 0..16 {
+                let expected: &[u8] = if i < 8 { &[0, 0, 2] } else { &[0, 1, 0, 3] };
+                assert_eq!(sim.durable_content(&format!("d/f{i}")).unwrap(), expected, "f{i}");
+            }
+        });
+    }
+
+    /// A sync waiting in the queue whose writes the opener's closing sync already made durable
+    /// completes without reopening the file.
+    #[test]
+    fn a_sync_covered_by_a_closing_sync_needs_no_descriptor() {
+        current_thread().block_on(async {
             let (sim, disk) = disk(1, true);
             disk.coalesce_syncs();
             let a = disk.open("d/a", true).unwrap();
             disk.sync_dir("d").await.unwrap();
-            a.write_at(0, b"written").unwrap();
-            let b = disk.open("d/b", true).unwrap(); // a leaves the cache, to be synced then closed
-            assert_eq!((disk.stats().open, disk.stats().closing), (1, 1));
-            assert_eq!(sim.open_files(), 2, "a's descriptor is open until its sync is done");
-            tokio::task::yield_now().await;
-            assert_eq!((disk.stats().closing, sim.open_files()), (0, 1));
+            a.write_at(0, b"covered").unwrap();
+            let sync = a.sync(); // queued, not yet run
+            let b = disk.open("d/b", true).unwrap(); // syncs a, then closes it
+            sync.await.unwrap();
+            let stats = disk.stats();
+            assert_eq!((stats.closing_syncs, stats.reopens, sim.open_files()), (1, 0, 1));
             sim.crash();
-            assert_eq!(sim.durable_content("d/a").unwrap(), b"written", "synced before it was closed");
-
-            // A closing sync that fails: the writer's next sync fails.
-            let (sim, disk) = super::tests::disk(1, true);
-            disk.coalesce_syncs();
-            let a = disk.open("d/a", true).unwrap();
-            a.write_at(0, b"x").unwrap();
-            sim.set_faults(crate::storage::sim::SimDiskFaults {
-                fsync_error_probability: 1.0,
-                ..crate::storage::sim::SimDiskFaults::default()
-            });
-            let _b = disk.open("d/b", true).unwrap();
-            tokio::task::yield_now().await;
-            sim.set_faults(crate::storage::sim::SimDiskFaults::default());
-            let error = a.sync().await.unwrap_err();
-            assert!(error.to_string().contains("open-file budget"), "{error}");
+            assert_eq!(sim.durable_content("d/a").unwrap(), b"covered");
             drop(b);
         });
     }
 
     #[test]
-    fn a_handle_waiting_for_its_closing_sync_counts_in_the_budget() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            let (sim, disk) = disk(3, true);
-            disk.coalesce_syncs();
-            let a = disk.open("d/a", true).unwrap();
-            let b = disk.open("d/b", true).unwrap();
-            let c = disk.open("d/c", true).unwrap();
-            a.write_at(0, b"a").unwrap();
-            c.write_at(0, b"c").unwrap();
-            // a and c are unsynced, b is clean and second oldest: b is closed first.
-            let d = disk.open("d/d", true).unwrap();
-            assert_eq!((disk.stats().open, disk.stats().closing, disk.stats().over_budget), (3, 0, 0));
-            // No clean handle among a, c, d's oldest? d is clean: it goes, then a (unsynced, oldest)
-            // would have to close after its sync: the budget counts its descriptor meanwhile.
-            c.write_at(1, b"c").unwrap();
-            d.write_at(0, b"d").unwrap();
-            let e = disk.open("d/e", true).unwrap();
-            assert_eq!((disk.stats().closing, disk.stats().over_budget), (1, 1), "a closes after its sync");
-            assert_eq!(sim.open_files(), 4, "over the budget by the closing descriptor");
-            // While a's sync is in flight, the next open closes the clean e and, the budget still
-            // being full with a counted, sends c to its closing sync: no descriptor is added.
-            let f = disk.open("d/f", true).unwrap();
-            assert_eq!(sim.open_files(), 4);
-            assert_eq!((disk.stats().open, disk.stats().closing, disk.stats().over_budget), (2, 2, 2));
-            tokio::task::yield_now().await;
-            assert_eq!((disk.stats().closing, sim.open_files()), (0, 2), "a and c closed once synced");
-            assert_eq!(a.read_at(0, 1).unwrap().as_ref(), b"a");
-            assert_eq!(c.read_at(0, 2).unwrap().as_ref(), b"cc");
-            assert_eq!(sim.open_files(), 3, "reopening c closed the clean f: within the budget again");
-            drop((b, e, f));
-        });
-    }
-
-    #[test]
     fn a_self_checked_file_with_unsynced_writes_is_closed_like_a_clean_one() {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
+        current_thread().block_on(async {
             let (sim, disk) = disk(2, true);
             disk.coalesce_syncs();
             let log = disk.open("d/0.log", true).unwrap();
@@ -650,12 +882,11 @@ mod tests {
             // Both unsynced; the log is older, but the index is the one closed, without a sync.
             let other = disk.open("d/1.log", true).unwrap();
             let stats = disk.stats();
-            assert_eq!((stats.evictions, stats.closing, stats.over_budget), (1, 0, 0));
+            assert_eq!((stats.evictions, stats.closing_syncs, stats.over_budget), (1, 0, 0));
             assert_eq!(sim.open_files(), 2);
             other.write_at(0, b"other").unwrap();
             assert_eq!(index.read_at(0, 5).unwrap().as_ref(), b"entry", "its writes are in the page cache");
-            assert_eq!(disk.stats().closing, 1, "reopening the index sent the unsynced log to its sync");
-            tokio::task::yield_now().await;
+            assert_eq!(disk.stats().closing_syncs, 1, "reopening the index synced and closed the unsynced log");
             sim.crash();
             assert_eq!(sim.durable_content("d/0.log").unwrap(), b"batch", "the log was synced before it closed");
             drop((log, other));

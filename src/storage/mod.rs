@@ -70,4 +70,8 @@ pub trait DiskFile: Clone + Send + Sync + 'static {
     /// Makes every write issued before this call durable. The future owns what it needs, so the
     /// caller can keep writing while it runs (group commit).
     fn sync(&self) -> impl Future<Output = io::Result<()>> + Send + 'static;
+    /// As `sync`, blocking the calling thread until it is done. Only for the open-file budget, which
+    /// syncs a handle with unsynced writes before closing it, inside a synchronous call
+    /// (`handles::Handles`); everything else uses `sync`.
+    fn sync_now(&self) -> io::Result<()>;
 }

@@ -254,6 +254,9 @@ struct State {
     inodes: BTreeMap<InodeId, Inode>,
     /// File entries by full path.
     entries: BTreeMap<String, Entry>,
+    /// The paths of `entries` by their directory, so a directory sync visits its own entries only (a
+    /// topic directory of 3,000 partition directories has none).
+    entries_by_dir: BTreeMap<String, BTreeSet<String>>,
     /// Directories by full path ("" is the root and always exists).
     dirs: BTreeSet<String>,
     stats: SimDiskStats,
@@ -421,6 +424,7 @@ impl SimDisk {
                 next_inode: 0,
                 inodes: BTreeMap::new(),
                 entries: BTreeMap::new(),
+                entries_by_dir: BTreeMap::new(),
                 dirs,
                 stats: SimDiskStats::default(),
                 misdirected_paths: BTreeSet::new(),
@@ -473,6 +477,11 @@ impl SimDisk {
             entry.current = entry.durable;
         }
         state.entries.retain(|_, entry| entry.current.is_some());
+        let entries = &state.entries;
+        for paths in state.entries_by_dir.values_mut() {
+            paths.retain(|path| entries.contains_key(path));
+        }
+        state.entries_by_dir.retain(|_, paths| !paths.is_empty());
         state.collect_garbage();
         let ids: Vec<InodeId> = state.inodes.keys().copied().collect();
         for id in ids {
@@ -598,6 +607,7 @@ impl Disk for SimDisk {
         let id = state.next_inode;
         state.next_inode += 1;
         state.inodes.insert(id, Inode::default());
+        state.entries_by_dir.entry(parent_of(&path).to_string()).or_default().insert(path.clone());
         state.entries.entry(path).or_default().current = Some(id);
         Ok(SimFile { state: self.state.clone(), inode: id, generation, _descriptor: descriptor })
     }
@@ -660,6 +670,7 @@ impl Disk for SimDisk {
         let prefix = format!("{dir}/");
         state.dirs.retain(|path| *path != dir && !path.starts_with(&prefix));
         state.entries.retain(|path, _| !path.starts_with(&prefix));
+        state.entries_by_dir.retain(|parent, _| *parent != dir && !parent.starts_with(&prefix));
         state.collect_garbage();
         Ok(())
     }
@@ -683,21 +694,25 @@ impl Disk for SimDisk {
             if !state.dirs.contains(&dir) {
                 return Err(not_found(&dir));
             }
-            // Only the entries under `dir` (a range of the sorted paths), so a disk with many
-            // directories syncs one in time proportional to it.
+            // Only the entries directly in `dir` (`entries_by_dir`), so a directory of 3,000
+            // partition directories syncs in time proportional to its own entries.
             let mut released = false;
             let mut forgotten = Vec::new();
-            for (path, entry) in state.entries.range_mut(under(&dir)..).take_while(|(path, _)| is_under(path, &dir)) {
-                if parent_of(path) == dir {
-                    released |= entry.durable.is_some() && entry.durable != entry.current;
-                    entry.durable = entry.current;
-                    if entry.current.is_none() {
-                        forgotten.push(path.clone());
-                    }
+            let paths: Vec<String> =
+                state.entries_by_dir.get(&dir).map_or_else(Vec::new, |paths| paths.iter().cloned().collect());
+            for path in paths {
+                let entry = state.entries.get_mut(&path).expect("entries_by_dir lists entries");
+                released |= entry.durable.is_some() && entry.durable != entry.current;
+                entry.durable = entry.current;
+                if entry.current.is_none() {
+                    forgotten.push(path);
                 }
             }
             for path in forgotten {
                 state.entries.remove(&path);
+                if let Some(paths) = state.entries_by_dir.get_mut(&dir) {
+                    paths.remove(&path);
+                }
             }
             if released {
                 state.collect_garbage();
@@ -781,40 +796,56 @@ impl DiskFile for SimFile {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            let mut state = lock(&file.state);
-            let state = &mut *state;
-            state.inode(&file)?;
-            state.stats.syncs += 1;
-            if !latency.is_zero() {
-                state.stats.delayed_syncs += 1;
-            }
-            let error_probability = state.faults.fsync_error_probability;
-            let fails = state.rng.random_bool(error_probability);
-            let inode = state.inodes.get_mut(&file.inode).expect("checked above");
-            let n_covered = inode.pending.iter().take_while(|(seq, _)| *seq < covered_seq).count();
-            let covered: Vec<(u64, PendingOp)> = inode.pending.drain(..n_covered).collect();
-            if fails {
-                state.stats.sync_errors += 1;
-                let inode = state.inodes.get_mut(&file.inode).expect("checked above");
-                let mut durable = std::mem::take(&mut inode.durable);
-                state.crash_apply(&mut durable, &covered);
-                let inode = state.inodes.get_mut(&file.inode).expect("checked above");
-                let mut current = durable.clone();
-                for (_, op) in &inode.pending {
-                    apply_op(&mut current, op);
-                }
-                inode.durable = durable;
-                inode.current = current;
-                return Err(io::Error::other("simdisk: injected fsync error"));
-            }
-            for (_, op) in &covered {
-                apply_op(&mut inode.durable, op);
-                if let PendingOp::Write { data, .. } = op {
-                    state.stats.synced_bytes += data.len() as u64;
-                }
-            }
-            Ok(())
+            file.complete_sync(covered_seq, !latency.is_zero())
         }
+    }
+
+    /// A sync that takes no simulated time: the latency and stall faults do not apply to it (a
+    /// blocking call cannot wait for virtual time); its failures are drawn as any sync's.
+    fn sync_now(&self) -> io::Result<()> {
+        let covered_seq = lock(&self.state).inode(self)?.next_seq;
+        self.complete_sync(covered_seq, false)
+    }
+}
+
+impl SimFile {
+    /// Ends a sync that covers the writes before `covered_seq`: they become durable, or, when an
+    /// injected failure is drawn, a crash's choice of them does.
+    fn complete_sync(&self, covered_seq: u64, delayed: bool) -> io::Result<()> {
+        let file = self;
+        let mut state = lock(&file.state);
+        let state = &mut *state;
+        state.inode(file)?;
+        state.stats.syncs += 1;
+        if delayed {
+            state.stats.delayed_syncs += 1;
+        }
+        let error_probability = state.faults.fsync_error_probability;
+        let fails = state.rng.random_bool(error_probability);
+        let inode = state.inodes.get_mut(&file.inode).expect("checked above");
+        let n_covered = inode.pending.iter().take_while(|(seq, _)| *seq < covered_seq).count();
+        let covered: Vec<(u64, PendingOp)> = inode.pending.drain(..n_covered).collect();
+        if fails {
+            state.stats.sync_errors += 1;
+            let inode = state.inodes.get_mut(&file.inode).expect("checked above");
+            let mut durable = std::mem::take(&mut inode.durable);
+            state.crash_apply(&mut durable, &covered);
+            let inode = state.inodes.get_mut(&file.inode).expect("checked above");
+            let mut current = durable.clone();
+            for (_, op) in &inode.pending {
+                apply_op(&mut current, op);
+            }
+            inode.durable = durable;
+            inode.current = current;
+            return Err(io::Error::other("simdisk: injected fsync error"));
+        }
+        for (_, op) in &covered {
+            apply_op(&mut inode.durable, op);
+            if let PendingOp::Write { data, .. } = op {
+                state.stats.synced_bytes += data.len() as u64;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -905,6 +936,26 @@ mod tests {
         disk.crash();
         assert_eq!(disk.list("d").unwrap(), vec!["kept".to_string()]);
         assert_eq!(&disk.open("d/kept", false).unwrap().read_at(0, 10).unwrap()[..], b"x");
+    }
+
+    /// A directory sync makes its own entries durable, and not those of its subdirectories, before,
+    /// between and after them in path order.
+    #[test]
+    fn a_directory_sync_covers_its_own_entries_only() {
+        let disk = SimDisk::new(3);
+        for dir in ["d", "d/0", "d/1", "d/10", "e"] {
+            disk.create_dir_all(dir).unwrap();
+        }
+        for path in ["d/.a", "d/0/x", "d/0.log", "d/1/y", "d/10/z", "d/1a", "d/z", "e/w"] {
+            disk.open(path, true).unwrap();
+        }
+        block_on(disk.sync_dir("d")).unwrap();
+        block_on(disk.sync_dir("d/1")).unwrap();
+        disk.crash();
+        assert_eq!(disk.list("d").unwrap(), [".a", "0", "0.log", "1", "10", "1a", "z"]);
+        for (dir, kept) in [("d/0", &[][..]), ("d/1", &["y"][..]), ("d/10", &[][..]), ("e", &[][..])] {
+            assert_eq!(disk.list(dir).unwrap(), kept, "{dir}");
+        }
     }
 
     #[test]

@@ -79,6 +79,9 @@ impl DiskFile for YieldingFile {
             sync.await
         }
     }
+    fn sync_now(&self) -> std::io::Result<()> {
+        self.0.sync_now()
+    }
 }
 
 /// Polls `future` at most `n_polls` times (it must not wait for anything but its own yields).
