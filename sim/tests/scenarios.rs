@@ -638,7 +638,7 @@ async fn push_3() {
     driver::run(&scenario::push_3()).await.assert_valid();
 }
 
-/// 3,000 partitions on one broker with 32 partition files open at once, under power loss, crashes,
+/// 3,000 partitions on one broker with 96 partition files open at once, under power loss, crashes,
 /// graceful restarts and slow fsyncs: handles closed and reopened, lazy opens, coalesced syncs;
 /// nothing acknowledged lost.
 #[madsim::test]
