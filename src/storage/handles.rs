@@ -687,14 +687,21 @@ mod tests {
         drop(b);
     }
 
+    /// Opens `d/b` through a budget of one file whose only handle has unsynced writes: the opener
+    /// syncs that handle, failing, and closes it.
+    fn open_b_closing_the_other_with_a_failing_sync(sim: &SimDisk, disk: &Handles<SimDisk>) -> HandleFile<SimDisk> {
+        sim.set_faults(failing_fsyncs());
+        let b = disk.open("d/b", true).unwrap();
+        sim.set_faults(SimDiskFaults::default());
+        b
+    }
+
     #[test]
     fn a_closing_sync_that_fails_fails_the_files_next_sync() {
         let (sim, disk) = disk(1, true);
         let a = disk.open("d/a", true).unwrap();
         a.write_at(0, b"x").unwrap();
-        sim.set_faults(failing_fsyncs());
-        let b = disk.open("d/b", true).unwrap();
-        sim.set_faults(SimDiskFaults::default());
+        let b = open_b_closing_the_other_with_a_failing_sync(&sim, &disk);
         assert_eq!(disk.stats().closing_syncs, 1);
         let error = block_on(a.sync()).unwrap_err();
         assert!(error.to_string().contains("open-file budget"), "{error}");
@@ -715,9 +722,7 @@ mod tests {
                 let a = disk.open("d/a", true).unwrap();
                 a.write_at(0, b"x").unwrap();
                 let sync = a.sync(); // not run yet
-                sim.set_faults(failing_fsyncs());
-                let b = disk.open("d/b", true).unwrap(); // syncs a, failing, and closes it
-                sim.set_faults(SimDiskFaults::default());
+                let b = open_b_closing_the_other_with_a_failing_sync(&sim, &disk);
                 let error = sync.await.unwrap_err();
                 assert!(error.to_string().contains("injected fsync error"), "coalesced {coalesced}: {error}");
                 drop(b);
