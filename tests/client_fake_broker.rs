@@ -518,6 +518,28 @@ async fn a_blackholed_first_bootstrap_entry_costs_one_connect_timeout() {
     }
 }
 
+/// A cluster that lost its metadata majority: the live broker answers `NotLeader` (no Raft
+/// leader), the other is dead. The error is the live broker's answer, whichever is tried last.
+#[tokio::test]
+async fn a_broker_without_a_raft_leader_is_reported_over_a_dead_one() {
+    let dead = refusing_addr();
+    let live = fake_broker(Box::new(|id, _body| {
+        let info = ErrorInfo::new(ErrorCode::NotLeader, "no Raft leader is known; try again");
+        vec![(id, Body::ErrorResponse(ErrorResponse { error: Some(info) }))]
+    }))
+    .await;
+    for bootstrap in [format!("{live},{dead}"), format!("{dead},{live}")] {
+        let client = fast_client(bootstrap.clone());
+        for _ in 0..2 {
+            let result = timeout(WAIT_MAX, client.metadata(&[])).await.unwrap();
+            assert!(
+                matches!(&result, Err(error) if error.code() == Some(ErrorCode::NotLeader)),
+                "{bootstrap}: {result:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn acks_none_waits_for_nothing_and_reports_no_broker_error() {
     let (addr, seen) = produce_broker(|_| produce_refused(ErrorCode::NotEnoughReplicas)).await;

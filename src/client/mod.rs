@@ -563,6 +563,8 @@ impl Client {
     /// Raft leader (`NotLeader`: nothing was proposed), sends the request on to the next one; after
     /// a round over all of them, backoff and another round, up to `retries` more rounds.
     /// `read_only` requests are also passed on after an ambiguous outcome; others return it.
+    /// When no broker could answer, the error returned is the last broker's answer (`NotLeader`),
+    /// or the last failure if none answered.
     pub async fn request_any(&self, body: Body, read_only: bool, extra: Duration) -> Result<Body, ClientError> {
         let mut backoff = self.config.retry_backoff;
         let mut last_error = None;
@@ -590,7 +592,13 @@ impl Client {
                     return result;
                 }
                 tracing::debug!(%addr, ?result, "broker could not answer; trying another");
-                last_error = Some(result);
+                // What a broker answered says more than a failed connect to another one (a dead
+                // broker tried last must not hide that the live ones have no Raft leader).
+                let connect_failed = matches!(result, Err(ClientError::Connect { .. }));
+                let answered_before = matches!(last_error, Some(Ok(_) | Err(ClientError::Server { .. })));
+                if !(connect_failed && answered_before) {
+                    last_error = Some(result);
+                }
             }
         }
         last_error.expect("at least one attempt")
