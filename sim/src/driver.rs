@@ -827,11 +827,10 @@ impl Run {
 
     async fn wait_converged(&mut self, deadline: Instant, heal_at: Instant) {
         match wait_converged(&self.cluster, deadline).await {
-            Ok(status) => self.note(format!(
-                "liveness: converged at applied {} commit {} state_hash {:016x} in {} ms",
+            Ok((status, state_hash)) => self.note(format!(
+                "liveness: converged at applied {} commit {} state_hash {state_hash:016x} in {} ms",
                 status.applied_index,
                 status.commit_index,
-                status.state_hash,
                 heal_at.elapsed().as_millis()
             )),
             Err(statuses) => self.violations.push(format!(

@@ -287,23 +287,31 @@ impl Supervisor {
 }
 
 /// Polls until every broker reports the same applied index, commit index and state hash (and has
-/// applied everything it knows committed), or `deadline`. Returns the last statuses seen.
-pub async fn wait_converged(cluster: &Cluster, deadline: Instant) -> Result<NodeStatus, Vec<Option<NodeStatus>>> {
+/// applied everything it knows committed), or `deadline`. Returns the last statuses seen, and the
+/// state hash they agree on.
+pub async fn wait_converged(
+    cluster: &Cluster,
+    deadline: Instant,
+) -> Result<(NodeStatus, u64), Vec<Option<NodeStatus>>> {
     loop {
-        let all: Vec<Option<NodeStatus>> =
-            (0..cluster.broker_count()).map(|index| cluster.meta_slot(index).node.map(|node| node.status())).collect();
+        let nodes: Vec<_> = (0..cluster.broker_count()).map(|index| cluster.meta_slot(index).node).collect();
+        let all: Vec<Option<NodeStatus>> = nodes.iter().map(|node| node.as_ref().map(|node| node.status())).collect();
         if let Some(Some(first)) = all.first() {
-            let same = all.iter().all(|status| {
+            let same_indexes = all.iter().all(|status| {
                 status.as_ref().is_some_and(|status| {
                     status.applied_index == first.applied_index
                         && status.commit_index == first.commit_index
-                        && status.state_hash == first.state_hash
                         && status.applied_index == status.commit_index
                         && status.applied_index > 0
                 })
             });
-            if same {
-                return Ok(first.clone());
+            // Hashed only then: a hash serializes the whole state (no await in between, so each
+            // node's state is the one its status reports).
+            if same_indexes {
+                let hashes: Vec<u64> = nodes.iter().flatten().map(|node| node.state_hash().hash).collect();
+                if hashes.iter().all(|hash| *hash == hashes[0]) {
+                    return Ok((first.clone(), hashes[0]));
+                }
             }
         }
         if Instant::now() >= deadline {

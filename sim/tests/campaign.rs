@@ -7,8 +7,9 @@
 //! KEEL_SIM_SEEDS=5000..5039 cargo test --release --test campaign -- --ignored --nocapture
 //! ```
 //!
-//! `KEEL_SIM_SEEDS=A..B` (inclusive; default 1..40) are the new seeds each scenario runs,
-//! `KEEL_SIM_SCENARIOS=a,b` limits the scenarios (default: all), `KEEL_SIM_JOBS` the runs at once
+//! `KEEL_SIM_SEEDS=A..B` (inclusive; default 1..40) are the new seeds each scenario runs (the
+//! many-partition scenarios one in `Scenario::campaign_stride` of them when every scenario runs),
+//! `KEEL_SIM_SCENARIOS=a,b` limits the scenarios (default: all; each runs every seed), `KEEL_SIM_JOBS` the runs at once
 //! (default: the cores). It fails on any failing or hung seed, and when a fault class a scenario
 //! uses, an interesting state or a BUGGIFY point never happened (unless `KEEL_SIM_SCENARIOS` picked
 //! a subset, where only failures count). Its last line is `simulation: N seeds in S s (seeds A..B)`.
@@ -45,7 +46,9 @@ fn campaign() {
         .and_then(|jobs| jobs.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |cores| cores.get()));
     let regressions = if subset.is_some() { Vec::new() } else { scenario::regression_seeds() };
-    let report = campaign::run(CampaignConfig { scenarios, first_seed, seeds_per_scenario, regressions, jobs });
+    let strided = subset.is_none();
+    let report =
+        campaign::run(CampaignConfig { scenarios, first_seed, seeds_per_scenario, regressions, jobs, strided });
 
     print!("{}", report.table());
     for drift in report.results.iter().filter_map(|result| result.drift.as_deref()) {

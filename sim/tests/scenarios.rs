@@ -156,6 +156,7 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         push: false,
         partitions: None,
         open_files_max: None,
+        campaign_stride: 1,
     };
     let swarm = NemesisSwarm {
         interval_ms: 100,

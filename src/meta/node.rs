@@ -150,7 +150,13 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// The first log index still held (after compaction).
     pub first_index: u64,
-    pub state_hash: u64,
+}
+
+/// [`NodeHandle::state_hash`]: the hash of the applied metadata and the index it was applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateHash {
+    pub applied_index: u64,
+    pub hash: u64,
 }
 
 /// A node's Raft state as the invariant checkers want it (see `keel_model::raft_checker`).
@@ -410,6 +416,13 @@ impl NodeHandle {
         self.status.lock().1.clone()
     }
 
+    /// The applied metadata's index and [`MetadataState::state_hash`], computed when asked: a hash
+    /// serializes the whole state, too much to do on every applied entry (each heartbeat is one)
+    /// with thousands of partitions.
+    pub fn state_hash(&self) -> StateHash {
+        self.with_state(|state| StateHash { applied_index: state.applied_index(), hash: state.state_hash() })
+    }
+
     /// The index of the snapshot this incarnation booted from (0 without one): the node applies
     /// the committed entries after it, starting at `boot_snapshot_index + 1`. Fixed at start, unlike
     /// the status's `first_index`, which compaction moves (the simulation's restart check needs it).
@@ -524,7 +537,6 @@ pub fn start_node<S: MetaStore, T: Transport>(
         transport,
         state: state.clone(),
         status: status.clone(),
-        hashed: (u64::MAX, 0),
         proposals: BTreeMap::new(),
         reads: BTreeMap::new(),
         boot_nonce: crate::random::rng().random(),
@@ -651,9 +663,6 @@ struct Node<S: MetaStore, T: Transport> {
     transport: T,
     state: Arc<RwLock<MetadataState>>,
     status: Arc<StatusCell>,
-    /// (applied index, state hash) of the last hash computed: hashing serializes the whole state,
-    /// so it is redone only when something new was applied.
-    hashed: (u64, u64),
     proposals: BTreeMap<u64, Waiting<MetaResult>>,
     reads: BTreeMap<u64, (Waiting<()>, Option<u64>)>,
     /// Drawn at start and carried in every proposal's context next to the request id, so that an
@@ -1049,9 +1058,6 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
 
     fn publish_status(&mut self) {
         let applied = self.raw.raft.raft_log.applied;
-        if self.hashed.0 != applied {
-            self.hashed = (applied, self.state.read().expect("metadata state lock").state_hash());
-        }
         let raft = &self.raw.raft;
         let status = NodeStatus {
             node_id: self.config.node_id,
@@ -1061,7 +1067,6 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
             commit_index: raft.raft_log.committed,
             applied_index: applied,
             first_index: self.raw.store().snapshot_index() + 1,
-            state_hash: self.hashed.1,
         };
         self.status.publish(status);
     }

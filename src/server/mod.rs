@@ -899,7 +899,7 @@ fn own_status<D: Disk>(state: &State<D>) -> NodeStatusInfo {
         leader_id: status.leader_id.map_or(0, |leader| leader.0),
         commit_index: status.commit_index,
         applied_index: status.applied_index,
-        state_hash: status.state_hash,
+        state_hash: state.assignments.node.state_hash().hash,
         ..Default::default()
     }
 }
