@@ -490,7 +490,60 @@ where
     output
 }
 
-/// A loopback address with a port that was free a moment ago (the OS picked it).
+/// A loopback address with a port that was free a moment ago, for a broker about to be started.
+///
+/// Chosen **below the kernel's ephemeral range** (`net.ipv4.ip_local_port_range`, 32768-60999 by
+/// default): a port the OS picks for `:0` comes from that range, where any outgoing connection (a
+/// client of another test) may take it before the broker binds it, and a CI run once failed so
+/// ("cannot listen on 127.0.0.1:34299: Address already in use"). Below the range only a listener
+/// can take it, and this process never hands the same port out twice. The probe starts at a place
+/// drawn from the process id, so test processes started one after another probe different ports.
+/// Falls back to a port the OS picks when the range cannot be read or leaves no room below it.
 pub fn free_loopback_addr() -> std::io::Result<SocketAddr> {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    const LOWEST: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|low| *low > LOWEST + 1_000 && *low <= u32::from(u16::MAX));
+    let Some(ephemeral_low) = ephemeral_low else {
+        return std::net::TcpListener::bind("127.0.0.1:0")?.local_addr();
+    };
+    let room = ephemeral_low - LOWEST;
+    let start = std::process::id().wrapping_mul(7_919) % room;
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for step in 0..room {
+        let port = (LOWEST + (start + step) % room) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
+            return listener.local_addr();
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::free_loopback_addr;
+
+    /// Ports handed out are distinct, free, and below the ephemeral range (where no outgoing
+    /// connection can take them before the broker binds).
+    #[test]
+    fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
+        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse().ok())
+            .unwrap_or(u16::MAX);
+        let addrs: Vec<_> = (0..50).map(|_| free_loopback_addr().unwrap()).collect();
+        let ports: std::collections::BTreeSet<u16> = addrs.iter().map(|addr| addr.port()).collect();
+        assert_eq!(ports.len(), addrs.len(), "{addrs:?}");
+        for addr in &addrs {
+            assert!(addr.ip().is_loopback() && addr.port() < low, "{addr} (ephemeral from {low})");
+            std::net::TcpListener::bind(addr).unwrap();
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! One broker in this test process (`run_broker` on real files and RocksDB in a temporary
 //! directory), for the integration tests that speak the protocol to it directly.
 
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// A loopback address no one listens on right now.
 pub fn free_addr() -> SocketAddr {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+    keel::process::free_loopback_addr().unwrap()
 }
 
 pub struct Broker {
