@@ -420,6 +420,12 @@ async fn run_one(
     timer.abort();
     let _ = workload.await;
     nemesis_result?;
+    if nemesis.pause_refusals > 0 && nemesis.pauses_applied == 0 {
+        problems.push(format!(
+            "pause never took effect: the cgroup freezer refused all {} nodes it was asked to freeze (see the skipped faults)",
+            nemesis.pause_refusals
+        ));
+    }
     eprintln!("jepsen: healed; waiting for recovery");
     let recovery = match wait_for_cluster(&client, args.nodes, Some((TOPIC, partitions)), RECOVERY_BOUND).await {
         Ok(recovery) => Some(recovery),

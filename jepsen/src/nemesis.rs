@@ -8,6 +8,8 @@
 //!   isolated. Traffic from the host (the clients) is never cut, as in Jepsen.
 //! - `kill`: `docker kill -s KILL`, then `docker start` (same volume, same address).
 //! - `pause`: `docker pause` (the cgroup freezer: SIGSTOP for every process), then `docker unpause`.
+//!   The freezer may refuse a node whose broker sits in an fsync (see [`pause`]): that node is
+//!   retried, then left running and listed as skipped; a run in which no pause ever took effect fails.
 //! - `clock`: rewrites the libfaketime offset file of the targets (the wall clock only, see
 //!   docker.rs): small skews and large jumps, forwards and backwards; healed to `+0`.
 //! - `packet`: random loss with iptables' `statistic` module on the targets (tc netem is absent on
@@ -124,6 +126,10 @@ pub struct Nemesis {
     pub corruptions: Vec<Corruption>,
     /// Faults that could not be applied (e.g. no segment file yet): counted, not fatal.
     pub skipped: Vec<String>,
+    /// Pause faults that froze at least one node.
+    pub pauses_applied: usize,
+    /// Nodes whose freeze the kernel refused on every attempt (see [`pause`]).
+    pub pause_refusals: usize,
 }
 
 /// How to undo the fault in force.
@@ -153,6 +159,8 @@ impl Nemesis {
             next_id: 0,
             corruptions: Vec::new(),
             skipped: Vec::new(),
+            pauses_applied: 0,
+            pause_refusals: 0,
         }
     }
 
@@ -242,11 +250,22 @@ impl Nemesis {
             }
             Package::Pause => {
                 let (target, nodes) = self.targets(rng).await;
+                let mut paused = Vec::new();
                 for node in &nodes {
-                    docker(&["pause", &self.cluster.node(*node).name]).await?;
+                    match pause(self.cluster.node(*node)).await? {
+                        Ok(()) => paused.push(*node),
+                        Err(refusal) => {
+                            self.pause_refusals += 1;
+                            self.skipped.push(format!("pause of n{node}: the freezer refused {PAUSE_ATTEMPTS} times, left running ({refusal})"));
+                        }
+                    }
                 }
-                self.recorder.nemesis("pause", json!({"id": id, "target": target, "nodes": nodes}));
-                Ok(Some(Undo::Unpause(nodes)))
+                if paused.is_empty() {
+                    return Ok(None);
+                }
+                self.pauses_applied += 1;
+                self.recorder.nemesis("pause", json!({"id": id, "target": target, "nodes": paused}));
+                Ok(Some(Undo::Unpause(paused)))
             }
             Package::Clock => {
                 let (target, nodes) = self.targets(rng).await;
@@ -480,6 +499,37 @@ async fn sleep_or_stop(duration: Duration, stop: &CancellationToken) -> bool {
     }
 }
 
+/// How many times [`pause`] asks the freezer before it gives up on a node.
+const PAUSE_ATTEMPTS: u32 = 4;
+
+/// `docker pause`, asked up to [`PAUSE_ATTEMPTS`] times. The cgroup freezer can refuse: runc waits a
+/// bounded time for every task to freeze, and a task in uninterruptible sleep (a broker's fsync in
+/// flight on a busy disk) makes it give up with "unable to freeze", thawing the container again
+/// (moby/moby#48205; a CI run of this profile ended on it). That is the host declining the fault, not
+/// a broken run: `Ok(Err(reason))` after the last refusal, the node left running. Any other failure
+/// of `docker pause` (no such container, no daemon) is an error, as before.
+async fn pause(node: &Node) -> Result<Result<(), String>, DockerError> {
+    let mut last = String::new();
+    for attempt in 1..=PAUSE_ATTEMPTS {
+        match docker(&["pause", &node.name]).await {
+            Ok(_) => return Ok(Ok(())),
+            Err(error) if is_freeze_refusal(&error) => last = error.to_string(),
+            Err(error) => return Err(error),
+        }
+        // runc thaws after a refusal; if the container froze after all, it is paused.
+        if docker(&["inspect", "-f", "{{.State.Status}}", &node.name]).await?.trim() == "paused" {
+            return Ok(Ok(()));
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+    }
+    Ok(Err(last))
+}
+
+/// Whether `docker pause` failed because the freezer did not reach FROZEN in time.
+fn is_freeze_refusal(error: &DockerError) -> bool {
+    matches!(error, DockerError::Command { message, .. } if message.contains("unable to freeze"))
+}
+
 /// Adds an iptables rule if the node runs (a stopped container has no network namespace, and gets a
 /// fresh, rule-free one when it starts).
 async fn iptables_if_running(node: &Node, args: &[&str]) -> Result<(), DockerError> {
@@ -572,6 +622,21 @@ mod tests {
         let error = Package::parse_list("partition,chaos").unwrap_err();
         assert!(error.contains("\"chaos\"") && error.contains("partition, kill"), "{error}");
         assert_eq!(error.lines().count(), 1);
+    }
+
+    #[test]
+    fn only_the_freezer_giving_up_is_a_refused_pause() {
+        let refused = DockerError::Command {
+            command: "docker pause keel-jepsen-18409-run-n2".into(),
+            message: "exit status: 1 (Error response from daemon: Cannot pause container 34c3: OCI runtime pause failed: unable to freeze: unknown)".into(),
+        };
+        assert!(is_freeze_refusal(&refused));
+        let missing = DockerError::Command {
+            command: "docker pause keel-jepsen-1-run-n9".into(),
+            message: "exit status: 1 (Error response from daemon: No such container: keel-jepsen-1-run-n9)".into(),
+        };
+        assert!(!is_freeze_refusal(&missing));
+        assert!(!is_freeze_refusal(&DockerError::Setup("unable to freeze".into())));
     }
 
     #[test]
