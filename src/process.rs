@@ -490,6 +490,12 @@ where
     output
 }
 
+/// The first port of the kernel's ephemeral range, if it can be read.
+fn ephemeral_port_low() -> Option<u32> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    range.split_whitespace().next()?.parse().ok()
+}
+
 /// A loopback address with a port that was free a moment ago, for a broker about to be started.
 ///
 /// Chosen **below the kernel's ephemeral range** (`net.ipv4.ip_local_port_range`, 32768-60999 by
@@ -503,10 +509,7 @@ pub fn free_loopback_addr() -> std::io::Result<SocketAddr> {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
     const LOWEST: u32 = 10_000;
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<u32>().ok())
-        .filter(|low| *low > LOWEST + 1_000 && *low <= u32::from(u16::MAX));
+    let ephemeral_low = ephemeral_port_low().filter(|low| *low > LOWEST + 1_000 && *low <= u32::from(u16::MAX));
     let Some(ephemeral_low) = ephemeral_low else {
         return std::net::TcpListener::bind("127.0.0.1:0")?.local_addr();
     };
@@ -528,16 +531,13 @@ pub fn free_loopback_addr() -> std::io::Result<SocketAddr> {
 
 #[cfg(test)]
 mod tests {
-    use super::free_loopback_addr;
+    use super::{ephemeral_port_low, free_loopback_addr};
 
     /// Ports handed out are distinct, free, and below the ephemeral range (where no outgoing
     /// connection can take them before the broker binds).
     #[test]
     fn free_ports_are_distinct_bindable_and_below_the_ephemeral_range() {
-        let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|text| text.split_whitespace().next()?.parse().ok())
-            .unwrap_or(u16::MAX);
+        let low = ephemeral_port_low().map_or(u16::MAX, |low| u16::try_from(low).unwrap_or(u16::MAX));
         let addrs: Vec<_> = (0..50).map(|_| free_loopback_addr().unwrap()).collect();
         let ports: std::collections::BTreeSet<u16> = addrs.iter().map(|addr| addr.port()).collect();
         assert_eq!(ports.len(), addrs.len(), "{addrs:?}");
