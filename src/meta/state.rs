@@ -682,7 +682,24 @@ pub struct MetadataState {
     topics: BTreeMap<String, TopicRecord>,
     next_producer_id: ProducerId,
     last_producer_id_block: Option<ProducerIdBlock>,
+    /// See [`MetadataState::topics_changed_at`]. Local bookkeeping, not replicated state.
+    #[serde(skip)]
+    topics_changed_at: ChangeMark,
 }
+
+/// The Raft index of the last applied entry that may have changed a topic. Not part of the state's
+/// value: never serialized or hashed, and equal to every other mark, because two nodes holding the
+/// same topics are in the same state whatever entries (or snapshot) brought them there.
+#[derive(Clone, Copy, Debug, Default)]
+struct ChangeMark(u64);
+
+impl PartialEq for ChangeMark {
+    fn eq(&self, _other: &ChangeMark) -> bool {
+        true
+    }
+}
+
+impl Eq for ChangeMark {}
 
 /// A broker's next heartbeat stamp: its `now_ms`, but at least one past the previous stamp, so the
 /// stamp moves on every applied heartbeat even when the broker's wall clock stepped back.
@@ -713,7 +730,44 @@ impl MetadataState {
         // Debug and simulation builds keep the partitions as they were, to check that epochs only grow
         // and that every leader or ISR change bumped them.
         let topics_before = cfg!(any(debug_assertions, madsim)).then(|| self.topics.clone());
-        let result = match command {
+        let leaves_topics = self.leaves_topics(command);
+        let result = self.apply_command(index, command);
+        self.applied_index = index;
+        // A rejection changes nothing but `applied_index`.
+        if !leaves_topics && !matches!(result, MetaResult::Error { .. }) {
+            self.topics_changed_at = ChangeMark(index);
+        }
+        if let Some(topics_before) = topics_before {
+            if self.topics_changed_at.0 != index && self.topics != topics_before {
+                panic!("metadata entry {index} ({command:?}) changed a topic but not topics_changed_at");
+            }
+            // The topics this entry left as they were still hold: no command removes a broker, and
+            // the applied index only grows.
+            let checked = self
+                .validate_except(Some(&topics_before))
+                .and_then(|()| self.validate_transition(&topics_before))
+                .and_then(|()| self.validate_command_effect(&topics_before, command, &result));
+            if let Err(broken) = checked {
+                panic!("metadata entry {index} ({command:?}) breaks an invariant: {broken}");
+            }
+        }
+        result
+    }
+
+    /// Whether `command` never touches a topic in this state: a heartbeat of a broker that is
+    /// eligible already (one that comes back elects offline partitions) and a producer-id block.
+    fn leaves_topics(&self, command: &MetaCommand) -> bool {
+        match command {
+            MetaCommand::BrokerHeartbeat { node_id, .. } => {
+                self.brokers.get(node_id).is_some_and(BrokerRecord::is_eligible)
+            }
+            MetaCommand::AllocateProducerIds { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn apply_command(&mut self, index: u64, command: &MetaCommand) -> MetaResult {
+        match command {
             MetaCommand::RegisterBroker { node_id, addr, now_ms } => {
                 self.apply_register_broker(index, *node_id, addr, *now_ms, Incarnation::NewEpochs)
             }
@@ -755,25 +809,21 @@ impl MetadataState {
             MetaCommand::ResignLeadership { topic, partition, leader, leader_epoch } => {
                 self.apply_resign_leadership(topic, *partition, *leader, *leader_epoch)
             }
-        };
-        self.applied_index = index;
-        if let Some(topics_before) = topics_before {
-            // The topics this entry left as they were still hold: no command removes a broker, and
-            // the applied index only grows.
-            let checked = self
-                .validate_except(Some(&topics_before))
-                .and_then(|()| self.validate_transition(&topics_before))
-                .and_then(|()| self.validate_command_effect(&topics_before, command, &result));
-            if let Err(broken) = checked {
-                panic!("metadata entry {index} ({command:?}) breaks an invariant: {broken}");
-            }
         }
-        result
     }
 
     /// Raft index of the last applied command (0: none yet).
     pub fn applied_index(&self) -> u64 {
         self.applied_index
+    }
+
+    /// Raft index of the last applied entry that may have changed a topic, or of the snapshot this
+    /// state was restored from (0: none yet). Only grows; while it stays, every topic and partition
+    /// record stays as it is, so a reader may skip work that depends on the topics alone (a broker
+    /// reconciling its replicas after each heartbeat). Conservative: an entry that moves it may have
+    /// left every topic as it was. Not replicated: ignored by equality, snapshots and the state hash.
+    pub fn topics_changed_at(&self) -> u64 {
+        self.topics_changed_at.0
     }
 
     /// Every registered broker, alive or fenced, sorted by node id.
@@ -873,6 +923,8 @@ impl MetadataState {
             }
         }
         state.validate().map_err(MetaStateError::InvalidSnapshot)?;
+        // A snapshot may have changed anything; its index is above every entry applied before it.
+        state.topics_changed_at = ChangeMark(state.applied_index);
         Ok(state)
     }
 
@@ -1977,6 +2029,49 @@ mod tests {
         let mut state = MetadataState::new();
         register(&mut state, &(1..=n_brokers).collect::<Vec<_>>());
         state
+    }
+
+    #[test]
+    fn the_topics_change_mark_moves_with_every_topic_change_and_is_not_state() {
+        let mut state = cluster(3);
+        assert!(matches!(create(&mut state, "t", 3, 3), MetaResult::TopicCreated { .. }));
+        let created_at = state.applied_index();
+        assert_eq!(state.topics_changed_at(), created_at);
+        // Heartbeats of eligible brokers, a producer-id block and a rejected create leave it.
+        for node_id in [1, 2, 3] {
+            assert_eq!(
+                next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(node_id), now_ms: 10 }),
+                MetaResult::Ok
+            );
+        }
+        assert!(matches!(
+            next(&mut state, MetaCommand::AllocateProducerIds { count: 10 }),
+            MetaResult::ProducerIds { .. }
+        ));
+        assert_rejected(&mut state, create_command("t", 1, 1), ErrorCode::TopicAlreadyExists);
+        assert_eq!(state.topics_changed_at(), created_at);
+        // Fencing a broker moves leaderships and ISRs: the mark moves.
+        assert_eq!(next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 1_000 }), MetaResult::Ok);
+        assert_eq!(state.topics_changed_at(), state.applied_index());
+        // The fenced broker's heartbeat brings it back (and may elect): the mark moves again.
+        assert_eq!(
+            next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 1_001 }),
+            MetaResult::Ok
+        );
+        assert_eq!(state.topics_changed_at(), state.applied_index());
+        let mark = state.topics_changed_at();
+        assert_eq!(
+            next(&mut state, MetaCommand::BrokerHeartbeat { node_id: NodeId(1), now_ms: 1_002 }),
+            MetaResult::Ok
+        );
+        assert_eq!(state.topics_changed_at(), mark);
+        // Not part of the state: a restored snapshot is equal and hashes the same, and its mark is
+        // the snapshot's index (anything may have changed up to it).
+        let restored = MetadataState::restore(&state.snapshot()).unwrap();
+        assert_eq!(restored, state);
+        assert_eq!(restored.state_hash(), state.state_hash());
+        assert_eq!(restored.topics_changed_at(), state.applied_index());
+        assert_eq!(MetadataState::new().topics_changed_at(), 0);
     }
 
     #[test]
