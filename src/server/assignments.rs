@@ -752,6 +752,11 @@ impl<D: Disk> Assignments<D> {
         }
     }
 
+    /// The broker is stopping: no partition of it opens any more (see `OpenGates::close`).
+    pub fn stop_opening(&self) {
+        self.opens.close();
+    }
+
     /// Stops every partition actor (each fsyncs what it wrote).
     pub async fn stop_partitions(&self) -> Result<(), String> {
         // No reconcile runs meanwhile or afterwards: one (after a heartbeat, or a newly applied entry)

@@ -299,6 +299,9 @@ async fn serve_until_stopped<D: Disk>(
     if failure.is_none() && state.assignments.controlled_shutdown().await {
         tracing::info!("controlled shutdown applied: partition leadership moved away");
     }
+    // No partition opens from here on: the requests still in flight do not hold the stop while
+    // logs open only to be closed (`OpenGates::close`).
+    state.assignments.stop_opening();
     drop(listener);
     tracing::info!(connections = connections.len(), "shutting down: finishing in-flight requests");
     connections_shutdown.stop().await;
