@@ -17,6 +17,9 @@ start() { # $1 = data dir, $2 = config
   pid=$(pgrep -f "keel broker --listen 127.0.0.1:$PORT")
 }
 stats() { echo "  rss $(grep VmRSS /proc/$pid/status | awk '{print $2/1024 " MiB"}') open files $(ls /proc/$pid/fd | wc -l)"; }
+# CPU the broker uses over 10 s with no client (heartbeats, the reconciler, timers), in % of one core.
+cpu_ticks() { awk '{print $14 + $15}' /proc/$pid/stat; }
+idle_cpu() { local a; a=$(cpu_ticks); sleep 10; echo "  idle cpu $(echo "scale=2; ($(cpu_ticks) - $a) * 100 / (10 * $(getconf CLK_TCK))" | bc)% of a core over 10 s"; }
 # The process has exited: reaped, or a zombie with no thread left (its reaping is not the broker's;
 # a group leader turns zombie while its other threads may still hold its files and locks).
 gone() { ! kill -0 $pid 2>/dev/null || { grep -q "^State:.*Z" /proc/$pid/status 2>/dev/null && [ "$(ls /proc/$pid/task 2>/dev/null | wc -l)" -le 1 ]; }; }
@@ -28,7 +31,7 @@ case $mode in
     t=$(date +%s.%N)
     for i in $(seq 0 9); do $K topic create s$i --partitions 1000 >/dev/null || echo "create s$i failed"; done
     $K topic create ten --partitions 10 >/dev/null
-    echo "creates (10 x 1000 partitions): $(echo "$(date +%s.%N) - $t" | bc) s"; stats
+    echo "creates (10 x 1000 partitions): $(echo "$(date +%s.%N) - $t" | bc) s"; stats; idle_cpu
     for run in 1 2 3; do
       echo "run $run"
       echo -n "  10 partitions:    "; $K bench produce --topic ten --partitions 10 --producers 4 --acks all --duration-s 10 | head -1
@@ -45,6 +48,7 @@ print("    total %.0f msg/s; p50 %.1f-%.1f ms, p99 %.1f-%.1f ms, p999 %.1f-%.1f 
 PY
       stats
     done
+    idle_cpu
     grep -c "ERROR\|WARN" p.data.log | sed 's/^/  warn+error log lines: /'
     stop
     # Restart: time to the first acknowledged produce, with 10,010 partitions on disk.
