@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 15 measurements (README, "Many partitions"): one release broker on this machine, the clients
-# beside it. Usage: benches/many_partitions.sh partitions|restart|reopen|reopen-big|ratio|connections, from the repo
+# beside it. Usage: benches/many_partitions.sh partitions|idle|restart|reopen|reopen-big|ratio|connections, from the repo
 # after `cargo build --release`; data under $WORK (default: a new temporary directory, removed by
 # nobody: the partitions run writes tens of GB, so delete it after). `restart`, `reopen` and `ratio` reuse the
 # data `partitions` left in the same $WORK.
@@ -14,7 +14,7 @@ export KEEL_BROKER=127.0.0.1:$PORT
 start() { # $1 = data dir, $2 = config
   ($K broker --listen 127.0.0.1:$PORT --data-dir "$1" ${2:+--config "$2"} > "$1.log" 2>&1 &)
   for _ in $(seq 600); do $K topic list >/dev/null 2>&1 && break; sleep 0.1; done
-  pid=$(pgrep -f "keel broker --listen 127.0.0.1:$PORT")
+  pid=$(pgrep -f "broker --listen 127.0.0.1:$PORT( |$)")
 }
 stats() { echo "  rss $(grep VmRSS /proc/$pid/status | awk '{print $2/1024 " MiB"}') open files $(ls /proc/$pid/fd | wc -l)"; }
 # CPU the broker uses over 10 s with no client (heartbeats, the reconciler, timers), in % of one core.
@@ -66,6 +66,15 @@ PY
     t=$(date +%s.%N); start p.data
     echo x | $K produce s7 --partition 123 >/dev/null && echo "restart to first acked produce: $(echo "$(date +%s.%N) - $t" | bc) s"; stats
     stop
+    ;;
+  idle)
+    # What 10,010 idle partitions cost a broker with no client: CPU over 10 s, twice, after the
+    # creates (heartbeats and the reconciler; ADR 0023). KEEL=path compares another build.
+    rm -rf i.data i.data.log; start i.data
+    for i in $(seq 0 9); do $K topic create s$i --partitions 1000 >/dev/null || echo "create s$i failed"; done
+    $K topic create ten --partitions 10 >/dev/null
+    stats; idle_cpu; idle_cpu
+    stop; rm -rf i.data
     ;;
   ratio)
     # Same clients both ways: 10 bench processes, 1 producer each, 10 s; 10 topics of 1 partition
