@@ -771,7 +771,18 @@ impl Run {
                 metadata.recorder.clone(),
                 deadline,
             );
-            if !admin.spawn(create).await.expect("the admin task is never killed") {
+            let mut create = admin.spawn(create);
+            // Supervised meanwhile: a store that failed just before the heal may stop a node only
+            // now (`raft_5_voters_swarm` seed 18694330: broker-4 exited 200 ms after the heal,
+            // during these creates, and nobody restarted it).
+            let created = loop {
+                tokio::select! {
+                    biased;
+                    created = &mut create => break created.expect("the admin task is never killed"),
+                    () = tokio::time::sleep(Duration::from_millis(5)) => self.supervise(),
+                }
+            };
+            if !created {
                 let message = format!("liveness: no create through broker-{} succeeded after the heal", index + 1);
                 self.violations.push(message);
             }
@@ -825,8 +836,24 @@ impl Run {
         }
     }
 
+    /// The supervisor's round (see [`Self::wait_all_serving`]), if the scenario has one.
+    fn supervise(&mut self) {
+        if let Some(supervisor) = self.supervisor.as_mut() {
+            supervisor.restart_stopped_raft_nodes(&mut self.cluster, &Default::default());
+        }
+    }
+
+    /// [`wait_converged`], supervised between its polls.
     async fn wait_converged(&mut self, deadline: Instant, heal_at: Instant) {
-        match wait_converged(&self.cluster, deadline).await {
+        let converged = loop {
+            self.supervise();
+            let step = (Instant::now() + Duration::from_millis(10)).min(deadline);
+            match wait_converged(&self.cluster, step).await {
+                Err(_) if Instant::now() < deadline => continue,
+                result => break result,
+            }
+        };
+        match converged {
             Ok((status, state_hash)) => self.note(format!(
                 "liveness: converged at applied {} commit {} state_hash {state_hash:016x} in {} ms",
                 status.applied_index,
