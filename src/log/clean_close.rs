@@ -19,7 +19,8 @@
 //!
 //! # Rules
 //! - Only a log of at least `LogConfig::clean_close_min_bytes` gets one (default 1 MiB): below that,
-//!   the next open's scan costs less than the record's fsyncs at the close.
+//!   the next open's scan costs less than the record's fsyncs at the close. An empty log (log end at
+//!   its start) never gets one, whatever the setting: its open scans nothing anyway.
 //! - Writing it is best effort: the close has made everything durable before, so a failure to
 //!   write it (a full disk, no descriptor left under the open-file budget) is logged and the close
 //!   succeeds; whatever part of it was written fails its CRC or is removed by the next open, which
