@@ -85,6 +85,11 @@ pub struct BrokerConfig {
     pub listen: SocketAddr,
     /// Address clients are told to use for this broker (defaults to `listen`).
     pub advertised_addr: Option<String>,
+    /// The Kafka wire listener (ADR 0026): Kafka clients (librdkafka, kafka-python, kcat) get the
+    /// same partitions, metadata and groups here. Off unless set.
+    pub kafka_listen: Option<SocketAddr>,
+    /// Address Kafka clients are told to use for this broker (defaults to `kafka_listen`).
+    pub kafka_advertised_addr: Option<String>,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub segment_bytes_max: u64,
@@ -136,6 +141,8 @@ impl Default for BrokerConfig {
             node_id: NodeId(1),
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             advertised_addr: None,
+            kafka_listen: None,
+            kafka_advertised_addr: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             fsync: FsyncPolicy::Always,
             segment_bytes_max: 128 * 1024 * 1024,
@@ -186,6 +193,7 @@ impl BrokerConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_kafka()?;
         if self.segment_bytes_max < 4096 {
             return Err(ConfigError::Invalid("segment_bytes_max must be at least 4096".into()));
         }
@@ -240,6 +248,21 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(format!("topics_max is at most {most}, got {}", self.topics_max)));
         }
         Ok(())
+    }
+
+    /// The Kafka listener's settings (ADR 0026): an advertised address needs the listener, and
+    /// must be `host:port` (Kafka's metadata carries the two apart); the listener needs its own port.
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
+        match (&self.kafka_listen, &self.kafka_advertised_addr) {
+            (None, Some(_)) => Err(ConfigError::Invalid("kafka_advertised_addr is set but kafka_listen is not".into())),
+            (Some(kafka), _) if *kafka == self.listen => Err(ConfigError::Invalid(format!(
+                "kafka_listen {kafka} is the native listener's address too; give it another port"
+            ))),
+            (_, Some(addr)) if crate::kafka::split_host_port(addr).is_none() => {
+                Err(ConfigError::Invalid(format!("kafka_advertised_addr {addr:?} is not host:port")))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The metadata group's voters with their addresses; this node at `advertised` when alone.

@@ -25,6 +25,7 @@ pub mod clock;
 pub mod compression;
 pub mod config;
 pub mod group;
+pub mod kafka;
 pub mod leader_epochs;
 pub mod log;
 pub mod meta;

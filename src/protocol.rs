@@ -585,6 +585,9 @@ pub struct BrokerInfo {
     pub node_id: u64,
     #[prost(string, tag = "2")]
     pub addr: String,
+    /// The broker's Kafka listener (`host:port`, ADR 0026); empty when it has none.
+    #[prost(string, tag = "3")]
+    pub kafka_addr: String,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -917,6 +920,9 @@ pub struct FindCoordinatorResponse {
     /// The `__consumer_offsets` partition that holds the group.
     #[prost(uint32, tag = "4")]
     pub partition: u32,
+    /// The coordinator's Kafka listener (ADR 0026); empty when it has none.
+    #[prost(string, tag = "5")]
+    pub kafka_addr: String,
 }
 
 /// A topic and some of its partitions (an assignment).

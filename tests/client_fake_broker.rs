@@ -64,7 +64,10 @@ fn metadata(brokers: &[(u64, SocketAddr)], partitions: &[(u64, i32)]) -> Body {
         })
         .collect();
     Body::MetadataResponse(MetadataResponse {
-        brokers: brokers.iter().map(|&(node_id, addr)| BrokerInfo { node_id, addr: addr.to_string() }).collect(),
+        brokers: brokers
+            .iter()
+            .map(|&(node_id, addr)| BrokerInfo { node_id, addr: addr.to_string(), kafka_addr: String::new() })
+            .collect(),
         topics: vec![TopicInfo {
             name: TOPIC.into(),
             error: None,

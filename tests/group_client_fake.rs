@@ -40,7 +40,7 @@ fn info(code: ErrorCode) -> Option<ErrorInfo> {
 
 fn metadata(node_id: u64, addr: SocketAddr) -> Body {
     Body::MetadataResponse(MetadataResponse {
-        brokers: vec![BrokerInfo { node_id, addr: addr.to_string() }],
+        brokers: vec![BrokerInfo { node_id, addr: addr.to_string(), kafka_addr: String::new() }],
         topics: vec![TopicInfo {
             name: TOPIC.into(),
             error: None,
@@ -100,6 +100,7 @@ impl Coordinator {
                 node_id: 1,
                 addr: addr.to_string(),
                 partition: 0,
+                kafka_addr: String::new(),
             }),
             Body::JoinGroupRequest(join) => {
                 self.seen.push(("join", -1, join.member_id.clone(), None));
@@ -306,6 +307,7 @@ async fn a_commit_refused_by_a_former_coordinator_goes_to_the_new_one() {
                 node_id,
                 addr: addr.to_string(),
                 partition: 3,
+                kafka_addr: String::new(),
             })
         }
         Body::OffsetCommitRequest(_) => {

@@ -176,9 +176,12 @@ fn resolve(op: &Op, state: &MetadataState, now_ms: i64) -> Option<MetaCommand> {
     };
     let epoch = |current: Option<LeaderEpoch>, delta: i32| LeaderEpoch(current.map_or(0, |epoch| epoch.0) + delta);
     let command = match op {
-        Op::Register { node, addr_idx } => {
-            MetaCommand::RegisterBroker { node_id: NodeId(*node), addr: format!("10.0.0.{node}:{addr_idx}"), now_ms }
-        }
+        Op::Register { node, addr_idx } => MetaCommand::RegisterBroker {
+            node_id: NodeId(*node),
+            addr: format!("10.0.0.{node}:{addr_idx}"),
+            kafka_addr: String::new(),
+            now_ms,
+        },
         Op::Heartbeat { node } => MetaCommand::BrokerHeartbeat { node_id: NodeId(*node), now_ms },
         Op::Fence { node, age_ms } => MetaCommand::FenceBroker { node_id: NodeId(*node), now_ms: now_ms - age_ms },
         Op::FenceDue { fence_after_ms } => {

@@ -817,7 +817,7 @@ async fn a_subscriber_that_does_not_read_gets_only_its_credit() {
 /// Metadata naming one broker, the leader (epoch 0) of topic `orders`' one partition.
 fn fake_metadata(addr: SocketAddr) -> Body {
     Body::MetadataResponse(MetadataResponse {
-        brokers: vec![BrokerInfo { node_id: 1, addr: addr.to_string() }],
+        brokers: vec![BrokerInfo { node_id: 1, addr: addr.to_string(), kafka_addr: String::new() }],
         topics: vec![TopicInfo {
             name: "orders".into(),
             error: None,

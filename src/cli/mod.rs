@@ -137,6 +137,13 @@ pub struct BrokerArgs {
     /// Address to listen on [default: 127.0.0.1:9400].
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Also serve Kafka clients (librdkafka, kafka-python, kcat) on this address, with Kafka's wire
+    /// protocol [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub kafka_listen: Option<std::net::SocketAddr>,
+    /// Address Kafka clients are told to use for this broker [default: the Kafka listener's].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub kafka_advertised_addr: Option<String>,
     /// Data directory [default: ./keel-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -463,6 +470,12 @@ pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
     };
     if let Some(listen) = args.listen {
         config.listen = listen;
+    }
+    if let Some(kafka_listen) = args.kafka_listen {
+        config.kafka_listen = Some(kafka_listen);
+    }
+    if let Some(addr) = &args.kafka_advertised_addr {
+        config.kafka_advertised_addr = Some(addr.clone());
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();

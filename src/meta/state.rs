@@ -167,6 +167,10 @@ pub enum MetaCommand {
     RegisterBroker {
         node_id: NodeId,
         addr: String,
+        /// The broker's Kafka listener address (ADR 0026); empty when it has none. Absent from the
+        /// encoding when empty, so entries without it read (and hash) as before.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        kafka_addr: String,
         now_ms: i64,
     },
     BrokerHeartbeat {
@@ -380,6 +384,9 @@ pub struct BrokerRecord {
     pub last_heartbeat_ms: i64,
     /// Raft index of the latest registration (the broker's incarnation).
     pub registered_index: u64,
+    /// The broker's Kafka listener address (ADR 0026), from its latest registration; empty: none.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kafka_addr: String,
     /// In controlled shutdown since a `ControlledShutdown` of this incarnation; cleared by the next
     /// registration (a heartbeat does not clear it: the broker heartbeats until it stops).
     #[serde(default)]
@@ -768,11 +775,11 @@ impl MetadataState {
 
     fn apply_command(&mut self, index: u64, command: &MetaCommand) -> MetaResult {
         match command {
-            MetaCommand::RegisterBroker { node_id, addr, now_ms } => {
-                self.apply_register_broker(index, *node_id, addr, *now_ms, Incarnation::NewEpochs)
+            MetaCommand::RegisterBroker { node_id, addr, kafka_addr, now_ms } => {
+                self.apply_register_broker(index, *node_id, (addr, kafka_addr), *now_ms, Incarnation::NewEpochs)
             }
             MetaCommand::RegisterBrokerFormat2 { node_id, addr, now_ms } => {
-                self.apply_register_broker(index, *node_id, addr, *now_ms, Incarnation::SameEpochs)
+                self.apply_register_broker(index, *node_id, (addr, ""), *now_ms, Incarnation::SameEpochs)
             }
             MetaCommand::BrokerHeartbeat { node_id, now_ms } => self.apply_broker_heartbeat(*node_id, *now_ms),
             MetaCommand::FenceBroker { node_id, now_ms } => self.apply_fence_broker(*node_id, *now_ms),
@@ -961,6 +968,9 @@ impl MetadataState {
             if broker.addr.is_empty() || broker.addr.len() > BROKER_ADDR_BYTES_MAX {
                 return Err(format!("broker {node_id} has a {}-byte address", broker.addr.len()));
             }
+            if broker.kafka_addr.len() > BROKER_ADDR_BYTES_MAX {
+                return Err(format!("broker {node_id} has a {}-byte Kafka address", broker.kafka_addr.len()));
+            }
             if broker.registered_index > self.applied_index {
                 return Err(format!(
                     "broker {node_id} registered at index {} after the applied index {}",
@@ -1139,7 +1149,7 @@ impl MetadataState {
         &mut self,
         index: u64,
         node_id: NodeId,
-        addr: &str,
+        (addr, kafka_addr): (&str, &str),
         now_ms: i64,
         incarnation: Incarnation,
     ) -> MetaResult {
@@ -1149,10 +1159,20 @@ impl MetadataState {
                 format!("broker {node_id}: address must be 1-{BROKER_ADDR_BYTES_MAX} bytes, got {}", addr.len()),
             );
         }
+        if kafka_addr.len() > BROKER_ADDR_BYTES_MAX {
+            return reject(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "broker {node_id}: Kafka address must be 0-{BROKER_ADDR_BYTES_MAX} bytes, got {}",
+                    kafka_addr.len()
+                ),
+            );
+        }
         match self.brokers.get_mut(&node_id) {
             Some(broker) => {
                 let was_eligible = broker.is_eligible();
                 broker.addr = addr.to_owned();
+                broker.kafka_addr = kafka_addr.to_owned();
                 broker.fenced = false;
                 broker.shutting_down = false;
                 broker.last_heartbeat_ms = next_stamp(broker.last_heartbeat_ms, now_ms);
@@ -1174,6 +1194,7 @@ impl MetadataState {
                     fenced: false,
                     last_heartbeat_ms: now_ms,
                     registered_index: index,
+                    kafka_addr: kafka_addr.to_owned(),
                     shutting_down: false,
                 };
                 self.brokers.insert(node_id, broker);
@@ -1854,7 +1875,7 @@ pub fn decode_command(bytes: &[u8]) -> Result<MetaCommand, MetaStateError> {
     match command {
         // Formats 1 and 2 applied a re-registration without new epochs; replaying an old entry must
         // do the same (module doc, "Formats, version 3").
-        MetaCommand::RegisterBroker { node_id, addr, now_ms } if version <= 2 => {
+        MetaCommand::RegisterBroker { node_id, addr, now_ms, .. } if version <= 2 => {
             Ok(MetaCommand::RegisterBrokerFormat2 { node_id, addr, now_ms })
         }
         MetaCommand::ResignLeadership { .. } | MetaCommand::RegisterBrokerFormat2 { .. } if version <= 2 => {
@@ -1964,6 +1985,7 @@ mod tests {
             let command = MetaCommand::RegisterBroker {
                 node_id: NodeId(*node_id),
                 addr: format!("10.0.0.{node_id}:9092"),
+                kafka_addr: String::new(),
                 now_ms: 0,
             };
             assert_eq!(state.apply(index, &command), MetaResult::Ok);
@@ -2077,7 +2099,12 @@ mod tests {
     #[test]
     fn register_heartbeat_and_fence() {
         let mut state = MetadataState::new();
-        let register = MetaCommand::RegisterBroker { node_id: NodeId(1), addr: "a:1".into(), now_ms: 100 };
+        let register = MetaCommand::RegisterBroker {
+            node_id: NodeId(1),
+            addr: "a:1".into(),
+            kafka_addr: String::new(),
+            now_ms: 100,
+        };
         assert_eq!(state.apply(5, &register), MetaResult::Ok);
         let broker = state.broker(NodeId(1)).unwrap();
         assert_eq!(
@@ -2109,7 +2136,12 @@ mod tests {
         assert!(state.broker(NodeId(1)).unwrap().is_alive());
         // So does a re-registration, which may change the address.
         assert_eq!(next(&mut state, MetaCommand::FenceBroker { node_id: NodeId(1), now_ms: 3000 }), MetaResult::Ok);
-        let reregister = MetaCommand::RegisterBroker { node_id: NodeId(1), addr: "b:2".into(), now_ms: 3100 };
+        let reregister = MetaCommand::RegisterBroker {
+            node_id: NodeId(1),
+            addr: "b:2".into(),
+            kafka_addr: String::new(),
+            now_ms: 3100,
+        };
         assert_eq!(state.apply(20, &reregister), MetaResult::Ok);
         let broker = state.broker(NodeId(1)).unwrap();
         assert_eq!((broker.addr.as_str(), broker.fenced, broker.registered_index), ("b:2", false, 20));
@@ -2132,12 +2164,22 @@ mod tests {
         );
         assert_rejected(
             &mut state,
-            MetaCommand::RegisterBroker { node_id: NodeId(2), addr: String::new(), now_ms: 1 },
+            MetaCommand::RegisterBroker {
+                node_id: NodeId(2),
+                addr: String::new(),
+                kafka_addr: String::new(),
+                now_ms: 1,
+            },
             ErrorCode::InvalidRequest,
         );
         assert_rejected(
             &mut state,
-            MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "x".repeat(BROKER_ADDR_BYTES_MAX + 1), now_ms: 1 },
+            MetaCommand::RegisterBroker {
+                node_id: NodeId(2),
+                addr: "x".repeat(BROKER_ADDR_BYTES_MAX + 1),
+                kafka_addr: String::new(),
+                now_ms: 1,
+            },
             ErrorCode::InvalidRequest,
         );
         // A fence decided before a heartbeat that was applied since is stale.
@@ -2551,7 +2593,14 @@ mod tests {
             MetaCommand::RegisterBroker {
                 node_id: NodeId(u64::MAX),
                 addr: "h\"ost\u{1F600}:1".into(),
+                kafka_addr: String::new(),
                 now_ms: i64::MIN,
+            },
+            MetaCommand::RegisterBroker {
+                node_id: NodeId(3),
+                addr: "b3:9400".into(),
+                kafka_addr: "b3:9092".into(),
+                now_ms: 5,
             },
             MetaCommand::BrokerHeartbeat { node_id: NodeId(2), now_ms: 7 },
             MetaCommand::FenceBroker { node_id: NodeId(2), now_ms: i64::MAX },

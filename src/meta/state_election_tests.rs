@@ -194,8 +194,7 @@ fn nodes(ids: &[u64]) -> Vec<NodeId> {
 fn before_state(row: &Row) -> MetadataState {
     let mut state = MetadataState::new();
     for node_id in 1..=4u64 {
-        let register =
-            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        let register = register(NodeId(node_id), 1, 0);
         assert_eq!(state.apply(node_id, &register), MetaResult::Ok);
     }
     let create = MetaCommand::CreateTopic {
@@ -234,9 +233,7 @@ fn command(state: &MetadataState, cmd: Cmd) -> MetaCommand {
             node_id: NodeId(node_id),
             registered_index: registered_index(node_id) - 1,
         },
-        Register(node_id) => {
-            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:2"), now_ms: 200 }
-        }
+        Register(node_id) => register(NodeId(node_id), 2, 200),
         RegisterFormat2(node_id) => {
             MetaCommand::RegisterBrokerFormat2 { node_id: NodeId(node_id), addr: format!("b{node_id}:2"), now_ms: 200 }
         }
@@ -365,8 +362,7 @@ fn elect_leader_is_replica_order_within_the_isr_then_the_elr_then_unclean() {
 fn fencing_moves_every_partition_it_leads_in_one_entry() {
     let mut state = MetadataState::new();
     for node_id in 1..=3u64 {
-        let register =
-            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        let register = register(NodeId(node_id), 1, 0);
         state.apply(node_id, &register);
     }
     for (index, name) in [(4, "a"), (5, "b")] {
@@ -418,7 +414,7 @@ fn fencing_moves_every_partition_it_leads_in_one_entry() {
     for (_, partition) in &offline {
         assert_eq!(partition.elr, [NodeId(2)], "{partition:?}");
     }
-    state.apply(index + 3, &MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 });
+    state.apply(index + 3, &register(NodeId(2), 1, 5));
     assert_eq!(state.offline_partitions().count(), 0);
     for (topic, partition) in &offline {
         let now = state.partition(topic, partition.partition).unwrap();
@@ -433,8 +429,7 @@ fn fencing_moves_every_partition_it_leads_in_one_entry() {
 fn create_topic_min_insync_replicas() {
     let mut state = MetadataState::new();
     for node_id in 1..=3u64 {
-        let register =
-            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        let register = register(NodeId(node_id), 1, 0);
         state.apply(node_id, &register);
     }
     let mut index = 3;
@@ -475,8 +470,7 @@ fn create_topic_min_insync_replicas() {
 fn shutting_down_brokers_get_no_new_replicas() {
     let mut state = MetadataState::new();
     for node_id in 1..=3u64 {
-        let register =
-            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        let register = register(NodeId(node_id), 1, 0);
         state.apply(node_id, &register);
     }
     let shutdown = MetaCommand::ControlledShutdown { node_id: NodeId(3), registered_index: 3 };
@@ -494,7 +488,7 @@ fn shutting_down_brokers_get_no_new_replicas() {
     assert!(!state.apply(6, &create(2)).is_error());
     assert!(state.topic("t").unwrap().partitions.iter().all(|p| !p.replicas.contains(&NodeId(3))));
     // A new incarnation is eligible again; an unknown broker cannot shut down.
-    state.apply(7, &MetaCommand::RegisterBroker { node_id: NodeId(3), addr: "b3:1".into(), now_ms: 1 });
+    state.apply(7, &register(NodeId(3), 1, 1));
     assert!(state.broker(NodeId(3)).unwrap().is_eligible());
     let unknown = MetaCommand::ControlledShutdown { node_id: NodeId(9), registered_index: 0 };
     assert!(matches!(state.apply(8, &unknown), MetaResult::Error { code: ErrorCode::InvalidRequest, .. }));
@@ -548,8 +542,7 @@ fn version_1_commands_and_snapshots_still_decode() {
 fn synced_cluster() -> MetadataState {
     let mut state = MetadataState::new();
     for node_id in 1..=3u64 {
-        let register =
-            MetaCommand::RegisterBroker { node_id: NodeId(node_id), addr: format!("b{node_id}:1"), now_ms: 0 };
+        let register = register(NodeId(node_id), 1, 0);
         state.apply(node_id, &register);
     }
     for (index, name) in [(4, "a"), (5, "b")] {
@@ -582,7 +575,7 @@ fn a_restarted_broker_leaves_every_isr_with_another_member_in_one_entry() {
     let followed = state.partitions_on(NodeId(2)).filter(|(_, p)| p.leader != Some(NodeId(2))).count();
     assert!(!led.is_empty() && followed > 0);
     let index = state.applied_index() + 1;
-    let register = MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 };
+    let register = register(NodeId(2), 1, 5);
     assert_eq!(state.apply(index, &register), MetaResult::Ok);
     for topic in state.topics() {
         for partition in &topic.partitions {
@@ -649,7 +642,7 @@ fn format_2_registrations_replay_as_format_2_applied_them() {
         encode_envelope(COMMAND_MAGIC, 1, br#"{"RegisterBroker":{"node_id":2,"addr":"b2:1","now_ms":5}}"#);
     assert_eq!(decode_command(&v1_register).unwrap(), decoded);
     // This build writes version 5, which decodes to the command it encoded.
-    let current = MetaCommand::RegisterBroker { node_id: NodeId(2), addr: "b2:1".into(), now_ms: 5 };
+    let current = register(NodeId(2), 1, 5);
     assert_eq!(encode_command(&current)[4], 5);
     assert_eq!(decode_command(&encode_command(&current)), Ok(current));
     // A command version 2 did not have, in a version-2 envelope, is not what a version-2 build wrote.
@@ -798,4 +791,9 @@ fn the_elr_keeps_members_that_left_an_isr_below_min_and_leads_when_no_isr_member
             (Fence(1), Some(3), &[3], &[]),
         ],
     );
+}
+
+/// A registration of `node_id` at `b{node_id}:{port}`, without a Kafka listener.
+fn register(node_id: NodeId, port: u16, now_ms: i64) -> MetaCommand {
+    MetaCommand::RegisterBroker { node_id, addr: format!("b{node_id}:{port}"), kafka_addr: String::new(), now_ms }
 }

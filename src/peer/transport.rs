@@ -549,7 +549,8 @@ mod tests {
     /// Answers with a metadata response naming the request's topic as a broker address, so the
     /// caller can tell whose answer it got.
     fn answer(received: &Received) {
-        let broker = crate::protocol::BrokerInfo { node_id: 2, addr: received.topics[0].clone() };
+        let broker =
+            crate::protocol::BrokerInfo { node_id: 2, addr: received.topics[0].clone(), kafka_addr: String::new() };
         let response = MetadataResponse { brokers: vec![broker], topics: Vec::new() };
         let frame = Frame::new(received.correlation_id, Body::MetadataResponse(response));
         received.answer.send(frame).unwrap();

@@ -73,8 +73,14 @@ fn until(deadline: tokio::time::Instant) -> Duration {
 /// Identity of one partition incarnation: topic, its `CreateTopic` index, partition.
 type PartitionKey = (String, u64, PartitionId);
 
-/// Follows the metadata's assignments: which partitions this broker is a replica of (and so runs
-/// actors for), and what the controller decided for each.
+/// The addresses this broker registers under: its native listener's, and its Kafka listener's
+/// (ADR 0026; empty when it has none).
+#[derive(Clone, Debug, Default)]
+pub struct Advertised {
+    pub addr: String,
+    pub kafka_addr: String,
+}
+
 /// The bounds an [`Assignments`] enforces (from the broker config).
 #[derive(Debug, Clone, Copy)]
 pub struct AssignmentLimits {
@@ -393,14 +399,17 @@ impl<D: Disk> Assignments<D> {
         &self,
         group: &str,
         offsets_topic: OffsetsTopic,
-    ) -> Result<(u32, NodeId, String), TopicError> {
+    ) -> Result<(u32, NodeId, (String, String)), TopicError> {
         let unavailable = |message: String| TopicError { code: ErrorCode::CoordinatorNotAvailable, message };
         let found = self.node.with_state(|state| {
             let topic = state.topic(OFFSETS_TOPIC)?;
             let partition = crate::group::coordinator_partition(group, topic.partitions.len() as u32);
             let leader = topic.partitions[partition as usize].leader;
             let addr = leader.and_then(|leader| {
-                state.brokers().find(|b| b.node_id == leader && b.is_alive()).map(|b| b.addr.clone())
+                state
+                    .brokers()
+                    .find(|b| b.node_id == leader && b.is_alive())
+                    .map(|b| (b.addr.clone(), b.kafka_addr.clone()))
             });
             Some((partition, leader, addr))
         });
@@ -673,7 +682,7 @@ impl<D: Disk> Assignments<D> {
     /// One heartbeat tick: the registration until it applied (awaited: nothing is led before it),
     /// then a heartbeat, not awaited (the node answers within its timeout). Each that applies renews
     /// the controller lease from when it was sent. Returns whether this incarnation is registered.
-    async fn heartbeat(self: &Arc<Self>, registered: bool, advertised: &str) -> bool {
+    async fn heartbeat(self: &Arc<Self>, registered: bool, advertised: &Advertised) -> bool {
         let sent = tokio::time::Instant::now();
         if registered {
             let command = MetaCommand::BrokerHeartbeat { node_id: self.node_id, now_ms: now_ms() };
@@ -686,8 +695,12 @@ impl<D: Disk> Assignments<D> {
             });
             return true;
         }
-        let command =
-            MetaCommand::RegisterBroker { node_id: self.node_id, addr: advertised.to_owned(), now_ms: now_ms() };
+        let command = MetaCommand::RegisterBroker {
+            node_id: self.node_id,
+            addr: advertised.addr.clone(),
+            kafka_addr: advertised.kafka_addr.clone(),
+            now_ms: now_ms(),
+        };
         let registered = matches!(self.node.propose(command).await, Ok(MetaResult::Ok));
         if registered {
             self.registered.store(true, Ordering::Release);
@@ -698,7 +711,12 @@ impl<D: Disk> Assignments<D> {
     }
 
     /// Follows the applied metadata until `shutdown`; heartbeats and fences brokers meanwhile.
-    pub async fn run_background(self: Arc<Self>, advertised: String, fence_after_ms: i64, shutdown: CancellationToken) {
+    pub async fn run_background(
+        self: Arc<Self>,
+        advertised: Advertised,
+        fence_after_ms: i64,
+        shutdown: CancellationToken,
+    ) {
         let mut node = self.node.clone();
         let mut registered = false;
         let mut heartbeat = tokio::time::interval(Duration::from_millis(HEARTBEAT_INTERVAL_MS));
@@ -813,7 +831,11 @@ pub fn describe(state: &MetadataState, topics: &[String]) -> MetadataResponse {
     let brokers = state
         .brokers()
         .filter(|broker| broker.is_alive())
-        .map(|broker| BrokerInfo { node_id: broker.node_id.0, addr: broker.addr.clone() })
+        .map(|broker| BrokerInfo {
+            node_id: broker.node_id.0,
+            addr: broker.addr.clone(),
+            kafka_addr: broker.kafka_addr.clone(),
+        })
         .collect();
     let info = |record: &crate::meta::state::TopicRecord| TopicInfo {
         name: record.name.clone(),
@@ -948,7 +970,12 @@ mod tests {
     #[test]
     fn describe_and_partition_state_carry_the_cleanup_policy() {
         let mut state = MetadataState::new();
-        let register = MetaCommand::RegisterBroker { node_id: NodeId(1), addr: "b1:9092".into(), now_ms: 0 };
+        let register = MetaCommand::RegisterBroker {
+            node_id: NodeId(1),
+            addr: "b1:9092".into(),
+            kafka_addr: String::new(),
+            now_ms: 0,
+        };
         assert_eq!(state.apply(1, &register), MetaResult::Ok);
         let info = LogSettingsInfo {
             cleanup_policy: Some("compact".to_owned()),

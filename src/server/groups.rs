@@ -576,12 +576,15 @@ pub mod wire {
                     return error(invalid.code, invalid.message);
                 }
                 match assignments.find_coordinator(&request.group, offsets_topic).await {
-                    Ok((partition, leader, addr)) => Body::FindCoordinatorResponse(FindCoordinatorResponse {
-                        error: None,
-                        node_id: leader.0,
-                        addr,
-                        partition,
-                    }),
+                    Ok((partition, leader, (addr, kafka_addr))) => {
+                        Body::FindCoordinatorResponse(FindCoordinatorResponse {
+                            error: None,
+                            node_id: leader.0,
+                            addr,
+                            partition,
+                            kafka_addr,
+                        })
+                    }
                     Err(failure) => error(failure.code, failure.message),
                 }
             }

@@ -26,6 +26,7 @@
 
 pub mod assignments;
 pub mod groups;
+mod kafka_listener;
 pub mod replica_status;
 pub mod replication;
 pub mod subscriptions;
@@ -112,6 +113,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
     let advertised = config.advertised(local_addr);
     let voters = config.voters(&advertised).map_err(|error| BrokerError::Config(error.to_string()))?;
+    let (kafka_listener, kafka_advertised) = bind_kafka(&config).await?;
 
     // The metadata group: its own shutdown token, cancelled after the partitions are stopped.
     let meta_shutdown = CancellationToken::new();
@@ -127,12 +129,15 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let files = disk.clone();
     let assignments = start_assignments(&config, node.clone(), transport, disk).await;
     let background = tokio::spawn(assignments.clone().run_background(
-        advertised,
+        assignments::Advertised { addr: advertised, kafka_addr: kafka_advertised.clone() },
         config.broker_fence_after_ms as i64,
         meta_shutdown.clone(),
     ));
 
     tracing::info!(listen = %local_addr, node_id = %config.node_id, voters = ?voters, fsync = ?config.fsync, "broker listening");
+    if kafka_listener.is_some() {
+        tracing::info!(kafka_listen = %kafka_advertised, "Kafka listener listening");
+    }
     if let Some(bound) = hooks.bound {
         let _ = bound.send(local_addr);
     }
@@ -142,7 +147,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let groups_shutdown = CancellationToken::new();
     let coordinators = groups::Coordinators::start(assignments.clone(), groups_shutdown.clone());
     let state = Arc::new(State { config, assignments, coordinators });
-    let failure = serve_until_stopped(listener, &state, &shutdown).await;
+    let failure = serve_until_stopped(Listeners { native: listener, kafka: kafka_listener }, &state, &shutdown).await;
     groups_shutdown.cancel();
 
     // Hand Raft leadership over before going away, so the others do not wait out an election. The
@@ -162,6 +167,18 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
         return Err(failure);
     }
     result.map_err(BrokerError::Shutdown)
+}
+
+/// The Kafka listener when configured (ADR 0026), and the address Kafka clients are told (empty
+/// without a listener).
+async fn bind_kafka(config: &BrokerConfig) -> Result<(Option<TcpListener>, String), BrokerError> {
+    let Some(addr) = config.kafka_listen else {
+        return Ok((None, String::new()));
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|source| BrokerError::Bind { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| BrokerError::Bind { addr, source })?;
+    let advertised = config.kafka_advertised_addr.clone().unwrap_or_else(|| bound.to_string());
+    Ok((Some(listener), advertised))
 }
 
 /// The last line of a broker: what the open-file budget did (ADR 0023).
@@ -245,11 +262,41 @@ async fn start_assignments<D: Disk>(
     assignments
 }
 
+/// The broker's listeners: the native protocol's, and Kafka's when configured (ADR 0026).
+struct Listeners {
+    native: TcpListener,
+    kafka: Option<TcpListener>,
+}
+
+/// Which protocol a connection speaks.
+#[derive(Clone, Copy, Debug)]
+enum Protocol {
+    Native,
+    Kafka,
+}
+
+impl Listeners {
+    /// The next connection on either listener.
+    async fn accept(&self) -> (std::io::Result<(TcpStream, SocketAddr)>, Protocol) {
+        let kafka = async {
+            match &self.kafka {
+                Some(listener) => listener.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            accepted = self.native.accept() => (accepted, Protocol::Native),
+            accepted = kafka => (accepted, Protocol::Kafka),
+        }
+    }
+}
+
 /// Accepts and serves connections until `shutdown`, or until the metadata node stops on its own
 /// (then returns [`BrokerError::MetadataStopped`]); then stops reading and waits for the requests in
 /// flight.
 async fn serve_until_stopped<D: Disk>(
-    listener: TcpListener,
+    listeners: Listeners,
     state: &Arc<State<D>>,
     shutdown: &CancellationToken,
 ) -> Option<BrokerError> {
@@ -278,7 +325,7 @@ async fn serve_until_stopped<D: Disk>(
                 break;
             }
             Some(_) = connections.next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
+            (accepted, protocol) = listeners.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(accepted) => accepted,
                     Err(error) => {
@@ -288,7 +335,7 @@ async fn serve_until_stopped<D: Disk>(
                         continue;
                     }
                 };
-                if let Some(connection) = admit(stream, peer, state, &connection_slots, &connections_shutdown) {
+                if let Some(connection) = admit(stream, (peer, protocol), state, &connection_slots, &connections_shutdown) {
                     connections.push(connection);
                 }
             }
@@ -302,7 +349,7 @@ async fn serve_until_stopped<D: Disk>(
     // No partition opens from here on: the requests still in flight do not hold the stop while
     // logs open only to be closed (`OpenGates::close`).
     state.assignments.stop_opening();
-    drop(listener);
+    drop(listeners);
     tracing::info!(connections = connections.len(), "shutting down: finishing in-flight requests");
     connections_shutdown.stop().await;
     while connections.next().await.is_some() {}
@@ -373,7 +420,7 @@ impl Stopping {
 /// slot is taken.
 fn admit<D: Disk>(
     stream: TcpStream,
-    peer: std::net::SocketAddr,
+    (peer, protocol): (std::net::SocketAddr, Protocol),
     state: &Arc<State<D>>,
     connection_slots: &Arc<Semaphore>,
     connections_shutdown: &Stopping,
@@ -391,7 +438,10 @@ fn admit<D: Disk>(
     let state = state.clone();
     let stopping = connections_shutdown.clone();
     Some(tokio::spawn(async move {
-        serve_connection(stream, state, stopping).await;
+        match protocol {
+            Protocol::Native => serve_connection(stream, state, stopping).await,
+            Protocol::Kafka => kafka_listener::serve_kafka_connection(stream, state, stopping).await,
+        }
         drop(permit);
     }))
 }
