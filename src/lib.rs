@@ -36,6 +36,8 @@ pub mod process;
 pub mod producer_state;
 pub mod protocol;
 pub mod random;
+#[cfg(not(madsim))]
+pub mod reserving_alloc;
 pub mod server;
 pub mod sometimes;
 pub mod storage;

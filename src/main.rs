@@ -9,6 +9,10 @@ use keel::storage::file::FileDisk;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// A hostile Kafka frame must not abort the broker with one huge allocation (module doc).
+#[global_allocator]
+static ALLOC: keel::reserving_alloc::ReservingAlloc = keel::reserving_alloc::ReservingAlloc;
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse_checked();

@@ -12,8 +12,17 @@ use std::process::{Command, Output};
 const INSTALLED: &str = "install ok installed";
 
 /// Every package `.ci/deps` manages, in the order it lists them.
-const PACKAGES: [&str; 6] =
-    ["librocksdb-dev", "libclang-dev", "busybox-static", "libfaketime", "iptables", "fonts-dejavu-core"];
+const PACKAGES: [&str; 9] = [
+    "librocksdb-dev",
+    "libclang-dev",
+    "busybox-static",
+    "libfaketime",
+    "iptables",
+    "fonts-dejavu-core",
+    "kcat",
+    "python3-venv",
+    "python3-confluent-kafka",
+];
 
 /// Every package installed.
 fn all_installed() -> Vec<(&'static str, &'static str)> {
@@ -30,6 +39,9 @@ fn touch_all_checked_files(root: &Path) {
         "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
         "/usr/sbin/iptables",
         "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/bin/kcat",
+        "/usr/lib/python3.11/ensurepip/__init__.py",
+        "/usr/lib/python3/dist-packages/confluent_kafka/__init__.py",
     ] {
         touch(root, path);
     }
@@ -102,8 +114,24 @@ fn missing_packages_come_from_dpkg_status_not_from_files() {
     );
     assert_eq!(
         missing(&run_deps(&jepsen_missing, None, true)),
-        ["busybox-static", "libfaketime", "iptables", "fonts-dejavu-core"]
+        [
+            "busybox-static",
+            "libfaketime",
+            "iptables",
+            "fonts-dejavu-core",
+            "kcat",
+            "python3-venv",
+            "python3-confluent-kafka"
+        ]
     );
+
+    // The Kafka client tests' packages (ADR 0026) are decided the same way: a half-installed kcat and
+    // an unknown python3-confluent-kafka are missing, the rest is not.
+    let mut statuses = all_installed();
+    statuses.retain(|(package, _)| *package != "python3-confluent-kafka");
+    statuses.iter_mut().find(|(package, _)| *package == "kcat").unwrap().1 = "install ok half-installed";
+    let kafka_missing = fake_dpkg_query(dir.path(), &statuses);
+    assert_eq!(missing(&run_deps(&kafka_missing, None, true)), ["kcat", "python3-confluent-kafka"]);
 }
 
 #[test]
@@ -143,6 +171,20 @@ fn the_files_the_build_loads_are_checked_and_a_missing_one_names_its_package() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("libfaketime.so.1") && stderr.contains("libfaketime"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    touch(root.path(), "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+
+    // Debian's confluent_kafka module missing (the old-librdkafka client tests need it): named, with
+    // its package, on one line.
+    let module = "usr/lib/python3/dist-packages/confluent_kafka/__init__.py";
+    std::fs::remove_file(root.path().join(module)).unwrap();
+    let output = run_deps(&all, Some(root.path()), false);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("confluent_kafka") && stderr.contains("python3-confluent-kafka"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    touch(root.path(), module);
+    let output = run_deps(&all, Some(root.path()), false);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 
     // An empty root: the first missing file stops the script.
     let empty = tempfile::tempdir().unwrap();

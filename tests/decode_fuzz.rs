@@ -13,6 +13,11 @@ use keel::compression::Compression;
 use keel::protocol::{Body, Frame, MetadataRequest};
 use keel::types::{LeaderEpoch, NodeId, Offset, ProducerEpoch, ProducerId, Sequence};
 
+/// The broker's allocator: the Kafka decoder's over-sized reservations must not abort (see
+/// `keel::reserving_alloc`).
+#[global_allocator]
+static ALLOC: keel::reserving_alloc::ReservingAlloc = keel::reserving_alloc::ReservingAlloc;
+
 #[test]
 fn frame_decoding_never_panics() {
     check!().for_each(|bytes: &[u8]| {
@@ -127,4 +132,54 @@ fn valid_batches_round_trip() {
 fn a_frame_carrying_a_request_round_trips() {
     let frame = Frame::new(5, Body::MetadataRequest(MetadataRequest { topics: vec!["a".into(), "b".into()] }));
     assert_eq!(Frame::decode_bytes(frame.encode_to_bytes()).unwrap(), frame);
+}
+
+/// The Kafka listener's decoder (ADR 0026): any bytes give a request or a typed error, and a decoded
+/// request's translation to native requests does not panic either. Half the inputs get a header of
+/// a served API and version in front, so the crate's body decoders see them.
+#[test]
+fn kafka_request_decoding_never_panics() {
+    use keel::kafka::{decode_request, translate, versions, Request};
+    check!().with_type::<(bool, u8, u8, Vec<u8>)>().for_each(|(with_header, api_pick, version_pick, body)| {
+        let mut frame = Vec::with_capacity(body.len() + 10);
+        if *with_header {
+            let (api, min, max) = versions::SERVED[usize::from(*api_pick) % versions::SERVED.len()];
+            let version = min + i16::from(*version_pick) % (max - min + 1);
+            frame.extend_from_slice(&(api as i16).to_be_bytes());
+            frame.extend_from_slice(&version.to_be_bytes());
+            frame.extend_from_slice(&7i32.to_be_bytes());
+        }
+        frame.extend_from_slice(body);
+        let Ok(decoded) = decode_request(Bytes::from(frame)) else { return };
+        match &decoded.request {
+            Request::Produce(request) => drop(translate::produce_requests(request)),
+            Request::Fetch(request) => drop(translate::fetch_requests(request, 0)),
+            Request::ListOffsets(request) => drop(translate::list_offsets_requests(request)),
+            Request::CreateTopics(request) => drop(translate::create_topic_requests(request)),
+            Request::DeleteTopics(request) => drop(translate::delete_topic_names(request)),
+            Request::JoinGroup(request) => drop(translate::join_group_request(request, &decoded.client_id)),
+            Request::OffsetCommit(request) => drop(translate::offset_commit_request(request)),
+            Request::FindCoordinator(request) => drop(translate::find_coordinator_keys(request, decoded.version)),
+            Request::Metadata(request) => drop(translate::metadata_request(request)),
+            _ => {}
+        }
+    });
+    check!().for_each(|bytes: &[u8]| {
+        let _ = keel::kafka::translate::subscription_topics(&Bytes::copy_from_slice(bytes));
+    });
+}
+
+/// The input bolero found first: a consumer subscription of 8 bytes that declares a billion-topic
+/// array. The crate asks for tens of gigabytes at once; under the broker's allocator that is a
+/// reservation, and the decode fails instead of aborting the process.
+#[test]
+fn a_hostile_array_length_is_an_error_not_an_abort() {
+    let mut subscription = vec![0u8, 1]; // version 1
+    subscription.extend_from_slice(&0x7fff_fff0i32.to_be_bytes()); // the topic array's length
+    subscription.extend_from_slice(&[0, 1, b'a']);
+    assert_eq!(keel::kafka::translate::subscription_topics(&Bytes::from(subscription)), None);
+    // Metadata v0 whose topic array claims 2^31 - 16 entries, in a 13-byte frame.
+    let mut frame = vec![0, 3, 0, 0, 0, 0, 0, 9, 0xff, 0xff];
+    frame.extend_from_slice(&0x7fff_fff0i32.to_be_bytes());
+    assert!(keel::kafka::decode_request(Bytes::from(frame)).is_err());
 }
