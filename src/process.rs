@@ -324,11 +324,20 @@ pub struct ClusterSpec {
     /// Node `i`'s stderr goes to `data_dir/node-i.log` (appended) instead of being inherited.
     pub node_logs: bool,
     pub env: Vec<(OsString, OsString)>,
+    /// Node `i`'s Kafka listener (`--kafka-listen`, ADR 0026); empty: no node has one.
+    pub kafka_addrs: Vec<SocketAddr>,
 }
 
 impl ClusterSpec {
     pub fn new(exe: impl Into<PathBuf>, addrs: Vec<SocketAddr>, data_dir: impl Into<PathBuf>) -> ClusterSpec {
-        ClusterSpec { exe: exe.into(), addrs, data_dir: data_dir.into(), node_logs: false, env: Vec::new() }
+        ClusterSpec {
+            exe: exe.into(),
+            addrs,
+            data_dir: data_dir.into(),
+            node_logs: false,
+            env: Vec::new(),
+            kafka_addrs: Vec::new(),
+        }
     }
 
     /// The `--peers` list every node gets: `1=addr1,2=addr2,...`.
@@ -376,6 +385,9 @@ impl LocalCluster {
             let mut command = BrokerCommand::new(&spec.exe, *addr, &data_dir).member(node_id, &peers);
             for (key, value) in &spec.env {
                 command = command.env(key, value);
+            }
+            if let Some(kafka) = spec.kafka_addrs.get(index) {
+                command = command.arg("--kafka-listen").arg(kafka.to_string());
             }
             if let Some(log) = &log {
                 command = command.stderr(Stderr::AppendTo(log.clone()));

@@ -168,7 +168,7 @@ fn no_thread_sleeps_or_kill_commands() {
 /// end of a file) may use the client's decoders to read back what they wrote.
 #[test]
 fn lower_layers_do_not_import_the_server_or_the_client() {
-    for dir in ["src/meta", "src/partition", "src/log", "src/storage", "src/group"] {
+    for dir in ["src/meta", "src/partition", "src/log", "src/storage", "src/group", "src/kafka"] {
         for file in rust_files(&root().join(dir)) {
             let code = code_of(&file);
             let code = code.split("\nmod tests {").next().unwrap_or("");

@@ -346,6 +346,8 @@ impl Cluster {
             let faketime_mount = format!("{}:{FAKETIME_DIR}", node.faketime_dir.display());
             let node_id = node.id.to_string();
             let listen = node.addr();
+            // Every node also serves Kafka clients (ADR 0026), so the listener runs under the faults.
+            let kafka_listen = format!("{}:9092", node.ip);
             let preload = format!("LD_PRELOAD={LIBFAKETIME}");
             let timestamp_file = format!("FAKETIME_TIMESTAMP_FILE={FAKETIME_DIR}/offset");
             docker(&[
@@ -387,6 +389,8 @@ impl Cluster {
                 &node_id,
                 "--listen",
                 &listen,
+                "--kafka-listen",
+                &kafka_listen,
                 "--data-dir",
                 "/data",
                 "--peers",

@@ -31,7 +31,7 @@ pub enum ClusterCommand {
     Up(UpArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct UpArgs {
     /// Number of brokers (1 to 7); each is a voter of the metadata group.
     #[arg(long, default_value_t = 3)]
@@ -42,6 +42,12 @@ pub struct UpArgs {
     /// Node i keeps its data in DATA_DIR/node-i and its log in DATA_DIR/node-i.log.
     #[arg(long, default_value = "./keel-cluster")]
     pub data_dir: PathBuf,
+    /// Node i serves Kafka clients on 127.0.0.1:(kafka-base-port + i - 1) (ADR 0026).
+    #[arg(long, default_value_t = 9092)]
+    pub kafka_base_port: u16,
+    /// No Kafka listeners.
+    #[arg(long)]
+    pub no_kafka: bool,
 }
 
 pub async fn run(cli: &Cli, command: &ClusterCommand) -> Result<(), CliError> {
@@ -239,17 +245,17 @@ async fn up(cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
     use crate::process::{ClusterSpec, LocalCluster, Signal};
 
     let layout = up_layout(args)?;
-    let mut addrs = Vec::new();
-    for (_, addr) in &layout {
-        if let Err(error) = std::net::TcpListener::bind(addr.as_str()) {
-            return Err(fail(format!("cannot use {addr}: {error} (is another broker running? pick --base-port)")));
-        }
-        addrs.push(addr.parse().map_err(|error| fail(format!("bad address {addr}: {error}")))?);
-    }
+    let addrs = free_addrs(layout.iter().map(|(_, addr)| addr.clone()), "--base-port")?;
+    let kafka_addrs = if args.no_kafka {
+        Vec::new()
+    } else {
+        let kafka_layout = up_layout(&UpArgs { base_port: args.kafka_base_port, ..args.clone() })?;
+        free_addrs(kafka_layout.into_iter().map(|(_, addr)| addr), "--kafka-base-port")?
+    };
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|error| fail(format!("cannot create {}: {error}", args.data_dir.display())))?;
     let exe = std::env::current_exe().map_err(|error| fail(format!("cannot find the keel binary: {error}")))?;
-    let spec = ClusterSpec { node_logs: true, ..ClusterSpec::new(exe, addrs, &args.data_dir) };
+    let spec = ClusterSpec { node_logs: true, kafka_addrs, ..ClusterSpec::new(exe, addrs, &args.data_dir) };
 
     // A node that cannot start makes `spawn` drop (kill) the ones already started.
     let mut cluster = LocalCluster::spawn(&spec).map_err(|error| fail(error.to_string()))?;
@@ -280,6 +286,19 @@ async fn up(cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The addresses, each checked free to listen on (`flag` moves them).
+#[cfg(not(madsim))]
+fn free_addrs(addrs: impl Iterator<Item = String>, flag: &str) -> Result<Vec<std::net::SocketAddr>, CliError> {
+    let mut free = Vec::new();
+    for addr in addrs {
+        if let Err(error) = std::net::TcpListener::bind(addr.as_str()) {
+            return Err(fail(format!("cannot use {addr}: {error} (is another broker running? pick {flag})")));
+        }
+        free.push(addr.parse().map_err(|error| fail(format!("bad address {addr}: {error}")))?);
+    }
+    Ok(free)
+}
+
 /// Prints each node of a cluster that is up (address, pid, data, log) and how to reach it.
 #[cfg(not(madsim))]
 fn print_up(cli: &Cli, spec: &crate::process::ClusterSpec, cluster: &crate::process::LocalCluster) {
@@ -288,11 +307,19 @@ fn print_up(cli: &Cli, spec: &crate::process::ClusterSpec, cluster: &crate::proc
         let log = spec.node_log(node.node_id);
         let addr = node.process.addr();
         let pid = node.process.pid().unwrap_or(0);
+        let kafka = spec.kafka_addrs.get(node.node_id as usize - 1).map(ToString::to_string);
         let line = if cli.json {
-            json!({"node_id": node.node_id, "addr": addr.to_string(), "pid": pid, "data_dir": node.data_dir, "log": log})
-                .to_string()
+            json!({"node_id": node.node_id, "addr": addr.to_string(), "kafka_addr": kafka, "pid": pid,
+                   "data_dir": node.data_dir, "log": log})
+            .to_string()
         } else {
-            format!("node {}  {addr}  pid {pid}  data {}  log {}", node.node_id, node.data_dir.display(), log.display())
+            let kafka = kafka.map(|kafka| format!("  kafka {kafka}")).unwrap_or_default();
+            format!(
+                "node {}  {addr}{kafka}  pid {pid}  data {}  log {}",
+                node.node_id,
+                node.data_dir.display(),
+                log.display()
+            )
         };
         print_line(&mut out, &line);
     }
@@ -354,7 +381,13 @@ mod tests {
 
     #[test]
     fn up_layout_checks_its_input() {
-        let args = |nodes, base_port| UpArgs { nodes, base_port, data_dir: PathBuf::from("x") };
+        let args = |nodes, base_port| UpArgs {
+            nodes,
+            base_port,
+            data_dir: PathBuf::from("x"),
+            kafka_base_port: 9092,
+            no_kafka: false,
+        };
         assert!(up_layout(&args(0, 9401)).unwrap_err().message.contains("between 1 and 7"));
         assert!(up_layout(&args(8, 9401)).unwrap_err().message.contains("between 1 and 7"));
         assert!(up_layout(&args(3, 65534)).unwrap_err().message.contains("no room"));
