@@ -46,6 +46,13 @@ use crate::lock;
 use crate::trace::Trace;
 
 pub const BROKER_PORT: u16 = 9400;
+/// The port of a broker's Kafka listener, in the scenarios that run one (ADR 0026).
+pub const KAFKA_PORT: u16 = 9092;
+
+/// Broker `index`'s (0-based) Kafka listener address.
+pub fn kafka_addr(index: usize) -> String {
+    format!("10.0.1.{}:{KAFKA_PORT}", index + 1)
+}
 /// How long a broker may take to finish a graceful shutdown before it counts as hung.
 pub const CLEAN_SHUTDOWN_MS_MAX: u64 = 30_000;
 

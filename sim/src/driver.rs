@@ -334,6 +334,21 @@ impl Run {
         for index in 0..queue.swarm.producer_nodes {
             let node = self.cluster.add_client();
             let processes = (0..queue.swarm.processes_per_node).map(|_| queue.next_process()).collect();
+            // Half the producer nodes (the first among them) speak Kafka when the scenario says so.
+            if self.scenario.kafka && index % 2 == 0 {
+                let kafka_node = crate::kafka_workload::KafkaProducerNode {
+                    bootstrap: (0..self.cluster.broker_count()).map(crate::cluster::kafka_addr).collect(),
+                    topic: TOPIC.to_owned(),
+                    partitions,
+                    processes,
+                    think_ms_max: queue.swarm.think_ms_max,
+                    hot_partition_percent: queue.swarm.hot_partition_percent,
+                    rng: StdRng::seed_from_u64(queue.rng.random()),
+                };
+                queue.workers.push(node.spawn(kafka_node.run(queue.recorder.clone(), queue.stop.clone())));
+                queue.producer_clients.push(self.cluster.client_count() - 1);
+                continue;
+            }
             let producer_node = ProducerNode {
                 addr: addr.clone(),
                 topic: TOPIC.to_owned(),
@@ -1025,7 +1040,9 @@ fn broker_configs(scenario: &Scenario, swarm: &Swarm) -> Vec<BrokerConfig> {
         Default::default()
     };
     (0..scenario.brokers)
-        .map(|_| BrokerConfig {
+        .map(|number| BrokerConfig {
+            // The Kafka listener's address (ADR 0026): the broker's own IP (see `Cluster::add_broker`).
+            kafka_listen: scenario.kafka.then(|| crate::cluster::kafka_addr(number).parse().expect("an address")),
             fsync: scenario.fsync,
             segment_bytes_max: 64 * 1024,
             // The simulation's logs are KiBs: every one gets a clean-close record at a graceful

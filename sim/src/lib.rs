@@ -34,6 +34,8 @@
 //!   clogs, latency, disk and metadata-store faults, heal; every broker exit judged by its cause.
 //! - [`workload`]: the queue workload (producers, consumers at the tails, the final reader),
 //!   recording one history and checking durability invariants during the run.
+//! - [`kafka_workload`]: idempotent producers speaking Kafka's wire protocol to the brokers' Kafka
+//!   listeners, beside the queue workload's native ones (ADR 0026).
 //! - [`meta_workload`]: admin processes creating, deleting, describing and listing topics through
 //!   random brokers, recorded for `keel_model::metadata_checker`.
 //! - [`history_file`]: the JSON Lines history every scenario writes with `KEEL_SIM_HISTORY`, and
@@ -79,6 +81,7 @@ pub mod group_workload;
 pub mod history_file;
 #[cfg(madsim)]
 pub mod isr_watch;
+pub mod kafka_workload;
 pub mod meta_workload;
 #[cfg(madsim)]
 pub mod monitor;

@@ -103,6 +103,9 @@ pub struct Scenario {
     /// partitions cost 3 to 9 times a plain one; CI thins them so that its campaign fits its time
     /// bound. A campaign of chosen scenarios (`KEEL_SIM_SCENARIOS`) runs every seed.
     pub campaign_stride: u64,
+    /// Whether every broker also runs a Kafka listener and some producer nodes speak Kafka to it
+    /// ([`crate::kafka_workload`], ADR 0026) instead of the native protocol.
+    pub kafka: bool,
 }
 
 /// The full campaign's stride for the many-partition scenarios (1.1 and 1.8 s of wall time a run
@@ -183,6 +186,7 @@ fn single_broker(name: &'static str, fsync: FsyncPolicy, faults: Vec<(FaultClass
         partitions: None,
         open_files_max: None,
         campaign_stride: 1,
+        kafka: false,
     }
 }
 
@@ -204,6 +208,7 @@ fn raft(name: &'static str, voters: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         partitions: None,
         open_files_max: None,
         campaign_stride: 1,
+        kafka: false,
     }
 }
 
@@ -340,6 +345,7 @@ fn isr(name: &'static str, brokers: usize, faults: Vec<(FaultClass, Use)>) -> Sc
         partitions: None,
         open_files_max: None,
         campaign_stride: 1,
+        kafka: false,
     }
 }
 
@@ -678,6 +684,23 @@ pub fn isr_3_many_partitions_small_file_budget() -> Scenario {
     }
 }
 
+/// Idempotent producers speaking Kafka's wire protocol (ADR 0026) beside the native ones, into the
+/// same replicated topic (RF 3, min ISR 2), while partition leaders are killed, brokers crash, lose
+/// power or restart gracefully and the network partitions: each Kafka producer sends a record again
+/// (same producer id and sequence) after every retriable error or broken connection, so the
+/// listener's translation of dedup answers (a duplicate still in flight, a leader that moved) is
+/// judged exactly-once with the rest.
+pub fn kafka_idempotent_failover() -> Scenario {
+    let faults = vec![
+        (PartitionLeaderKill, Always),
+        (Kill, Sometimes),
+        (PowerLoss, Sometimes),
+        (CleanRestart, Sometimes),
+        (Partition, Sometimes),
+    ];
+    Scenario { kafka: true, ..idempotent("kafka_idempotent_failover", faults) }
+}
+
 /// Every scenario of `sim/tests/scenarios.rs`.
 pub fn all() -> Vec<Scenario> {
     vec![
@@ -710,6 +733,7 @@ pub fn all() -> Vec<Scenario> {
         push_3(),
         many_partitions_small_file_budget(),
         isr_3_many_partitions_small_file_budget(),
+        kafka_idempotent_failover(),
     ]
 }
 

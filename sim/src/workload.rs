@@ -165,7 +165,7 @@ impl Recorder {
     /// durable on enough replicas), `info` when its outcome is unknown, `fail` when it definitely
     /// was not written; `None` is a send that did not resolve within [`OPERATION_MS_MAX`] (a hang:
     /// a violation, recorded `info`). Returns whether the send resolved.
-    fn send_resolved(
+    pub(crate) fn send_resolved(
         &self,
         pending: PendingSend,
         partition: u32,
@@ -397,7 +397,7 @@ fn record_for(value: &str, compaction_keys: Option<u64>) -> Record {
 
 /// The partition of a process's next send: partition 0 for `hot_percent` of them, the rest spread
 /// evenly over every partition.
-fn pick_partition(rng: &mut StdRng, partitions: u32, hot_percent: u32) -> u32 {
+pub(crate) fn pick_partition(rng: &mut StdRng, partitions: u32, hot_percent: u32) -> u32 {
     if rng.random_range(0..100) < hot_percent {
         0
     } else {
@@ -497,7 +497,7 @@ async fn run_pipelined_process(
 }
 
 /// A pause drawn from `[0, think_ms_max]` between two sends of a process.
-async fn think(rng: &mut StdRng, think_ms_max: u64) {
+pub(crate) async fn think(rng: &mut StdRng, think_ms_max: u64) {
     if think_ms_max > 0 {
         let think_ms = rng.random_range(0..=think_ms_max);
         if think_ms > 0 {

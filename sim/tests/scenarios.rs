@@ -157,6 +157,7 @@ async fn bit_flip_nemesis_rots_durable_segments_of_a_minority_only() {
         partitions: None,
         open_files_max: None,
         campaign_stride: 1,
+        kafka: false,
     };
     let swarm = NemesisSwarm {
         interval_ms: 100,
@@ -613,6 +614,14 @@ async fn idempotent_all_power_loss() {
 async fn idempotent_swarm() {
     keel_sim::init_logging();
     driver::run(&scenario::idempotent_swarm()).await.assert_valid();
+}
+
+/// Idempotent producers speaking Kafka's wire protocol beside native ones (ADR 0026), partition
+/// leaders killed, brokers crashing, losing power and cut off: exactly once through both listeners.
+#[madsim::test]
+async fn kafka_idempotent_failover() {
+    keel_sim::init_logging();
+    driver::run(&scenario::kafka_idempotent_failover()).await.assert_valid();
 }
 
 /// Consumer groups under member crashes, coordinator failover, partitions and power loss: no

@@ -45,6 +45,7 @@ pub(super) async fn serve_kafka_connection<D: Disk>(stream: TcpStream, state: Ar
     let mut reading = true;
     let mut drain = Drain::default();
     let mut closed_by_peer = false;
+    tracing::trace!(?peer, "Kafka connection");
     loop {
         if !reading && in_flight.is_empty() {
             break;
@@ -73,16 +74,7 @@ pub(super) async fn serve_kafka_connection<D: Disk>(stream: TcpStream, state: Ar
                 }
                 Some(Ok(bytes)) => {
                     drain.on_request();
-                    match decode_request(bytes.freeze()) {
-                        Ok(request) => in_flight.push_back(serve_kafka(&state, request).await),
-                        Err(FrameError::UnsupportedApiVersions { correlation_id, .. }) => {
-                            in_flight.push_back(ready(Reply::Send(api_versions_fallback(correlation_id))))
-                        }
-                        Err(error) => {
-                            tracing::info!(?peer, %error, "closing a Kafka connection");
-                            reading = false;
-                        }
-                    }
+                    reading = take_frame(&state, bytes.freeze(), &mut in_flight, peer).await;
                     None
                 }
             },
@@ -102,6 +94,31 @@ pub(super) async fn serve_kafka_connection<D: Disk>(stream: TcpStream, state: Ar
     }
     if !closed_by_peer {
         close_gracefully(framed).await;
+    }
+}
+
+/// Decodes one frame and queues its answer; false when the connection must stop reading (a frame
+/// it cannot answer: the client could not match what follows).
+async fn take_frame<D: Disk>(
+    state: &Arc<State<D>>,
+    frame: Bytes,
+    in_flight: &mut FuturesOrdered<PendingReply>,
+    peer: Option<std::net::SocketAddr>,
+) -> bool {
+    match decode_request(frame) {
+        Ok(request) => {
+            tracing::trace!(?peer, version = request.version, request = ?request.request, "Kafka request");
+            in_flight.push_back(serve_kafka(state, request).await);
+            true
+        }
+        Err(FrameError::UnsupportedApiVersions { correlation_id, .. }) => {
+            in_flight.push_back(ready(Reply::Send(api_versions_fallback(correlation_id))));
+            true
+        }
+        Err(error) => {
+            tracing::info!(?peer, %error, "closing a Kafka connection");
+            false
+        }
     }
 }
 
