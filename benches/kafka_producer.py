@@ -22,7 +22,7 @@ def main():
         "acks": "all",
         "enable.idempotence": True,
         "linger.ms": args.linger_ms,
-        "queue.buffering.max.messages": 200000,
+        "queue.buffering.max.messages": 20000,
     })
     value = b"x" * args.size
     latencies = []
