@@ -596,3 +596,66 @@ fn commits_fetches_leaves_lists_and_describes_at_every_version() {
         assert_eq!((response.groups[1].group_state.as_str(), response.groups[1].error_code), ("Dead", 0));
     }
 }
+
+/// A request at a version Keel does not serve, but the crate reads, is answered with
+/// UNSUPPORTED_VERSION on everything it names, in that version's format; the connection goes on.
+#[test]
+fn unserved_versions_the_crate_reads_get_unsupported_version_answers() {
+    fn frame_of<R: Encodable + Default>(api: ApiKey) -> impl Fn(i16) -> Option<Bytes> {
+        move |version| {
+            let mut buf = BytesMut::new();
+            let header = RequestHeader::default()
+                .with_request_api_key(api as i16)
+                .with_request_api_version(version)
+                .with_correlation_id(3);
+            header.encode(&mut buf, api.request_header_version(version)).ok()?;
+            R::default().encode(&mut buf, version).ok()?;
+            Some(buf.freeze())
+        }
+    }
+    let apis: Vec<(ApiKey, Box<dyn Fn(i16) -> Option<Bytes>>)> = vec![
+        (ApiKey::Metadata, Box::new(frame_of::<MetadataRequest>(ApiKey::Metadata))),
+        (ApiKey::Produce, Box::new(frame_of::<ProduceRequest>(ApiKey::Produce))),
+        (ApiKey::Fetch, Box::new(frame_of::<FetchRequest>(ApiKey::Fetch))),
+        (ApiKey::ListOffsets, Box::new(frame_of::<ListOffsetsRequest>(ApiKey::ListOffsets))),
+        (ApiKey::CreateTopics, Box::new(frame_of::<CreateTopicsRequest>(ApiKey::CreateTopics))),
+        (ApiKey::DeleteTopics, Box::new(frame_of::<DeleteTopicsRequest>(ApiKey::DeleteTopics))),
+        (ApiKey::InitProducerId, Box::new(frame_of::<InitProducerIdRequest>(ApiKey::InitProducerId))),
+        (ApiKey::FindCoordinator, Box::new(frame_of::<FindCoordinatorRequest>(ApiKey::FindCoordinator))),
+        (ApiKey::JoinGroup, Box::new(frame_of::<JoinGroupRequest>(ApiKey::JoinGroup))),
+        (ApiKey::SyncGroup, Box::new(frame_of::<SyncGroupRequest>(ApiKey::SyncGroup))),
+        (ApiKey::Heartbeat, Box::new(frame_of::<HeartbeatRequest>(ApiKey::Heartbeat))),
+        (ApiKey::LeaveGroup, Box::new(frame_of::<LeaveGroupRequest>(ApiKey::LeaveGroup))),
+        (ApiKey::OffsetCommit, Box::new(frame_of::<OffsetCommitRequest>(ApiKey::OffsetCommit))),
+        (ApiKey::OffsetFetch, Box::new(frame_of::<OffsetFetchRequest>(ApiKey::OffsetFetch))),
+        (ApiKey::ListGroups, Box::new(frame_of::<ListGroupsRequest>(ApiKey::ListGroups))),
+        (ApiKey::DescribeGroups, Box::new(frame_of::<DescribeGroupsRequest>(ApiKey::DescribeGroups))),
+    ];
+    let mut answered = Vec::new();
+    let mut unanswerable = Vec::new();
+    for (api, frame) in &apis {
+        let readable = api.valid_versions();
+        for version in readable.min..=readable.max {
+            if versions::accepts(*api, version) {
+                continue;
+            }
+            let Some(bytes) = frame(version) else { continue };
+            let decoded = decode_request(bytes).unwrap_or_else(|e| panic!("{api:?} v{version}: {e}"));
+            assert!(!decoded.served, "{api:?} v{version}");
+            let response = translate::refuse_all(&decoded.request, version, 1, errors::UNSUPPORTED_VERSION);
+            match encode_response(version, 3, &response) {
+                Ok(_) => answered.push(format!("{api:?} v{version}")),
+                Err(_) => unanswerable.push(format!("{api:?} v{version}")),
+            }
+        }
+    }
+    println!("answered with UNSUPPORTED_VERSION: {answered:?}");
+    println!("closed instead (no answer in that version's format): {unanswerable:?}");
+    assert!(answered.len() >= 15, "{answered:?}");
+    // The versions past Keel's that the crate reads are answered, topic ids and all.
+    for expected in ["Metadata v13", "Produce v13", "Fetch v13", "ListOffsets v8", "OffsetFetch v8"] {
+        assert!(answered.iter().any(|a| a == expected), "{expected} not answered: {unanswerable:?}");
+    }
+    let heartbeat = Response::Heartbeat(HeartbeatResponse::default());
+    assert!(encode_response(4, 1, &heartbeat).is_ok());
+}

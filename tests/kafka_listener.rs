@@ -1,6 +1,7 @@
 //! The Kafka listener against bad input, through raw sockets to a real `keel broker --kafka-listen`
 //! (ADR 0026): an `ApiVersions` at a version it does not serve gets Kafka's v0 answer and the
-//! connection goes on; a hostile array length, a frame shorter than a header, an unknown API, an
+//! connection goes on, as does a request at a version past Keel's that the crate reads (answered with
+//! `UNSUPPORTED_VERSION`); a hostile array length, a frame shorter than a header, an unknown API, an
 //! undecodable body and an oversized length prefix each close only their own connection, while the
 //! broker keeps serving Kafka and native clients; a produce with acks 0 gets no answer (the next
 //! answer is the next request's); bad acks and unknown topics get Kafka's error codes.
@@ -109,6 +110,16 @@ async fn bad_input_closes_only_its_connection_and_the_broker_serves_on() {
     let answer: ApiVersionsResponse = ask(&mut stream, ApiKey::ApiVersions, 3, 6, &ApiVersionsRequest::default()).await;
     assert_eq!(answer.error_code, 0);
     println!("checked: ApiVersions v99 gets the v0 UNSUPPORTED_VERSION answer; v3 on the same connection then works");
+
+    // Metadata v13 (past Keel's 12, a version the crate reads): every topic it names is refused with
+    // UNSUPPORTED_VERSION, in v13's format, and the connection goes on.
+    let topics = vec![metadata_request::MetadataRequestTopic::default().with_name(Some(TopicName(s("orders"))))];
+    let refused: MetadataResponse =
+        ask(&mut stream, ApiKey::Metadata, 13, 7, &MetadataRequest::default().with_topics(Some(topics))).await;
+    assert_eq!(refused.topics[0].error_code, 35);
+    let answer: ApiVersionsResponse = ask(&mut stream, ApiKey::ApiVersions, 3, 8, &ApiVersionsRequest::default()).await;
+    assert_eq!(answer.error_code, 0);
+    println!("checked: Metadata v13 gets UNSUPPORTED_VERSION on its topic, in v13's format; the connection goes on");
 
     // Metadata v0 whose topic array claims 2^31 - 16 topics, in 14 bytes: the decoder asks for
     // tens of gigabytes up front (keel::reserving_alloc); the broker must not abort.

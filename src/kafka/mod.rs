@@ -119,6 +119,9 @@ pub struct RequestFrame {
     /// The client's `client.id`; empty when it sent none.
     pub client_id: String,
     pub request: Request,
+    /// False for a version outside [`versions::SERVED`] (but one the crate reads): it is answered
+    /// with `UNSUPPORTED_VERSION` ([`translate::refuse_all`]), never served.
+    pub served: bool,
 }
 
 /// Why a frame gives no request. Only [`FrameError::UnsupportedApiVersions`] is answered (see
@@ -150,11 +153,17 @@ pub fn decode_request(frame: Bytes) -> Result<RequestFrame, FrameError> {
         Ok(api) if versions::is_served_api(api) => api,
         _ => return Err(FrameError::UnknownApi { api_key, version, correlation_id }),
     };
-    if !versions::accepts(api, version) {
+    let served = versions::accepts(api, version);
+    if !served {
         if api == ApiKey::ApiVersions {
             return Err(FrameError::UnsupportedApiVersions { version, correlation_id });
         }
-        return Err(FrameError::UnsupportedVersion { api, version, correlation_id });
+        // A version the crate reads is decoded and answered with UNSUPPORTED_VERSION on every item
+        // it names ([`translate::refuse_all`]); one it cannot read has no answer a client could parse.
+        let readable = api.valid_versions();
+        if version < readable.min || version > readable.max {
+            return Err(FrameError::UnsupportedVersion { api, version, correlation_id });
+        }
     }
     let malformed = |message: String| FrameError::Malformed { api, version, correlation_id, message };
     let mut body = frame;
@@ -163,7 +172,7 @@ pub fn decode_request(frame: Bytes) -> Result<RequestFrame, FrameError> {
     let request =
         decode_body(api, &mut body, version).unwrap_or_else(|| Err("no decoder".to_owned())).map_err(malformed)?;
     let client_id = header.client_id.map(|id| id.to_string()).unwrap_or_default();
-    Ok(RequestFrame { version, correlation_id, client_id, request })
+    Ok(RequestFrame { version, correlation_id, client_id, request, served })
 }
 
 /// Encodes a response frame (without its length prefix) at the request's version.

@@ -26,7 +26,7 @@ use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 use super::errors::{self, code_of, message_of};
-use super::{split_host_port, str_bytes, versions, CLUSTER_ID};
+use super::{split_host_port, str_bytes, versions, Request, Response, CLUSTER_ID};
 use crate::protocol as native;
 use crate::protocol::{Acks, ErrorCode, LIST_OFFSETS_EARLIEST};
 
@@ -1004,4 +1004,66 @@ pub fn described_group(name: &str, answer: Result<native::DescribeGroupResponse,
         .with_protocol_type(str_bytes("consumer"))
         .with_protocol_data(str_bytes(answer.assignor.clone()))
         .with_members(members)
+}
+
+// ---------------------------------------------------------------------------------------------
+// A request at a version Keel does not serve
+
+/// The answer to a request Keel decoded but does not serve at its version: `code` on every item it
+/// names (or at the top, where the response has no items), built by the same functions as the
+/// served answers. The connection goes on; a client that asked at such a version ignored
+/// `ApiVersions`, and gets a definite refusal instead of a closed connection.
+pub fn refuse_all(request: &Request, version: i16, node_id: u64, code: i16) -> Response {
+    let no = || Refusal::new(code, format!("version {version} of this API is not served"));
+    match request {
+        Request::ApiVersions(_) => Response::ApiVersions(ApiVersionsResponse::default().with_error_code(code)),
+        Request::Metadata(r) => {
+            let info = native::ErrorInfo::new(ErrorCode::UnsupportedVersion, no().message);
+            let mut response = metadata_response(r, version, node_id, Err(info));
+            response.topics.iter_mut().for_each(|topic| topic.error_code = code);
+            Response::Metadata(response)
+        }
+        Request::Produce(r) => {
+            let parts = r
+                .topic_data
+                .iter()
+                .flat_map(|t| t.partition_data.iter().map(move |p| (topic(&t.name), p.index, Err(no()))));
+            Response::Produce(produce_response(version, parts.collect()))
+        }
+        Request::Fetch(r) => Response::Fetch(fetch_refused(r, version, code)),
+        Request::ListOffsets(r) => {
+            let parts = r
+                .topics
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(move |p| (topic(&t.name), p.partition_index, Err(no()))));
+            Response::ListOffsets(list_offsets_response(parts.collect()))
+        }
+        Request::CreateTopics(r) => Response::CreateTopics(create_topics_response(
+            version,
+            r.topics.iter().map(|t| (topic(&t.name), Err(no()))).collect(),
+        )),
+        Request::DeleteTopics(r) => {
+            let names = delete_topic_names(r).into_iter().map(|name| (name.ok(), Err(no()))).collect();
+            Response::DeleteTopics(delete_topics_response(version, names))
+        }
+        Request::InitProducerId(_) => Response::InitProducerId(init_producer_id_response(Err(no()))),
+        Request::FindCoordinator(r) => {
+            let keys = find_coordinator_keys(r, version).into_iter().map(|(key, _)| (key, Err(no()))).collect();
+            Response::FindCoordinator(find_coordinator_response(version, keys))
+        }
+        Request::JoinGroup(_) => Response::JoinGroup(join_group_response(version, Err(no()))),
+        Request::SyncGroup(r) => Response::SyncGroup(sync_group_response(r, version, Err(no()))),
+        Request::Heartbeat(_) => Response::Heartbeat(HeartbeatResponse::default().with_error_code(code)),
+        Request::LeaveGroup(r) => {
+            let members = leave_group_members(r, version).into_iter().map(|member| (member, Err(no()))).collect();
+            Response::LeaveGroup(leave_group_response(version, members))
+        }
+        Request::OffsetCommit(r) => Response::OffsetCommit(offset_commit_response(r, Err(no()))),
+        Request::OffsetFetch(r) => Response::OffsetFetch(offset_fetch_response(r, version, Err(no()))),
+        Request::ListGroups(r) => Response::ListGroups(list_groups_response(r, version, Err(no()))),
+        Request::DescribeGroups(r) => Response::DescribeGroups(
+            DescribeGroupsResponse::default()
+                .with_groups(r.groups.iter().map(|g| described_group(g.0.as_str(), Err(no()))).collect()),
+        ),
+    }
 }

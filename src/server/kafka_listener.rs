@@ -106,6 +106,17 @@ async fn take_frame<D: Disk>(
     peer: Option<std::net::SocketAddr>,
 ) -> bool {
     match decode_request(frame) {
+        Ok(request) if !request.served => {
+            tracing::debug!(?peer, version = request.version, "a Kafka request at a version Keel does not serve");
+            let response = translate::refuse_all(
+                &request.request,
+                request.version,
+                state.config.node_id.0,
+                errors::UNSUPPORTED_VERSION,
+            );
+            in_flight.push_back(ready(encoded(request.version, request.correlation_id, response)));
+            true
+        }
         Ok(request) => {
             tracing::trace!(?peer, version = request.version, request = ?request.request, "Kafka request");
             in_flight.push_back(serve_kafka(state, request).await);
@@ -171,7 +182,7 @@ macro_rules! pick {
 /// Routes one Kafka request. Like `server::dispatch`: what must happen in arrival order happens
 /// before this returns; the returned future only waits for the answers.
 async fn serve_kafka<D: Disk>(state: &Arc<State<D>>, frame: RequestFrame) -> PendingReply {
-    let RequestFrame { version, correlation_id, client_id, request } = frame;
+    let RequestFrame { version, correlation_id, client_id, request, .. } = frame;
     let respond = move |response| encoded(version, correlation_id, response);
     match request {
         Request::ApiVersions(_) => ready(respond(Response::ApiVersions(translate::api_versions(version)))),
