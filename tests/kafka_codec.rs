@@ -613,7 +613,8 @@ fn unserved_versions_the_crate_reads_get_unsupported_version_answers() {
             Some(buf.freeze())
         }
     }
-    let apis: Vec<(ApiKey, Box<dyn Fn(i16) -> Option<Bytes>>)> = vec![
+    type FrameAt = Box<dyn Fn(i16) -> Option<Bytes>>;
+    let apis: Vec<(ApiKey, FrameAt)> = vec![
         (ApiKey::Metadata, Box::new(frame_of::<MetadataRequest>(ApiKey::Metadata))),
         (ApiKey::Produce, Box::new(frame_of::<ProduceRequest>(ApiKey::Produce))),
         (ApiKey::Fetch, Box::new(frame_of::<FetchRequest>(ApiKey::Fetch))),
