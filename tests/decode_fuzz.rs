@@ -167,6 +167,21 @@ fn kafka_request_decoding_never_panics() {
     check!().for_each(|bytes: &[u8]| {
         let _ = keel::kafka::translate::subscription_topics(&Bytes::copy_from_slice(bytes));
     });
+    // Any API key and a small version in front of any body: an API Keel does not serve is answered
+    // from the header (and, for the admin APIs, the body it parses) or refused, never a panic.
+    check!().with_type::<(u8, u8, Vec<u8>)>().for_each(|(api_key, version, body)| {
+        let mut frame = Vec::with_capacity(body.len() + 8);
+        frame.extend_from_slice(&i16::from(*api_key).to_be_bytes());
+        frame.extend_from_slice(&i16::from(*version % 16).to_be_bytes());
+        frame.extend_from_slice(&7i32.to_be_bytes());
+        frame.extend_from_slice(body);
+        let frame = Bytes::from(frame);
+        if let Err(keel::kafka::FrameError::UnservedApi { api, version, correlation_id }) =
+            keel::kafka::decode_request(frame.clone())
+        {
+            let _ = keel::kafka::unserved::answer(api, version, correlation_id, frame);
+        }
+    });
 }
 
 /// The input bolero found first: a consumer subscription of 8 bytes that declares a billion-topic

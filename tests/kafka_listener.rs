@@ -1,6 +1,7 @@
 //! The Kafka listener against bad input, through raw sockets to a real `keel broker --kafka-listen`
 //! (ADR 0026): an `ApiVersions` at a version it does not serve gets Kafka's v0 answer and the
-//! connection goes on, as does a request at a version past Keel's that the crate reads (answered with
+//! connection goes on, as does a request at a version past Keel's that the crate reads, or of an API
+//! Keel does not serve whose response has a top-level error code (both answered with
 //! `UNSUPPORTED_VERSION`); a hostile array length, a frame shorter than a header, an unknown API, an
 //! undecodable body and an oversized length prefix each close only their own connection, while the
 //! broker keeps serving Kafka and native clients; a produce with acks 0 gets no answer (the next
@@ -132,11 +133,33 @@ async fn bad_input_closes_only_its_connection_and_the_broker_serves_on() {
     unknown.put_i16(0);
     unknown.put_i32(1);
     closes_without_answer(kafka, &raw(&unknown), "an unknown API key").await;
-    let mut sasl = BytesMut::new();
-    sasl.put_i16(ApiKey::SaslHandshake as i16);
-    sasl.put_i16(1);
-    sasl.put_i32(1);
-    closes_without_answer(kafka, &raw(&sasl), "an API Keel does not serve (SaslHandshake)").await;
+    let mut acls = BytesMut::new();
+    acls.put_i16(ApiKey::CreateAcls as i16);
+    acls.put_i16(1);
+    acls.put_i32(1);
+    closes_without_answer(kafka, &raw(&acls), "an API Keel does not serve and does not parse (CreateAcls)").await;
+    // An API Keel does not serve whose response has a top-level error code: UNSUPPORTED_VERSION, in
+    // its own format, and the connection goes on.
+    let mut stream = connect(kafka).await;
+    let sasl = SaslHandshakeRequest::default().with_mechanism(s("SCRAM-SHA-256"));
+    let refused: SaslHandshakeResponse = ask(&mut stream, ApiKey::SaslHandshake, 1, 21, &sasl).await;
+    assert_eq!(refused.error_code, 35);
+    let end = EndTxnRequest::default().with_transactional_id(TransactionalId(s("tx")));
+    let refused: EndTxnResponse = ask(&mut stream, ApiKey::EndTxn, 3, 22, &end).await;
+    assert_eq!(refused.error_code, 35);
+    let resource = describe_configs_request::DescribeConfigsResource::default()
+        .with_resource_type(2)
+        .with_resource_name(s("orders"));
+    let configs = DescribeConfigsRequest::default().with_resources(vec![resource]);
+    let refused: DescribeConfigsResponse = ask(&mut stream, ApiKey::DescribeConfigs, 4, 24, &configs).await;
+    assert_eq!((refused.results[0].error_code, refused.results[0].resource_name.as_str()), (35, "orders"));
+    let answer: ApiVersionsResponse =
+        ask(&mut stream, ApiKey::ApiVersions, 3, 23, &ApiVersionsRequest::default()).await;
+    assert_eq!(answer.error_code, 0);
+    println!(
+        "checked: SaslHandshake, EndTxn and DescribeConfigs (not served) get UNSUPPORTED_VERSION, per resource where \
+         the answer has resources; the connection goes on"
+    );
     let mut cut = frame(ApiKey::Metadata, 4, 2, &MetadataRequest::default().with_topics(None)).to_vec();
     cut.truncate(cut.len() - 1);
     let body_length = (cut.len() - 4) as i32;

@@ -18,6 +18,7 @@
 
 pub mod errors;
 pub mod translate;
+pub mod unserved;
 pub mod versions;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -124,15 +125,20 @@ pub struct RequestFrame {
     pub served: bool,
 }
 
-/// Why a frame gives no request. Only [`FrameError::UnsupportedApiVersions`] is answered (see
-/// [`api_versions_fallback`]); after any other the listener closes the connection, since a Kafka
-/// client cannot match a reply to a request whose format it did not follow.
+/// Why a frame gives no request. [`FrameError::UnsupportedApiVersions`] is answered (see
+/// [`api_versions_fallback`]) and so is [`FrameError::UnservedApi`] ([`unserved::answer`]); after
+/// any other the listener closes the connection, since a Kafka client cannot match a reply to a
+/// request whose format it did not follow.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FrameError {
     #[error("a {0}-byte frame is shorter than a request header")]
     TooShort(usize),
     #[error("API key {api_key} (version {version}) is not one Keel serves")]
     UnknownApi { api_key: i16, version: i16, correlation_id: i32 },
+    /// A Kafka API Keel does not serve, whose response has a top-level error code: answered with
+    /// `UNSUPPORTED_VERSION` there ([`unserved::answer`]).
+    #[error("{api:?} (version {version}) is not served")]
+    UnservedApi { api: ApiKey, version: i16, correlation_id: i32 },
     #[error("ApiVersions version {version} is not served (0-{})", versions::API_VERSIONS_MAX)]
     UnsupportedApiVersions { version: i16, correlation_id: i32 },
     #[error("{api:?} version {version} is not served")]
@@ -151,6 +157,9 @@ pub fn decode_request(frame: Bytes) -> Result<RequestFrame, FrameError> {
     let (api_key, version, correlation_id) = (fixed.get_i16(), fixed.get_i16(), fixed.get_i32());
     let api = match ApiKey::try_from(api_key) {
         Ok(api) if versions::is_served_api(api) => api,
+        Ok(api) if unserved::answers(api, version) => {
+            return Err(FrameError::UnservedApi { api, version, correlation_id });
+        }
         _ => return Err(FrameError::UnknownApi { api_key, version, correlation_id }),
     };
     let served = versions::accepts(api, version);
@@ -227,11 +236,15 @@ mod tests {
         for len in 0..8 {
             assert_eq!(decode_request(Bytes::from(vec![0; len])), Err(FrameError::TooShort(len)));
         }
-        // SaslHandshake (17) is a real API Keel does not serve; 999 is no API at all.
-        for api_key in [17, 999, -1] {
+        // DescribeConfigs (32) is a real API Keel does not serve, whose answer has no top-level
+        // error code; 999 is no API at all.
+        for api_key in [32, 999, -1] {
             let error = decode_request(frame(api_key, 0, 5, &[])).unwrap_err();
             assert_eq!(error, FrameError::UnknownApi { api_key, version: 0, correlation_id: 5 });
         }
+        // SaslHandshake's answer has one: it is answered.
+        let error = decode_request(frame(17, 1, 5, &[])).unwrap_err();
+        assert_eq!(error, FrameError::UnservedApi { api: ApiKey::SaslHandshake, version: 1, correlation_id: 5 });
         let error = decode_request(frame(ApiKey::ApiVersions as i16, 99, 6, &[])).unwrap_err();
         assert_eq!(error, FrameError::UnsupportedApiVersions { version: 99, correlation_id: 6 });
         let error = decode_request(frame(ApiKey::Fetch as i16, 3, 7, &[])).unwrap_err();

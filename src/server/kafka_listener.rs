@@ -105,7 +105,7 @@ async fn take_frame<D: Disk>(
     in_flight: &mut FuturesOrdered<PendingReply>,
     peer: Option<std::net::SocketAddr>,
 ) -> bool {
-    match decode_request(frame) {
+    match decode_request(frame.clone()) {
         Ok(request) if !request.served => {
             tracing::debug!(?peer, version = request.version, "a Kafka request at a version Keel does not serve");
             let response = translate::refuse_all(
@@ -125,6 +125,19 @@ async fn take_frame<D: Disk>(
         Err(FrameError::UnsupportedApiVersions { correlation_id, .. }) => {
             in_flight.push_back(ready(Reply::Send(api_versions_fallback(correlation_id))));
             true
+        }
+        Err(FrameError::UnservedApi { api, version, correlation_id }) => {
+            match crate::kafka::unserved::answer(api, version, correlation_id, frame) {
+                Some(answer) => {
+                    tracing::debug!(?peer, ?api, version, "a Kafka API Keel does not serve: UNSUPPORTED_VERSION");
+                    in_flight.push_back(ready(Reply::Send(answer)));
+                    true
+                }
+                None => {
+                    tracing::info!(?peer, ?api, version, "closing a Kafka connection: an API Keel does not serve");
+                    false
+                }
+            }
         }
         Err(error) => {
             tracing::info!(?peer, %error, "closing a Kafka connection");
