@@ -14,19 +14,14 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use keel::process::{free_loopback_addr, signal_child, ClusterSpec, LocalCluster, Signal};
 use serde_json::Value;
 use support::cli::{keel, ok, start_broker, stderr, stdout, KEEL};
+use support::wait::{wait_for, WAIT_MAX};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::time::Instant;
 
-/// Liveness guard for every wait in this file (a rebalance can take a member's session timeout).
-const WAIT_MAX: Duration = Duration::from_secs(60);
-/// Between two looks at a condition.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 const PARTITIONS: u32 = 3;
 /// Records per partition the tests produce.
 const PER_PARTITION: u32 = 10;
@@ -65,23 +60,6 @@ async fn describe(broker: &str, group: &str) -> Option<Value> {
         return None;
     }
     Some(serde_json::from_str(&stdout(&output)).expect("describe prints JSON"))
-}
-
-/// Polls `check` until it returns `Some`, at most [`WAIT_MAX`]; panics naming `what` and the last
-/// value seen otherwise.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => panic!("timed out waiting for {what}; last: {last}"),
-            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
-        }
-    }
 }
 
 /// Waits until `group` is in `state`; its description then.

@@ -30,15 +30,12 @@ use std::time::Duration;
 use keel::process::{free_loopback_addr, BrokerCommand, BrokerProcess, ClusterSpec};
 use serde_json::Value;
 use support::cli::{keel, ok, start_broker_with, stderr, stdout, KEEL};
+use support::wait::{wait_for, WAIT_MAX};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-/// Liveness guard for every polled condition (a broker's start, a topic's leaders, a group's commit).
-const WAIT_MAX: Duration = Duration::from_secs(60);
-/// Between two looks at a condition.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// The bound each Python script puts on its own run (its `--timeout-s`); it fails itself past it.
 const SCRIPT_TIMEOUT_S: u64 = 150;
 /// How long this file waits for a script: its own bound, plus room for its watchdog to report.
@@ -89,23 +86,6 @@ async fn venv_python() -> PathBuf {
     let python = PathBuf::from(printed.lines().last().unwrap_or("").trim());
     assert!(python.is_file(), ".ci/kafka-clients-venv printed {printed:?}, not an interpreter");
     python
-}
-
-/// Polls `check` until it returns `Ok`, at most [`WAIT_MAX`]; panics naming `what` and the last
-/// value seen otherwise.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + WAIT_MAX;
-    loop {
-        match check().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => panic!("timed out waiting for {what}; last: {last}"),
-            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
-        }
-    }
 }
 
 /// Waits until `addr` accepts TCP connections (the Kafka listener is up).

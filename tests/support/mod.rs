@@ -6,4 +6,5 @@
 pub mod cli;
 pub mod fake_broker;
 pub mod in_process;
+pub mod wait;
 pub mod yielding_disk;
