@@ -172,6 +172,31 @@ async fn submit<D: Disk>(state: &Arc<State<D>>, body: Body) -> BoxFuture<'static
     })
 }
 
+/// Submits every request that has one, in order (each admitted now, as `submit` does); the future
+/// gives each answer's body, or the item's refusal, in the same order.
+async fn submit_all<D: Disk>(
+    state: &Arc<State<D>>,
+    requests: Vec<Result<Body, Refusal>>,
+) -> BoxFuture<'static, Vec<Result<Body, Refusal>>> {
+    let mut pending = Vec::with_capacity(requests.len());
+    for request in requests {
+        pending.push(match request {
+            Ok(body) => Ok(submit(state, body).await),
+            Err(refusal) => Err(refusal),
+        });
+    }
+    Box::pin(async move {
+        let mut answers = Vec::with_capacity(pending.len());
+        for pending in pending {
+            answers.push(match pending {
+                Ok(answer) => Ok(answer.await),
+                Err(refusal) => Err(refusal),
+            });
+        }
+        answers
+    })
+}
+
 /// A refusal for an answer that is not the expected response (an `ErrorResponse`).
 fn refusal_of(body: Body) -> Refusal {
     match body {
@@ -317,21 +342,9 @@ async fn fetch_round<D: Disk>(
     state: &Arc<State<D>>,
     parts: &[translate::PartitionFetch],
 ) -> Vec<Result<native::FetchResponse, Refusal>> {
-    let mut pending = Vec::with_capacity(parts.len());
-    for part in parts {
-        pending.push(match &part.request {
-            Ok(request) => Ok(submit(state, Body::FetchRequest(request.clone())).await),
-            Err(refusal) => Err(refusal.clone()),
-        });
-    }
-    let mut answers = Vec::with_capacity(pending.len());
-    for pending in pending {
-        answers.push(match pending {
-            Ok(answer) => pick!(FetchResponse, answer.await),
-            Err(refusal) => Err(refusal),
-        });
-    }
-    answers
+    let requests = parts.iter().map(|part| part.request.clone().map(Body::FetchRequest)).collect();
+    let answers = submit_all(state, requests).await.await;
+    answers.into_iter().map(|answer| answer.and_then(|body| pick!(FetchResponse, body))).collect()
 }
 
 /// Waits until one partition's long poll answers, or `wait_ms`.
@@ -353,23 +366,15 @@ async fn list_offsets<D: Disk>(
     version: i16,
     correlation_id: i32,
 ) -> PendingReply {
-    let mut submitted = Vec::new();
-    for part in translate::list_offsets_requests(&request) {
-        let pending = match part.request {
-            Ok(request) => Ok(submit(state, Body::ListOffsetsRequest(request)).await),
-            Err(refusal) => Err(refusal),
-        };
-        submitted.push((part.topic, part.partition, pending));
-    }
+    let (keys, requests): (Vec<_>, Vec<_>) = translate::list_offsets_requests(&request)
+        .into_iter()
+        .map(|part| ((part.topic, part.partition), part.request.map(Body::ListOffsetsRequest)))
+        .unzip();
+    let pending = submit_all(state, requests).await;
     Box::pin(async move {
-        let mut parts = Vec::with_capacity(submitted.len());
-        for (topic, partition, pending) in submitted {
-            let answer = match pending {
-                Ok(answer) => pick!(ListOffsetsResponse, answer.await),
-                Err(refusal) => Err(refusal),
-            };
-            parts.push((topic, partition, answer));
-        }
+        let answers = pending.await.into_iter().map(|answer| answer.and_then(|body| pick!(ListOffsetsResponse, body)));
+        let parts =
+            keys.into_iter().zip(answers).map(|((topic, partition), answer)| (topic, partition, answer)).collect();
         encoded(version, correlation_id, Response::ListOffsets(translate::list_offsets_response(parts)))
     })
 }
@@ -388,25 +393,18 @@ async fn create_topics<D: Disk>(
     version: i16,
     correlation_id: i32,
 ) -> PendingReply {
-    let mut submitted = Vec::new();
-    for (name, create) in translate::create_topic_requests(&request) {
-        let pending = match create {
-            Ok(create) => Ok((create.clone(), submit(state, Body::CreateTopicRequest(create)).await)),
-            Err(refusal) => Err(refusal),
-        };
-        submitted.push((name, pending));
-    }
+    let creates = translate::create_topic_requests(&request);
+    let requests = creates.iter().map(|(_, create)| create.clone().map(Body::CreateTopicRequest)).collect();
+    let pending = submit_all(state, requests).await;
     Box::pin(async move {
-        let mut results = Vec::with_capacity(submitted.len());
-        for (name, pending) in submitted {
-            let result = match pending {
-                Ok((create, answer)) => {
-                    pick!(CreateTopicResponse, answer.await).and_then(|answer| checked(answer.error)).map(|()| create)
-                }
-                Err(refusal) => Err(refusal),
-            };
-            results.push((name, result));
-        }
+        let results = creates
+            .into_iter()
+            .zip(pending.await)
+            .map(|((name, create), answer)| {
+                let created = answer.and_then(|body| pick!(CreateTopicResponse, body)).and_then(|a| checked(a.error));
+                (name, created.and(create))
+            })
+            .collect();
         encoded(version, correlation_id, Response::CreateTopics(translate::create_topics_response(version, results)))
     })
 }
@@ -417,26 +415,20 @@ async fn delete_topics<D: Disk>(
     version: i16,
     correlation_id: i32,
 ) -> PendingReply {
-    let mut submitted = Vec::new();
-    for name in translate::delete_topic_names(&request) {
-        submitted.push(match name {
-            Ok(name) => {
-                let answer =
-                    submit(state, Body::DeleteTopicRequest(native::DeleteTopicRequest { name: name.clone() })).await;
-                (Some(name), Ok(answer))
-            }
-            Err(refusal) => (None, Err(refusal)),
-        });
-    }
+    let names = translate::delete_topic_names(&request);
+    let requests = names
+        .iter()
+        .map(|name| name.clone().map(|name| Body::DeleteTopicRequest(native::DeleteTopicRequest { name })))
+        .collect();
+    let pending = submit_all(state, requests).await;
     Box::pin(async move {
-        let mut results = Vec::with_capacity(submitted.len());
-        for (name, pending) in submitted {
-            let result = match pending {
-                Ok(answer) => pick!(DeleteTopicResponse, answer.await).and_then(|answer| checked(answer.error)),
-                Err(refusal) => Err(refusal),
-            };
-            results.push((name, result));
-        }
+        let results = names
+            .into_iter()
+            .zip(pending.await)
+            .map(|(name, answer)| {
+                (name.ok(), answer.and_then(|body| pick!(DeleteTopicResponse, body)).and_then(|a| checked(a.error)))
+            })
+            .collect();
         encoded(version, correlation_id, Response::DeleteTopics(translate::delete_topics_response(version, results)))
     })
 }
