@@ -90,6 +90,9 @@ pub struct BrokerConfig {
     pub kafka_listen: Option<SocketAddr>,
     /// Address Kafka clients are told to use for this broker (defaults to `kafka_listen`).
     pub kafka_advertised_addr: Option<String>,
+    /// The admin HTTP listener (ADR 0027): `/metrics`, `/healthz`, `/readyz`, `/v1/...` and the web
+    /// console. Off unless set.
+    pub admin_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub segment_bytes_max: u64,
@@ -143,6 +146,7 @@ impl Default for BrokerConfig {
             advertised_addr: None,
             kafka_listen: None,
             kafka_advertised_addr: None,
+            admin_listen: None,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             fsync: FsyncPolicy::Always,
             segment_bytes_max: 128 * 1024 * 1024,
@@ -260,6 +264,19 @@ impl BrokerConfig {
             ))),
             (_, Some(addr)) if crate::kafka::split_host_port(addr).is_none() => {
                 Err(ConfigError::Invalid(format!("kafka_advertised_addr {addr:?} is not host:port")))
+            }
+            _ => self.validate_admin(),
+        }
+    }
+
+    /// The admin listener needs a port of its own.
+    fn validate_admin(&self) -> Result<(), ConfigError> {
+        match self.admin_listen {
+            Some(admin) if admin == self.listen || Some(admin) == self.kafka_listen => {
+                let other = if admin == self.listen { "native" } else { "Kafka" };
+                Err(ConfigError::Invalid(format!(
+                    "admin_listen {admin} is the {other} listener's address too; give it another port"
+                )))
             }
             _ => Ok(()),
         }

@@ -10,6 +10,7 @@
 //! - [`server`]: the broker: listener, connections, topic registry, shutdown.
 //! - [`client`]: the async Rust client (producer, consumer, admin) used by the CLI, sim and benches.
 //! - [`config`]: broker configuration (flags and TOML).
+//! - [`metrics`]: the broker's Prometheus metrics; `admin`: the HTTP listener that serves them.
 //! - [`sometimes`], [`buggify`]: the simulation's coverage counters and BUGGIFY points (no-ops in
 //!   the normal build).
 //! - `process` (normal build only): real `keel broker` processes for the real-process tests and
@@ -17,6 +18,8 @@
 //!
 //! See docs/ARCHITECTURE.md for the code map and its invariants.
 
+#[cfg(not(madsim))]
+pub mod admin;
 pub mod batch;
 pub mod buggify;
 pub mod cli;
@@ -29,6 +32,7 @@ pub mod kafka;
 pub mod leader_epochs;
 pub mod log;
 pub mod meta;
+pub mod metrics;
 pub mod partition;
 pub mod peer;
 #[cfg(not(madsim))]

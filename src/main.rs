@@ -59,9 +59,44 @@ async fn broker(args: &cli::BrokerArgs) -> Result<(), CliError> {
         .map_err(|error| failure(format!("cannot open the metadata store {}: {error}", meta_dir.display())))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    run_broker(config, disk, meta_store, shutdown, BrokerHooks::default())
-        .await
-        .map_err(|error| failure(error.to_string()))
+    let mut hooks = BrokerHooks::default();
+    let admin_stop = CancellationToken::new();
+    if let Some(addr) = config.admin_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|error| failure(format!("cannot listen on the admin address {addr}: {error}")))?;
+        tokio::spawn(admin(listener, &mut hooks, shutdown.clone(), admin_stop.clone()));
+    }
+    let result = run_broker(config, disk, meta_store, shutdown, hooks).await;
+    admin_stop.cancel();
+    result.map_err(|error| failure(error.to_string()))
+}
+
+/// The admin listener (ADR 0027), serving once the broker hands over its observer and address.
+/// `/readyz` turns 503 as soon as `stopping` (the broker's shutdown) is cancelled; the listener
+/// stops at `stop`.
+fn admin(
+    listener: tokio::net::TcpListener,
+    hooks: &mut BrokerHooks,
+    stopping: CancellationToken,
+    stop: CancellationToken,
+) -> impl std::future::Future<Output = ()> {
+    let (bound_sender, bound) = tokio::sync::oneshot::channel();
+    let (observer_sender, observer) = tokio::sync::oneshot::channel();
+    hooks.bound = Some(bound_sender);
+    hooks.observer = Some(observer_sender);
+    async move {
+        let (Ok(mut native), Ok(observer)) = (bound.await, observer.await) else { return };
+        if native.ip().is_unspecified() {
+            native.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(admin_listen = %addr, "admin listener listening"),
+            Err(error) => tracing::warn!(%error, "admin listener: no local address"),
+        }
+        let admin = keel::admin::Admin::new(observer, native.to_string(), stopping);
+        keel::admin::serve(listener, admin, stop).await;
+    }
 }
 
 /// Raises the soft open-file limit to the hard one (a process may, without privileges) and returns

@@ -326,6 +326,8 @@ pub struct ClusterSpec {
     pub env: Vec<(OsString, OsString)>,
     /// Node `i`'s Kafka listener (`--kafka-listen`, ADR 0026); empty: no node has one.
     pub kafka_addrs: Vec<SocketAddr>,
+    /// Node `i`'s admin HTTP listener (`--admin-listen`, ADR 0027); empty: no node has one.
+    pub admin_addrs: Vec<SocketAddr>,
 }
 
 impl ClusterSpec {
@@ -337,6 +339,7 @@ impl ClusterSpec {
             node_logs: false,
             env: Vec::new(),
             kafka_addrs: Vec::new(),
+            admin_addrs: Vec::new(),
         }
     }
 
@@ -388,6 +391,9 @@ impl LocalCluster {
             }
             if let Some(kafka) = spec.kafka_addrs.get(index) {
                 command = command.arg("--kafka-listen").arg(kafka.to_string());
+            }
+            if let Some(admin) = spec.admin_addrs.get(index) {
+                command = command.arg("--admin-listen").arg(admin.to_string());
             }
             if let Some(log) = &log {
                 command = command.stderr(Stderr::AppendTo(log.clone()));

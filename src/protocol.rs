@@ -206,6 +206,75 @@ pub enum Body {
     UnsubscribeResponse(UnsubscribeResponse),
 }
 
+impl Body {
+    /// The API a request or response belongs to, in snake case (`produce`, `join_group`): the
+    /// `api` label of the request metrics.
+    pub fn api_name(&self) -> &'static str {
+        match self {
+            Body::ProduceRequest(_) | Body::ProduceResponse(_) => "produce",
+            Body::FetchRequest(_) | Body::FetchResponse(_) => "fetch",
+            Body::ListOffsetsRequest(_) | Body::ListOffsetsResponse(_) => "list_offsets",
+            Body::CreateTopicRequest(_) | Body::CreateTopicResponse(_) => "create_topic",
+            Body::DeleteTopicRequest(_) | Body::DeleteTopicResponse(_) => "delete_topic",
+            Body::MetadataRequest(_) | Body::MetadataResponse(_) => "metadata",
+            Body::ErrorResponse(_) => "error",
+            Body::RaftMessage(_) => "raft_message",
+            Body::ClusterStatusRequest(_) | Body::ClusterStatusResponse(_) => "cluster_status",
+            Body::PeerHello(_) | Body::PeerHelloResponse(_) => "peer_hello",
+            Body::ReplicaFetchRequest(_) | Body::ReplicaFetchResponse(_) => "replica_fetch",
+            Body::ReplicaStatusRequest(_) | Body::ReplicaStatusResponse(_) => "replica_status",
+            Body::InitProducerIdRequest(_) | Body::InitProducerIdResponse(_) => "init_producer_id",
+            Body::AlterTopicRequest(_) | Body::AlterTopicResponse(_) => "alter_topic",
+            Body::FindCoordinatorRequest(_) | Body::FindCoordinatorResponse(_) => "find_coordinator",
+            Body::JoinGroupRequest(_) | Body::JoinGroupResponse(_) => "join_group",
+            Body::SyncGroupRequest(_) | Body::SyncGroupResponse(_) => "sync_group",
+            Body::HeartbeatRequest(_) | Body::HeartbeatResponse(_) => "heartbeat",
+            Body::LeaveGroupRequest(_) | Body::LeaveGroupResponse(_) => "leave_group",
+            Body::OffsetCommitRequest(_) | Body::OffsetCommitResponse(_) => "offset_commit",
+            Body::OffsetFetchRequest(_) | Body::OffsetFetchResponse(_) => "offset_fetch",
+            Body::ResetOffsetsRequest(_) | Body::ResetOffsetsResponse(_) => "reset_offsets",
+            Body::ListGroupsRequest(_) | Body::ListGroupsResponse(_) => "list_groups",
+            Body::DescribeGroupRequest(_) | Body::DescribeGroupResponse(_) => "describe_group",
+            Body::SubscribeRequest(_) => "subscribe",
+            Body::PushBatch(_) => "push_batch",
+            Body::CreditRequest(_) | Body::CreditResponse(_) => "credit",
+            Body::UnsubscribeRequest(_) | Body::UnsubscribeResponse(_) => "unsubscribe",
+        }
+    }
+
+    /// The error a response carries (`None` for a success, and for a request).
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        let error = match self {
+            Body::ProduceResponse(response) => response.error.as_ref(),
+            Body::FetchResponse(response) => response.error.as_ref(),
+            Body::ListOffsetsResponse(response) => response.error.as_ref(),
+            Body::CreateTopicResponse(response) => response.error.as_ref(),
+            Body::DeleteTopicResponse(response) => response.error.as_ref(),
+            Body::ErrorResponse(response) => response.error.as_ref(),
+            Body::PeerHelloResponse(response) => response.error.as_ref(),
+            Body::ReplicaFetchResponse(response) => response.error.as_ref(),
+            Body::ReplicaStatusResponse(response) => response.error.as_ref(),
+            Body::InitProducerIdResponse(response) => response.error.as_ref(),
+            Body::AlterTopicResponse(response) => response.error.as_ref(),
+            Body::FindCoordinatorResponse(response) => response.error.as_ref(),
+            Body::JoinGroupResponse(response) => response.error.as_ref(),
+            Body::SyncGroupResponse(response) => response.error.as_ref(),
+            Body::HeartbeatResponse(response) => response.error.as_ref(),
+            Body::LeaveGroupResponse(response) => response.error.as_ref(),
+            Body::OffsetCommitResponse(response) => response.error.as_ref(),
+            Body::OffsetFetchResponse(response) => response.error.as_ref(),
+            Body::ResetOffsetsResponse(response) => response.error.as_ref(),
+            Body::ListGroupsResponse(response) => response.error.as_ref(),
+            Body::DescribeGroupResponse(response) => response.error.as_ref(),
+            Body::PushBatch(response) => response.error.as_ref(),
+            Body::CreditResponse(response) => response.error.as_ref(),
+            Body::UnsubscribeResponse(response) => response.error.as_ref(),
+            _ => None,
+        };
+        error.map(ErrorInfo::error_code)
+    }
+}
+
 impl Frame {
     pub fn new(correlation_id: u64, body: Body) -> Frame {
         Frame { correlation_id, version: PROTOCOL_VERSION, body: Some(body) }

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 const INSTALLED: &str = "install ok installed";
 
 /// Every package `.ci/deps` manages, in the order it lists them.
-const PACKAGES: [&str; 9] = [
+const PACKAGES: [&str; 11] = [
     "librocksdb-dev",
     "libclang-dev",
     "busybox-static",
@@ -22,6 +22,8 @@ const PACKAGES: [&str; 9] = [
     "kcat",
     "python3-venv",
     "python3-confluent-kafka",
+    "chromium",
+    "chromium-driver",
 ];
 
 /// Every package installed.
@@ -42,6 +44,8 @@ fn touch_all_checked_files(root: &Path) {
         "/usr/bin/kcat",
         "/usr/lib/python3.11/ensurepip/__init__.py",
         "/usr/lib/python3/dist-packages/confluent_kafka/__init__.py",
+        "/usr/bin/chromium",
+        "/usr/bin/chromedriver",
     ] {
         touch(root, path);
     }
@@ -121,7 +125,9 @@ fn missing_packages_come_from_dpkg_status_not_from_files() {
             "fonts-dejavu-core",
             "kcat",
             "python3-venv",
-            "python3-confluent-kafka"
+            "python3-confluent-kafka",
+            "chromium",
+            "chromium-driver"
         ]
     );
 
@@ -132,6 +138,12 @@ fn missing_packages_come_from_dpkg_status_not_from_files() {
     statuses.iter_mut().find(|(package, _)| *package == "kcat").unwrap().1 = "install ok half-installed";
     let kafka_missing = fake_dpkg_query(dir.path(), &statuses);
     assert_eq!(missing(&run_deps(&kafka_missing, None, true)), ["kcat", "python3-confluent-kafka"]);
+
+    // The console test's browser and driver (ADR 0027): a removed chromium-driver is missing.
+    let mut statuses = all_installed();
+    statuses.iter_mut().find(|(package, _)| *package == "chromium-driver").unwrap().1 = "deinstall ok config-files";
+    let driver_missing = fake_dpkg_query(dir.path(), &statuses);
+    assert_eq!(missing(&run_deps(&driver_missing, None, true)), ["chromium-driver"]);
 }
 
 #[test]

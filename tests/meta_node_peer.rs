@@ -301,7 +301,7 @@ async fn a_broker_whose_raft_task_panics_shuts_down_even_with_connections_open()
     let config = keel::config::BrokerConfig { listen: "127.0.0.1:0".parse().unwrap(), ..Default::default() };
     let (bound, address) = tokio::sync::oneshot::channel();
     let (meta_node, handle) = tokio::sync::oneshot::channel();
-    let hooks = keel::server::BrokerHooks { bound: Some(bound), meta_node: Some(meta_node) };
+    let hooks = keel::server::BrokerHooks { bound: Some(bound), meta_node: Some(meta_node), ..Default::default() };
     let disk = keel::storage::sim::SimDisk::new(11);
     let broker = tokio::spawn(keel::server::run_broker(config, disk, store, CancellationToken::new(), hooks));
     let address = address.await.unwrap();

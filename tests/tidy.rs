@@ -208,6 +208,22 @@ fn the_client_does_not_import_the_server() {
     }
 }
 
+/// The admin listener (ADR 0027) sits with the CLI, on top: it reads the broker through
+/// `server::Observer` and asks through a client. Nothing below reaches up into it, and the metrics
+/// it renders are counted below it without knowing it exists.
+#[test]
+fn nothing_imports_the_admin_listener() {
+    for file in rust_files(&root().join("src")) {
+        if file.starts_with(root().join("src/admin")) || file.ends_with("src/lib.rs") {
+            continue;
+        }
+        let code = code_of(&file);
+        for word in ["crate::admin", "super::admin", "super::super::admin"] {
+            assert!(!code.contains(word), "{} uses `{word}` (the admin listener is a top layer)", file.display());
+        }
+    }
+}
+
 /// The peer transport sits below everything that talks to peers: the metadata driver uses it for
 /// Raft messages and the follower fetcher (in `partition`) will use it for replica fetches, so it
 /// must not reach up into either of them, nor into the server or the client (issue 7, ADR 0010).

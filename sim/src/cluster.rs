@@ -772,7 +772,8 @@ async fn run_incarnation(shared: Incarnation) {
             *lock(&meta) = MetaSlot { incarnation, node: Some(node), boot_snapshot_index };
         }
     });
-    let hooks = keel::server::BrokerHooks { bound: Some(bound_sender), meta_node: Some(meta_sender) };
+    let hooks =
+        keel::server::BrokerHooks { bound: Some(bound_sender), meta_node: Some(meta_sender), ..Default::default() };
     let result = keel::server::run_broker(config, disk.clone(), kv.open(), shutdown, hooks).await;
     let now_ns = start.elapsed().as_nanos() as u64;
     let result = result.map_err(|error| error.to_string());

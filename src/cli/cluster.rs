@@ -48,6 +48,12 @@ pub struct UpArgs {
     /// No Kafka listeners.
     #[arg(long)]
     pub no_kafka: bool,
+    /// Node i serves the admin HTTP API (metrics, health, console) on 127.0.0.1:(admin-base-port + i - 1) (ADR 0027).
+    #[arg(long, default_value_t = 9644)]
+    pub admin_base_port: u16,
+    /// No admin listeners.
+    #[arg(long)]
+    pub no_admin: bool,
 }
 
 pub async fn run(cli: &Cli, command: &ClusterCommand) -> Result<(), CliError> {
@@ -182,24 +188,28 @@ fn node_line(node: &NodeStatusInfo) -> String {
     }
 }
 
+/// `keel cluster status --json`, and the admin API's `/v1/cluster`.
+pub fn status_value(response: &ClusterStatusResponse) -> serde_json::Value {
+    let nodes: Vec<_> = response.nodes.iter().map(node_json).collect();
+    let unhealthy = &response.unhealthy_partitions;
+    let offline: Vec<_> = unhealthy.iter().filter(|p| p.offline).map(partition_json).collect();
+    let under_replicated: Vec<_> = unhealthy.iter().filter(|p| p.under_replicated).map(partition_json).collect();
+    json!({
+        "answered_by": response.answered_by,
+        "leader": leader_of(response),
+        "nodes": nodes,
+        "offline_partitions": offline,
+        "under_replicated_partitions": under_replicated,
+        "unhealthy_partitions_omitted": response.unhealthy_partitions_omitted,
+    })
+}
+
 async fn status(cli: &Cli) -> Result<(), CliError> {
     let response = client(cli).cluster_status(true).await?;
     let leader = leader_of(&response);
     let mut out = std::io::stdout().lock();
     if cli.json {
-        let nodes: Vec<_> = response.nodes.iter().map(node_json).collect();
-        let unhealthy = &response.unhealthy_partitions;
-        let offline: Vec<_> = unhealthy.iter().filter(|p| p.offline).map(partition_json).collect();
-        let under_replicated: Vec<_> = unhealthy.iter().filter(|p| p.under_replicated).map(partition_json).collect();
-        let line = json!({
-            "answered_by": response.answered_by,
-            "leader": leader,
-            "nodes": nodes,
-            "offline_partitions": offline,
-            "under_replicated_partitions": under_replicated,
-            "unhealthy_partitions_omitted": response.unhealthy_partitions_omitted,
-        });
-        print_line(&mut out, &line.to_string());
+        print_line(&mut out, &status_value(&response).to_string());
         return Ok(());
     }
     let leader_text = if leader == 0 { "none".to_owned() } else { leader.to_string() };
@@ -252,10 +262,17 @@ async fn up(cli: &Cli, args: &UpArgs) -> Result<(), CliError> {
         let kafka_layout = up_layout(&UpArgs { base_port: args.kafka_base_port, ..args.clone() })?;
         free_addrs(kafka_layout.into_iter().map(|(_, addr)| addr), "--kafka-base-port")?
     };
+    let admin_addrs = if args.no_admin {
+        Vec::new()
+    } else {
+        let admin_layout = up_layout(&UpArgs { base_port: args.admin_base_port, ..args.clone() })?;
+        free_addrs(admin_layout.into_iter().map(|(_, addr)| addr), "--admin-base-port")?
+    };
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|error| fail(format!("cannot create {}: {error}", args.data_dir.display())))?;
     let exe = std::env::current_exe().map_err(|error| fail(format!("cannot find the keel binary: {error}")))?;
-    let spec = ClusterSpec { node_logs: true, kafka_addrs, ..ClusterSpec::new(exe, addrs, &args.data_dir) };
+    let spec =
+        ClusterSpec { node_logs: true, kafka_addrs, admin_addrs, ..ClusterSpec::new(exe, addrs, &args.data_dir) };
 
     // A node that cannot start makes `spawn` drop (kill) the ones already started.
     let mut cluster = LocalCluster::spawn(&spec).map_err(|error| fail(error.to_string()))?;
@@ -308,14 +325,16 @@ fn print_up(cli: &Cli, spec: &crate::process::ClusterSpec, cluster: &crate::proc
         let addr = node.process.addr();
         let pid = node.process.pid().unwrap_or(0);
         let kafka = spec.kafka_addrs.get(node.node_id as usize - 1).map(ToString::to_string);
+        let admin = spec.admin_addrs.get(node.node_id as usize - 1).map(ToString::to_string);
         let line = if cli.json {
-            json!({"node_id": node.node_id, "addr": addr.to_string(), "kafka_addr": kafka, "pid": pid,
-                   "data_dir": node.data_dir, "log": log})
+            json!({"node_id": node.node_id, "addr": addr.to_string(), "kafka_addr": kafka, "admin_addr": admin,
+                   "pid": pid, "data_dir": node.data_dir, "log": log})
             .to_string()
         } else {
             let kafka = kafka.map(|kafka| format!("  kafka {kafka}")).unwrap_or_default();
+            let admin = admin.map(|admin| format!("  admin http://{admin}/")).unwrap_or_default();
             format!(
-                "node {}  {addr}{kafka}  pid {pid}  data {}  log {}",
+                "node {}  {addr}{kafka}{admin}  pid {pid}  data {}  log {}",
                 node.node_id,
                 node.data_dir.display(),
                 log.display()
@@ -329,6 +348,9 @@ fn print_up(cli: &Cli, spec: &crate::process::ClusterSpec, cluster: &crate::proc
             &mut out,
             &format!("cluster of {} node(s) is up. Try: keel --broker {first} cluster status", cluster.nodes().len()),
         );
+        if let Some(admin) = spec.admin_addrs.first() {
+            print_line(&mut out, &format!("Web console: http://{admin}/  Prometheus metrics: http://{admin}/metrics"));
+        }
         print_line(&mut out, "Ctrl-C stops every node.");
     }
 }
@@ -387,6 +409,8 @@ mod tests {
             data_dir: PathBuf::from("x"),
             kafka_base_port: 9092,
             no_kafka: false,
+            admin_base_port: 9644,
+            no_admin: false,
         };
         assert!(up_layout(&args(0, 9401)).unwrap_err().message.contains("between 1 and 7"));
         assert!(up_layout(&args(8, 9401)).unwrap_err().message.contains("between 1 and 7"));

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::{client, fail, print_line, print_record, Cli, CliError, ConsumeArgs};
 use crate::client::group::{
-    GroupConsumer, GroupConsumerConfig, GroupDescription, GroupError, Offsets, PolledRecord, ResetPolicy,
+    GroupConsumer, GroupConsumerConfig, GroupDescription, GroupError, GroupListing, Offsets, PolledRecord, ResetPolicy,
     TopicPartition,
 };
 use crate::client::{Client, ClientError};
@@ -141,21 +141,32 @@ pub async fn run(cli: &Cli, command: &GroupCommand) -> Result<(), CliError> {
     }
 }
 
+/// `keel group list --json`, and the admin API's `/v1/groups`: every group of every broker that
+/// answered, and the brokers that did not (`unanswered`: their groups are missing).
+pub fn groups_value(listing: &GroupListing) -> serde_json::Value {
+    let groups: Vec<_> = listing
+        .groups
+        .iter()
+        .map(|g| {
+            json!({"group": g.group, "state": g.state, "generation": g.generation, "members": g.members,
+                   "coordinator": g.coordinator})
+        })
+        .collect();
+    let unanswered: Vec<_> = listing
+        .unanswered
+        .iter()
+        .map(|(node_id, addr, error)| json!({"node_id": node_id, "addr": addr, "error": error.to_string()}))
+        .collect();
+    json!({ "groups": groups, "unanswered": unanswered })
+}
+
 async fn list(cli: &Cli, client: &Client, out: &mut impl Write) -> Result<(), CliError> {
     let listing = client.list_groups().await?;
     for (node_id, addr, error) in &listing.unanswered {
         eprintln!("warning: broker {node_id} ({addr}) did not answer ({error}); the groups it coordinates are missing");
     }
     if cli.json {
-        let groups: Vec<_> = listing
-            .groups
-            .iter()
-            .map(|g| {
-                json!({"group": g.group, "state": g.state, "generation": g.generation, "members": g.members,
-                       "coordinator": g.coordinator})
-            })
-            .collect();
-        print_line(out, &json!({ "groups": groups }).to_string());
+        print_line(out, &groups_value(&listing).to_string());
     } else {
         for g in &listing.groups {
             print_line(
@@ -183,6 +194,21 @@ impl PartitionRow {
     fn lag(&self) -> Option<i64> {
         Some(self.log_end?.0 - self.committed?.0)
     }
+}
+
+/// `keel group describe --json`, and the admin API's `/v1/groups/{group}`.
+pub async fn group_json(client: &Client, group: &str) -> Result<serde_json::Value, ClientError> {
+    let description = client.describe_group(group).await?;
+    let rows = partition_rows(client, &description).await;
+    Ok(describe_json(&description, &rows))
+}
+
+/// Each partition's lag of `group` (the `keel_consumer_group_lag` metric): committed partitions
+/// whose log end could be read.
+pub async fn group_lags(client: &Client, group: &str) -> Result<Vec<(TopicPartition, i64)>, ClientError> {
+    let description = client.describe_group(group).await?;
+    let rows = partition_rows(client, &description).await;
+    Ok(rows.into_iter().filter_map(|row| Some((row.tp.clone(), row.lag()?))).collect())
 }
 
 async fn describe(cli: &Cli, client: &Client, group: &str, out: &mut impl Write) -> Result<(), CliError> {

@@ -32,7 +32,10 @@ use crate::compression::Compression;
 use crate::config::BrokerConfig;
 use crate::meta::state::CleanupPolicy;
 use crate::partition::FsyncPolicy;
-use crate::protocol::{Acks, ErrorCode, LogSettingsInfo, PartitionInfo, LIST_OFFSETS_EARLIEST, LIST_OFFSETS_LATEST};
+use crate::protocol::{
+    Acks, ErrorCode, LogSettingsInfo, MetadataResponse, PartitionInfo, TopicInfo, LIST_OFFSETS_EARLIEST,
+    LIST_OFFSETS_LATEST,
+};
 use crate::types::Offset;
 
 #[derive(Parser, Debug)]
@@ -144,6 +147,10 @@ pub struct BrokerArgs {
     /// Address Kafka clients are told to use for this broker [default: the Kafka listener's].
     #[arg(long, value_name = "HOST:PORT")]
     pub kafka_advertised_addr: Option<String>,
+    /// Serve the admin HTTP API on this address: Prometheus `/metrics`, `/healthz`, `/readyz`,
+    /// `/v1/...` as JSON and the web console at `/` [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<std::net::SocketAddr>,
     /// Data directory [default: ./keel-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -477,6 +484,9 @@ pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
     if let Some(addr) = &args.kafka_advertised_addr {
         config.kafka_advertised_addr = Some(addr.clone());
     }
+    if let Some(admin_listen) = args.admin_listen {
+        config.admin_listen = Some(admin_listen);
+    }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
     }
@@ -542,12 +552,7 @@ pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError
         TopicCommand::List => {
             let metadata = client.metadata(&[]).await?;
             if cli.json {
-                let topics: Vec<_> = metadata
-                    .topics
-                    .iter()
-                    .map(|topic| json!({"name": topic.name, "partitions": topic.partitions.len()}))
-                    .collect();
-                print_line(&mut out, &json!({ "topics": topics }).to_string());
+                print_line(&mut out, &topics_value(&metadata).to_string());
             } else {
                 for topic in &metadata.topics {
                     print_line(&mut out, &format!("{}\t{} partition(s)", topic.name, topic.partitions.len()));
@@ -559,10 +564,19 @@ pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError
     Ok(())
 }
 
-/// `keel topic describe`: the topic's settings, and per partition its leader, epochs, replicas and ISR
-/// (from the metadata), and its offsets and each replica's log end and lag (asked of the partition's
-/// leader). An offline partition has nobody to ask: its offsets show as offline.
-async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl Write) -> Result<(), CliError> {
+/// `keel topic list --json` (and the admin API's `/v1/topics`): each topic with its partition count.
+pub fn topics_value(metadata: &MetadataResponse) -> serde_json::Value {
+    let topics: Vec<_> =
+        metadata.topics.iter().map(|topic| json!({"name": topic.name, "partitions": topic.partitions.len()})).collect();
+    json!({ "topics": topics })
+}
+
+/// A topic and, per partition, its leader's status (`None` when the partition is offline).
+type TopicStatus = (TopicInfo, Vec<(PartitionInfo, Option<PartitionStatus>)>);
+
+/// What `topic describe` shows: the metadata of the topic, and each partition's offsets asked of its
+/// leader. An offline partition has nobody to ask: its offsets show as offline.
+async fn topic_status(client: &Client, name: &str) -> Result<TopicStatus, ClientError> {
     let topic = client.topic(name).await?;
     let mut partitions = Vec::new();
     for partition in &topic.partitions {
@@ -570,18 +584,31 @@ async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl W
             if partition.leader == 0 { None } else { Some(client.replica_status(name, partition.partition).await?) };
         partitions.push((partition.clone(), status));
     }
+    Ok((topic, partitions))
+}
+
+/// `keel topic describe --json`, and the admin API's `/v1/topics/{topic}`.
+pub async fn topic_json(client: &Client, name: &str) -> Result<serde_json::Value, ClientError> {
+    let (topic, partitions) = topic_status(client, name).await?;
+    let partitions: Vec<_> = partitions.iter().map(|(p, status)| partition_json(p, status.as_ref())).collect();
+    let log = topic.log.clone().unwrap_or_default();
+    // A broker that has log settings but predates the cleanup policy only deletes.
+    let policy = log.cleanup_policy.clone().or_else(|| topic.log.as_ref().map(|_| "delete".to_owned()));
+    Ok(json!({"name": topic.name, "min_insync_replicas": topic.min_insync_replicas,
+              "unclean_leader_election": topic.unclean_leader_election,
+              "retention_ms": log.retention_ms, "retention_bytes": log.retention_bytes,
+              "segment_bytes": log.segment_bytes, "cleanup_policy": policy,
+              "delete_retention_ms": log.delete_retention_ms, "partitions": partitions}))
+}
+
+/// `keel topic describe`: the topic's settings, and per partition its leader, epochs, replicas and ISR
+/// (from the metadata), and its offsets and each replica's log end and lag (asked of the partition's
+/// leader).
+async fn describe_topic(cli: &Cli, client: &Client, name: &str, out: &mut impl Write) -> Result<(), CliError> {
     if cli.json {
-        let partitions: Vec<_> = partitions.iter().map(|(p, status)| partition_json(p, status.as_ref())).collect();
-        let log = topic.log.clone().unwrap_or_default();
-        // A broker that has log settings but predates the cleanup policy only deletes.
-        let policy = log.cleanup_policy.clone().or_else(|| topic.log.as_ref().map(|_| "delete".to_owned()));
-        let line = json!({"name": topic.name, "min_insync_replicas": topic.min_insync_replicas,
-                          "unclean_leader_election": topic.unclean_leader_election,
-                          "retention_ms": log.retention_ms, "retention_bytes": log.retention_bytes,
-                          "segment_bytes": log.segment_bytes, "cleanup_policy": policy,
-                          "delete_retention_ms": log.delete_retention_ms, "partitions": partitions});
-        print_line(out, &line.to_string());
+        print_line(out, &topic_json(client, name).await?.to_string());
     } else {
+        let (topic, partitions) = topic_status(client, name).await?;
         let unclean = if topic.unclean_leader_election { "on (may lose acknowledged records)" } else { "off" };
         print_line(
             out,

@@ -54,7 +54,7 @@ pub fn str_bytes(text: impl Into<String>) -> StrBytes {
 }
 
 macro_rules! kafka_apis {
-    ($($api:ident => $request:ident, $response:ident;)*) => {
+    ($($api:ident ($name:literal) => $request:ident, $response:ident;)*) => {
         /// A decoded request of an API Keel serves.
         #[derive(Debug, Clone, PartialEq)]
         pub enum Request {
@@ -65,6 +65,15 @@ macro_rules! kafka_apis {
         #[derive(Debug, Clone, PartialEq)]
         pub enum Response {
             $($api($response),)*
+        }
+
+        impl Request {
+            /// The API's name in snake case (`api_versions`): the `api` label of the request metrics.
+            pub fn api_name(&self) -> &'static str {
+                match self {
+                    $(Request::$api(_) => $name,)*
+                }
+            }
         }
 
         fn decode_body(api: ApiKey, body: &mut Bytes, version: i16) -> Option<Result<Request, String>> {
@@ -93,23 +102,23 @@ macro_rules! kafka_apis {
 }
 
 kafka_apis! {
-    ApiVersions => ApiVersionsRequest, ApiVersionsResponse;
-    Metadata => MetadataRequest, MetadataResponse;
-    Produce => ProduceRequest, ProduceResponse;
-    Fetch => FetchRequest, FetchResponse;
-    ListOffsets => ListOffsetsRequest, ListOffsetsResponse;
-    CreateTopics => CreateTopicsRequest, CreateTopicsResponse;
-    DeleteTopics => DeleteTopicsRequest, DeleteTopicsResponse;
-    InitProducerId => InitProducerIdRequest, InitProducerIdResponse;
-    FindCoordinator => FindCoordinatorRequest, FindCoordinatorResponse;
-    JoinGroup => JoinGroupRequest, JoinGroupResponse;
-    SyncGroup => SyncGroupRequest, SyncGroupResponse;
-    Heartbeat => HeartbeatRequest, HeartbeatResponse;
-    LeaveGroup => LeaveGroupRequest, LeaveGroupResponse;
-    OffsetCommit => OffsetCommitRequest, OffsetCommitResponse;
-    OffsetFetch => OffsetFetchRequest, OffsetFetchResponse;
-    ListGroups => ListGroupsRequest, ListGroupsResponse;
-    DescribeGroups => DescribeGroupsRequest, DescribeGroupsResponse;
+    ApiVersions ("api_versions") => ApiVersionsRequest, ApiVersionsResponse;
+    Metadata ("metadata") => MetadataRequest, MetadataResponse;
+    Produce ("produce") => ProduceRequest, ProduceResponse;
+    Fetch ("fetch") => FetchRequest, FetchResponse;
+    ListOffsets ("list_offsets") => ListOffsetsRequest, ListOffsetsResponse;
+    CreateTopics ("create_topics") => CreateTopicsRequest, CreateTopicsResponse;
+    DeleteTopics ("delete_topics") => DeleteTopicsRequest, DeleteTopicsResponse;
+    InitProducerId ("init_producer_id") => InitProducerIdRequest, InitProducerIdResponse;
+    FindCoordinator ("find_coordinator") => FindCoordinatorRequest, FindCoordinatorResponse;
+    JoinGroup ("join_group") => JoinGroupRequest, JoinGroupResponse;
+    SyncGroup ("sync_group") => SyncGroupRequest, SyncGroupResponse;
+    Heartbeat ("heartbeat") => HeartbeatRequest, HeartbeatResponse;
+    LeaveGroup ("leave_group") => LeaveGroupRequest, LeaveGroupResponse;
+    OffsetCommit ("offset_commit") => OffsetCommitRequest, OffsetCommitResponse;
+    OffsetFetch ("offset_fetch") => OffsetFetchRequest, OffsetFetchResponse;
+    ListGroups ("list_groups") => ListGroupsRequest, ListGroupsResponse;
+    DescribeGroups ("describe_groups") => DescribeGroupsRequest, DescribeGroupsResponse;
 }
 
 /// One decoded request frame.

@@ -150,6 +150,8 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// The first log index still held (after compaction).
     pub first_index: u64,
+    /// How many times this node has learned of a new leader since it started (`keel_raft_leader_changes`).
+    pub leader_changes: u64,
 }
 
 /// [`NodeHandle::state_hash`]: the hash of the applied metadata and the index it was applied to.
@@ -1059,11 +1061,17 @@ impl<S: MetaStore, T: Transport> Node<S, T> {
     fn publish_status(&mut self) {
         let applied = self.raw.raft.raft_log.applied;
         let raft = &self.raw.raft;
+        let leader_id = (raft.leader_id != raft::INVALID_ID).then_some(NodeId(raft.leader_id));
+        let (last_leader, leader_changes) = {
+            let last = self.status.lock();
+            (last.1.leader_id, last.1.leader_changes)
+        };
         let status = NodeStatus {
             node_id: self.config.node_id,
             role: RaftRole::from(raft.state),
             term: raft.term,
-            leader_id: (raft.leader_id != raft::INVALID_ID).then_some(NodeId(raft.leader_id)),
+            leader_id,
+            leader_changes: leader_changes + u64::from(leader_id.is_some() && leader_id != last_leader),
             commit_index: raft.raft_log.committed,
             applied_index: applied,
             first_index: self.raw.store().snapshot_index() + 1,

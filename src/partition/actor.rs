@@ -31,6 +31,7 @@ use crate::log::compaction::CompactionPolicy;
 use crate::log::end_checkpoint::EndCheckpoint;
 use crate::log::epoch_cache::EpochCache;
 use crate::log::{LogConfig, LogError, PartitionLog};
+use crate::metrics::{Metrics, ReplicaGauges, ReplicaReading, TopicCounters};
 use crate::partition::core::{CoreConfig, Reply, RequestId};
 use crate::partition::replica::{
     FetchRequest, FetchResponse, FetchResult, FollowerRead, Input, IsrChange, OpenedLog, PartitionState, Ready,
@@ -241,6 +242,8 @@ pub struct PartitionSpec<D: Disk> {
     pub net: Arc<dyn ReplicaNet>,
     /// How many partitions of the broker open at once.
     pub opens: OpenGates,
+    /// The broker's metrics: the replica's gauges, its topic's byte counters, its syncs.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Bounds on the partitions of a broker opening at once, shared by its partitions: each open works
@@ -293,6 +296,7 @@ impl<D: Disk> PartitionSpec<D> {
             log_config: LogConfig::default(),
             config: ReplicaConfig { core, ..ReplicaConfig::default() },
             me,
+            metrics: Arc::default(),
             state: PartitionState {
                 leader: Some(me),
                 leader_epoch: LeaderEpoch(0),
@@ -410,10 +414,35 @@ pub async fn spawn_partition<D: Disk>(spec: PartitionSpec<D>) -> PartitionHandle
 }
 
 async fn run_partition<D: Disk>(mut spec: PartitionSpec<D>, mut mailbox: mpsc::Receiver<Command>) {
-    let Some((first, permit)) = wait_to_open(&mut spec, &mut mailbox).await else { return };
-    let (actor, fetched_receiver) = open_actor(spec).await;
-    drop(permit);
-    actor.run(mailbox, fetched_receiver, first).await;
+    let metrics = spec.metrics.clone();
+    let (topic, partition) = topic_and_partition(&spec.name);
+    let gauges = metrics.replica(&topic, partition);
+    gauges.publish(&unopened_reading(&spec));
+    if let Some((first, permit)) = wait_to_open(&mut spec, &mut mailbox, &gauges).await {
+        let counters = metrics.topic_counters(&topic);
+        let (actor, fetched_receiver) = open_actor(spec, (gauges.clone(), counters)).await;
+        drop(permit);
+        actor.run(mailbox, fetched_receiver, first).await;
+    }
+    metrics.remove_replica(&topic, partition, &gauges);
+}
+
+/// What a replica that has not opened its log reports: the controller's decision, no offsets.
+fn unopened_reading<D: Disk>(spec: &PartitionSpec<D>) -> ReplicaReading {
+    ReplicaReading {
+        leader: spec.state.leader == Some(spec.me),
+        isr: spec.state.isr.len() as i64,
+        replicas: spec.state.replicas.len() as i64,
+        ..ReplicaReading::default()
+    }
+}
+
+/// A partition's name (`topic/partition`) split; a name without a partition is partition 0.
+fn topic_and_partition(name: &str) -> (String, u32) {
+    match name.rsplit_once('/') {
+        Some((topic, partition)) => (topic.to_owned(), partition.parse().unwrap_or(0)),
+        None => (name.to_owned(), 0),
+    }
 }
 
 /// Waits until the partition should open: a request that needs the log (returned with those that
@@ -427,6 +456,7 @@ async fn run_partition<D: Disk>(mut spec: PartitionSpec<D>, mut mailbox: mpsc::R
 async fn wait_to_open<D: Disk>(
     spec: &mut PartitionSpec<D>,
     mailbox: &mut mpsc::Receiver<Command>,
+    gauges: &ReplicaGauges,
 ) -> Option<(Vec<Command>, tokio::sync::OwnedSemaphorePermit)> {
     let turn = spec.opens.background.clone().acquire_owned();
     tokio::pin!(turn);
@@ -439,7 +469,10 @@ async fn wait_to_open<D: Disk>(
                     return None;
                 }
                 // The latest decision is what the core starts from once it opens.
-                Command::State { state } => spec.state = state,
+                Command::State { state } => {
+                    spec.state = state;
+                    gauges.publish(&unopened_reading(spec));
+                }
                 command => return wait_for_foreground_turn(spec, mailbox, command).await,
             },
             permit = &mut turn, if spec.state.leader != Some(spec.me) => {
@@ -481,7 +514,10 @@ async fn wait_for_foreground_turn<D: Disk>(
 }
 
 /// Opens the storage and builds the actor (failed, retrying, when the storage cannot be opened).
-async fn open_actor<D: Disk>(spec: PartitionSpec<D>) -> (Actor<D>, mpsc::UnboundedReceiver<(NodeId, FetchResponse)>) {
+async fn open_actor<D: Disk>(
+    spec: PartitionSpec<D>,
+    (gauges, counters): (Arc<ReplicaGauges>, TopicCounters),
+) -> (Actor<D>, mpsc::UnboundedReceiver<(NodeId, FetchResponse)>) {
     let now = tokio::time::Instant::now();
     let (storage, core, reopen_at, lost_floor) = match open_storage(&spec).await {
         Ok((log, cache, checkpoint, checkpointed_end)) => {
@@ -529,12 +565,18 @@ async fn open_actor<D: Disk>(spec: PartitionSpec<D>) -> (Actor<D>, mpsc::Unbound
         fetched,
         retention_at,
         corruption: None,
+        gauges,
+        counters,
     };
     (actor, fetched_receiver)
 }
 
 struct Actor<D: Disk> {
     spec: PartitionSpec<D>,
+    /// What a scrape reads of this replica, kept current at the end of each loop turn.
+    gauges: Arc<ReplicaGauges>,
+    /// The topic's produced and fetched bytes.
+    counters: TopicCounters,
     /// `None` while the log is being reopened after a failure, or when reopening failed.
     log: Option<PartitionLog<D>>,
     /// The persisted leader-epoch cache, open whenever the log is.
@@ -657,9 +699,7 @@ impl<D: Disk> Actor<D> {
                 self.reopen().await;
                 self.drive(&mut sync).await;
             }
-            if checkpoint_sync.is_none() {
-                checkpoint_sync = self.checkpoint_synced_end();
-            }
+            self.end_turn(&mut checkpoint_sync);
         }
         let _ = self.close().await;
     }
@@ -808,6 +848,30 @@ impl<D: Disk> Actor<D> {
             }
             Command::Stop { .. } => unreachable!("handled by the loop"),
         }
+    }
+
+    /// The end of each loop turn: the synced-end checkpoint if one is due and none is running, and
+    /// the gauges.
+    fn end_turn(&mut self, checkpoint_sync: &mut Option<CheckpointFuture>) {
+        if checkpoint_sync.is_none() {
+            *checkpoint_sync = self.checkpoint_synced_end();
+        }
+        self.publish_gauges();
+    }
+
+    /// Stores the replica's offsets and ISR for the next scrape (a few relaxed atomic stores).
+    fn publish_gauges(&self) {
+        let state = self.core.state();
+        self.gauges.publish(&ReplicaReading {
+            open: true,
+            leader: self.core.role() == RoleKind::Leader,
+            log_start: self.core.log_start().0,
+            log_end: self.core.log_end().0,
+            high_watermark: self.core.high_watermark().0,
+            isr: state.isr.len() as i64,
+            replicas: state.replicas.len() as i64,
+            storage_failed: self.log.is_none(),
+        });
     }
 
     fn status(&self) -> ReplicaStatus {
@@ -1087,7 +1151,16 @@ impl<D: Disk> Actor<D> {
         // The core starts no sync while storage is failed, and none in a Ready with writes.
         if let Some(log) = self.log.as_mut() {
             debug_assert!(sync.is_none(), "the core starts one sync at a time");
-            *sync = Some(Box::pin(log.begin_sync()));
+            let (started, durable_before) = (tokio::time::Instant::now(), log.durable_end_offset());
+            let syncing = log.begin_sync();
+            let metrics = self.spec.metrics.clone();
+            *sync = Some(Box::pin(async move {
+                let result = syncing.await;
+                if let Ok(covered) = result {
+                    metrics.synced(started.elapsed(), covered.0.saturating_sub(durable_before.0).max(0) as u64);
+                }
+                result
+            }));
             self.in_flight_cut = self.pending_cut.take();
         }
     }
@@ -1095,7 +1168,10 @@ impl<D: Disk> Actor<D> {
     fn answer_read(&mut self, request: RequestId, offset: Offset, bytes_max: u32, up_to: Offset, log_start: Offset) {
         let answer = match self.log.as_ref() {
             Some(log) => match log.read(offset, bytes_max as usize, up_to) {
-                Ok(records) => PartitionReply::Fetched { high_watermark: up_to, log_start, records },
+                Ok(records) => {
+                    self.counters.fetch_bytes.inc_by(records.len() as u64);
+                    PartitionReply::Fetched { high_watermark: up_to, log_start, records }
+                }
                 Err(LogError::OffsetOutOfRange { requested, log_start, log_end }) => PartitionReply::error(
                     ErrorCode::OffsetOutOfRange,
                     format!("offset {requested} is outside the log [{log_start}, {log_end}]"),
@@ -1216,6 +1292,13 @@ impl<D: Disk> Actor<D> {
         };
         match failure {
             None => {
+                if self.core.role() == RoleKind::Leader {
+                    // A leader writes what producers sent (a follower, what it fetched).
+                    for batch in writes {
+                        self.counters.produce_bytes.inc_by(batch.len() as u64);
+                        self.counters.produce_records.inc_by(batch.record_count().max(0) as u64);
+                    }
+                }
                 let up_to = writes.last().expect("writes is not empty").next_offset();
                 self.core.step(Input::Written { up_to });
             }

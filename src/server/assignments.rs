@@ -134,6 +134,8 @@ pub struct Assignments<D: Disk> {
     lease_revoked: AtomicBool,
     /// The rest of the producer-id block this broker took from the metadata group: `[next, end)`.
     producer_ids: tokio::sync::Mutex<(i64, i64)>,
+    /// The broker's metrics, handed to every partition actor.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Partitions a stopping broker closes at once.
@@ -178,6 +180,7 @@ impl<D: Disk> Assignments<D> {
         disk: D,
         (log_config, replica_config): (LogConfig, ReplicaConfig),
         limits: AssignmentLimits,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Assignments<D>> {
         let AssignmentLimits { partitions_per_topic_max, topics_max, partitions_max, fence_after_ms, files_max } =
             limits;
@@ -200,7 +203,40 @@ impl<D: Disk> Assignments<D> {
             lease_ms: lease_ms(fence_after_ms),
             lease_revoked: AtomicBool::new(false),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
+            metrics,
         })
+    }
+
+    /// What a scrape and `/readyz` need from this broker's metadata node and applied metadata.
+    pub fn view(&self) -> crate::metrics::BrokerView {
+        let status = self.node.status();
+        let registered = self.registered.load(Ordering::Acquire);
+        let desired: Vec<PartitionKey> = self.desired(registered).into_iter().map(|(key, _)| key).collect();
+        let running = {
+            let partitions = self.partitions.read().expect("partitions lock");
+            desired.iter().filter(|key| partitions.contains_key(*key)).count()
+        };
+        let (offline, under_replicated) = self.node.with_state(|state| {
+            let partitions = state.topics().flat_map(|topic| topic.partitions.iter());
+            partitions.fold((0, 0), |(offline, under), p| {
+                (offline + u64::from(p.is_offline()), under + u64::from(p.is_under_replicated()))
+            })
+        });
+        crate::metrics::BrokerView {
+            node_id: self.node_id.0,
+            raft_role: status.role.to_string(),
+            raft_term: status.term,
+            raft_commit_index: status.commit_index,
+            raft_applied_index: status.applied_index,
+            raft_leader: status.leader_id.map(|leader| leader.0),
+            raft_leader_changes: status.leader_changes,
+            registered,
+            holds_lease: self.holds_lease(),
+            replicas_assigned: desired.len() as u64,
+            replicas_running: running as u64,
+            offline_partitions: offline,
+            under_replicated_partitions: under_replicated,
+        }
     }
 
     /// A new idempotent producer identity (ADR 0015): the next id of this broker's block, taking a
@@ -577,6 +613,7 @@ impl<D: Disk> Assignments<D> {
             state,
             net: Arc::new(net),
             opens: self.opens.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 

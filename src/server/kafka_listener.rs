@@ -22,6 +22,7 @@ use super::{close_gracefully, serve_request, ClientSlot, Drain, State, Stopping}
 use crate::kafka::translate::{self, Refusal};
 use crate::kafka::{api_versions_fallback, decode_request, encode_response, errors, kafka_frame_codec};
 use crate::kafka::{FrameError, Request, RequestFrame, Response};
+use crate::metrics::Wire;
 use crate::protocol::{self as native, Body, ErrorCode};
 use crate::storage::Disk;
 
@@ -105,9 +106,11 @@ async fn take_frame<D: Disk>(
     in_flight: &mut FuturesOrdered<PendingReply>,
     peer: Option<std::net::SocketAddr>,
 ) -> bool {
+    let metrics = &state.assignments.metrics;
     match decode_request(frame.clone()) {
         Ok(request) if !request.served => {
             tracing::debug!(?peer, version = request.version, "a Kafka request at a version Keel does not serve");
+            metrics.rejected(Wire::Kafka, request.request.api_name(), ErrorCode::UnsupportedVersion);
             let response = translate::refuse_all(
                 &request.request,
                 request.version,
@@ -119,14 +122,23 @@ async fn take_frame<D: Disk>(
         }
         Ok(request) => {
             tracing::trace!(?peer, version = request.version, request = ?request.request, "Kafka request");
-            in_flight.push_back(serve_kafka(state, request).await);
+            let (api, started) = (request.request.api_name(), tokio::time::Instant::now());
+            let reply = serve_kafka(state, request).await;
+            let metrics = metrics.clone();
+            in_flight.push_back(Box::pin(async move {
+                let reply = reply.await;
+                metrics.request(Wire::Kafka, api, started.elapsed(), None);
+                reply
+            }));
             true
         }
         Err(FrameError::UnsupportedApiVersions { correlation_id, .. }) => {
+            metrics.rejected(Wire::Kafka, "api_versions", ErrorCode::UnsupportedVersion);
             in_flight.push_back(ready(Reply::Send(api_versions_fallback(correlation_id))));
             true
         }
         Err(FrameError::UnservedApi { api, version, correlation_id }) => {
+            metrics.rejected(Wire::Kafka, "unserved", ErrorCode::UnsupportedVersion);
             match crate::kafka::unserved::answer(api, version, correlation_id, frame) {
                 Some(answer) => {
                     tracing::debug!(?peer, ?api, version, "a Kafka API Keel does not serve: UNSUPPORTED_VERSION");
@@ -141,6 +153,7 @@ async fn take_frame<D: Disk>(
         }
         Err(error) => {
             tracing::info!(?peer, %error, "closing a Kafka connection");
+            metrics.rejected(Wire::Kafka, "undecodable", ErrorCode::InvalidRequest);
             false
         }
     }
@@ -162,8 +175,12 @@ fn encoded(version: i16, correlation_id: i32, response: Response) -> Reply {
 /// its answer's body.
 async fn submit<D: Disk>(state: &Arc<State<D>>, body: Body) -> BoxFuture<'static, Body> {
     let pending = serve_request(state, 0, body).await;
+    let metrics = state.assignments.metrics.clone();
     Box::pin(async move {
         let frame = pending.await;
+        if let Some((api, code)) = frame.body.as_ref().and_then(|body| Some((body.api_name(), body.error_code()?))) {
+            metrics.rejected(Wire::Kafka, api, code);
+        }
         frame.body.unwrap_or_else(|| {
             Body::ErrorResponse(native::ErrorResponse {
                 error: Some(native::ErrorInfo::new(ErrorCode::Internal, "an answer without a body")),

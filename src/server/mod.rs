@@ -54,6 +54,7 @@ use crate::log::LogConfig;
 use crate::meta::node::{start_node, NodeConfig, NodeHandle, PeerError};
 use crate::meta::state::CleanupPolicy;
 use crate::meta::store::MetaStore;
+use crate::metrics::{BrokerView, Metrics, Wire};
 use crate::partition::replica::ReplicaConfig;
 use crate::partition::{ConsumerFetch, CoreConfig, OffsetSpec, PartitionReply};
 use crate::peer::PeerTransport;
@@ -93,6 +94,29 @@ pub struct BrokerHooks {
     pub bound: Option<oneshot::Sender<SocketAddr>>,
     /// Receives the metadata Raft node's handle (the simulation observes Raft state through it).
     pub meta_node: Option<oneshot::Sender<NodeHandle>>,
+    /// The metrics the broker counts into (a fresh set when `None`).
+    pub metrics: Option<Arc<Metrics>>,
+    /// Receives the broker's [`Observer`] once it serves (the admin listener reads it).
+    pub observer: Option<oneshot::Sender<Observer>>,
+}
+
+/// A running broker as the admin listener sees it: its metrics, and what a scrape or `/readyz`
+/// reads of its metadata node and applied metadata.
+#[derive(Clone)]
+pub struct Observer {
+    pub metrics: Arc<Metrics>,
+    view: Arc<dyn Fn() -> BrokerView + Send + Sync>,
+}
+
+impl Observer {
+    pub fn view(&self) -> BrokerView {
+        (self.view)()
+    }
+
+    /// The `/metrics` text.
+    pub fn encode_metrics(&self) -> String {
+        self.metrics.encode(&self.view())
+    }
 }
 
 /// Runs a broker until `shutdown` is cancelled. `meta_store` holds the metadata Raft log (RocksDB in
@@ -127,7 +151,8 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     let disk = Handles::new(disk, budget);
     disk.coalesce_syncs();
     let files = disk.clone();
-    let assignments = start_assignments(&config, node.clone(), transport, disk).await;
+    let metrics = hooks.metrics.clone().unwrap_or_default();
+    let assignments = start_assignments(&config, node.clone(), transport, disk, metrics.clone()).await;
     let background = tokio::spawn(assignments.clone().run_background(
         assignments::Advertised { addr: advertised, kafka_addr: kafka_advertised.clone() },
         config.broker_fence_after_ms as i64,
@@ -138,12 +163,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     if kafka_listener.is_some() {
         tracing::info!(kafka_listen = %kafka_advertised, "Kafka listener listening");
     }
-    if let Some(bound) = hooks.bound {
-        let _ = bound.send(local_addr);
-    }
-    if let Some(meta_node) = hooks.meta_node {
-        let _ = meta_node.send(node);
-    }
+    hand_over(hooks, local_addr, node, (metrics, &assignments));
     let groups_shutdown = CancellationToken::new();
     let coordinators = groups::Coordinators::start(assignments.clone(), groups_shutdown.clone());
     let state = Arc::new(State { config, assignments, coordinators });
@@ -167,6 +187,25 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
         return Err(failure);
     }
     result.map_err(BrokerError::Shutdown)
+}
+
+/// Gives the hooks' receivers what they asked for, once the broker serves.
+fn hand_over<D: Disk>(
+    hooks: BrokerHooks,
+    local_addr: SocketAddr,
+    node: NodeHandle,
+    (metrics, assignments): (Arc<Metrics>, &Arc<Assignments<D>>),
+) {
+    if let Some(bound) = hooks.bound {
+        let _ = bound.send(local_addr);
+    }
+    if let Some(meta_node) = hooks.meta_node {
+        let _ = meta_node.send(node);
+    }
+    if let Some(observer) = hooks.observer {
+        let watched = assignments.clone();
+        let _ = observer.send(Observer { metrics, view: Arc::new(move || watched.view()) });
+    }
 }
 
 /// The Kafka listener when configured (ADR 0026), and the address Kafka clients are told (empty
@@ -232,6 +271,7 @@ async fn start_assignments<D: Disk>(
     node: NodeHandle,
     transport: PeerTransport,
     disk: D,
+    metrics: Arc<Metrics>,
 ) -> Arc<Assignments<D>> {
     let log_config = LogConfig {
         segment_bytes_max: config.segment_bytes_max,
@@ -257,6 +297,7 @@ async fn start_assignments<D: Disk>(
             fence_after_ms: config.broker_fence_after_ms,
             files_max: config.open_files_max.unwrap_or(crate::config::OPEN_FILES_MAX_DEFAULT),
         },
+        metrics,
     );
     assignments.reconcile().await;
     assignments
@@ -433,11 +474,18 @@ fn admit<D: Disk>(
     }
     let Ok(permit) = connection_slots.clone().try_acquire_owned() else {
         tracing::warn!(%peer, limit = state.config.connections_max, "connection refused: too many connections");
+        state.assignments.metrics.connection_refused();
         return None;
     };
     let state = state.clone();
     let stopping = connections_shutdown.clone();
+    let wire = match protocol {
+        Protocol::Native => Wire::Native,
+        Protocol::Kafka => Wire::Kafka,
+    };
+    let counted = state.assignments.metrics.connection_opened(wire);
     Some(tokio::spawn(async move {
+        let _counted = counted;
         match protocol {
             Protocol::Native => serve_connection(stream, state, stopping).await,
             Protocol::Kafka => kafka_listener::serve_kafka_connection(stream, state, stopping).await,
@@ -529,7 +577,10 @@ async fn serve_frame<D: Disk>(
     let frame = match Frame::decode_bytes(bytes.freeze()) {
         Ok(frame) => frame,
         // The framing is intact, so the connection can go on after the reply.
-        Err(error) => return Some(error_frame(0, ErrorCode::InvalidRequest, format!("undecodable frame: {error}"))),
+        Err(error) => {
+            state.assignments.metrics.rejected(Wire::Native, "undecodable", ErrorCode::InvalidRequest);
+            return Some(error_frame(0, ErrorCode::InvalidRequest, format!("undecodable frame: {error}")));
+        }
     };
     if frame.version == PROTOCOL_VERSION {
         match subscriptions.handle(&state.assignments, &frame) {
@@ -538,10 +589,28 @@ async fn serve_frame<D: Disk>(
             Handled::Answer(reply) => return Some(reply),
         }
     }
+    let api = frame.body.as_ref().map_or("none", Body::api_name);
+    let started = tokio::time::Instant::now();
     if let Some(response) = dispatch(state, peer_node, frame).await {
-        in_flight.push(maybe_delayed(response));
+        in_flight.push(counted(&state.assignments.metrics, Wire::Native, api, started, maybe_delayed(response)));
     }
     None
+}
+
+/// The response, counted in the request metrics once it is ready: its API, latency and error.
+pub(crate) fn counted(
+    metrics: &Arc<Metrics>,
+    wire: Wire,
+    api: &'static str,
+    started: tokio::time::Instant,
+    response: BoxFuture<'static, Frame>,
+) -> BoxFuture<'static, Frame> {
+    let metrics = metrics.clone();
+    Box::pin(async move {
+        let frame = response.await;
+        metrics.request(wire, api, started.elapsed(), frame.body.as_ref().and_then(Body::error_code));
+        frame
+    })
 }
 
 /// The response, held back a little when the simulation's BUGGIFY point [`Point::DelayReply`] fires.

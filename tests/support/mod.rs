@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod fake_broker;
+pub mod http;
 pub mod in_process;
 pub mod wait;
 pub mod yielding_disk;
