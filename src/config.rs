@@ -93,6 +93,15 @@ pub struct BrokerConfig {
     /// The admin HTTP listener (ADR 0027): `/metrics`, `/healthz`, `/readyz`, `/v1/...` and the web
     /// console. Off unless set.
     pub admin_listen: Option<SocketAddr>,
+    /// TLS (ADR 0028): this broker's certificate chain and private key (PEM). With both set, the
+    /// native and Kafka listeners speak TLS only, and this broker dials its peers with TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The CA bundle (PEM) this broker trusts: its peers' certificates are checked against it, and
+    /// with `tls_client_auth` the clients' too. Needed for a cluster of more than one node.
+    pub tls_ca: Option<PathBuf>,
+    /// Every client (and peer) must present a certificate `tls_ca` vouches for (mutual TLS).
+    pub tls_client_auth: bool,
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
     pub segment_bytes_max: u64,
@@ -147,6 +156,10 @@ impl Default for BrokerConfig {
             kafka_listen: None,
             kafka_advertised_addr: None,
             admin_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_client_auth: false,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             fsync: FsyncPolicy::Always,
             segment_bytes_max: 128 * 1024 * 1024,
@@ -178,6 +191,16 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// A broker's TLS, built from its configuration's PEM files.
+#[derive(Clone, Debug)]
+pub struct BrokerTls {
+    /// What the native and Kafka listeners serve.
+    pub server: std::sync::Arc<rustls::ServerConfig>,
+    /// What it dials its peers with (and its own admin client): `tls_ca` as the roots, its own
+    /// certificate as the client certificate. `None` without `tls_ca` (a single node).
+    pub peers: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
 impl BrokerConfig {
     /// Reads a TOML config file; every key is optional and unknown keys are an error.
     pub fn from_file(path: &Path) -> Result<BrokerConfig, ConfigError> {
@@ -198,6 +221,7 @@ impl BrokerConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_kafka()?;
+        self.validate_tls()?;
         if self.segment_bytes_max < 4096 {
             return Err(ConfigError::Invalid("segment_bytes_max must be at least 4096".into()));
         }
@@ -267,6 +291,43 @@ impl BrokerConfig {
             }
             _ => self.validate_admin(),
         }
+    }
+
+    /// TLS needs a certificate and its key together; a CA bundle to check clients against for client
+    /// authentication, and to check peers against in a cluster.
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let invalid = |message: &str| Err(ConfigError::Invalid(message.to_owned()));
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return invalid("tls_cert is set but tls_key is not; give both"),
+            (None, Some(_)) => return invalid("tls_key is set but tls_cert is not; give both"),
+            (None, None) if self.tls_ca.is_some() || self.tls_client_auth => {
+                return invalid("tls_ca and tls_client_auth need TLS on: give tls_cert and tls_key")
+            }
+            _ => {}
+        }
+        if self.tls_client_auth && self.tls_ca.is_none() {
+            return invalid("tls_client_auth needs tls_ca, the CA bundle client certificates are checked against");
+        }
+        if self.tls_cert.is_some() && self.tls_ca.is_none() && !self.peers.is_empty() {
+            return invalid("a TLS cluster needs tls_ca: the brokers check each other's certificates against it");
+        }
+        if self.tls_cert.is_some() && self.tls_ca.is_none() && self.admin_listen.is_some() {
+            return invalid("with TLS on, admin_listen needs tls_ca: the admin listener asks its broker through TLS");
+        }
+        Ok(())
+    }
+
+    /// The TLS this broker serves and dials its peers with, read from the PEM files; `None` when off.
+    pub fn tls(&self) -> Result<Option<BrokerTls>, crate::tls::TlsError> {
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let identity = crate::tls::Identity { cert: cert.clone(), key: key.clone() };
+        let client_ca = self.tls_client_auth.then_some(self.tls_ca.as_deref()).flatten();
+        let server = crate::tls::server_config(&identity, client_ca)?;
+        let peers = match &self.tls_ca {
+            Some(ca) => Some(crate::tls::client_config(ca, Some(&identity))?),
+            None => None,
+        };
+        Ok(Some(BrokerTls { server, peers }))
     }
 
     /// The admin listener needs a port of its own.

@@ -9,7 +9,7 @@
 //! - [`partition`]: the sans-IO partition core and the actor (shell) that drives it.
 //! - [`server`]: the broker: listener, connections, topic registry, shutdown.
 //! - [`client`]: the async Rust client (producer, consumer, admin) used by the CLI, sim and benches.
-//! - [`config`]: broker configuration (flags and TOML).
+//! - [`config`]: broker configuration (flags and TOML); [`tls`]: TLS on every connection.
 //! - [`metrics`]: the broker's Prometheus metrics; `admin`: the HTTP listener that serves them.
 //! - [`sometimes`], [`buggify`]: the simulation's coverage counters and BUGGIFY points (no-ops in
 //!   the normal build).
@@ -45,5 +45,6 @@ pub mod reserving_alloc;
 pub mod server;
 pub mod sometimes;
 pub mod storage;
+pub mod tls;
 pub mod topic_name;
 pub mod types;

@@ -15,12 +15,16 @@ static ALLOC: keel::reserving_alloc::ReservingAlloc = keel::reserving_alloc::Res
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse_checked();
+    let mut cli = Cli::parse_checked();
+    if let Err(error) = cli.load_tls() {
+        eprintln!("error: {}", error.message);
+        std::process::exit(error.exit_code);
+    }
     let default_level = if matches!(cli.command, Command::Broker(_)) { "info" } else { "warn" };
     init_logging(&cli, default_level);
 
     let result = match &cli.command {
-        Command::Broker(args) => broker(args).await,
+        Command::Broker(args) => broker(&cli, args).await,
         Command::Topic(command) => cli::run_topic(&cli, command).await,
         Command::Produce(args) => cli::run_produce(&cli, args).await,
         Command::Consume(args) => cli::run_consume(&cli, args).await,
@@ -34,8 +38,8 @@ async fn main() {
     }
 }
 
-async fn broker(args: &cli::BrokerArgs) -> Result<(), CliError> {
-    let mut config = cli::broker_config(args)?;
+async fn broker(cli: &Cli, args: &cli::BrokerArgs) -> Result<(), CliError> {
+    let mut config = cli::broker_config(cli, args)?;
     let failure = |message: String| CliError { message, exit_code: 1 };
     let limit = raise_open_file_limit();
     let budget = config.file_budget(limit).map_err(|error| failure(error.to_string()))?;
@@ -65,18 +69,29 @@ async fn broker(args: &cli::BrokerArgs) -> Result<(), CliError> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|error| failure(format!("cannot listen on the admin address {addr}: {error}")))?;
-        tokio::spawn(admin(listener, &mut hooks, shutdown.clone(), admin_stop.clone()));
+        let tls = config.tls().map_err(|error| failure(error.to_string()))?.and_then(|tls| tls.peers);
+        let advertised = config.advertised_addr.clone();
+        let serving = AdminServing { listener, tls, advertised };
+        tokio::spawn(admin(serving, &mut hooks, shutdown.clone(), admin_stop.clone()));
     }
     let result = run_broker(config, disk, meta_store, shutdown, hooks).await;
     admin_stop.cancel();
     result.map_err(|error| failure(error.to_string()))
 }
 
+/// What the admin listener needs besides the broker: its socket, and how to reach the broker (its
+/// advertised address, with the broker's own TLS client settings when it speaks TLS).
+struct AdminServing {
+    listener: tokio::net::TcpListener,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    advertised: Option<String>,
+}
+
 /// The admin listener (ADR 0027), serving once the broker hands over its observer and address.
 /// `/readyz` turns 503 as soon as `stopping` (the broker's shutdown) is cancelled; the listener
 /// stops at `stop`.
 fn admin(
-    listener: tokio::net::TcpListener,
+    AdminServing { listener, tls, advertised }: AdminServing,
     hooks: &mut BrokerHooks,
     stopping: CancellationToken,
     stop: CancellationToken,
@@ -94,7 +109,8 @@ fn admin(
             Ok(addr) => tracing::info!(admin_listen = %addr, "admin listener listening"),
             Err(error) => tracing::warn!(%error, "admin listener: no local address"),
         }
-        let admin = keel::admin::Admin::new(observer, native.to_string(), stopping);
+        let addr = advertised.unwrap_or_else(|| native.to_string());
+        let admin = keel::admin::Admin::new(observer, addr, tls, stopping);
         keel::admin::serve(listener, admin, stop).await;
     }
 }

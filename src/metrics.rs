@@ -211,6 +211,7 @@ pub struct Metrics {
     connections: Family<ProtocolLabels, Gauge>,
     connections_accepted: Family<ProtocolLabels, Counter>,
     connections_refused: Counter,
+    handshakes_failed: Family<ProtocolLabels, Counter>,
     produce_bytes: Family<TopicLabels, Counter>,
     produce_records: Family<TopicLabels, Counter>,
     fetch_bytes: Family<TopicLabels, Counter>,
@@ -256,6 +257,7 @@ impl Metrics {
             connections: Family::default(),
             connections_accepted: Family::default(),
             connections_refused: Counter::default(),
+            handshakes_failed: Family::default(),
             produce_bytes: Family::default(),
             produce_records: Family::default(),
             fetch_bytes: Family::default(),
@@ -299,6 +301,11 @@ impl Metrics {
             "connections_refused",
             "Connections refused because connections_max were open",
             self.connections_refused.clone(),
+        );
+        r.register(
+            "tls_handshakes_failed",
+            "TLS handshakes that failed (bad or missing certificate, not TLS, timeout), by protocol",
+            self.handshakes_failed.clone(),
         );
         r.register("produce_bytes", "Record batch bytes appended by producers, by topic", self.produce_bytes.clone());
         r.register("produce_records", "Records appended by producers, by topic", self.produce_records.clone());
@@ -384,6 +391,10 @@ impl Metrics {
 
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    pub fn handshake_failed(&self, wire: Wire) {
+        self.handshakes_failed.get_or_create(&ProtocolLabels { protocol: wire.label() }).inc();
     }
 
     /// The counters a partition of `topic` adds its produced and fetched bytes to (cloned once per

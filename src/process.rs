@@ -110,6 +110,8 @@ pub struct BrokerCommand {
     /// Extra environment (e.g. `RUST_LOG`), on top of the parent's.
     pub env: Vec<(OsString, OsString)>,
     pub stderr: Stderr,
+    /// The TLS the readiness probe connects with (a broker whose listener speaks TLS).
+    pub probe_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl BrokerCommand {
@@ -127,7 +129,14 @@ impl BrokerCommand {
             broker_args: Vec::new(),
             env: Vec::new(),
             stderr: Stderr::Inherit,
+            probe_tls: None,
         }
+    }
+
+    /// The readiness probe connects with `tls`.
+    pub fn probe_tls(mut self, tls: std::sync::Arc<rustls::ClientConfig>) -> BrokerCommand {
+        self.probe_tls = Some(tls);
+        self
     }
 
     /// A voter of a metadata group: `--node-id node_id --peers peers`.
@@ -250,6 +259,7 @@ impl BrokerProcess {
             connect_timeout: Duration::from_millis(500),
             request_timeout: Duration::from_millis(READY_PROBE_TIMEOUT_MS),
             retries: 0,
+            tls: self.command.probe_tls.clone(),
             ..ClientConfig::default()
         };
         loop {
@@ -328,6 +338,9 @@ pub struct ClusterSpec {
     pub kafka_addrs: Vec<SocketAddr>,
     /// Node `i`'s admin HTTP listener (`--admin-listen`, ADR 0027); empty: no node has one.
     pub admin_addrs: Vec<SocketAddr>,
+    /// The TLS the readiness probes connect with, when the nodes' listeners speak TLS (their own
+    /// TLS flags come through `env`: `KEEL_TLS_CERT`, ...).
+    pub probe_tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl ClusterSpec {
@@ -340,6 +353,7 @@ impl ClusterSpec {
             env: Vec::new(),
             kafka_addrs: Vec::new(),
             admin_addrs: Vec::new(),
+            probe_tls: None,
         }
     }
 
@@ -394,6 +408,9 @@ impl LocalCluster {
             }
             if let Some(admin) = spec.admin_addrs.get(index) {
                 command = command.arg("--admin-listen").arg(admin.to_string());
+            }
+            if let Some(tls) = &spec.probe_tls {
+                command = command.probe_tls(tls.clone());
             }
             if let Some(log) = &log {
                 command = command.stderr(Stderr::AppendTo(log.clone()));

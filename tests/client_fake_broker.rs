@@ -115,6 +115,7 @@ fn fast_client(bootstrap: impl Into<String>) -> Arc<Client> {
         request_timeout: Duration::from_secs(10),
         retry_backoff: Duration::from_millis(10),
         retry_backoff_max: Duration::from_millis(200),
+        tls: None,
         ..ClientConfig::default()
     };
     Client::new(bootstrap, config)

@@ -169,6 +169,7 @@ fn client_config() -> ClientConfig {
         retries: 3,
         retry_backoff: Duration::from_millis(10),
         retry_backoff_max: Duration::from_millis(50),
+        tls: None,
     }
 }
 

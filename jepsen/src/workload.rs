@@ -58,6 +58,7 @@ pub fn client_config() -> ClientConfig {
         retries: 3,
         retry_backoff: Duration::from_millis(50),
         retry_backoff_max: Duration::from_millis(500),
+        tls: None,
     }
 }
 

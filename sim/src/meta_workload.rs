@@ -44,6 +44,7 @@ pub fn admin_client_config() -> keel::client::ClientConfig {
         retries: 1,
         retry_backoff: Duration::from_millis(50),
         retry_backoff_max: Duration::from_millis(200),
+        tls: None,
     }
 }
 

@@ -62,6 +62,7 @@ pub fn client_config() -> ClientConfig {
         retries: 3,
         retry_backoff: Duration::from_millis(50),
         retry_backoff_max: Duration::from_millis(400),
+        tls: None,
     }
 }
 

@@ -144,9 +144,15 @@ pub struct Admin {
 }
 
 impl Admin {
-    /// `native_addr` is the broker's own native listener.
-    pub fn new(observer: Observer, native_addr: String, stopping: CancellationToken) -> Arc<Admin> {
-        let config = ClientConfig { retries: 2, ..ClientConfig::default() };
+    /// `native_addr` is the broker's own native listener (its advertised address), `tls` what the
+    /// broker dials its peers with when its listeners speak TLS.
+    pub fn new(
+        observer: Observer,
+        native_addr: String,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        stopping: CancellationToken,
+    ) -> Arc<Admin> {
+        let config = ClientConfig { retries: 2, tls, ..ClientConfig::default() };
         Arc::new(Admin { observer, client: Client::new(native_addr, config), stopping })
     }
 

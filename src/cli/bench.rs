@@ -462,7 +462,7 @@ async fn produce(cli: &Cli, args: &ProduceBenchArgs) -> Result<(), CliError> {
     if args.size == 0 || args.producers == 0 || args.window == 0 || args.rate == Some(0) {
         return Err(fail("--size, --producers, --window and --rate must be positive"));
     }
-    let admin = Client::new(cli.broker.clone(), ClientConfig::default());
+    let admin = Client::new(cli.broker.clone(), cli.client_defaults());
     create_topic_if_missing(&admin, &args.topic, args.partitions).await?;
     if args.compare_idempotence {
         let off = produce_run(cli, &args.with_idempotence(false)).await?;
@@ -613,7 +613,7 @@ pub(super) async fn produce_run(cli: &Cli, args: &ProduceBenchArgs) -> Result<Ru
     let control = RunControl::new();
     let mut workers = FuturesUnordered::new();
     for seed in 0..u64::from(args.producers) {
-        let client = Client::new(cli.broker.clone(), ClientConfig::default());
+        let client = Client::new(cli.broker.clone(), cli.client_defaults());
         let args = args.clone();
         let rate_per_producer = args.rate.map(|rate| rate as f64 / f64::from(args.producers));
         workers.push(tokio::spawn(produce_worker(client, args, deadline, rate_per_producer, seed, control.clone())));
@@ -963,13 +963,13 @@ fn account<T>(
 }
 
 async fn consume(cli: &Cli, args: &ConsumeBenchArgs) -> Result<(), CliError> {
-    let client = Client::new(cli.broker.clone(), ClientConfig::default());
+    let client = Client::new(cli.broker.clone(), cli.client_defaults());
     let topic = client.topic(&args.topic).await?;
     let deadline = Instant::now() + Duration::from_secs(args.duration_s);
     let started = Instant::now();
     let mut workers = FuturesUnordered::new();
     for partition in topic.partitions.iter().map(|p| p.partition) {
-        let client = Client::new(cli.broker.clone(), ClientConfig::default());
+        let client = Client::new(cli.broker.clone(), cli.client_defaults());
         let (topic, fetch_bytes) = (args.topic.clone(), args.fetch_bytes);
         workers.push(tokio::spawn(async move {
             let mut totals = Totals::new();
@@ -1211,7 +1211,7 @@ async fn deliver(cli: &Cli, args: &DeliverBenchArgs) -> Result<(), CliError> {
     if args.size == 0 || args.rate == 0 || args.duration_s == 0 {
         return Err(fail("--size, --rate and --duration-s must be positive"));
     }
-    let admin = Client::new(cli.broker.clone(), ClientConfig::default());
+    let admin = Client::new(cli.broker.clone(), cli.client_defaults());
     create_topic_if_missing(&admin, &args.topic, args.partitions).await?;
     let ledger = Arc::new(Mutex::new(Ledger::new()));
     let receivers = start_receivers(cli, &admin, args, &ledger).await?;
@@ -1254,7 +1254,7 @@ async fn start_receivers(
     args: &DeliverBenchArgs,
     ledger: &Arc<Mutex<Ledger>>,
 ) -> Result<Vec<(u32, Receiver)>, CliError> {
-    let client = Client::new(cli.broker.clone(), ClientConfig::default());
+    let client = Client::new(cli.broker.clone(), cli.client_defaults());
     let mut receivers = Vec::new();
     for partition in admin.topic(&args.topic).await?.partitions.iter().map(|p| p.partition) {
         let end = admin.list_offsets(&args.topic, partition, LIST_OFFSETS_LATEST).await?;
@@ -1311,7 +1311,7 @@ async fn receive_polled(
 async fn produce_on_rate(cli: &Cli, args: &DeliverBenchArgs, ledger: &Arc<Mutex<Ledger>>) {
     let config =
         ProducerConfig { acks: args.acks, linger: Duration::from_millis(args.linger_ms), ..ProducerConfig::default() };
-    let producer = Producer::new(Client::new(cli.broker.clone(), ClientConfig::default()), config);
+    let producer = Producer::new(Client::new(cli.broker.clone(), cli.client_defaults()), config);
     let values = payloads(args.size, PAYLOADS_PER_PRODUCER, 0);
     let (sent, deliveries) = tokio::sync::mpsc::channel::<(Instant, Delivery)>(DELIVER_IN_FLIGHT_MAX);
     let collector = tokio::spawn(collect_answers(deliveries, ledger.clone()));

@@ -82,7 +82,7 @@ pub async fn run(cli: &Cli, args: &ConnectionsBenchArgs) -> Result<(), CliError>
         // A wrong pid fails now, not after the first run.
         sample_broker(pid)?;
     }
-    let admin = Client::new(cli.broker.clone(), ClientConfig::default());
+    let admin = Client::new(cli.broker.clone(), cli.client_defaults());
     create_topic_if_missing(&admin, &args.topic, args.partitions).await?;
     let alone = produce_run(cli, &produce).await?;
     stop_if_fatal(cli, "produce, without idle connections", &alone, None)?;
@@ -218,7 +218,7 @@ struct Opened {
 /// for `topic` done on it. Their clients do not retry: a failure is counted, not hidden.
 async fn open_idle(cli: &Cli, topic: &str, count: u32) -> Opened {
     let started = Instant::now();
-    let config = ClientConfig { retries: 0, ..ClientConfig::default() };
+    let config = ClientConfig { retries: 0, ..cli.client_defaults() };
     let mut opening = futures::stream::iter(0..count)
         .map(|_| open_one(cli.broker.clone(), config.clone(), topic.to_owned()))
         .buffer_unordered(OPEN_CONCURRENCY_MAX);

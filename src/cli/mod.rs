@@ -52,11 +52,53 @@ pub struct Cli {
     /// (one object per line, for log shippers).
     #[arg(long, global = true, env = "KEEL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// TLS (ADR 0028). Clients: connect with TLS, trusting the brokers' certificates this CA bundle
+    /// (PEM) vouches for. `keel broker`: check peers' (and with --tls-client-auth, clients')
+    /// certificates against it.
+    #[arg(long, global = true, env = "KEEL_TLS_CA", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// TLS certificate chain (PEM). Clients: presented when the broker asks (mutual TLS).
+    /// `keel broker`: the broker's certificate; with --tls-key, its listeners speak TLS only.
+    #[arg(long, global = true, env = "KEEL_TLS_CERT", value_name = "PEM", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "KEEL_TLS_KEY", value_name = "PEM", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The client TLS built from the flags above by [`Cli::load_tls`] (`None`: plain TCP).
+    #[arg(skip)]
+    pub tls: Option<Arc<rustls::ClientConfig>>,
     #[command(subcommand)]
     pub command: Command,
 }
 
 impl Cli {
+    /// Reads the client TLS files named by `--tls-ca` (and `--tls-cert`/`--tls-key`): a client uses
+    /// TLS when a CA bundle is given. `keel broker` reads them as its own (see [`broker_config`]).
+    pub fn load_tls(&mut self) -> Result<(), CliError> {
+        if matches!(self.command, Command::Broker(_)) {
+            return Ok(());
+        }
+        let identity = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::Identity { cert: cert.clone(), key: key.clone() }),
+            _ => None,
+        };
+        self.tls = match &self.tls_ca {
+            Some(ca) => {
+                Some(crate::tls::client_config(ca, identity.as_ref()).map_err(|error| fail(error.to_string()))?)
+            }
+            None if identity.is_some() => {
+                return Err(fail("--tls-cert needs --tls-ca (the CA the brokers' certificates are checked against)"))
+            }
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// The client settings every command starts from: the defaults, with this command line's TLS.
+    pub fn client_defaults(&self) -> ClientConfig {
+        ClientConfig { tls: self.tls.clone(), ..ClientConfig::default() }
+    }
+
     /// The command line of this process, checked as [`Cli::try_parse_checked_from`] does; bad input
     /// ends the process with clap's message and exit code 2.
     pub fn parse_checked() -> Cli {
@@ -151,6 +193,9 @@ pub struct BrokerArgs {
     /// `/v1/...` as JSON and the web console at `/` [default: off].
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Require every client and peer to present a certificate --tls-ca vouches for (mutual TLS).
+    #[arg(long, env = "KEEL_TLS_CLIENT_AUTH")]
+    pub tls_client_auth: bool,
     /// Data directory [default: ./keel-data].
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -470,7 +515,7 @@ fn fail(message: impl Into<String>) -> CliError {
 }
 
 /// Builds the broker config from defaults, the config file and flags (in that order).
-pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
+pub fn broker_config(cli: &Cli, args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
     let mut config = match &args.config {
         Some(path) => BrokerConfig::from_file(path).map_err(|error| fail(error.to_string()))?,
         None => BrokerConfig::default(),
@@ -486,6 +531,18 @@ pub fn broker_config(args: &BrokerArgs) -> Result<BrokerConfig, CliError> {
     }
     if let Some(admin_listen) = args.admin_listen {
         config.admin_listen = Some(admin_listen);
+    }
+    if let Some(cert) = &cli.tls_cert {
+        config.tls_cert = Some(cert.clone());
+    }
+    if let Some(key) = &cli.tls_key {
+        config.tls_key = Some(key.clone());
+    }
+    if let Some(ca) = &cli.tls_ca {
+        config.tls_ca = Some(ca.clone());
+    }
+    if args.tls_client_auth {
+        config.tls_client_auth = true;
     }
     if let Some(dir) = &args.data_dir {
         config.data_dir = dir.clone();
@@ -511,7 +568,7 @@ fn client_config() -> ClientConfig {
 
 /// A client bootstrapped from `--broker`, with [`client_config`].
 fn client(cli: &Cli) -> Arc<Client> {
-    Client::new(cli.broker.clone(), client_config())
+    Client::new(cli.broker.clone(), ClientConfig { tls: cli.tls.clone(), ..client_config() })
 }
 
 pub async fn run_topic(cli: &Cli, command: &TopicCommand) -> Result<(), CliError> {

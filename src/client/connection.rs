@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use crate::tls::Stream;
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Framed;
 
@@ -68,7 +68,7 @@ pub type PushReceiver = mpsc::UnboundedReceiver<Result<Body, ConnectionError>>;
 pub type PushSender = mpsc::UnboundedSender<Result<Body, ConnectionError>>;
 
 impl Connection {
-    pub fn start(stream: TcpStream) -> Connection {
+    pub fn start(stream: Stream) -> Connection {
         let (queue, receiver) = mpsc::channel(CONNECTION_QUEUE_MAX);
         let ids = Arc::new(AtomicU64::new(1));
         tokio::spawn(run(stream, receiver, ids.clone()));
@@ -120,7 +120,7 @@ impl Connection {
     }
 }
 
-async fn run(stream: TcpStream, mut requests: mpsc::Receiver<(u64, Body, Waiter)>, ids: Arc<AtomicU64>) {
+async fn run(stream: Stream, mut requests: mpsc::Receiver<(u64, Body, Waiter)>, ids: Arc<AtomicU64>) {
     let mut framed = Framed::new(stream, frame_codec());
     let mut waiting: BTreeMap<u64, Waiter> = BTreeMap::new();
     let failure = loop {
@@ -146,7 +146,7 @@ async fn run(stream: TcpStream, mut requests: mpsc::Receiver<(u64, Body, Waiter)
                     Ok(frame) => break ConnectionError::BadFrame(format!("frame without body: {frame:?}")),
                     Err(error) => break ConnectionError::BadFrame(error.to_string()),
                 },
-                Some(Err(error)) => break ConnectionError::Lost(error.to_string()),
+                Some(Err(error)) => break ConnectionError::Lost(first_read_error(&framed, error)),
                 None => break ConnectionError::Lost("broker closed the connection".into()),
             },
             request = requests.recv() => {
@@ -166,6 +166,16 @@ async fn run(stream: TcpStream, mut requests: mpsc::Receiver<(u64, Body, Waiter)
     while let Ok((_, _, waiter)) = requests.try_recv() {
         waiter.fail(ConnectionError::NotSent);
     }
+}
+
+/// What a failed read says. A plain connection whose very first bytes from the broker are not a
+/// frame most likely reached a TLS listener (its alert's record header reads as a huge length).
+fn first_read_error(framed: &Framed<Stream, tokio_util::codec::LengthDelimitedCodec>, error: std::io::Error) -> String {
+    let plain = matches!(framed.get_ref(), Stream::Plain(_));
+    if plain && error.kind() == std::io::ErrorKind::InvalidData {
+        return format!("{error}: the broker did not answer with a Keel frame (a TLS listener? connect with --tls-ca)");
+    }
+    error.to_string()
 }
 
 /// Hands a frame's body to whoever waits for correlation id `id` (which must be waiting): a

@@ -124,6 +124,8 @@ pub struct ClientConfig {
     /// First backoff between attempts; doubles up to `retry_backoff_max`.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
+    /// TLS to the brokers (ADR 0028): what the client trusts and the certificate it presents.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for ClientConfig {
@@ -134,6 +136,7 @@ impl Default for ClientConfig {
             retries: 5,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -444,8 +447,12 @@ impl Client {
             Ok(Err(error)) => return failed(error.to_string()),
             Err(_) => return failed(format!("timed out after {} ms", self.config.connect_timeout.as_millis())),
         };
-        self.note_connect(addr, true);
         let _ = stream.set_nodelay(true);
+        let stream = match crate::tls::connect(self.config.tls.as_ref(), addr, stream).await {
+            Ok(stream) => stream,
+            Err(error) => return failed(format!("TLS handshake failed: {error}")),
+        };
+        self.note_connect(addr, true);
         Ok(Connection::start(stream))
     }
 

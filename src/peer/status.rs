@@ -32,6 +32,7 @@ pub async fn gather(
     own: NodeStatusInfo,
     mut known: BTreeMap<NodeId, NodeStatusInfo>,
     fan_out: bool,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
 ) -> ClusterStatusResponse {
     let answered_by = own.node_id;
     let entry = known.entry(NodeId(own.node_id)).or_default();
@@ -49,7 +50,7 @@ pub async fn gather(
             .collect();
         let answers = join_all(peers.into_iter().map(|(node_id, addr)| async move {
             let answer =
-                if addr.is_empty() { Err("no known address".to_owned()) } else { ask_peer(node_id, &addr).await };
+                if addr.is_empty() { Err("no known address".to_owned()) } else { ask_peer(node_id, &addr, tls).await };
             (node_id, answer)
         }))
         .await;
@@ -79,9 +80,13 @@ pub async fn gather(
 }
 
 /// Asks one peer for its own status (no fan-out, one attempt, short timeouts).
-async fn ask_peer(node_id: NodeId, addr: &str) -> Result<NodeStatusInfo, String> {
+async fn ask_peer(
+    node_id: NodeId,
+    addr: &str,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<NodeStatusInfo, String> {
     let request = Body::ClusterStatusRequest(ClusterStatusRequest { fan_out: false });
-    let response = match ask_once(addr, request, Duration::from_millis(STATUS_PEER_TIMEOUT_MS)).await? {
+    let response = match ask_once(addr, request, Duration::from_millis(STATUS_PEER_TIMEOUT_MS), tls).await? {
         Body::ClusterStatusResponse(response) => response,
         Body::ErrorResponse(response) => {
             let error = response.error.map(|error| error.message).unwrap_or_default();
@@ -98,7 +103,12 @@ async fn ask_peer(node_id: NodeId, addr: &str) -> Result<NodeStatusInfo, String>
 
 /// One request on a fresh connection to `addr`: at most `timeout` to connect, and `timeout` more
 /// for the answer. The connection is dropped afterwards.
-async fn ask_once(addr: &str, request: Body, timeout: Duration) -> Result<Body, String> {
+async fn ask_once(
+    addr: &str,
+    request: Body,
+    timeout: Duration,
+    tls: Option<&std::sync::Arc<rustls::ClientConfig>>,
+) -> Result<Body, String> {
     let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return Err(format!("cannot connect to {addr}: {error}")),
@@ -106,6 +116,9 @@ async fn ask_once(addr: &str, request: Body, timeout: Duration) -> Result<Body, 
     };
     // Every socket Keel opens sets TCP_NODELAY (tests/tcp_nodelay.rs).
     let _ = stream.set_nodelay(true);
+    let stream = crate::tls::connect(tls, addr, stream)
+        .await
+        .map_err(|error| format!("TLS handshake with {addr} failed: {error}"))?;
     let mut framed = Framed::new(stream, frame_codec());
     const CORRELATION_ID: u64 = 1;
     let exchange = async {

@@ -52,6 +52,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{frame_codec, Body, ErrorCode, Frame, PeerHello, RaftMessage, PEER_PROTOCOL_VERSION};
+use crate::tls::Stream;
 use crate::types::NodeId;
 
 /// Raft messages queued per peer before new ones are dropped (Raft retransmits).
@@ -113,14 +114,16 @@ pub enum PeerCallError {
 }
 
 /// Tuning of the transport; [`PeerTransportConfig::default`] is what the broker runs with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PeerTransportConfig {
     pub calls_in_flight_max: usize,
+    /// TLS to the peers (ADR 0028): the cluster's CA, and this broker's certificate to present.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Default for PeerTransportConfig {
     fn default() -> Self {
-        PeerTransportConfig { calls_in_flight_max: PEER_CALLS_IN_FLIGHT_MAX }
+        PeerTransportConfig { calls_in_flight_max: PEER_CALLS_IN_FLIGHT_MAX, tls: None }
     }
 }
 
@@ -149,8 +152,18 @@ struct Call {
 impl PeerTransport {
     /// Starts one connection task per peer (every entry of `peers` except `node_id`), each running
     /// until `shutdown`.
-    pub fn start(node_id: NodeId, peers: &BTreeMap<NodeId, String>, shutdown: CancellationToken) -> PeerTransport {
-        PeerTransport::start_with(node_id, peers, PeerTransportConfig::default(), shutdown)
+    pub fn start(
+        node_id: NodeId,
+        peers: &BTreeMap<NodeId, String>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        shutdown: CancellationToken,
+    ) -> PeerTransport {
+        PeerTransport::start_with(
+            node_id,
+            peers,
+            PeerTransportConfig { tls, ..PeerTransportConfig::default() },
+            shutdown,
+        )
     }
 
     pub fn start_with(
@@ -177,6 +190,7 @@ impl PeerTransport {
                 waiting: BTreeMap::new(),
                 calls_in_flight_max: config.calls_in_flight_max,
                 shutdown: shutdown.clone(),
+                tls: config.tls.clone(),
             };
             tokio::spawn(connection.run());
             let in_flight = Arc::new(Semaphore::new(config.calls_in_flight_max));
@@ -230,7 +244,7 @@ impl Transport for PeerTransport {
     }
 }
 
-type PeerStream = Framed<TcpStream, LengthDelimitedCodec>;
+type PeerStream = Framed<Stream, LengthDelimitedCodec>;
 
 /// Why an established connection ended.
 enum Ended {
@@ -251,6 +265,7 @@ struct PeerConnection {
     waiting: BTreeMap<u64, oneshot::Sender<Result<Body, PeerCallError>>>,
     calls_in_flight_max: usize,
     shutdown: CancellationToken,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl PeerConnection {
@@ -330,6 +345,9 @@ impl PeerConnection {
         };
         // Every socket Keel opens sets TCP_NODELAY (tests/tcp_nodelay.rs).
         let _ = stream.set_nodelay(true);
+        let stream = crate::tls::connect(self.tls.as_ref(), &self.addr, stream)
+            .await
+            .map_err(|error| format!("TLS handshake with {} failed: {error}", self.addr))?;
         let mut framed = Framed::new(stream, frame_codec());
         let answered = tokio::time::timeout(Duration::from_millis(PEER_HELLO_TIMEOUT_MS), async {
             framed.send(self.hello(1)).await.ok()?;
@@ -538,7 +556,7 @@ mod tests {
     fn transport(addr: &str, calls_in_flight_max: usize) -> (PeerTransport, CancellationToken) {
         let peers = BTreeMap::from([(NodeId(1), "unused".to_owned()), (NodeId(2), addr.to_owned())]);
         let shutdown = CancellationToken::new();
-        let config = PeerTransportConfig { calls_in_flight_max };
+        let config = PeerTransportConfig { calls_in_flight_max, tls: None };
         (PeerTransport::start_with(NodeId(1), &peers, config, shutdown.clone()), shutdown)
     }
 

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
 use futures::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
 use super::{close_gracefully, serve_request, ClientSlot, Drain, State, Stopping};
@@ -37,9 +36,13 @@ enum Reply {
 
 type PendingReply = BoxFuture<'static, Reply>;
 
-pub(super) async fn serve_kafka_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, stopping: Stopping) {
+pub(super) async fn serve_kafka_connection<D: Disk>(
+    stream: crate::tls::Stream,
+    peer: Option<std::net::SocketAddr>,
+    state: Arc<State<D>>,
+    stopping: Stopping,
+) {
     let _client_slot = ClientSlot::new(&stopping);
-    let peer = stream.peer_addr().ok();
     let mut framed = Framed::new(stream, kafka_frame_codec());
     let mut in_flight: FuturesOrdered<PendingReply> = FuturesOrdered::new();
     let in_flight_max = state.config.requests_in_flight_per_connection_max;

@@ -83,6 +83,8 @@ pub enum BrokerError {
 
 struct State<D: Disk> {
     config: BrokerConfig,
+    /// TLS on the listeners and to the peers (ADR 0028); `None` when off.
+    tls: Option<crate::config::BrokerTls>,
     assignments: Arc<Assignments<D>>,
     coordinators: groups::Coordinators,
 }
@@ -132,6 +134,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     shutdown: CancellationToken,
     hooks: BrokerHooks,
 ) -> Result<(), BrokerError> {
+    let tls = config.tls().map_err(|error| BrokerError::Config(error.to_string()))?;
     let listener =
         TcpListener::bind(config.listen).await.map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
     let local_addr = listener.local_addr().map_err(|source| BrokerError::Bind { addr: config.listen, source })?;
@@ -141,7 +144,8 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
 
     // The metadata group: its own shutdown token, cancelled after the partitions are stopped.
     let meta_shutdown = CancellationToken::new();
-    let (node, transport) = start_metadata(&config, &voters, meta_store, &meta_shutdown)?;
+    let peer_tls = tls.as_ref().and_then(|tls| tls.peers.clone());
+    let (node, transport) = start_metadata(&config, &voters, meta_store, (peer_tls, &meta_shutdown))?;
     // Every partition file goes through one budget of open handles (issue 15).
     let budget = HandleBudget {
         files_max: config.open_files_max.unwrap_or(crate::config::OPEN_FILES_MAX_DEFAULT),
@@ -166,7 +170,7 @@ pub async fn run_broker<D: Disk, M: MetaStore>(
     hand_over(hooks, local_addr, node, (metrics, &assignments));
     let groups_shutdown = CancellationToken::new();
     let coordinators = groups::Coordinators::start(assignments.clone(), groups_shutdown.clone());
-    let state = Arc::new(State { config, assignments, coordinators });
+    let state = Arc::new(State { config, tls, assignments, coordinators });
     let failure = serve_until_stopped(Listeners { native: listener, kafka: kafka_listener }, &state, &shutdown).await;
     groups_shutdown.cancel();
 
@@ -255,9 +259,9 @@ fn start_metadata<M: MetaStore>(
     config: &BrokerConfig,
     voters: &BTreeMap<NodeId, String>,
     meta_store: M,
-    meta_shutdown: &CancellationToken,
+    (peer_tls, meta_shutdown): (Option<Arc<rustls::ClientConfig>>, &CancellationToken),
 ) -> Result<(NodeHandle, PeerTransport), BrokerError> {
-    let transport = PeerTransport::start(config.node_id, voters, meta_shutdown.clone());
+    let transport = PeerTransport::start(config.node_id, voters, peer_tls, meta_shutdown.clone());
     let mut node_config = NodeConfig::new(config.node_id, voters.clone());
     node_config.snapshot_interval_entries = config.metadata_snapshot_interval_entries;
     let node = start_node(node_config, meta_store, transport.clone(), meta_shutdown.clone())
@@ -486,17 +490,32 @@ fn admit<D: Disk>(
     let counted = state.assignments.metrics.connection_opened(wire);
     Some(tokio::spawn(async move {
         let _counted = counted;
+        // The handshake runs here, not in the accept loop: a slow or silent client holds only its
+        // own connection (bounded by `tls::HANDSHAKE_TIMEOUT`).
+        let stream = match &state.tls {
+            None => crate::tls::Stream::Plain(stream),
+            Some(tls) => match crate::tls::accept(&tls.server, stream).await {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::info!(%peer, %error, "TLS handshake failed; connection closed");
+                    state.assignments.metrics.handshake_failed(wire);
+                    return;
+                }
+            },
+        };
         match protocol {
-            Protocol::Native => serve_connection(stream, state, stopping).await,
-            Protocol::Kafka => kafka_listener::serve_kafka_connection(stream, state, stopping).await,
+            Protocol::Native => serve_connection((stream, Some(peer)), state, stopping).await,
+            Protocol::Kafka => kafka_listener::serve_kafka_connection(stream, Some(peer), state, stopping).await,
         }
         drop(permit);
     }))
 }
 
-async fn serve_connection<D: Disk>(stream: TcpStream, state: Arc<State<D>>, stopping: Stopping) {
+/// An accepted connection (past its TLS handshake, if any) and the address it came from.
+type Accepted = (crate::tls::Stream, Option<SocketAddr>);
+
+async fn serve_connection<D: Disk>((stream, peer): Accepted, state: Arc<State<D>>, stopping: Stopping) {
     let mut client_slot = ClientSlot::new(&stopping);
-    let peer = stream.peer_addr().ok();
     let mut framed = Framed::new(stream, frame_codec());
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Frame>> = FuturesUnordered::new();
     let in_flight_max = state.config.requests_in_flight_per_connection_max;
@@ -663,7 +682,7 @@ impl Drain {
 /// has not read yet (a rolling restart's producers saw "connection reset" for requests the broker
 /// had answered). So: send FIN, then read and drop whatever the peer still sends until it closes,
 /// for at most `CLOSE_LINGER_MS`.
-async fn close_gracefully(framed: Framed<TcpStream, impl tokio_util::codec::Decoder>) {
+async fn close_gracefully(framed: Framed<crate::tls::Stream, impl tokio_util::codec::Decoder>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = framed.into_inner();
     if stream.shutdown().await.is_err() {
@@ -981,7 +1000,9 @@ fn metadata<D: Disk>(state: &Arc<State<D>>, id: u64, request: MetadataRequest) -
 fn cluster_status<D: Disk>(state: &Arc<State<D>>, id: u64, request: ClusterStatusRequest) -> BoxFuture<'static, Frame> {
     let state = state.clone();
     Box::pin(async move {
-        let mut response = crate::peer::status::gather(own_status(&state), known_nodes(&state), request.fan_out).await;
+        let tls = state.tls.as_ref().and_then(|tls| tls.peers.as_ref());
+        let mut response =
+            crate::peer::status::gather(own_status(&state), known_nodes(&state), request.fan_out, tls).await;
         let (unhealthy, omitted) = state.assignments.node.with_state(assignments::unhealthy_partitions);
         response.unhealthy_partitions = unhealthy;
         response.unhealthy_partitions_omitted = omitted;
