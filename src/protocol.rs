@@ -243,8 +243,8 @@ impl Body {
     }
 
     /// The error a response carries (`None` for a success, and for a request).
-    pub fn error_code(&self) -> Option<ErrorCode> {
-        let error = match self {
+    pub fn error(&self) -> Option<&ErrorInfo> {
+        match self {
             Body::ProduceResponse(response) => response.error.as_ref(),
             Body::FetchResponse(response) => response.error.as_ref(),
             Body::ListOffsetsResponse(response) => response.error.as_ref(),
@@ -270,8 +270,12 @@ impl Body {
             Body::CreditResponse(response) => response.error.as_ref(),
             Body::UnsubscribeResponse(response) => response.error.as_ref(),
             _ => None,
-        };
-        error.map(ErrorInfo::error_code)
+        }
+    }
+
+    /// The code of [`Body::error`].
+    pub fn error_code(&self) -> Option<ErrorCode> {
+        self.error().map(ErrorInfo::error_code)
     }
 }
 

@@ -26,6 +26,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// What a client connects with (see [`client_config`]).
+pub type ClientTls = Arc<rustls::ClientConfig>;
+
 /// How long a TLS handshake may take, on either side, before the connection is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 

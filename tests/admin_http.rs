@@ -16,8 +16,7 @@ use std::process::Stdio;
 
 use keel::process::{free_loopback_addr, BrokerProcess};
 use support::cli::{keel, ok, start_broker_with, stderr, KEEL};
-use support::http::{get, request};
-use support::wait::wait_for;
+use support::http::{get, request, wait_ok};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Records the produce run writes.
@@ -30,14 +29,7 @@ async fn broker_with_admin(dir: &Path) -> (BrokerProcess, String, SocketAddr) {
     let args = ["--admin-listen", &admin.to_string(), "--kafka-listen", &kafka.to_string()];
     let broker = start_broker_with(dir, support::wait::WAIT_MAX, &args).await;
     let base = format!("http://{admin}");
-    wait_for("/readyz to say ready", || {
-        let url = format!("{base}/readyz");
-        async move {
-            let answer = request("GET", url).await?;
-            (answer.status == 200).then_some(()).ok_or(format!("{} {}", answer.status, answer.body))
-        }
-    })
-    .await;
+    wait_ok("/readyz to say ready", format!("{base}/readyz")).await;
     (broker, base, kafka)
 }
 

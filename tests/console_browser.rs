@@ -17,7 +17,7 @@ use fantoccini::{Client, ClientBuilder};
 use keel::process::{free_loopback_addr, ClusterSpec, LocalCluster};
 use serde_json::{json, Value};
 use support::cli::{keel, ok, KEEL};
-use support::http::{get, request};
+use support::http::{get, wait_ok};
 use support::wait::{wait_for, WAIT_MAX};
 
 /// Where chromedriver and chromium come from (`.ci/deps` installs both).
@@ -40,14 +40,7 @@ async fn start_chromedriver() -> Driver {
         .spawn()
         .unwrap_or_else(|error| panic!("cannot run {CHROMEDRIVER} ({error}); run .ci/deps"));
     let url = format!("http://127.0.0.1:{port}");
-    wait_for("chromedriver to answer /status", || {
-        let status = format!("{url}/status");
-        async move {
-            let answer = request("GET", status).await?;
-            (answer.status == 200).then_some(()).ok_or(answer.body)
-        }
-    })
-    .await;
+    wait_ok("chromedriver to answer /status", format!("{url}/status")).await;
     Driver { _process: process, url }
 }
 
@@ -108,14 +101,8 @@ async fn cluster(dir: &Path) -> (LocalCluster, Vec<SocketAddr>) {
     let mut cluster = LocalCluster::spawn(&spec).expect("start the brokers");
     cluster.wait_ready(WAIT_MAX).await.expect("every node answers");
     for addr in &admin_addrs {
-        wait_for("every broker's /readyz to say ready (registered, leader known)", || {
-            let url = format!("http://{addr}/readyz");
-            async move {
-                let answer = request("GET", url).await?;
-                (answer.status == 200).then_some(()).ok_or(answer.body)
-            }
-        })
-        .await;
+        wait_ok("every broker's /readyz to say ready (registered, leader known)", format!("http://{addr}/readyz"))
+            .await;
     }
     (cluster, admin_addrs)
 }

@@ -21,7 +21,7 @@ use rcgen::{
 };
 use support::cli::{stderr, stdout, KEEL};
 use support::http::get;
-use support::wait::{wait_for, WAIT_MAX};
+use support::wait::WAIT_MAX;
 
 /// A CA: its certificate (PEM) and what signs with it.
 struct Ca {
@@ -121,14 +121,7 @@ async fn tls_cluster(dir: &Path, pki: &Pki) -> (LocalCluster, Vec<SocketAddr>, V
     let mut cluster = LocalCluster::spawn(&spec).expect("start the brokers");
     cluster.wait_ready(WAIT_MAX).await.expect("every node answers over TLS");
     for addr in &admin {
-        wait_for("every broker ready", || {
-            let url = format!("http://{addr}/readyz");
-            async move {
-                let answer = support::http::request("GET", url).await?;
-                (answer.status == 200).then_some(()).ok_or(answer.body)
-            }
-        })
-        .await;
+        support::http::wait_ok("every broker ready", format!("http://{addr}/readyz")).await;
     }
     (cluster, kafka, admin)
 }

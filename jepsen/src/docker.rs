@@ -290,6 +290,8 @@ pub struct Cluster {
     pub network: String,
     pub subnet: String,
     pub nodes: Vec<Node>,
+    /// The run's certificates when the brokers speak mutual TLS (`--tls`).
+    pub pki: Option<crate::pki::Pki>,
 }
 
 impl Cluster {
@@ -298,7 +300,7 @@ impl Cluster {
         run_id: &str,
         n_nodes: usize,
         seed: u64,
-        out_dir: &Path,
+        (out_dir, tls): (&Path, bool),
         image: &str,
         resources: &Resources,
     ) -> Result<Cluster, DockerError> {
@@ -335,6 +337,19 @@ impl Cluster {
             .collect();
         let peers: Vec<String> = nodes.iter().map(|node| format!("{}={}", node.id, node.addr())).collect();
         let peers = peers.join(",");
+        let ips: Vec<String> = nodes.iter().map(|node| node.ip.clone()).collect();
+        let pki = match tls {
+            true => Some(crate::pki::make(&out_dir.join("tls"), &ips).map_err(DockerError::Setup)?),
+            false => None,
+        };
+        // With --tls, the run's certificates (read-only) and the environment that turns TLS on.
+        let mut tls_args: Vec<String> = Vec::new();
+        if let Some(pki) = &pki {
+            tls_args.extend(["-v".to_owned(), format!("{}:{}:ro", pki.dir.display(), crate::pki::MOUNT)]);
+            for variable in crate::pki::broker_env() {
+                tls_args.extend(["-e".to_owned(), variable]);
+            }
+        }
         for node in &nodes {
             resources.add(Resource::Volume(node.volume.clone()));
             resources.add(Resource::Container(node.name.clone()));
@@ -350,7 +365,8 @@ impl Cluster {
             let kafka_listen = format!("{}:9092", node.ip);
             let preload = format!("LD_PRELOAD={LIBFAKETIME}");
             let timestamp_file = format!("FAKETIME_TIMESTAMP_FILE={FAKETIME_DIR}/offset");
-            docker(&[
+            let hostname = format!("n{}", node.id);
+            let mut run: Vec<&str> = vec![
                 "run",
                 "-d",
                 "--name",
@@ -358,7 +374,7 @@ impl Cluster {
                 "--label",
                 &label,
                 "--hostname",
-                &format!("n{}", node.id),
+                &hostname,
                 "--network",
                 &network,
                 "--ip",
@@ -382,6 +398,9 @@ impl Cluster {
                 "RUST_LOG=info",
                 "-e",
                 "NO_COLOR=1",
+            ];
+            run.extend(tls_args.iter().map(String::as_str));
+            run.extend([
                 image,
                 "/usr/local/bin/keel",
                 "broker",
@@ -395,10 +414,10 @@ impl Cluster {
                 "/data",
                 "--peers",
                 &peers,
-            ])
-            .await?;
+            ]);
+            docker(&run).await?;
         }
-        Ok(Cluster { network, subnet: format!("{subnet_prefix}.0/24"), nodes })
+        Ok(Cluster { network, subnet: format!("{subnet_prefix}.0/24"), nodes, pki })
     }
 
     pub fn bootstrap(&self) -> String {

@@ -29,6 +29,7 @@
 
 mod docker;
 mod nemesis;
+mod pki;
 mod report;
 mod workload;
 
@@ -96,6 +97,10 @@ struct Args {
     /// Seconds between faults, as MIN-MAX.
     #[arg(long, default_value = "8-12")]
     interval: String,
+    /// Mutual TLS on every broker listener and between the brokers (ADR 0028), with certificates the
+    /// run makes (in OUT/tls); the harness's clients present their own.
+    #[arg(long)]
+    tls: bool,
 }
 
 impl Args {
@@ -381,7 +386,12 @@ async fn run_one(
         "jepsen: run {run_id}: {} nodes, {} s, rate {}/s, nemesis {nemesis_text}, seed {seed}",
         args.nodes, args.time_limit, args.rate
     );
-    let cluster = Arc::new(Cluster::start(&run_id, args.nodes, seed, out, image, resources).await?);
+    let cluster = Arc::new(Cluster::start(&run_id, args.nodes, seed, (out, args.tls), image, resources).await?);
+    if let Some(pki) = &cluster.pki {
+        let identity = keel::tls::Identity { cert: pki.client_cert.clone(), key: pki.client_key.clone() };
+        let tls = keel::tls::client_config(&pki.ca, Some(&identity)).map_err(|e| Failure::Harness(e.to_string()))?;
+        workload::set_tls(tls);
+    }
     let client = Client::new(cluster.bootstrap(), client_config());
     let partitions = (2 * args.nodes as u32).max(4);
     let mut problems: Vec<String> = Vec::new();

@@ -51,6 +51,14 @@ pub const POLL_WAIT_MS_MAX: u64 = 100;
 
 /// Client settings: short timeouts, so a dead, paused or cut-off broker turns into `info` or a failed
 /// poll quickly instead of a hang.
+/// The TLS every client of the run connects with (`--tls`); unset: plain TCP.
+static TLS: std::sync::OnceLock<keel::tls::ClientTls> = std::sync::OnceLock::new();
+
+/// Sets the run's client TLS, once, before any client is made.
+pub fn set_tls(tls: keel::tls::ClientTls) {
+    let _ = TLS.set(tls);
+}
+
 pub fn client_config() -> ClientConfig {
     ClientConfig {
         connect_timeout: Duration::from_millis(1_000),
@@ -58,7 +66,7 @@ pub fn client_config() -> ClientConfig {
         retries: 3,
         retry_backoff: Duration::from_millis(50),
         retry_backoff_max: Duration::from_millis(500),
-        tls: None,
+        tls: TLS.get().cloned(),
     }
 }
 

@@ -236,7 +236,7 @@ enum Route {
 
 fn route_of(result: &Result<Body, ClientError>) -> Route {
     let code = match result {
-        Ok(body) => group_error(body).map(ErrorInfo::error_code),
+        Ok(body) => body.error_code(),
         Err(ClientError::Server { code, .. }) => Some(*code),
         Err(ClientError::Connect { .. }) | Err(ClientError::Ambiguous(_)) => {
             return Route::Again { refind: true, transport: true }
@@ -251,26 +251,9 @@ fn route_of(result: &Result<Body, ClientError>) -> Route {
     }
 }
 
-/// The error a group response carries, if any.
-fn group_error(body: &Body) -> Option<&ErrorInfo> {
-    match body {
-        Body::FindCoordinatorResponse(response) => response.error.as_ref(),
-        Body::JoinGroupResponse(response) => response.error.as_ref(),
-        Body::SyncGroupResponse(response) => response.error.as_ref(),
-        Body::HeartbeatResponse(response) => response.error.as_ref(),
-        Body::LeaveGroupResponse(response) => response.error.as_ref(),
-        Body::OffsetCommitResponse(response) => response.error.as_ref(),
-        Body::OffsetFetchResponse(response) => response.error.as_ref(),
-        Body::ResetOffsetsResponse(response) => response.error.as_ref(),
-        Body::ListGroupsResponse(response) => response.error.as_ref(),
-        Body::DescribeGroupResponse(response) => response.error.as_ref(),
-        _ => None,
-    }
-}
-
 /// `Err` with the response's error, if it carries one.
 fn checked(body: Body) -> Result<Body, ClientError> {
-    match group_error(&body) {
+    match body.error() {
         Some(info) => Err(ClientError::server(info.clone())),
         None => Ok(body),
     }

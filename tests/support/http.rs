@@ -48,3 +48,16 @@ pub async fn request(method: &'static str, url: String) -> Result<Answer, String
 pub async fn get(url: String) -> Answer {
     request("GET", url).await.unwrap_or_else(|error| panic!("{error}"))
 }
+
+/// Polls `GET url` until it answers 200 (see `wait::wait_for`): a listener that comes up, a broker
+/// that becomes ready.
+pub async fn wait_ok(what: &str, url: String) {
+    super::wait::wait_for(what, || {
+        let url = url.clone();
+        async move {
+            let answer = request("GET", url).await?;
+            (answer.status == 200).then_some(()).ok_or(format!("{} {}", answer.status, answer.body))
+        }
+    })
+    .await;
+}
