@@ -20,6 +20,7 @@
 
 #[cfg(not(madsim))]
 pub mod admin;
+pub mod auth;
 pub mod batch;
 pub mod buggify;
 pub mod cli;

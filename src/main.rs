@@ -31,6 +31,7 @@ async fn main() {
         Command::Group(command) => cli::group::run(&cli, command).await,
         Command::Bench(command) => cli::bench::run(&cli, command).await,
         Command::Cluster(command) => cli::cluster::run(&cli, command).await,
+        Command::User(command) => cli::user::run(&cli, command).await,
     };
     if let Err(error) = result {
         eprintln!("error: {}", error.message);

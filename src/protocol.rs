@@ -69,7 +69,8 @@ pub struct Frame {
     #[prost(
         oneof = "Body",
         tags = "10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, \
-                38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61"
+                38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, \
+                62, 63, 64, 65, 66, 67"
     )]
     pub body: Option<Body>,
 }
@@ -204,6 +205,19 @@ pub enum Body {
     UnsubscribeRequest(UnsubscribeRequest),
     #[prost(message, tag = "61")]
     UnsubscribeResponse(UnsubscribeResponse),
+    /// Creates a user or replaces its SCRAM credential (`keel user create`, ADR 0029).
+    #[prost(message, tag = "62")]
+    UpsertUserRequest(UpsertUserRequest),
+    #[prost(message, tag = "63")]
+    UpsertUserResponse(UpsertUserResponse),
+    #[prost(message, tag = "64")]
+    DeleteUserRequest(DeleteUserRequest),
+    #[prost(message, tag = "65")]
+    DeleteUserResponse(DeleteUserResponse),
+    #[prost(message, tag = "66")]
+    ListUsersRequest(ListUsersRequest),
+    #[prost(message, tag = "67")]
+    ListUsersResponse(ListUsersResponse),
 }
 
 impl Body {
@@ -225,6 +239,9 @@ impl Body {
             Body::ReplicaStatusRequest(_) | Body::ReplicaStatusResponse(_) => "replica_status",
             Body::InitProducerIdRequest(_) | Body::InitProducerIdResponse(_) => "init_producer_id",
             Body::AlterTopicRequest(_) | Body::AlterTopicResponse(_) => "alter_topic",
+            Body::UpsertUserRequest(_) | Body::UpsertUserResponse(_) => "upsert_user",
+            Body::DeleteUserRequest(_) | Body::DeleteUserResponse(_) => "delete_user",
+            Body::ListUsersRequest(_) | Body::ListUsersResponse(_) => "list_users",
             Body::FindCoordinatorRequest(_) | Body::FindCoordinatorResponse(_) => "find_coordinator",
             Body::JoinGroupRequest(_) | Body::JoinGroupResponse(_) => "join_group",
             Body::SyncGroupRequest(_) | Body::SyncGroupResponse(_) => "sync_group",
@@ -256,6 +273,9 @@ impl Body {
             Body::ReplicaStatusResponse(response) => response.error.as_ref(),
             Body::InitProducerIdResponse(response) => response.error.as_ref(),
             Body::AlterTopicResponse(response) => response.error.as_ref(),
+            Body::UpsertUserResponse(response) => response.error.as_ref(),
+            Body::DeleteUserResponse(response) => response.error.as_ref(),
+            Body::ListUsersResponse(response) => response.error.as_ref(),
             Body::FindCoordinatorResponse(response) => response.error.as_ref(),
             Body::JoinGroupResponse(response) => response.error.as_ref(),
             Body::SyncGroupResponse(response) => response.error.as_ref(),
@@ -411,6 +431,8 @@ pub enum ErrorCode {
     /// A topic create (or partition increase) that would place more partition replicas on some broker
     /// than its `partitions_max`: nothing was created. Delete topics, add brokers or raise the limit.
     TooManyPartitions = 53,
+    /// `keel user delete` of a name no user has (ADR 0029).
+    UnknownUser = 54,
 }
 
 impl ErrorCode {
@@ -602,6 +624,61 @@ pub struct LogSettingsInfo {
     /// (default 86400000, a day).
     #[prost(int64, optional, tag = "5")]
     pub delete_retention_ms: Option<i64>,
+}
+
+/// A user's SCRAM-SHA-256 credential, derived by the client from the password (which is never sent).
+#[derive(Clone, PartialEq, Message)]
+pub struct UpsertUserRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub salt: Vec<u8>,
+    #[prost(uint32, tag = "3")]
+    pub iterations: u32,
+    #[prost(bytes = "vec", tag = "4")]
+    pub stored_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "5")]
+    pub server_key: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct UpsertUserResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteUserRequest {
+    #[prost(string, tag = "1")]
+    pub name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DeleteUserResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListUsersRequest {}
+
+/// One user as `keel user list` shows it: never its keys or salt.
+#[derive(Clone, PartialEq, Message)]
+pub struct UserInfo {
+    #[prost(string, tag = "1")]
+    pub name: String,
+    #[prost(string, tag = "2")]
+    pub mechanism: String,
+    #[prost(uint32, tag = "3")]
+    pub iterations: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct ListUsersResponse {
+    #[prost(message, optional, tag = "1")]
+    pub error: Option<ErrorInfo>,
+    #[prost(message, repeated, tag = "2")]
+    pub users: Vec<UserInfo>,
 }
 
 /// Changes a topic's log settings (`keel topic alter`).

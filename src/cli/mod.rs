@@ -11,6 +11,7 @@ pub mod bench;
 pub mod bench_connections;
 pub mod cluster;
 pub mod group;
+pub mod user;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -172,6 +173,9 @@ pub enum Command {
     /// Look at a cluster (`status`) or start a local one for trying Keel out (`up`).
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Manage SCRAM-SHA-256 users, kept in the cluster's metadata (ADR 0029).
+    #[command(subcommand)]
+    User(user::UserCommand),
 }
 
 #[derive(Args, Debug)]

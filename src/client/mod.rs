@@ -652,6 +652,42 @@ impl Client {
         }
     }
 
+    /// Creates user `name`, or changes its password (ADR 0029): the SCRAM-SHA-256 credential is
+    /// derived here, with a fresh salt and `iterations`; the password is never sent.
+    pub async fn upsert_user(&self, name: &str, password: &str, iterations: u32) -> Result<(), ClientError> {
+        let salt: [u8; 16] = rand::Rng::random(&mut crate::random::rng());
+        let credential = crate::auth::scram::Credential::derive(password, &salt, iterations);
+        let request = UpsertUserRequest {
+            name: name.to_owned(),
+            salt: credential.salt,
+            iterations,
+            stored_key: credential.stored_key,
+            server_key: credential.server_key,
+        };
+        match self.request(Body::UpsertUserRequest(request)).await? {
+            Body::UpsertUserResponse(UpsertUserResponse { error: None }) => Ok(()),
+            Body::UpsertUserResponse(UpsertUserResponse { error: Some(info) }) => Err(ClientError::server(info)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<(), ClientError> {
+        match self.request(Body::DeleteUserRequest(DeleteUserRequest { name: name.to_owned() })).await? {
+            Body::DeleteUserResponse(DeleteUserResponse { error: None }) => Ok(()),
+            Body::DeleteUserResponse(DeleteUserResponse { error: Some(info) }) => Err(ClientError::server(info)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every user: name, mechanism and iterations (never a key).
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, ClientError> {
+        match self.request(Body::ListUsersRequest(ListUsersRequest {})).await? {
+            Body::ListUsersResponse(ListUsersResponse { error: None, users }) => Ok(users),
+            Body::ListUsersResponse(ListUsersResponse { error: Some(info), .. }) => Err(ClientError::server(info)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// A new idempotent producer identity from any broker: a producer id never handed out before,
     /// and its epoch (0). The broker takes ids from the metadata group in blocks.
     pub async fn init_producer_id(&self) -> Result<(ProducerId, ProducerEpoch), ClientError> {

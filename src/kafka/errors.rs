@@ -45,6 +45,7 @@ pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 pub const UNSUPPORTED_COMPRESSION_TYPE: i16 = 76;
 pub const MEMBER_ID_REQUIRED: i16 = 79;
 pub const INVALID_RECORD: i16 = 87;
+pub const RESOURCE_NOT_FOUND: i16 = 91;
 
 /// The Kafka error code for a native one.
 pub fn kafka_code(code: ErrorCode) -> i16 {
@@ -102,6 +103,7 @@ pub fn kafka_code(code: ErrorCode) -> i16 {
         ErrorCode::MemberIdRequired => MEMBER_ID_REQUIRED,
         ErrorCode::InvalidRecord => INVALID_RECORD,
         ErrorCode::TooManyPartitions => POLICY_VIOLATION,
+        ErrorCode::UnknownUser => RESOURCE_NOT_FOUND,
     }
 }
 

@@ -156,6 +156,23 @@ const FORMAT_VERSION_MIN: u8 = 1;
 /// Magic, version byte, CRC32C.
 const ENVELOPE_BYTES: usize = 4 + 1 + 4;
 
+/// Most users the metadata keeps (ADR 0029).
+pub const USERS_MAX: usize = 10_000;
+/// Longest user name, in bytes.
+pub const USER_NAME_BYTES_MAX: usize = 255;
+
+/// A user name: 1 to 255 bytes of printable characters (no control characters, no spaces at the
+/// ends), as SASL names are shown in logs and listings.
+pub fn check_user_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > USER_NAME_BYTES_MAX {
+        return Err(format!("a user name is 1 to {USER_NAME_BYTES_MAX} bytes, got {}", name.len()));
+    }
+    if name.chars().any(char::is_control) || name.trim() != name {
+        return Err(format!("user name {name:?} has control characters or spaces at an end"));
+    }
+    Ok(())
+}
+
 /// A command carried in a Raft entry. Versioned: the encoding starts with a version so the format can evolve.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum MetaCommand {
@@ -250,6 +267,16 @@ pub enum MetaCommand {
         partition: u32,
         leader: NodeId,
         leader_epoch: LeaderEpoch,
+    },
+    /// Creates a user, or replaces its credential (ADR 0029). The client derived the credential from
+    /// the password: no password reaches a broker or the log.
+    UpsertUser {
+        name: String,
+        credential: crate::auth::scram::Credential,
+    },
+    /// Deletes a user (`UnknownUser` when there is none of that name).
+    DeleteUser {
+        name: String,
     },
     /// A `RegisterBroker` read from a format-1 or format-2 entry, applied as those builds applied
     /// it: without bumping the leader epochs of the partitions a re-registering broker leads.
@@ -689,6 +716,10 @@ pub struct MetadataState {
     topics: BTreeMap<String, TopicRecord>,
     next_producer_id: ProducerId,
     last_producer_id_block: Option<ProducerIdBlock>,
+    /// SCRAM users by name (ADR 0029). Absent from the encoding while empty, so a state without users
+    /// snapshots and hashes as before they existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    users: BTreeMap<String, crate::auth::scram::Credential>,
     /// See [`MetadataState::topics_changed_at`]. Local bookkeeping, not replicated state.
     #[serde(skip)]
     topics_changed_at: ChangeMark,
@@ -768,7 +799,9 @@ impl MetadataState {
             MetaCommand::BrokerHeartbeat { node_id, .. } => {
                 self.brokers.get(node_id).is_some_and(BrokerRecord::is_eligible)
             }
-            MetaCommand::AllocateProducerIds { .. } => true,
+            MetaCommand::AllocateProducerIds { .. }
+            | MetaCommand::UpsertUser { .. }
+            | MetaCommand::DeleteUser { .. } => true,
             _ => false,
         }
     }
@@ -816,7 +849,36 @@ impl MetadataState {
             MetaCommand::ResignLeadership { topic, partition, leader, leader_epoch } => {
                 self.apply_resign_leadership(topic, *partition, *leader, *leader_epoch)
             }
+            MetaCommand::UpsertUser { name, credential } => self.apply_upsert_user(name, credential),
+            MetaCommand::DeleteUser { name } => match self.users.remove(name) {
+                Some(_) => MetaResult::Ok,
+                None => reject(ErrorCode::UnknownUser, format!("no user named {name:?}")),
+            },
         }
+    }
+
+    fn apply_upsert_user(&mut self, name: &str, credential: &crate::auth::scram::Credential) -> MetaResult {
+        if let Err(why) = check_user_name(name) {
+            return reject(ErrorCode::InvalidRequest, why);
+        }
+        if let Err(why) = credential.check() {
+            return reject(ErrorCode::InvalidRequest, format!("user {name:?}: {why}"));
+        }
+        if !self.users.contains_key(name) && self.users.len() >= USERS_MAX {
+            return reject(ErrorCode::InvalidRequest, format!("the cluster has {USERS_MAX} users, the most it keeps"));
+        }
+        self.users.insert(name.to_owned(), credential.clone());
+        MetaResult::Ok
+    }
+
+    /// The SCRAM credential of user `name`.
+    pub fn user(&self, name: &str) -> Option<&crate::auth::scram::Credential> {
+        self.users.get(name)
+    }
+
+    /// Every user, by name.
+    pub fn users(&self) -> impl Iterator<Item = (&String, &crate::auth::scram::Credential)> {
+        self.users.iter()
     }
 
     /// Raft index of the last applied command (0: none yet).
@@ -2745,6 +2807,38 @@ mod tests {
         state.topics.get_mut("a").unwrap().partitions[0].isr.push(NodeId(42));
         let bytes = encode_envelope(SNAPSHOT_MAGIC, SNAPSHOT_FORMAT_VERSION, &serde_json::to_vec(&state).unwrap());
         assert!(matches!(MetadataState::restore(&bytes), Err(MetaStateError::InvalidSnapshot(_))));
+    }
+
+    #[test]
+    fn users_are_kept_replaced_deleted_and_absent_from_the_encoding_while_there_are_none() {
+        let mut state = MetadataState::new();
+        let empty_payload = String::from_utf8(state.canonical_payload()).unwrap();
+        assert!(!empty_payload.contains("users"), "no users, no key: {empty_payload}");
+        let pencil = crate::auth::scram::Credential::derive("pencil", b"salt-salt-salt", 4096);
+        let upsert = |name: &str, credential: &crate::auth::scram::Credential| MetaCommand::UpsertUser {
+            name: name.into(),
+            credential: credential.clone(),
+        };
+        assert_eq!(next(&mut state, upsert("alice", &pencil)), MetaResult::Ok);
+        assert_eq!(state.user("alice"), Some(&pencil));
+        let other = crate::auth::scram::Credential::derive("other", b"salt-salt-salt", 8192);
+        assert_eq!(next(&mut state, upsert("alice", &other)), MetaResult::Ok, "a second create changes the password");
+        assert_eq!(state.user("alice"), Some(&other));
+        // The entry round-trips through the log encoding, and users through a snapshot.
+        assert_eq!(decode_command(&encode_command(&upsert("bob", &pencil))).unwrap(), upsert("bob", &pencil));
+        let restored = MetadataState::restore(&state.snapshot()).unwrap();
+        assert_eq!(restored.user("alice"), Some(&other));
+        assert_eq!(restored.state_hash(), state.state_hash());
+
+        assert_rejected(&mut state, upsert("", &pencil), ErrorCode::InvalidRequest);
+        assert_rejected(&mut state, upsert(" alice", &pencil), ErrorCode::InvalidRequest);
+        let weak = crate::auth::scram::Credential { iterations: 100, ..pencil.clone() };
+        let message = assert_rejected(&mut state, upsert("carol", &weak), ErrorCode::InvalidRequest);
+        assert!(message.contains("iterations"), "{message}");
+        assert_eq!(next(&mut state, MetaCommand::DeleteUser { name: "alice".into() }), MetaResult::Ok);
+        assert_eq!(state.user("alice"), None);
+        assert_rejected(&mut state, MetaCommand::DeleteUser { name: "alice".into() }, ErrorCode::UnknownUser);
+        assert!(!String::from_utf8(state.canonical_payload()).unwrap().contains("users"));
     }
 
     #[test]

@@ -48,7 +48,7 @@ use crate::partition::{spawn_partition, PartitionHandle, PartitionSpec};
 use crate::peer::PeerTransport;
 use crate::protocol::{
     AlterTopicRequest, BrokerInfo, CreateTopicRequest, ErrorCode, ErrorInfo, LogSettingsInfo, MetadataResponse,
-    PartitionHealthInfo, PartitionInfo, TopicInfo, STATUS_PARTITIONS_MAX,
+    PartitionHealthInfo, PartitionInfo, TopicInfo, UpsertUserRequest, UserInfo, STATUS_PARTITIONS_MAX,
 };
 use crate::server::replication::PartitionNet;
 use crate::server::topics::{validate_topic_name, TopicError};
@@ -331,6 +331,38 @@ impl<D: Disk> Assignments<D> {
         result_error(self.node.propose(command).await.map_err(node_error)?)?;
         self.reconcile().await;
         Ok(())
+    }
+
+    /// `keel user create` (ADR 0029): the credential as the client derived it.
+    pub async fn upsert_user(&self, request: &UpsertUserRequest) -> Result<(), TopicError> {
+        let credential = crate::auth::scram::Credential {
+            salt: request.salt.clone(),
+            iterations: request.iterations,
+            stored_key: request.stored_key.clone(),
+            server_key: request.server_key.clone(),
+        };
+        let command = MetaCommand::UpsertUser { name: request.name.clone(), credential };
+        result_error(self.node.propose(command).await.map_err(node_error)?)?;
+        Ok(())
+    }
+
+    pub async fn delete_user(&self, name: &str) -> Result<(), TopicError> {
+        let command = MetaCommand::DeleteUser { name: name.to_owned() };
+        result_error(self.node.propose(command).await.map_err(node_error)?)?;
+        Ok(())
+    }
+
+    /// Every user (names and iteration counts only), after a read barrier (as `metadata`).
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, TopicError> {
+        self.node.read_barrier().await.map_err(node_error)?;
+        Ok(self.node.with_state(|state| {
+            let users = state.users().map(|(name, credential)| UserInfo {
+                name: name.clone(),
+                mechanism: crate::auth::scram::MECHANISM.to_owned(),
+                iterations: credential.iterations,
+            });
+            users.collect()
+        }))
     }
 
     pub async fn delete_topic(&self, name: &str) -> Result<(), TopicError> {

@@ -861,6 +861,9 @@ async fn serve_request<D: Disk>(state: &Arc<State<D>>, id: u64, body: Body) -> B
         Body::ReplicaStatusRequest(request) => replica_status(state, id, request),
         Body::CreateTopicRequest(request) => create_topic(state, id, request),
         Body::AlterTopicRequest(request) => alter_topic(state, id, request),
+        body @ (Body::UpsertUserRequest(_) | Body::DeleteUserRequest(_) | Body::ListUsersRequest(_)) => {
+            users(state, id, body)
+        }
         Body::InitProducerIdRequest(_) => init_producer_id(state, id),
         Body::DeleteTopicRequest(request) => delete_topic(state, id, request),
         Body::MetadataRequest(request) => metadata(state, id, request),
@@ -874,17 +877,7 @@ async fn serve_request<D: Disk>(state: &Arc<State<D>>, id: u64, body: Body) -> B
         | Body::OffsetFetchRequest(_)
         | Body::ResetOffsetsRequest(_)
         | Body::ListGroupsRequest(_)
-        | Body::DescribeGroupRequest(_)) => {
-            let state = state.clone();
-            let offsets_topic = assignments::OffsetsTopic {
-                partitions: state.config.offsets_topic_partitions,
-                replication: state.config.offsets_topic_replication,
-                segment_bytes: state.config.offsets_topic_segment_bytes,
-            };
-            Box::pin(async move {
-                Frame::new(id, groups::wire::serve(&state.coordinators, &state.assignments, offsets_topic, body).await)
-            })
-        }
+        | Body::DescribeGroupRequest(_)) => group_request(state, id, body),
         Body::ProduceResponse(_)
         | Body::PeerHelloResponse(_)
         | Body::ClusterStatusResponse(_)
@@ -897,6 +890,9 @@ async fn serve_request<D: Disk>(state: &Arc<State<D>>, id: u64, body: Body) -> B
         | Body::ReplicaStatusResponse(_)
         | Body::InitProducerIdResponse(_)
         | Body::AlterTopicResponse(_)
+        | Body::UpsertUserResponse(_)
+        | Body::DeleteUserResponse(_)
+        | Body::ListUsersResponse(_)
         | Body::FindCoordinatorResponse(_)
         | Body::JoinGroupResponse(_)
         | Body::SyncGroupResponse(_)
@@ -920,6 +916,19 @@ async fn serve_request<D: Disk>(state: &Arc<State<D>>, id: u64, body: Body) -> B
             ready(error_frame(id, ErrorCode::UnsupportedVersion, "peer frames need the current protocol version"))
         }
     }
+}
+
+/// A consumer-group request, served by the group coordinators.
+fn group_request<D: Disk>(state: &Arc<State<D>>, id: u64, body: Body) -> BoxFuture<'static, Frame> {
+    let state = state.clone();
+    let offsets_topic = assignments::OffsetsTopic {
+        partitions: state.config.offsets_topic_partitions,
+        replication: state.config.offsets_topic_replication,
+        segment_bytes: state.config.offsets_topic_segment_bytes,
+    };
+    Box::pin(async move {
+        Frame::new(id, groups::wire::serve(&state.coordinators, &state.assignments, offsets_topic, body).await)
+    })
 }
 
 fn init_producer_id<D: Disk>(state: &Arc<State<D>>, id: u64) -> BoxFuture<'static, Frame> {
@@ -971,6 +980,31 @@ fn alter_topic<D: Disk>(state: &Arc<State<D>>, id: u64, request: AlterTopicReque
         .await;
         let error = result.err().and_then(topic_info);
         Frame::new(id, Body::AlterTopicResponse(AlterTopicResponse { error }))
+    })
+}
+
+/// `keel user create|delete|list` (ADR 0029).
+fn users<D: Disk>(state: &Arc<State<D>>, id: u64, body: Body) -> BoxFuture<'static, Frame> {
+    let state = state.clone();
+    Box::pin(async move {
+        let assignments = &state.assignments;
+        let answer = match body {
+            Body::UpsertUserRequest(request) => {
+                let error = assignments.upsert_user(&request).await.err().and_then(topic_info);
+                Body::UpsertUserResponse(UpsertUserResponse { error })
+            }
+            Body::DeleteUserRequest(request) => {
+                let error = assignments.delete_user(&request.name).await.err().and_then(topic_info);
+                Body::DeleteUserResponse(DeleteUserResponse { error })
+            }
+            _ => match assignments.list_users().await {
+                Ok(users) => Body::ListUsersResponse(ListUsersResponse { error: None, users }),
+                Err(error) => {
+                    Body::ListUsersResponse(ListUsersResponse { error: topic_info(error), users: Vec::new() })
+                }
+            },
+        };
+        Frame::new(id, answer)
     })
 }
 
